@@ -1,0 +1,20 @@
+//! Strato's pure domain: what a valid cluster is, which VM sizes exist, and
+//! whether a request fits the quota.
+//!
+//! **Architecture invariant:** nothing in this crate does I/O, reads a clock,
+//! spawns a task or draws a random number. Time and state are passed in, so
+//! every decision here is a plain function that unit and property tests can
+//! drive exhaustively.
+
+pub mod catalog;
+pub mod error;
+pub mod name;
+pub mod node;
+pub mod quota;
+pub mod spec;
+
+pub use catalog::VmSize;
+pub use error::{FieldError, SpecError};
+pub use node::{AllocationState, NodeState, NodeStateCounts};
+pub use quota::{Allocation, QuotaError, QuotaLimits, QuotaUsage, RegionQuota};
+pub use spec::{ClusterRequest, ClusterSpec, IdentitySpec, SshSettings, VmPriority, VnetSettings};

@@ -1,0 +1,120 @@
+//! Node and allocation states, as AmlCompute names them.
+
+use serde::{Deserialize, Serialize};
+
+/// The state of one node of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Idle,
+    Running,
+    Preparing,
+    Unusable,
+    Leaving,
+    Preempted,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 6] = [
+        NodeState::Idle,
+        NodeState::Running,
+        NodeState::Preparing,
+        NodeState::Unusable,
+        NodeState::Leaving,
+        NodeState::Preempted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Idle => "idle",
+            NodeState::Running => "running",
+            NodeState::Preparing => "preparing",
+            NodeState::Unusable => "unusable",
+            NodeState::Leaving => "leaving",
+            NodeState::Preempted => "preempted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        NodeState::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+}
+
+/// How many nodes of a cluster are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStateCounts {
+    pub idle: u32,
+    pub running: u32,
+    pub preparing: u32,
+    pub unusable: u32,
+    pub leaving: u32,
+    pub preempted: u32,
+}
+
+impl NodeStateCounts {
+    pub fn from_states(states: impl IntoIterator<Item = NodeState>) -> Self {
+        let mut c = NodeStateCounts::default();
+        for s in states {
+            *match s {
+                NodeState::Idle => &mut c.idle,
+                NodeState::Running => &mut c.running,
+                NodeState::Preparing => &mut c.preparing,
+                NodeState::Unusable => &mut c.unusable,
+                NodeState::Leaving => &mut c.leaving,
+                NodeState::Preempted => &mut c.preempted,
+            } += 1;
+        }
+        c
+    }
+
+    /// Every node the cluster holds, whatever its state: each one counts
+    /// against the quota until it is gone.
+    pub fn total(&self) -> u32 {
+        self.idle + self.running + self.preparing + self.unusable + self.leaving + self.preempted
+    }
+}
+
+/// Whether a cluster's node count is where its spec wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationState {
+    Steady,
+    Resizing,
+}
+
+impl AllocationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationState::Steady => "steady",
+            AllocationState::Resizing => "resizing",
+        }
+    }
+}
+
+/// The node count a cluster aims for while no job waits: at least
+/// `min_nodes`, and never fewer than the nodes it holds until they are
+/// removed.
+pub fn target_node_count(min_nodes: u32, max_nodes: u32, current: u32) -> u32 {
+    current.clamp(min_nodes, max_nodes.max(min_nodes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_state() {
+        let c = NodeStateCounts::from_states(NodeState::ALL.into_iter().chain([NodeState::Idle]));
+        assert_eq!((c.idle, c.preempted, c.total()), (2, 1, 7));
+        for s in NodeState::ALL {
+            assert_eq!(NodeState::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn target_stays_between_min_and_max() {
+        assert_eq!(target_node_count(1, 4, 0), 1);
+        assert_eq!(target_node_count(0, 4, 3), 3);
+        assert_eq!(target_node_count(0, 2, 5), 2);
+    }
+}

@@ -1,0 +1,193 @@
+//! Conversions between wire messages and `strato-core` types. Wire input is
+//! untrusted: converting it can fail with a `FieldError` naming the field.
+
+use strato_core::error::FieldError;
+use strato_core::node::{AllocationState, NodeState};
+use strato_core::spec::{ClusterRequest, ClusterSpec, IdentitySpec, SshSettings, VmPriority, VnetSettings};
+
+use crate::v1;
+
+/// A wire spec as a create/update request. Empty strings and unset optional
+/// fields mean "take the default".
+pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldError> {
+    let vm_priority = match v1::VmPriority::try_from(spec.vm_priority) {
+        Ok(v1::VmPriority::Unspecified) => None,
+        Ok(v1::VmPriority::Dedicated) => Some(VmPriority::Dedicated),
+        Ok(v1::VmPriority::LowPriority) => Some(VmPriority::LowPriority),
+        Err(_) => {
+            return Err(FieldError::new(
+                "vm_priority",
+                format!("unknown value {}; use dedicated or lowpriority", spec.vm_priority),
+            ));
+        }
+    };
+    let ssh = match &spec.ssh {
+        None => SshSettings::default(),
+        Some(s) => SshSettings {
+            public_access: match v1::RemoteLoginPortPublicAccess::try_from(
+                s.remote_login_port_public_access,
+            ) {
+                Ok(v1::RemoteLoginPortPublicAccess::Enabled) => true,
+                Ok(_) => false,
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "ssh.remote_login_port_public_access",
+                        "unknown value; use Enabled, Disabled or NotSpecified",
+                    ));
+                }
+            },
+            admin_username: s.admin_username.clone(),
+            admin_password: s.admin_password.clone(),
+            admin_ssh_public_key: s.admin_ssh_public_key.clone(),
+        },
+    };
+    let vnet = spec
+        .vnet
+        .as_ref()
+        .filter(|v| !(v.resource_group.is_empty() && v.vnet_name.is_empty() && v.subnet_name.is_empty()))
+        .map(|v| VnetSettings {
+            resource_group: v.resource_group.clone(),
+            vnet_name: v.vnet_name.clone(),
+            subnet_name: v.subnet_name.clone(),
+        });
+    let identity = spec
+        .identity
+        .as_ref()
+        .map(|i| IdentitySpec {
+            system_assigned: i.system_assigned,
+            user_assigned: i.user_assigned_identities.clone(),
+        })
+        .unwrap_or_default();
+    Ok(ClusterRequest {
+        name: spec.name.clone(),
+        vm_size: non_empty(&spec.vm_size),
+        vm_priority,
+        min_nodes: Some(spec.min_nodes),
+        max_nodes: spec.max_nodes,
+        idle_seconds_before_scaledown: spec.idle_seconds_before_scaledown,
+        location: non_empty(&spec.location),
+        description: spec.description.clone(),
+        tags: spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ssh,
+        vnet,
+        identity,
+        inter_node_communication: spec.inter_node_communication,
+    })
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A stored spec on the wire. The admin password never leaves the server.
+pub fn cluster_spec(spec: &ClusterSpec) -> v1::ClusterSpec {
+    v1::ClusterSpec {
+        name: spec.name.clone(),
+        vm_size: spec.vm_size.clone(),
+        vm_priority: vm_priority(spec.vm_priority) as i32,
+        min_nodes: spec.min_nodes,
+        max_nodes: Some(spec.max_nodes),
+        idle_seconds_before_scaledown: Some(spec.idle_seconds_before_scaledown),
+        location: spec.location.clone(),
+        description: spec.description.clone(),
+        tags: spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ssh: Some(v1::SshSettings {
+            remote_login_port_public_access: if spec.ssh.public_access {
+                v1::RemoteLoginPortPublicAccess::Enabled
+            } else {
+                v1::RemoteLoginPortPublicAccess::Disabled
+            } as i32,
+            admin_username: spec.ssh.admin_username.clone(),
+            admin_password: String::new(),
+            admin_ssh_public_key: spec.ssh.admin_ssh_public_key.clone(),
+        }),
+        vnet: spec.vnet.as_ref().map(|v| v1::VnetSettings {
+            resource_group: v.resource_group.clone(),
+            vnet_name: v.vnet_name.clone(),
+            subnet_name: v.subnet_name.clone(),
+        }),
+        identity: Some(v1::IdentitySpec {
+            system_assigned: spec.identity.system_assigned,
+            user_assigned_identities: spec.identity.user_assigned.clone(),
+        }),
+        inter_node_communication: Some(spec.inter_node_communication),
+    }
+}
+
+pub fn vm_priority(p: VmPriority) -> v1::VmPriority {
+    match p {
+        VmPriority::Dedicated => v1::VmPriority::Dedicated,
+        VmPriority::LowPriority => v1::VmPriority::LowPriority,
+    }
+}
+
+pub fn node_state(s: NodeState) -> v1::NodeState {
+    match s {
+        NodeState::Idle => v1::NodeState::Idle,
+        NodeState::Running => v1::NodeState::Running,
+        NodeState::Preparing => v1::NodeState::Preparing,
+        NodeState::Unusable => v1::NodeState::Unusable,
+        NodeState::Leaving => v1::NodeState::Leaving,
+        NodeState::Preempted => v1::NodeState::Preempted,
+    }
+}
+
+pub fn allocation_state(s: AllocationState) -> v1::AllocationState {
+    match s {
+        AllocationState::Steady => v1::AllocationState::Steady,
+        AllocationState::Resizing => v1::AllocationState::Resizing,
+    }
+}
+
+/// Milliseconds since the Unix epoch as a protobuf timestamp.
+pub fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: unix_ms.div_euclid(1000),
+        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as RFC 3339 in UTC (`2026-11-23T11:18:33Z`).
+pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
+    ts.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_spec_round_trips_without_the_password() {
+        let mut req = ClusterRequest {
+            name: "gpu-a1".into(),
+            vm_size: Some("standard_nc6s_v3".into()),
+            max_nodes: Some(4),
+            ..Default::default()
+        };
+        req.ssh.admin_username = "azureuser".into();
+        req.ssh.admin_password = "Secret-Passw0rd".into();
+        let spec = strato_core::spec::validate(&req, "local").expect("valid");
+        let wire = cluster_spec(&spec);
+        assert_eq!(wire.ssh.as_ref().map(|s| s.admin_password.as_str()), Some(""));
+        let back = cluster_request(&wire).expect("converts");
+        assert_eq!(back.vm_size.as_deref(), Some("Standard_NC6s_v3"));
+        assert_eq!(back.max_nodes, Some(4));
+        assert_eq!(back.location.as_deref(), Some("local"));
+    }
+
+    #[test]
+    fn unknown_enum_value_names_the_field() {
+        let wire = v1::ClusterSpec {
+            vm_priority: 42,
+            ..Default::default()
+        };
+        assert_eq!(cluster_request(&wire).expect_err("bad enum").field, "vm_priority");
+    }
+
+    #[test]
+    fn timestamps_keep_milliseconds() {
+        let ts = timestamp(1_700_000_000_123);
+        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+        assert!(rfc3339(&ts).starts_with("2023-11-14T22:13:20.123"));
+    }
+}
