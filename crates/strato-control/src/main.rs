@@ -1,1 +1,58 @@
-fn main() {}
+//! `strato-control`: parses and checks its configuration, then runs until
+//! SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use strato_control::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes: 0 after a clean shutdown, 2 for a bad configuration (nothing
+/// was started), 1 for a failure while running.
+fn main() -> ExitCode {
+    let settings = match Config::parse().validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strato-control: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(&settings.config.log).unwrap_or_else(|e| {
+        eprintln!("strato-control: --log {:?} is not a valid filter ({e}); using info", settings.config.log);
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strato-control: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(strato_control::run(settings, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("strato-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::spec::VmPriority;
 
 /// The name of the low-priority quota line (one per region, all families).
@@ -19,8 +17,7 @@ pub const DEDICATED_TOTAL: &str = "dedicatedTotal";
 pub const CLUSTERS: &str = "clusters";
 
 /// The limits of one region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionQuota {
     /// Dedicated vCPUs across all families.
     pub dedicated_cores_total: u64,
@@ -56,8 +53,7 @@ impl RegionQuota {
 }
 
 /// Limits for every region: `default` for a region not listed in `regions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuotaLimits {
     pub default: RegionQuota,
     pub regions: BTreeMap<String, RegionQuota>,

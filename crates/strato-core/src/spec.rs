@@ -53,7 +53,7 @@ impl VmPriority {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SshSettings {
     /// Whether the remote-login port is open to the public; off by default.
     pub public_access: bool,
@@ -61,6 +61,21 @@ pub struct SshSettings {
     /// Write-only; never returned by the API nor logged.
     pub admin_password: String,
     pub admin_ssh_public_key: String,
+}
+
+/// Debug output never shows the password, so a logged spec leaks nothing.
+impl std::fmt::Debug for SshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSettings")
+            .field("public_access", &self.public_access)
+            .field("admin_username", &self.admin_username)
+            .field(
+                "admin_password",
+                &if self.admin_password.is_empty() { "" } else { "<redacted>" },
+            )
+            .field("admin_ssh_public_key", &self.admin_ssh_public_key)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -620,6 +635,13 @@ mod tests {
         for good in ["lowerUPPER1234", "lower-1234-5678", "UPPER_5678_ABCD"] {
             assert!(check_admin_password(good).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn debug_output_redacts_the_password() {
+        let mut r = req("cpu");
+        r.ssh.admin_password = "Sup3r-Secret-Value".into();
+        assert!(!format!("{r:?}").contains("Sup3r-Secret-Value"));
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! The control plane's configuration: flags and `STRATO_*` variables, parsed
+//! and checked once, before any port is bound.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use strato_core::quota::{QuotaLimits, RegionQuota};
+
+/// Strato control plane: the gRPC API for clusters, quotas and jobs.
+///
+/// State lives in one SQLite file under --data-dir. Every flag can also be
+/// set through the environment variable shown beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "strato-control", version, about, long_about)]
+pub struct Config {
+    /// Directory for the SQLite database (created if missing).
+    #[arg(long, env = "STRATO_DATA_DIR", default_value = ".data/control")]
+    pub data_dir: PathBuf,
+
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "STRATO_GRPC_LISTEN", default_value = "127.0.0.1:7070")]
+    pub grpc_listen: SocketAddr,
+
+    /// Address the HTTP side port listens on (/healthz, /readyz).
+    #[arg(long, env = "STRATO_HTTP_LISTEN", default_value = "127.0.0.1:7080")]
+    pub http_listen: SocketAddr,
+
+    /// The region this control plane runs in: the default location of new
+    /// clusters. Clusters elsewhere are accepted with a warning.
+    #[arg(long, env = "STRATO_REGION", default_value = "local")]
+    pub region: String,
+
+    /// A TOML file of quota limits (see deploy/quota.toml). Without one the
+    /// documented defaults apply: 200 dedicated vCPUs per region, 100 per VM
+    /// family, 100 low-priority vCPUs, 500 clusters.
+    #[arg(long, env = "STRATO_QUOTA_FILE")]
+    pub quota_file: Option<PathBuf>,
+
+    /// Where nodes come from. `none`: this control plane keeps clusters and
+    /// quotas but creates no nodes, and says so on every cluster that wants
+    /// some.
+    #[arg(long, env = "STRATO_PROVIDER", value_enum, default_value_t = ProviderKind::None)]
+    pub provider: ProviderKind,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "STRATO_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// No node provider: clusters are stored, nodes are never created.
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--region {0:?}: must be 1 to 64 lowercase letters and digits, starting with a letter")]
+    Region(String),
+    #[error("--quota-file {path}: {source}")]
+    QuotaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--quota-file {path}: {message}")]
+    QuotaParse { path: PathBuf, message: String },
+    #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
+    SameAddress(SocketAddr),
+}
+
+/// The configuration after its checks, with the quota file read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub quota: QuotaLimits,
+}
+
+impl Config {
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let region_ok = (1..=64).contains(&self.region.len())
+            && self.region.starts_with(|c: char| c.is_ascii_lowercase())
+            && self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !region_ok {
+            return Err(ConfigError::Region(self.region));
+        }
+        if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
+            return Err(ConfigError::SameAddress(self.grpc_listen));
+        }
+        let quota = match &self.quota_file {
+            None => QuotaLimits::default(),
+            Some(path) => load_quota(path)?,
+        };
+        Ok(Settings { config: self, quota })
+    }
+}
+
+/// Reads a quota file. Unknown keys are errors, so a typo cannot silently
+/// leave a default in force.
+pub fn load_quota(path: &Path) -> Result<QuotaLimits, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::QuotaRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_quota(&text).map_err(|message| ConfigError::QuotaParse {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+/// A region's limits as written in the quota file: keys left out inherit.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionOverrides {
+    dedicated_cores_total: Option<u64>,
+    dedicated_cores_per_family: Option<u64>,
+    low_priority_cores: Option<u64>,
+    max_clusters: Option<u64>,
+    #[serde(default)]
+    families: BTreeMap<String, u64>,
+}
+
+impl RegionOverrides {
+    fn apply(self, base: &RegionQuota) -> RegionQuota {
+        let mut families = base.families.clone();
+        families.extend(self.families);
+        RegionQuota {
+            dedicated_cores_total: self.dedicated_cores_total.unwrap_or(base.dedicated_cores_total),
+            dedicated_cores_per_family: self
+                .dedicated_cores_per_family
+                .unwrap_or(base.dedicated_cores_per_family),
+            low_priority_cores: self.low_priority_cores.unwrap_or(base.low_priority_cores),
+            max_clusters: self.max_clusters.unwrap_or(base.max_clusters),
+            families,
+        }
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaFile {
+    #[serde(default)]
+    default: RegionOverrides,
+    #[serde(default)]
+    regions: BTreeMap<String, RegionOverrides>,
+}
+
+/// Parses a quota file: `[default]` overrides the built-in defaults, and
+/// each `[regions.NAME]` overrides `[default]`.
+pub fn parse_quota(text: &str) -> Result<QuotaLimits, String> {
+    let file: QuotaFile =
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+    let default = file.default.apply(&RegionQuota::default());
+    let regions = file
+        .regions
+        .into_iter()
+        .map(|(name, o)| (name, o.apply(&default)))
+        .collect();
+    Ok(QuotaLimits { default, regions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_file_overrides_defaults_per_region_and_family() {
+        let q = parse_quota(
+            r#"
+            [default]
+            dedicated_cores_total = 64
+
+            [regions.westeurope]
+            low_priority_cores = 8
+            [regions.westeurope.families]
+            standardNCSv3Family = 12
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(q.region("local").dedicated_cores_total, 64);
+        assert_eq!(q.region("local").dedicated_cores_per_family, 100);
+        let we = q.region("westeurope");
+        assert_eq!((we.low_priority_cores, we.family_limit("standardNCSv3Family")), (8, 12));
+        assert_eq!(we.family_limit("standardDv2Family"), 100);
+        // Unlisted keys of a region inherit from [default].
+        assert_eq!(we.dedicated_cores_total, 64);
+    }
+
+    #[test]
+    fn quota_file_typo_is_an_error_naming_the_key() {
+        let e = parse_quota("[default]\ndedicated_core_total = 1\n").expect_err("typo");
+        assert!(e.contains("dedicated_core_total"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_quota_file_parses() {
+        let text = include_str!("../../../deploy/quota.toml");
+        parse_quota(text).expect("deploy/quota.toml parses");
+    }
+
+    #[test]
+    fn bad_region_is_refused_before_start() {
+        let c = Config::parse_from(["strato-control", "--region", "West Europe"]);
+        assert!(matches!(c.validate(), Err(ConfigError::Region(_))));
+    }
+}

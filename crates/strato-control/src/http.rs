@@ -1,0 +1,35 @@
+//! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the
+//! store answers too).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .with_state(store);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn readyz<S: Store>(State(store): State<Arc<S>>) -> (StatusCode, String) {
+    match store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
+    }
+}
