@@ -5,11 +5,18 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["strato/v1/compute.proto", "strato/v1/job.proto", "strato/v1/agent.proto"];
+    let files = [
+        "strato/v1/compute.proto",
+        "strato/v1/job.proto",
+        "strato/v1/agent.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // Served by gRPC server reflection.
-    std::fs::write(out.join("strato_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    std::fs::write(
+        out.join("strato_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

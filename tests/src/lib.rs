@@ -1,0 +1,211 @@
+//! The end-to-end harness: starts the real `strato-control` binary on
+//! loopback ports with its own data directory, and runs the real `strato`
+//! CLI against it.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` put beside this
+//! test executable; `cargo xtask ci` builds them first.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use strato_proto::v1::compute_service_client::ComputeServiceClient;
+use tonic::transport::Channel;
+
+/// How long a control plane may take to answer after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of a workspace binary, built beside this test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (`cargo xtask ci` does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port. Another process could take it before it is used;
+/// on loopback in a test run that does not happen in practice.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running `strato-control` process.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    extra_args: Vec<String>,
+    log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on `data_dir` with fresh ports and waits until
+    /// its gRPC API answers.
+    pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut cp = ControlPlane {
+            child: None,
+            data_dir: data_dir.to_owned(),
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            log: data_dir.with_extension("log"),
+        };
+        cp.spawn().await?;
+        Ok(cp)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(binary("strato-control"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--grpc-listen")
+            .arg(self.grpc.to_string())
+            .arg("--http-listen")
+            .arg(self.http.to_string())
+            .args(&self.extra_args)
+            .env_remove("STRATO_QUOTA_FILE")
+            .env_remove("STRATO_REGION")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting strato-control")?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    /// Polls until the gRPC API answers, or fails with the process's log.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "strato-control exited with {status} while starting:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(mut client) = self.try_client().await
+                && client
+                    .list_sizes(strato_proto::v1::ListSizesRequest {})
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "strato-control did not answer within {START_TIMEOUT:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the process wrote to stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    async fn try_client(&self) -> anyhow::Result<ComputeServiceClient<Channel>> {
+        let channel = Channel::from_shared(self.endpoint())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        Ok(ComputeServiceClient::new(channel))
+    }
+
+    pub async fn client(&self) -> ComputeServiceClient<Channel> {
+        self.try_client().await.expect("connect to strato-control")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to strato-control")
+    }
+
+    /// SIGKILL: the process gets no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL strato-control");
+            child.wait().expect("reap strato-control");
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit, up to `timeout`.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("strato-control did not exit within {timeout:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the process again on the same data directory and ports.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "still running");
+        self.spawn().await
+    }
+
+    /// Runs the `strato` CLI against this control plane.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("strato"))
+            .arg("--endpoint")
+            .arg(self.endpoint())
+            .args(args)
+            .env_remove("STRATO_ENDPOINT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run strato")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,1 +1,584 @@
-fn main() {}
+//! `strato`: the command line for Strato, shaped like `az ml compute`.
+
+#![allow(clippy::print_stdout)] // reason: printing results is this binary's job
+
+mod cluster_file;
+mod output;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use strato_core::spec::VmPriority;
+use strato_proto::convert;
+use strato_proto::v1::{self, compute_service_client::ComputeServiceClient};
+use tonic::transport::Channel;
+
+use crate::output::{ClusterView, Format, NodeView, SizeView, UsageView, print};
+
+const AFTER_HELP: &str = "\
+Exit status: 0 on success, 1 when the control plane refused or failed the
+request (its reason is printed on stderr, naming the field), 2 for bad usage,
+3 when the control plane cannot be reached.";
+
+/// Strato: self-hosted compute clusters for machine-learning jobs.
+///
+/// Talks to a strato-control over gRPC. Cluster verbs follow `az ml compute`.
+#[derive(Debug, Parser)]
+#[command(name = "strato", version, about, long_about, after_help = AFTER_HELP)]
+struct Cli {
+    /// The control plane's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATO_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    endpoint: String,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage compute clusters: create, update, show, list, delete, and see
+    /// their nodes, the VM sizes and the quota.
+    #[command(subcommand)]
+    Compute(ComputeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ComputeCommand {
+    /// Create a cluster, from flags or an AmlCompute YAML file (flags win).
+    Create(Box<CreateArgs>),
+    /// Change min nodes, max nodes, idle time, description or tags.
+    Update(UpdateArgs),
+    /// Show one cluster: its spec, allocation state, node counts and errors.
+    Show(NameArg),
+    /// List clusters.
+    List,
+    /// List the nodes of a cluster.
+    ListNodes(NameArg),
+    /// List the VM sizes clusters may use.
+    ListSizes,
+    /// Show quota usage and limits of a location.
+    ListUsage {
+        /// Region; default: the control plane's.
+        #[arg(long)]
+        location: Option<String>,
+    },
+    /// Delete a cluster.
+    Delete {
+        #[command(flatten)]
+        name: NameArg,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NameArg {
+    /// Cluster name.
+    #[arg(short = 'n', long)]
+    name: String,
+}
+
+fn parse_priority(s: &str) -> Result<VmPriority, String> {
+    VmPriority::parse(s).ok_or_else(|| format!("{s:?}: use dedicated or lowpriority"))
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: a tag is KEY=VALUE"))
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Cluster name: 3-24 letters, digits and '-', starting with a letter.
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// An AmlCompute YAML file (name, size, tier, min_instances,
+    /// max_instances, idle_time_before_scale_down, location, ...).
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// VM size (see `strato compute list-sizes`); default Standard_DS3_v2.
+    #[arg(short = 's', long, visible_alias = "vm-size")]
+    size: Option<String>,
+    /// Fewest nodes, kept even when idle; default 0.
+    #[arg(long, visible_alias = "min-instances")]
+    min_nodes: Option<u32>,
+    /// Most nodes; default 1.
+    #[arg(long, visible_alias = "max-instances")]
+    max_nodes: Option<u32>,
+    /// Seconds a node stays idle before it is removed; default 120.
+    #[arg(long, visible_alias = "idle-time-before-scale-down")]
+    idle_seconds_before_scaledown: Option<u64>,
+    /// dedicated (default) or lowpriority.
+    #[arg(long, visible_alias = "tier", value_parser = parse_priority)]
+    vm_priority: Option<VmPriority>,
+    /// Region; default: the control plane's.
+    #[arg(long)]
+    location: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// A tag, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// '[system]' for a system-assigned identity, or user-assigned identity
+    /// resource ids (never both).
+    #[arg(long, num_args = 1..)]
+    assign_identity: Vec<String>,
+    /// Admin user on the nodes.
+    #[arg(long)]
+    admin_username: Option<String>,
+    /// Admin password (12+ characters, 3 of 4 classes). Prefer the variable
+    /// to keep it out of the process list.
+    #[arg(long, env = "STRATO_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Admin SSH public key.
+    #[arg(long)]
+    ssh_key_value: Option<String>,
+    /// Open the nodes' remote-login port to the public (off by default).
+    #[arg(long)]
+    ssh_public_access: bool,
+    /// Virtual network resource group (with --vnet-name and --subnet-name).
+    #[arg(long)]
+    vnet_resourcegroup_name: Option<String>,
+    #[arg(long)]
+    vnet_name: Option<String>,
+    #[arg(long)]
+    subnet_name: Option<String>,
+    /// Turn inter-node communication off (allows up to 1000 nodes, but no
+    /// multi-node MPI jobs).
+    #[arg(long)]
+    no_inter_node_communication: bool,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// Cluster name.
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// An AmlCompute YAML file; the fields it sets are applied. Fields fixed
+    /// at creation (size, tier, location, ...) must be unchanged.
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    #[arg(long, visible_alias = "min-instances")]
+    min_nodes: Option<u32>,
+    #[arg(long, visible_alias = "max-instances")]
+    max_nodes: Option<u32>,
+    #[arg(long, visible_alias = "idle-time-before-scale-down")]
+    idle_seconds_before_scaledown: Option<u64>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Add or change a tag, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Remove a tag by key; repeat for more.
+    #[arg(long = "remove-tag")]
+    remove_tags: Vec<String>,
+}
+
+/// An error that carries its exit status.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure {
+            code: 1,
+            message: format!("{}: {}", code_name(status.code()), status.message()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        InvalidArgument => "invalid argument",
+        NotFound => "not found",
+        AlreadyExists => "already exists",
+        FailedPrecondition => "failed precondition",
+        ResourceExhausted => "resource exhausted",
+        PermissionDenied => "permission denied",
+        Unauthenticated => "unauthenticated",
+        Unavailable => "unavailable",
+        Unimplemented => "not implemented by this control plane",
+        DeadlineExceeded => "timed out",
+        _ => "error",
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strato: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One line, so scripts can read the reason.
+            eprintln!("strato: {}", f.message.replace('\n', " "));
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<ComputeServiceClient<Channel>, Failure> {
+    let unreachable = |why: String| Failure {
+        code: 3,
+        message: format!(
+            "cannot reach the control plane at {endpoint}: {why}; is strato-control running? (set --endpoint or STRATO_ENDPOINT to its gRPC address)"
+        ),
+    };
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .map_err(|e| Failure {
+            code: 2,
+            message: format!(
+                "--endpoint {endpoint:?}: not a URL ({e}); e.g. http://127.0.0.1:7070"
+            ),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !why.contains(&text) {
+                    why = format!("{why}: {text}");
+                }
+                source = s.source();
+            }
+            unreachable(why)
+        })?;
+    Ok(ComputeServiceClient::new(channel))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let Command::Compute(command) = cli.command;
+    let format = cli.output;
+    // Commands that need no server check their input before connecting.
+    let create_spec = match &command {
+        ComputeCommand::Create(args) => Some(create_spec(args)?),
+        _ => None,
+    };
+    let mut client = connect(&cli.endpoint).await?;
+    match command {
+        ComputeCommand::Create(_) => {
+            let spec = create_spec.context("create spec")?;
+            let response = client
+                .create_cluster(v1::CreateClusterRequest { spec: Some(spec) })
+                .await?
+                .into_inner();
+            for w in &response.warnings {
+                eprintln!("strato: warning: {w}");
+            }
+            let cluster = response
+                .cluster
+                .context("the control plane returned no cluster")?;
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::Update(args) => {
+            let request = update_request(&mut client, args).await?;
+            let cluster = client.update_cluster(request).await?.into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::Show(NameArg { name }) => {
+            let cluster = client
+                .get_cluster(v1::GetClusterRequest { name })
+                .await?
+                .into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::List => {
+            let clusters = client
+                .list_clusters(v1::ListClustersRequest {})
+                .await?
+                .into_inner()
+                .clusters;
+            print(
+                format,
+                &clusters
+                    .into_iter()
+                    .map(ClusterView::from)
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+        ComputeCommand::ListNodes(NameArg { name }) => {
+            let nodes = client
+                .list_nodes(v1::ListNodesRequest { cluster: name })
+                .await?
+                .into_inner()
+                .nodes;
+            print(
+                format,
+                &nodes.into_iter().map(NodeView::from).collect::<Vec<_>>(),
+            )?;
+        }
+        ComputeCommand::ListSizes => {
+            let sizes = client
+                .list_sizes(v1::ListSizesRequest {})
+                .await?
+                .into_inner()
+                .sizes;
+            print(
+                format,
+                &sizes.into_iter().map(SizeView::from).collect::<Vec<_>>(),
+            )?;
+        }
+        ComputeCommand::ListUsage { location } => {
+            let r = client
+                .list_usage(v1::ListUsageRequest {
+                    location: location.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let views: Vec<UsageView> = r
+                .usages
+                .into_iter()
+                .map(|u| UsageView {
+                    location: r.location.clone(),
+                    name: u.name,
+                    unit: u.unit,
+                    current: u.current,
+                    limit: u.limit,
+                })
+                .collect();
+            print(format, &views)?;
+        }
+        ComputeCommand::Delete {
+            name: NameArg { name },
+            yes,
+        } => {
+            if !yes && std::io::stdin().is_terminal() && !confirm(&name)? {
+                return Err(Failure {
+                    code: 1,
+                    message: "delete not confirmed; nothing was deleted".into(),
+                });
+            }
+            client
+                .delete_cluster(v1::DeleteClusterRequest { name: name.clone() })
+                .await?;
+            if format == Format::Table {
+                println!("cluster {name} deleted");
+            } else {
+                print(
+                    format,
+                    &serde_json::json!({ "name": name, "deleted": true }),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl output::Render for serde_json::Value {
+    fn table(&self) -> output::Table {
+        output::Table::properties(Vec::new())
+    }
+}
+
+fn confirm(name: &str) -> anyhow::Result<bool> {
+    eprint!("delete cluster {name} and its nodes? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The create request from `--file` (if any) overlaid with the flags.
+fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
+    let mut spec = match &args.file {
+        Some(path) => cluster_file::load(path)?.spec,
+        None => v1::ClusterSpec::default(),
+    };
+    if let Some(name) = &args.name {
+        spec.name = name.clone();
+    }
+    if spec.name.is_empty() {
+        return Err(Failure {
+            code: 2,
+            message: "name: give -n/--name or a --file with a name".into(),
+        });
+    }
+    if let Some(size) = &args.size {
+        spec.vm_size = size.clone();
+    }
+    if let Some(min) = args.min_nodes {
+        spec.min_nodes = min;
+    }
+    if args.max_nodes.is_some() {
+        spec.max_nodes = args.max_nodes;
+    }
+    if args.idle_seconds_before_scaledown.is_some() {
+        spec.idle_seconds_before_scaledown = args.idle_seconds_before_scaledown;
+    }
+    if let Some(p) = args.vm_priority {
+        spec.vm_priority = convert::vm_priority(p) as i32;
+    }
+    if let Some(l) = &args.location {
+        spec.location = l.clone();
+    }
+    if let Some(d) = &args.description {
+        spec.description = d.clone();
+    }
+    spec.tags.extend(args.tags.iter().cloned());
+    if !args.assign_identity.is_empty() {
+        let identity = spec.identity.get_or_insert_with(Default::default);
+        for id in &args.assign_identity {
+            if id.eq_ignore_ascii_case("[system]") {
+                identity.system_assigned = true;
+            } else {
+                identity.user_assigned_identities.push(id.clone());
+            }
+        }
+    }
+    if args.admin_username.is_some()
+        || args.admin_password.is_some()
+        || args.ssh_key_value.is_some()
+        || args.ssh_public_access
+    {
+        let ssh = spec.ssh.get_or_insert_with(Default::default);
+        if let Some(u) = &args.admin_username {
+            ssh.admin_username = u.clone();
+        }
+        if let Some(p) = &args.admin_password {
+            ssh.admin_password = p.clone();
+        }
+        if let Some(k) = &args.ssh_key_value {
+            ssh.admin_ssh_public_key = k.clone();
+        }
+        if args.ssh_public_access {
+            ssh.remote_login_port_public_access = v1::RemoteLoginPortPublicAccess::Enabled as i32;
+        }
+    }
+    if args.vnet_resourcegroup_name.is_some()
+        || args.vnet_name.is_some()
+        || args.subnet_name.is_some()
+    {
+        let vnet = spec.vnet.get_or_insert_with(Default::default);
+        if let Some(g) = &args.vnet_resourcegroup_name {
+            vnet.resource_group = g.clone();
+        }
+        if let Some(v) = &args.vnet_name {
+            vnet.vnet_name = v.clone();
+        }
+        if let Some(s) = &args.subnet_name {
+            vnet.subnet_name = s.clone();
+        }
+    }
+    if args.no_inter_node_communication {
+        spec.inter_node_communication = Some(false);
+    }
+    Ok(spec)
+}
+
+async fn update_request(
+    client: &mut ComputeServiceClient<Channel>,
+    args: UpdateArgs,
+) -> Result<v1::UpdateClusterRequest, Failure> {
+    let (mut spec, mut mask) = match &args.file {
+        Some(path) => {
+            let f = cluster_file::load(path)?;
+            (
+                f.spec,
+                f.fields.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+        }
+        None => (v1::ClusterSpec::default(), Vec::new()),
+    };
+    if let Some(name) = &args.name {
+        spec.name = name.clone();
+    }
+    let name = spec.name.clone();
+    if name.is_empty() {
+        return Err(Failure {
+            code: 2,
+            message: "name: give -n/--name or a --file with a name".into(),
+        });
+    }
+    let set = |field: &str, mask: &mut Vec<String>| {
+        if !mask.iter().any(|m| m == field) {
+            mask.push(field.to_owned());
+        }
+    };
+    if let Some(min) = args.min_nodes {
+        spec.min_nodes = min;
+        set("min_nodes", &mut mask);
+    }
+    if let Some(max) = args.max_nodes {
+        spec.max_nodes = Some(max);
+        set("max_nodes", &mut mask);
+    }
+    if let Some(idle) = args.idle_seconds_before_scaledown {
+        spec.idle_seconds_before_scaledown = Some(idle);
+        set("idle_seconds_before_scaledown", &mut mask);
+    }
+    if let Some(d) = args.description {
+        spec.description = d;
+        set("description", &mut mask);
+    }
+    if !args.tags.is_empty() || !args.remove_tags.is_empty() {
+        // Tags are replaced whole by the server: start from the current ones
+        // (or the file's) and apply the changes.
+        let mut tags: BTreeMap<String, String> = if mask.iter().any(|m| m == "tags") {
+            spec.tags.clone().into_iter().collect()
+        } else {
+            let current = client
+                .get_cluster(v1::GetClusterRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            current.spec.unwrap_or_default().tags.into_iter().collect()
+        };
+        tags.extend(args.tags);
+        for k in &args.remove_tags {
+            tags.remove(k);
+        }
+        spec.tags = tags.into_iter().collect();
+        set("tags", &mut mask);
+    }
+    mask.retain(|m| m != "name");
+    if mask.is_empty() {
+        return Err(Failure {
+            code: 2,
+            message: "nothing to update: give --min-nodes, --max-nodes, --idle-seconds-before-scaledown, --description, --tag, --remove-tag or --file".into(),
+        });
+    }
+    Ok(v1::UpdateClusterRequest {
+        name,
+        spec: Some(spec),
+        update_mask: Some(prost_types::FieldMask { paths: mask }),
+    })
+}

@@ -32,7 +32,9 @@ pub fn status(e: StoreError) -> Status {
         StoreError::ClusterNotFound(_) => Status::not_found(e.to_string()),
         StoreError::ClusterExists(_) => Status::already_exists(e.to_string()),
         StoreError::Spec(SpecError::Invalid(f)) => invalid(f),
-        StoreError::Spec(e @ SpecError::Immutable { .. }) => Status::failed_precondition(e.to_string()),
+        StoreError::Spec(e @ SpecError::Immutable { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::Quota(q) => Status::resource_exhausted(q.to_string()),
         StoreError::Database(_) | StoreError::Migration(_) | StoreError::Corrupt(_) => {
             tracing::error!(error = %e, "store failure");
@@ -113,7 +115,11 @@ impl<S: Store> ComputeApi<S> {
     }
 
     async fn load_view(&self, record: &ClusterRecord) -> Result<v1::Cluster, Status> {
-        let nodes = self.store.list_nodes(&record.spec.name).await.map_err(status)?;
+        let nodes = self
+            .store
+            .list_nodes(&record.spec.name)
+            .await
+            .map_err(status)?;
         Ok(self.cluster_view(record, &nodes))
     }
 }

@@ -95,7 +95,10 @@ impl Config {
             None => QuotaLimits::default(),
             Some(path) => load_quota(path)?,
         };
-        Ok(Settings { config: self, quota })
+        Ok(Settings {
+            config: self,
+            quota,
+        })
     }
 }
 
@@ -129,7 +132,9 @@ impl RegionOverrides {
         let mut families = base.families.clone();
         families.extend(self.families);
         RegionQuota {
-            dedicated_cores_total: self.dedicated_cores_total.unwrap_or(base.dedicated_cores_total),
+            dedicated_cores_total: self
+                .dedicated_cores_total
+                .unwrap_or(base.dedicated_cores_total),
             dedicated_cores_per_family: self
                 .dedicated_cores_per_family
                 .unwrap_or(base.dedicated_cores_per_family),
@@ -184,7 +189,13 @@ mod tests {
         assert_eq!(q.region("local").dedicated_cores_total, 64);
         assert_eq!(q.region("local").dedicated_cores_per_family, 100);
         let we = q.region("westeurope");
-        assert_eq!((we.low_priority_cores, we.family_limit("standardNCSv3Family")), (8, 12));
+        assert_eq!(
+            (
+                we.low_priority_cores,
+                we.family_limit("standardNCSv3Family")
+            ),
+            (8, 12)
+        );
         assert_eq!(we.family_limit("standardDv2Family"), 100);
         // Unlisted keys of a region inherit from [default].
         assert_eq!(we.dedicated_cores_total, 64);

@@ -18,15 +18,19 @@ use crate::store::{SqliteStore, Store};
 
 /// Runs the control plane until `shutdown` resolves, then stops taking
 /// requests, lets the ones in flight finish and closes the store.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
-    let store = Arc::new(
-        SqliteStore::open(&config.data_dir)
-            .await
-            .with_context(|| format!("--data-dir {}: cannot open the database", config.data_dir.display()))?,
-    );
+    let store = Arc::new(SqliteStore::open(&config.data_dir).await.with_context(|| {
+        format!(
+            "--data-dir {}: cannot open the database",
+            config.data_dir.display()
+        )
+    })?);
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("--grpc-listen {}: cannot listen", config.grpc_listen))?;
@@ -52,7 +56,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc_server = grpc_server(store.clone(), settings.clone(), grpc, stopped(stop_rx.clone()));
+    let grpc_server = grpc_server(
+        store.clone(),
+        settings.clone(),
+        grpc,
+        stopped(stop_rx.clone()),
+    );
     let http_server = http::serve(http, store.clone(), stopped(stop_rx.clone()));
     let (g, h) = tokio::join!(grpc_server, http_server);
     g.context("gRPC server")?;
@@ -88,7 +97,9 @@ async fn grpc_server<S: Store>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(ComputeServiceServer::new(api::ComputeApi::new(store, settings)))
+        .add_service(ComputeServiceServer::new(api::ComputeApi::new(
+            store, settings,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -18,10 +18,16 @@ fn main() -> ExitCode {
         }
     };
     let filter = EnvFilter::try_new(&settings.config.log).unwrap_or_else(|e| {
-        eprintln!("strato-control: --log {:?} is not a valid filter ({e}); using info", settings.config.log);
+        eprintln!(
+            "strato-control: --log {:?} is not a valid filter ({e}); using info",
+            settings.config.log
+        );
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -18,7 +18,14 @@ pub struct VmSize {
 pub const DEFAULT_VM_SIZE: &str = "Standard_DS3_v2";
 
 const fn cpu(name: &'static str, vcpus: u32, memory_gib: u32, family: &'static str) -> VmSize {
-    VmSize { name, vcpus, memory_gib, gpus: 0, gpu_model: "", family }
+    VmSize {
+        name,
+        vcpus,
+        memory_gib,
+        gpus: 0,
+        gpu_model: "",
+        family,
+    }
 }
 
 const fn gpu(
@@ -29,7 +36,14 @@ const fn gpu(
     gpu_model: &'static str,
     family: &'static str,
 ) -> VmSize {
-    VmSize { name, vcpus, memory_gib, gpus, gpu_model, family }
+    VmSize {
+        name,
+        vcpus,
+        memory_gib,
+        gpus,
+        gpu_model,
+        family,
+    }
 }
 
 pub const CATALOG: &[VmSize] = &[
@@ -40,11 +54,46 @@ pub const CATALOG: &[VmSize] = &[
     cpu("Standard_D4s_v3", 4, 16, "standardDSv3Family"),
     cpu("Standard_E4s_v3", 4, 32, "standardESv3Family"),
     cpu("Standard_F4s_v2", 4, 8, "standardFSv2Family"),
-    gpu("Standard_NC6s_v3", 6, 112, 1, "V100 16 GB", "standardNCSv3Family"),
-    gpu("Standard_NC24ads_A100_v4", 24, 220, 1, "A100 80 GB", "standardNCADSA100v4Family"),
-    gpu("Standard_NC40ads_H100_v5", 40, 320, 1, "H100 NVL 94 GB", "standardNCADSH100v5Family"),
-    gpu("Standard_ND96asr_v4", 96, 900, 8, "A100 40 GB", "standardNDASv4_A100Family"),
-    gpu("Standard_ND96isr_H100_v5", 96, 1900, 8, "H100 80 GB", "standardNDSH100v5Family"),
+    gpu(
+        "Standard_NC6s_v3",
+        6,
+        112,
+        1,
+        "V100 16 GB",
+        "standardNCSv3Family",
+    ),
+    gpu(
+        "Standard_NC24ads_A100_v4",
+        24,
+        220,
+        1,
+        "A100 80 GB",
+        "standardNCADSA100v4Family",
+    ),
+    gpu(
+        "Standard_NC40ads_H100_v5",
+        40,
+        320,
+        1,
+        "H100 NVL 94 GB",
+        "standardNCADSH100v5Family",
+    ),
+    gpu(
+        "Standard_ND96asr_v4",
+        96,
+        900,
+        8,
+        "A100 40 GB",
+        "standardNDASv4_A100Family",
+    ),
+    gpu(
+        "Standard_ND96isr_H100_v5",
+        96,
+        1900,
+        8,
+        "H100 80 GB",
+        "standardNDSH100v5Family",
+    ),
 ];
 
 /// Sizes retired by Azure, with the current size to suggest instead.
@@ -101,7 +150,10 @@ mod tests {
     fn retired_size_names_a_current_one() {
         let e = lookup("standard_nc6").expect_err("retired");
         assert_eq!(e.field, "vm_size");
-        assert!(e.rule.contains("retired") && e.rule.contains("Standard_NC6s_v3"), "{e}");
+        assert!(
+            e.rule.contains("retired") && e.rule.contains("Standard_NC6s_v3"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -44,12 +44,28 @@ mod tests {
 
     #[test]
     fn accepts_and_refuses_the_documented_examples() {
-        for ok in ["cpu", "gpu-a2", "cpu-cluster", "A1b2-c", "abcdefghijklmnopqrstuvwx"] {
+        for ok in [
+            "cpu",
+            "gpu-a2",
+            "cpu-cluster",
+            "A1b2-c",
+            "abcdefghijklmnopqrstuvwx",
+        ] {
             assert_eq!(validate_cluster_name(ok), Ok(()), "{ok}");
         }
         for bad in [
-            "", "ab", "gpu-2", "1cpu", "-cpu", "cpu-", "cpu_1", "cpu.x", "cpu a",
-            "abcdefghijklmnopqrstuvwxy", "gpu-a-2", "é-cpu",
+            "",
+            "ab",
+            "gpu-2",
+            "1cpu",
+            "-cpu",
+            "cpu-",
+            "cpu_1",
+            "cpu.x",
+            "cpu a",
+            "abcdefghijklmnopqrstuvwxy",
+            "gpu-a-2",
+            "é-cpu",
         ] {
             let e = validate_cluster_name(bad).expect_err(bad);
             assert_eq!(e.field, "name");
@@ -61,11 +77,14 @@ mod tests {
     fn obeys_rules(name: &str) -> bool {
         let bytes = name.as_bytes();
         let len_ok = (3..=24).contains(&name.chars().count());
-        let chars_ok = bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        let chars_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
         let first_ok = bytes.first().is_some_and(u8::is_ascii_alphabetic);
-        let dashes_ok = bytes.iter().enumerate().all(|(i, b)| {
-            *b != b'-' || bytes[i + 1..].iter().any(u8::is_ascii_alphabetic)
-        });
+        let dashes_ok = bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b != b'-' || bytes[i + 1..].iter().any(u8::is_ascii_alphabetic));
         len_ok && chars_ok && first_ok && dashes_ok
     }
 

@@ -103,7 +103,10 @@ impl QuotaUsage {
         self.clusters += 1;
         match a.priority {
             VmPriority::Dedicated => {
-                *self.dedicated_by_family.entry(a.family.clone()).or_default() += a.vcpus();
+                *self
+                    .dedicated_by_family
+                    .entry(a.family.clone())
+                    .or_default() += a.vcpus();
                 self.dedicated_total += a.vcpus();
             }
             VmPriority::LowPriority => self.low_priority += a.vcpus(),
@@ -194,7 +197,11 @@ pub fn check(
         }
         VmPriority::LowPriority => {
             if !fits(limits.low_priority_cores, others.low_priority) {
-                return Err(exceeded(LOW_PRIORITY, limits.low_priority_cores, others.low_priority));
+                return Err(exceeded(
+                    LOW_PRIORITY,
+                    limits.low_priority_cores,
+                    others.low_priority,
+                ));
             }
         }
     }
@@ -269,11 +276,29 @@ mod tests {
 
     #[test]
     fn family_limit_refusal_names_family_limit_and_request() {
-        let used = QuotaUsage::from_allocations(&[alloc("standardNCSv3Family", VmPriority::Dedicated, 6, 1)]);
-        let e = check("local", &limits(), &used, &alloc("standardNCSv3Family", VmPriority::Dedicated, 6, 1), true)
-            .expect_err("full");
+        let used = QuotaUsage::from_allocations(&[alloc(
+            "standardNCSv3Family",
+            VmPriority::Dedicated,
+            6,
+            1,
+        )]);
+        let e = check(
+            "local",
+            &limits(),
+            &used,
+            &alloc("standardNCSv3Family", VmPriority::Dedicated, 6, 1),
+            true,
+        )
+        .expect_err("full");
         let text = e.to_string();
-        for part in ["standardNCSv3Family", "is 6", "6 in use", "1 requested nodes", "6 vCPUs", "local"] {
+        for part in [
+            "standardNCSv3Family",
+            "is 6",
+            "6 in use",
+            "1 requested nodes",
+            "6 vCPUs",
+            "local",
+        ] {
             assert!(text.contains(part), "{part} missing from {text}");
         }
     }
@@ -284,10 +309,25 @@ mod tests {
             alloc("a", VmPriority::Dedicated, 4, 3),
             alloc("b", VmPriority::Dedicated, 4, 1),
         ]);
-        let e = check("local", &limits(), &used, &alloc("c", VmPriority::Dedicated, 4, 2), false)
-            .expect_err("total");
+        let e = check(
+            "local",
+            &limits(),
+            &used,
+            &alloc("c", VmPriority::Dedicated, 4, 2),
+            false,
+        )
+        .expect_err("total");
         assert_eq!(e.quota(), DEDICATED_TOTAL);
-        assert!(check("local", &limits(), &used, &alloc("c", VmPriority::Dedicated, 4, 1), false).is_ok());
+        assert!(
+            check(
+                "local",
+                &limits(),
+                &used,
+                &alloc("c", VmPriority::Dedicated, 4, 1),
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -295,29 +335,70 @@ mod tests {
         let used = QuotaUsage::from_allocations(&[alloc("a", VmPriority::LowPriority, 4, 2)]);
         assert_eq!(used.dedicated_total, 0);
         assert_eq!(
-            check("local", &limits(), &used, &alloc("a", VmPriority::LowPriority, 4, 1), false)
-                .expect_err("low full")
-                .quota(),
+            check(
+                "local",
+                &limits(),
+                &used,
+                &alloc("a", VmPriority::LowPriority, 4, 1),
+                false
+            )
+            .expect_err("low full")
+            .quota(),
             LOW_PRIORITY
         );
-        assert!(check("local", &limits(), &used, &alloc("a", VmPriority::Dedicated, 4, 3), false).is_ok());
+        assert!(
+            check(
+                "local",
+                &limits(),
+                &used,
+                &alloc("a", VmPriority::Dedicated, 4, 3),
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn cluster_count_is_limited_for_new_clusters_only() {
         let used = QuotaUsage::from_allocations(&vec![alloc("a", VmPriority::Dedicated, 4, 0); 3]);
-        let e = check("local", &limits(), &used, &alloc("a", VmPriority::Dedicated, 4, 0), true)
-            .expect_err("count");
+        let e = check(
+            "local",
+            &limits(),
+            &used,
+            &alloc("a", VmPriority::Dedicated, 4, 0),
+            true,
+        )
+        .expect_err("count");
         assert_eq!(e.quota(), CLUSTERS);
-        assert!(check("local", &limits(), &used, &alloc("a", VmPriority::Dedicated, 4, 0), false).is_ok());
+        assert!(
+            check(
+                "local",
+                &limits(),
+                &used,
+                &alloc("a", VmPriority::Dedicated, 4, 0),
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn report_lists_families_totals_and_clusters() {
-        let used = QuotaUsage::from_allocations(&[alloc("standardNCSv3Family", VmPriority::Dedicated, 6, 1)]);
+        let used = QuotaUsage::from_allocations(&[alloc(
+            "standardNCSv3Family",
+            VmPriority::Dedicated,
+            6,
+            1,
+        )]);
         let lines = report(&limits(), &used);
         let line = |n: &str| lines.iter().find(|l| l.name == n).expect(n).clone();
-        assert_eq!((line("standardNCSv3Family").current, line("standardNCSv3Family").limit), (6, 6));
+        assert_eq!(
+            (
+                line("standardNCSv3Family").current,
+                line("standardNCSv3Family").limit
+            ),
+            (6, 6)
+        );
         assert_eq!(line("standardDv2Family").limit, 12);
         assert_eq!(line(DEDICATED_TOTAL).current, 6);
         assert_eq!(line(CLUSTERS).current, 1);
@@ -331,18 +412,29 @@ mod tests {
             0u32..6,
         )
             .prop_map(|(f, low, v, n)| {
-                alloc(f, if low { VmPriority::LowPriority } else { VmPriority::Dedicated }, v, n)
+                alloc(
+                    f,
+                    if low {
+                        VmPriority::LowPriority
+                    } else {
+                        VmPriority::Dedicated
+                    },
+                    v,
+                    n,
+                )
             })
     }
 
     fn arb_limits() -> impl Strategy<Value = RegionQuota> {
-        (0u64..80, 0u64..40, 0u64..40, 0u64..60, 0u64..8).prop_map(|(total, per, f1, low, clusters)| RegionQuota {
-            dedicated_cores_total: total,
-            dedicated_cores_per_family: per,
-            families: [("f1".to_owned(), f1)].into(),
-            low_priority_cores: low,
-            max_clusters: clusters,
-        })
+        (0u64..80, 0u64..40, 0u64..40, 0u64..60, 0u64..8).prop_map(
+            |(total, per, f1, low, clusters)| RegionQuota {
+                dedicated_cores_total: total,
+                dedicated_cores_per_family: per,
+                families: [("f1".to_owned(), f1)].into(),
+                low_priority_cores: low,
+                max_clusters: clusters,
+            },
+        )
     }
 
     proptest! {

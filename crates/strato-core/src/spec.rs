@@ -71,7 +71,11 @@ impl std::fmt::Debug for SshSettings {
             .field("admin_username", &self.admin_username)
             .field(
                 "admin_password",
-                &if self.admin_password.is_empty() { "" } else { "<redacted>" },
+                &if self.admin_password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
             )
             .field("admin_ssh_public_key", &self.admin_ssh_public_key)
             .finish()
@@ -224,7 +228,10 @@ fn check_scale(spec: &ClusterSpec) -> Result<(), FieldError> {
         } else {
             format!("must be at most {limit}")
         };
-        return Err(FieldError::new("max_nodes", format!("{why}; got {}", spec.max_nodes)));
+        return Err(FieldError::new(
+            "max_nodes",
+            format!("{why}; got {}", spec.max_nodes),
+        ));
     }
     if spec.min_nodes > spec.max_nodes {
         return Err(FieldError::new(
@@ -268,7 +275,9 @@ fn check_text(spec: &ClusterSpec) -> Result<(), FieldError> {
                 format!("a tag name must be 1 to {MAX_TAG_KEY_LEN} characters"),
             ));
         }
-        if k.chars().any(|c| matches!(c, '<' | '>' | '%' | '&' | '\\' | '?' | '/') || c.is_control()) {
+        if k.chars()
+            .any(|c| matches!(c, '<' | '>' | '%' | '&' | '\\' | '?' | '/') || c.is_control())
+        {
             return Err(FieldError::new(
                 field,
                 "a tag name may not hold <, >, %, &, \\, ?, / or control characters",
@@ -334,7 +343,10 @@ fn check_ssh(ssh: &SshSettings) -> Result<(), FieldError> {
             ),
         ));
     }
-    if matches!(user.as_str(), "root" | "admin" | "administrator" | "daemon" | "bin" | "sys") {
+    if matches!(
+        user.as_str(),
+        "root" | "admin" | "administrator" | "daemon" | "bin" | "sys"
+    ) {
         return Err(FieldError::new(
             "ssh.admin_username",
             format!("{user:?} is reserved; choose another name"),
@@ -387,7 +399,9 @@ fn check_vnet(vnet: &VnetSettings) -> Result<(), FieldError> {
         if !ok {
             return Err(FieldError::new(
                 field,
-                format!("must be at most 90 letters, digits, '-', '_', '.', '(' or ')'; got {value:?}"),
+                format!(
+                    "must be at most 90 letters, digits, '-', '_', '.', '(' or ')'; got {value:?}"
+                ),
             ));
         }
     }
@@ -409,7 +423,10 @@ fn check_identity(identity: &IdentitySpec) -> Result<(), FieldError> {
     }
     for (i, id) in identity.user_assigned.iter().enumerate() {
         let field = format!("identity.user_assigned_identities[{i}]");
-        if id.is_empty() || id.len() > 512 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if id.is_empty()
+            || id.len() > 512
+            || id.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(FieldError::new(
                 field,
                 "must be an identity resource id of 1 to 512 characters without spaces",
@@ -460,7 +477,10 @@ pub fn apply_update(
     if mask.is_empty() {
         return Err(FieldError::new(
             "update_mask",
-            format!("name at least one field to change ({})", MUTABLE_FIELDS.join(", ")),
+            format!(
+                "name at least one field to change ({})",
+                MUTABLE_FIELDS.join(", ")
+            ),
         )
         .into());
     }
@@ -530,12 +550,18 @@ fn immutable_change(
         "ssh" => (desired.ssh != current.ssh).then(String::new),
         "vnet" => (desired.vnet != current.vnet).then(String::new),
         "identity" => (desired.identity != current.identity).then(|| {
-            " through UpdateCluster; identities are added and removed with their own calls".to_owned()
+            " through UpdateCluster; identities are added and removed with their own calls"
+                .to_owned()
         }),
         "inter_node_communication" => {
             let asked = desired.inter_node_communication.unwrap_or(true);
             (asked != current.inter_node_communication)
-                .then(|| changed(&current.inter_node_communication.to_string(), &asked.to_string()))
+                .then(|| {
+                    changed(
+                        &current.inter_node_communication.to_string(),
+                        &asked.to_string(),
+                    )
+                })
                 .flatten()
         }
         _ => None,
@@ -569,7 +595,10 @@ mod tests {
     fn size_is_stored_in_catalog_spelling() {
         let mut r = req("gpu");
         r.vm_size = Some("standard_nc6s_v3".into());
-        assert_eq!(validate(&r, "local").expect("valid").vm_size, "Standard_NC6s_v3");
+        assert_eq!(
+            validate(&r, "local").expect("valid").vm_size,
+            "Standard_NC6s_v3"
+        );
     }
 
     #[test]
@@ -602,7 +631,10 @@ mod tests {
             vnet_name: "vnet".into(),
             subnet_name: String::new(),
         });
-        assert_eq!(validate(&r, "local").expect_err("partial").field, "vnet.subnet_name");
+        assert_eq!(
+            validate(&r, "local").expect_err("partial").field,
+            "vnet.subnet_name"
+        );
         r.vnet = Some(VnetSettings {
             resource_group: "rg".into(),
             vnet_name: "vnet".into(),
@@ -621,13 +653,25 @@ mod tests {
         assert_eq!(validate(&r, "local").expect_err("both").field, "identity");
         r.identity.system_assigned = false;
         assert!(validate(&r, "local").is_ok());
-        r.identity.user_assigned.push(r.identity.user_assigned[0].to_uppercase());
-        assert!(validate(&r, "local").expect_err("dup").rule.contains("twice"));
+        r.identity
+            .user_assigned
+            .push(r.identity.user_assigned[0].to_uppercase());
+        assert!(
+            validate(&r, "local")
+                .expect_err("dup")
+                .rule
+                .contains("twice")
+        );
     }
 
     #[test]
     fn admin_password_needs_three_classes_and_is_never_echoed() {
-        for bad in ["short1A!", "alllowercaseletters", "lowerUPPERonly", "123456789012"] {
+        for bad in [
+            "short1A!",
+            "alllowercaseletters",
+            "lowerUPPERonly",
+            "123456789012",
+        ] {
             let e = check_admin_password(bad).expect_err(bad);
             assert_eq!(e.field, "ssh.admin_password");
             assert!(!e.to_string().contains(bad));
@@ -648,12 +692,18 @@ mod tests {
     fn ssh_user_needs_a_credential() {
         let mut r = req("cpu");
         r.ssh.admin_username = "azureuser".into();
-        assert_eq!(validate(&r, "local").expect_err("no cred").field, "ssh.admin_password");
+        assert_eq!(
+            validate(&r, "local").expect_err("no cred").field,
+            "ssh.admin_password"
+        );
         r.ssh.admin_ssh_public_key = "ssh-ed25519 AAAAC3Nza user@host".into();
         assert!(validate(&r, "local").is_ok());
         r.ssh.admin_username = String::new();
         r.ssh.public_access = true;
-        assert_eq!(validate(&r, "local").expect_err("no user").field, "ssh.admin_username");
+        assert_eq!(
+            validate(&r, "local").expect_err("no user").field,
+            "ssh.admin_username"
+        );
     }
 
     #[test]
@@ -668,7 +718,10 @@ mod tests {
 
         desired.vm_size = Some("Standard_D2_v2".into());
         let e = apply_update(&current, &desired, &["vm_size".to_owned()]).expect_err("immutable");
-        assert!(matches!(&e, SpecError::Immutable { field, .. } if field == "vm_size"), "{e}");
+        assert!(
+            matches!(&e, SpecError::Immutable { field, .. } if field == "vm_size"),
+            "{e}"
+        );
         assert!(e.to_string().contains("Standard_DS3_v2"), "{e}");
 
         // Naming an immutable field with its current value is harmless.
@@ -707,7 +760,10 @@ mod tests {
         desired.name = "other".into();
         for field in IMMUTABLE_FIELDS.iter().filter(|f| **f != "vm_size") {
             let e = apply_update(&current, &desired, &[(*field).to_owned()]).expect_err(field);
-            assert!(matches!(&e, SpecError::Immutable { field: f, .. } if f == field), "{e}");
+            assert!(
+                matches!(&e, SpecError::Immutable { field: f, .. } if f == field),
+                "{e}"
+            );
         }
     }
 
@@ -715,7 +771,10 @@ mod tests {
         (
             "[a-z][a-z0-9-]{0,26}",
             prop::option::of(prop::sample::select(vec![
-                "Standard_D2_v2", "standard_nc6", "Standard_NC6s_v3", "bogus",
+                "Standard_D2_v2",
+                "standard_nc6",
+                "Standard_NC6s_v3",
+                "bogus",
             ])),
             prop::option::of(0u32..1200),
             prop::option::of(0u32..1200),
@@ -724,23 +783,25 @@ mod tests {
             (any::<bool>(), prop::collection::vec("[a-z/]{0,6}", 0..3)),
             prop::option::of(("[a-z]{0,2}", "[a-z]{0,2}", "[a-z]{0,2}")),
         )
-            .prop_map(|(name, size, min, max, inter, idle, (sys, users), vnet)| ClusterRequest {
-                name,
-                vm_size: size.map(str::to_owned),
-                min_nodes: min,
-                max_nodes: max,
-                inter_node_communication: inter,
-                idle_seconds_before_scaledown: idle,
-                identity: IdentitySpec {
-                    system_assigned: sys,
-                    user_assigned: users,
-                },
-                vnet: vnet.map(|(g, v, s)| VnetSettings {
-                    resource_group: g,
-                    vnet_name: v,
-                    subnet_name: s,
-                }),
-                ..Default::default()
+            .prop_map(|(name, size, min, max, inter, idle, (sys, users), vnet)| {
+                ClusterRequest {
+                    name,
+                    vm_size: size.map(str::to_owned),
+                    min_nodes: min,
+                    max_nodes: max,
+                    inter_node_communication: inter,
+                    idle_seconds_before_scaledown: idle,
+                    identity: IdentitySpec {
+                        system_assigned: sys,
+                        user_assigned: users,
+                    },
+                    vnet: vnet.map(|(g, v, s)| VnetSettings {
+                        resource_group: g,
+                        vnet_name: v,
+                        subnet_name: s,
+                    }),
+                    ..Default::default()
+                }
             })
     }
 
@@ -755,7 +816,7 @@ mod tests {
                 prop_assert!(spec.max_nodes <= limit);
                 prop_assert!(spec.idle_seconds_before_scaledown <= MAX_IDLE_SECONDS);
                 prop_assert!(crate::catalog::CATALOG.iter().any(|s| s.name == spec.vm_size));
-                prop_assert!(!(spec.identity.system_assigned && !spec.identity.user_assigned.is_empty()));
+                prop_assert!(!spec.identity.system_assigned || spec.identity.user_assigned.is_empty());
                 prop_assert!(spec.identity.user_assigned.iter().all(|u| !u.is_empty()));
                 if let Some(v) = &spec.vnet {
                     let given = [&v.resource_group, &v.vnet_name, &v.subnet_name]

@@ -3,7 +3,9 @@
 
 use strato_core::error::FieldError;
 use strato_core::node::{AllocationState, NodeState};
-use strato_core::spec::{ClusterRequest, ClusterSpec, IdentitySpec, SshSettings, VmPriority, VnetSettings};
+use strato_core::spec::{
+    ClusterRequest, ClusterSpec, IdentitySpec, SshSettings, VmPriority, VnetSettings,
+};
 
 use crate::v1;
 
@@ -17,7 +19,10 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
         Err(_) => {
             return Err(FieldError::new(
                 "vm_priority",
-                format!("unknown value {}; use dedicated or lowpriority", spec.vm_priority),
+                format!(
+                    "unknown value {}; use dedicated or lowpriority",
+                    spec.vm_priority
+                ),
             ));
         }
     };
@@ -44,7 +49,9 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
     let vnet = spec
         .vnet
         .as_ref()
-        .filter(|v| !(v.resource_group.is_empty() && v.vnet_name.is_empty() && v.subnet_name.is_empty()))
+        .filter(|v| {
+            !(v.resource_group.is_empty() && v.vnet_name.is_empty() && v.subnet_name.is_empty())
+        })
         .map(|v| VnetSettings {
             resource_group: v.resource_group.clone(),
             vnet_name: v.vnet_name.clone(),
@@ -67,7 +74,11 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
         idle_seconds_before_scaledown: spec.idle_seconds_before_scaledown,
         location: non_empty(&spec.location),
         description: spec.description.clone(),
-        tags: spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tags: spec
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         ssh,
         vnet,
         identity,
@@ -90,7 +101,11 @@ pub fn cluster_spec(spec: &ClusterSpec) -> v1::ClusterSpec {
         idle_seconds_before_scaledown: Some(spec.idle_seconds_before_scaledown),
         location: spec.location.clone(),
         description: spec.description.clone(),
-        tags: spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tags: spec
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         ssh: Some(v1::SshSettings {
             remote_login_port_public_access: if spec.ssh.public_access {
                 v1::RemoteLoginPortPublicAccess::Enabled
@@ -168,7 +183,10 @@ mod tests {
         req.ssh.admin_password = "Secret-Passw0rd".into();
         let spec = strato_core::spec::validate(&req, "local").expect("valid");
         let wire = cluster_spec(&spec);
-        assert_eq!(wire.ssh.as_ref().map(|s| s.admin_password.as_str()), Some(""));
+        assert_eq!(
+            wire.ssh.as_ref().map(|s| s.admin_password.as_str()),
+            Some("")
+        );
         let back = cluster_request(&wire).expect("converts");
         assert_eq!(back.vm_size.as_deref(), Some("Standard_NC6s_v3"));
         assert_eq!(back.max_nodes, Some(4));
@@ -181,7 +199,10 @@ mod tests {
             vm_priority: 42,
             ..Default::default()
         };
-        assert_eq!(cluster_request(&wire).expect_err("bad enum").field, "vm_priority");
+        assert_eq!(
+            cluster_request(&wire).expect_err("bad enum").field,
+            "vm_priority"
+        );
     }
 
     #[test]

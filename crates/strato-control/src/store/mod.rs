@@ -9,10 +9,10 @@ mod sqlite;
 
 use std::future::Future;
 
+use strato_core::SpecError;
 use strato_core::node::NodeState;
 use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
-use strato_core::SpecError;
 
 pub use sqlite::SqliteStore;
 
@@ -72,7 +72,10 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<ClusterRecord, StoreError>> + Send;
 
-    fn get_cluster(&self, name: &str) -> impl Future<Output = Result<ClusterRecord, StoreError>> + Send;
+    fn get_cluster(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<ClusterRecord, StoreError>> + Send;
 
     fn list_clusters(&self) -> impl Future<Output = Result<Vec<ClusterRecord>, StoreError>> + Send;
 
@@ -89,7 +92,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a cluster and its node records.
     fn delete_cluster(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn list_nodes(&self, cluster: &str) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
+    fn list_nodes(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
     /// What the clusters of a location hold against the quota.
     fn usage(&self, location: &str) -> impl Future<Output = Result<QuotaUsage, StoreError>> + Send;

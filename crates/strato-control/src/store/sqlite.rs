@@ -129,7 +129,8 @@ impl Store for SqliteStore {
         if let Some(existing) = taken {
             return Err(StoreError::ClusterExists(existing));
         }
-        let others = QuotaUsage::from_allocations(&allocations(&mut tx, &spec.location, None).await?);
+        let others =
+            QuotaUsage::from_allocations(&allocations(&mut tx, &spec.location, None).await?);
         quota::check(
             &spec.location,
             limits.region(&spec.location),
@@ -197,7 +198,13 @@ impl Store for SqliteStore {
             let others = QuotaUsage::from_allocations(
                 &allocations(&mut tx, &next.location, Some(&current.spec.name)).await?,
             );
-            quota::check(&next.location, limits.region(&next.location), &others, &after, false)?;
+            quota::check(
+                &next.location,
+                limits.region(&next.location),
+                &others,
+                &after,
+                false,
+            )?;
         }
         sqlx::query("UPDATE clusters SET spec = ?1, updated_at = ?2 WHERE name = ?3")
             .bind(encode_spec(&next)?)
@@ -258,7 +265,9 @@ impl Store for SqliteStore {
 
     async fn usage(&self, location: &str) -> Result<QuotaUsage, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(QuotaUsage::from_allocations(&allocations(&mut conn, location, None).await?))
+        Ok(QuotaUsage::from_allocations(
+            &allocations(&mut conn, location, None).await?,
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -302,18 +311,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).await.expect("open");
         let l = limits(8);
-        store.create_cluster(spec("cpu", "Standard_D2_v2", 2, 4), &l, 1).await.expect("create");
+        store
+            .create_cluster(spec("cpu", "Standard_D2_v2", 2, 4), &l, 1)
+            .await
+            .expect("create");
         assert!(matches!(
             store.create_cluster(spec("CPU", "Standard_D2_v2", 0, 1), &l, 2).await,
             Err(StoreError::ClusterExists(n)) if n == "cpu"
         ));
         // 2 nodes x 2 vCPUs held; 3 more nodes would make 10 > 8.
         assert!(matches!(
-            store.create_cluster(spec("big", "Standard_D2_v2", 3, 4), &l, 3).await,
+            store
+                .create_cluster(spec("big", "Standard_D2_v2", 3, 4), &l, 3)
+                .await,
             Err(StoreError::Quota(_))
         ));
-        assert!(matches!(store.get_cluster("big").await, Err(StoreError::ClusterNotFound(_))));
-        assert_eq!(store.usage("local").await.expect("usage").family("standardDv2Family"), 4);
+        assert!(matches!(
+            store.get_cluster("big").await,
+            Err(StoreError::ClusterNotFound(_))
+        ));
+        assert_eq!(
+            store
+                .usage("local")
+                .await
+                .expect("usage")
+                .family("standardDv2Family"),
+            4
+        );
     }
 
     #[tokio::test]
@@ -321,7 +345,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).await.expect("open");
         let l = limits(8);
-        store.create_cluster(spec("cpu", "Standard_D2_v2", 2, 10), &l, 1).await.expect("create");
+        store
+            .create_cluster(spec("cpu", "Standard_D2_v2", 2, 10), &l, 1)
+            .await
+            .expect("create");
         let grow = |min: u32| -> SpecUpdate {
             Box::new(move |s: &ClusterSpec| {
                 let mut next = s.clone();
@@ -329,9 +356,15 @@ mod tests {
                 Ok(next)
             })
         };
-        assert!(matches!(store.update_cluster("cpu", grow(5), &l, 2).await, Err(StoreError::Quota(_))));
+        assert!(matches!(
+            store.update_cluster("cpu", grow(5), &l, 2).await,
+            Err(StoreError::Quota(_))
+        ));
         let tight = limits(2);
-        let shrunk = store.update_cluster("cpu", grow(1), &tight, 3).await.expect("shrink always fits");
+        let shrunk = store
+            .update_cluster("cpu", grow(1), &tight, 3)
+            .await
+            .expect("shrink always fits");
         assert_eq!((shrunk.spec.min_nodes, shrunk.updated_at), (1, 3));
         store.close().await;
 
@@ -339,6 +372,9 @@ mod tests {
         let got = reopened.get_cluster("cpu").await.expect("still there");
         assert_eq!(got, shrunk);
         reopened.delete_cluster("cpu").await.expect("delete");
-        assert!(matches!(reopened.delete_cluster("cpu").await, Err(StoreError::ClusterNotFound(_))));
+        assert!(matches!(
+            reopened.delete_cluster("cpu").await,
+            Err(StoreError::ClusterNotFound(_))
+        ));
     }
 }
