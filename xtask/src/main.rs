@@ -1,1 +1,382 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, as a plain Rust binary.
+//!
+//! - `setup`: install what builds and tests need on this machine (idempotent).
+//! - `demo`:  run the main flow end to end with the real binaries.
+//! - `ci`:    setup, then format check, clippy, build, and every test tier.
+
+#![allow(clippy::print_stdout)] // reason: xtask reports progress to the person running it
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup   install what the build and the tests need (idempotent)
+  demo    start a control plane and walk a cluster through its lifecycle
+  ci      setup, then cargo fmt --check, clippy -D warnings, build, and all tests";
+
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("demo") => demo(),
+        Some("ci") => ci(),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, echoing it, and fails if it fails.
+fn run(what: &str, mut cmd: Command) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("==> {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start"))?;
+    ensure!(status.success(), "{what}: failed ({status})");
+    println!("    {what}: ok in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Everything the build and tests need. Today that is the Rust toolchain
+/// with rustfmt and clippy; each later requirement (Docker engine, test
+/// images, Azurite, Prometheus) is added here, idempotently.
+fn setup() -> anyhow::Result<()> {
+    ensure!(
+        have("cargo"),
+        "cargo is not on PATH: install Rust with rustup (https://rustup.rs)"
+    );
+    for (component, probe) in [("rustfmt", "rustfmt"), ("clippy", "cargo-clippy")] {
+        if have(probe) {
+            println!("==> {component}: present");
+        } else {
+            let mut c = Command::new("rustup");
+            c.args(["component", "add", component]);
+            run(&format!("rustup component add {component}"), c)?;
+        }
+    }
+    Ok(())
+}
+
+fn ci() -> anyhow::Result<()> {
+    let started = Instant::now();
+    setup()?;
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run("cargo fmt --check", fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("cargo clippy -D warnings", clippy)?;
+    // The end-to-end tests start these binaries.
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--bins"]);
+    run("cargo build --bins", build)?;
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--all-targets"]);
+    let (passed, failed) = run_tests("cargo test (unit, property, integration, end-to-end)", test)?;
+    println!("ci: all green in {:.0}s", started.elapsed().as_secs_f64());
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:`
+/// lines so the run ends with one summary line.
+fn run_tests(what: &str, mut cmd: Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    println!("==> {what}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{what}: cannot start"))?;
+    let stdout = child.stdout.take().context("test output")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count(rest, "passed");
+            failed += count(rest, "failed");
+        }
+    }
+    let status = child.wait()?;
+    ensure!(
+        status.success(),
+        "{what}: failed ({status}); {passed} passed, {failed} failed"
+    );
+    ensure!(passed > 0, "{what}: no test ran");
+    println!("    {what}: ok in {:.1}s", started.elapsed().as_secs_f64());
+    Ok((passed, failed))
+}
+
+/// The number before `word` in `ok. 7 passed; 0 failed; ...`.
+fn count(summary: &str, word: &str) -> u64 {
+    summary
+        .split(';')
+        .filter_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word)
+        })
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A control plane started by the demo.
+struct Control {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    grpc: String,
+    http: String,
+}
+
+impl Control {
+    fn start(data_dir: &Path, grpc: &str, http: &str) -> anyhow::Result<Self> {
+        let child = Command::new(target_dir().join("debug/strato-control"))
+            .args(["--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--grpc-listen",
+                grpc,
+                "--http-listen",
+                http,
+                "--log",
+                "warn",
+            ])
+            .spawn()
+            .context("starting strato-control")?;
+        let mut c = Control {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            grpc: grpc.to_owned(),
+            http: http.to_owned(),
+        };
+        c.wait_ready()?;
+        Ok(c)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("strato-control exited while starting: {status}");
+            }
+            if TcpStream::connect(&self.grpc).is_ok() && TcpStream::connect(&self.http).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("strato-control did not listen on {} within 30s", self.grpc)
+    }
+
+    fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()?;
+            ensure!(status.success(), "kill -TERM failed");
+            let status = child.wait()?;
+            ensure!(
+                status.success(),
+                "strato-control exited with {status} after SIGTERM"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `strato ARGS` against the demo's control plane, printing the command
+/// and its output. `expect_ok` false means the step shows a refusal.
+fn strato(control: &Control, args: &[&str], expect_ok: bool) -> anyhow::Result<()> {
+    println!("\n$ strato {}", args.join(" "));
+    let status = Command::new(target_dir().join("debug/strato"))
+        .arg("--endpoint")
+        .arg(format!("http://{}", control.grpc))
+        .args(args)
+        .env_remove("STRATO_ENDPOINT")
+        .status()
+        .context("running strato")?;
+    ensure!(
+        status.success() == expect_ok,
+        "`strato {}` {}",
+        args.join(" "),
+        if expect_ok {
+            "failed"
+        } else {
+            "was expected to be refused"
+        }
+    );
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--quiet", "--bins"]);
+    run("cargo build --bins", build)?;
+
+    let data_dir = root()
+        .join(".data")
+        .join(format!("demo-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    println!(
+        "==> strato-control on {grpc} (HTTP {http}), data in {}",
+        data_dir.display()
+    );
+    let mut control = Control::start(&data_dir, &grpc, &http)?;
+
+    strato(&control, &["compute", "list-sizes"], true)?;
+    strato(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "cpu-demo",
+            "-s",
+            "Standard_D2_v2",
+            "--min-nodes",
+            "0",
+            "--max-nodes",
+            "2",
+            "--idle-seconds-before-scaledown",
+            "30",
+            "--tag",
+            "owner=demo",
+        ],
+        true,
+    )?;
+    strato(
+        &control,
+        &["compute", "update", "-n", "cpu-demo", "--max-nodes", "4"],
+        true,
+    )?;
+    println!("\n# bad input is refused, naming the field, and changes nothing:");
+    strato(
+        &control,
+        &["compute", "create", "-n", "gpu-2", "-s", "Standard_NC6"],
+        false,
+    )?;
+    strato(
+        &control,
+        &["compute", "create", "-n", "gpu-demo", "-s", "Standard_NC6"],
+        false,
+    )?;
+    println!("\n# a cluster whose minimum does not fit the quota is refused whole:");
+    strato(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "h100-demo",
+            "-s",
+            "Standard_ND96isr_H100_v5",
+            "--min-nodes",
+            "2",
+            "--max-nodes",
+            "2",
+        ],
+        false,
+    )?;
+    strato(&control, &["compute", "list"], true)?;
+    strato(&control, &["compute", "list-usage"], true)?;
+
+    println!("\n# kill -9 the control plane and start it again on the same data dir:");
+    control.kill9()?;
+    let data_dir = control.data_dir.clone();
+    drop(control);
+    let mut control = Control::start(&data_dir, &grpc, &http)?;
+    strato(
+        &control,
+        &["compute", "show", "-n", "cpu-demo", "-o", "json"],
+        true,
+    )?;
+    strato(
+        &control,
+        &["compute", "delete", "-n", "cpu-demo", "--yes"],
+        true,
+    )?;
+    control.terminate()?;
+    std::fs::remove_dir_all(&data_dir).ok();
+    println!("\ndemo: done (jobs on autoscaled nodes arrive with the node agent)");
+    Ok(())
+}

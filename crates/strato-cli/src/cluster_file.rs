@@ -282,6 +282,18 @@ identity:
     }
 
     #[test]
+    fn the_shipped_examples_parse_and_validate() {
+        for text in [
+            include_str!("../../../deploy/examples/cpu-cluster.yml"),
+            include_str!("../../../deploy/examples/gpu-cluster.yml"),
+        ] {
+            let f = parse(text).expect("example parses");
+            let req = convert::cluster_request(&f.spec).expect("converts");
+            strato_core::spec::validate(&req, "local").expect("example is a valid cluster");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_it() {
         let e = parse("name: cpu\nmax_instance: 3\n").expect_err("typo");
         assert!(format!("{e:#}").contains("max_instance"), "{e:#}");

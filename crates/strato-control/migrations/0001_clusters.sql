@@ -5,7 +5,10 @@ CREATE TABLE clusters (
     location    TEXT NOT NULL,
     spec        TEXT NOT NULL,
     created_at  INTEGER NOT NULL, -- ms since the Unix epoch
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    -- When min_nodes or max_nodes last changed (or the cluster was created):
+    -- the start of the current allocation state.
+    scale_changed_at INTEGER NOT NULL
 ) STRICT;
 
 CREATE INDEX clusters_by_location ON clusters (location);

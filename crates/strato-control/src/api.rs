@@ -84,14 +84,14 @@ impl<S: Store> ComputeApi<S> {
                 message: format!(
                     "the cluster wants {target} nodes and has {current}, but this control plane runs with --provider none and creates no nodes"
                 ),
-                since: Some(convert::timestamp(record.updated_at)),
+                since: Some(convert::timestamp(record.scale_changed_at)),
             });
         }
         let size = s.size().ok();
         v1::Cluster {
             spec: Some(convert::cluster_spec(s)),
             allocation_state: convert::allocation_state(allocation_state) as i32,
-            allocation_state_transition_time: Some(convert::timestamp(record.updated_at)),
+            allocation_state_transition_time: Some(convert::timestamp(record.scale_changed_at)),
             current_node_count: current,
             target_node_count: target,
             node_state_counts: Some(v1::NodeStateCounts {

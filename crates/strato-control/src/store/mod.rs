@@ -23,6 +23,8 @@ pub struct ClusterRecord {
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub updated_at: i64,
+    /// When `min_nodes` or `max_nodes` last changed, or the creation time.
+    pub scale_changed_at: i64,
 }
 
 /// A node as stored.

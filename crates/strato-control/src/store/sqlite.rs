@@ -67,6 +67,7 @@ fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ClusterRecord, Stor
         spec: decode_spec(row.try_get("spec")?)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        scale_changed_at: row.try_get("scale_changed_at")?,
     })
 }
 
@@ -139,8 +140,8 @@ impl Store for SqliteStore {
             true,
         )?;
         sqlx::query(
-            "INSERT INTO clusters (name, location, spec, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)",
+            "INSERT INTO clusters (name, location, spec, created_at, updated_at, scale_changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?4)",
         )
         .bind(&spec.name)
         .bind(&spec.location)
@@ -153,22 +154,27 @@ impl Store for SqliteStore {
             spec,
             created_at: now,
             updated_at: now,
+            scale_changed_at: now,
         })
     }
 
     async fn get_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
-        let row = sqlx::query("SELECT spec, created_at, updated_at FROM clusters WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
+        let row = sqlx::query(
+            "SELECT spec, created_at, updated_at, scale_changed_at FROM clusters WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
         cluster_from_row(&row)
     }
 
     async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        let rows = sqlx::query("SELECT spec, created_at, updated_at FROM clusters ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT spec, created_at, updated_at, scale_changed_at FROM clusters ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(cluster_from_row).collect()
     }
 
@@ -180,11 +186,13 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<ClusterRecord, StoreError> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT spec, created_at, updated_at FROM clusters WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
+        let row = sqlx::query(
+            "SELECT spec, created_at, updated_at, scale_changed_at FROM clusters WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
         let current = cluster_from_row(&row)?;
         let next = update(&current.spec)?;
         if next == current.spec {
@@ -206,17 +214,28 @@ impl Store for SqliteStore {
                 false,
             )?;
         }
-        sqlx::query("UPDATE clusters SET spec = ?1, updated_at = ?2 WHERE name = ?3")
-            .bind(encode_spec(&next)?)
-            .bind(now)
-            .bind(&current.spec.name)
-            .execute(&mut *tx)
-            .await?;
+        let scale_changed_at = if (next.min_nodes, next.max_nodes)
+            != (current.spec.min_nodes, current.spec.max_nodes)
+        {
+            now
+        } else {
+            current.scale_changed_at
+        };
+        sqlx::query(
+            "UPDATE clusters SET spec = ?1, updated_at = ?2, scale_changed_at = ?3 WHERE name = ?4",
+        )
+        .bind(encode_spec(&next)?)
+        .bind(now)
+        .bind(scale_changed_at)
+        .bind(&current.spec.name)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(ClusterRecord {
             spec: next,
             created_at: current.created_at,
             updated_at: now,
+            scale_changed_at,
         })
     }
 
