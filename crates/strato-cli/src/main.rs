@@ -418,24 +418,27 @@ fn confirm(name: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// Replaces `dst` with the flag's value when the flag was given.
+fn overlay(dst: &mut String, flag: &Option<String>) {
+    if let Some(v) = flag {
+        dst.clone_from(v);
+    }
+}
+
 /// The create request from `--file` (if any) overlaid with the flags.
 fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
     let mut spec = match &args.file {
         Some(path) => cluster_file::load(path)?.spec,
         None => v1::ClusterSpec::default(),
     };
-    if let Some(name) = &args.name {
-        spec.name = name.clone();
-    }
+    overlay(&mut spec.name, &args.name);
     if spec.name.is_empty() {
         return Err(Failure {
             code: 2,
             message: "name: give -n/--name or a --file with a name".into(),
         });
     }
-    if let Some(size) = &args.size {
-        spec.vm_size = size.clone();
-    }
+    overlay(&mut spec.vm_size, &args.size);
     if let Some(min) = args.min_nodes {
         spec.min_nodes = min;
     }
@@ -448,12 +451,8 @@ fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
     if let Some(p) = args.vm_priority {
         spec.vm_priority = convert::vm_priority(p) as i32;
     }
-    if let Some(l) = &args.location {
-        spec.location = l.clone();
-    }
-    if let Some(d) = &args.description {
-        spec.description = d.clone();
-    }
+    overlay(&mut spec.location, &args.location);
+    overlay(&mut spec.description, &args.description);
     spec.tags.extend(args.tags.iter().cloned());
     if !args.assign_identity.is_empty() {
         let identity = spec.identity.get_or_insert_with(Default::default);
@@ -471,15 +470,9 @@ fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
         || args.ssh_public_access
     {
         let ssh = spec.ssh.get_or_insert_with(Default::default);
-        if let Some(u) = &args.admin_username {
-            ssh.admin_username = u.clone();
-        }
-        if let Some(p) = &args.admin_password {
-            ssh.admin_password = p.clone();
-        }
-        if let Some(k) = &args.ssh_key_value {
-            ssh.admin_ssh_public_key = k.clone();
-        }
+        overlay(&mut ssh.admin_username, &args.admin_username);
+        overlay(&mut ssh.admin_password, &args.admin_password);
+        overlay(&mut ssh.admin_ssh_public_key, &args.ssh_key_value);
         if args.ssh_public_access {
             ssh.remote_login_port_public_access = v1::RemoteLoginPortPublicAccess::Enabled as i32;
         }
@@ -489,15 +482,9 @@ fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
         || args.subnet_name.is_some()
     {
         let vnet = spec.vnet.get_or_insert_with(Default::default);
-        if let Some(g) = &args.vnet_resourcegroup_name {
-            vnet.resource_group = g.clone();
-        }
-        if let Some(v) = &args.vnet_name {
-            vnet.vnet_name = v.clone();
-        }
-        if let Some(s) = &args.subnet_name {
-            vnet.subnet_name = s.clone();
-        }
+        overlay(&mut vnet.resource_group, &args.vnet_resourcegroup_name);
+        overlay(&mut vnet.vnet_name, &args.vnet_name);
+        overlay(&mut vnet.subnet_name, &args.subnet_name);
     }
     if args.no_inter_node_communication {
         spec.inter_node_communication = Some(false);
