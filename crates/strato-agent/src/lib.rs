@@ -1,0 +1,4 @@
+//! The Strato node agent: enrols with the control plane, holds one session
+//! stream, and runs the jobs it is assigned in Docker containers.
+
+pub mod runtime;
