@@ -2,3 +2,4 @@
 //! stream, and runs the jobs it is assigned in Docker containers.
 
 pub mod runtime;
+pub mod session;

@@ -1,17 +1,23 @@
-//! `strato-agent`: the node agent. This build has its command line and
-//! configuration only; enrolment, the session with the control plane and the
-//! Docker job runtime arrive with the jobs work (see ARCHITECTURE.md).
+//! `strato-agent`: the node agent, run by systemd on each node (or started
+//! by the control plane's local provider). Checks its configuration, then
+//! holds a session with the control plane until SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use strato_agent::runtime::DockerRuntime;
+use strato_agent::session::{self, AgentConfig, SessionError};
+use tracing_subscriber::EnvFilter;
 
-/// Strato node agent: enrols with the control plane and runs its jobs in
-/// Docker containers.
+/// Strato node agent: enrols with the control plane using a join token, then
+/// runs the jobs it is assigned in Docker containers and streams their
+/// output back.
 ///
-/// Not functional in this build: it checks its configuration and exits with
-/// status 2, saying so, so that a systemd unit using it fails visibly rather
-/// than pretending to serve.
+/// Exit status: 0 after SIGTERM or SIGINT (running containers are left
+/// running and are taken back by the next start), 2 when the configuration
+/// is bad or the control plane refuses the join token, 1 when the Docker
+/// engine cannot be reached.
 #[derive(Debug, Parser)]
 #[command(name = "strato-agent", version, about, long_about)]
 struct Config {
@@ -23,16 +29,100 @@ struct Config {
     )]
     control_plane: String,
 
-    /// The one-time join token the control plane handed out for this node.
+    /// The join token the control plane handed out for this node. Prefer
+    /// the variable: a flag shows in the process list.
     #[arg(long, env = "STRATO_JOIN_TOKEN", hide_env_values = true)]
-    join_token: Option<String>,
+    join_token: String,
+
+    /// A name for this node in logs and the process list (the local
+    /// provider passes the node id). Default: the host name.
+    #[arg(long, env = "STRATO_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// The Docker engine's socket.
+    #[arg(
+        long,
+        env = "STRATO_DOCKER_SOCKET",
+        default_value = "/var/run/docker.sock"
+    )]
+    docker_socket: String,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "STRATO_LOG", default_value = "info")]
+    log: String,
 }
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    eprintln!(
-        "strato-agent: this build cannot run jobs yet (control plane {}): the agent's enrolment and runtime are not implemented",
-        config.control_plane
-    );
-    ExitCode::from(2)
+    if config.join_token.trim().is_empty() {
+        eprintln!("strato-agent: --join-token (STRATO_JOIN_TOKEN) is empty");
+        return ExitCode::from(2);
+    }
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strato-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let docker = match DockerRuntime::connect(Some(&config.docker_socket)).await {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("strato-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hostname = config.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    });
+    let agent = AgentConfig {
+        control_plane: config.control_plane,
+        join_token: config.join_token,
+        hostname,
+    };
+    tokio::select! {
+        result = session::run(agent, docker) => match result {
+            Err(SessionError::Refused(why)) => {
+                tracing::error!("refused: {why}");
+                eprintln!("strato-agent: the control plane refused this agent: {why}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("strato-agent: {e}");
+                ExitCode::FAILURE
+            }
+            Ok(()) => ExitCode::SUCCESS,
+        },
+        () = shutdown_signal() => {
+            tracing::info!("stopping; job containers keep running and are taken back at the next start");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,8 +1,10 @@
-//! `strato`: the command line for Strato, shaped like `az ml compute`.
+//! `strato`: the command line for Strato, shaped like `az ml compute`, plus
+//! `strato job` for running jobs on clusters.
 
 #![allow(clippy::print_stdout)] // reason: printing results is this binary's job
 
 mod cluster_file;
+mod job;
 mod output;
 
 use std::collections::BTreeMap;
@@ -23,11 +25,14 @@ use crate::output::{ClusterView, Format, NodeView, SizeView, UsageView, print};
 const AFTER_HELP: &str = "\
 Exit status: 0 on success, 1 when the control plane refused or failed the
 request (its reason is printed on stderr, naming the field), 2 for bad usage,
-3 when the control plane cannot be reached.";
+3 when the control plane cannot be reached. `strato job wait` also exits 1
+when the job did not complete.";
 
 /// Strato: self-hosted compute clusters for machine-learning jobs.
 ///
-/// Talks to a strato-control over gRPC. Cluster verbs follow `az ml compute`.
+/// Talks to a strato-control over gRPC. Cluster verbs follow `az ml compute`;
+/// job verbs submit a command to run in a Docker image on a cluster, show,
+/// list, follow the logs of, cancel and wait for jobs.
 #[derive(Debug, Parser)]
 #[command(name = "strato", version, about, long_about, after_help = AFTER_HELP)]
 struct Cli {
@@ -54,6 +59,9 @@ enum Command {
     /// their nodes, the VM sizes and the quota.
     #[command(subcommand)]
     Compute(ComputeCommand),
+    /// Run jobs on clusters: submit, show, list, logs, cancel, wait.
+    #[command(subcommand)]
+    Job(job::JobCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,14 +255,19 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            // One line, so scripts can read the reason.
-            eprintln!("strato: {}", f.message.replace('\n', " "));
+            // One line, so scripts can read the reason. An empty message
+            // means the outcome was already printed (`job wait`).
+            if !f.message.is_empty() {
+                eprintln!("strato: {}", f.message.replace('\n', " "));
+            }
             ExitCode::from(f.code)
         }
     }
 }
 
-async fn connect(endpoint: &str) -> Result<ComputeServiceClient<Channel>, Failure> {
+/// A channel to the control plane, connected (exit 3 when it cannot be);
+/// every service's client is built on it.
+async fn connect(endpoint: &str) -> Result<Channel, Failure> {
     let unreachable = |why: String| Failure {
         code: 3,
         message: format!(
@@ -283,18 +296,23 @@ async fn connect(endpoint: &str) -> Result<ComputeServiceClient<Channel>, Failur
             }
             unreachable(why)
         })?;
-    Ok(ComputeServiceClient::new(channel))
+    Ok(channel)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let Command::Compute(command) = cli.command;
-    let format = cli.output;
+    match cli.command {
+        Command::Compute(command) => compute(&cli.endpoint, cli.output, command).await,
+        Command::Job(command) => job::run(connect(&cli.endpoint).await?, cli.output, command).await,
+    }
+}
+
+async fn compute(endpoint: &str, format: Format, command: ComputeCommand) -> Result<(), Failure> {
     // Commands that need no server check their input before connecting.
     let create_spec = match &command {
         ComputeCommand::Create(args) => Some(create_spec(args)?),
         _ => None,
     };
-    let mut client = connect(&cli.endpoint).await?;
+    let mut client = ComputeServiceClient::new(connect(endpoint).await?);
     match command {
         ComputeCommand::Create(_) => {
             let spec = create_spec.context("create spec")?;

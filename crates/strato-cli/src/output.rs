@@ -22,21 +22,27 @@ pub trait Render: Serialize {
     fn table(&self) -> Table;
 }
 
-/// Rows of cells; the first row is the header.
+/// Rows of cells; the first row is the header. Further sections (each its
+/// own table, aligned on its own) follow after a blank line.
 pub struct Table {
     rows: Vec<Vec<String>>,
+    sections: Vec<Table>,
 }
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
         Table {
             rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+            sections: Vec::new(),
         }
     }
 
     /// A two-column KEY/VALUE table for one object.
     pub fn properties(pairs: Vec<(&str, String)>) -> Self {
-        let mut t = Table { rows: Vec::new() };
+        let mut t = Table {
+            rows: Vec::new(),
+            sections: Vec::new(),
+        };
         for (k, v) in pairs {
             t.rows.push(vec![k.to_owned(), v]);
         }
@@ -45,6 +51,11 @@ impl Table {
 
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
+    }
+
+    /// Appends `section`, printed after a blank line with its own columns.
+    pub fn section(&mut self, section: Table) {
+        self.sections.push(section);
     }
 
     fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
@@ -69,6 +80,10 @@ impl Table {
                 }
             }
             writeln!(out, "{}", line.trim_end())?;
+        }
+        for section in &self.sections {
+            writeln!(out)?;
+            section.write(out)?;
         }
         Ok(())
     }
@@ -435,6 +450,275 @@ impl Render for Vec<UsageView> {
     }
 }
 
+/// A job state as printed: lowercase, as in `queued`.
+pub fn job_state(state: i32) -> &'static str {
+    match v1::JobState::try_from(state) {
+        Ok(v1::JobState::Queued) => "queued",
+        Ok(v1::JobState::Preparing) => "preparing",
+        Ok(v1::JobState::Running) => "running",
+        Ok(v1::JobState::Completed) => "completed",
+        Ok(v1::JobState::Failed) => "failed",
+        Ok(v1::JobState::Canceled) => "canceled",
+        Ok(v1::JobState::Preempted) => "preempted",
+        _ => "unknown",
+    }
+}
+
+/// A command line as a person would type it: arguments with spaces, quotes
+/// or shell characters in single quotes.
+pub fn shell_join(args: &[String]) -> String {
+    let plain = |a: &str| {
+        !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%^".contains(c))
+    };
+    args.iter()
+        .map(|a| {
+            if plain(a) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `-` for an empty cell.
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn exit_cell(code: Option<i32>) -> String {
+    code.map_or_else(|| "-".into(), |c| c.to_string())
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobTransitionView {
+    pub state: &'static str,
+    pub reason: String,
+    pub at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobAttemptView {
+    pub attempt: u32,
+    pub node_id: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub reason: String,
+    pub exit_code: Option<i32>,
+}
+
+/// `job show -o json`: one object per job.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    pub cluster: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub state: &'static str,
+    pub reason: String,
+    pub attempt: u32,
+    pub node_id: String,
+    pub exit_code: Option<i32>,
+    pub max_retries: u32,
+    pub created_at: String,
+    pub transitions: Vec<JobTransitionView>,
+    pub attempts: Vec<JobAttemptView>,
+}
+
+impl From<v1::Job> for JobView {
+    fn from(j: v1::Job) -> Self {
+        let s = j.spec.unwrap_or_default();
+        JobView {
+            id: j.id,
+            name: s.display_name,
+            cluster: s.cluster,
+            image: s.image,
+            command: s.command,
+            environment: s.environment.into_iter().collect(),
+            state: job_state(j.state),
+            reason: j.reason,
+            attempt: j.attempt,
+            node_id: j.node_id,
+            exit_code: j.exit_code,
+            max_retries: s.max_retries,
+            created_at: ts(j.created_at.as_ref()),
+            transitions: j
+                .transitions
+                .into_iter()
+                .map(|t| JobTransitionView {
+                    state: job_state(t.state),
+                    reason: t.reason,
+                    at: ts(t.at.as_ref()),
+                })
+                .collect(),
+            attempts: j
+                .attempts
+                .into_iter()
+                .map(|a| JobAttemptView {
+                    attempt: a.attempt,
+                    node_id: a.node_id,
+                    started_at: ts(a.started_at.as_ref()),
+                    ended_at: ts(a.ended_at.as_ref()),
+                    reason: a.reason,
+                    exit_code: a.exit_code,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Render for JobView {
+    fn table(&self) -> Table {
+        let mut pairs = vec![
+            ("id", self.id.clone()),
+            ("name", or_dash(&self.name)),
+            ("cluster", self.cluster.clone()),
+            ("image", self.image.clone()),
+            ("command", shell_join(&self.command)),
+        ];
+        if !self.environment.is_empty() {
+            let env: Vec<String> = self
+                .environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            pairs.push(("environment", env.join(", ")));
+        }
+        pairs.extend([
+            ("state", self.state.to_owned()),
+            ("reason", or_dash(&self.reason)),
+            ("attempt", self.attempt.to_string()),
+            ("max_retries", self.max_retries.to_string()),
+            ("node", or_dash(&self.node_id)),
+            ("exit_code", exit_cell(self.exit_code)),
+            ("created_at", self.created_at.clone()),
+        ]);
+        let mut t = Table::properties(pairs);
+        if !self.attempts.is_empty() {
+            let mut attempts = Table::new(&[
+                "ATTEMPT",
+                "NODE_ID",
+                "STARTED_AT",
+                "ENDED_AT",
+                "EXIT_CODE",
+                "REASON",
+            ]);
+            for a in &self.attempts {
+                attempts.row(vec![
+                    a.attempt.to_string(),
+                    or_dash(&a.node_id),
+                    or_dash(&a.started_at),
+                    or_dash(&a.ended_at),
+                    exit_cell(a.exit_code),
+                    or_dash(&a.reason),
+                ]);
+            }
+            t.section(attempts);
+        }
+        t
+    }
+}
+
+impl Render for Vec<JobView> {
+    fn table(&self) -> Table {
+        let mut t = Table::new(&[
+            "ID", "NAME", "CLUSTER", "STATE", "ATTEMPT", "NODE", "EXIT", "CREATED",
+        ]);
+        for j in self {
+            t.row(vec![
+                j.id.clone(),
+                or_dash(&j.name),
+                j.cluster.clone(),
+                j.state.to_owned(),
+                j.attempt.to_string(),
+                or_dash(&j.node_id),
+                exit_cell(j.exit_code),
+                j.created_at.clone(),
+            ]);
+        }
+        t
+    }
+}
+
+/// `job logs -o json`: one object per log line.
+#[derive(Debug, Serialize)]
+pub struct LogLineView {
+    pub attempt: u32,
+    pub stream: &'static str,
+    pub line: String,
+    pub seq: u64,
+    pub at: String,
+}
+
+impl From<v1::LogLine> for LogLineView {
+    fn from(l: v1::LogLine) -> Self {
+        LogLineView {
+            attempt: l.attempt,
+            stream: match v1::LogStream::try_from(l.stream) {
+                Ok(v1::LogStream::Stdout) => "stdout",
+                Ok(v1::LogStream::Stderr) => "stderr",
+                _ => "unknown",
+            },
+            line: l.line,
+            seq: l.seq,
+            at: ts(l.at.as_ref()),
+        }
+    }
+}
+
+/// Renders a stream of log lines as they arrive. As a table: each line's
+/// text (stdout and stderr alike), with `--- attempt N ---` before the first
+/// line of an attempt other than the first one seen (and before the first
+/// line if it is not attempt 1). As JSON: one object per line (JSON Lines).
+/// As YAML: one sequence item per line, so the whole output is one list.
+#[derive(Debug)]
+pub struct LogPrinter {
+    format: Format,
+    attempt: Option<u32>,
+}
+
+impl LogPrinter {
+    pub fn new(format: Format) -> Self {
+        LogPrinter {
+            format,
+            attempt: None,
+        }
+    }
+
+    /// The text to print for `line`, ending in a newline.
+    pub fn render(&mut self, line: v1::LogLine) -> anyhow::Result<String> {
+        let view = LogLineView::from(line);
+        Ok(match self.format {
+            Format::Table => {
+                let mut out = String::new();
+                let changed = match self.attempt {
+                    None => view.attempt > 1,
+                    Some(previous) => previous != view.attempt,
+                };
+                if changed {
+                    out.push_str(&format!("--- attempt {} ---\n", view.attempt));
+                }
+                self.attempt = Some(view.attempt);
+                let text = view.line.strip_suffix('\n').unwrap_or(&view.line);
+                out.push_str(text.strip_suffix('\r').unwrap_or(text));
+                out.push('\n');
+                out
+            }
+            Format::Json => format!("{}\n", serde_json::to_string(&view)?),
+            Format::Yaml => serde_norway::to_string(&[view])?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +775,243 @@ mod tests {
             String::from_utf8(out).expect("utf8"),
             "A          BB\nlong-cell  x\n"
         );
+    }
+    fn sample_job() -> v1::Job {
+        let t = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        v1::Job {
+            id: "j-1".into(),
+            spec: Some(v1::JobSpec {
+                cluster: "cpu".into(),
+                display_name: "train".into(),
+                image: "python:3.12".into(),
+                command: vec!["python".into(), "-c".into(), "print('hi there')".into()],
+                environment: [("A".to_owned(), "1".to_owned())].into(),
+                max_retries: 1,
+                ..Default::default()
+            }),
+            state: v1::JobState::Failed as i32,
+            attempt: 2,
+            exit_code: Some(3),
+            transitions: vec![v1::JobTransition {
+                state: v1::JobState::Queued as i32,
+                reason: "submitted".into(),
+                at: t(0),
+            }],
+            created_at: t(0),
+            node_id: "node-a".into(),
+            reason: "exited with 3".into(),
+            attempts: vec![
+                v1::JobAttempt {
+                    attempt: 1,
+                    node_id: "node-b".into(),
+                    started_at: t(1),
+                    ended_at: t(2),
+                    reason: "node lost".into(),
+                    exit_code: None,
+                },
+                v1::JobAttempt {
+                    attempt: 2,
+                    node_id: "node-a".into(),
+                    started_at: t(3),
+                    ended_at: t(4),
+                    reason: "exited with 3".into(),
+                    exit_code: Some(3),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn job_json_has_the_documented_keys() {
+        let json = serde_json::to_value(JobView::from(sample_job())).expect("serialises");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = vec![
+            "id",
+            "name",
+            "cluster",
+            "image",
+            "command",
+            "environment",
+            "state",
+            "reason",
+            "attempt",
+            "node_id",
+            "exit_code",
+            "max_retries",
+            "created_at",
+            "transitions",
+            "attempts",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["name"], "train");
+        assert_eq!(json["exit_code"], 3);
+        assert_eq!(json["created_at"], "1970-01-01T00:00:00Z");
+        assert_eq!(json["environment"]["A"], "1");
+        assert_eq!(json["command"][2], "print('hi there')");
+        let transition = &json["transitions"][0];
+        for key in ["state", "reason", "at"] {
+            assert!(transition.get(key).is_some(), "transitions.{key} missing");
+        }
+        assert_eq!(transition["state"], "queued");
+        let attempt = &json["attempts"][0];
+        for key in [
+            "attempt",
+            "node_id",
+            "started_at",
+            "ended_at",
+            "reason",
+            "exit_code",
+        ] {
+            assert!(attempt.get(key).is_some(), "attempts.{key} missing");
+        }
+        assert!(attempt["exit_code"].is_null());
+        assert_eq!(json["attempts"][1]["exit_code"], 3);
+
+        let empty = serde_json::to_value(JobView::from(v1::Job::default())).expect("serialises");
+        assert!(empty["exit_code"].is_null());
+    }
+
+    #[test]
+    fn job_states_print_lowercase() {
+        use v1::JobState::*;
+        let names: Vec<&str> = [
+            Queued, Preparing, Running, Completed, Failed, Canceled, Preempted,
+        ]
+        .into_iter()
+        .map(|s| job_state(s as i32))
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "queued",
+                "preparing",
+                "running",
+                "completed",
+                "failed",
+                "canceled",
+                "preempted"
+            ]
+        );
+    }
+
+    fn table_text(value: &impl Render) -> String {
+        let mut out = Vec::new();
+        value.table().write(&mut out).expect("writes");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn job_show_table_lists_the_attempts() {
+        let text = table_text(&JobView::from(sample_job()));
+        for line in [
+            "id           j-1",
+            "command      python -c 'print('\\''hi there'\\'')'",
+            "state        failed",
+            "reason       exited with 3",
+            "attempt      2",
+            "node         node-a",
+            "exit_code    3",
+            "created_at   1970-01-01T00:00:00Z",
+            "",
+            "ATTEMPT  NODE_ID  STARTED_AT            ENDED_AT              EXIT_CODE  REASON",
+            "1        node-b   1970-01-01T00:00:01Z  1970-01-01T00:00:02Z  -          node lost",
+            "2        node-a   1970-01-01T00:00:03Z  1970-01-01T00:00:04Z  3          exited with 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn job_list_table_columns() {
+        let text = table_text(&vec![JobView::from(sample_job())]);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("ID   NAME   CLUSTER  STATE   ATTEMPT  NODE    EXIT  CREATED")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("j-1  train  cpu      failed  2        node-a  3     1970-01-01T00:00:00Z")
+        );
+    }
+
+    fn log(attempt: u32, stream: v1::LogStream, seq: u64, line: &str) -> v1::LogLine {
+        v1::LogLine {
+            attempt,
+            stream: stream as i32,
+            line: line.into(),
+            at: Some(prost_types::Timestamp {
+                seconds: 60,
+                nanos: 0,
+            }),
+            seq,
+        }
+    }
+
+    #[test]
+    fn log_lines_as_text_mark_attempt_changes() {
+        use v1::LogStream::{Stderr, Stdout};
+        let mut p = LogPrinter::new(Format::Table);
+        let mut out = String::new();
+        for l in [
+            log(1, Stdout, 0, "epoch 1"),
+            log(1, Stderr, 1, "warning: slow\n"),
+            log(2, Stdout, 0, "epoch 1 again"),
+            log(2, Stdout, 1, ""),
+        ] {
+            out.push_str(&p.render(l).expect("renders"));
+        }
+        assert_eq!(
+            out,
+            "epoch 1\nwarning: slow\n--- attempt 2 ---\nepoch 1 again\n\n"
+        );
+        // Starting at a later attempt says which one it is.
+        let mut p = LogPrinter::new(Format::Table);
+        assert_eq!(
+            p.render(log(3, Stdout, 0, "x")).expect("renders"),
+            "--- attempt 3 ---\nx\n"
+        );
+    }
+
+    #[test]
+    fn log_lines_as_json_are_one_object_per_line() {
+        let mut p = LogPrinter::new(Format::Json);
+        let a = p
+            .render(log(1, v1::LogStream::Stdout, 0, "a"))
+            .expect("renders");
+        let b = p
+            .render(log(2, v1::LogStream::Stderr, 7, "b"))
+            .expect("renders");
+        assert_eq!(
+            a,
+            "{\"attempt\":1,\"stream\":\"stdout\",\"line\":\"a\",\"seq\":0,\"at\":\"1970-01-01T00:01:00Z\"}\n"
+        );
+        assert!(!b.contains("---"));
+        let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["seq"], 7);
+    }
+
+    #[test]
+    fn log_lines_as_yaml_make_one_list() {
+        let mut p = LogPrinter::new(Format::Yaml);
+        let mut out = String::new();
+        for seq in 0..2 {
+            out.push_str(
+                &p.render(log(1, v1::LogStream::Stdout, seq, "l"))
+                    .expect("renders"),
+            );
+        }
+        let v: Vec<serde_json::Value> = serde_norway::from_str(&out).expect("yaml");
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1]["seq"], 1);
     }
 }

@@ -3,10 +3,9 @@
 //! carry the decision out, and maps errors to the right status codes.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use strato_core::catalog::CATALOG;
-use strato_core::node::{AllocationState, NodeStateCounts, target_node_count};
+use strato_core::node::NodeStateCounts;
 use strato_core::quota::{self, LOW_PRIORITY};
 use strato_core::spec::{self, VmPriority};
 use strato_core::{FieldError, SpecError};
@@ -14,22 +13,18 @@ use strato_proto::convert;
 use strato_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status};
 
-use crate::config::{ProviderKind, Settings};
+use crate::plane::{Plane, now_ms};
 use crate::store::{ClusterRecord, NodeRecord, SpecUpdate, Store, StoreError};
-
-/// Milliseconds since the Unix epoch, read from the system clock.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// Maps a store error to the status a caller should see. Only faults of the
 /// server itself become INTERNAL, and those are logged.
 pub fn status(e: StoreError) -> Status {
     match e {
-        StoreError::ClusterNotFound(_) => Status::not_found(e.to_string()),
+        StoreError::ClusterNotFound(_)
+        | StoreError::JobNotFound(_)
+        | StoreError::NodeNotFound(_) => Status::not_found(e.to_string()),
+        StoreError::BadToken => Status::unauthenticated(e.to_string()),
+        StoreError::Conflict(_) => Status::failed_precondition(e.to_string()),
         StoreError::ClusterExists(_) => Status::already_exists(e.to_string()),
         StoreError::Spec(SpecError::Invalid(f)) => invalid(f),
         StoreError::Spec(e @ SpecError::Immutable { .. }) => {
@@ -55,45 +50,35 @@ fn required_name(field: &str, name: &str) -> Result<(), Status> {
 }
 
 pub struct ComputeApi<S> {
-    store: Arc<S>,
-    settings: Arc<Settings>,
+    plane: Arc<Plane<S>>,
 }
 
 impl<S: Store> ComputeApi<S> {
-    pub fn new(store: Arc<S>, settings: Arc<Settings>) -> Self {
-        ComputeApi { store, settings }
+    pub fn new(plane: Arc<Plane<S>>) -> Self {
+        ComputeApi { plane }
     }
 
     /// A stored cluster with what its nodes say about it.
     fn cluster_view(&self, record: &ClusterRecord, nodes: &[NodeRecord]) -> v1::Cluster {
         let s = &record.spec;
         let counts = NodeStateCounts::from_states(nodes.iter().map(|n| n.state));
-        let current = counts.total();
-        let target = target_node_count(s.min_nodes, s.max_nodes, current);
-        let allocation_state = if current == target {
-            AllocationState::Steady
-        } else {
-            AllocationState::Resizing
-        };
-        let mut errors = Vec::new();
-        if allocation_state == AllocationState::Resizing
-            && self.settings.config.provider == ProviderKind::None
-        {
-            errors.push(v1::ClusterError {
-                code: "no_node_provider".into(),
-                message: format!(
-                    "the cluster wants {target} nodes and has {current}, but this control plane runs with --provider none and creates no nodes"
-                ),
-                since: Some(convert::timestamp(record.scale_changed_at)),
-            });
-        }
+        let current = counts.idle + counts.preparing + counts.running;
+        let errors = record
+            .errors
+            .iter()
+            .map(|e| v1::ClusterError {
+                code: e.code.clone(),
+                message: e.message.clone(),
+                since: Some(convert::timestamp(e.since)),
+            })
+            .collect();
         let size = s.size().ok();
         v1::Cluster {
             spec: Some(convert::cluster_spec(s)),
-            allocation_state: convert::allocation_state(allocation_state) as i32,
-            allocation_state_transition_time: Some(convert::timestamp(record.scale_changed_at)),
+            allocation_state: convert::allocation_state(record.allocation_state) as i32,
+            allocation_state_transition_time: Some(convert::timestamp(record.allocation_since)),
             current_node_count: current,
-            target_node_count: target,
+            target_node_count: record.target_nodes,
             node_state_counts: Some(v1::NodeStateCounts {
                 idle: counts.idle,
                 running: counts.running,
@@ -116,6 +101,7 @@ impl<S: Store> ComputeApi<S> {
 
     async fn load_view(&self, record: &ClusterRecord) -> Result<v1::Cluster, Status> {
         let nodes = self
+            .plane
             .store
             .list_nodes(&record.spec.name)
             .await
@@ -135,17 +121,18 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             .spec
             .ok_or_else(|| invalid(FieldError::new("spec", "is required")))?;
         let req = convert::cluster_request(&wire).map_err(invalid)?;
-        let spec = spec::validate(&req, &self.settings.config.region).map_err(invalid)?;
+        let spec = spec::validate(&req, &self.plane.settings.config.region).map_err(invalid)?;
         let mut warnings = Vec::new();
-        if spec.location != self.settings.config.region {
+        if spec.location != self.plane.settings.config.region {
             warnings.push(format!(
                 "location {} differs from the control plane's region {}: expect more latency and egress cost",
-                spec.location, self.settings.config.region
+                spec.location, self.plane.settings.config.region
             ));
         }
         let record = self
+            .plane
             .store
-            .create_cluster(spec, &self.settings.quota, now_ms())
+            .create_cluster(spec, &self.plane.settings.quota, now_ms())
             .await
             .map_err(status)?;
         tracing::info!(
@@ -155,6 +142,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             max_nodes = record.spec.max_nodes,
             "cluster created"
         );
+        self.plane.events.changed();
         let cluster = self.load_view(&record).await?;
         Ok(Response::new(v1::CreateClusterResponse {
             cluster: Some(cluster),
@@ -168,7 +156,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
     ) -> Result<Response<v1::Cluster>, Status> {
         let name = request.into_inner().name;
         required_name("name", &name)?;
-        let record = self.store.get_cluster(&name).await.map_err(status)?;
+        let record = self.plane.store.get_cluster(&name).await.map_err(status)?;
         Ok(Response::new(self.load_view(&record).await?))
     }
 
@@ -176,7 +164,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         _request: Request<v1::ListClustersRequest>,
     ) -> Result<Response<v1::ListClustersResponse>, Status> {
-        let records = self.store.list_clusters().await.map_err(status)?;
+        let records = self.plane.store.list_clusters().await.map_err(status)?;
         let mut clusters = Vec::with_capacity(records.len());
         for r in &records {
             clusters.push(self.load_view(r).await?);
@@ -196,8 +184,9 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         let update: SpecUpdate =
             Box::new(move |current| spec::apply_update(current, &desired, &mask));
         let record = self
+            .plane
             .store
-            .update_cluster(&request.name, update, &self.settings.quota, now_ms())
+            .update_cluster(&request.name, update, &self.plane.settings.quota, now_ms())
             .await
             .map_err(status)?;
         tracing::info!(
@@ -207,6 +196,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             idle_seconds = record.spec.idle_seconds_before_scaledown,
             "cluster updated"
         );
+        self.plane.events.changed();
         Ok(Response::new(self.load_view(&record).await?))
     }
 
@@ -216,8 +206,19 @@ impl<S: Store> ComputeService for ComputeApi<S> {
     ) -> Result<Response<v1::DeleteClusterResponse>, Status> {
         let name = request.into_inner().name;
         required_name("name", &name)?;
-        self.store.delete_cluster(&name).await.map_err(status)?;
-        tracing::info!(cluster = %name, "cluster deleted");
+        let nodes = self
+            .plane
+            .store
+            .delete_cluster(&name)
+            .await
+            .map_err(status)?;
+        for node in &nodes {
+            self.plane.sessions.drop_node(&node.node_id);
+            if let Err(e) = self.plane.provider.delete_node(node).await {
+                tracing::warn!(cluster = %name, node = %node.node_id, error = %e, "could not remove a node of a deleted cluster");
+            }
+        }
+        tracing::info!(cluster = %name, nodes = nodes.len(), "cluster deleted");
         Ok(Response::new(v1::DeleteClusterResponse {}))
     }
 
@@ -227,7 +228,12 @@ impl<S: Store> ComputeService for ComputeApi<S> {
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         let cluster = request.into_inner().cluster;
         required_name("cluster", &cluster)?;
-        let nodes = self.store.list_nodes(&cluster).await.map_err(status)?;
+        let nodes = self
+            .plane
+            .store
+            .list_nodes(&cluster)
+            .await
+            .map_err(status)?;
         Ok(Response::new(v1::ListNodesResponse {
             nodes: nodes
                 .into_iter()
@@ -269,11 +275,11 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         request: Request<v1::ListUsageRequest>,
     ) -> Result<Response<v1::ListUsageResponse>, Status> {
         let location = match request.into_inner().location {
-            l if l.is_empty() => self.settings.config.region.clone(),
+            l if l.is_empty() => self.plane.settings.config.region.clone(),
             l => l,
         };
-        let usage = self.store.usage(&location).await.map_err(status)?;
-        let limits = self.settings.quota.region(&location);
+        let usage = self.plane.store.usage(&location).await.map_err(status)?;
+        let limits = self.plane.settings.quota.region(&location);
         Ok(Response::new(v1::ListUsageResponse {
             usages: quota::report(limits, &usage)
                 .into_iter()

@@ -38,11 +38,53 @@ pub struct Config {
     #[arg(long, env = "STRATO_QUOTA_FILE")]
     pub quota_file: Option<PathBuf>,
 
-    /// Where nodes come from. `none`: this control plane keeps clusters and
-    /// quotas but creates no nodes, and says so on every cluster that wants
-    /// some.
-    #[arg(long, env = "STRATO_PROVIDER", value_enum, default_value_t = ProviderKind::None)]
+    /// Where nodes come from. `local`: each node is a strato-agent process
+    /// on this machine, running jobs in the local Docker engine. `none`:
+    /// clusters and quotas only; no node is ever created, and clusters that
+    /// want nodes say so.
+    #[arg(long, env = "STRATO_PROVIDER", value_enum, default_value_t = ProviderKind::Local)]
     pub provider: ProviderKind,
+
+    /// The strato-agent binary the local provider starts. Default: the one
+    /// beside this binary.
+    #[arg(long, env = "STRATO_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
+
+    /// The gRPC address agents dial. Default: http:// + --grpc-listen (with
+    /// 127.0.0.1 for an unspecified address).
+    #[arg(long, env = "STRATO_AGENT_ENDPOINT")]
+    pub agent_endpoint: Option<String>,
+
+    /// The Docker engine socket of the local provider's nodes.
+    #[arg(
+        long,
+        env = "STRATO_DOCKER_SOCKET",
+        default_value = "/var/run/docker.sock"
+    )]
+    pub docker_socket: String,
+
+    /// Seconds a new node may take to enrol before it is marked unusable
+    /// and replaced.
+    #[arg(long, env = "STRATO_NODE_START_TIMEOUT", default_value_t = 60)]
+    pub node_start_timeout: u64,
+
+    /// Seconds without a heartbeat after which a node is marked unusable,
+    /// its jobs retried or failed, and the node removed.
+    #[arg(long, env = "STRATO_NODE_HEARTBEAT_TIMEOUT", default_value_t = 15)]
+    pub node_heartbeat_timeout: u64,
+
+    /// Seconds between heartbeats that agents are told to keep.
+    #[arg(long, env = "STRATO_HEARTBEAT_INTERVAL", default_value_t = 2)]
+    pub heartbeat_interval: u32,
+
+    /// Milliseconds between reconcile passes when nothing happens (events
+    /// such as a submitted job trigger one at once).
+    #[arg(long, env = "STRATO_RECONCILE_INTERVAL_MS", default_value_t = 1000)]
+    pub reconcile_interval_ms: u64,
+
+    /// Seconds a canceled job's container gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "STRATO_CANCEL_GRACE", default_value_t = 10)]
+    pub cancel_grace: u32,
 
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
@@ -51,6 +93,8 @@ pub struct Config {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderKind {
+    /// Nodes are strato-agent processes on this machine.
+    Local,
     /// No node provider: clusters are stored, nodes are never created.
     None,
 }
@@ -68,6 +112,12 @@ pub enum ConfigError {
     QuotaParse { path: PathBuf, message: String },
     #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
     SameAddress(SocketAddr),
+    #[error(
+        "--node-heartbeat-timeout {timeout}s must be more than twice --heartbeat-interval {interval}s"
+    )]
+    Heartbeat { timeout: u64, interval: u32 },
+    #[error("--reconcile-interval-ms must be between 50 and 60000")]
+    ReconcileInterval,
 }
 
 /// The configuration after its checks, with the quota file read.
@@ -90,6 +140,17 @@ impl Config {
         }
         if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
             return Err(ConfigError::SameAddress(self.grpc_listen));
+        }
+        if self.node_heartbeat_timeout <= 2 * u64::from(self.heartbeat_interval)
+            || self.heartbeat_interval == 0
+        {
+            return Err(ConfigError::Heartbeat {
+                timeout: self.node_heartbeat_timeout,
+                interval: self.heartbeat_interval,
+            });
+        }
+        if !(50..=60_000).contains(&self.reconcile_interval_ms) {
+            return Err(ConfigError::ReconcileInterval);
         }
         let quota = match &self.quota_file {
             None => QuotaLimits::default(),

@@ -10,25 +10,26 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::plane::Plane;
 use crate::store::Store;
 
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    store: Arc<S>,
+    plane: Arc<Plane<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
-        .with_state(store);
+        .with_state(plane);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }
 
-async fn readyz<S: Store>(State(store): State<Arc<S>>) -> (StatusCode, String) {
-    match store.ping().await {
+async fn readyz<S: Store>(State(plane): State<Arc<Plane<S>>>) -> (StatusCode, String) {
+    match plane.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
     }

@@ -1,23 +1,33 @@
-//! The Strato control plane: the gRPC API, the durable store, quotas, and
-//! the HTTP side port.
+//! The Strato control plane: the gRPC API, the durable store, quotas, the
+//! reconcile loop, node providers and the HTTP side port.
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod jobs;
+pub mod plane;
+pub mod provider;
+pub mod reconcile;
 pub mod store;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::config::Settings;
+use crate::config::{ProviderKind, Settings};
+use crate::plane::{Events, Plane, Sessions};
+use crate::provider::{LocalProvider, Provider};
 use crate::store::{SqliteStore, Store};
 
 /// Runs the control plane until `shutdown` resolves, then stops taking
-/// requests, lets the ones in flight finish and closes the store.
+/// requests, lets the ones in flight finish and closes the store. Nodes
+/// (agent processes) keep running: a restarted control plane takes them
+/// back.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -25,20 +35,51 @@ pub async fn run(
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
-    let store = Arc::new(SqliteStore::open(&config.data_dir).await.with_context(|| {
+    let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
         format!(
             "--data-dir {}: cannot open the database",
             config.data_dir.display()
         )
-    })?);
+    })?;
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("--grpc-listen {}: cannot listen", config.grpc_listen))?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("--http-listen {}: cannot listen", config.http_listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let provider = match config.provider {
+        ProviderKind::None => Provider::None,
+        ProviderKind::Local => {
+            let agent_binary = match &config.agent_binary {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .context("locating this binary")?
+                    .with_file_name("strato-agent"),
+            };
+            anyhow::ensure!(
+                agent_binary.exists(),
+                "--agent-binary {}: not found; build it (`cargo build --bins`) or point --agent-binary at it",
+                agent_binary.display()
+            );
+            let endpoint = config.agent_endpoint.clone().unwrap_or_else(|| {
+                let ip = if grpc_addr.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    grpc_addr.ip()
+                };
+                format!("http://{ip}:{}", grpc_addr.port())
+            });
+            Provider::Local(LocalProvider::new(
+                agent_binary,
+                endpoint,
+                PathBuf::from(&config.data_dir).join("nodes"),
+                config.docker_socket.clone(),
+            ))
+        }
+    };
     tracing::info!(
-        grpc = %grpc.local_addr()?,
+        grpc = %grpc_addr,
         http = %http.local_addr()?,
         data_dir = %config.data_dir.display(),
         region = %config.region,
@@ -46,7 +87,13 @@ pub async fn run(
         "strato-control listening"
     );
 
-    let settings = Arc::new(settings);
+    let plane = Arc::new(Plane {
+        store,
+        settings,
+        provider,
+        sessions: Sessions::default(),
+        events: Events::default(),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -56,32 +103,37 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc_server = grpc_server(
-        store.clone(),
-        settings.clone(),
-        grpc,
-        stopped(stop_rx.clone()),
-    );
-    let http_server = http::serve(http, store.clone(), stopped(stop_rx.clone()));
+    let reconciler =
+        tokio::spawn(reconcile::Reconciler::new(plane.clone()).run(stopped(stop_rx.clone())));
+    let grpc_server = grpc_server(plane.clone(), grpc, stopped(stop_rx.clone()));
+    let http_server = http::serve(http, plane.clone(), stopped(stop_rx.clone()));
     let (g, h) = tokio::join!(grpc_server, http_server);
     g.context("gRPC server")?;
     h.context("HTTP server")?;
-    store.close().await;
+    let _ = reconciler.await;
+    plane.store.close().await;
     tracing::info!("strato-control stopped");
     Ok(())
 }
 
 async fn grpc_server<S: Store>(
-    store: Arc<S>,
-    settings: Arc<Settings>,
+    plane: Arc<Plane<S>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use strato_proto::v1::agent_service_server::AgentServiceServer;
     use strato_proto::v1::compute_service_server::ComputeServiceServer;
+    use strato_proto::v1::job_service_server::JobServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ComputeServiceServer<api::ComputeApi<S>>>()
+        .await;
+    health_reporter
+        .set_serving::<JobServiceServer<jobs::JobApi<S>>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentServiceServer<agents::AgentApi<S>>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(strato_proto::FILE_DESCRIPTOR_SET)
@@ -98,8 +150,10 @@ async fn grpc_server<S: Store>(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(ComputeServiceServer::new(api::ComputeApi::new(
-            store, settings,
+            plane.clone(),
         )))
+        .add_service(JobServiceServer::new(jobs::JobApi::new(plane.clone())))
+        .add_service(AgentServiceServer::new(agents::AgentApi::new(plane)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -8,9 +8,11 @@
 
 pub mod catalog;
 pub mod error;
+pub mod job;
 pub mod name;
 pub mod node;
 pub mod quota;
+pub mod scale;
 pub mod spec;
 
 pub use catalog::VmSize;

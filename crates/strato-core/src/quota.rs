@@ -208,6 +208,24 @@ pub fn check(
     Ok(())
 }
 
+/// The most nodes of `vcpus_per_node` a cluster may hold on top of
+/// `others` (every other cluster of the region) without breaking a limit.
+pub fn max_nodes_admitted(
+    limits: &RegionQuota,
+    others: &QuotaUsage,
+    family: &str,
+    priority: VmPriority,
+    vcpus_per_node: u32,
+) -> u64 {
+    let per = u64::from(vcpus_per_node.max(1));
+    let left = |limit: u64, used: u64| limit.saturating_sub(used) / per;
+    match priority {
+        VmPriority::Dedicated => left(limits.family_limit(family), others.family(family))
+            .min(left(limits.dedicated_cores_total, others.dedicated_total)),
+        VmPriority::LowPriority => left(limits.low_priority_cores, others.low_priority),
+    }
+}
+
 /// One line of a usage report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageLine {
@@ -402,6 +420,25 @@ mod tests {
         assert_eq!(line("standardDv2Family").limit, 12);
         assert_eq!(line(DEDICATED_TOTAL).current, 6);
         assert_eq!(line(CLUSTERS).current, 1);
+    }
+
+    #[test]
+    fn max_nodes_admitted_agrees_with_check() {
+        let others = QuotaUsage::from_allocations(&[alloc("f", VmPriority::Dedicated, 4, 1)]);
+        let l = limits();
+        let n = max_nodes_admitted(&l, &others, "f", VmPriority::Dedicated, 4);
+        assert_eq!(n, 2);
+        let fits = |nodes: u32| {
+            check(
+                "r",
+                &l,
+                &others,
+                &alloc("f", VmPriority::Dedicated, 4, nodes),
+                false,
+            )
+            .is_ok()
+        };
+        assert!(fits(2) && !fits(3));
     }
 
     fn arb_alloc() -> impl Strategy<Value = Allocation> {

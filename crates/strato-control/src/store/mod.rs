@@ -10,11 +10,20 @@ mod sqlite;
 use std::future::Future;
 
 use strato_core::SpecError;
-use strato_core::node::NodeState;
+use strato_core::job::{AttemptEnd, JobSpec, JobState};
+use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
 pub use sqlite::SqliteStore;
+
+/// Why a cluster is not where it should be.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterIssue {
+    pub code: String,
+    pub message: String,
+    pub since: i64,
+}
 
 /// A cluster as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +32,12 @@ pub struct ClusterRecord {
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub updated_at: i64,
-    /// When `min_nodes` or `max_nodes` last changed, or the creation time.
-    pub scale_changed_at: i64,
+    /// The allocation state the reconcile loop last recorded, since when,
+    /// and why the cluster is not at its target.
+    pub allocation_state: AllocationState,
+    pub allocation_since: i64,
+    pub target_nodes: u32,
+    pub errors: Vec<ClusterIssue>,
 }
 
 /// A node as stored.
@@ -35,9 +48,84 @@ pub struct NodeRecord {
     pub state: NodeState,
     pub private_ip: String,
     pub port: u16,
+    /// The job on the node, if any.
     pub run_id: Option<String>,
     pub reason: String,
     pub state_since: i64,
+    pub created_at: i64,
+    pub idle_since: i64,
+    pub last_heartbeat: Option<i64>,
+    /// The agent has enrolled at least once.
+    pub enrolled: bool,
+    pub hostname: String,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRecord {
+    pub at: i64,
+    pub attempt: u32,
+    pub state: JobState,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub node_id: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub reason: String,
+    pub exit_code: Option<i64>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub reason: String,
+    pub attempt: u32,
+    pub failures: u32,
+    pub node_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub cancel_requested: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub transitions: Vec<TransitionRecord>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One stored line of a job's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub attempt: u32,
+    pub seq: u64,
+    /// 1 stdout, 2 stderr.
+    pub stream: u8,
+    pub line: String,
+    pub at: i64,
+}
+
+/// What an agent says about one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptReport {
+    Running,
+    Ended(AttemptEnd, String),
+}
+
+/// The outcome of storing an attempt report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Stored, or already known.
+    Recorded,
+    /// The attempt has ended and its result is stored: the agent may
+    /// remove its container.
+    Release,
+    /// The report is about an attempt this node does not hold (stale):
+    /// the agent should stop and remove it.
+    Stale,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +134,14 @@ pub enum StoreError {
     ClusterNotFound(String),
     #[error("a cluster named {0:?} already exists")]
     ClusterExists(String),
+    #[error("job {0:?} not found")]
+    JobNotFound(String),
+    #[error("node {0:?} not found")]
+    NodeNotFound(String),
+    #[error("join or session token not recognised")]
+    BadToken,
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -62,8 +158,8 @@ pub enum StoreError {
 /// update's transaction.
 pub type SpecUpdate = Box<dyn FnOnce(&ClusterSpec) -> Result<ClusterSpec, SpecError> + Send>;
 
-/// Where clusters and nodes live. `now` is passed in (milliseconds since the
-/// epoch) so that the store reads no clock.
+/// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
+/// since the epoch) so that the store reads no clock.
 pub trait Store: Send + Sync + 'static {
     /// Stores a new cluster if its name is free and its `min_nodes` fit the
     /// quota of its location; otherwise stores nothing.
@@ -91,16 +187,170 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<ClusterRecord, StoreError>> + Send;
 
-    /// Deletes a cluster and its node records.
-    fn delete_cluster(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes a cluster, its finished jobs and its node records. Refused
+    /// while jobs are queued or running.
+    /// Returns the node records it removed, whose machines the provider
+    /// must now take down.
+    fn delete_cluster(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
+
+    /// Records the allocation state and issues, if they changed.
+    fn set_allocation(
+        &self,
+        cluster: &str,
+        state: AllocationState,
+        target_nodes: u32,
+        errors: Vec<ClusterIssue>,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn list_nodes(
         &self,
         cluster: &str,
     ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
+    fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
+
+    /// Adds a node (state `preparing`) if one more fits the quota.
+    fn create_node(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        join_token_hash: &str,
+        limits: &QuotaLimits,
+        now: i64,
+    ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
+    fn set_node_pid(
+        &self,
+        node_id: &str,
+        pid: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// An agent presented its join token: records the session token and
+    /// returns the node. A node that was enrolled already keeps its state.
+    fn enroll(
+        &self,
+        join_token_hash: &str,
+        session_token_hash: &str,
+        hostname: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
+    fn node_by_session(
+        &self,
+        session_token_hash: &str,
+    ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
+    fn heartbeat(
+        &self,
+        node_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks a node unusable (with the reason) and ends any attempt on it as
+    /// lost; returns the jobs that were on it.
+    fn node_unusable(
+        &self,
+        node_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Forgets a node; any attempt still on it ends as lost.
+    fn delete_node(
+        &self,
+        node_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// What the clusters of a location other than `cluster` hold.
+    fn usage_of_others(
+        &self,
+        location: &str,
+        cluster: &str,
+    ) -> impl Future<Output = Result<QuotaUsage, StoreError>> + Send;
+
+    /// Sets the reason shown on a cluster's queued jobs (e.g. why no node
+    /// can be added for them).
+    fn set_queued_reason(
+        &self,
+        cluster: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// What the clusters of a location hold against the quota.
     fn usage(&self, location: &str) -> impl Future<Output = Result<QuotaUsage, StoreError>> + Send;
+
+    /// Stores a queued job after checking its cluster exists.
+    fn submit_job(
+        &self,
+        id: &str,
+        spec: JobSpec,
+        now: i64,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    fn get_job(&self, id: &str) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// Jobs, newest first; of one cluster if given.
+    fn list_jobs(
+        &self,
+        cluster: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
+    /// Queued jobs of a cluster, oldest first.
+    fn queued_jobs(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Cancels a queued job at once; a job on a node is marked for
+    /// cancellation (the agent stops it). A final job is returned as is.
+    fn cancel_job(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// Jobs on nodes that were asked to cancel.
+    fn cancel_requested(&self) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
+    /// Puts a queued job on an idle node as its next attempt.
+    fn assign_job(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// Stores what an agent reported about an attempt on its node.
+    fn report_attempt(
+        &self,
+        node_id: &str,
+        job_id: &str,
+        attempt: u32,
+        report: AttemptReport,
+        now: i64,
+    ) -> impl Future<Output = Result<ReportOutcome, StoreError>> + Send;
+
+    /// Stores log lines of an attempt; lines already stored are skipped.
+    fn append_logs(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        lines: &[LogRecord],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Log lines after `after` ((attempt, seq) of the last line seen), in
+    /// order, at most `limit`.
+    fn logs(
+        &self,
+        job_id: &str,
+        after: Option<(u32, u64)>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
 
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -5,18 +5,31 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use strato_core::node::NodeState;
+use strato_core::job::{self, AttemptEnd, JobSpec, JobState, NextStep};
+use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{self, Allocation, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
-use super::{ClusterRecord, NodeRecord, SpecUpdate, Store, StoreError};
+use super::{
+    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, JobRecord, LogRecord, NodeRecord,
+    ReportOutcome, SpecUpdate, Store, StoreError, TransitionRecord,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "strato.db";
+
+const CLUSTER_COLUMNS: &str =
+    "spec, created_at, updated_at, allocation_state, allocation_since, target_nodes, errors";
+const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
+     created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid";
+const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, node_id, exit_code, \
+     cancel_requested, created_at, updated_at";
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -54,20 +67,84 @@ impl SqliteStore {
     }
 }
 
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
 fn decode_spec(json: &str) -> Result<ClusterSpec, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("cluster spec: {e}")))
+    serde_json::from_str(json).map_err(|e| corrupt("cluster spec", e))
 }
 
 fn encode_spec(spec: &ClusterSpec) -> Result<String, StoreError> {
-    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(format!("cluster spec: {e}")))
+    serde_json::to_string(spec).map_err(|e| corrupt("cluster spec", e))
 }
 
-fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ClusterRecord, StoreError> {
+fn cluster_from_row(row: &SqliteRow) -> Result<ClusterRecord, StoreError> {
+    let state: String = row.try_get("allocation_state")?;
+    let errors: String = row.try_get("errors")?;
     Ok(ClusterRecord {
         spec: decode_spec(row.try_get("spec")?)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
-        scale_changed_at: row.try_get("scale_changed_at")?,
+        allocation_state: match state.as_str() {
+            "resizing" => AllocationState::Resizing,
+            _ => AllocationState::Steady,
+        },
+        allocation_since: row.try_get("allocation_since")?,
+        target_nodes: u32_col(row, "target_nodes")?,
+        errors: serde_json::from_str(&errors).map_err(|e| corrupt("cluster errors", e))?,
+    })
+}
+
+fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let port: i64 = row.try_get("port")?;
+    let pid: Option<i64> = row.try_get("pid")?;
+    Ok(NodeRecord {
+        node_id: row.try_get("node_id")?,
+        cluster: row.try_get("cluster")?,
+        state: NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
+        private_ip: row.try_get("private_ip")?,
+        port: u16::try_from(port).unwrap_or(0),
+        run_id: row.try_get("run_id")?,
+        reason: row.try_get("reason")?,
+        state_since: row.try_get("state_since")?,
+        created_at: row.try_get("created_at")?,
+        idle_since: row.try_get("idle_since")?,
+        last_heartbeat: row.try_get("last_heartbeat")?,
+        enrolled: row.try_get("enrolled")?,
+        hostname: row.try_get("hostname")?,
+        pid: pid.and_then(|p| u32::try_from(p).ok()),
+    })
+}
+
+fn u32_col(row: &SqliteRow, name: &str) -> Result<u32, StoreError> {
+    let v: i64 = row.try_get(name)?;
+    u32::try_from(v).map_err(|e| corrupt(name, e))
+}
+
+fn job_state(s: &str) -> Result<JobState, StoreError> {
+    JobState::parse(s).ok_or_else(|| corrupt("job state", s))
+}
+
+/// A job row, without its transitions and attempts.
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    let state: String = row.try_get("state")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt("job spec", e))?,
+        state: job_state(&state)?,
+        reason: row.try_get("reason")?,
+        attempt: u32_col(row, "attempt")?,
+        failures: u32_col(row, "failures")?,
+        node_id: row.try_get("node_id")?,
+        exit_code: row.try_get("exit_code")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        transitions: Vec::new(),
+        attempts: Vec::new(),
     })
 }
 
@@ -75,7 +152,7 @@ fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ClusterRecord, Stor
 fn allocation(spec: &ClusterSpec, nodes: u32) -> Result<Allocation, StoreError> {
     let size = spec
         .size()
-        .map_err(|e| StoreError::Corrupt(format!("cluster {}: {e}", spec.name)))?;
+        .map_err(|e| corrupt(&format!("cluster {}", spec.name), e))?;
     Ok(Allocation {
         family: size.family.to_owned(),
         priority: spec.vm_priority,
@@ -115,6 +192,213 @@ async fn node_count(conn: &mut SqliteConnection, cluster: &str) -> Result<u32, S
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+async fn load_cluster(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<ClusterRecord, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = ?1"
+    )))
+    .bind(name)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
+    cluster_from_row(&row)
+}
+
+async fn load_node(conn: &mut SqliteConnection, node_id: &str) -> Result<NodeRecord, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE node_id = ?1"
+    )))
+    .bind(node_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| StoreError::NodeNotFound(node_id.to_owned()))?;
+    node_from_row(&row)
+}
+
+async fn load_job(conn: &mut SqliteConnection, id: &str) -> Result<JobRecord, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))?;
+    let mut job = job_from_row(&row)?;
+    let rows = sqlx::query(
+        "SELECT at, attempt, state, reason FROM job_transitions WHERE job_id = ?1 ORDER BY rowid",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        let state: String = r.try_get("state")?;
+        job.transitions.push(TransitionRecord {
+            at: r.try_get("at")?,
+            attempt: u32_col(r, "attempt")?,
+            state: job_state(&state)?,
+            reason: r.try_get("reason")?,
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT attempt, node_id, started_at, ended_at, reason, exit_code
+         FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        job.attempts.push(AttemptRecord {
+            attempt: u32_col(r, "attempt")?,
+            node_id: r.try_get("node_id")?,
+            started_at: r.try_get("started_at")?,
+            ended_at: r.try_get("ended_at")?,
+            reason: r.try_get("reason")?,
+            exit_code: r.try_get("exit_code")?,
+        });
+    }
+    Ok(job)
+}
+
+/// Moves a job to `state`, recording the transition.
+async fn transition(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    attempt: u32,
+    state: JobState,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET state = ?1, reason = ?2, updated_at = ?3 WHERE id = ?4")
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO job_transitions (job_id, at, attempt, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(job_id)
+    .bind(now)
+    .bind(i64::from(attempt))
+    .bind(state.as_str())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets a node's state (and clears its job when it becomes idle).
+async fn set_node_state(
+    conn: &mut SqliteConnection,
+    node_id: &str,
+    state: NodeState,
+    run_id: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE nodes SET state = ?1, run_id = ?2, reason = ?3, state_since = ?4,
+             idle_since = CASE WHEN ?1 = 'idle' THEN ?4 ELSE idle_since END
+         WHERE node_id = ?5",
+    )
+    .bind(state.as_str())
+    .bind(run_id)
+    .bind(reason)
+    .bind(now)
+    .bind(node_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends the current attempt of a job on a node and decides what follows:
+/// a final state, or back to the queue as the next attempt.
+async fn end_attempt(
+    conn: &mut SqliteConnection,
+    job: &JobRecord,
+    end: AttemptEnd,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let end = if job.cancel_requested {
+        AttemptEnd::Canceled
+    } else {
+        end
+    };
+    let exit_code = match end {
+        AttemptEnd::Exited(code) => Some(code),
+        _ => None,
+    };
+    let reason = match end {
+        AttemptEnd::Canceled => "canceled by user".to_owned(),
+        _ => reason.to_owned(),
+    };
+    sqlx::query(
+        "UPDATE job_attempts SET ended_at = ?1, reason = ?2, exit_code = ?3
+         WHERE job_id = ?4 AND attempt = ?5 AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(&reason)
+    .bind(exit_code)
+    .bind(&job.id)
+    .bind(i64::from(job.attempt))
+    .execute(&mut *conn)
+    .await?;
+    match job::after_attempt(&end, job.failures, job.spec.max_retries) {
+        NextStep::Retry => {
+            let next = job.attempt + 1;
+            sqlx::query(
+                "UPDATE jobs SET attempt = ?1, failures = failures + 1, node_id = NULL,
+                     exit_code = ?2 WHERE id = ?3",
+            )
+            .bind(i64::from(next))
+            .bind(exit_code)
+            .bind(&job.id)
+            .execute(&mut *conn)
+            .await?;
+            let why = format!(
+                "attempt {} ended ({reason}); retrying as attempt {next} ({} of {} retries)",
+                job.attempt,
+                job.failures + 1,
+                job.spec.max_retries
+            );
+            transition(conn, &job.id, next, JobState::Queued, &why, now).await?;
+        }
+        NextStep::Finish(state) => {
+            sqlx::query("UPDATE jobs SET node_id = NULL, exit_code = ?1 WHERE id = ?2")
+                .bind(exit_code)
+                .bind(&job.id)
+                .execute(&mut *conn)
+                .await?;
+            transition(conn, &job.id, job.attempt, state, &reason, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends, as lost, the attempts of every job on a node.
+async fn lose_jobs_on(
+    conn: &mut SqliteConnection,
+    node_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE node_id = ?1 AND state IN ('preparing', 'running')",
+    )
+    .bind(node_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for id in &ids {
+        let job = load_job(conn, id).await?;
+        end_attempt(conn, &job, AttemptEnd::NodeLost, reason, now).await?;
+    }
+    Ok(ids)
+}
+
 impl Store for SqliteStore {
     async fn create_cluster(
         &self,
@@ -140,8 +424,8 @@ impl Store for SqliteStore {
             true,
         )?;
         sqlx::query(
-            "INSERT INTO clusters (name, location, spec, created_at, updated_at, scale_changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?4)",
+            "INSERT INTO clusters (name, location, spec, created_at, updated_at, scale_changed_at, allocation_since)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?4, ?4)",
         )
         .bind(&spec.name)
         .bind(&spec.location)
@@ -149,30 +433,20 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let record = load_cluster(&mut tx, &spec.name).await?;
         tx.commit().await?;
-        Ok(ClusterRecord {
-            spec,
-            created_at: now,
-            updated_at: now,
-            scale_changed_at: now,
-        })
+        Ok(record)
     }
 
     async fn get_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
-        let row = sqlx::query(
-            "SELECT spec, created_at, updated_at, scale_changed_at FROM clusters WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
-        cluster_from_row(&row)
+        let mut conn = self.pool.acquire().await?;
+        load_cluster(&mut conn, name).await
     }
 
     async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT spec, created_at, updated_at, scale_changed_at FROM clusters ORDER BY name",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY name"
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(cluster_from_row).collect()
@@ -186,14 +460,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<ClusterRecord, StoreError> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(
-            "SELECT spec, created_at, updated_at, scale_changed_at FROM clusters WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::ClusterNotFound(name.to_owned()))?;
-        let current = cluster_from_row(&row)?;
+        let current = load_cluster(&mut tx, name).await?;
         let next = update(&current.spec)?;
         if next == current.spec {
             return Ok(current);
@@ -214,72 +481,282 @@ impl Store for SqliteStore {
                 false,
             )?;
         }
-        let scale_changed_at = if (next.min_nodes, next.max_nodes)
-            != (current.spec.min_nodes, current.spec.max_nodes)
-        {
-            now
-        } else {
-            current.scale_changed_at
-        };
-        sqlx::query(
-            "UPDATE clusters SET spec = ?1, updated_at = ?2, scale_changed_at = ?3 WHERE name = ?4",
-        )
-        .bind(encode_spec(&next)?)
-        .bind(now)
-        .bind(scale_changed_at)
-        .bind(&current.spec.name)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE clusters SET spec = ?1, updated_at = ?2 WHERE name = ?3")
+            .bind(encode_spec(&next)?)
+            .bind(now)
+            .bind(&current.spec.name)
+            .execute(&mut *tx)
+            .await?;
+        let record = load_cluster(&mut tx, &current.spec.name).await?;
         tx.commit().await?;
-        Ok(ClusterRecord {
-            spec: next,
-            created_at: current.created_at,
-            updated_at: now,
-            scale_changed_at,
-        })
+        Ok(record)
     }
 
-    async fn delete_cluster(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete_cluster(&self, name: &str) -> Result<Vec<NodeRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM clusters WHERE name = ?1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::ClusterNotFound(name.to_owned()));
+        let cluster = load_cluster(&mut tx, name).await?.spec.name;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE cluster = ?1 AND state IN ('queued', 'preparing', 'running', 'preempted')",
+        )
+        .bind(&cluster)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active > 0 {
+            return Err(StoreError::Conflict(format!(
+                "cluster {cluster} has {active} unfinished jobs; cancel them (`strato job cancel`) or wait for them first"
+            )));
         }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = ?1"
+        )))
+        .bind(&cluster)
+        .fetch_all(&mut *tx)
+        .await?;
+        let nodes = rows
+            .iter()
+            .map(node_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query("DELETE FROM clusters WHERE name = ?1")
+            .bind(&cluster)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(nodes)
+    }
+
+    async fn set_allocation(
+        &self,
+        cluster: &str,
+        state: AllocationState,
+        target_nodes: u32,
+        errors: Vec<ClusterIssue>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let current = match load_cluster(&mut tx, cluster).await {
+            Ok(c) => c,
+            Err(StoreError::ClusterNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // An issue that persists keeps its first `since`.
+        let errors: Vec<ClusterIssue> = errors
+            .into_iter()
+            .map(|mut e| {
+                if let Some(old) = current.errors.iter().find(|o| o.code == e.code) {
+                    e.since = old.since;
+                }
+                e
+            })
+            .collect();
+        if current.allocation_state == state
+            && current.errors == errors
+            && current.target_nodes == target_nodes
+        {
+            return Ok(());
+        }
+        let since = if current.allocation_state == state {
+            current.allocation_since
+        } else {
+            now
+        };
+        sqlx::query(
+            "UPDATE clusters SET allocation_state = ?1, allocation_since = ?2, errors = ?3,
+                 target_nodes = ?5 WHERE name = ?4",
+        )
+        .bind(state.as_str())
+        .bind(since)
+        .bind(serde_json::to_string(&errors).map_err(|e| corrupt("cluster errors", e))?)
+        .bind(cluster)
+        .bind(i64::from(target_nodes))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn list_nodes(&self, cluster: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
         // Distinguish "no such cluster" from "no nodes".
-        let cluster = self.get_cluster(cluster).await?.spec.name;
-        let rows = sqlx::query(
-            "SELECT node_id, cluster, state, private_ip, port, run_id, reason, state_since
-             FROM nodes WHERE cluster = ?1 ORDER BY node_id",
-        )
+        let cluster = load_cluster(&mut conn, cluster).await?.spec.name;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = ?1 ORDER BY created_at, node_id"
+        )))
         .bind(&cluster)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn all_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, node_id"
+        )))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                let port: i64 = row.try_get("port")?;
-                Ok(NodeRecord {
-                    node_id: row.try_get("node_id")?,
-                    cluster: row.try_get("cluster")?,
-                    state: NodeState::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("node state {state:?}")))?,
-                    private_ip: row.try_get("private_ip")?,
-                    port: u16::try_from(port).unwrap_or(0),
-                    run_id: row.try_get("run_id")?,
-                    reason: row.try_get("reason")?,
-                    state_since: row.try_get("state_since")?,
-                })
-            })
-            .collect()
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn create_node(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        join_token_hash: &str,
+        limits: &QuotaLimits,
+        now: i64,
+    ) -> Result<NodeRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let spec = load_cluster(&mut tx, cluster).await?.spec;
+        let nodes = node_count(&mut tx, &spec.name).await?;
+        let others = QuotaUsage::from_allocations(
+            &allocations(&mut tx, &spec.location, Some(&spec.name)).await?,
+        );
+        quota::check(
+            &spec.location,
+            limits.region(&spec.location),
+            &others,
+            &allocation(&spec, nodes + 1)?,
+            false,
+        )?;
+        sqlx::query(
+            "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash)
+             VALUES (?1, ?2, 'preparing', 'starting: waiting for the agent to enrol', ?3, ?3, ?3, ?4)",
+        )
+        .bind(node_id)
+        .bind(&spec.name)
+        .bind(now)
+        .bind(join_token_hash)
+        .execute(&mut *tx)
+        .await?;
+        let node = load_node(&mut tx, node_id).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    async fn set_node_pid(&self, node_id: &str, pid: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET pid = ?1 WHERE node_id = ?2")
+            .bind(i64::from(pid))
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn enroll(
+        &self,
+        join_token_hash: &str,
+        session_token_hash: &str,
+        hostname: &str,
+        now: i64,
+    ) -> Result<NodeRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let node_id: String =
+            sqlx::query_scalar("SELECT node_id FROM nodes WHERE join_token_hash = ?1")
+                .bind(join_token_hash)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::BadToken)?;
+        let node = load_node(&mut tx, &node_id).await?;
+        if matches!(node.state, NodeState::Unusable | NodeState::Leaving) {
+            return Err(StoreError::Conflict(format!(
+                "node {node_id} is {} ({}); it will be removed",
+                node.state.as_str(),
+                node.reason
+            )));
+        }
+        sqlx::query(
+            "UPDATE nodes SET session_token_hash = ?1, hostname = ?2, last_heartbeat = ?3 WHERE node_id = ?4",
+        )
+        .bind(session_token_hash)
+        .bind(hostname)
+        .bind(now)
+        .bind(&node_id)
+        .execute(&mut *tx)
+        .await?;
+        if !node.enrolled && node.state == NodeState::Preparing && node.run_id.is_none() {
+            set_node_state(&mut tx, &node_id, NodeState::Idle, None, "", now).await?;
+        }
+        let node = load_node(&mut tx, &node_id).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    async fn node_by_session(&self, session_token_hash: &str) -> Result<NodeRecord, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE session_token_hash = ?1"
+        )))
+        .bind(session_token_hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::BadToken)?;
+        node_from_row(&row)
+    }
+
+    async fn heartbeat(&self, node_id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
+            .bind(now)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn node_unusable(
+        &self,
+        node_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        load_node(&mut tx, node_id).await?;
+        let jobs = lose_jobs_on(
+            &mut tx,
+            node_id,
+            &format!("node {node_id} lost: {reason}"),
+            now,
+        )
+        .await?;
+        set_node_state(&mut tx, node_id, NodeState::Unusable, None, reason, now).await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn delete_node(&self, node_id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        lose_jobs_on(
+            &mut tx,
+            node_id,
+            &format!("node {node_id} was removed"),
+            now,
+        )
+        .await?;
+        sqlx::query("DELETE FROM nodes WHERE node_id = ?1")
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage_of_others(
+        &self,
+        location: &str,
+        cluster: &str,
+    ) -> Result<QuotaUsage, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(QuotaUsage::from_allocations(
+            &allocations(&mut conn, location, Some(cluster)).await?,
+        ))
+    }
+
+    async fn set_queued_reason(&self, cluster: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET reason = ?1 WHERE cluster = ?2 AND state = 'queued' AND reason <> ?1",
+        )
+        .bind(reason)
+        .bind(cluster)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn usage(&self, location: &str) -> Result<QuotaUsage, StoreError> {
@@ -287,6 +764,276 @@ impl Store for SqliteStore {
         Ok(QuotaUsage::from_allocations(
             &allocations(&mut conn, location, None).await?,
         ))
+    }
+
+    async fn submit_job(
+        &self,
+        id: &str,
+        mut spec: JobSpec,
+        now: i64,
+    ) -> Result<JobRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        spec.cluster = load_cluster(&mut tx, &spec.cluster).await?.spec.name;
+        sqlx::query(
+            "INSERT INTO jobs (id, cluster, spec, state, attempt, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?4)",
+        )
+        .bind(id)
+        .bind(&spec.cluster)
+        .bind(serde_json::to_string(&spec).map_err(|e| corrupt("job spec", e))?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        transition(&mut tx, id, 1, JobState::Queued, "submitted", now).await?;
+        let job = load_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn get_job(&self, id: &str) -> Result<JobRecord, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_job(&mut conn, id).await
+    }
+
+    async fn list_jobs(&self, cluster: Option<&str>) -> Result<Vec<JobRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE ?1 IS NULL OR cluster = ?1 COLLATE NOCASE
+             ORDER BY created_at DESC, rowid DESC",
+        )
+        .bind(cluster)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.push(load_job(&mut conn, &id).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn queued_jobs(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE cluster = ?1 AND state = 'queued' ORDER BY created_at, rowid",
+        )
+        .bind(cluster)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn cancel_job(&self, id: &str, now: i64) -> Result<JobRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let job = load_job(&mut tx, id).await?;
+        if job.state == JobState::Queued || job.state == JobState::Preempted {
+            transition(
+                &mut tx,
+                id,
+                job.attempt,
+                JobState::Canceled,
+                "canceled by user before it started",
+                now,
+            )
+            .await?;
+        } else if job.state.on_node() && !job.cancel_requested {
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let job = load_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn cancel_requested(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE cancel_requested = 1 AND state IN ('preparing', 'running')"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn assign_job(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        now: i64,
+    ) -> Result<JobRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let job = load_job(&mut tx, job_id).await?;
+        let node = load_node(&mut tx, node_id).await?;
+        if job.state != JobState::Queued {
+            return Err(StoreError::Conflict(format!(
+                "job {job_id} is {}, not queued",
+                job.state.as_str()
+            )));
+        }
+        if node.state != NodeState::Idle || node.run_id.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "node {node_id} is {}, not idle",
+                node.state.as_str()
+            )));
+        }
+        sqlx::query("UPDATE jobs SET node_id = ?1 WHERE id = ?2")
+            .bind(node_id)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(job_id)
+        .bind(i64::from(job.attempt))
+        .bind(node_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        transition(
+            &mut tx,
+            job_id,
+            job.attempt,
+            JobState::Preparing,
+            &format!("attempt {} placed on node {node_id}", job.attempt),
+            now,
+        )
+        .await?;
+        set_node_state(
+            &mut tx,
+            node_id,
+            NodeState::Preparing,
+            Some(job_id),
+            "preparing a job",
+            now,
+        )
+        .await?;
+        let job = load_job(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn report_attempt(
+        &self,
+        node_id: &str,
+        job_id: &str,
+        attempt: u32,
+        report: AttemptReport,
+        now: i64,
+    ) -> Result<ReportOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let job = match load_job(&mut tx, job_id).await {
+            Ok(j) => j,
+            Err(StoreError::JobNotFound(_)) => return Ok(ReportOutcome::Stale),
+            Err(e) => return Err(e),
+        };
+        let current = job.attempt == attempt
+            && job.node_id.as_deref() == Some(node_id)
+            && job.state.on_node();
+        if !current {
+            // A report about an attempt that already ended here (the control
+            // plane stored its end, or gave up on the node): nothing runs it
+            // any more as far as the job is concerned.
+            let ended_here = job
+                .attempts
+                .iter()
+                .any(|a| a.attempt == attempt && a.node_id == node_id && a.ended_at.is_some());
+            return Ok(if ended_here {
+                ReportOutcome::Release
+            } else {
+                ReportOutcome::Stale
+            });
+        }
+        let outcome = match report {
+            AttemptReport::Running => {
+                if job.state == JobState::Preparing {
+                    transition(
+                        &mut tx,
+                        job_id,
+                        attempt,
+                        JobState::Running,
+                        &format!("attempt {attempt} started on node {node_id}"),
+                        now,
+                    )
+                    .await?;
+                    set_node_state(&mut tx, node_id, NodeState::Running, Some(job_id), "", now)
+                        .await?;
+                }
+                ReportOutcome::Recorded
+            }
+            AttemptReport::Ended(end, reason) => {
+                end_attempt(&mut tx, &job, end, &reason, now).await?;
+                let node = load_node(&mut tx, node_id).await?;
+                if matches!(node.state, NodeState::Preparing | NodeState::Running) {
+                    set_node_state(&mut tx, node_id, NodeState::Idle, None, "", now).await?;
+                }
+                ReportOutcome::Release
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn append_logs(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        lines: &[LogRecord],
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for l in lines {
+            sqlx::query(
+                "INSERT OR IGNORE INTO job_logs (job_id, attempt, seq, stream, line, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(i64::try_from(l.seq).unwrap_or(i64::MAX))
+            .bind(i64::from(l.stream))
+            .bind(&l.line)
+            .bind(l.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn logs(
+        &self,
+        job_id: &str,
+        after: Option<(u32, u64)>,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let (a, s) = after.map_or((0i64, -1i64), |(a, s)| {
+            (i64::from(a), i64::try_from(s).unwrap_or(i64::MAX))
+        });
+        let rows = sqlx::query(
+            "SELECT attempt, seq, stream, line, at FROM job_logs
+             WHERE job_id = ?1 AND (attempt, seq) > (?2, ?3)
+             ORDER BY attempt, seq LIMIT ?4",
+        )
+        .bind(job_id)
+        .bind(a)
+        .bind(s)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq")?;
+                let stream: i64 = r.try_get("stream")?;
+                Ok(LogRecord {
+                    attempt: u32_col(r, "attempt")?,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    stream: u8::try_from(stream).unwrap_or(1),
+                    line: r.try_get("line")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

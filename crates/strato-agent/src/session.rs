@@ -1,0 +1,422 @@
+//! The agent's side of the control plane: enrol, hold one session stream,
+//! run what is assigned, and reconnect with backoff when the stream breaks.
+//!
+//! **Architecture invariant:** the node's containers are the source of truth
+//! for what runs here. Every job container carries the labels node, cluster,
+//! job and attempt, and its name is `strato-<job>-<attempt>`, so creating it
+//! twice is impossible. On every new session the agent lists its labelled
+//! containers, reports them, and streams each one's output again from the
+//! start (the control plane stores each line once). A container is removed
+//! only when the control plane says it stored the attempt's end (`Release`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use strato_proto::v1::{
+    self, agent_message::Body as Up, agent_service_client::AgentServiceClient,
+    control_message::Body as Down,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_JOB, LABEL_NODE,
+    OutputStream,
+};
+
+/// Log lines per message at most.
+const LOG_BATCH: usize = 256;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub control_plane: String,
+    /// Secret; never logged.
+    pub join_token: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The control plane refused the join token: retrying will not help.
+    #[error("the control plane refused this agent: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Transient(String),
+}
+
+fn transient(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Transient(e.to_string())
+}
+
+/// Runs sessions until the join token is refused; reconnects with backoff
+/// in between. Containers keep running while disconnected.
+pub async fn run<R: ContainerRuntime>(
+    config: AgentConfig,
+    runtime: Arc<R>,
+) -> Result<(), SessionError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match session(&config, &runtime).await {
+            Ok(()) => {
+                tracing::info!("session ended; reconnecting");
+                backoff = Duration::from_millis(250);
+            }
+            Err(SessionError::Refused(why)) => return Err(SessionError::Refused(why)),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "no session with the control plane")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn job_key(job_id: &str, attempt: u32) -> String {
+    format!("strato-{job_id}-{attempt}")
+}
+
+async fn session<R: ContainerRuntime>(
+    config: &AgentConfig,
+    runtime: &Arc<R>,
+) -> Result<(), SessionError> {
+    let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
+        .map_err(|e| {
+            SessionError::Refused(format!("--control-plane {:?}: {e}", config.control_plane))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| transient(format!("cannot reach {}: {e}", config.control_plane)))?;
+    let mut client = AgentServiceClient::new(channel);
+    let enrolled = client
+        .enroll(v1::EnrollRequest {
+            join_token: config.join_token.clone(),
+            hostname: config.hostname.clone(),
+            vcpus: std::thread::available_parallelism()
+                .map(|n| u32::try_from(n.get()).unwrap_or(1))
+                .unwrap_or(1),
+            memory_bytes: 0,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition => {
+                SessionError::Refused(s.message().to_owned())
+            }
+            _ => transient(format!("enrol: {}", s.message())),
+        })?
+        .into_inner();
+    let node_id = enrolled.node_id.clone();
+    tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
+
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4096);
+    let containers = runtime
+        .list(LABEL_NODE, &node_id)
+        .await
+        .map_err(transient)?;
+    let mut held = Vec::new();
+    for c in &containers {
+        if let (Some(job), Some(attempt)) = (
+            c.labels.get(LABEL_JOB),
+            c.labels
+                .get(LABEL_ATTEMPT)
+                .and_then(|a| a.parse::<u32>().ok()),
+        ) {
+            held.push((job.clone(), attempt, c.id.clone()));
+        }
+    }
+    let hello = v1::Hello {
+        jobs: held
+            .iter()
+            .map(|(job, attempt, _)| v1::JobReport {
+                job_id: job.clone(),
+                attempt: *attempt,
+                state: v1::JobState::Running as i32,
+                exit_code: None,
+                reason: String::new(),
+            })
+            .collect(),
+    };
+    tx.send(up(Up::Hello(hello))).await.map_err(transient)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {}", enrolled.session_token)
+        .parse()
+        .map_err(|_| transient("session token is not valid metadata"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut inbound = client
+        .session(request)
+        .await
+        .map_err(|s| transient(format!("session: {}", s.message())))?
+        .into_inner();
+    tracing::info!(node = %node_id, containers = held.len(), "session open");
+
+    let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
+    for (job, attempt, id) in held {
+        let task = tokio::spawn(follow(
+            runtime.clone(),
+            id,
+            job.clone(),
+            attempt,
+            tx.clone(),
+        ));
+        attempts.insert(job_key(&job, attempt), task);
+    }
+    let interval = Duration::from_secs(u64::from(enrolled.heartbeat_interval_seconds.max(1)));
+    let heartbeats = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if tx.send(up(Up::Heartbeat(v1::Heartbeat {}))).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut stopping: HashSet<String> = HashSet::new();
+    let result = loop {
+        let message = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(s) => break Err(transient(format!("session: {}", s.message()))),
+        };
+        match message.body {
+            Some(Down::Assign(a)) => {
+                let key = job_key(&a.job_id, a.attempt);
+                if attempts.get(&key).is_some_and(|t| !t.is_finished()) {
+                    continue;
+                }
+                let Some(spec) = a.spec else { continue };
+                let container =
+                    container_spec(&node_id, &enrolled.cluster, &a.job_id, a.attempt, &spec);
+                tracing::info!(node = %node_id, job = %a.job_id, attempt = a.attempt, image = %spec.image, "job assigned");
+                let task = tokio::spawn(start(
+                    runtime.clone(),
+                    container,
+                    a.job_id,
+                    a.attempt,
+                    tx.clone(),
+                ));
+                attempts.insert(key, task);
+            }
+            Some(Down::Cancel(c)) => {
+                let key = job_key(&c.job_id, c.attempt);
+                if stopping.contains(&key) {
+                    continue;
+                }
+                let exists = runtime
+                    .list(LABEL_JOB, &c.job_id)
+                    .await
+                    .map(|cs| cs.iter().any(|x| x.name.trim_start_matches('/') == key))
+                    .unwrap_or(false);
+                if exists {
+                    stopping.insert(key.clone());
+                    tracing::info!(node = %node_id, job = %c.job_id, attempt = c.attempt, "stopping a canceled job");
+                    let runtime = runtime.clone();
+                    let grace = Duration::from_secs(u64::from(c.grace_seconds));
+                    tokio::spawn(async move {
+                        if let Err(e) = runtime.stop(&key, grace).await {
+                            tracing::warn!(container = %key, error = %e, "stop failed");
+                        }
+                    });
+                }
+            }
+            Some(Down::Release(r)) => {
+                let key = job_key(&r.job_id, r.attempt);
+                if let Some(task) = attempts.remove(&key) {
+                    task.abort();
+                }
+                stopping.remove(&key);
+                let runtime = runtime.clone();
+                tokio::spawn(async move {
+                    match runtime.remove(&key).await {
+                        Ok(()) => tracing::info!(container = %key, "released and removed"),
+                        Err(e) => tracing::warn!(container = %key, error = %e, "remove failed"),
+                    }
+                });
+            }
+            None => {}
+        }
+    };
+    heartbeats.abort();
+    for (_, task) in attempts {
+        task.abort();
+    }
+    result
+}
+
+fn up(body: Up) -> v1::AgentMessage {
+    v1::AgentMessage { body: Some(body) }
+}
+
+fn report(
+    job_id: &str,
+    attempt: u32,
+    state: v1::JobState,
+    exit_code: Option<i32>,
+    reason: String,
+) -> v1::AgentMessage {
+    up(Up::JobReport(v1::JobReport {
+        job_id: job_id.to_owned(),
+        attempt,
+        state: state as i32,
+        exit_code,
+        reason,
+    }))
+}
+
+/// The container for one attempt: the job's command and environment, its
+/// limits, Strato's labels and variables.
+pub fn container_spec(
+    node_id: &str,
+    cluster: &str,
+    job_id: &str,
+    attempt: u32,
+    spec: &v1::JobSpec,
+) -> ContainerSpec {
+    let mut env: Vec<(String, String)> = spec
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+    env.extend([
+        ("STRATO_JOB_ID".to_owned(), job_id.to_owned()),
+        ("STRATO_ATTEMPT".to_owned(), attempt.to_string()),
+        ("STRATO_CLUSTER".to_owned(), cluster.to_owned()),
+        ("STRATO_NODE_ID".to_owned(), node_id.to_owned()),
+    ]);
+    let resources = spec.resources.unwrap_or_default();
+    ContainerSpec {
+        name: job_key(job_id, attempt),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        env,
+        cpus: (resources.cpu > 0.0).then_some(resources.cpu),
+        memory_bytes: (resources.memory_mb > 0).then(|| resources.memory_mb * 1024 * 1024),
+        labels: BTreeMap::from([
+            (LABEL_NODE.to_owned(), node_id.to_owned()),
+            (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
+            (LABEL_JOB.to_owned(), job_id.to_owned()),
+            (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+        ]),
+    }
+}
+
+/// Starts an assigned attempt, then follows it.
+async fn start<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    spec: ContainerSpec,
+    job_id: String,
+    attempt: u32,
+    tx: mpsc::Sender<v1::AgentMessage>,
+) {
+    let cannot_start = |why: String| report(&job_id, attempt, v1::JobState::Failed, None, why);
+    if let Err(e) = runtime.ensure_image(&spec.image).await {
+        tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+        let _ = tx.send(cannot_start(e.to_string())).await;
+        return;
+    }
+    let id = match runtime.create_and_start(&spec).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+            let _ = tx
+                .send(cannot_start(format!("could not start the container: {e}")))
+                .await;
+            return;
+        }
+    };
+    follow(runtime, id, job_id, attempt, tx).await;
+}
+
+/// Reports an attempt running, streams its output up from the start, and
+/// reports how it ended.
+async fn follow<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    id: String,
+    job_id: String,
+    attempt: u32,
+    tx: mpsc::Sender<v1::AgentMessage>,
+) {
+    if tx
+        .send(report(
+            &job_id,
+            attempt,
+            v1::JobState::Running,
+            None,
+            String::new(),
+        ))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut seq = 0u64;
+    let mut output = runtime.logs(&id).ready_chunks(LOG_BATCH);
+    while let Some(batch) = output.next().await {
+        let now = now_timestamp();
+        let mut lines = Vec::with_capacity(batch.len());
+        for item in batch {
+            match item {
+                Ok(l) => {
+                    lines.push(v1::LogLine {
+                        attempt,
+                        stream: match l.stream {
+                            OutputStream::Stdout => v1::LogStream::Stdout,
+                            OutputStream::Stderr => v1::LogStream::Stderr,
+                        } as i32,
+                        line: l.line,
+                        at: Some(now),
+                        seq,
+                    });
+                    seq += 1;
+                }
+                Err(e) => tracing::warn!(job = %job_id, attempt, error = %e, "reading output"),
+            }
+        }
+        let message = up(Up::JobLog(v1::JobLog {
+            job_id: job_id.clone(),
+            attempt,
+            lines,
+        }));
+        if tx.send(message).await.is_err() {
+            return;
+        }
+    }
+    let end = match runtime.wait(&id).await {
+        Ok(code) => {
+            let code = i32::try_from(code).unwrap_or(i32::MIN);
+            let state = if code == 0 {
+                v1::JobState::Completed
+            } else {
+                v1::JobState::Failed
+            };
+            report(&job_id, attempt, state, Some(code), String::new())
+        }
+        Err(e) => report(
+            &job_id,
+            attempt,
+            v1::JobState::Failed,
+            None,
+            format!("lost the container: {e}"),
+        ),
+    };
+    tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
+    let _ = tx.send(end).await;
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}

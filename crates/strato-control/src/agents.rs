@@ -1,0 +1,314 @@
+//! `AgentService`: enrolment with a join token, and each agent's session
+//! stream.
+//!
+//! **Architecture invariant:** a node's agent authenticates twice: `Enroll`
+//! takes the join token that only the control plane handed out (for the
+//! local provider, in the agent's environment), and `Session` takes the
+//! session token `Enroll` returned. Both are stored as SHA-256 hashes only.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use strato_core::job::{AttemptEnd, JobState};
+use strato_proto::v1::{self, agent_message::Body, agent_service_server::AgentService};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::status;
+use crate::plane::{Plane, hash_token, new_token, now_ms};
+use crate::store::{AttemptReport, LogRecord, ReportOutcome, Store, StoreError};
+
+pub struct AgentApi<S> {
+    plane: Arc<Plane<S>>,
+}
+
+impl<S: Store> AgentApi<S> {
+    pub fn new(plane: Arc<Plane<S>>) -> Self {
+        AgentApi { plane }
+    }
+}
+
+fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
+    let value = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated(
+            "authorization metadata is required: Bearer <session token from Enroll>",
+        )
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization metadata is not text"))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Status::unauthenticated("authorization metadata must be `Bearer <session token>`")
+        })
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> AgentService for AgentApi<S> {
+    async fn enroll(
+        &self,
+        request: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        let r = request.into_inner();
+        if r.join_token.is_empty() {
+            return Err(Status::unauthenticated("join_token is required"));
+        }
+        let session_token = new_token();
+        let node = self
+            .plane
+            .store
+            .enroll(
+                &hash_token(&r.join_token),
+                &hash_token(&session_token),
+                &r.hostname,
+                now_ms(),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::BadToken => {
+                    tracing::warn!(hostname = %r.hostname, "enrolment refused: unknown join token");
+                    Status::unauthenticated("join token not recognised")
+                }
+                StoreError::Conflict(m) => Status::failed_precondition(m),
+                other => status(other),
+            })?;
+        tracing::info!(node = %node.node_id, cluster = %node.cluster, hostname = %r.hostname, "agent enrolled");
+        self.plane.events.changed();
+        Ok(Response::new(v1::EnrollResponse {
+            node_id: node.node_id,
+            cluster: node.cluster,
+            session_token,
+            heartbeat_interval_seconds: self.plane.settings.config.heartbeat_interval,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let token = bearer(&request)?;
+        let node = self
+            .plane
+            .store
+            .node_by_session(&hash_token(&token))
+            .await
+            .map_err(|e| match e {
+                StoreError::BadToken => {
+                    Status::unauthenticated("session token not recognised; enrol again")
+                }
+                other => status(other),
+            })?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let generation = self.plane.sessions.open(&node.node_id, tx);
+        tracing::info!(node = %node.node_id, "agent session opened");
+        let plane = self.plane.clone();
+        let node_id = node.node_id.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.next().await {
+                    Some(Ok(message)) => {
+                        if let Err(e) = handle(&plane, &node_id, message).await {
+                            tracing::warn!(node = %node_id, error = %e, "agent message not stored");
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(node = %node_id, error = %e, "agent session broke");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            plane.sessions.close(&node_id, generation);
+            tracing::info!(node = %node_id, "agent session closed");
+            plane.events.changed();
+        });
+        self.plane.events.changed();
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Stores what one agent message says, and answers it where needed.
+async fn handle<S: Store>(
+    plane: &Plane<S>,
+    node_id: &str,
+    message: v1::AgentMessage,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    match message.body {
+        Some(Body::Hello(hello)) => {
+            plane.store.heartbeat(node_id, now).await?;
+            hello_reconcile(plane, node_id, &hello, now).await?;
+        }
+        Some(Body::Heartbeat(_)) => plane.store.heartbeat(node_id, now).await?,
+        Some(Body::JobReport(report)) => {
+            let Some(attempt_report) = attempt_report(&report) else {
+                return Ok(());
+            };
+            let outcome = plane
+                .store
+                .report_attempt(node_id, &report.job_id, report.attempt, attempt_report, now)
+                .await?;
+            match outcome {
+                ReportOutcome::Recorded => {}
+                ReportOutcome::Release | ReportOutcome::Stale => {
+                    plane.sessions.send(
+                        node_id,
+                        v1::control_message::Body::Release(v1::JobRelease {
+                            job_id: report.job_id.clone(),
+                            attempt: report.attempt,
+                        }),
+                    );
+                }
+            }
+            tracing::info!(
+                node = %node_id, job = %report.job_id, attempt = report.attempt,
+                state = ?report.state, exit_code = ?report.exit_code, outcome = ?outcome,
+                "attempt report"
+            );
+            plane.events.changed();
+        }
+        Some(Body::JobLog(log)) => {
+            let lines: Vec<LogRecord> = log
+                .lines
+                .iter()
+                .map(|l| LogRecord {
+                    attempt: log.attempt,
+                    seq: l.seq,
+                    stream: if l.stream == v1::LogStream::Stderr as i32 {
+                        2
+                    } else {
+                        1
+                    },
+                    line: l.line.clone(),
+                    at: l
+                        .at
+                        .as_ref()
+                        .map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+                })
+                .collect();
+            plane
+                .store
+                .append_logs(&log.job_id, log.attempt, &lines)
+                .await?;
+            plane.events.changed();
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// What a job report says about the attempt; `None` for states an agent
+/// does not report.
+fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
+    let state = v1::JobState::try_from(r.state).ok()?;
+    Some(match state {
+        v1::JobState::Preparing | v1::JobState::Running => AttemptReport::Running,
+        v1::JobState::Completed | v1::JobState::Failed => {
+            let end = match r.exit_code {
+                Some(code) => AttemptEnd::Exited(i64::from(code)),
+                None => AttemptEnd::CannotStart,
+            };
+            let reason = if r.reason.is_empty() {
+                match r.exit_code {
+                    Some(0) => "exited with code 0".to_owned(),
+                    Some(code) => format!("exited with code {code}"),
+                    None => "could not start".to_owned(),
+                }
+            } else {
+                r.reason.clone()
+            };
+            AttemptReport::Ended(end, reason)
+        }
+        v1::JobState::Canceled => AttemptReport::Ended(AttemptEnd::Canceled, r.reason.clone()),
+        _ => return None,
+    })
+}
+
+/// After an agent (re)connects: jobs the store places on this node that the
+/// agent does not hold are either re-sent (still preparing: the assignment
+/// may have been lost) or ended (it was running: its container is gone).
+async fn hello_reconcile<S: Store>(
+    plane: &Plane<S>,
+    node_id: &str,
+    hello: &v1::Hello,
+    now: i64,
+) -> Result<(), StoreError> {
+    let held = |job: &str, attempt: u32| {
+        hello
+            .jobs
+            .iter()
+            .any(|j| j.job_id == job && j.attempt == attempt)
+    };
+    let node = match plane
+        .store
+        .all_nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.node_id == node_id)
+    {
+        Some(n) => n,
+        None => return Ok(()),
+    };
+    let Some(job_id) = node.run_id else {
+        return Ok(());
+    };
+    let job = plane.store.get_job(&job_id).await?;
+    if job.node_id.as_deref() != Some(node_id) || held(&job.id, job.attempt) {
+        return Ok(());
+    }
+    match job.state {
+        JobState::Preparing => {
+            send_assignment(plane, node_id, &job.id, job.attempt, &job.spec);
+        }
+        JobState::Running => {
+            plane
+                .store
+                .report_attempt(
+                    node_id,
+                    &job.id,
+                    job.attempt,
+                    AttemptReport::Ended(
+                        AttemptEnd::NodeLost,
+                        format!(
+                            "the container of attempt {} disappeared from node {node_id}",
+                            job.attempt
+                        ),
+                    ),
+                    now,
+                )
+                .await?;
+            plane.events.changed();
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Queues an assignment to a node's agent.
+pub fn send_assignment<S>(
+    plane: &Plane<S>,
+    node_id: &str,
+    job_id: &str,
+    attempt: u32,
+    spec: &strato_core::job::JobSpec,
+) -> bool {
+    plane.sessions.send(
+        node_id,
+        v1::control_message::Body::Assign(v1::JobAssignment {
+            job_id: job_id.to_owned(),
+            attempt,
+            spec: Some(crate::jobs::wire_spec(spec)),
+        }),
+    )
+}

@@ -1,0 +1,141 @@
+//! What the control plane's services and its reconcile loop share: the
+//! store, the settings, the provider, the agents' live sessions, and the
+//! events that wake waiters.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use strato_proto::v1;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::Status;
+
+use crate::config::Settings;
+use crate::provider::Provider;
+
+/// Milliseconds since the Unix epoch, read from the system clock. The one
+/// place the control plane reads the time; everything below takes it as an
+/// argument.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// SHA-256 of a token, hex: the store keeps hashes, never tokens.
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh random token: 244 random bits from two v4 UUIDs.
+pub fn new_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+pub type Outbound = mpsc::Sender<Result<v1::ControlMessage, Status>>;
+
+/// The agents' open session streams, by node id.
+#[derive(Default)]
+pub struct Sessions {
+    open: Mutex<HashMap<String, (u64, Outbound)>>,
+    next: AtomicU64,
+}
+
+impl Sessions {
+    /// Registers a node's new session, replacing an older one; returns its
+    /// generation for `close`.
+    pub fn open(&self, node_id: &str, tx: Outbound) -> u64 {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(node_id.to_owned(), (generation, tx));
+        }
+        generation
+    }
+
+    /// Forgets a session, unless a newer one replaced it.
+    pub fn close(&self, node_id: &str, generation: u64) {
+        if let Ok(mut open) = self.open.lock()
+            && open.get(node_id).is_some_and(|(g, _)| *g == generation)
+        {
+            open.remove(node_id);
+        }
+    }
+
+    pub fn drop_node(&self, node_id: &str) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(node_id);
+        }
+    }
+
+    pub fn connected(&self, node_id: &str) -> bool {
+        self.open
+            .lock()
+            .map(|o| o.contains_key(node_id))
+            .unwrap_or(false)
+    }
+
+    /// Queues a message to a node's agent; false when it has no session or
+    /// its queue is full (the reconcile loop sends again later).
+    pub fn send(&self, node_id: &str, message: v1::control_message::Body) -> bool {
+        let tx = match self.open.lock() {
+            Ok(open) => open.get(node_id).map(|(_, tx)| tx.clone()),
+            Err(_) => None,
+        };
+        tx.is_some_and(|tx| {
+            tx.try_send(Ok(v1::ControlMessage {
+                body: Some(message),
+            }))
+            .is_ok()
+        })
+    }
+}
+
+/// Wake-ups: the reconcile loop on any event, and waiters (job wait, log
+/// follow) whenever a job or its logs changed.
+pub struct Events {
+    reconcile: Notify,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            reconcile: Notify::new(),
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+impl Events {
+    /// Something happened: reconcile now, and wake waiters.
+    pub fn changed(&self) {
+        self.reconcile.notify_one();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub async fn reconcile_requested(&self) {
+        self.reconcile.notified().await;
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+pub struct Plane<S> {
+    pub store: S,
+    pub settings: Settings,
+    pub provider: Provider,
+    pub sessions: Sessions,
+    pub events: Events,
+}

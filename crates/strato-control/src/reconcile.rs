@@ -1,0 +1,429 @@
+//! The reconcile loop: level-triggered. On every event (a submitted job, an
+//! agent's report, a session opening or closing) and on a short tick it reads
+//! the state, asks `strato-core` what to do, carries that out through the
+//! provider and the agents' sessions, and records the cluster's allocation
+//! state with its cause. After a crash it simply runs again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strato_core::node::{AllocationState, NodeState};
+use strato_core::quota;
+use strato_core::scale::{self, Blocked, NodeSnapshot, RemoveReason, ScaleInput};
+use strato_proto::v1;
+
+use crate::agents::send_assignment;
+use crate::plane::{Plane, hash_token, new_token, now_ms};
+use crate::provider::{NodeLaunch, Provider, ProviderError};
+use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
+
+/// Provider failures per cluster, for backoff: a provider that keeps
+/// failing does not spin.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: i64,
+    last_error: String,
+}
+
+impl Backoff {
+    fn fail(&mut self, now: i64, error: String) {
+        self.failures = self.failures.saturating_add(1);
+        let delay_ms = 2_000i64
+            .saturating_mul(1i64 << self.failures.min(7))
+            .min(300_000);
+        self.until = now + delay_ms;
+        self.last_error = error;
+    }
+}
+
+pub struct Reconciler<S> {
+    plane: Arc<Plane<S>>,
+    backoff: HashMap<String, Backoff>,
+}
+
+impl<S: Store> Reconciler<S> {
+    pub fn new(plane: Arc<Plane<S>>) -> Self {
+        Reconciler {
+            plane,
+            backoff: HashMap::new(),
+        }
+    }
+
+    /// Runs until `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        let tick = Duration::from_millis(self.plane.settings.config.reconcile_interval_ms);
+        tokio::pin!(stop);
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::error!(error = %e, "reconcile pass failed; trying again");
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.plane.events.reconcile_requested() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// One pass over every cluster.
+    pub async fn pass(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.check_node_health(now).await?;
+        for cluster in self.plane.store.list_clusters().await? {
+            self.reconcile_cluster(&cluster, now).await?;
+        }
+        self.send_cancellations().await?;
+        Ok(())
+    }
+
+    /// Nodes that never enrolled or stopped heartbeating become unusable;
+    /// their jobs are retried or failed (by the store), and the next scale
+    /// decision removes and replaces them.
+    async fn check_node_health(&mut self, now: i64) -> Result<(), StoreError> {
+        let config = &self.plane.settings.config;
+        let start_ms =
+            i64::try_from(config.node_start_timeout.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let beat_ms =
+            i64::try_from(config.node_heartbeat_timeout.saturating_mul(1000)).unwrap_or(i64::MAX);
+        for node in self.plane.store.all_nodes().await? {
+            if !scale::is_live(node.state) {
+                continue;
+            }
+            let reason = if !node.enrolled {
+                (now - node.created_at > start_ms).then(|| {
+                    format!(
+                        "the agent did not enrol within {}s",
+                        config.node_start_timeout
+                    )
+                })
+            } else {
+                let last = node.last_heartbeat.unwrap_or(node.created_at);
+                (now - last > beat_ms).then(|| format!("no heartbeat for {}s", (now - last) / 1000))
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(node = %node.node_id, cluster = %node.cluster, %reason, "node unusable");
+                if !node.enrolled {
+                    self.backoff
+                        .entry(node.cluster.clone())
+                        .or_default()
+                        .fail(now, format!("node {}: {reason}", node.node_id));
+                }
+                let jobs = self
+                    .plane
+                    .store
+                    .node_unusable(&node.node_id, &reason, now)
+                    .await?;
+                for job in jobs {
+                    tracing::warn!(job = %job, node = %node.node_id, "attempt lost with its node");
+                }
+                self.plane.sessions.drop_node(&node.node_id);
+                self.plane.events.changed();
+            } else if node.enrolled
+                && let Some(b) = self.backoff.get_mut(&node.cluster)
+            {
+                // A node came up: the provider works again.
+                b.failures = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_cluster(
+        &mut self,
+        cluster: &ClusterRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let name = &cluster.spec.name;
+        let plane = self.plane.clone();
+        let store = &plane.store;
+        let mut nodes = store.list_nodes(name).await?;
+        let mut queued = store.queued_jobs(name).await?;
+
+        // Placement first, so idle nodes that take work are not removed.
+        let ready: Vec<String> = nodes
+            .iter()
+            .filter(|n| {
+                n.state == NodeState::Idle
+                    && n.run_id.is_none()
+                    && self.plane.sessions.connected(&n.node_id)
+            })
+            .map(|n| n.node_id.clone())
+            .collect();
+        let placed: Vec<(String, String)> = scale::place(&queued, &ready)
+            .into_iter()
+            .map(|(j, n)| (j.to_owned(), n.to_owned()))
+            .collect();
+        for (job_id, node_id) in &placed {
+            match store.assign_job(job_id, node_id, now).await {
+                Ok(job) => {
+                    tracing::info!(job = %job_id, node = %node_id, attempt = job.attempt, "job placed");
+                    send_assignment(&self.plane, node_id, job_id, job.attempt, &job.spec);
+                    self.plane.events.changed();
+                }
+                Err(StoreError::Conflict(why)) => {
+                    tracing::info!(job = %job_id, %why, "placement skipped")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !placed.is_empty() {
+            nodes = store.list_nodes(name).await?;
+            queued = store.queued_jobs(name).await?;
+        }
+
+        let size = cluster
+            .spec
+            .size()
+            .map_err(|e| StoreError::Corrupt(format!("cluster {name}: {e}")))?;
+        let limits = plane.settings.quota.region(&cluster.spec.location);
+        let others = store.usage_of_others(&cluster.spec.location, name).await?;
+        let admitted = quota::max_nodes_admitted(
+            limits,
+            &others,
+            size.family,
+            cluster.spec.vm_priority,
+            size.vcpus,
+        );
+        let existing = u64::try_from(nodes.len()).unwrap_or(u64::MAX);
+        let quota_nodes_left = u32::try_from(admitted.saturating_sub(existing)).unwrap_or(u32::MAX);
+        let backoff = self
+            .backoff
+            .get(name)
+            .filter(|b| b.until > now)
+            .map(|b| (b.until, b.last_error.clone()));
+        let snapshots: Vec<NodeSnapshot> = nodes
+            .iter()
+            .map(|n| NodeSnapshot {
+                node_id: n.node_id.clone(),
+                state: n.state,
+                has_job: n.run_id.is_some(),
+                idle_since: n.idle_since,
+            })
+            .collect();
+        let decision = scale::decide(&ScaleInput {
+            min_nodes: cluster.spec.min_nodes,
+            max_nodes: cluster.spec.max_nodes,
+            idle_seconds: cluster.spec.idle_seconds_before_scaledown,
+            nodes: &snapshots,
+            queued_jobs: u32::try_from(queued.len()).unwrap_or(u32::MAX),
+            quota_nodes_left,
+            provider_backoff_until: backoff.as_ref().map(|b| b.0),
+            now,
+        });
+
+        let mut issues = Vec::new();
+        for (node_id, reason) in &decision.remove {
+            if let Some(node) = nodes.iter().find(|n| &n.node_id == node_id) {
+                self.remove_node(node, reason, now).await?;
+            }
+        }
+        let mut added = 0;
+        let live_now = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
+            .unwrap_or(u32::MAX);
+        let to_add = if matches!(self.plane.provider, Provider::None) {
+            if live_now < decision.target {
+                issues.push(issue(
+                    "no_node_provider",
+                    format!(
+                        "the cluster wants {} nodes and has {live_now}, but this control plane runs with --provider none and creates no nodes",
+                        decision.target
+                    ),
+                    now,
+                ));
+            }
+            0
+        } else {
+            decision.add
+        };
+        for _ in 0..to_add {
+            match self.add_node(cluster, now).await {
+                Ok(()) => added += 1,
+                Err(AddError::Quota(e)) => {
+                    issues.push(issue("quota_exceeded", e.to_string(), now));
+                    break;
+                }
+                Err(AddError::Provider(e)) => {
+                    issues.push(issue(
+                        match e {
+                            ProviderError::NoProvider => "no_node_provider",
+                            ProviderError::Failed(_) => "provider_error",
+                        },
+                        e.to_string(),
+                        now,
+                    ));
+                    break;
+                }
+                Err(AddError::Store(e)) => return Err(e),
+            }
+        }
+        match decision
+            .blocked
+            .as_ref()
+            .filter(|_| !matches!(self.plane.provider, Provider::None))
+        {
+            Some(Blocked::QuotaExceeded { wanted, .. }) => {
+                let held = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+                let ask = quota::Allocation {
+                    family: size.family.to_owned(),
+                    priority: cluster.spec.vm_priority,
+                    vcpus_per_node: size.vcpus,
+                    nodes: held.saturating_add(*wanted).max(cluster.spec.min_nodes),
+                };
+                let text = match quota::check(&cluster.spec.location, limits, &others, &ask, false)
+                {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!("quota exceeded: {wanted} more nodes do not fit"),
+                };
+                issues.push(issue("quota_exceeded", text, now));
+            }
+            Some(Blocked::ProviderBackoff { until }) => {
+                let last = backoff.as_ref().map(|b| b.1.clone()).unwrap_or_default();
+                issues.push(issue(
+                    "provider_error",
+                    format!("{last}; next try in {}s", (until - now).max(0) / 1000),
+                    now,
+                ));
+            }
+            None => {}
+        }
+        issues.dedup_by(|a, b| a.code == b.code);
+
+        let live = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
+            .unwrap_or(u32::MAX);
+        let steady = decision.is_steady(live) && issues.is_empty() && added == 0;
+        let state = if steady {
+            AllocationState::Steady
+        } else {
+            AllocationState::Resizing
+        };
+        let queued_reason = match issues.first() {
+            Some(i) => format!("waiting for a node: {}", i.message),
+            None if queued.is_empty() => String::new(),
+            None => "waiting for a node".to_owned(),
+        };
+        if !queued.is_empty() {
+            store.set_queued_reason(name, &queued_reason).await?;
+        }
+        if state != cluster.allocation_state
+            || issues
+                .iter()
+                .map(|i| &i.code)
+                .ne(cluster.errors.iter().map(|i| &i.code))
+        {
+            tracing::info!(
+                cluster = %name, state = state.as_str(), target = decision.target, current = live,
+                issues = ?issues.iter().map(|i| i.code.as_str()).collect::<Vec<_>>(),
+                "allocation state"
+            );
+        }
+        store
+            .set_allocation(name, state, decision.target, issues, now)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_node(&mut self, cluster: &ClusterRecord, now: i64) -> Result<(), AddError> {
+        let name = &cluster.spec.name;
+        let node_id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let join_token = new_token();
+        let limits = &self.plane.settings.quota;
+        let node = match self
+            .plane
+            .store
+            .create_node(name, &node_id, &hash_token(&join_token), limits, now)
+            .await
+        {
+            Ok(n) => n,
+            Err(StoreError::Quota(e)) => return Err(AddError::Quota(e)),
+            Err(e) => return Err(AddError::Store(e)),
+        };
+        let launch = NodeLaunch {
+            node_id: node.node_id.clone(),
+            cluster: name.clone(),
+            join_token,
+        };
+        match self.plane.provider.create_node(&launch).await {
+            Ok(pid) => {
+                if let Some(pid) = pid {
+                    self.plane
+                        .store
+                        .set_node_pid(&node_id, pid)
+                        .await
+                        .map_err(AddError::Store)?;
+                }
+                tracing::info!(cluster = %name, node = %node_id, "scale up: node added");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %name, node = %node_id, error = %e, "provider could not create the node");
+                self.backoff
+                    .entry(name.clone())
+                    .or_default()
+                    .fail(now, e.to_string());
+                self.plane
+                    .store
+                    .delete_node(&node_id, now)
+                    .await
+                    .map_err(AddError::Store)?;
+                Err(AddError::Provider(e))
+            }
+        }
+    }
+
+    async fn remove_node(
+        &mut self,
+        node: &NodeRecord,
+        reason: &RemoveReason,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let why = match reason {
+            RemoveReason::Idle { idle_seconds } => format!("idle for at least {idle_seconds}s"),
+            RemoveReason::Unusable => format!("unusable: {}", node.reason),
+        };
+        if let Err(e) = self.plane.provider.delete_node(node).await {
+            // Keep the record so the next pass tries again.
+            tracing::warn!(node = %node.node_id, error = %e, "provider could not remove the node");
+            return Ok(());
+        }
+        self.plane.sessions.drop_node(&node.node_id);
+        self.plane.store.delete_node(&node.node_id, now).await?;
+        tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
+        self.plane.events.changed();
+        Ok(())
+    }
+
+    /// Cancellations go to the agent on every pass until the job ends; the
+    /// agent stops a container once.
+    async fn send_cancellations(&self) -> Result<(), StoreError> {
+        let grace = self.plane.settings.config.cancel_grace;
+        for job in self.plane.store.cancel_requested().await? {
+            if let Some(node_id) = &job.node_id {
+                self.plane.sessions.send(
+                    node_id,
+                    v1::control_message::Body::Cancel(v1::JobCancellation {
+                        job_id: job.id.clone(),
+                        attempt: job.attempt,
+                        grace_seconds: grace,
+                    }),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+enum AddError {
+    Quota(quota::QuotaError),
+    Provider(ProviderError),
+    Store(StoreError),
+}
+
+fn issue(code: &str, message: String, now: i64) -> ClusterIssue {
+    ClusterIssue {
+        code: code.to_owned(),
+        message,
+        since: now,
+    }
+}

@@ -1,0 +1,279 @@
+//! Job states and what happens when an attempt ends.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::VmSize;
+use crate::error::FieldError;
+
+pub const MAX_RETRIES_LIMIT: u32 = 100;
+pub const MAX_DISPLAY_NAME_LEN: usize = 256;
+
+/// A validated job: what to run, where, with what limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub cluster: String,
+    pub display_name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    /// CPUs the container may use; 0 means no limit.
+    pub cpu: f64,
+    /// Memory limit in MiB; 0 means no limit.
+    pub memory_mb: u64,
+    pub max_retries: u32,
+}
+
+/// Checks a job against the rules and against the size of the cluster's
+/// nodes (`size`). `node_count` above 1 is refused until multi-node jobs
+/// exist.
+pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<(), FieldError> {
+    if spec.cluster.is_empty() {
+        return Err(FieldError::new("cluster", "is required"));
+    }
+    if spec.image.is_empty() || spec.image.chars().any(char::is_whitespace) {
+        return Err(FieldError::new(
+            "image",
+            "is required and may not contain spaces",
+        ));
+    }
+    if spec.command.is_empty() || spec.command[0].is_empty() {
+        return Err(FieldError::new(
+            "command",
+            "is required: the program and its arguments",
+        ));
+    }
+    if spec.display_name.chars().count() > MAX_DISPLAY_NAME_LEN {
+        return Err(FieldError::new(
+            "display_name",
+            format!("must be at most {MAX_DISPLAY_NAME_LEN} characters"),
+        ));
+    }
+    for key in spec.environment.keys() {
+        let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(FieldError::new(
+                format!("environment[{key:?}]"),
+                "a variable name is letters, digits and '_', not starting with a digit",
+            ));
+        }
+    }
+    if !(spec.cpu >= 0.0 && spec.cpu <= f64::from(size.vcpus)) {
+        return Err(FieldError::new(
+            "resources.cpu",
+            format!(
+                "must be between 0 and {} (the vCPUs of a {} node)",
+                size.vcpus, size.name
+            ),
+        ));
+    }
+    let node_mb = u64::from(size.memory_gib) * 1024;
+    if spec.memory_mb > node_mb {
+        return Err(FieldError::new(
+            "resources.memory_mb",
+            format!(
+                "must be at most {node_mb} (the memory of a {} node)",
+                size.name
+            ),
+        ));
+    }
+    if spec.memory_mb != 0 && spec.memory_mb < 6 {
+        return Err(FieldError::new(
+            "resources.memory_mb",
+            "must be 0 (no limit) or at least 6",
+        ));
+    }
+    if node_count > 1 {
+        return Err(FieldError::new(
+            "node_count",
+            "multi-node jobs are not supported yet; use 1",
+        ));
+    }
+    if spec.max_retries > MAX_RETRIES_LIMIT {
+        return Err(FieldError::new(
+            "max_retries",
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Preparing,
+    Running,
+    Completed,
+    Failed,
+    Canceled,
+    Preempted,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Preparing,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Canceled,
+        JobState::Preempted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Preparing => "preparing",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+            JobState::Preempted => "preempted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
+    /// Completed, failed and canceled jobs never change again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Canceled
+        )
+    }
+
+    /// The job holds a node.
+    pub fn on_node(self) -> bool {
+        matches!(self, JobState::Preparing | JobState::Running)
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The container exited with this code.
+    Exited(i64),
+    /// The node was lost (no heartbeat, removed) while the attempt ran.
+    NodeLost,
+    /// The job was canceled.
+    Canceled,
+    /// The attempt could not start (e.g. the image is missing): retrying
+    /// will not help.
+    CannotStart,
+}
+
+/// What the job does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Final state.
+    Finish(JobState),
+    /// Back to the queue as the next attempt.
+    Retry,
+}
+
+/// Decides what follows an attempt. `failures` counts failed attempts
+/// before this one; a job is retried while failures stay within
+/// `max_retries`.
+pub fn after_attempt(end: &AttemptEnd, failures: u32, max_retries: u32) -> NextStep {
+    match end {
+        AttemptEnd::Exited(0) => NextStep::Finish(JobState::Completed),
+        AttemptEnd::Canceled => NextStep::Finish(JobState::Canceled),
+        AttemptEnd::CannotStart => NextStep::Finish(JobState::Failed),
+        AttemptEnd::Exited(_) | AttemptEnd::NodeLost => {
+            if failures < max_retries {
+                NextStep::Retry
+            } else {
+                NextStep::Finish(JobState::Failed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_and_retries() {
+        assert_eq!(
+            after_attempt(&AttemptEnd::Exited(0), 0, 0),
+            NextStep::Finish(JobState::Completed)
+        );
+        assert_eq!(
+            after_attempt(&AttemptEnd::Exited(3), 0, 0),
+            NextStep::Finish(JobState::Failed)
+        );
+        assert_eq!(after_attempt(&AttemptEnd::Exited(3), 0, 1), NextStep::Retry);
+        assert_eq!(
+            after_attempt(&AttemptEnd::NodeLost, 1, 1),
+            NextStep::Finish(JobState::Failed)
+        );
+        assert_eq!(after_attempt(&AttemptEnd::NodeLost, 0, 2), NextStep::Retry);
+        assert_eq!(
+            after_attempt(&AttemptEnd::CannotStart, 0, 5),
+            NextStep::Finish(JobState::Failed)
+        );
+        assert_eq!(
+            after_attempt(&AttemptEnd::Canceled, 0, 5),
+            NextStep::Finish(JobState::Canceled)
+        );
+    }
+
+    fn job() -> JobSpec {
+        JobSpec {
+            cluster: "cpu".into(),
+            display_name: String::new(),
+            image: "busybox".into(),
+            command: vec!["echo".into(), "hi".into()],
+            environment: BTreeMap::new(),
+            cpu: 1.0,
+            memory_mb: 256,
+            max_retries: 0,
+        }
+    }
+
+    #[test]
+    fn job_rules_name_their_field() {
+        let size = crate::catalog::lookup("Standard_D2_v2").expect("size");
+        assert!(validate_job(&job(), 1, size).is_ok());
+        type Change = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(Change, u32, &str)> = vec![
+            (Box::new(|j| j.image = String::new()), 1, "image"),
+            (Box::new(|j| j.command.clear()), 1, "command"),
+            (Box::new(|j| j.cpu = 3.0), 1, "resources.cpu"),
+            (Box::new(|j| j.cpu = f64::NAN), 1, "resources.cpu"),
+            (
+                Box::new(|j| j.memory_mb = 8 * 1024),
+                1,
+                "resources.memory_mb",
+            ),
+            (
+                Box::new(|j| {
+                    j.environment.insert("1X".into(), String::new());
+                }),
+                1,
+                "environment[\"1X\"]",
+            ),
+            (Box::new(|_| {}), 2, "node_count"),
+            (Box::new(|j| j.max_retries = 1000), 1, "max_retries"),
+        ];
+        for (change, nodes, field) in cases {
+            let mut j = job();
+            change(&mut j);
+            assert_eq!(validate_job(&j, nodes, size).expect_err(field).field, field);
+        }
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert!(JobState::Canceled.is_final() && !JobState::Preempted.is_final());
+    }
+}

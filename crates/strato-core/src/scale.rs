@@ -1,0 +1,369 @@
+//! The scale decision: how many nodes a cluster should add, which it should
+//! remove, and why; and placement, which idle node takes which queued job.
+//!
+//! Rules (property-tested below):
+//! - never above `max_nodes`, counting nodes still leaving;
+//! - never below `min_nodes` by removing nodes;
+//! - only idle nodes without a job, idle for at least the idle time, are
+//!   removed for being idle; a node preparing or running a job never is;
+//! - nodes already starting count as capacity, so a burst does not scale twice;
+//! - what does not fit the quota is not added, and the decision says so;
+//! - unusable nodes are removed (and so replaced when still needed).
+
+use crate::node::NodeState;
+
+/// One node as the decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSnapshot {
+    pub node_id: String,
+    pub state: NodeState,
+    /// The node holds a job (preparing or running it).
+    pub has_job: bool,
+    /// When the node last became idle (ms since the epoch).
+    pub idle_since: i64,
+}
+
+/// Everything the decision depends on.
+#[derive(Debug, Clone)]
+pub struct ScaleInput<'a> {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub idle_seconds: u64,
+    pub nodes: &'a [NodeSnapshot],
+    /// Jobs waiting for a node (each takes one node).
+    pub queued_jobs: u32,
+    /// How many more nodes the quota admits for this cluster.
+    pub quota_nodes_left: u32,
+    /// The provider failed recently: add nothing before this time (ms).
+    pub provider_backoff_until: Option<i64>,
+    pub now: i64,
+}
+
+/// Why a node is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// Idle for at least the cluster's idle time.
+    Idle { idle_seconds: u64 },
+    /// Unusable or preempted: it holds no capacity and is replaced.
+    Unusable,
+}
+
+/// Why the cluster cannot reach its target now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// The quota admits only `admitted` of the `wanted` nodes.
+    QuotaExceeded { wanted: u32, admitted: u32 },
+    /// The provider failed; adding waits until `until` (ms).
+    ProviderBackoff { until: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleDecision {
+    /// The node count the cluster aims for.
+    pub target: u32,
+    /// Nodes to create now.
+    pub add: u32,
+    pub remove: Vec<(String, RemoveReason)>,
+    pub blocked: Option<Blocked>,
+}
+
+impl ScaleDecision {
+    /// Nothing to do and nothing in the way.
+    pub fn is_steady(&self, live: u32) -> bool {
+        self.add == 0 && self.remove.is_empty() && self.blocked.is_none() && live == self.target
+    }
+}
+
+/// Nodes that hold capacity: idle, preparing (starting or preparing a job)
+/// and running.
+pub fn is_live(state: NodeState) -> bool {
+    matches!(
+        state,
+        NodeState::Idle | NodeState::Preparing | NodeState::Running
+    )
+}
+
+pub fn decide(input: &ScaleInput<'_>) -> ScaleDecision {
+    let live: Vec<&NodeSnapshot> = input.nodes.iter().filter(|n| is_live(n.state)).collect();
+    let live_count = count(live.len());
+    let leaving = count(
+        input
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Leaving)
+            .count(),
+    );
+    let mut remove: Vec<(String, RemoveReason)> = input
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.state, NodeState::Unusable | NodeState::Preempted))
+        .map(|n| (n.node_id.clone(), RemoveReason::Unusable))
+        .collect();
+
+    let busy = count(live.iter().filter(|n| n.has_job).count());
+    let demand = busy.saturating_add(input.queued_jobs);
+    let max = input.max_nodes.max(input.min_nodes);
+    let target = demand.clamp(input.min_nodes, max);
+
+    let mut add = 0;
+    let mut blocked = None;
+    if live_count < target {
+        let room = max.saturating_sub(live_count + leaving);
+        let wanted = (target - live_count).min(room);
+        if let Some(until) = input.provider_backoff_until.filter(|u| *u > input.now) {
+            blocked = (wanted > 0).then_some(Blocked::ProviderBackoff { until });
+        } else {
+            add = wanted.min(input.quota_nodes_left);
+            if add < wanted {
+                blocked = Some(Blocked::QuotaExceeded {
+                    wanted,
+                    admitted: add,
+                });
+            }
+        }
+    } else if live_count > target {
+        let idle_ms = i64::try_from(input.idle_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mut idle: Vec<&&NodeSnapshot> = live
+            .iter()
+            .filter(|n| {
+                n.state == NodeState::Idle
+                    && !n.has_job
+                    && input.now.saturating_sub(n.idle_since) >= idle_ms
+            })
+            .collect();
+        idle.sort_by(|a, b| (a.idle_since, &a.node_id).cmp(&(b.idle_since, &b.node_id)));
+        let surplus = usize::try_from(live_count - target).unwrap_or(usize::MAX);
+        remove.extend(idle.into_iter().take(surplus).map(|n| {
+            (
+                n.node_id.clone(),
+                RemoveReason::Idle {
+                    idle_seconds: input.idle_seconds,
+                },
+            )
+        }));
+    }
+    ScaleDecision {
+        target,
+        add,
+        remove,
+        blocked,
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Which queued job goes to which ready node: first come, first served, one
+/// job per node. `queued` is in submission order; `ready` are idle nodes
+/// with a live session and no job.
+pub fn place<'a>(queued: &'a [String], ready: &'a [String]) -> Vec<(&'a str, &'a str)> {
+    queued
+        .iter()
+        .zip(ready.iter())
+        .map(|(j, n)| (j.as_str(), n.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(id: &str, state: NodeState, has_job: bool, idle_since: i64) -> NodeSnapshot {
+        NodeSnapshot {
+            node_id: id.into(),
+            state,
+            has_job,
+            idle_since,
+        }
+    }
+
+    fn input(nodes: &[NodeSnapshot], queued: u32) -> ScaleInput<'_> {
+        ScaleInput {
+            min_nodes: 0,
+            max_nodes: 2,
+            idle_seconds: 10,
+            nodes,
+            queued_jobs: queued,
+            quota_nodes_left: 100,
+            provider_backoff_until: None,
+            now: 100_000,
+        }
+    }
+
+    #[test]
+    fn three_jobs_on_max_two_add_two_not_three() {
+        let d = decide(&input(&[], 3));
+        assert_eq!((d.target, d.add), (2, 2));
+        assert!(d.blocked.is_none());
+    }
+
+    #[test]
+    fn starting_nodes_count_so_a_burst_does_not_scale_twice() {
+        let nodes = [
+            node("a", NodeState::Preparing, false, 0),
+            node("b", NodeState::Preparing, false, 0),
+        ];
+        assert_eq!(decide(&input(&nodes, 3)).add, 0);
+    }
+
+    #[test]
+    fn idle_nodes_leave_after_the_idle_time_down_to_min() {
+        let nodes = [
+            node("a", NodeState::Idle, false, 95_000),
+            node("b", NodeState::Idle, false, 80_000),
+        ];
+        let d = decide(&input(&nodes, 0));
+        assert_eq!(
+            d.remove,
+            vec![("b".to_owned(), RemoveReason::Idle { idle_seconds: 10 })]
+        );
+        let mut keep_one = input(&nodes, 0);
+        keep_one.min_nodes = 1;
+        keep_one.now = 1_000_000;
+        assert_eq!(decide(&keep_one).remove.len(), 1, "min 1 keeps one node");
+    }
+
+    #[test]
+    fn busy_nodes_are_never_removed() {
+        let nodes = [
+            node("a", NodeState::Running, true, 0),
+            node("b", NodeState::Preparing, true, 0),
+        ];
+        let mut i = input(&nodes, 0);
+        i.max_nodes = 1;
+        let d = decide(&i);
+        assert!(d.remove.is_empty());
+        assert_eq!(d.add, 0);
+    }
+
+    #[test]
+    fn quota_shortfall_is_reported_with_numbers() {
+        let mut i = input(&[], 2);
+        i.quota_nodes_left = 1;
+        let d = decide(&i);
+        assert_eq!(d.add, 1);
+        assert_eq!(
+            d.blocked,
+            Some(Blocked::QuotaExceeded {
+                wanted: 2,
+                admitted: 1
+            })
+        );
+    }
+
+    #[test]
+    fn unusable_nodes_are_removed_and_replaced() {
+        let nodes = [node("a", NodeState::Unusable, true, 0)];
+        let d = decide(&input(&nodes, 1));
+        assert_eq!(d.remove, vec![("a".to_owned(), RemoveReason::Unusable)]);
+        assert_eq!(d.add, 1);
+    }
+
+    #[test]
+    fn provider_backoff_adds_nothing_and_says_until_when() {
+        let mut i = input(&[], 1);
+        i.provider_backoff_until = Some(200_000);
+        let d = decide(&i);
+        assert_eq!(d.add, 0);
+        assert_eq!(d.blocked, Some(Blocked::ProviderBackoff { until: 200_000 }));
+    }
+
+    #[test]
+    fn placement_is_first_come_first_served() {
+        let q = vec!["j1".to_owned(), "j2".to_owned(), "j3".to_owned()];
+        let n = vec!["n1".to_owned(), "n2".to_owned()];
+        assert_eq!(place(&q, &n), vec![("j1", "n1"), ("j2", "n2")]);
+    }
+
+    fn arb_nodes() -> impl Strategy<Value = Vec<NodeSnapshot>> {
+        prop::collection::vec(
+            (
+                prop::sample::select(NodeState::ALL.to_vec()),
+                any::<bool>(),
+                0i64..200_000,
+            ),
+            0..8,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (state, job, idle))| {
+                    // Only nodes that can hold a job hold one.
+                    let has_job = job
+                        && matches!(
+                            state,
+                            NodeState::Preparing | NodeState::Running | NodeState::Unusable
+                        );
+                    node(&format!("n{i}"), state, has_job, idle)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn decisions_keep_every_rule(
+            nodes in arb_nodes(),
+            min in 0u32..4,
+            extra in 0u32..6,
+            queued in 0u32..10,
+            quota in 0u32..10,
+            idle_seconds in 0u64..150,
+            backoff in prop::option::of(0i64..200_000),
+        ) {
+            let max = min + extra.max(1);
+            let i = ScaleInput {
+                min_nodes: min,
+                max_nodes: max,
+                idle_seconds,
+                nodes: &nodes,
+                queued_jobs: queued,
+                quota_nodes_left: quota,
+                provider_backoff_until: backoff,
+                now: 150_000,
+            };
+            let d = decide(&i);
+            let live = nodes.iter().filter(|n| is_live(n.state)).count() as u32;
+            let leaving = nodes.iter().filter(|n| n.state == NodeState::Leaving).count() as u32;
+            let removed_live = d.remove.iter().filter(|(id, _)| {
+                nodes.iter().any(|n| &n.node_id == id && is_live(n.state))
+            }).count() as u32;
+
+            // Never above max (counting nodes still leaving), unless already above.
+            if live + leaving <= max {
+                prop_assert!(live + leaving + d.add <= max);
+            } else {
+                prop_assert_eq!(d.add, 0);
+            }
+            // Never below min by removal.
+            prop_assert!(live - removed_live >= min.min(live));
+            // Only idle nodes past their idle time, or unusable ones, are removed.
+            for (id, reason) in &d.remove {
+                let n = nodes.iter().find(|n| &n.node_id == id).expect("removed node exists");
+                match reason {
+                    RemoveReason::Idle { .. } => {
+                        prop_assert_eq!(n.state, NodeState::Idle);
+                        prop_assert!(!n.has_job);
+                        prop_assert!(150_000 - n.idle_since >= (idle_seconds * 1000) as i64);
+                    }
+                    RemoveReason::Unusable => prop_assert!(matches!(n.state, NodeState::Unusable | NodeState::Preempted)),
+                }
+            }
+            // Quota is respected; adding and removing idle nodes never both happen.
+            prop_assert!(d.add <= quota);
+            prop_assert!(!(d.add > 0 && removed_live > 0));
+            // Applying the decision (new nodes start as preparing) asks for nothing more.
+            let mut after: Vec<NodeSnapshot> = nodes.iter()
+                .filter(|n| !d.remove.iter().any(|(id, _)| id == &n.node_id))
+                .cloned()
+                .collect();
+            for k in 0..d.add {
+                after.push(node(&format!("new{k}"), NodeState::Preparing, false, 150_000));
+            }
+            let again = decide(&ScaleInput { nodes: &after, quota_nodes_left: quota - d.add, ..i.clone() });
+            prop_assert_eq!(again.add, 0, "a second pass must not scale again: {:?}", again);
+        }
+    }
+}
