@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use strato_proto::v1::compute_service_client::ComputeServiceClient;
+use strato_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
 
 /// How long a control plane may take to answer after it was started.
@@ -153,6 +154,78 @@ impl ControlPlane {
             .expect("connect to strato-control")
     }
 
+    pub async fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel().await)
+    }
+
+    /// The agent processes this control plane's local provider started
+    /// (found by the endpoint in their environment), as (pid, node id).
+    pub fn agents(&self) -> Vec<(u32, String)> {
+        let endpoint = format!("STRATO_CONTROL_PLANE={}", self.endpoint());
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if !environ.split(|b| *b == 0).any(|v| v == endpoint.as_bytes()) {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if let Some(i) = args.iter().position(|a| a == "--node-name")
+                && let Some(node) = args.get(i + 1)
+            {
+                out.push((pid, node.clone()));
+            }
+        }
+        out
+    }
+
+    /// SIGKILLs a node's agent process; its containers keep running.
+    pub fn kill_agent(&self, node_id: &str) {
+        for (pid, node) in self.agents() {
+            if node == node_id {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
+    /// Starts a node's agent again as the provider did, from the node's
+    /// `agent.env` (like systemd restarting it).
+    pub fn restart_agent(&self, node_id: &str) -> anyhow::Result<Child> {
+        let dir = self.data_dir.join("nodes").join(node_id);
+        let env = std::fs::read_to_string(dir.join("agent.env"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let mut cmd = Command::new(binary("strato-agent"));
+        for line in env.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        Ok(cmd
+            .arg("--node-name")
+            .arg(node_id)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
+    }
+
     /// SIGKILL: the process gets no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -202,10 +275,114 @@ impl ControlPlane {
 }
 
 impl Drop for ControlPlane {
+    /// Stops the control plane, its agents and their containers.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for (pid, node) in self.agents() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            remove_containers(&node);
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data_dir.join("nodes")) {
+            for e in entries.flatten() {
+                remove_containers(&e.file_name().to_string_lossy());
+            }
+        }
+    }
+}
+
+/// Removes every container labelled with the node.
+pub fn remove_containers(node_id: &str) {
+    for id in containers_of(node_id) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Ids of the containers (running or not) labelled with the node.
+pub fn containers_of(node_id: &str) -> Vec<String> {
+    Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=strato.node={node_id}"),
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ids of the containers (running or not) of a job.
+pub fn containers_of_job(job_id: &str) -> Vec<String> {
+    Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=strato.job={job_id}"),
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The job image the tests use; `cargo xtask setup` builds it.
+pub const TEST_IMAGE: &str = "strato-test/busybox:latest";
+
+/// Fails (never skips) when the Docker engine or the test image is missing.
+pub fn require_docker() {
+    let engine = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        engine,
+        "the Docker engine is not running: run `cargo xtask setup`"
+    );
+    let image = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        image,
+        "the test image {TEST_IMAGE} is missing: run `cargo xtask setup`"
+    );
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after
+/// `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -19,7 +19,7 @@ fn json(o: &std::process::Output) -> serde_json::Value {
 #[tokio::test]
 async fn compute_verbs_from_flags_and_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(&dir.path().join("data"), &[])
+    let cp = ControlPlane::start(&dir.path().join("data"), &["--provider", "none"])
         .await
         .expect("start");
 
@@ -117,9 +117,24 @@ async fn compute_verbs_from_flags_and_file() {
         (updated["min_nodes"].clone(), updated["max_nodes"].clone()),
         (1.into(), 5.into())
     );
-    // No provider in this build: the cluster says why it cannot reach its target.
-    assert_eq!(updated["allocation_state"], "resizing");
-    assert_eq!(updated["errors"][0]["code"], "no_node_provider");
+    // With --provider none, the reconcile loop records why the cluster
+    // cannot reach its target instead of sitting in `resizing` silently.
+    let shown = strato_e2e::wait_for(
+        "the no_node_provider error",
+        std::time::Duration::from_secs(20),
+        || {
+            let shown = json(&cp.cli(&["compute", "show", "-n", "cpu-a", "-o", "json"]));
+            async move { (shown["errors"][0]["code"] == "no_node_provider").then_some(shown) }
+        },
+    )
+    .await;
+    assert_eq!(shown["allocation_state"], "resizing");
+    assert_eq!(shown["target_node_count"], 1);
+    assert!(
+        shown["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--provider none"))
+    );
 
     // Re-applying the file is harmless; changing a fixed property is refused.
     let same = cp.cli(&["compute", "update", "--file", &file_arg]);
@@ -158,7 +173,7 @@ async fn compute_verbs_from_flags_and_file() {
 #[tokio::test]
 async fn refusals_exit_non_zero_with_one_line_naming_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(&dir.path().join("data"), &[])
+    let cp = ControlPlane::start(&dir.path().join("data"), &["--provider", "none"])
         .await
         .expect("start");
     let cases: &[(&[&str], &str)] = &[

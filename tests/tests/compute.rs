@@ -59,7 +59,7 @@ fn write_quota(dir: &std::path::Path, text: &str) -> String {
 #[tokio::test]
 async fn lifecycle_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cp = ControlPlane::start(&dir.path().join("data"), &[])
+    let mut cp = ControlPlane::start(&dir.path().join("data"), &["--provider", "none"])
         .await
         .expect("start");
     let mut client = cp.client().await;
@@ -141,9 +141,12 @@ async fn lifecycle_survives_kill_9() {
 async fn refusals_carry_the_right_code_name_the_field_and_store_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let quota = write_quota(dir.path(), "[default.families]\nstandardNCSv3Family = 6\n");
-    let cp = ControlPlane::start(&dir.path().join("data"), &["--quota-file", &quota])
-        .await
-        .expect("start");
+    let cp = ControlPlane::start(
+        &dir.path().join("data"),
+        &["--provider", "none", "--quota-file", &quota],
+    )
+    .await
+    .expect("start");
     let mut client = cp.client().await;
     create(&mut client, spec("cpu-a", "Standard_D2_v2", 0, 2))
         .await
@@ -281,9 +284,12 @@ async fn concurrent_creates_over_quota_admit_exactly_those_that_fit() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Standard_D2_v2 has 2 vCPUs; each cluster holds min 2 nodes = 4 vCPUs.
     let quota = write_quota(dir.path(), "[default.families]\nstandardDv2Family = 20\n");
-    let cp = ControlPlane::start(&dir.path().join("data"), &["--quota-file", &quota])
-        .await
-        .expect("start");
+    let cp = ControlPlane::start(
+        &dir.path().join("data"),
+        &["--provider", "none", "--quota-file", &quota],
+    )
+    .await
+    .expect("start");
     let channel = cp.channel().await;
     let attempts = 12;
     let mut tasks = Vec::new();
@@ -328,7 +334,7 @@ async fn health_and_reflection_are_served_and_sigterm_stops_cleanly() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cp = ControlPlane::start(&dir.path().join("data"), &[])
+    let mut cp = ControlPlane::start(&dir.path().join("data"), &["--provider", "none"])
         .await
         .expect("start");
     let channel = cp.channel().await;

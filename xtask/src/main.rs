@@ -84,9 +84,13 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Everything the build and tests need. Today that is the Rust toolchain
-/// with rustfmt and clippy; each later requirement (Docker engine, test
-/// images, Azurite, Prometheus) is added here, idempotently.
+/// The job image the tests and the demo use: busybox, built locally.
+pub const TEST_IMAGE: &str = "strato-test/busybox:latest";
+
+/// Everything the build and tests need, installed and started if missing:
+/// the Rust toolchain's rustfmt and clippy, the Docker engine (Debian's
+/// docker.io, dockerd in the background), and the test images (no registry
+/// is reachable: they are built with `docker import`). Safe to run again.
 fn setup() -> anyhow::Result<()> {
     ensure!(
         have("cargo"),
@@ -101,7 +105,134 @@ fn setup() -> anyhow::Result<()> {
             run(&format!("rustup component add {component}"), c)?;
         }
     }
+    let missing: Vec<&str> = [("dockerd", "docker.io"), ("busybox", "busybox-static")]
+        .into_iter()
+        .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        println!("==> docker.io, busybox-static: present");
+    } else {
+        apt_install(&missing)?;
+    }
+    start_docker()?;
+    build_busybox_image()?;
     Ok(())
+}
+
+/// A command run as root: directly when this is root, else through sudo.
+fn as_root(args: &[&str]) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(args);
+        c
+    }
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let mut update = as_root(&["apt-get", "update", "-q"]);
+    update
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null());
+    run("apt-get update", update)?;
+    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    let mut install = as_root(&args);
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null());
+    run(&format!("apt-get install {}", packages.join(" ")), install)
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts dockerd in the background (in its own session, so it outlives
+/// this command) unless an engine already answers, and waits for it.
+fn start_docker() -> anyhow::Result<()> {
+    if docker_answers() {
+        println!("==> docker engine: running");
+        return Ok(());
+    }
+    println!("==> starting dockerd (log: /var/log/strato-dockerd.log)");
+    as_root(&[
+        "sh",
+        "-c",
+        "setsid dockerd >>/var/log/strato-dockerd.log 2>&1 < /dev/null &",
+    ])
+    .status()
+    .context("starting dockerd")?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if docker_answers() {
+            println!("    docker engine: running");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("dockerd did not answer within 90s; see /var/log/strato-dockerd.log")
+}
+
+fn image_exists(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A busybox image from Debian's static busybox: /bin/busybox plus a link
+/// per applet, imported as TEST_IMAGE.
+fn build_busybox_image() -> anyhow::Result<()> {
+    if image_exists(TEST_IMAGE) {
+        println!("==> image {TEST_IMAGE}: present");
+        return Ok(());
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox not found; install busybox-static")?;
+    let rootfs = std::env::temp_dir().join(format!("strato-busybox-{}", std::process::id()));
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(rootfs.join("tmp"))?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .context("busybox --list")?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+    }
+    let mut import = Command::new("sh");
+    import.args([
+        "-c",
+        &format!(
+            "tar -C '{}' -c . | docker import -q - {TEST_IMAGE} >/dev/null",
+            rootfs.display()
+        ),
+    ]);
+    let result = run(&format!("docker import {TEST_IMAGE}"), import);
+    std::fs::remove_dir_all(&rootfs).ok();
+    result
 }
 
 fn ci() -> anyhow::Result<()> {

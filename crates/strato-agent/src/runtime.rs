@@ -217,6 +217,54 @@ impl DockerRuntime {
         }
         Ok(id)
     }
+
+    /// Completes a list entry: the summary has no exit code, so containers
+    /// that are not running are inspected. `None` if the container went away
+    /// in between.
+    async fn job_container(
+        &self,
+        summary: ContainerSummary,
+    ) -> Result<Option<JobContainer>, RuntimeError> {
+        let Some(id) = summary.id else {
+            return Ok(None);
+        };
+        let name = summary
+            .names
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_default();
+        let labels = summary.labels.unwrap_or_default().into_iter().collect();
+        let (running, exit_code) = if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
+            (true, None)
+        } else {
+            let inspected = match self.docker.inspect_container(&id, None).await {
+                Ok(inspected) => inspected,
+                Err(e) if status_of(&e) == Some(404) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let state = inspected.state.unwrap_or_default();
+            let running = state.running.unwrap_or(false);
+            let exited = matches!(
+                state.status,
+                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            );
+            let exit_code = if !running && exited {
+                state.exit_code
+            } else {
+                None
+            };
+            (running, exit_code)
+        };
+        Ok(Some(JobContainer {
+            id,
+            name,
+            labels,
+            running,
+            exit_code,
+        }))
+    }
 }
 
 impl ContainerRuntime for DockerRuntime {
@@ -335,56 +383,6 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
-impl DockerRuntime {
-    /// Completes a list entry: the summary has no exit code, so containers
-    /// that are not running are inspected. `None` if the container went away
-    /// in between.
-    async fn job_container(
-        &self,
-        summary: ContainerSummary,
-    ) -> Result<Option<JobContainer>, RuntimeError> {
-        let Some(id) = summary.id else {
-            return Ok(None);
-        };
-        let name = summary
-            .names
-            .unwrap_or_default()
-            .into_iter()
-            .next()
-            .map(|n| n.trim_start_matches('/').to_owned())
-            .unwrap_or_default();
-        let labels = summary.labels.unwrap_or_default().into_iter().collect();
-        let (running, exit_code) = if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
-            (true, None)
-        } else {
-            let inspected = match self.docker.inspect_container(&id, None).await {
-                Ok(inspected) => inspected,
-                Err(e) if status_of(&e) == Some(404) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let state = inspected.state.unwrap_or_default();
-            let running = state.running.unwrap_or(false);
-            let exited = matches!(
-                state.status,
-                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
-            );
-            let exit_code = if !running && exited {
-                state.exit_code
-            } else {
-                None
-            };
-            (running, exit_code)
-        };
-        Ok(Some(JobContainer {
-            id,
-            name,
-            labels,
-            running,
-            exit_code,
-        }))
-    }
-}
-
 /// The engine's request body for `spec`.
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let host_config = HostConfig {
@@ -478,7 +476,7 @@ async fn pump_logs(docker: Docker, id: String, tx: Sender<Result<OutputLine, Run
             }
         }
         drop(frames);
-        let _ = last; Ok(())
+        pump.catch_up(&docker, &id, last).await
     }
     .await;
     let _ = pump.finish(result).await;

@@ -1,0 +1,509 @@
+//! End-to-end: jobs on autoscaled nodes. The real control plane with the
+//! local provider starts real `strato-agent` processes, which run jobs in
+//! the real Docker engine.
+
+use std::time::Duration;
+
+use strato_e2e::{
+    ControlPlane, TEST_IMAGE, containers_of, containers_of_job, require_docker, wait_for,
+};
+use strato_proto::v1::{
+    self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
+};
+use tonic::transport::Channel;
+
+/// Fast timings so failures show within seconds.
+const FAST: &[&str] = &[
+    "--node-heartbeat-timeout",
+    "3",
+    "--heartbeat-interval",
+    "1",
+    "--reconcile-interval-ms",
+    "200",
+    "--node-start-timeout",
+    "30",
+    "--cancel-grace",
+    "1",
+];
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn start(dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
+    require_docker();
+    // FAST's flag/value pairs, less those `extra` sets again.
+    let mut args: Vec<&str> = FAST
+        .chunks(2)
+        .filter(|pair| !extra.contains(&pair[0]))
+        .flatten()
+        .copied()
+        .collect();
+    args.extend_from_slice(extra);
+    ControlPlane::start(&dir.join("data"), &args)
+        .await
+        .expect("start the control plane")
+}
+
+async fn cluster(cp: &ControlPlane, name: &str, min: u32, max: u32, idle: u64) {
+    cp.client()
+        .await
+        .create_cluster(v1::CreateClusterRequest {
+            spec: Some(v1::ClusterSpec {
+                name: name.into(),
+                vm_size: "Standard_D2_v2".into(),
+                min_nodes: min,
+                max_nodes: Some(max),
+                idle_seconds_before_scaledown: Some(idle),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create cluster");
+}
+
+async fn submit(
+    jobs: &mut JobServiceClient<Channel>,
+    cluster: &str,
+    script: &str,
+    max_retries: u32,
+) -> String {
+    jobs.submit_job(v1::SubmitJobRequest {
+        spec: Some(v1::JobSpec {
+            cluster: cluster.into(),
+            image: TEST_IMAGE.into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            max_retries,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("submit")
+    .into_inner()
+    .id
+}
+
+async fn job(jobs: &mut JobServiceClient<Channel>, id: &str) -> v1::Job {
+    jobs.get_job(v1::GetJobRequest { id: id.into() })
+        .await
+        .expect("get job")
+        .into_inner()
+}
+
+fn is(j: &v1::Job, s: v1::JobState) -> bool {
+    j.state == s as i32
+}
+
+async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, s: v1::JobState) -> v1::Job {
+    wait_for(&format!("job {id} {s:?}"), LONG, || {
+        let mut jobs = jobs.clone();
+        async move {
+            let j = job(&mut jobs, id).await;
+            is(&j, s).then_some(j)
+        }
+    })
+    .await
+}
+
+async fn logs(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<String> {
+    let mut stream = jobs
+        .stream_logs(v1::StreamLogsRequest {
+            id: id.into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(line) = stream.message().await.expect("log line") {
+        out.push(line.line);
+    }
+    out
+}
+
+async fn nodes(compute: &mut ComputeServiceClient<Channel>, cluster: &str) -> Vec<v1::Node> {
+    compute
+        .list_nodes(v1::ListNodesRequest {
+            cluster: cluster.into(),
+        })
+        .await
+        .expect("list nodes")
+        .into_inner()
+        .nodes
+}
+
+async fn show(compute: &mut ComputeServiceClient<Channel>, cluster: &str) -> v1::Cluster {
+    compute
+        .get_cluster(v1::GetClusterRequest {
+            name: cluster.into(),
+        })
+        .await
+        .expect("get cluster")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn three_jobs_grow_the_cluster_to_two_and_it_shrinks_back_to_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "burst", 0, 2, 2).await;
+    let mut jobs = cp.jobs().await;
+    let compute = cp.client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            submit(
+                &mut jobs,
+                "burst",
+                &format!("echo out-{i}; echo err-{i} >&2; sleep 1"),
+                0,
+            )
+            .await,
+        );
+    }
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    wait_for("all three jobs to complete", LONG, || {
+        let (mut jobs, mut compute, ids) = (jobs.clone(), compute.clone(), ids.clone());
+        let most = most.clone();
+        async move {
+            let n = nodes(&mut compute, "burst").await.len();
+            most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+            for id in &ids {
+                let j = job(&mut jobs, id).await;
+                assert!(!is(&j, v1::JobState::Failed), "job failed: {j:?}");
+                if !is(&j, v1::JobState::Completed) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        most.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the cluster grows to max_nodes and never past it"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let lines = logs(&mut jobs, id).await;
+        assert!(
+            lines.contains(&format!("out-{i}")) && lines.contains(&format!("err-{i}")),
+            "{lines:?}"
+        );
+        let j = job(&mut jobs, id).await;
+        assert_eq!((j.exit_code, j.attempts.len()), (Some(0), 1));
+    }
+    wait_for("the cluster to return to zero nodes", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let c = show(&mut compute, "burst").await;
+            (c.current_node_count == 0
+                && c.allocation_state == v1::AllocationState::Steady as i32
+                && nodes(&mut compute, "burst").await.is_empty())
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(cp.agents().is_empty(), "no agent process outlives its node");
+    // Logs are kept by the control plane after the nodes are gone.
+    assert!(logs(&mut jobs, &ids[0]).await.contains(&"out-0".to_owned()));
+}
+
+#[tokio::test]
+async fn min_one_keeps_exactly_one_node_when_idle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "warm", 1, 3, 1).await;
+    let mut compute = cp.client().await;
+    wait_for("one idle node", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let n = nodes(&mut compute, "warm").await;
+            (n.len() == 1 && n[0].state == v1::NodeState::Idle as i32).then_some(())
+        }
+    })
+    .await;
+    let mut jobs = cp.jobs().await;
+    let id = submit(&mut jobs, "warm", "echo warm", 0).await;
+    wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+    // Watch for three idle times: the one node stays, no other appears.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(nodes(&mut compute, "warm").await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = show(&mut compute, "warm").await;
+    assert_eq!((c.current_node_count, c.target_node_count), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failing_job_reports_its_exit_code_and_wait_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "fail", 0, 1, 5).await;
+    let mut jobs = cp.jobs().await;
+    let id = submit(&mut jobs, "fail", "echo about to fail; exit 3", 0).await;
+    let out = tokio::task::spawn_blocking({
+        let cli = strato_e2e::binary("strato");
+        let endpoint = cp.endpoint();
+        let id = id.clone();
+        move || {
+            std::process::Command::new(cli)
+                .args(["--endpoint", &endpoint, "job", "wait", &id])
+                .output()
+                .expect("strato job wait")
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j = job(&mut jobs, &id).await;
+    assert!(is(&j, v1::JobState::Failed));
+    assert_eq!(j.exit_code, Some(3));
+    assert!(j.reason.contains('3'), "{}", j.reason);
+    assert_eq!(logs(&mut jobs, &id).await, vec!["about to fail".to_owned()]);
+}
+
+#[tokio::test]
+async fn canceling_a_running_job_removes_its_container() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "cancel", 0, 1, 5).await;
+    let mut jobs = cp.jobs().await;
+    let id = submit(&mut jobs, "cancel", "echo started; sleep 300", 0).await;
+    wait_state(&mut jobs, &id, v1::JobState::Running).await;
+    wait_for("the job's output", LONG, || {
+        let (mut jobs, id) = (jobs.clone(), id.clone());
+        async move {
+            logs(&mut jobs, &id)
+                .await
+                .contains(&"started".to_owned())
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(containers_of_job(&id).len(), 1);
+    jobs.cancel_job(v1::CancelJobRequest { id: id.clone() })
+        .await
+        .expect("cancel");
+    let j = wait_state(&mut jobs, &id, v1::JobState::Canceled).await;
+    assert!(j.reason.contains("cancel"), "{}", j.reason);
+    wait_for("the container to be removed", LONG, || {
+        let id = id.clone();
+        async move { containers_of_job(&id).is_empty().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn control_plane_kill_9_loses_no_job_and_runs_none_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = start(dir.path(), &[]).await;
+    cluster(&cp, "crash", 0, 2, 30).await;
+    let mut jobs = cp.jobs().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(submit(&mut jobs, "crash", &format!("echo once-{i}; sleep 3"), 0).await);
+    }
+    wait_state(&mut jobs, &ids[0], v1::JobState::Running).await;
+    cp.kill9();
+    cp.restart().await.expect("restart");
+    let mut jobs = cp.jobs().await;
+    for (i, id) in ids.iter().enumerate() {
+        let j = wait_state(&mut jobs, id, v1::JobState::Completed).await;
+        assert_eq!(j.attempts.len(), 1, "one attempt only: {j:?}");
+        let lines = logs(&mut jobs, id).await;
+        assert_eq!(lines, vec![format!("once-{i}")], "the job ran once");
+    }
+}
+
+/// Finds the node a job runs on.
+async fn node_of(jobs: &mut JobServiceClient<Channel>, id: &str) -> String {
+    wait_state(jobs, id, v1::JobState::Running).await.node_id
+}
+
+#[tokio::test]
+async fn a_lost_agent_makes_its_node_unusable_and_the_job_runs_again_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "lost", 0, 2, 30).await;
+    let mut jobs = cp.jobs().await;
+    let compute = cp.client().await;
+    let retried = submit(
+        &mut jobs,
+        "lost",
+        "echo attempt $STRATO_ATTEMPT; sleep 4",
+        1,
+    )
+    .await;
+    let node = node_of(&mut jobs, &retried).await;
+    cp.kill_agent(&node);
+    wait_for("the node to become unusable or be removed", LONG, || {
+        let (mut compute, node) = (compute.clone(), node.clone());
+        async move {
+            let n = nodes(&mut compute, "lost").await;
+            n.iter()
+                .find(|x| x.node_id == node)
+                .is_none_or(|x| x.state == v1::NodeState::Unusable as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    let j = wait_state(&mut jobs, &retried, v1::JobState::Completed).await;
+    assert_eq!(j.attempt, 2);
+    assert_eq!(j.attempts.len(), 2);
+    assert_eq!(j.attempts[0].node_id, node);
+    assert!(
+        j.attempts[0].reason.contains("lost"),
+        "{}",
+        j.attempts[0].reason
+    );
+    assert_ne!(j.attempts[1].node_id, node);
+    wait_for("the lost node and its containers to be gone", LONG, || {
+        let (mut compute, node) = (compute.clone(), node.clone());
+        async move {
+            let gone = nodes(&mut compute, "lost")
+                .await
+                .iter()
+                .all(|x| x.node_id != node);
+            (gone && containers_of(&node).is_empty()).then_some(())
+        }
+    })
+    .await;
+
+    // Without retries left, the job fails with the reason.
+    let doomed = submit(&mut jobs, "lost", "sleep 60", 0).await;
+    let node = node_of(&mut jobs, &doomed).await;
+    cp.kill_agent(&node);
+    let j = wait_state(&mut jobs, &doomed, v1::JobState::Failed).await;
+    assert!(
+        j.reason.contains(&node) && j.reason.contains("lost"),
+        "{}",
+        j.reason
+    );
+    wait_for("no container of the failed job", LONG, || {
+        let doomed = doomed.clone();
+        async move { containers_of_job(&doomed).is_empty().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_back_within_the_timeout_readopts_its_container() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A generous heartbeat timeout: the agent is back well before it.
+    let cp = start(dir.path(), &["--node-heartbeat-timeout", "20"]).await;
+    cluster(&cp, "back", 0, 1, 30).await;
+    let mut jobs = cp.jobs().await;
+    let id = submit(&mut jobs, "back", "echo before; sleep 4; echo after", 2).await;
+    let node = node_of(&mut jobs, &id).await;
+    wait_for("the first line", LONG, || {
+        let (mut jobs, id) = (jobs.clone(), id.clone());
+        async move {
+            logs(&mut jobs, &id)
+                .await
+                .contains(&"before".to_owned())
+                .then_some(())
+        }
+    })
+    .await;
+    cp.kill_agent(&node);
+    let mut agent = cp.restart_agent(&node).expect("restart the agent");
+    let j = wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+    assert_eq!(j.attempts.len(), 1, "not retried: {j:?}");
+    assert_eq!(
+        logs(&mut jobs, &id).await,
+        vec!["before".to_owned(), "after".to_owned()]
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[tokio::test]
+async fn a_scale_up_beyond_quota_says_why_and_jobs_wait_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quota = dir.path().join("quota.toml");
+    // Standard_D2_v2 has 2 vCPUs: room for one node.
+    std::fs::write(&quota, "[default.families]\nstandardDv2Family = 2\n").expect("quota file");
+    let quota = quota.to_string_lossy().into_owned();
+    let cp = start(dir.path(), &["--quota-file", &quota]).await;
+    cluster(&cp, "tight", 0, 2, 30).await;
+    let mut jobs = cp.jobs().await;
+    let mut compute = cp.client().await;
+    let first = submit(&mut jobs, "tight", "sleep 30", 0).await;
+    let second = submit(&mut jobs, "tight", "echo second", 0).await;
+    wait_state(&mut jobs, &first, v1::JobState::Running).await;
+    let c = wait_for("a quota error on the cluster", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let c = show(&mut compute, "tight").await;
+            c.errors
+                .iter()
+                .any(|e| e.code == "quota_exceeded")
+                .then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(c.allocation_state, v1::AllocationState::Resizing as i32);
+    let e = c
+        .errors
+        .iter()
+        .find(|e| e.code == "quota_exceeded")
+        .expect("quota error");
+    assert!(
+        e.message.contains("standardDv2Family") && e.message.contains("is 2"),
+        "{}",
+        e.message
+    );
+    assert_eq!(nodes(&mut compute, "tight").await.len(), 1);
+    let waiting = job(&mut jobs, &second).await;
+    assert!(is(&waiting, v1::JobState::Queued));
+    assert!(waiting.reason.contains("quota"), "{}", waiting.reason);
+    // Once the first job ends, the second runs on the same node.
+    jobs.cancel_job(v1::CancelJobRequest { id: first.clone() })
+        .await
+        .expect("cancel");
+    wait_state(&mut jobs, &second, v1::JobState::Completed).await;
+}
+
+#[tokio::test]
+async fn an_agent_without_a_valid_join_token_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    for token in ["", "not-a-token"] {
+        let out = std::process::Command::new(strato_e2e::binary("strato-agent"))
+            .env("STRATO_CONTROL_PLANE", cp.endpoint())
+            .env("STRATO_JOIN_TOKEN", token)
+            .output()
+            .expect("run strato-agent");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "token {token:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A session without a session token is refused too.
+    let mut agents = v1::agent_service_client::AgentServiceClient::new(cp.channel().await);
+    let e = agents
+        .session(tokio_stream::iter(Vec::<v1::AgentMessage>::new()))
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = agents
+        .enroll(v1::EnrollRequest {
+            join_token: "forged".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("forged token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+}
