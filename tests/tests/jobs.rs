@@ -507,3 +507,54 @@ async fn an_agent_without_a_valid_join_token_is_refused() {
         .expect_err("forged token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "follow", 0, 1, 5).await;
+    let endpoint = cp.endpoint();
+    let out = tokio::task::spawn_blocking(move || {
+        let cli = strato_e2e::binary("strato");
+        let submit = std::process::Command::new(&cli)
+            .args([
+                "--endpoint",
+                &endpoint,
+                "job",
+                "submit",
+                "--compute",
+                "follow",
+                "--image",
+                TEST_IMAGE,
+            ])
+            .args([
+                "--env",
+                "WHO=world",
+                "--",
+                "sh",
+                "-c",
+                "echo hello $WHO; sleep 1; echo bye",
+            ])
+            .output()
+            .expect("submit");
+        assert!(
+            submit.status.success(),
+            "{}",
+            String::from_utf8_lossy(&submit.stderr)
+        );
+        let id = String::from_utf8_lossy(&submit.stdout).trim().to_owned();
+        assert!(id.starts_with("job-"), "{id}");
+        std::process::Command::new(&cli)
+            .args(["--endpoint", &endpoint, "job", "logs", &id, "--follow"])
+            .output()
+            .expect("logs --follow")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\nbye\n");
+}

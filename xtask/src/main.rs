@@ -19,7 +19,11 @@ usage: cargo xtask <command>
 commands:
   setup   install what the build and the tests need (idempotent)
   demo    start a control plane and walk a cluster through its lifecycle
-  ci      setup, then cargo fmt --check, clippy -D warnings, build, and all tests";
+  ci      setup, then cargo fmt --check, clippy -D warnings, build, and all tests
+  bench dispatch
+          on a warm node, time from `strato job submit` to the job's first output
+          line, against plain `docker run` of the same image and command (release
+          build, median of 15 runs each, printed as a ratio)";
 
 fn main() -> std::process::ExitCode {
     match dispatch() {
@@ -37,6 +41,10 @@ fn dispatch() -> anyhow::Result<()> {
         Some("setup") => setup(),
         Some("demo") => demo(),
         Some("ci") => ci(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("dispatch") => bench_dispatch(),
+            other => bail!("unknown benchmark {other:?}; available: dispatch\n\n{USAGE}"),
+        },
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -56,6 +64,13 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
+}
+
+/// `release` while benchmarking, `debug` otherwise.
+static PROFILE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+fn profile_dir() -> &'static str {
+    PROFILE.get().copied().unwrap_or("debug")
 }
 
 fn cargo() -> Command {
@@ -314,14 +329,13 @@ fn free_port() -> anyhow::Result<u16> {
 /// A control plane started by the demo.
 struct Control {
     child: Option<Child>,
-    data_dir: PathBuf,
     grpc: String,
     http: String,
 }
 
 impl Control {
     fn start(data_dir: &Path, grpc: &str, http: &str) -> anyhow::Result<Self> {
-        let child = Command::new(target_dir().join("debug/strato-control"))
+        let child = Command::new(target_dir().join(profile_dir()).join("strato-control"))
             .args(["--data-dir"])
             .arg(data_dir)
             .args([
@@ -336,7 +350,6 @@ impl Control {
             .context("starting strato-control")?;
         let mut c = Control {
             child: Some(child),
-            data_dir: data_dir.to_owned(),
             grpc: grpc.to_owned(),
             http: http.to_owned(),
         };
@@ -358,14 +371,6 @@ impl Control {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("strato-control did not listen on {} within 30s", self.grpc)
-    }
-
-    fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
     }
 
     fn terminate(&mut self) -> anyhow::Result<()> {
@@ -397,7 +402,7 @@ impl Drop for Control {
 /// and its output. `expect_ok` false means the step shows a refusal.
 fn strato(control: &Control, args: &[&str], expect_ok: bool) -> anyhow::Result<()> {
     println!("\n$ strato {}", args.join(" "));
-    let status = Command::new(target_dir().join("debug/strato"))
+    let status = Command::new(target_dir().join(profile_dir()).join("strato"))
         .arg("--endpoint")
         .arg(format!("http://{}", control.grpc))
         .args(args)
@@ -417,7 +422,39 @@ fn strato(control: &Control, args: &[&str], expect_ok: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// Runs `strato ARGS` and returns its stdout (for the demo's own checks).
+fn strato_output(control: &Control, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(target_dir().join(profile_dir()).join("strato"))
+        .arg("--endpoint")
+        .arg(format!("http://{}", control.grpc))
+        .args(args)
+        .env_remove("STRATO_ENDPOINT")
+        .output()
+        .context("running strato")?;
+    ensure!(
+        out.status.success(),
+        "`strato {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The nodes of a cluster as (node id, state) pairs, from the table output.
+fn node_states(control: &Control, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let table = strato_output(control, &["compute", "list-nodes", "-n", cluster])?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cells = l.split_whitespace();
+            Some((cells.next()?.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect())
+}
+
 fn demo() -> anyhow::Result<()> {
+    setup()?;
     let mut build = cargo();
     build.args(["build", "--quiet", "--bins"]);
     run("cargo build --bins", build)?;
@@ -429,12 +466,11 @@ fn demo() -> anyhow::Result<()> {
     let grpc = format!("127.0.0.1:{}", free_port()?);
     let http = format!("127.0.0.1:{}", free_port()?);
     println!(
-        "==> strato-control on {grpc} (HTTP {http}), data in {}",
+        "==> strato-control on {grpc} (HTTP {http}), local provider, data in {}",
         data_dir.display()
     );
     let mut control = Control::start(&data_dir, &grpc, &http)?;
 
-    strato(&control, &["compute", "list-sizes"], true)?;
     strato(
         &control,
         &[
@@ -449,15 +485,8 @@ fn demo() -> anyhow::Result<()> {
             "--max-nodes",
             "2",
             "--idle-seconds-before-scaledown",
-            "30",
-            "--tag",
-            "owner=demo",
+            "5",
         ],
-        true,
-    )?;
-    strato(
-        &control,
-        &["compute", "update", "-n", "cpu-demo", "--max-nodes", "4"],
         true,
     )?;
     println!("\n# bad input is refused, naming the field, and changes nothing:");
@@ -466,12 +495,6 @@ fn demo() -> anyhow::Result<()> {
         &["compute", "create", "-n", "gpu-2", "-s", "Standard_NC6"],
         false,
     )?;
-    strato(
-        &control,
-        &["compute", "create", "-n", "gpu-demo", "-s", "Standard_NC6"],
-        false,
-    )?;
-    println!("\n# a cluster whose minimum does not fit the quota is refused whole:");
     strato(
         &control,
         &[
@@ -488,19 +511,68 @@ fn demo() -> anyhow::Result<()> {
         ],
         false,
     )?;
-    strato(&control, &["compute", "list"], true)?;
-    strato(&control, &["compute", "list-usage"], true)?;
 
-    println!("\n# kill -9 the control plane and start it again on the same data dir:");
-    control.kill9()?;
-    let data_dir = control.data_dir.clone();
-    drop(control);
-    let mut control = Control::start(&data_dir, &grpc, &http)?;
-    strato(
-        &control,
-        &["compute", "show", "-n", "cpu-demo", "-o", "json"],
-        true,
-    )?;
+    println!("\n# three jobs on a cluster of at most two nodes, starting from zero:");
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let script = format!("echo job {i} on node $STRATO_NODE_ID; sleep 2; echo job {i} done");
+        let args = [
+            "job",
+            "submit",
+            "--compute",
+            "cpu-demo",
+            "--image",
+            TEST_IMAGE,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ];
+        println!("$ strato {}", args.join(" "));
+        let id = strato_output(&control, &args)?.trim().to_owned();
+        println!("{id}");
+        ids.push(id);
+    }
+
+    // Watch the cluster grow while the jobs run, then shrink back to zero.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut grew_to = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut jobs_done = false;
+    loop {
+        let nodes = node_states(&control, "cpu-demo")?;
+        if nodes != seen {
+            let states: Vec<String> = nodes.iter().map(|(id, s)| format!("{id}={s}")).collect();
+            println!("  [nodes: {}] {}", nodes.len(), states.join(" "));
+            grew_to = grew_to.max(nodes.len());
+            seen = nodes;
+        }
+        if !jobs_done {
+            let list = strato_output(&control, &["job", "list", "--compute", "cpu-demo"])?;
+            jobs_done = list
+                .lines()
+                .skip(1)
+                .all(|l| l.contains("completed") || l.contains("failed") || l.contains("canceled"));
+            if jobs_done {
+                println!("  all jobs ended; the idle nodes leave after 5s");
+            }
+        }
+        if jobs_done && seen.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the demo did not finish within 3 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!("  the cluster grew to {grew_to} nodes (max 2) and returned to 0");
+    for id in &ids {
+        strato(&control, &["job", "logs", id], true)?;
+    }
+    strato(&control, &["job", "list"], true)?;
+    strato(&control, &["job", "show", &ids[0]], true)?;
+    strato(&control, &["compute", "show", "-n", "cpu-demo"], true)?;
     strato(
         &control,
         &["compute", "delete", "-n", "cpu-demo", "--yes"],
@@ -508,6 +580,163 @@ fn demo() -> anyhow::Result<()> {
     )?;
     control.terminate()?;
     std::fs::remove_dir_all(&data_dir).ok();
-    println!("\ndemo: done (jobs on autoscaled nodes arrive with the node agent)");
+    println!("\ndemo: done");
+    Ok(())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Spawns `cmd` and returns how long it took until its first stdout line,
+/// then waits for it to exit.
+fn time_to_first_line(mut cmd: Command, started: Instant) -> anyhow::Result<Duration> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first)?;
+    let elapsed = started.elapsed();
+    ensure!(first.trim() == "ready", "unexpected first line {first:?}");
+    child.wait()?;
+    Ok(elapsed)
+}
+
+fn bench_dispatch() -> anyhow::Result<()> {
+    const RUNS: usize = 15;
+    setup()?;
+    let _ = PROFILE.set("release");
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet", "--bins"]);
+    run("cargo build --release --bins", build)?;
+    let data_dir = root()
+        .join(".data")
+        .join(format!("bench-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let mut control = Control::start(&data_dir, &grpc, &http)?;
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "bench",
+            "-s",
+            "Standard_D2_v2",
+            "--min-nodes",
+            "1",
+            "--max-nodes",
+            "1",
+        ],
+    )?;
+    println!("==> waiting for a warm node");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node_states(&control, "bench")?
+        .iter()
+        .any(|(_, s)| s == "idle")
+    {
+        ensure!(Instant::now() < deadline, "no idle node within 60s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let command = ["sh", "-c", "echo ready"];
+    let strato_bin = target_dir().join(profile_dir()).join("strato");
+    let endpoint = format!("http://{grpc}");
+    let mut strato_times = Vec::new();
+    let mut docker_times = Vec::new();
+    for run_no in 0..=RUNS {
+        // Strato: submit, then follow the job's output until its first line.
+        let started = Instant::now();
+        let mut args = vec![
+            "job",
+            "submit",
+            "--compute",
+            "bench",
+            "--image",
+            TEST_IMAGE,
+            "--",
+        ];
+        args.extend_from_slice(&command);
+        let out = Command::new(&strato_bin)
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .args(&args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut follow = Command::new(&strato_bin);
+        follow
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .args(["job", "logs", &id, "--follow"]);
+        let strato_time = time_to_first_line(follow, started)?;
+        // Let the node become idle again before the next job.
+        let mut wait = Command::new(&strato_bin);
+        wait.arg("--endpoint")
+            .arg(&endpoint)
+            .args(["job", "wait", &id])
+            .stdout(Stdio::null());
+        ensure!(wait.status()?.success(), "job {id} did not complete");
+        while !node_states(&control, "bench")?
+            .iter()
+            .any(|(_, s)| s == "idle")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Baseline: plain docker run of the same image and command.
+        let started = Instant::now();
+        let mut docker = Command::new("docker");
+        docker.args(["run", "--rm", TEST_IMAGE]).args(command);
+        let docker_time = time_to_first_line(docker, started)?;
+        if run_no > 0 {
+            // The first round warms caches and is not counted.
+            strato_times.push(strato_time);
+            docker_times.push(docker_time);
+        }
+    }
+    let (s, d) = (median(strato_times), median(docker_times));
+    println!("dispatch: submit -> first output line, warm node, median of {RUNS} runs");
+    println!(
+        "  strato job submit + logs --follow: {:>7.1} ms",
+        s.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  docker run (same image, command):  {:>7.1} ms",
+        d.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  ratio strato / docker run:          {:>7.2}",
+        s.as_secs_f64() / d.as_secs_f64()
+    );
+    strato_output(
+        &control,
+        &["compute", "update", "-n", "bench", "--min-nodes", "0"],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    println!("==> removing the node");
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "update",
+            "-n",
+            "bench",
+            "--idle-seconds-before-scaledown",
+            "0",
+        ],
+    )?;
+    while !node_states(&control, "bench")?.is_empty() {
+        ensure!(Instant::now() < deadline, "the node did not leave");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    strato_output(&control, &["compute", "delete", "-n", "bench", "--yes"])?;
+    control.terminate()?;
+    std::fs::remove_dir_all(&data_dir).ok();
     Ok(())
 }

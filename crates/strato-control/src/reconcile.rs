@@ -41,6 +41,9 @@ impl Backoff {
 pub struct Reconciler<S> {
     plane: Arc<Plane<S>>,
     backoff: HashMap<String, Backoff>,
+    /// When this control plane started: agents could not heartbeat while it
+    /// was down, so their silence counts only from here.
+    started_at: i64,
 }
 
 impl<S: Store> Reconciler<S> {
@@ -48,6 +51,7 @@ impl<S: Store> Reconciler<S> {
         Reconciler {
             plane,
             backoff: HashMap::new(),
+            started_at: now_ms(),
         }
     }
 
@@ -92,14 +96,17 @@ impl<S: Store> Reconciler<S> {
                 continue;
             }
             let reason = if !node.enrolled {
-                (now - node.created_at > start_ms).then(|| {
+                (now - node.created_at.max(self.started_at) > start_ms).then(|| {
                     format!(
                         "the agent did not enrol within {}s",
                         config.node_start_timeout
                     )
                 })
             } else {
-                let last = node.last_heartbeat.unwrap_or(node.created_at);
+                let last = node
+                    .last_heartbeat
+                    .unwrap_or(node.created_at)
+                    .max(self.started_at);
                 (now - last > beat_ms).then(|| format!("no heartbeat for {}s", (now - last) / 1000))
             };
             if let Some(reason) = reason {
