@@ -308,32 +308,17 @@ pub fn remove_containers(node_id: &str) {
 
 /// Ids of the containers (running or not) labelled with the node.
 pub fn containers_of(node_id: &str) -> Vec<String> {
-    Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=strato.node={node_id}"),
-        ])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    containers_labelled("strato.node", node_id)
 }
 
 /// Ids of the containers (running or not) of a job.
 pub fn containers_of_job(job_id: &str) -> Vec<String> {
+    containers_labelled("strato.job", job_id)
+}
+
+fn containers_labelled(key: &str, value: &str) -> Vec<String> {
     Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=strato.job={job_id}"),
-        ])
+        .args(["ps", "-aq", "--filter", &format!("label={key}={value}")])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)

@@ -558,3 +558,50 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\nbye\n");
 }
+
+#[tokio::test]
+async fn nodes_that_never_enrol_become_unusable_and_the_provider_backs_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An "agent" that exits at once: its node never enrols.
+    let cp = start(
+        dir.path(),
+        &["--agent-binary", "/bin/false", "--node-start-timeout", "1"],
+    )
+    .await;
+    cluster(&cp, "broken", 1, 2, 5).await;
+    let mut compute = cp.client().await;
+    let c = wait_for("a provider error on the cluster", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let c = show(&mut compute, "broken").await;
+            c.errors
+                .iter()
+                .any(|e| e.code == "provider_error")
+                .then_some(c)
+        }
+    })
+    .await;
+    let e = c
+        .errors
+        .iter()
+        .find(|e| e.code == "provider_error")
+        .expect("provider error");
+    assert!(
+        e.message.contains("did not enrol") && e.message.contains("next try"),
+        "{}",
+        e.message
+    );
+    assert_eq!(c.allocation_state, v1::AllocationState::Resizing as i32);
+    // Backoff: over the next seconds, at most one more node is tried.
+    let log_nodes = || cp.log_text().matches("scale up: node added").count();
+    let before = log_nodes();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(nodes(&mut compute, "broken").await.len() <= 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        log_nodes() <= before + 1,
+        "the provider is retried with backoff, not in a loop"
+    );
+}
