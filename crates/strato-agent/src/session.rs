@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_JOB, LABEL_NODE,
-    OutputStream,
+    OutputStream, RuntimeError,
 };
 
 /// Log lines per message at most.
@@ -121,6 +121,13 @@ async fn session<R: ContainerRuntime>(
         .map_err(transient)?;
     let mut held = Vec::new();
     for c in &containers {
+        // A container created but never started (the agent stopped between
+        // the two calls) is not held: its job is still preparing, so the
+        // control plane sends the assignment again, and create_and_start
+        // starts the existing container.
+        if !c.running && c.exit_code.is_none() {
+            continue;
+        }
         if let (Some(job), Some(attempt)) = (
             c.labels.get(LABEL_JOB),
             c.labels
@@ -139,6 +146,7 @@ async fn session<R: ContainerRuntime>(
                 state: v1::JobState::Running as i32,
                 exit_code: None,
                 reason: String::new(),
+                node_fault: false,
             })
             .collect(),
     };
@@ -179,11 +187,19 @@ async fn session<R: ContainerRuntime>(
         })
     };
     let mut stopping: HashSet<String> = HashSet::new();
+    let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
     let result = loop {
-        let message = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => break Ok(()),
-            Err(s) => break Err(transient(format!("session: {}", s.message()))),
+        let message = tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => m,
+                Ok(None) => break Ok(()),
+                Err(s) => break Err(transient(format!("session: {}", s.message()))),
+            },
+            Some(key) = stopped_rx.recv() => {
+                // A finished stop may be asked again if the job still runs.
+                stopping.remove(&key);
+                continue;
+            }
         };
         match message.body {
             Some(Down::Assign(a)) => {
@@ -209,20 +225,27 @@ async fn session<R: ContainerRuntime>(
                 if stopping.contains(&key) {
                     continue;
                 }
-                let exists = runtime
+                // Only a running container can be stopped; the control plane
+                // sends the cancellation again until the attempt ends.
+                let running = runtime
                     .list(LABEL_JOB, &c.job_id)
                     .await
-                    .map(|cs| cs.iter().any(|x| x.name.trim_start_matches('/') == key))
+                    .map(|cs| {
+                        cs.iter()
+                            .any(|x| x.running && x.name.trim_start_matches('/') == key)
+                    })
                     .unwrap_or(false);
-                if exists {
+                if running {
                     stopping.insert(key.clone());
                     tracing::info!(node = %node_id, job = %c.job_id, attempt = c.attempt, "stopping a canceled job");
                     let runtime = runtime.clone();
                     let grace = Duration::from_secs(u64::from(c.grace_seconds));
+                    let done = stopped_tx.clone();
                     tokio::spawn(async move {
                         if let Err(e) = runtime.stop(&key, grace).await {
                             tracing::warn!(container = %key, error = %e, "stop failed");
                         }
+                        let _ = done.send(key);
                     });
                 }
             }
@@ -267,6 +290,19 @@ fn report(
         state: state as i32,
         exit_code,
         reason,
+        node_fault: false,
+    }))
+}
+
+/// The node's container runtime failed the attempt: not the job's fault.
+fn node_fault(job_id: &str, attempt: u32, reason: String) -> v1::AgentMessage {
+    up(Up::JobReport(v1::JobReport {
+        job_id: job_id.to_owned(),
+        attempt,
+        state: v1::JobState::Failed as i32,
+        exit_code: None,
+        reason,
+        node_fault: true,
     }))
 }
 
@@ -316,19 +352,28 @@ async fn start<R: ContainerRuntime>(
     attempt: u32,
     tx: mpsc::Sender<v1::AgentMessage>,
 ) {
-    let cannot_start = |why: String| report(&job_id, attempt, v1::JobState::Failed, None, why);
+    // A missing image is the job's fault (retrying will not help); any other
+    // runtime error is the node's.
+    let failed = |e: RuntimeError| match e {
+        RuntimeError::ImageNotFound(_) => {
+            report(&job_id, attempt, v1::JobState::Failed, None, e.to_string())
+        }
+        other => node_fault(
+            &job_id,
+            attempt,
+            format!("could not start the container: {other}"),
+        ),
+    };
     if let Err(e) = runtime.ensure_image(&spec.image).await {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
-        let _ = tx.send(cannot_start(e.to_string())).await;
+        let _ = tx.send(failed(e)).await;
         return;
     }
     let id = match runtime.create_and_start(&spec).await {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
-            let _ = tx
-                .send(cannot_start(format!("could not start the container: {e}")))
-                .await;
+            let _ = tx.send(failed(e)).await;
             return;
         }
     };
@@ -399,13 +444,7 @@ async fn follow<R: ContainerRuntime>(
             };
             report(&job_id, attempt, state, Some(code), String::new())
         }
-        Err(e) => report(
-            &job_id,
-            attempt,
-            v1::JobState::Failed,
-            None,
-            format!("lost the container: {e}"),
-        ),
+        Err(e) => node_fault(&job_id, attempt, format!("lost the container: {e}")),
     };
     tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
     let _ = tx.send(end).await;

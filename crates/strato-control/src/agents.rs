@@ -117,9 +117,16 @@ impl<S: Store> AgentService for AgentApi<S> {
             loop {
                 match inbound.next().await {
                     Some(Ok(message)) => {
-                        if let Err(e) = handle(&plane, &node_id, message).await {
-                            tracing::warn!(node = %node_id, error = %e, "agent message not stored");
-                            break;
+                        match handle(&plane, &node_id, message).await {
+                            Ok(()) => {}
+                            Err(StoreError::Conflict(why)) => {
+                                tracing::warn!(node = %node_id, %why, "agent message refused");
+                            }
+                            Err(e) => {
+                                // The agent resends what was not stored after it reconnects.
+                                tracing::warn!(node = %node_id, error = %e, "agent message not stored; closing the session");
+                                break;
+                            }
                         }
                     }
                     Some(Err(e)) => {
@@ -197,11 +204,13 @@ async fn handle<S: Store>(
                         .map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
                 })
                 .collect();
+            // Any message shows the agent is alive: a node busy sending
+            // output is not mistaken for a silent one.
             plane
                 .store
-                .append_logs(&log.job_id, log.attempt, &lines)
+                .append_logs(node_id, &log.job_id, log.attempt, &lines, now)
                 .await?;
-            plane.events.changed();
+            plane.events.output();
         }
         None => {}
     }
@@ -214,6 +223,9 @@ fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
     let state = v1::JobState::try_from(r.state).ok()?;
     Some(match state {
         v1::JobState::Preparing | v1::JobState::Running => AttemptReport::Running,
+        v1::JobState::Failed if r.node_fault => {
+            AttemptReport::Ended(AttemptEnd::NodeLost, r.reason.clone())
+        }
         v1::JobState::Completed | v1::JobState::Failed => {
             let end = match r.exit_code {
                 Some(code) => AttemptEnd::Exited(i64::from(code)),
@@ -268,6 +280,20 @@ async fn hello_reconcile<S: Store>(
         return Ok(());
     }
     match job.state {
+        JobState::Preparing if job.cancel_requested => {
+            // Canceled before its container existed: do not start it now.
+            plane
+                .store
+                .report_attempt(
+                    node_id,
+                    &job.id,
+                    job.attempt,
+                    AttemptReport::Ended(AttemptEnd::Canceled, "canceled by user".into()),
+                    now,
+                )
+                .await?;
+            plane.events.changed();
+        }
         JobState::Preparing => {
             send_assignment(plane, node_id, &job.id, job.attempt, &job.spec);
         }

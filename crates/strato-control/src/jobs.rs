@@ -271,8 +271,12 @@ impl<S: Store> JobService for JobApi<S> {
                 if !r.follow || final_before {
                     return;
                 }
-                // Wait for a change, with a timeout as a safety net.
-                let _ = tokio::time::timeout(Duration::from_secs(2), changes.changed()).await;
+                // Wait for a change (a timeout as a safety net), or stop
+                // when the client has gone.
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(2), changes.changed()) => {}
+                    () = tx.closed() => return,
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

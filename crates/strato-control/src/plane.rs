@@ -123,6 +123,11 @@ impl Events {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// New output only: wake log followers, not the reconcile loop.
+    pub fn output(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     pub async fn reconcile_requested(&self) {
         self.reconcile.notified().await;
     }

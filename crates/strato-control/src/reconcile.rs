@@ -24,11 +24,14 @@ use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
 struct Backoff {
     failures: u32,
     until: i64,
+    /// When the provider last failed.
+    failed_at: i64,
     last_error: String,
 }
 
 impl Backoff {
     fn fail(&mut self, now: i64, error: String) {
+        self.failed_at = now;
         self.failures = self.failures.saturating_add(1);
         let delay_ms = 2_000i64
             .saturating_mul(1i64 << self.failures.min(7))
@@ -76,7 +79,10 @@ impl<S: Store> Reconciler<S> {
         let now = now_ms();
         self.check_node_health(now).await?;
         for cluster in self.plane.store.list_clusters().await? {
-            self.reconcile_cluster(&cluster, now).await?;
+            // One cluster's trouble does not hold up the others.
+            if let Err(e) = self.reconcile_cluster(&cluster, now).await {
+                tracing::error!(cluster = %cluster.spec.name, error = %e, "reconcile failed for the cluster");
+            }
         }
         self.send_cancellations().await?;
         Ok(())
@@ -129,8 +135,10 @@ impl<S: Store> Reconciler<S> {
                 self.plane.events.changed();
             } else if node.enrolled
                 && let Some(b) = self.backoff.get_mut(&node.cluster)
+                && node.created_at > b.failed_at
             {
-                // A node came up: the provider works again.
+                // A node created after the last failure came up: the
+                // provider works again.
                 b.failures = 0;
             }
         }
@@ -221,11 +229,18 @@ impl<S: Store> Reconciler<S> {
         });
 
         let mut issues = Vec::new();
+        let mut remaining = nodes.len();
         for (node_id, reason) in &decision.remove {
-            if let Some(node) = nodes.iter().find(|n| &n.node_id == node_id) {
-                self.remove_node(node, reason, now).await?;
+            if let Some(node) = nodes.iter().find(|n| &n.node_id == node_id)
+                && self.remove_node(node, reason, now).await?
+            {
+                remaining -= 1;
             }
         }
+        // Never above max_nodes, even when a node could not be removed.
+        let room = usize::try_from(cluster.spec.max_nodes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(remaining);
         let mut added = 0;
         let live_now = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
             .unwrap_or(u32::MAX);
@@ -242,7 +257,7 @@ impl<S: Store> Reconciler<S> {
             }
             0
         } else {
-            decision.add
+            decision.add.min(u32::try_from(room).unwrap_or(u32::MAX))
         };
         for _ in 0..to_add {
             match self.add_node(cluster, now).await {
@@ -379,12 +394,14 @@ impl<S: Store> Reconciler<S> {
         }
     }
 
+    /// Takes a node down and forgets it; false when the provider failed (the
+    /// record stays, and the next pass tries again).
     async fn remove_node(
         &mut self,
         node: &NodeRecord,
         reason: &RemoveReason,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let why = match reason {
             RemoveReason::Idle { idle_seconds } => format!("idle for at least {idle_seconds}s"),
             RemoveReason::Unusable => format!("unusable: {}", node.reason),
@@ -392,13 +409,13 @@ impl<S: Store> Reconciler<S> {
         if let Err(e) = self.plane.provider.delete_node(node).await {
             // Keep the record so the next pass tries again.
             tracing::warn!(node = %node.node_id, error = %e, "provider could not remove the node");
-            return Ok(());
+            return Ok(false);
         }
         self.plane.sessions.drop_node(&node.node_id);
         self.plane.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
         self.plane.events.changed();
-        Ok(())
+        Ok(true)
     }
 
     /// Cancellations go to the agent on every pass until the job ends; the

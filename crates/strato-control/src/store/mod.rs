@@ -335,12 +335,16 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<ReportOutcome, StoreError>> + Send;
 
-    /// Stores log lines of an attempt; lines already stored are skipped.
+    /// Stores log lines of an attempt that ran on `node_id` (lines of
+    /// attempts of other nodes are refused); lines already stored are
+    /// skipped. Counts as a heartbeat of the node.
     fn append_logs(
         &self,
+        node_id: &str,
         job_id: &str,
         attempt: u32,
         lines: &[LogRecord],
+        now: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Log lines after `after` ((attempt, seq) of the last line seen), in

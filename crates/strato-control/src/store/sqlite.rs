@@ -664,7 +664,8 @@ impl Store for SqliteStore {
             )));
         }
         sqlx::query(
-            "UPDATE nodes SET session_token_hash = ?1, hostname = ?2, last_heartbeat = ?3 WHERE node_id = ?4",
+            "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
+                 last_heartbeat = COALESCE(last_heartbeat, ?3) WHERE node_id = ?4",
         )
         .bind(session_token_hash)
         .bind(hostname)
@@ -975,14 +976,32 @@ impl Store for SqliteStore {
 
     async fn append_logs(
         &self,
+        node_id: &str,
         job_id: &str,
         attempt: u32,
         lines: &[LogRecord],
+        now: i64,
     ) -> Result<(), StoreError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
         let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
+            .bind(now)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        let ran_here: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM job_attempts WHERE job_id = ?1 AND attempt = ?2 AND node_id = ?3",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ran_here.is_none() {
+            tx.commit().await?;
+            return Err(StoreError::Conflict(format!(
+                "node {node_id} sent output of attempt {attempt} of job {job_id}, which it does not run"
+            )));
+        }
         for l in lines {
             sqlx::query(
                 "INSERT OR IGNORE INTO job_logs (job_id, attempt, seq, stream, line, at)
