@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "strato/v1/compute.proto",
         "strato/v1/job.proto",
         "strato/v1/agent.proto",
+        "strato/v1/identity.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -1,5 +1,6 @@
 //! The Strato node agent: enrols with the control plane, holds one session
 //! stream, and runs the jobs it is assigned in Docker containers.
 
+pub mod identity;
 pub mod runtime;
 pub mod session;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use strato_agent::identity::{self, Vending};
 use strato_agent::runtime::DockerRuntime;
-use strato_agent::session::{self, AgentConfig, SessionError};
+use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
 use tracing_subscriber::EnvFilter;
 
 /// Strato node agent: enrols with the control plane using a join token, then
@@ -47,6 +48,12 @@ struct Config {
     )]
     docker_socket: String,
 
+    /// Where the identity endpoint for job containers listens. Default: the
+    /// Docker bridge's gateway address (where containers reach the host), on
+    /// a free port.
+    #[arg(long, env = "STRATO_IDENTITY_LISTEN")]
+    identity_listen: Option<std::net::SocketAddr>,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     log: String,
@@ -82,6 +89,27 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let listen = match config.identity_listen {
+        Some(a) => a,
+        None => match docker.bridge_gateway().await {
+            Ok(ip) => std::net::SocketAddr::new(ip, 0),
+            Err(e) => {
+                eprintln!(
+                    "strato-agent: cannot find the Docker bridge's address: {e}; set --identity-listen"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let vending = Arc::new(Vending::default());
+    let endpoint = match identity::serve(vending.clone(), listen).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("strato-agent: --identity-listen {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = Arc::new(IdentityContext { vending, endpoint });
     let hostname = config.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
@@ -93,7 +121,7 @@ async fn run(config: Config) -> ExitCode {
         hostname,
     };
     tokio::select! {
-        result = session::run(agent, docker) => match result {
+        result = session::run(agent, docker, identity) => match result {
             Err(SessionError::Refused(why)) => {
                 tracing::error!("refused: {why}");
                 eprintln!("strato-agent: the control plane refused this agent: {why}");

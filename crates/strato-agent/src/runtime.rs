@@ -162,6 +162,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         key: &str,
         value: &str,
     ) -> impl Future<Output = Result<Vec<JobContainer>, RuntimeError>> + Send;
+
+    /// A container's environment and its address on its network (none
+    /// while it does not run).
+    fn details(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<ContainerDetails, RuntimeError>> + Send;
+}
+
+/// What the agent reads back from a container it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerDetails {
+    pub env: Vec<(String, String)>,
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// [`ContainerRuntime`] on a Docker engine reached over its unix socket.
@@ -172,6 +186,26 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// The address of the default bridge network's gateway: where job
+    /// containers reach services on this host (172.17.0.1 by default).
+    pub async fn bridge_gateway(&self) -> Result<std::net::IpAddr, RuntimeError> {
+        let network = self
+            .docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await?;
+        let gateway = network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|c| c.gateway)
+            .and_then(|g| g.parse().ok());
+        Ok(gateway.unwrap_or(std::net::IpAddr::from([172, 17, 0, 1])))
+    }
+
     /// `socket`: a unix socket path, default /var/run/docker.sock. Fails with Unreachable (naming the socket) if the engine does not answer a ping.
     ///
     /// Negotiates the API version down to the engine's, so older engines
@@ -364,6 +398,29 @@ impl ContainerRuntime for DockerRuntime {
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn details(&self, id: &str) -> Result<ContainerDetails, RuntimeError> {
+        let c = self.docker.inspect_container(id, None).await?;
+        let env = c
+            .config
+            .and_then(|cfg| cfg.env)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        let ip = c.network_settings.and_then(|n| {
+            let from_networks = n.networks.and_then(|nets| {
+                nets.into_values()
+                    .filter_map(|e| e.ip_address)
+                    .find(|ip| !ip.is_empty())
+            });
+            from_networks.and_then(|ip| ip.parse().ok())
+        });
+        Ok(ContainerDetails { env, ip })
     }
 
     async fn list(&self, key: &str, value: &str) -> Result<Vec<JobContainer>, RuntimeError> {

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::identity::{self, AttemptIdentity, Vending};
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_JOB, LABEL_NODE,
     OutputStream, RuntimeError,
@@ -55,13 +56,20 @@ fn transient(e: impl std::fmt::Display) -> SessionError {
 
 /// Runs sessions until the join token is refused; reconnects with backoff
 /// in between. Containers keep running while disconnected.
+/// The identity endpoint's state and address, shared with the sessions.
+pub struct IdentityContext {
+    pub vending: Arc<Vending>,
+    pub endpoint: identity::Endpoint,
+}
+
 pub async fn run<R: ContainerRuntime>(
     config: AgentConfig,
     runtime: Arc<R>,
+    identity: Arc<IdentityContext>,
 ) -> Result<(), SessionError> {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&config, &runtime).await {
+        match session(&config, &runtime, &identity).await {
             Ok(()) => {
                 tracing::info!("session ended; reconnecting");
                 backoff = Duration::from_millis(250);
@@ -83,6 +91,7 @@ fn job_key(job_id: &str, attempt: u32) -> String {
 async fn session<R: ContainerRuntime>(
     config: &AgentConfig,
     runtime: &Arc<R>,
+    identity: &IdentityContext,
 ) -> Result<(), SessionError> {
     let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
         .map_err(|e| {
@@ -92,7 +101,7 @@ async fn session<R: ContainerRuntime>(
         .connect()
         .await
         .map_err(|e| transient(format!("cannot reach {}: {e}", config.control_plane)))?;
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = AgentServiceClient::new(channel.clone());
     let enrolled = client
         .enroll(v1::EnrollRequest {
             join_token: config.join_token.clone(),
@@ -162,11 +171,15 @@ async fn session<R: ContainerRuntime>(
         .map_err(|s| transient(format!("session: {}", s.message())))?
         .into_inner();
     tracing::info!(node = %node_id, containers = held.len(), "session open");
+    identity
+        .vending
+        .connected(Some((channel, enrolled.session_token.clone())));
 
     let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
     for (job, attempt, id) in held {
         let task = tokio::spawn(follow(
             runtime.clone(),
+            identity.vending.clone(),
             id,
             job.clone(),
             attempt,
@@ -208,11 +221,19 @@ async fn session<R: ContainerRuntime>(
                     continue;
                 }
                 let Some(spec) = a.spec else { continue };
-                let container =
+                let mut container =
                     container_spec(&node_id, &enrolled.cluster, &a.job_id, a.attempt, &spec);
+                // The attempt's own secret for the identity endpoint.
+                let secret = Vending::new_secret();
+                container.env.extend(
+                    identity
+                        .endpoint
+                        .environment(&secret, &a.default_identity_client_id),
+                );
                 tracing::info!(node = %node_id, job = %a.job_id, attempt = a.attempt, image = %spec.image, "job assigned");
                 let task = tokio::spawn(start(
                     runtime.clone(),
+                    identity.vending.clone(),
                     container,
                     a.job_id,
                     a.attempt,
@@ -250,6 +271,7 @@ async fn session<R: ContainerRuntime>(
                 }
             }
             Some(Down::Release(r)) => {
+                identity.vending.revoke(&r.job_id, r.attempt);
                 let key = job_key(&r.job_id, r.attempt);
                 if let Some(task) = attempts.remove(&key) {
                     task.abort();
@@ -267,6 +289,7 @@ async fn session<R: ContainerRuntime>(
         }
     };
     heartbeats.abort();
+    identity.vending.connected(None);
     for (_, task) in attempts {
         task.abort();
     }
@@ -347,6 +370,7 @@ pub fn container_spec(
 /// Starts an assigned attempt, then follows it.
 async fn start<R: ContainerRuntime>(
     runtime: Arc<R>,
+    vending: Arc<Vending>,
     spec: ContainerSpec,
     job_id: String,
     attempt: u32,
@@ -377,13 +401,14 @@ async fn start<R: ContainerRuntime>(
             return;
         }
     };
-    follow(runtime, id, job_id, attempt, tx).await;
+    follow(runtime, vending, id, job_id, attempt, tx).await;
 }
 
 /// Reports an attempt running, streams its output up from the start, and
 /// reports how it ended.
 async fn follow<R: ContainerRuntime>(
     runtime: Arc<R>,
+    vending: Arc<Vending>,
     id: String,
     job_id: String,
     attempt: u32,
@@ -401,6 +426,25 @@ async fn follow<R: ContainerRuntime>(
         .is_err()
     {
         return;
+    }
+    // Accept the attempt's secret (read back from its container, so a
+    // restarted agent knows it too) and its address for IMDS callers.
+    match runtime.details(&id).await {
+        Ok(details) => {
+            if let Some((_, secret)) = details.env.iter().find(|(k, _)| k == "MSI_SECRET") {
+                vending.admit(
+                    secret,
+                    AttemptIdentity {
+                        job_id: job_id.clone(),
+                        attempt,
+                    },
+                    details.ip,
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job = %job_id, attempt, error = %e, "reading the container's details")
+        }
     }
     let mut seq = 0u64;
     let mut output = runtime.logs(&id).ready_chunks(LOG_BATCH);
@@ -447,6 +491,7 @@ async fn follow<R: ContainerRuntime>(
         Err(e) => node_fault(&job_id, attempt, format!("lost the container: {e}")),
     };
     tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
+    vending.revoke(&job_id, attempt);
     let _ = tx.send(end).await;
 }
 

@@ -66,6 +66,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ComputeCommand {
+    /// Assign or remove a cluster's managed identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     /// Create a cluster, from flags or an AmlCompute YAML file (flags win).
     Create(Box<CreateArgs>),
     /// Change min nodes, max nodes, idle time, description or tags.
@@ -91,6 +94,26 @@ enum ComputeCommand {
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Add '[system]' (a system-assigned identity) or user-assigned identity
+    /// resource ids. A cluster has one kind, never both.
+    Assign {
+        #[command(flatten)]
+        name: NameArg,
+        /// '[system]' or user-assigned identity resource ids.
+        #[arg(required = true, num_args = 1..)]
+        identities: Vec<String>,
+    },
+    /// Remove the named user-assigned identities, or every identity when
+    /// none is named.
+    Remove {
+        #[command(flatten)]
+        name: NameArg,
+        identities: Vec<String>,
     },
 }
 
@@ -395,6 +418,40 @@ async fn compute(endpoint: &str, format: Format, command: ComputeCommand) -> Res
                 })
                 .collect();
             print(format, &views)?;
+        }
+        ComputeCommand::Identity(IdentityCommand::Assign {
+            name: NameArg { name },
+            identities,
+        }) => {
+            let system = identities
+                .iter()
+                .any(|i| i.eq_ignore_ascii_case("[system]"));
+            let user_assigned_identities = identities
+                .into_iter()
+                .filter(|i| !i.eq_ignore_ascii_case("[system]"))
+                .collect();
+            let cluster = client
+                .assign_identity(v1::AssignIdentityRequest {
+                    name,
+                    system_assigned: system,
+                    user_assigned_identities,
+                })
+                .await?
+                .into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::Identity(IdentityCommand::Remove {
+            name: NameArg { name },
+            identities,
+        }) => {
+            let cluster = client
+                .remove_identity(v1::RemoveIdentityRequest {
+                    name,
+                    user_assigned_identities: identities,
+                })
+                .await?
+                .into_inner();
+            print(format, &ClusterView::from(cluster))?;
         }
         ComputeCommand::Delete {
             name: NameArg { name },

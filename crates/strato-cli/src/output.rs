@@ -133,6 +133,18 @@ pub struct IdentityView {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub user_assigned_identities: Vec<String>,
+    /// Each identity with its ids; the default one first.
+    pub identities: Vec<ManagedIdentityView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManagedIdentityView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub resource_id: String,
+    pub client_id: String,
+    pub principal_id: String,
+    pub default: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +242,17 @@ impl From<v1::Cluster> for ClusterView {
                     "user_assigned"
                 },
                 user_assigned_identities: identity.user_assigned_identities,
+                identities: c
+                    .identities
+                    .into_iter()
+                    .map(|i| ManagedIdentityView {
+                        kind: i.kind,
+                        resource_id: i.resource_id,
+                        client_id: i.client_id,
+                        principal_id: i.principal_id,
+                        default: i.is_default,
+                    })
+                    .collect(),
             },
             ssh: SshView {
                 public_access: ssh.remote_login_port_public_access
@@ -285,14 +308,17 @@ impl Render for ClusterView {
                     self.quota_family, self.vcpus_per_node
                 ),
             ),
-            (
-                "identity",
-                match self.identity.kind {
-                    "user_assigned" => self.identity.user_assigned_identities.join(", "),
-                    k => k.to_owned(),
-                },
-            ),
+            ("identity", self.identity.kind.to_owned()),
         ];
+        for i in &self.identity.identities {
+            pairs.push((
+                if i.default { "  default" } else { "  identity" },
+                format!(
+                    "{} client_id={} principal_id={}",
+                    i.resource_id, i.client_id, i.principal_id
+                ),
+            ));
+        }
         if !self.description.is_empty() {
             pairs.push(("description", self.description.clone()));
         }

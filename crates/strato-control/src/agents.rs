@@ -31,7 +31,7 @@ impl<S: Store> AgentApi<S> {
     }
 }
 
-fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
+pub(crate) fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
     let value = request.metadata().get("authorization").ok_or_else(|| {
         Status::unauthenticated(
             "authorization metadata is required: Bearer <session token from Enroll>",
@@ -295,7 +295,7 @@ async fn hello_reconcile<S: Store>(
             plane.events.changed();
         }
         JobState::Preparing => {
-            send_assignment(plane, node_id, &job.id, job.attempt, &job.spec);
+            send_assignment(plane, node_id, &job.id, job.attempt, &job.spec).await;
         }
         JobState::Running => {
             plane
@@ -321,20 +321,28 @@ async fn hello_reconcile<S: Store>(
     Ok(())
 }
 
-/// Queues an assignment to a node's agent.
-pub fn send_assignment<S>(
+/// Queues an assignment to a node's agent, with the client id of the
+/// cluster's default identity.
+pub async fn send_assignment<S: Store>(
     plane: &Plane<S>,
     node_id: &str,
     job_id: &str,
     attempt: u32,
     spec: &strato_core::job::JobSpec,
 ) -> bool {
+    let default_identity_client_id = match plane.store.get_cluster(&spec.cluster).await {
+        Ok(c) => strato_core::identity::default_identity(&c.identities)
+            .map(|i| i.client_id.clone())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     plane.sessions.send(
         node_id,
         v1::control_message::Body::Assign(v1::JobAssignment {
             job_id: job_id.to_owned(),
             attempt,
             spec: Some(crate::jobs::wire_spec(spec)),
+            default_identity_client_id,
         }),
     )
 }

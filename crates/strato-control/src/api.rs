@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use strato_core::catalog::CATALOG;
+use strato_core::identity::{self, IdentityKind};
 use strato_core::node::NodeStateCounts;
 use strato_core::quota::{self, LOW_PRIORITY};
 use strato_core::spec::{self, VmPriority};
@@ -14,7 +15,28 @@ use strato_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status};
 
 use crate::plane::{Plane, now_ms};
-use crate::store::{ClusterRecord, NodeRecord, SpecUpdate, Store, StoreError};
+use crate::store::{ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, Store, StoreError};
+
+/// Client and principal ids for a new identity. A user-assigned identity
+/// gets ids derived from its resource id, so every cluster that uses it sees
+/// the same identity; a system-assigned one gets fresh random ids.
+pub fn new_identity_ids(resource_id: &str, kind: IdentityKind) -> (String, String) {
+    const CLIENT: uuid::Uuid = uuid::Uuid::from_u128(0x5f2a_9c1e_4b7d_4e21_9a0c_3d8b_6e4f_1a01);
+    const PRINCIPAL: uuid::Uuid = uuid::Uuid::from_u128(0x5f2a_9c1e_4b7d_4e21_9a0c_3d8b_6e4f_1a02);
+    match kind {
+        IdentityKind::SystemAssigned => (
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+        ),
+        IdentityKind::UserAssigned => {
+            let id = resource_id.to_ascii_lowercase();
+            (
+                uuid::Uuid::new_v5(&CLIENT, id.as_bytes()).to_string(),
+                uuid::Uuid::new_v5(&PRINCIPAL, id.as_bytes()).to_string(),
+            )
+        }
+    }
+}
 
 /// Maps a store error to the status a caller should see. Only faults of the
 /// server itself become INTERNAL, and those are logged.
@@ -96,6 +118,26 @@ impl<S: Store> ComputeApi<S> {
             admin_password_set: !s.ssh.admin_password.is_empty(),
             created_at: Some(convert::timestamp(record.created_at)),
             updated_at: Some(convert::timestamp(record.updated_at)),
+            identities: {
+                let default = identity::default_identity(&record.identities);
+                let mut list: Vec<v1::ManagedIdentity> = record
+                    .identities
+                    .iter()
+                    .map(|i| v1::ManagedIdentity {
+                        kind: match i.kind {
+                            IdentityKind::SystemAssigned => "system_assigned",
+                            IdentityKind::UserAssigned => "user_assigned",
+                        }
+                        .to_owned(),
+                        resource_id: i.resource_id.clone(),
+                        client_id: i.client_id.clone(),
+                        principal_id: i.principal_id.clone(),
+                        is_default: Some(i) == default,
+                    })
+                    .collect();
+                list.sort_by_key(|i| !i.is_default);
+                list
+            },
         }
     }
 
@@ -132,7 +174,12 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         let record = self
             .plane
             .store
-            .create_cluster(spec, &self.plane.settings.quota, now_ms())
+            .create_cluster(
+                spec.clone(),
+                identity::reconcile_identities(&spec.name, &spec.identity, &[], new_identity_ids),
+                &self.plane.settings.quota,
+                now_ms(),
+            )
             .await
             .map_err(status)?;
         tracing::info!(
@@ -249,6 +296,58 @@ impl<S: Store> ComputeService for ComputeApi<S> {
                 })
                 .collect(),
         }))
+    }
+
+    async fn assign_identity(
+        &self,
+        request: Request<v1::AssignIdentityRequest>,
+    ) -> Result<Response<v1::Cluster>, Status> {
+        let r = request.into_inner();
+        required_name("name", &r.name)?;
+        if !r.system_assigned && r.user_assigned_identities.is_empty() {
+            return Err(invalid(FieldError::new(
+                "identity",
+                "name '[system]' or at least one user-assigned identity id",
+            )));
+        }
+        let update: IdentityUpdate = Box::new(move |spec, existing| {
+            let next = identity::assign(
+                &spec.identity,
+                r.system_assigned,
+                &r.user_assigned_identities,
+            )?;
+            let ids = identity::reconcile_identities(&spec.name, &next, existing, new_identity_ids);
+            Ok((next, ids))
+        });
+        let record = self
+            .plane
+            .store
+            .update_identities(&r.name, update, now_ms())
+            .await
+            .map_err(status)?;
+        tracing::info!(cluster = %record.spec.name, identities = record.identities.len(), "identity assigned");
+        Ok(Response::new(self.load_view(&record).await?))
+    }
+
+    async fn remove_identity(
+        &self,
+        request: Request<v1::RemoveIdentityRequest>,
+    ) -> Result<Response<v1::Cluster>, Status> {
+        let r = request.into_inner();
+        required_name("name", &r.name)?;
+        let update: IdentityUpdate = Box::new(move |spec, existing| {
+            let next = identity::remove(&spec.identity, &r.user_assigned_identities)?;
+            let ids = identity::reconcile_identities(&spec.name, &next, existing, new_identity_ids);
+            Ok((next, ids))
+        });
+        let record = self
+            .plane
+            .store
+            .update_identities(&r.name, update, now_ms())
+            .await
+            .map_err(status)?;
+        tracing::info!(cluster = %record.spec.name, identities = record.identities.len(), "identity removed");
+        Ok(Response::new(self.load_view(&record).await?))
     }
 
     async fn list_sizes(

@@ -86,6 +86,20 @@ pub struct Config {
     #[arg(long, env = "STRATO_CANCEL_GRACE", default_value_t = 10)]
     pub cancel_grace: u32,
 
+    /// The `iss` of the access tokens this control plane issues for
+    /// clusters' identities. Default: http:// + --http-listen + /, where the
+    /// OIDC discovery document and JWKS are served. A value of the form
+    /// https://sts.windows.net/<tenant>/ makes Azure Storage's emulator
+    /// (Azurite) accept the tokens.
+    #[arg(long, env = "STRATO_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// The `tid` of issued tokens. Default: the tenant in an
+    /// https://sts.windows.net/<tenant>/ issuer, else
+    /// 00000000-0000-0000-0000-000000000000.
+    #[arg(long, env = "STRATO_TENANT_ID")]
+    pub tenant_id: Option<String>,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     pub log: String,
@@ -118,6 +132,8 @@ pub enum ConfigError {
     Heartbeat { timeout: u64, interval: u32 },
     #[error("--reconcile-interval-ms must be between 50 and 60000")]
     ReconcileInterval,
+    #[error("--token-issuer {0:?}: must be an http:// or https:// URL ending in /")]
+    TokenIssuer(String),
 }
 
 /// The configuration after its checks, with the quota file read.
@@ -128,6 +144,30 @@ pub struct Settings {
 }
 
 impl Config {
+    /// The token issuer URL, defaulted from the HTTP address.
+    pub fn issuer(&self, http: SocketAddr) -> String {
+        self.token_issuer.clone().unwrap_or_else(|| {
+            let ip = if http.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                http.ip()
+            };
+            format!("http://{ip}:{}/", http.port())
+        })
+    }
+
+    /// The tenant of issued tokens.
+    pub fn tenant(&self, issuer: &str) -> String {
+        if let Some(t) = &self.tenant_id {
+            return t.clone();
+        }
+        issuer
+            .strip_prefix("https://sts.windows.net/")
+            .map(|rest| rest.trim_end_matches('/').to_owned())
+            .filter(|t| !t.is_empty() && !t.contains('/'))
+            .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".to_owned())
+    }
+
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let region_ok = (1..=64).contains(&self.region.len())
             && self.region.starts_with(|c: char| c.is_ascii_lowercase())
@@ -151,6 +191,12 @@ impl Config {
         }
         if !(50..=60_000).contains(&self.reconcile_interval_ms) {
             return Err(ConfigError::ReconcileInterval);
+        }
+        if let Some(issuer) = &self.token_issuer
+            && !((issuer.starts_with("https://") || issuer.starts_with("http://"))
+                && issuer.ends_with('/'))
+        {
+            return Err(ConfigError::TokenIssuer(issuer.clone()));
         }
         let quota = match &self.quota_file {
             None => QuotaLimits::default(),

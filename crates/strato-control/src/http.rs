@@ -1,5 +1,6 @@
-//! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the
-//! store answers too).
+//! The HTTP side port: `/healthz` (the process answers), `/readyz` (the
+//! store answers too), and the OIDC discovery document and JWKS that verify
+//! issued tokens.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub async fn serve<S: Store>(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
+        .route("/.well-known/openid-configuration", get(discovery::<S>))
+        .route("/jwks", get(jwks::<S>))
         .with_state(plane);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -33,4 +36,12 @@ async fn readyz<S: Store>(State(plane): State<Arc<Plane<S>>>) -> (StatusCode, St
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
     }
+}
+
+async fn discovery<S: Store>(State(plane): State<Arc<Plane<S>>>) -> axum::Json<serde_json::Value> {
+    axum::Json(plane.tokens.discovery(&plane.http_base))
+}
+
+async fn jwks<S: Store>(State(plane): State<Arc<Plane<S>>>) -> axum::Json<serde_json::Value> {
+    axum::Json(plane.tokens.jwks())
 }

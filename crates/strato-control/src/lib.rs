@@ -10,6 +10,8 @@ pub mod plane;
 pub mod provider;
 pub mod reconcile;
 pub mod store;
+pub mod tokens;
+pub mod vending;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -87,8 +89,16 @@ pub async fn run(
         "strato-control listening"
     );
 
+    let http_addr = http.local_addr()?;
+    let issuer = settings.config.issuer(http_addr);
+    let tenant = settings.config.tenant(&issuer);
+    let tokens = tokens::TokenIssuer::load_or_create(&settings.config.data_dir, issuer, tenant)
+        .context("the token signing key")?;
+    tracing::info!(issuer = %tokens.issuer(), "token issuer ready");
     let plane = Arc::new(Plane {
         store,
+        tokens,
+        http_base: format!("http://{http_addr}"),
         settings,
         provider,
         sessions: Sessions::default(),
@@ -123,6 +133,7 @@ async fn grpc_server<S: Store>(
 ) -> anyhow::Result<()> {
     use strato_proto::v1::agent_service_server::AgentServiceServer;
     use strato_proto::v1::compute_service_server::ComputeServiceServer;
+    use strato_proto::v1::identity_service_server::IdentityServiceServer;
     use strato_proto::v1::job_service_server::JobServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -153,7 +164,10 @@ async fn grpc_server<S: Store>(
             plane.clone(),
         )))
         .add_service(JobServiceServer::new(jobs::JobApi::new(plane.clone())))
-        .add_service(AgentServiceServer::new(agents::AgentApi::new(plane)))
+        .add_service(AgentServiceServer::new(agents::AgentApi::new(
+            plane.clone(),
+        )))
+        .add_service(IdentityServiceServer::new(vending::IdentityApi::new(plane)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

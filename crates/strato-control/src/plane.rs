@@ -139,6 +139,9 @@ impl Events {
 
 pub struct Plane<S> {
     pub store: S,
+    pub tokens: crate::tokens::TokenIssuer,
+    /// Where the HTTP side port is reached (for the discovery document).
+    pub http_base: String,
     pub settings: Settings,
     pub provider: Provider,
     pub sessions: Sessions,

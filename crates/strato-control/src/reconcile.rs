@@ -174,7 +174,7 @@ impl<S: Store> Reconciler<S> {
             match store.assign_job(job_id, node_id, now).await {
                 Ok(job) => {
                     tracing::info!(job = %job_id, node = %node_id, attempt = job.attempt, "job placed");
-                    send_assignment(&self.plane, node_id, job_id, job.attempt, &job.spec);
+                    send_assignment(&self.plane, node_id, job_id, job.attempt, &job.spec).await;
                     self.plane.events.changed();
                 }
                 Err(StoreError::Conflict(why)) => {

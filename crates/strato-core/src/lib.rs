@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod identity;
 pub mod job;
 pub mod name;
 pub mod node;

@@ -408,7 +408,7 @@ fn check_vnet(vnet: &VnetSettings) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn check_identity(identity: &IdentitySpec) -> Result<(), FieldError> {
+pub fn check_identity(identity: &IdentitySpec) -> Result<(), FieldError> {
     if identity.system_assigned && !identity.user_assigned.is_empty() {
         return Err(FieldError::new(
             "identity",

@@ -10,6 +10,7 @@ mod sqlite;
 use std::future::Future;
 
 use strato_core::SpecError;
+use strato_core::identity::Identity;
 use strato_core::job::{AttemptEnd, JobSpec, JobState};
 use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
@@ -38,6 +39,8 @@ pub struct ClusterRecord {
     pub allocation_since: i64,
     pub target_nodes: u32,
     pub errors: Vec<ClusterIssue>,
+    /// The managed identities, with their ids.
+    pub identities: Vec<Identity>,
 }
 
 /// A node as stored.
@@ -158,6 +161,16 @@ pub enum StoreError {
 /// update's transaction.
 pub type SpecUpdate = Box<dyn FnOnce(&ClusterSpec) -> Result<ClusterSpec, SpecError> + Send>;
 
+/// Computes a cluster's new identity spec and identities from its current
+/// ones; runs inside the update's transaction.
+pub type IdentityUpdate = Box<
+    dyn FnOnce(
+            &ClusterSpec,
+            &[Identity],
+        ) -> Result<(strato_core::spec::IdentitySpec, Vec<Identity>), SpecError>
+        + Send,
+>;
+
 /// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
 /// since the epoch) so that the store reads no clock.
 pub trait Store: Send + Sync + 'static {
@@ -166,7 +179,17 @@ pub trait Store: Send + Sync + 'static {
     fn create_cluster(
         &self,
         spec: ClusterSpec,
+        identities: Vec<Identity>,
         limits: &QuotaLimits,
+        now: i64,
+    ) -> impl Future<Output = Result<ClusterRecord, StoreError>> + Send;
+
+    /// Replaces a cluster's identities (spec and issued ids) with
+    /// `update(spec, identities)`, in one transaction.
+    fn update_identities(
+        &self,
+        name: &str,
+        update: IdentityUpdate,
         now: i64,
     ) -> impl Future<Output = Result<ClusterRecord, StoreError>> + Send;
 

@@ -14,9 +14,11 @@ use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{self, Allocation, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
+use strato_core::identity::Identity;
+
 use super::{
-    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, JobRecord, LogRecord, NodeRecord,
-    ReportOutcome, SpecUpdate, Store, StoreError, TransitionRecord,
+    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, IdentityUpdate, JobRecord,
+    LogRecord, NodeRecord, ReportOutcome, SpecUpdate, Store, StoreError, TransitionRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -24,8 +26,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "strato.db";
 
-const CLUSTER_COLUMNS: &str =
-    "spec, created_at, updated_at, allocation_state, allocation_since, target_nodes, errors";
+const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, allocation_since, \
+     target_nodes, errors, identities";
 const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid";
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, node_id, exit_code, \
@@ -93,6 +95,8 @@ fn cluster_from_row(row: &SqliteRow) -> Result<ClusterRecord, StoreError> {
         allocation_since: row.try_get("allocation_since")?,
         target_nodes: u32_col(row, "target_nodes")?,
         errors: serde_json::from_str(&errors).map_err(|e| corrupt("cluster errors", e))?,
+        identities: serde_json::from_str(row.try_get("identities")?)
+            .map_err(|e| corrupt("cluster identities", e))?,
     })
 }
 
@@ -403,6 +407,7 @@ impl Store for SqliteStore {
     async fn create_cluster(
         &self,
         spec: ClusterSpec,
+        identities: Vec<Identity>,
         limits: &QuotaLimits,
         now: i64,
     ) -> Result<ClusterRecord, StoreError> {
@@ -424,13 +429,15 @@ impl Store for SqliteStore {
             true,
         )?;
         sqlx::query(
-            "INSERT INTO clusters (name, location, spec, created_at, updated_at, scale_changed_at, allocation_since)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?4, ?4)",
+            "INSERT INTO clusters (name, location, spec, created_at, updated_at, scale_changed_at,
+                 allocation_since, identities)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?4, ?4, ?5)",
         )
         .bind(&spec.name)
         .bind(&spec.location)
         .bind(encode_spec(&spec)?)
         .bind(now)
+        .bind(serde_json::to_string(&identities).map_err(|e| corrupt("identities", e))?)
         .execute(&mut *tx)
         .await?;
         let record = load_cluster(&mut tx, &spec.name).await?;
@@ -487,6 +494,31 @@ impl Store for SqliteStore {
             .bind(&current.spec.name)
             .execute(&mut *tx)
             .await?;
+        let record = load_cluster(&mut tx, &current.spec.name).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn update_identities(
+        &self,
+        name: &str,
+        update: IdentityUpdate,
+        now: i64,
+    ) -> Result<ClusterRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let current = load_cluster(&mut tx, name).await?;
+        let (identity, identities) = update(&current.spec, &current.identities)?;
+        let mut spec = current.spec.clone();
+        spec.identity = identity;
+        sqlx::query(
+            "UPDATE clusters SET spec = ?1, identities = ?2, updated_at = ?3 WHERE name = ?4",
+        )
+        .bind(encode_spec(&spec)?)
+        .bind(serde_json::to_string(&identities).map_err(|e| corrupt("identities", e))?)
+        .bind(now)
+        .bind(&current.spec.name)
+        .execute(&mut *tx)
+        .await?;
         let record = load_cluster(&mut tx, &current.spec.name).await?;
         tx.commit().await?;
         Ok(record)
@@ -1097,17 +1129,17 @@ mod tests {
         let store = SqliteStore::open(dir.path()).await.expect("open");
         let l = limits(8);
         store
-            .create_cluster(spec("cpu", "Standard_D2_v2", 2, 4), &l, 1)
+            .create_cluster(spec("cpu", "Standard_D2_v2", 2, 4), Vec::new(), &l, 1)
             .await
             .expect("create");
         assert!(matches!(
-            store.create_cluster(spec("CPU", "Standard_D2_v2", 0, 1), &l, 2).await,
+            store.create_cluster(spec("CPU", "Standard_D2_v2", 0, 1), Vec::new(), &l, 2).await,
             Err(StoreError::ClusterExists(n)) if n == "cpu"
         ));
         // 2 nodes x 2 vCPUs held; 3 more nodes would make 10 > 8.
         assert!(matches!(
             store
-                .create_cluster(spec("big", "Standard_D2_v2", 3, 4), &l, 3)
+                .create_cluster(spec("big", "Standard_D2_v2", 3, 4), Vec::new(), &l, 3)
                 .await,
             Err(StoreError::Quota(_))
         ));
@@ -1131,7 +1163,7 @@ mod tests {
         let store = SqliteStore::open(dir.path()).await.expect("open");
         let l = limits(8);
         store
-            .create_cluster(spec("cpu", "Standard_D2_v2", 2, 10), &l, 1)
+            .create_cluster(spec("cpu", "Standard_D2_v2", 2, 10), Vec::new(), &l, 1)
             .await
             .expect("create");
         let grow = |min: u32| -> SpecUpdate {

@@ -1,0 +1,421 @@
+//! The identity endpoint for job containers: an HTTP server on the Docker
+//! bridge's gateway address that speaks the three protocols Azure SDKs use
+//! (REFERENCE.md): Azure ML (`MSI_ENDPOINT` + `secret` header), App Service
+//! (`IDENTITY_ENDPOINT` + `X-IDENTITY-HEADER`) and IMDS
+//! (`/metadata/identity/oauth2/token` + `Metadata: true`, the caller known
+//! by its container's address).
+//!
+//! **Architecture invariant:** every job attempt has its own secret, known
+//! only to its container; a request without a live attempt's secret (or,
+//! for IMDS, from an address that is not a live attempt's container) gets
+//! no token. The control plane checks again that the attempt runs on this
+//! node and that the identity belongs to the job's cluster.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use strato_proto::v1::{self, identity_service_client::IdentityServiceClient};
+use tonic::transport::Channel;
+
+/// A token is used from the cache until this many seconds before it expires.
+const REFRESH_MARGIN_SECONDS: i64 = 300;
+
+/// The attempt a secret belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptIdentity {
+    pub job_id: String,
+    pub attempt: u32,
+}
+
+/// The agent's identity state: live attempts' secrets, their containers'
+/// addresses, the way to the control plane, and cached tokens.
+#[derive(Default)]
+pub struct Vending {
+    secrets: Mutex<HashMap<String, AttemptIdentity>>,
+    addresses: Mutex<HashMap<IpAddr, String>>,
+    control: RwLock<Option<(Channel, String)>>,
+    cache: Mutex<HashMap<(String, String), v1::AccessToken>>,
+}
+
+impl Vending {
+    /// A fresh secret for an attempt.
+    pub fn new_secret() -> String {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    /// The attempt's container runs: its secret (and address) are accepted.
+    pub fn admit(&self, secret: &str, attempt: AttemptIdentity, ip: Option<IpAddr>) {
+        if let Ok(mut s) = self.secrets.lock() {
+            s.insert(secret.to_owned(), attempt);
+        }
+        if let (Some(ip), Ok(mut a)) = (ip, self.addresses.lock()) {
+            a.insert(ip, secret.to_owned());
+        }
+    }
+
+    /// The attempt ended: its secret is refused from now on.
+    pub fn revoke(&self, job_id: &str, attempt: u32) {
+        let mut revoked = Vec::new();
+        if let Ok(mut s) = self.secrets.lock() {
+            s.retain(|secret, a| {
+                let keep = !(a.job_id == job_id && a.attempt == attempt);
+                if !keep {
+                    revoked.push(secret.clone());
+                }
+                keep
+            });
+        }
+        if let Ok(mut a) = self.addresses.lock() {
+            a.retain(|_, secret| !revoked.contains(secret));
+        }
+    }
+
+    /// The session's channel and session token, for token requests.
+    pub fn connected(&self, control: Option<(Channel, String)>) {
+        if let Ok(mut c) = self.control.write() {
+            *c = control;
+        }
+    }
+
+    fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
+        self.secrets.lock().ok()?.get(secret).cloned()
+    }
+
+    fn attempt_for_address(&self, ip: IpAddr) -> Option<AttemptIdentity> {
+        let secret = self.addresses.lock().ok()?.get(&ip).cloned()?;
+        self.attempt_for_secret(&secret)
+    }
+
+    async fn token(
+        &self,
+        attempt: &AttemptIdentity,
+        query: &TokenQuery,
+        now: i64,
+    ) -> Result<v1::AccessToken, Refusal> {
+        let selector = query.selector();
+        // Per identity (as named) and resource; a node serves one cluster.
+        let key = (selector.clone(), query.resource.clone());
+        if let Some(cached) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned())
+            && cached.expires_on - REFRESH_MARGIN_SECONDS > now
+        {
+            return Ok(cached);
+        }
+        let (channel, session) = self
+            .control
+            .read()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(|| {
+                Refusal::unavailable("the node is not connected to the control plane; try again")
+            })?;
+        let mut request = tonic::Request::new(v1::GetTokenRequest {
+            job_id: attempt.job_id.clone(),
+            attempt: attempt.attempt,
+            resource: query.resource.clone(),
+            client_id: query.client_id().unwrap_or_default(),
+            principal_id: query.principal_id().unwrap_or_default(),
+            mi_res_id: query.mi_res_id.clone().unwrap_or_default(),
+        });
+        let bearer = format!("Bearer {session}")
+            .parse()
+            .map_err(|_| Refusal::unavailable("bad session token"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        let token = IdentityServiceClient::new(channel)
+            .get_token(request)
+            .await
+            .map_err(Refusal::from_status)?
+            .into_inner();
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(key, token.clone());
+        }
+        Ok(token)
+    }
+}
+
+/// Query parameters of all three protocols.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TokenQuery {
+    #[serde(default)]
+    resource: String,
+    #[serde(rename = "api-version")]
+    api_version: Option<String>,
+    clientid: Option<String>,
+    client_id: Option<String>,
+    principal_id: Option<String>,
+    object_id: Option<String>,
+    mi_res_id: Option<String>,
+}
+
+impl TokenQuery {
+    fn client_id(&self) -> Option<String> {
+        self.client_id
+            .clone()
+            .or_else(|| self.clientid.clone())
+            .filter(|c| !c.is_empty())
+    }
+
+    fn principal_id(&self) -> Option<String> {
+        self.principal_id
+            .clone()
+            .or_else(|| self.object_id.clone())
+            .filter(|c| !c.is_empty())
+    }
+
+    fn selector(&self) -> String {
+        match (self.client_id(), self.principal_id(), &self.mi_res_id) {
+            (Some(c), _, _) => format!("client:{}", c.to_ascii_lowercase()),
+            (_, Some(p), _) => format!("principal:{}", p.to_ascii_lowercase()),
+            (_, _, Some(r)) if !r.is_empty() => format!("resource:{}", r.to_ascii_lowercase()),
+            _ => "default".to_owned(),
+        }
+    }
+}
+
+/// An error answer in the protocols' JSON shape.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl Refusal {
+    fn bad_request(description: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_request",
+            description: description.into(),
+        }
+    }
+
+    fn unauthorized(description: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized_client",
+            description: description.into(),
+        }
+    }
+
+    fn unavailable(description: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: description.into(),
+        }
+    }
+
+    fn from_status(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument => Refusal::bad_request(s.message().to_owned()),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                Refusal::unauthorized(s.message().to_owned())
+            }
+            _ => Refusal::unavailable(s.message().to_owned()),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({ "error": self.error, "error_description": self.description })),
+        )
+            .into_response()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Azure ML (`secret`) and App Service (`X-IDENTITY-HEADER`) protocols.
+async fn msi_token(
+    State(vending): State<Arc<Vending>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response, Refusal> {
+    let (secret, app_service) = match (
+        header(&headers, "secret"),
+        header(&headers, "x-identity-header"),
+    ) {
+        (Some(s), _) => (s, false),
+        (None, Some(s)) => (s, true),
+        (None, None) => {
+            return Err(Refusal::bad_request(
+                "Required metadata header not specified: send `secret: $MSI_SECRET` or `X-IDENTITY-HEADER: $IDENTITY_HEADER`",
+            ));
+        }
+    };
+    if query.resource.is_empty() {
+        return Err(Refusal::bad_request(
+            "Required query variable 'resource' is missing",
+        ));
+    }
+    let attempt = vending
+        .attempt_for_secret(secret)
+        .ok_or_else(|| Refusal::unauthorized("the secret does not belong to a running job"))?;
+    let token = vending.token(&attempt, &query, now()).await?;
+    let _ = (app_service, &query.api_version);
+    Ok(axum::Json(json!({
+        "access_token": token.access_token,
+        "expires_on": token.expires_on,
+        "resource": token.resource,
+        "token_type": token.token_type,
+        "client_id": token.client_id,
+    }))
+    .into_response())
+}
+
+/// The IMDS protocol: the caller is known by its container's address.
+async fn imds_token(
+    State(vending): State<Arc<Vending>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response, Refusal> {
+    if header(&headers, "metadata").is_none_or(|v| !v.eq_ignore_ascii_case("true")) {
+        return Err(Refusal::bad_request(
+            "Required metadata header not specified",
+        ));
+    }
+    if query.resource.is_empty() {
+        return Err(Refusal::bad_request(
+            "Required query variable 'resource' is missing",
+        ));
+    }
+    let attempt = vending.attempt_for_address(peer.ip()).ok_or_else(|| {
+        Refusal::unauthorized(format!("{} is not a running job's container", peer.ip()))
+    })?;
+    let token = vending.token(&attempt, &query, now()).await?;
+    let now = now();
+    Ok(axum::Json(json!({
+        "access_token": token.access_token,
+        "refresh_token": "",
+        "expires_in": (token.expires_on - now).max(0).to_string(),
+        "expires_on": token.expires_on.to_string(),
+        "not_before": token.not_before.to_string(),
+        "resource": token.resource,
+        "token_type": token.token_type,
+        "client_id": token.client_id,
+    }))
+    .into_response())
+}
+
+/// Where job containers reach the endpoint, and the running server.
+pub struct Endpoint {
+    pub base: String,
+}
+
+impl Endpoint {
+    /// The variables a job container gets for its attempt's secret.
+    pub fn environment(&self, secret: &str, default_client_id: &str) -> Vec<(String, String)> {
+        let token_url = format!("{}/msi/token", self.base);
+        let mut env = vec![
+            ("MSI_ENDPOINT".to_owned(), token_url.clone()),
+            ("MSI_SECRET".to_owned(), secret.to_owned()),
+            ("IDENTITY_ENDPOINT".to_owned(), token_url),
+            ("IDENTITY_HEADER".to_owned(), secret.to_owned()),
+            // azure-identity's IMDS credential honours this host override.
+            (
+                "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned(),
+                self.base.clone(),
+            ),
+            (
+                "STRATO_IMDS_ENDPOINT".to_owned(),
+                format!("{}/metadata/identity/oauth2/token", self.base),
+            ),
+        ];
+        if !default_client_id.is_empty() {
+            env.push((
+                "DEFAULT_IDENTITY_CLIENT_ID".to_owned(),
+                default_client_id.to_owned(),
+            ));
+            env.push(("AZURE_CLIENT_ID".to_owned(), default_client_id.to_owned()));
+        }
+        env
+    }
+}
+
+/// Binds the endpoint and serves it in the background.
+pub async fn serve(vending: Arc<Vending>, listen: SocketAddr) -> std::io::Result<Endpoint> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/msi/token", get(msi_token))
+        .route("/metadata/identity/oauth2/token", get(imds_token))
+        .with_state(vending);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "identity endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "identity endpoint listening");
+    Ok(Endpoint {
+        base: format!("http://{addr}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_refused_once_the_attempt_ends() {
+        let v = Vending::default();
+        let attempt = AttemptIdentity {
+            job_id: "j".into(),
+            attempt: 1,
+        };
+        let ip: IpAddr = "172.17.0.5".parse().expect("ip");
+        v.admit("s1", attempt.clone(), Some(ip));
+        assert_eq!(v.attempt_for_secret("s1"), Some(attempt.clone()));
+        assert_eq!(v.attempt_for_address(ip), Some(attempt));
+        v.revoke("j", 1);
+        assert_eq!(v.attempt_for_secret("s1"), None);
+        assert_eq!(v.attempt_for_address(ip), None);
+    }
+
+    #[test]
+    fn every_job_gets_the_documented_variables() {
+        let e = Endpoint {
+            base: "http://172.17.0.1:4000".into(),
+        };
+        let env: HashMap<String, String> = e.environment("sec", "cid").into_iter().collect();
+        assert_eq!(env["MSI_ENDPOINT"], "http://172.17.0.1:4000/msi/token");
+        assert_eq!(env["MSI_SECRET"], "sec");
+        assert_eq!(env["IDENTITY_HEADER"], "sec");
+        assert_eq!(env["DEFAULT_IDENTITY_CLIENT_ID"], "cid");
+        assert_eq!(env["AZURE_CLIENT_ID"], "cid");
+        assert!(
+            !e.environment("sec", "")
+                .iter()
+                .any(|(k, _)| k == "AZURE_CLIENT_ID")
+        );
+    }
+}
