@@ -388,6 +388,18 @@ async fn start<R: ContainerRuntime>(
             format!("could not start the container: {other}"),
         ),
     };
+    // Accept the attempt's secret before its container starts, so its
+    // first request is answered.
+    if let Some((_, secret)) = spec.env.iter().find(|(k, _)| k == "MSI_SECRET") {
+        vending.admit(
+            secret,
+            AttemptIdentity {
+                job_id: job_id.clone(),
+                attempt,
+            },
+            None,
+        );
+    }
     if let Err(e) = runtime.ensure_image(&spec.image).await {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
         let _ = tx.send(failed(e)).await;
