@@ -329,6 +329,22 @@ fn containers_labelled(key: &str, value: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The Python with Azure's `azure-identity` that `cargo xtask setup`
+/// installs in `.data/venv`.
+pub fn python_with_azure_identity() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data/venv/bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import azure.identity"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{} has no azure-identity: run `cargo xtask setup`",
+        python.display()
+    );
+    python
+}
+
 /// The job image the tests use; `cargo xtask setup` builds it.
 pub const TEST_IMAGE: &str = "strato-test/busybox:latest";
 

@@ -344,6 +344,67 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
     let (status, _) = http_get(&host_port, token_path, &format!("secret: {secret}"));
     assert!(status.contains("200"), "the live secret works: {status}");
 
+    // Azure's own Python client, unmodified, over the App Service protocol
+    // (it prefers it) and over Azure ML's.
+    let python = strato_e2e::python_with_azure_identity();
+    let script = "from azure.identity import ManagedIdentityCredential\n\
+                  print(ManagedIdentityCredential().get_token('https://storage.azure.com/.default').token)";
+    for (protocol, vars) in [
+        (
+            "App Service",
+            vec![
+                ("IDENTITY_ENDPOINT", endpoint.clone()),
+                ("IDENTITY_HEADER", secret.clone()),
+            ],
+        ),
+        (
+            "Azure ML",
+            vec![
+                ("MSI_ENDPOINT", endpoint.clone()),
+                ("MSI_SECRET", secret.clone()),
+            ],
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.args(["-c", script]);
+        for k in [
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "MSI_ENDPOINT",
+            "MSI_SECRET",
+            "AZURE_CLIENT_ID",
+        ] {
+            cmd.env_remove(k);
+        }
+        let out = cmd.envs(vars).output().expect("run python");
+        assert!(
+            out.status.success(),
+            "azure-identity over {protocol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let claims = verify(&token);
+        assert_eq!(
+            claims["oid"],
+            a_id.principal_id.as_str(),
+            "azure-identity over {protocol}"
+        );
+    }
+
+    // Refusals are logged without the secret.
+    assert!(
+        !cp.log_text().contains(&secret),
+        "the control plane logged a secret"
+    );
+    for entry in std::fs::read_dir(cp.data_dir.join("nodes"))
+        .expect("node dirs")
+        .flatten()
+    {
+        let log = std::fs::read_to_string(entry.path().join("agent.log")).unwrap_or_default();
+        assert!(!log.is_empty(), "agent log exists");
+        assert!(!log.contains(&secret), "an agent logged a secret");
+    }
+
     // Once the attempt ended, its secret is refused.
     jobs.cancel_job(v1::CancelJobRequest { id: id.clone() })
         .await

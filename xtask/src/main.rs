@@ -132,7 +132,31 @@ fn setup() -> anyhow::Result<()> {
     }
     start_docker()?;
     build_busybox_image()?;
+    python_clients()?;
     Ok(())
+}
+
+/// A Python virtual environment with Azure's own `azure-identity` (from
+/// PyPI), which the identity tests run unmodified against the agent's
+/// endpoint.
+fn python_clients() -> anyhow::Result<()> {
+    let venv = root().join(".data/venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import azure.identity"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ready {
+        println!("==> python azure-identity: present");
+        return Ok(());
+    }
+    let mut create = Command::new("python3");
+    create.args(["-m", "venv"]).arg(&venv);
+    run("python3 -m venv .data/venv", create)?;
+    let mut install = Command::new(venv.join("bin/pip"));
+    install.args(["install", "--quiet", "azure-identity"]);
+    run("pip install azure-identity", install)
 }
 
 /// A command run as root: directly when this is root, else through sudo.

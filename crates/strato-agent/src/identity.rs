@@ -230,6 +230,8 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
+        // Never the secret: the description names no header values.
+        tracing::warn!(status = %self.status, error = self.error, description = %self.description, "identity request refused");
         (
             self.status,
             axum::Json(json!({ "error": self.error, "error_description": self.description })),
