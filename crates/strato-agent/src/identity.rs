@@ -88,6 +88,19 @@ impl Vending {
         }
     }
 
+    /// A token of the default identity for Azure Storage, for the agent's
+    /// own transfers of an attempt's inputs and outputs.
+    pub async fn storage_token(&self, attempt: &AttemptIdentity) -> Result<String, String> {
+        let query = TokenQuery {
+            resource: crate::storage::STORAGE_RESOURCE.to_owned(),
+            ..TokenQuery::default()
+        };
+        self.token(attempt, &query, now())
+            .await
+            .map(|t| t.access_token)
+            .map_err(|r| r.description)
+    }
+
     fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
         self.secrets.lock().ok()?.get(secret).cloned()
     }

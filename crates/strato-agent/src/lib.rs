@@ -4,3 +4,4 @@
 pub mod identity;
 pub mod runtime;
 pub mod session;
+pub mod storage;

@@ -54,6 +54,15 @@ struct Config {
     #[arg(long, env = "STRATO_IDENTITY_LISTEN")]
     identity_listen: Option<std::net::SocketAddr>,
 
+    /// Where job inputs and outputs are staged on this node.
+    #[arg(long, env = "STRATO_WORK_DIR", default_value = "/var/lib/strato-agent")]
+    work_dir: std::path::PathBuf,
+
+    /// A PEM file of extra CA certificates to trust for storage endpoints
+    /// (e.g. Azurite's self-signed certificate).
+    #[arg(long, env = "STRATO_STORAGE_CA_FILE")]
+    storage_ca_file: Option<std::path::PathBuf>,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     log: String,
@@ -109,7 +118,29 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let identity = Arc::new(IdentityContext { vending, endpoint });
+    let storage_ca = match &config.storage_ca_file {
+        None => None,
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("strato-agent: --storage-ca-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.work_dir) {
+        eprintln!(
+            "strato-agent: --work-dir {}: {e}",
+            config.work_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let identity = Arc::new(IdentityContext {
+        vending,
+        endpoint,
+        work_dir: config.work_dir.clone(),
+        storage_ca,
+    });
     let hostname = config.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())

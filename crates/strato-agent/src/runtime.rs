@@ -63,6 +63,9 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<u64>,
     /// Labels, normally the `LABEL_*` keys.
     pub labels: BTreeMap<String, String>,
+    /// Host directories bound into the container: (host path, container
+    /// path, read-only).
+    pub mounts: Vec<(String, String, bool)>,
 }
 
 /// A container the runtime found, as [`ContainerRuntime::list`] reports it.
@@ -449,6 +452,17 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory: spec
             .memory_bytes
             .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
+        binds: (!spec.mounts.is_empty()).then(|| {
+            spec.mounts
+                .iter()
+                .map(|(host, container, read_only)| {
+                    format!(
+                        "{host}:{container}:{}",
+                        if *read_only { "ro" } else { "rw" }
+                    )
+                })
+                .collect()
+        }),
         ..HostConfig::default()
     };
     ContainerCreateBody {

@@ -10,6 +10,7 @@
 //! only when the control plane says it stored the attempt's end (`Release`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use crate::runtime::{
     ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_JOB, LABEL_NODE,
     OutputStream, RuntimeError,
 };
+use crate::storage::{self, Transfer};
 
 /// Log lines per message at most.
 const LOG_BATCH: usize = 256;
@@ -60,7 +62,37 @@ fn transient(e: impl std::fmt::Display) -> SessionError {
 pub struct IdentityContext {
     pub vending: Arc<Vending>,
     pub endpoint: identity::Endpoint,
+    /// Where attempts' inputs and outputs are staged on this node.
+    pub work_dir: PathBuf,
+    /// Extra CA certificates (PEM) trusted for storage endpoints.
+    pub storage_ca: Option<Vec<u8>>,
 }
+
+/// An attempt's inputs and outputs.
+#[derive(Debug, Clone, Default)]
+pub struct DataPlan {
+    pub inputs: Vec<Transfer>,
+    pub outputs: Vec<Transfer>,
+}
+
+fn transfers(list: &[v1::JobData]) -> Vec<Transfer> {
+    list.iter()
+        .map(|d| Transfer {
+            name: d.name.clone(),
+            account_url: d.account_url.clone(),
+            container: d.container.clone(),
+            path: d.path.clone(),
+        })
+        .collect()
+}
+
+/// The directory of an attempt's staged data on this node.
+fn attempt_dir(work_dir: &Path, job_id: &str, attempt: u32) -> PathBuf {
+    work_dir.join(job_key(job_id, attempt))
+}
+
+const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
+const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
 
 pub async fn run<R: ContainerRuntime>(
     config: AgentConfig,
@@ -179,7 +211,11 @@ async fn session<R: ContainerRuntime>(
     for (job, attempt, id) in held {
         let task = tokio::spawn(follow(
             runtime.clone(),
-            identity.vending.clone(),
+            Staging {
+                vending: identity.vending.clone(),
+                work_dir: identity.work_dir.clone(),
+                storage_ca: identity.storage_ca.clone(),
+            },
             id,
             job.clone(),
             attempt,
@@ -231,9 +267,18 @@ async fn session<R: ContainerRuntime>(
                         .environment(&secret, &a.default_identity_client_id),
                 );
                 tracing::info!(node = %node_id, job = %a.job_id, attempt = a.attempt, image = %spec.image, "job assigned");
+                let plan = DataPlan {
+                    inputs: transfers(&spec.inputs),
+                    outputs: transfers(&spec.outputs),
+                };
                 let task = tokio::spawn(start(
                     runtime.clone(),
-                    identity.vending.clone(),
+                    Staging {
+                        vending: identity.vending.clone(),
+                        work_dir: identity.work_dir.clone(),
+                        storage_ca: identity.storage_ca.clone(),
+                    },
+                    plan,
                     container,
                     a.job_id,
                     a.attempt,
@@ -272,6 +317,8 @@ async fn session<R: ContainerRuntime>(
             }
             Some(Down::Release(r)) => {
                 identity.vending.revoke(&r.job_id, r.attempt);
+                let _ =
+                    std::fs::remove_dir_all(attempt_dir(&identity.work_dir, &r.job_id, r.attempt));
                 let key = job_key(&r.job_id, r.attempt);
                 if let Some(task) = attempts.remove(&key) {
                     task.abort();
@@ -358,6 +405,7 @@ pub fn container_spec(
         env,
         cpus: (resources.cpu > 0.0).then_some(resources.cpu),
         memory_bytes: (resources.memory_mb > 0).then(|| resources.memory_mb * 1024 * 1024),
+        mounts: Vec::new(),
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
@@ -368,10 +416,20 @@ pub fn container_spec(
 }
 
 /// Starts an assigned attempt, then follows it.
+/// What an attempt needs beyond the runtime: the identity state and where
+/// to stage data.
+#[derive(Clone)]
+struct Staging {
+    vending: Arc<Vending>,
+    work_dir: PathBuf,
+    storage_ca: Option<Vec<u8>>,
+}
+
 async fn start<R: ContainerRuntime>(
     runtime: Arc<R>,
-    vending: Arc<Vending>,
-    spec: ContainerSpec,
+    staging: Staging,
+    plan: DataPlan,
+    mut spec: ContainerSpec,
     job_id: String,
     attempt: u32,
     tx: mpsc::Sender<v1::AgentMessage>,
@@ -388,6 +446,7 @@ async fn start<R: ContainerRuntime>(
             format!("could not start the container: {other}"),
         ),
     };
+    let vending = staging.vending.clone();
     // Accept the attempt's secret before its container starts, so its
     // first request is answered.
     if let Some((_, secret)) = spec.env.iter().find(|(k, _)| k == "MSI_SECRET") {
@@ -405,6 +464,13 @@ async fn start<R: ContainerRuntime>(
         let _ = tx.send(failed(e)).await;
         return;
     }
+    if let Err(why) = stage_data(&staging, &plan, &mut spec, &job_id, attempt).await {
+        tracing::warn!(job = %job_id, attempt, error = %why, "cannot stage the job's data");
+        let _ = tx
+            .send(report(&job_id, attempt, v1::JobState::Failed, None, why))
+            .await;
+        return;
+    }
     let id = match runtime.create_and_start(&spec).await {
         Ok(id) => id,
         Err(e) => {
@@ -413,19 +479,20 @@ async fn start<R: ContainerRuntime>(
             return;
         }
     };
-    follow(runtime, vending, id, job_id, attempt, tx).await;
+    follow(runtime, staging, id, job_id, attempt, tx).await;
 }
 
 /// Reports an attempt running, streams its output up from the start, and
 /// reports how it ended.
 async fn follow<R: ContainerRuntime>(
     runtime: Arc<R>,
-    vending: Arc<Vending>,
+    staging: Staging,
     id: String,
     job_id: String,
     attempt: u32,
     tx: mpsc::Sender<v1::AgentMessage>,
 ) {
+    let vending = staging.vending.clone();
     if tx
         .send(report(
             &job_id,
@@ -503,8 +570,97 @@ async fn follow<R: ContainerRuntime>(
         Err(e) => node_fault(&job_id, attempt, format!("lost the container: {e}")),
     };
     tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
+    let end = match upload_outputs(&staging, &job_id, attempt).await {
+        Ok(()) => end,
+        Err(why) => report(&job_id, attempt, v1::JobState::Failed, None, why),
+    };
     vending.revoke(&job_id, attempt);
     let _ = tx.send(end).await;
+}
+
+/// Downloads the inputs and prepares the output directories, and binds both
+/// into the container with `AZURE_ML_INPUT_<name>` / `AZURE_ML_OUTPUT_<name>`.
+/// The outputs' plan is written beside them, so a restarted agent uploads
+/// them too.
+async fn stage_data(
+    staging: &Staging,
+    plan: &DataPlan,
+    spec: &mut ContainerSpec,
+    job_id: &str,
+    attempt: u32,
+) -> Result<(), String> {
+    if plan.inputs.is_empty() && plan.outputs.is_empty() {
+        return Ok(());
+    }
+    let dir = attempt_dir(&staging.work_dir, job_id, attempt);
+    let token = staging
+        .vending
+        .storage_token(&AttemptIdentity {
+            job_id: job_id.to_owned(),
+            attempt,
+        })
+        .await
+        .map_err(|e| {
+            format!("no storage token for the job's data (the cluster's default identity): {e}")
+        })?;
+    for input in &plan.inputs {
+        let host = dir.join("inputs").join(&input.name);
+        let files = storage::download(input, &token, staging.storage_ca.as_deref(), &host)
+            .await
+            .map_err(|e| format!("downloading input {}: {e}", input.name))?;
+        tracing::info!(job = %job_id, attempt, input = %input.name, files, "input downloaded");
+        let inside = format!("{INPUTS_IN_CONTAINER}/{}", input.name);
+        spec.mounts
+            .push((host.display().to_string(), inside.clone(), true));
+        spec.env
+            .push((format!("AZURE_ML_INPUT_{}", input.name), inside));
+    }
+    for output in &plan.outputs {
+        let host = dir.join("outputs").join(&output.name);
+        std::fs::create_dir_all(&host).map_err(|e| format!("output {}: {e}", output.name))?;
+        let inside = format!("{OUTPUTS_IN_CONTAINER}/{}", output.name);
+        spec.mounts
+            .push((host.display().to_string(), inside.clone(), false));
+        spec.env
+            .push((format!("AZURE_ML_OUTPUT_{}", output.name), inside));
+    }
+    let manifest = serde_json::to_vec(&plan.outputs).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("outputs.json"), manifest)
+        .map_err(|e| format!("writing the outputs' plan: {e}"))?;
+    Ok(())
+}
+
+/// Uploads an attempt's outputs after it ended, whatever its exit code.
+async fn upload_outputs(staging: &Staging, job_id: &str, attempt: u32) -> Result<(), String> {
+    let dir = attempt_dir(&staging.work_dir, job_id, attempt);
+    let Ok(manifest) = std::fs::read(dir.join("outputs.json")) else {
+        return Ok(());
+    };
+    let outputs: Vec<Transfer> =
+        serde_json::from_slice(&manifest).map_err(|e| format!("the outputs' plan: {e}"))?;
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let token = staging
+        .vending
+        .storage_token(&AttemptIdentity {
+            job_id: job_id.to_owned(),
+            attempt,
+        })
+        .await
+        .map_err(|e| format!("no storage token to upload outputs: {e}"))?;
+    for output in &outputs {
+        let files = storage::upload(
+            output,
+            &token,
+            staging.storage_ca.as_deref(),
+            &dir.join("outputs").join(&output.name),
+        )
+        .await
+        .map_err(|e| format!("uploading output {}: {e}", output.name))?;
+        tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
+    }
+    Ok(())
 }
 
 fn now_timestamp() -> prost_types::Timestamp {

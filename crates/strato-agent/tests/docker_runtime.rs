@@ -50,6 +50,7 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         env: Vec::new(),
         cpus: None,
         memory_bytes: None,
+        mounts: Vec::new(),
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),

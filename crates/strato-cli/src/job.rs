@@ -81,6 +81,15 @@ pub struct SubmitArgs {
     /// An environment variable, KEY=VALUE; repeat for more.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// An input, downloaded before the job starts to the path in
+    /// AZURE_ML_INPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
+    #[arg(long = "input", value_name = "NAME=URI", value_parser = parse_data)]
+    inputs: Vec<(String, String)>,
+    /// An output, uploaded after the job ends (also when it fails) from the
+    /// directory in AZURE_ML_OUTPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
+    /// (`--output` alone is the global output format.)
+    #[arg(long = "output-data", value_name = "NAME=URI", value_parser = parse_data)]
+    outputs: Vec<(String, String)>,
     /// vCPUs the job needs (may be fractional, e.g. 0.5).
     #[arg(long, value_name = "N", value_parser = parse_cpu)]
     cpu: Option<f64>,
@@ -93,6 +102,17 @@ pub struct SubmitArgs {
     /// The command and its arguments, after `--` (run without a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_data(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, uri)) if !name.is_empty() && uri.starts_with("azureml://") => {
+            Ok((name.to_owned(), uri.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?}: use NAME=azureml://datastores/<datastore>/paths/<path>"
+        )),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -131,7 +151,20 @@ fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
         node_count: 1,
         process_count_per_node: 1,
         max_retries: args.max_retries.unwrap_or_default(),
+        inputs: data(args.inputs, "download"),
+        outputs: data(args.outputs, "upload"),
     }
+}
+
+fn data(list: Vec<(String, String)>, mode: &str) -> Vec<v1::JobData> {
+    list.into_iter()
+        .map(|(name, uri)| v1::JobData {
+            name,
+            uri,
+            mode: mode.to_owned(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 pub async fn run(channel: Channel, format: Format, command: JobCommand) -> Result<(), Failure> {

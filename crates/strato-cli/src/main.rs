@@ -62,6 +62,114 @@ enum Command {
     /// Run jobs on clusters: submit, show, list, logs, cancel, wait.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Register blob containers that jobs read inputs from and write outputs
+    /// to, with their cluster's identity.
+    #[command(subcommand)]
+    Datastore(DatastoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DatastoreCommand {
+    /// Register a datastore: an Azure Blob container.
+    Create {
+        /// Lowercase letters, digits and '_'.
+        #[arg(short = 'n', long)]
+        name: String,
+        /// The account's blob endpoint (https), e.g.
+        /// https://acct.blob.core.windows.net.
+        #[arg(long)]
+        account_url: String,
+        /// The container.
+        #[arg(long)]
+        container: String,
+    },
+    Show {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    List,
+    Delete {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DatastoreView {
+    name: String,
+    account_url: String,
+    container: String,
+}
+
+impl output::Render for Vec<DatastoreView> {
+    fn table(&self) -> output::Table {
+        let mut t = output::Table::new(&["NAME", "ACCOUNT_URL", "CONTAINER"]);
+        for d in self {
+            t.row(vec![
+                d.name.clone(),
+                d.account_url.clone(),
+                d.container.clone(),
+            ]);
+        }
+        t
+    }
+}
+
+async fn datastore(
+    endpoint: &str,
+    format: Format,
+    command: DatastoreCommand,
+) -> Result<(), Failure> {
+    use strato_proto::v1::datastore_service_client::DatastoreServiceClient;
+    let mut client = DatastoreServiceClient::new(connect(endpoint).await?);
+    let view = |d: v1::Datastore| DatastoreView {
+        name: d.name,
+        account_url: d.account_url,
+        container: d.container,
+    };
+    let list = match command {
+        DatastoreCommand::Create {
+            name,
+            account_url,
+            container,
+        } => vec![view(
+            client
+                .create_datastore(v1::CreateDatastoreRequest {
+                    name,
+                    account_url,
+                    container,
+                })
+                .await?
+                .into_inner(),
+        )],
+        DatastoreCommand::Show { name } => {
+            vec![view(
+                client
+                    .get_datastore(v1::GetDatastoreRequest { name })
+                    .await?
+                    .into_inner(),
+            )]
+        }
+        DatastoreCommand::List => client
+            .list_datastores(v1::ListDatastoresRequest {})
+            .await?
+            .into_inner()
+            .datastores
+            .into_iter()
+            .map(view)
+            .collect(),
+        DatastoreCommand::Delete { name } => {
+            client
+                .delete_datastore(v1::DeleteDatastoreRequest { name: name.clone() })
+                .await?;
+            if format == Format::Table {
+                println!("datastore {name} deleted");
+            }
+            return Ok(());
+        }
+    };
+    print(format, &list)?;
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +434,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Compute(command) => compute(&cli.endpoint, cli.output, command).await,
         Command::Job(command) => job::run(connect(&cli.endpoint).await?, cli.output, command).await,
+        Command::Datastore(command) => datastore(&cli.endpoint, cli.output, command).await,
     }
 }
 

@@ -44,7 +44,9 @@ pub fn status(e: StoreError) -> Status {
     match e {
         StoreError::ClusterNotFound(_)
         | StoreError::JobNotFound(_)
-        | StoreError::NodeNotFound(_) => Status::not_found(e.to_string()),
+        | StoreError::NodeNotFound(_)
+        | StoreError::DatastoreNotFound(_) => Status::not_found(e.to_string()),
+        StoreError::DatastoreExists(_) => Status::already_exists(e.to_string()),
         StoreError::BadToken => Status::unauthenticated(e.to_string()),
         StoreError::Conflict(_) => Status::failed_precondition(e.to_string()),
         StoreError::ClusterExists(_) => Status::already_exists(e.to_string()),

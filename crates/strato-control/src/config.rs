@@ -63,6 +63,11 @@ pub struct Config {
     )]
     pub docker_socket: String,
 
+    /// A PEM file of extra CA certificates the local provider's agents trust
+    /// for storage endpoints (e.g. Azurite's self-signed certificate).
+    #[arg(long, env = "STRATO_STORAGE_CA_FILE")]
+    pub storage_ca_file: Option<PathBuf>,
+
     /// Seconds a new node may take to enrol before it is marked unusable
     /// and replaced.
     #[arg(long, env = "STRATO_NODE_START_TIMEOUT", default_value_t = 60)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use strato_core::FieldError;
-use strato_core::job::{self, JobSpec, JobState};
+use strato_core::job::{self, DataBinding, JobSpec, JobState};
 use strato_proto::convert::timestamp;
 use strato_proto::v1::{self, job_service_server::JobService};
 use tokio::sync::mpsc;
@@ -65,6 +65,65 @@ pub fn wire_spec(spec: &JobSpec) -> v1::JobSpec {
         node_count: 1,
         process_count_per_node: 1,
         max_retries: spec.max_retries,
+        inputs: spec
+            .inputs
+            .iter()
+            .map(|d| wire_data(d, "download"))
+            .collect(),
+        outputs: spec
+            .outputs
+            .iter()
+            .map(|d| wire_data(d, "upload"))
+            .collect(),
+    }
+}
+
+fn wire_data(d: &DataBinding, mode: &str) -> v1::JobData {
+    v1::JobData {
+        name: d.name.clone(),
+        uri: format!("azureml://datastores/{}/paths/{}", d.datastore, d.path),
+        mode: mode.to_owned(),
+        account_url: d.account_url.clone(),
+        container: d.container.clone(),
+        path: d.path.clone(),
+    }
+}
+
+impl<S: Store> JobApi<S> {
+    /// Resolves job data to datastore locations; the field names the entry.
+    async fn resolve(
+        &self,
+        kind: &str,
+        mode: &str,
+        list: Vec<v1::JobData>,
+    ) -> Result<Vec<DataBinding>, Status> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, d) in list.into_iter().enumerate() {
+            let field = format!("{kind}[{i}]");
+            if !(d.mode.is_empty() || d.mode == mode) {
+                return Err(invalid(FieldError::new(
+                    format!("{field}.mode"),
+                    format!("only {mode} is supported for {kind} (mounts are not supported yet)"),
+                )));
+            }
+            let (datastore, path) =
+                job::parse_data_uri(&format!("{field}.uri"), &d.uri).map_err(invalid)?;
+            let store = self.plane.store.get_datastore(&datastore).await.map_err(|e| match e {
+                crate::store::StoreError::DatastoreNotFound(_) => invalid(FieldError::new(
+                    format!("{field}.uri"),
+                    format!("datastore {datastore:?} not found; create it with `strato datastore create`"),
+                )),
+                other => status(other),
+            })?;
+            out.push(DataBinding {
+                name: d.name,
+                datastore,
+                path,
+                account_url: store.account_url,
+                container: store.container,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -148,6 +207,8 @@ impl<S: Store> JobService for JobApi<S> {
             cpu: resources.cpu,
             memory_mb: resources.memory_mb,
             max_retries: wire.max_retries,
+            inputs: self.resolve("inputs", "download", wire.inputs).await?,
+            outputs: self.resolve("outputs", "upload", wire.outputs).await?,
         };
         let size = cluster
             .spec

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api;
 pub mod config;
+pub mod datastores;
 pub mod http;
 pub mod jobs;
 pub mod plane;
@@ -77,6 +78,7 @@ pub async fn run(
                 endpoint,
                 PathBuf::from(&config.data_dir).join("nodes"),
                 config.docker_socket.clone(),
+                config.storage_ca_file.clone(),
             ))
         }
     };
@@ -133,6 +135,7 @@ async fn grpc_server<S: Store>(
 ) -> anyhow::Result<()> {
     use strato_proto::v1::agent_service_server::AgentServiceServer;
     use strato_proto::v1::compute_service_server::ComputeServiceServer;
+    use strato_proto::v1::datastore_service_server::DatastoreServiceServer;
     use strato_proto::v1::identity_service_server::IdentityServiceServer;
     use strato_proto::v1::job_service_server::JobServiceServer;
 
@@ -164,6 +167,9 @@ async fn grpc_server<S: Store>(
             plane.clone(),
         )))
         .add_service(JobServiceServer::new(jobs::JobApi::new(plane.clone())))
+        .add_service(DatastoreServiceServer::new(datastores::DatastoreApi::new(
+            plane.clone(),
+        )))
         .add_service(AgentServiceServer::new(agents::AgentApi::new(
             plane.clone(),
         )))

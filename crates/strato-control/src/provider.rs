@@ -61,6 +61,7 @@ pub struct LocalProvider {
     endpoint: String,
     nodes_dir: PathBuf,
     docker_socket: String,
+    storage_ca_file: Option<PathBuf>,
     /// Agent processes started by this control plane, by node id.
     children: Mutex<HashMap<String, u32>>,
 }
@@ -71,12 +72,14 @@ impl LocalProvider {
         endpoint: String,
         nodes_dir: PathBuf,
         docker_socket: String,
+        storage_ca_file: Option<PathBuf>,
     ) -> Self {
         LocalProvider {
             agent_binary,
             endpoint,
             nodes_dir,
             docker_socket,
+            storage_ca_file,
             children: Mutex::new(HashMap::new()),
         }
     }
@@ -91,12 +94,21 @@ impl LocalProvider {
         let fail = |what: &str, e: std::io::Error| ProviderError::Failed(format!("{what}: {e}"));
         let dir = self.node_dir(&launch.node_id);
         std::fs::create_dir_all(&dir).map_err(|e| fail("creating the node directory", e))?;
-        let env = [
+        let work_dir = dir.join("work").display().to_string();
+        let ca = self
+            .storage_ca_file
+            .as_ref()
+            .map(|p| p.display().to_string());
+        let mut env = vec![
             ("STRATO_CONTROL_PLANE", self.endpoint.as_str()),
             ("STRATO_JOIN_TOKEN", launch.join_token.as_str()),
             ("STRATO_NODE_NAME", launch.node_id.as_str()),
             ("STRATO_DOCKER_SOCKET", self.docker_socket.as_str()),
+            ("STRATO_WORK_DIR", work_dir.as_str()),
         ];
+        if let Some(ca) = &ca {
+            env.push(("STRATO_STORAGE_CA_FILE", ca.as_str()));
+        }
         // Like a systemd EnvironmentFile: readable by the owner only, since
         // it holds the join token.
         let mut file = std::fs::OpenOptions::new()
@@ -106,7 +118,7 @@ impl LocalProvider {
             .mode(0o600)
             .open(dir.join("agent.env"))
             .map_err(|e| fail("writing agent.env", e))?;
-        for (k, v) in env {
+        for (k, v) in &env {
             writeln!(file, "{k}={v}").map_err(|e| fail("writing agent.env", e))?;
         }
         let log = std::fs::OpenOptions::new()
@@ -115,7 +127,7 @@ impl LocalProvider {
             .open(dir.join("agent.log"))
             .map_err(|e| fail("opening agent.log", e))?;
         let mut child = tokio::process::Command::new(&self.agent_binary)
-            .envs(env)
+            .envs(env.iter().copied())
             .arg("--node-name")
             .arg(&launch.node_id)
             .stdin(std::process::Stdio::null())

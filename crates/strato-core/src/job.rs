@@ -23,6 +23,79 @@ pub struct JobSpec {
     /// Memory limit in MiB; 0 means no limit.
     pub memory_mb: u64,
     pub max_retries: u32,
+    /// Downloaded before the job starts.
+    #[serde(default)]
+    pub inputs: Vec<DataBinding>,
+    /// Uploaded after the job ends.
+    #[serde(default)]
+    pub outputs: Vec<DataBinding>,
+}
+
+/// A job input or output: a path in a datastore, resolved to its account
+/// and container when the job is submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataBinding {
+    pub name: String,
+    pub datastore: String,
+    pub path: String,
+    pub account_url: String,
+    pub container: String,
+}
+
+/// Splits `azureml://datastores/<datastore>/paths/<path>`.
+pub fn parse_data_uri(field: &str, uri: &str) -> Result<(String, String), FieldError> {
+    let bad = || {
+        FieldError::new(
+            field,
+            format!("{uri:?} must be azureml://datastores/<datastore>/paths/<path>"),
+        )
+    };
+    let rest = uri.strip_prefix("azureml://datastores/").ok_or_else(bad)?;
+    let (datastore, path) = rest.split_once("/paths/").ok_or_else(bad)?;
+    let path = path.trim_matches('/');
+    if datastore.is_empty() || path.is_empty() || path.split('/').any(|p| p == ".." || p == ".") {
+        return Err(bad());
+    }
+    Ok((datastore.to_owned(), path.to_owned()))
+}
+
+/// Datastore names: 1 to 255 lowercase letters, digits and '_', starting
+/// with a letter.
+pub fn validate_datastore(
+    name: &str,
+    account_url: &str,
+    container: &str,
+) -> Result<(), FieldError> {
+    let name_ok = (1..=255).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !name_ok {
+        return Err(FieldError::new(
+            "name",
+            "must be 1 to 255 lowercase letters, digits and '_', starting with a letter",
+        ));
+    }
+    if !account_url.starts_with("https://") || account_url.len() <= "https://".len() {
+        return Err(FieldError::new(
+            "account_url",
+            "must be the account's blob endpoint over https, e.g. https://acct.blob.core.windows.net",
+        ));
+    }
+    let container_ok = (3..=63).contains(&container.len())
+        && container
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !container.starts_with('-')
+        && !container.contains("--");
+    if !container_ok {
+        return Err(FieldError::new(
+            "container",
+            "must be 3 to 63 lowercase letters, digits and single '-', not starting with '-'",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a job against the rules and against the size of the cluster's
@@ -90,6 +163,31 @@ pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<()
             "node_count",
             "multi-node jobs are not supported yet; use 1",
         ));
+    }
+    for (kind, list) in [("inputs", &spec.inputs), ("outputs", &spec.outputs)] {
+        for (i, d) in list.iter().enumerate() {
+            let ok = !d.name.is_empty()
+                && d.name.len() <= 64
+                && d.name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && d.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(FieldError::new(
+                    format!("{kind}[{i}].name"),
+                    "must be 1 to 64 letters, digits and '_', starting with a letter",
+                ));
+            }
+            if list[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&d.name))
+            {
+                return Err(FieldError::new(
+                    format!("{kind}[{i}].name"),
+                    format!("{:?} is used twice", d.name),
+                ));
+            }
+        }
     }
     if spec.max_retries > MAX_RETRIES_LIMIT {
         return Err(FieldError::new(
@@ -234,6 +332,8 @@ mod tests {
             cpu: 1.0,
             memory_mb: 256,
             max_retries: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
@@ -267,6 +367,52 @@ mod tests {
             change(&mut j);
             assert_eq!(validate_job(&j, nodes, size).expect_err(field).field, field);
         }
+    }
+
+    #[test]
+    fn data_uris_and_datastores() {
+        assert_eq!(
+            parse_data_uri(
+                "inputs[0].uri",
+                "azureml://datastores/raw/paths/images/train/"
+            )
+            .expect("ok"),
+            ("raw".to_owned(), "images/train".to_owned())
+        );
+        for bad in [
+            "https://x",
+            "azureml://datastores/raw",
+            "azureml://datastores//paths/x",
+            "azureml://datastores/raw/paths/../x",
+        ] {
+            assert_eq!(parse_data_uri("f", bad).expect_err(bad).field, "f");
+        }
+        assert!(
+            validate_datastore(
+                "raw_data",
+                "https://127.0.0.1:10000/devstoreaccount1",
+                "data"
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            validate_datastore("Raw", "https://a", "data")
+                .expect_err("name")
+                .field,
+            "name"
+        );
+        assert_eq!(
+            validate_datastore("raw", "http://a", "data")
+                .expect_err("url")
+                .field,
+            "account_url"
+        );
+        assert_eq!(
+            validate_datastore("raw", "https://a", "D")
+                .expect_err("container")
+                .field,
+            "container"
+        );
     }
 
     #[test]

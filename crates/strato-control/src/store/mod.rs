@@ -100,6 +100,15 @@ pub struct JobRecord {
     pub attempts: Vec<AttemptRecord>,
 }
 
+/// A datastore as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreRecord {
+    pub name: String,
+    pub account_url: String,
+    pub container: String,
+    pub created_at: i64,
+}
+
 /// One stored line of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
@@ -137,6 +146,10 @@ pub enum StoreError {
     ClusterNotFound(String),
     #[error("a cluster named {0:?} already exists")]
     ClusterExists(String),
+    #[error("datastore {0:?} not found")]
+    DatastoreNotFound(String),
+    #[error("a datastore named {0:?} already exists")]
+    DatastoreExists(String),
     #[error("job {0:?} not found")]
     JobNotFound(String),
     #[error("node {0:?} not found")]
@@ -378,6 +391,22 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(u32, u64)>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
+
+    fn create_datastore(
+        &self,
+        d: DatastoreRecord,
+    ) -> impl Future<Output = Result<DatastoreRecord, StoreError>> + Send;
+
+    fn get_datastore(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<DatastoreRecord, StoreError>> + Send;
+
+    fn list_datastores(
+        &self,
+    ) -> impl Future<Output = Result<Vec<DatastoreRecord>, StoreError>> + Send;
+
+    fn delete_datastore(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

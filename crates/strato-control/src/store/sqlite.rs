@@ -17,8 +17,9 @@ use strato_core::spec::ClusterSpec;
 use strato_core::identity::Identity;
 
 use super::{
-    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, IdentityUpdate, JobRecord,
-    LogRecord, NodeRecord, ReportOutcome, SpecUpdate, Store, StoreError, TransitionRecord,
+    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, IdentityUpdate,
+    JobRecord, LogRecord, NodeRecord, ReportOutcome, SpecUpdate, Store, StoreError,
+    TransitionRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -119,6 +120,15 @@ fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
         enrolled: row.try_get("enrolled")?,
         hostname: row.try_get("hostname")?,
         pid: pid.and_then(|p| u32::try_from(p).ok()),
+    })
+}
+
+fn datastore_from_row(row: &SqliteRow) -> Result<DatastoreRecord, StoreError> {
+    Ok(DatastoreRecord {
+        name: row.try_get("name")?,
+        account_url: row.try_get("account_url")?,
+        container: row.try_get("container")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -1085,6 +1095,61 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_datastore(&self, d: DatastoreRecord) -> Result<DatastoreRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT name FROM datastores WHERE name = ?1")
+                .bind(&d.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if taken.is_some() {
+            return Err(StoreError::DatastoreExists(d.name));
+        }
+        sqlx::query("INSERT INTO datastores (name, account_url, container, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(&d.name)
+            .bind(&d.account_url)
+            .bind(&d.container)
+            .bind(d.created_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(d)
+    }
+
+    async fn get_datastore(&self, name: &str) -> Result<DatastoreRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, account_url, container, created_at FROM datastores WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::DatastoreNotFound(name.to_owned()))?;
+        datastore_from_row(&row)
+    }
+
+    async fn list_datastores(&self) -> Result<Vec<DatastoreRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, account_url, container, created_at FROM datastores ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(datastore_from_row).collect()
+    }
+
+    async fn delete_datastore(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query("DELETE FROM datastores WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::DatastoreNotFound(name.to_owned()));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
