@@ -387,3 +387,133 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A real Azurite blob service over HTTPS with `--oauth basic`, on a free
+/// loopback port, with its data in its own directory.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+    tls: PathBuf,
+}
+
+/// A tenant whose issuer Azurite accepts.
+pub const AZURITE_ISSUER: &str = "https://sts.windows.net/0d0c0b0a-0000-4000-8000-000000000001/";
+
+impl Azurite {
+    /// Starts Azurite and waits until it listens; fails with the command that
+    /// installs it when it is missing.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data/azurite");
+        let bin = base.join("node_modules/.bin/azurite-blob");
+        let tls = base.join("tls");
+        anyhow::ensure!(
+            bin.exists() && tls.join("cert.pem").exists(),
+            "Azurite or its TLS certificate is missing under {}: run `cargo xtask setup`",
+            base.display()
+        );
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("azurite.out"))?;
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args([
+                "--oauth",
+                "basic",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ])
+            .arg("--cert")
+            .arg(tls.join("cert.pem"))
+            .arg("--key")
+            .arg(tls.join("key.pem"))
+            .arg("--location")
+            .arg(dir)
+            .arg("--debug")
+            .arg(dir.join("debug.log"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut azurite = Azurite {
+            child,
+            port,
+            dir: dir.to_owned(),
+            tls,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = azurite.child.try_wait()? {
+                bail!("azurite exited with {status}");
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "azurite did not listen within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(azurite)
+    }
+
+    pub fn account_url(&self) -> String {
+        format!("https://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    /// The CA that signed Azurite's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.tls.join("ca.pem")
+    }
+
+    /// Every request Azurite logged (with how it was authorised).
+    pub fn debug_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("debug.log")).unwrap_or_default()
+    }
+
+    /// A request to the account with a bearer token of the test's own (Azurite
+    /// checks the claims, not the signature): (HTTP status, body).
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = serde_json::json!({
+            "iss": AZURITE_ISSUER, "aud": "https://storage.azure.com",
+            "iat": now, "nbf": now - 60, "exp": now + 3600, "oid": "test",
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"the test's own"),
+        )
+        .expect("test token");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-X", method, "--cacert"])
+            .arg(self.ca())
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args([
+                "-H",
+                "x-ms-version: 2021-08-06",
+                "-H",
+                "x-ms-blob-type: BlockBlob",
+            ])
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            cmd.arg("--data-binary")
+                .arg(String::from_utf8_lossy(b).into_owned());
+        }
+        let out = cmd
+            .arg(format!("{}/{path}", self.account_url()))
+            .output()
+            .expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

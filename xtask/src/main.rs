@@ -133,7 +133,45 @@ fn setup() -> anyhow::Result<()> {
     start_docker()?;
     build_busybox_image()?;
     python_clients()?;
+    azurite()?;
     Ok(())
+}
+
+/// Azurite (the Azure Storage emulator, from npm) in `.data/azurite`, and a
+/// test CA with a certificate for 127.0.0.1 in `.data/azurite/tls`, so the
+/// storage tests run it over HTTPS with `--oauth basic`.
+fn azurite() -> anyhow::Result<()> {
+    let dir = root().join(".data/azurite");
+    if dir.join("node_modules/.bin/azurite-blob").exists() {
+        println!("==> azurite: present");
+    } else {
+        if !have("npm") {
+            apt_install(&["nodejs", "npm"])?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let mut npm = Command::new("npm");
+        npm.args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg("azurite@3");
+        run("npm install azurite", npm)?;
+    }
+    let tls = dir.join("tls");
+    if tls.join("cert.pem").exists() && tls.join("ca.pem").exists() {
+        println!("==> azurite TLS certificate: present");
+        return Ok(());
+    }
+    if !have("openssl") {
+        apt_install(&["openssl"])?;
+    }
+    std::fs::create_dir_all(&tls)?;
+    let script = "set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj '/CN=Strato test CA' 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout key.pem -out leaf.csr -subj '/CN=127.0.0.1' 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > leaf.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 3650 -extfile leaf.ext 2>/dev/null";
+    let mut certs = Command::new("sh");
+    certs.args(["-c", script]).current_dir(&tls);
+    run("openssl: test CA and certificate for 127.0.0.1", certs)
 }
 
 /// A Python virtual environment with Azure's own `azure-identity` (from

@@ -1,0 +1,174 @@
+//! End-to-end: job inputs and outputs in a real Azurite over HTTPS with
+//! `--oauth basic`, moved by the agent with the cluster's identity's tokens.
+
+use strato_e2e::{AZURITE_ISSUER, Azurite, ControlPlane, TEST_IMAGE, require_docker};
+use strato_proto::v1;
+
+const USER_ID: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/etl";
+
+#[tokio::test]
+async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let azurite = Azurite::start(&dir.path().join("azurite"))
+        .await
+        .expect("azurite");
+    let ca = azurite.ca().to_string_lossy().into_owned();
+    let cp = ControlPlane::start(
+        &dir.path().join("data"),
+        &[
+            "--token-issuer",
+            AZURITE_ISSUER,
+            "--storage-ca-file",
+            &ca,
+            "--reconcile-interval-ms",
+            "200",
+        ],
+    )
+    .await
+    .expect("start");
+
+    assert_eq!(
+        azurite.request("PUT", "data?restype=container", None).0,
+        201
+    );
+    assert_eq!(
+        azurite.request("PUT", "data/in/a.txt", Some(b"alpha")).0,
+        201
+    );
+    assert_eq!(
+        azurite.request("PUT", "data/in/sub/b.txt", Some(b"beta")).0,
+        201
+    );
+
+    let out = cp.cli(&[
+        "datastore",
+        "create",
+        "-n",
+        "lake",
+        "--account-url",
+        &azurite.account_url(),
+        "--container",
+        "data",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, identity) in [("etl", Some(USER_ID)), ("noid", None)] {
+        let mut args = vec![
+            "compute",
+            "create",
+            "-n",
+            name,
+            "-s",
+            "Standard_D2_v2",
+            "--max-nodes",
+            "1",
+        ];
+        if let Some(id) = identity {
+            args.extend(["--assign-identity", id]);
+        }
+        let out = cp.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mut jobs = cp.jobs().await;
+    let submit = |cluster: &str, script: &str| v1::SubmitJobRequest {
+        spec: Some(v1::JobSpec {
+            cluster: cluster.into(),
+            image: TEST_IMAGE.into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            inputs: vec![v1::JobData {
+                name: "raw".into(),
+                uri: "azureml://datastores/lake/paths/in".into(),
+                ..Default::default()
+            }],
+            outputs: vec![v1::JobData {
+                name: "model".into(),
+                uri: format!("azureml://datastores/lake/paths/out/{cluster}"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    };
+    // The job fails on purpose: its outputs are uploaded all the same.
+    let script = "cat $AZURE_ML_INPUT_raw/a.txt; echo; cat $AZURE_ML_INPUT_raw/sub/b.txt; echo; \
+                  echo weights > $AZURE_ML_OUTPUT_model/w.bin; mkdir $AZURE_ML_OUTPUT_model/m; \
+                  echo meta > $AZURE_ML_OUTPUT_model/m/info.txt; exit 4";
+    let id = jobs
+        .submit_job(submit("etl", script))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let job = jobs
+        .wait_job(v1::WaitJobRequest { id: id.clone() })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        (job.state, job.exit_code),
+        (v1::JobState::Failed as i32, Some(4)),
+        "{job:?}"
+    );
+    let mut stream = jobs
+        .stream_logs(v1::StreamLogsRequest { id, follow: false })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(l) = stream.message().await.expect("line") {
+        lines.push(l.line);
+    }
+    assert_eq!(lines, vec!["alpha".to_owned(), "beta".to_owned()]);
+    assert_eq!(
+        azurite.request("GET", "data/out/etl/w.bin", None),
+        (200, "weights\n".to_owned())
+    );
+    assert_eq!(
+        azurite.request("GET", "data/out/etl/m/info.txt", None),
+        (200, "meta\n".to_owned())
+    );
+
+    // Azurite saw bearer tokens only, never an account key.
+    let log = azurite.debug_log();
+    assert!(log.contains("Bearer"), "Azurite logged the requests");
+    // Azurite tries each authenticator; with no key it logs only these two.
+    let keyed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("SharedKey"))
+        .filter(|l| !l.contains("Start validation") && !l.contains("doesn't include shared key"))
+        .take(3)
+        .collect();
+    assert!(keyed.is_empty(), "an account key was used: {keyed:?}");
+
+    // A cluster without an identity cannot reach the data: the job fails, saying why.
+    let id = jobs
+        .submit_job(submit("noid", "true"))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let job = jobs
+        .wait_job(v1::WaitJobRequest { id })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(job.state, v1::JobState::Failed as i32);
+    assert!(job.reason.contains("no managed identity"), "{}", job.reason);
+
+    // Bad references are refused at submit, naming the field.
+    let mut bad = submit("etl", "true");
+    if let Some(spec) = bad.spec.as_mut() {
+        spec.inputs[0].uri = "azureml://datastores/nope/paths/x".into();
+    }
+    let e = jobs.submit_job(bad).await.expect_err("unknown datastore");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("inputs[0].uri:"), "{}", e.message());
+}
