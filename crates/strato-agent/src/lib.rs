@@ -5,3 +5,4 @@ pub mod identity;
 pub mod runtime;
 pub mod session;
 pub mod storage;
+pub mod telemetry;

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod exposition;
 pub mod identity;
 pub mod job;
 pub mod name;
