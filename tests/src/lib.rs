@@ -517,3 +517,93 @@ impl Drop for Azurite {
         let _ = self.child.wait();
     }
 }
+
+/// A real Prometheus (Debian's package) on a free loopback port, scraping a
+/// control plane's `/metrics` and, through the file-based discovery file the
+/// control plane writes, its agents.
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+}
+
+impl Prometheus {
+    pub async fn start(dir: &Path, control: &ControlPlane) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n\
+             - job_name: strato-control\n  static_configs: [{{targets: [\"{http}\"]}}]\n\
+             - job_name: strato-agents\n  file_sd_configs: [{{files: [\"{targets}\"], refresh_interval: 1s}}]\n",
+            http = control.http,
+            targets = control.data_dir.join("prometheus/agents.json").display(),
+        );
+        std::fs::write(dir.join("prometheus.yml"), config)?;
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log"))?;
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context(
+                "prometheus is missing: run `cargo xtask setup` (it installs Debian's prometheus)",
+            )?;
+        let mut p = Prometheus { child, port };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("prometheus exited with {status}");
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "prometheus did not listen within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(p)
+    }
+
+    /// The result vector of an instant query.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut s = match std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            Ok(s) => s,
+            Err(_) => return Vec::new(),
+        };
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let _ = write!(
+            s,
+            "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: x\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -120,13 +120,18 @@ fn setup() -> anyhow::Result<()> {
             run(&format!("rustup component add {component}"), c)?;
         }
     }
-    let missing: Vec<&str> = [("dockerd", "docker.io"), ("busybox", "busybox-static")]
-        .into_iter()
-        .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
-        .map(|(_, package)| package)
-        .collect();
+    let missing: Vec<&str> = [
+        ("dockerd", "docker.io"),
+        ("busybox", "busybox-static"),
+        ("prometheus", "prometheus"),
+        ("curl", "curl"),
+    ]
+    .into_iter()
+    .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
+    .map(|(_, package)| package)
+    .collect();
     if missing.is_empty() {
-        println!("==> docker.io, busybox-static: present");
+        println!("==> docker.io, busybox-static, prometheus, curl: present");
     } else {
         apt_install(&missing)?;
     }

@@ -9,6 +9,7 @@ use clap::Parser;
 use strato_agent::identity::{self, Vending};
 use strato_agent::runtime::DockerRuntime;
 use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
+use strato_agent::telemetry::{self, AgentHealth, GpuSource, NvmlGpus};
 use tracing_subscriber::EnvFilter;
 
 /// Strato node agent: enrols with the control plane using a join token, then
@@ -53,6 +54,16 @@ struct Config {
     /// a free port.
     #[arg(long, env = "STRATO_IDENTITY_LISTEN")]
     identity_listen: Option<std::net::SocketAddr>,
+
+    /// Where `/metrics` listens (Prometheus text format).
+    #[arg(long, env = "STRATO_METRICS_LISTEN", default_value = "0.0.0.0:9110")]
+    metrics_listen: std::net::SocketAddr,
+
+    /// The address Prometheus reaches `/metrics` at, reported to the control
+    /// plane. Default: http:// + the bound address (127.0.0.1 for an
+    /// unspecified one) + /metrics.
+    #[arg(long, env = "STRATO_METRICS_URL")]
+    metrics_url: Option<String>,
 
     /// Where job inputs and outputs are staged on this node.
     #[arg(long, env = "STRATO_WORK_DIR", default_value = "/var/lib/strato-agent")]
@@ -135,8 +146,80 @@ async fn run(config: Config) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let gpus: Arc<dyn GpuSource> = Arc::from(NvmlGpus::detect());
+    let health = Arc::new(AgentHealth::default());
+    let hostname_for_metrics = config.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    });
+    let metrics = match tokio::net::TcpListener::bind(config.metrics_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "strato-agent: --metrics-listen {}: {e}",
+                config.metrics_listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let metrics_url = match (&config.metrics_url, metrics.local_addr()) {
+        (Some(url), _) => url.clone(),
+        (None, Ok(addr)) => {
+            let ip = if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
+            format!(
+                "http://{}/metrics",
+                std::net::SocketAddr::new(ip, addr.port())
+            )
+        }
+        (None, Err(e)) => {
+            eprintln!("strato-agent: --metrics-listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    {
+        let (gpus, health, work_dir) = (gpus.clone(), health.clone(), config.work_dir.clone());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (gpus, health, work_dir, host) = (
+                    gpus.clone(),
+                    health.clone(),
+                    work_dir.clone(),
+                    hostname_for_metrics.clone(),
+                );
+                async move {
+                    let text = tokio::task::spawn_blocking(move || {
+                        telemetry::render(&host, &work_dir, gpus.as_ref(), &health)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            strato_core::exposition::CONTENT_TYPE,
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, app).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    tracing::info!(%metrics_url, "metrics endpoint listening");
     let identity = Arc::new(IdentityContext {
         vending,
+        health,
+        gpus,
+        metrics_url,
         endpoint,
         work_dir: config.work_dir.clone(),
         storage_ca,

@@ -166,12 +166,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         value: &str,
     ) -> impl Future<Output = Result<Vec<JobContainer>, RuntimeError>> + Send;
 
+    /// A running container's usage: CPU seconds used, memory used and its
+    /// limit (0 for none), in bytes.
+    fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerUsage, RuntimeError>> + Send;
+
     /// A container's environment and its address on its network (none
     /// while it does not run).
     fn details(
         &self,
         id: &str,
     ) -> impl Future<Output = Result<ContainerDetails, RuntimeError>> + Send;
+}
+
+/// A running container's resource usage.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ContainerUsage {
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    /// 0: no limit.
+    pub memory_limit_bytes: u64,
 }
 
 /// What the agent reads back from a container it runs.
@@ -401,6 +414,40 @@ impl ContainerRuntime for DockerRuntime {
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerUsage, RuntimeError> {
+        use futures_util::StreamExt as _;
+        let options = bollard::query_parameters::StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stream = self.docker.stats(id, Some(options));
+        let Some(sample) = stream.next().await else {
+            return Ok(ContainerUsage::default());
+        };
+        let sample = sample?;
+        let cpu_ns = sample
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        let memory = sample.memory_stats;
+        // The engine reports the host's memory as the limit of an unlimited
+        // container; the container's own limit is in its config.
+        let limit = self
+            .docker
+            .inspect_container(id, None)
+            .await?
+            .host_config
+            .and_then(|h| h.memory)
+            .and_then(|m| u64::try_from(m).ok())
+            .unwrap_or(0);
+        Ok(ContainerUsage {
+            cpu_seconds: cpu_ns as f64 / 1e9,
+            memory_bytes: memory.as_ref().and_then(|m| m.usage).unwrap_or(0),
+            memory_limit_bytes: limit,
+        })
     }
 
     async fn details(&self, id: &str) -> Result<ContainerDetails, RuntimeError> {

@@ -30,6 +30,7 @@ use crate::runtime::{
     OutputStream, RuntimeError,
 };
 use crate::storage::{self, Transfer};
+use crate::telemetry::{self, AgentHealth, ContainerSample, GpuSource};
 
 /// Log lines per message at most.
 const LOG_BATCH: usize = 256;
@@ -61,6 +62,11 @@ fn transient(e: impl std::fmt::Display) -> SessionError {
 /// The identity endpoint's state and address, shared with the sessions.
 pub struct IdentityContext {
     pub vending: Arc<Vending>,
+    /// The agent's health and GPU source, for heartbeats and `/metrics`.
+    pub health: Arc<AgentHealth>,
+    pub gpus: Arc<dyn GpuSource>,
+    /// Where Prometheus scrapes this agent.
+    pub metrics_url: String,
     pub endpoint: identity::Endpoint,
     /// Where attempts' inputs and outputs are staged on this node.
     pub work_dir: PathBuf,
@@ -141,8 +147,10 @@ async fn session<R: ContainerRuntime>(
             vcpus: std::thread::available_parallelism()
                 .map(|n| u32::try_from(n.get()).unwrap_or(1))
                 .unwrap_or(1),
-            memory_bytes: 0,
+            memory_bytes: telemetry::memory().0,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            metrics_url: identity.metrics_url.clone(),
+            gpus: u32::try_from(identity.gpus.sample().len()).unwrap_or(0),
         })
         .await
         .map_err(|s| match s.code() {
@@ -224,17 +232,53 @@ async fn session<R: ContainerRuntime>(
         attempts.insert(job_key(&job, attempt), task);
     }
     let interval = Duration::from_secs(u64::from(enrolled.heartbeat_interval_seconds.max(1)));
+    identity
+        .health
+        .connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let heartbeats = {
         let tx = tx.clone();
+        let health = identity.health.clone();
+        let gpus = identity.gpus.clone();
         tokio::spawn(async move {
+            let mut cpu = CpuMeter::default();
             loop {
                 tokio::time::sleep(interval).await;
-                if tx.send(up(Up::Heartbeat(v1::Heartbeat {}))).await.is_err() {
+                let (total, available) = telemetry::memory();
+                let samples = gpus.sample();
+                let gpu_percent = if samples.is_empty() {
+                    0.0
+                } else {
+                    samples
+                        .iter()
+                        .map(|g| f64::from(g.utilization))
+                        .sum::<f64>()
+                        / samples.len() as f64
+                };
+                let beat = v1::Heartbeat {
+                    cpu_percent: cpu.busy_percent(),
+                    memory_used_bytes: total.saturating_sub(available),
+                    memory_total_bytes: total,
+                    gpu_percent,
+                };
+                if tx.send(up(Up::Heartbeat(beat))).await.is_err() {
                     return;
                 }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                    .unwrap_or(0);
+                health
+                    .last_heartbeat
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
             }
         })
     };
+    let sampler = tokio::spawn(sample_containers(
+        runtime.clone(),
+        node_id.clone(),
+        identity.health.clone(),
+    ));
     let mut stopping: HashSet<String> = HashSet::new();
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
     let result = loop {
@@ -336,6 +380,11 @@ async fn session<R: ContainerRuntime>(
         }
     };
     heartbeats.abort();
+    sampler.abort();
+    identity
+        .health
+        .connected
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     identity.vending.connected(None);
     for (_, task) in attempts {
         task.abort();
@@ -661,6 +710,68 @@ async fn upload_outputs(staging: &Staging, job_id: &str, attempt: u32) -> Result
         tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
     }
     Ok(())
+}
+
+/// Busy CPU between two readings of `/proc/stat`.
+#[derive(Debug, Default)]
+struct CpuMeter {
+    last: Option<(f64, f64)>,
+}
+
+impl CpuMeter {
+    fn busy_percent(&mut self) -> f64 {
+        let (mut total, mut idle) = (0.0, 0.0);
+        for (_, mode, seconds) in telemetry::cpu_seconds() {
+            total += seconds;
+            if mode == "idle" || mode == "iowait" {
+                idle += seconds;
+            }
+        }
+        let percent = match self.last {
+            Some((t0, i0)) if total > t0 => (1.0 - (idle - i0) / (total - t0)) * 100.0,
+            _ => 0.0,
+        };
+        self.last = Some((total, idle));
+        percent.clamp(0.0, 100.0)
+    }
+}
+
+/// Every few seconds, the usage of this node's running job containers, for
+/// `/metrics`.
+async fn sample_containers<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    node_id: String,
+    health: Arc<AgentHealth>,
+) {
+    loop {
+        let mut samples = Vec::new();
+        if let Ok(containers) = runtime.list(LABEL_NODE, &node_id).await {
+            for c in containers.iter().filter(|c| c.running) {
+                let (Some(job), Some(attempt)) = (
+                    c.labels.get(LABEL_JOB),
+                    c.labels
+                        .get(LABEL_ATTEMPT)
+                        .and_then(|a| a.parse::<u32>().ok()),
+                ) else {
+                    continue;
+                };
+                if let Ok(usage) = runtime.stats(&c.id).await {
+                    samples.push(ContainerSample {
+                        cluster: c.labels.get(LABEL_CLUSTER).cloned().unwrap_or_default(),
+                        job: job.clone(),
+                        attempt,
+                        cpu_seconds: usage.cpu_seconds,
+                        memory_bytes: usage.memory_bytes,
+                        memory_limit_bytes: usage.memory_limit_bytes,
+                    });
+                }
+            }
+        }
+        if let Ok(mut c) = health.containers.lock() {
+            *c = samples;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 fn now_timestamp() -> prost_types::Timestamp {

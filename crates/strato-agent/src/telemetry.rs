@@ -142,7 +142,9 @@ pub struct AgentHealth {
 
 /// `/proc/stat`'s CPU times in seconds, per cpu and mode.
 pub fn cpu_seconds() -> Vec<(String, &'static str, f64)> {
-    const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
+    const MODES: [&str; 8] = [
+        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+    ];
     // USER_HZ is 100 on the Linux architectures Strato runs on.
     const TICKS: f64 = 100.0;
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -177,7 +179,12 @@ pub fn memory() -> (u64, u64) {
 }
 
 /// Renders every metric now, in Prometheus text format.
-pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, health: &AgentHealth) -> String {
+pub fn render(
+    hostname: &str,
+    work_dir: &std::path::Path,
+    gpus: &dyn GpuSource,
+    health: &AgentHealth,
+) -> String {
     let mut e = Exposition::default();
     let l = |pairs: &[(&'static str, String)]| -> Labels<'static> { pairs.to_vec() };
 
@@ -190,7 +197,12 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
             .map(|(cpu, mode, s)| (l(&[("cpu", cpu), ("mode", mode.to_owned())]), s)),
     );
     let (total, available) = memory();
-    e.single("node_memory_MemTotal_bytes", "Memory information field MemTotal_bytes.", "gauge", total as f64);
+    e.single(
+        "node_memory_MemTotal_bytes",
+        "Memory information field MemTotal_bytes.",
+        "gauge",
+        total as f64,
+    );
     e.single(
         "node_memory_MemAvailable_bytes",
         "Memory information field MemAvailable_bytes.",
@@ -201,14 +213,23 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
     // The filesystem holding the work directory (the data disk).
     let work = std::fs::canonicalize(work_dir).unwrap_or_else(|_| work_dir.to_owned());
     let disks = sysinfo::Disks::new_with_refreshed_list().ok();
-    let disk = disks.iter().flat_map(|d| d.iter()).filter(|d| work.starts_with(d.mount_point())).max_by_key(|d| d.mount_point().as_os_str().len());
+    let disk = disks
+        .iter()
+        .flat_map(|d| d.iter())
+        .filter(|d| work.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len());
     if let Some(d) = disk {
         let labels = l(&[
             ("device", d.name().to_string_lossy().into_owned()),
             ("fstype", d.file_system().to_string_lossy().into_owned()),
             ("mountpoint", d.mount_point().display().to_string()),
         ]);
-        e.family("node_filesystem_size_bytes", "Filesystem size in bytes.", "gauge", [(labels.clone(), d.total_space() as f64)]);
+        e.family(
+            "node_filesystem_size_bytes",
+            "Filesystem size in bytes.",
+            "gauge",
+            [(labels.clone(), d.total_space() as f64)],
+        );
         e.family(
             "node_filesystem_avail_bytes",
             "Filesystem space available to non-root users in bytes.",
@@ -220,19 +241,27 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
     let nets: Vec<(String, u64, u64)> = networks
         .iter()
         .flat_map(|n| n.iter())
-        .map(|(name, data)| (name.to_string_lossy().into_owned(), data.total_received(), data.total_transmitted()))
+        .map(|(name, data)| {
+            (
+                name.to_string_lossy().into_owned(),
+                data.total_received(),
+                data.total_transmitted(),
+            )
+        })
         .collect();
     e.family(
         "node_network_receive_bytes_total",
         "Network device statistic receive_bytes.",
         "counter",
-        nets.iter().map(|(n, rx, _)| (l(&[("device", n.clone())]), *rx as f64)),
+        nets.iter()
+            .map(|(n, rx, _)| (l(&[("device", n.clone())]), *rx as f64)),
     );
     e.family(
         "node_network_transmit_bytes_total",
         "Network device statistic transmit_bytes.",
         "counter",
-        nets.iter().map(|(n, _, tx)| (l(&[("device", n.clone())]), *tx as f64)),
+        nets.iter()
+            .map(|(n, _, tx)| (l(&[("device", n.clone())]), *tx as f64)),
     );
 
     // GPUs, with dcgm-exporter's names and labels.
@@ -247,18 +276,51 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
     };
     type Field = fn(&GpuSample) -> f64;
     let gauges: [(&str, &str, Field); 9] = [
-        ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |g| f64::from(g.utilization)),
-        ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", |g| f64::from(g.memory_copy_utilization)),
-        ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", |g| g.framebuffer_used as f64),
-        ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", |g| g.framebuffer_free as f64),
-        ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |g| f64::from(g.temperature)),
+        ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |g| {
+            f64::from(g.utilization)
+        }),
+        (
+            "DCGM_FI_DEV_MEM_COPY_UTIL",
+            "Memory utilization (in %).",
+            |g| f64::from(g.memory_copy_utilization),
+        ),
+        (
+            "DCGM_FI_DEV_FB_USED",
+            "Framebuffer memory used (in MiB).",
+            |g| g.framebuffer_used as f64,
+        ),
+        (
+            "DCGM_FI_DEV_FB_FREE",
+            "Framebuffer memory free (in MiB).",
+            |g| g.framebuffer_free as f64,
+        ),
+        ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |g| {
+            f64::from(g.temperature)
+        }),
         ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", |g| g.power),
-        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", |g| g.total_energy as f64),
-        ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", |g| f64::from(g.sm_clock)),
-        ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", |g| f64::from(g.memory_clock)),
+        (
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "Total energy consumption since boot (in mJ).",
+            |g| g.total_energy as f64,
+        ),
+        (
+            "DCGM_FI_DEV_SM_CLOCK",
+            "SM clock frequency (in MHz).",
+            |g| f64::from(g.sm_clock),
+        ),
+        (
+            "DCGM_FI_DEV_MEM_CLOCK",
+            "Memory clock frequency (in MHz).",
+            |g| f64::from(g.memory_clock),
+        ),
     ];
     for (name, help, value) in gauges {
-        e.family(name, help, "gauge", samples.iter().map(|g| (gpu_labels(g), value(g))));
+        e.family(
+            name,
+            help,
+            "gauge",
+            samples.iter().map(|g| (gpu_labels(g), value(g))),
+        );
     }
     e.family(
         "strato_gpu_xid_errors_total",
@@ -274,9 +336,17 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
     );
 
     // Job containers.
-    let containers = health.containers.lock().map(|c| c.clone()).unwrap_or_default();
+    let containers = health
+        .containers
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
     let job_labels = |c: &ContainerSample| {
-        l(&[("cluster", c.cluster.clone()), ("job", c.job.clone()), ("attempt", c.attempt.to_string())])
+        l(&[
+            ("cluster", c.cluster.clone()),
+            ("job_id", c.job.clone()),
+            ("attempt", c.attempt.to_string()),
+        ])
     };
     e.family(
         "strato_job_cpu_seconds_total",
@@ -288,13 +358,17 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
         "strato_job_memory_usage_bytes",
         "Memory a job's container uses.",
         "gauge",
-        containers.iter().map(|c| (job_labels(c), c.memory_bytes as f64)),
+        containers
+            .iter()
+            .map(|c| (job_labels(c), c.memory_bytes as f64)),
     );
     e.family(
         "strato_job_memory_limit_bytes",
         "Memory limit of a job's container (0 for none).",
         "gauge",
-        containers.iter().map(|c| (job_labels(c), c.memory_limit_bytes as f64)),
+        containers
+            .iter()
+            .map(|c| (job_labels(c), c.memory_limit_bytes as f64)),
     );
 
     // The agent itself.
@@ -302,7 +376,11 @@ pub fn render(hostname: &str, work_dir: &std::path::Path, gpus: &dyn GpuSource, 
         "strato_agent_session_connected",
         "1 while the session with the control plane is open.",
         "gauge",
-        if health.connected.load(Ordering::Relaxed) { 1.0 } else { 0.0 },
+        if health.connected.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        },
     );
     let last = health.last_heartbeat.load(Ordering::Relaxed);
     if last > 0 {
@@ -372,7 +450,7 @@ mod tests {
             "node_memory_MemAvailable_bytes ",
             "node_filesystem_avail_bytes{",
             "node_network_receive_bytes_total{",
-            "strato_job_memory_usage_bytes{cluster=\"cpu\",job=\"job-1\",attempt=\"1\"} 1048576",
+            "strato_job_memory_usage_bytes{cluster=\"cpu\",job_id=\"job-1\",attempt=\"1\"} 1048576",
             "strato_agent_session_connected 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
@@ -382,8 +460,14 @@ mod tests {
 
     #[test]
     fn fake_gpus_give_dcgm_names_and_labels() {
-        let text = render("node-a", std::path::Path::new("/"), &FakeGpus(vec![gpu()]), &AgentHealth::default());
-        let labels = r#"gpu="0",UUID="GPU-0000",modelName="NVIDIA H100 80GB HBM3",Hostname="node-a""#;
+        let text = render(
+            "node-a",
+            std::path::Path::new("/"),
+            &FakeGpus(vec![gpu()]),
+            &AgentHealth::default(),
+        );
+        let labels =
+            r#"gpu="0",UUID="GPU-0000",modelName="NVIDIA H100 80GB HBM3",Hostname="node-a""#;
         for line in [
             format!("DCGM_FI_DEV_GPU_UTIL{{{labels}}} 87"),
             format!("DCGM_FI_DEV_POWER_USAGE{{{labels}}} 350.5"),
@@ -403,10 +487,21 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("promtool is missing: run `cargo xtask setup` (it installs Debian's prometheus)");
-        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+            .expect(
+                "promtool is missing: run `cargo xtask setup` (it installs Debian's prometheus)",
+            );
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
         let out = child.wait_with_output().expect("promtool");
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 
     /// promtool's only remarks are on the names that existing dashboards need
@@ -415,12 +510,20 @@ mod tests {
     /// exporters draw the same remarks).
     #[test]
     fn promtool_finds_nothing_but_the_compatible_names() {
-        let text = render("node-a", std::path::Path::new("/"), &FakeGpus(vec![gpu()]), &health());
+        let text = render(
+            "node-a",
+            std::path::Path::new("/"),
+            &FakeGpus(vec![gpu()]),
+            &health(),
+        );
         for remark in promtool(&text).lines().filter(|l| !l.trim().is_empty()) {
             let compatible = remark.starts_with("node_memory_Mem")
-                && remark.ends_with("metric names should be written in 'snake_case' not 'camelCase'")
-                || (remark.starts_with("DCGM_FI_DEV_") || remark.starts_with("strato_gpu_xid_errors_total"))
-                    && remark.ends_with("label names should be written in 'snake_case' not 'camelCase'");
+                && remark
+                    .ends_with("metric names should be written in 'snake_case' not 'camelCase'")
+                || (remark.starts_with("DCGM_FI_DEV_")
+                    || remark.starts_with("strato_gpu_xid_errors_total"))
+                    && remark
+                        .ends_with("label names should be written in 'snake_case' not 'camelCase'");
             assert!(compatible, "promtool: {remark}\n{text}");
         }
     }

@@ -365,6 +365,13 @@ pub struct NodeView {
     pub job_id: Option<String>,
     pub reason: String,
     pub state_since: String,
+    /// The agent's Prometheus endpoint.
+    pub metrics_url: String,
+    pub cpu_percent: f64,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub gpu_percent: f64,
+    pub gpus: u32,
 }
 
 impl From<v1::Node> for NodeView {
@@ -386,19 +393,42 @@ impl From<v1::Node> for NodeView {
             job_id: (!n.run_id.is_empty()).then_some(n.run_id),
             reason: n.reason,
             state_since: ts(n.state_since.as_ref()),
+            metrics_url: n.metrics_url,
+            cpu_percent: n.cpu_percent,
+            memory_used_bytes: n.memory_used_bytes,
+            memory_total_bytes: n.memory_total_bytes,
+            gpu_percent: n.gpu_percent,
+            gpus: n.gpus,
         }
     }
 }
 
 impl Render for Vec<NodeView> {
     fn table(&self) -> Table {
-        let mut t = Table::new(&["NODE_ID", "STATE", "PRIVATE_IP", "JOB", "SINCE", "REASON"]);
+        let mut t = Table::new(&[
+            "NODE_ID", "STATE", "JOB", "CPU%", "MEMORY", "GPU%", "SINCE", "REASON",
+        ]);
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
         for n in self {
             t.row(vec![
                 n.node_id.clone(),
                 n.state.to_owned(),
-                n.private_ip.clone(),
                 n.job_id.clone().unwrap_or_else(|| "-".into()),
+                format!("{:.0}", n.cpu_percent),
+                if n.memory_total_bytes == 0 {
+                    "-".into()
+                } else {
+                    format!(
+                        "{:.1}/{:.1} GiB",
+                        gib(n.memory_used_bytes),
+                        gib(n.memory_total_bytes)
+                    )
+                },
+                if n.gpus == 0 {
+                    "-".into()
+                } else {
+                    format!("{:.0}", n.gpu_percent)
+                },
                 n.state_since.clone(),
                 n.reason.clone(),
             ]);

@@ -19,7 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::status;
 use crate::plane::{Plane, hash_token, new_token, now_ms};
-use crate::store::{AttemptReport, LogRecord, ReportOutcome, Store, StoreError};
+use crate::store::{
+    AttemptReport, EnrollReport, LogRecord, NodeUsage, ReportOutcome, Store, StoreError,
+};
 
 pub struct AgentApi<S> {
     plane: Arc<Plane<S>>,
@@ -67,7 +69,11 @@ impl<S: Store> AgentService for AgentApi<S> {
             .enroll(
                 &hash_token(&r.join_token),
                 &hash_token(&session_token),
-                &r.hostname,
+                &EnrollReport {
+                    hostname: r.hostname.clone(),
+                    metrics_url: r.metrics_url.clone(),
+                    gpus: r.gpus,
+                },
                 now_ms(),
             )
             .await
@@ -79,7 +85,33 @@ impl<S: Store> AgentService for AgentApi<S> {
                 StoreError::Conflict(m) => Status::failed_precondition(m),
                 other => status(other),
             })?;
-        tracing::info!(node = %node.node_id, cluster = %node.cluster, hostname = %r.hostname, "agent enrolled");
+        // GPU readiness: a node of a GPU size without its GPUs is no capacity.
+        let cluster = self
+            .plane
+            .store
+            .get_cluster(&node.cluster)
+            .await
+            .map_err(status)?;
+        if let Ok(size) = cluster.spec.size()
+            && r.gpus < size.gpus
+        {
+            let reason = format!(
+                "{} needs {} GPU(s) ({}), the agent found {}",
+                size.name, size.gpus, size.gpu_model, r.gpus
+            );
+            tracing::warn!(node = %node.node_id, %reason, "node unusable");
+            self.plane
+                .store
+                .node_unusable(&node.node_id, &reason, now_ms())
+                .await
+                .map_err(status)?;
+            self.plane.events.changed();
+            return Err(Status::failed_precondition(reason));
+        }
+        tracing::info!(
+            node = %node.node_id, cluster = %node.cluster, hostname = %r.hostname,
+            metrics_url = %r.metrics_url, gpus = r.gpus, "agent enrolled"
+        );
         self.plane.events.changed();
         Ok(Response::new(v1::EnrollResponse {
             node_id: node.node_id,
@@ -154,10 +186,18 @@ async fn handle<S: Store>(
     let now = now_ms();
     match message.body {
         Some(Body::Hello(hello)) => {
-            plane.store.heartbeat(node_id, now).await?;
+            plane.store.heartbeat(node_id, None, now).await?;
             hello_reconcile(plane, node_id, &hello, now).await?;
         }
-        Some(Body::Heartbeat(_)) => plane.store.heartbeat(node_id, now).await?,
+        Some(Body::Heartbeat(h)) => {
+            let usage = NodeUsage {
+                cpu_percent: h.cpu_percent,
+                memory_used: h.memory_used_bytes,
+                memory_total: h.memory_total_bytes,
+                gpu_percent: h.gpu_percent,
+            };
+            plane.store.heartbeat(node_id, Some(usage), now).await?;
+        }
         Some(Body::JobReport(report)) => {
             let Some(attempt_report) = attempt_report(&report) else {
                 return Ok(());

@@ -295,6 +295,12 @@ impl<S: Store> ComputeService for ComputeApi<S> {
                     run_id: n.run_id.unwrap_or_default(),
                     reason: n.reason,
                     state_since: Some(convert::timestamp(n.state_since)),
+                    metrics_url: n.metrics_url,
+                    cpu_percent: n.usage.cpu_percent,
+                    memory_used_bytes: n.usage.memory_used,
+                    memory_total_bytes: n.usage.memory_total,
+                    gpu_percent: n.usage.gpu_percent,
+                    gpus: n.gpus,
                 })
                 .collect(),
         }))

@@ -24,6 +24,7 @@ pub async fn serve<S: Store>(
         .route("/readyz", get(readyz::<S>))
         .route("/.well-known/openid-configuration", get(discovery::<S>))
         .route("/jwks", get(jwks::<S>))
+        .route("/metrics", get(metrics::<S>))
         .with_state(plane);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -40,6 +41,21 @@ async fn readyz<S: Store>(State(plane): State<Arc<Plane<S>>>) -> (StatusCode, St
 
 async fn discovery<S: Store>(State(plane): State<Arc<Plane<S>>>) -> axum::Json<serde_json::Value> {
     axum::Json(plane.tokens.discovery(&plane.http_base))
+}
+
+async fn metrics<S: Store>(State(plane): State<Arc<Plane<S>>>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match crate::metrics::render(&plane).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                strato_core::exposition::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+    }
 }
 
 async fn jwks<S: Store>(State(plane): State<Arc<Plane<S>>>) -> axum::Json<serde_json::Value> {

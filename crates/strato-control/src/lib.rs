@@ -7,6 +7,7 @@ pub mod config;
 pub mod datastores;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod plane;
 pub mod provider;
 pub mod reconcile;
@@ -104,6 +105,7 @@ pub async fn run(
         settings,
         provider,
         sessions: Sessions::default(),
+        counters: metrics::Counters::default(),
         events: Events::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -145,5 +145,6 @@ pub struct Plane<S> {
     pub settings: Settings,
     pub provider: Provider,
     pub sessions: Sessions,
+    pub counters: crate::metrics::Counters,
     pub events: Events,
 }

@@ -105,6 +105,8 @@ impl LocalProvider {
             ("STRATO_NODE_NAME", launch.node_id.as_str()),
             ("STRATO_DOCKER_SOCKET", self.docker_socket.as_str()),
             ("STRATO_WORK_DIR", work_dir.as_str()),
+            // Several local agents share this machine: each takes a free port.
+            ("STRATO_METRICS_LISTEN", "127.0.0.1:0"),
         ];
         if let Some(ca) = &ca {
             env.push(("STRATO_STORAGE_CA_FILE", ca.as_str()));

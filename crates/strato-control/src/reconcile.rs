@@ -47,6 +47,8 @@ pub struct Reconciler<S> {
     /// When this control plane started: agents could not heartbeat while it
     /// was down, so their silence counts only from here.
     started_at: i64,
+    /// The Prometheus targets file as last written.
+    targets: Option<String>,
 }
 
 impl<S: Store> Reconciler<S> {
@@ -55,6 +57,7 @@ impl<S: Store> Reconciler<S> {
             plane,
             backoff: HashMap::new(),
             started_at: now_ms(),
+            targets: None,
         }
     }
 
@@ -85,6 +88,25 @@ impl<S: Store> Reconciler<S> {
             }
         }
         self.send_cancellations().await?;
+        self.write_targets().await?;
+        Ok(())
+    }
+
+    /// Keeps `DATA_DIR/prometheus/agents.json` (Prometheus file-based
+    /// discovery) listing every node's agent.
+    async fn write_targets(&mut self) -> Result<(), StoreError> {
+        let text = crate::metrics::agent_targets(&self.plane.store.all_nodes().await?);
+        if self.targets.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        let dir = self.plane.settings.config.data_dir.join("prometheus");
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("agents.json.tmp"), &text))
+            .and_then(|()| std::fs::rename(dir.join("agents.json.tmp"), dir.join("agents.json")));
+        match written {
+            Ok(()) => self.targets = Some(text),
+            Err(e) => tracing::warn!(error = %e, "writing the Prometheus targets file"),
+        }
         Ok(())
     }
 
@@ -376,6 +398,7 @@ impl<S: Store> Reconciler<S> {
                         .map_err(AddError::Store)?;
                 }
                 tracing::info!(cluster = %name, node = %node_id, "scale up: node added");
+                self.plane.counters.scaled(name, "up", "demand");
                 Ok(())
             }
             Err(e) => {
@@ -414,6 +437,14 @@ impl<S: Store> Reconciler<S> {
         self.plane.sessions.drop_node(&node.node_id);
         self.plane.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
+        self.plane.counters.scaled(
+            &node.cluster,
+            "down",
+            match reason {
+                RemoveReason::Idle { .. } => "idle",
+                RemoveReason::Unusable => "unusable",
+            },
+        );
         self.plane.events.changed();
         Ok(true)
     }

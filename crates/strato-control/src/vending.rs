@@ -90,6 +90,7 @@ impl<S: Store> IdentityService for IdentityApi<S> {
             )),
             SelectError::NotFound => Status::not_found("Identity not found"),
         })?;
+        self.plane.counters.token("issued");
         let issued = self
             .plane
             .tokens

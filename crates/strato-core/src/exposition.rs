@@ -13,7 +13,9 @@ pub struct Exposition {
 pub type Labels<'a> = Vec<(&'a str, String)>;
 
 fn escape(v: &str) -> String {
-    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
 }
 
 fn number(v: f64) -> String {
@@ -29,7 +31,13 @@ fn number(v: f64) -> String {
 impl Exposition {
     /// Adds a family; `kind` is `gauge` or `counter` (whose name ends in
     /// `_total`). A family without samples is left out.
-    pub fn family<'a>(&mut self, name: &str, help: &str, kind: &str, samples: impl IntoIterator<Item = (Labels<'a>, f64)>) {
+    pub fn family<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        samples: impl IntoIterator<Item = (Labels<'a>, f64)>,
+    ) {
         let samples: Vec<(Labels<'a>, f64)> = samples.into_iter().collect();
         if samples.is_empty() {
             return;
@@ -40,7 +48,10 @@ impl Exposition {
             if labels.is_empty() {
                 let _ = writeln!(self.out, "{name} {}", number(value));
             } else {
-                let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                let l: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
                 let _ = writeln!(self.out, "{name}{{{}}} {}", l.join(","), number(value));
             }
         }
@@ -66,7 +77,12 @@ mod tests {
     #[test]
     fn writes_help_type_and_escaped_labels() {
         let mut e = Exposition::default();
-        e.family("x_total", "Things.", "counter", [(vec![("a", "q\"\\".to_owned())], 2.0)]);
+        e.family(
+            "x_total",
+            "Things.",
+            "counter",
+            [(vec![("a", "q\"\\".to_owned())], 2.0)],
+        );
         e.single("y", "Y.", "gauge", 1.5);
         e.family("empty", "Never.", "gauge", Vec::new());
         assert_eq!(

@@ -62,7 +62,21 @@ pub struct NodeRecord {
     pub enrolled: bool,
     pub hostname: String,
     pub pid: Option<u32>,
+    pub metrics_url: String,
+    pub gpus: u32,
+    pub usage: NodeUsage,
 }
+
+/// A node's utilisation from its last heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeUsage {
+    pub cpu_percent: f64,
+    pub memory_used: u64,
+    pub memory_total: u64,
+    pub gpu_percent: f64,
+}
+
+impl Eq for NodeUsage {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransitionRecord {
@@ -98,6 +112,14 @@ pub struct JobRecord {
     pub updated_at: i64,
     pub transitions: Vec<TransitionRecord>,
     pub attempts: Vec<AttemptRecord>,
+}
+
+/// What an agent says of its node when it enrols.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnrollReport {
+    pub hostname: String,
+    pub metrics_url: String,
+    pub gpus: u32,
 }
 
 /// A datastore as stored.
@@ -271,7 +293,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         join_token_hash: &str,
         session_token_hash: &str,
-        hostname: &str,
+        report: &EnrollReport,
         now: i64,
     ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
 
@@ -283,6 +305,7 @@ pub trait Store: Send + Sync + 'static {
     fn heartbeat(
         &self,
         node_id: &str,
+        usage: Option<NodeUsage>,
         now: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -17,9 +17,9 @@ use strato_core::spec::ClusterSpec;
 use strato_core::identity::Identity;
 
 use super::{
-    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, IdentityUpdate,
-    JobRecord, LogRecord, NodeRecord, ReportOutcome, SpecUpdate, Store, StoreError,
-    TransitionRecord,
+    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
+    IdentityUpdate, JobRecord, LogRecord, NodeRecord, NodeUsage, ReportOutcome, SpecUpdate, Store,
+    StoreError, TransitionRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -30,7 +30,8 @@ pub const DB_FILE: &str = "strato.db";
 const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, allocation_since, \
      target_nodes, errors, identities";
 const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
-     created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid";
+     created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
+     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent";
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, node_id, exit_code, \
      cancel_requested, created_at, updated_at";
 
@@ -120,6 +121,14 @@ fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
         enrolled: row.try_get("enrolled")?,
         hostname: row.try_get("hostname")?,
         pid: pid.and_then(|p| u32::try_from(p).ok()),
+        metrics_url: row.try_get("metrics_url")?,
+        gpus: u32_col(row, "gpus")?,
+        usage: NodeUsage {
+            cpu_percent: row.try_get("cpu_percent")?,
+            memory_used: u64::try_from(row.try_get::<i64, _>("memory_used")?).unwrap_or(0),
+            memory_total: u64::try_from(row.try_get::<i64, _>("memory_total")?).unwrap_or(0),
+            gpu_percent: row.try_get("gpu_percent")?,
+        },
     })
 }
 
@@ -687,7 +696,7 @@ impl Store for SqliteStore {
         &self,
         join_token_hash: &str,
         session_token_hash: &str,
-        hostname: &str,
+        report: &EnrollReport,
         now: i64,
     ) -> Result<NodeRecord, StoreError> {
         let mut tx = self.begin_write().await?;
@@ -707,12 +716,15 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
-                 last_heartbeat = COALESCE(last_heartbeat, ?3) WHERE node_id = ?4",
+                 last_heartbeat = COALESCE(last_heartbeat, ?3), metrics_url = ?5, gpus = ?6
+             WHERE node_id = ?4",
         )
         .bind(session_token_hash)
-        .bind(hostname)
+        .bind(&report.hostname)
         .bind(now)
         .bind(&node_id)
+        .bind(&report.metrics_url)
+        .bind(i64::from(report.gpus))
         .execute(&mut *tx)
         .await?;
         if !node.enrolled && node.state == NodeState::Preparing && node.run_id.is_none() {
@@ -734,12 +746,35 @@ impl Store for SqliteStore {
         node_from_row(&row)
     }
 
-    async fn heartbeat(&self, node_id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
-            .bind(now)
-            .bind(node_id)
-            .execute(&self.pool)
-            .await?;
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        usage: Option<NodeUsage>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        match usage {
+            None => {
+                sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
+                    .bind(now)
+                    .bind(node_id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Some(u) => {
+                sqlx::query(
+                    "UPDATE nodes SET last_heartbeat = ?1, cpu_percent = ?2, memory_used = ?3,
+                         memory_total = ?4, gpu_percent = ?5 WHERE node_id = ?6",
+                )
+                .bind(now)
+                .bind(u.cpu_percent)
+                .bind(i64::try_from(u.memory_used).unwrap_or(i64::MAX))
+                .bind(i64::try_from(u.memory_total).unwrap_or(i64::MAX))
+                .bind(u.gpu_percent)
+                .bind(node_id)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
         Ok(())
     }
 

@@ -1,0 +1,220 @@
+//! The control plane's `/metrics`, and the Prometheus file-based discovery
+//! file listing the agents to scrape.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use strato_core::exposition::Exposition;
+use strato_core::node::NodeState;
+use strato_core::quota;
+
+use crate::plane::Plane;
+use crate::store::Store;
+
+/// Counters kept in memory since the process started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// (cluster, direction, reason) -> events.
+    scale: Mutex<BTreeMap<(String, &'static str, String), u64>>,
+    /// result -> tokens.
+    tokens: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    pub fn scaled(&self, cluster: &str, direction: &'static str, reason: &str) {
+        if let Ok(mut m) = self.scale.lock() {
+            *m.entry((cluster.to_owned(), direction, reason.to_owned()))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn token(&self, result: &str) {
+        if let Ok(mut m) = self.tokens.lock() {
+            *m.entry(result.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// Renders the control plane's metrics from the store and the counters.
+pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::StoreError> {
+    let mut e = Exposition::default();
+    let clusters = plane.store.list_clusters().await?;
+    let nodes = plane.store.all_nodes().await?;
+    let jobs = plane.store.list_jobs(None).await?;
+
+    let mut by_state = Vec::new();
+    let mut target = Vec::new();
+    let mut current = Vec::new();
+    let mut queued = Vec::new();
+    let mut jobs_by_state = Vec::new();
+    let mut resizing = Vec::new();
+    for c in &clusters {
+        let name = &c.spec.name;
+        let mine: Vec<_> = nodes.iter().filter(|n| &n.cluster == name).collect();
+        for state in NodeState::ALL {
+            let n = mine.iter().filter(|x| x.state == state).count();
+            by_state.push((
+                vec![
+                    ("cluster", name.clone()),
+                    ("state", state.as_str().to_owned()),
+                ],
+                n as f64,
+            ));
+        }
+        target.push((vec![("cluster", name.clone())], f64::from(c.target_nodes)));
+        let live = mine
+            .iter()
+            .filter(|n| strato_core::scale::is_live(n.state))
+            .count();
+        current.push((vec![("cluster", name.clone())], live as f64));
+        let q = jobs
+            .iter()
+            .filter(|j| &j.spec.cluster == name && j.state == strato_core::job::JobState::Queued)
+            .count();
+        queued.push((vec![("cluster", name.clone())], q as f64));
+        for state in strato_core::job::JobState::ALL {
+            let n = jobs
+                .iter()
+                .filter(|j| &j.spec.cluster == name && j.state == state)
+                .count();
+            jobs_by_state.push((
+                vec![
+                    ("cluster", name.clone()),
+                    ("state", state.as_str().to_owned()),
+                ],
+                n as f64,
+            ));
+        }
+        let since = if c.allocation_state == strato_core::node::AllocationState::Resizing {
+            (crate::plane::now_ms() - c.allocation_since) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        resizing.push((vec![("cluster", name.clone())], since));
+    }
+    e.family(
+        "strato_cluster_nodes",
+        "Nodes of a cluster, by state.",
+        "gauge",
+        by_state,
+    );
+    e.family(
+        "strato_cluster_target_nodes",
+        "The node count a cluster aims for.",
+        "gauge",
+        target,
+    );
+    e.family(
+        "strato_cluster_current_nodes",
+        "Nodes holding capacity (idle, preparing, running).",
+        "gauge",
+        current,
+    );
+    e.family(
+        "strato_cluster_resizing_seconds",
+        "Seconds a cluster has been resizing (0 when steady).",
+        "gauge",
+        resizing,
+    );
+    e.family(
+        "strato_cluster_queued_jobs",
+        "Jobs waiting for a node.",
+        "gauge",
+        queued,
+    );
+    e.family(
+        "strato_jobs",
+        "Jobs by cluster and state.",
+        "gauge",
+        jobs_by_state,
+    );
+
+    let scale = plane
+        .counters
+        .scale
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    e.family(
+        "strato_scale_events_total",
+        "Nodes added (up) and removed (down), by reason.",
+        "counter",
+        scale.into_iter().map(|((cluster, direction, reason), n)| {
+            (
+                vec![
+                    ("cluster", cluster),
+                    ("direction", direction.to_owned()),
+                    ("reason", reason),
+                ],
+                n as f64,
+            )
+        }),
+    );
+    let tokens = plane
+        .counters
+        .tokens
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    e.family(
+        "strato_tokens_issued_total",
+        "Token requests from agents, by result.",
+        "counter",
+        tokens
+            .into_iter()
+            .map(|(result, n)| (vec![("result", result)], n as f64)),
+    );
+
+    // Quota per location in use.
+    let mut used = Vec::new();
+    let mut limit = Vec::new();
+    let mut locations: Vec<String> = clusters.iter().map(|c| c.spec.location.clone()).collect();
+    locations.push(plane.settings.config.region.clone());
+    locations.sort();
+    locations.dedup();
+    for location in locations {
+        let usage = plane.store.usage(&location).await?;
+        for line in quota::report(plane.settings.quota.region(&location), &usage) {
+            let labels = vec![
+                ("location", location.clone()),
+                ("quota", line.name.clone()),
+                ("unit", line.unit.to_owned()),
+            ];
+            used.push((labels.clone(), line.current as f64));
+            limit.push((labels, line.limit as f64));
+        }
+    }
+    e.family(
+        "strato_quota_used",
+        "Quota in use (vCPUs, or clusters).",
+        "gauge",
+        used,
+    );
+    e.family(
+        "strato_quota_limit",
+        "Quota limit (vCPUs, or clusters).",
+        "gauge",
+        limit,
+    );
+    Ok(e.finish())
+}
+
+/// The Prometheus file-based discovery document for the agents.
+pub fn agent_targets(nodes: &[crate::store::NodeRecord]) -> String {
+    let groups: Vec<serde_json::Value> = nodes
+        .iter()
+        .filter_map(|n| {
+            let rest = n.metrics_url.strip_prefix("http://")?;
+            let (host, path) = rest.split_once('/').unwrap_or((rest, "metrics"));
+            Some(serde_json::json!({
+                "targets": [host],
+                "labels": {
+                    "cluster": n.cluster,
+                    "node": n.node_id,
+                    "__metrics_path__": format!("/{path}"),
+                },
+            }))
+        })
+        .collect();
+    serde_json::to_string_pretty(&groups).unwrap_or_else(|_| "[]".to_owned())
+}

@@ -1,0 +1,157 @@
+//! End-to-end: a real Prometheus scrapes the control plane and the agents of
+//! a running cluster.
+
+use std::time::Duration;
+
+use strato_e2e::{ControlPlane, Prometheus, TEST_IMAGE, require_docker, wait_for};
+use strato_proto::v1;
+
+#[tokio::test]
+async fn prometheus_scrapes_the_control_plane_and_the_agents() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(
+        &dir.path().join("data"),
+        &[
+            "--reconcile-interval-ms",
+            "200",
+            "--heartbeat-interval",
+            "1",
+            "--node-heartbeat-timeout",
+            "5",
+        ],
+    )
+    .await
+    .expect("start");
+    let out = cp.cli(&[
+        "compute",
+        "create",
+        "-n",
+        "watched",
+        "-s",
+        "Standard_D2_v2",
+        "--min-nodes",
+        "1",
+        "--max-nodes",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut jobs = cp.jobs().await;
+    let id = jobs
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "watched".into(),
+                image: TEST_IMAGE.into(),
+                command: vec!["sleep".into(), "120".into()],
+                resources: Some(v1::JobResources {
+                    cpu: 0.5,
+                    memory_mb: 64,
+                    gpus: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let prom = Prometheus::start(&dir.path().join("prometheus"), &cp)
+        .await
+        .expect("prometheus");
+
+    let up = wait_for("both targets up", Duration::from_secs(60), || {
+        let up = prom.query("up == 1");
+        async move { (up.len() == 2).then_some(up) }
+    })
+    .await;
+    let jobs_up: Vec<&str> = up
+        .iter()
+        .filter_map(|s| s["metric"]["job"].as_str())
+        .collect();
+    assert!(
+        jobs_up.contains(&"strato-control") && jobs_up.contains(&"strato-agents"),
+        "{up:?}"
+    );
+
+    let memory = wait_for(
+        "the node's available memory",
+        Duration::from_secs(30),
+        || {
+            let r = prom.query("node_memory_MemAvailable_bytes");
+            async move { (!r.is_empty()).then_some(r) }
+        },
+    )
+    .await;
+    assert_eq!(memory[0]["metric"]["cluster"], "watched");
+    let container = wait_for(
+        "the running job's container memory",
+        Duration::from_secs(60),
+        || {
+            let r = prom.query(&format!("strato_job_memory_usage_bytes{{job_id=\"{id}\"}}"));
+            async move { (!r.is_empty()).then_some(r) }
+        },
+    )
+    .await;
+    let limit = prom.query(&format!("strato_job_memory_limit_bytes{{job_id=\"{id}\"}}"));
+    assert_eq!(
+        limit[0]["value"][1], "67108864",
+        "the 64 MiB limit: {limit:?}"
+    );
+    assert_eq!(container[0]["metric"]["attempt"], "1");
+    let nodes = prom.query("strato_cluster_nodes{cluster=\"watched\",state=\"running\"}");
+    assert_eq!(nodes[0]["value"][1], "1", "{nodes:?}");
+
+    // Heartbeats carry utilisation; list-nodes shows it and the metrics URL.
+    let listed = wait_for("utilisation in list-nodes", Duration::from_secs(30), || {
+        let out = cp.cli(&["compute", "list-nodes", "-n", "watched", "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        async move { (json[0]["memory_total_bytes"].as_u64().unwrap_or(0) > 0).then_some(json) }
+    })
+    .await;
+    assert!(
+        listed[0]["metrics_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://127.0.0.1:")),
+        "{listed}"
+    );
+
+    // promtool finds nothing to say about the control plane's metrics.
+    let text = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(cp.http).expect("http");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+    };
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup)");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    jobs.cancel_job(v1::CancelJobRequest { id })
+        .await
+        .expect("cancel");
+}
