@@ -128,6 +128,14 @@ async fn prometheus_scrapes_the_control_plane_and_the_agents() {
         s.read_to_string(&mut out).expect("read");
         out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
     };
+    for series in [
+        "strato_grpc_requests_total{method=\"/strato.v1.ComputeService/CreateCluster\",code=\"Ok\"} 1",
+        "strato_grpc_request_duration_seconds_bucket{method=\"/strato.v1.JobService/SubmitJob\",code=\"Ok\",le=\"+Inf\"} 1",
+        "strato_scale_events_total{cluster=\"watched\",direction=\"up\",reason=\"demand\"} 1",
+        "strato_quota_limit{location=\"local\",quota=\"standardDv2Family\",unit=\"vCPUs\"} 100",
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

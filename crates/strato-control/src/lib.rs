@@ -162,6 +162,9 @@ async fn grpc_server<S: Store>(
         .build_v1alpha()
         .context("building the reflection service")?;
     tonic::transport::Server::builder()
+        .layer(metrics::GrpcMetricsLayer {
+            stats: plane.counters.grpc.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

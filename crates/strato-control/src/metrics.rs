@@ -18,6 +18,7 @@ pub struct Counters {
     scale: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     /// result -> tokens.
     tokens: Mutex<BTreeMap<String, u64>>,
+    pub grpc: std::sync::Arc<GrpcStats>,
 }
 
 impl Counters {
@@ -165,6 +166,8 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
             .map(|(result, n)| (vec![("result", result)], n as f64)),
     );
 
+    plane.counters.grpc.render(&mut e);
+
     // Quota per location in use.
     let mut used = Vec::new();
     let mut limit = Vec::new();
@@ -217,4 +220,128 @@ pub fn agent_targets(nodes: &[crate::store::NodeRecord]) -> String {
         })
         .collect();
     serde_json::to_string_pretty(&groups).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Upper bounds of the gRPC latency histogram, in seconds.
+pub const LATENCY_BOUNDS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// gRPC requests by method and status code, with latencies.
+#[derive(Debug, Default)]
+pub struct GrpcStats {
+    /// (method, code) -> (bucket counts, sum of seconds, count).
+    requests: Mutex<BTreeMap<(String, String), (Vec<u64>, f64, u64)>>,
+}
+
+impl GrpcStats {
+    pub fn record(&self, method: &str, code: &str, seconds: f64) {
+        if let Ok(mut m) = self.requests.lock() {
+            let entry = m
+                .entry((method.to_owned(), code.to_owned()))
+                .or_insert_with(|| (vec![0; LATENCY_BOUNDS.len()], 0.0, 0));
+            for (bound, n) in LATENCY_BOUNDS.iter().zip(entry.0.iter_mut()) {
+                if seconds <= *bound {
+                    *n += 1;
+                }
+            }
+            entry.1 += seconds;
+            entry.2 += 1;
+        }
+    }
+
+    fn render(&self, e: &mut Exposition) {
+        let requests = self.requests.lock().map(|m| m.clone()).unwrap_or_default();
+        e.family(
+            "strato_grpc_requests_total",
+            "gRPC requests handled, by method and status code.",
+            "counter",
+            requests.iter().map(|((method, code), (_, _, n))| {
+                (
+                    vec![("method", method.clone()), ("code", code.clone())],
+                    *n as f64,
+                )
+            }),
+        );
+        e.histogram(
+            "strato_grpc_request_duration_seconds",
+            "Time to answer gRPC requests (to the response headers for streams).",
+            &LATENCY_BOUNDS,
+            requests
+                .into_iter()
+                .map(|((method, code), (buckets, sum, n))| {
+                    (vec![("method", method), ("code", code)], buckets, sum, n)
+                }),
+        );
+    }
+}
+
+/// A tower layer that records every gRPC request in `GrpcStats`.
+#[derive(Clone, Debug)]
+pub struct GrpcMetricsLayer {
+    pub stats: std::sync::Arc<GrpcStats>,
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    stats: std::sync::Arc<GrpcStats>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<tonic::codegen::http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<R>,
+        >,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let started = std::time::Instant::now();
+        let stats = self.stats.clone();
+        let fut = self.inner.call(request);
+        Box::pin(async move {
+            let result = fut.await;
+            // Errors come as trailers-only responses with the status in the
+            // headers; a success's status follows in the trailers.
+            let code = match &result {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or_else(
+                        || "Ok".to_owned(),
+                        |c| format!("{:?}", tonic::Code::from(c)),
+                    ),
+                Err(_) => "Unknown".to_owned(),
+            };
+            stats.record(&method, &code, started.elapsed().as_secs_f64());
+            result
+        })
+    }
 }

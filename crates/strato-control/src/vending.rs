@@ -90,7 +90,6 @@ impl<S: Store> IdentityService for IdentityApi<S> {
             )),
             SelectError::NotFound => Status::not_found("Identity not found"),
         })?;
-        self.plane.counters.token("issued");
         let issued = self
             .plane
             .tokens

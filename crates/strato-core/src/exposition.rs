@@ -57,6 +57,52 @@ impl Exposition {
         }
     }
 
+    /// A histogram family: per label set, cumulative bucket counts for the
+    /// upper bounds `bounds`, the sum and the count.
+    pub fn histogram<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        bounds: &[f64],
+        series: impl IntoIterator<Item = (Labels<'a>, Vec<u64>, f64, u64)>,
+    ) {
+        let series: Vec<_> = series.into_iter().collect();
+        if series.is_empty() {
+            return;
+        }
+        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\n', " "));
+        let _ = writeln!(self.out, "# TYPE {name} histogram");
+        for (labels, buckets, sum, count) in series {
+            let base: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let with = |extra: Option<String>| {
+                let mut all = base.clone();
+                all.extend(extra);
+                if all.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", all.join(","))
+                }
+            };
+            for (bound, n) in bounds.iter().zip(&buckets) {
+                let _ = writeln!(
+                    self.out,
+                    "{name}_bucket{} {n}",
+                    with(Some(format!("le=\"{}\"", number(*bound))))
+                );
+            }
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{} {count}",
+                with(Some("le=\"+Inf\"".to_owned()))
+            );
+            let _ = writeln!(self.out, "{name}_sum{} {}", with(None), number(sum));
+            let _ = writeln!(self.out, "{name}_count{} {count}", with(None));
+        }
+    }
+
     /// A family of one unlabelled sample.
     pub fn single(&mut self, name: &str, help: &str, kind: &str, value: f64) {
         self.family(name, help, kind, [(Vec::new(), value)]);
