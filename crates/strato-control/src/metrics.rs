@@ -225,11 +225,13 @@ pub fn agent_targets(nodes: &[crate::store::NodeRecord]) -> String {
 /// Upper bounds of the gRPC latency histogram, in seconds.
 pub const LATENCY_BOUNDS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// Latencies of one (method, code): bucket counts, sum of seconds, count.
+type Latencies = (Vec<u64>, f64, u64);
+
 /// gRPC requests by method and status code, with latencies.
 #[derive(Debug, Default)]
 pub struct GrpcStats {
-    /// (method, code) -> (bucket counts, sum of seconds, count).
-    requests: Mutex<BTreeMap<(String, String), (Vec<u64>, f64, u64)>>,
+    requests: Mutex<BTreeMap<(String, String), Latencies>>,
 }
 
 impl GrpcStats {
