@@ -23,7 +23,10 @@ commands:
   bench dispatch
           on a warm node, time from `strato job submit` to the job's first output
           line, against plain `docker run` of the same image and command (release
-          build, median of 15 runs each, printed as a ratio)";
+          build, median of 15 runs each, printed as a ratio)
+  bench agent
+          the agent's resident memory and CPU while idle (1-second telemetry) and
+          while scraped 10 times a second, next to node_exporter's in the same run";
 
 fn main() -> std::process::ExitCode {
     match dispatch() {
@@ -43,7 +46,8 @@ fn dispatch() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("dispatch") => bench_dispatch(),
-            other => bail!("unknown benchmark {other:?}; available: dispatch\n\n{USAGE}"),
+            Some("agent") => bench_agent(),
+            other => bail!("unknown benchmark {other:?}; available: dispatch, agent\n\n{USAGE}"),
         },
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -402,6 +406,10 @@ struct Control {
 
 impl Control {
     fn start(data_dir: &Path, grpc: &str, http: &str) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, grpc, http, &[])
+    }
+
+    fn start_with(data_dir: &Path, grpc: &str, http: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let child = Command::new(target_dir().join(profile_dir()).join("strato-control"))
             .args(["--data-dir"])
             .arg(data_dir)
@@ -413,6 +421,8 @@ impl Control {
                 "--log",
                 "warn",
             ])
+            .args(["--reconcile-interval-ms", "250"])
+            .args(extra)
             .spawn()
             .context("starting strato-control")?;
         let mut c = Control {
@@ -798,6 +808,202 @@ fn bench_dispatch() -> anyhow::Result<()> {
             "0",
         ],
     )?;
+    while !node_states(&control, "bench")?.is_empty() {
+        ensure!(Instant::now() < deadline, "the node did not leave");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    strato_output(&control, &["compute", "delete", "-n", "bench", "--yes"])?;
+    control.terminate()?;
+    std::fs::remove_dir_all(&data_dir).ok();
+    Ok(())
+}
+
+/// CPU seconds (user + system) a process used so far, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// CPU % and resident MiB of `pid` over `window`, scraping `scrape`
+/// (address, path) ten times a second meanwhile if given.
+fn measure(pid: u32, window: Duration, scrape: Option<(&str, &str)>) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let cpu0 = cpu_seconds(pid)?;
+    while started.elapsed() < window {
+        if let Some((addr, path)) = scrape
+            && let Ok(mut s) = TcpStream::connect(addr)
+        {
+            let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu = (cpu_seconds(pid)? - cpu0) / started.elapsed().as_secs_f64() * 100.0;
+    Ok((cpu, rss_mib(pid)?))
+}
+
+/// The pid of an agent of the control plane at `endpoint`.
+fn find_agent(endpoint: &str) -> Option<u32> {
+    let wanted = format!("STRATO_CONTROL_PLANE={endpoint}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == wanted.as_bytes())
+            .then_some(pid)
+    })
+}
+
+fn bench_agent() -> anyhow::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(10);
+    setup()?;
+    let _ = PROFILE.set("release");
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet", "--bins"]);
+    run("cargo build --release --bins", build)?;
+    let data_dir = root()
+        .join(".data")
+        .join(format!("bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    // Heartbeats and container sampling every second.
+    let mut control = Control::start_with(
+        &data_dir,
+        &grpc,
+        &http,
+        &["--heartbeat-interval", "1", "--node-heartbeat-timeout", "5"],
+    )?;
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "bench",
+            "-s",
+            "Standard_D2_v2",
+            "--min-nodes",
+            "1",
+            "--max-nodes",
+            "1",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node_states(&control, "bench")?
+        .iter()
+        .any(|(_, s)| s == "idle")
+    {
+        ensure!(Instant::now() < deadline, "no idle node within 60s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = find_agent(&format!("http://{grpc}")).context("the agent process")?;
+    let nodes = strato_output(
+        &control,
+        &["compute", "list-nodes", "-n", "bench", "-o", "json"],
+    )?;
+    let url = nodes
+        .split("\"metrics_url\": \"http://")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("metrics_url")?
+        .to_owned();
+    let (addr, path) = url
+        .split_once('/')
+        .map(|(a, p)| (a.to_owned(), format!("/{p}")))
+        .context("metrics url")?;
+    println!(
+        "==> measuring strato-agent (pid {pid}): {}s idle, then {}s scraped",
+        WINDOW.as_secs(),
+        WINDOW.as_secs()
+    );
+    let agent_idle = measure(pid, WINDOW, None)?;
+    let agent_scraped = measure(pid, WINDOW, Some((&addr, &path)))?;
+
+    let exporter =
+        if have("prometheus-node-exporter") || apt_install(&["prometheus-node-exporter"]).is_ok() {
+            let port = free_port()?;
+            let mut child = Command::new("prometheus-node-exporter")
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(&addr).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("==> measuring node_exporter (pid {})", child.id());
+            let idle = measure(child.id(), WINDOW, None);
+            let scraped = measure(child.id(), WINDOW, Some((&addr, "/metrics")));
+            let _ = child.kill();
+            let _ = child.wait();
+            Some((idle?, scraped?))
+        } else {
+            None
+        };
+    println!(
+        "agent: CPU and resident memory, {}s windows, scrapes every 100 ms",
+        WINDOW.as_secs()
+    );
+    println!("  {:<24} {:>8} {:>10}", "", "CPU %", "RSS MiB");
+    println!(
+        "  {:<24} {:>8.2} {:>10.1}",
+        "strato-agent idle", agent_idle.0, agent_idle.1
+    );
+    println!(
+        "  {:<24} {:>8.2} {:>10.1}",
+        "strato-agent scraped", agent_scraped.0, agent_scraped.1
+    );
+    match exporter {
+        Some((idle, scraped)) => {
+            println!(
+                "  {:<24} {:>8.2} {:>10.1}",
+                "node_exporter idle", idle.0, idle.1
+            );
+            println!(
+                "  {:<24} {:>8.2} {:>10.1}",
+                "node_exporter scraped", scraped.0, scraped.1
+            );
+        }
+        None => println!("  (node_exporter could not be installed: absolute figures only)"),
+    }
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "update",
+            "-n",
+            "bench",
+            "--min-nodes",
+            "0",
+            "--idle-seconds-before-scaledown",
+            "0",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !node_states(&control, "bench")?.is_empty() {
         ensure!(Instant::now() < deadline, "the node did not leave");
         std::thread::sleep(Duration::from_millis(100));

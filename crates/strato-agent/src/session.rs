@@ -278,6 +278,7 @@ async fn session<R: ContainerRuntime>(
         runtime.clone(),
         node_id.clone(),
         identity.health.clone(),
+        interval,
     ));
     let mut stopping: HashSet<String> = HashSet::new();
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
@@ -736,12 +737,14 @@ impl CpuMeter {
     }
 }
 
-/// Every few seconds, the usage of this node's running job containers, for
+/// Every telemetry interval (the heartbeat interval the control plane set),
+/// the usage of this node's running job containers, for
 /// `/metrics`.
 async fn sample_containers<R: ContainerRuntime>(
     runtime: Arc<R>,
     node_id: String,
     health: Arc<AgentHealth>,
+    interval: Duration,
 ) {
     loop {
         let mut samples = Vec::new();
@@ -770,7 +773,7 @@ async fn sample_containers<R: ContainerRuntime>(
         if let Ok(mut c) = health.containers.lock() {
             *c = samples;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
