@@ -41,7 +41,9 @@ pub struct Vending {
     secrets: Mutex<HashMap<String, AttemptIdentity>>,
     addresses: Mutex<HashMap<IpAddr, String>>,
     control: RwLock<Option<(Channel, String)>>,
-    cache: Mutex<HashMap<(String, String), v1::AccessToken>>,
+    /// By (job, attempt, identity as named, resource): a token is served
+    /// from the cache only to the attempt the control plane issued it to.
+    cache: Mutex<HashMap<(String, u32, String, String), v1::AccessToken>>,
 }
 
 impl Vending {
@@ -79,10 +81,37 @@ impl Vending {
         if let Ok(mut a) = self.addresses.lock() {
             a.retain(|_, secret| !revoked.contains(secret));
         }
+        if let Ok(mut c) = self.cache.lock() {
+            c.retain(|(job, a, _, _), _| !(job == job_id && *a == attempt));
+        }
+    }
+
+    /// The attempt's container stopped: its address may go to another
+    /// container, so IMDS callers from it are no longer this attempt.
+    pub fn forget_address(&self, job_id: &str, attempt: u32) {
+        let secrets: Vec<String> = self
+            .secrets
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, a)| a.job_id == job_id && a.attempt == attempt)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(mut a) = self.addresses.lock() {
+            a.retain(|_, secret| !secrets.contains(secret));
+        }
     }
 
     /// The session's channel and session token, for token requests.
     pub fn connected(&self, control: Option<(Channel, String)>) {
+        // Without a session the control plane cannot vouch for any attempt.
+        if control.is_none()
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.clear();
+        }
         if let Ok(mut c) = self.control.write() {
             *c = control;
         }
@@ -118,7 +147,12 @@ impl Vending {
     ) -> Result<v1::AccessToken, Refusal> {
         let selector = query.selector();
         // Per identity (as named) and resource; a node serves one cluster.
-        let key = (selector.clone(), query.resource.clone());
+        let key = (
+            attempt.job_id.clone(),
+            attempt.attempt,
+            selector.clone(),
+            query.resource.clone(),
+        );
         if let Some(cached) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned())
             && cached.expires_on - REFRESH_MARGIN_SECONDS > now
         {
@@ -167,6 +201,8 @@ pub struct TokenQuery {
     client_id: Option<String>,
     principal_id: Option<String>,
     object_id: Option<String>,
+    /// `mi_res_id` (App Service) or `msi_res_id` (IMDS).
+    #[serde(alias = "msi_res_id")]
     mi_res_id: Option<String>,
 }
 

@@ -499,6 +499,9 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory: spec
             .memory_bytes
             .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
+        // Without NET_RAW a job cannot forge another container's address
+        // (the identity endpoint knows IMDS callers by address).
+        cap_drop: Some(vec!["NET_RAW".to_owned()]),
         binds: (!spec.mounts.is_empty()).then(|| {
             spec.mounts
                 .iter()

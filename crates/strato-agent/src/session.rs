@@ -511,11 +511,13 @@ async fn start<R: ContainerRuntime>(
     }
     if let Err(e) = runtime.ensure_image(&spec.image).await {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+        vending.revoke(&job_id, attempt);
         let _ = tx.send(failed(e)).await;
         return;
     }
     if let Err(why) = stage_data(&staging, &plan, &mut spec, &job_id, attempt).await {
         tracing::warn!(job = %job_id, attempt, error = %why, "cannot stage the job's data");
+        vending.revoke(&job_id, attempt);
         let _ = tx
             .send(report(&job_id, attempt, v1::JobState::Failed, None, why))
             .await;
@@ -525,6 +527,7 @@ async fn start<R: ContainerRuntime>(
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+            vending.revoke(&job_id, attempt);
             let _ = tx.send(failed(e)).await;
             return;
         }
@@ -607,7 +610,9 @@ async fn follow<R: ContainerRuntime>(
             return;
         }
     }
-    let end = match runtime.wait(&id).await {
+    let waited = runtime.wait(&id).await;
+    vending.forget_address(&job_id, attempt);
+    let end = match waited {
         Ok(code) => {
             let code = i32::try_from(code).unwrap_or(i32::MIN);
             let state = if code == 0 {

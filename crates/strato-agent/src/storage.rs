@@ -104,7 +104,8 @@ pub async fn upload(
             location.push('/');
             location.push_str(&part.as_os_str().to_string_lossy());
         }
-        let data = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+        // Read through a handle opened without following a final link.
+        let data = read_no_follow(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
         store
             .put(&BlobPath::from(location.as_str()), PutPayload::from(data))
             .await
@@ -113,17 +114,74 @@ pub async fn upload(
     Ok(files.len())
 }
 
+/// Regular files under `dir`. Symbolic links are skipped, never followed:
+/// the job wrote this directory, and a link could point at any file of the
+/// host (the upload runs after the container exited, so nothing changes the
+/// tree meanwhile).
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NOFOLLOW on Linux.
+    const O_NOFOLLOW: i32 = 0o400_000;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     }
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if path.is_file() {
-            out.push(path);
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            tracing::warn!(path = %entry.path().display(), "output holds a symbolic link: not uploaded");
+        } else if kind.is_dir() {
+            collect(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path());
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_never_follow_symbolic_links() {
+        let dir = tempfile_dir();
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("sub")).expect("dirs");
+        std::fs::write(out.join("a.txt"), "a").expect("file");
+        std::fs::write(out.join("sub/b.txt"), "b").expect("file");
+        let secret = dir.join("host-secret");
+        std::fs::write(&secret, "do not upload").expect("secret");
+        std::os::unix::fs::symlink(&secret, out.join("link")).expect("link");
+        std::os::unix::fs::symlink("/", out.join("root")).expect("dir link");
+        let mut files = Vec::new();
+        collect(&out, &mut files).expect("collect");
+        files.sort();
+        assert_eq!(files, vec![out.join("a.txt"), out.join("sub/b.txt")]);
+        assert!(
+            read_no_follow(&out.join("link")).is_err(),
+            "a link is never read through"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("strato-storage-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
 }

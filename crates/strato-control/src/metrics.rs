@@ -207,8 +207,17 @@ pub fn agent_targets(nodes: &[crate::store::NodeRecord]) -> String {
     let groups: Vec<serde_json::Value> = nodes
         .iter()
         .filter_map(|n| {
+            // Only host:port/metrics: an agent cannot point Prometheus
+            // anywhere else.
             let rest = n.metrics_url.strip_prefix("http://")?;
-            let (host, path) = rest.split_once('/').unwrap_or((rest, "metrics"));
+            let (host, path) = rest.split_once('/')?;
+            if path != "metrics"
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+            {
+                return None;
+            }
             Some(serde_json::json!({
                 "targets": [host],
                 "labels": {
@@ -322,7 +331,18 @@ where
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        // Only served services' methods become labels: anyone can send any
+        // path, and labels must stay bounded.
+        let path = request.uri().path();
+        let method = if ["/strato.v1.", "/grpc.health.", "/grpc.reflection."]
+            .iter()
+            .any(|p| path.starts_with(p))
+            && path.len() <= 128
+        {
+            path.to_owned()
+        } else {
+            "unknown".to_owned()
+        };
         let started = std::time::Instant::now();
         let stats = self.stats.clone();
         let fut = self.inner.call(request);

@@ -18,6 +18,11 @@ fn escape(v: &str) -> String {
         .replace('\n', r"\n")
 }
 
+/// HELP text escapes backslash and newline.
+fn help_text(help: &str) -> String {
+    help.replace('\\', r"\\").replace('\n', r"\n")
+}
+
 fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".to_owned()
@@ -42,7 +47,7 @@ impl Exposition {
         if samples.is_empty() {
             return;
         }
-        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\n', " "));
+        let _ = writeln!(self.out, "# HELP {name} {}", help_text(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
         for (labels, value) in samples {
             if labels.is_empty() {
@@ -70,7 +75,7 @@ impl Exposition {
         if series.is_empty() {
             return;
         }
-        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\n', " "));
+        let _ = writeln!(self.out, "# HELP {name} {}", help_text(help));
         let _ = writeln!(self.out, "# TYPE {name} histogram");
         for (labels, buckets, sum, count) in series {
             let base: Vec<String> = labels

@@ -124,6 +124,22 @@ pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<()
         ));
     }
     for key in spec.environment.keys() {
+        let upper = key.to_ascii_uppercase();
+        let reserved = ["MSI_", "IDENTITY_", "AZURE_ML_", "STRATO_"]
+            .iter()
+            .any(|p| upper.starts_with(p))
+            || [
+                "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                "DEFAULT_IDENTITY_CLIENT_ID",
+                "AZURE_CLIENT_ID",
+            ]
+            .contains(&upper.as_str());
+        if reserved {
+            return Err(FieldError::new(
+                format!("environment[{key:?}]"),
+                "is set by Strato for every job (MSI_*, IDENTITY_*, AZURE_ML_*, STRATO_*, AZURE_CLIENT_ID, DEFAULT_IDENTITY_CLIENT_ID, AZURE_POD_IDENTITY_AUTHORITY_HOST)",
+            ));
+        }
         let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
@@ -360,6 +376,13 @@ mod tests {
                 "environment[\"1X\"]",
             ),
             (Box::new(|_| {}), 2, "node_count"),
+            (
+                Box::new(|j| {
+                    j.environment.insert("MSI_SECRET".into(), String::new());
+                }),
+                1,
+                "environment[\"MSI_SECRET\"]",
+            ),
             (Box::new(|j| j.max_retries = 1000), 1, "max_retries"),
         ];
         for (change, nodes, field) in cases {
