@@ -100,7 +100,8 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     // The job fails on purpose: its outputs are uploaded all the same.
     let script = "cat $AZURE_ML_INPUT_raw/a.txt; echo; cat $AZURE_ML_INPUT_raw/sub/b.txt; echo; \
                   echo weights > $AZURE_ML_OUTPUT_model/w.bin; mkdir $AZURE_ML_OUTPUT_model/m; \
-                  echo meta > $AZURE_ML_OUTPUT_model/m/info.txt; exit 4";
+                  echo meta > $AZURE_ML_OUTPUT_model/m/info.txt; \
+                  ln -s /etc/hostname $AZURE_ML_OUTPUT_model/leak; exit 4";
     let id = jobs
         .submit_job(submit("etl", script))
         .await
@@ -135,6 +136,8 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         azurite.request("GET", "data/out/etl/m/info.txt", None),
         (200, "meta\n".to_owned())
     );
+    // A symbolic link in the outputs is not followed to a file of the host.
+    assert_eq!(azurite.request("GET", "data/out/etl/leak", None).0, 404);
 
     // Azurite saw bearer tokens only, never an account key.
     let log = azurite.debug_log();
