@@ -682,42 +682,7 @@ fn time_to_first_line(mut cmd: Command, started: Instant) -> anyhow::Result<Dura
 
 fn bench_dispatch() -> anyhow::Result<()> {
     const RUNS: usize = 15;
-    setup()?;
-    let _ = PROFILE.set("release");
-    let mut build = cargo();
-    build.args(["build", "--release", "--quiet", "--bins"]);
-    run("cargo build --release --bins", build)?;
-    let data_dir = root()
-        .join(".data")
-        .join(format!("bench-{}", std::process::id()));
-    std::fs::create_dir_all(&data_dir)?;
-    let grpc = format!("127.0.0.1:{}", free_port()?);
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let mut control = Control::start(&data_dir, &grpc, &http)?;
-    strato_output(
-        &control,
-        &[
-            "compute",
-            "create",
-            "-n",
-            "bench",
-            "-s",
-            "Standard_D2_v2",
-            "--min-nodes",
-            "1",
-            "--max-nodes",
-            "1",
-        ],
-    )?;
-    println!("==> waiting for a warm node");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !node_states(&control, "bench")?
-        .iter()
-        .any(|(_, s)| s == "idle")
-    {
-        ensure!(Instant::now() < deadline, "no idle node within 60s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (control, data_dir, grpc) = warm_bench_cluster("dispatch", &[])?;
     let command = ["sh", "-c", "echo ready"];
     let strato_bin = target_dir().join(profile_dir()).join("strato");
     let endpoint = format!("http://{grpc}");
@@ -791,31 +756,7 @@ fn bench_dispatch() -> anyhow::Result<()> {
         "  ratio strato / docker run:          {:>7.2}",
         s.as_secs_f64() / d.as_secs_f64()
     );
-    strato_output(
-        &control,
-        &["compute", "update", "-n", "bench", "--min-nodes", "0"],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    println!("==> removing the node");
-    strato_output(
-        &control,
-        &[
-            "compute",
-            "update",
-            "-n",
-            "bench",
-            "--idle-seconds-before-scaledown",
-            "0",
-        ],
-    )?;
-    while !node_states(&control, "bench")?.is_empty() {
-        ensure!(Instant::now() < deadline, "the node did not leave");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    strato_output(&control, &["compute", "delete", "-n", "bench", "--yes"])?;
-    control.terminate()?;
-    std::fs::remove_dir_all(&data_dir).ok();
-    Ok(())
+    remove_bench_cluster(control, &data_dir)
 }
 
 /// CPU seconds (user + system) a process used so far, from /proc.
@@ -878,47 +819,11 @@ fn find_agent(endpoint: &str) -> Option<u32> {
 
 fn bench_agent() -> anyhow::Result<()> {
     const WINDOW: Duration = Duration::from_secs(10);
-    setup()?;
-    let _ = PROFILE.set("release");
-    let mut build = cargo();
-    build.args(["build", "--release", "--quiet", "--bins"]);
-    run("cargo build --release --bins", build)?;
-    let data_dir = root()
-        .join(".data")
-        .join(format!("bench-agent-{}", std::process::id()));
-    std::fs::create_dir_all(&data_dir)?;
-    let grpc = format!("127.0.0.1:{}", free_port()?);
-    let http = format!("127.0.0.1:{}", free_port()?);
     // Heartbeats and container sampling every second.
-    let mut control = Control::start_with(
-        &data_dir,
-        &grpc,
-        &http,
+    let (control, data_dir, grpc) = warm_bench_cluster(
+        "agent",
         &["--heartbeat-interval", "1", "--node-heartbeat-timeout", "5"],
     )?;
-    strato_output(
-        &control,
-        &[
-            "compute",
-            "create",
-            "-n",
-            "bench",
-            "-s",
-            "Standard_D2_v2",
-            "--min-nodes",
-            "1",
-            "--max-nodes",
-            "1",
-        ],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !node_states(&control, "bench")?
-        .iter()
-        .any(|(_, s)| s == "idle")
-    {
-        ensure!(Instant::now() < deadline, "no idle node within 60s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let pid = find_agent(&format!("http://{grpc}")).context("the agent process")?;
     let nodes = strato_output(
         &control,
@@ -990,6 +895,54 @@ fn bench_agent() -> anyhow::Result<()> {
         }
         None => println!("  (node_exporter could not be installed: absolute figures only)"),
     }
+    remove_bench_cluster(control, &data_dir)
+}
+
+/// Release binaries, a control plane, and a cluster `bench` with one warm
+/// (idle) node; returns the control plane, its data dir and gRPC address.
+fn warm_bench_cluster(name: &str, extra: &[&str]) -> anyhow::Result<(Control, PathBuf, String)> {
+    setup()?;
+    let _ = PROFILE.set("release");
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet", "--bins"]);
+    run("cargo build --release --bins", build)?;
+    let data_dir = root()
+        .join(".data")
+        .join(format!("bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let control = Control::start_with(&data_dir, &grpc, &http, extra)?;
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "bench",
+            "-s",
+            "Standard_D2_v2",
+            "--min-nodes",
+            "1",
+            "--max-nodes",
+            "1",
+        ],
+    )?;
+    println!("==> waiting for a warm node");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node_states(&control, "bench")?
+        .iter()
+        .any(|(_, s)| s == "idle")
+    {
+        ensure!(Instant::now() < deadline, "no idle node within 60s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((control, data_dir, grpc))
+}
+
+/// Scales the bench cluster to zero, deletes it and stops the control plane.
+fn remove_bench_cluster(mut control: Control, data_dir: &Path) -> anyhow::Result<()> {
+    println!("==> removing the node");
     strato_output(
         &control,
         &[
@@ -1010,6 +963,6 @@ fn bench_agent() -> anyhow::Result<()> {
     }
     strato_output(&control, &["compute", "delete", "-n", "bench", "--yes"])?;
     control.terminate()?;
-    std::fs::remove_dir_all(&data_dir).ok();
+    std::fs::remove_dir_all(data_dir).ok();
     Ok(())
 }
