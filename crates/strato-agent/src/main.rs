@@ -74,6 +74,15 @@ struct Config {
     #[arg(long, env = "STRATO_STORAGE_CA_FILE")]
     storage_ca_file: Option<std::path::PathBuf>,
 
+    /// The Scheduled Events endpoint polled about once a second for eviction
+    /// notices (the local provider points it at the control plane).
+    #[arg(
+        long,
+        env = "STRATO_SCHEDULED_EVENTS_URL",
+        default_value = "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01"
+    )]
+    scheduled_events_url: String,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     log: String,
@@ -223,6 +232,7 @@ async fn run(config: Config) -> ExitCode {
         endpoint,
         work_dir: config.work_dir.clone(),
         storage_ca,
+        scheduled_events_url: config.scheduled_events_url.clone(),
     });
     let hostname = config.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")

@@ -166,6 +166,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         value: &str,
     ) -> impl Future<Output = Result<Vec<JobContainer>, RuntimeError>> + Send;
 
+    /// Sends a signal (e.g. `SIGTERM`) to a running container's main process.
+    fn signal(
+        &self,
+        id: &str,
+        signal: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// A running container's usage: CPU seconds used, memory used and its
     /// limit (0 for none), in bytes.
     fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerUsage, RuntimeError>> + Send;
@@ -414,6 +421,14 @@ impl ContainerRuntime for DockerRuntime {
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::KillContainerOptionsBuilder::new()
+            .signal(signal)
+            .build();
+        self.docker.kill_container(id, Some(options)).await?;
+        Ok(())
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerUsage, RuntimeError> {

@@ -99,6 +99,10 @@ pub struct SubmitArgs {
     /// Attempts after a failure (non-zero exit or a lost node); default 0.
     #[arg(long, value_name = "R")]
     max_retries: Option<u32>,
+    /// Re-queues after an eviction of a low-priority node, counted apart
+    /// from failures; default 3.
+    #[arg(long, value_name = "P")]
+    max_preemptions: Option<u32>,
     /// The command and its arguments, after `--` (run without a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -151,6 +155,7 @@ fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
         node_count: 1,
         process_count_per_node: 1,
         max_retries: args.max_retries.unwrap_or_default(),
+        max_preemptions: args.max_preemptions,
         inputs: data(args.inputs, "download"),
         outputs: data(args.outputs, "upload"),
     }

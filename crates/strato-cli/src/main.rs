@@ -195,6 +195,18 @@ enum ComputeCommand {
         #[arg(long)]
         location: Option<String>,
     },
+    /// Deliver a real Preempt scheduled event to a node of a low-priority
+    /// cluster, as an actual eviction would, to test checkpointing.
+    SimulateEviction {
+        #[command(flatten)]
+        name: NameArg,
+        /// The node to evict (see `compute list-nodes`).
+        #[arg(long = "node")]
+        node_id: String,
+        /// Seconds between the notice and the eviction; default 30.
+        #[arg(long)]
+        notice_seconds: Option<u32>,
+    },
     /// Delete a cluster.
     Delete {
         #[command(flatten)]
@@ -561,6 +573,29 @@ async fn compute(endpoint: &str, format: Format, command: ComputeCommand) -> Res
                 .await?
                 .into_inner();
             print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::SimulateEviction {
+            name: NameArg { name },
+            node_id,
+            notice_seconds,
+        } => {
+            let node = client
+                .simulate_eviction(v1::SimulateEvictionRequest {
+                    name,
+                    node_id,
+                    notice_seconds,
+                })
+                .await?
+                .into_inner();
+            if format == Format::Table {
+                println!(
+                    "eviction of node {} scheduled in {}s",
+                    node.node_id,
+                    notice_seconds.unwrap_or(30)
+                );
+            } else {
+                print(format, &vec![NodeView::from(node)])?;
+            }
         }
         ComputeCommand::Delete {
             name: NameArg { name },

@@ -189,6 +189,20 @@ async fn handle<S: Store>(
             plane.store.heartbeat(node_id, None, now).await?;
             hello_reconcile(plane, node_id, &hello, now).await?;
         }
+        Some(Body::Preemption(p)) => {
+            let evict_at = p.not_before.saturating_mul(1000);
+            let reason = format!(
+                "preempted: scheduled event {} evicts it at {}",
+                p.event_id,
+                strato_proto::convert::rfc3339(&strato_proto::convert::timestamp(evict_at))
+            );
+            tracing::warn!(node = %node_id, event = %p.event_id, evict_at, "node preempted");
+            plane
+                .store
+                .node_preempted(node_id, evict_at, &reason, now)
+                .await?;
+            plane.events.changed();
+        }
         Some(Body::Heartbeat(h)) => {
             let usage = NodeUsage {
                 cpu_percent: h.cpu_percent,

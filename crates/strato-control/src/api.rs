@@ -284,25 +284,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(v1::ListNodesResponse {
-            nodes: nodes
-                .into_iter()
-                .map(|n| v1::Node {
-                    node_id: n.node_id,
-                    cluster: n.cluster,
-                    state: convert::node_state(n.state) as i32,
-                    private_ip: n.private_ip,
-                    port: u32::from(n.port),
-                    run_id: n.run_id.unwrap_or_default(),
-                    reason: n.reason,
-                    state_since: Some(convert::timestamp(n.state_since)),
-                    metrics_url: n.metrics_url,
-                    cpu_percent: n.usage.cpu_percent,
-                    memory_used_bytes: n.usage.memory_used,
-                    memory_total_bytes: n.usage.memory_total,
-                    gpu_percent: n.usage.gpu_percent,
-                    gpus: n.gpus,
-                })
-                .collect(),
+            nodes: nodes.into_iter().map(node_view).collect(),
         }))
     }
 
@@ -358,6 +340,62 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         Ok(Response::new(self.load_view(&record).await?))
     }
 
+    async fn simulate_eviction(
+        &self,
+        request: Request<v1::SimulateEvictionRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        let r = request.into_inner();
+        required_name("name", &r.name)?;
+        required_name("node_id", &r.node_id)?;
+        let cluster = self
+            .plane
+            .store
+            .get_cluster(&r.name)
+            .await
+            .map_err(status)?;
+        if cluster.spec.vm_priority != VmPriority::LowPriority {
+            return Err(Status::failed_precondition(format!(
+                "cluster {} is dedicated: dedicated nodes are never evicted, only low-priority ones",
+                cluster.spec.name
+            )));
+        }
+        if !matches!(self.plane.provider, crate::provider::Provider::Local(_)) {
+            return Err(Status::failed_precondition(
+                "simulated evictions are delivered by the local provider's Scheduled Events; this control plane has none",
+            ));
+        }
+        let nodes = self
+            .plane
+            .store
+            .list_nodes(&cluster.spec.name)
+            .await
+            .map_err(status)?;
+        let node = nodes
+            .iter()
+            .find(|n| n.node_id == r.node_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {:?} is not in cluster {}",
+                    r.node_id, cluster.spec.name
+                ))
+            })?;
+        if !strato_core::scale::is_live(node.state) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is {}: only a live node can be evicted",
+                node.node_id,
+                node.state.as_str()
+            )));
+        }
+        let notice = i64::from(r.notice_seconds.unwrap_or(30).clamp(1, 3600));
+        let not_before = strato_core::time::rfc1123(now_ms() / 1000 + notice);
+        let event = self
+            .plane
+            .scheduled_events
+            .preempt(&node.node_id, &not_before);
+        tracing::warn!(cluster = %cluster.spec.name, node = %node.node_id, %event, %not_before, "simulated eviction scheduled");
+        Ok(Response::new(node_view(node.clone())))
+    }
+
     async fn list_sizes(
         &self,
         _request: Request<v1::ListSizesRequest>,
@@ -399,5 +437,25 @@ impl<S: Store> ComputeService for ComputeApi<S> {
                 .collect(),
             location,
         }))
+    }
+}
+
+/// A stored node on the wire.
+fn node_view(n: NodeRecord) -> v1::Node {
+    v1::Node {
+        node_id: n.node_id,
+        cluster: n.cluster,
+        state: convert::node_state(n.state) as i32,
+        private_ip: n.private_ip,
+        port: u32::from(n.port),
+        run_id: n.run_id.unwrap_or_default(),
+        reason: n.reason,
+        state_since: Some(convert::timestamp(n.state_since)),
+        metrics_url: n.metrics_url,
+        cpu_percent: n.usage.cpu_percent,
+        memory_used_bytes: n.usage.memory_used,
+        memory_total_bytes: n.usage.memory_total,
+        gpu_percent: n.usage.gpu_percent,
+        gpus: n.gpus,
     }
 }

@@ -65,6 +65,7 @@ pub fn wire_spec(spec: &JobSpec) -> v1::JobSpec {
         node_count: 1,
         process_count_per_node: 1,
         max_retries: spec.max_retries,
+        max_preemptions: Some(spec.max_preemptions),
         inputs: spec
             .inputs
             .iter()
@@ -207,6 +208,7 @@ impl<S: Store> JobService for JobApi<S> {
             cpu: resources.cpu,
             memory_mb: resources.memory_mb,
             max_retries: wire.max_retries,
+            max_preemptions: wire.max_preemptions.unwrap_or(job::DEFAULT_MAX_PREEMPTIONS),
             inputs: self.resolve("inputs", "download", wire.inputs).await?,
             outputs: self.resolve("outputs", "upload", wire.outputs).await?,
         };

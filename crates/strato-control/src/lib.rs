@@ -52,6 +52,7 @@ pub async fn run(
         .await
         .with_context(|| format!("--http-listen {}: cannot listen", config.http_listen))?;
     let grpc_addr = grpc.local_addr()?;
+    let http_base = http.local_addr()?;
     let provider = match config.provider {
         ProviderKind::None => Provider::None,
         ProviderKind::Local => {
@@ -80,6 +81,7 @@ pub async fn run(
                 PathBuf::from(&config.data_dir).join("nodes"),
                 config.docker_socket.clone(),
                 config.storage_ca_file.clone(),
+                format!("http://{http_base}"),
             ))
         }
     };
@@ -105,6 +107,7 @@ pub async fn run(
         settings,
         provider,
         sessions: Sessions::default(),
+        scheduled_events: plane::ScheduledEvents::default(),
         counters: metrics::Counters::default(),
         events: Events::default(),
     });

@@ -137,7 +137,72 @@ impl Events {
     }
 }
 
+/// The Scheduled Events documents the local provider serves its nodes, by
+/// node id.
+#[derive(Default)]
+pub struct ScheduledEvents {
+    docs: Mutex<HashMap<String, (u64, Vec<serde_json::Value>)>>,
+}
+
+impl ScheduledEvents {
+    /// Adds a Preempt event for a node; returns its id.
+    pub fn preempt(&self, node_id: &str, not_before: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string().to_uppercase();
+        if let Ok(mut docs) = self.docs.lock() {
+            let doc = docs.entry(node_id.to_owned()).or_default();
+            doc.0 += 1;
+            doc.1.push(serde_json::json!({
+                "EventId": id,
+                "EventType": "Preempt",
+                "ResourceType": "VirtualMachine",
+                "Resources": [node_id],
+                "EventStatus": "Scheduled",
+                "NotBefore": not_before,
+                "Description": "Simulated eviction of a low-priority node (strato compute simulate-eviction)",
+                "EventSource": "Platform",
+                "DurationInSeconds": -1,
+            }));
+        }
+        id
+    }
+
+    /// The document for a node (REFERENCE.md's format).
+    pub fn document(&self, node_id: &str) -> serde_json::Value {
+        let (incarnation, events) = self
+            .docs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(node_id).cloned())
+            .unwrap_or_default();
+        serde_json::json!({ "DocumentIncarnation": incarnation, "Events": events })
+    }
+
+    /// An acknowledgement (`StartRequests`): the events start.
+    pub fn start(&self, node_id: &str, event_ids: &[String]) {
+        if let Ok(mut docs) = self.docs.lock()
+            && let Some(doc) = docs.get_mut(node_id)
+        {
+            for e in doc.1.iter_mut() {
+                if e["EventId"]
+                    .as_str()
+                    .is_some_and(|id| event_ids.iter().any(|x| x == id))
+                {
+                    e["EventStatus"] = "Started".into();
+                }
+            }
+            doc.0 += 1;
+        }
+    }
+
+    pub fn forget(&self, node_id: &str) {
+        if let Ok(mut docs) = self.docs.lock() {
+            docs.remove(node_id);
+        }
+    }
+}
+
 pub struct Plane<S> {
+    pub scheduled_events: ScheduledEvents,
     pub store: S,
     pub tokens: crate::tokens::TokenIssuer,
     /// Where the HTTP side port is reached (for the discovery document).

@@ -62,6 +62,9 @@ pub struct LocalProvider {
     nodes_dir: PathBuf,
     docker_socket: String,
     storage_ca_file: Option<PathBuf>,
+    /// The control plane's HTTP address: it serves the nodes' Scheduled
+    /// Events documents.
+    control_http: String,
     /// Agent processes started by this control plane, by node id.
     children: Mutex<HashMap<String, u32>>,
 }
@@ -73,6 +76,7 @@ impl LocalProvider {
         nodes_dir: PathBuf,
         docker_socket: String,
         storage_ca_file: Option<PathBuf>,
+        control_http: String,
     ) -> Self {
         LocalProvider {
             agent_binary,
@@ -80,6 +84,7 @@ impl LocalProvider {
             nodes_dir,
             docker_socket,
             storage_ca_file,
+            control_http,
             children: Mutex::new(HashMap::new()),
         }
     }
@@ -95,6 +100,10 @@ impl LocalProvider {
         let dir = self.node_dir(&launch.node_id);
         std::fs::create_dir_all(&dir).map_err(|e| fail("creating the node directory", e))?;
         let work_dir = dir.join("work").display().to_string();
+        let events_url = format!(
+            "{}/scheduledevents/{}?api-version=2020-07-01",
+            self.control_http, launch.node_id
+        );
         let ca = self
             .storage_ca_file
             .as_ref()
@@ -107,6 +116,7 @@ impl LocalProvider {
             ("STRATO_WORK_DIR", work_dir.as_str()),
             // Several local agents share this machine: each takes a free port.
             ("STRATO_METRICS_LISTEN", "127.0.0.1:0"),
+            ("STRATO_SCHEDULED_EVENTS_URL", events_url.as_str()),
         ];
         if let Some(ca) = &ca {
             env.push(("STRATO_STORAGE_CA_FILE", ca.as_str()));

@@ -253,7 +253,10 @@ impl<S: Store> Reconciler<S> {
         let mut issues = Vec::new();
         let mut remaining = nodes.len();
         for (node_id, reason) in &decision.remove {
+            // A preempted node goes at its eviction time: its job has the
+            // notice window to checkpoint.
             if let Some(node) = nodes.iter().find(|n| &n.node_id == node_id)
+                && node.evict_at.is_none_or(|at| at <= now)
                 && self.remove_node(node, reason, now).await?
             {
                 remaining -= 1;
@@ -435,6 +438,7 @@ impl<S: Store> Reconciler<S> {
             return Ok(false);
         }
         self.plane.sessions.drop_node(&node.node_id);
+        self.plane.scheduled_events.forget(&node.node_id);
         self.plane.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
         self.plane.counters.scaled(

@@ -23,12 +23,22 @@ pub struct JobSpec {
     /// Memory limit in MiB; 0 means no limit.
     pub memory_mb: u64,
     pub max_retries: u32,
+    /// Re-queues allowed after evictions, apart from `max_retries`.
+    #[serde(default = "default_max_preemptions")]
+    pub max_preemptions: u32,
     /// Downloaded before the job starts.
     #[serde(default)]
     pub inputs: Vec<DataBinding>,
     /// Uploaded after the job ends.
     #[serde(default)]
     pub outputs: Vec<DataBinding>,
+}
+
+/// Default re-queues after evictions.
+pub const DEFAULT_MAX_PREEMPTIONS: u32 = 3;
+
+fn default_max_preemptions() -> u32 {
+    DEFAULT_MAX_PREEMPTIONS
 }
 
 /// A job input or output: a path in a datastore, resolved to its account
@@ -279,6 +289,8 @@ pub enum AttemptEnd {
     /// The attempt could not start (e.g. the image is missing): retrying
     /// will not help.
     CannotStart,
+    /// The node was evicted (low priority).
+    Preempted,
 }
 
 /// What the job does next.
@@ -293,8 +305,21 @@ pub enum NextStep {
 /// Decides what follows an attempt. `failures` counts failed attempts
 /// before this one; a job is retried while failures stay within
 /// `max_retries`.
-pub fn after_attempt(end: &AttemptEnd, failures: u32, max_retries: u32) -> NextStep {
+pub fn after_attempt(
+    end: &AttemptEnd,
+    failures: u32,
+    max_retries: u32,
+    preemptions: u32,
+    max_preemptions: u32,
+) -> NextStep {
     match end {
+        AttemptEnd::Preempted => {
+            if preemptions < max_preemptions {
+                NextStep::Retry
+            } else {
+                NextStep::Finish(JobState::Failed)
+            }
+        }
         AttemptEnd::Exited(0) => NextStep::Finish(JobState::Completed),
         AttemptEnd::Canceled => NextStep::Finish(JobState::Canceled),
         AttemptEnd::CannotStart => NextStep::Finish(JobState::Failed),
@@ -314,27 +339,41 @@ mod tests {
 
     #[test]
     fn exit_codes_and_retries() {
+        let a = |end, failures, max| after_attempt(&end, failures, max, 0, 3);
         assert_eq!(
-            after_attempt(&AttemptEnd::Exited(0), 0, 0),
+            a(AttemptEnd::Exited(0), 0, 0),
             NextStep::Finish(JobState::Completed)
         );
         assert_eq!(
-            after_attempt(&AttemptEnd::Exited(3), 0, 0),
+            a(AttemptEnd::Exited(3), 0, 0),
             NextStep::Finish(JobState::Failed)
         );
-        assert_eq!(after_attempt(&AttemptEnd::Exited(3), 0, 1), NextStep::Retry);
+        assert_eq!(a(AttemptEnd::Exited(3), 0, 1), NextStep::Retry);
         assert_eq!(
-            after_attempt(&AttemptEnd::NodeLost, 1, 1),
+            a(AttemptEnd::NodeLost, 1, 1),
             NextStep::Finish(JobState::Failed)
         );
-        assert_eq!(after_attempt(&AttemptEnd::NodeLost, 0, 2), NextStep::Retry);
+        assert_eq!(a(AttemptEnd::NodeLost, 0, 2), NextStep::Retry);
         assert_eq!(
-            after_attempt(&AttemptEnd::CannotStart, 0, 5),
+            a(AttemptEnd::CannotStart, 0, 5),
             NextStep::Finish(JobState::Failed)
         );
         assert_eq!(
-            after_attempt(&AttemptEnd::Canceled, 0, 5),
+            a(AttemptEnd::Canceled, 0, 5),
             NextStep::Finish(JobState::Canceled)
+        );
+        // Evictions do not spend failure retries, and have their own limit.
+        assert_eq!(
+            after_attempt(&AttemptEnd::Preempted, 0, 0, 0, 3),
+            NextStep::Retry
+        );
+        assert_eq!(
+            after_attempt(&AttemptEnd::Preempted, 5, 0, 2, 3),
+            NextStep::Retry
+        );
+        assert_eq!(
+            after_attempt(&AttemptEnd::Preempted, 0, 9, 3, 3),
+            NextStep::Finish(JobState::Failed)
         );
     }
 
@@ -348,6 +387,7 @@ mod tests {
             cpu: 1.0,
             memory_mb: 256,
             max_retries: 0,
+            max_preemptions: DEFAULT_MAX_PREEMPTIONS,
             inputs: Vec::new(),
             outputs: Vec::new(),
         }

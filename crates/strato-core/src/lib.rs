@@ -16,6 +16,7 @@ pub mod node;
 pub mod quota;
 pub mod scale;
 pub mod spec;
+pub mod time;
 
 pub use catalog::VmSize;
 pub use error::{FieldError, SpecError};

@@ -65,6 +65,8 @@ pub struct NodeRecord {
     pub metrics_url: String,
     pub gpus: u32,
     pub usage: NodeUsage,
+    /// For a preempted node: when it is evicted (ms).
+    pub evict_at: Option<i64>,
 }
 
 /// A node's utilisation from its last heartbeat.
@@ -105,6 +107,7 @@ pub struct JobRecord {
     pub reason: String,
     pub attempt: u32,
     pub failures: u32,
+    pub preemptions: u32,
     pub node_id: Option<String>,
     pub exit_code: Option<i64>,
     pub cancel_requested: bool,
@@ -318,7 +321,18 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
-    /// Forgets a node; any attempt still on it ends as lost.
+    /// A Preempt event reached the node: it becomes `preempted` and goes at
+    /// `evict_at`; its jobs run on until then.
+    fn node_preempted(
+        &self,
+        node_id: &str,
+        evict_at: i64,
+        reason: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets a node; any attempt still on it ends as lost (or preempted,
+    /// for a preempted node).
     fn delete_node(
         &self,
         node_id: &str,

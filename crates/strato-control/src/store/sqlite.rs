@@ -31,9 +31,9 @@ const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, a
      target_nodes, errors, identities";
 const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
-     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent";
-const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, node_id, exit_code, \
-     cancel_requested, created_at, updated_at";
+     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at";
+const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
+     exit_code, cancel_requested, created_at, updated_at";
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -129,6 +129,7 @@ fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
             memory_total: u64::try_from(row.try_get::<i64, _>("memory_total")?).unwrap_or(0),
             gpu_percent: row.try_get("gpu_percent")?,
         },
+        evict_at: row.try_get("evict_at")?,
     })
 }
 
@@ -161,6 +162,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         reason: row.try_get("reason")?,
         attempt: u32_col(row, "attempt")?,
         failures: u32_col(row, "failures")?,
+        preemptions: u32_col(row, "preemptions")?,
         node_id: row.try_get("node_id")?,
         exit_code: row.try_get("exit_code")?,
         cancel_requested: row.try_get("cancel_requested")?,
@@ -370,24 +372,51 @@ async fn end_attempt(
     .bind(i64::from(job.attempt))
     .execute(&mut *conn)
     .await?;
-    match job::after_attempt(&end, job.failures, job.spec.max_retries) {
+    let preempted = end == AttemptEnd::Preempted;
+    match job::after_attempt(
+        &end,
+        job.failures,
+        job.spec.max_retries,
+        job.preemptions,
+        job.spec.max_preemptions,
+    ) {
         NextStep::Retry => {
             let next = job.attempt + 1;
             sqlx::query(
-                "UPDATE jobs SET attempt = ?1, failures = failures + 1, node_id = NULL,
-                     exit_code = ?2 WHERE id = ?3",
+                "UPDATE jobs SET attempt = ?1, failures = failures + ?4,
+                     preemptions = preemptions + ?5, node_id = NULL, exit_code = ?2 WHERE id = ?3",
             )
             .bind(i64::from(next))
             .bind(exit_code)
             .bind(&job.id)
+            .bind(i64::from(!preempted))
+            .bind(i64::from(preempted))
             .execute(&mut *conn)
             .await?;
-            let why = format!(
-                "attempt {} ended ({reason}); retrying as attempt {next} ({} of {} retries)",
-                job.attempt,
-                job.failures + 1,
-                job.spec.max_retries
-            );
+            let why = if preempted {
+                transition(
+                    conn,
+                    &job.id,
+                    job.attempt,
+                    JobState::Preempted,
+                    &reason,
+                    now,
+                )
+                .await?;
+                format!(
+                    "attempt {} was preempted ({reason}); re-queued as attempt {next} ({} of {} preemptions; failure retries untouched)",
+                    job.attempt,
+                    job.preemptions + 1,
+                    job.spec.max_preemptions
+                )
+            } else {
+                format!(
+                    "attempt {} ended ({reason}); retrying as attempt {next} ({} of {} retries)",
+                    job.attempt,
+                    job.failures + 1,
+                    job.spec.max_retries
+                )
+            };
             transition(conn, &job.id, next, JobState::Queued, &why, now).await?;
         }
         NextStep::Finish(state) => {
@@ -398,6 +427,27 @@ async fn end_attempt(
                 .await?;
             transition(conn, &job.id, job.attempt, state, &reason, now).await?;
         }
+    }
+    Ok(())
+}
+
+/// Ends the attempts of every job on a node with `end`.
+async fn end_jobs_on(
+    conn: &mut SqliteConnection,
+    node_id: &str,
+    end: AttemptEnd,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE node_id = ?1 AND state IN ('preparing', 'running')",
+    )
+    .bind(node_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for id in &ids {
+        let job = load_job(conn, id).await?;
+        end_attempt(conn, &job, end.clone(), reason, now).await?;
     }
     Ok(())
 }
@@ -798,15 +848,53 @@ impl Store for SqliteStore {
         Ok(jobs)
     }
 
-    async fn delete_node(&self, node_id: &str, now: i64) -> Result<(), StoreError> {
+    async fn node_preempted(
+        &self,
+        node_id: &str,
+        evict_at: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        lose_jobs_on(
+        let node = load_node(&mut tx, node_id).await?;
+        if node.state == NodeState::Preempted {
+            return Ok(());
+        }
+        set_node_state(
             &mut tx,
             node_id,
-            &format!("node {node_id} was removed"),
+            NodeState::Preempted,
+            node.run_id.as_deref(),
+            reason,
             now,
         )
         .await?;
+        sqlx::query("UPDATE nodes SET evict_at = ?1 WHERE node_id = ?2")
+            .bind(evict_at)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_node(&self, node_id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        match load_node(&mut tx, node_id).await {
+            Ok(n) if n.state == NodeState::Preempted => {
+                let why = format!("node {node_id} was evicted");
+                end_jobs_on(&mut tx, node_id, AttemptEnd::Preempted, &why, now).await?;
+            }
+            _ => {
+                lose_jobs_on(
+                    &mut tx,
+                    node_id,
+                    &format!("node {node_id} was removed"),
+                    now,
+                )
+                .await?;
+            }
+        }
         sqlx::query("DELETE FROM nodes WHERE node_id = ?1")
             .bind(node_id)
             .execute(&mut *tx)
