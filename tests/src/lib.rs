@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use strato_proto::v1;
 use strato_proto::v1::compute_service_client::ComputeServiceClient;
 use strato_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
@@ -366,6 +367,75 @@ pub fn require_docker() {
         image,
         "the test image {TEST_IMAGE} is missing: run `cargo xtask setup`"
     );
+}
+
+/// The MPI job image (Debian with Open MPI and mpi4py); `cargo xtask setup`
+/// builds it.
+pub const MPI_IMAGE: &str = "strato-test/mpi:latest";
+
+/// Fails (never skips) when the Docker engine or the MPI image is missing.
+pub fn require_mpi_image() {
+    require_docker();
+    let image = Command::new("docker")
+        .args(["image", "inspect", MPI_IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        image,
+        "the MPI test image {MPI_IMAGE} is missing: run `cargo xtask setup`"
+    );
+}
+
+/// Every stored log line of a job (no follow).
+pub async fn job_log_lines(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<v1::LogLine> {
+    let mut stream = jobs
+        .stream_logs(v1::StreamLogsRequest {
+            id: id.into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(l) = stream.message().await.expect("log line") {
+        out.push(l);
+    }
+    out
+}
+
+/// Waits until the job is in `state`; fails with the job's reason when it
+/// reaches another final state first.
+pub async fn wait_job_state(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    state: v1::JobState,
+    timeout: Duration,
+) -> v1::Job {
+    let what = format!("job {id} to be {state:?}");
+    wait_for(&what, timeout, || {
+        let mut jobs = jobs.clone();
+        let id = id.to_owned();
+        async move {
+            let job = jobs
+                .get_job(v1::GetJobRequest { id })
+                .await
+                .expect("get job")
+                .into_inner();
+            let now = v1::JobState::try_from(job.state).unwrap_or_default();
+            let is_final = matches!(
+                now,
+                v1::JobState::Completed | v1::JobState::Failed | v1::JobState::Canceled
+            );
+            assert!(
+                now == state || !is_final,
+                "job {} ended {now:?} ({}) while waiting for {state:?}",
+                job.id,
+                job.reason
+            );
+            (now == state).then_some(job)
+        }
+    })
+    .await
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails after

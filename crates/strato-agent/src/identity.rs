@@ -44,6 +44,8 @@ pub struct Vending {
     /// By (job, attempt, identity as named, resource): a token is served
     /// from the cache only to the attempt the control plane issued it to.
     cache: Mutex<HashMap<(String, u32, String, String), v1::AccessToken>>,
+    /// The host names of multi-node attempts' gangs, by rank.
+    gangs: Mutex<HashMap<(String, u32), Vec<String>>>,
 }
 
 impl Vending {
@@ -66,8 +68,28 @@ impl Vending {
         }
     }
 
+    /// The host names of a multi-node attempt's gang, by rank, for the
+    /// launcher's remote commands.
+    pub fn set_gang(&self, job_id: &str, attempt: u32, hosts: Vec<String>) {
+        if let Ok(mut g) = self.gangs.lock() {
+            g.insert((job_id.to_owned(), attempt), hosts);
+        }
+    }
+
+    /// The gang of an attempt, if it has one.
+    pub fn gang_hosts(&self, attempt: &AttemptIdentity) -> Option<Vec<String>> {
+        self.gangs
+            .lock()
+            .ok()?
+            .get(&(attempt.job_id.clone(), attempt.attempt))
+            .cloned()
+    }
+
     /// The attempt ended: its secret is refused from now on.
     pub fn revoke(&self, job_id: &str, attempt: u32) {
+        if let Ok(mut g) = self.gangs.lock() {
+            g.remove(&(job_id.to_owned(), attempt));
+        }
         let mut revoked = Vec::new();
         if let Ok(mut s) = self.secrets.lock() {
             s.retain(|secret, a| {
@@ -130,7 +152,7 @@ impl Vending {
             .map_err(|r| r.description)
     }
 
-    fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
+    pub(crate) fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
         self.secrets.lock().ok()?.get(secret).cloned()
     }
 
@@ -409,13 +431,19 @@ impl Endpoint {
 }
 
 /// Binds the endpoint and serves it in the background.
-pub async fn serve(vending: Arc<Vending>, listen: SocketAddr) -> std::io::Result<Endpoint> {
+/// `extra` are more routes on the same port (the gang's exec relay).
+pub async fn serve(
+    vending: Arc<Vending>,
+    extra: Router,
+    listen: SocketAddr,
+) -> std::io::Result<Endpoint> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/msi/token", get(msi_token))
         .route("/metadata/identity/oauth2/token", get(imds_token))
-        .with_state(vending);
+        .with_state(vending)
+        .merge(extra);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(
             listener,

@@ -1,6 +1,7 @@
 //! The Strato node agent: enrols with the control plane, holds one session
 //! stream, and runs the jobs it is assigned in Docker containers.
 
+pub mod gang;
 pub mod identity;
 pub mod runtime;
 pub mod session;

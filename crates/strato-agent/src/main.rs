@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use strato_agent::gang::{self, ExecRelay, GangConfig, GangNetwork};
 use strato_agent::identity::{self, Vending};
 use strato_agent::runtime::DockerRuntime;
 use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
@@ -83,6 +84,17 @@ struct Config {
     )]
     scheduled_events_url: String,
 
+    /// How the containers of a multi-node job reach each other: `host` (the
+    /// machine's network; one node per machine) or `cluster` (a Docker
+    /// network per cluster on this engine, as the local provider uses).
+    #[arg(long, env = "STRATO_GANG_NETWORK", value_enum, default_value = "host")]
+    gang_network: GangNetwork,
+
+    /// The `strato-rsh` launcher mounted into multi-node jobs' containers.
+    /// Default: `strato-rsh` beside this executable.
+    #[arg(long, env = "STRATO_LAUNCHER")]
+    launcher: Option<std::path::PathBuf>,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     log: String,
@@ -131,7 +143,23 @@ async fn run(config: Config) -> ExitCode {
         },
     };
     let vending = Arc::new(Vending::default());
-    let endpoint = match identity::serve(vending.clone(), listen).await {
+    let launcher = match config.launcher.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("strato-rsh")))
+    }) {
+        Some(path) if path.is_file() => path,
+        other => {
+            eprintln!(
+                "strato-agent: the launcher {} is missing; build it (`cargo build --bins`) or set --launcher",
+                other.map_or_else(|| "strato-rsh".to_owned(), |p| p.display().to_string())
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let relay = Arc::new(ExecRelay::new(vending.clone()));
+    let endpoint = match identity::serve(vending.clone(), gang::routes(relay.clone()), listen).await
+    {
         Ok(e) => e,
         Err(e) => {
             eprintln!("strato-agent: --identity-listen {listen}: {e}");
@@ -233,6 +261,11 @@ async fn run(config: Config) -> ExitCode {
         work_dir: config.work_dir.clone(),
         storage_ca,
         scheduled_events_url: config.scheduled_events_url.clone(),
+        relay,
+        gang: GangConfig {
+            network: config.gang_network,
+            launcher,
+        },
     });
     let hostname = config.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")

@@ -2,7 +2,7 @@
 //! drives its jobs through, and [`DockerRuntime`], its implementation on the
 //! Docker engine API (bollard, over the engine's unix socket).
 //!
-//! Containers are found again by name (`strato-<job>-<attempt>`) and by the
+//! Containers are found again by name (`strato-<job>-<attempt>-<node>`) and by the
 //! `strato.*` labels, so an agent that restarts can pick up the containers it
 //! started. They are never auto-removed: the agent removes a container only
 //! after the control plane has stored its result.
@@ -16,7 +16,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
-    HostConfig,
+    EndpointSettings, HostConfig, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -34,6 +34,8 @@ pub const LABEL_CLUSTER: &str = "strato.cluster";
 pub const LABEL_JOB: &str = "strato.job";
 /// Label naming the attempt of the job a container runs.
 pub const LABEL_ATTEMPT: &str = "strato.attempt";
+/// Label marking a network Strato created for a cluster's gangs.
+pub const LABEL_NETWORK: &str = "strato.network";
 
 /// The engine's socket when none is given.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -47,7 +49,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the agent asks the runtime to run for one job attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
-    /// The container's name, e.g. `strato-<job>-<attempt>`; the key that makes
+    /// The container's name, e.g. `strato-<job>-<attempt>-<node>`; the key that makes
     /// [`ContainerRuntime::create_and_start`] idempotent.
     pub name: String,
     /// The image, which must already be on the node.
@@ -66,7 +68,25 @@ pub struct ContainerSpec {
     /// Host directories bound into the container: (host path, container
     /// path, read-only).
     pub mounts: Vec<(String, String, bool)>,
+    /// The network: `None` for the engine's default bridge, `host` for the
+    /// machine's own, or the name of a network the container joins under
+    /// its `hostname` (other containers there reach it by that name).
+    pub network: Option<String>,
+    /// The container's hostname (and its alias on `network`).
+    pub hostname: Option<String>,
 }
+
+/// What an exec in a container produces, in order; [`ExecEvent::Exit`]
+/// comes last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Output(OutputStream, Vec<u8>),
+    Exit(i64),
+}
+
+/// The events of an exec; see [`ContainerRuntime::exec`].
+pub type ExecStreamBox =
+    Pin<Box<dyn futures_util::Stream<Item = Result<ExecEvent, RuntimeError>> + Send>>;
 
 /// A container the runtime found, as [`ContainerRuntime::list`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +197,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// limit (0 for none), in bytes.
     fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerUsage, RuntimeError>> + Send;
 
+    /// Creates the user-defined bridge network `name` if it does not exist.
+    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Runs `/bin/sh -c command` in a running container, as a remote shell
+    /// would, and streams its output and then its exit code. No stdin.
+    fn exec(&self, container: &str, command: &str) -> ExecStreamBox;
+
     /// A container's environment and its address on its network (none
     /// while it does not run).
     fn details(
@@ -209,6 +236,16 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Removes a network Strato created; `Ok(false)` when it does not
+    /// exist, an error while containers still use it.
+    pub async fn remove_network_if_unused(&self, name: &str) -> Result<bool, RuntimeError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The address of the default bridge network's gateway: where job
     /// containers reach services on this host (172.17.0.1 by default).
     pub async fn bridge_gateway(&self) -> Result<std::net::IpAddr, RuntimeError> {
@@ -465,6 +502,80 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(HashMap::from([(
+                LABEL_NETWORK.to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile by another agent of the cluster.
+            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn exec(&self, container: &str, command: &str) -> ExecStreamBox {
+        let docker = self.docker.clone();
+        let container = container.to_owned();
+        let command = command.to_owned();
+        let events = async_stream(move |tx| async move {
+            let config = bollard::models::ExecConfig {
+                cmd: Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), command]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                attach_stdin: Some(false),
+                tty: Some(false),
+                ..Default::default()
+            };
+            let created = docker.create_exec(&container, config).await?;
+            let started = docker
+                .start_exec(
+                    &created.id,
+                    Some(bollard::exec::StartExecOptions {
+                        detach: false,
+                        tty: false,
+                        output_capacity: None,
+                    }),
+                )
+                .await?;
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+                while let Some(item) = output.next().await {
+                    let event = match item? {
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            ExecEvent::Output(OutputStream::Stdout, message.to_vec())
+                        }
+                        LogOutput::StdErr { message } => {
+                            ExecEvent::Output(OutputStream::Stderr, message.to_vec())
+                        }
+                        LogOutput::StdIn { .. } => continue,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let code = docker
+                .inspect_exec(&created.id)
+                .await?
+                .exit_code
+                .unwrap_or(-1);
+            let _ = tx.send(Ok(ExecEvent::Exit(code))).await;
+            Ok(())
+        });
+        Box::pin(events)
+    }
+
     async fn details(&self, id: &str) -> Result<ContainerDetails, RuntimeError> {
         let c = self.docker.inspect_container(id, None).await?;
         let env = c
@@ -505,6 +616,29 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
+/// A stream of what `produce` sends; an error it returns ends the stream
+/// with that error.
+fn async_stream<T, F, Fut>(
+    produce: F,
+) -> impl futures_util::Stream<Item = Result<T, RuntimeError>> + Send
+where
+    T: Send + 'static,
+    F: FnOnce(Sender<Result<T, RuntimeError>>) -> Fut,
+    Fut: Future<Output = Result<(), DockerError>> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let errors = tx.clone();
+    let work = produce(tx);
+    let pump = futures_util::stream::once(async move {
+        if let Err(e) = work.await {
+            let _ = errors.send(Err(e.into())).await;
+        }
+    })
+    .filter_map(|()| async { None });
+    let items = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    futures_util::stream::select(items, pump)
+}
+
 /// The engine's request body for `spec`.
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let host_config = HostConfig {
@@ -528,9 +662,27 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 })
                 .collect()
         }),
+        network_mode: spec.network.clone(),
         ..HostConfig::default()
     };
+    let networking_config = match (&spec.network, &spec.hostname) {
+        (Some(network), Some(hostname)) if network != "host" => Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.clone(),
+                EndpointSettings {
+                    aliases: Some(vec![hostname.clone()]),
+                    ..EndpointSettings::default()
+                },
+            )])),
+        }),
+        _ => None,
+    };
     ContainerCreateBody {
+        hostname: spec
+            .hostname
+            .clone()
+            .filter(|_| spec.network.as_deref() != Some("host")),
+        networking_config,
         image: Some(spec.image.clone()),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),

@@ -3,7 +3,7 @@
 //!
 //! **Architecture invariant:** the node's containers are the source of truth
 //! for what runs here. Every job container carries the labels node, cluster,
-//! job and attempt, and its name is `strato-<job>-<attempt>`, so creating it
+//! job and attempt, and its name is `strato-<job>-<attempt>-<node>`, so creating it
 //! twice is impossible. On every new session the agent lists its labelled
 //! containers, reports them, and streams each one's output again from the
 //! start (the control plane stores each line once). A container is removed
@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::gang::{self, ExecRelay, GangConfig};
 use crate::identity::{self, AttemptIdentity, Vending};
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_JOB, LABEL_NODE,
@@ -74,6 +75,10 @@ pub struct IdentityContext {
     pub storage_ca: Option<Vec<u8>>,
     /// The Scheduled Events endpoint polled for eviction notices.
     pub scheduled_events_url: String,
+    /// Remote commands between the nodes of a gang.
+    pub relay: Arc<ExecRelay>,
+    /// How gangs are wired on this node.
+    pub gang: GangConfig,
 }
 
 /// An attempt's inputs and outputs.
@@ -127,6 +132,12 @@ pub async fn run<R: ContainerRuntime>(
 
 fn job_key(job_id: &str, attempt: u32) -> String {
     format!("strato-{job_id}-{attempt}")
+}
+
+/// An attempt's container on a node: `strato-<job>-<attempt>-<node>`, so the
+/// ranks of a gang on one engine (the local provider) never share a name.
+pub fn container_name(node_id: &str, job_id: &str, attempt: u32) -> String {
+    format!("strato-{job_id}-{attempt}-{node_id}")
 }
 
 async fn session<R: ContainerRuntime>(
@@ -217,6 +228,7 @@ async fn session<R: ContainerRuntime>(
     identity
         .vending
         .connected(Some((channel, enrolled.session_token.clone())));
+    identity.relay.connected(Some(tx.clone()));
 
     let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
     for (job, attempt, id) in held {
@@ -311,7 +323,7 @@ async fn session<R: ContainerRuntime>(
                 if attempts.get(&key).is_some_and(|t| !t.is_finished()) {
                     continue;
                 }
-                let Some(spec) = a.spec else { continue };
+                let Some(spec) = a.spec.clone() else { continue };
                 let mut container =
                     container_spec(&node_id, &enrolled.cluster, &a.job_id, a.attempt, &spec);
                 // The attempt's own secret for the identity endpoint.
@@ -321,6 +333,36 @@ async fn session<R: ContainerRuntime>(
                         .endpoint
                         .environment(&secret, &a.default_identity_client_id),
                 );
+                if a.gang.len() > 1
+                    || gang::distribution(&spec) != strato_core::job::Distribution::None
+                {
+                    let dir = attempt_dir(&identity.work_dir, &a.job_id, a.attempt).join("gang");
+                    let exec_endpoint = format!("{}/strato/exec", identity.endpoint.base);
+                    if let Err(e) = gang::wire(
+                        &mut container,
+                        &identity.gang,
+                        &enrolled.cluster,
+                        &a,
+                        &spec,
+                        &dir,
+                        &exec_endpoint,
+                    ) {
+                        tracing::warn!(job = %a.job_id, attempt = a.attempt, error = %e, "cannot wire the gang");
+                        let _ = tx
+                            .send(node_fault(
+                                &a.job_id,
+                                a.attempt,
+                                format!("cannot write the hostfile: {e}"),
+                            ))
+                            .await;
+                        continue;
+                    }
+                    identity.vending.set_gang(
+                        &a.job_id,
+                        a.attempt,
+                        gang::hosts(&identity.gang, &a.gang),
+                    );
+                }
                 tracing::info!(node = %node_id, job = %a.job_id, attempt = a.attempt, image = %spec.image, "job assigned");
                 let plan = DataPlan {
                     inputs: transfers(&spec.inputs),
@@ -342,7 +384,7 @@ async fn session<R: ContainerRuntime>(
                 attempts.insert(key, task);
             }
             Some(Down::Cancel(c)) => {
-                let key = job_key(&c.job_id, c.attempt);
+                let key = container_name(&node_id, &c.job_id, c.attempt);
                 if stopping.contains(&key) {
                     continue;
                 }
@@ -374,10 +416,10 @@ async fn session<R: ContainerRuntime>(
                 identity.vending.revoke(&r.job_id, r.attempt);
                 let _ =
                     std::fs::remove_dir_all(attempt_dir(&identity.work_dir, &r.job_id, r.attempt));
-                let key = job_key(&r.job_id, r.attempt);
-                if let Some(task) = attempts.remove(&key) {
+                if let Some(task) = attempts.remove(&job_key(&r.job_id, r.attempt)) {
                     task.abort();
                 }
+                let key = container_name(&node_id, &r.job_id, r.attempt);
                 stopping.remove(&key);
                 let runtime = runtime.clone();
                 tokio::spawn(async move {
@@ -387,6 +429,13 @@ async fn session<R: ContainerRuntime>(
                     }
                 });
             }
+            Some(Down::Exec(x)) => {
+                let container = container_name(&node_id, &x.job_id, x.attempt);
+                tracing::info!(node = %node_id, job = %x.job_id, attempt = x.attempt, "exec from another rank");
+                tokio::spawn(gang::run_exec(runtime.clone(), container, x, tx.clone()));
+            }
+            Some(Down::ExecOutput(o)) => identity.relay.output(&o),
+            Some(Down::ExecExit(x)) => identity.relay.exit(&x),
             None => {}
         }
     };
@@ -398,6 +447,7 @@ async fn session<R: ContainerRuntime>(
         .connected
         .store(false, std::sync::atomic::Ordering::Relaxed);
     identity.vending.connected(None);
+    identity.relay.connected(None);
     for (_, task) in attempts {
         task.abort();
     }
@@ -460,13 +510,15 @@ pub fn container_spec(
     ]);
     let resources = spec.resources.unwrap_or_default();
     ContainerSpec {
-        name: job_key(job_id, attempt),
+        name: container_name(node_id, job_id, attempt),
         image: spec.image.clone(),
         command: spec.command.clone(),
         env,
         cpus: (resources.cpu > 0.0).then_some(resources.cpu),
         memory_bytes: (resources.memory_mb > 0).then(|| resources.memory_mb * 1024 * 1024),
         mounts: Vec::new(),
+        network: None,
+        hostname: None,
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
@@ -541,6 +593,20 @@ async fn start<R: ContainerRuntime>(
             format!("{NOTICE_IN_CONTAINER}/preempt"),
         ));
     }
+    if let Some(network) = spec.network.as_deref().filter(|n| *n != "host")
+        && let Err(e) = runtime.ensure_network(network).await
+    {
+        tracing::warn!(job = %job_id, attempt, error = %e, "cannot create the gang's network");
+        vending.revoke(&job_id, attempt);
+        let _ = tx
+            .send(node_fault(
+                &job_id,
+                attempt,
+                format!("cannot create network {network}: {e}"),
+            ))
+            .await;
+        return;
+    }
     if let Err(why) = stage_data(&staging, &plan, &mut spec, &job_id, attempt).await {
         tracing::warn!(job = %job_id, attempt, error = %why, "cannot stage the job's data");
         vending.revoke(&job_id, attempt);
@@ -589,6 +655,13 @@ async fn follow<R: ContainerRuntime>(
     // restarted agent knows it too) and its address for IMDS callers.
     match runtime.details(&id).await {
         Ok(details) => {
+            if let Some((_, hosts)) = details.env.iter().find(|(k, _)| k == "AZ_BATCH_HOST_LIST") {
+                vending.set_gang(
+                    &job_id,
+                    attempt,
+                    hosts.split(',').map(str::to_owned).collect(),
+                );
+            }
             if let Some((_, secret)) = details.env.iter().find(|(k, _)| k == "MSI_SECRET") {
                 vending.admit(
                     secret,
@@ -621,6 +694,8 @@ async fn follow<R: ContainerRuntime>(
                         line: l.line,
                         at: Some(now),
                         seq,
+                        // The control plane knows the rank from the node.
+                        rank: 0,
                     });
                     seq += 1;
                 }

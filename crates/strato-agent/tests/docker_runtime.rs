@@ -51,6 +51,8 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         cpus: None,
         memory_bytes: None,
         mounts: Vec::new(),
+        network: None,
+        hostname: None,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),

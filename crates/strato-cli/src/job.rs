@@ -15,7 +15,11 @@ const SUBMIT_AFTER_HELP: &str = "\
 Example:
   id=$(strato job submit --compute cpu-cluster --image python:3.12 \\
          --env EPOCHS=3 --cpu 2 --memory-mb 4096 -- python train.py --lr 0.1)
-  strato job wait \"$id\"";
+  strato job wait \"$id\"
+
+  # MPI on 2 nodes x 2 processes: Strato runs mpirun on rank 0 (no SSH).
+  strato job submit --compute cpu-cluster --image my-mpi-image \\
+         --node-count 2 --process-count-per-node 2 -- python3 hello_mpi.py";
 
 const WAIT_AFTER_HELP: &str = "\
 Exit status: 0 when the job completed, 1 when it failed or was canceled (or
@@ -29,7 +33,7 @@ pub enum JobCommand {
     /// The command (after `--`) runs without a shell on one node of the
     /// cluster. Prints the job id (the whole job with -o json/yaml).
     #[command(after_help = SUBMIT_AFTER_HELP)]
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show one job: spec, state, attempt, exit code and past attempts.
     Show(IdArg),
     /// List jobs, of every cluster or of one.
@@ -42,7 +46,9 @@ pub enum JobCommand {
     ///
     /// Lines come in the order they were written, stderr ones on stdout too,
     /// with a `--- attempt N ---` line where another attempt's output starts.
-    /// -o json prints one object per line: attempt, stream, line, seq, at.
+    /// Lines from nodes other than rank 0 of a multi-node job start with
+    /// `[rank N] `. -o json prints one object per line: attempt, rank,
+    /// stream, line, seq, at.
     Logs {
         #[command(flatten)]
         id: IdArg,
@@ -103,9 +109,29 @@ pub struct SubmitArgs {
     /// from failures; default 3.
     #[arg(long, value_name = "P")]
     max_preemptions: Option<u32>,
+    /// Nodes started together for the job (at most the cluster's
+    /// max_nodes; above 1 needs inter-node communication on).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    node_count: u32,
+    /// Processes per node.
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    process_count_per_node: u32,
+    /// How the nodes are wired and the processes started: `mpi` (Strato
+    /// runs `mpirun` with a hostfile on rank 0; no SSH needed), `pytorch`
+    /// (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK, LOCAL_RANK)
+    /// or `none`. Default: mpi when N > 1 or P > 1, else none.
+    #[arg(long, value_enum)]
+    distribution: Option<DistributionArg>,
     /// The command and its arguments, after `--` (run without a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistributionArg {
+    None,
+    Mpi,
+    Pytorch,
 }
 
 fn parse_data(s: &str) -> Result<(String, String), String> {
@@ -152,8 +178,14 @@ fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
         command: args.command,
         environment: args.env.into_iter().collect(),
         resources,
-        node_count: 1,
-        process_count_per_node: 1,
+        node_count: args.node_count,
+        process_count_per_node: args.process_count_per_node,
+        distribution: match args.distribution {
+            None => v1::Distribution::Unspecified,
+            Some(DistributionArg::None) => v1::Distribution::None,
+            Some(DistributionArg::Mpi) => v1::Distribution::Mpi,
+            Some(DistributionArg::Pytorch) => v1::Distribution::Pytorch,
+        } as i32,
         max_retries: args.max_retries.unwrap_or_default(),
         max_preemptions: args.max_preemptions,
         inputs: data(args.inputs, "download"),
@@ -178,7 +210,7 @@ pub async fn run(channel: Channel, format: Format, command: JobCommand) -> Resul
         JobCommand::Submit(args) => {
             let job = client
                 .submit_job(v1::SubmitJobRequest {
-                    spec: Some(submit_spec(args)),
+                    spec: Some(submit_spec(*args)),
                 })
                 .await?
                 .into_inner();
@@ -501,7 +533,7 @@ mod tests {
 
     fn submit(args: &[&str]) -> v1::JobSpec {
         match parse(args).expect("parses") {
-            JobCommand::Submit(a) => submit_spec(a),
+            JobCommand::Submit(a) => submit_spec(*a),
             other => panic!("not a submit: {other:?}"),
         }
     }

@@ -564,6 +564,8 @@ pub struct JobTransitionView {
 pub struct JobAttemptView {
     pub attempt: u32,
     pub node_id: String,
+    /// Every node of the attempt by rank (rank 0 is `node_id`).
+    pub node_ids: Vec<String>,
     pub started_at: String,
     pub ended_at: String,
     pub reason: String,
@@ -585,6 +587,9 @@ pub struct JobView {
     pub node_id: String,
     pub exit_code: Option<i32>,
     pub max_retries: u32,
+    pub node_count: u32,
+    pub process_count_per_node: u32,
+    pub distribution: &'static str,
     pub created_at: String,
     pub transitions: Vec<JobTransitionView>,
     pub attempts: Vec<JobAttemptView>,
@@ -606,6 +611,13 @@ impl From<v1::Job> for JobView {
             node_id: j.node_id,
             exit_code: j.exit_code,
             max_retries: s.max_retries,
+            node_count: s.node_count.max(1),
+            process_count_per_node: s.process_count_per_node.max(1),
+            distribution: match v1::Distribution::try_from(s.distribution) {
+                Ok(v1::Distribution::Mpi) => "mpi",
+                Ok(v1::Distribution::Pytorch) => "pytorch",
+                _ => "none",
+            },
             created_at: ts(j.created_at.as_ref()),
             transitions: j
                 .transitions
@@ -622,6 +634,7 @@ impl From<v1::Job> for JobView {
                 .map(|a| JobAttemptView {
                     attempt: a.attempt,
                     node_id: a.node_id,
+                    node_ids: a.node_ids,
                     started_at: ts(a.started_at.as_ref()),
                     ended_at: ts(a.ended_at.as_ref()),
                     reason: a.reason,
@@ -654,6 +667,17 @@ impl Render for JobView {
             ("reason", or_dash(&self.reason)),
             ("attempt", self.attempt.to_string()),
             ("max_retries", self.max_retries.to_string()),
+        ]);
+        if self.node_count > 1 || self.distribution != "none" {
+            pairs.push((
+                "nodes",
+                format!(
+                    "{} x {} process(es), {}",
+                    self.node_count, self.process_count_per_node, self.distribution
+                ),
+            ));
+        }
+        pairs.extend([
             ("node", or_dash(&self.node_id)),
             ("exit_code", exit_cell(self.exit_code)),
             ("created_at", self.created_at.clone()),
@@ -671,7 +695,11 @@ impl Render for JobView {
             for a in &self.attempts {
                 attempts.row(vec![
                     a.attempt.to_string(),
-                    or_dash(&a.node_id),
+                    if a.node_ids.len() > 1 {
+                        a.node_ids.join(",")
+                    } else {
+                        or_dash(&a.node_id)
+                    },
                     or_dash(&a.started_at),
                     or_dash(&a.ended_at),
                     exit_cell(a.exit_code),
@@ -709,6 +737,8 @@ impl Render for Vec<JobView> {
 #[derive(Debug, Serialize)]
 pub struct LogLineView {
     pub attempt: u32,
+    /// The node rank that wrote it (0 for single-node jobs).
+    pub rank: u32,
     pub stream: &'static str,
     pub line: String,
     pub seq: u64,
@@ -719,6 +749,7 @@ impl From<v1::LogLine> for LogLineView {
     fn from(l: v1::LogLine) -> Self {
         LogLineView {
             attempt: l.attempt,
+            rank: l.rank,
             stream: match v1::LogStream::try_from(l.stream) {
                 Ok(v1::LogStream::Stdout) => "stdout",
                 Ok(v1::LogStream::Stderr) => "stderr",
@@ -734,7 +765,9 @@ impl From<v1::LogLine> for LogLineView {
 /// Renders a stream of log lines as they arrive. As a table: each line's
 /// text (stdout and stderr alike), with `--- attempt N ---` before the first
 /// line of an attempt other than the first one seen (and before the first
-/// line if it is not attempt 1). As JSON: one object per line (JSON Lines).
+/// line if it is not attempt 1), and `[rank N] ` before lines that other
+/// nodes than rank 0 of a multi-node job wrote. As JSON: one object per
+/// line (JSON Lines).
 /// As YAML: one sequence item per line, so the whole output is one list.
 #[derive(Debug)]
 pub struct LogPrinter {
@@ -764,6 +797,9 @@ impl LogPrinter {
                     out.push_str(&format!("--- attempt {} ---\n", view.attempt));
                 }
                 self.attempt = Some(view.attempt);
+                if view.rank > 0 {
+                    out.push_str(&format!("[rank {}] ", view.rank));
+                }
                 let text = view.line.strip_suffix('\n').unwrap_or(&view.line);
                 out.push_str(text.strip_suffix('\r').unwrap_or(text));
                 out.push('\n');
@@ -864,6 +900,7 @@ mod tests {
                     ended_at: t(2),
                     reason: "node lost".into(),
                     exit_code: None,
+                    node_ids: vec!["node-b".into()],
                 },
                 v1::JobAttempt {
                     attempt: 2,
@@ -872,6 +909,7 @@ mod tests {
                     ended_at: t(4),
                     reason: "exited with 3".into(),
                     exit_code: Some(3),
+                    node_ids: vec!["node-a".into()],
                 },
             ],
         }
@@ -899,6 +937,9 @@ mod tests {
             "node_id",
             "exit_code",
             "max_retries",
+            "node_count",
+            "process_count_per_node",
+            "distribution",
             "created_at",
             "transitions",
             "attempts",
@@ -920,6 +961,7 @@ mod tests {
         for key in [
             "attempt",
             "node_id",
+            "node_ids",
             "started_at",
             "ended_at",
             "reason",
@@ -1008,6 +1050,7 @@ mod tests {
                 nanos: 0,
             }),
             seq,
+            rank: 0,
         }
     }
 
@@ -1028,6 +1071,11 @@ mod tests {
             out,
             "epoch 1\nwarning: slow\n--- attempt 2 ---\nepoch 1 again\n\n"
         );
+        // Other ranks of a gang are marked.
+        let mut p = LogPrinter::new(Format::Table);
+        let mut worker = log(1, Stdout, 0, "up");
+        worker.rank = 1;
+        assert_eq!(p.render(worker).expect("renders"), "[rank 1] up\n");
         // Starting at a later attempt says which one it is.
         let mut p = LogPrinter::new(Format::Table);
         assert_eq!(
@@ -1047,7 +1095,7 @@ mod tests {
             .expect("renders");
         assert_eq!(
             a,
-            "{\"attempt\":1,\"stream\":\"stdout\",\"line\":\"a\",\"seq\":0,\"at\":\"1970-01-01T00:01:00Z\"}\n"
+            "{\"attempt\":1,\"rank\":0,\"stream\":\"stdout\",\"line\":\"a\",\"seq\":0,\"at\":\"1970-01-01T00:01:00Z\"}\n"
         );
         assert!(!b.contains("---"));
         let v: serde_json::Value = serde_json::from_str(&b).expect("json");

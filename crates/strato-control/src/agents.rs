@@ -18,9 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::status;
-use crate::plane::{Plane, hash_token, new_token, now_ms};
+use crate::plane::{ExecRoute, Plane, hash_token, new_token, now_ms};
 use crate::store::{
-    AttemptReport, EnrollReport, LogRecord, NodeUsage, ReportOutcome, Store, StoreError,
+    AttemptReport, EnrollReport, JobRecord, LogRecord, NodeUsage, ReportOutcome, Store, StoreError,
 };
 
 pub struct AgentApi<S> {
@@ -244,6 +244,9 @@ async fn handle<S: Store>(
                 .lines
                 .iter()
                 .map(|l| LogRecord {
+                    // Both are the store's to set.
+                    pos: 0,
+                    rank: 0,
                     attempt: log.attempt,
                     seq: l.seq,
                     stream: if l.stream == v1::LogStream::Stderr as i32 {
@@ -266,7 +269,91 @@ async fn handle<S: Store>(
                 .await?;
             plane.events.output();
         }
+        Some(Body::ExecStart(x)) => relay_exec_start(plane, node_id, x).await?,
+        Some(Body::ExecOutput(o)) => {
+            if let Some(route) = plane.execs.get(&o.exec_id, node_id) {
+                plane.sessions.send(
+                    &route.origin_node,
+                    v1::control_message::Body::ExecOutput(v1::ExecOutput {
+                        exec_id: route.origin_exec_id,
+                        ..o
+                    }),
+                );
+            }
+        }
+        Some(Body::ExecExit(x)) => {
+            if let Some(route) = plane.execs.get(&x.exec_id, node_id) {
+                plane.execs.close(&x.exec_id);
+                tracing::info!(origin = %route.origin_node, target = %node_id, exit_code = x.exit_code, error = %x.error, "exec ended");
+                plane.sessions.send(
+                    &route.origin_node,
+                    v1::control_message::Body::ExecExit(v1::ExecExit {
+                        exec_id: route.origin_exec_id,
+                        ..x
+                    }),
+                );
+            }
+        }
         None => {}
+    }
+    Ok(())
+}
+
+/// A node asks to run a command in the container of another rank of its
+/// gang (the MPI launcher's remote shell): relayed only between nodes of the
+/// same current attempt, and only into that attempt's containers.
+async fn relay_exec_start<S: Store>(
+    plane: &Plane<S>,
+    node_id: &str,
+    x: v1::ExecStart,
+) -> Result<(), StoreError> {
+    let gang = plane.store.gang(&x.job_id, x.attempt).await?;
+    let refuse = |error: String| {
+        tracing::warn!(node = %node_id, job = %x.job_id, attempt = x.attempt, rank = x.rank, %error, "exec refused");
+        plane.sessions.send(
+            node_id,
+            v1::control_message::Body::ExecExit(v1::ExecExit {
+                exec_id: x.exec_id.clone(),
+                exit_code: 255,
+                error,
+            }),
+        );
+    };
+    if !gang.iter().any(|r| r.node_id == node_id) {
+        refuse(format!(
+            "node {node_id} runs no current attempt {} of job {}",
+            x.attempt, x.job_id
+        ));
+        return Ok(());
+    }
+    let Some(target) = gang.iter().find(|r| r.rank == x.rank) else {
+        refuse(format!(
+            "job {} has no rank {} (its gang has {} nodes)",
+            x.job_id,
+            x.rank,
+            gang.len()
+        ));
+        return Ok(());
+    };
+    let relay_id = plane.execs.open(ExecRoute {
+        origin_node: node_id.to_owned(),
+        origin_exec_id: x.exec_id.clone(),
+        target_node: target.node_id.clone(),
+    });
+    tracing::info!(origin = %node_id, target = %target.node_id, job = %x.job_id, rank = x.rank, "exec relayed");
+    let sent = plane.sessions.send(
+        &target.node_id,
+        v1::control_message::Body::Exec(v1::ExecStart {
+            exec_id: relay_id.clone(),
+            ..x.clone()
+        }),
+    );
+    if !sent {
+        plane.execs.close(&relay_id);
+        refuse(format!(
+            "node {} (rank {}) has no session",
+            target.node_id, x.rank
+        ));
     }
     Ok(())
 }
@@ -330,7 +417,11 @@ async fn hello_reconcile<S: Store>(
         return Ok(());
     };
     let job = plane.store.get_job(&job_id).await?;
-    if job.node_id.as_deref() != Some(node_id) || held(&job.id, job.attempt) {
+    let in_gang = job
+        .attempts
+        .iter()
+        .any(|a| a.attempt == job.attempt && a.node_ids.iter().any(|n| n == node_id));
+    if !in_gang || held(&job.id, job.attempt) {
         return Ok(());
     }
     match job.state {
@@ -349,7 +440,7 @@ async fn hello_reconcile<S: Store>(
             plane.events.changed();
         }
         JobState::Preparing => {
-            send_assignment(plane, node_id, &job.id, job.attempt, &job.spec).await;
+            send_assignment(plane, &job, Some(node_id)).await;
         }
         JobState::Running => {
             plane
@@ -375,28 +466,57 @@ async fn hello_reconcile<S: Store>(
     Ok(())
 }
 
-/// Queues an assignment to a node's agent, with the client id of the
-/// cluster's default identity.
-pub async fn send_assignment<S: Store>(
-    plane: &Plane<S>,
-    node_id: &str,
-    job_id: &str,
-    attempt: u32,
-    spec: &strato_core::job::JobSpec,
-) -> bool {
-    let default_identity_client_id = match plane.store.get_cluster(&spec.cluster).await {
+/// Queues the assignment of a job's current attempt to the agents of its
+/// nodes (or only to `only`), each with its rank, the whole gang and the
+/// client id of the cluster's default identity. Outputs go with rank 0 only:
+/// one node uploads them.
+pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: Option<&str>) {
+    let Some(attempt) = job.attempts.iter().find(|a| a.attempt == job.attempt) else {
+        return;
+    };
+    let default_identity_client_id = match plane.store.get_cluster(&job.spec.cluster).await {
         Ok(c) => strato_core::identity::default_identity(&c.identities)
             .map(|i| i.client_id.clone())
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    plane.sessions.send(
-        node_id,
-        v1::control_message::Body::Assign(v1::JobAssignment {
-            job_id: job_id.to_owned(),
-            attempt,
-            spec: Some(crate::jobs::wire_spec(spec)),
-            default_identity_client_id,
-        }),
-    )
+    let nodes = plane
+        .store
+        .list_nodes(&job.spec.cluster)
+        .await
+        .unwrap_or_default();
+    let gang: Vec<v1::GangMember> = attempt
+        .node_ids
+        .iter()
+        .enumerate()
+        .map(|(rank, node_id)| {
+            let node = nodes.iter().find(|n| &n.node_id == node_id);
+            v1::GangMember {
+                rank: u32::try_from(rank).unwrap_or(u32::MAX),
+                node_id: node_id.clone(),
+                hostname: node.map(|n| n.hostname.clone()).unwrap_or_default(),
+                private_ip: node.map(|n| n.private_ip.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    for member in &gang {
+        if only.is_some_and(|n| n != member.node_id) {
+            continue;
+        }
+        let mut spec = crate::jobs::wire_spec(&job.spec);
+        if member.rank > 0 {
+            spec.outputs.clear();
+        }
+        plane.sessions.send(
+            &member.node_id,
+            v1::control_message::Body::Assign(v1::JobAssignment {
+                job_id: job.id.clone(),
+                attempt: job.attempt,
+                spec: Some(spec),
+                default_identity_client_id: default_identity_client_id.clone(),
+                rank: member.rank,
+                gang: gang.clone(),
+            }),
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use strato_core::FieldError;
-use strato_core::job::{self, DataBinding, JobSpec, JobState};
+use strato_core::job::{self, DataBinding, Distribution, GangLimits, JobSpec, JobState};
 use strato_proto::convert::timestamp;
 use strato_proto::v1::{self, job_service_server::JobService};
 use tokio::sync::mpsc;
@@ -62,8 +62,9 @@ pub fn wire_spec(spec: &JobSpec) -> v1::JobSpec {
             memory_mb: spec.memory_mb,
             gpus: 0,
         }),
-        node_count: 1,
-        process_count_per_node: 1,
+        node_count: spec.node_count,
+        process_count_per_node: spec.process_count_per_node,
+        distribution: wire_distribution(spec.distribution) as i32,
         max_retries: spec.max_retries,
         max_preemptions: Some(spec.max_preemptions),
         inputs: spec
@@ -76,6 +77,14 @@ pub fn wire_spec(spec: &JobSpec) -> v1::JobSpec {
             .iter()
             .map(|d| wire_data(d, "upload"))
             .collect(),
+    }
+}
+
+pub fn wire_distribution(d: Distribution) -> v1::Distribution {
+    match d {
+        Distribution::None => v1::Distribution::None,
+        Distribution::Mpi => v1::Distribution::Mpi,
+        Distribution::Pytorch => v1::Distribution::Pytorch,
     }
 }
 
@@ -161,6 +170,7 @@ pub fn wire_job(j: &JobRecord) -> v1::Job {
                 ended_at: a.ended_at.map(timestamp),
                 reason: a.reason.clone(),
                 exit_code: code(a.exit_code),
+                node_ids: a.node_ids.clone(),
             })
             .collect(),
     }
@@ -199,7 +209,26 @@ impl<S: Store> JobService for JobApi<S> {
                 "GPU jobs are not supported yet",
             )));
         }
+        let node_count = wire.node_count.max(1);
+        let process_count_per_node = wire.process_count_per_node.max(1);
+        let distribution = match v1::Distribution::try_from(wire.distribution) {
+            Ok(v1::Distribution::Unspecified) => {
+                Distribution::default_for(node_count, process_count_per_node)
+            }
+            Ok(v1::Distribution::None) => Distribution::None,
+            Ok(v1::Distribution::Mpi) => Distribution::Mpi,
+            Ok(v1::Distribution::Pytorch) => Distribution::Pytorch,
+            Err(_) => {
+                return Err(invalid(FieldError::new(
+                    "distribution",
+                    format!("{} is not one of none, mpi, pytorch", wire.distribution),
+                )));
+            }
+        };
         let spec = JobSpec {
+            node_count,
+            process_count_per_node,
+            distribution,
             cluster: cluster.spec.name.clone(),
             display_name: wire.display_name,
             image: wire.image,
@@ -216,7 +245,11 @@ impl<S: Store> JobService for JobApi<S> {
             .spec
             .size()
             .map_err(|e| Status::internal(format!("stored cluster has a bad size: {e}")))?;
-        job::validate_job(&spec, wire.node_count.max(1), size).map_err(invalid)?;
+        let gang = GangLimits {
+            max_nodes: cluster.spec.max_nodes,
+            inter_node_communication: cluster.spec.inter_node_communication,
+        };
+        job::validate_job(&spec, size, gang).map_err(invalid)?;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let job = self
             .plane
@@ -292,7 +325,7 @@ impl<S: Store> JobService for JobApi<S> {
         let plane = self.plane.clone();
         tokio::spawn(async move {
             let mut changes = plane.events.subscribe();
-            let mut cursor: Option<(u32, u64)> = None;
+            let mut cursor: Option<i64> = None;
             loop {
                 // Read the job's state before its logs: if it was final then,
                 // every line it will ever have is already stored.
@@ -312,7 +345,7 @@ impl<S: Store> JobService for JobApi<S> {
                 };
                 let full_page = lines.len() == LOG_PAGE as usize;
                 for l in lines {
-                    cursor = Some((l.attempt, l.seq));
+                    cursor = Some(l.pos);
                     let line = v1::LogLine {
                         attempt: l.attempt,
                         stream: if l.stream == 2 {
@@ -323,6 +356,7 @@ impl<S: Store> JobService for JobApi<S> {
                         line: l.line,
                         at: Some(timestamp(l.at)),
                         seq: l.seq,
+                        rank: l.rank,
                     };
                     if tx.send(Ok(line)).await.is_err() {
                         return;

@@ -75,14 +75,14 @@ pub async fn run(
                 };
                 format!("http://{ip}:{}", grpc_addr.port())
             });
-            Provider::Local(LocalProvider::new(
+            Provider::Local(Box::new(LocalProvider::new(
                 agent_binary,
                 endpoint,
                 PathBuf::from(&config.data_dir).join("nodes"),
                 config.docker_socket.clone(),
                 config.storage_ca_file.clone(),
                 format!("http://{http_base}"),
-            ))
+            )))
         }
     };
     tracing::info!(
@@ -107,6 +107,7 @@ pub async fn run(
         settings,
         provider,
         sessions: Sessions::default(),
+        execs: Default::default(),
         scheduled_events: plane::ScheduledEvents::default(),
         counters: metrics::Counters::default(),
         events: Events::default(),

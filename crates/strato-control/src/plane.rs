@@ -44,6 +44,47 @@ pub fn new_token() -> String {
 
 pub type Outbound = mpsc::Sender<Result<v1::ControlMessage, Status>>;
 
+/// Where a relayed exec's output goes: the node that asked and its own id
+/// for the exec, and the node that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRoute {
+    pub origin_node: String,
+    pub origin_exec_id: String,
+    pub target_node: String,
+}
+
+/// Execs in flight between nodes, by the relay id the target node knows.
+#[derive(Default)]
+pub struct ExecRoutes {
+    routes: Mutex<HashMap<String, ExecRoute>>,
+}
+
+impl ExecRoutes {
+    /// Remembers a route; returns the relay id for the target node.
+    pub fn open(&self, route: ExecRoute) -> String {
+        let id = format!("x{}", uuid::Uuid::new_v4().simple());
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.insert(id.clone(), route);
+        }
+        id
+    }
+
+    /// The route of `relay_id`, if `from` is the node that runs it.
+    pub fn get(&self, relay_id: &str, from: &str) -> Option<ExecRoute> {
+        let routes = self.routes.lock().ok()?;
+        routes
+            .get(relay_id)
+            .filter(|r| r.target_node == from)
+            .cloned()
+    }
+
+    pub fn close(&self, relay_id: &str) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.remove(relay_id);
+        }
+    }
+}
+
 /// The agents' open session streams, by node id.
 #[derive(Default)]
 pub struct Sessions {
@@ -210,6 +251,8 @@ pub struct Plane<S> {
     pub settings: Settings,
     pub provider: Provider,
     pub sessions: Sessions,
+    /// Execs relayed between the nodes of a gang.
+    pub execs: ExecRoutes,
     pub counters: crate::metrics::Counters,
     pub events: Events,
 }

@@ -35,7 +35,7 @@ pub enum ProviderError {
 
 pub enum Provider {
     None,
-    Local(LocalProvider),
+    Local(Box<LocalProvider>),
 }
 
 impl Provider {
@@ -67,6 +67,9 @@ pub struct LocalProvider {
     control_http: String,
     /// Agent processes started by this control plane, by node id.
     children: Mutex<HashMap<String, u32>>,
+    /// Held while a cluster's gang network is made: Docker does not refuse
+    /// a second network of the same name created at the same moment.
+    networks: tokio::sync::Mutex<()>,
 }
 
 impl LocalProvider {
@@ -86,6 +89,7 @@ impl LocalProvider {
             storage_ca_file,
             control_http,
             children: Mutex::new(HashMap::new()),
+            networks: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -97,6 +101,18 @@ impl LocalProvider {
 
     async fn create_node(&self, launch: &NodeLaunch) -> Result<u32, ProviderError> {
         let fail = |what: &str, e: std::io::Error| ProviderError::Failed(format!("{what}: {e}"));
+        {
+            // The cluster's gang network exists before any of its agents
+            // starts, so they never race to create it.
+            let _one_at_a_time = self.networks.lock().await;
+            let docker = DockerRuntime::connect(Some(&self.docker_socket))
+                .await
+                .map_err(|e| ProviderError::Failed(e.to_string()))?;
+            docker
+                .ensure_network(&strato_agent::gang::network_name(&launch.cluster))
+                .await
+                .map_err(|e| ProviderError::Failed(format!("gang network: {e}")))?;
+        }
         let dir = self.node_dir(&launch.node_id);
         std::fs::create_dir_all(&dir).map_err(|e| fail("creating the node directory", e))?;
         let work_dir = dir.join("work").display().to_string();
@@ -117,6 +133,9 @@ impl LocalProvider {
             // Several local agents share this machine: each takes a free port.
             ("STRATO_METRICS_LISTEN", "127.0.0.1:0"),
             ("STRATO_SCHEDULED_EVENTS_URL", events_url.as_str()),
+            // Every node shares this machine's engine: a gang's containers
+            // meet on a Docker network of their cluster.
+            ("STRATO_GANG_NETWORK", "cluster"),
         ];
         if let Some(ca) = &ca {
             env.push(("STRATO_STORAGE_CA_FILE", ca.as_str()));
@@ -194,11 +213,24 @@ impl LocalProvider {
                         .map_err(|e| ProviderError::Failed(e.to_string()))?;
                     tracing::info!(node = %node.node_id, container = %c.name, "removed the node's container");
                 }
+                let _one_at_a_time = self.networks.lock().await;
+                remove_gang_network(&docker, &node.cluster).await;
             }
             Err(e) => return Err(ProviderError::Failed(e.to_string())),
         }
         let _ = std::fs::remove_dir_all(self.node_dir(&node.node_id));
         Ok(())
+    }
+}
+
+/// Removes a cluster's gang network once no container uses it (the last
+/// node's removal does; earlier attempts fail quietly).
+async fn remove_gang_network(docker: &DockerRuntime, cluster: &str) {
+    let name = strato_agent::gang::network_name(cluster);
+    match docker.remove_network_if_unused(&name).await {
+        Ok(true) => tracing::info!(network = %name, "removed the cluster's gang network"),
+        Ok(false) => {}
+        Err(e) => tracing::debug!(network = %name, error = %e, "gang network kept"),
     }
 }
 

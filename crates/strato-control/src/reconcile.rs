@@ -188,15 +188,19 @@ impl<S: Store> Reconciler<S> {
             })
             .map(|n| n.node_id.clone())
             .collect();
-        let placed: Vec<(String, String)> = scale::place(&queued, &ready)
-            .into_iter()
-            .map(|(j, n)| (j.to_owned(), n.to_owned()))
+        let queue: Vec<(String, u32)> = queued
+            .iter()
+            .map(|q| (q.id.clone(), q.node_count))
             .collect();
-        for (job_id, node_id) in &placed {
-            match store.assign_job(job_id, node_id, now).await {
+        let placed: Vec<(String, Vec<String>)> = scale::place(&queue, &ready)
+            .into_iter()
+            .map(|(j, n)| (j.to_owned(), n.into_iter().map(str::to_owned).collect()))
+            .collect();
+        for (job_id, node_ids) in &placed {
+            match store.assign_job(job_id, node_ids, now).await {
                 Ok(job) => {
-                    tracing::info!(job = %job_id, node = %node_id, attempt = job.attempt, "job placed");
-                    send_assignment(&self.plane, node_id, job_id, job.attempt, &job.spec).await;
+                    tracing::info!(job = %job_id, nodes = ?node_ids, attempt = job.attempt, "job placed");
+                    send_assignment(&self.plane, &job, None).await;
                     self.plane.events.changed();
                 }
                 Err(StoreError::Conflict(why)) => {
@@ -244,7 +248,10 @@ impl<S: Store> Reconciler<S> {
             max_nodes: cluster.spec.max_nodes,
             idle_seconds: cluster.spec.idle_seconds_before_scaledown,
             nodes: &snapshots,
-            queued_jobs: u32::try_from(queued.len()).unwrap_or(u32::MAX),
+            queued_nodes: queued
+                .iter()
+                .map(|q| q.node_count)
+                .fold(0u32, u32::saturating_add),
             quota_nodes_left,
             provider_backoff_until: backoff.as_ref().map(|b| b.0),
             now,
@@ -453,21 +460,20 @@ impl<S: Store> Reconciler<S> {
         Ok(true)
     }
 
-    /// Cancellations go to the agent on every pass until the job ends; the
-    /// agent stops a container once.
+    /// Stops go to the agents on every pass until the containers stopped:
+    /// of canceled jobs, and of a gang's other ranks once its attempt ended.
+    /// The agent stops a container once.
     async fn send_cancellations(&self) -> Result<(), StoreError> {
         let grace = self.plane.settings.config.cancel_grace;
-        for job in self.plane.store.cancel_requested().await? {
-            if let Some(node_id) = &job.node_id {
-                self.plane.sessions.send(
-                    node_id,
-                    v1::control_message::Body::Cancel(v1::JobCancellation {
-                        job_id: job.id.clone(),
-                        attempt: job.attempt,
-                        grace_seconds: grace,
-                    }),
-                );
-            }
+        for rank in self.plane.store.ranks_to_stop().await? {
+            self.plane.sessions.send(
+                &rank.node_id,
+                v1::control_message::Body::Cancel(v1::JobCancellation {
+                    job_id: rank.job_id,
+                    attempt: rank.attempt,
+                    grace_seconds: grace,
+                }),
+            );
         }
         Ok(())
     }

@@ -29,9 +29,67 @@ pub struct JobSpec {
     /// Downloaded before the job starts.
     #[serde(default)]
     pub inputs: Vec<DataBinding>,
-    /// Uploaded after the job ends.
+    /// Uploaded after the job ends (by rank 0 only).
     #[serde(default)]
     pub outputs: Vec<DataBinding>,
+    /// Nodes started together for the job (a gang).
+    #[serde(default = "one")]
+    pub node_count: u32,
+    /// Processes per node.
+    #[serde(default = "one")]
+    pub process_count_per_node: u32,
+    #[serde(default)]
+    pub distribution: Distribution,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// How the nodes of a job are wired and its processes launched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// Every node runs the command once.
+    #[default]
+    None,
+    /// `mpirun` in rank 0's container with a hostfile of every node.
+    Mpi,
+    /// Every node runs the command with the PyTorch rendezvous variables.
+    Pytorch,
+}
+
+impl Distribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distribution::None => "none",
+            Distribution::Mpi => "mpi",
+            Distribution::Pytorch => "pytorch",
+        }
+    }
+
+    /// What an unspecified distribution means: MPI as soon as there is more
+    /// than one process, else none.
+    pub fn default_for(node_count: u32, process_count_per_node: u32) -> Distribution {
+        if node_count > 1 || process_count_per_node > 1 {
+            Distribution::Mpi
+        } else {
+            Distribution::None
+        }
+    }
+}
+
+/// Most processes per node a job may ask for.
+pub const MAX_PROCESSES_PER_NODE: u32 = 1024;
+
+/// The port rank 0 listens on for PyTorch's rendezvous (Azure ML's).
+pub const MASTER_PORT: u16 = 6105;
+
+/// What a job's gang needs from its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GangLimits {
+    pub max_nodes: u32,
+    pub inter_node_communication: bool,
 }
 
 /// Default re-queues after evictions.
@@ -108,10 +166,9 @@ pub fn validate_datastore(
     Ok(())
 }
 
-/// Checks a job against the rules and against the size of the cluster's
-/// nodes (`size`). `node_count` above 1 is refused until multi-node jobs
-/// exist.
-pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<(), FieldError> {
+/// Checks a job against the rules, against the size of the cluster's nodes
+/// (`size`) and against what its cluster allows a gang (`gang`).
+pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(), FieldError> {
     if spec.cluster.is_empty() {
         return Err(FieldError::new("cluster", "is required"));
     }
@@ -143,11 +200,13 @@ pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<()
                 "DEFAULT_IDENTITY_CLIENT_ID",
                 "AZURE_CLIENT_ID",
             ]
-            .contains(&upper.as_str());
+            .contains(&upper.as_str())
+            || (spec.distribution != Distribution::None
+                && GANG_VARIABLES.contains(&upper.as_str()));
         if reserved {
             return Err(FieldError::new(
                 format!("environment[{key:?}]"),
-                "is set by Strato for every job (MSI_*, IDENTITY_*, AZURE_ML_*, STRATO_*, AZURE_CLIENT_ID, DEFAULT_IDENTITY_CLIENT_ID, AZURE_POD_IDENTITY_AUTHORITY_HOST)",
+                "is set by Strato (for every job: MSI_*, IDENTITY_*, AZURE_ML_*, STRATO_*, AZURE_CLIENT_ID, DEFAULT_IDENTITY_CLIENT_ID, AZURE_POD_IDENTITY_AUTHORITY_HOST; for mpi and pytorch jobs also AZ_BATCH_*, MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK, LOCAL_RANK, OMPI_ALLOW_RUN_AS_ROOT*)",
             ));
         }
         let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -184,10 +243,31 @@ pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<()
             "must be 0 (no limit) or at least 6",
         ));
     }
-    if node_count > 1 {
+    if spec.node_count == 0 || spec.node_count > gang.max_nodes.max(1) {
         return Err(FieldError::new(
             "node_count",
-            "multi-node jobs are not supported yet; use 1",
+            format!(
+                "must be between 1 and the cluster's max_nodes ({})",
+                gang.max_nodes
+            ),
+        ));
+    }
+    if spec.node_count > 1 && !gang.inter_node_communication {
+        return Err(FieldError::new(
+            "node_count",
+            "must be 1 on a cluster with inter-node communication off (multi-node jobs need it on)",
+        ));
+    }
+    if spec.process_count_per_node == 0 || spec.process_count_per_node > MAX_PROCESSES_PER_NODE {
+        return Err(FieldError::new(
+            "process_count_per_node",
+            format!("must be between 1 and {MAX_PROCESSES_PER_NODE}"),
+        ));
+    }
+    if spec.distribution == Distribution::None && spec.process_count_per_node > 1 {
+        return Err(FieldError::new(
+            "process_count_per_node",
+            "must be 1 with distribution none (use mpi or pytorch to start several processes)",
         ));
     }
     for (kind, list) in [("inputs", &spec.inputs), ("outputs", &spec.outputs)] {
@@ -223,6 +303,21 @@ pub fn validate_job(spec: &JobSpec, node_count: u32, size: &VmSize) -> Result<()
     }
     Ok(())
 }
+
+/// Set by Strato on every node of a distributed job.
+pub const GANG_VARIABLES: [&str; 11] = [
+    "AZ_BATCH_HOST_LIST",
+    "AZ_BATCH_MASTER_NODE",
+    "AZ_BATCHAI_MPI_MASTER_NODE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "RANK",
+    "LOCAL_RANK",
+    "OMPI_ALLOW_RUN_AS_ROOT",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -333,6 +428,74 @@ pub fn after_attempt(
     }
 }
 
+/// What one rank's end means for its attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GangStep {
+    /// The attempt goes on: other ranks still run.
+    Wait,
+    /// The attempt ends as a whole, for this reason.
+    End(AttemptEnd, String),
+}
+
+/// Decides what a rank's end means for its attempt (the gang rule): a rank
+/// that fails, is lost or is evicted ends the whole attempt and the reason
+/// names it; under `mpi` the attempt ends with rank 0 (`mpirun`), and a
+/// worker ending first is a failure; otherwise the attempt completes once
+/// every rank exited 0. `others_done` says whether every other rank has
+/// already exited 0.
+pub fn after_rank(
+    distribution: Distribution,
+    node_count: u32,
+    rank: u32,
+    node_id: &str,
+    end: AttemptEnd,
+    reason: &str,
+    others_done: bool,
+) -> GangStep {
+    if node_count <= 1 {
+        return GangStep::End(end, reason.to_owned());
+    }
+    let who = format!("rank {rank} (node {node_id})");
+    let with = |what: String| {
+        if reason.is_empty() {
+            what
+        } else {
+            format!("{what}: {reason}")
+        }
+    };
+    match end {
+        AttemptEnd::Exited(0) if distribution == Distribution::Mpi && rank == 0 => GangStep::End(
+            AttemptEnd::Exited(0),
+            with("mpirun on rank 0 exited 0".into()),
+        ),
+        AttemptEnd::Exited(0) if distribution == Distribution::Mpi => GangStep::End(
+            AttemptEnd::Exited(1),
+            with(format!("{who} left the gang while mpirun ran")),
+        ),
+        AttemptEnd::Exited(0) if others_done => {
+            GangStep::End(AttemptEnd::Exited(0), "every rank exited 0".to_owned())
+        }
+        AttemptEnd::Exited(0) => GangStep::Wait,
+        AttemptEnd::Exited(code) => GangStep::End(
+            AttemptEnd::Exited(code),
+            with(format!("{who} exited {code}")),
+        ),
+        AttemptEnd::NodeLost => {
+            GangStep::End(AttemptEnd::NodeLost, with(format!("{who} was lost")))
+        }
+        AttemptEnd::Preempted => {
+            GangStep::End(AttemptEnd::Preempted, with(format!("{who} was evicted")))
+        }
+        AttemptEnd::CannotStart => GangStep::End(
+            AttemptEnd::CannotStart,
+            with(format!("{who} could not start")),
+        ),
+        AttemptEnd::Canceled => {
+            GangStep::End(AttemptEnd::Canceled, with(format!("{who} was canceled")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,46 +553,135 @@ mod tests {
             max_preemptions: DEFAULT_MAX_PREEMPTIONS,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            node_count: 1,
+            process_count_per_node: 1,
+            distribution: Distribution::None,
         }
     }
 
     #[test]
     fn job_rules_name_their_field() {
         let size = crate::catalog::lookup("Standard_D2_v2").expect("size");
-        assert!(validate_job(&job(), 1, size).is_ok());
+        let gang = GangLimits {
+            max_nodes: 4,
+            inter_node_communication: true,
+        };
+        assert!(validate_job(&job(), size, gang).is_ok());
         type Change = Box<dyn Fn(&mut JobSpec)>;
-        let cases: Vec<(Change, u32, &str)> = vec![
-            (Box::new(|j| j.image = String::new()), 1, "image"),
-            (Box::new(|j| j.command.clear()), 1, "command"),
-            (Box::new(|j| j.cpu = 3.0), 1, "resources.cpu"),
-            (Box::new(|j| j.cpu = f64::NAN), 1, "resources.cpu"),
-            (
-                Box::new(|j| j.memory_mb = 8 * 1024),
-                1,
-                "resources.memory_mb",
-            ),
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|j| j.image = String::new()), "image"),
+            (Box::new(|j| j.command.clear()), "command"),
+            (Box::new(|j| j.cpu = 3.0), "resources.cpu"),
+            (Box::new(|j| j.cpu = f64::NAN), "resources.cpu"),
+            (Box::new(|j| j.memory_mb = 8 * 1024), "resources.memory_mb"),
             (
                 Box::new(|j| {
                     j.environment.insert("1X".into(), String::new());
                 }),
-                1,
                 "environment[\"1X\"]",
             ),
-            (Box::new(|_| {}), 2, "node_count"),
+            (Box::new(|j| j.node_count = 5), "node_count"),
+            (Box::new(|j| j.node_count = 0), "node_count"),
+            (
+                Box::new(|j| j.process_count_per_node = 0),
+                "process_count_per_node",
+            ),
+            (
+                Box::new(|j| j.process_count_per_node = 2),
+                "process_count_per_node",
+            ),
+            (
+                Box::new(|j| {
+                    j.distribution = Distribution::Mpi;
+                    j.environment.insert("NODE_RANK".into(), String::new());
+                }),
+                "environment[\"NODE_RANK\"]",
+            ),
             (
                 Box::new(|j| {
                     j.environment.insert("MSI_SECRET".into(), String::new());
                 }),
-                1,
                 "environment[\"MSI_SECRET\"]",
             ),
-            (Box::new(|j| j.max_retries = 1000), 1, "max_retries"),
+            (Box::new(|j| j.max_retries = 1000), "max_retries"),
         ];
-        for (change, nodes, field) in cases {
+        for (change, field) in cases {
             let mut j = job();
             change(&mut j);
-            assert_eq!(validate_job(&j, nodes, size).expect_err(field).field, field);
+            assert_eq!(validate_job(&j, size, gang).expect_err(field).field, field);
         }
+        // A gang fits max_nodes, and needs inter-node communication.
+        let mut gang_job = job();
+        gang_job.node_count = 4;
+        gang_job.process_count_per_node = 2;
+        gang_job.distribution = Distribution::Mpi;
+        assert!(validate_job(&gang_job, size, gang).is_ok());
+        let off = GangLimits {
+            inter_node_communication: false,
+            ..gang
+        };
+        let e = validate_job(&gang_job, size, off).expect_err("inter-node off");
+        assert_eq!(e.field, "node_count");
+        assert!(e.to_string().contains("inter-node communication"), "{e}");
+        // Without a distribution, NODE_RANK is the job's own business.
+        let mut plain = job();
+        plain.environment.insert("NODE_RANK".into(), "x".into());
+        assert!(validate_job(&plain, size, gang).is_ok());
+    }
+
+    #[test]
+    fn one_rank_ends_the_gang_and_is_named() {
+        let step = |d, rank, end, others_done| after_rank(d, 2, rank, "n1", end, "", others_done);
+        // mpirun on rank 0 decides; a worker leaving first is a failure.
+        assert_eq!(
+            step(Distribution::Mpi, 0, AttemptEnd::Exited(0), false),
+            GangStep::End(AttemptEnd::Exited(0), "mpirun on rank 0 exited 0".into())
+        );
+        let GangStep::End(AttemptEnd::Exited(1), why) =
+            step(Distribution::Mpi, 1, AttemptEnd::Exited(0), false)
+        else {
+            panic!("a worker leaving early fails the gang")
+        };
+        assert!(why.contains("rank 1 (node n1)"), "{why}");
+        // Otherwise every rank must exit 0.
+        assert_eq!(
+            step(Distribution::Pytorch, 1, AttemptEnd::Exited(0), false),
+            GangStep::Wait
+        );
+        assert!(matches!(
+            step(Distribution::Pytorch, 1, AttemptEnd::Exited(0), true),
+            GangStep::End(AttemptEnd::Exited(0), _)
+        ));
+        let GangStep::End(AttemptEnd::Exited(137), why) =
+            step(Distribution::Pytorch, 1, AttemptEnd::Exited(137), true)
+        else {
+            panic!("a failed rank fails the gang")
+        };
+        assert_eq!(why, "rank 1 (node n1) exited 137");
+        assert!(matches!(
+            after_rank(Distribution::Mpi, 2, 1, "n1", AttemptEnd::NodeLost, "no heartbeat", false),
+            GangStep::End(AttemptEnd::NodeLost, w) if w == "rank 1 (node n1) was lost: no heartbeat"
+        ));
+        // A single node is the attempt.
+        assert_eq!(
+            after_rank(
+                Distribution::None,
+                1,
+                0,
+                "n",
+                AttemptEnd::Exited(3),
+                "x",
+                false
+            ),
+            GangStep::End(AttemptEnd::Exited(3), "x".into())
+        );
+    }
+
+    #[test]
+    fn distribution_defaults_to_mpi_beyond_one_process() {
+        assert_eq!(Distribution::default_for(1, 1), Distribution::None);
+        assert_eq!(Distribution::default_for(2, 1), Distribution::Mpi);
+        assert_eq!(Distribution::default_for(1, 4), Distribution::Mpi);
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //! - nodes already starting count as capacity, so a burst does not scale twice;
 //! - what does not fit the quota is not added, and the decision says so;
 //! - unusable nodes are removed (and so replaced when still needed).
+//!
+//! Gangs (multi-node jobs), the rule: a job takes all of its N nodes in one
+//! step or none, first come first served, and a queued job that does not fit
+//! the ready nodes holds back every job behind it (no backfill). Nothing is
+//! ever reserved partially, so two gangs can never each hold part of what
+//! the other needs (no deadlock), and a gang is never starved by smaller jobs
+//! that keep taking the nodes it waits for. The autoscaler counts a queued
+//! gang as N nodes of demand.
 
 use crate::node::NodeState;
 
@@ -30,8 +38,8 @@ pub struct ScaleInput<'a> {
     pub max_nodes: u32,
     pub idle_seconds: u64,
     pub nodes: &'a [NodeSnapshot],
-    /// Jobs waiting for a node (each takes one node).
-    pub queued_jobs: u32,
+    /// Nodes the queued jobs need (a gang of N counts N).
+    pub queued_nodes: u32,
     /// How many more nodes the quota admits for this cluster.
     pub quota_nodes_left: u32,
     /// The provider failed recently: add nothing before this time (ms).
@@ -101,7 +109,7 @@ pub fn decide(input: &ScaleInput<'_>) -> ScaleDecision {
         .collect();
 
     let busy = count(live.iter().filter(|n| n.has_job).count());
-    let demand = busy.saturating_add(input.queued_jobs);
+    let demand = busy.saturating_add(input.queued_nodes);
     let max = input.max_nodes.max(input.min_nodes);
     let target = demand.clamp(input.min_nodes, max);
 
@@ -154,15 +162,24 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Which queued job goes to which ready node: first come, first served, one
-/// job per node. `queued` is in submission order; `ready` are idle nodes
+/// Which queued job goes to which ready nodes: first come, first served,
+/// one job per node, a gang all at once or not at all, and no job placed
+/// before an earlier one that does not fit (see the module's rule).
+/// `queued` is (job, node count) in submission order; `ready` are idle nodes
 /// with a live session and no job.
-pub fn place<'a>(queued: &'a [String], ready: &'a [String]) -> Vec<(&'a str, &'a str)> {
-    queued
-        .iter()
-        .zip(ready.iter())
-        .map(|(j, n)| (j.as_str(), n.as_str()))
-        .collect()
+pub fn place<'a>(queued: &'a [(String, u32)], ready: &'a [String]) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut free = ready.iter().map(String::as_str);
+    let mut left = ready.len();
+    let mut placed = Vec::new();
+    for (job, nodes) in queued {
+        let n = usize::try_from((*nodes).max(1)).unwrap_or(usize::MAX);
+        if n > left {
+            break;
+        }
+        left -= n;
+        placed.push((job.as_str(), free.by_ref().take(n).collect()));
+    }
+    placed
 }
 
 #[cfg(test)]
@@ -185,7 +202,7 @@ mod tests {
             max_nodes: 2,
             idle_seconds: 10,
             nodes,
-            queued_jobs: queued,
+            queued_nodes: queued,
             quota_nodes_left: 100,
             provider_backoff_until: None,
             now: 100_000,
@@ -270,11 +287,41 @@ mod tests {
         assert_eq!(d.blocked, Some(Blocked::ProviderBackoff { until: 200_000 }));
     }
 
+    fn q(jobs: &[(&str, u32)]) -> Vec<(String, u32)> {
+        jobs.iter().map(|(j, n)| ((*j).to_owned(), *n)).collect()
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("n{i}")).collect()
+    }
+
     #[test]
     fn placement_is_first_come_first_served() {
-        let q = vec!["j1".to_owned(), "j2".to_owned(), "j3".to_owned()];
-        let n = vec!["n1".to_owned(), "n2".to_owned()];
-        assert_eq!(place(&q, &n), vec![("j1", "n1"), ("j2", "n2")]);
+        let queue = q(&[("j1", 1), ("j2", 1), ("j3", 1)]);
+        let nodes = ids(2);
+        assert_eq!(
+            place(&queue, &nodes),
+            vec![("j1", vec!["n0"]), ("j2", vec!["n1"])]
+        );
+    }
+
+    #[test]
+    fn a_gang_takes_all_its_nodes_or_none_and_holds_back_later_jobs() {
+        let queue = q(&[("g1", 2), ("g2", 2), ("single", 1)]);
+        let nodes = ids(3);
+        // g1 takes two nodes; g2 does not fit the third, and the single job
+        // behind it waits too rather than starving g2.
+        assert_eq!(place(&queue, &nodes), vec![("g1", vec!["n0", "n1"])]);
+        assert!(place(&q(&[("g", 3)]), &ids(2)).is_empty());
+    }
+
+    #[test]
+    fn a_queued_gang_counts_all_its_nodes_as_demand() {
+        let d = decide(&ScaleInput {
+            max_nodes: 3,
+            ..input(&[], 4)
+        });
+        assert_eq!((d.target, d.add), (3, 3));
     }
 
     fn arb_nodes() -> impl Strategy<Value = Vec<NodeSnapshot>> {
@@ -319,7 +366,7 @@ mod tests {
                 max_nodes: max,
                 idle_seconds,
                 nodes: &nodes,
-                queued_jobs: queued,
+                queued_nodes: queued,
                 quota_nodes_left: quota,
                 provider_backoff_until: backoff,
                 now: 150_000,
@@ -364,6 +411,64 @@ mod tests {
             }
             let again = decide(&ScaleInput { nodes: &after, quota_nodes_left: quota - d.add, ..i.clone() });
             prop_assert_eq!(again.add, 0, "a second pass must not scale again: {:?}", again);
+        }
+
+        #[test]
+        fn placement_gives_each_gang_its_nodes_in_order(
+            counts in prop::collection::vec(1u32..5, 0..8),
+            ready in 0usize..10,
+        ) {
+            let queue: Vec<(String, u32)> =
+                counts.iter().enumerate().map(|(i, n)| (format!("j{i}"), *n)).collect();
+            let nodes = ids(ready);
+            let placed = place(&queue, &nodes);
+            let mut used = std::collections::HashSet::new();
+            for (k, (job, got)) in placed.iter().enumerate() {
+                // A prefix of the queue, each with exactly its node count.
+                prop_assert_eq!(*job, queue[k].0.as_str());
+                prop_assert_eq!(got.len() as u32, queue[k].1);
+                for n in got {
+                    prop_assert!(used.insert(*n), "node {} given twice", n);
+                }
+            }
+            // The first job left out does not fit what is left.
+            if let Some((_, need)) = queue.get(placed.len()) {
+                prop_assert!(*need as usize > ready - used.len());
+            }
+        }
+
+        /// No deadlock: on a cluster of `max` nodes, any queue of gangs that
+        /// each fit `max` drains, whichever running job ends first.
+        #[test]
+        fn gangs_never_deadlock(
+            counts in prop::collection::vec(1u32..4, 1..10),
+            max in 3usize..5,
+            ends in prop::collection::vec(any::<prop::sample::Index>(), 40),
+        ) {
+            let mut queue: Vec<(String, u32)> =
+                counts.iter().enumerate().map(|(i, n)| (format!("j{i}"), *n)).collect();
+            let mut idle = ids(max);
+            let mut running: Vec<(String, Vec<String>)> = Vec::new();
+            let mut finished = 0;
+            for end in ends.iter().cycle().take(100) {
+                let placed: Vec<(String, Vec<String>)> = place(&queue, &idle)
+                    .into_iter()
+                    .map(|(j, n)| (j.to_owned(), n.into_iter().map(str::to_owned).collect()))
+                    .collect();
+                for (job, nodes) in placed {
+                    queue.retain(|(j, _)| *j != job);
+                    idle.retain(|n| !nodes.contains(n));
+                    running.push((job, nodes));
+                }
+                if running.is_empty() {
+                    break;
+                }
+                let (_, nodes) = running.remove(end.index(running.len()));
+                idle.extend(nodes);
+                finished += 1;
+            }
+            prop_assert!(queue.is_empty() && running.is_empty(), "stuck: queue {:?}", queue);
+            prop_assert_eq!(finished, counts.len());
         }
     }
 }

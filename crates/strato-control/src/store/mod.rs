@@ -96,6 +96,31 @@ pub struct AttemptRecord {
     pub ended_at: Option<i64>,
     pub reason: String,
     pub exit_code: Option<i64>,
+    /// The attempt's nodes by rank (rank 0 first; one for single-node jobs).
+    pub node_ids: Vec<String>,
+}
+
+/// A rank of an attempt that ended while its container may still run:
+/// its node must stop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankToStop {
+    pub job_id: String,
+    pub attempt: u32,
+    pub node_id: String,
+}
+
+/// One node of an attempt's gang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GangRank {
+    pub rank: u32,
+    pub node_id: String,
+}
+
+/// A queued job and the nodes it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: String,
+    pub node_count: u32,
 }
 
 /// A job as stored.
@@ -137,7 +162,11 @@ pub struct DatastoreRecord {
 /// One stored line of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
+    /// Position in arrival order among all lines (the follow cursor).
+    pub pos: i64,
     pub attempt: u32,
+    /// The rank that wrote it; `seq` counts per rank.
+    pub rank: u32,
     pub seq: u64,
     /// 1 stdout, 2 stderr.
     pub stream: u8,
@@ -377,7 +406,7 @@ pub trait Store: Send + Sync + 'static {
     fn queued_jobs(
         &self,
         cluster: &str,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<QueuedJob>, StoreError>> + Send;
 
     /// Cancels a queued job at once; a job on a node is marked for
     /// cancellation (the agent stops it). A final job is returned as is.
@@ -387,16 +416,25 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
-    /// Jobs on nodes that were asked to cancel.
-    fn cancel_requested(&self) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+    /// Ranks whose containers must stop: of jobs asked to cancel, and of
+    /// attempts that ended (a gang ends as a whole) while they still run.
+    fn ranks_to_stop(&self) -> impl Future<Output = Result<Vec<RankToStop>, StoreError>> + Send;
 
-    /// Puts a queued job on an idle node as its next attempt.
+    /// Puts a queued job on idle nodes (one per rank, rank 0 first) as its
+    /// next attempt, all of them or none.
     fn assign_job(
         &self,
         job_id: &str,
-        node_id: &str,
+        node_ids: &[String],
         now: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// The nodes of an attempt, by rank, while the attempt is current.
+    fn gang(
+        &self,
+        job_id: &str,
+        attempt: u32,
+    ) -> impl Future<Output = Result<Vec<GangRank>, StoreError>> + Send;
 
     /// Stores what an agent reported about an attempt on its node.
     fn report_attempt(
@@ -420,12 +458,12 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Log lines after `after` ((attempt, seq) of the last line seen), in
-    /// order, at most `limit`.
+    /// Log lines after position `after` (the `pos` of the last line seen),
+    /// in arrival order, at most `limit`.
     fn logs(
         &self,
         job_id: &str,
-        after: Option<(u32, u64)>,
+        after: Option<i64>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LogRecord>, StoreError>> + Send;
 

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use strato_core::job::{self, AttemptEnd, JobSpec, JobState, NextStep};
+use strato_core::job::{self, AttemptEnd, GangStep, JobSpec, JobState, NextStep};
 use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{self, Allocation, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
@@ -18,8 +18,8 @@ use strato_core::identity::Identity;
 
 use super::{
     AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
-    IdentityUpdate, JobRecord, LogRecord, NodeRecord, NodeUsage, ReportOutcome, SpecUpdate, Store,
-    StoreError, TransitionRecord,
+    GangRank, IdentityUpdate, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop,
+    ReportOutcome, SpecUpdate, Store, StoreError, TransitionRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -281,7 +281,20 @@ async fn load_job(conn: &mut SqliteConnection, id: &str) -> Result<JobRecord, St
             ended_at: r.try_get("ended_at")?,
             reason: r.try_get("reason")?,
             exit_code: r.try_get("exit_code")?,
+            node_ids: Vec::new(),
         });
+    }
+    let rows = sqlx::query(
+        "SELECT attempt, node_id FROM job_ranks WHERE job_id = ?1 ORDER BY attempt, rank",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        let attempt = u32_col(r, "attempt")?;
+        if let Some(a) = job.attempts.iter_mut().find(|a| a.attempt == attempt) {
+            a.node_ids.push(r.try_get("node_id")?);
+        }
     }
     Ok(job)
 }
@@ -431,45 +444,99 @@ async fn end_attempt(
     Ok(())
 }
 
-/// Ends the attempts of every job on a node with `end`.
-async fn end_jobs_on(
+/// Ends, with `end`, every rank still open on a node (its node was lost,
+/// removed or evicted); returns the jobs they belonged to.
+async fn end_ranks_on(
     conn: &mut SqliteConnection,
     node_id: &str,
     end: AttemptEnd,
     reason: &str,
     now: i64,
-) -> Result<(), StoreError> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE node_id = ?1 AND state IN ('preparing', 'running')",
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT job_id, attempt, rank FROM job_ranks WHERE node_id = ?1 AND ended_at IS NULL",
     )
     .bind(node_id)
     .fetch_all(&mut *conn)
     .await?;
-    for id in &ids {
-        let job = load_job(conn, id).await?;
-        end_attempt(conn, &job, end.clone(), reason, now).await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let job_id: String = r.try_get("job_id")?;
+        let job = load_job(conn, &job_id).await?;
+        let rank = OpenRank {
+            attempt: u32_col(r, "attempt")?,
+            rank: u32_col(r, "rank")?,
+            node_id,
+        };
+        end_rank(conn, &job, &rank, end.clone(), reason, now).await?;
+        jobs.push(job_id);
     }
-    Ok(())
+    Ok(jobs)
 }
 
-/// Ends, as lost, the attempts of every job on a node.
-async fn lose_jobs_on(
+/// A rank of an attempt whose container has not been seen to stop.
+struct OpenRank<'a> {
+    attempt: u32,
+    rank: u32,
+    node_id: &'a str,
+}
+
+/// Records that a rank's container stopped, applies the gang rule
+/// (`job::after_rank`) while its attempt is current, and frees its node.
+async fn end_rank(
     conn: &mut SqliteConnection,
-    node_id: &str,
+    job: &JobRecord,
+    open: &OpenRank<'_>,
+    end: AttemptEnd,
     reason: &str,
     now: i64,
-) -> Result<Vec<String>, StoreError> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE node_id = ?1 AND state IN ('preparing', 'running')",
+) -> Result<(), StoreError> {
+    let exit_code = match end {
+        AttemptEnd::Exited(code) => Some(code),
+        _ => None,
+    };
+    sqlx::query(
+        "UPDATE job_ranks SET ended_at = ?1, exit_code = ?2, reason = ?3
+         WHERE job_id = ?4 AND attempt = ?5 AND rank = ?6 AND ended_at IS NULL",
     )
-    .bind(node_id)
-    .fetch_all(&mut *conn)
+    .bind(now)
+    .bind(exit_code)
+    .bind(reason)
+    .bind(&job.id)
+    .bind(i64::from(open.attempt))
+    .bind(i64::from(open.rank))
+    .execute(&mut *conn)
     .await?;
-    for id in &ids {
-        let job = load_job(conn, id).await?;
-        end_attempt(conn, &job, AttemptEnd::NodeLost, reason, now).await?;
+    if job.attempt == open.attempt && job.state.on_node() {
+        let not_done: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND rank != ?3
+               AND (ended_at IS NULL OR exit_code IS NULL OR exit_code != 0)",
+        )
+        .bind(&job.id)
+        .bind(i64::from(open.attempt))
+        .bind(i64::from(open.rank))
+        .fetch_one(&mut *conn)
+        .await?;
+        let step = job::after_rank(
+            job.spec.distribution,
+            job.spec.node_count,
+            open.rank,
+            open.node_id,
+            end,
+            reason,
+            not_done == 0,
+        );
+        if let GangStep::End(end, why) = step {
+            end_attempt(conn, job, end, &why, now).await?;
+        }
     }
-    Ok(ids)
+    let node = load_node(conn, open.node_id).await?;
+    if matches!(node.state, NodeState::Preparing | NodeState::Running)
+        && node.run_id.as_deref() == Some(job.id.as_str())
+    {
+        set_node_state(conn, open.node_id, NodeState::Idle, None, "", now).await?;
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -836,9 +903,10 @@ impl Store for SqliteStore {
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin_write().await?;
         load_node(&mut tx, node_id).await?;
-        let jobs = lose_jobs_on(
+        let jobs = end_ranks_on(
             &mut tx,
             node_id,
+            AttemptEnd::NodeLost,
             &format!("node {node_id} lost: {reason}"),
             now,
         )
@@ -883,16 +951,11 @@ impl Store for SqliteStore {
         match load_node(&mut tx, node_id).await {
             Ok(n) if n.state == NodeState::Preempted => {
                 let why = format!("node {node_id} was evicted");
-                end_jobs_on(&mut tx, node_id, AttemptEnd::Preempted, &why, now).await?;
+                end_ranks_on(&mut tx, node_id, AttemptEnd::Preempted, &why, now).await?;
             }
             _ => {
-                lose_jobs_on(
-                    &mut tx,
-                    node_id,
-                    &format!("node {node_id} was removed"),
-                    now,
-                )
-                .await?;
+                let why = format!("node {node_id} was removed");
+                end_ranks_on(&mut tx, node_id, AttemptEnd::NodeLost, &why, now).await?;
             }
         }
         sqlx::query("DELETE FROM nodes WHERE node_id = ?1")
@@ -977,13 +1040,22 @@ impl Store for SqliteStore {
         Ok(jobs)
     }
 
-    async fn queued_jobs(&self, cluster: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE cluster = ?1 AND state = 'queued' ORDER BY created_at, rowid",
+    async fn queued_jobs(&self, cluster: &str) -> Result<Vec<QueuedJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, COALESCE(json_extract(spec, '$.node_count'), 1) AS node_count
+             FROM jobs WHERE cluster = ?1 AND state = 'queued' ORDER BY created_at, rowid",
         )
         .bind(cluster)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedJob {
+                    id: r.try_get("id")?,
+                    node_count: u32_col(r, "node_count")?.max(1),
+                })
+            })
+            .collect()
     }
 
     async fn cancel_job(&self, id: &str, now: i64) -> Result<JobRecord, StoreError> {
@@ -1011,38 +1083,61 @@ impl Store for SqliteStore {
         Ok(job)
     }
 
-    async fn cancel_requested(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE cancel_requested = 1 AND state IN ('preparing', 'running')"
-        )))
+    async fn ranks_to_stop(&self) -> Result<Vec<RankToStop>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.job_id, r.attempt, r.node_id FROM job_ranks r JOIN jobs j ON j.id = r.job_id
+             WHERE r.ended_at IS NULL
+               AND (j.attempt != r.attempt OR j.state NOT IN ('preparing', 'running')
+                    OR j.cancel_requested = 1)",
+        )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(RankToStop {
+                    job_id: r.try_get("job_id")?,
+                    attempt: u32_col(r, "attempt")?,
+                    node_id: r.try_get("node_id")?,
+                })
+            })
+            .collect()
     }
 
     async fn assign_job(
         &self,
         job_id: &str,
-        node_id: &str,
+        node_ids: &[String],
         now: i64,
     ) -> Result<JobRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         let job = load_job(&mut tx, job_id).await?;
-        let node = load_node(&mut tx, node_id).await?;
         if job.state != JobState::Queued {
             return Err(StoreError::Conflict(format!(
                 "job {job_id} is {}, not queued",
                 job.state.as_str()
             )));
         }
-        if node.state != NodeState::Idle || node.run_id.is_some() {
+        let wanted = usize::try_from(job.spec.node_count.max(1)).unwrap_or(usize::MAX);
+        if node_ids.len() != wanted {
             return Err(StoreError::Conflict(format!(
-                "node {node_id} is {}, not idle",
-                node.state.as_str()
+                "job {job_id} needs {wanted} nodes, not {}",
+                node_ids.len()
             )));
         }
+        for node_id in node_ids {
+            let node = load_node(&mut tx, node_id).await?;
+            if node.state != NodeState::Idle || node.run_id.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "node {node_id} is {}, not idle",
+                    node.state.as_str()
+                )));
+            }
+        }
+        let Some(first) = node_ids.first() else {
+            return Err(StoreError::Conflict(format!("job {job_id} got no node")));
+        };
         sqlx::query("UPDATE jobs SET node_id = ?1 WHERE id = ?2")
-            .bind(node_id)
+            .bind(first)
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
@@ -1051,31 +1146,73 @@ impl Store for SqliteStore {
         )
         .bind(job_id)
         .bind(i64::from(job.attempt))
-        .bind(node_id)
+        .bind(first)
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        for (rank, node_id) in node_ids.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO job_ranks (job_id, attempt, rank, node_id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(job_id)
+            .bind(i64::from(job.attempt))
+            .bind(i64::try_from(rank).unwrap_or(i64::MAX))
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+            set_node_state(
+                &mut tx,
+                node_id,
+                NodeState::Preparing,
+                Some(job_id),
+                "preparing a job",
+                now,
+            )
+            .await?;
+        }
+        let placed = if node_ids.len() == 1 {
+            format!("attempt {} placed on node {first}", job.attempt)
+        } else {
+            format!(
+                "attempt {} placed on {} nodes: {}",
+                job.attempt,
+                node_ids.len(),
+                node_ids.join(", ")
+            )
+        };
         transition(
             &mut tx,
             job_id,
             job.attempt,
             JobState::Preparing,
-            &format!("attempt {} placed on node {node_id}", job.attempt),
-            now,
-        )
-        .await?;
-        set_node_state(
-            &mut tx,
-            node_id,
-            NodeState::Preparing,
-            Some(job_id),
-            "preparing a job",
+            &placed,
             now,
         )
         .await?;
         let job = load_job(&mut tx, job_id).await?;
         tx.commit().await?;
         Ok(job)
+    }
+
+    async fn gang(&self, job_id: &str, attempt: u32) -> Result<Vec<GangRank>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.rank, r.node_id FROM job_ranks r JOIN jobs j ON j.id = r.job_id
+             WHERE r.job_id = ?1 AND r.attempt = ?2 AND j.attempt = ?2
+               AND j.state IN ('preparing', 'running')
+             ORDER BY r.rank",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GangRank {
+                    rank: u32_col(r, "rank")?,
+                    node_id: r.try_get("node_id")?,
+                })
+            })
+            .collect()
     }
 
     async fn report_attempt(
@@ -1092,46 +1229,75 @@ impl Store for SqliteStore {
             Err(StoreError::JobNotFound(_)) => return Ok(ReportOutcome::Stale),
             Err(e) => return Err(e),
         };
-        let current = job.attempt == attempt
-            && job.node_id.as_deref() == Some(node_id)
-            && job.state.on_node();
-        if !current {
-            // A report about an attempt that already ended here (the control
-            // plane stored its end, or gave up on the node): nothing runs it
-            // any more as far as the job is concerned.
-            let ended_here = job
-                .attempts
-                .iter()
-                .any(|a| a.attempt == attempt && a.node_id == node_id && a.ended_at.is_some());
-            return Ok(if ended_here {
-                ReportOutcome::Release
-            } else {
-                ReportOutcome::Stale
-            });
+        let row = sqlx::query(
+            "SELECT rank, ended_at FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND node_id = ?3",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Not an attempt this node was given.
+            return Ok(ReportOutcome::Stale);
+        };
+        let ended_at: Option<i64> = row.try_get("ended_at")?;
+        if ended_at.is_some() {
+            // Its end is stored already: the agent may remove the container.
+            return Ok(ReportOutcome::Release);
         }
+        let open = OpenRank {
+            attempt,
+            rank: u32_col(&row, "rank")?,
+            node_id,
+        };
+        let current = job.attempt == attempt && job.state.on_node();
         let outcome = match report {
+            AttemptReport::Running if !current => {
+                // Its attempt ended (the gang ended as a whole, or the job was
+                // canceled): the container is stopped through ranks_to_stop,
+                // and its end reported then.
+                ReportOutcome::Recorded
+            }
             AttemptReport::Running => {
-                if job.state == JobState::Preparing {
-                    transition(
-                        &mut tx,
-                        job_id,
-                        attempt,
-                        JobState::Running,
-                        &format!("attempt {attempt} started on node {node_id}"),
-                        now,
-                    )
-                    .await?;
+                sqlx::query(
+                    "UPDATE job_ranks SET started = 1 WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+                )
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .bind(i64::from(open.rank))
+                .execute(&mut *tx)
+                .await?;
+                let node = load_node(&mut tx, node_id).await?;
+                if node.state == NodeState::Preparing {
                     set_node_state(&mut tx, node_id, NodeState::Running, Some(job_id), "", now)
                         .await?;
+                }
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND started = 0",
+                )
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .fetch_one(&mut *tx)
+                .await?;
+                if job.state == JobState::Preparing && waiting == 0 {
+                    let nodes = job
+                        .attempts
+                        .iter()
+                        .find(|a| a.attempt == attempt)
+                        .map(|a| a.node_ids.clone())
+                        .unwrap_or_default();
+                    let started = if nodes.len() > 1 {
+                        format!("attempt {attempt} started on {} nodes", nodes.len())
+                    } else {
+                        format!("attempt {attempt} started on node {node_id}")
+                    };
+                    transition(&mut tx, job_id, attempt, JobState::Running, &started, now).await?;
                 }
                 ReportOutcome::Recorded
             }
             AttemptReport::Ended(end, reason) => {
-                end_attempt(&mut tx, &job, end, &reason, now).await?;
-                let node = load_node(&mut tx, node_id).await?;
-                if matches!(node.state, NodeState::Preparing | NodeState::Running) {
-                    set_node_state(&mut tx, node_id, NodeState::Idle, None, "", now).await?;
-                }
+                end_rank(&mut tx, &job, &open, end, &reason, now).await?;
                 ReportOutcome::Release
             }
         };
@@ -1153,27 +1319,28 @@ impl Store for SqliteStore {
             .bind(node_id)
             .execute(&mut *tx)
             .await?;
-        let ran_here: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM job_attempts WHERE job_id = ?1 AND attempt = ?2 AND node_id = ?3",
+        let rank: Option<i64> = sqlx::query_scalar(
+            "SELECT rank FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND node_id = ?3",
         )
         .bind(job_id)
         .bind(i64::from(attempt))
         .bind(node_id)
         .fetch_optional(&mut *tx)
         .await?;
-        if ran_here.is_none() {
+        let Some(rank) = rank else {
             tx.commit().await?;
             return Err(StoreError::Conflict(format!(
                 "node {node_id} sent output of attempt {attempt} of job {job_id}, which it does not run"
             )));
-        }
+        };
         for l in lines {
             sqlx::query(
-                "INSERT OR IGNORE INTO job_logs (job_id, attempt, seq, stream, line, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO job_logs (job_id, attempt, rank, seq, stream, line, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .bind(job_id)
             .bind(i64::from(attempt))
+            .bind(rank)
             .bind(i64::try_from(l.seq).unwrap_or(i64::MAX))
             .bind(i64::from(l.stream))
             .bind(&l.line)
@@ -1188,20 +1355,15 @@ impl Store for SqliteStore {
     async fn logs(
         &self,
         job_id: &str,
-        after: Option<(u32, u64)>,
+        after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<LogRecord>, StoreError> {
-        let (a, s) = after.map_or((0i64, -1i64), |(a, s)| {
-            (i64::from(a), i64::try_from(s).unwrap_or(i64::MAX))
-        });
         let rows = sqlx::query(
-            "SELECT attempt, seq, stream, line, at FROM job_logs
-             WHERE job_id = ?1 AND (attempt, seq) > (?2, ?3)
-             ORDER BY attempt, seq LIMIT ?4",
+            "SELECT pos, attempt, rank, seq, stream, line, at FROM job_logs
+             WHERE job_id = ?1 AND pos > ?2 ORDER BY pos LIMIT ?3",
         )
         .bind(job_id)
-        .bind(a)
-        .bind(s)
+        .bind(after.unwrap_or(-1))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -1210,7 +1372,9 @@ impl Store for SqliteStore {
                 let seq: i64 = r.try_get("seq")?;
                 let stream: i64 = r.try_get("stream")?;
                 Ok(LogRecord {
+                    pos: r.try_get("pos")?,
                     attempt: u32_col(r, "attempt")?,
+                    rank: u32_col(r, "rank")?,
                     seq: u64::try_from(seq).unwrap_or(0),
                     stream: u8::try_from(stream).unwrap_or(1),
                     line: r.try_get("line")?,

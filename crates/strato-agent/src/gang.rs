@@ -1,0 +1,594 @@
+//! Multi-node jobs on the agent: wiring a gang's containers (network, host
+//! list, hostfile, the MPI and PyTorch variables, the launcher) and relaying
+//! the launcher's remote commands between nodes.
+//!
+//! **Architecture invariant:** no SSH. `mpirun` in rank 0's container starts
+//! its remote daemons with `strato-rsh HOST COMMAND` (`plm_rsh_agent`); the
+//! launcher asks its own agent (`POST /strato/exec` on the identity
+//! endpoint, with the attempt's secret), the agent asks the control plane
+//! over its authenticated session, and the control plane hands the command
+//! to the agent of that rank's node, which runs it in the same attempt's
+//! container with `docker exec`. Output and the exit code travel back the
+//! same way. Nothing but the gang's own containers can be reached: the
+//! control plane checks that both nodes hold the same current attempt.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt as _;
+use strato_core::job::{Distribution, MASTER_PORT};
+use strato_proto::v1::{self, agent_message::Body as Up};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::identity::Vending;
+use crate::runtime::{ContainerRuntime, ContainerSpec, ExecEvent, OutputStream};
+
+/// Where the launcher and the hostfile appear in a gang's containers.
+pub const LAUNCHER_IN_CONTAINER: &str = "/mnt/strato/bin/strato-rsh";
+const GANG_DIR_IN_CONTAINER: &str = "/mnt/strato/gang";
+
+/// Frame kinds of the exec answer (see [`frame`]).
+pub const FRAME_STDOUT: u8 = 1;
+pub const FRAME_STDERR: u8 = 2;
+/// Data: the exit code, 4 bytes big-endian.
+pub const FRAME_EXIT: u8 = 3;
+/// Data: why the command could not run (UTF-8); the launcher exits 255.
+pub const FRAME_ERROR: u8 = 4;
+
+/// How the containers of a gang reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GangNetwork {
+    /// The machine's own network (one node per machine): peers are the
+    /// nodes' addresses.
+    Host,
+    /// A Docker network per cluster on one engine (the local provider):
+    /// peers are the containers, named by their node ids.
+    Cluster,
+}
+
+/// How this agent wires gangs.
+#[derive(Debug, Clone)]
+pub struct GangConfig {
+    pub network: GangNetwork,
+    /// The `strato-rsh` binary mounted into every gang container.
+    pub launcher: PathBuf,
+}
+
+/// The name of a cluster's gang network.
+pub fn network_name(cluster: &str) -> String {
+    format!("strato-{cluster}")
+}
+
+/// The host names of a gang, by rank, as its containers reach each other.
+pub fn hosts(config: &GangConfig, gang: &[v1::GangMember]) -> Vec<String> {
+    gang.iter()
+        .map(|m| match config.network {
+            GangNetwork::Cluster => m.node_id.clone(),
+            GangNetwork::Host if !m.private_ip.is_empty() => m.private_ip.clone(),
+            GangNetwork::Host if !m.hostname.is_empty() => m.hostname.clone(),
+            GangNetwork::Host => m.node_id.clone(),
+        })
+        .collect()
+}
+
+/// The distribution a job asked for, as the agent runs it.
+pub fn distribution(spec: &v1::JobSpec) -> Distribution {
+    match v1::Distribution::try_from(spec.distribution) {
+        Ok(v1::Distribution::Mpi) => Distribution::Mpi,
+        Ok(v1::Distribution::Pytorch) => Distribution::Pytorch,
+        Ok(v1::Distribution::None) => Distribution::None,
+        _ => Distribution::default_for(spec.node_count, spec.process_count_per_node),
+    }
+}
+
+/// Turns one rank's container into a member of its gang: network and
+/// hostname, the hostfile (written under `dir`), the launcher, the variables
+/// of REFERENCE.md, and the command (`mpirun` on rank 0 and a placeholder
+/// that waits on the others for `mpi`; the job's command, once per process,
+/// otherwise). `exec_endpoint` is where the launcher asks for remote
+/// commands.
+pub fn wire(
+    container: &mut ContainerSpec,
+    config: &GangConfig,
+    cluster: &str,
+    assignment: &v1::JobAssignment,
+    spec: &v1::JobSpec,
+    dir: &Path,
+    exec_endpoint: &str,
+) -> std::io::Result<()> {
+    let distribution = distribution(spec);
+    let hosts = hosts(config, &assignment.gang);
+    let nodes = u32::try_from(hosts.len()).unwrap_or(u32::MAX).max(1);
+    let per_node = spec.process_count_per_node.max(1);
+    let rank = assignment.rank;
+    let master = hosts.first().cloned().unwrap_or_default();
+
+    std::fs::create_dir_all(dir)?;
+    let hostfile: String = hosts
+        .iter()
+        .map(|h| format!("{h} slots={per_node}\n"))
+        .collect();
+    std::fs::write(dir.join("hostfile"), hostfile)?;
+    container.mounts.push((
+        dir.display().to_string(),
+        GANG_DIR_IN_CONTAINER.to_owned(),
+        true,
+    ));
+    container.mounts.push((
+        config.launcher.display().to_string(),
+        LAUNCHER_IN_CONTAINER.to_owned(),
+        true,
+    ));
+    match config.network {
+        GangNetwork::Cluster => {
+            container.network = Some(network_name(cluster));
+            container.hostname = hosts.get(rank as usize).cloned();
+        }
+        GangNetwork::Host => container.network = Some("host".to_owned()),
+    }
+
+    let hostfile_path = format!("{GANG_DIR_IN_CONTAINER}/hostfile");
+    let mut env = vec![
+        ("AZ_BATCH_HOST_LIST".to_owned(), hosts.join(",")),
+        (
+            "AZ_BATCH_MASTER_NODE".to_owned(),
+            format!("{master}:{MASTER_PORT}"),
+        ),
+        ("AZ_BATCHAI_MPI_MASTER_NODE".to_owned(), master.clone()),
+        ("STRATO_HOSTFILE".to_owned(), hostfile_path.clone()),
+        ("STRATO_NODE_RANK".to_owned(), rank.to_string()),
+        ("STRATO_NODE_COUNT".to_owned(), nodes.to_string()),
+        ("STRATO_EXEC_ENDPOINT".to_owned(), exec_endpoint.to_owned()),
+    ];
+    let user_command = std::mem::take(&mut container.command);
+    container.command = match distribution {
+        Distribution::Mpi => {
+            env.extend([
+                ("OMPI_ALLOW_RUN_AS_ROOT".to_owned(), "1".to_owned()),
+                ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM".to_owned(), "1".to_owned()),
+                (
+                    "OMPI_MCA_plm_rsh_agent".to_owned(),
+                    LAUNCHER_IN_CONTAINER.to_owned(),
+                ),
+                // Rank 0 starts every daemon itself: the others have no way
+                // to start further ones.
+                ("OMPI_MCA_plm_rsh_no_tree_spawn".to_owned(), "1".to_owned()),
+            ]);
+            if config.network == GangNetwork::Cluster {
+                // The gang network is each container's only interface.
+                env.extend([
+                    ("OMPI_MCA_btl_tcp_if_include".to_owned(), "eth0".to_owned()),
+                    ("OMPI_MCA_oob_tcp_if_include".to_owned(), "eth0".to_owned()),
+                ]);
+            }
+            if rank == 0 {
+                let mut c = vec![
+                    "mpirun".to_owned(),
+                    "--hostfile".to_owned(),
+                    hostfile_path,
+                    "-np".to_owned(),
+                    (nodes * per_node).to_string(),
+                ];
+                c.extend(user_command);
+                c
+            } else {
+                vec![LAUNCHER_IN_CONTAINER.to_owned(), "--wait".to_owned()]
+            }
+        }
+        Distribution::Pytorch => {
+            env.extend([
+                ("MASTER_ADDR".to_owned(), master),
+                ("MASTER_PORT".to_owned(), MASTER_PORT.to_string()),
+                ("WORLD_SIZE".to_owned(), (nodes * per_node).to_string()),
+                ("NODE_RANK".to_owned(), rank.to_string()),
+            ]);
+            per_process(&mut env, user_command, rank, per_node)
+        }
+        Distribution::None => per_process(&mut env, user_command, rank, per_node),
+    };
+    container.env.extend(env);
+    Ok(())
+}
+
+/// One process per node runs the command itself (RANK = NODE_RANK); more
+/// are started by the launcher, each with its RANK and LOCAL_RANK.
+fn per_process(
+    env: &mut Vec<(String, String)>,
+    command: Vec<String>,
+    rank: u32,
+    per_node: u32,
+) -> Vec<String> {
+    if per_node == 1 {
+        env.extend([
+            ("RANK".to_owned(), rank.to_string()),
+            ("LOCAL_RANK".to_owned(), "0".to_owned()),
+        ]);
+        return command;
+    }
+    let mut c = vec![
+        LAUNCHER_IN_CONTAINER.to_owned(),
+        "--spawn".to_owned(),
+        per_node.to_string(),
+        "--".to_owned(),
+    ];
+    c.extend(command);
+    c
+}
+
+/// One frame of the exec answer: kind, length (4 bytes big-endian), data.
+pub fn frame(kind: u8, data: &[u8]) -> Bytes {
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(5 + data.len());
+    out.push(kind);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&data[..len as usize]);
+    Bytes::from(out)
+}
+
+type Waiting = mpsc::Sender<Result<Bytes, Infallible>>;
+
+/// The agent's side of the exec relay: execs this node asked for, waiting
+/// for their output, and the way up to the control plane.
+#[derive(Default)]
+pub struct ExecRelay {
+    vending: Arc<Vending>,
+    up: Mutex<Option<mpsc::Sender<v1::AgentMessage>>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+impl ExecRelay {
+    pub fn new(vending: Arc<Vending>) -> Self {
+        ExecRelay {
+            vending,
+            ..ExecRelay::default()
+        }
+    }
+
+    /// A session opened (`Some`) or closed (`None`); execs waiting on a
+    /// closed session end with an error.
+    pub fn connected(&self, up: Option<mpsc::Sender<v1::AgentMessage>>) {
+        if let Ok(mut u) = self.up.lock() {
+            *u = up.clone();
+        }
+        if up.is_none() {
+            let waiting: Vec<Waiting> = self
+                .waiting
+                .lock()
+                .map(|mut w| w.drain().map(|(_, tx)| tx).collect())
+                .unwrap_or_default();
+            for tx in waiting {
+                let _ = tx.try_send(Ok(frame(
+                    FRAME_ERROR,
+                    b"the agent lost its session with the control plane",
+                )));
+            }
+        }
+    }
+
+    /// Output of an exec this node asked for.
+    pub fn output(&self, o: &v1::ExecOutput) {
+        let tx = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&o.exec_id).cloned());
+        if let Some(tx) = tx {
+            let kind = if o.stream == v1::LogStream::Stderr as i32 {
+                FRAME_STDERR
+            } else {
+                FRAME_STDOUT
+            };
+            // Back-pressure would stall the whole session: a launcher that
+            // does not read loses output rather than the node its session.
+            let _ = tx.try_send(Ok(frame(kind, &o.data)));
+        }
+    }
+
+    /// The end of an exec this node asked for.
+    pub fn exit(&self, x: &v1::ExecExit) {
+        let tx = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&x.exec_id));
+        if let Some(tx) = tx {
+            let f = if x.error.is_empty() {
+                frame(FRAME_EXIT, &x.exit_code.to_be_bytes())
+            } else {
+                frame(FRAME_ERROR, x.error.as_bytes())
+            };
+            let _ = tx.try_send(Ok(f));
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ExecRequest {
+    host: String,
+    command: String,
+}
+
+fn refuse(status: StatusCode, why: String) -> Response {
+    // Never the secret: `why` names no header values.
+    tracing::warn!(%status, %why, "exec request refused");
+    (status, why).into_response()
+}
+
+/// `POST /strato/exec` from a launcher: `{"host": H, "command": C}` with the
+/// attempt's secret in the `secret` header. Answers a stream of frames.
+async fn exec_request(
+    State(relay): State<Arc<ExecRelay>>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<ExecRequest>,
+) -> Response {
+    let Some(secret) = headers.get("secret").and_then(|v| v.to_str().ok()) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "the secret header is required (the attempt's MSI_SECRET)".into(),
+        );
+    };
+    let Some(attempt) = relay.vending.attempt_for_secret(secret) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "the secret is not a running attempt's".into(),
+        );
+    };
+    let Some(gang) = relay.vending.gang_hosts(&attempt) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("job {} is not a multi-node job", attempt.job_id),
+        );
+    };
+    let Some(rank) = gang.iter().position(|h| *h == request.host) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{:?} is not a node of the gang ({})",
+                request.host,
+                gang.join(", ")
+            ),
+        );
+    };
+    let Some(up) = relay.up.lock().ok().and_then(|u| u.clone()) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no session with the control plane".into(),
+        );
+    };
+    let exec_id = uuid::Uuid::new_v4().simple().to_string();
+    let (tx, rx) = mpsc::channel(1024);
+    if let Ok(mut w) = relay.waiting.lock() {
+        w.insert(exec_id.clone(), tx);
+    }
+    let start = v1::AgentMessage {
+        body: Some(Up::ExecStart(v1::ExecStart {
+            exec_id: exec_id.clone(),
+            job_id: attempt.job_id.clone(),
+            attempt: attempt.attempt,
+            rank: u32::try_from(rank).unwrap_or(u32::MAX),
+            command: request.command,
+        })),
+    };
+    if up.send(start).await.is_err() {
+        if let Ok(mut w) = relay.waiting.lock() {
+            w.remove(&exec_id);
+        }
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no session with the control plane".into(),
+        );
+    }
+    tracing::info!(job = %attempt.job_id, attempt = attempt.attempt, rank, "exec sent to the gang");
+    Response::new(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// The exec route, served beside the identity endpoint.
+pub fn routes(relay: Arc<ExecRelay>) -> Router {
+    Router::new()
+        .route("/strato/exec", post(exec_request))
+        .with_state(relay)
+}
+
+/// Runs an exec the control plane relayed from another rank in this node's
+/// container of the attempt, and sends its output and exit code up.
+pub async fn run_exec<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    container: String,
+    x: v1::ExecStart,
+    tx: mpsc::Sender<v1::AgentMessage>,
+) {
+    let up = |body| v1::AgentMessage { body: Some(body) };
+    let mut events = runtime.exec(&container, &x.command);
+    let mut exit = v1::ExecExit {
+        exec_id: x.exec_id.clone(),
+        exit_code: 255,
+        error: "the exec ended without an exit code".to_owned(),
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(ExecEvent::Output(stream, data)) => {
+                let output = v1::ExecOutput {
+                    exec_id: x.exec_id.clone(),
+                    stream: match stream {
+                        OutputStream::Stdout => v1::LogStream::Stdout,
+                        OutputStream::Stderr => v1::LogStream::Stderr,
+                    } as i32,
+                    data,
+                };
+                if tx.send(up(Up::ExecOutput(output))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(ExecEvent::Exit(code)) => {
+                exit.exit_code = i32::try_from(code).unwrap_or(255);
+                exit.error.clear();
+            }
+            Err(e) => {
+                exit.error = format!("exec in {container}: {e}");
+            }
+        }
+    }
+    tracing::info!(job = %x.job_id, attempt = x.attempt, exit_code = exit.exit_code, error = %exit.error, "exec for another rank ended");
+    let _ = tx.send(up(Up::ExecExit(exit))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(rank: u32, node: &str) -> v1::GangMember {
+        v1::GangMember {
+            rank,
+            node_id: node.into(),
+            hostname: format!("host-{node}"),
+            private_ip: String::new(),
+        }
+    }
+
+    fn container() -> ContainerSpec {
+        ContainerSpec {
+            name: "c".into(),
+            image: "img".into(),
+            command: vec!["python3".into(), "train.py".into()],
+            env: Vec::new(),
+            cpus: None,
+            memory_bytes: None,
+            labels: Default::default(),
+            mounts: Vec::new(),
+            network: None,
+            hostname: None,
+        }
+    }
+
+    fn env<'a>(c: &'a ContainerSpec, key: &str) -> Option<&'a str> {
+        c.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn wired(distribution: v1::Distribution, rank: u32, per_node: u32) -> ContainerSpec {
+        let dir = std::env::temp_dir().join(format!(
+            "strato-gang-test-{}-{rank}-{per_node}-{}",
+            std::process::id(),
+            distribution as i32
+        ));
+        let config = GangConfig {
+            network: GangNetwork::Cluster,
+            launcher: PathBuf::from("/opt/strato-rsh"),
+        };
+        let assignment = v1::JobAssignment {
+            rank,
+            gang: vec![member(0, "c-n0"), member(1, "c-n1")],
+            ..Default::default()
+        };
+        let spec = v1::JobSpec {
+            node_count: 2,
+            process_count_per_node: per_node,
+            distribution: distribution as i32,
+            ..Default::default()
+        };
+        let mut c = container();
+        wire(
+            &mut c,
+            &config,
+            "c",
+            &assignment,
+            &spec,
+            &dir,
+            "http://gw/strato/exec",
+        )
+        .expect("wired");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("hostfile")).expect("hostfile"),
+            format!("c-n0 slots={per_node}\nc-n1 slots={per_node}\n")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        c
+    }
+
+    #[test]
+    fn mpi_runs_mpirun_on_rank_0_and_waits_elsewhere() {
+        let head = wired(v1::Distribution::Mpi, 0, 2);
+        assert_eq!(
+            head.command,
+            [
+                "mpirun",
+                "--hostfile",
+                "/mnt/strato/gang/hostfile",
+                "-np",
+                "4",
+                "python3",
+                "train.py"
+            ]
+        );
+        assert_eq!(env(&head, "AZ_BATCH_HOST_LIST"), Some("c-n0,c-n1"));
+        assert_eq!(env(&head, "AZ_BATCH_MASTER_NODE"), Some("c-n0:6105"));
+        assert_eq!(env(&head, "AZ_BATCHAI_MPI_MASTER_NODE"), Some("c-n0"));
+        assert_eq!(
+            env(&head, "OMPI_MCA_plm_rsh_agent"),
+            Some(LAUNCHER_IN_CONTAINER)
+        );
+        assert_eq!(head.network.as_deref(), Some("strato-c"));
+        assert_eq!(head.hostname.as_deref(), Some("c-n0"));
+        let worker = wired(v1::Distribution::Mpi, 1, 2);
+        assert_eq!(worker.command, [LAUNCHER_IN_CONTAINER, "--wait"]);
+        assert_eq!(worker.hostname.as_deref(), Some("c-n1"));
+    }
+
+    #[test]
+    fn pytorch_gets_the_rendezvous_variables() {
+        let one = wired(v1::Distribution::Pytorch, 1, 1);
+        assert_eq!(one.command, ["python3", "train.py"]);
+        assert_eq!(env(&one, "MASTER_ADDR"), Some("c-n0"));
+        assert_eq!(env(&one, "MASTER_PORT"), Some("6105"));
+        assert_eq!(env(&one, "WORLD_SIZE"), Some("2"));
+        assert_eq!(env(&one, "NODE_RANK"), Some("1"));
+        assert_eq!(env(&one, "RANK"), Some("1"));
+        assert_eq!(env(&one, "LOCAL_RANK"), Some("0"));
+        let many = wired(v1::Distribution::Pytorch, 1, 3);
+        assert_eq!(env(&many, "WORLD_SIZE"), Some("6"));
+        assert_eq!(
+            many.command,
+            [
+                LAUNCHER_IN_CONTAINER,
+                "--spawn",
+                "3",
+                "--",
+                "python3",
+                "train.py"
+            ]
+        );
+    }
+
+    #[test]
+    fn host_networking_uses_the_nodes_addresses() {
+        let config = GangConfig {
+            network: GangNetwork::Host,
+            launcher: PathBuf::new(),
+        };
+        let mut m = member(0, "n0");
+        m.private_ip = "10.0.0.4".into();
+        assert_eq!(
+            hosts(&config, &[m, member(1, "n1")]),
+            ["10.0.0.4", "host-n1"]
+        );
+    }
+
+    #[test]
+    fn frames_carry_kind_length_and_data() {
+        assert_eq!(
+            &frame(FRAME_EXIT, &7i32.to_be_bytes())[..],
+            [3, 0, 0, 0, 4, 0, 0, 0, 7]
+        );
+    }
+}
