@@ -258,6 +258,14 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
                     "IMDS {field} is a string: {answer}"
                 );
             }
+        } else if protocol == "appservice" {
+            // As App Service answers (2019-08-01): seconds, as a string.
+            assert!(
+                answer["expires_on"]
+                    .as_str()
+                    .is_some_and(|s| s.parse::<i64>().is_ok()),
+                "App Service expires_on is a string of seconds: {answer}"
+            );
         } else {
             assert!(
                 answer["expires_on"].is_i64(),
@@ -390,6 +398,32 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
             "azure-identity over {protocol}"
         );
     }
+
+    // Azure's own Rust client, unmodified, over the App Service protocol
+    // (the one azure_identity speaks besides IMDS).
+    let out = std::process::Command::new(strato_e2e::binary("azure-identity-rs"))
+        .env_remove("MSI_ENDPOINT")
+        .env_remove("MSI_SECRET")
+        .env_remove("AZURE_CLIENT_ID")
+        .env("IDENTITY_ENDPOINT", &endpoint)
+        .env("IDENTITY_HEADER", &secret)
+        .output()
+        .expect("run azure-identity-rs");
+    assert!(
+        out.status.success(),
+        "azure_identity (Rust): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims = verify(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(
+        claims["oid"],
+        a_id.principal_id.as_str(),
+        "azure_identity (Rust)"
+    );
+    assert_eq!(
+        claims["aud"], "https://storage.azure.com",
+        "azure_identity (Rust)"
+    );
 
     // Refusals are logged without the secret.
     assert!(

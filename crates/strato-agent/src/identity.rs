@@ -217,8 +217,6 @@ impl Vending {
 pub struct TokenQuery {
     #[serde(default)]
     resource: String,
-    #[serde(rename = "api-version")]
-    api_version: Option<String>,
     clientid: Option<String>,
     client_id: Option<String>,
     principal_id: Option<String>,
@@ -349,10 +347,16 @@ async fn msi_token(
         .attempt_for_secret(secret)
         .ok_or_else(|| Refusal::unauthorized("the secret does not belong to a running job"))?;
     let token = vending.token(&attempt, &query, now()).await?;
-    let _ = (app_service, &query.api_version);
+    // Azure ML answers `expires_on` as a number; App Service (2019-08-01) as
+    // a string of the same seconds, which Azure's Rust SDK insists on.
+    let expires_on = if app_service {
+        json!(token.expires_on.to_string())
+    } else {
+        json!(token.expires_on)
+    };
     Ok(axum::Json(json!({
         "access_token": token.access_token,
-        "expires_on": token.expires_on,
+        "expires_on": expires_on,
         "resource": token.resource,
         "token_type": token.token_type,
         "client_id": token.client_id,
