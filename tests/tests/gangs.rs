@@ -152,7 +152,7 @@ async fn a_pytorch_job_sees_one_master_and_distinct_node_ranks() {
     require_mpi_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = start(dir.path()).await;
-    create_cluster(&cp, "torch", "2", &[]);
+    create_cluster(&cp, "torch", "2", &["--assign-identity", "[system]"]);
     let id = submit(
         &cp,
         gang_spec(
@@ -164,7 +164,9 @@ async fn a_pytorch_job_sees_one_master_and_distinct_node_ranks() {
             &[
                 "sh",
                 "-c",
-                "echo \"env MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT WORLD_SIZE=$WORLD_SIZE NODE_RANK=$NODE_RANK RANK=$RANK LOCAL_RANK=$LOCAL_RANK HOSTS=$AZ_BATCH_HOST_LIST\"",
+                "echo \"env MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT WORLD_SIZE=$WORLD_SIZE NODE_RANK=$NODE_RANK RANK=$RANK LOCAL_RANK=$LOCAL_RANK HOSTS=$AZ_BATCH_HOST_LIST\"; \
+                 if wget -q -O - --header \"secret: $MSI_SECRET\" \"$MSI_ENDPOINT?api-version=2017-09-01&resource=https://storage.azure.com\" | grep -q access_token; \
+                 then echo \"token ok on rank $NODE_RANK\"; else echo \"no token on rank $NODE_RANK\"; fi",
             ],
         ),
     )
@@ -188,6 +190,17 @@ async fn a_pytorch_job_sees_one_master_and_distinct_node_ranks() {
     assert_eq!(masters, BTreeSet::from([gang[0].clone()]), "{envs:#?}");
     let node_ranks: BTreeSet<String> = envs.iter().map(|(_, l)| field(l, "NODE_RANK")).collect();
     assert_eq!(node_ranks, BTreeSet::from(["0".into(), "1".into()]));
+    // Every node of the gang gets tokens for the cluster's identity.
+    let tokens: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l.line.contains("token"))
+        .map(|l| l.line.clone())
+        .collect();
+    assert_eq!(
+        tokens,
+        BTreeSet::from(["token ok on rank 0".into(), "token ok on rank 1".into()]),
+        "{lines:#?}"
+    );
     for (rank, line) in &envs {
         assert_eq!(field(line, "WORLD_SIZE"), "2", "{line}");
         assert_eq!(field(line, "MASTER_PORT"), "6105", "{line}");

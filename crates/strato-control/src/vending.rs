@@ -58,10 +58,12 @@ impl<S: Store> IdentityService for IdentityApi<S> {
                 }
                 other => status(other),
             })?;
-        if job.node_id.as_deref() != Some(node.node_id.as_str())
-            || job.attempt != r.attempt
-            || !job.state.on_node()
-        {
+        // Any node of the attempt's gang (rank 0's is `job.node_id`).
+        let on_this_node = job
+            .attempts
+            .iter()
+            .any(|a| a.attempt == job.attempt && a.node_ids.contains(&node.node_id));
+        if !on_this_node || job.attempt != r.attempt || !job.state.on_node() {
             tracing::warn!(node = %node.node_id, job = %r.job_id, attempt = r.attempt, "token refused: attempt not on this node");
             return Err(Status::permission_denied(format!(
                 "attempt {} of job {} does not run on node {}",
