@@ -105,6 +105,37 @@ pub struct Config {
     #[arg(long, env = "STRATO_TENANT_ID")]
     pub tenant_id: Option<String>,
 
+    /// Federation to Entra ID: the tenant whose tokens jobs get. When set,
+    /// the control plane no longer issues its own tokens: it exchanges an
+    /// assertion it signs (iss = --token-issuer, sub =
+    /// strato:cluster:<name>, aud = api://AzureADTokenExchange) for a real
+    /// token of the cluster's user-assigned identity.
+    #[arg(long, env = "STRATO_FEDERATION_TENANT_ID")]
+    pub federation_tenant_id: Option<String>,
+
+    /// A user-assigned identity's Entra client id, as
+    /// RESOURCE_ID=CLIENT_ID; repeat for more (the variable takes them
+    /// comma-separated). Needed for every identity used with federation.
+    #[arg(
+        long = "federated-identity",
+        env = "STRATO_FEDERATED_IDENTITIES",
+        value_delimiter = ',',
+        value_name = "RESOURCE_ID=CLIENT_ID"
+    )]
+    pub federated_identities: Vec<String>,
+
+    /// Entra ID's authority host for federation.
+    #[arg(
+        long,
+        env = "STRATO_FEDERATION_AUTHORITY_HOST",
+        default_value = crate::federation::PUBLIC_AUTHORITY
+    )]
+    pub federation_authority_host: String,
+
+    /// A PEM file of extra CA certificates trusted for the authority host.
+    #[arg(long, env = "STRATO_FEDERATION_CA_FILE")]
+    pub federation_ca_file: Option<PathBuf>,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     pub log: String,
@@ -139,6 +170,14 @@ pub enum ConfigError {
     ReconcileInterval,
     #[error("--token-issuer {0:?}: must be an http:// or https:// URL ending in /")]
     TokenIssuer(String),
+    #[error("--federated-identity {0:?}: must be RESOURCE_ID=CLIENT_ID")]
+    FederatedIdentity(String),
+    #[error("--federation-tenant-id {0:?}: must be a tenant id (letters, digits, '-' and '.')")]
+    FederationTenant(String),
+    #[error(
+        "--federation-tenant-id needs --token-issuer: an https:// URL where Entra ID reads this control plane's OIDC discovery document and JWKS"
+    )]
+    FederationIssuer,
 }
 
 /// The configuration after its checks, with the quota file read.
@@ -159,6 +198,42 @@ impl Config {
             };
             format!("http://{ip}:{}/", http.port())
         })
+    }
+
+    /// The federation settings, when --federation-tenant-id is set.
+    pub fn federation(&self) -> Result<Option<crate::federation::FederationConfig>, ConfigError> {
+        let Some(tenant) = &self.federation_tenant_id else {
+            return Ok(None);
+        };
+        let tenant_ok = !tenant.is_empty()
+            && tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !tenant_ok {
+            return Err(ConfigError::FederationTenant(tenant.clone()));
+        }
+        if !self
+            .token_issuer
+            .as_deref()
+            .is_some_and(|i| i.starts_with("https://"))
+        {
+            return Err(ConfigError::FederationIssuer);
+        }
+        let mut client_ids = std::collections::HashMap::new();
+        for pair in &self.federated_identities {
+            match pair.rsplit_once('=') {
+                Some((id, client)) if !id.trim().is_empty() && !client.trim().is_empty() => {
+                    client_ids.insert(id.trim().to_ascii_lowercase(), client.trim().to_owned());
+                }
+                _ => return Err(ConfigError::FederatedIdentity(pair.clone())),
+            }
+        }
+        Ok(Some(crate::federation::FederationConfig {
+            tenant_id: tenant.clone(),
+            authority_host: self.federation_authority_host.clone(),
+            client_ids,
+            ca_file: self.federation_ca_file.clone(),
+        }))
     }
 
     /// The tenant of issued tokens.
@@ -203,6 +278,7 @@ impl Config {
         {
             return Err(ConfigError::TokenIssuer(issuer.clone()));
         }
+        self.federation()?;
         let quota = match &self.quota_file {
             None => QuotaLimits::default(),
             Some(path) => load_quota(path)?,
@@ -323,6 +399,39 @@ mod tests {
     fn the_shipped_example_quota_file_parses() {
         let text = include_str!("../../../deploy/quota.toml");
         parse_quota(text).expect("deploy/quota.toml parses");
+    }
+
+    #[test]
+    fn federation_settings_are_checked_before_start() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["strato-control", "--federation-tenant-id", "tenant-1"];
+            args.extend_from_slice(extra);
+            Config::parse_from(args).validate()
+        };
+        assert!(matches!(parse(&[]), Err(ConfigError::FederationIssuer)));
+        let issuer = ["--token-issuer", "https://strato.example.com/"];
+        assert!(matches!(
+            parse(&[&issuer[..], &["--federated-identity", "no-client-id"]].concat()),
+            Err(ConfigError::FederatedIdentity(_))
+        ));
+        let settings = parse(
+            &[
+                &issuer[..],
+                &[
+                    "--federated-identity",
+                    "/subscriptions/S/x/Trainer=abc,/subscriptions/s/y=def",
+                ],
+            ]
+            .concat(),
+        )
+        .expect("valid");
+        let federation = settings.config.federation().expect("ok").expect("on");
+        assert_eq!(federation.client_ids["/subscriptions/s/x/trainer"], "abc");
+        assert_eq!(federation.client_ids.len(), 2);
+        assert_eq!(
+            federation.authority_host,
+            "https://login.microsoftonline.com"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api;
 pub mod config;
 pub mod datastores;
+pub mod federation;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -100,9 +101,17 @@ pub async fn run(
     let tokens = tokens::TokenIssuer::load_or_create(&settings.config.data_dir, issuer, tenant)
         .context("the token signing key")?;
     tracing::info!(issuer = %tokens.issuer(), "token issuer ready");
+    let federation = match settings.config.federation()? {
+        None => None,
+        Some(f) => {
+            tracing::info!(tenant = %f.tenant_id, authority = %f.authority_host, identities = f.client_ids.len(), "federating to Entra ID");
+            Some(federation::Federation::new(f).context("federation")?)
+        }
+    };
     let plane = Arc::new(Plane {
         store,
         tokens,
+        federation,
         http_base: format!("http://{http_addr}"),
         settings,
         provider,

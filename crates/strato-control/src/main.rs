@@ -10,6 +10,9 @@ use tracing_subscriber::EnvFilter;
 /// Exit codes: 0 after a clean shutdown, 2 for a bad configuration (nothing
 /// was started), 1 for a failure while running.
 fn main() -> ExitCode {
+    // One TLS crypto provider for every client in the process (object_store
+    // and Entra ID federation): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = match Config::parse().validate() {
         Ok(s) => s,
         Err(e) => {

@@ -246,6 +246,8 @@ pub struct Plane<S> {
     pub scheduled_events: ScheduledEvents,
     pub store: S,
     pub tokens: crate::tokens::TokenIssuer,
+    /// Set: tokens come from Entra ID through federation instead.
+    pub federation: Option<crate::federation::Federation>,
     /// Where the HTTP side port is reached (for the discovery document).
     pub http_base: String,
     pub settings: Settings,

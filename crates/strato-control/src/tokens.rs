@@ -198,6 +198,34 @@ impl TokenIssuer {
         })
     }
 
+    /// An assertion of this control plane for workload identity federation:
+    /// `sub` and `aud` as given, valid ten minutes from `now` (seconds).
+    pub fn assertion(&self, sub: &str, aud: &str, now: i64) -> Result<String, TokenError> {
+        #[derive(serde::Serialize)]
+        struct Assertion<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            iat: i64,
+            nbf: i64,
+            exp: i64,
+            jti: String,
+        }
+        let claims = Assertion {
+            iss: &self.issuer,
+            sub,
+            aud,
+            iat: now,
+            nbf: now - 60,
+            exp: now + 600,
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.jwk.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| TokenError::Sign(e.to_string()))
+    }
+
     /// The JWKS: the current key, and the previous one while it exists.
     pub fn jwks(&self) -> serde_json::Value {
         let keys: Vec<&PublicJwk> = std::iter::once(&self.jwk)

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::agents::bearer;
 use crate::api::status;
+use crate::federation::FederationError;
 use crate::plane::{Plane, hash_token, now_ms};
 use crate::store::{Store, StoreError};
 
@@ -92,11 +93,25 @@ impl<S: Store> IdentityService for IdentityApi<S> {
             )),
             SelectError::NotFound => Status::not_found("Identity not found"),
         })?;
-        let issued = self
-            .plane
-            .tokens
-            .issue(identity, &r.resource, now_ms() / 1000)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let now = now_ms() / 1000;
+        let issued = match &self.plane.federation {
+            None => self
+                .plane
+                .tokens
+                .issue(identity, &r.resource, now)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            Some(federation) => federation
+                .token(&self.plane.tokens, &cluster.spec.name, identity, &r.resource, now)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(job = %job.id, client_id = %identity.client_id, error = %e, "federated token refused");
+                    match e {
+                        FederationError::NotFederated(m) => Status::failed_precondition(m),
+                        FederationError::Exchange(m) => Status::unavailable(format!("Entra ID: {m}")),
+                        FederationError::Setup(m) => Status::internal(m),
+                    }
+                })?,
+        };
         tracing::info!(
             node = %node.node_id, job = %job.id, attempt = job.attempt,
             client_id = %identity.client_id, resource = %r.resource, "token issued"
