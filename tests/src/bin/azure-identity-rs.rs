@@ -16,6 +16,9 @@ use azure_identity::ManagedIdentityCredential;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // The workspace builds reqwest 0.13 with rustls and no provider of its
+    // own (see the root Cargo.toml): install the one it shares.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let scope = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "https://storage.azure.com/.default".to_owned());
