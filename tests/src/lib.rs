@@ -403,6 +403,15 @@ pub async fn job_log_lines(jobs: &mut JobServiceClient<Channel>, id: &str) -> Ve
     out
 }
 
+/// The text of every stored log line of a job, in order.
+pub async fn job_output(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<String> {
+    job_log_lines(jobs, id)
+        .await
+        .into_iter()
+        .map(|l| l.line)
+        .collect()
+}
+
 /// Waits until the job is in `state`; fails with the job's reason when it
 /// reaches another final state first.
 pub async fn wait_job_state(

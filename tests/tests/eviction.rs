@@ -22,25 +22,6 @@ else
 fi
 "#;
 
-async fn logs(
-    jobs: &mut v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
-    id: &str,
-) -> Vec<String> {
-    let mut stream = jobs
-        .stream_logs(v1::StreamLogsRequest {
-            id: id.into(),
-            follow: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(l) = stream.message().await.expect("line") {
-        out.push(l.line);
-    }
-    out
-}
-
 #[tokio::test]
 async fn an_evicted_job_sees_the_notice_and_runs_again_on_a_new_node() {
     require_docker();
@@ -127,7 +108,7 @@ async fn an_evicted_job_sees_the_notice_and_runs_again_on_a_new_node() {
     let lines = wait_for("the job to see the notice", LONG, || {
         let (mut jobs, id) = (jobs.clone(), id.clone());
         async move {
-            let l = logs(&mut jobs, &id).await;
+            let l = strato_e2e::job_output(&mut jobs, &id).await;
             l.iter()
                 .any(|x| x.starts_with("notice: Preempt"))
                 .then_some(l)
@@ -183,7 +164,7 @@ async fn an_evicted_job_sees_the_notice_and_runs_again_on_a_new_node() {
         "re-queued without failure retries"
     );
     assert!(
-        logs(&mut jobs, &id)
+        strato_e2e::job_output(&mut jobs, &id)
             .await
             .contains(&"attempt 2 done".to_owned())
     );

@@ -99,22 +99,6 @@ async fn submit(
     .id
 }
 
-async fn logs(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<String> {
-    let mut stream = jobs
-        .stream_logs(v1::StreamLogsRequest {
-            id: id.into(),
-            follow: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(l) = stream.message().await.expect("line") {
-        lines.push(l.line);
-    }
-    lines
-}
-
 fn host_port_of(env_line: &str) -> String {
     let endpoint = env_line.split("ENDPOINT=").nth(1).expect("endpoint").trim();
     endpoint
@@ -200,7 +184,7 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
     let lines = wait_for("the probe's answers", Duration::from_secs(60), || {
         let (mut jobs, id) = (jobs.clone(), id.clone());
         async move {
-            let lines = logs(&mut jobs, &id).await;
+            let lines = strato_e2e::job_output(&mut jobs, &id).await;
             lines.iter().any(|l| l == "== waiting").then_some(lines)
         }
     })
@@ -470,7 +454,7 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
         || {
             let (mut jobs, id) = (jobs.clone(), none.clone());
             async move {
-                let lines = logs(&mut jobs, &id).await;
+                let lines = strato_e2e::job_output(&mut jobs, &id).await;
                 lines.iter().any(|l| l == "== waiting").then_some(lines)
             }
         },

@@ -103,22 +103,6 @@ async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, s: v1::JobSt
     .await
 }
 
-async fn logs(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<String> {
-    let mut stream = jobs
-        .stream_logs(v1::StreamLogsRequest {
-            id: id.into(),
-            follow: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(line) = stream.message().await.expect("log line") {
-        out.push(line.line);
-    }
-    out
-}
-
 async fn nodes(compute: &mut ComputeServiceClient<Channel>, cluster: &str) -> Vec<v1::Node> {
     compute
         .list_nodes(v1::ListNodesRequest {
@@ -183,7 +167,7 @@ async fn three_jobs_grow_the_cluster_to_two_and_it_shrinks_back_to_zero() {
         "the cluster grows to max_nodes and never past it"
     );
     for (i, id) in ids.iter().enumerate() {
-        let lines = logs(&mut jobs, id).await;
+        let lines = strato_e2e::job_output(&mut jobs, id).await;
         assert!(
             lines.contains(&format!("out-{i}")) && lines.contains(&format!("err-{i}")),
             "{lines:?}"
@@ -204,7 +188,11 @@ async fn three_jobs_grow_the_cluster_to_two_and_it_shrinks_back_to_zero() {
     .await;
     assert!(cp.agents().is_empty(), "no agent process outlives its node");
     // Logs are kept by the control plane after the nodes are gone.
-    assert!(logs(&mut jobs, &ids[0]).await.contains(&"out-0".to_owned()));
+    assert!(
+        strato_e2e::job_output(&mut jobs, &ids[0])
+            .await
+            .contains(&"out-0".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -269,7 +257,10 @@ async fn a_failing_job_reports_its_exit_code_and_wait_exits_non_zero() {
     assert!(is(&j, v1::JobState::Failed));
     assert_eq!(j.exit_code, Some(3));
     assert!(j.reason.contains('3'), "{}", j.reason);
-    assert_eq!(logs(&mut jobs, &id).await, vec!["about to fail".to_owned()]);
+    assert_eq!(
+        strato_e2e::job_output(&mut jobs, &id).await,
+        vec!["about to fail".to_owned()]
+    );
 }
 
 #[tokio::test]
@@ -283,7 +274,7 @@ async fn canceling_a_running_job_removes_its_container() {
     wait_for("the job's output", LONG, || {
         let (mut jobs, id) = (jobs.clone(), id.clone());
         async move {
-            logs(&mut jobs, &id)
+            strato_e2e::job_output(&mut jobs, &id)
                 .await
                 .contains(&"started".to_owned())
                 .then_some(())
@@ -320,7 +311,7 @@ async fn control_plane_kill_9_loses_no_job_and_runs_none_twice() {
     for (i, id) in ids.iter().enumerate() {
         let j = wait_state(&mut jobs, id, v1::JobState::Completed).await;
         assert_eq!(j.attempts.len(), 1, "one attempt only: {j:?}");
-        let lines = logs(&mut jobs, id).await;
+        let lines = strato_e2e::job_output(&mut jobs, id).await;
         assert_eq!(lines, vec![format!("once-{i}")], "the job ran once");
     }
 }
@@ -408,7 +399,7 @@ async fn an_agent_back_within_the_timeout_readopts_its_container() {
     wait_for("the first line", LONG, || {
         let (mut jobs, id) = (jobs.clone(), id.clone());
         async move {
-            logs(&mut jobs, &id)
+            strato_e2e::job_output(&mut jobs, &id)
                 .await
                 .contains(&"before".to_owned())
                 .then_some(())
@@ -420,7 +411,7 @@ async fn an_agent_back_within_the_timeout_readopts_its_container() {
     let j = wait_state(&mut jobs, &id, v1::JobState::Completed).await;
     assert_eq!(j.attempts.len(), 1, "not retried: {j:?}");
     assert_eq!(
-        logs(&mut jobs, &id).await,
+        strato_e2e::job_output(&mut jobs, &id).await,
         vec!["before".to_owned(), "after".to_owned()]
     );
     let _ = agent.kill();
