@@ -36,6 +36,9 @@ use crate::runtime::{ContainerRuntime, ContainerSpec, ExecEvent, OutputStream};
 pub const LAUNCHER_IN_CONTAINER: &str = "/mnt/strato/bin/strato-rsh";
 const GANG_DIR_IN_CONTAINER: &str = "/mnt/strato/gang";
 
+/// How long an exec waits for this rank's container to run.
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Frame kinds of the exec answer (see [`frame`]).
 pub const FRAME_STDOUT: u8 = 1;
 pub const FRAME_STDERR: u8 = 2;
@@ -407,6 +410,33 @@ pub async fn run_exec<R: ContainerRuntime>(
     tx: mpsc::Sender<v1::AgentMessage>,
 ) {
     let up = |body| v1::AgentMessage { body: Some(body) };
+    // Rank 0 may start before this rank's container does (an image check,
+    // inputs to download): wait for it rather than fail the launch.
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    loop {
+        let running = runtime
+            .list(crate::runtime::LABEL_JOB, &x.job_id)
+            .await
+            .map(|cs| cs.iter().any(|c| c.running && c.name == container))
+            .unwrap_or(false);
+        if running {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let exit = v1::ExecExit {
+                exec_id: x.exec_id.clone(),
+                exit_code: 255,
+                error: format!(
+                    "the container of rank {} did not run within {}s",
+                    x.rank,
+                    START_WAIT.as_secs()
+                ),
+            };
+            let _ = tx.send(up(Up::ExecExit(exit))).await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let mut events = runtime.exec(&container, &x.command);
     let mut exit = v1::ExecExit {
         exec_id: x.exec_id.clone(),
