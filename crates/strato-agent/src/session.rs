@@ -154,6 +154,7 @@ async fn session<R: ContainerRuntime>(
         .await
         .map_err(|e| transient(format!("cannot reach {}: {e}", config.control_plane)))?;
     let mut client = AgentServiceClient::new(channel.clone());
+    let gpus = identity.gpus.sample();
     let enrolled = client
         .enroll(v1::EnrollRequest {
             join_token: config.join_token.clone(),
@@ -164,7 +165,8 @@ async fn session<R: ContainerRuntime>(
             memory_bytes: telemetry::memory().0,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             metrics_url: identity.metrics_url.clone(),
-            gpus: u32::try_from(identity.gpus.sample().len()).unwrap_or(0),
+            gpus: u32::try_from(gpus.len()).unwrap_or(0),
+            gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
         })
         .await
         .map_err(|s| match s.code() {

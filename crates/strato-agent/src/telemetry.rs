@@ -34,6 +34,21 @@ pub struct GpuSample {
     pub memory_clock: u32,
     /// XID errors seen, by XID code.
     pub xid_errors: Vec<(u64, u64)>,
+    /// Why the GPU cannot be used; `None` when it is healthy.
+    pub problem: Option<String>,
+}
+
+impl GpuSample {
+    /// What the agent reports of the GPU at enrolment.
+    pub fn info(&self) -> strato_proto::v1::GpuInfo {
+        strato_proto::v1::GpuInfo {
+            index: self.index,
+            uuid: self.uuid.clone(),
+            model: self.model.clone(),
+            memory_mib: self.framebuffer_used + self.framebuffer_free,
+            problem: self.problem.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// Where GPU samples come from: NVML where an NVIDIA driver is installed, or
@@ -96,7 +111,18 @@ impl GpuSource for NvmlGpus {
             .filter_map(|i| {
                 let d = self.nvml.device_by_index(i).ok()?;
                 let util = d.utilization_rates().ok();
-                let mem = d.memory_info().ok();
+                let mem = d.memory_info();
+                // Unhealthy: NVML cannot read its memory (a GPU fallen off
+                // the bus answers nothing), or ECC errors left memory pages
+                // waiting for retirement until the GPU is reset.
+                let problem = match (&mem, d.are_pages_pending_retired()) {
+                    (Err(e), _) => Some(format!("NVML cannot read its memory: {e}")),
+                    (_, Ok(true)) => {
+                        Some("memory pages are pending retirement (reset the GPU)".to_owned())
+                    }
+                    _ => None,
+                };
+                let mem = mem.ok();
                 Some(GpuSample {
                     index: i,
                     uuid: d.uuid().unwrap_or_default(),
@@ -112,6 +138,7 @@ impl GpuSource for NvmlGpus {
                     sm_clock: d.clock_info(Clock::SM).unwrap_or(0),
                     memory_clock: d.clock_info(Clock::Memory).unwrap_or(0),
                     xid_errors: Vec::new(),
+                    problem,
                 })
             })
             .collect()
@@ -423,7 +450,22 @@ mod tests {
             sm_clock: 1980,
             memory_clock: 2619,
             xid_errors: vec![(79, 2)],
+            problem: None,
         }
+    }
+
+    #[test]
+    fn enrolment_reports_each_gpu_with_its_memory_and_health() {
+        let mut sick = gpu();
+        sick.problem = Some("memory pages are pending retirement (reset the GPU)".into());
+        let info = sick.info();
+        assert_eq!(
+            (info.index, info.uuid.as_str(), info.memory_mib),
+            (0, "GPU-0000", 81000)
+        );
+        assert!(info.model.contains("H100"));
+        assert!(info.problem.contains("pending retirement"));
+        assert!(gpu().info().problem.is_empty());
     }
 
     fn health() -> AgentHealth {

@@ -372,6 +372,19 @@ pub struct NodeView {
     pub memory_total_bytes: u64,
     pub gpu_percent: f64,
     pub gpus: u32,
+    /// Each GPU the agent found at enrolment.
+    pub gpu_info: Vec<GpuInfoView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpuInfoView {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_mib: u64,
+    /// Why it cannot be used; absent when healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl From<v1::Node> for NodeView {
@@ -399,6 +412,17 @@ impl From<v1::Node> for NodeView {
             memory_total_bytes: n.memory_total_bytes,
             gpu_percent: n.gpu_percent,
             gpus: n.gpus,
+            gpu_info: n
+                .gpu_info
+                .into_iter()
+                .map(|g| GpuInfoView {
+                    index: g.index,
+                    uuid: g.uuid,
+                    model: g.model,
+                    memory_mib: g.memory_mib,
+                    problem: (!g.problem.is_empty()).then_some(g.problem),
+                })
+                .collect(),
         }
     }
 }

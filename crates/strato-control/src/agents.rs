@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 use strato_core::job::{AttemptEnd, JobState};
+use strato_core::node::GpuInfo;
 use strato_proto::v1::{self, agent_message::Body, agent_service_server::AgentService};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
@@ -63,6 +64,27 @@ impl<S: Store> AgentService for AgentApi<S> {
             return Err(Status::unauthenticated("join_token is required"));
         }
         let session_token = new_token();
+        // An agent that reports a count but no details (an older one) has
+        // that many GPUs of unknown health: taken as healthy.
+        let gpu_info: Vec<GpuInfo> = if r.gpu_info.is_empty() {
+            (0..r.gpus)
+                .map(|index| GpuInfo {
+                    index,
+                    ..GpuInfo::default()
+                })
+                .collect()
+        } else {
+            r.gpu_info
+                .iter()
+                .map(|g| GpuInfo {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_mib: g.memory_mib,
+                    problem: (!g.problem.is_empty()).then(|| g.problem.clone()),
+                })
+                .collect()
+        };
         let node = self
             .plane
             .store
@@ -73,6 +95,7 @@ impl<S: Store> AgentService for AgentApi<S> {
                     hostname: r.hostname.clone(),
                     metrics_url: r.metrics_url.clone(),
                     gpus: r.gpus,
+                    gpu_info: gpu_info.clone(),
                 },
                 now_ms(),
             )
@@ -93,12 +116,8 @@ impl<S: Store> AgentService for AgentApi<S> {
             .await
             .map_err(status)?;
         if let Ok(size) = cluster.spec.size()
-            && r.gpus < size.gpus
+            && let Err(reason) = strato_core::node::gpu_readiness(size, &gpu_info)
         {
-            let reason = format!(
-                "{} needs {} GPU(s) ({}), the agent found {}",
-                size.name, size.gpus, size.gpu_model, r.gpus
-            );
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane
                 .store

@@ -457,5 +457,16 @@ fn node_view(n: NodeRecord) -> v1::Node {
         memory_total_bytes: n.usage.memory_total,
         gpu_percent: n.usage.gpu_percent,
         gpus: n.gpus,
+        gpu_info: n
+            .gpu_info
+            .into_iter()
+            .map(|g| v1::GpuInfo {
+                index: g.index,
+                uuid: g.uuid,
+                model: g.model,
+                memory_mib: g.memory_mib,
+                problem: g.problem.unwrap_or_default(),
+            })
+            .collect(),
     }
 }

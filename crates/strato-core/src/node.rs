@@ -98,9 +98,79 @@ pub fn target_node_count(min_nodes: u32, max_nodes: u32, current: u32) -> u32 {
     current.clamp(min_nodes, max_nodes.max(min_nodes))
 }
 
+/// One GPU as a node's agent found it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_mib: u64,
+    /// Why it cannot be used; `None` when healthy.
+    pub problem: Option<String>,
+}
+
+/// GPU readiness: a node of a size with GPUs is capacity only when it has
+/// as many healthy GPUs as the size promises. `Err` is the reason the node
+/// is unusable.
+pub fn gpu_readiness(size: &crate::catalog::VmSize, found: &[GpuInfo]) -> Result<(), String> {
+    if size.gpus == 0 {
+        return Ok(());
+    }
+    let healthy = found.iter().filter(|g| g.problem.is_none()).count();
+    if u32::try_from(healthy).unwrap_or(u32::MAX) >= size.gpus {
+        return Ok(());
+    }
+    let mut reason = format!(
+        "{} needs {} GPU(s) ({}), the agent found {}",
+        size.name,
+        size.gpus,
+        size.gpu_model,
+        found.len()
+    );
+    let unhealthy: Vec<String> = found
+        .iter()
+        .filter_map(|g| {
+            g.problem
+                .as_ref()
+                .map(|p| format!("GPU {} ({}): {p}", g.index, g.uuid))
+        })
+        .collect();
+    if !unhealthy.is_empty() {
+        reason.push_str(&format!(", unhealthy: {}", unhealthy.join("; ")));
+    }
+    Err(reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_node_needs_its_healthy_gpus() {
+        let size = crate::catalog::lookup("Standard_NC6s_v3").expect("size");
+        let gpu = |problem: Option<&str>| GpuInfo {
+            index: 0,
+            uuid: "GPU-1".into(),
+            model: "Tesla V100".into(),
+            memory_mib: 16384,
+            problem: problem.map(str::to_owned),
+        };
+        assert!(gpu_readiness(size, &[gpu(None)]).is_ok());
+        let missing = gpu_readiness(size, &[]).expect_err("no GPU");
+        assert!(
+            missing.contains("needs 1 GPU(s)") && missing.contains("found 0"),
+            "{missing}"
+        );
+        let sick = gpu_readiness(size, &[gpu(Some("memory pages pending retirement"))])
+            .expect_err("unhealthy");
+        assert!(
+            sick.contains("found 1")
+                && sick.contains("GPU 0 (GPU-1): memory pages pending retirement"),
+            "{sick}"
+        );
+        let cpu = crate::catalog::lookup("Standard_D2_v2").expect("size");
+        assert!(gpu_readiness(cpu, &[]).is_ok());
+    }
 
     #[test]
     fn counts_every_state() {

@@ -64,6 +64,8 @@ pub struct NodeRecord {
     pub pid: Option<u32>,
     pub metrics_url: String,
     pub gpus: u32,
+    /// The GPUs the agent found at enrolment.
+    pub gpu_info: Vec<strato_core::node::GpuInfo>,
     pub usage: NodeUsage,
     /// For a preempted node: when it is evicted (ms).
     pub evict_at: Option<i64>,
@@ -148,6 +150,7 @@ pub struct EnrollReport {
     pub hostname: String,
     pub metrics_url: String,
     pub gpus: u32,
+    pub gpu_info: Vec<strato_core::node::GpuInfo>,
 }
 
 /// A datastore as stored.

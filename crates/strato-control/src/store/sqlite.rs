@@ -31,7 +31,7 @@ const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, a
      target_nodes, errors, identities";
 const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
-     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at";
+     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at, gpu_info";
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
      exit_code, cancel_requested, created_at, updated_at";
 
@@ -123,6 +123,8 @@ fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
         pid: pid.and_then(|p| u32::try_from(p).ok()),
         metrics_url: row.try_get("metrics_url")?,
         gpus: u32_col(row, "gpus")?,
+        gpu_info: serde_json::from_str(&row.try_get::<String, _>("gpu_info")?)
+            .map_err(|e| corrupt("node gpu_info", e))?,
         usage: NodeUsage {
             cpu_percent: row.try_get("cpu_percent")?,
             memory_used: u64::try_from(row.try_get::<i64, _>("memory_used")?).unwrap_or(0),
@@ -833,7 +835,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
-                 last_heartbeat = COALESCE(last_heartbeat, ?3), metrics_url = ?5, gpus = ?6
+                 last_heartbeat = COALESCE(last_heartbeat, ?3), metrics_url = ?5, gpus = ?6,
+                 gpu_info = ?7
              WHERE node_id = ?4",
         )
         .bind(session_token_hash)
@@ -842,6 +845,7 @@ impl Store for SqliteStore {
         .bind(&node_id)
         .bind(&report.metrics_url)
         .bind(i64::from(report.gpus))
+        .bind(serde_json::to_string(&report.gpu_info).map_err(|e| corrupt("node gpu_info", e))?)
         .execute(&mut *tx)
         .await?;
         if !node.enrolled && node.state == NodeState::Preparing && node.run_id.is_none() {
