@@ -101,7 +101,8 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     let script = "cat $AZURE_ML_INPUT_raw/a.txt; echo; cat $AZURE_ML_INPUT_raw/sub/b.txt; echo; \
                   echo weights > $AZURE_ML_OUTPUT_model/w.bin; mkdir $AZURE_ML_OUTPUT_model/m; \
                   echo meta > $AZURE_ML_OUTPUT_model/m/info.txt; \
-                  ln -s /etc/hostname $AZURE_ML_OUTPUT_model/leak; exit 4";
+                  ln -s /etc/hostname $AZURE_ML_OUTPUT_model/leak; \
+                  dd if=/dev/zero of=$AZURE_ML_OUTPUT_model/big.bin bs=1048576 count=12 2>/dev/null; exit 4";
     let id = jobs
         .submit_job(submit("etl", script))
         .await
@@ -136,6 +137,10 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         azurite.request("GET", "data/out/etl/m/info.txt", None),
         (200, "meta\n".to_owned())
     );
+    // A file above the upload buffer (10 MiB) goes up in blocks, streamed.
+    let (status, big) = azurite.request("GET", "data/out/etl/big.bin", None);
+    assert_eq!((status, big.len()), (200, 12 * 1024 * 1024));
+    assert!(big.bytes().all(|b| b == 0));
     // A symbolic link in the outputs is not followed to a file of the host.
     assert_eq!(azurite.request("GET", "data/out/etl/leak", None).0, 404);
 

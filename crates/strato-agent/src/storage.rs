@@ -2,11 +2,14 @@
 //! a bearer token of the cluster's default identity (never an account key).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::buffered::BufWriter;
 use object_store::path::Path as BlobPath;
-use object_store::{Certificate, ClientOptions, ObjectStore as _, ObjectStoreExt as _, PutPayload};
+use object_store::{Certificate, ClientOptions, ObjectStore, ObjectStoreExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 /// The storage audience tokens are asked for.
 pub const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
@@ -68,14 +71,24 @@ pub async fn download(
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
-        let bytes = store
+        // Streamed to disk chunk by chunk: inputs may be larger than memory.
+        let mut chunks = store
             .get(&meta.location)
             .await
             .map_err(|e| format!("reading {}: {e}", meta.location))?
-            .bytes()
+            .into_stream();
+        let mut out = tokio::fs::File::create(&file)
             .await
-            .map_err(|e| format!("reading {}: {e}", meta.location))?;
-        std::fs::write(&file, &bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| format!("reading {}: {e}", meta.location))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
         count += 1;
     }
     if count == 0 {
@@ -94,7 +107,7 @@ pub async fn upload(
     ca: Option<&[u8]>,
     src: &Path,
 ) -> Result<usize, String> {
-    let store = client(t, token, ca)?;
+    let store: Arc<dyn ObjectStore> = Arc::new(client(t, token, ca)?);
     let mut files = Vec::new();
     collect(src, &mut files).map_err(|e| format!("reading {}: {e}", src.display()))?;
     for file in &files {
@@ -104,10 +117,18 @@ pub async fn upload(
             location.push('/');
             location.push_str(&part.as_os_str().to_string_lossy());
         }
-        // Read through a handle opened without following a final link.
-        let data = read_no_follow(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-        store
-            .put(&BlobPath::from(location.as_str()), PutPayload::from(data))
+        // Read through a handle opened without following a final link, and
+        // streamed: one put for a small file, a multipart upload (blocks)
+        // for a large one, never the whole file in memory.
+        let source =
+            open_no_follow(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let mut source = tokio::fs::File::from_std(source);
+        let mut sink = BufWriter::new(store.clone(), BlobPath::from(location.as_str()));
+        if let Err(e) = tokio::io::copy(&mut source, &mut sink).await {
+            let _ = sink.abort().await;
+            return Err(format!("writing {location}: {e}"));
+        }
+        sink.shutdown()
             .await
             .map_err(|e| format!("writing {location}: {e}"))?;
     }
@@ -118,18 +139,14 @@ pub async fn upload(
 /// the job wrote this directory, and a link could point at any file of the
 /// host (the upload runs after the container exited, so nothing changes the
 /// tree meanwhile).
-fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     // O_NOFOLLOW on Linux.
     const O_NOFOLLOW: i32 = 0o400_000;
-    let mut file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(O_NOFOLLOW)
-        .open(path)?;
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)?;
-    Ok(data)
+        .open(path)
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -173,7 +190,7 @@ mod tests {
         files.sort();
         assert_eq!(files, vec![out.join("a.txt"), out.join("sub/b.txt")]);
         assert!(
-            read_no_follow(&out.join("link")).is_err(),
+            open_no_follow(&out.join("link")).is_err(),
             "a link is never read through"
         );
         std::fs::remove_dir_all(&dir).ok();
