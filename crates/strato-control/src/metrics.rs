@@ -41,7 +41,15 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
     let mut e = Exposition::default();
     let clusters = plane.store.list_clusters().await?;
     let nodes = plane.store.all_nodes().await?;
-    let jobs = plane.store.list_jobs(None).await?;
+    // Counts only: a scrape never loads the jobs themselves.
+    let job_counts = plane.store.job_counts().await?;
+    let count = |cluster: &str, state: strato_core::job::JobState| {
+        job_counts
+            .iter()
+            .filter(|(c, s, _)| c.eq_ignore_ascii_case(cluster) && *s == state)
+            .map(|(_, _, n)| *n)
+            .sum::<u64>()
+    };
 
     let mut by_state = Vec::new();
     let mut target = Vec::new();
@@ -68,16 +76,10 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
             .filter(|n| strato_core::scale::is_live(n.state))
             .count();
         current.push((vec![("cluster", name.clone())], live as f64));
-        let q = jobs
-            .iter()
-            .filter(|j| &j.spec.cluster == name && j.state == strato_core::job::JobState::Queued)
-            .count();
+        let q = count(name, strato_core::job::JobState::Queued);
         queued.push((vec![("cluster", name.clone())], q as f64));
         for state in strato_core::job::JobState::ALL {
-            let n = jobs
-                .iter()
-                .filter(|j| &j.spec.cluster == name && j.state == state)
-                .count();
+            let n = count(name, state);
             jobs_by_state.push((
                 vec![
                     ("cluster", name.clone()),

@@ -405,6 +405,12 @@ pub trait Store: Send + Sync + 'static {
         cluster: Option<&str>,
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
+    /// How many jobs each cluster has in each state (states with none are
+    /// left out).
+    fn job_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, JobState, u64)>, StoreError>> + Send;
+
     /// Queued jobs of a cluster, oldest first.
     fn queued_jobs(
         &self,
