@@ -1687,7 +1687,7 @@ mod tests {
         assert_eq!(outcome, ReportOutcome::Release);
         let job = store.get_job("g").await.expect("job");
         assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
-        let ended = job.transitions.iter().rev().nth(0).expect("transition");
+        let ended = job.transitions.last().expect("transition");
         assert!(
             ended.reason.contains("rank 1 (node mpi-n1) exited 137"),
             "{}",
