@@ -212,6 +212,49 @@ async fn a_pytorch_job_sees_one_master_and_distinct_node_ranks() {
         assert_eq!(field(line, "RANK"), rank.to_string(), "{line}");
         assert_eq!(field(line, "HOSTS"), gang.join(","), "{line}");
     }
+
+    // With 2 processes per node Strato starts them, each with its RANK and
+    // LOCAL_RANK (the launcher needs a C library: the Debian image).
+    let id = submit(
+        &cp,
+        gang_spec(
+            "torch",
+            MPI_IMAGE,
+            2,
+            2,
+            v1::Distribution::Pytorch,
+            &[
+                "sh",
+                "-c",
+                "echo \"proc NODE_RANK=$NODE_RANK RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE\"",
+            ],
+        ),
+    )
+    .await;
+    wait_job_state(&mut jobs, &id, v1::JobState::Completed, LONG).await;
+    let mut procs: Vec<(String, String, String)> = job_log_lines(&mut jobs, &id)
+        .await
+        .iter()
+        .filter(|l| l.line.starts_with("proc "))
+        .map(|l| {
+            (
+                field(&l.line, "RANK"),
+                field(&l.line, "NODE_RANK"),
+                field(&l.line, "LOCAL_RANK"),
+            )
+        })
+        .collect();
+    procs.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("0", "0", "0"),
+        ("1", "0", "1"),
+        ("2", "1", "0"),
+        ("3", "1", "1"),
+    ]
+    .iter()
+    .map(|(r, n, l)| ((*r).into(), (*n).into(), (*l).into()))
+    .collect();
+    assert_eq!(procs, expected, "RANK = NODE_RANK x 2 + LOCAL_RANK");
 }
 
 #[tokio::test]
