@@ -309,7 +309,10 @@ impl ExecRelay {
             } else {
                 frame(FRAME_ERROR, x.error.as_bytes())
             };
-            let _ = tx.try_send(Ok(f));
+            // The end must arrive even behind a full queue of output.
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(f)).await;
+            });
         }
     }
 }

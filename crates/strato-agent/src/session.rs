@@ -392,14 +392,33 @@ async fn session<R: ContainerRuntime>(
                 }
                 // Only a running container can be stopped; the control plane
                 // sends the cancellation again until the attempt ends.
-                let running = runtime
-                    .list(LABEL_JOB, &c.job_id)
-                    .await
-                    .map(|cs| {
-                        cs.iter()
-                            .any(|x| x.running && x.name.trim_start_matches('/') == key)
-                    })
-                    .unwrap_or(false);
+                let Ok(containers) = runtime.list(LABEL_JOB, &c.job_id).await else {
+                    continue;
+                };
+                let mine = containers
+                    .iter()
+                    .find(|x| x.name.trim_start_matches('/') == key);
+                if mine.is_none() {
+                    // No container (the assignment never arrived, or its data
+                    // is still being staged): stop the start and say so, so
+                    // the node does not stay busy with an attempt that ended.
+                    if let Some(task) = attempts.remove(&job_key(&c.job_id, c.attempt)) {
+                        task.abort();
+                    }
+                    identity.vending.revoke(&c.job_id, c.attempt);
+                    tracing::info!(node = %node_id, job = %c.job_id, attempt = c.attempt, "stopped before its container started");
+                    let _ = tx
+                        .send(report(
+                            &c.job_id,
+                            c.attempt,
+                            v1::JobState::Canceled,
+                            None,
+                            "stopped before its container started".to_owned(),
+                        ))
+                        .await;
+                    continue;
+                }
+                let running = mine.is_some_and(|x| x.running);
                 if running {
                     stopping.insert(key.clone());
                     tracing::info!(node = %node_id, job = %c.job_id, attempt = c.attempt, "stopping a canceled job");

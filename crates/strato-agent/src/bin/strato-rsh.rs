@@ -90,12 +90,33 @@ fn spawn(args: &[String]) -> Result<i32, String> {
             .map_err(|e| format!("starting {program}: {e}"))?;
         children.push(child);
     }
+    // The first process to fail ends the others: one blocked in a
+    // collective would otherwise wait for the dead one forever.
     let mut code = 0;
-    for mut child in children {
-        let status = child.wait().map_err(|e| format!("waiting: {e}"))?;
-        let c = status.code().unwrap_or(128 + 9);
-        if code == 0 && c != 0 {
-            code = c;
+    let mut running = children;
+    while !running.is_empty() {
+        let mut still = Vec::with_capacity(running.len());
+        for mut child in running {
+            match child.try_wait().map_err(|e| format!("waiting: {e}"))? {
+                Some(status) => {
+                    let c = status.code().unwrap_or(128 + 9);
+                    if code == 0 && c != 0 {
+                        code = c;
+                    }
+                }
+                None => still.push(child),
+            }
+        }
+        if code != 0 {
+            for child in &mut still {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Ok(code);
+        }
+        running = still;
+        if !running.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
     Ok(code)

@@ -493,6 +493,15 @@ async fn end_rank(
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    let node = load_node(conn, open.node_id).await?;
+    // A container that failed on an evicted node (the notice's SIGTERM) was
+    // evicted, not broken: counted as a preemption, not a failure.
+    let end = match end {
+        AttemptEnd::Exited(code) if code != 0 && node.state == NodeState::Preempted => {
+            AttemptEnd::Preempted
+        }
+        other => other,
+    };
     let exit_code = match end {
         AttemptEnd::Exited(code) => Some(code),
         _ => None,
@@ -532,7 +541,6 @@ async fn end_rank(
             end_attempt(conn, job, end, &why, now).await?;
         }
     }
-    let node = load_node(conn, open.node_id).await?;
     if matches!(node.state, NodeState::Preparing | NodeState::Running)
         && node.run_id.as_deref() == Some(job.id.as_str())
     {
@@ -609,6 +617,24 @@ impl Store for SqliteStore {
         let next = update(&current.spec)?;
         if next == current.spec {
             return Ok(current);
+        }
+        if next.max_nodes < current.spec.max_nodes {
+            // A gang that no longer fits would hold back the whole queue.
+            let widest: Option<(String, i64)> = sqlx::query_as(
+                "SELECT id, COALESCE(json_extract(spec, '$.node_count'), 1) AS n FROM jobs
+                 WHERE cluster = ?1 AND state IN ('queued', 'preparing', 'running')
+                 ORDER BY n DESC LIMIT 1",
+            )
+            .bind(&current.spec.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((job, n)) = widest
+                && n > i64::from(next.max_nodes)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "max_nodes: job {job} needs {n} nodes at once; cancel it or keep max_nodes at {n} or more"
+                )));
+            }
         }
         let nodes = node_count(&mut tx, &current.spec.name).await?;
         let (before, after) = (allocation(&current.spec, nodes)?, allocation(&next, nodes)?);
@@ -1220,7 +1246,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT r.rank, r.node_id FROM job_ranks r JOIN jobs j ON j.id = r.job_id
              WHERE r.job_id = ?1 AND r.attempt = ?2 AND j.attempt = ?2
-               AND j.state IN ('preparing', 'running')
+               AND j.state IN ('preparing', 'running') AND j.cancel_requested = 0
+               AND r.ended_at IS NULL
              ORDER BY r.rank",
         )
         .bind(job_id)
@@ -1734,5 +1761,41 @@ mod tests {
         assert!(store.ranks_to_stop().await.expect("stop").is_empty());
         let counts = store.job_counts().await.expect("counts");
         assert_eq!(counts, vec![("mpi".to_owned(), JobState::Queued, 1)]);
+        // max_nodes cannot drop below a waiting gang: it would block the queue.
+        let shrink: SpecUpdate = Box::new(|s: &ClusterSpec| {
+            let mut next = s.clone();
+            next.max_nodes = 1;
+            Ok(next)
+        });
+        match store.update_cluster("mpi", shrink, &l, 9).await {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("job g needs 2 nodes"), "{m}"),
+            other => panic!("lowering max_nodes below a gang: {other:?}"),
+        }
+        // Attempt 2: an eviction notice SIGTERMs rank 1's container; on an
+        // evicted node that is a preemption, not a failure.
+        let job = store
+            .assign_job("g", &nodes[1..3], 10)
+            .await
+            .expect("assign");
+        assert_eq!(job.attempt, 2);
+        store
+            .node_preempted(&nodes[2], 99_000, "preempted", 11)
+            .await
+            .expect("preempted");
+        store
+            .report_attempt(
+                &nodes[2],
+                "g",
+                2,
+                AttemptReport::Ended(AttemptEnd::Exited(143), "exited with code 143".into()),
+                12,
+            )
+            .await
+            .expect("report");
+        let job = store.get_job("g").await.expect("job");
+        assert_eq!(
+            (job.state, job.attempt, job.failures, job.preemptions),
+            (JobState::Queued, 3, 1, 1)
+        );
     }
 }
