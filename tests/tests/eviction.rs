@@ -26,19 +26,9 @@ fi
 async fn an_evicted_job_sees_the_notice_and_runs_again_on_a_new_node() {
     require_docker();
     let dir = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(
-        &dir.path().join("data"),
-        &[
-            "--reconcile-interval-ms",
-            "200",
-            "--heartbeat-interval",
-            "1",
-            "--node-heartbeat-timeout",
-            "5",
-        ],
-    )
-    .await
-    .expect("start");
+    let cp = ControlPlane::start_fast(&dir.path().join("data"))
+        .await
+        .expect("start");
     for (name, tier) in [("spot", "low_priority"), ("steady", "dedicated")] {
         let out = cp.cli(&[
             "compute",

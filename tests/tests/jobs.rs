@@ -212,12 +212,21 @@ async fn min_one_keeps_exactly_one_node_when_idle() {
     let mut jobs = cp.jobs().await;
     let id = submit(&mut jobs, "warm", "echo warm", 0).await;
     wait_state(&mut jobs, &id, v1::JobState::Completed).await;
-    // Watch for three idle times: the one node stays, no other appears.
-    let until = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < until {
-        assert_eq!(nodes(&mut compute, "warm").await.len(), 1);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Until the node has been idle for three idle times, it stays and no
+    // other appears.
+    wait_for("the node to be idle for three idle times", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let n = nodes(&mut compute, "warm").await;
+            assert_eq!(n.len(), 1, "min 1 keeps exactly one node: {n:?}");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+            let idle_since = n[0].state_since.as_ref().map_or(now, |t| t.seconds);
+            (n[0].state == v1::NodeState::Idle as i32 && now - idle_since >= 3).then_some(())
+        }
+    })
+    .await;
     let c = show(&mut compute, "warm").await;
     assert_eq!((c.current_node_count, c.target_node_count), (1, 1));
 }

@@ -10,19 +10,9 @@ use strato_proto::v1;
 async fn prometheus_scrapes_the_control_plane_and_the_agents() {
     require_docker();
     let dir = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(
-        &dir.path().join("data"),
-        &[
-            "--reconcile-interval-ms",
-            "200",
-            "--heartbeat-interval",
-            "1",
-            "--node-heartbeat-timeout",
-            "5",
-        ],
-    )
-    .await
-    .expect("start");
+    let cp = ControlPlane::start_fast(&dir.path().join("data"))
+        .await
+        .expect("start");
     let out = cp.cli(&[
         "compute",
         "create",

@@ -104,6 +104,15 @@ pub struct JobContainer {
     pub exit_code: Option<i64>,
 }
 
+impl JobContainer {
+    /// The job and attempt its labels name, if both are there.
+    pub fn attempt(&self) -> Option<(&str, u32)> {
+        let job = self.labels.get(LABEL_JOB)?;
+        let attempt = self.labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+        Some((job.as_str(), attempt))
+    }
+}
+
 /// Which of the container's output streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {

@@ -193,13 +193,8 @@ async fn session<R: ContainerRuntime>(
         if !c.running && c.exit_code.is_none() {
             continue;
         }
-        if let (Some(job), Some(attempt)) = (
-            c.labels.get(LABEL_JOB),
-            c.labels
-                .get(LABEL_ATTEMPT)
-                .and_then(|a| a.parse::<u32>().ok()),
-        ) {
-            held.push((job.clone(), attempt, c.id.clone()));
+        if let Some((job, attempt)) = c.attempt() {
+            held.push((job.to_owned(), attempt, c.id.clone()));
         }
     }
     let hello = v1::Hello {
@@ -889,12 +884,7 @@ async fn watch_evictions<R: ContainerRuntime>(
                 .await;
             if let Ok(containers) = runtime.list(LABEL_NODE, &node_id).await {
                 for c in containers.iter().filter(|c| c.running) {
-                    let (Some(job), Some(attempt)) = (
-                        c.labels.get(LABEL_JOB),
-                        c.labels
-                            .get(LABEL_ATTEMPT)
-                            .and_then(|a| a.parse::<u32>().ok()),
-                    ) else {
+                    let Some((job, attempt)) = c.attempt() else {
                         continue;
                     };
                     let dir = attempt_dir(&work_dir, job, attempt).join("notice");
@@ -1006,18 +996,13 @@ async fn sample_containers<R: ContainerRuntime>(
         let mut samples = Vec::new();
         if let Ok(containers) = runtime.list(LABEL_NODE, &node_id).await {
             for c in containers.iter().filter(|c| c.running) {
-                let (Some(job), Some(attempt)) = (
-                    c.labels.get(LABEL_JOB),
-                    c.labels
-                        .get(LABEL_ATTEMPT)
-                        .and_then(|a| a.parse::<u32>().ok()),
-                ) else {
+                let Some((job, attempt)) = c.attempt() else {
                     continue;
                 };
                 if let Ok(usage) = runtime.stats(&c.id).await {
                     samples.push(ContainerSample {
                         cluster: c.labels.get(LABEL_CLUSTER).cloned().unwrap_or_default(),
-                        job: job.clone(),
+                        job: job.to_owned(),
                         attempt,
                         cpu_seconds: usage.cpu_seconds,
                         memory_bytes: usage.memory_bytes,

@@ -428,6 +428,16 @@ pub fn after_attempt(
     }
 }
 
+/// How a container's end counts given its node: on an evicted node a
+/// non-zero exit (the notice's SIGTERM) is the eviction, not the job's
+/// failure.
+pub fn end_on_node(end: AttemptEnd, node_evicted: bool) -> AttemptEnd {
+    match end {
+        AttemptEnd::Exited(code) if code != 0 && node_evicted => AttemptEnd::Preempted,
+        other => other,
+    }
+}
+
 /// What one rank's end means for its attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GangStep {
@@ -674,6 +684,22 @@ mod tests {
                 false
             ),
             GangStep::End(AttemptEnd::Exited(3), "x".into())
+        );
+    }
+
+    #[test]
+    fn a_failure_on_an_evicted_node_is_the_eviction() {
+        assert_eq!(
+            end_on_node(AttemptEnd::Exited(143), true),
+            AttemptEnd::Preempted
+        );
+        assert_eq!(
+            end_on_node(AttemptEnd::Exited(0), true),
+            AttemptEnd::Exited(0)
+        );
+        assert_eq!(
+            end_on_node(AttemptEnd::Exited(143), false),
+            AttemptEnd::Exited(143)
         );
     }
 

@@ -494,14 +494,7 @@ async fn end_rank(
     now: i64,
 ) -> Result<(), StoreError> {
     let node = load_node(conn, open.node_id).await?;
-    // A container that failed on an evicted node (the notice's SIGTERM) was
-    // evicted, not broken: counted as a preemption, not a failure.
-    let end = match end {
-        AttemptEnd::Exited(code) if code != 0 && node.state == NodeState::Preempted => {
-            AttemptEnd::Preempted
-        }
-        other => other,
-    };
+    let end = job::end_on_node(end, node.state == NodeState::Preempted);
     let exit_code = match end {
         AttemptEnd::Exited(code) => Some(code),
         _ => None,
