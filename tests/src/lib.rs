@@ -310,6 +310,32 @@ impl Drop for ControlPlane {
                 remove_containers(&e.file_name().to_string_lossy());
             }
         }
+        // Everything else its local provider and agents made (gang
+        // networks, containers of nodes it had forgotten) carries its id.
+        if let Ok(id) = std::fs::read_to_string(self.data_dir.join("control-plane-id")) {
+            let label = format!("strato.control-plane={}", id.trim());
+            for id in containers_labelled("strato.control-plane", id.trim()) {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", &id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let networks = Command::new("docker")
+                .args(["network", "ls", "-q", "--filter", &format!("label={label}")])
+                .output();
+            for network in networks
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                let _ = Command::new("docker")
+                    .args(["network", "rm", network])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 

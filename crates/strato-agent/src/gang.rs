@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::identity::Vending;
-use crate::runtime::{ContainerRuntime, ContainerSpec, ExecEvent, OutputStream};
+use strato_runtime::{ContainerRuntime, ContainerSpec, ExecEvent, OutputStream};
 
 /// Where the launcher and the hostfile appear in a gang's containers.
 pub const LAUNCHER_IN_CONTAINER: &str = "/mnt/strato/bin/strato-rsh";
@@ -66,10 +66,7 @@ pub struct GangConfig {
     pub launcher: PathBuf,
 }
 
-/// The name of a cluster's gang network.
-pub fn network_name(cluster: &str) -> String {
-    format!("strato-{cluster}")
-}
+pub use strato_core::naming::network_name;
 
 /// The host names of a gang, by rank, as its containers reach each other.
 pub fn hosts(config: &GangConfig, gang: &[v1::GangMember]) -> Vec<String> {
@@ -418,7 +415,7 @@ pub async fn run_exec<R: ContainerRuntime>(
     let deadline = tokio::time::Instant::now() + START_WAIT;
     loop {
         let running = runtime
-            .list(crate::runtime::LABEL_JOB, &x.job_id)
+            .list(strato_runtime::LABEL_JOB, &x.job_id)
             .await
             .map(|cs| cs.iter().any(|c| c.running && c.name == container))
             .unwrap_or(false);

@@ -3,7 +3,6 @@
 
 pub mod gang;
 pub mod identity;
-pub mod runtime;
 pub mod session;
 pub mod storage;
 pub mod telemetry;

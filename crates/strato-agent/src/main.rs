@@ -8,9 +8,9 @@ use std::sync::Arc;
 use clap::Parser;
 use strato_agent::gang::{self, ExecRelay, GangConfig, GangNetwork};
 use strato_agent::identity::{self, Vending};
-use strato_agent::runtime::DockerRuntime;
 use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
 use strato_agent::telemetry::{self, AgentHealth, GpuSource, NvmlGpus};
+use strato_runtime::DockerRuntime;
 use tracing_subscriber::EnvFilter;
 
 /// Strato node agent: enrols with the control plane using a join token, then
@@ -94,6 +94,20 @@ struct Config {
     /// Default: `strato-rsh` beside this executable.
     #[arg(long, env = "STRATO_LAUNCHER")]
     launcher: Option<std::path::PathBuf>,
+
+    /// The id of the control plane whose local provider started this agent
+    /// (set by that provider). Job containers and gang networks carry it as
+    /// the `strato.control-plane` label, so that control plane can remove
+    /// what is left of nodes it no longer knows.
+    #[arg(long, env = "STRATO_CONTROL_PLANE_ID")]
+    control_plane_id: Option<String>,
+
+    /// Give up after this many seconds without reaching the control plane:
+    /// stop and remove this node's job containers and exit 1. The local
+    /// provider sets it, so its agents do not outlive a control plane that
+    /// is gone for good. Default: keep trying (systemd agents).
+    #[arg(long, env = "STRATO_GIVE_UP_AFTER", value_name = "SECONDS")]
+    give_up_after: Option<u64>,
 
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
@@ -276,6 +290,8 @@ async fn run(config: Config) -> ExitCode {
         control_plane: config.control_plane,
         join_token: config.join_token,
         hostname,
+        control_plane_id: config.control_plane_id,
+        give_up_after: config.give_up_after.map(std::time::Duration::from_secs),
     };
     tokio::select! {
         result = session::run(agent, docker, identity) => match result {

@@ -26,12 +26,13 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::gang::{self, ExecRelay, GangConfig};
 use crate::identity::{self, AttemptIdentity, Vending};
-use crate::runtime::{
-    ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_JOB, LABEL_NODE,
-    OutputStream, RuntimeError,
-};
 use crate::storage::{self, Transfer};
 use crate::telemetry::{self, AgentHealth, ContainerSample, GpuSource};
+use strato_core::naming::container_name;
+use strato_runtime::{
+    ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB,
+    LABEL_NETWORK, LABEL_NODE, OutputStream, RuntimeError,
+};
 
 /// Log lines per message at most.
 const LOG_BATCH: usize = 256;
@@ -43,6 +44,14 @@ pub struct AgentConfig {
     /// Secret; never logged.
     pub join_token: String,
     pub hostname: String,
+    /// The control plane whose local provider started this agent
+    /// (`--control-plane-id`): its containers and networks carry it as the
+    /// `strato.control-plane` label, so that control plane finds them again.
+    pub control_plane_id: Option<String>,
+    /// Give up after this long without reaching the control plane
+    /// (`--give-up-after`): stop and remove this node's containers and exit.
+    /// `None`: keep trying forever (a systemd agent's default).
+    pub give_up_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +61,12 @@ pub enum SessionError {
     Refused(String),
     #[error("{0}")]
     Transient(String),
+    /// The control plane could not be reached for `--give-up-after`.
+    #[error("gave up after {waited:?} without reaching the control plane: {last_error}")]
+    GaveUp {
+        waited: Duration,
+        last_error: String,
+    },
 }
 
 fn transient(e: impl std::fmt::Display) -> SessionError {
@@ -114,14 +129,27 @@ pub async fn run<R: ContainerRuntime>(
     identity: Arc<IdentityContext>,
 ) -> Result<(), SessionError> {
     let mut backoff = Duration::from_millis(250);
+    let mut last_contact = tokio::time::Instant::now();
+    let mut node = None;
     loop {
-        match session(&config, &runtime, &identity).await {
+        match session(&config, &runtime, &identity, &mut node).await {
             Ok(()) => {
                 tracing::info!("session ended; reconnecting");
                 backoff = Duration::from_millis(250);
+                last_contact = tokio::time::Instant::now();
             }
             Err(SessionError::Refused(why)) => return Err(SessionError::Refused(why)),
             Err(e) => {
+                let waited = last_contact.elapsed();
+                if let Some(limit) = config.give_up_after
+                    && waited >= limit
+                {
+                    give_up(runtime.as_ref(), node.as_deref()).await;
+                    return Err(SessionError::GaveUp {
+                        waited,
+                        last_error: e.to_string(),
+                    });
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "no session with the control plane")
             }
         }
@@ -130,20 +158,33 @@ pub async fn run<R: ContainerRuntime>(
     }
 }
 
-fn job_key(job_id: &str, attempt: u32) -> String {
-    format!("strato-{job_id}-{attempt}")
+/// Nobody manages this node's containers once its agent gives up: stop and
+/// remove them, so no job keeps running unseen.
+async fn give_up<R: ContainerRuntime>(runtime: &R, node: Option<&str>) {
+    let Some(node) = node else { return };
+    let Ok(containers) = runtime.list(LABEL_NODE, node).await else {
+        return;
+    };
+    for c in containers {
+        let _ = runtime.stop(&c.id, Duration::from_secs(10)).await;
+        match runtime.remove(&c.id).await {
+            Ok(()) => tracing::info!(container = %c.name, "giving up: removed the container"),
+            Err(e) => {
+                tracing::warn!(container = %c.name, error = %e, "giving up: cannot remove the container")
+            }
+        }
+    }
 }
 
-/// An attempt's container on a node: `strato-<job>-<attempt>-<node>`, so the
-/// ranks of a gang on one engine (the local provider) never share a name.
-pub fn container_name(node_id: &str, job_id: &str, attempt: u32) -> String {
-    format!("strato-{job_id}-{attempt}-{node_id}")
+fn job_key(job_id: &str, attempt: u32) -> String {
+    format!("strato-{job_id}-{attempt}")
 }
 
 async fn session<R: ContainerRuntime>(
     config: &AgentConfig,
     runtime: &Arc<R>,
     identity: &IdentityContext,
+    node: &mut Option<String>,
 ) -> Result<(), SessionError> {
     let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
         .map_err(|e| {
@@ -177,6 +218,7 @@ async fn session<R: ContainerRuntime>(
         })?
         .into_inner();
     let node_id = enrolled.node_id.clone();
+    *node = Some(node_id.clone());
     tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
 
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4096);
@@ -323,6 +365,11 @@ async fn session<R: ContainerRuntime>(
                 let Some(spec) = a.spec.clone() else { continue };
                 let mut container =
                     container_spec(&node_id, &enrolled.cluster, &a.job_id, a.attempt, &spec);
+                if let Some(id) = &config.control_plane_id {
+                    container
+                        .labels
+                        .insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
+                }
                 // The attempt's own secret for the identity endpoint.
                 let secret = Vending::new_secret();
                 container.env.extend(
@@ -544,6 +591,19 @@ pub fn container_spec(
     }
 }
 
+/// The labels of a gang network a container joins: its cluster's, and its
+/// control plane's when a local provider started this agent.
+fn network_labels(container: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let Some(cluster) = container.get(LABEL_CLUSTER) {
+        labels.insert(LABEL_NETWORK.to_owned(), cluster.clone());
+    }
+    if let Some(id) = container.get(LABEL_CONTROL_PLANE) {
+        labels.insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
+    }
+    labels
+}
+
 /// Starts an assigned attempt, then follows it.
 /// What an attempt needs beyond the runtime: the identity state and where
 /// to stage data.
@@ -610,7 +670,9 @@ async fn start<R: ContainerRuntime>(
         ));
     }
     if let Some(network) = spec.network.as_deref().filter(|n| *n != "host")
-        && let Err(e) = runtime.ensure_network(network).await
+        && let Err(e) = runtime
+            .ensure_network(network, &network_labels(&spec.labels))
+            .await
     {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot create the gang's network");
         vending.revoke(&job_id, attempt);

@@ -518,6 +518,17 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
             }
         })
         .collect();
+    if gang.len() > 1 {
+        // What the gang's containers meet on, made once before any of its
+        // agents starts one (the agent would make it too, but two agents on
+        // one engine would race).
+        let cluster = nodes
+            .first()
+            .map_or(job.spec.cluster.as_str(), |n| n.cluster.as_str());
+        if let Err(e) = plane.provider.prepare_gang(cluster).await {
+            tracing::warn!(job = %job.id, cluster, error = %e, "the provider could not prepare the gang's network");
+        }
+    }
     for member in &gang {
         if only.is_some_and(|n| n != member.node_id) {
             continue;

@@ -263,9 +263,14 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             .map_err(status)?;
         for node in &nodes {
             self.plane.sessions.drop_node(&node.node_id);
-            if let Err(e) = self.plane.provider.delete_node(node).await {
+            if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
                 tracing::warn!(cluster = %name, node = %node.node_id, error = %e, "could not remove a node of a deleted cluster");
             }
+        }
+        // Its gang network, if the last node's removal did not take it.
+        let cluster = nodes.first().map_or(name.as_str(), |n| n.cluster.as_str());
+        if let Err(e) = self.plane.provider.delete_cluster(cluster).await {
+            tracing::warn!(cluster = %name, error = %e, "could not remove what the deleted cluster held");
         }
         tracing::info!(cluster = %name, nodes = nodes.len(), "cluster deleted");
         Ok(Response::new(v1::DeleteClusterResponse {}))
@@ -359,7 +364,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
                 cluster.spec.name
             )));
         }
-        if !matches!(self.plane.provider, crate::provider::Provider::Local(_)) {
+        if !self.plane.provider.capabilities().simulated_evictions {
             return Err(Status::failed_precondition(
                 "simulated evictions are delivered by the local provider's Scheduled Events; this control plane has none",
             ));

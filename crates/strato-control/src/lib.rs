@@ -26,7 +26,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{ProviderKind, Settings};
 use crate::plane::{Events, Plane, Sessions};
-use crate::provider::{LocalProvider, Provider};
+use crate::provider::{LocalProvider, NoProvider, NodeProvider};
 use crate::store::{SqliteStore, Store};
 
 /// Runs the control plane until `shutdown` resolves, then stops taking
@@ -54,8 +54,9 @@ pub async fn run(
         .with_context(|| format!("--http-listen {}: cannot listen", config.http_listen))?;
     let grpc_addr = grpc.local_addr()?;
     let http_base = http.local_addr()?;
-    let provider = match config.provider {
-        ProviderKind::None => Provider::None,
+    let control_plane_id = control_plane_id(&config.data_dir)?;
+    let provider: Box<dyn NodeProvider> = match config.provider {
+        ProviderKind::None => Box::new(NoProvider),
         ProviderKind::Local => {
             let agent_binary = match &config.agent_binary {
                 Some(p) => p.clone(),
@@ -76,16 +77,18 @@ pub async fn run(
                 };
                 format!("http://{ip}:{}", grpc_addr.port())
             });
-            Provider::Local(Box::new(LocalProvider::new(
+            Box::new(LocalProvider::new(
                 agent_binary,
                 endpoint,
                 PathBuf::from(&config.data_dir).join("nodes"),
                 config.docker_socket.clone(),
                 config.storage_ca_file.clone(),
                 format!("http://{http_base}"),
-            )))
+                control_plane_id.clone(),
+            ))
         }
     };
+    remove_orphans(&store, provider.as_ref()).await;
     tracing::info!(
         grpc = %grpc_addr,
         http = %http.local_addr()?,
@@ -141,6 +144,51 @@ pub async fn run(
     plane.store.close().await;
     tracing::info!("strato-control stopped");
     Ok(())
+}
+
+/// This control plane's id (`DATA_DIR/control-plane-id`, made on first
+/// start): what its provider makes carries it, so that it cleans up only
+/// what is its own when other control planes share the machine.
+fn control_plane_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("control-plane-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = data_dir.join("control-plane-id.tmp");
+    std::fs::write(&tmp, &id)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Takes down what the provider holds of nodes and clusters the store does
+/// not know: left when this control plane stopped before they were gone.
+/// Best effort: a failure is logged and the next start tries again.
+async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
+    let known = async {
+        let clusters = store.list_clusters().await?;
+        let nodes = store.all_nodes().await?;
+        Ok::<_, crate::store::StoreError>((
+            clusters.into_iter().map(|c| c.spec.name).collect(),
+            nodes.into_iter().map(|n| n.node_id).collect(),
+        ))
+    };
+    let (clusters, nodes) = match known.await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the store to look for orphans");
+            return;
+        }
+    };
+    match provider::remove_orphans(provider, &clusters, &nodes).await {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => tracing::info!(?removed, "removed what unknown nodes and clusters left"),
+        Err(e) => tracing::warn!(error = %e, "removing what unknown nodes and clusters left"),
+    }
 }
 
 async fn grpc_server<S: Store>(

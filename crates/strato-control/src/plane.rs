@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
 use crate::config::Settings;
-use crate::provider::Provider;
+use crate::provider::NodeProvider;
 
 /// Milliseconds since the Unix epoch, read from the system clock. The one
 /// place the control plane reads the time; everything below takes it as an
@@ -251,7 +251,7 @@ pub struct Plane<S> {
     /// Where the HTTP side port is reached (for the discovery document).
     pub http_base: String,
     pub settings: Settings,
-    pub provider: Provider,
+    pub provider: Box<dyn NodeProvider>,
     pub sessions: Sessions,
     /// Execs relayed between the nodes of a gang.
     pub execs: ExecRoutes,

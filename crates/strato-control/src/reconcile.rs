@@ -15,7 +15,7 @@ use strato_proto::v1;
 
 use crate::agents::send_assignment;
 use crate::plane::{Plane, hash_token, new_token, now_ms};
-use crate::provider::{NodeLaunch, Provider, ProviderError};
+use crate::provider::{NodeLaunch, ProviderError};
 use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
 
 /// Provider failures per cluster, for backoff: a provider that keeps
@@ -276,7 +276,8 @@ impl<S: Store> Reconciler<S> {
         let mut added = 0;
         let live_now = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
             .unwrap_or(u32::MAX);
-        let to_add = if matches!(self.plane.provider, Provider::None) {
+        let creates_nodes = self.plane.provider.capabilities().creates_nodes;
+        let to_add = if !creates_nodes {
             if live_now < decision.target {
                 issues.push(issue(
                     "no_node_provider",
@@ -302,7 +303,7 @@ impl<S: Store> Reconciler<S> {
                     issues.push(issue(
                         match e {
                             ProviderError::NoProvider => "no_node_provider",
-                            ProviderError::Failed(_) => "provider_error",
+                            _ => "provider_error",
                         },
                         e.to_string(),
                         now,
@@ -312,11 +313,7 @@ impl<S: Store> Reconciler<S> {
                 Err(AddError::Store(e)) => return Err(e),
             }
         }
-        match decision
-            .blocked
-            .as_ref()
-            .filter(|_| !matches!(self.plane.provider, Provider::None))
-        {
+        match decision.blocked.as_ref().filter(|_| creates_nodes) {
             Some(Blocked::QuotaExceeded { wanted, .. }) => {
                 let held = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
                 let ask = quota::Allocation {
@@ -439,7 +436,7 @@ impl<S: Store> Reconciler<S> {
             RemoveReason::Idle { idle_seconds } => format!("idle for at least {idle_seconds}s"),
             RemoveReason::Unusable => format!("unusable: {}", node.reason),
         };
-        if let Err(e) = self.plane.provider.delete_node(node).await {
+        if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
             // Keep the record so the next pass tries again.
             tracing::warn!(node = %node.node_id, error = %e, "provider could not remove the node");
             return Ok(false);

@@ -12,6 +12,7 @@ pub mod exposition;
 pub mod identity;
 pub mod job;
 pub mod name;
+pub mod naming;
 pub mod node;
 pub mod quota;
 pub mod scale;

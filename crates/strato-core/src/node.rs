@@ -141,9 +141,55 @@ pub fn gpu_readiness(size: &crate::catalog::VmSize, found: &[GpuInfo]) -> Result
     Err(reason)
 }
 
+/// What a provider holds that the store does not know: nodes and clusters
+/// left behind by a control plane that stopped before they were taken down.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Orphans {
+    pub nodes: std::collections::BTreeSet<String>,
+    pub clusters: std::collections::BTreeSet<String>,
+}
+
+/// The provider's holdings (`held_nodes`, `held_clusters`) that are not
+/// among the store's `known_nodes` and `known_clusters`. A known cluster's
+/// resources are never orphans, even while it has no nodes.
+pub fn orphans<'a>(
+    known_clusters: &std::collections::BTreeSet<String>,
+    known_nodes: &std::collections::BTreeSet<String>,
+    held_nodes: impl IntoIterator<Item = &'a str>,
+    held_clusters: impl IntoIterator<Item = &'a str>,
+) -> Orphans {
+    Orphans {
+        nodes: held_nodes
+            .into_iter()
+            .filter(|n| !known_nodes.contains(*n))
+            .map(str::to_owned)
+            .collect(),
+        clusters: held_clusters
+            .into_iter()
+            .filter(|c| !known_clusters.contains(*c))
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphans_are_what_the_store_does_not_know() {
+        let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        let got = orphans(
+            &set(&["a", "b"]),
+            &set(&["a-1", "b-1"]),
+            ["a-1", "a-2", "gone-1"],
+            ["a", "gone"],
+        );
+        assert_eq!(got.nodes, set(&["a-2", "gone-1"]));
+        assert_eq!(got.clusters, set(&["gone"]));
+        let none = orphans(&set(&["a"]), &set(&["a-1"]), ["a-1"], ["a"]);
+        assert_eq!(none, Orphans::default());
+    }
 
     #[test]
     fn a_gpu_node_needs_its_healthy_gpus() {

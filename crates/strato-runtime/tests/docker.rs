@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use strato_agent::runtime::{
+use strato_runtime::{
     ContainerRuntime, ContainerSpec, DockerRuntime, LABEL_ATTEMPT, LABEL_JOB, OutputLine,
     OutputStream, RuntimeError,
 };

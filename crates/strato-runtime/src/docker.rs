@@ -1,14 +1,6 @@
-//! The agent's container runtime: the [`ContainerRuntime`] trait the agent
-//! drives its jobs through, and [`DockerRuntime`], its implementation on the
-//! Docker engine API (bollard, over the engine's unix socket).
-//!
-//! Containers are found again by name (`strato-<job>-<attempt>-<node>`) and by the
-//! `strato.*` labels, so an agent that restarts can pick up the containers it
-//! started. They are never auto-removed: the agent removes a container only
-//! after the control plane has stored its result.
+//! [`ContainerRuntime`] on the Docker engine API (bollard, over the engine's unix socket).
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -26,16 +18,11 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::mpsc::Sender;
 
-/// Label naming the node a container belongs to.
-pub const LABEL_NODE: &str = "strato.node";
-/// Label naming the cluster a container belongs to.
-pub const LABEL_CLUSTER: &str = "strato.cluster";
-/// Label naming the job a container runs.
-pub const LABEL_JOB: &str = "strato.job";
-/// Label naming the attempt of the job a container runs.
-pub const LABEL_ATTEMPT: &str = "strato.attempt";
-/// Label marking a network Strato created for a cluster's gangs.
-pub const LABEL_NETWORK: &str = "strato.network";
+use crate::frames::{LineSplitter, payload, unix_seconds};
+use crate::{
+    ContainerDetails, ContainerRuntime, ContainerSpec, ContainerUsage, ExecEvent, ExecStreamBox,
+    JobContainer, OutputLine, OutputStream, OutputStreamBox, RuntimeError,
+};
 
 /// The engine's socket when none is given.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -46,197 +33,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// so this does not bound them; `stop` is given its grace on top.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What the agent asks the runtime to run for one job attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerSpec {
-    /// The container's name, e.g. `strato-<job>-<attempt>-<node>`; the key that makes
-    /// [`ContainerRuntime::create_and_start`] idempotent.
-    pub name: String,
-    /// The image, which must already be on the node.
-    pub image: String,
-    /// The command, run as-is with no shell (Docker's `Cmd`); empty keeps the
-    /// image's default.
-    pub command: Vec<String>,
-    /// Environment variables, in order.
-    pub env: Vec<(String, String)>,
-    /// CPU limit in cores (Docker's `NanoCpus`).
-    pub cpus: Option<f64>,
-    /// Memory limit in bytes (Docker's `Memory`).
-    pub memory_bytes: Option<u64>,
-    /// Labels, normally the `LABEL_*` keys.
-    pub labels: BTreeMap<String, String>,
-    /// Host directories bound into the container: (host path, container
-    /// path, read-only).
-    pub mounts: Vec<(String, String, bool)>,
-    /// The network: `None` for the engine's default bridge, `host` for the
-    /// machine's own, or the name of a network the container joins under
-    /// its `hostname` (other containers there reach it by that name).
-    pub network: Option<String>,
-    /// The container's hostname (and its alias on `network`).
-    pub hostname: Option<String>,
-}
-
-/// What an exec in a container produces, in order; [`ExecEvent::Exit`]
-/// comes last.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    Output(OutputStream, Vec<u8>),
-    Exit(i64),
-}
-
-/// The events of an exec; see [`ContainerRuntime::exec`].
-pub type ExecStreamBox =
-    Pin<Box<dyn futures_util::Stream<Item = Result<ExecEvent, RuntimeError>> + Send>>;
-
-/// A container the runtime found, as [`ContainerRuntime::list`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobContainer {
-    /// The engine's container id.
-    pub id: String,
-    /// The container's name, without Docker's leading `/`.
-    pub name: String,
-    /// All of the container's labels.
-    pub labels: BTreeMap<String, String>,
-    /// Whether the container is running now.
-    pub running: bool,
-    /// The exit code, once the container has run and exited; `None` while it
-    /// runs or if it never started.
-    pub exit_code: Option<i64>,
-}
-
-impl JobContainer {
-    /// The job and attempt its labels name, if both are there.
-    pub fn attempt(&self) -> Option<(&str, u32)> {
-        let job = self.labels.get(LABEL_JOB)?;
-        let attempt = self.labels.get(LABEL_ATTEMPT)?.parse().ok()?;
-        Some((job.as_str(), attempt))
-    }
-}
-
-/// Which of the container's output streams a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// One line of a container's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputLine {
-    /// The stream the line was written to.
-    pub stream: OutputStream,
-    /// The line, without its trailing newline (a `\r` before it is kept).
-    pub line: String,
-}
-
-/// What can go wrong talking to the container engine.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// The engine does not answer at its socket.
-    #[error(
-        "docker engine not reachable at {endpoint}: {reason}; run `cargo xtask setup` to install and start it"
-    )]
-    Unreachable {
-        /// The socket path tried.
-        endpoint: String,
-        /// Why the engine could not be reached.
-        reason: String,
-    },
-    /// The image is not on this node (the agent never pulls).
-    #[error(
-        "image {0:?} is not on this node and no registry is configured; build or load it first (`cargo xtask setup` builds the test images)"
-    )]
-    ImageNotFound(String),
-    /// Any other error from the engine.
-    #[error("docker: {0}")]
-    Docker(#[from] bollard::errors::Error),
-}
-
-/// A container's output as a stream of lines; see [`ContainerRuntime::logs`].
-pub type OutputStreamBox =
-    Pin<Box<dyn futures_util::Stream<Item = Result<OutputLine, RuntimeError>> + Send>>;
-
-/// The side-effect boundary between the agent and the container engine.
-pub trait ContainerRuntime: Send + Sync + 'static {
-    /// Ok if the engine answers.
-    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-
-    /// Ok if the image is present locally; ImageNotFound otherwise (no pulls: no registry is configured).
-    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-
-    /// Creates and starts the container. Idempotent: if a container with spec.name exists, starts it if it is not running and has never run, and returns its id, so a retried assignment never starts a second container.
-    fn create_and_start(
-        &self,
-        spec: &ContainerSpec,
-    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
-
-    /// stdout and stderr from the container's start, split into lines (buffer partial lines per stream; flush a final unterminated line), following until the container exits.
-    fn logs(&self, id: &str) -> OutputStreamBox;
-
-    /// Waits for the container to exit and returns its exit code (non-zero codes are Ok too).
-    fn wait(&self, id: &str) -> impl Future<Output = Result<i64, RuntimeError>> + Send;
-
-    /// SIGTERM, then SIGKILL after `grace` (docker stop with a timeout). Ok if already stopped or gone.
-    fn stop(
-        &self,
-        id: &str,
-        grace: Duration,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-
-    /// Removes the container (force). Ok if already gone.
-    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-
-    /// Every container, running or not, whose label `key` equals `value`.
-    fn list(
-        &self,
-        key: &str,
-        value: &str,
-    ) -> impl Future<Output = Result<Vec<JobContainer>, RuntimeError>> + Send;
-
-    /// Sends a signal (e.g. `SIGTERM`) to a running container's main process.
-    fn signal(
-        &self,
-        id: &str,
-        signal: &str,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-
-    /// A running container's usage: CPU seconds used, memory used and its
-    /// limit (0 for none), in bytes.
-    fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerUsage, RuntimeError>> + Send;
-
-    /// Creates the user-defined bridge network `name` if it does not exist.
-    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-
-    /// Runs `/bin/sh -c command` in a running container, as a remote shell
-    /// would, and streams its output and then its exit code. No stdin.
-    fn exec(&self, container: &str, command: &str) -> ExecStreamBox;
-
-    /// A container's environment and its address on its network (none
-    /// while it does not run).
-    fn details(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<ContainerDetails, RuntimeError>> + Send;
-}
-
-/// A running container's resource usage.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct ContainerUsage {
-    pub cpu_seconds: f64,
-    pub memory_bytes: u64,
-    /// 0: no limit.
-    pub memory_limit_bytes: u64,
-}
-
-/// What the agent reads back from a container it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ContainerDetails {
-    pub env: Vec<(String, String)>,
-    pub ip: Option<std::net::IpAddr>,
-}
-
 /// [`ContainerRuntime`] on a Docker engine reached over its unix socket.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -245,16 +41,6 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
-    /// Removes a network Strato created; `Ok(false)` when it does not
-    /// exist, an error while containers still use it.
-    pub async fn remove_network_if_unused(&self, name: &str) -> Result<bool, RuntimeError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(true),
-            Err(e) if status_of(&e) == Some(404) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The address of the default bridge network's gateway: where job
     /// containers reach services on this host (172.17.0.1 by default).
     pub async fn bridge_gateway(&self) -> Result<std::net::IpAddr, RuntimeError> {
@@ -511,7 +297,28 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+    async fn remove_network(&self, name: &str) -> Result<bool, RuntimeError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_networks(&self, key: &str, value: &str) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{key}={value}")])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let networks = self.docker.list_networks(Some(options)).await?;
+        Ok(networks.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
         match self.docker.inspect_network(name, None).await {
             Ok(_) => return Ok(()),
             Err(e) if status_of(&e) == Some(404) => {}
@@ -520,10 +327,7 @@ impl ContainerRuntime for DockerRuntime {
         let request = bollard::models::NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
-            labels: Some(HashMap::from([(
-                LABEL_NETWORK.to_owned(),
-                "true".to_owned(),
-            )])),
+            labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
@@ -900,140 +704,5 @@ fn classify(frame: &LogOutput) -> Option<(OutputStream, &[u8])> {
             Some((OutputStream::Stdout, message))
         }
         LogOutput::StdIn { .. } => None,
-    }
-}
-
-/// A frame's output, after the timestamp and space the engine puts first.
-fn payload(frame: &[u8]) -> &[u8] {
-    frame
-        .iter()
-        .position(|&b| b == b' ')
-        .map_or(frame, |space| &frame[space + 1..])
-}
-
-/// The unix time, in whole seconds, of the RFC 3339 UTC timestamp that starts
-/// `frame` (`2026-11-23T12:00:38.158405088Z ...`).
-fn unix_seconds(frame: &[u8]) -> Option<i64> {
-    let stamp = std::str::from_utf8(frame.get(..19)?).ok()?;
-    let field = |at: usize, len: usize| stamp.get(at..at + len)?.parse::<i64>().ok();
-    let (year, month, day) = (field(0, 4)?, field(5, 2)?, field(8, 2)?);
-    let (hour, minute, second) = (field(11, 2)?, field(14, 2)?, field(17, 2)?);
-    if !(1..=12).contains(&month) || stamp.as_bytes()[10] != b'T' {
-        return None;
-    }
-    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-    // days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
-}
-
-/// Splits output into lines per stream: bytes are buffered until a newline,
-/// so a line split over frames (or a UTF-8 character split over frames)
-/// comes out whole.
-#[derive(Default)]
-struct LineSplitter {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl LineSplitter {
-    /// Adds `bytes` of `stream`, appending the lines they complete to `out`.
-    fn push(&mut self, stream: OutputStream, bytes: &[u8], out: &mut Vec<OutputLine>) {
-        let buffer = match stream {
-            OutputStream::Stdout => &mut self.stdout,
-            OutputStream::Stderr => &mut self.stderr,
-        };
-        let mut rest = bytes;
-        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
-            buffer.extend_from_slice(&rest[..newline]);
-            rest = &rest[newline + 1..];
-            out.push(OutputLine {
-                stream,
-                line: String::from_utf8_lossy(buffer).into_owned(),
-            });
-            buffer.clear();
-        }
-        buffer.extend_from_slice(rest);
-    }
-
-    /// Appends the unterminated last line of each stream, if any, to `out`.
-    fn flush(&mut self, out: &mut Vec<OutputLine>) {
-        for (stream, buffer) in [
-            (OutputStream::Stdout, &mut self.stdout),
-            (OutputStream::Stderr, &mut self.stderr),
-        ] {
-            if !buffer.is_empty() {
-                out.push(OutputLine {
-                    stream,
-                    line: String::from_utf8_lossy(buffer).into_owned(),
-                });
-                buffer.clear();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn split(chunks: &[(OutputStream, &[u8])]) -> Vec<(OutputStream, String)> {
-        let mut splitter = LineSplitter::default();
-        let mut out = Vec::new();
-        for (stream, bytes) in chunks {
-            splitter.push(*stream, bytes, &mut out);
-        }
-        splitter.flush(&mut out);
-        out.into_iter().map(|l| (l.stream, l.line)).collect()
-    }
-
-    #[test]
-    fn lines_are_reassembled_per_stream_and_the_tail_is_flushed() {
-        use OutputStream::{Stderr, Stdout};
-        let got = split(&[
-            (Stdout, b"a1\na"),
-            (Stderr, b"e1"),
-            (Stdout, b"2\n\nb"),
-            (Stderr, b"\ne2\r\n"),
-            (Stdout, b"3"),
-        ]);
-        assert_eq!(
-            got,
-            vec![
-                (Stdout, "a1".to_owned()),
-                (Stdout, "a2".to_owned()),
-                (Stdout, String::new()),
-                (Stderr, "e1".to_owned()),
-                (Stderr, "e2\r".to_owned()),
-                (Stdout, "b3".to_owned()),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_character_split_over_frames_comes_out_whole() {
-        let bytes = "é\n".as_bytes();
-        let got = split(&[
-            (OutputStream::Stdout, &bytes[..1]),
-            (OutputStream::Stdout, &bytes[1..]),
-        ]);
-        assert_eq!(got, vec![(OutputStream::Stdout, "é".to_owned())]);
-    }
-
-    #[test]
-    fn the_timestamp_is_cut_from_a_frame_and_read() {
-        let frame = b"2026-11-23T12:00:38.158405088Z hello world\n";
-        assert_eq!(payload(frame), b"hello world\n");
-        assert_eq!(payload(b"2026-11-23T12:00:38.158405088Z "), b"");
-        assert_eq!(unix_seconds(frame), Some(1_795_435_238));
-        assert_eq!(unix_seconds(b"1970-01-01T00:00:00.000000000Z"), Some(0));
-        assert_eq!(unix_seconds(b"2000-02-29T23:59:59Z"), Some(951_868_799));
-        assert_eq!(unix_seconds(b"not a timestamp at all"), None);
-        assert_eq!(unix_seconds(b"short"), None);
     }
 }

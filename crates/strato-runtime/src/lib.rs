@@ -1,0 +1,238 @@
+//! The container runtime: the [`ContainerRuntime`] trait that the agent
+//! drives its jobs through and the local provider cleans up with,
+//! [`DockerRuntime`], its implementation on the Docker engine API (bollard,
+//! over the engine's unix socket), and, with the `fake` feature,
+//! [`fake::FakeRuntime`], an in-memory engine for tests.
+//!
+//! Containers are found again by name (`strato-<job>-<attempt>-<node>`) and by the
+//! `strato.*` labels, so an agent that restarts can pick up the containers it
+//! started. They are never auto-removed: the agent removes a container only
+//! after the control plane has stored its result.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+mod docker;
+#[cfg(feature = "fake")]
+pub mod fake;
+mod frames;
+
+pub use docker::DockerRuntime;
+pub use strato_core::naming::{
+    LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB, LABEL_NETWORK, LABEL_NODE,
+};
+
+/// What the agent asks the runtime to run for one job attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// The container's name, e.g. `strato-<job>-<attempt>-<node>`; the key that makes
+    /// [`ContainerRuntime::create_and_start`] idempotent.
+    pub name: String,
+    /// The image, which must already be on the node.
+    pub image: String,
+    /// The command, run as-is with no shell (Docker's `Cmd`); empty keeps the
+    /// image's default.
+    pub command: Vec<String>,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// CPU limit in cores (Docker's `NanoCpus`).
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes (Docker's `Memory`).
+    pub memory_bytes: Option<u64>,
+    /// Labels, normally the `LABEL_*` keys.
+    pub labels: BTreeMap<String, String>,
+    /// Host directories bound into the container: (host path, container
+    /// path, read-only).
+    pub mounts: Vec<(String, String, bool)>,
+    /// The network: `None` for the engine's default bridge, `host` for the
+    /// machine's own, or the name of a network the container joins under
+    /// its `hostname` (other containers there reach it by that name).
+    pub network: Option<String>,
+    /// The container's hostname (and its alias on `network`).
+    pub hostname: Option<String>,
+}
+
+/// What an exec in a container produces, in order; [`ExecEvent::Exit`]
+/// comes last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Output(OutputStream, Vec<u8>),
+    Exit(i64),
+}
+
+/// The events of an exec; see [`ContainerRuntime::exec`].
+pub type ExecStreamBox =
+    Pin<Box<dyn futures_util::Stream<Item = Result<ExecEvent, RuntimeError>> + Send>>;
+
+/// A container the runtime found, as [`ContainerRuntime::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobContainer {
+    /// The engine's container id.
+    pub id: String,
+    /// The container's name, without Docker's leading `/`.
+    pub name: String,
+    /// All of the container's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the container is running now.
+    pub running: bool,
+    /// The exit code, once the container has run and exited; `None` while it
+    /// runs or if it never started.
+    pub exit_code: Option<i64>,
+}
+
+impl JobContainer {
+    /// The job and attempt its labels name, if both are there.
+    pub fn attempt(&self) -> Option<(&str, u32)> {
+        let job = self.labels.get(LABEL_JOB)?;
+        let attempt = self.labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+        Some((job.as_str(), attempt))
+    }
+}
+
+/// Which of the container's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    /// The stream the line was written to.
+    pub stream: OutputStream,
+    /// The line, without its trailing newline (a `\r` before it is kept).
+    pub line: String,
+}
+
+/// What can go wrong talking to the container engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine does not answer at its socket.
+    #[error(
+        "docker engine not reachable at {endpoint}: {reason}; run `cargo xtask setup` to install and start it"
+    )]
+    Unreachable {
+        /// The socket path tried.
+        endpoint: String,
+        /// Why the engine could not be reached.
+        reason: String,
+    },
+    /// The image is not on this node (the agent never pulls).
+    #[error(
+        "image {0:?} is not on this node and no registry is configured; build or load it first (`cargo xtask setup` builds the test images)"
+    )]
+    ImageNotFound(String),
+    /// Containers still use the network.
+    #[error("network {0:?} is in use")]
+    NetworkInUse(String),
+    /// No container of this id or name exists.
+    #[error("no container {0:?}")]
+    NoSuchContainer(String),
+    /// Any other error from the engine.
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+}
+
+/// A container's output as a stream of lines; see [`ContainerRuntime::logs`].
+pub type OutputStreamBox =
+    Pin<Box<dyn futures_util::Stream<Item = Result<OutputLine, RuntimeError>> + Send>>;
+
+/// The side-effect boundary between the agent and the container engine.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Ok if the engine answers.
+    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Ok if the image is present locally; ImageNotFound otherwise (no pulls: no registry is configured).
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates and starts the container. Idempotent: if a container with spec.name exists, starts it if it is not running and has never run, and returns its id, so a retried assignment never starts a second container.
+    fn create_and_start(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// stdout and stderr from the container's start, split into lines (buffer partial lines per stream; flush a final unterminated line), following until the container exits.
+    fn logs(&self, id: &str) -> OutputStreamBox;
+
+    /// Waits for the container to exit and returns its exit code (non-zero codes are Ok too).
+    fn wait(&self, id: &str) -> impl Future<Output = Result<i64, RuntimeError>> + Send;
+
+    /// SIGTERM, then SIGKILL after `grace` (docker stop with a timeout). Ok if already stopped or gone.
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes the container (force). Ok if already gone.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Every container, running or not, whose label `key` equals `value`.
+    fn list(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<JobContainer>, RuntimeError>> + Send;
+
+    /// Sends a signal (e.g. `SIGTERM`) to a running container's main process.
+    fn signal(
+        &self,
+        id: &str,
+        signal: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// A running container's usage: CPU seconds used, memory used and its
+    /// limit (0 for none), in bytes.
+    fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerUsage, RuntimeError>> + Send;
+
+    /// Creates the user-defined bridge network `name`, with `labels`, if it
+    /// does not exist.
+    fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes network `name`; `Ok(false)` when it does not exist, an error
+    /// while containers still use it.
+    fn remove_network(&self, name: &str)
+    -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+
+    /// The names of the networks whose label `key` equals `value`.
+    fn list_networks(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+
+    /// Runs `/bin/sh -c command` in a running container, as a remote shell
+    /// would, and streams its output and then its exit code. No stdin.
+    fn exec(&self, container: &str, command: &str) -> ExecStreamBox;
+
+    /// A container's environment and its address on its network (none
+    /// while it does not run).
+    fn details(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<ContainerDetails, RuntimeError>> + Send;
+}
+
+/// A running container's resource usage.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ContainerUsage {
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    /// 0: no limit.
+    pub memory_limit_bytes: u64,
+}
+
+/// What the agent reads back from a container it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerDetails {
+    pub env: Vec<(String, String)>,
+    pub ip: Option<std::net::IpAddr>,
+}
