@@ -1,12 +1,14 @@
 //! `cargo xtask ci`: setup, then format check, clippy, build, and every test
-//! tier.
+//! tier, and a check that the tests left no `strato-*` container or network
+//! and no `strato-agent` process behind.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
 
 use crate::command::run;
+use crate::leftovers::{Snapshot, remove_new_since};
 use crate::setup::setup;
 use crate::workspace::cargo;
 
@@ -32,7 +34,14 @@ pub(crate) fn ci() -> anyhow::Result<()> {
     run("cargo build --bins", build)?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-targets"]);
-    let (passed, failed) = run_tests("cargo test (unit, property, integration, end-to-end)", test)?;
+    let before = Snapshot::take().context("leftover check before the tests")?;
+    let tests = run_tests("cargo test (unit, property, integration, end-to-end)", test);
+    let (passed, failed) = match (tests, remove_new_since(&before)) {
+        (Ok(counts), Ok(())) => counts,
+        (Ok(_), Err(left)) => return Err(left),
+        (Err(tests), Ok(())) => return Err(tests),
+        (Err(tests), Err(left)) => bail!("{tests:#}; and {left:#}"),
+    };
     println!("ci: all green in {:.0}s", started.elapsed().as_secs_f64());
     println!("tests: {passed} passed, {failed} failed");
     Ok(())

@@ -19,6 +19,7 @@ mod command;
 mod control;
 mod demo;
 mod images;
+mod leftovers;
 mod setup;
 mod workspace;
 
