@@ -1,0 +1,321 @@
+//! `cargo xtask bench dispatch | agent`: release builds against one warm
+//! node, measured next to a baseline (plain `docker run`, node_exporter).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+
+use crate::command::{have, run};
+use crate::control::{Control, free_port, node_states, strato_output};
+use crate::images::TEST_IMAGE;
+use crate::setup::{apt_install, setup};
+use crate::workspace::{PROFILE, cargo, profile_dir, root, target_dir};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Spawns `cmd` and returns how long it took until its first stdout line,
+/// then waits for it to exit.
+fn time_to_first_line(mut cmd: Command, started: Instant) -> anyhow::Result<Duration> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first)?;
+    let elapsed = started.elapsed();
+    ensure!(first.trim() == "ready", "unexpected first line {first:?}");
+    child.wait()?;
+    Ok(elapsed)
+}
+
+pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
+    const RUNS: usize = 15;
+    let (control, data_dir, grpc) = warm_bench_cluster("dispatch", &[])?;
+    let command = ["sh", "-c", "echo ready"];
+    let strato_bin = target_dir().join(profile_dir()).join("strato");
+    let endpoint = format!("http://{grpc}");
+    let mut strato_times = Vec::new();
+    let mut docker_times = Vec::new();
+    for run_no in 0..=RUNS {
+        // Strato: submit, then follow the job's output until its first line.
+        let started = Instant::now();
+        let mut args = vec![
+            "job",
+            "submit",
+            "--compute",
+            "bench",
+            "--image",
+            TEST_IMAGE,
+            "--",
+        ];
+        args.extend_from_slice(&command);
+        let out = Command::new(&strato_bin)
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .args(&args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut follow = Command::new(&strato_bin);
+        follow
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .args(["job", "logs", &id, "--follow"]);
+        let strato_time = time_to_first_line(follow, started)?;
+        // Let the node become idle again before the next job.
+        let mut wait = Command::new(&strato_bin);
+        wait.arg("--endpoint")
+            .arg(&endpoint)
+            .args(["job", "wait", &id])
+            .stdout(Stdio::null());
+        ensure!(wait.status()?.success(), "job {id} did not complete");
+        while !node_states(&control, "bench")?
+            .iter()
+            .any(|(_, s)| s == "idle")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Baseline: plain docker run of the same image and command.
+        let started = Instant::now();
+        let mut docker = Command::new("docker");
+        docker.args(["run", "--rm", TEST_IMAGE]).args(command);
+        let docker_time = time_to_first_line(docker, started)?;
+        if run_no > 0 {
+            // The first round warms caches and is not counted.
+            strato_times.push(strato_time);
+            docker_times.push(docker_time);
+        }
+    }
+    let (s, d) = (median(strato_times), median(docker_times));
+    println!("dispatch: submit -> first output line, warm node, median of {RUNS} runs");
+    println!(
+        "  strato job submit + logs --follow: {:>7.1} ms",
+        s.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  docker run (same image, command):  {:>7.1} ms",
+        d.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  ratio strato / docker run:          {:>7.2}",
+        s.as_secs_f64() / d.as_secs_f64()
+    );
+    remove_bench_cluster(control, &data_dir)
+}
+
+/// CPU seconds (user + system) a process used so far, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// CPU % and resident MiB of `pid` over `window`, scraping `scrape`
+/// (address, path) ten times a second meanwhile if given.
+fn measure(pid: u32, window: Duration, scrape: Option<(&str, &str)>) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let cpu0 = cpu_seconds(pid)?;
+    while started.elapsed() < window {
+        if let Some((addr, path)) = scrape
+            && let Ok(mut s) = TcpStream::connect(addr)
+        {
+            let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu = (cpu_seconds(pid)? - cpu0) / started.elapsed().as_secs_f64() * 100.0;
+    Ok((cpu, rss_mib(pid)?))
+}
+
+/// The pid of an agent of the control plane at `endpoint`.
+fn find_agent(endpoint: &str) -> Option<u32> {
+    let wanted = format!("STRATO_CONTROL_PLANE={endpoint}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == wanted.as_bytes())
+            .then_some(pid)
+    })
+}
+
+pub(crate) fn bench_agent() -> anyhow::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(10);
+    // Heartbeats and container sampling every second.
+    let (control, data_dir, grpc) = warm_bench_cluster(
+        "agent",
+        &["--heartbeat-interval", "1", "--node-heartbeat-timeout", "5"],
+    )?;
+    let pid = find_agent(&format!("http://{grpc}")).context("the agent process")?;
+    let nodes = strato_output(
+        &control,
+        &["compute", "list-nodes", "-n", "bench", "-o", "json"],
+    )?;
+    let url = nodes
+        .split("\"metrics_url\": \"http://")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("metrics_url")?
+        .to_owned();
+    let (addr, path) = url
+        .split_once('/')
+        .map(|(a, p)| (a.to_owned(), format!("/{p}")))
+        .context("metrics url")?;
+    println!(
+        "==> measuring strato-agent (pid {pid}): {}s idle, then {}s scraped",
+        WINDOW.as_secs(),
+        WINDOW.as_secs()
+    );
+    let agent_idle = measure(pid, WINDOW, None)?;
+    let agent_scraped = measure(pid, WINDOW, Some((&addr, &path)))?;
+
+    let exporter =
+        if have("prometheus-node-exporter") || apt_install(&["prometheus-node-exporter"]).is_ok() {
+            let port = free_port()?;
+            let mut child = Command::new("prometheus-node-exporter")
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(&addr).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("==> measuring node_exporter (pid {})", child.id());
+            let idle = measure(child.id(), WINDOW, None);
+            let scraped = measure(child.id(), WINDOW, Some((&addr, "/metrics")));
+            let _ = child.kill();
+            let _ = child.wait();
+            Some((idle?, scraped?))
+        } else {
+            None
+        };
+    println!(
+        "agent: CPU and resident memory, {}s windows, scrapes every 100 ms",
+        WINDOW.as_secs()
+    );
+    println!("  {:<24} {:>8} {:>10}", "", "CPU %", "RSS MiB");
+    println!(
+        "  {:<24} {:>8.2} {:>10.1}",
+        "strato-agent idle", agent_idle.0, agent_idle.1
+    );
+    println!(
+        "  {:<24} {:>8.2} {:>10.1}",
+        "strato-agent scraped", agent_scraped.0, agent_scraped.1
+    );
+    match exporter {
+        Some((idle, scraped)) => {
+            println!(
+                "  {:<24} {:>8.2} {:>10.1}",
+                "node_exporter idle", idle.0, idle.1
+            );
+            println!(
+                "  {:<24} {:>8.2} {:>10.1}",
+                "node_exporter scraped", scraped.0, scraped.1
+            );
+        }
+        None => println!("  (node_exporter could not be installed: absolute figures only)"),
+    }
+    remove_bench_cluster(control, &data_dir)
+}
+
+/// Release binaries, a control plane, and a cluster `bench` with one warm
+/// (idle) node; returns the control plane, its data dir and gRPC address.
+fn warm_bench_cluster(name: &str, extra: &[&str]) -> anyhow::Result<(Control, PathBuf, String)> {
+    setup()?;
+    let _ = PROFILE.set("release");
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet", "--bins"]);
+    run("cargo build --release --bins", build)?;
+    let data_dir = root()
+        .join(".data")
+        .join(format!("bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let control = Control::start_with(&data_dir, &grpc, &http, extra)?;
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "bench",
+            "-s",
+            "Standard_D2_v2",
+            "--min-nodes",
+            "1",
+            "--max-nodes",
+            "1",
+        ],
+    )?;
+    println!("==> waiting for a warm node");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node_states(&control, "bench")?
+        .iter()
+        .any(|(_, s)| s == "idle")
+    {
+        ensure!(Instant::now() < deadline, "no idle node within 60s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((control, data_dir, grpc))
+}
+
+/// Scales the bench cluster to zero, deletes it and stops the control plane.
+fn remove_bench_cluster(mut control: Control, data_dir: &Path) -> anyhow::Result<()> {
+    println!("==> removing the node");
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "update",
+            "-n",
+            "bench",
+            "--min-nodes",
+            "0",
+            "--idle-seconds-before-scaledown",
+            "0",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node_states(&control, "bench")?.is_empty() {
+        ensure!(Instant::now() < deadline, "the node did not leave");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    strato_output(&control, &["compute", "delete", "-n", "bench", "--yes"])?;
+    control.terminate()?;
+    std::fs::remove_dir_all(data_dir).ok();
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The job images the tests, the demo and the benchmarks use, built locally
+//! with `docker import` (no registry is reachable).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+
+use crate::command::{as_root, have, run};
+use crate::setup::apt_install;
+
+/// The job image the tests and the demo use: busybox, built locally.
+pub(crate) const TEST_IMAGE: &str = "strato-test/busybox:latest";
+
+/// The job image the MPI tests use: Debian (debootstrap) with Open MPI and
+/// mpi4py, built locally.
+pub(crate) const MPI_IMAGE: &str = "strato-test/mpi:latest";
+
+fn image_exists(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A busybox image from Debian's static busybox: /bin/busybox plus a link
+/// per applet, imported as TEST_IMAGE.
+pub(crate) fn build_busybox_image() -> anyhow::Result<()> {
+    if image_exists(TEST_IMAGE) {
+        println!("==> image {TEST_IMAGE}: present");
+        return Ok(());
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox not found; install busybox-static")?;
+    let rootfs = std::env::temp_dir().join(format!("strato-busybox-{}", std::process::id()));
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(rootfs.join("tmp"))?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .context("busybox --list")?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+    }
+    let mut import = Command::new("sh");
+    import.args([
+        "-c",
+        &format!(
+            "tar -C '{}' -c . | docker import - {TEST_IMAGE} >/dev/null",
+            rootfs.display()
+        ),
+    ]);
+    let result = run(&format!("docker import {TEST_IMAGE}"), import);
+    std::fs::remove_dir_all(&rootfs).ok();
+    result
+}
+
+/// The Debian mirror this machine's apt uses: the first `URIs:` of
+/// /etc/apt/sources.list.d/debian.sources, else the first `deb` line of
+/// /etc/apt/sources.list, else deb.debian.org.
+fn debian_mirror() -> String {
+    let deb822 = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("URIs:"))
+        .find_map(|uris| uris.split_whitespace().next().map(str::to_owned));
+    let one_line = || {
+        std::fs::read_to_string("/etc/apt/sources.list")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("deb "))
+            .find_map(|rest| {
+                // Skip options such as `[arch=amd64 signed-by=…]`.
+                let rest = match rest.trim_start().strip_prefix('[') {
+                    Some(opts) => opts.split_once(']')?.1,
+                    None => rest,
+                };
+                rest.split_whitespace().next().map(str::to_owned)
+            })
+    };
+    deb822
+        .or_else(one_line)
+        .unwrap_or_else(|| "http://deb.debian.org/debian".to_owned())
+}
+
+/// This machine's Debian codename (VERSION_CODENAME in /etc/os-release).
+fn debian_suite() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bookworm".to_owned())
+}
+
+/// A Debian image with Open MPI and mpi4py (debootstrap minbase, from this
+/// machine's mirror), imported as MPI_IMAGE. `libopenmpi-dev` is left out:
+/// it breaks debootstrap's dependency resolution.
+pub(crate) fn build_mpi_image() -> anyhow::Result<()> {
+    if image_exists(MPI_IMAGE) {
+        println!("==> image {MPI_IMAGE}: present");
+        return Ok(());
+    }
+    if !have("debootstrap") && !Path::new("/usr/sbin/debootstrap").exists() {
+        apt_install(&["debootstrap"])?;
+    }
+    let mirror = debian_mirror();
+    let suite = debian_suite();
+    let rootfs = std::env::temp_dir().join(format!("strato-mpi-{}", std::process::id()));
+    let dir = rootfs
+        .to_str()
+        .context("temporary directory is not UTF-8")?;
+    println!("==> building {MPI_IMAGE} with debootstrap ({suite}, {mirror}; about a minute)");
+    let mut bootstrap = as_root(&[
+        "debootstrap",
+        "--variant=minbase",
+        "--include=openmpi-bin,python3-mpi4py",
+        &suite,
+        dir,
+        &mirror,
+    ]);
+    bootstrap.stdout(Stdio::null());
+    let mut result = run(&format!("debootstrap {suite}"), bootstrap);
+    if result.is_ok() {
+        let mut import = as_root(&[
+            "sh",
+            "-c",
+            &format!("tar -C '{dir}' -c . | docker import - {MPI_IMAGE} >/dev/null"),
+        ]);
+        import.stdin(Stdio::null());
+        result = run(&format!("docker import {MPI_IMAGE}"), import);
+    }
+    // The tree is root's: remove it as root.
+    as_root(&["rm", "-rf", dir]).status().ok();
+    result
+}

@@ -1,0 +1,162 @@
+//! `cargo xtask setup`: install and start what the build and the tests need.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::command::{as_root, have, run};
+use crate::images::{build_busybox_image, build_mpi_image};
+use crate::workspace::root;
+
+/// Everything the build and tests need, installed and started if missing:
+/// the Rust toolchain's rustfmt and clippy, the Docker engine (Debian's
+/// docker.io, dockerd in the background), and the test images (no registry
+/// is reachable: they are built with `docker import`). Safe to run again.
+pub(crate) fn setup() -> anyhow::Result<()> {
+    ensure!(
+        have("cargo"),
+        "cargo is not on PATH: install Rust with rustup (https://rustup.rs)"
+    );
+    for (component, probe) in [("rustfmt", "rustfmt"), ("clippy", "cargo-clippy")] {
+        if have(probe) {
+            println!("==> {component}: present");
+        } else {
+            let mut c = Command::new("rustup");
+            c.args(["component", "add", component]);
+            run(&format!("rustup component add {component}"), c)?;
+        }
+    }
+    let missing: Vec<&str> = [
+        ("dockerd", "docker.io"),
+        ("busybox", "busybox-static"),
+        ("prometheus", "prometheus"),
+        ("curl", "curl"),
+    ]
+    .into_iter()
+    .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        println!("==> docker.io, busybox-static, prometheus, curl: present");
+    } else {
+        apt_install(&missing)?;
+    }
+    start_docker()?;
+    build_busybox_image()?;
+    build_mpi_image()?;
+    python_clients()?;
+    azurite()?;
+    Ok(())
+}
+
+/// Azurite (the Azure Storage emulator, from npm) in `.data/azurite`, and a
+/// test CA with a certificate for 127.0.0.1 in `.data/azurite/tls`, so the
+/// storage tests run it over HTTPS with `--oauth basic`.
+fn azurite() -> anyhow::Result<()> {
+    let dir = root().join(".data/azurite");
+    if dir.join("node_modules/.bin/azurite-blob").exists() {
+        println!("==> azurite: present");
+    } else {
+        if !have("npm") {
+            apt_install(&["nodejs", "npm"])?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let mut npm = Command::new("npm");
+        npm.args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg("azurite@3");
+        run("npm install azurite", npm)?;
+    }
+    let tls = dir.join("tls");
+    if tls.join("cert.pem").exists() && tls.join("ca.pem").exists() {
+        println!("==> azurite TLS certificate: present");
+        return Ok(());
+    }
+    if !have("openssl") {
+        apt_install(&["openssl"])?;
+    }
+    std::fs::create_dir_all(&tls)?;
+    let script = "set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj '/CN=Strato test CA' 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout key.pem -out leaf.csr -subj '/CN=127.0.0.1' 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > leaf.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 3650 -extfile leaf.ext 2>/dev/null";
+    let mut certs = Command::new("sh");
+    certs.args(["-c", script]).current_dir(&tls);
+    run("openssl: test CA and certificate for 127.0.0.1", certs)
+}
+
+/// A Python virtual environment with Azure's own `azure-identity` (from
+/// PyPI), which the identity tests run unmodified against the agent's
+/// endpoint.
+fn python_clients() -> anyhow::Result<()> {
+    let venv = root().join(".data/venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import azure.identity"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ready {
+        println!("==> python azure-identity: present");
+        return Ok(());
+    }
+    let mut create = Command::new("python3");
+    create.args(["-m", "venv"]).arg(&venv);
+    run("python3 -m venv .data/venv", create)?;
+    let mut install = Command::new(venv.join("bin/pip"));
+    install.args(["install", "--quiet", "azure-identity"]);
+    run("pip install azure-identity", install)
+}
+
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let mut update = as_root(&["apt-get", "update", "-q"]);
+    update
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null());
+    run("apt-get update", update)?;
+    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    let mut install = as_root(&args);
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null());
+    run(&format!("apt-get install {}", packages.join(" ")), install)
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts dockerd in the background (in its own session, so it outlives
+/// this command) unless an engine already answers, and waits for it.
+fn start_docker() -> anyhow::Result<()> {
+    if docker_answers() {
+        println!("==> docker engine: running");
+        return Ok(());
+    }
+    println!("==> starting dockerd (log: /var/log/strato-dockerd.log)");
+    as_root(&[
+        "sh",
+        "-c",
+        "setsid dockerd >>/var/log/strato-dockerd.log 2>&1 < /dev/null &",
+    ])
+    .status()
+    .context("starting dockerd")?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if docker_answers() {
+            println!("    docker engine: running");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("dockerd did not answer within 90s; see /var/log/strato-dockerd.log")
+}
