@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::status;
-use crate::plane::{ExecRoute, Plane, hash_token, new_token, now_ms};
+use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
     AttemptReport, EnrollReport, JobRecord, LogRecord, NodeUsage, ReportOutcome, Store, StoreError,
 };
@@ -97,7 +97,7 @@ impl<S: Store> AgentService for AgentApi<S> {
                     gpus: r.gpus,
                     gpu_info: gpu_info.clone(),
                 },
-                now_ms(),
+                self.plane.clock.now_ms(),
             )
             .await
             .map_err(|e| match e {
@@ -121,7 +121,7 @@ impl<S: Store> AgentService for AgentApi<S> {
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane
                 .store
-                .node_unusable(&node.node_id, &reason, now_ms())
+                .node_unusable(&node.node_id, &reason, self.plane.clock.now_ms())
                 .await
                 .map_err(status)?;
             self.plane.events.changed();
@@ -202,7 +202,7 @@ async fn handle<S: Store>(
     node_id: &str,
     message: v1::AgentMessage,
 ) -> Result<(), StoreError> {
-    let now = now_ms();
+    let now = plane.clock.now_ms();
     match message.body {
         Some(Body::Hello(hello)) => {
             plane.store.heartbeat(node_id, None, now).await?;

@@ -14,7 +14,7 @@ use strato_proto::convert;
 use strato_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status};
 
-use crate::plane::{Plane, now_ms};
+use crate::plane::{Plane};
 use crate::store::{ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, Store, StoreError};
 
 /// Client and principal ids for a new identity. A user-assigned identity
@@ -180,7 +180,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
                 spec.clone(),
                 identity::reconcile_identities(&spec.name, &spec.identity, &[], new_identity_ids),
                 &self.plane.settings.quota,
-                now_ms(),
+                self.plane.clock.now_ms(),
             )
             .await
             .map_err(status)?;
@@ -235,7 +235,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         let record = self
             .plane
             .store
-            .update_cluster(&request.name, update, &self.plane.settings.quota, now_ms())
+            .update_cluster(&request.name, update, &self.plane.settings.quota, self.plane.clock.now_ms())
             .await
             .map_err(status)?;
         tracing::info!(
@@ -317,7 +317,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         let record = self
             .plane
             .store
-            .update_identities(&r.name, update, now_ms())
+            .update_identities(&r.name, update, self.plane.clock.now_ms())
             .await
             .map_err(status)?;
         tracing::info!(cluster = %record.spec.name, identities = record.identities.len(), "identity assigned");
@@ -338,7 +338,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         let record = self
             .plane
             .store
-            .update_identities(&r.name, update, now_ms())
+            .update_identities(&r.name, update, self.plane.clock.now_ms())
             .await
             .map_err(status)?;
         tracing::info!(cluster = %record.spec.name, identities = record.identities.len(), "identity removed");
@@ -392,7 +392,7 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             )));
         }
         let notice = i64::from(r.notice_seconds.unwrap_or(30).clamp(1, 3600));
-        let not_before = strato_core::time::rfc1123(now_ms() / 1000 + notice);
+        let not_before = strato_core::time::rfc1123(self.plane.clock.now_ms() / 1000 + notice);
         let event = self
             .plane
             .scheduled_events

@@ -8,7 +8,7 @@ use strato_proto::v1::{self, datastore_service_server::DatastoreService};
 use tonic::{Request, Response, Status};
 
 use crate::api::status;
-use crate::plane::{Plane, now_ms};
+use crate::plane::{Plane};
 use crate::store::{DatastoreRecord, Store};
 
 pub struct DatastoreApi<S> {
@@ -47,7 +47,7 @@ impl<S: Store> DatastoreService for DatastoreApi<S> {
                 name: r.name,
                 account_url,
                 container: r.container,
-                created_at: now_ms(),
+                created_at: self.plane.clock.now_ms(),
             })
             .await
             .map_err(status)?;

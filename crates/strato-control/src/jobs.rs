@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::status;
-use crate::plane::{Plane, now_ms};
+use crate::plane::{Plane};
 use crate::store::{JobRecord, Store};
 
 /// Log lines sent per store read.
@@ -254,7 +254,7 @@ impl<S: Store> JobService for JobApi<S> {
         let job = self
             .plane
             .store
-            .submit_job(&id, spec, now_ms())
+            .submit_job(&id, spec, self.plane.clock.now_ms())
             .await
             .map_err(status)?;
         tracing::info!(job = %job.id, cluster = %job.spec.cluster, image = %job.spec.image, "job submitted");
@@ -304,7 +304,7 @@ impl<S: Store> JobService for JobApi<S> {
         let job = self
             .plane
             .store
-            .cancel_job(&id, now_ms())
+            .cancel_job(&id, self.plane.clock.now_ms())
             .await
             .map_err(status)?;
         tracing::info!(job = %job.id, state = job.state.as_str(), "job cancel requested");

@@ -118,6 +118,7 @@ pub async fn run(
         http_base: format!("http://{http_addr}"),
         settings,
         provider,
+        clock: Arc::new(strato_runtime::SystemClock),
         sessions: Sessions::default(),
         execs: Default::default(),
         scheduled_events: plane::ScheduledEvents::default(),

@@ -89,7 +89,7 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
             ));
         }
         let since = if c.allocation_state == strato_core::node::AllocationState::Resizing {
-            (crate::plane::now_ms() - c.allocation_since) as f64 / 1000.0
+            (plane.clock.now_ms() - c.allocation_since) as f64 / 1000.0
         } else {
             0.0
         };

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use strato_proto::v1;
@@ -14,16 +13,6 @@ use tonic::Status;
 
 use crate::config::Settings;
 use crate::provider::NodeProvider;
-
-/// Milliseconds since the Unix epoch, read from the system clock. The one
-/// place the control plane reads the time; everything below takes it as an
-/// argument.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// SHA-256 of a token, hex: the store keeps hashes, never tokens.
 pub fn hash_token(token: &str) -> String {
@@ -252,6 +241,9 @@ pub struct Plane<S> {
     pub http_base: String,
     pub settings: Settings,
     pub provider: Box<dyn NodeProvider>,
+    /// The one source of the time: the system clock in production, a
+    /// manual one in tests.
+    pub clock: std::sync::Arc<dyn strato_runtime::Clock>,
     pub sessions: Sessions,
     /// Execs relayed between the nodes of a gang.
     pub execs: ExecRoutes,

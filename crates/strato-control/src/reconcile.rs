@@ -14,7 +14,7 @@ use strato_core::scale::{self, Blocked, NodeSnapshot, RemoveReason, ScaleInput};
 use strato_proto::v1;
 
 use crate::agents::send_assignment;
-use crate::plane::{Plane, hash_token, new_token, now_ms};
+use crate::plane::{Plane, hash_token, new_token};
 use crate::provider::{NodeLaunch, ProviderError};
 use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
 
@@ -54,9 +54,9 @@ pub struct Reconciler<S> {
 impl<S: Store> Reconciler<S> {
     pub fn new(plane: Arc<Plane<S>>) -> Self {
         Reconciler {
+            started_at: plane.clock.now_ms(),
             plane,
             backoff: HashMap::new(),
-            started_at: now_ms(),
             targets: None,
         }
     }
@@ -79,7 +79,7 @@ impl<S: Store> Reconciler<S> {
 
     /// One pass over every cluster.
     pub async fn pass(&mut self) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.plane.clock.now_ms();
         self.check_node_health(now).await?;
         for cluster in self.plane.store.list_clusters().await? {
             // One cluster's trouble does not hold up the others.

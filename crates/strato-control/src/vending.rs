@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::agents::bearer;
 use crate::api::status;
 use crate::federation::FederationError;
-use crate::plane::{Plane, hash_token, now_ms};
+use crate::plane::{Plane, hash_token};
 use crate::store::{Store, StoreError};
 
 pub struct IdentityApi<S> {
@@ -93,7 +93,7 @@ impl<S: Store> IdentityService for IdentityApi<S> {
             )),
             SelectError::NotFound => Status::not_found("Identity not found"),
         })?;
-        let now = now_ms() / 1000;
+        let now = self.plane.clock.now_ms() / 1000;
         let issued = match &self.plane.federation {
             None => self
                 .plane

@@ -2,7 +2,8 @@
 //! drives its jobs through and the local provider cleans up with,
 //! [`DockerRuntime`], its implementation on the Docker engine API (bollard,
 //! over the engine's unix socket), and, with the `fake` feature,
-//! [`fake::FakeRuntime`], an in-memory engine for tests.
+//! [`fake::FakeRuntime`], an in-memory engine for tests. Beside it the other
+//! boundary both binaries share: the [`Clock`].
 //!
 //! Containers are found again by name (`strato-<job>-<attempt>-<node>`) and by the
 //! `strato.*` labels, so an agent that restarts can pick up the containers it
@@ -13,11 +14,15 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
+mod clock;
 mod docker;
 #[cfg(feature = "fake")]
 pub mod fake;
 mod frames;
 
+#[cfg(feature = "fake")]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
 pub use docker::DockerRuntime;
 pub use strato_core::naming::{
     LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB, LABEL_NETWORK, LABEL_NODE,
