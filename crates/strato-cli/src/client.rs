@@ -28,19 +28,24 @@ pub async fn connect(endpoint: &str) -> Result<Channel, Failure> {
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| {
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !why.contains(&text) {
-                    why = format!("{why}: {text}");
-                }
-                source = s.source();
-            }
-            unreachable(why)
-        })?;
+        .map_err(|e| unreachable(with_sources(e.to_string(), std::error::Error::source(&e))))?;
     Ok(channel)
+}
+
+/// `text` followed by each error under it that it does not already say (a
+/// transport error's own message says little more than "transport error").
+fn with_sources(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// How long `job wait` keeps retrying while the control plane is unavailable.
@@ -72,16 +77,11 @@ fn retriable(status: &tonic::Status) -> bool {
 /// A status's message and the errors under it (for transport errors, whose
 /// message alone says only "transport error").
 fn describe(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text.replace('\n', " ")
+    with_sources(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
+    .replace('\n', " ")
 }
 
 /// Backoff for calls that fail while the control plane is away: retried with
@@ -170,6 +170,21 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_added_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(io));
+        assert_eq!(
+            with_sources("transport error".into(), std::error::Error::source(&status)),
+            "transport error: refused"
+        );
+        assert_eq!(
+            with_sources("refused".into(), std::error::Error::source(&status)),
+            "refused"
+        );
+        assert_eq!(with_sources("alone".into(), None), "alone");
+    }
 
     #[test]
     fn only_unavailable_and_dropped_connections_are_retried() {

@@ -285,13 +285,7 @@ pub async fn run(endpoint: &str, format: Format, command: ComputeCommand) -> Res
             name: NameArg { name },
             identities,
         }) => {
-            let system = identities
-                .iter()
-                .any(|i| i.eq_ignore_ascii_case("[system]"));
-            let user_assigned_identities = identities
-                .into_iter()
-                .filter(|i| !i.eq_ignore_ascii_case("[system]"))
-                .collect();
+            let (system, user_assigned_identities) = split_identities(identities);
             let cluster = client
                 .assign_identity(v1::AssignIdentityRequest {
                     name,
@@ -372,6 +366,29 @@ fn confirm(name: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// `--assign-identity` or `identity assign` values: whether '[system]' (any
+/// case) is among them, and the user-assigned identity resource ids.
+fn split_identities(ids: impl IntoIterator<Item = String>) -> (bool, Vec<String>) {
+    let mut system = false;
+    let mut user_assigned = Vec::new();
+    for id in ids {
+        if id.eq_ignore_ascii_case("[system]") {
+            system = true;
+        } else {
+            user_assigned.push(id);
+        }
+    }
+    (system, user_assigned)
+}
+
+/// `create` or `update` with neither `-n` nor a file that names the cluster.
+fn no_name() -> Failure {
+    Failure {
+        code: 2,
+        message: "name: give -n/--name or a --file with a name".into(),
+    }
+}
+
 /// Replaces `dst` with the flag's value when the flag was given.
 fn overlay(dst: &mut String, flag: &Option<String>) {
     if let Some(v) = flag {
@@ -387,10 +404,7 @@ fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
     };
     overlay(&mut spec.name, &args.name);
     if spec.name.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "name: give -n/--name or a --file with a name".into(),
-        });
+        return Err(no_name());
     }
     overlay(&mut spec.vm_size, &args.size);
     if let Some(min) = args.min_nodes {
@@ -410,13 +424,9 @@ fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
     spec.tags.extend(args.tags.iter().cloned());
     if !args.assign_identity.is_empty() {
         let identity = spec.identity.get_or_insert_with(Default::default);
-        for id in &args.assign_identity {
-            if id.eq_ignore_ascii_case("[system]") {
-                identity.system_assigned = true;
-            } else {
-                identity.user_assigned_identities.push(id.clone());
-            }
-        }
+        let (system, user_assigned) = split_identities(args.assign_identity.iter().cloned());
+        identity.system_assigned |= system;
+        identity.user_assigned_identities.extend(user_assigned);
     }
     if args.admin_username.is_some()
         || args.admin_password.is_some()
@@ -465,10 +475,7 @@ async fn update_request(
     }
     let name = spec.name.clone();
     if name.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "name: give -n/--name or a --file with a name".into(),
-        });
+        return Err(no_name());
     }
     let set = |field: &str, mask: &mut Vec<String>| {
         if !mask.iter().any(|m| m == field) {
@@ -522,4 +529,59 @@ async fn update_request(
         spec: Some(spec),
         update_mask: Some(prost_types::FieldMask { paths: mask }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        compute: ComputeCommand,
+    }
+
+    fn create(args: &[&str]) -> Result<v1::ClusterSpec, Failure> {
+        let cli = Cli::try_parse_from(
+            ["strato-compute", "create"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .expect("parses");
+        match cli.compute {
+            ComputeCommand::Create(a) => create_spec(&a),
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn identities_split_into_system_and_user_assigned() {
+        assert_eq!(
+            split_identities([
+                "[System]".to_owned(),
+                "/ids/a".to_owned(),
+                "/ids/b".to_owned()
+            ]),
+            (true, vec!["/ids/a".to_owned(), "/ids/b".to_owned()])
+        );
+        let identity = create(&["-n", "cpu", "--assign-identity", "/ids/a", "[system]"])
+            .expect("a spec")
+            .identity
+            .expect("an identity");
+        assert!(identity.system_assigned);
+        assert_eq!(identity.user_assigned_identities, ["/ids/a"]);
+        assert_eq!(create(&["-n", "cpu"]).expect("a spec").identity, None);
+    }
+
+    #[test]
+    fn create_without_a_name_is_a_usage_error() {
+        let failure = create(&["--max-nodes", "2"]).expect_err("refused");
+        assert_eq!(failure.code, 2);
+        assert_eq!(
+            failure.message,
+            "name: give -n/--name or a --file with a name"
+        );
+    }
 }

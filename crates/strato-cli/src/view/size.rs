@@ -3,7 +3,7 @@
 use serde::Serialize;
 use strato_proto::v1;
 
-use super::{Render, Table};
+use super::{Render, Table, or_dash};
 
 #[derive(Debug, Serialize)]
 pub struct SizeView {
@@ -37,11 +37,7 @@ impl Render for Vec<SizeView> {
                 s.vcpus.to_string(),
                 s.memory_gib.to_string(),
                 s.gpus.to_string(),
-                if s.gpu_model.is_empty() {
-                    "-".into()
-                } else {
-                    s.gpu_model.clone()
-                },
+                or_dash(&s.gpu_model),
                 s.family.clone(),
             ]);
         }

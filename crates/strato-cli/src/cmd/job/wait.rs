@@ -318,6 +318,14 @@ mod fake_server_tests {
         std::net::SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
+    /// A `JobService` client connected to the fake at `addr`.
+    async fn client(addr: std::net::SocketAddr) -> JobServiceClient<Channel> {
+        let channel = crate::client::connect(&format!("http://{addr}"))
+            .await
+            .expect("connects");
+        JobServiceClient::new(channel)
+    }
+
     #[tokio::test]
     async fn wait_rides_out_a_control_plane_restart() {
         let (addr, kill) = serve(
@@ -327,10 +335,7 @@ mod fake_server_tests {
                 ..Default::default()
             },
         );
-        let channel = crate::client::connect(&format!("http://{addr}"))
-            .await
-            .expect("connects");
-        let mut client = JobServiceClient::new(channel);
+        let mut client = client(addr).await;
         let waiting = tokio::spawn(async move { wait_job(&mut client, "j-1").await });
         tokio::time::sleep(Duration::from_millis(300)).await;
         // The control plane dies under the WaitJob call...
@@ -350,10 +355,7 @@ mod fake_server_tests {
     #[tokio::test]
     async fn wait_does_not_retry_refusals() {
         let (addr, _keep) = serve(loopback(), Fake::default());
-        let channel = crate::client::connect(&format!("http://{addr}"))
-            .await
-            .expect("connects");
-        let mut client = JobServiceClient::new(channel);
+        let mut client = client(addr).await;
         let failure = wait_job(&mut client, "nope").await.expect_err("refused");
         assert_eq!(failure.code, 1);
         assert_eq!(failure.message, "not found: no such job");
@@ -362,10 +364,7 @@ mod fake_server_tests {
     #[tokio::test]
     async fn polling_follows_the_job_to_its_end() {
         let (addr, _keep) = serve(loopback(), Fake::default());
-        let channel = crate::client::connect(&format!("http://{addr}"))
-            .await
-            .expect("connects");
-        let mut client = JobServiceClient::new(channel);
+        let mut client = client(addr).await;
         let job = poll_until_final(&mut client, "j-1").await.expect("final");
         assert_eq!(job.state, v1::JobState::Completed as i32);
         let failure = poll_until_final(&mut client, "nope")
