@@ -12,18 +12,16 @@ use crate::Failure;
 /// A channel to the control plane, connected (exit 3 when it cannot be);
 /// every service's client is built on it.
 pub async fn connect(endpoint: &str) -> Result<Channel, Failure> {
-    let unreachable = |why: String| Failure {
-        code: 3,
-        message: format!(
+    let unreachable = |why: String| {
+        Failure::unreachable(format!(
             "cannot reach the control plane at {endpoint}: {why}; is strato-control running? (set --endpoint or STRATO_ENDPOINT to its gRPC address)"
-        ),
+        ))
     };
     let channel = Channel::from_shared(endpoint.to_owned())
-        .map_err(|e| Failure {
-            code: 2,
-            message: format!(
+        .map_err(|e| {
+            Failure::usage(format!(
                 "--endpoint {endpoint:?}: not a URL ({e}); e.g. http://127.0.0.1:7070"
-            ),
+            ))
         })?
         .connect_timeout(Duration::from_secs(5))
         .connect()
@@ -154,14 +152,11 @@ impl Retry {
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
-            None if retriable(&status) => Err(Failure {
-                code: 3,
-                message: format!(
-                    "the control plane stayed unavailable for {} s: {}",
-                    RETRY_FOR.as_secs(),
-                    describe(&status)
-                ),
-            }),
+            None if retriable(&status) => Err(Failure::unreachable(format!(
+                "the control plane stayed unavailable for {} s: {}",
+                RETRY_FOR.as_secs(),
+                describe(&status)
+            ))),
             None => Err(status.into()),
         }
     }

@@ -72,21 +72,48 @@ struct Failure {
     message: String,
 }
 
-impl From<tonic::Status> for Failure {
-    fn from(status: tonic::Status) -> Self {
+/// The exit statuses of `AFTER_HELP` (clap exits 2 itself for the usage
+/// errors it finds).
+impl Failure {
+    /// Exit 1: the control plane refused or failed the request, or the CLI
+    /// could not carry it out.
+    fn refused(message: impl Into<String>) -> Self {
         Failure {
             code: 1,
-            message: format!("{}: {}", code_name(status.code()), status.message()),
+            message: message.into(),
         }
+    }
+
+    /// Exit 2: bad usage that only the CLI's own checks find.
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Exit 3: the control plane cannot be reached.
+    fn unreachable(message: impl Into<String>) -> Self {
+        Failure {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure::refused(format!(
+            "{}: {}",
+            code_name(status.code()),
+            status.message()
+        ))
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure {
-            code: 1,
-            message: format!("{e:#}"),
-        }
+        Failure::refused(format!("{e:#}"))
     }
 }
 

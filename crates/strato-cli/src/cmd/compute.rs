@@ -337,10 +337,9 @@ pub async fn run(endpoint: &str, format: Format, command: ComputeCommand) -> Res
             yes,
         } => {
             if !yes && std::io::stdin().is_terminal() && !confirm(&name)? {
-                return Err(Failure {
-                    code: 1,
-                    message: "delete not confirmed; nothing was deleted".into(),
-                });
+                return Err(Failure::refused(
+                    "delete not confirmed; nothing was deleted",
+                ));
             }
             client
                 .delete_cluster(v1::DeleteClusterRequest { name: name.clone() })
@@ -383,10 +382,7 @@ fn split_identities(ids: impl IntoIterator<Item = String>) -> (bool, Vec<String>
 
 /// `create` or `update` with neither `-n` nor a file that names the cluster.
 fn no_name() -> Failure {
-    Failure {
-        code: 2,
-        message: "name: give -n/--name or a --file with a name".into(),
-    }
+    Failure::usage("name: give -n/--name or a --file with a name")
 }
 
 /// Replaces `dst` with the flag's value when the flag was given.
@@ -519,10 +515,9 @@ async fn update_request(
     }
     mask.retain(|m| m != "name");
     if mask.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "nothing to update: give --min-nodes, --max-nodes, --idle-seconds-before-scaledown, --description, --tag, --remove-tag or --file".into(),
-        });
+        return Err(Failure::usage(
+            "nothing to update: give --min-nodes, --max-nodes, --idle-seconds-before-scaledown, --description, --tag, --remove-tag or --file",
+        ));
     }
     Ok(v1::UpdateClusterRequest {
         name,
