@@ -1,26 +1,23 @@
 //! `strato`: the command line for Strato, shaped like `az ml compute`, plus
 //! `strato job` for running jobs on clusters.
+//!
+//! `cmd/` holds one module per command group (its clap arguments and what it
+//! runs), `view/` one module per kind of output, `client` the connection to
+//! the control plane. This file parses the command line, dispatches, and is
+//! the one place where a failure becomes an exit status.
 
 #![allow(clippy::print_stdout)] // reason: printing results is this binary's job
 
+mod client;
 mod cluster_file;
-mod job;
-mod output;
+mod cmd;
+mod view;
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
-use strato_core::spec::VmPriority;
-use strato_proto::convert;
-use strato_proto::v1::{self, compute_service_client::ComputeServiceClient};
-use tonic::transport::Channel;
+use clap::{Parser, Subcommand};
 
-use crate::output::{ClusterView, Format, NodeView, SizeView, UsageView, print};
+use crate::view::Format;
 
 const AFTER_HELP: &str = "\
 Exit status: 0 on success, 1 when the control plane refused or failed the
@@ -58,287 +55,14 @@ enum Command {
     /// Manage compute clusters: create, update, show, list, delete, and see
     /// their nodes, the VM sizes and the quota.
     #[command(subcommand)]
-    Compute(ComputeCommand),
+    Compute(cmd::compute::ComputeCommand),
     /// Run jobs on clusters: submit, show, list, logs, cancel, wait.
     #[command(subcommand)]
-    Job(job::JobCommand),
+    Job(cmd::job::JobCommand),
     /// Register blob containers that jobs read inputs from and write outputs
     /// to, with their cluster's identity.
     #[command(subcommand)]
-    Datastore(DatastoreCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum DatastoreCommand {
-    /// Register a datastore: an Azure Blob container.
-    Create {
-        /// Lowercase letters, digits and '_'.
-        #[arg(short = 'n', long)]
-        name: String,
-        /// The account's blob endpoint (https), e.g.
-        /// https://acct.blob.core.windows.net.
-        #[arg(long)]
-        account_url: String,
-        /// The container.
-        #[arg(long)]
-        container: String,
-    },
-    Show {
-        #[arg(short = 'n', long)]
-        name: String,
-    },
-    List,
-    Delete {
-        #[arg(short = 'n', long)]
-        name: String,
-    },
-}
-
-#[derive(Debug, serde::Serialize)]
-struct DatastoreView {
-    name: String,
-    account_url: String,
-    container: String,
-}
-
-impl output::Render for Vec<DatastoreView> {
-    fn table(&self) -> output::Table {
-        let mut t = output::Table::new(&["NAME", "ACCOUNT_URL", "CONTAINER"]);
-        for d in self {
-            t.row(vec![
-                d.name.clone(),
-                d.account_url.clone(),
-                d.container.clone(),
-            ]);
-        }
-        t
-    }
-}
-
-async fn datastore(
-    endpoint: &str,
-    format: Format,
-    command: DatastoreCommand,
-) -> Result<(), Failure> {
-    use strato_proto::v1::datastore_service_client::DatastoreServiceClient;
-    let mut client = DatastoreServiceClient::new(connect(endpoint).await?);
-    let view = |d: v1::Datastore| DatastoreView {
-        name: d.name,
-        account_url: d.account_url,
-        container: d.container,
-    };
-    let list = match command {
-        DatastoreCommand::Create {
-            name,
-            account_url,
-            container,
-        } => vec![view(
-            client
-                .create_datastore(v1::CreateDatastoreRequest {
-                    name,
-                    account_url,
-                    container,
-                })
-                .await?
-                .into_inner(),
-        )],
-        DatastoreCommand::Show { name } => {
-            vec![view(
-                client
-                    .get_datastore(v1::GetDatastoreRequest { name })
-                    .await?
-                    .into_inner(),
-            )]
-        }
-        DatastoreCommand::List => client
-            .list_datastores(v1::ListDatastoresRequest {})
-            .await?
-            .into_inner()
-            .datastores
-            .into_iter()
-            .map(view)
-            .collect(),
-        DatastoreCommand::Delete { name } => {
-            client
-                .delete_datastore(v1::DeleteDatastoreRequest { name: name.clone() })
-                .await?;
-            if format == Format::Table {
-                println!("datastore {name} deleted");
-            }
-            return Ok(());
-        }
-    };
-    print(format, &list)?;
-    Ok(())
-}
-
-#[derive(Debug, Subcommand)]
-enum ComputeCommand {
-    /// Assign or remove a cluster's managed identities.
-    #[command(subcommand)]
-    Identity(IdentityCommand),
-    /// Create a cluster, from flags or an AmlCompute YAML file (flags win).
-    Create(Box<CreateArgs>),
-    /// Change min nodes, max nodes, idle time, description or tags.
-    Update(UpdateArgs),
-    /// Show one cluster: its spec, allocation state, node counts and errors.
-    Show(NameArg),
-    /// List clusters.
-    List,
-    /// List the nodes of a cluster.
-    ListNodes(NameArg),
-    /// List the VM sizes clusters may use.
-    ListSizes,
-    /// Show quota usage and limits of a location.
-    ListUsage {
-        /// Region; default: the control plane's.
-        #[arg(long)]
-        location: Option<String>,
-    },
-    /// Deliver a real Preempt scheduled event to a node of a low-priority
-    /// cluster, as an actual eviction would, to test checkpointing.
-    SimulateEviction {
-        #[command(flatten)]
-        name: NameArg,
-        /// The node to evict (see `compute list-nodes`).
-        #[arg(long = "node")]
-        node_id: String,
-        /// Seconds between the notice and the eviction; default 30.
-        #[arg(long)]
-        notice_seconds: Option<u32>,
-    },
-    /// Delete a cluster.
-    Delete {
-        #[command(flatten)]
-        name: NameArg,
-        /// Do not ask for confirmation.
-        #[arg(short = 'y', long)]
-        yes: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum IdentityCommand {
-    /// Add '[system]' (a system-assigned identity) or user-assigned identity
-    /// resource ids. A cluster has one kind, never both.
-    Assign {
-        #[command(flatten)]
-        name: NameArg,
-        /// '[system]' or user-assigned identity resource ids.
-        #[arg(required = true, num_args = 1..)]
-        identities: Vec<String>,
-    },
-    /// Remove the named user-assigned identities, or every identity when
-    /// none is named.
-    Remove {
-        #[command(flatten)]
-        name: NameArg,
-        identities: Vec<String>,
-    },
-}
-
-#[derive(Debug, Args)]
-struct NameArg {
-    /// Cluster name.
-    #[arg(short = 'n', long)]
-    name: String,
-}
-
-fn parse_priority(s: &str) -> Result<VmPriority, String> {
-    VmPriority::parse(s).ok_or_else(|| format!("{s:?}: use dedicated or lowpriority"))
-}
-
-fn parse_tag(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?}: a tag is KEY=VALUE"))
-}
-
-#[derive(Debug, Args)]
-struct CreateArgs {
-    /// Cluster name: 3-24 letters, digits and '-', starting with a letter.
-    #[arg(short = 'n', long)]
-    name: Option<String>,
-    /// An AmlCompute YAML file (name, size, tier, min_instances,
-    /// max_instances, idle_time_before_scale_down, location, ...).
-    #[arg(short = 'f', long)]
-    file: Option<PathBuf>,
-    /// VM size (see `strato compute list-sizes`); default Standard_DS3_v2.
-    #[arg(short = 's', long, visible_alias = "vm-size")]
-    size: Option<String>,
-    /// Fewest nodes, kept even when idle; default 0.
-    #[arg(long, visible_alias = "min-instances")]
-    min_nodes: Option<u32>,
-    /// Most nodes; default 1.
-    #[arg(long, visible_alias = "max-instances")]
-    max_nodes: Option<u32>,
-    /// Seconds a node stays idle before it is removed; default 120.
-    #[arg(long, visible_alias = "idle-time-before-scale-down")]
-    idle_seconds_before_scaledown: Option<u64>,
-    /// dedicated (default) or lowpriority.
-    #[arg(long, visible_alias = "tier", value_parser = parse_priority)]
-    vm_priority: Option<VmPriority>,
-    /// Region; default: the control plane's.
-    #[arg(long)]
-    location: Option<String>,
-    #[arg(long)]
-    description: Option<String>,
-    /// A tag, KEY=VALUE; repeat for more.
-    #[arg(long = "tag", value_parser = parse_tag)]
-    tags: Vec<(String, String)>,
-    /// '[system]' for a system-assigned identity, or user-assigned identity
-    /// resource ids (never both).
-    #[arg(long, num_args = 1..)]
-    assign_identity: Vec<String>,
-    /// Admin user on the nodes.
-    #[arg(long)]
-    admin_username: Option<String>,
-    /// Admin password (12+ characters, 3 of 4 classes). Prefer the variable
-    /// to keep it out of the process list.
-    #[arg(long, env = "STRATO_ADMIN_PASSWORD", hide_env_values = true)]
-    admin_password: Option<String>,
-    /// Admin SSH public key.
-    #[arg(long)]
-    ssh_key_value: Option<String>,
-    /// Open the nodes' remote-login port to the public (off by default).
-    #[arg(long)]
-    ssh_public_access: bool,
-    /// Virtual network resource group (with --vnet-name and --subnet-name).
-    #[arg(long)]
-    vnet_resourcegroup_name: Option<String>,
-    #[arg(long)]
-    vnet_name: Option<String>,
-    #[arg(long)]
-    subnet_name: Option<String>,
-    /// Turn inter-node communication off (allows up to 1000 nodes, but no
-    /// multi-node MPI jobs).
-    #[arg(long)]
-    no_inter_node_communication: bool,
-}
-
-#[derive(Debug, Args)]
-struct UpdateArgs {
-    /// Cluster name.
-    #[arg(short = 'n', long)]
-    name: Option<String>,
-    /// An AmlCompute YAML file; the fields it sets are applied. Fields fixed
-    /// at creation (size, tier, location, ...) must be unchanged.
-    #[arg(short = 'f', long)]
-    file: Option<PathBuf>,
-    #[arg(long, visible_alias = "min-instances")]
-    min_nodes: Option<u32>,
-    #[arg(long, visible_alias = "max-instances")]
-    max_nodes: Option<u32>,
-    #[arg(long, visible_alias = "idle-time-before-scale-down")]
-    idle_seconds_before_scaledown: Option<u64>,
-    #[arg(long)]
-    description: Option<String>,
-    /// Add or change a tag, KEY=VALUE; repeat for more.
-    #[arg(long = "tag", value_parser = parse_tag)]
-    tags: Vec<(String, String)>,
-    /// Remove a tag by key; repeat for more.
-    #[arg(long = "remove-tag")]
-    remove_tags: Vec<String>,
+    Datastore(cmd::datastore::DatastoreCommand),
 }
 
 /// An error that carries its exit status.
@@ -348,21 +72,48 @@ struct Failure {
     message: String,
 }
 
-impl From<tonic::Status> for Failure {
-    fn from(status: tonic::Status) -> Self {
+/// The exit statuses of `AFTER_HELP` (clap exits 2 itself for the usage
+/// errors it finds).
+impl Failure {
+    /// Exit 1: the control plane refused or failed the request, or the CLI
+    /// could not carry it out.
+    fn refused(message: impl Into<String>) -> Self {
         Failure {
             code: 1,
-            message: format!("{}: {}", code_name(status.code()), status.message()),
+            message: message.into(),
         }
+    }
+
+    /// Exit 2: bad usage that only the CLI's own checks find.
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Exit 3: the control plane cannot be reached.
+    fn unreachable(message: impl Into<String>) -> Self {
+        Failure {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure::refused(format!(
+            "{}: {}",
+            code_name(status.code()),
+            status.message()
+        ))
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure {
-            code: 1,
-            message: format!("{e:#}"),
-        }
+        Failure::refused(format!("{e:#}"))
     }
 }
 
@@ -408,383 +159,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// A channel to the control plane, connected (exit 3 when it cannot be);
-/// every service's client is built on it.
-async fn connect(endpoint: &str) -> Result<Channel, Failure> {
-    let unreachable = |why: String| Failure {
-        code: 3,
-        message: format!(
-            "cannot reach the control plane at {endpoint}: {why}; is strato-control running? (set --endpoint or STRATO_ENDPOINT to its gRPC address)"
-        ),
-    };
-    let channel = Channel::from_shared(endpoint.to_owned())
-        .map_err(|e| Failure {
-            code: 2,
-            message: format!(
-                "--endpoint {endpoint:?}: not a URL ({e}); e.g. http://127.0.0.1:7070"
-            ),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| {
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !why.contains(&text) {
-                    why = format!("{why}: {text}");
-                }
-                source = s.source();
-            }
-            unreachable(why)
-        })?;
-    Ok(channel)
-}
-
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Compute(command) => compute(&cli.endpoint, cli.output, command).await,
-        Command::Job(command) => job::run(connect(&cli.endpoint).await?, cli.output, command).await,
-        Command::Datastore(command) => datastore(&cli.endpoint, cli.output, command).await,
-    }
-}
-
-async fn compute(endpoint: &str, format: Format, command: ComputeCommand) -> Result<(), Failure> {
-    // Commands that need no server check their input before connecting.
-    let create_spec = match &command {
-        ComputeCommand::Create(args) => Some(create_spec(args)?),
-        _ => None,
-    };
-    let mut client = ComputeServiceClient::new(connect(endpoint).await?);
-    match command {
-        ComputeCommand::Create(_) => {
-            let spec = create_spec.context("create spec")?;
-            let response = client
-                .create_cluster(v1::CreateClusterRequest { spec: Some(spec) })
-                .await?
-                .into_inner();
-            for w in &response.warnings {
-                eprintln!("strato: warning: {w}");
-            }
-            let cluster = response
-                .cluster
-                .context("the control plane returned no cluster")?;
-            print(format, &ClusterView::from(cluster))?;
+        Command::Compute(command) => cmd::compute::run(&cli.endpoint, cli.output, command).await,
+        Command::Job(command) => {
+            cmd::job::run(client::connect(&cli.endpoint).await?, cli.output, command).await
         }
-        ComputeCommand::Update(args) => {
-            let request = update_request(&mut client, args).await?;
-            let cluster = client.update_cluster(request).await?.into_inner();
-            print(format, &ClusterView::from(cluster))?;
-        }
-        ComputeCommand::Show(NameArg { name }) => {
-            let cluster = client
-                .get_cluster(v1::GetClusterRequest { name })
-                .await?
-                .into_inner();
-            print(format, &ClusterView::from(cluster))?;
-        }
-        ComputeCommand::List => {
-            let clusters = client
-                .list_clusters(v1::ListClustersRequest {})
-                .await?
-                .into_inner()
-                .clusters;
-            print(
-                format,
-                &clusters
-                    .into_iter()
-                    .map(ClusterView::from)
-                    .collect::<Vec<_>>(),
-            )?;
-        }
-        ComputeCommand::ListNodes(NameArg { name }) => {
-            let nodes = client
-                .list_nodes(v1::ListNodesRequest { cluster: name })
-                .await?
-                .into_inner()
-                .nodes;
-            print(
-                format,
-                &nodes.into_iter().map(NodeView::from).collect::<Vec<_>>(),
-            )?;
-        }
-        ComputeCommand::ListSizes => {
-            let sizes = client
-                .list_sizes(v1::ListSizesRequest {})
-                .await?
-                .into_inner()
-                .sizes;
-            print(
-                format,
-                &sizes.into_iter().map(SizeView::from).collect::<Vec<_>>(),
-            )?;
-        }
-        ComputeCommand::ListUsage { location } => {
-            let r = client
-                .list_usage(v1::ListUsageRequest {
-                    location: location.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            let views: Vec<UsageView> = r
-                .usages
-                .into_iter()
-                .map(|u| UsageView {
-                    location: r.location.clone(),
-                    name: u.name,
-                    unit: u.unit,
-                    current: u.current,
-                    limit: u.limit,
-                })
-                .collect();
-            print(format, &views)?;
-        }
-        ComputeCommand::Identity(IdentityCommand::Assign {
-            name: NameArg { name },
-            identities,
-        }) => {
-            let system = identities
-                .iter()
-                .any(|i| i.eq_ignore_ascii_case("[system]"));
-            let user_assigned_identities = identities
-                .into_iter()
-                .filter(|i| !i.eq_ignore_ascii_case("[system]"))
-                .collect();
-            let cluster = client
-                .assign_identity(v1::AssignIdentityRequest {
-                    name,
-                    system_assigned: system,
-                    user_assigned_identities,
-                })
-                .await?
-                .into_inner();
-            print(format, &ClusterView::from(cluster))?;
-        }
-        ComputeCommand::Identity(IdentityCommand::Remove {
-            name: NameArg { name },
-            identities,
-        }) => {
-            let cluster = client
-                .remove_identity(v1::RemoveIdentityRequest {
-                    name,
-                    user_assigned_identities: identities,
-                })
-                .await?
-                .into_inner();
-            print(format, &ClusterView::from(cluster))?;
-        }
-        ComputeCommand::SimulateEviction {
-            name: NameArg { name },
-            node_id,
-            notice_seconds,
-        } => {
-            let node = client
-                .simulate_eviction(v1::SimulateEvictionRequest {
-                    name,
-                    node_id,
-                    notice_seconds,
-                })
-                .await?
-                .into_inner();
-            if format == Format::Table {
-                println!(
-                    "eviction of node {} scheduled in {}s",
-                    node.node_id,
-                    notice_seconds.unwrap_or(30)
-                );
-            } else {
-                print(format, &vec![NodeView::from(node)])?;
-            }
-        }
-        ComputeCommand::Delete {
-            name: NameArg { name },
-            yes,
-        } => {
-            if !yes && std::io::stdin().is_terminal() && !confirm(&name)? {
-                return Err(Failure {
-                    code: 1,
-                    message: "delete not confirmed; nothing was deleted".into(),
-                });
-            }
-            client
-                .delete_cluster(v1::DeleteClusterRequest { name: name.clone() })
-                .await?;
-            if format == Format::Table {
-                println!("cluster {name} deleted");
-            } else {
-                print(
-                    format,
-                    &serde_json::json!({ "name": name, "deleted": true }),
-                )?;
-            }
+        Command::Datastore(command) => {
+            cmd::datastore::run(&cli.endpoint, cli.output, command).await
         }
     }
-    Ok(())
-}
-
-impl output::Render for serde_json::Value {
-    fn table(&self) -> output::Table {
-        output::Table::properties(Vec::new())
-    }
-}
-
-fn confirm(name: &str) -> anyhow::Result<bool> {
-    eprint!("delete cluster {name} and its nodes? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-/// Replaces `dst` with the flag's value when the flag was given.
-fn overlay(dst: &mut String, flag: &Option<String>) {
-    if let Some(v) = flag {
-        dst.clone_from(v);
-    }
-}
-
-/// The create request from `--file` (if any) overlaid with the flags.
-fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
-    let mut spec = match &args.file {
-        Some(path) => cluster_file::load(path)?.spec,
-        None => v1::ClusterSpec::default(),
-    };
-    overlay(&mut spec.name, &args.name);
-    if spec.name.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "name: give -n/--name or a --file with a name".into(),
-        });
-    }
-    overlay(&mut spec.vm_size, &args.size);
-    if let Some(min) = args.min_nodes {
-        spec.min_nodes = min;
-    }
-    if args.max_nodes.is_some() {
-        spec.max_nodes = args.max_nodes;
-    }
-    if args.idle_seconds_before_scaledown.is_some() {
-        spec.idle_seconds_before_scaledown = args.idle_seconds_before_scaledown;
-    }
-    if let Some(p) = args.vm_priority {
-        spec.vm_priority = convert::vm_priority(p) as i32;
-    }
-    overlay(&mut spec.location, &args.location);
-    overlay(&mut spec.description, &args.description);
-    spec.tags.extend(args.tags.iter().cloned());
-    if !args.assign_identity.is_empty() {
-        let identity = spec.identity.get_or_insert_with(Default::default);
-        for id in &args.assign_identity {
-            if id.eq_ignore_ascii_case("[system]") {
-                identity.system_assigned = true;
-            } else {
-                identity.user_assigned_identities.push(id.clone());
-            }
-        }
-    }
-    if args.admin_username.is_some()
-        || args.admin_password.is_some()
-        || args.ssh_key_value.is_some()
-        || args.ssh_public_access
-    {
-        let ssh = spec.ssh.get_or_insert_with(Default::default);
-        overlay(&mut ssh.admin_username, &args.admin_username);
-        overlay(&mut ssh.admin_password, &args.admin_password);
-        overlay(&mut ssh.admin_ssh_public_key, &args.ssh_key_value);
-        if args.ssh_public_access {
-            ssh.remote_login_port_public_access = v1::RemoteLoginPortPublicAccess::Enabled as i32;
-        }
-    }
-    if args.vnet_resourcegroup_name.is_some()
-        || args.vnet_name.is_some()
-        || args.subnet_name.is_some()
-    {
-        let vnet = spec.vnet.get_or_insert_with(Default::default);
-        overlay(&mut vnet.resource_group, &args.vnet_resourcegroup_name);
-        overlay(&mut vnet.vnet_name, &args.vnet_name);
-        overlay(&mut vnet.subnet_name, &args.subnet_name);
-    }
-    if args.no_inter_node_communication {
-        spec.inter_node_communication = Some(false);
-    }
-    Ok(spec)
-}
-
-async fn update_request(
-    client: &mut ComputeServiceClient<Channel>,
-    args: UpdateArgs,
-) -> Result<v1::UpdateClusterRequest, Failure> {
-    let (mut spec, mut mask) = match &args.file {
-        Some(path) => {
-            let f = cluster_file::load(path)?;
-            (
-                f.spec,
-                f.fields.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-            )
-        }
-        None => (v1::ClusterSpec::default(), Vec::new()),
-    };
-    if let Some(name) = &args.name {
-        spec.name = name.clone();
-    }
-    let name = spec.name.clone();
-    if name.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "name: give -n/--name or a --file with a name".into(),
-        });
-    }
-    let set = |field: &str, mask: &mut Vec<String>| {
-        if !mask.iter().any(|m| m == field) {
-            mask.push(field.to_owned());
-        }
-    };
-    if let Some(min) = args.min_nodes {
-        spec.min_nodes = min;
-        set("min_nodes", &mut mask);
-    }
-    if let Some(max) = args.max_nodes {
-        spec.max_nodes = Some(max);
-        set("max_nodes", &mut mask);
-    }
-    if let Some(idle) = args.idle_seconds_before_scaledown {
-        spec.idle_seconds_before_scaledown = Some(idle);
-        set("idle_seconds_before_scaledown", &mut mask);
-    }
-    if let Some(d) = args.description {
-        spec.description = d;
-        set("description", &mut mask);
-    }
-    if !args.tags.is_empty() || !args.remove_tags.is_empty() {
-        // Tags are replaced whole by the server: start from the current ones
-        // (or the file's) and apply the changes.
-        let mut tags: BTreeMap<String, String> = if mask.iter().any(|m| m == "tags") {
-            spec.tags.clone().into_iter().collect()
-        } else {
-            let current = client
-                .get_cluster(v1::GetClusterRequest { name: name.clone() })
-                .await?
-                .into_inner();
-            current.spec.unwrap_or_default().tags.into_iter().collect()
-        };
-        tags.extend(args.tags);
-        for k in &args.remove_tags {
-            tags.remove(k);
-        }
-        spec.tags = tags.into_iter().collect();
-        set("tags", &mut mask);
-    }
-    mask.retain(|m| m != "name");
-    if mask.is_empty() {
-        return Err(Failure {
-            code: 2,
-            message: "nothing to update: give --min-nodes, --max-nodes, --idle-seconds-before-scaledown, --description, --tag, --remove-tag or --file".into(),
-        });
-    }
-    Ok(v1::UpdateClusterRequest {
-        name,
-        spec: Some(spec),
-        update_mask: Some(prost_types::FieldMask { paths: mask }),
-    })
 }

@@ -1,0 +1,365 @@
+//! `strato compute`: clusters (create, update, show, list, delete), their
+//! nodes and identities, the VM sizes and the quota. Talks to
+//! `ComputeService`.
+
+mod request;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use strato_core::spec::VmPriority;
+use strato_proto::v1::{self, compute_service_client::ComputeServiceClient};
+
+use self::request::{create_spec, split_identities, update_request};
+use crate::Failure;
+use crate::client::connect;
+use crate::view::cluster::ClusterView;
+use crate::view::node::NodeView;
+use crate::view::size::SizeView;
+use crate::view::usage::UsageView;
+use crate::view::{Format, print};
+
+#[derive(Debug, Subcommand)]
+pub enum ComputeCommand {
+    /// Assign or remove a cluster's managed identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Create a cluster, from flags or an AmlCompute YAML file (flags win).
+    Create(Box<CreateArgs>),
+    /// Change min nodes, max nodes, idle time, description or tags.
+    Update(UpdateArgs),
+    /// Show one cluster: its spec, allocation state, node counts and errors.
+    Show(NameArg),
+    /// List clusters.
+    List,
+    /// List the nodes of a cluster.
+    ListNodes(NameArg),
+    /// List the VM sizes clusters may use.
+    ListSizes,
+    /// Show quota usage and limits of a location.
+    ListUsage {
+        /// Region; default: the control plane's.
+        #[arg(long)]
+        location: Option<String>,
+    },
+    /// Deliver a real Preempt scheduled event to a node of a low-priority
+    /// cluster, as an actual eviction would, to test checkpointing.
+    SimulateEviction {
+        #[command(flatten)]
+        name: NameArg,
+        /// The node to evict (see `compute list-nodes`).
+        #[arg(long = "node")]
+        node_id: String,
+        /// Seconds between the notice and the eviction; default 30.
+        #[arg(long)]
+        notice_seconds: Option<u32>,
+    },
+    /// Delete a cluster.
+    Delete {
+        #[command(flatten)]
+        name: NameArg,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Add '[system]' (a system-assigned identity) or user-assigned identity
+    /// resource ids. A cluster has one kind, never both.
+    Assign {
+        #[command(flatten)]
+        name: NameArg,
+        /// '[system]' or user-assigned identity resource ids.
+        #[arg(required = true, num_args = 1..)]
+        identities: Vec<String>,
+    },
+    /// Remove the named user-assigned identities, or every identity when
+    /// none is named.
+    Remove {
+        #[command(flatten)]
+        name: NameArg,
+        identities: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Cluster name.
+    #[arg(short = 'n', long)]
+    name: String,
+}
+
+fn parse_priority(s: &str) -> Result<VmPriority, String> {
+    VmPriority::parse(s).ok_or_else(|| format!("{s:?}: use dedicated or lowpriority"))
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: a tag is KEY=VALUE"))
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Cluster name: 3-24 letters, digits and '-', starting with a letter.
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// An AmlCompute YAML file (name, size, tier, min_instances,
+    /// max_instances, idle_time_before_scale_down, location, ...).
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// VM size (see `strato compute list-sizes`); default Standard_DS3_v2.
+    #[arg(short = 's', long, visible_alias = "vm-size")]
+    size: Option<String>,
+    /// Fewest nodes, kept even when idle; default 0.
+    #[arg(long, visible_alias = "min-instances")]
+    min_nodes: Option<u32>,
+    /// Most nodes; default 1.
+    #[arg(long, visible_alias = "max-instances")]
+    max_nodes: Option<u32>,
+    /// Seconds a node stays idle before it is removed; default 120.
+    #[arg(long, visible_alias = "idle-time-before-scale-down")]
+    idle_seconds_before_scaledown: Option<u64>,
+    /// dedicated (default) or lowpriority.
+    #[arg(long, visible_alias = "tier", value_parser = parse_priority)]
+    vm_priority: Option<VmPriority>,
+    /// Region; default: the control plane's.
+    #[arg(long)]
+    location: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// A tag, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// '[system]' for a system-assigned identity, or user-assigned identity
+    /// resource ids (never both).
+    #[arg(long, num_args = 1..)]
+    assign_identity: Vec<String>,
+    /// Admin user on the nodes.
+    #[arg(long)]
+    admin_username: Option<String>,
+    /// Admin password (12+ characters, 3 of 4 classes). Prefer the variable
+    /// to keep it out of the process list.
+    #[arg(long, env = "STRATO_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Admin SSH public key.
+    #[arg(long)]
+    ssh_key_value: Option<String>,
+    /// Open the nodes' remote-login port to the public (off by default).
+    #[arg(long)]
+    ssh_public_access: bool,
+    /// Virtual network resource group (with --vnet-name and --subnet-name).
+    #[arg(long)]
+    vnet_resourcegroup_name: Option<String>,
+    #[arg(long)]
+    vnet_name: Option<String>,
+    #[arg(long)]
+    subnet_name: Option<String>,
+    /// Turn inter-node communication off (allows up to 1000 nodes, but no
+    /// multi-node MPI jobs).
+    #[arg(long)]
+    no_inter_node_communication: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Cluster name.
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// An AmlCompute YAML file; the fields it sets are applied. Fields fixed
+    /// at creation (size, tier, location, ...) must be unchanged.
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    #[arg(long, visible_alias = "min-instances")]
+    min_nodes: Option<u32>,
+    #[arg(long, visible_alias = "max-instances")]
+    max_nodes: Option<u32>,
+    #[arg(long, visible_alias = "idle-time-before-scale-down")]
+    idle_seconds_before_scaledown: Option<u64>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Add or change a tag, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Remove a tag by key; repeat for more.
+    #[arg(long = "remove-tag")]
+    remove_tags: Vec<String>,
+}
+
+pub async fn run(endpoint: &str, format: Format, command: ComputeCommand) -> Result<(), Failure> {
+    // Commands that need no server check their input before connecting.
+    let create_spec = match &command {
+        ComputeCommand::Create(args) => Some(create_spec(args)?),
+        _ => None,
+    };
+    let mut client = ComputeServiceClient::new(connect(endpoint).await?);
+    match command {
+        ComputeCommand::Create(_) => {
+            let spec = create_spec.context("create spec")?;
+            let response = client
+                .create_cluster(v1::CreateClusterRequest { spec: Some(spec) })
+                .await?
+                .into_inner();
+            for w in &response.warnings {
+                eprintln!("strato: warning: {w}");
+            }
+            let cluster = response
+                .cluster
+                .context("the control plane returned no cluster")?;
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::Update(args) => {
+            let request = update_request(&mut client, args).await?;
+            let cluster = client.update_cluster(request).await?.into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::Show(NameArg { name }) => {
+            let cluster = client
+                .get_cluster(v1::GetClusterRequest { name })
+                .await?
+                .into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::List => {
+            let clusters = client
+                .list_clusters(v1::ListClustersRequest {})
+                .await?
+                .into_inner()
+                .clusters;
+            print(
+                format,
+                &clusters
+                    .into_iter()
+                    .map(ClusterView::from)
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+        ComputeCommand::ListNodes(NameArg { name }) => {
+            let nodes = client
+                .list_nodes(v1::ListNodesRequest { cluster: name })
+                .await?
+                .into_inner()
+                .nodes;
+            print(
+                format,
+                &nodes.into_iter().map(NodeView::from).collect::<Vec<_>>(),
+            )?;
+        }
+        ComputeCommand::ListSizes => {
+            let sizes = client
+                .list_sizes(v1::ListSizesRequest {})
+                .await?
+                .into_inner()
+                .sizes;
+            print(
+                format,
+                &sizes.into_iter().map(SizeView::from).collect::<Vec<_>>(),
+            )?;
+        }
+        ComputeCommand::ListUsage { location } => {
+            let r = client
+                .list_usage(v1::ListUsageRequest {
+                    location: location.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let views: Vec<UsageView> = r
+                .usages
+                .into_iter()
+                .map(|u| UsageView {
+                    location: r.location.clone(),
+                    name: u.name,
+                    unit: u.unit,
+                    current: u.current,
+                    limit: u.limit,
+                })
+                .collect();
+            print(format, &views)?;
+        }
+        ComputeCommand::Identity(IdentityCommand::Assign {
+            name: NameArg { name },
+            identities,
+        }) => {
+            let (system, user_assigned_identities) = split_identities(identities);
+            let cluster = client
+                .assign_identity(v1::AssignIdentityRequest {
+                    name,
+                    system_assigned: system,
+                    user_assigned_identities,
+                })
+                .await?
+                .into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::Identity(IdentityCommand::Remove {
+            name: NameArg { name },
+            identities,
+        }) => {
+            let cluster = client
+                .remove_identity(v1::RemoveIdentityRequest {
+                    name,
+                    user_assigned_identities: identities,
+                })
+                .await?
+                .into_inner();
+            print(format, &ClusterView::from(cluster))?;
+        }
+        ComputeCommand::SimulateEviction {
+            name: NameArg { name },
+            node_id,
+            notice_seconds,
+        } => {
+            let node = client
+                .simulate_eviction(v1::SimulateEvictionRequest {
+                    name,
+                    node_id,
+                    notice_seconds,
+                })
+                .await?
+                .into_inner();
+            if format == Format::Table {
+                println!(
+                    "eviction of node {} scheduled in {}s",
+                    node.node_id,
+                    notice_seconds.unwrap_or(30)
+                );
+            } else {
+                print(format, &vec![NodeView::from(node)])?;
+            }
+        }
+        ComputeCommand::Delete {
+            name: NameArg { name },
+            yes,
+        } => {
+            if !yes && std::io::stdin().is_terminal() && !confirm(&name)? {
+                return Err(Failure::refused(
+                    "delete not confirmed; nothing was deleted",
+                ));
+            }
+            client
+                .delete_cluster(v1::DeleteClusterRequest { name: name.clone() })
+                .await?;
+            if format == Format::Table {
+                println!("cluster {name} deleted");
+            } else {
+                print(
+                    format,
+                    &serde_json::json!({ "name": name, "deleted": true }),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn confirm(name: &str) -> anyhow::Result<bool> {
+    eprint!("delete cluster {name} and its nodes? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

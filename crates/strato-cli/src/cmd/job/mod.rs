@@ -1,0 +1,443 @@
+//! `strato job`: submit a command to run in a Docker image on a cluster,
+//! follow it, cancel it, wait for it. Talks to `JobService`.
+
+mod wait;
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use strato_proto::v1::{self, job_service_client::JobServiceClient};
+use tonic::transport::Channel;
+
+use crate::Failure;
+use crate::view::job::{JobView, job_state};
+use crate::view::log::LogPrinter;
+use crate::view::{Format, print};
+
+const SUBMIT_AFTER_HELP: &str = "\
+Example:
+  id=$(strato job submit --compute cpu-cluster --image python:3.12 \\
+         --env EPOCHS=3 --cpu 2 --memory-mb 4096 -- python train.py --lr 0.1)
+  strato job wait \"$id\"
+
+  # MPI on 2 nodes x 2 processes: Strato runs mpirun on rank 0 (no SSH).
+  strato job submit --compute cpu-cluster --image my-mpi-image \\
+         --node-count 2 --process-count-per-node 2 -- python3 hello_mpi.py";
+
+const WAIT_AFTER_HELP: &str = "\
+Exit status: 0 when the job completed, 1 when it failed or was canceled (or
+the request was refused), 3 when the control plane cannot be reached or
+stayed unavailable for a minute while waiting.";
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job: run a command in a Docker image on a cluster.
+    ///
+    /// The command (after `--`) runs without a shell on one node of the
+    /// cluster. Prints the job id (the whole job with -o json/yaml).
+    #[command(after_help = SUBMIT_AFTER_HELP)]
+    Submit(Box<SubmitArgs>),
+    /// Show one job: spec, state, attempt, exit code and past attempts.
+    Show(IdArg),
+    /// List jobs, of every cluster or of one.
+    List {
+        /// Only the jobs of this cluster.
+        #[arg(long, value_name = "NAME")]
+        compute: Option<String>,
+    },
+    /// Print a job's output (stdout and stderr).
+    ///
+    /// Lines come in the order they were written, stderr ones on stdout too,
+    /// with a `--- attempt N ---` line where another attempt's output starts.
+    /// Lines from nodes other than rank 0 of a multi-node job start with
+    /// `[rank N] `. -o json prints one object per line: attempt, rank,
+    /// stream, line, seq, at.
+    Logs {
+        #[command(flatten)]
+        id: IdArg,
+        /// Keep printing new lines until the job ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Cancel a job; prints its state.
+    Cancel(IdArg),
+    /// Wait until a job ends; exit 0 if it completed, 1 if not.
+    ///
+    /// Prints how it ended (`job ID completed`, `job ID failed (exit code 3):
+    /// REASON`). On a terminal, prints each state change on stderr while
+    /// waiting. Rides out a control-plane restart of up to a minute.
+    #[command(after_help = WAIT_AFTER_HELP)]
+    Wait(IdArg),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Job id, as printed by `strato job submit`.
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The cluster to run on.
+    #[arg(long, value_name = "NAME")]
+    compute: String,
+    /// Docker image to run the command in.
+    #[arg(long)]
+    image: String,
+    /// Display name of the job.
+    #[arg(long)]
+    name: Option<String>,
+    /// An environment variable, KEY=VALUE; repeat for more.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// An input, downloaded before the job starts to the path in
+    /// AZURE_ML_INPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
+    #[arg(long = "input", value_name = "NAME=URI", value_parser = parse_data)]
+    inputs: Vec<(String, String)>,
+    /// An output, uploaded after the job ends (also when it fails) from the
+    /// directory in AZURE_ML_OUTPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
+    /// (`--output` alone is the global output format.)
+    #[arg(long = "output-data", value_name = "NAME=URI", value_parser = parse_data)]
+    outputs: Vec<(String, String)>,
+    /// vCPUs the job needs (may be fractional, e.g. 0.5).
+    #[arg(long, value_name = "N", value_parser = parse_cpu)]
+    cpu: Option<f64>,
+    /// Memory the job needs, in MiB.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    memory_mb: Option<u64>,
+    /// Attempts after a failure (non-zero exit or a lost node); default 0.
+    #[arg(long, value_name = "R")]
+    max_retries: Option<u32>,
+    /// Re-queues after an eviction of a low-priority node, counted apart
+    /// from failures; default 3.
+    #[arg(long, value_name = "P")]
+    max_preemptions: Option<u32>,
+    /// Nodes started together for the job (at most the cluster's
+    /// max_nodes; above 1 needs inter-node communication on).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    node_count: u32,
+    /// Processes per node.
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    process_count_per_node: u32,
+    /// How the nodes are wired and the processes started: `mpi` (Strato
+    /// runs `mpirun` with a hostfile on rank 0; no SSH needed), `pytorch`
+    /// (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK, LOCAL_RANK)
+    /// or `none`. Default: mpi when N > 1 or P > 1, else none.
+    #[arg(long, value_enum)]
+    distribution: Option<DistributionArg>,
+    /// The command and its arguments, after `--` (run without a shell).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistributionArg {
+    None,
+    Mpi,
+    Pytorch,
+}
+
+fn parse_data(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, uri)) if !name.is_empty() && uri.starts_with("azureml://") => {
+            Ok((name.to_owned(), uri.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?}: use NAME=azureml://datastores/<datastore>/paths/<path>"
+        )),
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.chars().any(char::is_whitespace) => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        Some(_) => Err(format!(
+            "{s:?}: the variable name before '=' must be non-empty, without spaces"
+        )),
+        None => Err(format!("{s:?}: an environment variable is KEY=VALUE")),
+    }
+}
+
+fn parse_cpu(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("{s:?}: a number of vCPUs above 0, e.g. 2 or 0.5")),
+    }
+}
+
+/// The spec `job submit` sends.
+fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
+    let resources = (args.cpu.is_some() || args.memory_mb.is_some()).then(|| v1::JobResources {
+        cpu: args.cpu.unwrap_or_default(),
+        memory_mb: args.memory_mb.unwrap_or_default(),
+        gpus: 0,
+    });
+    v1::JobSpec {
+        cluster: args.compute,
+        display_name: args.name.unwrap_or_default(),
+        image: args.image,
+        command: args.command,
+        environment: args.env.into_iter().collect(),
+        resources,
+        node_count: args.node_count,
+        process_count_per_node: args.process_count_per_node,
+        distribution: match args.distribution {
+            None => v1::Distribution::Unspecified,
+            Some(DistributionArg::None) => v1::Distribution::None,
+            Some(DistributionArg::Mpi) => v1::Distribution::Mpi,
+            Some(DistributionArg::Pytorch) => v1::Distribution::Pytorch,
+        } as i32,
+        max_retries: args.max_retries.unwrap_or_default(),
+        max_preemptions: args.max_preemptions,
+        inputs: data(args.inputs, "download"),
+        outputs: data(args.outputs, "upload"),
+    }
+}
+
+fn data(list: Vec<(String, String)>, mode: &str) -> Vec<v1::JobData> {
+    list.into_iter()
+        .map(|(name, uri)| v1::JobData {
+            name,
+            uri,
+            mode: mode.to_owned(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+pub async fn run(channel: Channel, format: Format, command: JobCommand) -> Result<(), Failure> {
+    let mut client = JobServiceClient::new(channel);
+    match command {
+        JobCommand::Submit(args) => {
+            let job = client
+                .submit_job(v1::SubmitJobRequest {
+                    spec: Some(submit_spec(*args)),
+                })
+                .await?
+                .into_inner();
+            if format == Format::Table {
+                // Just the id, so `id=$(strato job submit ...)` works.
+                println!("{}", job.id);
+            } else {
+                print(format, &JobView::from(job))?;
+            }
+        }
+        JobCommand::Show(IdArg { id }) => {
+            let job = client.get_job(v1::GetJobRequest { id }).await?.into_inner();
+            print(format, &JobView::from(job))?;
+        }
+        JobCommand::List { compute } => {
+            let jobs = client
+                .list_jobs(v1::ListJobsRequest {
+                    cluster: compute.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .jobs;
+            print(
+                format,
+                &jobs.into_iter().map(JobView::from).collect::<Vec<_>>(),
+            )?;
+        }
+        JobCommand::Logs {
+            id: IdArg { id },
+            follow,
+        } => logs(&mut client, format, id, follow).await?,
+        JobCommand::Cancel(IdArg { id }) => {
+            let job = client
+                .cancel_job(v1::CancelJobRequest { id })
+                .await?
+                .into_inner();
+            if format == Format::Table {
+                println!("job {}: {}", job.id, job_state(job.state));
+            } else {
+                print(format, &JobView::from(job))?;
+            }
+        }
+        JobCommand::Wait(IdArg { id }) => wait::run(&mut client, format, &id).await?,
+    }
+    Ok(())
+}
+
+async fn logs(
+    client: &mut JobServiceClient<Channel>,
+    format: Format,
+    id: String,
+    follow: bool,
+) -> Result<(), Failure> {
+    let mut stream = client
+        .stream_logs(v1::StreamLogsRequest { id, follow })
+        .await?
+        .into_inner();
+    let mut printer = LogPrinter::new(format);
+    while let Some(line) = stream.message().await? {
+        let text = printer.render(line)?;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // The reader went away (`strato job logs ID | head`): done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(anyhow::Error::new(e).context("writing the logs").into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        job: JobCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<JobCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("strato-job").chain(args.iter().copied()))
+            .map(|c| c.job)
+    }
+
+    fn submit(args: &[&str]) -> v1::JobSpec {
+        match parse(args).expect("parses") {
+            JobCommand::Submit(a) => submit_spec(*a),
+            other => panic!("not a submit: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn submit_takes_the_command_after_the_double_dash() {
+        let spec = submit(&[
+            "submit",
+            "--compute",
+            "cpu-cluster",
+            "--image",
+            "python:3.12",
+            "--name",
+            "train",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--env",
+            "EMPTY=",
+            "--cpu",
+            "1.5",
+            "--memory-mb",
+            "2048",
+            "--max-retries",
+            "2",
+            "--",
+            "python",
+            "train.py",
+            "--env",
+            "not-ours",
+            "-x",
+        ]);
+        assert_eq!(spec.cluster, "cpu-cluster");
+        assert_eq!(spec.image, "python:3.12");
+        assert_eq!(spec.display_name, "train");
+        assert_eq!(
+            spec.command,
+            ["python", "train.py", "--env", "not-ours", "-x"]
+        );
+        assert_eq!(spec.environment.len(), 3);
+        assert_eq!(spec.environment["A"], "1");
+        assert_eq!(spec.environment["B"], "x=y");
+        assert_eq!(spec.environment["EMPTY"], "");
+        let r = spec.resources.expect("resources");
+        assert!((r.cpu - 1.5).abs() < f64::EPSILON);
+        assert_eq!(r.memory_mb, 2048);
+        assert_eq!(spec.node_count, 1);
+        assert_eq!(spec.process_count_per_node, 1);
+        assert_eq!(spec.max_retries, 2);
+    }
+
+    #[test]
+    fn submit_defaults() {
+        let spec = submit(&["submit", "--compute", "c", "--image", "i", "--", "true"]);
+        assert_eq!(spec.command, ["true"]);
+        assert_eq!(spec.display_name, "");
+        assert!(spec.environment.is_empty());
+        assert_eq!(spec.resources, None);
+        assert_eq!(spec.max_retries, 0);
+        assert_eq!((spec.node_count, spec.process_count_per_node), (1, 1));
+    }
+
+    #[test]
+    fn submit_without_a_command_names_it() {
+        let e = parse(&["submit", "--compute", "c", "--image", "i"]).expect_err("refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("COMMAND"), "{e}");
+        let e = parse(&["submit", "--compute", "c", "--image", "i", "--"]).expect_err("refused");
+        assert!(e.to_string().contains("COMMAND"), "{e}");
+    }
+
+    #[test]
+    fn submit_command_must_follow_the_double_dash() {
+        let e =
+            parse(&["submit", "--compute", "c", "--image", "i", "python"]).expect_err("refused");
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
+
+    #[test]
+    fn env_errors_name_the_value() {
+        for bad in ["NOVALUE", "=x", " A=1"] {
+            let e = parse(&[
+                "submit",
+                "--compute",
+                "c",
+                "--image",
+                "i",
+                "--env",
+                bad,
+                "--",
+                "true",
+            ])
+            .expect_err("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(
+            parse_env("NOVALUE")
+                .expect_err("refused")
+                .contains("KEY=VALUE")
+        );
+    }
+
+    #[test]
+    fn cpu_must_be_positive() {
+        for bad in ["0", "-1", "nan", "inf", "two"] {
+            assert!(parse_cpu(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cpu("0.5"), Ok(0.5));
+    }
+
+    #[test]
+    fn other_verbs_parse() {
+        assert!(matches!(
+            parse(&["logs", "j1", "--follow"]).expect("parses"),
+            JobCommand::Logs { id: IdArg { id }, follow: true } if id == "j1"
+        ));
+        assert!(matches!(
+            parse(&["logs", "j1"]).expect("parses"),
+            JobCommand::Logs { follow: false, .. }
+        ));
+        assert!(matches!(
+            parse(&["list", "--compute", "gpu"]).expect("parses"),
+            JobCommand::List { compute: Some(c) } if c == "gpu"
+        ));
+        assert!(matches!(
+            parse(&["list"]).expect("parses"),
+            JobCommand::List { compute: None }
+        ));
+        for verb in ["show", "cancel", "wait"] {
+            parse(&[verb, "j1"]).expect("parses");
+            assert!(parse(&[verb]).is_err(), "{verb} without an id");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per command group: its clap arguments and what it runs.
+
+pub mod compute;
+pub mod datastore;
+pub mod job;

@@ -1,0 +1,307 @@
+//! `strato compute create|update|show|list` and the identity verbs: one
+//! cluster as KEY/VALUE rows, or a list with a row per cluster.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use strato_proto::v1;
+
+use super::{Render, Table, ts};
+
+fn priority(p: i32) -> &'static str {
+    match v1::VmPriority::try_from(p) {
+        Ok(v1::VmPriority::LowPriority) => "lowpriority",
+        _ => "dedicated",
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStateCountsView {
+    pub idle: u32,
+    pub running: u32,
+    pub preparing: u32,
+    pub unusable: u32,
+    pub leaving: u32,
+    pub preempted: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterErrorView {
+    pub code: String,
+    pub message: String,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdentityView {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub user_assigned_identities: Vec<String>,
+    /// Each identity with its ids; the default one first.
+    pub identities: Vec<ManagedIdentityView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManagedIdentityView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub resource_id: String,
+    pub client_id: String,
+    pub principal_id: String,
+    pub default: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SshView {
+    pub public_access: bool,
+    pub admin_username: String,
+    pub admin_password_set: bool,
+    pub admin_ssh_public_key: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VnetView {
+    pub resource_group: String,
+    pub vnet_name: String,
+    pub subnet_name: String,
+}
+
+/// `compute show -o json`: one object per cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    pub name: String,
+    pub vm_size: String,
+    pub vm_priority: &'static str,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub idle_seconds_before_scaledown: u64,
+    pub location: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub allocation_state: &'static str,
+    pub allocation_state_transition_time: String,
+    pub current_node_count: u32,
+    pub target_node_count: u32,
+    pub node_state_counts: NodeStateCountsView,
+    pub errors: Vec<ClusterErrorView>,
+    pub quota_family: String,
+    pub vcpus_per_node: u32,
+    pub inter_node_communication: bool,
+    pub identity: IdentityView,
+    pub ssh: SshView,
+    pub vnet: Option<VnetView>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<v1::Cluster> for ClusterView {
+    fn from(c: v1::Cluster) -> Self {
+        let s = c.spec.unwrap_or_default();
+        let counts = c.node_state_counts.unwrap_or_default();
+        let identity = s.identity.unwrap_or_default();
+        let ssh = s.ssh.unwrap_or_default();
+        ClusterView {
+            name: s.name,
+            vm_size: s.vm_size,
+            vm_priority: priority(s.vm_priority),
+            min_nodes: s.min_nodes,
+            max_nodes: s.max_nodes.unwrap_or_default(),
+            idle_seconds_before_scaledown: s.idle_seconds_before_scaledown.unwrap_or_default(),
+            location: s.location,
+            description: s.description,
+            tags: s.tags.into_iter().collect(),
+            allocation_state: match v1::AllocationState::try_from(c.allocation_state) {
+                Ok(v1::AllocationState::Resizing) => "resizing",
+                _ => "steady",
+            },
+            allocation_state_transition_time: ts(c.allocation_state_transition_time.as_ref()),
+            current_node_count: c.current_node_count,
+            target_node_count: c.target_node_count,
+            node_state_counts: NodeStateCountsView {
+                idle: counts.idle,
+                running: counts.running,
+                preparing: counts.preparing,
+                unusable: counts.unusable,
+                leaving: counts.leaving,
+                preempted: counts.preempted,
+            },
+            errors: c
+                .errors
+                .into_iter()
+                .map(|e| ClusterErrorView {
+                    code: e.code,
+                    message: e.message,
+                    since: ts(e.since.as_ref()),
+                })
+                .collect(),
+            quota_family: c.quota_family,
+            vcpus_per_node: c.vcpus_per_node,
+            inter_node_communication: s.inter_node_communication.unwrap_or(true),
+            identity: IdentityView {
+                kind: if identity.system_assigned {
+                    "system_assigned"
+                } else if identity.user_assigned_identities.is_empty() {
+                    "none"
+                } else {
+                    "user_assigned"
+                },
+                user_assigned_identities: identity.user_assigned_identities,
+                identities: c
+                    .identities
+                    .into_iter()
+                    .map(|i| ManagedIdentityView {
+                        kind: i.kind,
+                        resource_id: i.resource_id,
+                        client_id: i.client_id,
+                        principal_id: i.principal_id,
+                        default: i.is_default,
+                    })
+                    .collect(),
+            },
+            ssh: SshView {
+                public_access: ssh.remote_login_port_public_access
+                    == v1::RemoteLoginPortPublicAccess::Enabled as i32,
+                admin_username: ssh.admin_username,
+                admin_password_set: c.admin_password_set,
+                admin_ssh_public_key: ssh.admin_ssh_public_key,
+            },
+            vnet: s.vnet.map(|v| VnetView {
+                resource_group: v.resource_group,
+                vnet_name: v.vnet_name,
+                subnet_name: v.subnet_name,
+            }),
+            created_at: ts(c.created_at.as_ref()),
+            updated_at: ts(c.updated_at.as_ref()),
+        }
+    }
+}
+
+impl Render for ClusterView {
+    fn table(&self) -> Table {
+        let c = &self.node_state_counts;
+        let mut pairs = vec![
+            ("name", self.name.clone()),
+            ("vm_size", self.vm_size.clone()),
+            ("vm_priority", self.vm_priority.to_owned()),
+            ("location", self.location.clone()),
+            ("min_nodes", self.min_nodes.to_string()),
+            ("max_nodes", self.max_nodes.to_string()),
+            (
+                "idle_seconds_before_scaledown",
+                self.idle_seconds_before_scaledown.to_string(),
+            ),
+            ("allocation_state", self.allocation_state.to_owned()),
+            (
+                "nodes",
+                format!(
+                    "{} of {} target",
+                    self.current_node_count, self.target_node_count
+                ),
+            ),
+            (
+                "node_states",
+                format!(
+                    "idle {} running {} preparing {} unusable {} leaving {} preempted {}",
+                    c.idle, c.running, c.preparing, c.unusable, c.leaving, c.preempted
+                ),
+            ),
+            (
+                "quota",
+                format!(
+                    "{} ({} vCPUs per node)",
+                    self.quota_family, self.vcpus_per_node
+                ),
+            ),
+            ("identity", self.identity.kind.to_owned()),
+        ];
+        for i in &self.identity.identities {
+            pairs.push((
+                if i.default { "  default" } else { "  identity" },
+                format!(
+                    "{} client_id={} principal_id={}",
+                    i.resource_id, i.client_id, i.principal_id
+                ),
+            ));
+        }
+        if !self.description.is_empty() {
+            pairs.push(("description", self.description.clone()));
+        }
+        if !self.tags.is_empty() {
+            let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            pairs.push(("tags", tags.join(", ")));
+        }
+        pairs.push(("created_at", self.created_at.clone()));
+        for e in &self.errors {
+            pairs.push(("error", format!("{}: {}", e.code, e.message)));
+        }
+        Table::properties(pairs)
+    }
+}
+
+impl Render for Vec<ClusterView> {
+    fn table(&self) -> Table {
+        let mut t = Table::new(&[
+            "NAME", "SIZE", "PRIORITY", "LOCATION", "MIN", "MAX", "NODES", "STATE",
+        ]);
+        for c in self {
+            t.row(vec![
+                c.name.clone(),
+                c.vm_size.clone(),
+                c.vm_priority.to_owned(),
+                c.location.clone(),
+                c.min_nodes.to_string(),
+                c.max_nodes.to_string(),
+                format!("{}/{}", c.current_node_count, c.target_node_count),
+                c.allocation_state.to_owned(),
+            ]);
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_json_has_the_documented_keys() {
+        let view = ClusterView::from(v1::Cluster {
+            spec: Some(v1::ClusterSpec {
+                name: "cpu".into(),
+                max_nodes: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let json = serde_json::to_value(&view).expect("serialises");
+        for key in [
+            "name",
+            "vm_size",
+            "vm_priority",
+            "min_nodes",
+            "max_nodes",
+            "idle_seconds_before_scaledown",
+            "location",
+            "allocation_state",
+            "current_node_count",
+            "target_node_count",
+            "node_state_counts",
+            "errors",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
+        for key in [
+            "idle",
+            "running",
+            "preparing",
+            "unusable",
+            "leaving",
+            "preempted",
+        ] {
+            assert!(
+                json["node_state_counts"].get(key).is_some(),
+                "{key} missing"
+            );
+        }
+    }
+}
