@@ -5,6 +5,9 @@
 //! The binaries are the ones `cargo build --workspace --bins` put beside this
 //! test executable; `cargo xtask ci` builds them first.
 
+pub mod in_process;
+pub mod sim;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -14,7 +14,7 @@ use strato_proto::convert;
 use strato_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status};
 
-use crate::plane::{Plane};
+use crate::plane::Plane;
 use crate::store::{ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, Store, StoreError};
 
 /// Client and principal ids for a new identity. A user-assigned identity
@@ -235,7 +235,12 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         let record = self
             .plane
             .store
-            .update_cluster(&request.name, update, &self.plane.settings.quota, self.plane.clock.now_ms())
+            .update_cluster(
+                &request.name,
+                update,
+                &self.plane.settings.quota,
+                self.plane.clock.now_ms(),
+            )
             .await
             .map_err(status)?;
         tracing::info!(

@@ -8,7 +8,7 @@ use strato_proto::v1::{self, datastore_service_server::DatastoreService};
 use tonic::{Request, Response, Status};
 
 use crate::api::status;
-use crate::plane::{Plane};
+use crate::plane::Plane;
 use crate::store::{DatastoreRecord, Store};
 
 pub struct DatastoreApi<S> {

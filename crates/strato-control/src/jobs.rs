@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::status;
-use crate::plane::{Plane};
+use crate::plane::Plane;
 use crate::store::{JobRecord, Store};
 
 /// Log lines sent per store read.

@@ -40,12 +40,6 @@ pub async fn run(
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
-    let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
-        format!(
-            "--data-dir {}: cannot open the database",
-            config.data_dir.display()
-        )
-    })?;
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("--grpc-listen {}: cannot listen", config.grpc_listen))?;
@@ -88,7 +82,50 @@ pub async fn run(
             ))
         }
     };
+    let parts = Parts {
+        grpc,
+        http,
+        provider,
+        clock: Arc::new(strato_runtime::SystemClock),
+    };
+    serve(settings, parts, shutdown).await
+}
+
+/// What [`serve`] runs on: the bound listeners, the node provider and the
+/// clock. [`run`] makes them from the configuration; tests and simulations
+/// give their own (an in-process provider, a manual clock).
+pub struct Parts {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub provider: Box<dyn NodeProvider>,
+    pub clock: Arc<dyn strato_runtime::Clock>,
+}
+
+/// Serves the control plane on `parts` until `shutdown` resolves, then
+/// stops taking requests, lets the ones in flight finish and closes the
+/// store.
+pub async fn serve(
+    settings: Settings,
+    parts: Parts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Parts {
+        grpc,
+        http,
+        provider,
+        clock,
+    } = parts;
+    let config = &settings.config;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
+    let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
+        format!(
+            "--data-dir {}: cannot open the database",
+            config.data_dir.display()
+        )
+    })?;
     remove_orphans(&store, provider.as_ref()).await;
+    let grpc_addr = grpc.local_addr()?;
     tracing::info!(
         grpc = %grpc_addr,
         http = %http.local_addr()?,
@@ -118,7 +155,7 @@ pub async fn run(
         http_base: format!("http://{http_addr}"),
         settings,
         provider,
-        clock: Arc::new(strato_runtime::SystemClock),
+        clock,
         sessions: Sessions::default(),
         execs: Default::default(),
         scheduled_events: plane::ScheduledEvents::default(),

@@ -19,6 +19,8 @@ pub struct Counters {
     /// result -> tokens.
     tokens: Mutex<BTreeMap<String, u64>>,
     pub grpc: std::sync::Arc<GrpcStats>,
+    /// Reconcile passes completed (failed ones too).
+    pub reconcile_passes: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -168,6 +170,18 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
             .map(|(result, n)| (vec![("result", result)], n as f64)),
     );
 
+    e.family(
+        "strato_reconcile_passes_total",
+        "Passes of the reconcile loop over every cluster.",
+        "counter",
+        [(
+            Vec::<(&str, String)>::new(),
+            plane
+                .counters
+                .reconcile_passes
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    );
     plane.counters.grpc.render(&mut e);
 
     // Quota per location in use.

@@ -69,6 +69,10 @@ impl<S: Store> Reconciler<S> {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "reconcile pass failed; trying again");
             }
+            self.plane
+                .counters
+                .reconcile_passes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = &mut stop => return,
                 _ = self.plane.events.reconcile_requested() => {}

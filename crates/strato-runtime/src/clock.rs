@@ -65,6 +65,9 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_000);
         clock.advance(std::time::Duration::from_secs(2));
         assert_eq!(clock.now_ms(), 3_000);
-        assert!(SystemClock.now_ms() > 1_700_000_000_000, "the system clock reads the epoch time");
+        assert!(
+            SystemClock.now_ms() > 1_700_000_000_000,
+            "the system clock reads the epoch time"
+        );
     }
 }

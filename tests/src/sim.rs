@@ -1,0 +1,239 @@
+//! `SimProvider`: a node provider whose nodes are in-process agents (the
+//! real `strato_agent::session`, speaking the real protocol over loopback
+//! gRPC) on their own [`FakeRuntime`] each, as if every node were a machine
+//! with its own engine. For the in-process tier and, later, simulations of
+//! large fleets; nothing here runs a container.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::BoxFuture;
+use strato_agent::gang::{ExecRelay, GangConfig, GangNetwork};
+use strato_agent::identity::{self, Vending};
+use strato_agent::session::{self, AgentConfig, IdentityContext};
+use strato_agent::telemetry::{AgentHealth, NoGpus};
+use strato_control::provider::{
+    Capabilities, Holdings, NodeLaunch, NodeProvider, ProvidedNode, ProviderError,
+};
+use strato_runtime::Clock;
+use strato_runtime::fake::FakeRuntime;
+
+/// One simulated machine.
+struct SimNode {
+    cluster: String,
+    runtime: FakeRuntime,
+    /// The agent's task; aborted when the node is taken down or its agent
+    /// is stopped.
+    agent: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The simulated fleet, shared by the provider and the test that watches it.
+pub struct SimFleet {
+    /// The control plane's gRPC endpoint, where agents enrol.
+    endpoint: String,
+    /// The control plane's HTTP base, where agents poll Scheduled Events.
+    http_base: String,
+    /// Where agents stage attempts' data.
+    work_root: PathBuf,
+    clock: Arc<dyn Clock>,
+    nodes: Mutex<BTreeMap<String, SimNode>>,
+    /// Create calls that fail before the next one succeeds.
+    failing_creates: AtomicU32,
+    /// Every create call, failed or not.
+    creates: AtomicU32,
+}
+
+impl SimFleet {
+    pub fn new(
+        endpoint: String,
+        http_base: String,
+        work_root: PathBuf,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new(SimFleet {
+            endpoint,
+            http_base,
+            work_root,
+            clock,
+            nodes: Mutex::default(),
+            failing_creates: AtomicU32::new(0),
+            creates: AtomicU32::new(0),
+        })
+    }
+
+    fn nodes_map(&self) -> MutexGuard<'_, BTreeMap<String, SimNode>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node ids the provider holds now.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.nodes_map().keys().cloned().collect()
+    }
+
+    /// The container engine of node `node_id`.
+    pub fn runtime(&self, node_id: &str) -> Option<FakeRuntime> {
+        self.nodes_map().get(node_id).map(|n| n.runtime.clone())
+    }
+
+    /// Stops node `node_id`'s agent as a crash would: its containers keep
+    /// running, it sends nothing more.
+    pub fn stop_agent(&self, node_id: &str) {
+        if let Some(agent) = self
+            .nodes_map()
+            .get_mut(node_id)
+            .and_then(|n| n.agent.take())
+        {
+            agent.abort();
+        }
+    }
+
+    /// The next `n` create calls fail, as a provider out of machines would.
+    pub fn fail_next_creates(&self, n: u32) {
+        self.failing_creates.store(n, Ordering::SeqCst);
+    }
+
+    /// How many times the control plane asked for a node.
+    pub fn creates(&self) -> u32 {
+        self.creates.load(Ordering::SeqCst)
+    }
+
+    fn start(&self, launch: &NodeLaunch) -> Result<(), ProviderError> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .failing_creates
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(ProviderError::Io {
+                what: format!("creating node {}", launch.node_id),
+                source: std::io::Error::other("the simulated provider is out of machines"),
+            });
+        }
+        let runtime = FakeRuntime::new();
+        let vending = Arc::new(Vending::default());
+        let work_dir = self.work_root.join(&launch.node_id);
+        let identity = Arc::new(IdentityContext {
+            relay: Arc::new(ExecRelay::new(vending.clone())),
+            vending,
+            health: Arc::new(AgentHealth::default()),
+            gpus: Arc::new(NoGpus),
+            metrics_url: String::new(),
+            // Not served: simulated jobs run nothing that asks for tokens.
+            endpoint: identity::Endpoint {
+                base: "http://127.0.0.1:9".to_owned(),
+            },
+            work_dir,
+            storage_ca: None,
+            scheduled_events_url: format!(
+                "{}/scheduledevents/{}?api-version=2020-07-01",
+                self.http_base, launch.node_id
+            ),
+            gang: GangConfig {
+                network: GangNetwork::Cluster,
+                launcher: self.work_root.join("strato-rsh"),
+            },
+        });
+        let config = AgentConfig {
+            control_plane: self.endpoint.clone(),
+            join_token: launch.join_token.clone(),
+            hostname: launch.node_id.clone(),
+            control_plane_id: None,
+            give_up_after: None,
+        };
+        let _ = &self.clock;
+        let agent = tokio::spawn({
+            let runtime = Arc::new(runtime.clone());
+            let node = launch.node_id.clone();
+            async move {
+                if let Err(e) = session::run(config, runtime, identity).await {
+                    tracing::info!(%node, error = %e, "simulated agent stopped");
+                }
+            }
+        });
+        self.nodes_map().insert(
+            launch.node_id.clone(),
+            SimNode {
+                cluster: launch.cluster.clone(),
+                runtime,
+                agent: Some(agent),
+            },
+        );
+        Ok(())
+    }
+
+    fn take_down(&self, node_id: &str) {
+        if let Some(mut node) = self.nodes_map().remove(node_id)
+            && let Some(agent) = node.agent.take()
+        {
+            agent.abort();
+        }
+    }
+}
+
+impl Drop for SimFleet {
+    fn drop(&mut self) {
+        for node in self.nodes_map().values_mut() {
+            if let Some(agent) = node.agent.take() {
+                agent.abort();
+            }
+        }
+    }
+}
+
+/// The provider face of a [`SimFleet`].
+pub struct SimProvider(pub Arc<SimFleet>);
+
+impl NodeProvider for SimProvider {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            creates_nodes: true,
+            // Its agents poll this control plane's Scheduled Events.
+            simulated_evictions: true,
+        }
+    }
+
+    fn create_node<'a>(
+        &'a self,
+        launch: &'a NodeLaunch,
+    ) -> BoxFuture<'a, Result<Option<u32>, ProviderError>> {
+        Box::pin(async move { self.0.start(launch).map(|()| None) })
+    }
+
+    fn delete_node<'a>(
+        &'a self,
+        node: &'a ProvidedNode,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            self.0.take_down(&node.node_id);
+            Ok(())
+        })
+    }
+
+    fn prepare_gang<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        // Every simulated node has its own engine: its agent makes the
+        // network it needs.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete_cluster<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn holdings(&self) -> BoxFuture<'_, Result<Holdings, ProviderError>> {
+        Box::pin(async move {
+            let nodes = self.0.nodes_map();
+            Ok(Holdings {
+                nodes: nodes
+                    .iter()
+                    .map(|(id, n)| ProvidedNode {
+                        node_id: id.clone(),
+                        cluster: Some(n.cluster.clone()),
+                        pid: None,
+                    })
+                    .collect(),
+                clusters: BTreeSet::new(),
+            })
+        })
+    }
+}
