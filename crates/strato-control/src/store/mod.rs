@@ -13,7 +13,7 @@ use std::future::Future;
 use strato_core::SpecError;
 use strato_core::identity::Identity;
 use strato_core::job::{JobSpec, JobState};
-use strato_core::node::AllocationState;
+use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
@@ -40,8 +40,9 @@ pub enum StoreError {
     NodeNotFound(String),
     #[error("join or session token not recognised")]
     BadToken,
-    #[error("{0}")]
-    Conflict(String),
+    /// The state the store found forbids the change (FAILED_PRECONDITION).
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -52,6 +53,50 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+}
+
+/// What the store found that forbids a change. The messages say what to
+/// do where that is known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// Lowering `max_nodes` below a gang that waits or runs would hold the
+    /// queue back for ever.
+    #[error(
+        "max_nodes: job {job} needs {needs} nodes at once; cancel it or keep max_nodes at {needs} or more"
+    )]
+    MaxNodesBelowGang { job: String, needs: u32 },
+    /// A cluster with queued, running or preempted jobs is not deleted.
+    #[error(
+        "cluster {cluster} has {unfinished} unfinished jobs; cancel them (`strato job cancel`) or wait for them first"
+    )]
+    ClusterHasUnfinishedJobs { cluster: String, unfinished: u64 },
+    /// An unusable or leaving node may not enrol again.
+    #[error("node {node} is {} ({reason}); it will be removed", .state.as_str())]
+    NodeRetired {
+        node: String,
+        state: NodeState,
+        reason: String,
+    },
+    /// Only a queued job is assigned.
+    #[error("job {job} is {}, not queued", .state.as_str())]
+    JobNotQueued { job: String, state: JobState },
+    /// A job takes exactly its node count, all at once.
+    #[error("job {job} needs {needs} nodes, not {got}")]
+    WrongNodeCount {
+        job: String,
+        needs: usize,
+        got: usize,
+    },
+    /// Only an idle node without a job takes one.
+    #[error("node {node} is {}, not idle", .state.as_str())]
+    NodeNotIdle { node: String, state: NodeState },
+    /// Output of an attempt the node was not given.
+    #[error("node {node} sent output of attempt {attempt} of job {job}, which it does not run")]
+    NotAttemptOfNode {
+        node: String,
+        job: String,
+        attempt: u32,
+    },
 }
 
 /// Computes a cluster's new spec from its current one; runs inside the

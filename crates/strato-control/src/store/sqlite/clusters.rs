@@ -13,7 +13,7 @@ use super::nodes::{NODE_COLUMNS, node_from_row};
 use super::usage::{allocation, allocations, node_count};
 use super::{SqliteStore, corrupt, decode_spec, encode_spec, select_one, u32_col};
 use crate::store::{
-    ClusterIssue, ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, StoreError,
+    ClusterIssue, ClusterRecord, Conflict, IdentityUpdate, NodeRecord, SpecUpdate, StoreError,
 };
 
 const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, allocation_since, \
@@ -147,9 +147,11 @@ pub(super) async fn update_cluster(
         if let Some((job, n)) = widest
             && n > i64::from(next.max_nodes)
         {
-            return Err(StoreError::Conflict(format!(
-                "max_nodes: job {job} needs {n} nodes at once; cancel it or keep max_nodes at {n} or more"
-            )));
+            return Err(Conflict::MaxNodesBelowGang {
+                job,
+                needs: u32::try_from(n).unwrap_or(u32::MAX),
+            }
+            .into());
         }
     }
     let nodes = node_count(&mut tx, &current.spec.name).await?;
@@ -202,9 +204,11 @@ pub(super) async fn delete_cluster(
     .fetch_one(&mut *tx)
     .await?;
     if active > 0 {
-        return Err(StoreError::Conflict(format!(
-            "cluster {cluster} has {active} unfinished jobs; cancel them (`strato job cancel`) or wait for them first"
-        )));
+        return Err(Conflict::ClusterHasUnfinishedJobs {
+            cluster,
+            unfinished: u64::try_from(active).unwrap_or(0),
+        }
+        .into());
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = ?1"

@@ -12,7 +12,8 @@ use super::nodes::{load_node, set_node_state};
 use super::ranks::{OpenRank, end_rank, rank_of};
 use super::{SqliteStore, corrupt, job_state, select_one, u32_col};
 use crate::store::{
-    AttemptRecord, AttemptReport, JobRecord, QueuedJob, ReportOutcome, StoreError, TransitionRecord,
+    AttemptRecord, AttemptReport, Conflict, JobRecord, QueuedJob, ReportOutcome, StoreError,
+    TransitionRecord,
 };
 
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
@@ -359,29 +360,39 @@ pub(super) async fn assign_job(
     let mut tx = db.begin_write().await?;
     let job = load_job(&mut tx, job_id).await?;
     if job.state != JobState::Queued {
-        return Err(StoreError::Conflict(format!(
-            "job {job_id} is {}, not queued",
-            job.state.as_str()
-        )));
+        return Err(Conflict::JobNotQueued {
+            job: job_id.to_owned(),
+            state: job.state,
+        }
+        .into());
     }
     let wanted = usize::try_from(job.spec.node_count.max(1)).unwrap_or(usize::MAX);
     if node_ids.len() != wanted {
-        return Err(StoreError::Conflict(format!(
-            "job {job_id} needs {wanted} nodes, not {}",
-            node_ids.len()
-        )));
+        return Err(Conflict::WrongNodeCount {
+            job: job_id.to_owned(),
+            needs: wanted,
+            got: node_ids.len(),
+        }
+        .into());
     }
     for node_id in node_ids {
         let node = load_node(&mut tx, node_id).await?;
         if node.state != NodeState::Idle || node.run_id.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "node {node_id} is {}, not idle",
-                node.state.as_str()
-            )));
+            return Err(Conflict::NodeNotIdle {
+                node: node_id.clone(),
+                state: node.state,
+            }
+            .into());
         }
     }
     let Some(first) = node_ids.first() else {
-        return Err(StoreError::Conflict(format!("job {job_id} got no node")));
+        // Unreachable: `wanted` is at least one and was checked above.
+        return Err(Conflict::WrongNodeCount {
+            job: job_id.to_owned(),
+            needs: wanted,
+            got: 0,
+        }
+        .into());
     };
     sqlx::query("UPDATE jobs SET node_id = ?1 WHERE id = ?2")
         .bind(first)

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::ranks::rank_of;
 use super::{SqliteStore, u32_col};
-use crate::store::{LogRecord, StoreError};
+use crate::store::{Conflict, LogRecord, StoreError};
 
 pub(super) async fn append_logs(
     db: &SqliteStore,
@@ -23,9 +23,12 @@ pub(super) async fn append_logs(
         .await?;
     let Some((rank, _)) = rank_of(&mut tx, job_id, attempt, node_id).await? else {
         tx.commit().await?;
-        return Err(StoreError::Conflict(format!(
-            "node {node_id} sent output of attempt {attempt} of job {job_id}, which it does not run"
-        )));
+        return Err(Conflict::NotAttemptOfNode {
+            node: node_id.to_owned(),
+            job: job_id.to_owned(),
+            attempt,
+        }
+        .into());
     };
     for l in lines {
         sqlx::query(

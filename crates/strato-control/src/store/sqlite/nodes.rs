@@ -12,7 +12,7 @@ use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
 use super::{SqliteStore, corrupt, select_one, u32_col};
-use crate::store::{EnrollReport, NodeRecord, NodeUsage, StoreError};
+use crate::store::{Conflict, EnrollReport, NodeRecord, NodeUsage, StoreError};
 
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
@@ -175,11 +175,12 @@ pub(super) async fn enroll(
             .ok_or(StoreError::BadToken)?;
     let node = load_node(&mut tx, &node_id).await?;
     if matches!(node.state, NodeState::Unusable | NodeState::Leaving) {
-        return Err(StoreError::Conflict(format!(
-            "node {node_id} is {} ({}); it will be removed",
-            node.state.as_str(),
-            node.reason
-        )));
+        return Err(Conflict::NodeRetired {
+            node: node_id,
+            state: node.state,
+            reason: node.reason,
+        }
+        .into());
     }
     sqlx::query(
         "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,

@@ -274,7 +274,9 @@ async fn a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops() {
         Ok(next)
     });
     match store.update_cluster("mpi", shrink, &l, 9).await {
-        Err(StoreError::Conflict(m)) => assert!(m.contains("job g needs 2 nodes"), "{m}"),
+        Err(StoreError::Conflict(m)) => {
+            assert!(m.to_string().contains("job g needs 2 nodes"), "{m}")
+        }
         other => panic!("lowering max_nodes below a gang: {other:?}"),
     }
     // Attempt 2: an eviction notice SIGTERMs rank 1's container; on an
