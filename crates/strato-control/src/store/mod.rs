@@ -5,6 +5,8 @@
 //! allocation it guards happen in the same write transaction, so two
 //! concurrent requests cannot both take the last cores.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
 mod records;
 mod sqlite;
 
