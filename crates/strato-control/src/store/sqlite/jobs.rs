@@ -4,7 +4,8 @@
 use sqlx::Row;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use strato_core::job::{self, AttemptEnd, JobSpec, JobState, NextStep};
+use strato_core::job::{AttemptEnd, JobSpec, JobState};
+use strato_core::lifecycle::{self, AttemptFacts, CancelStep};
 use strato_core::node::NodeState;
 
 use super::clusters::load_cluster;
@@ -126,8 +127,9 @@ pub(super) async fn transition(
     Ok(())
 }
 
-/// Ends the current attempt of a job on a node and decides what follows:
-/// a final state, or back to the queue as the next attempt.
+/// Ends the current attempt of a job on a node and stores what follows
+/// (`lifecycle::end_attempt`): a final state, or back to the queue as the
+/// next attempt.
 pub(super) async fn end_attempt(
     conn: &mut SqliteConnection,
     job: &JobRecord,
@@ -135,85 +137,42 @@ pub(super) async fn end_attempt(
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    let end = if job.cancel_requested {
-        AttemptEnd::Canceled
-    } else {
-        end
-    };
-    let exit_code = match end {
-        AttemptEnd::Exited(code) => Some(code),
-        _ => None,
-    };
-    let reason = match end {
-        AttemptEnd::Canceled => "canceled by user".to_owned(),
-        _ => reason.to_owned(),
-    };
+    let ended = lifecycle::end_attempt(
+        &AttemptFacts {
+            attempt: job.attempt,
+            failures: job.failures,
+            preemptions: job.preemptions,
+            max_retries: job.spec.max_retries,
+            max_preemptions: job.spec.max_preemptions,
+            cancel_requested: job.cancel_requested,
+        },
+        end,
+        reason,
+    );
     sqlx::query(
         "UPDATE job_attempts SET ended_at = ?1, reason = ?2, exit_code = ?3
          WHERE job_id = ?4 AND attempt = ?5 AND ended_at IS NULL",
     )
     .bind(now)
-    .bind(&reason)
-    .bind(exit_code)
+    .bind(&ended.reason)
+    .bind(ended.exit_code)
     .bind(&job.id)
     .bind(i64::from(job.attempt))
     .execute(&mut *conn)
     .await?;
-    let preempted = end == AttemptEnd::Preempted;
-    match job::after_attempt(
-        &end,
-        job.failures,
-        job.spec.max_retries,
-        job.preemptions,
-        job.spec.max_preemptions,
-    ) {
-        NextStep::Retry => {
-            let next = job.attempt + 1;
-            sqlx::query(
-                "UPDATE jobs SET attempt = ?1, failures = failures + ?4,
-                     preemptions = preemptions + ?5, node_id = NULL, exit_code = ?2 WHERE id = ?3",
-            )
-            .bind(i64::from(next))
-            .bind(exit_code)
-            .bind(&job.id)
-            .bind(i64::from(!preempted))
-            .bind(i64::from(preempted))
-            .execute(&mut *conn)
-            .await?;
-            let why = if preempted {
-                transition(
-                    conn,
-                    &job.id,
-                    job.attempt,
-                    JobState::Preempted,
-                    &reason,
-                    now,
-                )
-                .await?;
-                format!(
-                    "attempt {} was preempted ({reason}); re-queued as attempt {next} ({} of {} preemptions; failure retries untouched)",
-                    job.attempt,
-                    job.preemptions + 1,
-                    job.spec.max_preemptions
-                )
-            } else {
-                format!(
-                    "attempt {} ended ({reason}); retrying as attempt {next} ({} of {} retries)",
-                    job.attempt,
-                    job.failures + 1,
-                    job.spec.max_retries
-                )
-            };
-            transition(conn, &job.id, next, JobState::Queued, &why, now).await?;
-        }
-        NextStep::Finish(state) => {
-            sqlx::query("UPDATE jobs SET node_id = NULL, exit_code = ?1 WHERE id = ?2")
-                .bind(exit_code)
-                .bind(&job.id)
-                .execute(&mut *conn)
-                .await?;
-            transition(conn, &job.id, job.attempt, state, &reason, now).await?;
-        }
+    sqlx::query(
+        "UPDATE jobs SET attempt = ?1, failures = ?2, preemptions = ?3, node_id = NULL,
+             exit_code = ?4 WHERE id = ?5",
+    )
+    .bind(i64::from(ended.attempt))
+    .bind(i64::from(ended.failures))
+    .bind(i64::from(ended.preemptions))
+    .bind(ended.exit_code)
+    .bind(&job.id)
+    .execute(&mut *conn)
+    .await?;
+    for t in &ended.transitions {
+        transition(conn, &job.id, t.attempt, t.state, &t.reason, now).await?;
     }
     Ok(())
 }
@@ -329,22 +288,18 @@ pub(super) async fn cancel_job(
 ) -> Result<JobRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     let job = load_job(&mut tx, id).await?;
-    if job.state == JobState::Queued || job.state == JobState::Preempted {
-        transition(
-            &mut tx,
-            id,
-            job.attempt,
-            JobState::Canceled,
-            "canceled by user before it started",
-            now,
-        )
-        .await?;
-    } else if job.state.on_node() && !job.cancel_requested {
-        sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+    match lifecycle::cancel(job.state, job.cancel_requested) {
+        CancelStep::Now(reason) => {
+            transition(&mut tx, id, job.attempt, JobState::Canceled, reason, now).await?;
+        }
+        CancelStep::StopOnNodes => {
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        CancelStep::Nothing => {}
     }
     let job = load_job(&mut tx, id).await?;
     tx.commit().await?;
@@ -428,16 +383,7 @@ pub(super) async fn assign_job(
         )
         .await?;
     }
-    let placed = if node_ids.len() == 1 {
-        format!("attempt {} placed on node {first}", job.attempt)
-    } else {
-        format!(
-            "attempt {} placed on {} nodes: {}",
-            job.attempt,
-            node_ids.len(),
-            node_ids.join(", ")
-        )
-    };
+    let placed = lifecycle::placed(job.attempt, node_ids);
     transition(
         &mut tx,
         job_id,
@@ -507,19 +453,14 @@ pub(super) async fn report_attempt(
             .bind(i64::from(attempt))
             .fetch_one(&mut *tx)
             .await?;
-            if job.state == JobState::Preparing && waiting == 0 {
-                let nodes = job
-                    .attempts
-                    .iter()
-                    .find(|a| a.attempt == attempt)
-                    .map(|a| a.node_ids.clone())
-                    .unwrap_or_default();
-                let started = if nodes.len() > 1 {
-                    format!("attempt {attempt} started on {} nodes", nodes.len())
-                } else {
-                    format!("attempt {attempt} started on node {node_id}")
-                };
-                transition(&mut tx, job_id, attempt, JobState::Running, &started, now).await?;
+            let nodes = job
+                .attempts
+                .iter()
+                .find(|a| a.attempt == attempt)
+                .map_or(&[][..], |a| a.node_ids.as_slice());
+            let waiting = u64::try_from(waiting).unwrap_or(u64::MAX);
+            if let Some(t) = lifecycle::rank_started(job.state, attempt, nodes, node_id, waiting) {
+                transition(&mut tx, job_id, t.attempt, t.state, &t.reason, now).await?;
             }
             ReportOutcome::Recorded
         }

@@ -4,6 +4,7 @@
 use sqlx::Row;
 use sqlx::SqliteConnection;
 use strato_core::job::{self, AttemptEnd, GangStep};
+use strato_core::lifecycle;
 use strato_core::node::NodeState;
 
 use super::jobs::{end_attempt, load_job};
@@ -122,9 +123,7 @@ pub(super) async fn end_rank(
             end_attempt(conn, job, end, &why, now).await?;
         }
     }
-    if matches!(node.state, NodeState::Preparing | NodeState::Running)
-        && node.run_id.as_deref() == Some(job.id.as_str())
-    {
+    if lifecycle::frees_node(node.state, node.run_id.as_deref(), &job.id) {
         set_node_state(conn, open.node_id, NodeState::Idle, None, "", now).await?;
     }
     Ok(())
