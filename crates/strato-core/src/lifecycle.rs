@@ -67,66 +67,50 @@ pub fn end_attempt(facts: &AttemptFacts, end: AttemptEnd, reason: &str) -> Attem
         facts.preemptions,
         facts.max_preemptions,
     );
-    match step {
-        NextStep::Finish(state) => AttemptEnded {
-            exit_code,
-            transitions: vec![Transition {
+    let queued = |next: u32, why: String| Transition {
+        attempt: next,
+        state: JobState::Queued,
+        reason: why,
+    };
+    let (attempt, failures, preemptions, transitions) = match step {
+        NextStep::Finish(state) => {
+            let t = Transition {
                 attempt: a,
                 state,
                 reason: reason.clone(),
-            }],
-            reason,
-            attempt: a,
-            failures: facts.failures,
-            preemptions: facts.preemptions,
-        },
+            };
+            (a, facts.failures, facts.preemptions, vec![t])
+        }
         NextStep::Retry if end == AttemptEnd::Preempted => {
-            let next = a + 1;
-            let preemptions = facts.preemptions + 1;
+            let (next, preemptions) = (a + 1, facts.preemptions + 1);
             let why = format!(
                 "attempt {a} was preempted ({reason}); re-queued as attempt {next} ({preemptions} of {} preemptions; failure retries untouched)",
                 facts.max_preemptions
             );
-            AttemptEnded {
-                exit_code,
-                transitions: vec![
-                    Transition {
-                        attempt: a,
-                        state: JobState::Preempted,
-                        reason: reason.clone(),
-                    },
-                    Transition {
-                        attempt: next,
-                        state: JobState::Queued,
-                        reason: why,
-                    },
-                ],
-                reason,
-                attempt: next,
-                failures: facts.failures,
-                preemptions,
-            }
+            let preempted = Transition {
+                attempt: a,
+                state: JobState::Preempted,
+                reason: reason.clone(),
+            };
+            let ts = vec![preempted, queued(next, why)];
+            (next, facts.failures, preemptions, ts)
         }
         NextStep::Retry => {
-            let next = a + 1;
-            let failures = facts.failures + 1;
+            let (next, failures) = (a + 1, facts.failures + 1);
             let why = format!(
                 "attempt {a} ended ({reason}); retrying as attempt {next} ({failures} of {} retries)",
                 facts.max_retries
             );
-            AttemptEnded {
-                exit_code,
-                transitions: vec![Transition {
-                    attempt: next,
-                    state: JobState::Queued,
-                    reason: why,
-                }],
-                reason,
-                attempt: next,
-                failures,
-                preemptions: facts.preemptions,
-            }
+            (next, failures, facts.preemptions, vec![queued(next, why)])
         }
+    };
+    AttemptEnded {
+        exit_code,
+        reason,
+        attempt,
+        failures,
+        preemptions,
+        transitions,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Multi-node jobs (gangs) and job output.
 
-use strato_core::job::{Distribution, JobState};
+use strato_core::job::{Distribution, JobSpec, JobState};
 use strato_core::node::NodeState;
 use strato_core::spec::ClusterSpec;
 
@@ -11,6 +11,15 @@ use crate::store::{
     AttemptReport, Conflict, GangRank, LogRecord, QueuedJob, RankToStop, ReportOutcome, SpecUpdate,
     Store, StoreError,
 };
+
+/// Cluster `mpi` with idle nodes `mpi-n0` and `mpi-n1`, and job `g` of
+/// `spec` queued on it at time 3.
+async fn given_gang_of_two<S: Store>(store: &S, spec: JobSpec) -> Vec<String> {
+    given_cluster(store, "mpi").await;
+    let nodes = given_idle_nodes(store, "mpi", &["mpi-n0", "mpi-n1"]).await;
+    store.submit_job("g", spec, 3).await.expect("submit");
+    nodes
+}
 
 /// A gang of two: placed together, a failing rank ends the attempt for
 /// both, the other rank is then to be stopped, and its node is freed only
@@ -162,12 +171,7 @@ pub async fn a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops
 }
 
 pub async fn a_gang_runs_once_every_rank_runs<S: Store>(store: S) {
-    given_cluster(&store, "mpi").await;
-    let nodes = given_idle_nodes(&store, "mpi", &["mpi-n0", "mpi-n1"]).await;
-    store
-        .submit_job("g", gang("mpi", 2, Distribution::Pytorch), 3)
-        .await
-        .expect("submit");
+    let nodes = given_gang_of_two(&store, gang("mpi", 2, Distribution::Pytorch)).await;
     store.assign_job("g", &nodes, 4).await.expect("assign");
     assert_eq!(
         store.gang("g", 1).await.expect("gang"),
@@ -210,12 +214,7 @@ pub async fn a_gang_runs_once_every_rank_runs<S: Store>(store: S) {
 }
 
 pub async fn a_gang_completes_once_every_rank_exited_0<S: Store>(store: S) {
-    given_cluster(&store, "mpi").await;
-    let nodes = given_idle_nodes(&store, "mpi", &["mpi-n0", "mpi-n1"]).await;
-    store
-        .submit_job("g", gang("mpi", 2, Distribution::Pytorch), 3)
-        .await
-        .expect("submit");
+    let nodes = given_gang_of_two(&store, gang("mpi", 2, Distribution::Pytorch)).await;
     given_running(&store, "g", &nodes, 4).await;
     store
         .report_attempt("mpi-n1", "g", 1, exited(0), 5)
@@ -239,11 +238,9 @@ pub async fn a_gang_completes_once_every_rank_exited_0<S: Store>(store: S) {
 }
 
 pub async fn an_mpi_worker_ending_first_fails_the_attempt<S: Store>(store: S) {
-    given_cluster(&store, "mpi").await;
-    let nodes = given_idle_nodes(&store, "mpi", &["mpi-n0", "mpi-n1"]).await;
     let mut spec = gang("mpi", 2, Distribution::Mpi);
     spec.max_retries = 0;
-    store.submit_job("g", spec, 3).await.expect("submit");
+    let nodes = given_gang_of_two(&store, spec).await;
     given_running(&store, "g", &nodes, 4).await;
     store
         .report_attempt("mpi-n1", "g", 1, exited(0), 5)
@@ -265,12 +262,7 @@ pub async fn an_mpi_worker_ending_first_fails_the_attempt<S: Store>(store: S) {
 }
 
 pub async fn a_lost_rank_ends_the_gang<S: Store>(store: S) {
-    given_cluster(&store, "mpi").await;
-    let nodes = given_idle_nodes(&store, "mpi", &["mpi-n0", "mpi-n1"]).await;
-    store
-        .submit_job("g", gang("mpi", 2, Distribution::Mpi), 3)
-        .await
-        .expect("submit");
+    let nodes = given_gang_of_two(&store, gang("mpi", 2, Distribution::Mpi)).await;
     given_running(&store, "g", &nodes, 4).await;
     let jobs = store
         .node_unusable("mpi-n1", "no heartbeat", 5)
@@ -307,12 +299,7 @@ fn line_of(seq: u64, stream: u8, line: &str) -> LogRecord {
 }
 
 pub async fn logs_keep_arrival_order_rank_and_sequence<S: Store>(store: S) {
-    given_cluster(&store, "mpi").await;
-    let nodes = given_idle_nodes(&store, "mpi", &["mpi-n0", "mpi-n1"]).await;
-    store
-        .submit_job("g", gang("mpi", 2, Distribution::Pytorch), 3)
-        .await
-        .expect("submit");
+    let nodes = given_gang_of_two(&store, gang("mpi", 2, Distribution::Pytorch)).await;
     given_running(&store, "g", &nodes, 4).await;
     let batch = |lines: &[(u64, &str)]| -> Vec<LogRecord> {
         lines.iter().map(|(s, l)| line_of(*s, 1, l)).collect()
