@@ -179,6 +179,35 @@ pub fn frees_node(node: NodeState, node_job: Option<&str>, job: &str) -> bool {
     matches!(node, NodeState::Preparing | NodeState::Running) && node_job == Some(job)
 }
 
+/// A node that goes away (removed by the provider, or gone at its
+/// eviction time) ends the attempts on it: as preempted if it was evicted
+/// (`state` preempted), as lost otherwise. Returns the end and its reason.
+pub fn node_removed(node_id: &str, state: Option<NodeState>) -> (AttemptEnd, String) {
+    if state == Some(NodeState::Preempted) {
+        (AttemptEnd::Preempted, format!("node {node_id} was evicted"))
+    } else {
+        (AttemptEnd::NodeLost, format!("node {node_id} was removed"))
+    }
+}
+
+/// A node found unusable (`why`: e.g. its heartbeats stopped) loses the
+/// attempts on it.
+pub fn node_lost(node_id: &str, why: &str) -> (AttemptEnd, String) {
+    (AttemptEnd::NodeLost, format!("node {node_id} lost: {why}"))
+}
+
+/// Whether a node's agent may enrol: an unusable or leaving node is to be
+/// removed instead.
+pub fn may_enrol(state: NodeState) -> bool {
+    !matches!(state, NodeState::Unusable | NodeState::Leaving)
+}
+
+/// A node's first enrolment makes it idle: it was preparing, waiting for
+/// its agent. A node enrolling again (its agent restarted) keeps its state.
+pub fn enrolment_makes_idle(enrolled_before: bool, state: NodeState, has_job: bool) -> bool {
+    !enrolled_before && state == NodeState::Preparing && !has_job
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +353,41 @@ mod tests {
                 reason: "attempt 3 started on node n0".into()
             })
         );
+    }
+
+    #[test]
+    fn a_node_going_away_ends_its_attempts_by_how_it_went() {
+        assert_eq!(
+            node_removed("n", Some(NodeState::Preempted)),
+            (AttemptEnd::Preempted, "node n was evicted".to_owned())
+        );
+        for state in [Some(NodeState::Running), Some(NodeState::Unusable), None] {
+            assert_eq!(
+                node_removed("n", state),
+                (AttemptEnd::NodeLost, "node n was removed".to_owned())
+            );
+        }
+        assert_eq!(
+            node_lost("n", "no heartbeat"),
+            (AttemptEnd::NodeLost, "node n lost: no heartbeat".to_owned())
+        );
+    }
+
+    #[test]
+    fn enrolment_by_state() {
+        assert!(!may_enrol(NodeState::Unusable) && !may_enrol(NodeState::Leaving));
+        for s in [
+            NodeState::Idle,
+            NodeState::Preparing,
+            NodeState::Running,
+            NodeState::Preempted,
+        ] {
+            assert!(may_enrol(s), "{s:?}");
+        }
+        assert!(enrolment_makes_idle(false, NodeState::Preparing, false));
+        assert!(!enrolment_makes_idle(true, NodeState::Preparing, false));
+        assert!(!enrolment_makes_idle(false, NodeState::Preparing, true));
+        assert!(!enrolment_makes_idle(false, NodeState::Running, false));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use strato_core::job::AttemptEnd;
+use strato_core::lifecycle;
 use strato_core::node::NodeState;
 use strato_core::quota::{self, QuotaLimits, QuotaUsage};
 
@@ -174,7 +174,7 @@ pub(super) async fn enroll(
             .await?
             .ok_or(StoreError::BadToken)?;
     let node = load_node(&mut tx, &node_id).await?;
-    if matches!(node.state, NodeState::Unusable | NodeState::Leaving) {
+    if !lifecycle::may_enrol(node.state) {
         return Err(Conflict::NodeRetired {
             node: node_id,
             state: node.state,
@@ -197,7 +197,7 @@ pub(super) async fn enroll(
     .bind(serde_json::to_string(&report.gpu_info).map_err(|e| corrupt("node gpu_info", e))?)
     .execute(&mut *tx)
     .await?;
-    if !node.enrolled && node.state == NodeState::Preparing && node.run_id.is_none() {
+    if lifecycle::enrolment_makes_idle(node.enrolled, node.state, node.run_id.is_some()) {
         set_node_state(&mut tx, &node_id, NodeState::Idle, None, "", now).await?;
     }
     let node = load_node(&mut tx, &node_id).await?;
@@ -262,14 +262,8 @@ pub(super) async fn node_unusable(
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = db.begin_write().await?;
     load_node(&mut tx, node_id).await?;
-    let jobs = end_ranks_on(
-        &mut tx,
-        node_id,
-        AttemptEnd::NodeLost,
-        &format!("node {node_id} lost: {reason}"),
-        now,
-    )
-    .await?;
+    let (end, why) = lifecycle::node_lost(node_id, reason);
+    let jobs = end_ranks_on(&mut tx, node_id, end, &why, now).await?;
     set_node_state(&mut tx, node_id, NodeState::Unusable, None, reason, now).await?;
     tx.commit().await?;
     Ok(jobs)
@@ -311,16 +305,9 @@ pub(super) async fn delete_node(
     now: i64,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
-    match load_node(&mut tx, node_id).await {
-        Ok(n) if n.state == NodeState::Preempted => {
-            let why = format!("node {node_id} was evicted");
-            end_ranks_on(&mut tx, node_id, AttemptEnd::Preempted, &why, now).await?;
-        }
-        _ => {
-            let why = format!("node {node_id} was removed");
-            end_ranks_on(&mut tx, node_id, AttemptEnd::NodeLost, &why, now).await?;
-        }
-    }
+    let state = load_node(&mut tx, node_id).await.ok().map(|n| n.state);
+    let (end, why) = lifecycle::node_removed(node_id, state);
+    end_ranks_on(&mut tx, node_id, end, &why, now).await?;
     sqlx::query("DELETE FROM nodes WHERE node_id = ?1")
         .bind(node_id)
         .execute(&mut *tx)
