@@ -19,7 +19,7 @@ use crate::store::{
 const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, allocation_since, \
      target_nodes, errors, identities";
 
-pub(super) fn cluster_from_row(row: &SqliteRow) -> Result<ClusterRecord, StoreError> {
+fn cluster_from_row(row: &SqliteRow) -> Result<ClusterRecord, StoreError> {
     let state: String = row.try_get("allocation_state")?;
     let errors: String = row.try_get("errors")?;
     Ok(ClusterRecord {

@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use super::SqliteStore;
 use crate::store::{DatastoreRecord, StoreError};
 
-pub(super) fn datastore_from_row(row: &SqliteRow) -> Result<DatastoreRecord, StoreError> {
+fn datastore_from_row(row: &SqliteRow) -> Result<DatastoreRecord, StoreError> {
     Ok(DatastoreRecord {
         name: row.try_get("name")?,
         account_url: row.try_get("account_url")?,

@@ -21,7 +21,7 @@ const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptio
      exit_code, cancel_requested, created_at, updated_at";
 
 /// A job row, without its transitions and attempts.
-pub(super) fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let spec: String = row.try_get("spec")?;
     let state: String = row.try_get("state")?;
     Ok(JobRecord {
@@ -99,7 +99,7 @@ pub(super) async fn load_job(
 }
 
 /// Moves a job to `state`, recording the transition.
-pub(super) async fn transition(
+async fn transition(
     conn: &mut SqliteConnection,
     job_id: &str,
     attempt: u32,
