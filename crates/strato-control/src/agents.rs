@@ -105,7 +105,7 @@ impl<S: Store> AgentService for AgentApi<S> {
                     tracing::warn!(hostname = %r.hostname, "enrolment refused: unknown join token");
                     Status::unauthenticated("join token not recognised")
                 }
-                StoreError::Conflict(m) => Status::failed_precondition(m),
+                StoreError::Conflict(m) => Status::failed_precondition(m.to_string()),
                 other => status(other),
             })?;
         // GPU readiness: a node of a GPU size without its GPUs is no capacity.

@@ -5,197 +5,26 @@
 //! allocation it guards happen in the same write transaction, so two
 //! concurrent requests cannot both take the last cores.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+mod records;
 mod sqlite;
 
 use std::future::Future;
 
 use strato_core::SpecError;
 use strato_core::identity::Identity;
-use strato_core::job::{AttemptEnd, JobSpec, JobState};
+use strato_core::job::{JobSpec, JobState};
 use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
+pub use records::{
+    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
+    GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome,
+    TransitionRecord,
+};
 pub use sqlite::SqliteStore;
-
-/// Why a cluster is not where it should be.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ClusterIssue {
-    pub code: String,
-    pub message: String,
-    pub since: i64,
-}
-
-/// A cluster as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterRecord {
-    pub spec: ClusterSpec,
-    /// Milliseconds since the Unix epoch.
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// The allocation state the reconcile loop last recorded, since when,
-    /// and why the cluster is not at its target.
-    pub allocation_state: AllocationState,
-    pub allocation_since: i64,
-    pub target_nodes: u32,
-    pub errors: Vec<ClusterIssue>,
-    /// The managed identities, with their ids.
-    pub identities: Vec<Identity>,
-}
-
-/// A node as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRecord {
-    pub node_id: String,
-    pub cluster: String,
-    pub state: NodeState,
-    pub private_ip: String,
-    pub port: u16,
-    /// The job on the node, if any.
-    pub run_id: Option<String>,
-    pub reason: String,
-    pub state_since: i64,
-    pub created_at: i64,
-    pub idle_since: i64,
-    pub last_heartbeat: Option<i64>,
-    /// The agent has enrolled at least once.
-    pub enrolled: bool,
-    pub hostname: String,
-    pub pid: Option<u32>,
-    pub metrics_url: String,
-    pub gpus: u32,
-    /// The GPUs the agent found at enrolment.
-    pub gpu_info: Vec<strato_core::node::GpuInfo>,
-    pub usage: NodeUsage,
-    /// For a preempted node: when it is evicted (ms).
-    pub evict_at: Option<i64>,
-}
-
-/// A node's utilisation from its last heartbeat.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct NodeUsage {
-    pub cpu_percent: f64,
-    pub memory_used: u64,
-    pub memory_total: u64,
-    pub gpu_percent: f64,
-}
-
-impl Eq for NodeUsage {}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransitionRecord {
-    pub at: i64,
-    pub attempt: u32,
-    pub state: JobState,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptRecord {
-    pub attempt: u32,
-    pub node_id: String,
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub reason: String,
-    pub exit_code: Option<i64>,
-    /// The attempt's nodes by rank (rank 0 first; one for single-node jobs).
-    pub node_ids: Vec<String>,
-}
-
-/// A rank of an attempt that ended while its container may still run:
-/// its node must stop it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RankToStop {
-    pub job_id: String,
-    pub attempt: u32,
-    pub node_id: String,
-}
-
-/// One node of an attempt's gang.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GangRank {
-    pub rank: u32,
-    pub node_id: String,
-}
-
-/// A queued job and the nodes it needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedJob {
-    pub id: String,
-    pub node_count: u32,
-}
-
-/// A job as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
-    pub id: String,
-    pub spec: JobSpec,
-    pub state: JobState,
-    pub reason: String,
-    pub attempt: u32,
-    pub failures: u32,
-    pub preemptions: u32,
-    pub node_id: Option<String>,
-    pub exit_code: Option<i64>,
-    pub cancel_requested: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub transitions: Vec<TransitionRecord>,
-    pub attempts: Vec<AttemptRecord>,
-}
-
-/// What an agent says of its node when it enrols.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EnrollReport {
-    pub hostname: String,
-    pub metrics_url: String,
-    pub gpus: u32,
-    pub gpu_info: Vec<strato_core::node::GpuInfo>,
-}
-
-/// A datastore as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatastoreRecord {
-    pub name: String,
-    pub account_url: String,
-    pub container: String,
-    pub created_at: i64,
-}
-
-/// One stored line of a job's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogRecord {
-    /// Position in arrival order among all lines (the follow cursor).
-    pub pos: i64,
-    pub attempt: u32,
-    /// The rank that wrote it; `seq` counts per rank.
-    pub rank: u32,
-    pub seq: u64,
-    /// 1 stdout, 2 stderr.
-    pub stream: u8,
-    pub line: String,
-    pub at: i64,
-}
-
-/// What an agent says about one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptReport {
-    Running,
-    Ended(AttemptEnd, String),
-}
-
-/// The outcome of storing an attempt report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReportOutcome {
-    /// Stored, or already known.
-    Recorded,
-    /// The attempt has ended and its result is stored: the agent may
-    /// remove its container.
-    Release,
-    /// The report is about an attempt this node does not hold (stale):
-    /// the agent should stop and remove it.
-    Stale,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -213,8 +42,9 @@ pub enum StoreError {
     NodeNotFound(String),
     #[error("join or session token not recognised")]
     BadToken,
-    #[error("{0}")]
-    Conflict(String),
+    /// The state the store found forbids the change (FAILED_PRECONDITION).
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -225,6 +55,50 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+}
+
+/// What the store found that forbids a change. The messages say what to
+/// do where that is known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// Lowering `max_nodes` below a gang that waits or runs would hold the
+    /// queue back for ever.
+    #[error(
+        "max_nodes: job {job} needs {needs} nodes at once; cancel it or keep max_nodes at {needs} or more"
+    )]
+    MaxNodesBelowGang { job: String, needs: u32 },
+    /// A cluster with queued, running or preempted jobs is not deleted.
+    #[error(
+        "cluster {cluster} has {unfinished} unfinished jobs; cancel them (`strato job cancel`) or wait for them first"
+    )]
+    ClusterHasUnfinishedJobs { cluster: String, unfinished: u64 },
+    /// An unusable or leaving node may not enrol again.
+    #[error("node {node} is {} ({reason}); it will be removed", .state.as_str())]
+    NodeRetired {
+        node: String,
+        state: NodeState,
+        reason: String,
+    },
+    /// Only a queued job is assigned.
+    #[error("job {job} is {}, not queued", .state.as_str())]
+    JobNotQueued { job: String, state: JobState },
+    /// A job takes exactly its node count, all at once.
+    #[error("job {job} needs {needs} nodes, not {got}")]
+    WrongNodeCount {
+        job: String,
+        needs: usize,
+        got: usize,
+    },
+    /// Only an idle node without a job takes one.
+    #[error("node {node} is {}, not idle", .state.as_str())]
+    NodeNotIdle { node: String, state: NodeState },
+    /// Output of an attempt the node was not given.
+    #[error("node {node} sent output of attempt {attempt} of job {job}, which it does not run")]
+    NotAttemptOfNode {
+        node: String,
+        job: String,
+        attempt: u32,
+    },
 }
 
 /// Computes a cluster's new spec from its current one; runs inside the

@@ -1,0 +1,429 @@
+//! A single-node job's life: submit, assign, run, end, retry, cancel, and
+//! what the store answers to reports.
+
+use strato_core::job::{AttemptEnd, JobState};
+use strato_core::node::NodeState;
+
+use super::{
+    exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, states,
+};
+use crate::store::{
+    AttemptReport, Conflict, QueuedJob, RankToStop, ReportOutcome, Store, StoreError,
+};
+
+pub async fn job_runs_to_completion<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    let submitted = store.submit_job("j", job("cpu"), 10).await.expect("submit");
+    assert_eq!(
+        (submitted.state, submitted.attempt, submitted.created_at),
+        (JobState::Queued, 1, 10)
+    );
+    assert_eq!(last_reason(&submitted), "submitted");
+    assert_eq!(
+        store.queued_jobs("cpu").await.expect("queue"),
+        vec![QueuedJob {
+            id: "j".into(),
+            node_count: 1
+        }]
+    );
+
+    let assigned = store.assign_job("j", &nodes, 11).await.expect("assign");
+    assert_eq!(
+        (assigned.state, assigned.node_id.as_deref()),
+        (JobState::Preparing, Some("cpu-n0"))
+    );
+    assert_eq!(last_reason(&assigned), "attempt 1 placed on node cpu-n0");
+    assert_eq!(
+        (assigned.attempts.len(), assigned.attempts[0].started_at),
+        (1, 11)
+    );
+    assert_eq!(assigned.attempts[0].node_ids, ["cpu-n0"]);
+    let n = node(&store, "cpu-n0").await;
+    assert_eq!(
+        (n.state, n.run_id.as_deref(), n.reason.as_str()),
+        (NodeState::Preparing, Some("j"), "preparing a job")
+    );
+    assert!(store.queued_jobs("cpu").await.expect("queue").is_empty());
+
+    let outcome = store
+        .report_attempt("cpu-n0", "j", 1, AttemptReport::Running, 12)
+        .await
+        .expect("running");
+    assert_eq!(outcome, ReportOutcome::Recorded);
+    let running = store.get_job("j").await.expect("job");
+    assert_eq!(running.state, JobState::Running);
+    assert_eq!(last_reason(&running), "attempt 1 started on node cpu-n0");
+    assert_eq!(node(&store, "cpu-n0").await.state, NodeState::Running);
+    // Said twice, it is stored once.
+    store
+        .report_attempt("cpu-n0", "j", 1, AttemptReport::Running, 13)
+        .await
+        .expect("running again");
+    assert_eq!(store.get_job("j").await.expect("job"), running);
+
+    let outcome = store
+        .report_attempt("cpu-n0", "j", 1, exited(0), 14)
+        .await
+        .expect("ended");
+    assert_eq!(outcome, ReportOutcome::Release);
+    let done = store.get_job("j").await.expect("job");
+    assert_eq!(
+        (
+            done.state,
+            done.exit_code,
+            done.node_id.as_deref(),
+            done.updated_at
+        ),
+        (JobState::Completed, Some(0), None, 14)
+    );
+    assert_eq!(
+        states(&done),
+        [
+            JobState::Queued,
+            JobState::Preparing,
+            JobState::Running,
+            JobState::Completed
+        ]
+    );
+    assert_eq!(last_reason(&done), "exited with code 0");
+    assert_eq!(
+        (done.attempts[0].ended_at, done.attempts[0].exit_code),
+        (Some(14), Some(0))
+    );
+    let n = node(&store, "cpu-n0").await;
+    assert_eq!(
+        (n.state, n.run_id, n.idle_since),
+        (NodeState::Idle, None, 14)
+    );
+    // The agent reports again (e.g. after a reconnect): release once more.
+    assert_eq!(
+        store
+            .report_attempt("cpu-n0", "j", 1, exited(0), 15)
+            .await
+            .expect("again"),
+        ReportOutcome::Release
+    );
+    assert_eq!(store.get_job("j").await.expect("job"), done);
+    assert!(store.ranks_to_stop().await.expect("stop").is_empty());
+}
+
+pub async fn a_failing_job_retries_until_max_retries_then_fails<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    let mut spec = job("cpu");
+    spec.max_retries = 2;
+    store.submit_job("j", spec, 3).await.expect("submit");
+    for attempt in 1..=2 {
+        given_running(&store, "j", &nodes, 4).await;
+        store
+            .report_attempt("cpu-n0", "j", attempt, exited(3), 5)
+            .await
+            .expect("failed");
+        let j = store.get_job("j").await.expect("job");
+        assert_eq!(
+            (j.state, j.attempt, j.failures, j.exit_code),
+            (JobState::Queued, attempt + 1, attempt, Some(3))
+        );
+        assert_eq!(
+            last_reason(&j),
+            format!(
+                "attempt {attempt} ended (exited with code 3); retrying as attempt {} ({attempt} of 2 retries)",
+                attempt + 1
+            )
+        );
+        assert_eq!(node(&store, "cpu-n0").await.state, NodeState::Idle);
+    }
+    given_running(&store, "j", &nodes, 6).await;
+    store
+        .report_attempt("cpu-n0", "j", 3, exited(3), 7)
+        .await
+        .expect("failed");
+    let j = store.get_job("j").await.expect("job");
+    assert_eq!(
+        (j.state, j.attempt, j.failures, j.exit_code),
+        (JobState::Failed, 3, 2, Some(3))
+    );
+    assert_eq!(last_reason(&j), "exited with code 3");
+    assert_eq!(j.attempts.len(), 3);
+    assert!(j.attempts.iter().all(|a| a.exit_code == Some(3)));
+}
+
+pub async fn an_attempt_that_cannot_start_is_not_retried<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store.assign_job("j", &nodes, 4).await.expect("assign");
+    let report = AttemptReport::Ended(AttemptEnd::CannotStart, "image img not found".into());
+    store
+        .report_attempt("cpu-n0", "j", 1, report, 5)
+        .await
+        .expect("report");
+    let j = store.get_job("j").await.expect("job");
+    assert_eq!(
+        (j.state, j.attempt, j.failures, j.exit_code),
+        (JobState::Failed, 1, 0, None)
+    );
+    assert_eq!(last_reason(&j), "image img not found");
+    assert_eq!(node(&store, "cpu-n0").await.state, NodeState::Idle);
+}
+
+pub async fn cancel_while_queued<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    let j = store.cancel_job("j", 4).await.expect("cancel");
+    assert_eq!((j.state, j.updated_at), (JobState::Canceled, 4));
+    assert_eq!(last_reason(&j), "canceled by user before it started");
+    assert!(store.queued_jobs("cpu").await.expect("queue").is_empty());
+    assert!(matches!(
+        store.cancel_job("nope", 5).await,
+        Err(StoreError::JobNotFound(n)) if n == "nope"
+    ));
+}
+
+pub async fn cancel_while_running_overrides_the_reported_end<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    for (id, n) in [("ok", &nodes[0]), ("bad", &nodes[1])] {
+        store.submit_job(id, job("cpu"), 3).await.expect("submit");
+        given_running(&store, id, std::slice::from_ref(n), 4).await;
+        let j = store.cancel_job(id, 5).await.expect("cancel");
+        assert_eq!(
+            (j.state, j.cancel_requested, j.updated_at),
+            (JobState::Running, true, 5)
+        );
+        // Asked again: nothing changes.
+        assert_eq!(store.cancel_job(id, 6).await.expect("again"), j);
+        assert!(store.gang(id, 1).await.expect("gang").is_empty());
+    }
+    let mut stop = store.ranks_to_stop().await.expect("stop");
+    stop.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    assert_eq!(
+        stop,
+        vec![
+            RankToStop {
+                job_id: "bad".into(),
+                attempt: 1,
+                node_id: "cpu-n1".into()
+            },
+            RankToStop {
+                job_id: "ok".into(),
+                attempt: 1,
+                node_id: "cpu-n0".into()
+            },
+        ]
+    );
+    // Whatever the container's end, the job is canceled, not retried.
+    for (id, n, code) in [("ok", "cpu-n0", 0), ("bad", "cpu-n1", 137)] {
+        store
+            .report_attempt(n, id, 1, exited(code), 7)
+            .await
+            .expect("report");
+        let j = store.get_job(id).await.expect("job");
+        assert_eq!(
+            (j.state, j.attempt, j.failures, j.exit_code),
+            (JobState::Canceled, 1, 0, None)
+        );
+        assert_eq!(last_reason(&j), "canceled by user");
+        assert_eq!(node(&store, n).await.state, NodeState::Idle);
+    }
+    assert!(store.ranks_to_stop().await.expect("stop").is_empty());
+}
+
+pub async fn cancel_of_a_finished_job_changes_nothing<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    given_running(&store, "j", &nodes, 4).await;
+    store
+        .report_attempt("cpu-n0", "j", 1, exited(0), 5)
+        .await
+        .expect("ended");
+    let done = store.get_job("j").await.expect("job");
+    assert_eq!(store.cancel_job("j", 6).await.expect("cancel"), done);
+    assert_eq!(done.state, JobState::Completed);
+}
+
+pub async fn stale_reports_are_answered_stale_or_release<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    given_running(&store, "j", &nodes[..1], 4).await;
+    let before = store.get_job("j").await.expect("job");
+    // A job the store does not know, an attempt never given, another node.
+    for (n, j, attempt) in [
+        ("cpu-n0", "nope", 1),
+        ("cpu-n0", "j", 2),
+        ("cpu-n1", "j", 1),
+    ] {
+        assert_eq!(
+            store
+                .report_attempt(n, j, attempt, exited(1), 5)
+                .await
+                .expect("report"),
+            ReportOutcome::Stale,
+            "{n} {j} {attempt}"
+        );
+    }
+    assert_eq!(store.get_job("j").await.expect("job"), before);
+    assert_eq!(node(&store, "cpu-n1").await.state, NodeState::Idle);
+}
+
+pub async fn assign_is_all_or_nothing<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1", "cpu-n2"]).await;
+    store
+        .submit_job("busy", job("cpu"), 3)
+        .await
+        .expect("submit");
+    store
+        .assign_job("busy", &nodes[..1], 4)
+        .await
+        .expect("assign");
+    store.submit_job("j", job("cpu"), 5).await.expect("submit");
+
+    let e = store
+        .assign_job("busy", &nodes[1..2], 6)
+        .await
+        .expect_err("not queued");
+    assert!(matches!(
+        &e,
+        StoreError::Conflict(Conflict::JobNotQueued { job, state: JobState::Preparing }) if job == "busy"
+    ));
+    assert_eq!(e.to_string(), "job busy is preparing, not queued");
+
+    let e = store
+        .assign_job("j", &nodes[1..3], 6)
+        .await
+        .expect_err("two nodes for one");
+    assert!(matches!(
+        &e,
+        StoreError::Conflict(Conflict::WrongNodeCount {
+            needs: 1,
+            got: 2,
+            ..
+        })
+    ));
+    assert_eq!(e.to_string(), "job j needs 1 nodes, not 2");
+
+    let e = store
+        .assign_job("j", &nodes[..1], 6)
+        .await
+        .expect_err("busy node");
+    assert!(matches!(
+        &e,
+        StoreError::Conflict(Conflict::NodeNotIdle { node, state: NodeState::Preparing }) if node == "cpu-n0"
+    ));
+    assert_eq!(e.to_string(), "node cpu-n0 is preparing, not idle");
+
+    assert!(matches!(
+        store.assign_job("nope", &nodes[1..2], 6).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert!(matches!(
+        store.assign_job("j", &["cpu-gone".to_owned()], 6).await,
+        Err(StoreError::NodeNotFound(_))
+    ));
+    // Nothing of the refused assignments was stored.
+    let j = store.get_job("j").await.expect("job");
+    assert_eq!((j.state, j.attempts.len()), (JobState::Queued, 0));
+    for n in &nodes[1..] {
+        assert_eq!(node(&store, n).await.state, NodeState::Idle);
+    }
+    let j = store.assign_job("j", &nodes[2..], 7).await.expect("assign");
+    assert_eq!(j.node_id.as_deref(), Some("cpu-n2"));
+}
+
+pub async fn submit_needs_a_cluster_and_stores_its_canonical_name<S: Store>(store: S) {
+    assert!(matches!(
+        store.submit_job("j", job("cpu"), 1).await,
+        Err(StoreError::ClusterNotFound(_))
+    ));
+    assert!(matches!(
+        store.get_job("j").await,
+        Err(StoreError::JobNotFound(n)) if n == "j"
+    ));
+    given_cluster(&store, "cpu").await;
+    let j = store.submit_job("j", job("CPU"), 2).await.expect("submit");
+    assert_eq!(j.spec.cluster, "cpu");
+    assert_eq!(store.get_job("j").await.expect("get"), j);
+}
+
+pub async fn job_counts_and_lists<S: Store>(store: S) {
+    given_cluster(&store, "east").await;
+    given_cluster(&store, "west").await;
+    let nodes = given_idle_nodes(&store, "east", &["a-n0"]).await;
+    store
+        .submit_job("a1", job("east"), 10)
+        .await
+        .expect("submit");
+    store
+        .submit_job("a2", job("east"), 11)
+        .await
+        .expect("submit");
+    store
+        .submit_job("a3", job("east"), 11)
+        .await
+        .expect("submit");
+    store
+        .submit_job("b1", job("west"), 12)
+        .await
+        .expect("submit");
+    given_running(&store, "a1", &nodes, 13).await;
+    store.cancel_job("a2", 14).await.expect("cancel");
+    let mut counts = store.job_counts().await.expect("counts");
+    counts.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    assert_eq!(
+        counts,
+        vec![
+            ("east".to_owned(), JobState::Canceled, 1),
+            ("east".to_owned(), JobState::Queued, 1),
+            ("east".to_owned(), JobState::Running, 1),
+            ("west".to_owned(), JobState::Queued, 1),
+        ]
+    );
+    let ids =
+        |jobs: Vec<crate::store::JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    // Newest first; of the same time, the later submitted first.
+    assert_eq!(
+        ids(store.list_jobs(None).await.expect("all")),
+        ["b1", "a3", "a2", "a1"]
+    );
+    assert_eq!(
+        ids(store.list_jobs(Some("EAST")).await.expect("of a")),
+        ["a3", "a2", "a1"]
+    );
+    assert!(store.list_jobs(Some("c")).await.expect("none").is_empty());
+    let listed = store.list_jobs(Some("east")).await.expect("of a");
+    assert_eq!(listed[2], store.get_job("a1").await.expect("a1"));
+}
+
+pub async fn queued_reason_is_set_on_queued_jobs_only<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    given_cluster(&store, "other").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store
+        .submit_job("run", job("cpu"), 3)
+        .await
+        .expect("submit");
+    given_running(&store, "run", &nodes, 4).await;
+    store
+        .submit_job("wait", job("cpu"), 5)
+        .await
+        .expect("submit");
+    store
+        .submit_job("else", job("other"), 5)
+        .await
+        .expect("submit");
+    let why = "waiting: quota_exceeded: no room for another node";
+    store.set_queued_reason("cpu", why).await.expect("reason");
+    let wait = store.get_job("wait").await.expect("job");
+    assert_eq!((wait.state, wait.reason.as_str()), (JobState::Queued, why));
+    // The reason is shown, not a transition.
+    assert_eq!(last_reason(&wait), "submitted");
+    assert_ne!(store.get_job("run").await.expect("job").reason, why);
+    assert_eq!(
+        store.get_job("else").await.expect("job").reason,
+        "submitted"
+    );
+}

@@ -1,0 +1,242 @@
+//! The store's conformance suite: what every `Store` must do, written
+//! against the trait alone, so that each backend passes the same cases.
+//!
+//! A backend instantiates it once with a function that makes a fresh, empty
+//! store and something to keep alive while the case runs (a temporary
+//! directory, a schema to drop):
+//!
+//! ```ignore
+//! strato_control::store_conformance_suite!(|| async {
+//!     let dir = tempfile::tempdir().expect("tempdir");
+//!     let store = SqliteStore::open(dir.path()).await.expect("open");
+//!     (store, dir)
+//! });
+//! ```
+//!
+//! That expands into one `#[tokio::test]` per case. A case takes its store
+//! by value, passes every time explicitly (`now`, in milliseconds) and
+//! sleeps never. Available to this crate's tests and, with the `test-util`
+//! feature, to other crates.
+
+pub mod clusters;
+pub mod gangs;
+pub mod jobs;
+pub mod nodes;
+
+use strato_core::job::{AttemptEnd, Distribution, JobSpec};
+use strato_core::quota::{QuotaLimits, RegionQuota};
+use strato_core::spec::{ClusterRequest, ClusterSpec, validate};
+
+use super::{AttemptReport, EnrollReport, JobRecord, NodeRecord, Store};
+
+/// Expands into one `#[tokio::test]` per conformance case, each on a store
+/// made by `$fresh`: a closure returning a future of `(store, guard)`; the
+/// guard is dropped after the case.
+#[macro_export]
+macro_rules! store_conformance_suite {
+    ($fresh:expr) => {
+        $crate::store_conformance_suite!(@cases $fresh;
+            clusters: [
+                cluster_create_get_list_update_delete,
+                cluster_names_are_unique_regardless_of_case,
+                cluster_create_over_quota_stores_nothing,
+                cluster_update_checks_quota_for_growth_only,
+                two_creates_cannot_both_take_the_last_cores,
+                nodes_count_against_the_quota_beyond_min_nodes,
+                low_priority_and_dedicated_quotas_do_not_touch,
+                identities_are_replaced_in_one_update,
+                allocation_keeps_its_since_while_unchanged,
+                max_nodes_cannot_drop_below_an_unfinished_gang,
+                delete_is_refused_while_jobs_are_unfinished,
+                datastores_create_get_list_delete,
+            ],
+            nodes: [
+                node_enrols_becomes_idle_and_heartbeats,
+                enrolling_again_keeps_the_state_and_replaces_the_session,
+                an_unusable_node_refuses_enrolment,
+                a_lost_node_ends_its_attempt_and_the_job_retries,
+                a_removed_node_ends_its_attempt_as_lost,
+                a_preempted_node_keeps_its_job_until_it_is_evicted,
+                preemptions_are_counted_apart_and_limited,
+                an_exit_on_an_evicted_node_is_a_preemption,
+            ],
+            jobs: [
+                job_runs_to_completion,
+                a_failing_job_retries_until_max_retries_then_fails,
+                an_attempt_that_cannot_start_is_not_retried,
+                cancel_while_queued,
+                cancel_while_running_overrides_the_reported_end,
+                cancel_of_a_finished_job_changes_nothing,
+                stale_reports_are_answered_stale_or_release,
+                assign_is_all_or_nothing,
+                submit_needs_a_cluster_and_stores_its_canonical_name,
+                job_counts_and_lists,
+                queued_reason_is_set_on_queued_jobs_only,
+            ],
+            gangs: [
+                a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops,
+                a_gang_runs_once_every_rank_runs,
+                a_gang_completes_once_every_rank_exited_0,
+                an_mpi_worker_ending_first_fails_the_attempt,
+                a_lost_rank_ends_the_gang,
+                logs_keep_arrival_order_rank_and_sequence,
+                logs_of_an_attempt_the_node_does_not_run_are_refused,
+            ],
+        );
+    };
+    (@cases $fresh:expr; $($module:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
+        $($(
+            #[::tokio::test]
+            async fn $case() {
+                let fresh = $fresh;
+                let (store, guard) = fresh().await;
+                $crate::store::conformance::$module::$case(store).await;
+                drop(guard);
+            }
+        )*)*
+    };
+}
+
+/// The region every case's clusters are in.
+pub const REGION: &str = "local";
+
+/// A valid cluster spec of `size` with `min..=max` nodes.
+pub fn cluster(name: &str, size: &str, min: u32, max: u32) -> ClusterSpec {
+    validate(
+        &ClusterRequest {
+            name: name.into(),
+            vm_size: Some(size.into()),
+            min_nodes: Some(min),
+            max_nodes: Some(max),
+            inter_node_communication: Some(true),
+            ..Default::default()
+        },
+        REGION,
+    )
+    .expect("valid spec")
+}
+
+/// Quota limits of `family_cores` dedicated vCPUs per family.
+pub fn limits(family_cores: u64) -> QuotaLimits {
+    QuotaLimits {
+        default: RegionQuota {
+            dedicated_cores_per_family: family_cores,
+            ..RegionQuota::default()
+        },
+        ..QuotaLimits::default()
+    }
+}
+
+/// A single-node job on `cluster` with three retries and three preemptions.
+pub fn job(cluster: &str) -> JobSpec {
+    JobSpec {
+        cluster: cluster.into(),
+        display_name: String::new(),
+        image: "img".into(),
+        command: vec!["true".into()],
+        environment: Default::default(),
+        cpu: 0.0,
+        memory_mb: 0,
+        max_retries: 3,
+        max_preemptions: 3,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        node_count: 1,
+        process_count_per_node: 1,
+        distribution: Distribution::None,
+    }
+}
+
+/// A job of `nodes` nodes with two processes each.
+pub fn gang(cluster: &str, nodes: u32, distribution: Distribution) -> JobSpec {
+    JobSpec {
+        node_count: nodes,
+        process_count_per_node: 2,
+        distribution,
+        max_retries: 1,
+        ..job(cluster)
+    }
+}
+
+/// The join token hash a case gives node `id`.
+pub fn join_token(id: &str) -> String {
+    format!("join-{id}")
+}
+
+/// The session token hash a case's node `id` enrols with.
+pub fn session_token(id: &str) -> String {
+    format!("session-{id}")
+}
+
+/// Creates cluster `name` (Standard_D2_v2, 0 to 4 nodes) with generous
+/// quota at time 1.
+pub async fn given_cluster<S: Store>(store: &S, name: &str) {
+    store
+        .create_cluster(
+            cluster(name, "Standard_D2_v2", 0, 4),
+            Vec::new(),
+            &limits(100),
+            1,
+        )
+        .await
+        .expect("create cluster");
+}
+
+/// Creates and enrols nodes `ids` of `cluster` at time 2: they are idle.
+pub async fn given_idle_nodes<S: Store>(store: &S, cluster: &str, ids: &[&str]) -> Vec<String> {
+    for id in ids {
+        store
+            .create_node(cluster, id, &join_token(id), &limits(100), 2)
+            .await
+            .expect("create node");
+        store
+            .enroll(
+                &join_token(id),
+                &session_token(id),
+                &EnrollReport::default(),
+                2,
+            )
+            .await
+            .expect("enrol");
+    }
+    ids.iter().map(|id| (*id).to_owned()).collect()
+}
+
+/// Assigns queued job `id` to `nodes` and reports each rank running, at
+/// time `now`; returns the job as stored then.
+pub async fn given_running<S: Store>(store: &S, id: &str, nodes: &[String], now: i64) -> JobRecord {
+    let job = store.assign_job(id, nodes, now).await.expect("assign");
+    for n in nodes {
+        store
+            .report_attempt(n, id, job.attempt, AttemptReport::Running, now)
+            .await
+            .expect("running");
+    }
+    store.get_job(id).await.expect("job")
+}
+
+/// A report that the container exited with `code`.
+pub fn exited(code: i64) -> AttemptReport {
+    AttemptReport::Ended(AttemptEnd::Exited(code), format!("exited with code {code}"))
+}
+
+/// Node `id` as stored.
+pub async fn node<S: Store>(store: &S, id: &str) -> NodeRecord {
+    store
+        .all_nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.node_id == id)
+        .unwrap_or_else(|| panic!("node {id} is not stored"))
+}
+
+/// The states a job went through, in order.
+pub fn states(job: &JobRecord) -> Vec<strato_core::job::JobState> {
+    job.transitions.iter().map(|t| t.state).collect()
+}
+
+/// The reason of a job's last transition.
+pub fn last_reason(job: &JobRecord) -> &str {
+    job.transitions.last().map_or("", |t| t.reason.as_str())
+}

@@ -1,0 +1,474 @@
+//! Jobs: submit, read, count, cancel, assign to nodes, and the attempt
+//! reports that move them on; `end_attempt` decides what follows an attempt.
+
+use sqlx::Row;
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteRow;
+use strato_core::job::{AttemptEnd, JobSpec, JobState};
+use strato_core::lifecycle::{self, AttemptFacts, CancelStep};
+use strato_core::node::NodeState;
+
+use super::clusters::load_cluster;
+use super::nodes::{load_node, set_node_state};
+use super::ranks::{OpenRank, end_rank, rank_of};
+use super::{SqliteStore, corrupt, job_state, select_one, u32_col};
+use crate::store::{
+    AttemptRecord, AttemptReport, Conflict, JobRecord, QueuedJob, ReportOutcome, StoreError,
+    TransitionRecord,
+};
+
+const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
+     exit_code, cancel_requested, created_at, updated_at";
+
+/// A job row, without its transitions and attempts.
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    let state: String = row.try_get("state")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt("job spec", e))?,
+        state: job_state(&state)?,
+        reason: row.try_get("reason")?,
+        attempt: u32_col(row, "attempt")?,
+        failures: u32_col(row, "failures")?,
+        preemptions: u32_col(row, "preemptions")?,
+        node_id: row.try_get("node_id")?,
+        exit_code: row.try_get("exit_code")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        transitions: Vec::new(),
+        attempts: Vec::new(),
+    })
+}
+
+pub(super) async fn load_job(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<JobRecord, StoreError> {
+    let row = select_one(conn, JOB_COLUMNS, "jobs", "id", id)
+        .await?
+        .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))?;
+    let mut job = job_from_row(&row)?;
+    let rows = sqlx::query(
+        "SELECT at, attempt, state, reason FROM job_transitions WHERE job_id = ?1 ORDER BY rowid",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        let state: String = r.try_get("state")?;
+        job.transitions.push(TransitionRecord {
+            at: r.try_get("at")?,
+            attempt: u32_col(r, "attempt")?,
+            state: job_state(&state)?,
+            reason: r.try_get("reason")?,
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT attempt, node_id, started_at, ended_at, reason, exit_code
+         FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        job.attempts.push(AttemptRecord {
+            attempt: u32_col(r, "attempt")?,
+            node_id: r.try_get("node_id")?,
+            started_at: r.try_get("started_at")?,
+            ended_at: r.try_get("ended_at")?,
+            reason: r.try_get("reason")?,
+            exit_code: r.try_get("exit_code")?,
+            node_ids: Vec::new(),
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT attempt, node_id FROM job_ranks WHERE job_id = ?1 ORDER BY attempt, rank",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        let attempt = u32_col(r, "attempt")?;
+        if let Some(a) = job.attempts.iter_mut().find(|a| a.attempt == attempt) {
+            a.node_ids.push(r.try_get("node_id")?);
+        }
+    }
+    Ok(job)
+}
+
+/// Moves a job to `state`, recording the transition.
+async fn transition(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    attempt: u32,
+    state: JobState,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET state = ?1, reason = ?2, updated_at = ?3 WHERE id = ?4")
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO job_transitions (job_id, at, attempt, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(job_id)
+    .bind(now)
+    .bind(i64::from(attempt))
+    .bind(state.as_str())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends the current attempt of a job on a node and stores what follows
+/// (`lifecycle::end_attempt`): a final state, or back to the queue as the
+/// next attempt.
+pub(super) async fn end_attempt(
+    conn: &mut SqliteConnection,
+    job: &JobRecord,
+    end: AttemptEnd,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ended = lifecycle::end_attempt(
+        &AttemptFacts {
+            attempt: job.attempt,
+            failures: job.failures,
+            preemptions: job.preemptions,
+            max_retries: job.spec.max_retries,
+            max_preemptions: job.spec.max_preemptions,
+            cancel_requested: job.cancel_requested,
+        },
+        end,
+        reason,
+    );
+    sqlx::query(
+        "UPDATE job_attempts SET ended_at = ?1, reason = ?2, exit_code = ?3
+         WHERE job_id = ?4 AND attempt = ?5 AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(&ended.reason)
+    .bind(ended.exit_code)
+    .bind(&job.id)
+    .bind(i64::from(job.attempt))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET attempt = ?1, failures = ?2, preemptions = ?3, node_id = NULL,
+             exit_code = ?4 WHERE id = ?5",
+    )
+    .bind(i64::from(ended.attempt))
+    .bind(i64::from(ended.failures))
+    .bind(i64::from(ended.preemptions))
+    .bind(ended.exit_code)
+    .bind(&job.id)
+    .execute(&mut *conn)
+    .await?;
+    for t in &ended.transitions {
+        transition(conn, &job.id, t.attempt, t.state, &t.reason, now).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn set_queued_reason(
+    db: &SqliteStore,
+    cluster: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET reason = ?1 WHERE cluster = ?2 AND state = 'queued' AND reason <> ?1",
+    )
+    .bind(reason)
+    .bind(cluster)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn submit_job(
+    db: &SqliteStore,
+    id: &str,
+    mut spec: JobSpec,
+    now: i64,
+) -> Result<JobRecord, StoreError> {
+    let mut tx = db.begin_write().await?;
+    spec.cluster = load_cluster(&mut tx, &spec.cluster).await?.spec.name;
+    sqlx::query(
+        "INSERT INTO jobs (id, cluster, spec, state, attempt, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?4)",
+    )
+    .bind(id)
+    .bind(&spec.cluster)
+    .bind(serde_json::to_string(&spec).map_err(|e| corrupt("job spec", e))?)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    transition(&mut tx, id, 1, JobState::Queued, "submitted", now).await?;
+    let job = load_job(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+pub(super) async fn get_job(db: &SqliteStore, id: &str) -> Result<JobRecord, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    load_job(&mut conn, id).await
+}
+
+pub(super) async fn list_jobs(
+    db: &SqliteStore,
+    cluster: Option<&str>,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE ?1 IS NULL OR cluster = ?1 COLLATE NOCASE
+         ORDER BY created_at DESC, rowid DESC",
+    )
+    .bind(cluster)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        jobs.push(load_job(&mut conn, &id).await?);
+    }
+    Ok(jobs)
+}
+
+pub(super) async fn job_counts(
+    db: &SqliteStore,
+) -> Result<Vec<(String, JobState, u64)>, StoreError> {
+    let rows =
+        sqlx::query("SELECT cluster, state, COUNT(*) AS n FROM jobs GROUP BY cluster, state")
+            .fetch_all(&db.pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            Ok((
+                r.try_get("cluster")?,
+                job_state(&state)?,
+                u64::try_from(n).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn queued_jobs(
+    db: &SqliteStore,
+    cluster: &str,
+) -> Result<Vec<QueuedJob>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, COALESCE(json_extract(spec, '$.node_count'), 1) AS node_count
+         FROM jobs WHERE cluster = ?1 AND state = 'queued' ORDER BY created_at, rowid",
+    )
+    .bind(cluster)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(QueuedJob {
+                id: r.try_get("id")?,
+                node_count: u32_col(r, "node_count")?.max(1),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn cancel_job(
+    db: &SqliteStore,
+    id: &str,
+    now: i64,
+) -> Result<JobRecord, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let job = load_job(&mut tx, id).await?;
+    match lifecycle::cancel(job.state, job.cancel_requested) {
+        CancelStep::Now(reason) => {
+            transition(&mut tx, id, job.attempt, JobState::Canceled, reason, now).await?;
+        }
+        CancelStep::StopOnNodes => {
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        CancelStep::Nothing => {}
+    }
+    let job = load_job(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+pub(super) async fn assign_job(
+    db: &SqliteStore,
+    job_id: &str,
+    node_ids: &[String],
+    now: i64,
+) -> Result<JobRecord, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let job = load_job(&mut tx, job_id).await?;
+    if job.state != JobState::Queued {
+        return Err(Conflict::JobNotQueued {
+            job: job_id.to_owned(),
+            state: job.state,
+        }
+        .into());
+    }
+    let wanted = usize::try_from(job.spec.node_count.max(1)).unwrap_or(usize::MAX);
+    if node_ids.len() != wanted {
+        return Err(Conflict::WrongNodeCount {
+            job: job_id.to_owned(),
+            needs: wanted,
+            got: node_ids.len(),
+        }
+        .into());
+    }
+    for node_id in node_ids {
+        let node = load_node(&mut tx, node_id).await?;
+        if node.state != NodeState::Idle || node.run_id.is_some() {
+            return Err(Conflict::NodeNotIdle {
+                node: node_id.clone(),
+                state: node.state,
+            }
+            .into());
+        }
+    }
+    let Some(first) = node_ids.first() else {
+        // Unreachable: `wanted` is at least one and was checked above.
+        return Err(Conflict::WrongNodeCount {
+            job: job_id.to_owned(),
+            needs: wanted,
+            got: 0,
+        }
+        .into());
+    };
+    sqlx::query("UPDATE jobs SET node_id = ?1 WHERE id = ?2")
+        .bind(first)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .bind(job_id)
+    .bind(i64::from(job.attempt))
+    .bind(first)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    for (rank, node_id) in node_ids.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO job_ranks (job_id, attempt, rank, node_id) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(job_id)
+        .bind(i64::from(job.attempt))
+        .bind(i64::try_from(rank).unwrap_or(i64::MAX))
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        set_node_state(
+            &mut tx,
+            node_id,
+            NodeState::Preparing,
+            Some(job_id),
+            "preparing a job",
+            now,
+        )
+        .await?;
+    }
+    let placed = lifecycle::placed(job.attempt, node_ids);
+    transition(
+        &mut tx,
+        job_id,
+        job.attempt,
+        JobState::Preparing,
+        &placed,
+        now,
+    )
+    .await?;
+    let job = load_job(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+pub(super) async fn report_attempt(
+    db: &SqliteStore,
+    node_id: &str,
+    job_id: &str,
+    attempt: u32,
+    report: AttemptReport,
+    now: i64,
+) -> Result<ReportOutcome, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let job = match load_job(&mut tx, job_id).await {
+        Ok(j) => j,
+        Err(StoreError::JobNotFound(_)) => return Ok(ReportOutcome::Stale),
+        Err(e) => return Err(e),
+    };
+    let Some((rank, ended)) = rank_of(&mut tx, job_id, attempt, node_id).await? else {
+        // Not an attempt this node was given.
+        return Ok(ReportOutcome::Stale);
+    };
+    if ended {
+        // Its end is stored already: the agent may remove the container.
+        return Ok(ReportOutcome::Release);
+    }
+    let open = OpenRank {
+        attempt,
+        rank,
+        node_id,
+    };
+    let current = job.attempt == attempt && job.state.on_node();
+    let outcome = match report {
+        AttemptReport::Running if !current => {
+            // Its attempt ended (the gang ended as a whole, or the job was
+            // canceled): the container is stopped through ranks_to_stop,
+            // and its end reported then.
+            ReportOutcome::Recorded
+        }
+        AttemptReport::Running => {
+            sqlx::query(
+                "UPDATE job_ranks SET started = 1 WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+            )
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(i64::from(open.rank))
+            .execute(&mut *tx)
+            .await?;
+            let node = load_node(&mut tx, node_id).await?;
+            if node.state == NodeState::Preparing {
+                set_node_state(&mut tx, node_id, NodeState::Running, Some(job_id), "", now).await?;
+            }
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND started = 0",
+            )
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .fetch_one(&mut *tx)
+            .await?;
+            let nodes = job
+                .attempts
+                .iter()
+                .find(|a| a.attempt == attempt)
+                .map_or(&[][..], |a| a.node_ids.as_slice());
+            let waiting = u64::try_from(waiting).unwrap_or(u64::MAX);
+            if let Some(t) = lifecycle::rank_started(job.state, attempt, nodes, node_id, waiting) {
+                transition(&mut tx, job_id, t.attempt, t.state, &t.reason, now).await?;
+            }
+            ReportOutcome::Recorded
+        }
+        AttemptReport::Ended(end, reason) => {
+            end_rank(&mut tx, &job, &open, end, &reason, now).await?;
+            ReportOutcome::Release
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}

@@ -1,0 +1,317 @@
+//! Nodes: creation under the quota, enrolment, heartbeats, and the ends of
+//! a node (unusable, preempted, deleted) with what they mean for its ranks.
+
+use sqlx::Row;
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteRow;
+use strato_core::lifecycle;
+use strato_core::node::NodeState;
+use strato_core::quota::{self, QuotaLimits, QuotaUsage};
+
+use super::clusters::load_cluster;
+use super::ranks::end_ranks_on;
+use super::usage::{allocation, allocations, node_count};
+use super::{SqliteStore, corrupt, select_one, u32_col};
+use crate::store::{Conflict, EnrollReport, NodeRecord, NodeUsage, StoreError};
+
+pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
+     created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
+     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at, gpu_info";
+
+pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let port: i64 = row.try_get("port")?;
+    let pid: Option<i64> = row.try_get("pid")?;
+    Ok(NodeRecord {
+        node_id: row.try_get("node_id")?,
+        cluster: row.try_get("cluster")?,
+        state: NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
+        private_ip: row.try_get("private_ip")?,
+        port: u16::try_from(port).unwrap_or(0),
+        run_id: row.try_get("run_id")?,
+        reason: row.try_get("reason")?,
+        state_since: row.try_get("state_since")?,
+        created_at: row.try_get("created_at")?,
+        idle_since: row.try_get("idle_since")?,
+        last_heartbeat: row.try_get("last_heartbeat")?,
+        enrolled: row.try_get("enrolled")?,
+        hostname: row.try_get("hostname")?,
+        pid: pid.and_then(|p| u32::try_from(p).ok()),
+        metrics_url: row.try_get("metrics_url")?,
+        gpus: u32_col(row, "gpus")?,
+        gpu_info: serde_json::from_str(&row.try_get::<String, _>("gpu_info")?)
+            .map_err(|e| corrupt("node gpu_info", e))?,
+        usage: NodeUsage {
+            cpu_percent: row.try_get("cpu_percent")?,
+            memory_used: u64::try_from(row.try_get::<i64, _>("memory_used")?).unwrap_or(0),
+            memory_total: u64::try_from(row.try_get::<i64, _>("memory_total")?).unwrap_or(0),
+            gpu_percent: row.try_get("gpu_percent")?,
+        },
+        evict_at: row.try_get("evict_at")?,
+    })
+}
+
+pub(super) async fn load_node(
+    conn: &mut SqliteConnection,
+    node_id: &str,
+) -> Result<NodeRecord, StoreError> {
+    let row = select_one(conn, NODE_COLUMNS, "nodes", "node_id", node_id)
+        .await?
+        .ok_or_else(|| StoreError::NodeNotFound(node_id.to_owned()))?;
+    node_from_row(&row)
+}
+
+/// Sets a node's state (and clears its job when it becomes idle).
+pub(super) async fn set_node_state(
+    conn: &mut SqliteConnection,
+    node_id: &str,
+    state: NodeState,
+    run_id: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE nodes SET state = ?1, run_id = ?2, reason = ?3, state_since = ?4,
+             idle_since = CASE WHEN ?1 = 'idle' THEN ?4 ELSE idle_since END
+         WHERE node_id = ?5",
+    )
+    .bind(state.as_str())
+    .bind(run_id)
+    .bind(reason)
+    .bind(now)
+    .bind(node_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn list_nodes(
+    db: &SqliteStore,
+    cluster: &str,
+) -> Result<Vec<NodeRecord>, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    // Distinguish "no such cluster" from "no nodes".
+    let cluster = load_cluster(&mut conn, cluster).await?.spec.name;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = ?1 ORDER BY created_at, node_id"
+    )))
+    .bind(&cluster)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(node_from_row).collect()
+}
+
+pub(super) async fn all_nodes(db: &SqliteStore) -> Result<Vec<NodeRecord>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, node_id"
+    )))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(node_from_row).collect()
+}
+
+pub(super) async fn create_node(
+    db: &SqliteStore,
+    cluster: &str,
+    node_id: &str,
+    join_token_hash: &str,
+    limits: &QuotaLimits,
+    now: i64,
+) -> Result<NodeRecord, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let spec = load_cluster(&mut tx, cluster).await?.spec;
+    let nodes = node_count(&mut tx, &spec.name).await?;
+    let others = QuotaUsage::from_allocations(
+        &allocations(&mut tx, &spec.location, Some(&spec.name)).await?,
+    );
+    quota::check(
+        &spec.location,
+        limits.region(&spec.location),
+        &others,
+        &allocation(&spec, nodes + 1)?,
+        false,
+    )?;
+    sqlx::query(
+        "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash)
+         VALUES (?1, ?2, 'preparing', 'starting: waiting for the agent to enrol', ?3, ?3, ?3, ?4)",
+    )
+    .bind(node_id)
+    .bind(&spec.name)
+    .bind(now)
+    .bind(join_token_hash)
+    .execute(&mut *tx)
+    .await?;
+    let node = load_node(&mut tx, node_id).await?;
+    tx.commit().await?;
+    Ok(node)
+}
+
+pub(super) async fn set_node_pid(
+    db: &SqliteStore,
+    node_id: &str,
+    pid: u32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE nodes SET pid = ?1 WHERE node_id = ?2")
+        .bind(i64::from(pid))
+        .bind(node_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn enroll(
+    db: &SqliteStore,
+    join_token_hash: &str,
+    session_token_hash: &str,
+    report: &EnrollReport,
+    now: i64,
+) -> Result<NodeRecord, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let node_id: String =
+        sqlx::query_scalar("SELECT node_id FROM nodes WHERE join_token_hash = ?1")
+            .bind(join_token_hash)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::BadToken)?;
+    let node = load_node(&mut tx, &node_id).await?;
+    if !lifecycle::may_enrol(node.state) {
+        return Err(Conflict::NodeRetired {
+            node: node_id,
+            state: node.state,
+            reason: node.reason,
+        }
+        .into());
+    }
+    sqlx::query(
+        "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
+             last_heartbeat = COALESCE(last_heartbeat, ?3), metrics_url = ?5, gpus = ?6,
+             gpu_info = ?7
+         WHERE node_id = ?4",
+    )
+    .bind(session_token_hash)
+    .bind(&report.hostname)
+    .bind(now)
+    .bind(&node_id)
+    .bind(&report.metrics_url)
+    .bind(i64::from(report.gpus))
+    .bind(serde_json::to_string(&report.gpu_info).map_err(|e| corrupt("node gpu_info", e))?)
+    .execute(&mut *tx)
+    .await?;
+    if lifecycle::enrolment_makes_idle(node.enrolled, node.state, node.run_id.is_some()) {
+        set_node_state(&mut tx, &node_id, NodeState::Idle, None, "", now).await?;
+    }
+    let node = load_node(&mut tx, &node_id).await?;
+    tx.commit().await?;
+    Ok(node)
+}
+
+pub(super) async fn node_by_session(
+    db: &SqliteStore,
+    session_token_hash: &str,
+) -> Result<NodeRecord, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    let row = select_one(
+        &mut conn,
+        NODE_COLUMNS,
+        "nodes",
+        "session_token_hash",
+        session_token_hash,
+    )
+    .await?
+    .ok_or(StoreError::BadToken)?;
+    node_from_row(&row)
+}
+
+pub(super) async fn heartbeat(
+    db: &SqliteStore,
+    node_id: &str,
+    usage: Option<NodeUsage>,
+    now: i64,
+) -> Result<(), StoreError> {
+    match usage {
+        None => {
+            sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
+                .bind(now)
+                .bind(node_id)
+                .execute(&db.pool)
+                .await?;
+        }
+        Some(u) => {
+            sqlx::query(
+                "UPDATE nodes SET last_heartbeat = ?1, cpu_percent = ?2, memory_used = ?3,
+                     memory_total = ?4, gpu_percent = ?5 WHERE node_id = ?6",
+            )
+            .bind(now)
+            .bind(u.cpu_percent)
+            .bind(i64::try_from(u.memory_used).unwrap_or(i64::MAX))
+            .bind(i64::try_from(u.memory_total).unwrap_or(i64::MAX))
+            .bind(u.gpu_percent)
+            .bind(node_id)
+            .execute(&db.pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn node_unusable(
+    db: &SqliteStore,
+    node_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    load_node(&mut tx, node_id).await?;
+    let (end, why) = lifecycle::node_lost(node_id, reason);
+    let jobs = end_ranks_on(&mut tx, node_id, end, &why, now).await?;
+    set_node_state(&mut tx, node_id, NodeState::Unusable, None, reason, now).await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+pub(super) async fn node_preempted(
+    db: &SqliteStore,
+    node_id: &str,
+    evict_at: i64,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let node = load_node(&mut tx, node_id).await?;
+    if node.state == NodeState::Preempted {
+        return Ok(());
+    }
+    set_node_state(
+        &mut tx,
+        node_id,
+        NodeState::Preempted,
+        node.run_id.as_deref(),
+        reason,
+        now,
+    )
+    .await?;
+    sqlx::query("UPDATE nodes SET evict_at = ?1 WHERE node_id = ?2")
+        .bind(evict_at)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn delete_node(
+    db: &SqliteStore,
+    node_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let state = load_node(&mut tx, node_id).await.ok().map(|n| n.state);
+    let (end, why) = lifecycle::node_removed(node_id, state);
+    end_ranks_on(&mut tx, node_id, end, &why, now).await?;
+    sqlx::query("DELETE FROM nodes WHERE node_id = ?1")
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

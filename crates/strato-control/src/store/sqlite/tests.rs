@@ -1,0 +1,55 @@
+//! `SqliteStore` against the conformance suite, and what only a file-backed
+//! store promises: its state survives closing and reopening.
+
+use strato_core::spec::ClusterSpec;
+
+use super::SqliteStore;
+use crate::store::conformance::{cluster, exited, given_idle_nodes, given_running, job, limits};
+use crate::store::{SpecUpdate, Store, StoreError};
+
+crate::store_conformance_suite!(|| async {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).await.expect("open");
+    (store, dir)
+});
+
+#[tokio::test]
+async fn state_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).await.expect("open");
+    let l = limits(8);
+    store
+        .create_cluster(cluster("cpu", "Standard_D2_v2", 2, 10), Vec::new(), &l, 1)
+        .await
+        .expect("create");
+    let shrink: SpecUpdate = Box::new(|s: &ClusterSpec| {
+        let mut next = s.clone();
+        next.min_nodes = 1;
+        Ok(next)
+    });
+    let shrunk = store
+        .update_cluster("cpu", shrink, &l, 3)
+        .await
+        .expect("shrink");
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store.submit_job("j", job("cpu"), 4).await.expect("submit");
+    let running = given_running(&store, "j", &nodes, 5).await;
+    let node = store.all_nodes().await.expect("nodes");
+    store.close().await;
+
+    let reopened = SqliteStore::open(dir.path()).await.expect("reopen");
+    let got = reopened.get_cluster("cpu").await.expect("still there");
+    assert_eq!(got, shrunk);
+    // A running job and its node are as they were: nothing runs twice.
+    assert_eq!(reopened.get_job("j").await.expect("job"), running);
+    assert_eq!(reopened.all_nodes().await.expect("nodes"), node);
+    reopened
+        .report_attempt("cpu-n0", "j", 1, exited(0), 6)
+        .await
+        .expect("ended");
+    reopened.delete_cluster("cpu").await.expect("delete");
+    assert!(matches!(
+        reopened.delete_cluster("cpu").await,
+        Err(StoreError::ClusterNotFound(_))
+    ));
+}

@@ -1,0 +1,408 @@
+//! A job's lifecycle as decisions: given what is stored about a job and
+//! what happened, what changes. The store only persists the answer.
+//!
+//! Builds on `job::after_attempt` (retry or final state), `job::after_rank`
+//! (the gang rule) and `job::end_on_node` (an exit on an evicted node).
+
+use crate::job::{self, AttemptEnd, JobState, NextStep};
+use crate::node::NodeState;
+
+/// What the end of an attempt depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptFacts {
+    /// The job's current attempt (the one that ends).
+    pub attempt: u32,
+    pub failures: u32,
+    pub preemptions: u32,
+    pub max_retries: u32,
+    pub max_preemptions: u32,
+    /// A user asked to cancel the job while it ran.
+    pub cancel_requested: bool,
+}
+
+/// One recorded state change of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub attempt: u32,
+    pub state: JobState,
+    pub reason: String,
+}
+
+/// What ending an attempt changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEnded {
+    /// The attempt's exit code and reason, as its record keeps them.
+    pub exit_code: Option<i64>,
+    pub reason: String,
+    /// The job's attempt, failures and preemptions afterwards.
+    pub attempt: u32,
+    pub failures: u32,
+    pub preemptions: u32,
+    /// The job's transitions, in order; the last one is its new state.
+    pub transitions: Vec<Transition>,
+}
+
+/// Ends the current attempt with `end` (for `reason`): a cancel asked for
+/// overrides whatever ended it; then a final state, or back to the queue as
+/// the next attempt, a preemption counted apart from failures.
+pub fn end_attempt(facts: &AttemptFacts, end: AttemptEnd, reason: &str) -> AttemptEnded {
+    let end = if facts.cancel_requested {
+        AttemptEnd::Canceled
+    } else {
+        end
+    };
+    let exit_code = match end {
+        AttemptEnd::Exited(code) => Some(code),
+        _ => None,
+    };
+    let reason = match end {
+        AttemptEnd::Canceled => "canceled by user".to_owned(),
+        _ => reason.to_owned(),
+    };
+    let a = facts.attempt;
+    let step = job::after_attempt(
+        &end,
+        facts.failures,
+        facts.max_retries,
+        facts.preemptions,
+        facts.max_preemptions,
+    );
+    let queued = |next: u32, why: String| Transition {
+        attempt: next,
+        state: JobState::Queued,
+        reason: why,
+    };
+    let (attempt, failures, preemptions, transitions) = match step {
+        NextStep::Finish(state) => {
+            let t = Transition {
+                attempt: a,
+                state,
+                reason: reason.clone(),
+            };
+            (a, facts.failures, facts.preemptions, vec![t])
+        }
+        NextStep::Retry if end == AttemptEnd::Preempted => {
+            let (next, preemptions) = (a + 1, facts.preemptions + 1);
+            let why = format!(
+                "attempt {a} was preempted ({reason}); re-queued as attempt {next} ({preemptions} of {} preemptions; failure retries untouched)",
+                facts.max_preemptions
+            );
+            let preempted = Transition {
+                attempt: a,
+                state: JobState::Preempted,
+                reason: reason.clone(),
+            };
+            let ts = vec![preempted, queued(next, why)];
+            (next, facts.failures, preemptions, ts)
+        }
+        NextStep::Retry => {
+            let (next, failures) = (a + 1, facts.failures + 1);
+            let why = format!(
+                "attempt {a} ended ({reason}); retrying as attempt {next} ({failures} of {} retries)",
+                facts.max_retries
+            );
+            (next, failures, facts.preemptions, vec![queued(next, why)])
+        }
+    };
+    AttemptEnded {
+        exit_code,
+        reason,
+        attempt,
+        failures,
+        preemptions,
+        transitions,
+    }
+}
+
+/// What a cancel request does to a job in `state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelStep {
+    /// Not started: canceled at once, with this transition reason.
+    Now(&'static str),
+    /// On its nodes: marked, so that they stop it and its end is a cancel.
+    StopOnNodes,
+    /// Final already, or marked already: nothing changes.
+    Nothing,
+}
+
+pub fn cancel(state: JobState, cancel_requested: bool) -> CancelStep {
+    match state {
+        JobState::Queued | JobState::Preempted => {
+            CancelStep::Now("canceled by user before it started")
+        }
+        s if s.on_node() && !cancel_requested => CancelStep::StopOnNodes,
+        _ => CancelStep::Nothing,
+    }
+}
+
+/// The reason of a job's placement on `nodes` (rank 0 first).
+pub fn placed(attempt: u32, nodes: &[String]) -> String {
+    match nodes {
+        [one] => format!("attempt {attempt} placed on node {one}"),
+        _ => format!(
+            "attempt {attempt} placed on {} nodes: {}",
+            nodes.len(),
+            nodes.join(", ")
+        ),
+    }
+}
+
+/// A rank of a preparing attempt reports its container running: the job
+/// becomes running once no rank waits any more. `nodes` are the attempt's
+/// nodes, `node` the one reporting. Returns the transition, if any.
+pub fn rank_started(
+    state: JobState,
+    attempt: u32,
+    nodes: &[String],
+    node: &str,
+    ranks_waiting: u64,
+) -> Option<Transition> {
+    if state != JobState::Preparing || ranks_waiting > 0 {
+        return None;
+    }
+    let reason = if nodes.len() > 1 {
+        format!("attempt {attempt} started on {} nodes", nodes.len())
+    } else {
+        format!("attempt {attempt} started on node {node}")
+    };
+    Some(Transition {
+        attempt,
+        state: JobState::Running,
+        reason,
+    })
+}
+
+/// A node is freed (becomes idle) when the container of `job` on it
+/// stopped, if it is still preparing or running that job. An unusable,
+/// leaving or preempted node is no capacity and stays as it is.
+pub fn frees_node(node: NodeState, node_job: Option<&str>, job: &str) -> bool {
+    matches!(node, NodeState::Preparing | NodeState::Running) && node_job == Some(job)
+}
+
+/// A node that goes away (removed by the provider, or gone at its
+/// eviction time) ends the attempts on it: as preempted if it was evicted
+/// (`state` preempted), as lost otherwise. Returns the end and its reason.
+pub fn node_removed(node_id: &str, state: Option<NodeState>) -> (AttemptEnd, String) {
+    if state == Some(NodeState::Preempted) {
+        (AttemptEnd::Preempted, format!("node {node_id} was evicted"))
+    } else {
+        (AttemptEnd::NodeLost, format!("node {node_id} was removed"))
+    }
+}
+
+/// A node found unusable (`why`: e.g. its heartbeats stopped) loses the
+/// attempts on it.
+pub fn node_lost(node_id: &str, why: &str) -> (AttemptEnd, String) {
+    (AttemptEnd::NodeLost, format!("node {node_id} lost: {why}"))
+}
+
+/// Whether a node's agent may enrol: an unusable or leaving node is to be
+/// removed instead.
+pub fn may_enrol(state: NodeState) -> bool {
+    !matches!(state, NodeState::Unusable | NodeState::Leaving)
+}
+
+/// A node's first enrolment makes it idle: it was preparing, waiting for
+/// its agent. A node enrolling again (its agent restarted) keeps its state.
+pub fn enrolment_makes_idle(enrolled_before: bool, state: NodeState, has_job: bool) -> bool {
+    !enrolled_before && state == NodeState::Preparing && !has_job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> AttemptFacts {
+        AttemptFacts {
+            attempt: 1,
+            failures: 0,
+            preemptions: 0,
+            max_retries: 2,
+            max_preemptions: 1,
+            cancel_requested: false,
+        }
+    }
+
+    fn states(e: &AttemptEnded) -> Vec<JobState> {
+        e.transitions.iter().map(|t| t.state).collect()
+    }
+
+    #[test]
+    fn success_finishes_with_its_exit_code() {
+        let e = end_attempt(&facts(), AttemptEnd::Exited(0), "exited with code 0");
+        assert_eq!(
+            (e.exit_code, e.attempt, e.failures, states(&e)),
+            (Some(0), 1, 0, vec![JobState::Completed])
+        );
+        assert_eq!(e.transitions[0].reason, "exited with code 0");
+    }
+
+    #[test]
+    fn a_failure_retries_until_max_retries() {
+        let e = end_attempt(&facts(), AttemptEnd::Exited(3), "exited with code 3");
+        assert_eq!(
+            (e.exit_code, e.attempt, e.failures, states(&e)),
+            (Some(3), 2, 1, vec![JobState::Queued])
+        );
+        assert_eq!(
+            e.transitions[0],
+            Transition {
+                attempt: 2,
+                state: JobState::Queued,
+                reason:
+                    "attempt 1 ended (exited with code 3); retrying as attempt 2 (1 of 2 retries)"
+                        .into()
+            }
+        );
+        assert_eq!(e.reason, "exited with code 3");
+        let last = AttemptFacts {
+            attempt: 3,
+            failures: 2,
+            ..facts()
+        };
+        let e = end_attempt(&last, AttemptEnd::NodeLost, "node n lost");
+        assert_eq!(
+            (e.exit_code, e.attempt, e.failures, states(&e)),
+            (None, 3, 2, vec![JobState::Failed])
+        );
+        let e = end_attempt(&facts(), AttemptEnd::CannotStart, "no image");
+        assert_eq!((e.attempt, states(&e)), (1, vec![JobState::Failed]));
+    }
+
+    #[test]
+    fn a_preemption_is_counted_apart_and_limited() {
+        let e = end_attempt(&facts(), AttemptEnd::Preempted, "node n was evicted");
+        assert_eq!(
+            (e.attempt, e.failures, e.preemptions, states(&e)),
+            (2, 0, 1, vec![JobState::Preempted, JobState::Queued])
+        );
+        assert_eq!(e.transitions[0].attempt, 1);
+        assert_eq!(
+            e.transitions[1].reason,
+            "attempt 1 was preempted (node n was evicted); re-queued as attempt 2 (1 of 1 preemptions; failure retries untouched)"
+        );
+        let used = AttemptFacts {
+            attempt: 2,
+            preemptions: 1,
+            ..facts()
+        };
+        let e = end_attempt(&used, AttemptEnd::Preempted, "node m was evicted");
+        assert_eq!(
+            (e.attempt, e.preemptions, states(&e)),
+            (2, 1, vec![JobState::Failed])
+        );
+        assert_eq!(e.transitions[0].reason, "node m was evicted");
+    }
+
+    #[test]
+    fn a_cancel_asked_for_overrides_any_end() {
+        let asked = AttemptFacts {
+            cancel_requested: true,
+            ..facts()
+        };
+        for end in [
+            AttemptEnd::Exited(0),
+            AttemptEnd::Exited(1),
+            AttemptEnd::NodeLost,
+            AttemptEnd::Preempted,
+        ] {
+            let e = end_attempt(&asked, end, "whatever");
+            assert_eq!(
+                (e.exit_code, e.attempt, e.failures, e.reason.as_str()),
+                (None, 1, 0, "canceled by user")
+            );
+            assert_eq!(states(&e), vec![JobState::Canceled]);
+        }
+    }
+
+    #[test]
+    fn cancel_acts_by_state() {
+        assert_eq!(
+            cancel(JobState::Queued, false),
+            CancelStep::Now("canceled by user before it started")
+        );
+        assert!(matches!(
+            cancel(JobState::Preempted, false),
+            CancelStep::Now(_)
+        ));
+        assert_eq!(cancel(JobState::Running, false), CancelStep::StopOnNodes);
+        assert_eq!(cancel(JobState::Preparing, false), CancelStep::StopOnNodes);
+        assert_eq!(cancel(JobState::Running, true), CancelStep::Nothing);
+        for s in [JobState::Completed, JobState::Failed, JobState::Canceled] {
+            assert_eq!(cancel(s, false), CancelStep::Nothing);
+        }
+    }
+
+    #[test]
+    fn reasons_of_placement_and_start() {
+        let one = vec!["n0".to_owned()];
+        let two = vec!["n0".to_owned(), "n1".to_owned()];
+        assert_eq!(placed(1, &one), "attempt 1 placed on node n0");
+        assert_eq!(placed(2, &two), "attempt 2 placed on 2 nodes: n0, n1");
+        assert_eq!(rank_started(JobState::Preparing, 1, &two, "n1", 1), None);
+        assert_eq!(rank_started(JobState::Running, 1, &two, "n1", 0), None);
+        assert_eq!(
+            rank_started(JobState::Preparing, 1, &two, "n1", 0).map(|t| t.reason),
+            Some("attempt 1 started on 2 nodes".to_owned())
+        );
+        assert_eq!(
+            rank_started(JobState::Preparing, 3, &one, "n0", 0),
+            Some(Transition {
+                attempt: 3,
+                state: JobState::Running,
+                reason: "attempt 3 started on node n0".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_node_going_away_ends_its_attempts_by_how_it_went() {
+        assert_eq!(
+            node_removed("n", Some(NodeState::Preempted)),
+            (AttemptEnd::Preempted, "node n was evicted".to_owned())
+        );
+        for state in [Some(NodeState::Running), Some(NodeState::Unusable), None] {
+            assert_eq!(
+                node_removed("n", state),
+                (AttemptEnd::NodeLost, "node n was removed".to_owned())
+            );
+        }
+        assert_eq!(
+            node_lost("n", "no heartbeat"),
+            (AttemptEnd::NodeLost, "node n lost: no heartbeat".to_owned())
+        );
+    }
+
+    #[test]
+    fn enrolment_by_state() {
+        assert!(!may_enrol(NodeState::Unusable) && !may_enrol(NodeState::Leaving));
+        for s in [
+            NodeState::Idle,
+            NodeState::Preparing,
+            NodeState::Running,
+            NodeState::Preempted,
+        ] {
+            assert!(may_enrol(s), "{s:?}");
+        }
+        assert!(enrolment_makes_idle(false, NodeState::Preparing, false));
+        assert!(!enrolment_makes_idle(true, NodeState::Preparing, false));
+        assert!(!enrolment_makes_idle(false, NodeState::Preparing, true));
+        assert!(!enrolment_makes_idle(false, NodeState::Running, false));
+    }
+
+    #[test]
+    fn only_a_node_still_on_the_job_is_freed() {
+        assert!(frees_node(NodeState::Running, Some("j"), "j"));
+        assert!(frees_node(NodeState::Preparing, Some("j"), "j"));
+        assert!(!frees_node(NodeState::Running, Some("k"), "j"));
+        assert!(!frees_node(NodeState::Running, None, "j"));
+        for s in [
+            NodeState::Idle,
+            NodeState::Unusable,
+            NodeState::Leaving,
+            NodeState::Preempted,
+        ] {
+            assert!(!frees_node(s, Some("j"), "j"), "{s:?}");
+        }
+    }
+}
