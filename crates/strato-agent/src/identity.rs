@@ -141,7 +141,7 @@ impl Vending {
 
     /// A token of the default identity for Azure Storage, for the agent's
     /// own transfers of an attempt's inputs and outputs.
-    pub async fn storage_token(&self, attempt: &AttemptIdentity) -> Result<String, String> {
+    pub async fn storage_token(&self, attempt: &AttemptIdentity) -> Result<String, Refusal> {
         let query = TokenQuery {
             resource: crate::storage::STORAGE_RESOURCE.to_owned(),
             ..TokenQuery::default()
@@ -149,7 +149,6 @@ impl Vending {
         self.token(attempt, &query, now())
             .await
             .map(|t| t.access_token)
-            .map_err(|r| r.description)
     }
 
     pub(crate) fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
@@ -251,8 +250,10 @@ impl TokenQuery {
     }
 }
 
-/// An error answer in the protocols' JSON shape.
-#[derive(Debug)]
+/// An error answer in the protocols' JSON shape; as an error (the agent's
+/// own storage token), its description.
+#[derive(Debug, thiserror::Error)]
+#[error("{description}")]
 pub struct Refusal {
     status: StatusCode,
     error: &'static str,

@@ -172,7 +172,13 @@ pub(super) async fn start<R: ContainerRuntime>(
         tracing::warn!(job = %job_id, attempt, error = %why, "cannot stage the job's data");
         vending.revoke(&job_id, attempt);
         let _ = tx
-            .send(report(&job_id, attempt, v1::JobState::Failed, None, why))
+            .send(report(
+                &job_id,
+                attempt,
+                v1::JobState::Failed,
+                None,
+                why.to_string(),
+            ))
             .await;
         return;
     }
@@ -289,7 +295,13 @@ pub(super) async fn follow<R: ContainerRuntime>(
     tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
     let end = match upload_outputs(&staging, &job_id, attempt).await {
         Ok(()) => end,
-        Err(why) => report(&job_id, attempt, v1::JobState::Failed, None, why),
+        Err(why) => report(
+            &job_id,
+            attempt,
+            v1::JobState::Failed,
+            None,
+            why.to_string(),
+        ),
     };
     vending.revoke(&job_id, attempt);
     let _ = tx.send(end).await;

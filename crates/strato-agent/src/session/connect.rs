@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{AgentConfig, IdentityContext, SessionError, session, transient, up};
+use super::{AgentConfig, IdentityContext, SessionError, session, up};
 use crate::telemetry;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -33,7 +33,7 @@ pub async fn run<R: ContainerRuntime>(
                 backoff = Duration::from_millis(250);
                 last_contact = tokio::time::Instant::now();
             }
-            Err(SessionError::Refused(why)) => return Err(SessionError::Refused(why)),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 let waited = last_contact.elapsed();
                 if let Some(limit) = config.give_up_after
@@ -42,7 +42,7 @@ pub async fn run<R: ContainerRuntime>(
                     give_up(runtime.as_ref(), node.as_deref()).await;
                     return Err(SessionError::GaveUp {
                         waited,
-                        last_error: e.to_string(),
+                        last_error: Box::new(e),
                     });
                 }
                 tracing::warn!(error = %e, retry_in = ?backoff, "no session with the control plane")
@@ -90,13 +90,17 @@ pub(super) async fn open<R: ContainerRuntime>(
     node: &mut Option<String>,
 ) -> Result<Opened, SessionError> {
     let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
-        .map_err(|e| {
-            SessionError::Refused(format!("--control-plane {:?}: {e}", config.control_plane))
+        .map_err(|source| SessionError::BadEndpoint {
+            url: config.control_plane.clone(),
+            source,
         })?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| transient(format!("cannot reach {}: {e}", config.control_plane)))?;
+        .map_err(|source| SessionError::Unreachable {
+            url: config.control_plane.clone(),
+            source,
+        })?;
     let mut client = AgentServiceClient::new(channel.clone());
     let gpus = identity.gpus.sample();
     let enrolled = client
@@ -117,7 +121,7 @@ pub(super) async fn open<R: ContainerRuntime>(
             tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition => {
                 SessionError::Refused(s.message().to_owned())
             }
-            _ => transient(format!("enrol: {}", s.message())),
+            _ => SessionError::Enrol(s),
         })?
         .into_inner();
     let node_id = enrolled.node_id.clone();
@@ -125,10 +129,7 @@ pub(super) async fn open<R: ContainerRuntime>(
     tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
 
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4096);
-    let containers = runtime
-        .list(LABEL_NODE, &node_id)
-        .await
-        .map_err(transient)?;
+    let containers = runtime.list(LABEL_NODE, &node_id).await?;
     let mut held = Vec::new();
     for c in &containers {
         // A container created but never started (the agent stopped between
@@ -155,16 +156,18 @@ pub(super) async fn open<R: ContainerRuntime>(
             })
             .collect(),
     };
-    tx.send(up(Up::Hello(hello))).await.map_err(transient)?;
+    tx.send(up(Up::Hello(hello)))
+        .await
+        .map_err(|_| SessionError::Closed)?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     let bearer = format!("Bearer {}", enrolled.session_token)
         .parse()
-        .map_err(|_| transient("session token is not valid metadata"))?;
+        .map_err(|_| SessionError::BadSessionToken)?;
     request.metadata_mut().insert("authorization", bearer);
     let inbound = client
         .session(request)
         .await
-        .map_err(|s| transient(format!("session: {}", s.message())))?
+        .map_err(SessionError::Stream)?
         .into_inner();
     tracing::info!(node = %node_id, containers = held.len(), "session open");
     Ok(Opened {

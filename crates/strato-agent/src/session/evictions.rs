@@ -91,14 +91,34 @@ pub(super) async fn watch_evictions<R: ContainerRuntime>(
     }
 }
 
+/// Why the metadata endpoint gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MetadataError {
+    #[error("only http:// URLs")]
+    NotHttp,
+    #[error("connect timed out")]
+    ConnectTimedOut,
+    #[error("read timed out")]
+    ReadTimedOut,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no HTTP response")]
+    NoResponse,
+    /// Not a 2xx answer: its status line.
+    #[error("{0}")]
+    Status(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// A small HTTP/1.0 client for the plain-http metadata endpoints (IMDS).
 async fn http_json(
     url: &str,
     method: &str,
     body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, MetadataError> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let rest = url.strip_prefix("http://").ok_or(MetadataError::NotHttp)?;
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
@@ -112,29 +132,28 @@ async fn http_json(
         tokio::net::TcpStream::connect(&addr),
     )
     .await
-    .map_err(|_| "connect timed out".to_owned())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| MetadataError::ConnectTimedOut)??;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.0\r\nHost: {host}\r\nMetadata: true\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
         payload.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
         .await
-        .map_err(|_| "read timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| MetadataError::ReadTimedOut)??;
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(MetadataError::NoResponse)?;
     if !head.starts_with("HTTP/1.1 2") && !head.starts_with("HTTP/1.0 2") {
-        return Err(head.lines().next().unwrap_or_default().to_owned());
+        return Err(MetadataError::Status(
+            head.lines().next().unwrap_or_default().to_owned(),
+        ));
     }
     if body.trim().is_empty() {
         return Ok(serde_json::Value::Null);
     }
-    serde_json::from_str(body).map_err(|e| e.to_string())
+    Ok(serde_json::from_str(body)?)
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strato_proto::v1::{self, agent_message::Body as Up};
-use strato_runtime::ContainerRuntime;
+use strato_runtime::{ContainerRuntime, RuntimeError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -56,23 +56,56 @@ pub struct AgentConfig {
     pub give_up_after: Option<Duration>,
 }
 
+/// Why a session ended. [`SessionError::is_fatal`] ones end [`run`]; the
+/// others are retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// The control plane refused the join token: retrying will not help.
+    /// The control plane refused the join token (its message): retrying
+    /// will not help.
     #[error("the control plane refused this agent: {0}")]
     Refused(String),
+    /// `--control-plane` is not a usable address: retrying will not help.
+    #[error("--control-plane {url:?}: {source}")]
+    BadEndpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    /// Enrolment failed for another reason than the join token.
+    #[error("enrol: {}", .0.message())]
+    Enrol(tonic::Status),
+    /// The stream could not be opened, or broke.
+    #[error("session: {}", .0.message())]
+    Stream(tonic::Status),
+    #[error("session token is not valid metadata")]
+    BadSessionToken,
+    /// The stream to the control plane closed under the agent.
+    #[error("channel closed")]
+    Closed,
+    /// Listing this node's containers failed.
     #[error("{0}")]
-    Transient(String),
+    Runtime(#[from] RuntimeError),
     /// The control plane could not be reached for `--give-up-after`.
     #[error("gave up after {waited:?} without reaching the control plane: {last_error}")]
     GaveUp {
         waited: Duration,
-        last_error: String,
+        last_error: Box<SessionError>,
     },
 }
 
-fn transient(e: impl std::fmt::Display) -> SessionError {
-    SessionError::Transient(e.to_string())
+impl SessionError {
+    /// Whether retrying cannot help: the join token was refused or the
+    /// address is bad.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Refused(_) | SessionError::BadEndpoint { .. }
+        )
+    }
 }
 
 /// The identity endpoint's state and address, shared with the sessions.
@@ -173,7 +206,7 @@ async fn session<R: ContainerRuntime>(
             m = inbound.message() => match m {
                 Ok(Some(m)) => m,
                 Ok(None) => break Ok(()),
-                Err(s) => break Err(transient(format!("session: {}", s.message()))),
+                Err(s) => break Err(SessionError::Stream(s)),
             },
             Some(key) = stopped_rx.recv() => {
                 // A finished stop may be asked again if the job still runs.

@@ -10,11 +10,37 @@ use strato_runtime::ContainerSpec;
 
 use super::attempt::Staging;
 use super::job_key;
-use crate::identity::AttemptIdentity;
-use crate::storage::{self, Transfer};
+use crate::identity::{AttemptIdentity, Refusal};
+use crate::storage::{self, StorageError, Transfer};
 
 const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
 const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
+/// Why an attempt's data could not be staged or uploaded; the text is the
+/// attempt's failure reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("no storage token for the job's data (the cluster's default identity): {0}")]
+    NoToken(#[source] Refusal),
+    #[error("downloading input {name}: {source}")]
+    Download { name: String, source: StorageError },
+    #[error("output {name}: {source}")]
+    OutputDir {
+        name: String,
+        source: std::io::Error,
+    },
+    /// The outputs' plan could not be written or read back.
+    #[error("{0}")]
+    EncodePlan(#[source] serde_json::Error),
+    #[error("writing the outputs' plan: {0}")]
+    WritePlan(#[source] std::io::Error),
+    #[error("the outputs' plan: {0}")]
+    DecodePlan(#[source] serde_json::Error),
+    #[error("no storage token to upload outputs: {0}")]
+    NoUploadToken(#[source] Refusal),
+    #[error("uploading output {name}: {source}")]
+    Upload { name: String, source: StorageError },
+}
+
 /// An attempt's inputs and outputs.
 #[derive(Debug, Clone, Default)]
 pub struct DataPlan {
@@ -48,26 +74,22 @@ pub(super) async fn stage_data(
     spec: &mut ContainerSpec,
     job_id: &str,
     attempt: u32,
-) -> Result<(), String> {
+) -> Result<(), StagingError> {
     if plan.inputs.is_empty() && plan.outputs.is_empty() {
         return Ok(());
     }
     let dir = attempt_dir(&staging.work_dir, job_id, attempt);
-    let token = staging
-        .vending
-        .storage_token(&AttemptIdentity {
-            job_id: job_id.to_owned(),
-            attempt,
-        })
+    let token = storage_token(staging, job_id, attempt)
         .await
-        .map_err(|e| {
-            format!("no storage token for the job's data (the cluster's default identity): {e}")
-        })?;
+        .map_err(StagingError::NoToken)?;
     for input in &plan.inputs {
         let host = dir.join("inputs").join(&input.name);
         let files = storage::download(input, &token, staging.storage_ca.as_deref(), &host)
             .await
-            .map_err(|e| format!("downloading input {}: {e}", input.name))?;
+            .map_err(|source| StagingError::Download {
+                name: input.name.clone(),
+                source,
+            })?;
         tracing::info!(job = %job_id, attempt, input = %input.name, files, "input downloaded");
         let inside = format!("{INPUTS_IN_CONTAINER}/{}", input.name);
         spec.mounts
@@ -77,16 +99,18 @@ pub(super) async fn stage_data(
     }
     for output in &plan.outputs {
         let host = dir.join("outputs").join(&output.name);
-        std::fs::create_dir_all(&host).map_err(|e| format!("output {}: {e}", output.name))?;
+        std::fs::create_dir_all(&host).map_err(|source| StagingError::OutputDir {
+            name: output.name.clone(),
+            source,
+        })?;
         let inside = format!("{OUTPUTS_IN_CONTAINER}/{}", output.name);
         spec.mounts
             .push((host.display().to_string(), inside.clone(), false));
         spec.env
             .push((format!("AZURE_ML_OUTPUT_{}", output.name), inside));
     }
-    let manifest = serde_json::to_vec(&plan.outputs).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("outputs.json"), manifest)
-        .map_err(|e| format!("writing the outputs' plan: {e}"))?;
+    let manifest = serde_json::to_vec(&plan.outputs).map_err(StagingError::EncodePlan)?;
+    std::fs::write(dir.join("outputs.json"), manifest).map_err(StagingError::WritePlan)?;
     Ok(())
 }
 
@@ -95,24 +119,19 @@ pub(super) async fn upload_outputs(
     staging: &Staging,
     job_id: &str,
     attempt: u32,
-) -> Result<(), String> {
+) -> Result<(), StagingError> {
     let dir = attempt_dir(&staging.work_dir, job_id, attempt);
     let Ok(manifest) = std::fs::read(dir.join("outputs.json")) else {
         return Ok(());
     };
     let outputs: Vec<Transfer> =
-        serde_json::from_slice(&manifest).map_err(|e| format!("the outputs' plan: {e}"))?;
+        serde_json::from_slice(&manifest).map_err(StagingError::DecodePlan)?;
     if outputs.is_empty() {
         return Ok(());
     }
-    let token = staging
-        .vending
-        .storage_token(&AttemptIdentity {
-            job_id: job_id.to_owned(),
-            attempt,
-        })
+    let token = storage_token(staging, job_id, attempt)
         .await
-        .map_err(|e| format!("no storage token to upload outputs: {e}"))?;
+        .map_err(StagingError::NoUploadToken)?;
     for output in &outputs {
         let files = storage::upload(
             output,
@@ -121,8 +140,22 @@ pub(super) async fn upload_outputs(
             &dir.join("outputs").join(&output.name),
         )
         .await
-        .map_err(|e| format!("uploading output {}: {e}", output.name))?;
+        .map_err(|source| StagingError::Upload {
+            name: output.name.clone(),
+            source,
+        })?;
         tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
     }
     Ok(())
+}
+
+/// A token of the cluster's default identity for the attempt's transfers.
+async fn storage_token(staging: &Staging, job_id: &str, attempt: u32) -> Result<String, Refusal> {
+    staging
+        .vending
+        .storage_token(&AttemptIdentity {
+            job_id: job_id.to_owned(),
+            attempt,
+        })
+        .await
 }
