@@ -12,7 +12,7 @@ use strato_agent::gang::{self, ExecRelay, GangConfig, GangNetwork};
 use strato_agent::identity::{self, Vending};
 use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
 use strato_agent::telemetry::{self, AgentHealth, GpuSource, NvmlGpus};
-use strato_runtime::{DockerRuntime, RuntimeError};
+use strato_runtime::{Clock, DockerRuntime, RuntimeError, SystemClock};
 use tracing_subscriber::EnvFilter;
 
 /// Strato node agent: enrols with the control plane using a join token, then
@@ -302,7 +302,9 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
             0,
         ),
     };
-    let vending = Arc::new(Vending::default());
+    // The one place the agent's time comes from.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let vending = Arc::new(Vending::new(clock.clone()));
     let relay = Arc::new(ExecRelay::new(vending.clone()));
     let endpoint = identity::serve(vending.clone(), gang::routes(relay.clone()), listen)
         .await
@@ -336,6 +338,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         health.clone(),
         config.work_dir.clone(),
         node_name(&config).unwrap_or_default(),
+        clock.clone(),
     );
     tracing::info!(%metrics_url, "metrics endpoint listening");
     let identity = Arc::new(IdentityContext {
@@ -352,6 +355,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
             network: config.gang_network,
             launcher,
         },
+        clock,
     });
     let hostname = node_name(&config).unwrap_or_else(|| "unknown".into());
     let agent = AgentConfig {
@@ -377,15 +381,21 @@ fn serve_metrics(
     health: Arc<AgentHealth>,
     work_dir: PathBuf,
     host: String,
+    clock: Arc<dyn Clock>,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (gpus, health, work_dir, host) =
-                (gpus.clone(), health.clone(), work_dir.clone(), host.clone());
+            let (gpus, health, work_dir, host, clock) = (
+                gpus.clone(),
+                health.clone(),
+                work_dir.clone(),
+                host.clone(),
+                clock.clone(),
+            );
             async move {
                 let text = tokio::task::spawn_blocking(move || {
-                    telemetry::render(&host, &work_dir, gpus.as_ref(), &health)
+                    telemetry::render(&host, &work_dir, gpus.as_ref(), &health, clock.as_ref())
                 })
                 .await
                 .unwrap_or_default();

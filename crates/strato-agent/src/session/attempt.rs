@@ -10,8 +10,8 @@ use futures_util::StreamExt as _;
 use strato_core::naming::container_name;
 use strato_proto::v1::{self, agent_message::Body as Up};
 use strato_runtime::{
-    ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB,
-    LABEL_NETWORK, LABEL_NODE, OutputStream, RuntimeError,
+    Clock, ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE,
+    LABEL_JOB, LABEL_NETWORK, LABEL_NODE, OutputStream, RuntimeError,
 };
 use tokio::sync::mpsc;
 
@@ -84,6 +84,8 @@ pub(super) struct Staging {
     pub vending: Arc<Vending>,
     pub work_dir: PathBuf,
     pub storage_ca: Option<Vec<u8>>,
+    /// Where log lines' times are read.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Staging {
@@ -92,6 +94,7 @@ impl Staging {
             vending: identity.vending.clone(),
             work_dir: identity.work_dir.clone(),
             storage_ca: identity.storage_ca.clone(),
+            clock: identity.clock.clone(),
         }
     }
 }
@@ -247,7 +250,7 @@ pub(super) async fn follow<R: ContainerRuntime>(
     let mut seq = 0u64;
     let mut output = runtime.logs(&id).ready_chunks(LOG_BATCH);
     while let Some(batch) = output.next().await {
-        let now = now_timestamp();
+        let now = timestamp(staging.clock.now_ms());
         let mut lines = Vec::with_capacity(batch.len());
         for item in batch {
             match item {
@@ -307,12 +310,23 @@ pub(super) async fn follow<R: ContainerRuntime>(
     let _ = tx.send(end).await;
 }
 
-fn now_timestamp() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+/// Milliseconds since the Unix epoch as a protobuf timestamp.
+fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_times_come_from_the_clock_in_milliseconds() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+        let before = timestamp(-1);
+        assert_eq!((before.seconds, before.nanos), (-1, 999_000_000));
     }
 }

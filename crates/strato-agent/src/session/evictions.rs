@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strato_proto::v1::{self, agent_message::Body as Up};
-use strato_runtime::{ContainerRuntime, LABEL_NODE};
+use strato_runtime::{Clock, ContainerRuntime, LABEL_NODE};
 use tokio::sync::mpsc;
 
 use super::staging::attempt_dir;
@@ -24,6 +24,7 @@ pub(super) async fn watch_evictions<R: ContainerRuntime>(
     node_id: String,
     url: String,
     work_dir: PathBuf,
+    clock: Arc<dyn Clock>,
     tx: mpsc::Sender<v1::AgentMessage>,
 ) {
     let mut handled: HashSet<String> = HashSet::new();
@@ -48,13 +49,8 @@ pub(super) async fn watch_evictions<R: ContainerRuntime>(
             }
             handled.insert(id.clone());
             let not_before_text = event["NotBefore"].as_str().unwrap_or_default().to_owned();
-            let not_before =
-                strato_core::time::parse_rfc1123(&not_before_text).unwrap_or_else(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0) + 30)
-                        .unwrap_or(0)
-                });
+            let not_before = strato_core::time::parse_rfc1123(&not_before_text)
+                .unwrap_or_else(|| clock.now_ms().div_euclid(1000) + 30);
             tracing::warn!(event = %id, not_before = %not_before_text, "eviction notice");
             let _ = tx
                 .send(up(Up::Preemption(v1::Preemption {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strato_proto::v1::{self, agent_message::Body as Up};
-use strato_runtime::{ContainerRuntime, LABEL_CLUSTER, LABEL_NODE};
+use strato_runtime::{Clock, ContainerRuntime, LABEL_CLUSTER, LABEL_NODE};
 use tokio::sync::mpsc;
 
 use super::up;
@@ -17,6 +17,7 @@ pub(super) async fn heartbeats(
     tx: mpsc::Sender<v1::AgentMessage>,
     health: Arc<AgentHealth>,
     gpus: Arc<dyn GpuSource>,
+    clock: Arc<dyn Clock>,
     interval: Duration,
 ) {
     let mut cpu = CpuMeter::default();
@@ -42,10 +43,7 @@ pub(super) async fn heartbeats(
         if tx.send(up(Up::Heartbeat(beat))).await.is_err() {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-            .unwrap_or(0);
+        let now = clock.now_ms().div_euclid(1000);
         health
             .last_heartbeat
             .store(now, std::sync::atomic::Ordering::Relaxed);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strato_proto::v1::{self, agent_message::Body as Up};
-use strato_runtime::{ContainerRuntime, RuntimeError};
+use strato_runtime::{Clock, ContainerRuntime, RuntimeError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -127,6 +127,9 @@ pub struct IdentityContext {
     pub relay: Arc<ExecRelay>,
     /// How gangs are wired on this node.
     pub gang: GangConfig,
+    /// Where the agent reads the time (heartbeats, log lines, eviction
+    /// deadlines); timers stay on tokio's time.
+    pub clock: Arc<dyn Clock>,
 }
 
 fn job_key(job_id: &str, attempt: u32) -> String {
@@ -174,6 +177,7 @@ async fn session<R: ContainerRuntime>(
         tx.clone(),
         identity.health.clone(),
         identity.gpus.clone(),
+        identity.clock.clone(),
         interval,
     ));
     let sampler = tokio::spawn(heartbeat::sample_containers(
@@ -187,6 +191,7 @@ async fn session<R: ContainerRuntime>(
         node_id.clone(),
         identity.scheduled_events_url.clone(),
         identity.work_dir.clone(),
+        identity.clock.clone(),
         tx.clone(),
     ));
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
