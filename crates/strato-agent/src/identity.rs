@@ -266,6 +266,16 @@ impl TokenQuery {
             .filter(|c| !c.is_empty())
     }
 
+    /// Every protocol needs `resource`.
+    fn require_resource(&self) -> Result<(), Refusal> {
+        if self.resource.is_empty() {
+            return Err(Refusal::bad_request(
+                "Required query variable 'resource' is missing",
+            ));
+        }
+        Ok(())
+    }
+
     fn selector(&self) -> String {
         match (self.client_id(), self.principal_id(), &self.mi_res_id) {
             (Some(c), _, _) => format!("client:{}", c.to_ascii_lowercase()),
@@ -358,11 +368,7 @@ async fn msi_token(
             ));
         }
     };
-    if query.resource.is_empty() {
-        return Err(Refusal::bad_request(
-            "Required query variable 'resource' is missing",
-        ));
-    }
+    query.require_resource()?;
     let attempt = vending
         .attempt_for_secret(secret)
         .ok_or_else(|| Refusal::unauthorized("the secret does not belong to a running job"))?;
@@ -396,11 +402,7 @@ async fn imds_token(
             "Required metadata header not specified",
         ));
     }
-    if query.resource.is_empty() {
-        return Err(Refusal::bad_request(
-            "Required query variable 'resource' is missing",
-        ));
-    }
+    query.require_resource()?;
     let attempt = vending.attempt_for_address(peer.ip()).ok_or_else(|| {
         Refusal::unauthorized(format!("{} is not a running job's container", peer.ip()))
     })?;

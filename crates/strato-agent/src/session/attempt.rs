@@ -124,20 +124,10 @@ pub(super) async fn start<R: ContainerRuntime>(
     let vending = staging.vending.clone();
     // Accept the attempt's secret before its container starts, so its
     // first request is answered.
-    if let Some((_, secret)) = spec.env.iter().find(|(k, _)| k == "MSI_SECRET") {
-        vending.admit(
-            secret,
-            AttemptIdentity {
-                job_id: job_id.clone(),
-                attempt,
-            },
-            None,
-        );
-    }
+    admit(&vending, &spec.env, &job_id, attempt, None);
     if let Err(e) = runtime.ensure_image(&spec.image).await {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
-        vending.revoke(&job_id, attempt);
-        let _ = tx.send(failed(e)).await;
+        abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
         return;
     }
     // Where an eviction notice appears (STRATO_PREEMPT_NOTICE).
@@ -161,40 +151,69 @@ pub(super) async fn start<R: ContainerRuntime>(
             .await
     {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot create the gang's network");
-        vending.revoke(&job_id, attempt);
-        let _ = tx
-            .send(node_fault(
-                &job_id,
-                attempt,
-                format!("cannot create network {network}: {e}"),
-            ))
-            .await;
+        let why = node_fault(
+            &job_id,
+            attempt,
+            format!("cannot create network {network}: {e}"),
+        );
+        abandon(&vending, &tx, &job_id, attempt, why).await;
         return;
     }
     if let Err(why) = stage_data(&staging, &plan, &mut spec, &job_id, attempt).await {
         tracing::warn!(job = %job_id, attempt, error = %why, "cannot stage the job's data");
-        vending.revoke(&job_id, attempt);
-        let _ = tx
-            .send(report(
-                &job_id,
-                attempt,
-                v1::JobState::Failed,
-                None,
-                why.to_string(),
-            ))
-            .await;
+        let why = report(
+            &job_id,
+            attempt,
+            v1::JobState::Failed,
+            None,
+            why.to_string(),
+        );
+        abandon(&vending, &tx, &job_id, attempt, why).await;
         return;
     }
     let id = match runtime.create_and_start(&spec).await {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
-            vending.revoke(&job_id, attempt);
-            let _ = tx.send(failed(e)).await;
+            abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
             return;
         }
     };
     follow(runtime, staging, id, job_id, attempt, tx).await;
+}
+
+/// The attempt cannot start: its secret is refused from now on, and the
+/// control plane is told why (`end`).
+async fn abandon(
+    vending: &Vending,
+    tx: &mpsc::Sender<v1::AgentMessage>,
+    job_id: &str,
+    attempt: u32,
+    end: v1::AgentMessage,
+) {
+    vending.revoke(job_id, attempt);
+    let _ = tx.send(end).await;
+}
+
+/// Accepts the attempt's secret, found in its container's environment (and
+/// its address, for IMDS callers, once known).
+fn admit(
+    vending: &Vending,
+    env: &[(String, String)],
+    job_id: &str,
+    attempt: u32,
+    ip: Option<std::net::IpAddr>,
+) {
+    if let Some((_, secret)) = env.iter().find(|(k, _)| k == "MSI_SECRET") {
+        vending.admit(
+            secret,
+            AttemptIdentity {
+                job_id: job_id.to_owned(),
+                attempt,
+            },
+            ip,
+        );
+    }
 }
 
 /// Reports an attempt running, streams its output up from the start, and
@@ -232,16 +251,7 @@ pub(super) async fn follow<R: ContainerRuntime>(
                     hosts.split(',').map(str::to_owned).collect(),
                 );
             }
-            if let Some((_, secret)) = details.env.iter().find(|(k, _)| k == "MSI_SECRET") {
-                vending.admit(
-                    secret,
-                    AttemptIdentity {
-                        job_id: job_id.clone(),
-                        attempt,
-                    },
-                    details.ip,
-                );
-            }
+            admit(&vending, &details.env, &job_id, attempt, details.ip);
         }
         Err(e) => {
             tracing::warn!(job = %job_id, attempt, error = %e, "reading the container's details")
