@@ -478,6 +478,7 @@ mod tests {
             assert!(e.to_string().starts_with(says), "{e}");
             assert_eq!(e.exit(), Exit::Usage, "{e}");
         }
+        std::fs::remove_dir_all(&config().work_dir).ok();
     }
 
     #[test]
