@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use strato_proto::v1::{self, identity_service_client::IdentityServiceClient};
+use strato_runtime::{Clock, SystemClock};
 use tonic::transport::Channel;
 
 /// A token is used from the cache until this many seconds before it expires.
@@ -35,9 +36,10 @@ pub struct AttemptIdentity {
 }
 
 /// The agent's identity state: live attempts' secrets, their containers'
-/// addresses, the way to the control plane, and cached tokens.
-#[derive(Default)]
+/// addresses, the way to the control plane, and cached tokens, which expire
+/// by its clock.
 pub struct Vending {
+    clock: Arc<dyn Clock>,
     secrets: Mutex<HashMap<String, AttemptIdentity>>,
     addresses: Mutex<HashMap<IpAddr, String>>,
     control: RwLock<Option<(Channel, String)>>,
@@ -48,7 +50,31 @@ pub struct Vending {
     gangs: Mutex<HashMap<(String, u32), Vec<String>>>,
 }
 
+/// On the system clock.
+impl Default for Vending {
+    fn default() -> Self {
+        Vending::new(Arc::new(SystemClock))
+    }
+}
+
 impl Vending {
+    /// Empty state; tokens' expiry is read on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Vending {
+            clock,
+            secrets: Mutex::default(),
+            addresses: Mutex::default(),
+            control: RwLock::default(),
+            cache: Mutex::default(),
+            gangs: Mutex::default(),
+        }
+    }
+
+    /// Unix seconds, by this endpoint's clock.
+    fn now(&self) -> i64 {
+        self.clock.now_ms().div_euclid(1000)
+    }
+
     /// A fresh secret for an attempt.
     pub fn new_secret() -> String {
         format!(
@@ -141,15 +167,14 @@ impl Vending {
 
     /// A token of the default identity for Azure Storage, for the agent's
     /// own transfers of an attempt's inputs and outputs.
-    pub async fn storage_token(&self, attempt: &AttemptIdentity) -> Result<String, String> {
+    pub async fn storage_token(&self, attempt: &AttemptIdentity) -> Result<String, Refusal> {
         let query = TokenQuery {
             resource: crate::storage::STORAGE_RESOURCE.to_owned(),
             ..TokenQuery::default()
         };
-        self.token(attempt, &query, now())
+        self.token(attempt, &query, self.now())
             .await
             .map(|t| t.access_token)
-            .map_err(|r| r.description)
     }
 
     pub(crate) fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
@@ -241,6 +266,16 @@ impl TokenQuery {
             .filter(|c| !c.is_empty())
     }
 
+    /// Every protocol needs `resource`.
+    fn require_resource(&self) -> Result<(), Refusal> {
+        if self.resource.is_empty() {
+            return Err(Refusal::bad_request(
+                "Required query variable 'resource' is missing",
+            ));
+        }
+        Ok(())
+    }
+
     fn selector(&self) -> String {
         match (self.client_id(), self.principal_id(), &self.mi_res_id) {
             (Some(c), _, _) => format!("client:{}", c.to_ascii_lowercase()),
@@ -251,8 +286,10 @@ impl TokenQuery {
     }
 }
 
-/// An error answer in the protocols' JSON shape.
-#[derive(Debug)]
+/// An error answer in the protocols' JSON shape; as an error (the agent's
+/// own storage token), its description.
+#[derive(Debug, thiserror::Error)]
+#[error("{description}")]
 pub struct Refusal {
     status: StatusCode,
     error: &'static str,
@@ -309,13 +346,6 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -338,15 +368,11 @@ async fn msi_token(
             ));
         }
     };
-    if query.resource.is_empty() {
-        return Err(Refusal::bad_request(
-            "Required query variable 'resource' is missing",
-        ));
-    }
+    query.require_resource()?;
     let attempt = vending
         .attempt_for_secret(secret)
         .ok_or_else(|| Refusal::unauthorized("the secret does not belong to a running job"))?;
-    let token = vending.token(&attempt, &query, now()).await?;
+    let token = vending.token(&attempt, &query, vending.now()).await?;
     // Azure ML answers `expires_on` as a number; App Service (2019-08-01) as
     // a string of the same seconds, which Azure's Rust SDK insists on.
     let expires_on = if app_service {
@@ -376,16 +402,12 @@ async fn imds_token(
             "Required metadata header not specified",
         ));
     }
-    if query.resource.is_empty() {
-        return Err(Refusal::bad_request(
-            "Required query variable 'resource' is missing",
-        ));
-    }
+    query.require_resource()?;
     let attempt = vending.attempt_for_address(peer.ip()).ok_or_else(|| {
         Refusal::unauthorized(format!("{} is not a running job's container", peer.ip()))
     })?;
-    let token = vending.token(&attempt, &query, now()).await?;
-    let now = now();
+    let token = vending.token(&attempt, &query, vending.now()).await?;
+    let now = vending.now();
     Ok(axum::Json(json!({
         "access_token": token.access_token,
         "refresh_token": "",
@@ -482,6 +504,50 @@ mod tests {
         v.revoke("j", 1);
         assert_eq!(v.attempt_for_secret("s1"), None);
         assert_eq!(v.attempt_for_address(ip), None);
+    }
+
+    /// A cached token is served until [`REFRESH_MARGIN_SECONDS`] before it
+    /// expires by the endpoint's clock; after that the control plane is asked
+    /// again (here: not connected, so the request is refused).
+    #[tokio::test]
+    async fn cached_tokens_expire_by_the_clock() {
+        let clock = Arc::new(strato_runtime::ManualClock::starting_at(1_000_000));
+        let v = Vending::new(clock.clone());
+        let attempt = AttemptIdentity {
+            job_id: "j".into(),
+            attempt: 1,
+        };
+        let expires_on = 1_000 + REFRESH_MARGIN_SECONDS + 60;
+        if let Ok(mut c) = v.cache.lock() {
+            c.insert(
+                (
+                    "j".into(),
+                    1,
+                    "default".into(),
+                    crate::storage::STORAGE_RESOURCE.into(),
+                ),
+                v1::AccessToken {
+                    access_token: "cached".into(),
+                    expires_on,
+                    ..v1::AccessToken::default()
+                },
+            );
+        }
+        assert_eq!(
+            v.storage_token(&attempt).await.expect("cached").as_str(),
+            "cached"
+        );
+        clock.advance(std::time::Duration::from_secs(59));
+        assert_eq!(
+            v.storage_token(&attempt)
+                .await
+                .expect("still cached")
+                .as_str(),
+            "cached"
+        );
+        clock.advance(std::time::Duration::from_secs(1));
+        let refused = v.storage_token(&attempt).await.expect_err("expired");
+        assert!(refused.to_string().contains("not connected"), "{refused}");
     }
 
     #[test]

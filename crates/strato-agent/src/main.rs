@@ -2,6 +2,8 @@
 //! by the control plane's local provider). Checks its configuration, then
 //! holds a session with the control plane until SIGTERM.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use strato_agent::gang::{self, ExecRelay, GangConfig, GangNetwork};
 use strato_agent::identity::{self, Vending};
 use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
 use strato_agent::telemetry::{self, AgentHealth, GpuSource, NvmlGpus};
-use strato_runtime::DockerRuntime;
+use strato_runtime::{Clock, DockerRuntime, RuntimeError, SystemClock};
 use tracing_subscriber::EnvFilter;
 
 /// Strato node agent: enrols with the control plane using a join token, then
@@ -20,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 /// Exit status: 0 after SIGTERM or SIGINT (running containers are left
 /// running and are taken back by the next start), 2 when the configuration
 /// is bad or the control plane refuses the join token, 1 when the Docker
-/// engine cannot be reached.
+/// engine cannot be reached or the agent gave up on the control plane.
 #[derive(Debug, Parser)]
 #[command(name = "strato-agent", version, about, long_about)]
 struct Config {
@@ -114,157 +116,230 @@ struct Config {
     log: String,
 }
 
-fn main() -> ExitCode {
-    let config = Config::parse();
-    if config.join_token.trim().is_empty() {
-        eprintln!("strato-agent: --join-token (STRATO_JOIN_TOKEN) is empty");
-        return ExitCode::from(2);
-    }
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("strato-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run(config))
+/// The process's exit status: [`StartError::exit`] is the one place an
+/// error picks it. The same codes are documented in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Stopped by SIGTERM or SIGINT; job containers keep running.
+    Ok = 0,
+    /// The Docker engine cannot be reached, a port cannot be served, or the
+    /// agent gave up on the control plane: the machine, not the flags.
+    Failure = 1,
+    /// The configuration is bad, or the control plane refused the join
+    /// token: starting again unchanged will not help.
+    Usage = 2,
 }
 
-async fn run(config: Config) -> ExitCode {
-    let docker = match DockerRuntime::connect(Some(&config.docker_socket)).await {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("strato-agent: {e}");
-            return ExitCode::FAILURE;
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Flags that name something unusable; found before any port is bound.
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    #[error("--join-token (STRATO_JOIN_TOKEN) is empty")]
+    EmptyJoinToken,
+    #[error("--control-plane {url:?}: {source}")]
+    ControlPlane {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error(
+        "the launcher {} is missing; build it (`cargo build --bins`) or set --launcher",
+        .0.as_ref().map_or_else(|| "strato-rsh".to_owned(), |p| p.display().to_string())
+    )]
+    Launcher(Option<PathBuf>),
+    #[error("--storage-ca-file {}: {source}", path.display())]
+    StorageCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--work-dir {}: {source}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why the agent stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    AsyncRuntime(std::io::Error),
+    #[error(transparent)]
+    Docker(RuntimeError),
+    #[error("cannot find the Docker bridge's address: {0}; set --identity-listen")]
+    Bridge(RuntimeError),
+    #[error("--identity-listen {addr}: {source}")]
+    IdentityListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The metrics address cannot be bound (in use, or not this machine's).
+    #[error("--metrics-listen {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--metrics-listen: {0}")]
+    MetricsAddress(std::io::Error),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl StartError {
+    /// The documented exit status for this error.
+    fn exit(&self) -> Exit {
+        match self {
+            StartError::Config(_) | StartError::MetricsListen { .. } => Exit::Usage,
+            StartError::Session(e) if e.is_fatal() => Exit::Usage,
+            StartError::AsyncRuntime(_)
+            | StartError::Docker(_)
+            | StartError::Bridge(_)
+            | StartError::IdentityListen { .. }
+            | StartError::MetricsAddress(_)
+            | StartError::Session(_) => Exit::Failure,
         }
-    };
-    let listen = match config.identity_listen {
-        Some(a) => a,
-        None => match docker.bridge_gateway().await {
-            Ok(ip) => std::net::SocketAddr::new(ip, 0),
-            Err(e) => {
-                eprintln!(
-                    "strato-agent: cannot find the Docker bridge's address: {e}; set --identity-listen"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    let vending = Arc::new(Vending::default());
+    }
+}
+
+/// What the configuration names, read and checked.
+struct Checked {
+    launcher: PathBuf,
+    storage_ca: Option<Vec<u8>>,
+}
+
+/// Validates the configuration before anything starts or is bound.
+fn check(config: &Config) -> Result<Checked, ConfigError> {
+    if config.join_token.trim().is_empty() {
+        return Err(ConfigError::EmptyJoinToken);
+    }
+    tonic::transport::Endpoint::from_shared(config.control_plane.clone()).map_err(|source| {
+        ConfigError::ControlPlane {
+            url: config.control_plane.clone(),
+            source,
+        }
+    })?;
     let launcher = match config.launcher.clone().or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(|d| d.join("strato-rsh")))
     }) {
         Some(path) if path.is_file() => path,
-        other => {
-            eprintln!(
-                "strato-agent: the launcher {} is missing; build it (`cargo build --bins`) or set --launcher",
-                other.map_or_else(|| "strato-rsh".to_owned(), |p| p.display().to_string())
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let relay = Arc::new(ExecRelay::new(vending.clone()));
-    let endpoint = match identity::serve(vending.clone(), gang::routes(relay.clone()), listen).await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("strato-agent: --identity-listen {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
+        other => return Err(ConfigError::Launcher(other)),
     };
     let storage_ca = match &config.storage_ca_file {
         None => None,
-        Some(path) => match std::fs::read(path) {
-            Ok(pem) => Some(pem),
-            Err(e) => {
-                eprintln!("strato-agent: --storage-ca-file {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
+        Some(path) => Some(
+            std::fs::read(path).map_err(|source| ConfigError::StorageCa {
+                path: path.clone(),
+                source,
+            })?,
+        ),
     };
-    if let Err(e) = std::fs::create_dir_all(&config.work_dir) {
-        eprintln!(
-            "strato-agent: --work-dir {}: {e}",
-            config.work_dir.display()
-        );
-        return ExitCode::from(2);
-    }
-    let gpus: Arc<dyn GpuSource> = Arc::from(NvmlGpus::detect());
-    let health = Arc::new(AgentHealth::default());
-    let hostname_for_metrics = config.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default()
-    });
-    let metrics = match tokio::net::TcpListener::bind(config.metrics_listen).await {
-        Ok(l) => l,
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| ConfigError::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    Ok(Checked {
+        launcher,
+        storage_ca,
+    })
+}
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let exit = match start(config) {
+        Ok(()) => Exit::Ok,
         Err(e) => {
-            eprintln!(
-                "strato-agent: --metrics-listen {}: {e}",
-                config.metrics_listen
-            );
-            return ExitCode::from(2);
+            tracing::error!(error = %e, "stopping");
+            eprintln!("strato-agent: {e}");
+            e.exit()
         }
     };
-    let metrics_url = match (&config.metrics_url, metrics.local_addr()) {
-        (Some(url), _) => url.clone(),
-        (None, Ok(addr)) => {
+    exit.into()
+}
+
+fn start(config: Config) -> Result<(), StartError> {
+    let checked = check(&config)?;
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Runtime::new()
+        .map_err(StartError::AsyncRuntime)?
+        .block_on(run(config, checked))
+}
+
+/// This node's name: `--node-name`, else the host name.
+fn node_name(config: &Config) -> Option<String> {
+    config.node_name.clone().or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+    })
+}
+
+async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
+    let Checked {
+        launcher,
+        storage_ca,
+    } = checked;
+    let docker = Arc::new(
+        DockerRuntime::connect(Some(&config.docker_socket))
+            .await
+            .map_err(StartError::Docker)?,
+    );
+    let listen = match config.identity_listen {
+        Some(a) => a,
+        None => SocketAddr::new(
+            docker.bridge_gateway().await.map_err(StartError::Bridge)?,
+            0,
+        ),
+    };
+    // The one place the agent's time comes from.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let vending = Arc::new(Vending::new(clock.clone()));
+    let relay = Arc::new(ExecRelay::new(vending.clone()));
+    let endpoint = identity::serve(vending.clone(), gang::routes(relay.clone()), listen)
+        .await
+        .map_err(|source| StartError::IdentityListen {
+            addr: listen,
+            source,
+        })?;
+    let gpus: Arc<dyn GpuSource> = Arc::from(NvmlGpus::detect());
+    let health = Arc::new(AgentHealth::default());
+    let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| StartError::MetricsListen {
+            addr: config.metrics_listen,
+            source,
+        })?;
+    let metrics_url = match &config.metrics_url {
+        Some(url) => url.clone(),
+        None => {
+            let addr = metrics.local_addr().map_err(StartError::MetricsAddress)?;
             let ip = if addr.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])
             } else {
                 addr.ip()
             };
-            format!(
-                "http://{}/metrics",
-                std::net::SocketAddr::new(ip, addr.port())
-            )
-        }
-        (None, Err(e)) => {
-            eprintln!("strato-agent: --metrics-listen: {e}");
-            return ExitCode::FAILURE;
+            format!("http://{}/metrics", SocketAddr::new(ip, addr.port()))
         }
     };
-    {
-        let (gpus, health, work_dir) = (gpus.clone(), health.clone(), config.work_dir.clone());
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let (gpus, health, work_dir, host) = (
-                    gpus.clone(),
-                    health.clone(),
-                    work_dir.clone(),
-                    hostname_for_metrics.clone(),
-                );
-                async move {
-                    let text = tokio::task::spawn_blocking(move || {
-                        telemetry::render(&host, &work_dir, gpus.as_ref(), &health)
-                    })
-                    .await
-                    .unwrap_or_default();
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            strato_core::exposition::CONTENT_TYPE,
-                        )],
-                        text,
-                    )
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics, app).await {
-                tracing::error!(error = %e, "metrics endpoint stopped");
-            }
-        });
-    }
+    serve_metrics(
+        metrics,
+        gpus.clone(),
+        health.clone(),
+        config.work_dir.clone(),
+        node_name(&config).unwrap_or_default(),
+        clock.clone(),
+    );
     tracing::info!(%metrics_url, "metrics endpoint listening");
     let identity = Arc::new(IdentityContext {
         vending,
@@ -280,12 +355,9 @@ async fn run(config: Config) -> ExitCode {
             network: config.gang_network,
             launcher,
         },
+        clock,
     });
-    let hostname = config.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into())
-    });
+    let hostname = node_name(&config).unwrap_or_else(|| "unknown".into());
     let agent = AgentConfig {
         control_plane: config.control_plane,
         join_token: config.join_token,
@@ -294,23 +366,54 @@ async fn run(config: Config) -> ExitCode {
         give_up_after: config.give_up_after.map(std::time::Duration::from_secs),
     };
     tokio::select! {
-        result = session::run(agent, docker, identity) => match result {
-            Err(SessionError::Refused(why)) => {
-                tracing::error!("refused: {why}");
-                eprintln!("strato-agent: the control plane refused this agent: {why}");
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("strato-agent: {e}");
-                ExitCode::FAILURE
-            }
-            Ok(()) => ExitCode::SUCCESS,
-        },
+        result = session::run(agent, docker, identity) => Ok(result?),
         () = shutdown_signal() => {
             tracing::info!("stopping; job containers keep running and are taken back at the next start");
-            ExitCode::SUCCESS
+            Ok(())
         }
     }
+}
+
+/// Serves `/metrics` on `listener` in the background.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    gpus: Arc<dyn GpuSource>,
+    health: Arc<AgentHealth>,
+    work_dir: PathBuf,
+    host: String,
+    clock: Arc<dyn Clock>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (gpus, health, work_dir, host, clock) = (
+                gpus.clone(),
+                health.clone(),
+                work_dir.clone(),
+                host.clone(),
+                clock.clone(),
+            );
+            async move {
+                let text = tokio::task::spawn_blocking(move || {
+                    telemetry::render(&host, &work_dir, gpus.as_ref(), &health, clock.as_ref())
+                })
+                .await
+                .unwrap_or_default();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        strato_core::exposition::CONTENT_TYPE,
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
 }
 
 async fn shutdown_signal() {
@@ -325,5 +428,73 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A good configuration, built as the flags would.
+    fn config() -> Config {
+        let work_dir =
+            std::env::temp_dir().join(format!("strato-agent-main-{}", std::process::id()));
+        let launcher = std::env::current_exe().expect("test binary");
+        Config::try_parse_from([
+            "strato-agent".to_owned(),
+            "--join-token=token".to_owned(),
+            format!("--work-dir={}", work_dir.display()),
+            format!("--launcher={}", launcher.display()),
+        ])
+        .expect("flags")
+    }
+
+    #[test]
+    fn bad_configuration_is_found_before_anything_starts_and_exits_2() {
+        assert!(check(&config()).is_ok());
+        type Change = fn(&mut Config);
+        let cases: [(Change, &str); 4] = [
+            (
+                |c| c.join_token = " ".into(),
+                "--join-token (STRATO_JOIN_TOKEN) is empty",
+            ),
+            (
+                |c| c.control_plane = "not a url".into(),
+                "--control-plane \"not a url\"",
+            ),
+            (
+                |c| c.launcher = Some("/nonexistent/strato-rsh".into()),
+                "the launcher /nonexistent/strato-rsh is missing",
+            ),
+            (
+                |c| c.storage_ca_file = Some("/nonexistent/ca.pem".into()),
+                "--storage-ca-file /nonexistent/ca.pem",
+            ),
+        ];
+        for (change, says) in cases {
+            let mut bad = config();
+            change(&mut bad);
+            let e = StartError::from(check(&bad).err().expect(says));
+            assert!(e.to_string().starts_with(says), "{e}");
+            assert_eq!(e.exit(), Exit::Usage, "{e}");
+        }
+        std::fs::remove_dir_all(&config().work_dir).ok();
+    }
+
+    #[test]
+    fn a_refused_join_token_exits_2_and_giving_up_exits_1() {
+        let refused = StartError::from(SessionError::Refused("unknown join token".into()));
+        assert_eq!(refused.exit(), Exit::Usage);
+        assert_eq!(
+            refused.to_string(),
+            "the control plane refused this agent: unknown join token"
+        );
+        let gave_up = StartError::from(SessionError::GaveUp {
+            waited: std::time::Duration::from_secs(60),
+            last_error: Box::new(SessionError::BadSessionToken),
+        });
+        assert_eq!(gave_up.exit(), Exit::Failure);
+        assert_eq!(ExitCode::from(Exit::Usage), ExitCode::from(2));
+        assert_eq!(ExitCode::from(Exit::Ok), ExitCode::SUCCESS);
     }
 }

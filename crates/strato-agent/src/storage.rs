@@ -23,10 +23,57 @@ pub struct Transfer {
     pub path: String,
 }
 
-fn client(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<MicrosoftAzure, String> {
+/// Why a transfer failed; the text is what a job's failure reason shows.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The extra CA certificates (`--storage-ca-file`) are not usable.
+    #[error("--storage-ca-file: {0}")]
+    Ca(#[source] object_store::Error),
+    /// The storage client could not be built for the transfer's account.
+    #[error("{0}")]
+    Client(#[source] object_store::Error),
+    #[error("listing {path}: {source}")]
+    List {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("reading {location}: {source}")]
+    Read {
+        location: BlobPath,
+        source: object_store::Error,
+    },
+    /// A local directory or file could not be read or created.
+    #[error("reading {}: {source}", path.display())]
+    ReadLocal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {}: {source}", path.display())]
+    WriteLocal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    CreateDir(#[source] std::io::Error),
+    #[error("{0}")]
+    Relative(#[from] std::path::StripPrefixError),
+    #[error("writing {location}: {source}")]
+    Write {
+        location: String,
+        source: std::io::Error,
+    },
+    #[error("nothing found at {account_url}/{container}/{path}")]
+    NothingFound {
+        account_url: String,
+        container: String,
+        path: String,
+    },
+}
+
+fn client(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<MicrosoftAzure, StorageError> {
     let mut options = ClientOptions::new();
     if let Some(pem) = ca {
-        let cert = Certificate::from_pem(pem).map_err(|e| format!("--storage-ca-file: {e}"))?;
+        let cert = Certificate::from_pem(pem).map_err(StorageError::Ca)?;
         options = options.with_root_certificate(cert);
     }
     MicrosoftAzureBuilder::new()
@@ -37,7 +84,7 @@ fn client(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<MicrosoftAzure
         .with_bearer_token_authorization(token)
         .with_client_options(options)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(StorageError::Client)
 }
 
 /// Downloads every blob under the transfer's path into `dest`, keeping the
@@ -47,14 +94,17 @@ pub async fn download(
     token: &str,
     ca: Option<&[u8]>,
     dest: &Path,
-) -> Result<usize, String> {
+) -> Result<usize, StorageError> {
     let store = client(t, token, ca)?;
     let prefix = BlobPath::from(t.path.as_str());
-    std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dest).map_err(StorageError::CreateDir)?;
     let mut listing = store.list(Some(&prefix));
     let mut count = 0;
     while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|e| format!("listing {}: {e}", t.path))?;
+        let meta = meta.map_err(|source| StorageError::List {
+            path: t.path.clone(),
+            source,
+        })?;
         let relative: Vec<String> = match meta.location.prefix_match(&prefix) {
             Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect(),
             None => continue,
@@ -69,33 +119,36 @@ pub async fn download(
             .iter()
             .fold(dest.to_owned(), |p, part| p.join(part));
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(parent).map_err(StorageError::CreateDir)?;
         }
         // Streamed to disk chunk by chunk: inputs may be larger than memory.
+        let reading = |source| StorageError::Read {
+            location: meta.location.clone(),
+            source,
+        };
+        let writing = |source| StorageError::WriteLocal {
+            path: file.clone(),
+            source,
+        };
         let mut chunks = store
             .get(&meta.location)
             .await
-            .map_err(|e| format!("reading {}: {e}", meta.location))?
+            .map_err(reading)?
             .into_stream();
-        let mut out = tokio::fs::File::create(&file)
-            .await
-            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let mut out = tokio::fs::File::create(&file).await.map_err(writing)?;
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| format!("reading {}: {e}", meta.location))?;
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| format!("writing {}: {e}", file.display()))?;
+            let chunk = chunk.map_err(reading)?;
+            out.write_all(&chunk).await.map_err(writing)?;
         }
-        out.flush()
-            .await
-            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        out.flush().await.map_err(writing)?;
         count += 1;
     }
     if count == 0 {
-        return Err(format!(
-            "nothing found at {}/{}/{}",
-            t.account_url, t.container, t.path
-        ));
+        return Err(StorageError::NothingFound {
+            account_url: t.account_url.clone(),
+            container: t.container.clone(),
+            path: t.path.clone(),
+        });
     }
     Ok(count)
 }
@@ -106,12 +159,15 @@ pub async fn upload(
     token: &str,
     ca: Option<&[u8]>,
     src: &Path,
-) -> Result<usize, String> {
+) -> Result<usize, StorageError> {
     let store: Arc<dyn ObjectStore> = Arc::new(client(t, token, ca)?);
     let mut files = Vec::new();
-    collect(src, &mut files).map_err(|e| format!("reading {}: {e}", src.display()))?;
+    collect(src, &mut files).map_err(|source| StorageError::ReadLocal {
+        path: src.to_owned(),
+        source,
+    })?;
     for file in &files {
-        let relative = file.strip_prefix(src).map_err(|e| e.to_string())?;
+        let relative = file.strip_prefix(src)?;
         let mut location = t.path.trim_end_matches('/').to_owned();
         for part in relative.components() {
             location.push('/');
@@ -120,17 +176,22 @@ pub async fn upload(
         // Read through a handle opened without following a final link, and
         // streamed: one put for a small file, a multipart upload (blocks)
         // for a large one, never the whole file in memory.
-        let source =
-            open_no_follow(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let source = open_no_follow(file).map_err(|source| StorageError::ReadLocal {
+            path: file.clone(),
+            source,
+        })?;
         let mut source = tokio::fs::File::from_std(source);
         let mut sink = BufWriter::new(store.clone(), BlobPath::from(location.as_str()));
         if let Err(e) = tokio::io::copy(&mut source, &mut sink).await {
             let _ = sink.abort().await;
-            return Err(format!("writing {location}: {e}"));
+            return Err(StorageError::Write {
+                location,
+                source: e,
+            });
         }
-        sink.shutdown()
-            .await
-            .map_err(|e| format!("writing {location}: {e}"))?;
+        if let Err(source) = sink.shutdown().await {
+            return Err(StorageError::Write { location, source });
+        }
     }
     Ok(files.len())
 }

@@ -205,12 +205,14 @@ pub fn memory() -> (u64, u64) {
     }
 }
 
-/// Renders every metric now, in Prometheus text format.
+/// Renders every metric now, in Prometheus text format; ages are read on
+/// `clock`.
 pub fn render(
     hostname: &str,
     work_dir: &std::path::Path,
     gpus: &dyn GpuSource,
     health: &AgentHealth,
+    clock: &dyn strato_runtime::Clock,
 ) -> String {
     let mut e = Exposition::default();
     let l = |pairs: &[(&'static str, String)]| -> Labels<'static> { pairs.to_vec() };
@@ -411,10 +413,7 @@ pub fn render(
     );
     let last = health.last_heartbeat.load(Ordering::Relaxed);
     if last > 0 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = clock.now_ms() as f64 / 1000.0;
         e.single(
             "strato_agent_last_heartbeat_age_seconds",
             "Seconds since the last heartbeat was sent.",
@@ -434,6 +433,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strato_runtime::{ManualClock, SystemClock};
 
     fn gpu() -> GpuSample {
         GpuSample {
@@ -485,7 +485,13 @@ mod tests {
 
     #[test]
     fn host_metrics_have_node_exporter_names_and_no_gpu_series_without_gpus() {
-        let text = render("node-a", std::path::Path::new("/"), &NoGpus, &health());
+        let text = render(
+            "node-a",
+            std::path::Path::new("/"),
+            &NoGpus,
+            &health(),
+            &SystemClock,
+        );
         for name in [
             "node_cpu_seconds_total{cpu=\"0\",mode=\"user\"}",
             "node_memory_MemTotal_bytes ",
@@ -507,6 +513,7 @@ mod tests {
             std::path::Path::new("/"),
             &FakeGpus(vec![gpu()]),
             &AgentHealth::default(),
+            &SystemClock,
         );
         let labels =
             r#"gpu="0",UUID="GPU-0000",modelName="NVIDIA H100 80GB HBM3",Hostname="node-a""#;
@@ -518,6 +525,23 @@ mod tests {
         ] {
             assert!(text.contains(&line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn the_heartbeat_age_is_read_on_the_clock() {
+        let health = AgentHealth::default();
+        let at = |clock: &ManualClock| {
+            render("node-a", std::path::Path::new("/"), &NoGpus, &health, clock)
+        };
+        let clock = ManualClock::starting_at(130_000);
+        assert!(
+            !at(&clock).contains("strato_agent_last_heartbeat_age_seconds"),
+            "no age before the first heartbeat"
+        );
+        health.last_heartbeat.store(100, Ordering::Relaxed);
+        assert!(at(&clock).contains("strato_agent_last_heartbeat_age_seconds 30\n"));
+        clock.advance(std::time::Duration::from_millis(2_500));
+        assert!(at(&clock).contains("strato_agent_last_heartbeat_age_seconds 32.5\n"));
     }
 
     /// What `promtool check metrics` says of a metrics text.
@@ -557,6 +581,7 @@ mod tests {
             std::path::Path::new("/"),
             &FakeGpus(vec![gpu()]),
             &health(),
+            &SystemClock,
         );
         for remark in promtool(&text).lines().filter(|l| !l.trim().is_empty()) {
             let compatible = remark.starts_with("node_memory_Mem")

@@ -23,6 +23,49 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, ExitCode};
 
+/// Why the launcher could not do its part; it exits 255 with this text.
+#[derive(Debug, thiserror::Error)]
+enum RshError {
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("starting: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0}")]
+    Signal(std::io::Error),
+    #[error("starting {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("waiting: {0}")]
+    Wait(std::io::Error),
+    /// A variable of the job's environment is missing (the whole message).
+    #[error("{0}")]
+    NotInJob(&'static str),
+    #[error("STRATO_EXEC_ENDPOINT {0:?} is not http://host:port/path")]
+    BadEndpoint(String),
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("sending the request: {0}")]
+    Send(std::io::Error),
+    #[error("reading the answer: {0}")]
+    ReadAnswer(std::io::Error),
+    #[error("the agent refused: {status} {body}")]
+    Refused { status: String, body: String },
+    #[error("the connection to {host} ended before the command did")]
+    EndedEarly { host: String },
+    #[error("reading output: {0}")]
+    ReadOutput(std::io::Error),
+    /// The command could not run on the remote rank.
+    #[error("on {host}: {why}")]
+    Remote { host: String, why: String },
+    #[error("unknown frame {0} from the agent")]
+    UnknownFrame(u8),
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -46,15 +89,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn wait() -> Result<i32, String> {
+fn wait() -> Result<i32, RshError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting: {e}"))?;
+        .map_err(RshError::Runtime)?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut term = signal(SignalKind::terminate()).map_err(RshError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RshError::Signal)?;
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -63,18 +106,18 @@ fn wait() -> Result<i32, String> {
     })
 }
 
-fn spawn(args: &[String]) -> Result<i32, String> {
-    let usage = "usage: strato-rsh --spawn P -- COMMAND...";
+fn spawn(args: &[String]) -> Result<i32, RshError> {
+    let usage = || RshError::Usage("usage: strato-rsh --spawn P -- COMMAND...");
     let count: u32 = args
         .first()
         .and_then(|p| p.parse().ok())
         .filter(|p| *p > 0)
-        .ok_or(usage)?;
+        .ok_or_else(usage)?;
     let command = match args.get(1).map(String::as_str) {
         Some("--") => &args[2..],
         _ => &args[1..],
     };
-    let (program, rest) = command.split_first().ok_or(usage)?;
+    let (program, rest) = command.split_first().ok_or_else(usage)?;
     let node_rank: u32 = std::env::var("STRATO_NODE_RANK")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -87,7 +130,10 @@ fn spawn(args: &[String]) -> Result<i32, String> {
             .env("LOCAL_RANK", local.to_string())
             .env("LOCAL_WORLD_SIZE", count.to_string())
             .spawn()
-            .map_err(|e| format!("starting {program}: {e}"))?;
+            .map_err(|source| RshError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
         children.push(child);
     }
     // The first process to fail ends the others: one blocked in a
@@ -97,7 +143,7 @@ fn spawn(args: &[String]) -> Result<i32, String> {
     while !running.is_empty() {
         let mut still = Vec::with_capacity(running.len());
         for mut child in running {
-            match child.try_wait().map_err(|e| format!("waiting: {e}"))? {
+            match child.try_wait().map_err(RshError::Wait)? {
                 Some(status) => {
                     let c = status.code().unwrap_or(128 + 9);
                     if code == 0 && c != 0 {
@@ -122,7 +168,7 @@ fn spawn(args: &[String]) -> Result<i32, String> {
     Ok(code)
 }
 
-fn remote(args: &[String]) -> Result<i32, String> {
+fn remote(args: &[String]) -> Result<i32, RshError> {
     // Skip ssh-style options a caller may add (`-x`, `-l user`).
     let mut rest = args;
     while let Some(first) = rest.first().filter(|a| a.starts_with('-')) {
@@ -134,39 +180,41 @@ fn remote(args: &[String]) -> Result<i32, String> {
     }
     let (host, command) = rest
         .split_first()
-        .ok_or("usage: strato-rsh HOST COMMAND...")?;
-    let endpoint = std::env::var("STRATO_EXEC_ENDPOINT")
-        .map_err(|_| "STRATO_EXEC_ENDPOINT is not set: run inside a Strato multi-node job")?;
-    let secret = std::env::var("MSI_SECRET").map_err(|_| "MSI_SECRET is not set")?;
+        .ok_or(RshError::Usage("usage: strato-rsh HOST COMMAND..."))?;
+    let endpoint = std::env::var("STRATO_EXEC_ENDPOINT").map_err(|_| {
+        RshError::NotInJob("STRATO_EXEC_ENDPOINT is not set: run inside a Strato multi-node job")
+    })?;
+    let secret =
+        std::env::var("MSI_SECRET").map_err(|_| RshError::NotInJob("MSI_SECRET is not set"))?;
     let (authority, path) = endpoint
         .strip_prefix("http://")
         .and_then(|r| r.split_once('/').map(|(a, p)| (a, format!("/{p}"))))
-        .ok_or_else(|| format!("STRATO_EXEC_ENDPOINT {endpoint:?} is not http://host:port/path"))?;
+        .ok_or_else(|| RshError::BadEndpoint(endpoint.clone()))?;
     let body = format!(
         "{{\"host\":{},\"command\":{}}}",
         json_string(host),
         json_string(&command.join(" "))
     );
-    let mut stream =
-        TcpStream::connect(authority).map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let mut stream = TcpStream::connect(authority).map_err(|source| RshError::Connect {
+        authority: authority.to_owned(),
+        source,
+    })?;
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
          secret: {secret}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .map_err(|e| format!("sending the request: {e}"))?;
+    .map_err(RshError::Send)?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
     reader
         .read_line(&mut status)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+        .map_err(RshError::ReadAnswer)?;
     let mut chunked = false;
     loop {
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the answer: {e}"))?;
+        reader.read_line(&mut line).map_err(RshError::ReadAnswer)?;
         let line = line.trim_end();
         if line.is_empty() {
             break;
@@ -190,25 +238,21 @@ fn remote(args: &[String]) -> Result<i32, String> {
     if status.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         let mut text = String::new();
         let _ = body.read_to_string(&mut text);
-        return Err(format!(
-            "the agent refused: {} {}",
-            status.trim(),
-            text.trim()
-        ));
+        return Err(RshError::Refused {
+            status: status.trim().to_owned(),
+            body: text.trim().to_owned(),
+        });
     }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     loop {
         let mut head = [0u8; 5];
         if body.read_exact(&mut head).is_err() {
-            return Err(format!(
-                "the connection to {host} ended before the command did"
-            ));
+            return Err(RshError::EndedEarly { host: host.clone() });
         }
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut data = vec![0u8; len];
-        body.read_exact(&mut data)
-            .map_err(|e| format!("reading output: {e}"))?;
+        body.read_exact(&mut data).map_err(RshError::ReadOutput)?;
         match head[0] {
             1 => {
                 let mut out = stdout.lock();
@@ -221,8 +265,13 @@ fn remote(args: &[String]) -> Result<i32, String> {
                 let _ = err.flush();
             }
             3 if len == 4 => return Ok(i32::from_be_bytes([data[0], data[1], data[2], data[3]])),
-            4 => return Err(format!("on {host}: {}", String::from_utf8_lossy(&data))),
-            other => return Err(format!("unknown frame {other} from the agent")),
+            4 => {
+                return Err(RshError::Remote {
+                    host: host.clone(),
+                    why: String::from_utf8_lossy(&data).into_owned(),
+                });
+            }
+            other => return Err(RshError::UnknownFrame(other)),
         }
     }
 }

@@ -1,0 +1,342 @@
+//! Starting and following one attempt: its container, the running report,
+//! its output in numbered log batches, and the final report once its
+//! outputs are uploaded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use strato_core::naming::container_name;
+use strato_proto::v1::{self, agent_message::Body as Up};
+use strato_runtime::{
+    Clock, ContainerRuntime, ContainerSpec, LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE,
+    LABEL_JOB, LABEL_NETWORK, LABEL_NODE, OutputStream, RuntimeError,
+};
+use tokio::sync::mpsc;
+
+use super::staging::{DataPlan, attempt_dir, stage_data, upload_outputs};
+use super::{IdentityContext, node_fault, report, up};
+use crate::identity::{AttemptIdentity, Vending};
+
+/// Log lines per message at most.
+const LOG_BATCH: usize = 256;
+const NOTICE_IN_CONTAINER: &str = "/mnt/strato/notice";
+
+/// The container for one attempt: the job's command and environment, its
+/// limits, Strato's labels and variables.
+pub fn container_spec(
+    node_id: &str,
+    cluster: &str,
+    job_id: &str,
+    attempt: u32,
+    spec: &v1::JobSpec,
+) -> ContainerSpec {
+    let mut env: Vec<(String, String)> = spec
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+    env.extend([
+        ("STRATO_JOB_ID".to_owned(), job_id.to_owned()),
+        ("STRATO_ATTEMPT".to_owned(), attempt.to_string()),
+        ("STRATO_CLUSTER".to_owned(), cluster.to_owned()),
+        ("STRATO_NODE_ID".to_owned(), node_id.to_owned()),
+    ]);
+    let resources = spec.resources.unwrap_or_default();
+    ContainerSpec {
+        name: container_name(node_id, job_id, attempt),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        env,
+        cpus: (resources.cpu > 0.0).then_some(resources.cpu),
+        memory_bytes: (resources.memory_mb > 0).then(|| resources.memory_mb * 1024 * 1024),
+        mounts: Vec::new(),
+        network: None,
+        hostname: None,
+        labels: BTreeMap::from([
+            (LABEL_NODE.to_owned(), node_id.to_owned()),
+            (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
+            (LABEL_JOB.to_owned(), job_id.to_owned()),
+            (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+        ]),
+    }
+}
+
+/// The labels of a gang network a container joins: its cluster's, and its
+/// control plane's when a local provider started this agent.
+fn network_labels(container: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let Some(cluster) = container.get(LABEL_CLUSTER) {
+        labels.insert(LABEL_NETWORK.to_owned(), cluster.clone());
+    }
+    if let Some(id) = container.get(LABEL_CONTROL_PLANE) {
+        labels.insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
+    }
+    labels
+}
+
+/// What an attempt needs beyond the runtime: the identity state and where
+/// to stage data.
+#[derive(Clone)]
+pub(super) struct Staging {
+    pub vending: Arc<Vending>,
+    pub work_dir: PathBuf,
+    pub storage_ca: Option<Vec<u8>>,
+    /// Where log lines' times are read.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Staging {
+    pub fn of(identity: &IdentityContext) -> Self {
+        Staging {
+            vending: identity.vending.clone(),
+            work_dir: identity.work_dir.clone(),
+            storage_ca: identity.storage_ca.clone(),
+            clock: identity.clock.clone(),
+        }
+    }
+}
+
+/// Starts an assigned attempt, then follows it.
+pub(super) async fn start<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    staging: Staging,
+    plan: DataPlan,
+    mut spec: ContainerSpec,
+    job_id: String,
+    attempt: u32,
+    tx: mpsc::Sender<v1::AgentMessage>,
+) {
+    // A missing image is the job's fault (retrying will not help); any other
+    // runtime error is the node's.
+    let failed = |e: RuntimeError| match e {
+        RuntimeError::ImageNotFound(_) => {
+            report(&job_id, attempt, v1::JobState::Failed, None, e.to_string())
+        }
+        other => node_fault(
+            &job_id,
+            attempt,
+            format!("could not start the container: {other}"),
+        ),
+    };
+    let vending = staging.vending.clone();
+    // Accept the attempt's secret before its container starts, so its
+    // first request is answered.
+    admit(&vending, &spec.env, &job_id, attempt, None);
+    if let Err(e) = runtime.ensure_image(&spec.image).await {
+        tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+        abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
+        return;
+    }
+    // Where an eviction notice appears (STRATO_PREEMPT_NOTICE).
+    let notice = attempt_dir(&staging.work_dir, &job_id, attempt).join("notice");
+    if let Err(e) = std::fs::create_dir_all(&notice) {
+        tracing::warn!(job = %job_id, attempt, error = %e, "cannot prepare the notice directory");
+    } else {
+        spec.mounts.push((
+            notice.display().to_string(),
+            NOTICE_IN_CONTAINER.to_owned(),
+            true,
+        ));
+        spec.env.push((
+            "STRATO_PREEMPT_NOTICE".to_owned(),
+            format!("{NOTICE_IN_CONTAINER}/preempt"),
+        ));
+    }
+    if let Some(network) = spec.network.as_deref().filter(|n| *n != "host")
+        && let Err(e) = runtime
+            .ensure_network(network, &network_labels(&spec.labels))
+            .await
+    {
+        tracing::warn!(job = %job_id, attempt, error = %e, "cannot create the gang's network");
+        let why = node_fault(
+            &job_id,
+            attempt,
+            format!("cannot create network {network}: {e}"),
+        );
+        abandon(&vending, &tx, &job_id, attempt, why).await;
+        return;
+    }
+    if let Err(why) = stage_data(&staging, &plan, &mut spec, &job_id, attempt).await {
+        tracing::warn!(job = %job_id, attempt, error = %why, "cannot stage the job's data");
+        let why = report(
+            &job_id,
+            attempt,
+            v1::JobState::Failed,
+            None,
+            why.to_string(),
+        );
+        abandon(&vending, &tx, &job_id, attempt, why).await;
+        return;
+    }
+    let id = match runtime.create_and_start(&spec).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+            abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
+            return;
+        }
+    };
+    follow(runtime, staging, id, job_id, attempt, tx).await;
+}
+
+/// The attempt cannot start: its secret is refused from now on, and the
+/// control plane is told why (`end`).
+async fn abandon(
+    vending: &Vending,
+    tx: &mpsc::Sender<v1::AgentMessage>,
+    job_id: &str,
+    attempt: u32,
+    end: v1::AgentMessage,
+) {
+    vending.revoke(job_id, attempt);
+    let _ = tx.send(end).await;
+}
+
+/// Accepts the attempt's secret, found in its container's environment (and
+/// its address, for IMDS callers, once known).
+fn admit(
+    vending: &Vending,
+    env: &[(String, String)],
+    job_id: &str,
+    attempt: u32,
+    ip: Option<std::net::IpAddr>,
+) {
+    if let Some((_, secret)) = env.iter().find(|(k, _)| k == "MSI_SECRET") {
+        vending.admit(
+            secret,
+            AttemptIdentity {
+                job_id: job_id.to_owned(),
+                attempt,
+            },
+            ip,
+        );
+    }
+}
+
+/// Reports an attempt running, streams its output up from the start, and
+/// reports how it ended.
+pub(super) async fn follow<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    staging: Staging,
+    id: String,
+    job_id: String,
+    attempt: u32,
+    tx: mpsc::Sender<v1::AgentMessage>,
+) {
+    let vending = staging.vending.clone();
+    if tx
+        .send(report(
+            &job_id,
+            attempt,
+            v1::JobState::Running,
+            None,
+            String::new(),
+        ))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Accept the attempt's secret (read back from its container, so a
+    // restarted agent knows it too) and its address for IMDS callers.
+    match runtime.details(&id).await {
+        Ok(details) => {
+            if let Some((_, hosts)) = details.env.iter().find(|(k, _)| k == "AZ_BATCH_HOST_LIST") {
+                vending.set_gang(
+                    &job_id,
+                    attempt,
+                    hosts.split(',').map(str::to_owned).collect(),
+                );
+            }
+            admit(&vending, &details.env, &job_id, attempt, details.ip);
+        }
+        Err(e) => {
+            tracing::warn!(job = %job_id, attempt, error = %e, "reading the container's details")
+        }
+    }
+    let mut seq = 0u64;
+    let mut output = runtime.logs(&id).ready_chunks(LOG_BATCH);
+    while let Some(batch) = output.next().await {
+        let now = timestamp(staging.clock.now_ms());
+        let mut lines = Vec::with_capacity(batch.len());
+        for item in batch {
+            match item {
+                Ok(l) => {
+                    lines.push(v1::LogLine {
+                        attempt,
+                        stream: match l.stream {
+                            OutputStream::Stdout => v1::LogStream::Stdout,
+                            OutputStream::Stderr => v1::LogStream::Stderr,
+                        } as i32,
+                        line: l.line,
+                        at: Some(now),
+                        seq,
+                        // The control plane knows the rank from the node.
+                        rank: 0,
+                    });
+                    seq += 1;
+                }
+                Err(e) => tracing::warn!(job = %job_id, attempt, error = %e, "reading output"),
+            }
+        }
+        let message = up(Up::JobLog(v1::JobLog {
+            job_id: job_id.clone(),
+            attempt,
+            lines,
+        }));
+        if tx.send(message).await.is_err() {
+            return;
+        }
+    }
+    let waited = runtime.wait(&id).await;
+    vending.forget_address(&job_id, attempt);
+    let end = match waited {
+        Ok(code) => {
+            let code = i32::try_from(code).unwrap_or(i32::MIN);
+            let state = if code == 0 {
+                v1::JobState::Completed
+            } else {
+                v1::JobState::Failed
+            };
+            report(&job_id, attempt, state, Some(code), String::new())
+        }
+        Err(e) => node_fault(&job_id, attempt, format!("lost the container: {e}")),
+    };
+    tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
+    let end = match upload_outputs(&staging, &job_id, attempt).await {
+        Ok(()) => end,
+        Err(why) => report(
+            &job_id,
+            attempt,
+            v1::JobState::Failed,
+            None,
+            why.to_string(),
+        ),
+    };
+    vending.revoke(&job_id, attempt);
+    let _ = tx.send(end).await;
+}
+
+/// Milliseconds since the Unix epoch as a protobuf timestamp.
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_times_come_from_the_clock_in_milliseconds() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+        let before = timestamp(-1);
+        assert_eq!((before.seconds, before.nanos), (-1, 999_000_000));
+    }
+}

@@ -1,0 +1,180 @@
+//! Reaching the control plane: enrol, report the containers this node holds,
+//! open the session stream; between sessions, reconnect with backoff, and
+//! give up (removing this node's containers) after `--give-up-after`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strato_proto::v1::{self, agent_message::Body as Up, agent_service_client::AgentServiceClient};
+use strato_runtime::{ContainerRuntime, LABEL_NODE};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{AgentConfig, IdentityContext, SessionError, session, up};
+use crate::telemetry;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs sessions until the join token is refused; reconnects with backoff
+/// in between. Containers keep running while disconnected.
+pub async fn run<R: ContainerRuntime>(
+    config: AgentConfig,
+    runtime: Arc<R>,
+    identity: Arc<IdentityContext>,
+) -> Result<(), SessionError> {
+    let mut backoff = Duration::from_millis(250);
+    let mut last_contact = tokio::time::Instant::now();
+    let mut node = None;
+    loop {
+        match session(&config, &runtime, &identity, &mut node).await {
+            Ok(()) => {
+                tracing::info!("session ended; reconnecting");
+                backoff = Duration::from_millis(250);
+                last_contact = tokio::time::Instant::now();
+            }
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                let waited = last_contact.elapsed();
+                if let Some(limit) = config.give_up_after
+                    && waited >= limit
+                {
+                    give_up(runtime.as_ref(), node.as_deref()).await;
+                    return Err(SessionError::GaveUp {
+                        waited,
+                        last_error: Box::new(e),
+                    });
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "no session with the control plane")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Nobody manages this node's containers once its agent gives up: stop and
+/// remove them, so no job keeps running unseen.
+async fn give_up<R: ContainerRuntime>(runtime: &R, node: Option<&str>) {
+    let Some(node) = node else { return };
+    let Ok(containers) = runtime.list(LABEL_NODE, node).await else {
+        return;
+    };
+    for c in containers {
+        let _ = runtime.stop(&c.id, Duration::from_secs(10)).await;
+        match runtime.remove(&c.id).await {
+            Ok(()) => tracing::info!(container = %c.name, "giving up: removed the container"),
+            Err(e) => {
+                tracing::warn!(container = %c.name, error = %e, "giving up: cannot remove the container")
+            }
+        }
+    }
+}
+
+/// An open session: what enrolment answered, the containers this node
+/// holds, and both directions of the stream.
+pub(super) struct Opened {
+    pub channel: Channel,
+    pub enrolled: v1::EnrollResponse,
+    /// Started containers of this node: (job, attempt, container id).
+    pub held: Vec<(String, u32, String)>,
+    pub tx: mpsc::Sender<v1::AgentMessage>,
+    pub inbound: tonic::Streaming<v1::ControlMessage>,
+}
+
+/// Enrols, says which containers this node holds, and opens the stream.
+pub(super) async fn open<R: ContainerRuntime>(
+    config: &AgentConfig,
+    runtime: &Arc<R>,
+    identity: &IdentityContext,
+    node: &mut Option<String>,
+) -> Result<Opened, SessionError> {
+    let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
+        .map_err(|source| SessionError::BadEndpoint {
+            url: config.control_plane.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|source| SessionError::Unreachable {
+            url: config.control_plane.clone(),
+            source,
+        })?;
+    let mut client = AgentServiceClient::new(channel.clone());
+    let gpus = identity.gpus.sample();
+    let enrolled = client
+        .enroll(v1::EnrollRequest {
+            join_token: config.join_token.clone(),
+            hostname: config.hostname.clone(),
+            vcpus: std::thread::available_parallelism()
+                .map(|n| u32::try_from(n.get()).unwrap_or(1))
+                .unwrap_or(1),
+            memory_bytes: telemetry::memory().0,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            metrics_url: identity.metrics_url.clone(),
+            gpus: u32::try_from(gpus.len()).unwrap_or(0),
+            gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition => {
+                SessionError::Refused(s.message().to_owned())
+            }
+            _ => SessionError::Enrol(s),
+        })?
+        .into_inner();
+    let node_id = enrolled.node_id.clone();
+    *node = Some(node_id.clone());
+    tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
+
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4096);
+    let containers = runtime.list(LABEL_NODE, &node_id).await?;
+    let mut held = Vec::new();
+    for c in &containers {
+        // A container created but never started (the agent stopped between
+        // the two calls) is not held: its job is still preparing, so the
+        // control plane sends the assignment again, and create_and_start
+        // starts the existing container.
+        if !c.running && c.exit_code.is_none() {
+            continue;
+        }
+        if let Some((job, attempt)) = c.attempt() {
+            held.push((job.to_owned(), attempt, c.id.clone()));
+        }
+    }
+    let hello = v1::Hello {
+        jobs: held
+            .iter()
+            .map(|(job, attempt, _)| v1::JobReport {
+                job_id: job.clone(),
+                attempt: *attempt,
+                state: v1::JobState::Running as i32,
+                exit_code: None,
+                reason: String::new(),
+                node_fault: false,
+            })
+            .collect(),
+    };
+    tx.send(up(Up::Hello(hello)))
+        .await
+        .map_err(|_| SessionError::Closed)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {}", enrolled.session_token)
+        .parse()
+        .map_err(|_| SessionError::BadSessionToken)?;
+    request.metadata_mut().insert("authorization", bearer);
+    let inbound = client
+        .session(request)
+        .await
+        .map_err(SessionError::Stream)?
+        .into_inner();
+    tracing::info!(node = %node_id, containers = held.len(), "session open");
+    Ok(Opened {
+        channel,
+        enrolled,
+        held,
+        tx,
+        inbound,
+    })
+}

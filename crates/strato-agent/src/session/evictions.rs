@@ -1,0 +1,155 @@
+//! Evictions of low-priority nodes: the Scheduled Events endpoint watched
+//! for a Preempt event for this node, which is reported to the control
+//! plane, written to every running job's notice file, signalled to it with
+//! SIGTERM, and acknowledged.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strato_proto::v1::{self, agent_message::Body as Up};
+use strato_runtime::{Clock, ContainerRuntime, LABEL_NODE};
+use tokio::sync::mpsc;
+
+use super::staging::attempt_dir;
+use super::up;
+
+/// Polls the Scheduled Events endpoint about once a second. On a Preempt
+/// event for this node: tells the control plane, writes the notice file of
+/// every running job (with the deadline) and sends it SIGTERM, then
+/// acknowledges the event.
+pub(super) async fn watch_evictions<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    node_id: String,
+    url: String,
+    work_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<v1::AgentMessage>,
+) {
+    let mut handled: HashSet<String> = HashSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let doc = match http_json(&url, "GET", None).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "scheduled events not reachable");
+                continue;
+            }
+        };
+        for event in doc["Events"].as_array().cloned().unwrap_or_default() {
+            let Some(id) = event["EventId"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let ours = event["Resources"].as_array().is_none_or(|r| {
+                r.is_empty() || r.iter().any(|x| x.as_str() == Some(node_id.as_str()))
+            });
+            if event["EventType"] != "Preempt" || !ours || handled.contains(&id) {
+                continue;
+            }
+            handled.insert(id.clone());
+            let not_before_text = event["NotBefore"].as_str().unwrap_or_default().to_owned();
+            let not_before = strato_core::time::parse_rfc1123(&not_before_text)
+                .unwrap_or_else(|| clock.now_ms().div_euclid(1000) + 30);
+            tracing::warn!(event = %id, not_before = %not_before_text, "eviction notice");
+            let _ = tx
+                .send(up(Up::Preemption(v1::Preemption {
+                    event_id: id.clone(),
+                    not_before,
+                })))
+                .await;
+            if let Ok(containers) = runtime.list(LABEL_NODE, &node_id).await {
+                for c in containers.iter().filter(|c| c.running) {
+                    let Some((job, attempt)) = c.attempt() else {
+                        continue;
+                    };
+                    let dir = attempt_dir(&work_dir, job, attempt).join("notice");
+                    let text = format!(
+                        "Preempt {id}: this node is evicted at {not_before_text} ({not_before}); checkpoint now\n"
+                    );
+                    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                        std::fs::write(dir.join("preempt.tmp"), &text)?;
+                        std::fs::rename(dir.join("preempt.tmp"), dir.join("preempt"))
+                    });
+                    if let Err(e) = written {
+                        tracing::warn!(job = %job, error = %e, "writing the eviction notice");
+                    }
+                    if let Err(e) = runtime.signal(&c.id, "SIGTERM").await {
+                        tracing::warn!(job = %job, error = %e, "signalling the eviction");
+                    }
+                }
+            }
+            let ack = serde_json::json!({ "StartRequests": [{ "EventId": id }] });
+            if let Err(e) = http_json(&url, "POST", Some(&ack)).await {
+                tracing::warn!(error = %e, "acknowledging the eviction");
+            }
+        }
+    }
+}
+
+/// Why the metadata endpoint gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MetadataError {
+    #[error("only http:// URLs")]
+    NotHttp,
+    #[error("connect timed out")]
+    ConnectTimedOut,
+    #[error("read timed out")]
+    ReadTimedOut,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no HTTP response")]
+    NoResponse,
+    /// Not a 2xx answer: its status line.
+    #[error("{0}")]
+    Status(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A small HTTP/1.0 client for the plain-http metadata endpoints (IMDS).
+async fn http_json(
+    url: &str,
+    method: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, MetadataError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").ok_or(MetadataError::NotHttp)?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let addr = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    };
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .map_err(|_| MetadataError::ConnectTimedOut)??;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nMetadata: true\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| MetadataError::ReadTimedOut)??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(MetadataError::NoResponse)?;
+    if !head.starts_with("HTTP/1.1 2") && !head.starts_with("HTTP/1.0 2") {
+        return Err(MetadataError::Status(
+            head.lines().next().unwrap_or_default().to_owned(),
+        ));
+    }
+    if body.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_str(body)?)
+}

@@ -1,0 +1,270 @@
+//! The agent's side of the control plane: enrol, hold one session stream,
+//! run what is assigned, and reconnect with backoff when the stream breaks.
+//!
+//! **Architecture invariant:** the node's containers are the source of truth
+//! for what runs here. Every job container carries the labels node, cluster,
+//! job and attempt, and its name is `strato-<job>-<attempt>-<node>`, so creating it
+//! twice is impossible. On every new session the agent lists its labelled
+//! containers, reports them, and streams each one's output again from the
+//! start (the control plane stores each line once). A container is removed
+//! only when the control plane says it stored the attempt's end (`Release`).
+//!
+//! One session's concerns, each in its module: `connect` (enrol, open the
+//! stream, reconnect with backoff, give up), `dispatch` (what the control
+//! plane asks: assign, cancel, release, exec), `attempt` (start and follow
+//! one attempt), `staging` (its inputs and outputs), `heartbeat`
+//! (heartbeats and container samples) and `evictions` (Scheduled Events).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strato_proto::v1::{self, agent_message::Body as Up};
+use strato_runtime::{Clock, ContainerRuntime, RuntimeError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::gang::{ExecRelay, GangConfig};
+use crate::identity::{self, Vending};
+use crate::telemetry::{AgentHealth, GpuSource};
+
+mod attempt;
+mod connect;
+mod dispatch;
+mod evictions;
+mod heartbeat;
+mod staging;
+
+pub use attempt::container_spec;
+pub use connect::run;
+pub use staging::DataPlan;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub control_plane: String,
+    /// Secret; never logged.
+    pub join_token: String,
+    pub hostname: String,
+    /// The control plane whose local provider started this agent
+    /// (`--control-plane-id`): its containers and networks carry it as the
+    /// `strato.control-plane` label, so that control plane finds them again.
+    pub control_plane_id: Option<String>,
+    /// Give up after this long without reaching the control plane
+    /// (`--give-up-after`): stop and remove this node's containers and exit.
+    /// `None`: keep trying forever (a systemd agent's default).
+    pub give_up_after: Option<Duration>,
+}
+
+/// Why a session ended. [`SessionError::is_fatal`] ones end [`run`]; the
+/// others are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The control plane refused the join token (its message): retrying
+    /// will not help.
+    #[error("the control plane refused this agent: {0}")]
+    Refused(String),
+    /// `--control-plane` is not a usable address: retrying will not help.
+    #[error("--control-plane {url:?}: {source}")]
+    BadEndpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    /// Enrolment failed for another reason than the join token.
+    #[error("enrol: {}", .0.message())]
+    Enrol(tonic::Status),
+    /// The stream could not be opened, or broke.
+    #[error("session: {}", .0.message())]
+    Stream(tonic::Status),
+    #[error("session token is not valid metadata")]
+    BadSessionToken,
+    /// The stream to the control plane closed under the agent.
+    #[error("channel closed")]
+    Closed,
+    /// Listing this node's containers failed.
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    /// The control plane could not be reached for `--give-up-after`.
+    #[error("gave up after {waited:?} without reaching the control plane: {last_error}")]
+    GaveUp {
+        waited: Duration,
+        last_error: Box<SessionError>,
+    },
+}
+
+impl SessionError {
+    /// Whether retrying cannot help: the join token was refused or the
+    /// address is bad.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Refused(_) | SessionError::BadEndpoint { .. }
+        )
+    }
+}
+
+/// The identity endpoint's state and address, shared with the sessions.
+pub struct IdentityContext {
+    pub vending: Arc<Vending>,
+    /// The agent's health and GPU source, for heartbeats and `/metrics`.
+    pub health: Arc<AgentHealth>,
+    pub gpus: Arc<dyn GpuSource>,
+    /// Where Prometheus scrapes this agent.
+    pub metrics_url: String,
+    pub endpoint: identity::Endpoint,
+    /// Where attempts' inputs and outputs are staged on this node.
+    pub work_dir: PathBuf,
+    /// Extra CA certificates (PEM) trusted for storage endpoints.
+    pub storage_ca: Option<Vec<u8>>,
+    /// The Scheduled Events endpoint polled for eviction notices.
+    pub scheduled_events_url: String,
+    /// Remote commands between the nodes of a gang.
+    pub relay: Arc<ExecRelay>,
+    /// How gangs are wired on this node.
+    pub gang: GangConfig,
+    /// Where the agent reads the time (heartbeats, log lines, eviction
+    /// deadlines); timers stay on tokio's time.
+    pub clock: Arc<dyn Clock>,
+}
+
+fn job_key(job_id: &str, attempt: u32) -> String {
+    format!("strato-{job_id}-{attempt}")
+}
+
+/// One session, from enrolment until the stream breaks or ends.
+async fn session<R: ContainerRuntime>(
+    config: &AgentConfig,
+    runtime: &Arc<R>,
+    identity: &IdentityContext,
+    node: &mut Option<String>,
+) -> Result<(), SessionError> {
+    let connect::Opened {
+        channel,
+        enrolled,
+        held,
+        tx,
+        mut inbound,
+    } = connect::open(config, runtime, identity, node).await?;
+    let node_id = enrolled.node_id.clone();
+    identity
+        .vending
+        .connected(Some((channel, enrolled.session_token.clone())));
+    identity.relay.connected(Some(tx.clone()));
+
+    let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
+    for (job, attempt, id) in held {
+        let task = tokio::spawn(attempt::follow(
+            runtime.clone(),
+            attempt::Staging::of(identity),
+            id,
+            job.clone(),
+            attempt,
+            tx.clone(),
+        ));
+        attempts.insert(job_key(&job, attempt), task);
+    }
+    let interval = Duration::from_secs(u64::from(enrolled.heartbeat_interval_seconds.max(1)));
+    identity
+        .health
+        .connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let heartbeats = tokio::spawn(heartbeat::heartbeats(
+        tx.clone(),
+        identity.health.clone(),
+        identity.gpus.clone(),
+        identity.clock.clone(),
+        interval,
+    ));
+    let sampler = tokio::spawn(heartbeat::sample_containers(
+        runtime.clone(),
+        node_id.clone(),
+        identity.health.clone(),
+        interval,
+    ));
+    let evictions = tokio::spawn(evictions::watch_evictions(
+        runtime.clone(),
+        node_id.clone(),
+        identity.scheduled_events_url.clone(),
+        identity.work_dir.clone(),
+        identity.clock.clone(),
+        tx.clone(),
+    ));
+    let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
+    let mut dispatch = dispatch::Dispatch {
+        config,
+        runtime,
+        identity,
+        node_id: &node_id,
+        cluster: &enrolled.cluster,
+        tx: &tx,
+        attempts,
+        stopping: HashSet::new(),
+        stopped: stopped_tx,
+    };
+    let result = loop {
+        let message = tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => m,
+                Ok(None) => break Ok(()),
+                Err(s) => break Err(SessionError::Stream(s)),
+            },
+            Some(key) = stopped_rx.recv() => {
+                // A finished stop may be asked again if the job still runs.
+                dispatch.stopping.remove(&key);
+                continue;
+            }
+        };
+        dispatch.handle(message.body).await;
+    };
+    heartbeats.abort();
+    sampler.abort();
+    evictions.abort();
+    identity
+        .health
+        .connected
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    identity.vending.connected(None);
+    identity.relay.connected(None);
+    for (_, task) in dispatch.attempts {
+        task.abort();
+    }
+    result
+}
+
+fn up(body: Up) -> v1::AgentMessage {
+    v1::AgentMessage { body: Some(body) }
+}
+
+fn report(
+    job_id: &str,
+    attempt: u32,
+    state: v1::JobState,
+    exit_code: Option<i32>,
+    reason: String,
+) -> v1::AgentMessage {
+    up(Up::JobReport(v1::JobReport {
+        job_id: job_id.to_owned(),
+        attempt,
+        state: state as i32,
+        exit_code,
+        reason,
+        node_fault: false,
+    }))
+}
+
+/// The node's container runtime failed the attempt: not the job's fault.
+fn node_fault(job_id: &str, attempt: u32, reason: String) -> v1::AgentMessage {
+    up(Up::JobReport(v1::JobReport {
+        job_id: job_id.to_owned(),
+        attempt,
+        state: v1::JobState::Failed as i32,
+        exit_code: None,
+        reason,
+        node_fault: true,
+    }))
+}

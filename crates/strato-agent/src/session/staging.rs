@@ -1,0 +1,161 @@
+//! An attempt's data on this node: inputs downloaded and outputs' directories
+//! prepared before its container starts, bound into it, and outputs uploaded
+//! after it ends. The outputs' plan is written beside them, so a restarted
+//! agent still uploads them.
+
+use std::path::{Path, PathBuf};
+
+use strato_proto::v1;
+use strato_runtime::ContainerSpec;
+
+use super::attempt::Staging;
+use super::job_key;
+use crate::identity::{AttemptIdentity, Refusal};
+use crate::storage::{self, StorageError, Transfer};
+
+const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
+const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
+/// Why an attempt's data could not be staged or uploaded; the text is the
+/// attempt's failure reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("no storage token for the job's data (the cluster's default identity): {0}")]
+    NoToken(#[source] Refusal),
+    #[error("downloading input {name}: {source}")]
+    Download { name: String, source: StorageError },
+    #[error("output {name}: {source}")]
+    OutputDir {
+        name: String,
+        source: std::io::Error,
+    },
+    /// The outputs' plan could not be written or read back.
+    #[error("{0}")]
+    EncodePlan(#[source] serde_json::Error),
+    #[error("writing the outputs' plan: {0}")]
+    WritePlan(#[source] std::io::Error),
+    #[error("the outputs' plan: {0}")]
+    DecodePlan(#[source] serde_json::Error),
+    #[error("no storage token to upload outputs: {0}")]
+    NoUploadToken(#[source] Refusal),
+    #[error("uploading output {name}: {source}")]
+    Upload { name: String, source: StorageError },
+}
+
+/// An attempt's inputs and outputs.
+#[derive(Debug, Clone, Default)]
+pub struct DataPlan {
+    pub inputs: Vec<Transfer>,
+    pub outputs: Vec<Transfer>,
+}
+
+pub(super) fn transfers(list: &[v1::JobData]) -> Vec<Transfer> {
+    list.iter()
+        .map(|d| Transfer {
+            name: d.name.clone(),
+            account_url: d.account_url.clone(),
+            container: d.container.clone(),
+            path: d.path.clone(),
+        })
+        .collect()
+}
+
+/// The directory of an attempt's staged data on this node.
+pub(super) fn attempt_dir(work_dir: &Path, job_id: &str, attempt: u32) -> PathBuf {
+    work_dir.join(job_key(job_id, attempt))
+}
+
+/// Downloads the inputs and prepares the output directories, and binds both
+/// into the container with `AZURE_ML_INPUT_<name>` / `AZURE_ML_OUTPUT_<name>`.
+/// The outputs' plan is written beside them, so a restarted agent uploads
+/// them too.
+pub(super) async fn stage_data(
+    staging: &Staging,
+    plan: &DataPlan,
+    spec: &mut ContainerSpec,
+    job_id: &str,
+    attempt: u32,
+) -> Result<(), StagingError> {
+    if plan.inputs.is_empty() && plan.outputs.is_empty() {
+        return Ok(());
+    }
+    let dir = attempt_dir(&staging.work_dir, job_id, attempt);
+    let token = storage_token(staging, job_id, attempt)
+        .await
+        .map_err(StagingError::NoToken)?;
+    for input in &plan.inputs {
+        let host = dir.join("inputs").join(&input.name);
+        let files = storage::download(input, &token, staging.storage_ca.as_deref(), &host)
+            .await
+            .map_err(|source| StagingError::Download {
+                name: input.name.clone(),
+                source,
+            })?;
+        tracing::info!(job = %job_id, attempt, input = %input.name, files, "input downloaded");
+        let inside = format!("{INPUTS_IN_CONTAINER}/{}", input.name);
+        spec.mounts
+            .push((host.display().to_string(), inside.clone(), true));
+        spec.env
+            .push((format!("AZURE_ML_INPUT_{}", input.name), inside));
+    }
+    for output in &plan.outputs {
+        let host = dir.join("outputs").join(&output.name);
+        std::fs::create_dir_all(&host).map_err(|source| StagingError::OutputDir {
+            name: output.name.clone(),
+            source,
+        })?;
+        let inside = format!("{OUTPUTS_IN_CONTAINER}/{}", output.name);
+        spec.mounts
+            .push((host.display().to_string(), inside.clone(), false));
+        spec.env
+            .push((format!("AZURE_ML_OUTPUT_{}", output.name), inside));
+    }
+    let manifest = serde_json::to_vec(&plan.outputs).map_err(StagingError::EncodePlan)?;
+    std::fs::write(dir.join("outputs.json"), manifest).map_err(StagingError::WritePlan)?;
+    Ok(())
+}
+
+/// Uploads an attempt's outputs after it ended, whatever its exit code.
+pub(super) async fn upload_outputs(
+    staging: &Staging,
+    job_id: &str,
+    attempt: u32,
+) -> Result<(), StagingError> {
+    let dir = attempt_dir(&staging.work_dir, job_id, attempt);
+    let Ok(manifest) = std::fs::read(dir.join("outputs.json")) else {
+        return Ok(());
+    };
+    let outputs: Vec<Transfer> =
+        serde_json::from_slice(&manifest).map_err(StagingError::DecodePlan)?;
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let token = storage_token(staging, job_id, attempt)
+        .await
+        .map_err(StagingError::NoUploadToken)?;
+    for output in &outputs {
+        let files = storage::upload(
+            output,
+            &token,
+            staging.storage_ca.as_deref(),
+            &dir.join("outputs").join(&output.name),
+        )
+        .await
+        .map_err(|source| StagingError::Upload {
+            name: output.name.clone(),
+            source,
+        })?;
+        tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
+    }
+    Ok(())
+}
+
+/// A token of the cluster's default identity for the attempt's transfers.
+async fn storage_token(staging: &Staging, job_id: &str, attempt: u32) -> Result<String, Refusal> {
+    staging
+        .vending
+        .storage_token(&AttemptIdentity {
+            job_id: job_id.to_owned(),
+            attempt,
+        })
+        .await
+}
