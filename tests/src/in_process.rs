@@ -39,6 +39,11 @@ impl InProcess {
     /// takes them) over the tier's defaults: a 50 ms reconcile pass and
     /// timeouts long enough that only a test's clock moves trip them.
     pub async fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
+        // What the control plane and agents log, shown with a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .try_init();
         let dir = tempfile::tempdir()?;
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -57,7 +62,7 @@ impl InProcess {
             ("--reconcile-interval-ms", "50"),
             ("--heartbeat-interval", "1"),
             ("--node-start-timeout", "600"),
-            ("--node-heartbeat-timeout", "600"),
+            ("--node-heartbeat-timeout", "86400"),
         ];
         for (flag, value) in defaults {
             if !extra_args.contains(&flag) {

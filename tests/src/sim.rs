@@ -24,9 +24,57 @@ use strato_runtime::fake::FakeRuntime;
 struct SimNode {
     cluster: String,
     runtime: FakeRuntime,
-    /// The agent's task; aborted when the node is taken down or its agent
-    /// is stopped.
-    agent: Option<tokio::task::JoinHandle<()>>,
+    /// The agent; gone once the node is taken down or its agent stopped.
+    agent: Option<AgentThread>,
+}
+
+/// An agent on a thread and a runtime of its own, as on its own machine:
+/// stopping it drops that runtime, and every task the agent spawned with
+/// it, as a crash would.
+struct AgentThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    exited: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl AgentThread {
+    fn spawn(
+        node: String,
+        config: AgentConfig,
+        runtime: FakeRuntime,
+        identity: Arc<IdentityContext>,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (exit, exited) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("agent-{node}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(async {
+                        tokio::select! {
+                            result = session::run(config, Arc::new(runtime), identity) => {
+                                if let Err(e) = result {
+                                    tracing::info!(%node, error = %e, "simulated agent ended");
+                                }
+                            }
+                            _ = stopped => {}
+                        }
+                    }),
+                    Err(e) => tracing::error!(%node, error = %e, "no runtime for the agent"),
+                }
+                // The runtime, with every task of the agent, is gone now.
+                let _ = exit.send(());
+            })?;
+        Ok(AgentThread { stop, exited })
+    }
+
+    /// Stops the agent and waits until nothing of it runs.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.exited.await;
+    }
 }
 
 /// The simulated fleet, shared by the provider and the test that watches it.
@@ -77,15 +125,15 @@ impl SimFleet {
         self.nodes_map().get(node_id).map(|n| n.runtime.clone())
     }
 
-    /// Stops node `node_id`'s agent as a crash would: its containers keep
-    /// running, it sends nothing more.
-    pub fn stop_agent(&self, node_id: &str) {
-        if let Some(agent) = self
+    /// Stops node `node_id`'s agent as a crash would, and returns once it
+    /// has stopped: its containers keep running, it sends nothing more.
+    pub async fn stop_agent(&self, node_id: &str) {
+        let agent = self
             .nodes_map()
             .get_mut(node_id)
-            .and_then(|n| n.agent.take())
-        {
-            agent.abort();
+            .and_then(|n| n.agent.take());
+        if let Some(agent) = agent {
+            agent.stop().await;
         }
     }
 
@@ -111,7 +159,7 @@ impl SimFleet {
             });
         }
         let runtime = FakeRuntime::new();
-        let vending = Arc::new(Vending::default());
+        let vending = Arc::new(Vending::new(self.clock.clone()));
         let work_dir = self.work_root.join(&launch.node_id);
         let identity = Arc::new(IdentityContext {
             relay: Arc::new(ExecRelay::new(vending.clone())),
@@ -133,6 +181,7 @@ impl SimFleet {
                 network: GangNetwork::Cluster,
                 launcher: self.work_root.join("strato-rsh"),
             },
+            clock: self.clock.clone(),
         });
         let config = AgentConfig {
             control_plane: self.endpoint.clone(),
@@ -141,16 +190,11 @@ impl SimFleet {
             control_plane_id: None,
             give_up_after: None,
         };
-        let _ = &self.clock;
-        let agent = tokio::spawn({
-            let runtime = Arc::new(runtime.clone());
-            let node = launch.node_id.clone();
-            async move {
-                if let Err(e) = session::run(config, runtime, identity).await {
-                    tracing::info!(%node, error = %e, "simulated agent stopped");
-                }
-            }
-        });
+        let agent = AgentThread::spawn(launch.node_id.clone(), config, runtime.clone(), identity)
+            .map_err(|source| ProviderError::Io {
+            what: format!("starting the agent of {}", launch.node_id),
+            source,
+        })?;
         self.nodes_map().insert(
             launch.node_id.clone(),
             SimNode {
@@ -162,24 +206,16 @@ impl SimFleet {
         Ok(())
     }
 
-    fn take_down(&self, node_id: &str) {
-        if let Some(mut node) = self.nodes_map().remove(node_id)
-            && let Some(agent) = node.agent.take()
-        {
-            agent.abort();
+    async fn take_down(&self, node_id: &str) {
+        let node = self.nodes_map().remove(node_id);
+        if let Some(agent) = node.and_then(|n| n.agent) {
+            agent.stop().await;
         }
     }
 }
 
-impl Drop for SimFleet {
-    fn drop(&mut self) {
-        for node in self.nodes_map().values_mut() {
-            if let Some(agent) = node.agent.take() {
-                agent.abort();
-            }
-        }
-    }
-}
+// Dropping the fleet drops every agent's stop sender: each agent thread
+// then ends, taking its runtime and tasks with it.
 
 /// The provider face of a [`SimFleet`].
 pub struct SimProvider(pub Arc<SimFleet>);
@@ -205,7 +241,7 @@ impl NodeProvider for SimProvider {
         node: &'a ProvidedNode,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
-            self.0.take_down(&node.node_id);
+            self.0.take_down(&node.node_id).await;
             Ok(())
         })
     }

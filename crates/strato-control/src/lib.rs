@@ -171,6 +171,15 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    {
+        // Agents' session streams end at shutdown; the agents keep their
+        // containers and reconnect to the next start.
+        let (plane, stop) = (plane.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            stop.await;
+            plane.sessions.close_all();
+        });
+    }
     let reconciler =
         tokio::spawn(reconcile::Reconciler::new(plane.clone()).run(stopped(stop_rx.clone())));
     let grpc_server = grpc_server(plane.clone(), grpc, stopped(stop_rx.clone()));

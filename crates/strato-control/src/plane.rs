@@ -101,6 +101,14 @@ impl Sessions {
         }
     }
 
+    /// Ends every open session stream (at shutdown: a server draining its
+    /// requests would otherwise wait for agents that never hang up).
+    pub fn close_all(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            open.clear();
+        }
+    }
+
     pub fn drop_node(&self, node_id: &str) {
         if let Ok(mut open) = self.open.lock() {
             open.remove(node_id);
