@@ -158,8 +158,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("--quota-file {path}: {message}")]
-    QuotaParse { path: PathBuf, message: String },
+    #[error("--quota-file {path}: {source}")]
+    QuotaParse {
+        path: PathBuf,
+        #[source]
+        source: QuotaFileError,
+    },
     #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
     SameAddress(SocketAddr),
     #[error(
@@ -297,9 +301,9 @@ pub fn load_quota(path: &Path) -> Result<QuotaLimits, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    parse_quota(&text).map_err(|message| ConfigError::QuotaParse {
+    parse_quota(&text).map_err(|source| ConfigError::QuotaParse {
         path: path.to_owned(),
-        message,
+        source,
     })
 }
 
@@ -342,11 +346,15 @@ struct QuotaFile {
     regions: BTreeMap<String, RegionOverrides>,
 }
 
+/// A quota file that is not valid TOML of the quota file's schema.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.to_string().trim_end().replace('\n', " "))]
+pub struct QuotaFileError(#[from] toml::de::Error);
+
 /// Parses a quota file: `[default]` overrides the built-in defaults, and
 /// each `[regions.NAME]` overrides `[default]`.
-pub fn parse_quota(text: &str) -> Result<QuotaLimits, String> {
-    let file: QuotaFile =
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+pub fn parse_quota(text: &str) -> Result<QuotaLimits, QuotaFileError> {
+    let file: QuotaFile = toml::from_str(text)?;
     let default = file.default.apply(&RegionQuota::default());
     let regions = file
         .regions
@@ -391,8 +399,11 @@ mod tests {
 
     #[test]
     fn quota_file_typo_is_an_error_naming_the_key() {
-        let e = parse_quota("[default]\ndedicated_core_total = 1\n").expect_err("typo");
+        let e = parse_quota("[default]\ndedicated_core_total = 1\n")
+            .expect_err("typo")
+            .to_string();
         assert!(e.contains("dedicated_core_total"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 
     #[test]
