@@ -26,7 +26,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{ProviderKind, Settings};
 use crate::plane::{Events, Plane, Sessions};
-use crate::provider::{LocalProvider, NoProvider, NodeProvider};
+use crate::provider::{LocalProvider, LocalSettings, NoProvider, NodeProvider};
 use crate::store::{SqliteStore, Store};
 
 /// Runs the control plane until `shutdown` resolves, then stops taking
@@ -71,15 +71,15 @@ pub async fn run(
                 };
                 format!("http://{ip}:{}", grpc_addr.port())
             });
-            Box::new(LocalProvider::new(
+            Box::new(LocalProvider::new(LocalSettings {
                 agent_binary,
                 endpoint,
-                PathBuf::from(&config.data_dir).join("nodes"),
-                config.docker_socket.clone(),
-                config.storage_ca_file.clone(),
-                format!("http://{http_base}"),
-                control_plane_id.clone(),
-            ))
+                nodes_dir: PathBuf::from(&config.data_dir).join("nodes"),
+                docker_socket: config.docker_socket.clone(),
+                storage_ca_file: config.storage_ca_file.clone(),
+                control_http: format!("http://{http_base}"),
+                control_plane_id,
+            }))
         }
     };
     let parts = Parts {

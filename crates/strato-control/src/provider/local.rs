@@ -28,17 +28,25 @@ use super::{Capabilities, Holdings, NodeLaunch, NodeProvider, ProvidedNode, Prov
 /// do not linger.
 pub const AGENT_GIVE_UP_AFTER_SECONDS: u64 = 300;
 
-pub struct LocalProvider {
-    agent_binary: PathBuf,
-    endpoint: String,
-    nodes_dir: PathBuf,
-    docker_socket: String,
-    storage_ca_file: Option<PathBuf>,
+/// How the local provider starts its agents.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub agent_binary: PathBuf,
+    /// The control plane's gRPC address, as the agents dial it.
+    pub endpoint: String,
+    /// `DATA_DIR/nodes`: a directory per node.
+    pub nodes_dir: PathBuf,
+    pub docker_socket: String,
+    pub storage_ca_file: Option<PathBuf>,
     /// The control plane's HTTP address: it serves the nodes' Scheduled
     /// Events documents.
-    control_http: String,
+    pub control_http: String,
     /// This control plane's id, on everything the provider makes.
-    control_plane_id: String,
+    pub control_plane_id: String,
+}
+
+pub struct LocalProvider {
+    settings: LocalSettings,
     /// Agent processes started by this control plane, by node id.
     children: Mutex<HashMap<String, u32>>,
     /// Held while a cluster's gang network is made: Docker does not refuse
@@ -47,23 +55,9 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    pub fn new(
-        agent_binary: PathBuf,
-        endpoint: String,
-        nodes_dir: PathBuf,
-        docker_socket: String,
-        storage_ca_file: Option<PathBuf>,
-        control_http: String,
-        control_plane_id: String,
-    ) -> Self {
+    pub fn new(settings: LocalSettings) -> Self {
         LocalProvider {
-            control_plane_id,
-            agent_binary,
-            endpoint,
-            nodes_dir,
-            docker_socket,
-            storage_ca_file,
-            control_http,
+            settings,
             children: Mutex::new(HashMap::new()),
             networks: tokio::sync::Mutex::new(()),
         }
@@ -72,11 +66,11 @@ impl LocalProvider {
     /// The directory of a node: `agent.env` (how its agent was started) and
     /// `agent.log` (what it wrote).
     pub fn node_dir(&self, node_id: &str) -> PathBuf {
-        self.nodes_dir.join(node_id)
+        self.settings.nodes_dir.join(node_id)
     }
 
     async fn docker(&self) -> Result<DockerRuntime, ProviderError> {
-        Ok(DockerRuntime::connect(Some(&self.docker_socket)).await?)
+        Ok(DockerRuntime::connect(Some(&self.settings.docker_socket)).await?)
     }
 
     /// The labels of what this provider makes for `cluster`.
@@ -85,7 +79,7 @@ impl LocalProvider {
             (LABEL_NETWORK.to_owned(), cluster.to_owned()),
             (
                 LABEL_CONTROL_PLANE.to_owned(),
-                self.control_plane_id.clone(),
+                self.settings.control_plane_id.clone(),
             ),
         ])
     }
@@ -96,18 +90,19 @@ impl LocalProvider {
         let work_dir = dir.join("work").display().to_string();
         let events_url = format!(
             "{}/scheduledevents/{}?api-version=2020-07-01",
-            self.control_http, launch.node_id
+            self.settings.control_http, launch.node_id
         );
         let ca = self
+            .settings
             .storage_ca_file
             .as_ref()
             .map(|p| p.display().to_string());
         let give_up = AGENT_GIVE_UP_AFTER_SECONDS.to_string();
         let mut env = vec![
-            ("STRATO_CONTROL_PLANE", self.endpoint.as_str()),
+            ("STRATO_CONTROL_PLANE", self.settings.endpoint.as_str()),
             ("STRATO_JOIN_TOKEN", launch.join_token.as_str()),
             ("STRATO_NODE_NAME", launch.node_id.as_str()),
-            ("STRATO_DOCKER_SOCKET", self.docker_socket.as_str()),
+            ("STRATO_DOCKER_SOCKET", self.settings.docker_socket.as_str()),
             ("STRATO_WORK_DIR", work_dir.as_str()),
             // Several local agents share this machine: each takes a free port.
             ("STRATO_METRICS_LISTEN", "127.0.0.1:0"),
@@ -115,7 +110,10 @@ impl LocalProvider {
             // Every node shares this machine's engine: a gang's containers
             // meet on a Docker network of their cluster.
             ("STRATO_GANG_NETWORK", "cluster"),
-            ("STRATO_CONTROL_PLANE_ID", self.control_plane_id.as_str()),
+            (
+                "STRATO_CONTROL_PLANE_ID",
+                self.settings.control_plane_id.as_str(),
+            ),
             ("STRATO_GIVE_UP_AFTER", give_up.as_str()),
         ];
         if let Some(ca) = &ca {
@@ -138,7 +136,7 @@ impl LocalProvider {
             .append(true)
             .open(dir.join("agent.log"))
             .map_err(ProviderError::io("opening agent.log"))?;
-        let mut child = tokio::process::Command::new(&self.agent_binary)
+        let mut child = tokio::process::Command::new(&self.settings.agent_binary)
             .envs(env.iter().copied())
             .arg("--node-name")
             .arg(&launch.node_id)
@@ -154,7 +152,7 @@ impl LocalProvider {
             .spawn()
             .map_err(ProviderError::io(format!(
                 "starting {}",
-                self.agent_binary.display()
+                self.settings.agent_binary.display()
             )))?;
         let pid = child.id().ok_or(ProviderError::AgentExited)?;
         self.children().insert(launch.node_id.clone(), pid);
@@ -200,18 +198,18 @@ impl LocalProvider {
     /// container of this control plane; clusters with a gang network of it.
     async fn list_holdings(&self) -> Result<Holdings, ProviderError> {
         let mut nodes: BTreeMap<String, ProvidedNode> = BTreeMap::new();
-        if let Ok(entries) = std::fs::read_dir(&self.nodes_dir) {
+        if let Ok(entries) = std::fs::read_dir(&self.settings.nodes_dir) {
             for e in entries.flatten() {
                 let node_id = e.file_name().to_string_lossy().into_owned();
                 node_of(&mut nodes, &node_id);
             }
         }
-        for (pid, node_id) in agents_of(&self.control_plane_id) {
+        for (pid, node_id) in agents_of(&self.settings.control_plane_id) {
             node_of(&mut nodes, &node_id).pid = Some(pid);
         }
         let docker = self.docker().await?;
         for c in docker
-            .list(LABEL_CONTROL_PLANE, &self.control_plane_id)
+            .list(LABEL_CONTROL_PLANE, &self.settings.control_plane_id)
             .await?
         {
             if let Some(node_id) = c.labels.get(LABEL_NODE) {
@@ -222,7 +220,7 @@ impl LocalProvider {
             }
         }
         let clusters: BTreeSet<String> = docker
-            .list_networks(LABEL_CONTROL_PLANE, &self.control_plane_id)
+            .list_networks(LABEL_CONTROL_PLANE, &self.settings.control_plane_id)
             .await?
             .iter()
             .filter_map(|n| naming::cluster_of_network(n))

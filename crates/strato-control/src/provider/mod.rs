@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use futures_util::future::BoxFuture;
 
-pub use local::LocalProvider;
+pub use local::{LocalProvider, LocalSettings};
 
 /// What a provider needs to start a node.
 #[derive(Debug, Clone)]
