@@ -3,3 +3,21 @@
 pub mod compute;
 pub mod datastore;
 pub mod job;
+
+/// A flag's value that its parser refused; clap prints it after the flag's
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("{0:?}: use NAME=azureml://datastores/<datastore>/paths/<path>")]
+    DataUri(String),
+    #[error("{0:?}: the variable name before '=' must be non-empty, without spaces")]
+    EnvName(String),
+    #[error("{0:?}: an environment variable is KEY=VALUE")]
+    EnvPair(String),
+    #[error("{0:?}: a number of vCPUs above 0, e.g. 2 or 0.5")]
+    Cpu(String),
+    #[error("{0:?}: use dedicated or lowpriority")]
+    Priority(String),
+    #[error("{0:?}: a tag is KEY=VALUE")]
+    Tag(String),
+}

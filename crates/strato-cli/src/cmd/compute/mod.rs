@@ -15,6 +15,7 @@ use strato_proto::v1::{self, compute_service_client::ComputeServiceClient};
 use self::request::{create_spec, split_identities, update_request};
 use crate::Failure;
 use crate::client::connect;
+use crate::cmd::ArgError;
 use crate::view::cluster::ClusterView;
 use crate::view::node::NodeView;
 use crate::view::size::SizeView;
@@ -93,14 +94,14 @@ pub struct NameArg {
     name: String,
 }
 
-fn parse_priority(s: &str) -> Result<VmPriority, String> {
-    VmPriority::parse(s).ok_or_else(|| format!("{s:?}: use dedicated or lowpriority"))
+fn parse_priority(s: &str) -> Result<VmPriority, ArgError> {
+    VmPriority::parse(s).ok_or_else(|| ArgError::Priority(s.to_owned()))
 }
 
-fn parse_tag(s: &str) -> Result<(String, String), String> {
+fn parse_tag(s: &str) -> Result<(String, String), ArgError> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?}: a tag is KEY=VALUE"))
+        .ok_or_else(|| ArgError::Tag(s.to_owned()))
 }
 
 #[derive(Debug, Args)]

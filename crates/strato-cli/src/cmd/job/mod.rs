@@ -10,6 +10,7 @@ use strato_proto::v1::{self, job_service_client::JobServiceClient};
 use tonic::transport::Channel;
 
 use crate::Failure;
+use crate::cmd::ArgError;
 use crate::view::job::{JobView, job_state};
 use crate::view::log::LogPrinter;
 use crate::view::{Format, print};
@@ -137,33 +138,29 @@ pub enum DistributionArg {
     Pytorch,
 }
 
-fn parse_data(s: &str) -> Result<(String, String), String> {
+fn parse_data(s: &str) -> Result<(String, String), ArgError> {
     match s.split_once('=') {
         Some((name, uri)) if !name.is_empty() && uri.starts_with("azureml://") => {
             Ok((name.to_owned(), uri.to_owned()))
         }
-        _ => Err(format!(
-            "{s:?}: use NAME=azureml://datastores/<datastore>/paths/<path>"
-        )),
+        _ => Err(ArgError::DataUri(s.to_owned())),
     }
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+fn parse_env(s: &str) -> Result<(String, String), ArgError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !k.chars().any(char::is_whitespace) => {
             Ok((k.to_owned(), v.to_owned()))
         }
-        Some(_) => Err(format!(
-            "{s:?}: the variable name before '=' must be non-empty, without spaces"
-        )),
-        None => Err(format!("{s:?}: an environment variable is KEY=VALUE")),
+        Some(_) => Err(ArgError::EnvName(s.to_owned())),
+        None => Err(ArgError::EnvPair(s.to_owned())),
     }
 }
 
-fn parse_cpu(s: &str) -> Result<f64, String> {
+fn parse_cpu(s: &str) -> Result<f64, ArgError> {
     match s.parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-        _ => Err(format!("{s:?}: a number of vCPUs above 0, e.g. 2 or 0.5")),
+        _ => Err(ArgError::Cpu(s.to_owned())),
     }
 }
 
@@ -405,6 +402,7 @@ mod tests {
         assert!(
             parse_env("NOVALUE")
                 .expect_err("refused")
+                .to_string()
                 .contains("KEY=VALUE")
         );
     }
