@@ -217,3 +217,6 @@ pub fn authorize(caller: &Caller, action: Action, scope: Option<&str>) -> Result
     let _ = (caller, action, scope);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
