@@ -18,7 +18,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::status;
+use crate::grpc::store_status as status;
 use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
     AttemptReport, EnrollReport, JobRecord, LogRecord, NodeUsage, ReportOutcome, Store, StoreError,
@@ -533,7 +533,7 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
         if only.is_some_and(|n| n != member.node_id) {
             continue;
         }
-        let mut spec = crate::jobs::wire_spec(&job.spec);
+        let mut spec = strato_proto::convert::job_spec(&job.spec);
         if member.rank > 0 {
             spec.outputs.clear();
         }

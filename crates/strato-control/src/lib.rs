@@ -1,20 +1,19 @@
-//! The Strato control plane: the gRPC API, the durable store, quotas, the
-//! reconcile loop, node providers and the HTTP side port.
+//! The Strato control plane: the use cases (`app`) behind the gRPC API
+//! (`grpc`, `agents`), the durable store, quotas, the reconcile loop, node
+//! providers and the HTTP side port.
 
 pub mod agents;
-pub mod api;
+pub mod app;
 pub mod config;
-pub mod datastores;
 pub mod federation;
+pub mod grpc;
 pub mod http;
-pub mod jobs;
 pub mod metrics;
 pub mod plane;
 pub mod provider;
 pub mod reconcile;
 pub mod store;
 pub mod tokens;
-pub mod vending;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -251,10 +250,10 @@ async fn grpc_server<S: Store>(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<ComputeServiceServer<api::ComputeApi<S>>>()
+        .set_serving::<ComputeServiceServer<grpc::ComputeApi<S>>>()
         .await;
     health_reporter
-        .set_serving::<JobServiceServer<jobs::JobApi<S>>>()
+        .set_serving::<JobServiceServer<grpc::JobApi<S>>>()
         .await;
     health_reporter
         .set_serving::<AgentServiceServer<agents::AgentApi<S>>>()
@@ -276,17 +275,17 @@ async fn grpc_server<S: Store>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(ComputeServiceServer::new(api::ComputeApi::new(
+        .add_service(ComputeServiceServer::new(grpc::ComputeApi::new(
             plane.clone(),
         )))
-        .add_service(JobServiceServer::new(jobs::JobApi::new(plane.clone())))
-        .add_service(DatastoreServiceServer::new(datastores::DatastoreApi::new(
+        .add_service(JobServiceServer::new(grpc::JobApi::new(plane.clone())))
+        .add_service(DatastoreServiceServer::new(grpc::DatastoreApi::new(
             plane.clone(),
         )))
         .add_service(AgentServiceServer::new(agents::AgentApi::new(
             plane.clone(),
         )))
-        .add_service(IdentityServiceServer::new(vending::IdentityApi::new(plane)))
+        .add_service(IdentityServiceServer::new(grpc::IdentityApi::new(plane)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exposition;
 pub mod identity;
 pub mod job;
+pub mod job_request;
 pub mod lifecycle;
 pub mod name;
 pub mod naming;

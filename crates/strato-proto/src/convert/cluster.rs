@@ -1,8 +1,10 @@
-//! Conversions between wire messages and `strato-core` types. Wire input is
-//! untrusted: converting it can fail with a `FieldError` naming the field.
+//! Clusters, nodes, sizes and quota on the wire.
 
+use strato_core::VmSize;
 use strato_core::error::FieldError;
-use strato_core::node::{AllocationState, NodeState};
+use strato_core::identity::{self, Identity, IdentityKind};
+use strato_core::node::{AllocationState, GpuInfo, NodeState, NodeStateCounts};
+use strato_core::quota::UsageLine;
 use strato_core::spec::{
     ClusterRequest, ClusterSpec, IdentitySpec, SshSettings, VmPriority, VnetSettings,
 };
@@ -154,17 +156,66 @@ pub fn allocation_state(s: AllocationState) -> v1::AllocationState {
     }
 }
 
-/// Milliseconds since the Unix epoch as a protobuf timestamp.
-pub fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: unix_ms.div_euclid(1000),
-        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+/// A cluster's identities on the wire, the default one first.
+pub fn managed_identities(identities: &[Identity]) -> Vec<v1::ManagedIdentity> {
+    let default = identity::default_identity(identities);
+    let mut list: Vec<v1::ManagedIdentity> = identities
+        .iter()
+        .map(|i| v1::ManagedIdentity {
+            kind: match i.kind {
+                IdentityKind::SystemAssigned => "system_assigned",
+                IdentityKind::UserAssigned => "user_assigned",
+            }
+            .to_owned(),
+            resource_id: i.resource_id.clone(),
+            client_id: i.client_id.clone(),
+            principal_id: i.principal_id.clone(),
+            is_default: Some(i) == default,
+        })
+        .collect();
+    list.sort_by_key(|i| !i.is_default);
+    list
+}
+
+pub fn node_state_counts(c: NodeStateCounts) -> v1::NodeStateCounts {
+    v1::NodeStateCounts {
+        idle: c.idle,
+        running: c.running,
+        preparing: c.preparing,
+        unusable: c.unusable,
+        leaving: c.leaving,
+        preempted: c.preempted,
     }
 }
 
-/// A protobuf timestamp as RFC 3339 in UTC (`2026-11-23T11:18:33Z`).
-pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
-    ts.to_string()
+pub fn gpu_info(g: GpuInfo) -> v1::GpuInfo {
+    v1::GpuInfo {
+        index: g.index,
+        uuid: g.uuid,
+        model: g.model,
+        memory_mib: g.memory_mib,
+        problem: g.problem.unwrap_or_default(),
+    }
+}
+
+pub fn vm_size(s: &VmSize) -> v1::VmSize {
+    v1::VmSize {
+        name: s.name.to_owned(),
+        vcpus: s.vcpus,
+        memory_gib: s.memory_gib,
+        gpus: s.gpus,
+        gpu_model: s.gpu_model.to_owned(),
+        family: s.family.to_owned(),
+    }
+}
+
+pub fn quota_usage(l: UsageLine) -> v1::QuotaUsage {
+    v1::QuotaUsage {
+        name: l.name,
+        unit: l.unit.to_owned(),
+        current: l.current,
+        limit: l.limit,
+    }
 }
 
 #[cfg(test)]
@@ -203,12 +254,5 @@ mod tests {
             cluster_request(&wire).expect_err("bad enum").field,
             "vm_priority"
         );
-    }
-
-    #[test]
-    fn timestamps_keep_milliseconds() {
-        let ts = timestamp(1_700_000_000_123);
-        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
-        assert!(rfc3339(&ts).starts_with("2023-11-14T22:13:20.123"));
     }
 }

@@ -1,0 +1,324 @@
+//! Clusters, their nodes and identities, sizes and quota.
+
+use std::sync::Arc;
+
+use strato_core::catalog::{CATALOG, VmSize};
+use strato_core::identity::{self, IdentityKind};
+use strato_core::quota::{self, UsageLine};
+use strato_core::spec::{self, ClusterRequest, VmPriority};
+
+use super::{Action, AppError, Caller, NotFound, Precondition, authorize, required};
+use crate::plane::Plane;
+use crate::store::{ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, Store};
+
+/// Client and principal ids for a new identity. A user-assigned identity
+/// gets ids derived from its resource id, so every cluster that uses it sees
+/// the same identity; a system-assigned one gets fresh random ids.
+pub fn new_identity_ids(resource_id: &str, kind: IdentityKind) -> (String, String) {
+    const CLIENT: uuid::Uuid = uuid::Uuid::from_u128(0x5f2a_9c1e_4b7d_4e21_9a0c_3d8b_6e4f_1a01);
+    const PRINCIPAL: uuid::Uuid = uuid::Uuid::from_u128(0x5f2a_9c1e_4b7d_4e21_9a0c_3d8b_6e4f_1a02);
+    match kind {
+        IdentityKind::SystemAssigned => (
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+        ),
+        IdentityKind::UserAssigned => {
+            let id = resource_id.to_ascii_lowercase();
+            (
+                uuid::Uuid::new_v5(&CLIENT, id.as_bytes()).to_string(),
+                uuid::Uuid::new_v5(&PRINCIPAL, id.as_bytes()).to_string(),
+            )
+        }
+    }
+}
+
+/// A stored cluster with its nodes: what a cluster's view is made from.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub record: ClusterRecord,
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// A created cluster, and what the caller should know about it.
+#[derive(Debug, Clone)]
+pub struct CreatedCluster {
+    pub cluster: ClusterView,
+    pub warnings: Vec<String>,
+}
+
+/// A region's quota lines.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub location: String,
+    pub lines: Vec<UsageLine>,
+}
+
+/// A change to a cluster's managed identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdentityChange {
+    Assign,
+    Remove,
+}
+
+pub struct Compute<S> {
+    plane: Arc<Plane<S>>,
+}
+
+impl<S: Store> Compute<S> {
+    pub fn new(plane: Arc<Plane<S>>) -> Self {
+        Compute { plane }
+    }
+
+    async fn view(&self, record: ClusterRecord) -> Result<ClusterView, AppError> {
+        let nodes = self.plane.store.list_nodes(&record.spec.name).await?;
+        Ok(ClusterView { record, nodes })
+    }
+
+    pub async fn create_cluster(
+        &self,
+        caller: &Caller,
+        req: ClusterRequest,
+    ) -> Result<CreatedCluster, AppError> {
+        authorize(caller, Action::CreateCluster, Some(&req.name))?;
+        let region = &self.plane.settings.config.region;
+        let spec = spec::validate(&req, region)?;
+        let mut warnings = Vec::new();
+        if spec.location != *region {
+            warnings.push(format!(
+                "location {} differs from the control plane's region {}: expect more latency and egress cost",
+                spec.location, region
+            ));
+        }
+        let record = self
+            .plane
+            .store
+            .create_cluster(
+                spec.clone(),
+                identity::reconcile_identities(&spec.name, &spec.identity, &[], new_identity_ids),
+                &self.plane.settings.quota,
+                self.plane.clock.now_ms(),
+            )
+            .await?;
+        tracing::info!(
+            cluster = %record.spec.name,
+            vm_size = %record.spec.vm_size,
+            min_nodes = record.spec.min_nodes,
+            max_nodes = record.spec.max_nodes,
+            "cluster created"
+        );
+        self.plane.events.changed();
+        Ok(CreatedCluster {
+            cluster: self.view(record).await?,
+            warnings,
+        })
+    }
+
+    pub async fn get_cluster(&self, caller: &Caller, name: &str) -> Result<ClusterView, AppError> {
+        required("name", name)?;
+        authorize(caller, Action::GetCluster, Some(name))?;
+        let record = self.plane.store.get_cluster(name).await?;
+        self.view(record).await
+    }
+
+    pub async fn list_clusters(&self, caller: &Caller) -> Result<Vec<ClusterView>, AppError> {
+        authorize(caller, Action::ListClusters, None)?;
+        let records = self.plane.store.list_clusters().await?;
+        let mut clusters = Vec::with_capacity(records.len());
+        for r in records {
+            clusters.push(self.view(r).await?);
+        }
+        Ok(clusters)
+    }
+
+    /// Applies the `mask`ed fields of `desired` to the cluster `name`.
+    pub async fn update_cluster(
+        &self,
+        caller: &Caller,
+        name: &str,
+        desired: ClusterRequest,
+        mask: Vec<String>,
+    ) -> Result<ClusterView, AppError> {
+        required("name", name)?;
+        authorize(caller, Action::UpdateCluster, Some(name))?;
+        let update: SpecUpdate =
+            Box::new(move |current| spec::apply_update(current, &desired, &mask));
+        let record = self
+            .plane
+            .store
+            .update_cluster(
+                name,
+                update,
+                &self.plane.settings.quota,
+                self.plane.clock.now_ms(),
+            )
+            .await?;
+        tracing::info!(
+            cluster = %record.spec.name,
+            min_nodes = record.spec.min_nodes,
+            max_nodes = record.spec.max_nodes,
+            idle_seconds = record.spec.idle_seconds_before_scaledown,
+            "cluster updated"
+        );
+        self.plane.events.changed();
+        self.view(record).await
+    }
+
+    /// Deletes the cluster, then removes its nodes and what the provider
+    /// held for it (best effort: failures are logged).
+    pub async fn delete_cluster(&self, caller: &Caller, name: &str) -> Result<(), AppError> {
+        required("name", name)?;
+        authorize(caller, Action::DeleteCluster, Some(name))?;
+        let nodes = self.plane.store.delete_cluster(name).await?;
+        for node in &nodes {
+            self.plane.sessions.drop_node(&node.node_id);
+            if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
+                tracing::warn!(cluster = %name, node = %node.node_id, error = %e, "could not remove a node of a deleted cluster");
+            }
+        }
+        // Its gang network, if the last node's removal did not take it.
+        let cluster = nodes.first().map_or(name, |n| n.cluster.as_str());
+        if let Err(e) = self.plane.provider.delete_cluster(cluster).await {
+            tracing::warn!(cluster = %name, error = %e, "could not remove what the deleted cluster held");
+        }
+        tracing::info!(cluster = %name, nodes = nodes.len(), "cluster deleted");
+        Ok(())
+    }
+
+    pub async fn list_nodes(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+    ) -> Result<Vec<NodeRecord>, AppError> {
+        required("cluster", cluster)?;
+        authorize(caller, Action::ListNodes, Some(cluster))?;
+        Ok(self.plane.store.list_nodes(cluster).await?)
+    }
+
+    /// Adds the system-assigned identity and/or user-assigned ones.
+    pub async fn assign_identity(
+        &self,
+        caller: &Caller,
+        name: &str,
+        system_assigned: bool,
+        user_assigned: Vec<String>,
+    ) -> Result<ClusterView, AppError> {
+        required("name", name)?;
+        if !system_assigned && user_assigned.is_empty() {
+            return Err(strato_core::FieldError::new(
+                "identity",
+                "name '[system]' or at least one user-assigned identity id",
+            )
+            .into());
+        }
+        authorize(caller, Action::AssignIdentity, Some(name))?;
+        self.change_identities(name, IdentityChange::Assign, system_assigned, user_assigned)
+            .await
+    }
+
+    /// Removes user-assigned identities (none named: every identity).
+    pub async fn remove_identity(
+        &self,
+        caller: &Caller,
+        name: &str,
+        user_assigned: Vec<String>,
+    ) -> Result<ClusterView, AppError> {
+        required("name", name)?;
+        authorize(caller, Action::RemoveIdentity, Some(name))?;
+        self.change_identities(name, IdentityChange::Remove, false, user_assigned)
+            .await
+    }
+
+    async fn change_identities(
+        &self,
+        name: &str,
+        change: IdentityChange,
+        system_assigned: bool,
+        user_assigned: Vec<String>,
+    ) -> Result<ClusterView, AppError> {
+        let update: IdentityUpdate = Box::new(move |spec, existing| {
+            let next = match change {
+                IdentityChange::Assign => {
+                    identity::assign(&spec.identity, system_assigned, &user_assigned)?
+                }
+                IdentityChange::Remove => identity::remove(&spec.identity, &user_assigned)?,
+            };
+            let ids = identity::reconcile_identities(&spec.name, &next, existing, new_identity_ids);
+            Ok((next, ids))
+        });
+        let record = self
+            .plane
+            .store
+            .update_identities(name, update, self.plane.clock.now_ms())
+            .await?;
+        let what = match change {
+            IdentityChange::Assign => "identity assigned",
+            IdentityChange::Remove => "identity removed",
+        };
+        tracing::info!(cluster = %record.spec.name, identities = record.identities.len(), "{what}");
+        self.view(record).await
+    }
+
+    /// Schedules a `Preempt` event for a live node of a low-priority
+    /// cluster, `notice_seconds` (1 to 3600, default 30) from now.
+    pub async fn simulate_eviction(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        node_id: &str,
+        notice_seconds: Option<u32>,
+    ) -> Result<NodeRecord, AppError> {
+        required("name", cluster)?;
+        required("node_id", node_id)?;
+        authorize(caller, Action::SimulateEviction, Some(cluster))?;
+        let cluster = self.plane.store.get_cluster(cluster).await?;
+        let name = cluster.spec.name;
+        if cluster.spec.vm_priority != VmPriority::LowPriority {
+            return Err(Precondition::DedicatedCluster { cluster: name }.into());
+        }
+        if !self.plane.provider.capabilities().simulated_evictions {
+            return Err(Precondition::NoScheduledEvents.into());
+        }
+        let nodes = self.plane.store.list_nodes(&name).await?;
+        let Some(node) = nodes.into_iter().find(|n| n.node_id == node_id) else {
+            return Err(AppError::NotFound(NotFound::NodeOfCluster {
+                node: node_id.to_owned(),
+                cluster: name,
+            }));
+        };
+        if !strato_core::scale::is_live(node.state) {
+            return Err(Precondition::NodeNotLive {
+                node: node.node_id,
+                state: node.state,
+            }
+            .into());
+        }
+        let notice = i64::from(notice_seconds.unwrap_or(30).clamp(1, 3600));
+        let not_before = strato_core::time::rfc1123(self.plane.clock.now_ms() / 1000 + notice);
+        let event = self
+            .plane
+            .scheduled_events
+            .preempt(&node.node_id, &not_before);
+        tracing::warn!(cluster = %name, node = %node.node_id, %event, %not_before, "simulated eviction scheduled");
+        Ok(node)
+    }
+
+    pub fn list_sizes(&self, caller: &Caller) -> Result<&'static [VmSize], AppError> {
+        authorize(caller, Action::ListSizes, None)?;
+        Ok(CATALOG)
+    }
+
+    /// The quota lines of `location` (empty: this control plane's region).
+    pub async fn list_usage(&self, caller: &Caller, location: String) -> Result<Usage, AppError> {
+        authorize(caller, Action::ListUsage, None)?;
+        let location = match location {
+            l if l.is_empty() => self.plane.settings.config.region.clone(),
+            l => l,
+        };
+        let usage = self.plane.store.usage(&location).await?;
+        let limits = self.plane.settings.quota.region(&location);
+        Ok(Usage {
+            lines: quota::report(limits, &usage),
+            location,
+        })
+    }
+}

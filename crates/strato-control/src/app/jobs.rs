@@ -1,0 +1,230 @@
+//! Jobs: submit, get, list, cancel, follow logs, wait.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use strato_core::FieldError;
+use strato_core::job::{self, DataBinding, Distribution, GangLimits, JobSpec};
+use strato_core::job_request::{DataRequest, JobRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Action, AppError, Caller, Internal, authorize, required};
+use crate::plane::Plane;
+use crate::store::{JobRecord, LogRecord, Store, StoreError};
+
+/// Log lines sent per store read.
+const LOG_PAGE: u32 = 500;
+
+/// How long a waiter sleeps without an event before it looks again (a
+/// safety net: events wake it).
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// A job's log lines in arrival order; ends after the last line, or with
+/// the error that stopped it.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogRecord, AppError>> + Send>>;
+
+pub struct Jobs<S> {
+    plane: Arc<Plane<S>>,
+}
+
+impl<S: Store> Jobs<S> {
+    pub fn new(plane: Arc<Plane<S>>) -> Self {
+        Jobs { plane }
+    }
+
+    /// Validates the request against its cluster, resolves its data to
+    /// datastore locations and queues the job.
+    pub async fn submit_job(
+        &self,
+        caller: &Caller,
+        req: JobRequest,
+    ) -> Result<JobRecord, AppError> {
+        required("cluster", &req.cluster)?;
+        authorize(caller, Action::SubmitJob, Some(&req.cluster))?;
+        let cluster = self.plane.store.get_cluster(&req.cluster).await?;
+        if req.gpus > 0 {
+            return Err(FieldError::new("resources.gpus", "GPU jobs are not supported yet").into());
+        }
+        let node_count = req.node_count.max(1);
+        let process_count_per_node = req.process_count_per_node.max(1);
+        let spec = JobSpec {
+            node_count,
+            process_count_per_node,
+            distribution: req
+                .distribution
+                .unwrap_or_else(|| Distribution::default_for(node_count, process_count_per_node)),
+            cluster: cluster.spec.name.clone(),
+            display_name: req.display_name,
+            image: req.image,
+            command: req.command,
+            environment: req.environment,
+            cpu: req.cpu,
+            memory_mb: req.memory_mb,
+            max_retries: req.max_retries,
+            max_preemptions: req.max_preemptions.unwrap_or(job::DEFAULT_MAX_PREEMPTIONS),
+            inputs: self.resolve("inputs", "download", req.inputs).await?,
+            outputs: self.resolve("outputs", "upload", req.outputs).await?,
+        };
+        let size = cluster
+            .spec
+            .size()
+            .map_err(|e| AppError::Internal(Internal::StoredSize(e)))?;
+        let gang = GangLimits {
+            max_nodes: cluster.spec.max_nodes,
+            inter_node_communication: cluster.spec.inter_node_communication,
+        };
+        job::validate_job(&spec, size, gang)?;
+        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let job = self
+            .plane
+            .store
+            .submit_job(&id, spec, self.plane.clock.now_ms())
+            .await?;
+        tracing::info!(job = %job.id, cluster = %job.spec.cluster, image = %job.spec.image, "job submitted");
+        self.plane.events.changed();
+        Ok(job)
+    }
+
+    /// Resolves job data to datastore locations; the field names the entry.
+    async fn resolve(
+        &self,
+        kind: &str,
+        mode: &str,
+        list: Vec<DataRequest>,
+    ) -> Result<Vec<DataBinding>, AppError> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, d) in list.into_iter().enumerate() {
+            let field = format!("{kind}[{i}]");
+            if !(d.mode.is_empty() || d.mode == mode) {
+                return Err(FieldError::new(
+                    format!("{field}.mode"),
+                    format!("only {mode} is supported for {kind} (mounts are not supported yet)"),
+                )
+                .into());
+            }
+            let (datastore, path) = job::parse_data_uri(&format!("{field}.uri"), &d.uri)?;
+            let store = self.plane.store.get_datastore(&datastore).await.map_err(|e| match e {
+                StoreError::DatastoreNotFound(_) => AppError::InvalidArgument(FieldError::new(
+                    format!("{field}.uri"),
+                    format!("datastore {datastore:?} not found; create it with `strato datastore create`"),
+                )),
+                other => other.into(),
+            })?;
+            out.push(DataBinding {
+                name: d.name,
+                datastore,
+                path,
+                account_url: store.account_url,
+                container: store.container,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn get_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
+        required("id", id)?;
+        authorize(caller, Action::GetJob, None)?;
+        Ok(self.plane.store.get_job(id).await?)
+    }
+
+    /// Every job, or the jobs of `cluster` (which must exist).
+    pub async fn list_jobs(
+        &self,
+        caller: &Caller,
+        cluster: Option<&str>,
+    ) -> Result<Vec<JobRecord>, AppError> {
+        authorize(caller, Action::ListJobs, cluster)?;
+        if let Some(cluster) = cluster {
+            self.plane.store.get_cluster(cluster).await?;
+        }
+        Ok(self.plane.store.list_jobs(cluster).await?)
+    }
+
+    pub async fn cancel_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
+        required("id", id)?;
+        authorize(caller, Action::CancelJob, None)?;
+        let job = self
+            .plane
+            .store
+            .cancel_job(id, self.plane.clock.now_ms())
+            .await?;
+        tracing::info!(job = %job.id, state = job.state.as_str(), "job cancel requested");
+        self.plane.events.changed();
+        Ok(job)
+    }
+
+    /// The job's log lines so far; with `follow`, also those to come, until
+    /// the job has ended and every line is sent. Stops when the stream is
+    /// dropped.
+    pub async fn stream_logs(
+        &self,
+        caller: &Caller,
+        id: String,
+        follow: bool,
+    ) -> Result<LogStream, AppError> {
+        required("id", &id)?;
+        authorize(caller, Action::StreamLogs, None)?;
+        self.plane.store.get_job(&id).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let plane = self.plane.clone();
+        tokio::spawn(async move {
+            let mut changes = plane.events.subscribe();
+            let mut cursor: Option<i64> = None;
+            loop {
+                // Read the job's state before its logs: if it was final then,
+                // every line it will ever have is already stored.
+                let final_before = match plane.store.get_job(&id).await {
+                    Ok(j) => j.state.is_final(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let lines = match plane.store.logs(&id, cursor, LOG_PAGE).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let full_page = lines.len() == LOG_PAGE as usize;
+                for l in lines {
+                    cursor = Some(l.pos);
+                    if tx.send(Ok(l)).await.is_err() {
+                        return;
+                    }
+                }
+                if full_page {
+                    continue;
+                }
+                if !follow || final_before {
+                    return;
+                }
+                // Wait for a change (a timeout as a safety net), or stop
+                // when the reader has gone.
+                tokio::select! {
+                    _ = tokio::time::timeout(RECHECK, changes.changed()) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// The job once it has reached a final state.
+    pub async fn wait_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
+        required("id", id)?;
+        authorize(caller, Action::WaitJob, None)?;
+        let mut changes = self.plane.events.subscribe();
+        loop {
+            let job = self.plane.store.get_job(id).await?;
+            if job.state.is_final() {
+                return Ok(job);
+            }
+            let _ = tokio::time::timeout(RECHECK, changes.changed()).await;
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The use cases driven directly, without gRPC: on a temporary SQLite
+//! store, no provider and the system clock.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::Parser as _;
+use strato_core::ClusterRequest;
+use strato_core::job_request::{DataRequest, JobRequest};
+
+use super::*;
+use crate::config::Config;
+use crate::plane::{Events, Plane, Sessions};
+use crate::provider::NoProvider;
+use crate::store::SqliteStore;
+use crate::tokens::TokenIssuer;
+
+async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
+    let data_dir = dir.to_str().expect("utf-8 path");
+    let settings = Config::parse_from([
+        "strato-control",
+        "--data-dir",
+        data_dir,
+        "--provider",
+        "none",
+    ])
+    .validate()
+    .expect("valid settings");
+    let store = SqliteStore::open(dir).await.expect("store opens");
+    let tokens = TokenIssuer::load_or_create(dir, "http://issuer.test/".into(), "t".into())
+        .expect("signing key");
+    Arc::new(Plane {
+        store,
+        tokens,
+        federation: None,
+        http_base: "http://127.0.0.1:9".into(),
+        settings,
+        provider: Box::new(NoProvider),
+        clock: Arc::new(strato_runtime::SystemClock),
+        sessions: Sessions::default(),
+        execs: Default::default(),
+        scheduled_events: Default::default(),
+        counters: Default::default(),
+        events: Events::default(),
+    })
+}
+
+fn cluster(name: &str) -> ClusterRequest {
+    ClusterRequest {
+        name: name.into(),
+        max_nodes: Some(2),
+        ..Default::default()
+    }
+}
+
+const ME: &Caller = &Caller::Anonymous;
+
+#[tokio::test]
+async fn cluster_use_cases_refuse_with_typed_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let compute = Compute::new(plane(dir.path()).await);
+
+    let created = compute
+        .create_cluster(ME, cluster("cpu-a"))
+        .await
+        .expect("created");
+    assert_eq!(created.cluster.record.spec.name, "cpu-a");
+    assert!(created.warnings.is_empty());
+    assert!(created.cluster.nodes.is_empty());
+
+    let again = compute.create_cluster(ME, cluster("cpu-a")).await;
+    assert!(
+        matches!(again, Err(AppError::AlreadyExists(AlreadyExists::Cluster(ref n))) if n == "cpu-a"),
+        "{again:?}"
+    );
+    let missing = compute.get_cluster(ME, "nope").await;
+    assert!(
+        matches!(missing, Err(AppError::NotFound(NotFound::Cluster(_)))),
+        "{missing:?}"
+    );
+    let unnamed = compute.get_cluster(ME, "").await;
+    assert!(
+        matches!(unnamed, Err(AppError::InvalidArgument(ref f)) if f.field == "name"),
+        "{unnamed:?}"
+    );
+    let dedicated = compute.simulate_eviction(ME, "cpu-a", "n1", None).await;
+    assert!(
+        matches!(
+            dedicated,
+            Err(AppError::FailedPrecondition(
+                Precondition::DedicatedCluster { .. }
+            ))
+        ),
+        "{dedicated:?}"
+    );
+    assert_eq!(compute.list_clusters(ME).await.expect("listed").len(), 1);
+}
+
+#[tokio::test]
+async fn identities_are_assigned_and_removed_through_one_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let compute = Compute::new(plane(dir.path()).await);
+    compute
+        .create_cluster(ME, cluster("cpu-b"))
+        .await
+        .expect("created");
+
+    let nothing = compute.assign_identity(ME, "cpu-b", false, vec![]).await;
+    assert!(
+        matches!(nothing, Err(AppError::InvalidArgument(ref f)) if f.field == "identity"),
+        "{nothing:?}"
+    );
+    let uai = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u1";
+    let assigned = compute
+        .assign_identity(ME, "cpu-b", false, vec![uai.into()])
+        .await
+        .expect("assigned");
+    assert_eq!(assigned.record.identities.len(), 1);
+    let unknown = compute
+        .remove_identity(ME, "cpu-b", vec!["/other".into()])
+        .await;
+    assert!(
+        matches!(unknown, Err(AppError::InvalidArgument(ref f)) if f.field == "identity.user_assigned_identities"),
+        "{unknown:?}"
+    );
+    let removed = compute
+        .remove_identity(ME, "cpu-b", vec![uai.into()])
+        .await
+        .expect("removed");
+    assert!(removed.record.identities.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_is_checked_against_its_cluster_and_datastores() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plane = plane(dir.path()).await;
+    Compute::new(plane.clone())
+        .create_cluster(ME, cluster("cpu-c"))
+        .await
+        .expect("created");
+    let jobs = Jobs::new(plane);
+    let request = JobRequest {
+        cluster: "cpu-c".into(),
+        image: "busybox".into(),
+        command: vec!["true".into()],
+        ..Default::default()
+    };
+
+    let gpus = jobs
+        .submit_job(
+            ME,
+            JobRequest {
+                gpus: 1,
+                ..request.clone()
+            },
+        )
+        .await;
+    assert!(
+        matches!(gpus, Err(AppError::InvalidArgument(ref f)) if f.field == "resources.gpus"),
+        "{gpus:?}"
+    );
+    let no_store = jobs
+        .submit_job(
+            ME,
+            JobRequest {
+                inputs: vec![DataRequest {
+                    name: "data".into(),
+                    uri: "azureml://datastores/nope/paths/x".into(),
+                    mode: String::new(),
+                }],
+                ..request.clone()
+            },
+        )
+        .await;
+    assert!(
+        matches!(no_store, Err(AppError::InvalidArgument(ref f)) if f.field == "inputs[0].uri"),
+        "{no_store:?}"
+    );
+
+    let job = jobs.submit_job(ME, request).await.expect("submitted");
+    assert_eq!(job.spec.node_count, 1);
+    assert_eq!(
+        job.spec.max_preemptions,
+        strato_core::job::DEFAULT_MAX_PREEMPTIONS
+    );
+    assert_eq!(
+        jobs.list_jobs(ME, Some("cpu-c"))
+            .await
+            .expect("listed")
+            .len(),
+        1
+    );
+    let canceled = jobs.cancel_job(ME, &job.id).await.expect("canceled");
+    assert!(canceled.state.is_final(), "{:?}", canceled.state);
+    assert_eq!(jobs.wait_job(ME, &job.id).await.expect("waited").id, job.id);
+}

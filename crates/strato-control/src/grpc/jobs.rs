@@ -1,0 +1,104 @@
+//! `JobService` over `app::Jobs`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt as _};
+use strato_core::FieldError;
+use strato_proto::v1::{self, job_service_server::JobService};
+use tonic::{Request, Response, Status};
+
+use super::{convert, respond, status};
+use crate::app::{Caller, Jobs};
+use crate::plane::Plane;
+use crate::store::Store;
+
+pub struct JobApi<S> {
+    app: Jobs<S>,
+}
+
+impl<S: Store> JobApi<S> {
+    pub fn new(plane: Arc<Plane<S>>) -> Self {
+        JobApi {
+            app: Jobs::new(plane),
+        }
+    }
+}
+
+type LogStreamBox = Pin<Box<dyn Stream<Item = Result<v1::LogLine, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> JobService for JobApi<S> {
+    async fn submit_job(
+        &self,
+        request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let wire = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| status(FieldError::new("spec", "is required").into()))?;
+        let req = strato_proto::convert::job_request(wire).map_err(|e| status(e.into()))?;
+        let job = self.app.submit_job(&Caller::Anonymous, req).await;
+        respond(job, |j| convert::job(&j))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().id;
+        respond(self.app.get_job(&Caller::Anonymous, &id).await, |j| {
+            convert::job(&j)
+        })
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let cluster = request.into_inner().cluster;
+        let cluster = (!cluster.is_empty()).then_some(cluster.as_str());
+        respond(
+            self.app.list_jobs(&Caller::Anonymous, cluster).await,
+            |jobs| v1::ListJobsResponse {
+                jobs: jobs.iter().map(convert::job).collect(),
+            },
+        )
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().id;
+        respond(self.app.cancel_job(&Caller::Anonymous, &id).await, |j| {
+            convert::job(&j)
+        })
+    }
+
+    type StreamLogsStream = LogStreamBox;
+
+    async fn stream_logs(
+        &self,
+        request: Request<v1::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let r = request.into_inner();
+        let lines = self
+            .app
+            .stream_logs(&Caller::Anonymous, r.id, r.follow)
+            .await;
+        respond(lines, |lines| -> LogStreamBox {
+            Box::pin(lines.map(|l| l.map(convert::log_line).map_err(status)))
+        })
+    }
+
+    async fn wait_job(
+        &self,
+        request: Request<v1::WaitJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().id;
+        respond(self.app.wait_job(&Caller::Anonymous, &id).await, |j| {
+            convert::job(&j)
+        })
+    }
+}
