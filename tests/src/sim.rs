@@ -221,6 +221,10 @@ impl SimFleet {
 pub struct SimProvider(pub Arc<SimFleet>);
 
 impl NodeProvider for SimProvider {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             creates_nodes: true,

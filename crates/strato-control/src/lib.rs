@@ -130,7 +130,7 @@ pub async fn serve(
         http = %http.local_addr()?,
         data_dir = %config.data_dir.display(),
         region = %config.region,
-        provider = ?config.provider,
+        provider = provider.kind(),
         "strato-control listening"
     );
 

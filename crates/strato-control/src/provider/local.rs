@@ -247,6 +247,10 @@ fn node_of<'a>(
 }
 
 impl NodeProvider for LocalProvider {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             creates_nodes: true,

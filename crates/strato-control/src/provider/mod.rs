@@ -93,6 +93,9 @@ pub struct Capabilities {
 
 /// Where nodes come from.
 pub trait NodeProvider: Send + Sync + 'static {
+    /// Its name in logs (`local`, `none`, ...).
+    fn kind(&self) -> &'static str;
+
     fn capabilities(&self) -> Capabilities;
 
     /// Starts a node whose agent enrols with `launch.join_token`; returns
@@ -125,6 +128,10 @@ pub trait NodeProvider: Send + Sync + 'static {
 pub struct NoProvider;
 
 impl NodeProvider for NoProvider {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             creates_nodes: false,
