@@ -116,8 +116,9 @@ impl<S: Store> AgentService for AgentApi<S> {
             .await
             .map_err(status)?;
         if let Ok(size) = cluster.spec.size()
-            && let Err(reason) = strato_core::node::gpu_readiness(size, &gpu_info)
+            && let Err(missing) = strato_core::node::gpu_readiness(size, &gpu_info)
         {
+            let reason = missing.to_string();
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane
                 .store

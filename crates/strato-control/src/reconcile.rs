@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strato_core::backoff::Backoff;
+use strato_core::node::health::{self, Health};
 use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota;
 use strato_core::scale::{self, Blocked, NodeSnapshot, RemoveReason, ScaleInput};
@@ -18,31 +20,10 @@ use crate::plane::{Plane, hash_token, new_token};
 use crate::provider::{NodeLaunch, ProviderError};
 use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
 
-/// Provider failures per cluster, for backoff: a provider that keeps
-/// failing does not spin.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    until: i64,
-    /// When the provider last failed.
-    failed_at: i64,
-    last_error: String,
-}
-
-impl Backoff {
-    fn fail(&mut self, now: i64, error: String) {
-        self.failed_at = now;
-        self.failures = self.failures.saturating_add(1);
-        let delay_ms = 2_000i64
-            .saturating_mul(1i64 << self.failures.min(7))
-            .min(300_000);
-        self.until = now + delay_ms;
-        self.last_error = error;
-    }
-}
-
 pub struct Reconciler<S> {
     plane: Arc<Plane<S>>,
+    /// Provider failures per cluster: a provider that keeps failing does
+    /// not spin.
     backoff: HashMap<String, Backoff>,
     /// When this control plane started: agents could not heartbeat while it
     /// was down, so their silence counts only from here.
@@ -114,58 +95,50 @@ impl<S: Store> Reconciler<S> {
         Ok(())
     }
 
-    /// Nodes that never enrolled or stopped heartbeating become unusable;
-    /// their jobs are retried or failed (by the store), and the next scale
-    /// decision removes and replaces them.
+    /// Nodes that never enrolled or stopped heartbeating become unusable
+    /// (`node::health`); their jobs are retried or failed (by the store),
+    /// and the next scale decision removes and replaces them.
     async fn check_node_health(&mut self, now: i64) -> Result<(), StoreError> {
         let config = &self.plane.settings.config;
-        let start_ms =
-            i64::try_from(config.node_start_timeout.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let beat_ms =
-            i64::try_from(config.node_heartbeat_timeout.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let timeouts = health::Timeouts {
+            start_seconds: config.node_start_timeout,
+            heartbeat_seconds: config.node_heartbeat_timeout,
+        };
         for node in self.plane.store.all_nodes().await? {
-            if !scale::is_live(node.state) {
-                continue;
-            }
-            let reason = if !node.enrolled {
-                (now - node.created_at.max(self.started_at) > start_ms).then(|| {
-                    format!(
-                        "the agent did not enrol within {}s",
-                        config.node_start_timeout
-                    )
-                })
-            } else {
-                let last = node
-                    .last_heartbeat
-                    .unwrap_or(node.created_at)
-                    .max(self.started_at);
-                (now - last > beat_ms).then(|| format!("no heartbeat for {}s", (now - last) / 1000))
+            let facts = health::NodeFacts {
+                state: node.state,
+                enrolled: node.enrolled,
+                created_at: node.created_at,
+                last_heartbeat: node.last_heartbeat,
             };
-            if let Some(reason) = reason {
-                tracing::warn!(node = %node.node_id, cluster = %node.cluster, %reason, "node unusable");
-                if !node.enrolled {
-                    self.backoff
-                        .entry(node.cluster.clone())
-                        .or_default()
-                        .fail(now, format!("node {}: {reason}", node.node_id));
+            match health::check(&facts, timeouts, self.started_at, now) {
+                Health::Unusable { cause, reason } => {
+                    tracing::warn!(node = %node.node_id, cluster = %node.cluster, %reason, "node unusable");
+                    if cause == health::Cause::NeverEnrolled {
+                        self.backoff
+                            .entry(node.cluster.clone())
+                            .or_default()
+                            .fail(now, format!("node {}: {reason}", node.node_id));
+                    }
+                    let jobs = self
+                        .plane
+                        .store
+                        .node_unusable(&node.node_id, &reason, now)
+                        .await?;
+                    for job in jobs {
+                        tracing::warn!(job = %job, node = %node.node_id, "attempt lost with its node");
+                    }
+                    self.plane.sessions.drop_node(&node.node_id);
+                    self.plane.events.changed();
                 }
-                let jobs = self
-                    .plane
-                    .store
-                    .node_unusable(&node.node_id, &reason, now)
-                    .await?;
-                for job in jobs {
-                    tracing::warn!(job = %job, node = %node.node_id, "attempt lost with its node");
+                Health::Up => {
+                    // A node created after the last failure came up: the
+                    // provider works again.
+                    if let Some(b) = self.backoff.get_mut(&node.cluster) {
+                        b.succeeded_since(node.created_at);
+                    }
                 }
-                self.plane.sessions.drop_node(&node.node_id);
-                self.plane.events.changed();
-            } else if node.enrolled
-                && let Some(b) = self.backoff.get_mut(&node.cluster)
-                && node.created_at > b.failed_at
-            {
-                // A node created after the last failure came up: the
-                // provider works again.
-                b.failures = 0;
+                Health::NotLive | Health::Starting => {}
             }
         }
         Ok(())
@@ -236,8 +209,8 @@ impl<S: Store> Reconciler<S> {
         let backoff = self
             .backoff
             .get(name)
-            .filter(|b| b.until > now)
-            .map(|b| (b.until, b.last_error.clone()));
+            .and_then(|b| b.waiting(now))
+            .map(|(until, error)| (until, error.to_owned()));
         let snapshots: Vec<NodeSnapshot> = nodes
             .iter()
             .map(|n| NodeSnapshot {

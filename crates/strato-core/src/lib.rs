@@ -6,6 +6,7 @@
 //! every decision here is a plain function that unit and property tests can
 //! drive exhaustively.
 
+pub mod backoff;
 pub mod catalog;
 pub mod error;
 pub mod exposition;
