@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strato_core::backoff::Backoff;
+use strato_core::lifecycle;
+use strato_core::node::NodeState;
 use strato_core::node::health::{self, Health};
-use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota;
-use strato_core::scale::{self, Blocked, NodeSnapshot, RemoveReason, ScaleInput};
+use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
+use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput};
 use strato_proto::v1;
 
 use crate::agents::send_assignment;
@@ -197,20 +199,19 @@ impl<S: Store> Reconciler<S> {
             .map_err(|e| StoreError::Corrupt(format!("cluster {name}: {e}")))?;
         let limits = plane.settings.quota.region(&cluster.spec.location);
         let others = store.usage_of_others(&cluster.spec.location, name).await?;
-        let admitted = quota::max_nodes_admitted(
+        let cluster_quota = ClusterQuota {
+            location: &cluster.spec.location,
             limits,
-            &others,
-            size.family,
-            cluster.spec.vm_priority,
-            size.vcpus,
-        );
-        let existing = u64::try_from(nodes.len()).unwrap_or(u64::MAX);
-        let quota_nodes_left = u32::try_from(admitted.saturating_sub(existing)).unwrap_or(u32::MAX);
-        let backoff = self
-            .backoff
-            .get(name)
-            .and_then(|b| b.waiting(now))
-            .map(|(until, error)| (until, error.to_owned()));
+            others: &others,
+            family: size.family,
+            priority: cluster.spec.vm_priority,
+            vcpus_per_node: size.vcpus,
+            min_nodes: cluster.spec.min_nodes,
+            held: count(nodes.len()),
+        };
+        let backoff = self.backoff.get(name).and_then(|b| b.waiting(now));
+        let provider_backoff_until = backoff.map(|(until, _)| until);
+        let provider_error = backoff.map(|(_, e)| e.to_owned()).unwrap_or_default();
         let snapshots: Vec<NodeSnapshot> = nodes
             .iter()
             .map(|n| NodeSnapshot {
@@ -229,125 +230,88 @@ impl<S: Store> Reconciler<S> {
                 .iter()
                 .map(|q| q.node_count)
                 .fold(0u32, u32::saturating_add),
-            quota_nodes_left,
-            provider_backoff_until: backoff.as_ref().map(|b| b.0),
+            quota_nodes_left: cluster_quota.nodes_left(),
+            provider_backoff_until,
             now,
         });
 
-        let mut issues = Vec::new();
         let mut remaining = nodes.len();
         for (node_id, reason) in &decision.remove {
             // A preempted node goes at its eviction time: its job has the
             // notice window to checkpoint.
             if let Some(node) = nodes.iter().find(|n| &n.node_id == node_id)
-                && node.evict_at.is_none_or(|at| at <= now)
+                && lifecycle::may_remove(node.evict_at, now)
                 && self.remove_node(node, reason, now).await?
             {
                 remaining -= 1;
             }
         }
-        // Never above max_nodes, even when a node could not be removed.
-        let room = usize::try_from(cluster.spec.max_nodes)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(remaining);
-        let mut added = 0;
-        let live_now = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
-            .unwrap_or(u32::MAX);
         let creates_nodes = self.plane.provider.capabilities().creates_nodes;
-        let to_add = if !creates_nodes {
-            if live_now < decision.target {
-                issues.push(issue(
-                    "no_node_provider",
-                    format!(
-                        "the cluster wants {} nodes and has {live_now}, but this control plane runs with --provider none and creates no nodes",
-                        decision.target
-                    ),
-                    now,
-                ));
-            }
-            0
-        } else {
-            decision.add.min(u32::try_from(room).unwrap_or(u32::MAX))
-        };
+        let to_add = allocation::nodes_to_add(
+            &decision,
+            creates_nodes,
+            cluster.spec.max_nodes,
+            count(remaining),
+        );
+        let mut added = 0;
+        let mut add_failed = None;
         for _ in 0..to_add {
             match self.add_node(cluster, now).await {
                 Ok(()) => added += 1,
                 Err(AddError::Quota(e)) => {
-                    issues.push(issue("quota_exceeded", e.to_string(), now));
+                    add_failed = Some(Issue::quota(&e));
                     break;
                 }
                 Err(AddError::Provider(e)) => {
-                    issues.push(issue(
-                        match e {
-                            ProviderError::NoProvider => "no_node_provider",
-                            _ => "provider_error",
-                        },
-                        e.to_string(),
-                        now,
-                    ));
+                    let code = match e {
+                        ProviderError::NoProvider => IssueCode::NoNodeProvider,
+                        _ => IssueCode::ProviderError,
+                    };
+                    add_failed = Some(Issue::new(code, e.to_string()));
                     break;
                 }
                 Err(AddError::Store(e)) => return Err(e),
             }
         }
-        match decision.blocked.as_ref().filter(|_| creates_nodes) {
-            Some(Blocked::QuotaExceeded { wanted, .. }) => {
-                let held = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
-                let ask = quota::Allocation {
-                    family: size.family.to_owned(),
-                    priority: cluster.spec.vm_priority,
-                    vcpus_per_node: size.vcpus,
-                    nodes: held.saturating_add(*wanted).max(cluster.spec.min_nodes),
-                };
-                let text = match quota::check(&cluster.spec.location, limits, &others, &ask, false)
-                {
-                    Err(e) => e.to_string(),
-                    Ok(()) => format!("quota exceeded: {wanted} more nodes do not fit"),
-                };
-                issues.push(issue("quota_exceeded", text, now));
-            }
-            Some(Blocked::ProviderBackoff { until }) => {
-                let last = backoff.as_ref().map(|b| b.1.clone()).unwrap_or_default();
-                issues.push(issue(
-                    "provider_error",
-                    format!("{last}; next try in {}s", (until - now).max(0) / 1000),
-                    now,
-                ));
-            }
-            None => {}
+        let live = count(nodes.iter().filter(|n| scale::is_live(n.state)).count());
+        let settled = allocation::settle(&allocation::Pass {
+            decision: &decision,
+            creates_nodes,
+            live,
+            added,
+            add_failed: add_failed.as_ref(),
+            quota: &cluster_quota,
+            provider_error: &provider_error,
+            jobs_queued: !queued.is_empty(),
+            now,
+        });
+        if let Some(reason) = &settled.queued_reason {
+            store.set_queued_reason(name, reason).await?;
         }
-        issues.dedup_by(|a, b| a.code == b.code);
-
-        let live = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
-            .unwrap_or(u32::MAX);
-        let steady = decision.is_steady(live) && issues.is_empty() && added == 0;
-        let state = if steady {
-            AllocationState::Steady
-        } else {
-            AllocationState::Resizing
-        };
-        let queued_reason = match issues.first() {
-            Some(i) => format!("waiting for a node: {}", i.message),
-            None if queued.is_empty() => String::new(),
-            None => "waiting for a node".to_owned(),
-        };
-        if !queued.is_empty() {
-            store.set_queued_reason(name, &queued_reason).await?;
-        }
-        if state != cluster.allocation_state
-            || issues
+        if settled.state != cluster.allocation_state
+            || settled
+                .issues
                 .iter()
-                .map(|i| &i.code)
-                .ne(cluster.errors.iter().map(|i| &i.code))
+                .map(|i| i.code.as_str())
+                .ne(cluster.errors.iter().map(|i| i.code.as_str()))
         {
             tracing::info!(
-                cluster = %name, state = state.as_str(), target = decision.target, current = live,
-                issues = ?issues.iter().map(|i| i.code.as_str()).collect::<Vec<_>>(),
+                cluster = %name, state = settled.state.as_str(), target = settled.target, current = live,
+                issues = ?settled.issues.iter().map(|i| i.code.as_str()).collect::<Vec<_>>(),
                 "allocation state"
             );
         }
+        let issues = settled
+            .issues
+            .into_iter()
+            .map(|i| ClusterIssue {
+                code: i.code.as_str().to_owned(),
+                message: i.message,
+                since: now,
+            })
+            .collect();
         store
-            .set_allocation(name, state, decision.target, issues, now)
+            .set_allocation(name, settled.state, settled.target, issues, now)
             .await?;
         Ok(())
     }
@@ -459,10 +423,6 @@ enum AddError {
     Store(StoreError),
 }
 
-fn issue(code: &str, message: String, now: i64) -> ClusterIssue {
-    ClusterIssue {
-        code: code.to_owned(),
-        message,
-        since: now,
-    }
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }

@@ -17,6 +17,10 @@
 //! the other needs (no deadlock), and a gang is never starved by smaller jobs
 //! that keep taking the nodes it waits for. The autoscaler counts a queued
 //! gang as N nodes of demand.
+//!
+//! `allocation`: what a pass records once the decision is carried out.
+
+pub mod allocation;
 
 use crate::node::NodeState;
 
