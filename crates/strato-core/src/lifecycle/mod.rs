@@ -3,6 +3,9 @@
 //!
 //! Builds on `job::after_attempt` (retry or final state), `job::after_rank`
 //! (the gang rule) and `job::end_on_node` (an exit on an evicted node).
+//! `hello`: what a (re)connecting agent's `Hello` means for its node's job.
+
+pub mod hello;
 
 use crate::job::{self, AttemptEnd, JobState, NextStep};
 use crate::node::NodeState;
