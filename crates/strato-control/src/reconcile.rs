@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use strato_core::backoff::Backoff;
 use strato_core::lifecycle;
-use strato_core::node::NodeState;
 use strato_core::node::health::{self, Health};
 use strato_core::quota;
 use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
@@ -161,9 +160,11 @@ impl<S: Store> Reconciler<S> {
         let ready: Vec<String> = nodes
             .iter()
             .filter(|n| {
-                n.state == NodeState::Idle
-                    && n.run_id.is_none()
-                    && self.plane.sessions.connected(&n.node_id)
+                scale::takes_work(
+                    n.state,
+                    n.run_id.is_some(),
+                    self.plane.sessions.connected(&n.node_id),
+                )
             })
             .map(|n| n.node_id.clone())
             .collect();
@@ -373,10 +374,7 @@ impl<S: Store> Reconciler<S> {
         reason: &RemoveReason,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let why = match reason {
-            RemoveReason::Idle { idle_seconds } => format!("idle for at least {idle_seconds}s"),
-            RemoveReason::Unusable => format!("unusable: {}", node.reason),
-        };
+        let why = reason.describe(&node.reason);
         if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
             // Keep the record so the next pass tries again.
             tracing::warn!(node = %node.node_id, error = %e, "provider could not remove the node");
@@ -386,14 +384,9 @@ impl<S: Store> Reconciler<S> {
         self.plane.scheduled_events.forget(&node.node_id);
         self.plane.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
-        self.plane.counters.scaled(
-            &node.cluster,
-            "down",
-            match reason {
-                RemoveReason::Idle { .. } => "idle",
-                RemoveReason::Unusable => "unusable",
-            },
-        );
+        self.plane
+            .counters
+            .scaled(&node.cluster, "down", reason.label());
         self.plane.events.changed();
         Ok(true)
     }
