@@ -108,16 +108,20 @@ mod tests {
         }
     }
 
+    fn unusable(cause: Cause, reason: &str) -> Health {
+        Health::Unusable {
+            cause,
+            reason: reason.to_owned(),
+        }
+    }
+
     #[test]
     fn silence_longer_than_the_timeout_makes_a_node_unusable() {
         let node = enrolled(Some(10_000));
         assert_eq!(check(&node, T, 0, 25_000), Health::Up);
         assert_eq!(
             check(&node, T, 0, 3_671_000),
-            Health::Unusable {
-                cause: Cause::Silent,
-                reason: "no heartbeat for 3661s".into()
-            }
+            unusable(Cause::Silent, "no heartbeat for 3661s")
         );
         // Never heartbeated: counted from its creation.
         assert!(matches!(
@@ -132,10 +136,7 @@ mod tests {
         assert_eq!(check(&node, T, 1_000_000, 1_015_000), Health::Up);
         assert_eq!(
             check(&node, T, 1_000_000, 1_016_000),
-            Health::Unusable {
-                cause: Cause::Silent,
-                reason: "no heartbeat for 16s".into()
-            }
+            unusable(Cause::Silent, "no heartbeat for 16s")
         );
     }
 
@@ -150,10 +151,7 @@ mod tests {
         assert_eq!(check(&node, T, 0, 61_000), Health::Starting);
         assert_eq!(
             check(&node, T, 0, 61_001),
-            Health::Unusable {
-                cause: Cause::NeverEnrolled,
-                reason: "the agent did not enrol within 60s".into()
-            }
+            unusable(Cause::NeverEnrolled, "the agent did not enrol within 60s")
         );
         assert_eq!(check(&node, T, 50_000, 110_000), Health::Starting);
     }
