@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use strato_core::job::{AttemptEnd, JobState};
+use strato_core::job::AttemptEnd;
+use strato_core::lifecycle::hello::{Held, HelloAction, PlacedJob, after_hello};
 use strato_core::node::GpuInfo;
 use strato_proto::v1::{self, agent_message::Body, agent_service_server::AgentService};
 use tokio::sync::mpsc;
@@ -116,8 +117,9 @@ impl<S: Store> AgentService for AgentApi<S> {
             .await
             .map_err(status)?;
         if let Ok(size) = cluster.spec.size()
-            && let Err(reason) = strato_core::node::gpu_readiness(size, &gpu_info)
+            && let Err(missing) = strato_core::node::gpu_readiness(size, &gpu_info)
         {
+            let reason = missing.to_string();
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane
                 .store
@@ -407,21 +409,15 @@ fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
     })
 }
 
-/// After an agent (re)connects: jobs the store places on this node that the
-/// agent does not hold are either re-sent (still preparing: the assignment
-/// may have been lost) or ended (it was running: its container is gone).
+/// After an agent (re)connects: carries out what its `Hello` means for the
+/// job the store places on its node (`lifecycle::hello`): the assignment is
+/// re-sent, or the attempt ends.
 async fn hello_reconcile<S: Store>(
     plane: &Plane<S>,
     node_id: &str,
     hello: &v1::Hello,
     now: i64,
 ) -> Result<(), StoreError> {
-    let held = |job: &str, attempt: u32| {
-        hello
-            .jobs
-            .iter()
-            .any(|j| j.job_id == job && j.attempt == attempt)
-    };
     let node = match plane
         .store
         .all_nodes()
@@ -436,51 +432,40 @@ async fn hello_reconcile<S: Store>(
         return Ok(());
     };
     let job = plane.store.get_job(&job_id).await?;
-    let in_gang = job
-        .attempts
+    let placed = PlacedJob {
+        job_id: &job.id,
+        attempt: job.attempt,
+        state: job.state,
+        cancel_requested: job.cancel_requested,
+        on_this_node: job
+            .attempts
+            .iter()
+            .any(|a| a.attempt == job.attempt && a.node_ids.iter().any(|n| n == node_id)),
+    };
+    let held: Vec<Held<'_>> = hello
+        .jobs
         .iter()
-        .any(|a| a.attempt == job.attempt && a.node_ids.iter().any(|n| n == node_id));
-    if !in_gang || held(&job.id, job.attempt) {
-        return Ok(());
-    }
-    match job.state {
-        JobState::Preparing if job.cancel_requested => {
-            // Canceled before its container existed: do not start it now.
+        .map(|j| Held {
+            job_id: &j.job_id,
+            attempt: j.attempt,
+        })
+        .collect();
+    match after_hello(node_id, Some(&placed), &held) {
+        Some(HelloAction::Resend) => send_assignment(plane, &job, Some(node_id)).await,
+        Some(HelloAction::End { end, reason }) => {
             plane
                 .store
                 .report_attempt(
                     node_id,
                     &job.id,
                     job.attempt,
-                    AttemptReport::Ended(AttemptEnd::Canceled, "canceled by user".into()),
+                    AttemptReport::Ended(end, reason),
                     now,
                 )
                 .await?;
             plane.events.changed();
         }
-        JobState::Preparing => {
-            send_assignment(plane, &job, Some(node_id)).await;
-        }
-        JobState::Running => {
-            plane
-                .store
-                .report_attempt(
-                    node_id,
-                    &job.id,
-                    job.attempt,
-                    AttemptReport::Ended(
-                        AttemptEnd::NodeLost,
-                        format!(
-                            "the container of attempt {} disappeared from node {node_id}",
-                            job.attempt
-                        ),
-                    ),
-                    now,
-                )
-                .await?;
-            plane.events.changed();
-        }
-        _ => {}
+        None => {}
     }
     Ok(())
 }

@@ -8,9 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strato_core::node::{AllocationState, NodeState};
+use strato_core::backoff::Backoff;
+use strato_core::lifecycle;
+use strato_core::node::health::{self, Health};
 use strato_core::quota;
-use strato_core::scale::{self, Blocked, NodeSnapshot, RemoveReason, ScaleInput};
+use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
+use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput};
 use strato_proto::v1;
 
 use crate::agents::send_assignment;
@@ -18,31 +21,10 @@ use crate::plane::{Plane, hash_token, new_token};
 use crate::provider::{NodeLaunch, ProviderError};
 use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
 
-/// Provider failures per cluster, for backoff: a provider that keeps
-/// failing does not spin.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    until: i64,
-    /// When the provider last failed.
-    failed_at: i64,
-    last_error: String,
-}
-
-impl Backoff {
-    fn fail(&mut self, now: i64, error: String) {
-        self.failed_at = now;
-        self.failures = self.failures.saturating_add(1);
-        let delay_ms = 2_000i64
-            .saturating_mul(1i64 << self.failures.min(7))
-            .min(300_000);
-        self.until = now + delay_ms;
-        self.last_error = error;
-    }
-}
-
 pub struct Reconciler<S> {
     plane: Arc<Plane<S>>,
+    /// Provider failures per cluster: a provider that keeps failing does
+    /// not spin.
     backoff: HashMap<String, Backoff>,
     /// When this control plane started: agents could not heartbeat while it
     /// was down, so their silence counts only from here.
@@ -114,58 +96,50 @@ impl<S: Store> Reconciler<S> {
         Ok(())
     }
 
-    /// Nodes that never enrolled or stopped heartbeating become unusable;
-    /// their jobs are retried or failed (by the store), and the next scale
-    /// decision removes and replaces them.
+    /// Nodes that never enrolled or stopped heartbeating become unusable
+    /// (`node::health`); their jobs are retried or failed (by the store),
+    /// and the next scale decision removes and replaces them.
     async fn check_node_health(&mut self, now: i64) -> Result<(), StoreError> {
         let config = &self.plane.settings.config;
-        let start_ms =
-            i64::try_from(config.node_start_timeout.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let beat_ms =
-            i64::try_from(config.node_heartbeat_timeout.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let timeouts = health::Timeouts {
+            start_seconds: config.node_start_timeout,
+            heartbeat_seconds: config.node_heartbeat_timeout,
+        };
         for node in self.plane.store.all_nodes().await? {
-            if !scale::is_live(node.state) {
-                continue;
-            }
-            let reason = if !node.enrolled {
-                (now - node.created_at.max(self.started_at) > start_ms).then(|| {
-                    format!(
-                        "the agent did not enrol within {}s",
-                        config.node_start_timeout
-                    )
-                })
-            } else {
-                let last = node
-                    .last_heartbeat
-                    .unwrap_or(node.created_at)
-                    .max(self.started_at);
-                (now - last > beat_ms).then(|| format!("no heartbeat for {}s", (now - last) / 1000))
+            let facts = health::NodeFacts {
+                state: node.state,
+                enrolled: node.enrolled,
+                created_at: node.created_at,
+                last_heartbeat: node.last_heartbeat,
             };
-            if let Some(reason) = reason {
-                tracing::warn!(node = %node.node_id, cluster = %node.cluster, %reason, "node unusable");
-                if !node.enrolled {
-                    self.backoff
-                        .entry(node.cluster.clone())
-                        .or_default()
-                        .fail(now, format!("node {}: {reason}", node.node_id));
+            match health::check(&facts, timeouts, self.started_at, now) {
+                Health::Unusable { cause, reason } => {
+                    tracing::warn!(node = %node.node_id, cluster = %node.cluster, %reason, "node unusable");
+                    if cause == health::Cause::NeverEnrolled {
+                        self.backoff
+                            .entry(node.cluster.clone())
+                            .or_default()
+                            .fail(now, format!("node {}: {reason}", node.node_id));
+                    }
+                    let jobs = self
+                        .plane
+                        .store
+                        .node_unusable(&node.node_id, &reason, now)
+                        .await?;
+                    for job in jobs {
+                        tracing::warn!(job = %job, node = %node.node_id, "attempt lost with its node");
+                    }
+                    self.plane.sessions.drop_node(&node.node_id);
+                    self.plane.events.changed();
                 }
-                let jobs = self
-                    .plane
-                    .store
-                    .node_unusable(&node.node_id, &reason, now)
-                    .await?;
-                for job in jobs {
-                    tracing::warn!(job = %job, node = %node.node_id, "attempt lost with its node");
+                Health::Up => {
+                    // A node created after the last failure came up: the
+                    // provider works again.
+                    if let Some(b) = self.backoff.get_mut(&node.cluster) {
+                        b.succeeded_since(node.created_at);
+                    }
                 }
-                self.plane.sessions.drop_node(&node.node_id);
-                self.plane.events.changed();
-            } else if node.enrolled
-                && let Some(b) = self.backoff.get_mut(&node.cluster)
-                && node.created_at > b.failed_at
-            {
-                // A node created after the last failure came up: the
-                // provider works again.
-                b.failures = 0;
+                Health::NotLive | Health::Starting => {}
             }
         }
         Ok(())
@@ -186,9 +160,11 @@ impl<S: Store> Reconciler<S> {
         let ready: Vec<String> = nodes
             .iter()
             .filter(|n| {
-                n.state == NodeState::Idle
-                    && n.run_id.is_none()
-                    && self.plane.sessions.connected(&n.node_id)
+                scale::takes_work(
+                    n.state,
+                    n.run_id.is_some(),
+                    self.plane.sessions.connected(&n.node_id),
+                )
             })
             .map(|n| n.node_id.clone())
             .collect();
@@ -224,20 +200,19 @@ impl<S: Store> Reconciler<S> {
             .map_err(|e| StoreError::Corrupt(format!("cluster {name}: {e}")))?;
         let limits = plane.settings.quota.region(&cluster.spec.location);
         let others = store.usage_of_others(&cluster.spec.location, name).await?;
-        let admitted = quota::max_nodes_admitted(
+        let cluster_quota = ClusterQuota {
+            location: &cluster.spec.location,
             limits,
-            &others,
-            size.family,
-            cluster.spec.vm_priority,
-            size.vcpus,
-        );
-        let existing = u64::try_from(nodes.len()).unwrap_or(u64::MAX);
-        let quota_nodes_left = u32::try_from(admitted.saturating_sub(existing)).unwrap_or(u32::MAX);
-        let backoff = self
-            .backoff
-            .get(name)
-            .filter(|b| b.until > now)
-            .map(|b| (b.until, b.last_error.clone()));
+            others: &others,
+            family: size.family,
+            priority: cluster.spec.vm_priority,
+            vcpus_per_node: size.vcpus,
+            min_nodes: cluster.spec.min_nodes,
+            held: count(nodes.len()),
+        };
+        let backoff = self.backoff.get(name).and_then(|b| b.waiting(now));
+        let provider_backoff_until = backoff.map(|(until, _)| until);
+        let provider_error = backoff.map(|(_, e)| e.to_owned()).unwrap_or_default();
         let snapshots: Vec<NodeSnapshot> = nodes
             .iter()
             .map(|n| NodeSnapshot {
@@ -256,125 +231,88 @@ impl<S: Store> Reconciler<S> {
                 .iter()
                 .map(|q| q.node_count)
                 .fold(0u32, u32::saturating_add),
-            quota_nodes_left,
-            provider_backoff_until: backoff.as_ref().map(|b| b.0),
+            quota_nodes_left: cluster_quota.nodes_left(),
+            provider_backoff_until,
             now,
         });
 
-        let mut issues = Vec::new();
         let mut remaining = nodes.len();
         for (node_id, reason) in &decision.remove {
             // A preempted node goes at its eviction time: its job has the
             // notice window to checkpoint.
             if let Some(node) = nodes.iter().find(|n| &n.node_id == node_id)
-                && node.evict_at.is_none_or(|at| at <= now)
+                && lifecycle::may_remove(node.evict_at, now)
                 && self.remove_node(node, reason, now).await?
             {
                 remaining -= 1;
             }
         }
-        // Never above max_nodes, even when a node could not be removed.
-        let room = usize::try_from(cluster.spec.max_nodes)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(remaining);
-        let mut added = 0;
-        let live_now = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
-            .unwrap_or(u32::MAX);
         let creates_nodes = self.plane.provider.capabilities().creates_nodes;
-        let to_add = if !creates_nodes {
-            if live_now < decision.target {
-                issues.push(issue(
-                    "no_node_provider",
-                    format!(
-                        "the cluster wants {} nodes and has {live_now}, but this control plane runs with --provider none and creates no nodes",
-                        decision.target
-                    ),
-                    now,
-                ));
-            }
-            0
-        } else {
-            decision.add.min(u32::try_from(room).unwrap_or(u32::MAX))
-        };
+        let to_add = allocation::nodes_to_add(
+            &decision,
+            creates_nodes,
+            cluster.spec.max_nodes,
+            count(remaining),
+        );
+        let mut added = 0;
+        let mut add_failed = None;
         for _ in 0..to_add {
             match self.add_node(cluster, now).await {
                 Ok(()) => added += 1,
                 Err(AddError::Quota(e)) => {
-                    issues.push(issue("quota_exceeded", e.to_string(), now));
+                    add_failed = Some(Issue::quota(&e));
                     break;
                 }
                 Err(AddError::Provider(e)) => {
-                    issues.push(issue(
-                        match e {
-                            ProviderError::NoProvider => "no_node_provider",
-                            _ => "provider_error",
-                        },
-                        e.to_string(),
-                        now,
-                    ));
+                    let code = match e {
+                        ProviderError::NoProvider => IssueCode::NoNodeProvider,
+                        _ => IssueCode::ProviderError,
+                    };
+                    add_failed = Some(Issue::new(code, e.to_string()));
                     break;
                 }
                 Err(AddError::Store(e)) => return Err(e),
             }
         }
-        match decision.blocked.as_ref().filter(|_| creates_nodes) {
-            Some(Blocked::QuotaExceeded { wanted, .. }) => {
-                let held = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
-                let ask = quota::Allocation {
-                    family: size.family.to_owned(),
-                    priority: cluster.spec.vm_priority,
-                    vcpus_per_node: size.vcpus,
-                    nodes: held.saturating_add(*wanted).max(cluster.spec.min_nodes),
-                };
-                let text = match quota::check(&cluster.spec.location, limits, &others, &ask, false)
-                {
-                    Err(e) => e.to_string(),
-                    Ok(()) => format!("quota exceeded: {wanted} more nodes do not fit"),
-                };
-                issues.push(issue("quota_exceeded", text, now));
-            }
-            Some(Blocked::ProviderBackoff { until }) => {
-                let last = backoff.as_ref().map(|b| b.1.clone()).unwrap_or_default();
-                issues.push(issue(
-                    "provider_error",
-                    format!("{last}; next try in {}s", (until - now).max(0) / 1000),
-                    now,
-                ));
-            }
-            None => {}
+        let live = count(nodes.iter().filter(|n| scale::is_live(n.state)).count());
+        let settled = allocation::settle(&allocation::Pass {
+            decision: &decision,
+            creates_nodes,
+            live,
+            added,
+            add_failed: add_failed.as_ref(),
+            quota: &cluster_quota,
+            provider_error: &provider_error,
+            jobs_queued: !queued.is_empty(),
+            now,
+        });
+        if let Some(reason) = &settled.queued_reason {
+            store.set_queued_reason(name, reason).await?;
         }
-        issues.dedup_by(|a, b| a.code == b.code);
-
-        let live = u32::try_from(nodes.iter().filter(|n| scale::is_live(n.state)).count())
-            .unwrap_or(u32::MAX);
-        let steady = decision.is_steady(live) && issues.is_empty() && added == 0;
-        let state = if steady {
-            AllocationState::Steady
-        } else {
-            AllocationState::Resizing
-        };
-        let queued_reason = match issues.first() {
-            Some(i) => format!("waiting for a node: {}", i.message),
-            None if queued.is_empty() => String::new(),
-            None => "waiting for a node".to_owned(),
-        };
-        if !queued.is_empty() {
-            store.set_queued_reason(name, &queued_reason).await?;
-        }
-        if state != cluster.allocation_state
-            || issues
+        if settled.state != cluster.allocation_state
+            || settled
+                .issues
                 .iter()
-                .map(|i| &i.code)
-                .ne(cluster.errors.iter().map(|i| &i.code))
+                .map(|i| i.code.as_str())
+                .ne(cluster.errors.iter().map(|i| i.code.as_str()))
         {
             tracing::info!(
-                cluster = %name, state = state.as_str(), target = decision.target, current = live,
-                issues = ?issues.iter().map(|i| i.code.as_str()).collect::<Vec<_>>(),
+                cluster = %name, state = settled.state.as_str(), target = settled.target, current = live,
+                issues = ?settled.issues.iter().map(|i| i.code.as_str()).collect::<Vec<_>>(),
                 "allocation state"
             );
         }
+        let issues = settled
+            .issues
+            .into_iter()
+            .map(|i| ClusterIssue {
+                code: i.code.as_str().to_owned(),
+                message: i.message,
+                since: now,
+            })
+            .collect();
         store
-            .set_allocation(name, state, decision.target, issues, now)
+            .set_allocation(name, settled.state, settled.target, issues, now)
             .await?;
         Ok(())
     }
@@ -436,10 +374,7 @@ impl<S: Store> Reconciler<S> {
         reason: &RemoveReason,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let why = match reason {
-            RemoveReason::Idle { idle_seconds } => format!("idle for at least {idle_seconds}s"),
-            RemoveReason::Unusable => format!("unusable: {}", node.reason),
-        };
+        let why = reason.describe(&node.reason);
         if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
             // Keep the record so the next pass tries again.
             tracing::warn!(node = %node.node_id, error = %e, "provider could not remove the node");
@@ -449,14 +384,9 @@ impl<S: Store> Reconciler<S> {
         self.plane.scheduled_events.forget(&node.node_id);
         self.plane.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
-        self.plane.counters.scaled(
-            &node.cluster,
-            "down",
-            match reason {
-                RemoveReason::Idle { .. } => "idle",
-                RemoveReason::Unusable => "unusable",
-            },
-        );
+        self.plane
+            .counters
+            .scaled(&node.cluster, "down", reason.label());
         self.plane.events.changed();
         Ok(true)
     }
@@ -486,10 +416,6 @@ enum AddError {
     Store(StoreError),
 }
 
-fn issue(code: &str, message: String, now: i64) -> ClusterIssue {
-    ClusterIssue {
-        code: code.to_owned(),
-        message,
-        since: now,
-    }
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }

@@ -1,11 +1,14 @@
-//! Strato's pure domain: what a valid cluster is, which VM sizes exist, and
-//! whether a request fits the quota.
+//! Strato's pure domain: what a valid cluster is, which VM sizes exist,
+//! whether a request fits the quota, and the lifecycle rules (scale
+//! decision, placement, node health, backoff, what an event changes for a
+//! job or a node).
 //!
 //! **Architecture invariant:** nothing in this crate does I/O, reads a clock,
 //! spawns a task or draws a random number. Time and state are passed in, so
 //! every decision here is a plain function that unit and property tests can
 //! drive exhaustively.
 
+pub mod backoff;
 pub mod catalog;
 pub mod error;
 pub mod exposition;

@@ -3,6 +3,9 @@
 //!
 //! Builds on `job::after_attempt` (retry or final state), `job::after_rank`
 //! (the gang rule) and `job::end_on_node` (an exit on an evicted node).
+//! `hello`: what a (re)connecting agent's `Hello` means for its node's job.
+
+pub mod hello;
 
 use crate::job::{self, AttemptEnd, JobState, NextStep};
 use crate::node::NodeState;
@@ -196,6 +199,14 @@ pub fn node_lost(node_id: &str, why: &str) -> (AttemptEnd, String) {
     (AttemptEnd::NodeLost, format!("node {node_id} lost: {why}"))
 }
 
+/// Whether a node the scale decision removes may go at `now`: a preempted
+/// node stays until its eviction time (`NotBefore`, `evict_at`), so that
+/// its job keeps the notice window to checkpoint; any other node goes at
+/// once.
+pub fn may_remove(evict_at: Option<i64>, now: i64) -> bool {
+    evict_at.is_none_or(|at| at <= now)
+}
+
 /// Whether a node's agent may enrol: an unusable or leaving node is to be
 /// removed instead.
 pub fn may_enrol(state: NodeState) -> bool {
@@ -371,6 +382,14 @@ mod tests {
             node_lost("n", "no heartbeat"),
             (AttemptEnd::NodeLost, "node n lost: no heartbeat".to_owned())
         );
+    }
+
+    #[test]
+    fn a_preempted_node_waits_for_not_before() {
+        assert!(may_remove(None, 0));
+        assert!(!may_remove(Some(30_000), 29_999));
+        assert!(may_remove(Some(30_000), 30_000));
+        assert!(may_remove(Some(30_000), 31_000));
     }
 
     #[test]

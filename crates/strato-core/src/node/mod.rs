@@ -1,6 +1,9 @@
-//! Node and allocation states, as AmlCompute names them.
+//! Node and allocation states, as AmlCompute names them; GPU readiness;
+//! `health`: when a node becomes unusable.
 
 use serde::{Deserialize, Serialize};
+
+pub mod health;
 
 /// The state of one node of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,10 +112,35 @@ pub struct GpuInfo {
     pub problem: Option<String>,
 }
 
+/// A node of a GPU size without as many healthy GPUs as the size promises.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{size} needs {needed} GPU(s) ({model}), the agent found {found}{}",
+    unhealthy_text(unhealthy)
+)]
+pub struct GpusMissing {
+    /// The VM size, in catalog spelling.
+    pub size: String,
+    pub needed: u32,
+    pub model: String,
+    /// How many GPUs the agent found, healthy or not.
+    pub found: usize,
+    /// `GPU <index> (<uuid>): <problem>` for each unhealthy one.
+    pub unhealthy: Vec<String>,
+}
+
+fn unhealthy_text(unhealthy: &[String]) -> String {
+    if unhealthy.is_empty() {
+        String::new()
+    } else {
+        format!(", unhealthy: {}", unhealthy.join("; "))
+    }
+}
+
 /// GPU readiness: a node of a size with GPUs is capacity only when it has
-/// as many healthy GPUs as the size promises. `Err` is the reason the node
+/// as many healthy GPUs as the size promises. The error says why the node
 /// is unusable.
-pub fn gpu_readiness(size: &crate::catalog::VmSize, found: &[GpuInfo]) -> Result<(), String> {
+pub fn gpu_readiness(size: &crate::catalog::VmSize, found: &[GpuInfo]) -> Result<(), GpusMissing> {
     if size.gpus == 0 {
         return Ok(());
     }
@@ -120,25 +148,20 @@ pub fn gpu_readiness(size: &crate::catalog::VmSize, found: &[GpuInfo]) -> Result
     if u32::try_from(healthy).unwrap_or(u32::MAX) >= size.gpus {
         return Ok(());
     }
-    let mut reason = format!(
-        "{} needs {} GPU(s) ({}), the agent found {}",
-        size.name,
-        size.gpus,
-        size.gpu_model,
-        found.len()
-    );
-    let unhealthy: Vec<String> = found
-        .iter()
-        .filter_map(|g| {
-            g.problem
-                .as_ref()
-                .map(|p| format!("GPU {} ({}): {p}", g.index, g.uuid))
-        })
-        .collect();
-    if !unhealthy.is_empty() {
-        reason.push_str(&format!(", unhealthy: {}", unhealthy.join("; ")));
-    }
-    Err(reason)
+    Err(GpusMissing {
+        size: size.name.to_owned(),
+        needed: size.gpus,
+        model: size.gpu_model.to_owned(),
+        found: found.len(),
+        unhealthy: found
+            .iter()
+            .filter_map(|g| {
+                g.problem
+                    .as_ref()
+                    .map(|p| format!("GPU {} ({}): {p}", g.index, g.uuid))
+            })
+            .collect(),
+    })
 }
 
 /// What a provider holds that the store does not know: nodes and clusters
@@ -202,13 +225,14 @@ mod tests {
             problem: problem.map(str::to_owned),
         };
         assert!(gpu_readiness(size, &[gpu(None)]).is_ok());
-        let missing = gpu_readiness(size, &[]).expect_err("no GPU");
+        let missing = gpu_readiness(size, &[]).expect_err("no GPU").to_string();
         assert!(
             missing.contains("needs 1 GPU(s)") && missing.contains("found 0"),
             "{missing}"
         );
         let sick = gpu_readiness(size, &[gpu(Some("memory pages pending retirement"))])
-            .expect_err("unhealthy");
+            .expect_err("unhealthy")
+            .to_string();
         assert!(
             sick.contains("found 1")
                 && sick.contains("GPU 0 (GPU-1): memory pages pending retirement"),

@@ -17,6 +17,10 @@
 //! the other needs (no deadlock), and a gang is never starved by smaller jobs
 //! that keep taking the nodes it waits for. The autoscaler counts a queued
 //! gang as N nodes of demand.
+//!
+//! `allocation`: what a pass records once the decision is carried out.
+
+pub mod allocation;
 
 use crate::node::NodeState;
 
@@ -56,6 +60,24 @@ pub enum RemoveReason {
     Unusable,
 }
 
+impl RemoveReason {
+    /// Why, in words, for a node whose stored reason is `node_reason`.
+    pub fn describe(&self, node_reason: &str) -> String {
+        match self {
+            RemoveReason::Idle { idle_seconds } => format!("idle for at least {idle_seconds}s"),
+            RemoveReason::Unusable => format!("unusable: {node_reason}"),
+        }
+    }
+
+    /// The reason as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RemoveReason::Idle { .. } => "idle",
+            RemoveReason::Unusable => "unusable",
+        }
+    }
+}
+
 /// Why the cluster cannot reach its target now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Blocked {
@@ -89,6 +111,12 @@ pub fn is_live(state: NodeState) -> bool {
         state,
         NodeState::Idle | NodeState::Preparing | NodeState::Running
     )
+}
+
+/// Whether a node can take a queued job now: idle, without a job, and its
+/// agent connected (a placement must reach it).
+pub fn takes_work(state: NodeState, has_job: bool, connected: bool) -> bool {
+    state == NodeState::Idle && !has_job && connected
 }
 
 pub fn decide(input: &ScaleInput<'_>) -> ScaleDecision {
@@ -206,6 +234,29 @@ mod tests {
             quota_nodes_left: 100,
             provider_backoff_until: None,
             now: 100_000,
+        }
+    }
+
+    #[test]
+    fn remove_reasons_in_words_and_labels() {
+        let idle = RemoveReason::Idle { idle_seconds: 120 };
+        assert_eq!(idle.describe("ignored"), "idle for at least 120s");
+        assert_eq!(idle.label(), "idle");
+        let unusable = RemoveReason::Unusable;
+        assert_eq!(
+            unusable.describe("no heartbeat for 20s"),
+            "unusable: no heartbeat for 20s"
+        );
+        assert_eq!(unusable.label(), "unusable");
+    }
+
+    #[test]
+    fn only_an_idle_connected_node_without_a_job_takes_work() {
+        assert!(takes_work(NodeState::Idle, false, true));
+        assert!(!takes_work(NodeState::Idle, true, true));
+        assert!(!takes_work(NodeState::Idle, false, false));
+        for s in NodeState::ALL.into_iter().filter(|s| *s != NodeState::Idle) {
+            assert!(!takes_work(s, false, true), "{s:?}");
         }
     }
 

@@ -1,0 +1,207 @@
+//! Node health: a node whose agent never enrols, or whose heartbeats stop,
+//! is unusable. Time is an argument (ms since the epoch).
+//!
+//! The rule (property-tested below): a live node that enrolled is unusable
+//! exactly when it has been silent for longer than the heartbeat timeout,
+//! silence counted from its last heartbeat (or its creation), but never
+//! from before the control plane's own start: agents could not heartbeat
+//! while it was down. A live node that never enrolled is unusable once the
+//! start timeout has passed since its creation (or the start). Nodes that
+//! hold no capacity (unusable, leaving, preempted) are not watched.
+
+use super::NodeState;
+use crate::scale::is_live;
+
+/// The timeouts, in seconds, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long a new node's agent may take to enrol.
+    pub start_seconds: u64,
+    /// How long an enrolled node may stay silent.
+    pub heartbeat_seconds: u64,
+}
+
+/// What health depends on, as stored for one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub state: NodeState,
+    pub enrolled: bool,
+    pub created_at: i64,
+    pub last_heartbeat: Option<i64>,
+}
+
+/// Why a node became unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Its agent never enrolled: the provider's node did not come up, which
+    /// counts as a provider failure.
+    NeverEnrolled,
+    /// Its heartbeats stopped.
+    Silent,
+}
+
+/// A node's health at `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// It holds no capacity: not watched.
+    NotLive,
+    /// Created, its agent not enrolled yet, still within the start timeout.
+    Starting,
+    /// Enrolled and heartbeating.
+    Up,
+    /// To be marked unusable, for `reason`.
+    Unusable { cause: Cause, reason: String },
+}
+
+fn ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// The health of `node` at `now`, for a control plane started at
+/// `started_at`.
+pub fn check(node: &NodeFacts, timeouts: Timeouts, started_at: i64, now: i64) -> Health {
+    if !is_live(node.state) {
+        return Health::NotLive;
+    }
+    if !node.enrolled {
+        let waited = now.saturating_sub(node.created_at.max(started_at));
+        return if waited > ms(timeouts.start_seconds) {
+            Health::Unusable {
+                cause: Cause::NeverEnrolled,
+                reason: format!("the agent did not enrol within {}s", timeouts.start_seconds),
+            }
+        } else {
+            Health::Starting
+        };
+    }
+    let silent = now.saturating_sub(
+        node.last_heartbeat
+            .unwrap_or(node.created_at)
+            .max(started_at),
+    );
+    if silent > ms(timeouts.heartbeat_seconds) {
+        Health::Unusable {
+            cause: Cause::Silent,
+            reason: format!("no heartbeat for {}s", silent / 1000),
+        }
+    } else {
+        Health::Up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T: Timeouts = Timeouts {
+        start_seconds: 60,
+        heartbeat_seconds: 15,
+    };
+
+    fn enrolled(last_heartbeat: Option<i64>) -> NodeFacts {
+        NodeFacts {
+            state: NodeState::Running,
+            enrolled: true,
+            created_at: 1_000,
+            last_heartbeat,
+        }
+    }
+
+    fn unusable(cause: Cause, reason: &str) -> Health {
+        Health::Unusable {
+            cause,
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn silence_longer_than_the_timeout_makes_a_node_unusable() {
+        let node = enrolled(Some(10_000));
+        assert_eq!(check(&node, T, 0, 25_000), Health::Up);
+        assert_eq!(
+            check(&node, T, 0, 3_671_000),
+            unusable(Cause::Silent, "no heartbeat for 3661s")
+        );
+        // Never heartbeated: counted from its creation.
+        assert!(matches!(
+            check(&enrolled(None), T, 0, 16_001),
+            Health::Unusable { .. }
+        ));
+    }
+
+    #[test]
+    fn silence_counts_only_from_the_control_planes_start() {
+        let node = enrolled(Some(10_000));
+        assert_eq!(check(&node, T, 1_000_000, 1_015_000), Health::Up);
+        assert_eq!(
+            check(&node, T, 1_000_000, 1_016_000),
+            unusable(Cause::Silent, "no heartbeat for 16s")
+        );
+    }
+
+    #[test]
+    fn a_node_that_never_enrols_times_out() {
+        let node = NodeFacts {
+            state: NodeState::Preparing,
+            enrolled: false,
+            created_at: 1_000,
+            last_heartbeat: None,
+        };
+        assert_eq!(check(&node, T, 0, 61_000), Health::Starting);
+        assert_eq!(
+            check(&node, T, 0, 61_001),
+            unusable(Cause::NeverEnrolled, "the agent did not enrol within 60s")
+        );
+        assert_eq!(check(&node, T, 50_000, 110_000), Health::Starting);
+    }
+
+    #[test]
+    fn nodes_without_capacity_are_not_watched() {
+        for state in [
+            NodeState::Unusable,
+            NodeState::Leaving,
+            NodeState::Preempted,
+        ] {
+            let node = NodeFacts {
+                state,
+                ..enrolled(None)
+            };
+            assert_eq!(check(&node, T, 0, i64::MAX), Health::NotLive);
+        }
+    }
+
+    fn arb_state() -> impl Strategy<Value = NodeState> {
+        prop::sample::select(NodeState::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn unusable_iff_silent_longer_than_the_timeout(
+            state in arb_state(),
+            enrolled in any::<bool>(),
+            created_at in 0i64..1_000_000,
+            beat in prop::option::of(0i64..1_000_000),
+            started_at in 0i64..1_000_000,
+            after in 0i64..200_000,
+            start_seconds in 0u64..100,
+            heartbeat_seconds in 0u64..100,
+        ) {
+            let node = NodeFacts { state, enrolled, created_at, last_heartbeat: beat };
+            let t = Timeouts { start_seconds, heartbeat_seconds };
+            let since = if enrolled { beat.unwrap_or(created_at) } else { created_at }.max(started_at);
+            let now = since + after;
+            let limit = if enrolled { heartbeat_seconds } else { start_seconds } as i64 * 1000;
+            let health = check(&node, t, started_at, now);
+            if !is_live(state) {
+                prop_assert_eq!(health, Health::NotLive);
+            } else if let Health::Unusable { cause, .. } = &health {
+                prop_assert!(after > limit);
+                prop_assert_eq!(*cause == Cause::NeverEnrolled, !enrolled);
+            } else {
+                prop_assert!(after <= limit);
+                prop_assert_eq!(health, if enrolled { Health::Up } else { Health::Starting });
+            }
+        }
+    }
+}

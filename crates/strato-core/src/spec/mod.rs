@@ -1,0 +1,304 @@
+//! Cluster specs: what a user may ask for, the defaults, the rules, and which
+//! properties may change after creation (`update`); the SSH, network and
+//! identity rules are in `access`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, DEFAULT_VM_SIZE, VmSize};
+use crate::error::FieldError;
+use crate::name::validate_cluster_name;
+
+mod access;
+#[cfg(test)]
+mod tests;
+mod update;
+
+pub use access::{check_admin_password, check_identity};
+use access::{check_ssh, check_vnet};
+pub use update::{IMMUTABLE_FIELDS, MUTABLE_FIELDS, apply_update};
+
+/// Default `max_nodes` (CLI v2 YAML).
+pub const DEFAULT_MAX_NODES: u32 = 1;
+/// Default idle time before scale-down, in seconds (CLI v2).
+pub const DEFAULT_IDLE_SECONDS: u64 = 120;
+/// Most nodes while inter-node communication (needed for MPI) is on.
+pub const MAX_NODES_WITH_INTER_NODE: u32 = 100;
+/// Most nodes with inter-node communication off.
+pub const MAX_NODES_WITHOUT_INTER_NODE: u32 = 1000;
+/// Longest idle time accepted: one year.
+pub const MAX_IDLE_SECONDS: u64 = 365 * 24 * 3600;
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+pub const MAX_TAGS: usize = 50;
+pub const MAX_TAG_KEY_LEN: usize = 512;
+pub const MAX_TAG_VALUE_LEN: usize = 256;
+pub const MAX_USER_ASSIGNED_IDENTITIES: usize = 20;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmPriority {
+    #[default]
+    Dedicated,
+    LowPriority,
+}
+
+impl VmPriority {
+    /// AmlCompute's spelling (`dedicated`, `lowpriority`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPriority::Dedicated => "dedicated",
+            VmPriority::LowPriority => "lowpriority",
+        }
+    }
+
+    /// Accepts `dedicated`, and `lowpriority` / `low_priority` (the YAML
+    /// spelling), case-insensitively.
+    pub fn parse(s: &str) -> Option<VmPriority> {
+        match s.to_ascii_lowercase().as_str() {
+            "dedicated" => Some(VmPriority::Dedicated),
+            "lowpriority" | "low_priority" => Some(VmPriority::LowPriority),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSettings {
+    /// Whether the remote-login port is open to the public; off by default.
+    pub public_access: bool,
+    pub admin_username: String,
+    /// Write-only; never returned by the API nor logged.
+    pub admin_password: String,
+    pub admin_ssh_public_key: String,
+}
+
+/// Debug output never shows the password, so a logged spec leaks nothing.
+impl std::fmt::Debug for SshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSettings")
+            .field("public_access", &self.public_access)
+            .field("admin_username", &self.admin_username)
+            .field(
+                "admin_password",
+                &if self.admin_password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("admin_ssh_public_key", &self.admin_ssh_public_key)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnetSettings {
+    pub resource_group: String,
+    pub vnet_name: String,
+    pub subnet_name: String,
+}
+
+/// A cluster's identities: a system-assigned one or user-assigned ones,
+/// never both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentitySpec {
+    pub system_assigned: bool,
+    pub user_assigned: Vec<String>,
+}
+
+/// A create request as the user gave it: `None` means "take the default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterRequest {
+    pub name: String,
+    pub vm_size: Option<String>,
+    pub vm_priority: Option<VmPriority>,
+    pub min_nodes: Option<u32>,
+    pub max_nodes: Option<u32>,
+    pub idle_seconds_before_scaledown: Option<u64>,
+    pub location: Option<String>,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub ssh: SshSettings,
+    pub vnet: Option<VnetSettings>,
+    pub identity: IdentitySpec,
+    pub inter_node_communication: Option<bool>,
+}
+
+/// A validated cluster spec, defaults filled in, VM size in catalog spelling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub vm_size: String,
+    pub vm_priority: VmPriority,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub idle_seconds_before_scaledown: u64,
+    pub location: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub ssh: SshSettings,
+    pub vnet: Option<VnetSettings>,
+    pub identity: IdentitySpec,
+    pub inter_node_communication: bool,
+}
+
+impl ClusterSpec {
+    /// The catalog entry of the spec's size. A stored spec always names one.
+    pub fn size(&self) -> Result<&'static VmSize, FieldError> {
+        catalog::lookup(&self.vm_size)
+    }
+
+    /// The most nodes any cluster with this inter-node setting may have.
+    pub fn node_limit(&self) -> u32 {
+        node_limit(self.inter_node_communication)
+    }
+}
+
+fn node_limit(inter_node_communication: bool) -> u32 {
+    if inter_node_communication {
+        MAX_NODES_WITH_INTER_NODE
+    } else {
+        MAX_NODES_WITHOUT_INTER_NODE
+    }
+}
+
+/// Validates a create request and fills in defaults. `default_location` is
+/// the control plane's region.
+pub fn validate(req: &ClusterRequest, default_location: &str) -> Result<ClusterSpec, FieldError> {
+    validate_cluster_name(&req.name)?;
+    let size = catalog::lookup(req.vm_size.as_deref().unwrap_or(DEFAULT_VM_SIZE))?;
+    let location = match req.location.as_deref() {
+        None | Some("") => default_location.to_owned(),
+        Some(l) => l.to_owned(),
+    };
+    let spec = ClusterSpec {
+        name: req.name.clone(),
+        vm_size: size.name.to_owned(),
+        vm_priority: req.vm_priority.unwrap_or_default(),
+        min_nodes: req.min_nodes.unwrap_or(0),
+        max_nodes: req.max_nodes.unwrap_or(DEFAULT_MAX_NODES),
+        idle_seconds_before_scaledown: req
+            .idle_seconds_before_scaledown
+            .unwrap_or(DEFAULT_IDLE_SECONDS),
+        location,
+        description: req.description.clone(),
+        tags: req.tags.clone(),
+        ssh: req.ssh.clone(),
+        vnet: req.vnet.clone(),
+        identity: req.identity.clone(),
+        inter_node_communication: req.inter_node_communication.unwrap_or(true),
+    };
+    check(&spec)?;
+    Ok(spec)
+}
+
+/// Checks every rule on a filled-in spec.
+pub fn check(spec: &ClusterSpec) -> Result<(), FieldError> {
+    validate_cluster_name(&spec.name)?;
+    catalog::lookup(&spec.vm_size)?;
+    check_location(&spec.location)?;
+    check_scale(spec)?;
+    check_text(spec)?;
+    check_ssh(&spec.ssh)?;
+    if let Some(vnet) = &spec.vnet {
+        check_vnet(vnet)?;
+    }
+    check_identity(&spec.identity)
+}
+
+fn check_location(location: &str) -> Result<(), FieldError> {
+    let ok = (1..=64).contains(&location.len())
+        && location.starts_with(|c: char| c.is_ascii_lowercase())
+        && location
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "location",
+            format!(
+                "must be a region name of 1 to 64 lowercase letters and digits, starting with a letter (e.g. westeurope); got {location:?}"
+            ),
+        ))
+    }
+}
+
+fn check_scale(spec: &ClusterSpec) -> Result<(), FieldError> {
+    let limit = node_limit(spec.inter_node_communication);
+    if spec.max_nodes < 1 {
+        return Err(FieldError::new("max_nodes", "must be at least 1"));
+    }
+    if spec.max_nodes > limit {
+        let why = if spec.inter_node_communication {
+            format!(
+                "must be at most {limit} while inter-node communication is on (turn it off to allow up to {MAX_NODES_WITHOUT_INTER_NODE})"
+            )
+        } else {
+            format!("must be at most {limit}")
+        };
+        return Err(FieldError::new(
+            "max_nodes",
+            format!("{why}; got {}", spec.max_nodes),
+        ));
+    }
+    if spec.min_nodes > spec.max_nodes {
+        return Err(FieldError::new(
+            "min_nodes",
+            format!(
+                "must not exceed max_nodes ({}); got {}",
+                spec.max_nodes, spec.min_nodes
+            ),
+        ));
+    }
+    if spec.idle_seconds_before_scaledown > MAX_IDLE_SECONDS {
+        return Err(FieldError::new(
+            "idle_seconds_before_scaledown",
+            format!(
+                "must be at most {MAX_IDLE_SECONDS} (one year); got {}",
+                spec.idle_seconds_before_scaledown
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(spec: &ClusterSpec) -> Result<(), FieldError> {
+    if spec.description.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+        ));
+    }
+    if spec.tags.len() > MAX_TAGS {
+        return Err(FieldError::new(
+            "tags",
+            format!("at most {MAX_TAGS} tags; got {}", spec.tags.len()),
+        ));
+    }
+    for (k, v) in &spec.tags {
+        let field = format!("tags[{k:?}]");
+        if k.is_empty() || k.chars().count() > MAX_TAG_KEY_LEN {
+            return Err(FieldError::new(
+                field,
+                format!("a tag name must be 1 to {MAX_TAG_KEY_LEN} characters"),
+            ));
+        }
+        if k.chars()
+            .any(|c| matches!(c, '<' | '>' | '%' | '&' | '\\' | '?' | '/') || c.is_control())
+        {
+            return Err(FieldError::new(
+                field,
+                "a tag name may not hold <, >, %, &, \\, ?, / or control characters",
+            ));
+        }
+        if v.chars().count() > MAX_TAG_VALUE_LEN {
+            return Err(FieldError::new(
+                field,
+                format!("a tag value must be at most {MAX_TAG_VALUE_LEN} characters"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+use super::*;
+use crate::error::SpecError;
+use proptest::prelude::*;
+
+fn req(name: &str) -> ClusterRequest {
+    ClusterRequest {
+        name: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn defaults_are_the_v2_defaults() {
+    let spec = validate(&req("cpu"), "local").expect("valid");
+    assert_eq!(spec.vm_size, "Standard_DS3_v2");
+    assert_eq!(spec.vm_priority, VmPriority::Dedicated);
+    assert_eq!((spec.min_nodes, spec.max_nodes), (0, 1));
+    assert_eq!(spec.idle_seconds_before_scaledown, 120);
+    assert_eq!(spec.location, "local");
+    assert!(spec.inter_node_communication);
+}
+
+#[test]
+fn size_is_stored_in_catalog_spelling() {
+    let mut r = req("gpu");
+    r.vm_size = Some("standard_nc6s_v3".into());
+    assert_eq!(
+        validate(&r, "local").expect("valid").vm_size,
+        "Standard_NC6s_v3"
+    );
+}
+
+#[test]
+fn min_above_max_names_min_nodes() {
+    let mut r = req("cpu");
+    r.min_nodes = Some(3);
+    r.max_nodes = Some(2);
+    let e = validate(&r, "local").expect_err("min > max");
+    assert_eq!(e.field, "min_nodes");
+}
+
+#[test]
+fn node_limit_depends_on_inter_node_communication() {
+    let mut r = req("cpu");
+    r.max_nodes = Some(101);
+    let e = validate(&r, "local").expect_err("101 with MPI");
+    assert_eq!(e.field, "max_nodes");
+    assert!(e.rule.contains("inter-node"), "{e}");
+    r.inter_node_communication = Some(false);
+    assert!(validate(&r, "local").is_ok());
+    r.max_nodes = Some(1001);
+    assert_eq!(validate(&r, "local").expect_err("1001").field, "max_nodes");
+}
+
+#[test]
+fn vnet_is_all_or_none() {
+    let mut r = req("cpu");
+    r.vnet = Some(VnetSettings {
+        resource_group: "rg".into(),
+        vnet_name: "vnet".into(),
+        subnet_name: String::new(),
+    });
+    assert_eq!(
+        validate(&r, "local").expect_err("partial").field,
+        "vnet.subnet_name"
+    );
+    r.vnet = Some(VnetSettings {
+        resource_group: "rg".into(),
+        vnet_name: "vnet".into(),
+        subnet_name: "default".into(),
+    });
+    assert!(validate(&r, "local").is_ok());
+}
+
+#[test]
+fn system_and_user_assigned_never_together() {
+    let mut r = req("cpu");
+    r.identity = IdentitySpec {
+        system_assigned: true,
+        user_assigned: vec!["/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u".into()],
+    };
+    assert_eq!(validate(&r, "local").expect_err("both").field, "identity");
+    r.identity.system_assigned = false;
+    assert!(validate(&r, "local").is_ok());
+    r.identity
+        .user_assigned
+        .push(r.identity.user_assigned[0].to_uppercase());
+    assert!(
+        validate(&r, "local")
+            .expect_err("dup")
+            .rule
+            .contains("twice")
+    );
+}
+
+#[test]
+fn admin_password_needs_three_classes_and_is_never_echoed() {
+    for bad in [
+        "short1A!",
+        "alllowercaseletters",
+        "lowerUPPERonly",
+        "123456789012",
+    ] {
+        let e = check_admin_password(bad).expect_err(bad);
+        assert_eq!(e.field, "ssh.admin_password");
+        assert!(!e.to_string().contains(bad));
+    }
+    for good in ["lowerUPPER1234", "lower-1234-5678", "UPPER_5678_ABCD"] {
+        assert!(check_admin_password(good).is_ok(), "{good}");
+    }
+}
+
+#[test]
+fn debug_output_redacts_the_password() {
+    let mut r = req("cpu");
+    r.ssh.admin_password = "Sup3r-Secret-Value".into();
+    assert!(!format!("{r:?}").contains("Sup3r-Secret-Value"));
+}
+
+#[test]
+fn ssh_user_needs_a_credential() {
+    let mut r = req("cpu");
+    r.ssh.admin_username = "azureuser".into();
+    assert_eq!(
+        validate(&r, "local").expect_err("no cred").field,
+        "ssh.admin_password"
+    );
+    r.ssh.admin_ssh_public_key = "ssh-ed25519 AAAAC3Nza user@host".into();
+    assert!(validate(&r, "local").is_ok());
+    r.ssh.admin_username = String::new();
+    r.ssh.public_access = true;
+    assert_eq!(
+        validate(&r, "local").expect_err("no user").field,
+        "ssh.admin_username"
+    );
+}
+
+#[test]
+fn update_changes_mutable_fields_only() {
+    let current = validate(&req("cpu"), "local").expect("valid");
+    let mut desired = req("cpu");
+    desired.max_nodes = Some(4);
+    desired.min_nodes = Some(1);
+    let mask = vec!["max_nodes".to_owned(), "min_nodes".to_owned()];
+    let next = apply_update(&current, &desired, &mask).expect("update");
+    assert_eq!((next.min_nodes, next.max_nodes), (1, 4));
+
+    desired.vm_size = Some("Standard_D2_v2".into());
+    let e = apply_update(&current, &desired, &["vm_size".to_owned()]).expect_err("immutable");
+    assert!(
+        matches!(&e, SpecError::Immutable { field, .. } if field == "vm_size"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("Standard_DS3_v2"), "{e}");
+
+    // Naming an immutable field with its current value is harmless.
+    desired.vm_size = Some("STANDARD_DS3_V2".into());
+    assert!(apply_update(&current, &desired, &["vm_size".to_owned()]).is_ok());
+
+    let e = apply_update(&current, &desired, &[]).expect_err("empty mask");
+    assert_eq!(e.field(), "update_mask");
+    let e = apply_update(&current, &desired, &["colour".to_owned()]).expect_err("unknown");
+    assert_eq!(e.field(), "update_mask");
+}
+
+#[test]
+fn update_is_checked_against_every_rule() {
+    let current = validate(&req("cpu"), "local").expect("valid");
+    let mut desired = req("cpu");
+    desired.min_nodes = Some(5);
+    let e = apply_update(&current, &desired, &["min_nodes".to_owned()]).expect_err("min > max");
+    assert_eq!(e.field(), "min_nodes");
+}
+
+#[test]
+fn every_immutable_field_is_refused_when_changed() {
+    let current = validate(&req("cpu"), "local").expect("valid");
+    let mut desired = req("cpu");
+    desired.vm_priority = Some(VmPriority::LowPriority);
+    desired.location = Some("westeurope".into());
+    desired.ssh.public_access = true;
+    desired.vnet = Some(VnetSettings {
+        resource_group: "g".into(),
+        vnet_name: "v".into(),
+        subnet_name: "s".into(),
+    });
+    desired.identity.system_assigned = true;
+    desired.inter_node_communication = Some(false);
+    desired.name = "other".into();
+    for field in IMMUTABLE_FIELDS.iter().filter(|f| **f != "vm_size") {
+        let e = apply_update(&current, &desired, &[(*field).to_owned()]).expect_err(field);
+        assert!(
+            matches!(&e, SpecError::Immutable { field: f, .. } if f == field),
+            "{e}"
+        );
+    }
+}
+
+fn arb_request() -> impl Strategy<Value = ClusterRequest> {
+    (
+        "[a-z][a-z0-9-]{0,26}",
+        prop::option::of(prop::sample::select(vec![
+            "Standard_D2_v2",
+            "standard_nc6",
+            "Standard_NC6s_v3",
+            "bogus",
+        ])),
+        prop::option::of(0u32..1200),
+        prop::option::of(0u32..1200),
+        prop::option::of(any::<bool>()),
+        prop::option::of(prop::sample::select(vec![0u64, 60, MAX_IDLE_SECONDS + 1])),
+        (any::<bool>(), prop::collection::vec("[a-z/]{0,6}", 0..3)),
+        prop::option::of(("[a-z]{0,2}", "[a-z]{0,2}", "[a-z]{0,2}")),
+    )
+        .prop_map(
+            |(name, size, min, max, inter, idle, (sys, users), vnet)| ClusterRequest {
+                name,
+                vm_size: size.map(str::to_owned),
+                min_nodes: min,
+                max_nodes: max,
+                inter_node_communication: inter,
+                idle_seconds_before_scaledown: idle,
+                identity: IdentitySpec {
+                    system_assigned: sys,
+                    user_assigned: users,
+                },
+                vnet: vnet.map(|(g, v, s)| VnetSettings {
+                    resource_group: g,
+                    vnet_name: v,
+                    subnet_name: s,
+                }),
+                ..Default::default()
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn validation_never_accepts_a_spec_that_breaks_a_rule(r in arb_request()) {
+        if let Ok(spec) = validate(&r, "local") {
+            prop_assert!(crate::name::validate_cluster_name(&spec.name).is_ok());
+            prop_assert!(spec.min_nodes <= spec.max_nodes);
+            prop_assert!(spec.max_nodes >= 1);
+            let limit = if spec.inter_node_communication { 100 } else { 1000 };
+            prop_assert!(spec.max_nodes <= limit);
+            prop_assert!(spec.idle_seconds_before_scaledown <= MAX_IDLE_SECONDS);
+            prop_assert!(crate::catalog::CATALOG.iter().any(|s| s.name == spec.vm_size));
+            prop_assert!(!spec.identity.system_assigned || spec.identity.user_assigned.is_empty());
+            prop_assert!(spec.identity.user_assigned.iter().all(|u| !u.is_empty()));
+            if let Some(v) = &spec.vnet {
+                let given = [&v.resource_group, &v.vnet_name, &v.subnet_name]
+                    .iter().filter(|s| !s.is_empty()).count();
+                prop_assert!(given == 0 || given == 3);
+            }
+        }
+    }
+
+    #[test]
+    fn updates_never_produce_a_spec_that_breaks_a_rule(
+        r in arb_request(), min in 0u32..200, max in 0u32..200,
+    ) {
+        let base = validate(&req("base"), "local").expect("valid base");
+        let mut desired = r;
+        desired.min_nodes = Some(min);
+        desired.max_nodes = Some(max);
+        let mask = vec!["min_nodes".to_owned(), "max_nodes".to_owned()];
+        match apply_update(&base, &desired, &mask) {
+            Ok(next) => {
+                prop_assert!(next.min_nodes <= next.max_nodes && next.max_nodes <= 100);
+                prop_assert_eq!(next.vm_size, base.vm_size);
+            }
+            Err(e) => prop_assert!(min > max || max == 0 || max > 100, "{}", e),
+        }
+    }
+}
