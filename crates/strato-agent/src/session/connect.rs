@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use strato_core::backoff::Policy;
 use strato_proto::v1::{self, agent_message::Body as Up, agent_service_client::AgentServiceClient};
 use strato_runtime::{ContainerRuntime, LABEL_NODE};
 use tokio::sync::mpsc;
@@ -14,7 +15,28 @@ use tonic::transport::{Channel, Endpoint};
 use super::{AgentConfig, IdentityContext, SessionError, session, up};
 use crate::telemetry;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Waits between sessions: 250 ms after the first failure, doubling up to
+/// 5 s.
+const RECONNECT: Policy = Policy {
+    base_ms: 125,
+    max_doublings: 6,
+    cap_ms: 5_000,
+};
+
+/// The wait before the next session after `failures` failed ones in a row
+/// (after a session that ended well, as after one failure).
+fn reconnect_wait(failures: u32) -> Duration {
+    Duration::from_millis(u64::try_from(RECONNECT.delay_ms(failures.max(1))).unwrap_or(5_000))
+}
+
+/// What the agent knows of its control plane between sessions.
+#[derive(Debug, Default)]
+pub(super) struct Contact {
+    /// The node it enrolled as, last time.
+    pub node: Option<String>,
+    /// Enrolments so far: one more means the control plane was reached.
+    pub enrolments: u64,
+}
 
 /// Runs sessions until the join token is refused; reconnects with backoff
 /// in between. Containers keep running while disconnected.
@@ -23,40 +45,48 @@ pub async fn run<R: ContainerRuntime>(
     runtime: Arc<R>,
     identity: Arc<IdentityContext>,
 ) -> Result<(), SessionError> {
-    let mut backoff = Duration::from_millis(250);
+    let mut failures = 0;
     let mut last_contact = tokio::time::Instant::now();
-    let mut node = None;
+    let mut contact = Contact::default();
     loop {
-        match session(&config, &runtime, &identity, &mut node).await {
+        let enrolments = contact.enrolments;
+        let result = session(&config, &runtime, &identity, &mut contact).await;
+        if contact.enrolments > enrolments {
+            // The session was open until just now.
+            last_contact = tokio::time::Instant::now();
+        }
+        match result {
             Ok(()) => {
                 tracing::info!("session ended; reconnecting");
-                backoff = Duration::from_millis(250);
-                last_contact = tokio::time::Instant::now();
+                failures = 0;
             }
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
+                failures += 1;
                 let waited = last_contact.elapsed();
                 if let Some(limit) = config.give_up_after
                     && waited >= limit
                 {
-                    give_up(runtime.as_ref(), node.as_deref()).await;
+                    // Never enrolled since this start (restarted while the
+                    // control plane was away): the local provider names its
+                    // agents by their node ids.
+                    let node = contact.node.as_deref().unwrap_or(&config.hostname);
+                    give_up(runtime.as_ref(), node).await;
                     return Err(SessionError::GaveUp {
                         waited,
                         last_error: Box::new(e),
                     });
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "no session with the control plane")
+                tracing::warn!(error = %e, retry_in = ?reconnect_wait(failures), "no session with the control plane");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(reconnect_wait(failures)).await;
     }
 }
 
 /// Nobody manages this node's containers once its agent gives up: stop and
 /// remove them, so no job keeps running unseen.
-async fn give_up<R: ContainerRuntime>(runtime: &R, node: Option<&str>) {
-    let Some(node) = node else { return };
+async fn give_up<R: ContainerRuntime>(runtime: &R, node: &str) {
     let Ok(containers) = runtime.list(LABEL_NODE, node).await else {
         return;
     };
@@ -87,7 +117,7 @@ pub(super) async fn open<R: ContainerRuntime>(
     config: &AgentConfig,
     runtime: &Arc<R>,
     identity: &IdentityContext,
-    node: &mut Option<String>,
+    contact: &mut Contact,
 ) -> Result<Opened, SessionError> {
     let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
         .map_err(|source| SessionError::BadEndpoint {
@@ -125,7 +155,8 @@ pub(super) async fn open<R: ContainerRuntime>(
         })?
         .into_inner();
     let node_id = enrolled.node_id.clone();
-    *node = Some(node_id.clone());
+    contact.node = Some(node_id.clone());
+    contact.enrolments += 1;
     tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
 
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4096);
@@ -177,4 +208,15 @@ pub(super) async fn open<R: ContainerRuntime>(
         tx,
         inbound,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_wait_250_ms_doubling_to_5_s() {
+        let waits: Vec<u128> = (0..8).map(|f| reconnect_wait(f).as_millis()).collect();
+        assert_eq!(waits, [250, 250, 500, 1000, 2000, 4000, 5000, 5000]);
+    }
 }

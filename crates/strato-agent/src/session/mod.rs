@@ -141,7 +141,7 @@ async fn session<R: ContainerRuntime>(
     config: &AgentConfig,
     runtime: &Arc<R>,
     identity: &IdentityContext,
-    node: &mut Option<String>,
+    contact: &mut connect::Contact,
 ) -> Result<(), SessionError> {
     let connect::Opened {
         channel,
@@ -149,7 +149,7 @@ async fn session<R: ContainerRuntime>(
         held,
         tx,
         mut inbound,
-    } = connect::open(config, runtime, identity, node).await?;
+    } = connect::open(config, runtime, identity, contact).await?;
     let node_id = enrolled.node_id.clone();
     identity
         .vending
