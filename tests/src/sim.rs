@@ -180,6 +180,7 @@ impl SimFleet {
             gang: GangConfig {
                 network: GangNetwork::Cluster,
                 launcher: self.work_root.join("strato-rsh"),
+                control_plane_id: None,
             },
             clock: self.clock.clone(),
         });

@@ -354,6 +354,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         gang: GangConfig {
             network: config.gang_network,
             launcher,
+            control_plane_id: config.control_plane_id.clone(),
         },
         clock,
     });

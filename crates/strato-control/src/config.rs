@@ -68,6 +68,19 @@ pub struct Config {
     #[arg(long, env = "STRATO_STORAGE_CA_FILE")]
     pub storage_ca_file: Option<PathBuf>,
 
+    /// Seconds a local agent keeps trying to reach this control plane
+    /// before it stops and removes its node's containers and exits (so the
+    /// agents of a control plane that is gone for good do not linger). An
+    /// outage longer than this ends the local nodes' jobs: they are retried
+    /// as lost when the control plane is back. 0: agents never give up.
+    #[arg(
+        long,
+        env = "STRATO_LOCAL_AGENT_GIVE_UP_AFTER",
+        default_value_t = 300,
+        value_name = "SECONDS"
+    )]
+    pub local_agent_give_up_after: u64,
+
     /// Seconds a new node may take to enrol before it is marked unusable
     /// and replaced.
     #[arg(long, env = "STRATO_NODE_START_TIMEOUT", default_value_t = 60)]

@@ -78,6 +78,8 @@ pub async fn run(
                 storage_ca_file: config.storage_ca_file.clone(),
                 control_http: format!("http://{http_base}"),
                 control_plane_id,
+                agent_give_up_after: (config.local_agent_give_up_after > 0)
+                    .then_some(config.local_agent_give_up_after),
             }))
         }
     };
@@ -205,9 +207,20 @@ fn control_plane_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let tmp = data_dir.join("control-plane-id.tmp");
-    std::fs::write(&tmp, &id)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let write = || {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(id.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
 }
 
@@ -231,9 +244,18 @@ async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
         }
     };
     match provider::remove_orphans(provider, &clusters, &nodes).await {
-        Ok(removed) if removed.is_empty() => {}
-        Ok(removed) => tracing::info!(?removed, "removed what unknown nodes and clusters left"),
-        Err(e) => tracing::warn!(error = %e, "removing what unknown nodes and clusters left"),
+        Ok((removed, failed)) => {
+            if !removed.is_empty() {
+                tracing::info!(?removed, "removed what unknown nodes and clusters left");
+            }
+            if !failed.is_empty() {
+                tracing::warn!(
+                    ?failed,
+                    "could not remove what unknown nodes and clusters left; the next start tries again"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing what the provider holds"),
     }
 }
 

@@ -28,14 +28,48 @@ pub fn container_name(node_id: &str, job_id: &str, attempt: u32) -> String {
 }
 
 /// The Docker network on which the containers of a cluster's gangs meet
-/// when every node shares one engine (the local provider).
-pub fn network_name(cluster: &str) -> String {
-    format!("strato-{cluster}")
+/// when every node shares one engine (the local provider):
+/// `strato-<first 8 of the control plane's id>-<cluster>`, so that two
+/// control planes on one engine never share one; `strato-<cluster>` for an
+/// agent that belongs to no local provider.
+pub fn network_name(control_plane: Option<&str>, cluster: &str) -> String {
+    match control_plane {
+        Some(id) => format!("strato-{}-{cluster}", short_id(id)),
+        None => format!("strato-{cluster}"),
+    }
 }
 
-/// The cluster a gang network of [`network_name`] belongs to.
-pub fn cluster_of_network(network: &str) -> Option<&str> {
-    network.strip_prefix("strato-").filter(|c| !c.is_empty())
+/// The cluster a gang network of control plane `control_plane` belongs to.
+pub fn cluster_of_network<'a>(control_plane: &str, network: &'a str) -> Option<&'a str> {
+    network
+        .strip_prefix("strato-")?
+        .strip_prefix(short_id(control_plane))?
+        .strip_prefix('-')
+        .filter(|c| !c.is_empty())
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// Whether `id` has the shape of a node id the control plane makes:
+/// `<cluster>-<8 lowercase hex digits>`, the cluster name of letters, digits
+/// and '-' starting with a letter. What the control plane reads back from
+/// processes, directories and labels must pass this before it is used as a
+/// path or a filter.
+pub fn is_node_id(id: &str) -> bool {
+    let Some((cluster, suffix)) = id.rsplit_once('-') else {
+        return false;
+    };
+    id.len() <= 64
+        && suffix.len() == 8
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && cluster.starts_with(|c: char| c.is_ascii_alphabetic())
+        && cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
@@ -45,9 +79,38 @@ mod tests {
     #[test]
     fn names_follow_the_contract() {
         assert_eq!(container_name("n1", "j1", 2), "strato-j1-2-n1");
-        assert_eq!(network_name("gpu-a"), "strato-gpu-a");
-        assert_eq!(cluster_of_network("strato-gpu-a"), Some("gpu-a"));
-        assert_eq!(cluster_of_network("strato-"), None);
-        assert_eq!(cluster_of_network("bridge"), None);
+        let id = "0123456789abcdef";
+        assert_eq!(network_name(Some(id), "gpu-a"), "strato-01234567-gpu-a");
+        assert_eq!(network_name(None, "gpu-a"), "strato-gpu-a");
+        assert_eq!(
+            cluster_of_network(id, "strato-01234567-gpu-a"),
+            Some("gpu-a")
+        );
+        assert_eq!(
+            cluster_of_network(id, "strato-89abcdef-gpu-a"),
+            None,
+            "another control plane's"
+        );
+        assert_eq!(cluster_of_network(id, "strato-01234567-"), None);
+        assert_eq!(cluster_of_network(id, "bridge"), None);
+    }
+
+    #[test]
+    fn node_ids_are_recognised_and_paths_are_not() {
+        assert!(is_node_id("cpu-a-0f3c9e21"));
+        assert!(is_node_id("GPU-0f3c9e21"));
+        for bad in [
+            "",
+            "cpu",
+            "cpu-0F3C9E21",
+            "cpu-0f3c9e2",
+            "../etc-0f3c9e21",
+            "/tmp/x-0f3c9e21",
+            "a/b-0f3c9e21",
+            "-0f3c9e21",
+            "1cpu-0f3c9e21",
+        ] {
+            assert!(!is_node_id(bad), "{bad:?}");
+        }
     }
 }

@@ -48,6 +48,9 @@ pub struct GangConfig {
     pub network: GangNetwork,
     /// The `strato-rsh` binary mounted into every gang container.
     pub launcher: PathBuf,
+    /// The control plane whose local provider started this agent: part of
+    /// the gang network's name.
+    pub control_plane_id: Option<String>,
 }
 
 pub use strato_core::naming::network_name;
@@ -114,7 +117,7 @@ pub fn wire(
     ));
     match config.network {
         GangNetwork::Cluster => {
-            container.network = Some(network_name(cluster));
+            container.network = Some(network_name(config.control_plane_id.as_deref(), cluster));
             container.hostname = hosts.get(rank as usize).cloned();
         }
         GangNetwork::Host => container.network = Some("host".to_owned()),
@@ -252,6 +255,7 @@ mod tests {
         let config = GangConfig {
             network: GangNetwork::Cluster,
             launcher: PathBuf::from("/opt/strato-rsh"),
+            control_plane_id: Some("0123456789abcdef".into()),
         };
         let assignment = v1::JobAssignment {
             rank,
@@ -305,7 +309,7 @@ mod tests {
             env(&head, "OMPI_MCA_plm_rsh_agent"),
             Some(LAUNCHER_IN_CONTAINER)
         );
-        assert_eq!(head.network.as_deref(), Some("strato-c"));
+        assert_eq!(head.network.as_deref(), Some("strato-01234567-c"));
         assert_eq!(head.hostname.as_deref(), Some("c-n0"));
         let worker = wired(v1::Distribution::Mpi, 1, 2);
         assert_eq!(worker.command, [LAUNCHER_IN_CONTAINER, "--wait"]);
@@ -342,6 +346,7 @@ mod tests {
         let config = GangConfig {
             network: GangNetwork::Host,
             launcher: PathBuf::new(),
+            control_plane_id: None,
         };
         let mut m = member(0, "n0");
         m.private_ip = "10.0.0.4".into();

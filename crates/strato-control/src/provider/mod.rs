@@ -167,14 +167,14 @@ impl NodeProvider for NoProvider {
 }
 
 /// Takes down what the provider holds of nodes and clusters the store does
-/// not know (left by a control plane that stopped before its nodes were
-/// gone, or by a crash between the two). Returns what was removed, for the
-/// log.
+/// not know (left by a control plane that stopped before they were gone,
+/// or by a crash between the two). Best effort: one failure does not stop
+/// the rest. Returns what was removed and what could not be, for the log.
 pub async fn remove_orphans(
     provider: &dyn NodeProvider,
     known_clusters: &BTreeSet<String>,
     known_nodes: &BTreeSet<String>,
-) -> Result<Vec<String>, ProviderError> {
+) -> Result<(Vec<String>, Vec<String>), ProviderError> {
     let holdings = provider.holdings().await?;
     let orphans = strato_core::node::orphans(
         known_clusters,
@@ -182,18 +182,22 @@ pub async fn remove_orphans(
         holdings.nodes.iter().map(|n| n.node_id.as_str()),
         holdings.clusters.iter().map(String::as_str),
     );
-    let mut removed = Vec::new();
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
     for node in holdings
         .nodes
         .iter()
         .filter(|n| orphans.nodes.contains(&n.node_id))
     {
-        provider.delete_node(node).await?;
-        removed.push(format!("node {}", node.node_id));
+        match provider.delete_node(node).await {
+            Ok(()) => removed.push(format!("node {}", node.node_id)),
+            Err(e) => failed.push(format!("node {}: {e}", node.node_id)),
+        }
     }
     for cluster in &orphans.clusters {
-        provider.delete_cluster(cluster).await?;
-        removed.push(format!("cluster {cluster}'s network"));
+        match provider.delete_cluster(cluster).await {
+            Ok(()) => removed.push(format!("cluster {cluster}'s network")),
+            Err(e) => failed.push(format!("cluster {cluster}'s network: {e}")),
+        }
     }
-    Ok(removed)
+    Ok((removed, failed))
 }

@@ -20,13 +20,11 @@ use futures_util::future::BoxFuture;
 use strato_core::naming::{self, LABEL_CONTROL_PLANE, LABEL_NETWORK, LABEL_NODE};
 use strato_runtime::{ContainerRuntime, DockerRuntime};
 
-use super::{Capabilities, Holdings, NodeLaunch, NodeProvider, ProvidedNode, ProviderError};
+mod processes;
 
-/// How long a local agent keeps trying to reach its control plane before it
-/// removes its containers and exits (`STRATO_GIVE_UP_AFTER`): long enough
-/// for a restart, short enough that agents of a control plane gone for good
-/// do not linger.
-pub const AGENT_GIVE_UP_AFTER_SECONDS: u64 = 300;
+use processes::AgentMatch;
+
+use super::{Capabilities, Holdings, NodeLaunch, NodeProvider, ProvidedNode, ProviderError};
 
 /// How the local provider starts its agents.
 #[derive(Debug, Clone)]
@@ -43,10 +41,15 @@ pub struct LocalSettings {
     pub control_http: String,
     /// This control plane's id, on everything the provider makes.
     pub control_plane_id: String,
+    /// Seconds an agent keeps trying to reach this control plane before it
+    /// removes its containers and exits (`STRATO_GIVE_UP_AFTER`); `None`:
+    /// forever.
+    pub agent_give_up_after: Option<u64>,
 }
 
 pub struct LocalProvider {
     settings: LocalSettings,
+    agents: AgentMatch,
     /// Agent processes started by this control plane, by node id.
     children: Mutex<HashMap<String, u32>>,
     /// Held while a cluster's gang network is made: Docker does not refuse
@@ -57,6 +60,10 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub fn new(settings: LocalSettings) -> Self {
         LocalProvider {
+            agents: AgentMatch {
+                agent_binary: settings.agent_binary.clone(),
+                control_plane_id: settings.control_plane_id.clone(),
+            },
             settings,
             children: Mutex::new(HashMap::new()),
             networks: tokio::sync::Mutex::new(()),
@@ -71,6 +78,11 @@ impl LocalProvider {
 
     async fn docker(&self) -> Result<DockerRuntime, ProviderError> {
         Ok(DockerRuntime::connect(Some(&self.settings.docker_socket)).await?)
+    }
+
+    /// The gang network of `cluster`: this control plane's alone.
+    fn network_name(&self, cluster: &str) -> String {
+        naming::network_name(Some(&self.settings.control_plane_id), cluster)
     }
 
     /// The labels of what this provider makes for `cluster`.
@@ -97,7 +109,11 @@ impl LocalProvider {
             .storage_ca_file
             .as_ref()
             .map(|p| p.display().to_string());
-        let give_up = AGENT_GIVE_UP_AFTER_SECONDS.to_string();
+        let give_up = self
+            .settings
+            .agent_give_up_after
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let mut env = vec![
             ("STRATO_CONTROL_PLANE", self.settings.endpoint.as_str()),
             ("STRATO_JOIN_TOKEN", launch.join_token.as_str()),
@@ -114,8 +130,10 @@ impl LocalProvider {
                 "STRATO_CONTROL_PLANE_ID",
                 self.settings.control_plane_id.as_str(),
             ),
-            ("STRATO_GIVE_UP_AFTER", give_up.as_str()),
         ];
+        if !give_up.is_empty() {
+            env.push(("STRATO_GIVE_UP_AFTER", give_up.as_str()));
+        }
         if let Some(ca) = &ca {
             env.push(("STRATO_STORAGE_CA_FILE", ca.as_str()));
         }
@@ -176,19 +194,26 @@ impl LocalProvider {
     }
 
     async fn stop_node(&self, node: &ProvidedNode) -> Result<(), ProviderError> {
+        if !naming::is_node_id(&node.node_id) {
+            // Not one this control plane made: nothing here to take down.
+            tracing::warn!(node = %node.node_id, "not a node id; nothing removed");
+            return Ok(());
+        }
         let known = self.children().remove(&node.node_id);
         for pid in known.into_iter().chain(node.pid) {
-            kill_agent(pid, &node.node_id);
+            self.agents.kill(pid, &node.node_id).await;
         }
         // Remove the node's containers: a job must not outlive its node.
+        // Only this control plane's (or those of agents older than the
+        // label).
         let docker = self.docker().await?;
         for c in docker.list(LABEL_NODE, &node.node_id).await? {
+            let owner = c.labels.get(LABEL_CONTROL_PLANE);
+            if owner.is_some_and(|o| *o != self.settings.control_plane_id) {
+                continue;
+            }
             docker.remove(&c.id).await?;
             tracing::info!(node = %node.node_id, container = %c.name, "removed the node's container");
-        }
-        if let Some(cluster) = &node.cluster {
-            let _one_at_a_time = self.networks.lock().await;
-            remove_gang_network(&docker, cluster).await;
         }
         let _ = std::fs::remove_dir_all(self.node_dir(&node.node_id));
         Ok(())
@@ -201,10 +226,17 @@ impl LocalProvider {
         if let Ok(entries) = std::fs::read_dir(&self.settings.nodes_dir) {
             for e in entries.flatten() {
                 let node_id = e.file_name().to_string_lossy().into_owned();
-                node_of(&mut nodes, &node_id);
+                if naming::is_node_id(&node_id) {
+                    node_of(&mut nodes, &node_id);
+                }
             }
         }
-        for (pid, node_id) in agents_of(&self.settings.control_plane_id) {
+        // Reading every process's /proc entries blocks.
+        let agents = self.agents.clone();
+        let processes = tokio::task::spawn_blocking(move || agents.all())
+            .await
+            .unwrap_or_default();
+        for (pid, node_id) in processes {
             node_of(&mut nodes, &node_id).pid = Some(pid);
         }
         let docker = self.docker().await?;
@@ -212,7 +244,7 @@ impl LocalProvider {
             .list(LABEL_CONTROL_PLANE, &self.settings.control_plane_id)
             .await?
         {
-            if let Some(node_id) = c.labels.get(LABEL_NODE) {
+            if let Some(node_id) = c.labels.get(LABEL_NODE).filter(|n| naming::is_node_id(n)) {
                 let node = node_of(&mut nodes, node_id);
                 if node.cluster.is_none() {
                     node.cluster = c.labels.get(naming::LABEL_CLUSTER).cloned();
@@ -223,7 +255,7 @@ impl LocalProvider {
             .list_networks(LABEL_CONTROL_PLANE, &self.settings.control_plane_id)
             .await?
             .iter()
-            .filter_map(|n| naming::cluster_of_network(n))
+            .filter_map(|n| naming::cluster_of_network(&self.settings.control_plane_id, n))
             .map(str::to_owned)
             .collect();
         Ok(Holdings {
@@ -279,10 +311,7 @@ impl NodeProvider for LocalProvider {
             let _one_at_a_time = self.networks.lock().await;
             self.docker()
                 .await?
-                .ensure_network(
-                    &naming::network_name(cluster),
-                    &self.network_labels(cluster),
-                )
+                .ensure_network(&self.network_name(cluster), &self.network_labels(cluster))
                 .await?;
             Ok(())
         })
@@ -292,66 +321,15 @@ impl NodeProvider for LocalProvider {
         Box::pin(async move {
             let docker = self.docker().await?;
             let _one_at_a_time = self.networks.lock().await;
-            remove_gang_network(&docker, cluster).await;
+            let name = self.network_name(cluster);
+            if docker.remove_network(&name).await? {
+                tracing::info!(network = %name, "removed the cluster's gang network");
+            }
             Ok(())
         })
     }
 
     fn holdings(&self) -> BoxFuture<'_, Result<Holdings, ProviderError>> {
         Box::pin(self.list_holdings())
-    }
-}
-
-/// Removes a cluster's gang network once no container uses it (the last
-/// node's removal does; earlier attempts fail quietly).
-async fn remove_gang_network(docker: &DockerRuntime, cluster: &str) {
-    let name = naming::network_name(cluster);
-    match docker.remove_network(&name).await {
-        Ok(true) => tracing::info!(network = %name, "removed the cluster's gang network"),
-        Ok(false) => {}
-        Err(e) => tracing::debug!(network = %name, error = %e, "gang network kept"),
-    }
-}
-
-/// The agent processes on this machine that a local provider of control
-/// plane `control_plane_id` started, as (pid, node id), read from their
-/// environment.
-fn agents_of(control_plane_id: &str) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mine = format!("STRATO_CONTROL_PLANE_ID={control_plane_id}");
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let environ = std::fs::read(e.path().join("environ")).ok()?;
-            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            if !vars.contains(&mine.as_bytes()) {
-                return None;
-            }
-            let node = vars
-                .iter()
-                .find_map(|v| v.strip_prefix(b"STRATO_NODE_NAME=".as_slice()))?;
-            Some((pid, String::from_utf8_lossy(node).into_owned()))
-        })
-        .collect()
-}
-
-/// SIGKILLs the agent process `pid`, if it is still the agent of `node_id`
-/// (a pid may have been reused since).
-fn kill_agent(pid: u32, node_id: &str) {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let is_agent = String::from_utf8_lossy(&cmdline).contains(node_id);
-    if !is_agent {
-        return;
-    }
-    match std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-    {
-        Ok(s) if s.success() => tracing::info!(node = %node_id, pid, "agent process killed"),
-        Ok(s) => tracing::warn!(node = %node_id, pid, %s, "kill failed"),
-        Err(e) => tracing::warn!(node = %node_id, pid, error = %e, "kill failed"),
     }
 }
