@@ -230,9 +230,15 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.ensure_image(&spec.image).await?;
-        Ok(self.change(|e| {
+        self.change(|e| {
             if let Some(id) = e.id_of(&spec.name) {
-                return id;
+                return Ok(id);
+            }
+            // As Docker: a container joins only a network that exists.
+            if let Some(network) = spec.network.as_deref().filter(|n| *n != "host")
+                && !e.networks.contains_key(network)
+            {
+                return Err(RuntimeError::NoSuchNetwork(network.to_owned()));
             }
             e.next_id += 1;
             let id = format!("fake-{}", e.next_id);
@@ -247,8 +253,8 @@ impl ContainerRuntime for FakeRuntime {
                     execs: Vec::new(),
                 },
             );
-            id
-        }))
+            Ok(id)
+        })
     }
 
     fn logs(&self, id: &str) -> OutputStreamBox {
@@ -463,6 +469,29 @@ mod tests {
         assert_eq!(rt.wait("a").await.expect("wait"), EXIT_SIGTERM);
         assert_eq!(rt.wait("b").await.expect("wait"), EXIT_SIGKILL);
         assert_eq!(rt.container("a").expect("a").signals, ["SIGTERM"]);
+    }
+
+    #[tokio::test]
+    async fn a_container_joins_only_a_network_that_exists() {
+        let rt = FakeRuntime::new();
+        let on_net = ContainerSpec {
+            network: Some("strato-c".into()),
+            ..spec("n")
+        };
+        assert!(matches!(
+            rt.create_and_start(&on_net).await,
+            Err(RuntimeError::NoSuchNetwork(_))
+        ));
+        rt.ensure_network("strato-c", &BTreeMap::new())
+            .await
+            .expect("network");
+        rt.create_and_start(&on_net).await.expect("now it joins");
+        assert!(matches!(
+            rt.remove_network("strato-c").await,
+            Err(RuntimeError::NetworkInUse(_))
+        ));
+        rt.exit("n", 0).expect("exit");
+        assert_eq!(rt.remove_network("strato-c").await.ok(), Some(true));
     }
 
     #[tokio::test]

@@ -131,6 +131,9 @@ pub enum RuntimeError {
         "image {0:?} is not on this node and no registry is configured; build or load it first (`cargo xtask setup` builds the test images)"
     )]
     ImageNotFound(String),
+    /// A container was to join a network that does not exist.
+    #[error("network {0:?} not found")]
+    NoSuchNetwork(String),
     /// Containers still use the network.
     #[error("network {0:?} is in use")]
     NetworkInUse(String),

@@ -168,16 +168,18 @@ impl<S: Store> Compute<S> {
     pub async fn delete_cluster(&self, caller: &Caller, name: &str) -> Result<(), AppError> {
         required("name", name)?;
         authorize(caller, Action::DeleteCluster, Some(name))?;
-        let nodes = self.plane.store.delete_cluster(name).await?;
+        // Its name as stored (a request may spell it in another case): what
+        // the provider made for it carries that spelling.
+        let stored = self.plane.store.get_cluster(name).await?.spec.name;
+        let nodes = self.plane.store.delete_cluster(&stored).await?;
         for node in &nodes {
             self.plane.sessions.drop_node(&node.node_id);
             if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
                 tracing::warn!(cluster = %name, node = %node.node_id, error = %e, "could not remove a node of a deleted cluster");
             }
         }
-        // Its gang network, if the last node's removal did not take it.
-        let cluster = nodes.first().map_or(name, |n| n.cluster.as_str());
-        if let Err(e) = self.plane.provider.delete_cluster(cluster).await {
+        // Its gang network.
+        if let Err(e) = self.plane.provider.delete_cluster(&stored).await {
             tracing::warn!(cluster = %name, error = %e, "could not remove what the deleted cluster held");
         }
         tracing::info!(cluster = %name, nodes = nodes.len(), "cluster deleted");
