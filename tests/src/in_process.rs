@@ -205,6 +205,17 @@ impl InProcess {
     /// The reconcile passes completed so far (`strato_reconcile_passes_total`
     /// on the control plane's `/metrics`).
     pub async fn passes(&self) -> u64 {
+        self.metric("strato_reconcile_passes_total").await as u64
+    }
+
+    /// Agents with an open session (`strato_agent_sessions`).
+    pub async fn sessions(&self) -> u64 {
+        self.metric("strato_agent_sessions").await as u64
+    }
+
+    /// A sample without labels from the control plane's `/metrics`; 0 when
+    /// it is not there.
+    pub async fn metric(&self, name: &str) -> f64 {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut conn = tokio::net::TcpStream::connect(self.http)
             .await
@@ -215,9 +226,9 @@ impl InProcess {
         let mut text = String::new();
         conn.read_to_string(&mut text).await.expect("read /metrics");
         text.lines()
-            .find_map(|l| l.strip_prefix("strato_reconcile_passes_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+            .unwrap_or(0.0)
     }
 
     /// Waits until the reconcile loop has made `n` more whole passes: what

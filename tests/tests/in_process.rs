@@ -89,6 +89,11 @@ async fn a_node_that_stops_heartbeating_is_replaced_and_its_job_runs_again() {
     let (first, _) = cp.running_container(&id).await;
 
     cp.fleet.stop_agent(&first).await;
+    // Everything it sent has been stored once its session is closed.
+    eventually("the session closed", || async {
+        (cp.sessions().await == 0).then_some(())
+    })
+    .await;
     cp.advance(Duration::from_secs(29));
     cp.after_passes(3).await;
     let nodes = cp.nodes("beats").await;
@@ -210,14 +215,13 @@ async fn an_evicted_node_keeps_its_notice_window_and_its_job_runs_again() {
             .any(|c| c.signals.iter().any(|s| s.contains("TERM"))),
         "{stopped:?}"
     );
-    let preempted = eventually("the node preempted", || async {
+    eventually("the node preempted", || async {
         cp.nodes("cheap")
             .await
             .into_iter()
             .find(|n| n.node_id == node && state(n) == v1::NodeState::Preempted)
     })
     .await;
-    assert_eq!(preempted.node_id, node);
 
     // Within the notice window the node stays, and holds the cluster's one
     // place: the job waits.

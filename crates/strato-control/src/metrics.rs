@@ -19,7 +19,7 @@ pub struct Counters {
     /// result -> tokens.
     tokens: Mutex<BTreeMap<String, u64>>,
     pub grpc: std::sync::Arc<GrpcStats>,
-    /// Reconcile passes completed (failed ones too).
+    /// Reconcile passes that completed without an error.
     pub reconcile_passes: std::sync::atomic::AtomicU64,
 }
 
@@ -171,8 +171,14 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
     );
 
     e.family(
+        "strato_agent_sessions",
+        "Agents with an open session stream.",
+        "gauge",
+        [(Vec::<(&str, String)>::new(), plane.sessions.count() as f64)],
+    );
+    e.family(
         "strato_reconcile_passes_total",
-        "Passes of the reconcile loop over every cluster.",
+        "Passes of the reconcile loop over every cluster that completed without an error.",
         "counter",
         [(
             Vec::<(&str, String)>::new(),

@@ -115,6 +115,11 @@ impl Sessions {
         }
     }
 
+    /// How many agents hold a session now.
+    pub fn count(&self) -> usize {
+        self.open.lock().map(|o| o.len()).unwrap_or(0)
+    }
+
     pub fn connected(&self, node_id: &str) -> bool {
         self.open
             .lock()

@@ -48,13 +48,15 @@ impl<S: Store> Reconciler<S> {
         let tick = Duration::from_millis(self.plane.settings.config.reconcile_interval_ms);
         tokio::pin!(stop);
         loop {
-            if let Err(e) = self.pass().await {
-                tracing::error!(error = %e, "reconcile pass failed; trying again");
+            match self.pass().await {
+                Ok(()) => {
+                    self.plane
+                        .counters
+                        .reconcile_passes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, "reconcile pass failed; trying again"),
             }
-            self.plane
-                .counters
-                .reconcile_passes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = &mut stop => return,
                 _ = self.plane.events.reconcile_requested() => {}
