@@ -294,8 +294,7 @@ async fn local_agents_of_a_control_plane_gone_for_good_give_up() {
         "the agent to give up and remove its container",
         LONG,
         || {
-            let done = containers_of(&job.node_id).is_empty()
-                && !std::path::Path::new(&format!("/proc/{}", agents[0].0)).exists();
+            let done = containers_of(&job.node_id).is_empty() && !running(agents[0].0);
             async move { done.then_some(()) }
         },
     )

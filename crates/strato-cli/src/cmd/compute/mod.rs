@@ -104,6 +104,22 @@ fn parse_tag(s: &str) -> Result<(String, String), ArgError> {
         .ok_or_else(|| ArgError::Tag(s.to_owned()))
 }
 
+/// How many nodes a cluster may have, and when idle ones go: the same
+/// flags for create and update.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Fewest nodes, kept even when idle; at create, default 0.
+    #[arg(long, visible_alias = "min-instances")]
+    min_nodes: Option<u32>,
+    /// Most nodes; at create, default 1.
+    #[arg(long, visible_alias = "max-instances")]
+    max_nodes: Option<u32>,
+    /// Seconds a node stays idle before it is removed; at create, default
+    /// 120.
+    #[arg(long, visible_alias = "idle-time-before-scale-down")]
+    idle_seconds_before_scaledown: Option<u64>,
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Cluster name: 3-24 letters, digits and '-', starting with a letter.
@@ -116,15 +132,8 @@ pub struct CreateArgs {
     /// VM size (see `strato compute list-sizes`); default Standard_DS3_v2.
     #[arg(short = 's', long, visible_alias = "vm-size")]
     size: Option<String>,
-    /// Fewest nodes, kept even when idle; default 0.
-    #[arg(long, visible_alias = "min-instances")]
-    min_nodes: Option<u32>,
-    /// Most nodes; default 1.
-    #[arg(long, visible_alias = "max-instances")]
-    max_nodes: Option<u32>,
-    /// Seconds a node stays idle before it is removed; default 120.
-    #[arg(long, visible_alias = "idle-time-before-scale-down")]
-    idle_seconds_before_scaledown: Option<u64>,
+    #[command(flatten)]
+    scale: ScaleArgs,
     /// dedicated (default) or lowpriority.
     #[arg(long, visible_alias = "tier", value_parser = parse_priority)]
     vm_priority: Option<VmPriority>,
@@ -175,12 +184,8 @@ pub struct UpdateArgs {
     /// at creation (size, tier, location, ...) must be unchanged.
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
-    #[arg(long, visible_alias = "min-instances")]
-    min_nodes: Option<u32>,
-    #[arg(long, visible_alias = "max-instances")]
-    max_nodes: Option<u32>,
-    #[arg(long, visible_alias = "idle-time-before-scale-down")]
-    idle_seconds_before_scaledown: Option<u64>,
+    #[command(flatten)]
+    scale: ScaleArgs,
     #[arg(long)]
     description: Option<String>,
     /// Add or change a tag, KEY=VALUE; repeat for more.

@@ -50,14 +50,14 @@ pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure>
         return Err(no_name());
     }
     overlay(&mut spec.vm_size, &args.size);
-    if let Some(min) = args.min_nodes {
+    if let Some(min) = args.scale.min_nodes {
         spec.min_nodes = min;
     }
-    if args.max_nodes.is_some() {
-        spec.max_nodes = args.max_nodes;
+    if args.scale.max_nodes.is_some() {
+        spec.max_nodes = args.scale.max_nodes;
     }
-    if args.idle_seconds_before_scaledown.is_some() {
-        spec.idle_seconds_before_scaledown = args.idle_seconds_before_scaledown;
+    if args.scale.idle_seconds_before_scaledown.is_some() {
+        spec.idle_seconds_before_scaledown = args.scale.idle_seconds_before_scaledown;
     }
     if let Some(p) = args.vm_priority {
         spec.vm_priority = convert::vm_priority(p) as i32;
@@ -125,15 +125,15 @@ pub(super) async fn update_request(
             mask.push(field.to_owned());
         }
     };
-    if let Some(min) = args.min_nodes {
+    if let Some(min) = args.scale.min_nodes {
         spec.min_nodes = min;
         set("min_nodes", &mut mask);
     }
-    if let Some(max) = args.max_nodes {
+    if let Some(max) = args.scale.max_nodes {
         spec.max_nodes = Some(max);
         set("max_nodes", &mut mask);
     }
-    if let Some(idle) = args.idle_seconds_before_scaledown {
+    if let Some(idle) = args.scale.idle_seconds_before_scaledown {
         spec.idle_seconds_before_scaledown = Some(idle);
         set("idle_seconds_before_scaledown", &mut mask);
     }
