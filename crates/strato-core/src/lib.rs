@@ -16,6 +16,7 @@ pub mod identity;
 pub mod job;
 pub mod job_request;
 pub mod lifecycle;
+pub mod limits;
 pub mod name;
 pub mod naming;
 pub mod node;

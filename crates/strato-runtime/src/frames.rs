@@ -1,6 +1,8 @@
 //! Docker's log frames: the timestamp the engine puts first, and lines
 //! reassembled per stream.
 
+use strato_core::limits::{MAX_LOG_LINE_BYTES, cut_at};
+
 use crate::{OutputLine, OutputStream};
 
 /// A frame's output, after the timestamp and space the engine puts first.
@@ -32,6 +34,19 @@ pub(crate) fn unix_seconds(frame: &[u8]) -> Option<i64> {
     Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
+/// Emits the front of `buffer` as lines of at most `MAX_LOG_LINE_BYTES`
+/// while it is longer than that, so no line, and no buffer, grows past it.
+fn split_long(stream: OutputStream, buffer: &mut Vec<u8>, out: &mut Vec<OutputLine>) {
+    while buffer.len() > MAX_LOG_LINE_BYTES {
+        let cut = cut_at(buffer, MAX_LOG_LINE_BYTES);
+        out.push(OutputLine {
+            stream,
+            line: String::from_utf8_lossy(&buffer[..cut]).into_owned(),
+        });
+        buffer.drain(..cut);
+    }
+}
+
 /// Splits output into lines per stream: bytes are buffered until a newline,
 /// so a line split over frames (or a UTF-8 character split over frames)
 /// comes out whole.
@@ -52,6 +67,7 @@ impl LineSplitter {
         while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
             buffer.extend_from_slice(&rest[..newline]);
             rest = &rest[newline + 1..];
+            split_long(stream, buffer, out);
             out.push(OutputLine {
                 stream,
                 line: String::from_utf8_lossy(buffer).into_owned(),
@@ -59,6 +75,8 @@ impl LineSplitter {
             buffer.clear();
         }
         buffer.extend_from_slice(rest);
+        // Output without a newline is kept only up to a line's bound.
+        split_long(stream, buffer, out);
     }
 
     /// Appends the unterminated last line of each stream, if any, to `out`.
@@ -113,6 +131,32 @@ mod tests {
                 (Stdout, "b3".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn output_without_a_newline_is_split_at_the_line_bound_and_kept() {
+        let mut splitter = LineSplitter::default();
+        let mut out = Vec::new();
+        let total = 6 * 1024 * 1024 + 5;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            splitter.push(OutputStream::Stdout, &chunk[..n], &mut out);
+            sent += n;
+            assert!(
+                splitter.stdout.len() <= MAX_LOG_LINE_BYTES,
+                "the buffer stays bounded"
+            );
+        }
+        splitter.push(OutputStream::Stdout, b"\n", &mut out);
+        assert!(out.iter().all(|l| l.line.len() <= MAX_LOG_LINE_BYTES));
+        assert_eq!(
+            out.iter().map(|l| l.line.len()).sum::<usize>(),
+            total,
+            "nothing dropped"
+        );
+        assert_eq!(out.len(), total.div_ceil(MAX_LOG_LINE_BYTES));
     }
 
     #[test]

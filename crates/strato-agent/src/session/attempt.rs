@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
+use strato_core::limits;
 use strato_core::naming::container_name;
 use strato_proto::v1::{self, agent_message::Body as Up};
 use strato_runtime::{
@@ -20,7 +21,7 @@ use super::{IdentityContext, node_fault, report, up};
 use crate::identity::{AttemptIdentity, Vending};
 
 /// Log lines per message at most.
-const LOG_BATCH: usize = 256;
+const LOG_BATCH: usize = limits::MAX_LOG_BATCH_LINES;
 const NOTICE_IN_CONTAINER: &str = "/mnt/strato/notice";
 
 /// The container for one attempt: the job's command and environment, its
@@ -282,13 +283,18 @@ pub(super) async fn follow<R: ContainerRuntime>(
                 Err(e) => tracing::warn!(job = %job_id, attempt, error = %e, "reading output"),
             }
         }
-        let message = up(Up::JobLog(v1::JobLog {
-            job_id: job_id.clone(),
-            attempt,
-            lines,
-        }));
-        if tx.send(message).await.is_err() {
-            return;
+        // Far below the message limit, whatever the lines hold.
+        let sizes: Vec<usize> = lines.iter().map(|l| l.line.len()).collect();
+        let mut lines = lines.into_iter();
+        for run in limits::batch_lengths(&sizes, LOG_BATCH, limits::MAX_LOG_BATCH_BYTES) {
+            let message = up(Up::JobLog(v1::JobLog {
+                job_id: job_id.clone(),
+                attempt,
+                lines: lines.by_ref().take(run).collect(),
+            }));
+            if tx.send(message).await.is_err() {
+                return;
+            }
         }
     }
     let waited = runtime.wait(&id).await;

@@ -29,6 +29,10 @@ fn reconnect_wait(failures: u32) -> Duration {
     Duration::from_millis(u64::try_from(RECONNECT.delay_ms(failures.max(1))).unwrap_or(5_000))
 }
 
+/// Messages waiting for the stream: with log batches of at most 256 KiB,
+/// at most 64 MiB of output waits in the agent.
+const OUTBOUND_MESSAGES: usize = 256;
+
 /// What the agent knows of its control plane between sessions.
 #[derive(Debug, Default)]
 pub(super) struct Contact {
@@ -159,7 +163,9 @@ pub(super) async fn open<R: ContainerRuntime>(
     contact.enrolments += 1;
     tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
 
-    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4096);
+    // Bounded in messages, each bounded in bytes (`strato_core::limits`):
+    // output faster than the control plane stores it waits here.
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(OUTBOUND_MESSAGES);
     let containers = runtime.list(LABEL_NODE, &node_id).await?;
     let mut held = Vec::new();
     for c in &containers {

@@ -1,0 +1,111 @@
+//! Bounds on what one job's output can cost the agent and the control
+//! plane: a line is at most [`MAX_LOG_LINE_BYTES`] (longer output is split
+//! into several lines, never dropped), and a batch the agent sends is at
+//! most [`MAX_LOG_BATCH_LINES`] lines and [`MAX_LOG_BATCH_BYTES`], far below
+//! gRPC's 4 MiB message limit, so no output can make a message the stream
+//! refuses.
+
+/// The longest log line kept as one line, in bytes.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+/// The most lines in one log batch.
+pub const MAX_LOG_BATCH_LINES: usize = 256;
+/// The most bytes of lines in one log batch.
+pub const MAX_LOG_BATCH_BYTES: usize = 256 * 1024;
+
+/// Where to cut `bytes` so that the first part is at most `max` bytes and
+/// does not end inside a UTF-8 character (a character cut in two would come
+/// out as two replacement characters) when `max` leaves room for one (4
+/// bytes). Always at least 1 when `bytes` is not empty, so splitting makes
+/// progress even on bytes that are not UTF-8.
+pub fn cut_at(bytes: &[u8], max: usize) -> usize {
+    if bytes.len() <= max {
+        return bytes.len();
+    }
+    let max = max.max(1);
+    // A UTF-8 continuation byte is 0b10xx_xxxx: back up to a boundary,
+    // at most 3 bytes (the longest character is 4).
+    let mut cut = max;
+    while cut > 0 && max - cut < 3 && (bytes[cut] & 0b1100_0000) == 0b1000_0000 {
+        cut -= 1;
+    }
+    let on_boundary = (bytes[cut] & 0b1100_0000) != 0b1000_0000;
+    if cut == 0 || !on_boundary {
+        // No character starts near `max`: not UTF-8 there, cut where asked.
+        max
+    } else {
+        cut
+    }
+}
+
+/// Splits `items` (each with its size in bytes) into runs of at most
+/// `max_items` items and `max_bytes` bytes; an item larger than
+/// `max_bytes` on its own gets a run of its own. Returns the runs' lengths,
+/// in order.
+pub fn batch_lengths(sizes: &[usize], max_items: usize, max_bytes: usize) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for &size in sizes {
+        if count > 0 && (count == max_items || bytes.saturating_add(size) > max_bytes) {
+            runs.push(count);
+            (count, bytes) = (0, 0);
+        }
+        count += 1;
+        bytes = bytes.saturating_add(size);
+    }
+    if count > 0 {
+        runs.push(count);
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        let text = "aé€😀".repeat(3);
+        let bytes = text.as_bytes();
+        for max in 1..bytes.len() {
+            let cut = cut_at(bytes, max);
+            assert!(cut <= max && cut > 0, "max {max}: cut {cut}");
+            // Room for the longest character: never inside one.
+            if max >= 4 {
+                assert!(
+                    std::str::from_utf8(&bytes[..cut]).is_ok(),
+                    "max {max}: cut {cut}"
+                );
+            }
+        }
+        assert_eq!(cut_at(b"short", 16), 5);
+        assert_eq!(cut_at(&[0x80; 10], 4), 4, "not UTF-8: cut where asked");
+    }
+
+    #[test]
+    fn batches_respect_both_bounds() {
+        assert_eq!(batch_lengths(&[1; 5], 2, 100), vec![2, 2, 1]);
+        assert_eq!(batch_lengths(&[60, 60, 60], 10, 100), vec![1, 1, 1]);
+        assert_eq!(batch_lengths(&[500, 1, 1], 10, 100), vec![1, 2]);
+        assert!(batch_lengths(&[], 10, 100).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn batches_cover_every_item_within_the_bounds(
+            sizes in proptest::collection::vec(0usize..300, 0..200),
+            max_items in 1usize..20,
+            max_bytes in 1usize..1000,
+        ) {
+            let runs = batch_lengths(&sizes, max_items, max_bytes);
+            prop_assert_eq!(runs.iter().sum::<usize>(), sizes.len());
+            let mut at = 0;
+            for run in runs {
+                prop_assert!(run >= 1 && run <= max_items);
+                let bytes: usize = sizes[at..at + run].iter().sum();
+                prop_assert!(run == 1 || bytes <= max_bytes);
+                at += run;
+            }
+        }
+    }
+}

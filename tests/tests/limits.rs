@@ -1,0 +1,93 @@
+//! Bounds that hold whatever a job does: output without a newline is split
+//! into lines of at most 16 KiB (none dropped), sent in batches far below
+//! the gRPC message limit, and the job ends normally with its node free
+//! again. Real binaries, real Docker.
+
+use std::time::Duration;
+
+use strato_e2e::{ControlPlane, job_log_lines, require_docker, wait_for, wait_job_state};
+use strato_proto::v1;
+
+const LONG: Duration = Duration::from_secs(120);
+/// `strato_core::limits::MAX_LOG_LINE_BYTES`, as users are told it.
+const LINE: usize = 16 * 1024;
+
+#[tokio::test]
+async fn six_megabytes_without_a_newline_end_as_split_lines_and_free_the_node() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start_fast(&dir.path().join("cp"))
+        .await
+        .expect("start");
+    let out = cp.cli(&["compute", "create", "-n", "chatty", "--max-nodes", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total: usize = 6 * 1024 * 1024;
+    let mut jobs = cp.jobs().await;
+    let id = jobs
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "chatty".into(),
+                image: "strato-test/busybox:latest".into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    // `yes x` gives "x\n" pairs: twice the bytes, newlines
+                    // removed.
+                    format!(
+                        "yes x | head -c {} | tr -d '\\n'; echo; echo after",
+                        2 * total
+                    ),
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let job = wait_job_state(&mut jobs, &id, v1::JobState::Completed, LONG).await;
+    assert_eq!(job.exit_code, Some(0));
+
+    let lines = job_log_lines(&mut jobs, &id).await;
+    let (xs, rest): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.line.starts_with('x'));
+    assert!(
+        lines.iter().all(|l| l.line.len() <= LINE),
+        "every line within the bound: longest {}",
+        lines.iter().map(|l| l.line.len()).max().unwrap_or(0)
+    );
+    assert_eq!(
+        xs.iter().map(|l| l.line.len()).sum::<usize>(),
+        total,
+        "nothing dropped"
+    );
+    assert_eq!(xs.len(), total.div_ceil(LINE));
+    assert_eq!(
+        rest.last().map(|l| l.line.as_str()),
+        Some("after"),
+        "what came after the long output arrived too"
+    );
+
+    let compute = cp.client().await;
+    wait_for("the node idle again", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let nodes = compute
+                .list_nodes(v1::ListNodesRequest {
+                    cluster: "chatty".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            nodes
+                .iter()
+                .all(|n| n.state == v1::NodeState::Idle as i32)
+                .then_some(())
+        }
+    })
+    .await;
+}
