@@ -91,3 +91,66 @@ async fn six_megabytes_without_a_newline_end_as_split_lines_and_free_the_node() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn oversized_submits_are_refused_naming_the_field_and_store_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(&dir.path().join("cp"), &["--provider", "none"])
+        .await
+        .expect("start");
+    let out = cp.cli(&["compute", "create", "-n", "bounded", "--max-nodes", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut jobs = cp.jobs().await;
+    let base = v1::JobSpec {
+        cluster: "bounded".into(),
+        image: "strato-test/busybox:latest".into(),
+        command: vec!["true".into()],
+        ..Default::default()
+    };
+    let cases = [
+        (
+            v1::JobSpec {
+                image: "a".repeat(3_000_000),
+                ..base.clone()
+            },
+            "image",
+        ),
+        (
+            v1::JobSpec {
+                environment: (0..20_000).map(|i| (format!("K{i}"), "v".into())).collect(),
+                ..base.clone()
+            },
+            "environment",
+        ),
+        (
+            v1::JobSpec {
+                command: (0..200_000).map(|i| i.to_string()).collect(),
+                ..base.clone()
+            },
+            "command",
+        ),
+    ];
+    for (spec, field) in cases {
+        let refused = jobs
+            .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().starts_with(field) && refused.message().contains("at most"),
+            "names {field} and its limit: {}",
+            refused.message()
+        );
+    }
+    let listed = jobs
+        .list_jobs(v1::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert!(listed.is_empty(), "nothing stored: {listed:?}");
+}

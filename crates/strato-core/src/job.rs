@@ -172,18 +172,13 @@ pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(
     if spec.cluster.is_empty() {
         return Err(FieldError::new("cluster", "is required"));
     }
-    if spec.image.is_empty() || spec.image.chars().any(char::is_whitespace) {
-        return Err(FieldError::new(
-            "image",
-            "is required and may not contain spaces",
-        ));
-    }
     if spec.command.is_empty() || spec.command[0].is_empty() {
         return Err(FieldError::new(
             "command",
             "is required: the program and its arguments",
         ));
     }
+    crate::limits::check_job_size(&spec.image, spec.environment.iter(), &spec.command)?;
     if spec.display_name.chars().count() > MAX_DISPLAY_NAME_LEN {
         return Err(FieldError::new(
             "display_name",

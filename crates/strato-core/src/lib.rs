@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod error;
 pub mod exposition;
 pub mod identity;
+pub mod image;
 pub mod job;
 pub mod job_request;
 pub mod lifecycle;

@@ -1,9 +1,100 @@
-//! Bounds on what one job's output can cost the agent and the control
-//! plane: a line is at most [`MAX_LOG_LINE_BYTES`] (longer output is split
-//! into several lines, never dropped), and a batch the agent sends is at
-//! most [`MAX_LOG_BATCH_LINES`] lines and [`MAX_LOG_BATCH_BYTES`], far below
-//! gRPC's 4 MiB message limit, so no output can make a message the stream
-//! refuses.
+//! Bounds on what one job can cost the agent and the control plane.
+//!
+//! Its output: a line is at most [`MAX_LOG_LINE_BYTES`] (longer output is
+//! split into several lines, never dropped), and a batch the agent sends is
+//! at most [`MAX_LOG_BATCH_LINES`] lines and [`MAX_LOG_BATCH_BYTES`], far
+//! below gRPC's 4 MiB message limit, so no output can make a message the
+//! stream refuses.
+//!
+//! Its spec, checked at submit ([`check_job_size`]): the environment and the
+//! command are bounded in entries and bytes (the command's per-argument
+//! bound is Linux's `MAX_ARG_STRLEN`), and the image reference in length
+//! and grammar (`crate::image`).
+
+use crate::error::FieldError;
+
+/// The most environment variables a job may set.
+pub const MAX_ENV_ENTRIES: usize = 1_000;
+/// The longest environment variable name, in bytes.
+pub const MAX_ENV_KEY_BYTES: usize = 256;
+/// The longest environment variable value, in bytes.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// All names and values together, in bytes.
+pub const MAX_ENV_TOTAL_BYTES: usize = 256 * 1024;
+/// The most arguments in a command, the program included.
+pub const MAX_COMMAND_ARGS: usize = 4_096;
+/// The longest argument, in bytes (Linux's `MAX_ARG_STRLEN`).
+pub const MAX_COMMAND_ARG_BYTES: usize = 128 * 1024;
+/// All arguments together, in bytes.
+pub const MAX_COMMAND_TOTAL_BYTES: usize = 256 * 1024;
+
+/// Checks the sizes of a job's image, environment and command; the error
+/// names the field and the limit.
+pub fn check_job_size<'a>(
+    image: &str,
+    environment: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    command: &[String],
+) -> Result<(), FieldError> {
+    if let Some(why) = crate::image::problem(image) {
+        return Err(FieldError::new("image", why));
+    }
+    let entries = environment.len();
+    if entries > MAX_ENV_ENTRIES {
+        return Err(FieldError::new(
+            "environment",
+            format!("has {entries} variables; at most {MAX_ENV_ENTRIES}"),
+        ));
+    }
+    let mut total = 0usize;
+    for (key, value) in environment {
+        if key.len() > MAX_ENV_KEY_BYTES {
+            return Err(FieldError::new(
+                "environment",
+                format!("a name is {} bytes; at most {MAX_ENV_KEY_BYTES}", key.len()),
+            ));
+        }
+        if value.len() > MAX_ENV_VALUE_BYTES {
+            return Err(FieldError::new(
+                format!("environment[{key:?}]"),
+                format!("is {} bytes; at most {MAX_ENV_VALUE_BYTES}", value.len()),
+            ));
+        }
+        total += key.len() + value.len();
+    }
+    if total > MAX_ENV_TOTAL_BYTES {
+        return Err(FieldError::new(
+            "environment",
+            format!("is {total} bytes in all; at most {MAX_ENV_TOTAL_BYTES}"),
+        ));
+    }
+    if command.len() > MAX_COMMAND_ARGS {
+        return Err(FieldError::new(
+            "command",
+            format!(
+                "has {} arguments; at most {MAX_COMMAND_ARGS}",
+                command.len()
+            ),
+        ));
+    }
+    if let Some((i, arg)) = command
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.len() > MAX_COMMAND_ARG_BYTES)
+    {
+        return Err(FieldError::new(
+            format!("command[{i}]"),
+            format!("is {} bytes; at most {MAX_COMMAND_ARG_BYTES}", arg.len()),
+        ));
+    }
+    let total: usize = command.iter().map(String::len).sum();
+    if total > MAX_COMMAND_TOTAL_BYTES {
+        return Err(FieldError::new(
+            "command",
+            format!("is {total} bytes in all; at most {MAX_COMMAND_TOTAL_BYTES}"),
+        ));
+    }
+    Ok(())
+}
 
 /// The longest log line kept as one line, in bytes.
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
@@ -88,6 +179,44 @@ mod tests {
         assert_eq!(batch_lengths(&[60, 60, 60], 10, 100), vec![1, 1, 1]);
         assert_eq!(batch_lengths(&[500, 1, 1], 10, 100), vec![1, 2]);
         assert!(batch_lengths(&[], 10, 100).is_empty());
+    }
+
+    #[test]
+    fn oversized_specs_are_refused_naming_the_field_and_the_limit() {
+        use std::collections::BTreeMap;
+        let env = |n: usize, value: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| (format!("K{i}"), "v".repeat(value)))
+                .collect()
+        };
+        let cmd = vec!["true".to_owned()];
+        let ok = env(3, 10);
+        assert!(check_job_size("busybox", ok.iter(), &cmd).is_ok());
+        let refused = |image: &str, env: &BTreeMap<String, String>, cmd: &[String]| {
+            check_job_size(image, env.iter(), cmd)
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(&"a".repeat(3_000_000), &ok, &cmd);
+        assert!(e.starts_with("image") && e.contains("at most 512"), "{e}");
+        let e = refused("busybox", &env(20_000, 1), &cmd);
+        assert!(
+            e.starts_with("environment") && e.contains("20000") && e.contains("1000"),
+            "{e}"
+        );
+        let e = refused("busybox", &env(1, MAX_ENV_VALUE_BYTES + 1), &cmd);
+        assert!(e.starts_with("environment[\"K0\"]"), "{e}");
+        let e = refused("busybox", &env(10, 30 * 1024), &cmd);
+        assert!(e.contains("in all"), "{e}");
+        let many: Vec<String> = (0..200_000).map(|i| i.to_string()).collect();
+        let e = refused("busybox", &ok, &many);
+        assert!(e.starts_with("command") && e.contains("4096"), "{e}");
+        let e = refused(
+            "busybox",
+            &ok,
+            &["sh".into(), "x".repeat(MAX_COMMAND_ARG_BYTES + 1)],
+        );
+        assert!(e.starts_with("command[1]"), "{e}");
     }
 
     proptest! {
