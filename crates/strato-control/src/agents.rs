@@ -288,7 +288,7 @@ async fn handle<S: Store>(
                 .store
                 .append_logs(node_id, &log.job_id, log.attempt, &lines, now)
                 .await?;
-            plane.events.output();
+            plane.events.output(&log.job_id);
         }
         Some(Body::ExecStart(x)) => relay_exec_start(plane, node_id, x).await?,
         Some(Body::ExecOutput(o)) => {

@@ -148,6 +148,9 @@ impl Sessions {
 pub struct Events {
     reconcile: Notify,
     changes: watch::Sender<u64>,
+    /// New output, per job with followers: a log batch wakes its own job's
+    /// followers only, however many follow other jobs.
+    output: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
 impl Default for Events {
@@ -155,6 +158,7 @@ impl Default for Events {
         Events {
             reconcile: Notify::new(),
             changes: watch::channel(0).0,
+            output: Mutex::default(),
         }
     }
 }
@@ -166,9 +170,35 @@ impl Events {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// New output only: wake log followers, not the reconcile loop.
-    pub fn output(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    /// New output of `job` only: wake that job's log followers, not the
+    /// reconcile loop or anyone else.
+    pub fn output(&self, job: &str) {
+        let Ok(mut followed) = self.output.lock() else {
+            return;
+        };
+        if let Some(tx) = followed.get(job) {
+            if tx.receiver_count() == 0 {
+                followed.remove(job);
+            } else {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// For a follower of `job`'s output: wakes on its new output.
+    pub fn follow_output(&self, job: &str) -> watch::Receiver<u64> {
+        match self.output.lock() {
+            Ok(mut followed) => {
+                // Forget jobs nobody follows any more.
+                followed.retain(|_, tx| tx.receiver_count() > 0);
+                followed
+                    .entry(job.to_owned())
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe()
+            }
+            // Poisoned: never wakes; the follower's recheck still serves.
+            Err(_) => watch::channel(0).1,
+        }
     }
 
     pub async fn reconcile_requested(&self) {
@@ -262,4 +292,27 @@ pub struct Plane<S> {
     pub execs: ExecRoutes,
     pub counters: crate::metrics::Counters,
     pub events: Events,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_wakes_only_its_own_jobs_followers() {
+        let events = Events::default();
+        let a = events.follow_output("job-a");
+        let b = events.follow_output("job-b");
+        events.output("job-a");
+        assert!(a.has_changed().unwrap_or(false), "job-a's follower wakes");
+        assert!(!b.has_changed().unwrap_or(true), "job-b's does not");
+        drop(a);
+        events.output("job-a");
+        assert_eq!(
+            events.output.lock().map(|m| m.len()).unwrap_or(0),
+            1,
+            "a job nobody follows is forgotten"
+        );
+        events.output("job-nobody-follows");
+    }
 }

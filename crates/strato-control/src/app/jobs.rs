@@ -171,7 +171,10 @@ impl<S: Store> Jobs<S> {
         let (tx, rx) = mpsc::channel(64);
         let plane = self.plane.clone();
         tokio::spawn(async move {
+            // State changes (a job ending) and this job's own output; other
+            // jobs' output does not wake it.
             let mut changes = plane.events.subscribe();
+            let mut output = plane.events.follow_output(&id);
             let mut cursor: Option<i64> = None;
             loop {
                 // Read the job's state before its logs: if it was final then,
@@ -206,7 +209,12 @@ impl<S: Store> Jobs<S> {
                 // Wait for a change (a timeout as a safety net), or stop
                 // when the reader has gone.
                 tokio::select! {
-                    _ = tokio::time::timeout(RECHECK, changes.changed()) => {}
+                    _ = tokio::time::timeout(RECHECK, async {
+                        tokio::select! {
+                            _ = changes.changed() => {}
+                            _ = output.changed() => {}
+                        }
+                    }) => {}
                     () = tx.closed() => return,
                 }
             }
