@@ -154,3 +154,41 @@ async fn oversized_submits_are_refused_naming_the_field_and_store_nothing() {
         .jobs;
     assert!(listed.is_empty(), "nothing stored: {listed:?}");
 }
+
+#[tokio::test]
+async fn the_data_dir_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("cp");
+    let cp = ControlPlane::start(&data, &["--provider", "none"])
+        .await
+        .expect("start");
+    let out = cp.cli(&["compute", "create", "-n", "private", "--max-nodes", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700, "the data dir");
+    for entry in std::fs::read_dir(&data)
+        .expect("read the data dir")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_file() {
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is readable by others",
+                path.display()
+            );
+        }
+    }
+}

@@ -125,6 +125,7 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?;
+    keep_private(&config.data_dir)?;
     remove_orphans(&store, provider.as_ref()).await;
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(
@@ -191,6 +192,26 @@ pub async fn serve(
     let _ = reconciler.await;
     plane.store.close().await;
     tracing::info!("strato-control stopped");
+    Ok(())
+}
+
+/// The data directory holds secrets' hashes, the signing key and every
+/// job's environment: only its owner may enter it (0700), and the database
+/// files are the owner's alone (0600; SQLite gives its `-wal` and `-shm`
+/// files the database's mode).
+fn keep_private(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let set = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} private", path.display()))
+    };
+    set(data_dir, 0o700)?;
+    for file in ["strato.db", "strato.db-wal", "strato.db-shm"] {
+        let path = data_dir.join(file);
+        if path.exists() {
+            set(&path, 0o600)?;
+        }
+    }
     Ok(())
 }
 

@@ -452,12 +452,26 @@ where
     futures_util::stream::select(items, pump)
 }
 
+/// The most processes (threads included) in one job container.
+pub const PIDS_LIMIT: i64 = 4_096;
+/// Docker's smallest CPU limit, 0.01 CPU.
+const MIN_NANO_CPUS: i64 = 10_000_000;
+
 /// The engine's request body for `spec`.
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let host_config = HostConfig {
         // The agent removes containers itself, after the result is stored.
         auto_remove: Some(false),
-        nano_cpus: spec.cpus.map(|cpus| (cpus * 1e9).round() as i64),
+        // Docker's smallest CPU limit is 0.01: a smaller one must not round
+        // to 0, which means no limit.
+        nano_cpus: spec
+            .cpus
+            .filter(|cpus| *cpus > 0.0)
+            .map(|cpus| ((cpus * 1e9).round() as i64).max(MIN_NANO_CPUS)),
+        // No setuid binary gives a job more than it started with, and a
+        // fork bomb stops at the pids limit.
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        pids_limit: Some(PIDS_LIMIT),
         memory: spec
             .memory_bytes
             .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),

@@ -23,7 +23,7 @@ mod frames;
 #[cfg(feature = "fake")]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, PIDS_LIMIT};
 pub use strato_core::naming::{
     LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB, LABEL_NETWORK, LABEL_NODE,
 };

@@ -246,6 +246,34 @@ async fn resource_limits_reach_the_container() {
 }
 
 #[tokio::test]
+async fn containers_get_no_new_privileges_a_pids_limit_and_a_cpu_limit_that_holds() {
+    let runtime = runtime().await;
+    let label = unique("hardening");
+    let _cleanup = Cleanup::new(&label);
+    // NoNewPrivs as the kernel reports it for the job's process, and the
+    // pids limit of its cgroup (v2, then v1).
+    let mut spec = spec(
+        &unique("hardening"),
+        &label,
+        &[
+            "sh",
+            "-c",
+            "grep NoNewPrivs /proc/self/status | tr -s ' \t' ' ';              cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max;              if [ -e /sys/fs/cgroup/cpu.max ]; then cat /sys/fs/cgroup/cpu.max;              else echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); fi",
+        ],
+    );
+    // Far below Docker's smallest limit: still a limit, not "unlimited".
+    spec.cpus = Some(1e-12);
+    let id = runtime.create_and_start(&spec).await.expect("create");
+    assert_eq!(within("wait", runtime.wait(&id)).await.expect("wait"), 0);
+    let lines = collect_logs(&runtime, &id).await;
+    let out = of(&lines, OutputStream::Stdout);
+    assert_eq!(out[0], "NoNewPrivs: 1", "{lines:?}");
+    assert_eq!(out[1], strato_runtime::PIDS_LIMIT.to_string(), "{lines:?}");
+    assert_eq!(out[2], "1000 100000", "0.01 CPU: {lines:?}");
+    runtime.remove(&id).await.expect("remove");
+}
+
+#[tokio::test]
 async fn exit_codes_are_exact() {
     let runtime = runtime().await;
     let label = unique("exit");
