@@ -296,6 +296,12 @@ pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(
             format!("must be at most {MAX_RETRIES_LIMIT}"),
         ));
     }
+    if spec.max_preemptions > MAX_RETRIES_LIMIT {
+        return Err(FieldError::new(
+            "max_preemptions",
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        ));
+    }
     Ok(())
 }
 
@@ -609,6 +615,10 @@ mod tests {
                 "environment[\"MSI_SECRET\"]",
             ),
             (Box::new(|j| j.max_retries = 1000), "max_retries"),
+            (
+                Box::new(|j| j.max_preemptions = u32::MAX),
+                "max_preemptions",
+            ),
         ];
         for (change, field) in cases {
             let mut j = job();

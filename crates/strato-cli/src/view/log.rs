@@ -74,13 +74,32 @@ impl LogPrinter {
                     out.push_str(&format!("[rank {}] ", view.rank));
                 }
                 let text = view.line.strip_suffix('\n').unwrap_or(&view.line);
-                out.push_str(text.strip_suffix('\r').unwrap_or(text));
+                escape_controls(text.strip_suffix('\r').unwrap_or(text), &mut out);
                 out.push('\n');
                 out
             }
             Format::Json => format!("{}\n", serde_json::to_string(&view)?),
             Format::Yaml => serde_norway::to_string(&[view])?,
         })
+    }
+}
+
+/// Appends `text` with its control characters (but tab) written as `\xNN`
+/// or `\u{NNNN}`: a job's output reaches the terminal as text, never as
+/// escape sequences that move the cursor, retitle the window or write the
+/// clipboard.
+fn escape_controls(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
     }
 }
 
@@ -100,6 +119,27 @@ mod tests {
             seq,
             rank: 0,
         }
+    }
+
+    #[test]
+    fn control_characters_reach_the_terminal_escaped() {
+        let mut p = LogPrinter::new(Format::Table);
+        let text = p
+            .render(log(
+                1,
+                v1::LogStream::Stdout,
+                0,
+                "\u{1b}]52;c;aGk=\u{7}red\u{1b}[31m\tx\u{9b}2J\r",
+            ))
+            .expect("render");
+        assert_eq!(text, "\\x1b]52;c;aGk=\\x07red\\x1b[31m\tx\\u{009b}2J\n");
+        let json = LogPrinter::new(Format::Json)
+            .render(log(1, v1::LogStream::Stdout, 0, "\u{1b}[2J"))
+            .expect("render");
+        assert!(
+            json.contains("\\u001b[2J"),
+            "JSON escapes them itself: {json}"
+        );
     }
 
     #[test]
