@@ -192,3 +192,96 @@ async fn the_data_dir_is_its_owners_alone() {
         }
     }
 }
+
+#[tokio::test]
+async fn job_list_pages_through_thousands_of_jobs() {
+    use futures_util::StreamExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(&dir.path().join("cp"), &["--provider", "none"])
+        .await
+        .expect("start");
+    let out = cp.cli(&["compute", "create", "-n", "many", "--max-nodes", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    const JOBS: usize = 2_500;
+    let jobs = cp.jobs().await;
+    let submitted: Vec<String> = futures_util::stream::iter(0..JOBS)
+        .map(|_| {
+            let mut jobs = jobs.clone();
+            async move {
+                jobs.submit_job(v1::SubmitJobRequest {
+                    spec: Some(v1::JobSpec {
+                        cluster: "many".into(),
+                        image: "strato-test/busybox:latest".into(),
+                        command: vec!["true".into()],
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .expect("submit")
+                .into_inner()
+                .id
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+
+    let mut jobs = jobs;
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = jobs
+            .list_jobs(v1::ListJobsRequest {
+                cluster: String::new(),
+                page_size: 1_000,
+                page_token: token,
+            })
+            .await
+            .expect("a page")
+            .into_inner();
+        pages += 1;
+        assert!(page.jobs.len() <= 1_000);
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    let mut expected = submitted;
+    expected.sort();
+    assert_eq!(sorted, expected, "every job once");
+
+    for (size, token, field) in [(1_001, "", "page_size"), (10, "nonsense", "page_token")] {
+        let refused = jobs
+            .list_jobs(v1::ListJobsRequest {
+                cluster: String::new(),
+                page_size: size,
+                page_token: token.into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with(field),
+            "{}",
+            refused.message()
+        );
+    }
+
+    // The CLI follows the pages itself.
+    let out = cp.cli(&["job", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed.len(), JOBS);
+}

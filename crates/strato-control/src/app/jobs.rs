@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Action, AppError, Caller, Internal, authorize, required};
 use crate::plane::Plane;
-use crate::store::{JobRecord, LogRecord, Store, StoreError};
+use crate::store::{JobCursor, JobPage, JobRecord, LogRecord, Store, StoreError};
 
 /// Log lines sent per store read.
 const LOG_PAGE: u32 = 500;
@@ -130,17 +130,19 @@ impl<S: Store> Jobs<S> {
         Ok(self.plane.store.get_job(id).await?)
     }
 
-    /// Every job, or the jobs of `cluster` (which must exist).
+    /// A page of every job, or of the jobs of `cluster` (which must exist),
+    /// newest first, and where the next page starts.
     pub async fn list_jobs(
         &self,
         caller: &Caller,
         cluster: Option<&str>,
-    ) -> Result<Vec<JobRecord>, AppError> {
+        page: JobPage,
+    ) -> Result<(Vec<JobRecord>, Option<JobCursor>), AppError> {
         authorize(caller, Action::ListJobs, cluster)?;
         if let Some(cluster) = cluster {
             self.plane.store.get_cluster(cluster).await?;
         }
-        Ok(self.plane.store.list_jobs(cluster).await?)
+        Ok(self.plane.store.list_jobs(cluster, page).await?)
     }
 
     pub async fn cancel_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {

@@ -184,9 +184,10 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
         strato_core::job::DEFAULT_MAX_PREEMPTIONS
     );
     assert_eq!(
-        jobs.list_jobs(ME, Some("cpu-c"))
+        jobs.list_jobs(ME, Some("cpu-c"), crate::store::JobPage::ALL)
             .await
             .expect("listed")
+            .0
             .len(),
         1
     );

@@ -2,6 +2,7 @@
 //! types, so these stay here; every conversion of a `strato-core` type they
 //! hold is in `strato_proto::convert`.
 
+use strato_core::FieldError;
 use strato_core::node::NodeStateCounts;
 use strato_core::quota::LOW_PRIORITY;
 use strato_core::spec::VmPriority;
@@ -9,7 +10,7 @@ use strato_proto::convert::{self, timestamp};
 use strato_proto::v1;
 
 use crate::app::ClusterView;
-use crate::store::{DatastoreRecord, JobRecord, LogRecord, NodeRecord};
+use crate::store::{DatastoreRecord, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord};
 use crate::tokens::IssuedToken;
 
 /// A stored cluster with what its nodes say about it.
@@ -135,4 +136,50 @@ pub fn access_token(t: IssuedToken) -> v1::AccessToken {
         token_type: "Bearer".into(),
         client_id: t.client_id,
     }
+}
+
+/// Jobs per page when the caller names no page size, and the most a caller
+/// may ask for.
+pub const DEFAULT_JOB_PAGE: u32 = 100;
+pub const MAX_JOB_PAGE: u32 = 1_000;
+
+/// The page a `ListJobs` request asks for.
+pub fn job_page(page_size: u32, page_token: &str) -> Result<JobPage, FieldError> {
+    if page_size > MAX_JOB_PAGE {
+        return Err(FieldError::new(
+            "page_size",
+            format!("must be at most {MAX_JOB_PAGE}"),
+        ));
+    }
+    let limit = if page_size == 0 {
+        DEFAULT_JOB_PAGE
+    } else {
+        page_size
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        let parsed = page_token
+            .strip_prefix("j1.")
+            .and_then(|t| t.split_once('.'))
+            .and_then(|(c, p)| Some((c.parse().ok()?, p.parse().ok()?)));
+        match parsed {
+            Some((created_at, position)) => Some(JobCursor {
+                created_at,
+                position,
+            }),
+            None => {
+                return Err(FieldError::new(
+                    "page_token",
+                    "is not a next_page_token from a ListJobs response",
+                ));
+            }
+        }
+    };
+    Ok(JobPage { after, limit })
+}
+
+/// The token for the page after `cursor`.
+pub fn job_page_token(cursor: JobCursor) -> String {
+    format!("j1.{}.{}", cursor.created_at, cursor.position)
 }

@@ -56,12 +56,14 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let cluster = request.into_inner().cluster;
-        let cluster = (!cluster.is_empty()).then_some(cluster.as_str());
+        let r = request.into_inner();
+        let page = convert::job_page(r.page_size, &r.page_token).map_err(|e| status(e.into()))?;
+        let cluster = (!r.cluster.is_empty()).then_some(r.cluster.as_str());
         respond(
-            self.app.list_jobs(&Caller::Anonymous, cluster).await,
-            |jobs| v1::ListJobsResponse {
+            self.app.list_jobs(&Caller::Anonymous, cluster, page).await,
+            |(jobs, next)| v1::ListJobsResponse {
                 jobs: jobs.iter().map(convert::job).collect(),
+                next_page_token: next.map(convert::job_page_token).unwrap_or_default(),
             },
         )
     }

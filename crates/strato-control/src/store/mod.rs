@@ -115,6 +115,30 @@ pub type IdentityUpdate = Box<
         + Send,
 >;
 
+/// Where a page of jobs (newest first) ends: the last job's creation time
+/// and its position among jobs created at that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCursor {
+    pub created_at: i64,
+    pub position: i64,
+}
+
+/// Which page of jobs to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPage {
+    /// Jobs after this one; `None`: from the newest.
+    pub after: Option<JobCursor>,
+    pub limit: u32,
+}
+
+impl JobPage {
+    /// Every job, for callers that want them all (tests, small stores).
+    pub const ALL: JobPage = JobPage {
+        after: None,
+        limit: u32::MAX,
+    };
+}
+
 /// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
 /// since the epoch) so that the store reads no clock.
 pub trait Store: Send + Sync + 'static {
@@ -277,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
     fn list_jobs(
         &self,
         cluster: Option<&str>,
-    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+        page: JobPage,
+    ) -> impl Future<Output = Result<(Vec<JobRecord>, Option<JobCursor>), StoreError>> + Send;
 
     /// How many jobs each cluster has in each state (states with none are
     /// left out).

@@ -226,13 +226,24 @@ pub async fn run(channel: Channel, format: Format, command: JobCommand) -> Resul
             print(format, &JobView::from(job))?;
         }
         JobCommand::List { compute } => {
-            let jobs = client
-                .list_jobs(v1::ListJobsRequest {
-                    cluster: compute.unwrap_or_default(),
-                })
-                .await?
-                .into_inner()
-                .jobs;
+            // Page by page: a list of any length never exceeds a message.
+            let mut jobs = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_jobs(v1::ListJobsRequest {
+                        cluster: compute.clone().unwrap_or_default(),
+                        page_size: 1_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             print(
                 format,
                 &jobs.into_iter().map(JobView::from).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@ use strato_core::spec::{ClusterSpec, IdentitySpec, VmPriority};
 
 use super::{REGION, cluster, gang, given_cluster, given_idle_nodes, job, limits};
 use crate::store::{
-    ClusterIssue, Conflict, DatastoreRecord, IdentityUpdate, SpecUpdate, Store, StoreError,
+    ClusterIssue, Conflict, DatastoreRecord, IdentityUpdate, JobPage, SpecUpdate, Store, StoreError,
 };
 
 const FAMILY: &str = "standardDv2Family";
@@ -424,7 +424,14 @@ pub async fn delete_is_refused_while_jobs_are_unfinished<S: Store>(store: S) {
         store.get_job("j1").await,
         Err(StoreError::JobNotFound(_))
     ));
-    assert!(store.list_jobs(None).await.expect("jobs").is_empty());
+    assert!(
+        store
+            .list_jobs(None, JobPage::ALL)
+            .await
+            .expect("jobs")
+            .0
+            .is_empty()
+    );
 }
 
 pub async fn datastores_create_get_list_delete<S: Store>(store: S) {

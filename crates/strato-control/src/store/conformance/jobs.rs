@@ -8,7 +8,7 @@ use super::{
     exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, states,
 };
 use crate::store::{
-    AttemptReport, Conflict, QueuedJob, RankToStop, ReportOutcome, Store, StoreError,
+    AttemptReport, Conflict, JobPage, QueuedJob, RankToStop, ReportOutcome, Store, StoreError,
 };
 
 pub async fn job_runs_to_completion<S: Store>(store: S) {
@@ -386,16 +386,64 @@ pub async fn job_counts_and_lists<S: Store>(store: S) {
         |jobs: Vec<crate::store::JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
     // Newest first; of the same time, the later submitted first.
     assert_eq!(
-        ids(store.list_jobs(None).await.expect("all")),
+        ids(store.list_jobs(None, JobPage::ALL).await.expect("all").0),
         ["b1", "a3", "a2", "a1"]
     );
     assert_eq!(
-        ids(store.list_jobs(Some("EAST")).await.expect("of a")),
+        ids(store
+            .list_jobs(Some("EAST"), JobPage::ALL)
+            .await
+            .expect("of a")
+            .0),
         ["a3", "a2", "a1"]
     );
-    assert!(store.list_jobs(Some("c")).await.expect("none").is_empty());
-    let listed = store.list_jobs(Some("east")).await.expect("of a");
+    assert!(
+        store
+            .list_jobs(Some("c"), JobPage::ALL)
+            .await
+            .expect("none")
+            .0
+            .is_empty()
+    );
+    let listed = store
+        .list_jobs(Some("east"), JobPage::ALL)
+        .await
+        .expect("of a")
+        .0;
     assert_eq!(listed[2], store.get_job("a1").await.expect("a1"));
+    // Page by page, the same order, each job once, and no next page after
+    // the last.
+    for limit in [1, 2, 3] {
+        let (mut seen, mut after) = (Vec::new(), None);
+        loop {
+            let (page, next) = store
+                .list_jobs(None, JobPage { after, limit })
+                .await
+                .expect("a page");
+            assert!(page.len() <= limit as usize);
+            seen.extend(ids(page));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["b1", "a3", "a2", "a1"], "pages of {limit}");
+    }
+    let (all, next) = store
+        .list_jobs(
+            None,
+            JobPage {
+                after: None,
+                limit: 4,
+            },
+        )
+        .await
+        .expect("one full page");
+    assert_eq!(
+        (all.len(), next),
+        (4, None),
+        "a page that holds the rest is the last"
+    );
 }
 
 pub async fn queued_reason_is_set_on_queued_jobs_only<S: Store>(store: S) {

@@ -13,8 +13,8 @@ use super::nodes::{load_node, set_node_state};
 use super::ranks::{OpenRank, end_rank, rank_of};
 use super::{SqliteStore, corrupt, job_state, select_one, u32_col};
 use crate::store::{
-    AttemptRecord, AttemptReport, Conflict, JobRecord, QueuedJob, ReportOutcome, StoreError,
-    TransitionRecord,
+    AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, QueuedJob,
+    ReportOutcome, StoreError, TransitionRecord,
 };
 
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
@@ -224,20 +224,38 @@ pub(super) async fn get_job(db: &SqliteStore, id: &str) -> Result<JobRecord, Sto
 pub(super) async fn list_jobs(
     db: &SqliteStore,
     cluster: Option<&str>,
-) -> Result<Vec<JobRecord>, StoreError> {
+    page: JobPage,
+) -> Result<(Vec<JobRecord>, Option<JobCursor>), StoreError> {
     let mut conn = db.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE ?1 IS NULL OR cluster = ?1 COLLATE NOCASE
-         ORDER BY created_at DESC, rowid DESC",
+    let after = page.after;
+    // One more than asked: whether there is a next page.
+    let limit = i64::from(page.limit).saturating_add(1);
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT id, created_at, rowid FROM jobs
+         WHERE (?1 IS NULL OR cluster = ?1 COLLATE NOCASE)
+           AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND rowid < ?3))
+         ORDER BY created_at DESC, rowid DESC LIMIT ?4",
     )
     .bind(cluster)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.position))
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        jobs.push(load_job(&mut conn, &id).await?);
+    let more = rows.len() > page.limit as usize;
+    let rows = &rows[..rows.len().min(page.limit as usize)];
+    let next = more
+        .then(|| rows.last())
+        .flatten()
+        .map(|(_, created_at, position)| JobCursor {
+            created_at: *created_at,
+            position: *position,
+        });
+    let mut jobs = Vec::with_capacity(rows.len());
+    for (id, _, _) in rows {
+        jobs.push(load_job(&mut conn, id).await?);
     }
-    Ok(jobs)
+    Ok((jobs, next))
 }
 
 pub(super) async fn job_counts(

@@ -32,8 +32,8 @@ use strato_core::spec::ClusterSpec;
 
 use super::{
     AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport, GangRank,
-    IdentityUpdate, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop,
-    ReportOutcome, SpecUpdate, Store, StoreError,
+    IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob,
+    RankToStop, ReportOutcome, SpecUpdate, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -260,8 +260,12 @@ impl Store for SqliteStore {
         jobs::get_job(self, id).await
     }
 
-    async fn list_jobs(&self, cluster: Option<&str>) -> Result<Vec<JobRecord>, StoreError> {
-        jobs::list_jobs(self, cluster).await
+    async fn list_jobs(
+        &self,
+        cluster: Option<&str>,
+        page: JobPage,
+    ) -> Result<(Vec<JobRecord>, Option<JobCursor>), StoreError> {
+        jobs::list_jobs(self, cluster, page).await
     }
 
     async fn job_counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
