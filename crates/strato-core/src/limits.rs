@@ -13,6 +13,32 @@
 
 use crate::error::FieldError;
 
+/// The most lines stored of one attempt on one node; the rest is dropped
+/// after one marker line that says so ([`stored_line`]).
+pub const MAX_STORED_LINES_PER_RANK: u64 = 200_000;
+
+/// What the store keeps of the line numbered `seq` (from 0, per attempt
+/// and node, as agents number them): the line itself below the bound, the
+/// truncation marker in the bound's place, nothing after.
+pub fn stored_line(seq: u64, max: u64) -> StoredLine {
+    match seq.cmp(&max) {
+        std::cmp::Ordering::Less => StoredLine::Line,
+        std::cmp::Ordering::Equal => StoredLine::Marker(format!(
+            "[strato] output truncated: only the first {max} lines of this attempt on this node are kept"
+        )),
+        std::cmp::Ordering::Greater => StoredLine::Dropped,
+    }
+}
+
+/// See [`stored_line`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredLine {
+    Line,
+    /// This text instead of the line.
+    Marker(String),
+    Dropped,
+}
+
 /// The most environment variables a job may set.
 pub const MAX_ENV_ENTRIES: usize = 1_000;
 /// The longest environment variable name, in bytes.
@@ -171,6 +197,14 @@ mod tests {
         }
         assert_eq!(cut_at(b"short", 16), 5);
         assert_eq!(cut_at(&[0x80; 10], 4), 4, "not UTF-8: cut where asked");
+    }
+
+    #[test]
+    fn lines_past_the_bound_leave_one_marker() {
+        assert_eq!(stored_line(0, 3), StoredLine::Line);
+        assert_eq!(stored_line(2, 3), StoredLine::Line);
+        assert!(matches!(stored_line(3, 3), StoredLine::Marker(m) if m.contains("first 3 lines")));
+        assert_eq!(stored_line(4, 3), StoredLine::Dropped);
     }
 
     #[test]

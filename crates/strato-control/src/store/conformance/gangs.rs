@@ -384,3 +384,34 @@ pub async fn logs_of_an_attempt_the_node_does_not_run_are_refused<S: Store>(stor
     }
     assert!(store.logs("j", None, 10).await.expect("logs").is_empty());
 }
+
+pub async fn lines_past_the_bound_leave_one_marker_and_nothing_more<S: Store>(store: S) {
+    use strato_core::limits::MAX_STORED_LINES_PER_RANK as MAX;
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    given_running(&store, "j", &nodes, 4).await;
+    let lines: Vec<LogRecord> = [MAX - 1, MAX, MAX + 1, MAX + 2]
+        .iter()
+        .map(|seq| line_of(*seq, 1, "chatty"))
+        .collect();
+    store
+        .append_logs("cpu-n0", "j", 1, &lines, 5)
+        .await
+        .expect("batch");
+    // Sent again after a reconnect: still one marker.
+    store
+        .append_logs("cpu-n0", "j", 1, &lines[1..], 6)
+        .await
+        .expect("batch");
+    let logs = store.logs("j", None, 10).await.expect("logs");
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert_eq!(logs[0].line, "chatty");
+    assert_eq!(
+        (
+            logs[1].seq,
+            logs[1].line.starts_with("[strato] output truncated")
+        ),
+        (MAX, true)
+    );
+}

@@ -81,6 +81,7 @@ macro_rules! store_conformance_suite {
                 a_lost_rank_ends_the_gang,
                 logs_keep_arrival_order_rank_and_sequence,
                 logs_of_an_attempt_the_node_does_not_run_are_refused,
+                lines_past_the_bound_leave_one_marker_and_nothing_more,
             ],
         );
     };

@@ -2,6 +2,7 @@
 //! arrival order (the follow cursor).
 
 use sqlx::Row;
+use strato_core::limits::{self, StoredLine};
 
 use super::ranks::rank_of;
 use super::{SqliteStore, u32_col};
@@ -31,6 +32,12 @@ pub(super) async fn append_logs(
         .into());
     };
     for l in lines {
+        // The first lines are kept; past the bound one marker says so.
+        let text = match limits::stored_line(l.seq, limits::MAX_STORED_LINES_PER_RANK) {
+            StoredLine::Line => l.line.clone(),
+            StoredLine::Marker(marker) => marker,
+            StoredLine::Dropped => continue,
+        };
         sqlx::query(
             "INSERT OR IGNORE INTO job_logs (job_id, attempt, rank, seq, stream, line, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -40,7 +47,7 @@ pub(super) async fn append_logs(
         .bind(i64::from(rank))
         .bind(i64::try_from(l.seq).unwrap_or(i64::MAX))
         .bind(i64::from(l.stream))
-        .bind(&l.line)
+        .bind(&text)
         .bind(l.at)
         .execute(&mut *tx)
         .await?;
