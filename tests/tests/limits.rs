@@ -197,9 +197,12 @@ async fn the_data_dir_is_its_owners_alone() {
 async fn job_list_pages_through_thousands_of_jobs() {
     use futures_util::StreamExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(&dir.path().join("cp"), &["--provider", "none"])
-        .await
-        .expect("start");
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &["--provider", "none", "--submit-burst", "10000"],
+    )
+    .await
+    .expect("start");
     let out = cp.cli(&["compute", "create", "-n", "many", "--max-nodes", "1"]);
     assert!(
         out.status.success(),
@@ -284,4 +287,65 @@ async fn job_list_pages_through_thousands_of_jobs() {
     );
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed.len(), JOBS);
+}
+
+#[tokio::test]
+async fn submits_past_the_rate_are_refused_with_a_retry_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &[
+            "--provider",
+            "none",
+            "--submit-rate",
+            "0.5",
+            "--submit-burst",
+            "5",
+        ],
+    )
+    .await
+    .expect("start");
+    let out = cp.cli(&["compute", "create", "-n", "paced", "--max-nodes", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut jobs = cp.jobs().await;
+    let submit = || v1::SubmitJobRequest {
+        spec: Some(v1::JobSpec {
+            cluster: "paced".into(),
+            image: "strato-test/busybox:latest".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        }),
+    };
+    for _ in 0..5 {
+        jobs.submit_job(submit()).await.expect("within the burst");
+    }
+    let refused = jobs.submit_job(submit()).await.expect_err("past the burst");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("0.5 jobs per second") && refused.message().contains("retry in"),
+        "{}",
+        refused.message()
+    );
+    let retry: u64 = refused
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry-after-ms hint");
+    assert!((1..=2_000).contains(&retry), "{retry}");
+    let listed = jobs
+        .list_jobs(v1::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(listed.len(), 5, "the refused submit stored nothing");
 }

@@ -95,6 +95,21 @@ pub struct Config {
     #[arg(long, env = "STRATO_HEARTBEAT_INTERVAL", default_value_t = 2)]
     pub heartbeat_interval: u32,
 
+    /// Job submits each caller may make per second, refilled continuously;
+    /// over it, submits are refused with RESOURCE_EXHAUSTED and a retry
+    /// hint.
+    #[arg(
+        long,
+        env = "STRATO_SUBMIT_RATE",
+        default_value_t = 100.0,
+        value_name = "PER_SECOND"
+    )]
+    pub submit_rate: f64,
+
+    /// Job submits a caller may make at once before the rate applies.
+    #[arg(long, env = "STRATO_SUBMIT_BURST", default_value_t = 1_000)]
+    pub submit_burst: u32,
+
     /// Milliseconds between reconcile passes when nothing happens (events
     /// such as a submitted job trigger one at once).
     #[arg(long, env = "STRATO_RECONCILE_INTERVAL_MS", default_value_t = 1000)]
@@ -177,6 +192,8 @@ pub enum ConfigError {
         #[source]
         source: QuotaFileError,
     },
+    #[error("--submit-rate {rate} and --submit-burst {burst} must both be above 0")]
+    SubmitRate { rate: f64, burst: u32 },
     #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
     SameAddress(SocketAddr),
     #[error(
@@ -266,6 +283,12 @@ impl Config {
     }
 
     pub fn validate(self) -> Result<Settings, ConfigError> {
+        if !(self.submit_rate.is_finite() && self.submit_rate > 0.0) || self.submit_burst == 0 {
+            return Err(ConfigError::SubmitRate {
+                rate: self.submit_rate,
+                burst: self.submit_burst,
+            });
+        }
         let region_ok = (1..=64).contains(&self.region.len())
             && self.region.starts_with(|c: char| c.is_ascii_lowercase())
             && self

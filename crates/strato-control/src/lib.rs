@@ -150,6 +150,7 @@ pub async fn serve(
             Some(federation::Federation::new(f).context("federation")?)
         }
     };
+    let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let plane = Arc::new(Plane {
         store,
         tokens,
@@ -163,6 +164,7 @@ pub async fn serve(
         scheduled_events: plane::ScheduledEvents::default(),
         counters: metrics::Counters::default(),
         events: Events::default(),
+        submits: plane::SubmitLimits::new(settings_rate.0, settings_rate.1),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

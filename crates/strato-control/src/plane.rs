@@ -292,6 +292,49 @@ pub struct Plane<S> {
     pub execs: ExecRoutes,
     pub counters: crate::metrics::Counters,
     pub events: Events,
+    /// Job submits per caller (`--submit-rate`, `--submit-burst`).
+    pub submits: SubmitLimits,
+}
+
+/// A token bucket per caller for job submits.
+#[derive(Debug)]
+pub struct SubmitLimits {
+    rate: f64,
+    burst: u32,
+    buckets: Mutex<HashMap<String, strato_core::rate::TokenBucket>>,
+}
+
+/// Callers whose buckets are kept at most; past it, full buckets (callers
+/// idle long enough to have refilled) are forgotten first.
+const MAX_SUBMIT_BUCKETS: usize = 10_000;
+
+impl SubmitLimits {
+    pub fn new(rate: f64, burst: u32) -> Self {
+        SubmitLimits {
+            rate,
+            burst,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one submit for `caller` at `now_ms`, or says how long to wait.
+    pub fn take(&self, caller: &str, now_ms: i64) -> Result<(), u64> {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_SUBMIT_BUCKETS && !buckets.contains_key(caller) {
+            buckets.retain(|_, b| !b.full_at(now_ms));
+        }
+        buckets
+            .entry(caller.to_owned())
+            .or_insert_with(|| strato_core::rate::TokenBucket::new(self.rate, self.burst, now_ms))
+            .take(now_ms)
+    }
+
+    /// `--submit-rate` and `--submit-burst`, for messages.
+    pub fn limits(&self) -> (f64, u32) {
+        (self.rate, self.burst)
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +357,23 @@ mod tests {
             "a job nobody follows is forgotten"
         );
         events.output("job-nobody-follows");
+    }
+}
+
+#[cfg(test)]
+mod submit_tests {
+    use super::*;
+
+    #[test]
+    fn each_caller_has_a_bucket_of_its_own() {
+        let limits = SubmitLimits::new(10.0, 2);
+        assert!(limits.take("a", 0).is_ok());
+        assert!(limits.take("a", 0).is_ok());
+        assert_eq!(limits.take("a", 0), Err(100));
+        assert!(
+            limits.take("b", 0).is_ok(),
+            "another caller is not held back"
+        );
+        assert!(limits.take("a", 100).is_ok());
     }
 }

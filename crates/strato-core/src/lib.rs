@@ -22,6 +22,7 @@ pub mod name;
 pub mod naming;
 pub mod node;
 pub mod quota;
+pub mod rate;
 pub mod scale;
 pub mod spec;
 pub mod time;

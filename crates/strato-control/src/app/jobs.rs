@@ -44,6 +44,19 @@ impl<S: Store> Jobs<S> {
     ) -> Result<JobRecord, AppError> {
         required("cluster", &req.cluster)?;
         authorize(caller, Action::SubmitJob, Some(&req.cluster))?;
+        if let Err(retry_after_ms) = self
+            .plane
+            .submits
+            .take(caller.principal(), self.plane.clock.now_ms())
+        {
+            let (rate, burst) = self.plane.submits.limits();
+            return Err(AppError::RateLimited {
+                caller: caller.principal().to_owned(),
+                rate,
+                burst,
+                retry_after_ms,
+            });
+        }
         let cluster = self.plane.store.get_cluster(&req.cluster).await?;
         if req.gpus > 0 {
             return Err(FieldError::new("resources.gpus", "GPU jobs are not supported yet").into());

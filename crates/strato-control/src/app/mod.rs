@@ -43,6 +43,16 @@ pub enum AppError {
     /// Over the quota.
     #[error(transparent)]
     ResourceExhausted(#[from] QuotaError),
+    /// Over a rate limit: what it is, and when to try again.
+    #[error(
+        "{caller} may submit {rate} jobs per second (bursts of {burst}); retry in {retry_after_ms} ms"
+    )]
+    RateLimited {
+        caller: String,
+        rate: f64,
+        burst: u32,
+        retry_after_ms: u64,
+    },
     /// The caller did not prove who it is.
     #[error("{0}")]
     Unauthenticated(String),
@@ -180,6 +190,16 @@ pub enum Caller {
     /// A node's agent, on the agent-only services; the use case checks
     /// the session token it brings.
     Agent,
+}
+
+impl Caller {
+    /// Who it is, for limits and logs.
+    pub fn principal(&self) -> &'static str {
+        match self {
+            Caller::Anonymous => "anonymous",
+            Caller::Agent => "agent",
+        }
+    }
 }
 
 /// Every use case, by name: what a role grants or withholds.

@@ -42,6 +42,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
         scheduled_events: Default::default(),
         counters: Default::default(),
         events: Events::default(),
+        submits: crate::plane::SubmitLimits::new(1_000.0, 1_000),
     })
 }
 

@@ -31,6 +31,13 @@ pub fn status(e: AppError) -> Status {
         AppError::AlreadyExists(_) => Status::already_exists(message),
         AppError::FailedPrecondition(_) => Status::failed_precondition(message),
         AppError::ResourceExhausted(_) => Status::resource_exhausted(message),
+        AppError::RateLimited { retry_after_ms, .. } => {
+            let mut status = Status::resource_exhausted(message);
+            if let Ok(v) = retry_after_ms.to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+            status
+        }
         AppError::Unauthenticated(_) => Status::unauthenticated(message),
         AppError::PermissionDenied(_) => Status::permission_denied(message),
         AppError::Unavailable(_) => Status::unavailable(message),
