@@ -254,6 +254,7 @@ async fn job_list_pages_through_thousands_of_jobs() {
         token = page.next_page_token;
     }
     assert_eq!(pages, 3);
+    assert_eq!(seen.len(), JOBS, "no job twice");
     let mut sorted = seen.clone();
     sorted.sort();
     sorted.dedup();
@@ -348,4 +349,58 @@ async fn submits_past_the_rate_are_refused_with_a_retry_hint() {
         .into_inner()
         .jobs;
     assert_eq!(listed.len(), 5, "the refused submit stored nothing");
+}
+
+#[tokio::test]
+async fn a_page_of_large_jobs_stays_below_the_message_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(&dir.path().join("cp"), &["--provider", "none"])
+        .await
+        .expect("start");
+    let out = cp.cli(&["compute", "create", "-n", "bulky", "--max-nodes", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut jobs = cp.jobs().await;
+    // 16 jobs of about 250 KiB each: 4 MB in all, over one message.
+    const JOBS: usize = 16;
+    for _ in 0..JOBS {
+        jobs.submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "bulky".into(),
+                image: "strato-test/busybox:latest".into(),
+                command: vec!["true".into()],
+                environment: (0..8)
+                    .map(|i| (format!("BIG{i}"), "v".repeat(31 * 1024)))
+                    .collect(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit");
+    }
+    let first = jobs
+        .list_jobs(v1::ListJobsRequest {
+            page_size: 1_000,
+            ..Default::default()
+        })
+        .await
+        .expect("the first page")
+        .into_inner();
+    assert!(
+        first.jobs.len() < JOBS,
+        "a shorter page: {}",
+        first.jobs.len()
+    );
+    assert!(!first.next_page_token.is_empty(), "and a next one");
+    let out = cp.cli(&["job", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed.len(), JOBS, "the CLI lists them all");
 }

@@ -119,13 +119,13 @@ pub async fn serve(
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
+    keep_private(&config.data_dir);
     let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
         format!(
             "--data-dir {}: cannot open the database",
             config.data_dir.display()
         )
     })?;
-    keep_private(&config.data_dir)?;
     remove_orphans(&store, provider.as_ref()).await;
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(
@@ -199,22 +199,34 @@ pub async fn serve(
 
 /// The data directory holds secrets' hashes, the signing key and every
 /// job's environment: only its owner may enter it (0700), and the database
-/// files are the owner's alone (0600; SQLite gives its `-wal` and `-shm`
-/// files the database's mode).
-fn keep_private(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
+/// files are the owner's alone (0600; a new database is made 0600 before
+/// SQLite opens it, and SQLite gives its `-wal` and `-shm` files the
+/// database's mode). Where the mode cannot be changed (a volume the process
+/// does not own), it says so and goes on.
+fn keep_private(data_dir: &std::path::Path) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let set = |path: &std::path::Path, mode: u32| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("making {} private", path.display()))
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), error = %e, "cannot make it private");
+        }
     };
-    set(data_dir, 0o700)?;
-    for file in ["strato.db", "strato.db-wal", "strato.db-shm"] {
+    set(data_dir, 0o700);
+    let db = data_dir.join(store::DB_FILE);
+    if !db.exists()
+        && let Err(e) = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&db)
+    {
+        tracing::warn!(path = %db.display(), error = %e, "cannot make the database file");
+    }
+    for file in [store::DB_FILE, "strato.db-wal", "strato.db-shm"] {
         let path = data_dir.join(file);
         if path.exists() {
-            set(&path, 0o600)?;
+            set(&path, 0o600);
         }
     }
-    Ok(())
 }
 
 /// This control plane's id (`DATA_DIR/control-plane-id`, made on first

@@ -196,8 +196,9 @@ impl Events {
                     .or_insert_with(|| watch::channel(0).0)
                     .subscribe()
             }
-            // Poisoned: never wakes; the follower's recheck still serves.
-            Err(_) => watch::channel(0).1,
+            // Poisoned: wake on state changes instead; the follower's
+            // recheck still serves.
+            Err(_) => self.changes.subscribe(),
         }
     }
 

@@ -54,6 +54,33 @@ pub const MAX_COMMAND_ARG_BYTES: usize = 128 * 1024;
 /// All arguments together, in bytes.
 pub const MAX_COMMAND_TOTAL_BYTES: usize = 256 * 1024;
 
+/// The most inputs, and the most outputs, of one job.
+pub const MAX_DATA_BINDINGS: usize = 64;
+/// The longest input or output URI, in bytes.
+pub const MAX_DATA_URI_BYTES: usize = 1024;
+
+/// Checks the count of a job's inputs or outputs (`field`) and the length
+/// of each name and URI, before any is looked up.
+pub fn check_data(field: &str, data: &[crate::job_request::DataRequest]) -> Result<(), FieldError> {
+    if data.len() > MAX_DATA_BINDINGS {
+        return Err(FieldError::new(
+            field,
+            format!("has {} entries; at most {MAX_DATA_BINDINGS}", data.len()),
+        ));
+    }
+    for (i, d) in data.iter().enumerate() {
+        if d.uri.len() > MAX_DATA_URI_BYTES || d.name.len() > MAX_ENV_KEY_BYTES {
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                format!(
+                    "a name is at most {MAX_ENV_KEY_BYTES} bytes and a URI at most {MAX_DATA_URI_BYTES}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the sizes of a job's image, environment and command; the error
 /// names the field and the limit.
 pub fn check_job_size<'a>(
@@ -197,6 +224,26 @@ mod tests {
         }
         assert_eq!(cut_at(b"short", 16), 5);
         assert_eq!(cut_at(&[0x80; 10], 4), 4, "not UTF-8: cut where asked");
+    }
+
+    #[test]
+    fn data_bindings_are_bounded_before_they_are_looked_up() {
+        use crate::job_request::DataRequest;
+        let d = |uri: &str| DataRequest {
+            name: "n".into(),
+            uri: uri.into(),
+            mode: String::new(),
+        };
+        assert!(check_data("inputs", &[d("azureml://datastores/a/paths/b")]).is_ok());
+        let many = vec![d("x"); MAX_DATA_BINDINGS + 1];
+        let e = check_data("inputs", &many)
+            .expect_err("too many")
+            .to_string();
+        assert!(e.starts_with("inputs") && e.contains("at most 64"), "{e}");
+        let e = check_data("outputs", &[d(&"u".repeat(2000))])
+            .expect_err("too long")
+            .to_string();
+        assert!(e.starts_with("outputs[0]"), "{e}");
     }
 
     #[test]

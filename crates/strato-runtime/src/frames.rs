@@ -39,12 +39,26 @@ pub(crate) fn unix_seconds(frame: &[u8]) -> Option<i64> {
 fn split_long(stream: OutputStream, buffer: &mut Vec<u8>, out: &mut Vec<OutputLine>) {
     while buffer.len() > MAX_LOG_LINE_BYTES {
         let cut = cut_at(buffer, MAX_LOG_LINE_BYTES);
-        out.push(OutputLine {
-            stream,
-            line: String::from_utf8_lossy(&buffer[..cut]).into_owned(),
-        });
+        push_line(stream, &buffer[..cut], out);
         buffer.drain(..cut);
     }
+}
+
+/// Pushes `bytes` as one or more lines of at most `MAX_LOG_LINE_BYTES`
+/// after decoding: a byte that is not UTF-8 becomes U+FFFD, three bytes,
+/// so a decoded line can be longer than the bytes were.
+fn push_line(stream: OutputStream, bytes: &[u8], out: &mut Vec<OutputLine>) {
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    while text.len() > MAX_LOG_LINE_BYTES {
+        let mut cut = MAX_LOG_LINE_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let rest = text.split_off(cut);
+        out.push(OutputLine { stream, line: text });
+        text = rest;
+    }
+    out.push(OutputLine { stream, line: text });
 }
 
 /// Splits output into lines per stream: bytes are buffered until a newline,
@@ -68,10 +82,7 @@ impl LineSplitter {
             buffer.extend_from_slice(&rest[..newline]);
             rest = &rest[newline + 1..];
             split_long(stream, buffer, out);
-            out.push(OutputLine {
-                stream,
-                line: String::from_utf8_lossy(buffer).into_owned(),
-            });
+            push_line(stream, buffer, out);
             buffer.clear();
         }
         buffer.extend_from_slice(rest);
@@ -86,10 +97,7 @@ impl LineSplitter {
             (OutputStream::Stderr, &mut self.stderr),
         ] {
             if !buffer.is_empty() {
-                out.push(OutputLine {
-                    stream,
-                    line: String::from_utf8_lossy(buffer).into_owned(),
-                });
+                push_line(stream, buffer, out);
                 buffer.clear();
             }
         }
@@ -157,6 +165,29 @@ mod tests {
             "nothing dropped"
         );
         assert_eq!(out.len(), total.div_ceil(MAX_LOG_LINE_BYTES));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_still_make_lines_within_the_bound() {
+        let mut splitter = LineSplitter::default();
+        let mut out = Vec::new();
+        splitter.push(
+            OutputStream::Stdout,
+            &vec![0xff; 3 * MAX_LOG_LINE_BYTES],
+            &mut out,
+        );
+        splitter.push(OutputStream::Stdout, b"\n", &mut out);
+        assert!(
+            out.iter().all(|l| l.line.len() <= MAX_LOG_LINE_BYTES),
+            "{:?}",
+            out.iter().map(|l| l.line.len()).collect::<Vec<_>>()
+        );
+        let replaced: usize = out.iter().map(|l| l.line.chars().count()).sum();
+        assert_eq!(
+            replaced,
+            3 * MAX_LOG_LINE_BYTES,
+            "one U+FFFD per byte, none dropped"
+        );
     }
 
     #[test]

@@ -78,7 +78,12 @@ impl<S: Store> Jobs<S> {
             memory_mb: req.memory_mb,
             max_retries: req.max_retries,
             max_preemptions: req.max_preemptions.unwrap_or(job::DEFAULT_MAX_PREEMPTIONS),
-            inputs: self.resolve("inputs", "download", req.inputs).await?,
+            inputs: {
+                // Bounded before each one costs a datastore lookup.
+                strato_core::limits::check_data("inputs", &req.inputs)?;
+                strato_core::limits::check_data("outputs", &req.outputs)?;
+                self.resolve("inputs", "download", req.inputs).await?
+            },
             outputs: self.resolve("outputs", "upload", req.outputs).await?,
         };
         let size = cluster

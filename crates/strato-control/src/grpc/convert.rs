@@ -142,6 +142,8 @@ pub fn access_token(t: IssuedToken) -> v1::AccessToken {
 /// may ask for.
 pub const DEFAULT_JOB_PAGE: u32 = 100;
 pub const MAX_JOB_PAGE: u32 = 1_000;
+/// The most bytes of jobs in one page, well below gRPC's 4 MiB.
+pub const MAX_JOB_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// The page a `ListJobs` request asks for.
 pub fn job_page(page_size: u32, page_token: &str) -> Result<JobPage, FieldError> {

@@ -56,16 +56,38 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        use prost::Message as _;
         let r = request.into_inner();
-        let page = convert::job_page(r.page_size, &r.page_token).map_err(|e| status(e.into()))?;
+        let mut page =
+            convert::job_page(r.page_size, &r.page_token).map_err(|e| status(e.into()))?;
         let cluster = (!r.cluster.is_empty()).then_some(r.cluster.as_str());
-        respond(
-            self.app.list_jobs(&Caller::Anonymous, cluster, page).await,
-            |(jobs, next)| v1::ListJobsResponse {
-                jobs: jobs.iter().map(convert::job).collect(),
+        loop {
+            let (jobs, next) = self
+                .app
+                .list_jobs(&Caller::Anonymous, cluster, page)
+                .await
+                .map_err(status)?;
+            let wire: Vec<v1::Job> = jobs.iter().map(convert::job).collect();
+            // A page is also bounded in bytes: large jobs make it shorter,
+            // never a message the client refuses (at least one job each).
+            let mut bytes = 0usize;
+            let fits = wire
+                .iter()
+                .take_while(|j| {
+                    bytes += j.encoded_len() + 8;
+                    bytes <= convert::MAX_JOB_PAGE_BYTES
+                })
+                .count()
+                .max(1);
+            if fits < wire.len() {
+                page.limit = u32::try_from(fits).unwrap_or(1);
+                continue;
+            }
+            return Ok(Response::new(v1::ListJobsResponse {
+                jobs: wire,
                 next_page_token: next.map(convert::job_page_token).unwrap_or_default(),
-            },
-        )
+            }));
+        }
     }
 
     async fn cancel_job(

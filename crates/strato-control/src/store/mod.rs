@@ -24,7 +24,7 @@ pub use records::{
     GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome,
     TransitionRecord,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{DB_FILE, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
