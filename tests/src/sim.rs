@@ -190,6 +190,8 @@ impl SimFleet {
             hostname: launch.node_id.clone(),
             control_plane_id: None,
             give_up_after: None,
+            job_pids_limit: Some(strato_runtime::PIDS_LIMIT),
+            allow_new_privileges: false,
         };
         let agent = AgentThread::spawn(launch.node_id.clone(), config, runtime.clone(), identity)
             .map_err(|source| ProviderError::Io {

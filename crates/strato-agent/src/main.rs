@@ -111,6 +111,16 @@ struct Config {
     #[arg(long, env = "STRATO_GIVE_UP_AFTER", value_name = "SECONDS")]
     give_up_after: Option<u64>,
 
+    /// The most processes (threads included) in one job container; 0: no
+    /// limit of Strato's. Ranks of one node share their container's limit.
+    #[arg(long, env = "STRATO_JOB_PIDS_LIMIT", default_value_t = strato_runtime::PIDS_LIMIT)]
+    job_pids_limit: i64,
+
+    /// Let job processes gain privileges through setuid binaries (`sudo`);
+    /// off by default (`no-new-privileges`).
+    #[arg(long, env = "STRATO_ALLOW_NEW_PRIVILEGES")]
+    allow_new_privileges: bool,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     log: String,
@@ -365,6 +375,8 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         hostname,
         control_plane_id: config.control_plane_id,
         give_up_after: config.give_up_after.map(std::time::Duration::from_secs),
+        job_pids_limit: (config.job_pids_limit > 0).then_some(config.job_pids_limit),
+        allow_new_privileges: config.allow_new_privileges,
     };
     tokio::select! {
         result = session::run(agent, docker, identity) => Ok(result?),

@@ -452,7 +452,8 @@ where
     futures_util::stream::select(items, pump)
 }
 
-/// The most processes (threads included) in one job container.
+/// The agent's default limit on processes (threads included) in one job
+/// container (`--job-pids-limit`).
 pub const PIDS_LIMIT: i64 = 4_096;
 /// Docker's smallest CPU limit, 0.01 CPU.
 const MIN_NANO_CPUS: i64 = 10_000_000;
@@ -470,8 +471,8 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             .map(|cpus| ((cpus * 1e9).round() as i64).max(MIN_NANO_CPUS)),
         // No setuid binary gives a job more than it started with, and a
         // fork bomb stops at the pids limit.
-        security_opt: Some(vec!["no-new-privileges".to_owned()]),
-        pids_limit: Some(PIDS_LIMIT),
+        security_opt: (!spec.new_privileges).then(|| vec!["no-new-privileges".to_owned()]),
+        pids_limit: spec.pids_limit,
         memory: spec
             .memory_bytes
             .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),

@@ -56,6 +56,12 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     /// The container's hostname (and its alias on `network`).
     pub hostname: Option<String>,
+    /// The most processes (threads included) in the container; `None`: no
+    /// limit of its own.
+    pub pids_limit: Option<i64>,
+    /// Whether its processes may gain privileges (setuid binaries such as
+    /// `sudo`); off for job containers unless the agent allows it.
+    pub new_privileges: bool,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]

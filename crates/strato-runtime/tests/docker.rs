@@ -53,6 +53,8 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         mounts: Vec::new(),
         network: None,
         hostname: None,
+        pids_limit: Some(strato_runtime::PIDS_LIMIT),
+        new_privileges: false,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),
@@ -252,7 +254,7 @@ async fn containers_get_no_new_privileges_a_pids_limit_and_a_cpu_limit_that_hold
     let _cleanup = Cleanup::new(&label);
     // NoNewPrivs as the kernel reports it for the job's process, and the
     // pids limit of its cgroup (v2, then v1).
-    let mut spec = spec(
+    let mut hardened = spec(
         &unique("hardening"),
         &label,
         &[
@@ -262,14 +264,37 @@ async fn containers_get_no_new_privileges_a_pids_limit_and_a_cpu_limit_that_hold
         ],
     );
     // Far below Docker's smallest limit: still a limit, not "unlimited".
-    spec.cpus = Some(1e-12);
-    let id = runtime.create_and_start(&spec).await.expect("create");
+    hardened.cpus = Some(1e-12);
+    let id = runtime.create_and_start(&hardened).await.expect("create");
     assert_eq!(within("wait", runtime.wait(&id)).await.expect("wait"), 0);
     let lines = collect_logs(&runtime, &id).await;
     let out = of(&lines, OutputStream::Stdout);
     assert_eq!(out[0], "NoNewPrivs: 1", "{lines:?}");
     assert_eq!(out[1], strato_runtime::PIDS_LIMIT.to_string(), "{lines:?}");
     assert_eq!(out[2], "1000 100000", "0.01 CPU: {lines:?}");
+    runtime.remove(&id).await.expect("remove");
+
+    // What an agent started with --allow-new-privileges and
+    // --job-pids-limit 0 asks for.
+    let mut open = spec(
+        &unique("hardening"),
+        &label,
+        &[
+            "sh",
+            "-c",
+            "grep NoNewPrivs /proc/self/status | tr -s ' \t' ' '",
+        ],
+    );
+    open.pids_limit = None;
+    open.new_privileges = true;
+    let id = runtime.create_and_start(&open).await.expect("create");
+    assert_eq!(within("wait", runtime.wait(&id)).await.expect("wait"), 0);
+    let lines = collect_logs(&runtime, &id).await;
+    assert_eq!(
+        of(&lines, OutputStream::Stdout),
+        vec!["NoNewPrivs: 0"],
+        "{lines:?}"
+    );
     runtime.remove(&id).await.expect("remove");
 }
 

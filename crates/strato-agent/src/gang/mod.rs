@@ -236,6 +236,8 @@ mod tests {
             mounts: Vec::new(),
             network: None,
             hostname: None,
+            pids_limit: None,
+            new_privileges: false,
         }
     }
 

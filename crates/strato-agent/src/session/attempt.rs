@@ -56,6 +56,8 @@ pub fn container_spec(
         mounts: Vec::new(),
         network: None,
         hostname: None,
+        pids_limit: Some(strato_runtime::PIDS_LIMIT),
+        new_privileges: false,
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),

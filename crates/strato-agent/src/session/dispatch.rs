@@ -70,6 +70,8 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
                 .labels
                 .insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
         }
+        container.pids_limit = self.config.job_pids_limit;
+        container.new_privileges = self.config.allow_new_privileges;
         // The attempt's own secret for the identity endpoint.
         let secret = Vending::new_secret();
         container.env.extend(

@@ -54,6 +54,12 @@ pub struct AgentConfig {
     /// (`--give-up-after`): stop and remove this node's containers and exit.
     /// `None`: keep trying forever (a systemd agent's default).
     pub give_up_after: Option<Duration>,
+    /// The most processes in a job container (`--job-pids-limit`); `None`:
+    /// no limit of Strato's.
+    pub job_pids_limit: Option<i64>,
+    /// Whether job processes may gain privileges (`--allow-new-privileges`,
+    /// for images that need `sudo`).
+    pub allow_new_privileges: bool,
 }
 
 /// Why a session ended. [`SessionError::is_fatal`] ones end [`run`]; the

@@ -88,14 +88,19 @@ impl LogPrinter {
 /// or `\u{NNNN}`: a job's output reaches the terminal as text, never as
 /// escape sequences that move the cursor, retitle the window or write the
 /// clipboard.
-fn escape_controls(text: &str, out: &mut String) {
+pub(crate) fn escape_controls(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
             '\t' => out.push(c),
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+            // C1 controls, and the bidirectional overrides and isolates
+            // that make text read other than it is.
+            c if ('\u{80}'..='\u{9f}').contains(&c)
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
                 out.push_str(&format!("\\u{{{:04x}}}", c as u32));
             }
             c => out.push(c),

@@ -55,7 +55,8 @@ fn wait_outcome(view: &JobView) -> (u8, String) {
         line.push_str(&format!(" (exit code {code})"));
     }
     if !view.reason.is_empty() {
-        line.push_str(&format!(": {}", view.reason));
+        line.push_str(": ");
+        crate::view::log::escape_controls(&view.reason, &mut line);
     }
     (1, line)
 }
@@ -77,7 +78,8 @@ fn progress_line(job: &v1::Job) -> String {
         line.push_str(&format!(" (attempt {})", job.attempt));
     }
     if job.state == v1::JobState::Preempted as i32 && !job.reason.is_empty() {
-        line.push_str(&format!(": {}", job.reason));
+        line.push_str(": ");
+        crate::view::log::escape_controls(&job.reason, &mut line);
     }
     line
 }
