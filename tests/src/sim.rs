@@ -22,7 +22,6 @@ use strato_runtime::fake::FakeRuntime;
 
 /// One simulated machine.
 struct SimNode {
-    cluster: String,
     runtime: FakeRuntime,
     /// The agent; gone once the node is taken down or its agent stopped.
     agent: Option<AgentThread>,
@@ -201,7 +200,6 @@ impl SimFleet {
         self.nodes_map().insert(
             launch.node_id.clone(),
             SimNode {
-                cluster: launch.cluster.clone(),
                 runtime,
                 agent: Some(agent),
             },
@@ -268,10 +266,9 @@ impl NodeProvider for SimProvider {
             let nodes = self.0.nodes_map();
             Ok(Holdings {
                 nodes: nodes
-                    .iter()
-                    .map(|(id, n)| ProvidedNode {
+                    .keys()
+                    .map(|id| ProvidedNode {
                         node_id: id.clone(),
-                        cluster: Some(n.cluster.clone()),
                         pid: None,
                     })
                     .collect(),

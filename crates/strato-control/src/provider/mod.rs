@@ -31,8 +31,6 @@ pub struct NodeLaunch {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ProvidedNode {
     pub node_id: String,
-    /// The cluster, where the provider can tell.
-    pub cluster: Option<String>,
     /// The agent's process, for a provider that starts one.
     pub pid: Option<u32>,
 }
@@ -41,7 +39,6 @@ impl From<&crate::store::NodeRecord> for ProvidedNode {
     fn from(node: &crate::store::NodeRecord) -> Self {
         ProvidedNode {
             node_id: node.node_id.clone(),
-            cluster: Some(node.cluster.clone()),
             pid: node.pid,
         }
     }

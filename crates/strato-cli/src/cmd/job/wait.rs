@@ -214,6 +214,8 @@ mod fake_server_tests {
     struct Fake {
         /// WaitJob never answers (a control plane about to die).
         hang: bool,
+        /// Told when a WaitJob call hangs.
+        hung: std::sync::Arc<tokio::sync::Notify>,
         /// GetJob calls so far; each moves the job one state on.
         gets: AtomicU32,
     }
@@ -278,6 +280,7 @@ mod fake_server_tests {
                 return Err(Status::not_found("no such job"));
             }
             if self.hang {
+                self.hung.notify_one();
                 std::future::pending::<()>().await;
             }
             Ok(Response::new(job(v1::JobState::Completed)))
@@ -330,17 +333,23 @@ mod fake_server_tests {
 
     #[tokio::test]
     async fn wait_rides_out_a_control_plane_restart() {
+        let hung = std::sync::Arc::new(tokio::sync::Notify::new());
         let (addr, kill) = serve(
             loopback(),
             Fake {
                 hang: true,
+                hung: hung.clone(),
                 ..Default::default()
             },
         );
         let mut client = client(addr).await;
         let waiting = tokio::spawn(async move { wait_job(&mut client, "j-1").await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // The control plane dies under the WaitJob call...
+        tokio::time::timeout(Duration::from_secs(20), hung.notified())
+            .await
+            .expect("the WaitJob call reached the control plane");
+        // The control plane dies under the WaitJob call, and stays away for
+        // an outage of 1.2 s (the length of the outage is the point: the
+        // client retries through it)...
         drop(kill);
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(!waiting.is_finished(), "gave up instead of retrying");

@@ -60,10 +60,7 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub fn new(settings: LocalSettings) -> Self {
         LocalProvider {
-            agents: AgentMatch {
-                agent_binary: settings.agent_binary.clone(),
-                control_plane_id: settings.control_plane_id.clone(),
-            },
+            agents: AgentMatch::new(&settings.agent_binary, settings.control_plane_id.clone()),
             settings,
             children: Mutex::new(HashMap::new()),
             networks: tokio::sync::Mutex::new(()),
@@ -245,10 +242,7 @@ impl LocalProvider {
             .await?
         {
             if let Some(node_id) = c.labels.get(LABEL_NODE).filter(|n| naming::is_node_id(n)) {
-                let node = node_of(&mut nodes, node_id);
-                if node.cluster.is_none() {
-                    node.cluster = c.labels.get(naming::LABEL_CLUSTER).cloned();
-                }
+                node_of(&mut nodes, node_id);
             }
         }
         let clusters: BTreeSet<String> = docker
@@ -273,7 +267,6 @@ fn node_of<'a>(
         .entry(node_id.to_owned())
         .or_insert_with(|| ProvidedNode {
             node_id: node_id.to_owned(),
-            cluster: None,
             pid: None,
         })
 }

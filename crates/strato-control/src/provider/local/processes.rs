@@ -15,11 +15,20 @@ use strato_core::naming;
 /// What identifies this control plane's agents.
 #[derive(Debug, Clone)]
 pub struct AgentMatch {
-    pub agent_binary: PathBuf,
-    pub control_plane_id: String,
+    /// The agent binary's canonical path, as `/proc/PID/exe` shows it.
+    agent_binary: PathBuf,
+    control_plane_id: String,
 }
 
 impl AgentMatch {
+    pub fn new(agent_binary: &Path, control_plane_id: String) -> Self {
+        AgentMatch {
+            agent_binary: std::fs::canonicalize(agent_binary)
+                .unwrap_or_else(|_| agent_binary.to_owned()),
+            control_plane_id,
+        }
+    }
+
     /// The node whose agent process `pid` is, if it is one of ours.
     pub fn node_of(&self, pid: u32) -> Option<String> {
         let proc = PathBuf::from(format!("/proc/{pid}"));
@@ -33,10 +42,9 @@ impl AgentMatch {
         let uid = std::fs::metadata(&proc).ok()?.uid();
         (uid == std::fs::metadata("/proc/self").ok()?.uid()).then_some(())?;
         let exe = std::fs::read_link(proc.join("exe")).ok()?;
-        let binary = std::fs::canonicalize(&self.agent_binary).unwrap_or(self.agent_binary.clone());
         // A binary rebuilt since the agent started shows as "… (deleted)".
-        let deleted = PathBuf::from(format!("{} (deleted)", binary.display()));
-        (exe == binary || exe == deleted).then_some(())?;
+        let deleted = PathBuf::from(format!("{} (deleted)", self.agent_binary.display()));
+        (exe == self.agent_binary || exe == deleted).then_some(())?;
         let environ = std::fs::read(proc.join("environ")).ok()?;
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
         let mine = format!("STRATO_CONTROL_PLANE_ID={}", self.control_plane_id);
@@ -102,10 +110,7 @@ mod tests {
     #[test]
     fn this_process_is_no_agent_and_a_gone_pid_is_not_alive() {
         let me = std::process::id();
-        let matcher = AgentMatch {
-            agent_binary: std::env::current_exe().expect("exe"),
-            control_plane_id: "not-mine".into(),
-        };
+        let matcher = AgentMatch::new(&std::env::current_exe().expect("exe"), "not-mine".into());
         // Same binary, namespaces and user, but no such variable.
         assert_eq!(matcher.node_of(me), None);
         assert!(alive(me));

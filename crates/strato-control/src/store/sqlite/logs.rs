@@ -34,8 +34,8 @@ pub(super) async fn append_logs(
     for l in lines {
         // The first lines are kept; past the bound one marker says so.
         let text = match limits::stored_line(l.seq, limits::MAX_STORED_LINES_PER_RANK) {
-            StoredLine::Line => l.line.clone(),
-            StoredLine::Marker(marker) => marker,
+            StoredLine::Line => std::borrow::Cow::Borrowed(l.line.as_str()),
+            StoredLine::Marker(marker) => std::borrow::Cow::Owned(marker),
             StoredLine::Dropped => continue,
         };
         sqlx::query(
@@ -47,7 +47,7 @@ pub(super) async fn append_logs(
         .bind(i64::from(rank))
         .bind(i64::try_from(l.seq).unwrap_or(i64::MAX))
         .bind(i64::from(l.stream))
-        .bind(&text)
+        .bind(text.as_ref())
         .bind(l.at)
         .execute(&mut *tx)
         .await?;
