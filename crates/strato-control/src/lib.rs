@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod app;
 pub mod config;
+pub mod data_dir;
 pub mod federation;
 pub mod grpc;
 pub mod http;
@@ -47,7 +48,7 @@ pub async fn run(
         .with_context(|| format!("--http-listen {}: cannot listen", config.http_listen))?;
     let grpc_addr = grpc.local_addr()?;
     let http_base = http.local_addr()?;
-    let control_plane_id = control_plane_id(&config.data_dir)?;
+    let control_plane_id = data_dir::control_plane_id(&config.data_dir)?;
     let provider: Box<dyn NodeProvider> = match config.provider {
         ProviderKind::None => Box::new(NoProvider),
         ProviderKind::Local => {
@@ -119,7 +120,7 @@ pub async fn serve(
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
-    keep_private(&config.data_dir);
+    data_dir::keep_private(&config.data_dir);
     let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
         format!(
             "--data-dir {}: cannot open the database",
@@ -195,68 +196,6 @@ pub async fn serve(
     plane.store.close().await;
     tracing::info!("strato-control stopped");
     Ok(())
-}
-
-/// The data directory holds secrets' hashes, the signing key and every
-/// job's environment: only its owner may enter it (0700), and the database
-/// files are the owner's alone (0600; a new database is made 0600 before
-/// SQLite opens it, and SQLite gives its `-wal` and `-shm` files the
-/// database's mode). Where the mode cannot be changed (a volume the process
-/// does not own), it says so and goes on.
-fn keep_private(data_dir: &std::path::Path) {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let set = |path: &std::path::Path, mode: u32| {
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), error = %e, "cannot make it private");
-        }
-    };
-    set(data_dir, 0o700);
-    let db = data_dir.join(store::DB_FILE);
-    if !db.exists()
-        && let Err(e) = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&db)
-    {
-        tracing::warn!(path = %db.display(), error = %e, "cannot make the database file");
-    }
-    for file in [store::DB_FILE, "strato.db-wal", "strato.db-shm"] {
-        let path = data_dir.join(file);
-        if path.exists() {
-            set(&path, 0o600);
-        }
-    }
-}
-
-/// This control plane's id (`DATA_DIR/control-plane-id`, made on first
-/// start): what its provider makes carries it, so that it cleans up only
-/// what is its own when other control planes share the machine.
-fn control_plane_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    let path = data_dir.join("control-plane-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let tmp = data_dir.join("control-plane-id.tmp");
-    let write = || {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(id.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().with_context(|| format!("writing {}", path.display()))?;
-    Ok(id)
 }
 
 /// Takes down what the provider holds of nodes and clusters the store does

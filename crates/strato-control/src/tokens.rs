@@ -9,8 +9,6 @@
 //! stay verifiable until they expire; remove the previous file after the
 //! token lifetime has passed.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -128,15 +126,8 @@ impl TokenIssuer {
             let pem = key
                 .to_pkcs8_pem(LineEnding::LF)
                 .map_err(|e| err(e.to_string()))?;
-            let mut file = std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
+            crate::data_dir::write_new_private(&path, pem.as_bytes())
                 .map_err(|e| err(e.to_string()))?;
-            file.write_all(pem.as_bytes())
-                .map_err(|e| err(e.to_string()))?;
-            file.sync_all().map_err(|e| err(e.to_string()))?;
             tracing::info!(path = %path.display(), "created the token signing key");
         }
         let secret = read_key(&path)?;
