@@ -216,15 +216,10 @@ impl InProcess {
     /// A sample without labels from the control plane's `/metrics`; 0 when
     /// it is not there.
     pub async fn metric(&self, name: &str) -> f64 {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut conn = tokio::net::TcpStream::connect(self.http)
+        let http = self.http;
+        let text = tokio::task::spawn_blocking(move || crate::http_get(http, "/metrics"))
             .await
-            .expect("connect to /metrics");
-        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: strato\r\n\r\n")
-            .await
-            .expect("ask for /metrics");
-        let mut text = String::new();
-        conn.read_to_string(&mut text).await.expect("read /metrics");
+            .expect("read /metrics");
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())

@@ -293,6 +293,18 @@ impl ControlPlane {
             .output()
             .expect("run strato")
     }
+
+    /// Runs the `strato` CLI and fails the test, with its stderr, unless it
+    /// succeeded.
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "strato {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
 }
 
 impl Drop for ControlPlane {
@@ -317,40 +329,70 @@ impl Drop for ControlPlane {
         // networks, containers of nodes it had forgotten) carries its id.
         if let Ok(id) = std::fs::read_to_string(self.data_dir.join("control-plane-id")) {
             let label = format!("strato.control-plane={}", id.trim());
-            for id in containers_labelled("strato.control-plane", id.trim()) {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", &id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let networks = Command::new("docker")
-                .args(["network", "ls", "-q", "--filter", &format!("label={label}")])
-                .output();
-            for network in networks
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-                .split_whitespace()
-            {
-                let _ = Command::new("docker")
-                    .args(["network", "rm", network])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+            remove_labelled(&label);
+            for network in networks_labelled(&label) {
+                quiet_docker(&["network", "rm", &network]);
             }
         }
     }
 }
 
+/// The body of `GET path` on a plain-HTTP server at `addr` (the control
+/// plane's side port).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect over HTTP");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: strato\r\n\r\n").expect("send the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the response");
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+/// Runs `docker ARGS`, ignoring what it says (clean-up).
+fn quiet_docker(args: &[&str]) {
+    let _ = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Removes every container with the label `KEY=VALUE`.
+fn remove_labelled(label: &str) {
+    for id in docker_ids(&["ps", "-aq", "--filter", &format!("label={label}")]) {
+        quiet_docker(&["rm", "-f", &id]);
+    }
+}
+
+/// The names of the Docker networks with the label `KEY=VALUE`.
+pub fn networks_labelled(label: &str) -> Vec<String> {
+    docker_ids(&[
+        "network",
+        "ls",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Name}}",
+    ])
+}
+
+/// What `docker ARGS` prints, a word each.
+fn docker_ids(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes every container labelled with the node.
 pub fn remove_containers(node_id: &str) {
-    for id in containers_of(node_id) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    remove_labelled(&format!("strato.node={node_id}"));
 }
 
 /// Ids of the containers (running or not) labelled with the node.
@@ -364,16 +406,7 @@ pub fn containers_of_job(job_id: &str) -> Vec<String> {
 }
 
 fn containers_labelled(key: &str, value: &str) -> Vec<String> {
-    Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={key}={value}")])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    docker_ids(&["ps", "-aq", "--filter", &format!("label={key}={value}")])
 }
 
 /// The Python with Azure's `azure-identity` that `cargo xtask setup`

@@ -7,7 +7,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use strato_e2e::{ControlPlane, containers_of, require_docker, wait_for, wait_job_state};
+use strato_e2e::{
+    ControlPlane, containers_of, networks_labelled, require_docker, wait_for, wait_job_state,
+};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -23,20 +25,6 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn networks(label: &str) -> Vec<String> {
-    docker(&[
-        "network",
-        "ls",
-        "--filter",
-        &format!("label={label}"),
-        "--format",
-        "{{.Name}}",
-    ])
-    .lines()
-    .map(str::to_owned)
-    .collect()
-}
-
 fn exists(what: &str, name: &str) -> bool {
     Command::new("docker")
         .args([what, "inspect", name])
@@ -49,15 +37,6 @@ fn control_plane_id(cp_dir: &std::path::Path) -> String {
         .expect("the control plane's id")
         .trim()
         .to_owned()
-}
-
-fn cli_ok(cp: &ControlPlane, args: &[&str]) {
-    let out = cp.cli(args);
-    assert!(
-        out.status.success(),
-        "strato {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn one_idle_node(cp: &ControlPlane, cluster: &str) -> String {
@@ -109,19 +88,16 @@ async fn a_restart_removes_only_its_own_orphans_and_keeps_known_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("cp");
     let mut cp = ControlPlane::start_fast(&data).await.expect("start");
-    cli_ok(
-        &cp,
-        &[
-            "compute",
-            "create",
-            "-n",
-            "keep",
-            "--min-nodes",
-            "1",
-            "--max-nodes",
-            "1",
-        ],
-    );
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "keep",
+        "--min-nodes",
+        "1",
+        "--max-nodes",
+        "1",
+    ]);
     let node = one_idle_node(&cp, "keep").await;
     let id = control_plane_id(&data);
     let short = &id[..8];
@@ -199,14 +175,8 @@ async fn a_gang_network_is_made_for_a_gang_and_goes_with_its_cluster() {
     let data = dir.path().join("cp");
     let cp = ControlPlane::start_fast(&data).await.expect("start");
     let label = format!("strato.control-plane={}", control_plane_id(&data));
-    cli_ok(
-        &cp,
-        &["compute", "create", "-n", "solo", "--max-nodes", "2"],
-    );
-    cli_ok(
-        &cp,
-        &["compute", "create", "-n", "pair", "--max-nodes", "2"],
-    );
+    cp.cli_ok(&["compute", "create", "-n", "solo", "--max-nodes", "2"]);
+    cp.cli_ok(&["compute", "create", "-n", "pair", "--max-nodes", "2"]);
 
     let mut jobs = cp.jobs().await;
     let submit = |cluster: &str, nodes: u32| v1::SubmitJobRequest {
@@ -234,16 +204,16 @@ async fn a_gang_network_is_made_for_a_gang_and_goes_with_its_cluster() {
     wait_job_state(&mut jobs, &single, v1::JobState::Completed, LONG).await;
     wait_job_state(&mut jobs, &gang, v1::JobState::Completed, LONG).await;
 
-    let made = networks(&label);
+    let made = networks_labelled(&label);
     assert_eq!(
         made.len(),
         1,
         "one network, for the cluster that ran a gang: {made:?}"
     );
     assert!(made[0].ends_with("-pair"), "{made:?}");
-    cli_ok(&cp, &["compute", "delete", "-n", "pair", "--yes"]);
+    cp.cli_ok(&["compute", "delete", "-n", "pair", "--yes"]);
     assert!(
-        networks(&label).is_empty(),
+        networks_labelled(&label).is_empty(),
         "the network went with its cluster"
     );
 }
@@ -264,10 +234,7 @@ async fn local_agents_of_a_control_plane_gone_for_good_give_up() {
     )
     .await
     .expect("start");
-    cli_ok(
-        &cp,
-        &["compute", "create", "-n", "orphaned", "--max-nodes", "1"],
-    );
+    cp.cli_ok(&["compute", "create", "-n", "orphaned", "--max-nodes", "1"]);
     let mut jobs = cp.jobs().await;
     let id = jobs
         .submit_job(v1::SubmitJobRequest {

@@ -9,6 +9,16 @@ use strato_e2e::{ControlPlane, job_log_lines, require_docker, wait_for, wait_job
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(120);
+
+/// A job that runs `true` on `cluster`.
+fn job(cluster: &str) -> v1::JobSpec {
+    v1::JobSpec {
+        cluster: cluster.into(),
+        image: strato_e2e::TEST_IMAGE.into(),
+        command: vec!["true".into()],
+        ..Default::default()
+    }
+}
 /// `strato_core::limits::MAX_LOG_LINE_BYTES`, as users are told it.
 const LINE: usize = 16 * 1024;
 
@@ -19,12 +29,7 @@ async fn six_megabytes_without_a_newline_end_as_split_lines_and_free_the_node() 
     let cp = ControlPlane::start_fast(&dir.path().join("cp"))
         .await
         .expect("start");
-    let out = cp.cli(&["compute", "create", "-n", "chatty", "--max-nodes", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.cli_ok(&["compute", "create", "-n", "chatty", "--max-nodes", "1"]);
     let total: usize = 6 * 1024 * 1024;
     let mut jobs = cp.jobs().await;
     let id = jobs
@@ -98,19 +103,9 @@ async fn oversized_submits_are_refused_naming_the_field_and_store_nothing() {
     let cp = ControlPlane::start(&dir.path().join("cp"), &["--provider", "none"])
         .await
         .expect("start");
-    let out = cp.cli(&["compute", "create", "-n", "bounded", "--max-nodes", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.cli_ok(&["compute", "create", "-n", "bounded", "--max-nodes", "1"]);
     let mut jobs = cp.jobs().await;
-    let base = v1::JobSpec {
-        cluster: "bounded".into(),
-        image: "strato-test/busybox:latest".into(),
-        command: vec!["true".into()],
-        ..Default::default()
-    };
+    let base = job("bounded");
     let cases = [
         (
             v1::JobSpec {
@@ -163,12 +158,7 @@ async fn the_data_dir_is_its_owners_alone() {
     let cp = ControlPlane::start(&data, &["--provider", "none"])
         .await
         .expect("start");
-    let out = cp.cli(&["compute", "create", "-n", "private", "--max-nodes", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.cli_ok(&["compute", "create", "-n", "private", "--max-nodes", "1"]);
     let mode = |p: &std::path::Path| {
         std::fs::metadata(p)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -203,12 +193,7 @@ async fn job_list_pages_through_thousands_of_jobs() {
     )
     .await
     .expect("start");
-    let out = cp.cli(&["compute", "create", "-n", "many", "--max-nodes", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.cli_ok(&["compute", "create", "-n", "many", "--max-nodes", "1"]);
     const JOBS: usize = 2_500;
     let jobs = cp.jobs().await;
     let submitted: Vec<String> = futures_util::stream::iter(0..JOBS)
@@ -216,12 +201,7 @@ async fn job_list_pages_through_thousands_of_jobs() {
             let mut jobs = jobs.clone();
             async move {
                 jobs.submit_job(v1::SubmitJobRequest {
-                    spec: Some(v1::JobSpec {
-                        cluster: "many".into(),
-                        image: "strato-test/busybox:latest".into(),
-                        command: vec!["true".into()],
-                        ..Default::default()
-                    }),
+                    spec: Some(job("many")),
                 })
                 .await
                 .expect("submit")
@@ -280,12 +260,7 @@ async fn job_list_pages_through_thousands_of_jobs() {
     }
 
     // The CLI follows the pages itself.
-    let out = cp.cli(&["job", "list", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cp.cli_ok(&["job", "list", "-o", "json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed.len(), JOBS);
 }
@@ -306,20 +281,10 @@ async fn submits_past_the_rate_are_refused_with_a_retry_hint() {
     )
     .await
     .expect("start");
-    let out = cp.cli(&["compute", "create", "-n", "paced", "--max-nodes", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.cli_ok(&["compute", "create", "-n", "paced", "--max-nodes", "1"]);
     let mut jobs = cp.jobs().await;
     let submit = || v1::SubmitJobRequest {
-        spec: Some(v1::JobSpec {
-            cluster: "paced".into(),
-            image: "strato-test/busybox:latest".into(),
-            command: vec!["true".into()],
-            ..Default::default()
-        }),
+        spec: Some(job("paced")),
     };
     for _ in 0..5 {
         jobs.submit_job(submit()).await.expect("within the burst");
@@ -357,12 +322,7 @@ async fn a_page_of_large_jobs_stays_below_the_message_limit() {
     let cp = ControlPlane::start(&dir.path().join("cp"), &["--provider", "none"])
         .await
         .expect("start");
-    let out = cp.cli(&["compute", "create", "-n", "bulky", "--max-nodes", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.cli_ok(&["compute", "create", "-n", "bulky", "--max-nodes", "1"]);
     let mut jobs = cp.jobs().await;
     // 16 jobs of about 250 KiB each: 4 MB in all, over one message.
     const JOBS: usize = 16;
@@ -395,12 +355,7 @@ async fn a_page_of_large_jobs_stays_below_the_message_limit() {
         first.jobs.len()
     );
     assert!(!first.next_page_token.is_empty(), "and a next one");
-    let out = cp.cli(&["job", "list", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cp.cli_ok(&["job", "list", "-o", "json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed.len(), JOBS, "the CLI lists them all");
 }

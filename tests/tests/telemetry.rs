@@ -110,14 +110,7 @@ async fn prometheus_scrapes_the_control_plane_and_the_agents() {
     );
 
     // promtool finds nothing to say about the control plane's metrics.
-    let text = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(cp.http).expect("http");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-    };
+    let text = strato_e2e::http_get(cp.http, "/metrics");
     for series in [
         "strato_grpc_requests_total{method=\"/strato.v1.ComputeService/CreateCluster\",code=\"Ok\"} 1",
         "strato_grpc_request_duration_seconds_bucket{method=\"/strato.v1.JobService/SubmitJob\",code=\"Ok\",le=\"+Inf\"} 1",
