@@ -221,6 +221,9 @@ impl SimFleet {
 /// The provider face of a [`SimFleet`].
 pub struct SimProvider(pub Arc<SimFleet>);
 
+/// Every simulated node has an engine of its own: a gang needs nothing
+/// made for it, and a cluster holds nothing of its own (the trait's
+/// defaults).
 impl NodeProvider for SimProvider {
     fn kind(&self) -> &'static str {
         "sim"
@@ -249,16 +252,6 @@ impl NodeProvider for SimProvider {
             self.0.take_down(&node.node_id).await;
             Ok(())
         })
-    }
-
-    fn prepare_gang<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
-        // Every simulated node has its own engine: its agent makes the
-        // network it needs.
-        Box::pin(async { Ok(()) })
-    }
-
-    fn delete_cluster<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async { Ok(()) })
     }
 
     fn holdings(&self) -> BoxFuture<'_, Result<Holdings, ProviderError>> {

@@ -70,15 +70,12 @@ impl<S: Store> JobService for JobApi<S> {
             let wire: Vec<v1::Job> = jobs.iter().map(convert::job).collect();
             // A page is also bounded in bytes: large jobs make it shorter,
             // never a message the client refuses (at least one job each).
-            let mut bytes = 0usize;
-            let fits = wire
-                .iter()
-                .take_while(|j| {
-                    bytes += j.encoded_len() + 8;
-                    bytes <= convert::MAX_JOB_PAGE_BYTES
-                })
-                .count()
-                .max(1);
+            let sizes: Vec<usize> = wire.iter().map(|j| j.encoded_len() + 8).collect();
+            let fits =
+                strato_core::limits::batch_lengths(&sizes, usize::MAX, convert::MAX_JOB_PAGE_BYTES)
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
             if fits < wire.len() {
                 page.limit = u32::try_from(fits).unwrap_or(1);
                 continue;

@@ -111,10 +111,17 @@ pub trait NodeProvider: Send + Sync + 'static {
     /// Makes what a multi-node job of `cluster` needs before its nodes
     /// start their containers (for nodes sharing one engine: the network
     /// they meet on). Called for every gang assignment; idempotent.
-    fn prepare_gang<'a>(&'a self, cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// By default there is nothing to make (nodes with engines of their
+    /// own).
+    fn prepare_gang<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Removes what a cluster holds beyond its nodes, once it has none.
-    fn delete_cluster<'a>(&'a self, cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// By default a cluster holds nothing of its own.
+    fn delete_cluster<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Everything this provider holds now.
     fn holdings(&self) -> BoxFuture<'_, Result<Holdings, ProviderError>>;
@@ -147,14 +154,6 @@ impl NodeProvider for NoProvider {
         &'a self,
         _node: &'a ProvidedNode,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn prepare_gang<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn delete_cluster<'a>(&'a self, _cluster: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async { Ok(()) })
     }
 
