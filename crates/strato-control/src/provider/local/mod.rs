@@ -55,6 +55,7 @@ pub struct LocalProvider {
     /// Held while a cluster's gang network is made: Docker does not refuse
     /// a second network of the same name created at the same moment.
     networks: tokio::sync::Mutex<()>,
+    docker: tokio::sync::OnceCell<DockerRuntime>,
 }
 
 impl LocalProvider {
@@ -64,6 +65,7 @@ impl LocalProvider {
             settings,
             children: Mutex::new(HashMap::new()),
             networks: tokio::sync::Mutex::new(()),
+            docker: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -73,8 +75,13 @@ impl LocalProvider {
         self.settings.nodes_dir.join(node_id)
     }
 
-    async fn docker(&self) -> Result<DockerRuntime, ProviderError> {
-        Ok(DockerRuntime::connect(Some(&self.settings.docker_socket)).await?)
+    /// The engine, connected (ping and version negotiation) once and
+    /// shared by every call after; a failed connect is tried again next time.
+    async fn docker(&self) -> Result<&DockerRuntime, ProviderError> {
+        Ok(self
+            .docker
+            .get_or_try_init(|| DockerRuntime::connect(Some(&self.settings.docker_socket)))
+            .await?)
     }
 
     /// The gang network of `cluster`: this control plane's alone.
