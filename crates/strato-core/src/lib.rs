@@ -8,8 +8,10 @@
 //! every decision here is a plain function that unit and property tests can
 //! drive exhaustively.
 
+pub mod access;
 pub mod backoff;
 pub mod catalog;
+pub mod client_config;
 pub mod error;
 pub mod exposition;
 pub mod identity;

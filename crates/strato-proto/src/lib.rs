@@ -1,6 +1,7 @@
 //! Strato's gRPC contract, generated from `proto/strato/v1` at build time,
 //! and the conversions between wire types and `strato-core` types.
 
+pub mod client;
 pub mod convert;
 
 /// `strato.v1`: every message and service of the contract.

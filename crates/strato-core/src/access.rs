@@ -1,0 +1,358 @@
+//! Who may do what: the four roles (modelled on Azure ML's built-in ones),
+//! the scopes they are granted at, every action a caller can take, and the
+//! one table of which role allows which action.
+//!
+//! - **Reader** reads clusters, nodes, sizes, usage, jobs and datastores.
+//! - **DataScientist**: Reader, and submits, cancels and reads the logs of
+//!   jobs; no cluster writes.
+//! - **ComputeOperator**: Reader, and creates, updates and deletes clusters,
+//!   assigns identities and simulates evictions.
+//! - **Owner**: everything, including API tokens, role assignments and
+//!   datastores.
+//!
+//! Scopes: `/` (everything), `/clusters/NAME` (one cluster and its jobs),
+//! and a user-assigned identity's resource id (`/subscriptions/…`), where
+//! the right to assign that identity is granted.
+
+use std::fmt;
+
+use crate::FieldError;
+
+/// A built-in role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Reader,
+    DataScientist,
+    ComputeOperator,
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Reader,
+        Role::DataScientist,
+        Role::ComputeOperator,
+        Role::Owner,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "Reader",
+            Role::DataScientist => "DataScientist",
+            Role::ComputeOperator => "ComputeOperator",
+            Role::Owner => "Owner",
+        }
+    }
+
+    /// A role by its name (case-insensitive), or an error naming `field`.
+    pub fn parse(field: &str, text: &str) -> Result<Role, FieldError> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    format!(
+                        "{text:?} is not a role; one of Reader, DataScientist, ComputeOperator, Owner"
+                    ),
+                )
+            })
+    }
+
+    /// Whether this role allows `action` (at a scope that covers it).
+    pub fn allows(self, action: Action) -> bool {
+        use Action::*;
+        let reads = matches!(
+            action,
+            GetCluster
+                | ListClusters
+                | ListNodes
+                | ListSizes
+                | ListUsage
+                | GetJob
+                | ListJobs
+                | WaitJob
+                | GetDatastore
+                | ListDatastores
+                | WhoAmI
+        );
+        match self {
+            Role::Owner => true,
+            Role::Reader => reads,
+            Role::DataScientist => reads || matches!(action, SubmitJob | CancelJob | StreamLogs),
+            Role::ComputeOperator => {
+                reads
+                    || matches!(
+                        action,
+                        CreateCluster
+                            | UpdateCluster
+                            | DeleteCluster
+                            | AssignIdentity
+                            | RemoveIdentity
+                            | UseIdentity
+                            | SimulateEviction
+                    )
+            }
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a role is granted, or what an action is taken on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// `/`: the whole control plane.
+    All,
+    /// `/clusters/NAME`: one cluster, its nodes and its jobs.
+    Cluster(String),
+    /// A user-assigned identity's resource id (kept lowercase, as Azure
+    /// compares them): where the right to assign it is granted.
+    Identity(String),
+}
+
+impl Scope {
+    /// Parses `/`, `/clusters/NAME` or `/subscriptions/…`, naming `field`
+    /// when it is none of them.
+    pub fn parse(field: &str, text: &str) -> Result<Scope, FieldError> {
+        if text == "/" || text.is_empty() {
+            return Ok(Scope::All);
+        }
+        if let Some(name) = text.strip_prefix("/clusters/") {
+            crate::name::validate_cluster_name(name)
+                .map_err(|e| FieldError::new(field, format!("{text:?}: {}", e.rule)))?;
+            return Ok(Scope::Cluster(name.to_owned()));
+        }
+        if text.len() <= 1024
+            && text.to_ascii_lowercase().starts_with("/subscriptions/")
+            && !text.contains(char::is_whitespace)
+        {
+            return Ok(Scope::Identity(text.to_ascii_lowercase()));
+        }
+        Err(FieldError::new(
+            field,
+            format!(
+                "{text:?} is not a scope; one of /, /clusters/NAME, or a user-assigned identity's resource id"
+            ),
+        ))
+    }
+
+    /// Whether a grant at this scope reaches `target`.
+    pub fn covers(&self, target: &Scope) -> bool {
+        matches!(self, Scope::All) || self == target
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::All => f.write_str("/"),
+            Scope::Cluster(name) => write!(f, "/clusters/{name}"),
+            Scope::Identity(id) => f.write_str(id),
+        }
+    }
+}
+
+/// A role at a scope, held by a principal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Grant {
+    pub role: Role,
+    pub scope: Scope,
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {}", self.role, self.scope)
+    }
+}
+
+/// Every use case a caller can run, by name: what a role grants or
+/// withholds. Each RPC maps to exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    CreateCluster,
+    GetCluster,
+    ListClusters,
+    UpdateCluster,
+    DeleteCluster,
+    ListNodes,
+    AssignIdentity,
+    RemoveIdentity,
+    /// Assigning one user-assigned identity, checked at the identity's
+    /// scope (Azure's `userAssignedIdentities/*/assign/action`).
+    UseIdentity,
+    SimulateEviction,
+    ListSizes,
+    ListUsage,
+    SubmitJob,
+    GetJob,
+    ListJobs,
+    CancelJob,
+    StreamLogs,
+    WaitJob,
+    CreateDatastore,
+    GetDatastore,
+    ListDatastores,
+    DeleteDatastore,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
+    CreateRoleAssignment,
+    ListRoleAssignments,
+    DeleteRoleAssignment,
+    WhoAmI,
+    /// A node's agent asking for a token of its job's identity.
+    GetToken,
+}
+
+impl Action {
+    /// The permission's name, as refusals say it.
+    pub fn name(self) -> &'static str {
+        use Action::*;
+        match self {
+            CreateCluster => "clusters/create",
+            GetCluster | ListClusters => "clusters/read",
+            UpdateCluster => "clusters/write",
+            DeleteCluster => "clusters/delete",
+            ListNodes => "nodes/read",
+            AssignIdentity | RemoveIdentity => "clusters/identities/write",
+            UseIdentity => "identities/assign",
+            SimulateEviction => "nodes/evict",
+            ListSizes => "sizes/read",
+            ListUsage => "usage/read",
+            SubmitJob => "jobs/submit",
+            GetJob | ListJobs | WaitJob => "jobs/read",
+            CancelJob => "jobs/cancel",
+            StreamLogs => "jobs/logs/read",
+            CreateDatastore => "datastores/create",
+            GetDatastore | ListDatastores => "datastores/read",
+            DeleteDatastore => "datastores/delete",
+            CreateToken => "tokens/create",
+            ListTokens => "tokens/read",
+            RevokeToken => "tokens/revoke",
+            CreateRoleAssignment => "roleAssignments/create",
+            ListRoleAssignments => "roleAssignments/read",
+            DeleteRoleAssignment => "roleAssignments/delete",
+            WhoAmI => "whoami",
+            GetToken => "identities/token",
+        }
+    }
+
+    /// The roles that allow it, lowest first, for refusals.
+    pub fn roles(self) -> Vec<Role> {
+        Role::ALL.into_iter().filter(|r| r.allows(self)).collect()
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether `grants` allow `action` on `target`.
+pub fn permits(grants: &[Grant], action: Action, target: &Scope) -> bool {
+    grants
+        .iter()
+        .any(|g| g.role.allows(action) && g.scope.covers(target))
+}
+
+/// Which clusters a listing may show to a caller with `grants`: all of
+/// them (`None`), or those named (a caller granted `action` only on some
+/// clusters sees only those).
+pub fn visible_clusters(grants: &[Grant], action: Action) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for g in grants.iter().filter(|g| g.role.allows(action)) {
+        match &g.scope {
+            Scope::All => return None,
+            Scope::Cluster(name) => names.push(name.clone()),
+            Scope::Identity(_) => {}
+        }
+    }
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(role: Role, scope: &str) -> Grant {
+        Grant {
+            role,
+            scope: Scope::parse("scope", scope).expect("scope"),
+        }
+    }
+
+    #[test]
+    fn roles_follow_azure_ml_built_ins() {
+        use Action::*;
+        let ds = Role::DataScientist;
+        assert!(ds.allows(SubmitJob) && ds.allows(StreamLogs) && ds.allows(GetCluster));
+        assert!(!ds.allows(CreateCluster) && !ds.allows(UpdateCluster));
+        assert!(!ds.allows(UseIdentity) && !ds.allows(CreateToken));
+        let op = Role::ComputeOperator;
+        assert!(op.allows(CreateCluster) && op.allows(SimulateEviction) && op.allows(UseIdentity));
+        assert!(!op.allows(SubmitJob) && !op.allows(StreamLogs) && !op.allows(CreateDatastore));
+        let r = Role::Reader;
+        assert!(r.allows(ListJobs) && !r.allows(StreamLogs) && !r.allows(CancelJob));
+        // Nothing a user has allows an agent's token vending but Owner.
+        assert_eq!(GetToken.roles(), vec![Role::Owner]);
+        for role in Role::ALL {
+            assert!(role.allows(WhoAmI), "{role} may ask who it is");
+        }
+    }
+
+    #[test]
+    fn a_cluster_scope_reaches_only_its_cluster() {
+        let grants = [grant(Role::DataScientist, "/clusters/team-a")];
+        let a = Scope::Cluster("team-a".into());
+        let b = Scope::Cluster("team-b".into());
+        assert!(permits(&grants, Action::SubmitJob, &a));
+        assert!(!permits(&grants, Action::SubmitJob, &b));
+        assert!(!permits(&grants, Action::SubmitJob, &Scope::All));
+        assert_eq!(
+            visible_clusters(&grants, Action::ListJobs),
+            Some(vec!["team-a".to_owned()])
+        );
+        assert_eq!(
+            visible_clusters(&[grant(Role::Reader, "/")], Action::ListJobs),
+            None
+        );
+    }
+
+    #[test]
+    fn identities_are_assigned_only_where_granted() {
+        let id = "/subscriptions/S/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/teamA";
+        let target = Scope::parse("identity", id).expect("identity scope");
+        let on_cluster = [grant(Role::ComputeOperator, "/clusters/team-b")];
+        assert!(!permits(&on_cluster, Action::UseIdentity, &target));
+        let on_identity = [grant(Role::ComputeOperator, &id.to_uppercase())];
+        assert!(permits(&on_identity, Action::UseIdentity, &target));
+        assert!(permits(
+            &[grant(Role::Owner, "/")],
+            Action::UseIdentity,
+            &target
+        ));
+    }
+
+    #[test]
+    fn scopes_and_roles_parse_or_name_the_field() {
+        assert_eq!(Scope::parse("s", "/").expect("root"), Scope::All);
+        assert_eq!(
+            Scope::parse("s", "/clusters/gpu-a1").expect("cluster").to_string(),
+            "/clusters/gpu-a1"
+        );
+        let e = Scope::parse("scope", "/teams/x").expect_err("unknown");
+        assert!(e.to_string().starts_with("scope: "), "{e}");
+        assert!(Scope::parse("scope", "/clusters/Bad Name").is_err());
+        assert_eq!(Role::parse("role", "owner").expect("any case"), Role::Owner);
+        let e = Role::parse("role", "Admin").expect_err("unknown");
+        assert!(e.to_string().contains("ComputeOperator"), "{e}");
+    }
+}

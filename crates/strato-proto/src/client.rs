@@ -1,0 +1,116 @@
+//! Calling the control plane as a client: an `https://` endpoint that
+//! trusts the control plane's CA (never plaintext), and the bearer token
+//! every user call carries. The CLI, the agent and the tests build their
+//! channels here.
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Why an endpoint cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(
+        "{0:?}: an http:// endpoint would send tokens in clear; use https:// (the control plane speaks only TLS)"
+    )]
+    Plaintext(String),
+    #[error("{0:?}: not an https:// URL; e.g. https://127.0.0.1:7070")]
+    NotUrl(String),
+    #[error("TLS settings: {0}")]
+    Tls(String),
+}
+
+/// A TLS endpoint for `url`, trusting `ca_pem` (else the system's roots),
+/// presenting `client` (certificate and key PEM) when given: agents prove
+/// who they are with theirs.
+pub fn endpoint(
+    url: &str,
+    ca_pem: Option<&str>,
+    client: Option<(&str, &str)>,
+) -> Result<Endpoint, EndpointError> {
+    if url.starts_with("http://") {
+        return Err(EndpointError::Plaintext(url.to_owned()));
+    }
+    if !url.starts_with("https://") {
+        return Err(EndpointError::NotUrl(url.to_owned()));
+    }
+    let mut tls = ClientTlsConfig::new();
+    tls = match ca_pem {
+        Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+        None => tls.with_native_roots(),
+    };
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(url.to_owned())
+        .map_err(|_| EndpointError::NotUrl(url.to_owned()))?
+        .tls_config(tls)
+        .map_err(|e| EndpointError::Tls(e.to_string()))
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+/// A token that cannot be sent as a header.
+#[derive(Debug, thiserror::Error)]
+#[error("the token holds characters a header cannot carry (printable ASCII only)")]
+pub struct BadToken;
+
+impl Bearer {
+    /// `None`: calls go without a token (and are refused, except health).
+    pub fn new(token: Option<&str>) -> Result<Bearer, BadToken> {
+        match token {
+            None => Ok(Bearer(None)),
+            Some(t) => format!("Bearer {}", t.trim())
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| BadToken),
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose every call carries the bearer token.
+pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+
+/// `channel` with `bearer` on every call.
+pub fn authed(channel: Channel, bearer: Bearer) -> AuthedChannel {
+    InterceptedService::new(channel, bearer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_refused_not_downgraded() {
+        let e = endpoint("http://127.0.0.1:7070", None, None).expect_err("plaintext");
+        assert!(matches!(e, EndpointError::Plaintext(_)));
+        assert!(e.to_string().contains("https://"), "{e}");
+        assert!(matches!(
+            endpoint("127.0.0.1:7070", None, None),
+            Err(EndpointError::NotUrl(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_becomes_the_authorization_header() {
+        let mut bearer = Bearer::new(Some("strato_abc\n")).expect("ascii");
+        let request = bearer.call(tonic::Request::new(())).expect("passes");
+        assert_eq!(
+            request.metadata().get("authorization").map(|v| v.to_str().ok()),
+            Some(Some("Bearer strato_abc"))
+        );
+        assert!(Bearer::new(Some("t\u{7}x")).is_err());
+    }
+}
