@@ -26,13 +26,25 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "strato-agent", version, about, long_about)]
 struct Config {
-    /// The control plane's gRPC address.
+    /// The control plane's gRPC address (https://; http:// only with
+    /// --insecure-plaintext).
     #[arg(
         long,
         env = "STRATO_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:7070"
+        default_value = "https://127.0.0.1:7070"
     )]
     control_plane: String,
+
+    /// A PEM file of the CA certificate the control plane's certificate
+    /// chains to: its DATA_DIR/tls/ca.crt, which the local provider
+    /// passes. Default: the system's roots.
+    #[arg(long, env = "STRATO_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+
+    /// Dial an http:// control plane without TLS: only for one started
+    /// with --insecure-plaintext on this machine.
+    #[arg(long, env = "STRATO_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 
     /// The join token the control plane handed out for this node. Prefer
     /// the variable: a flag shows in the process list.
@@ -151,10 +163,12 @@ impl From<Exit> for ExitCode {
 enum ConfigError {
     #[error("--join-token (STRATO_JOIN_TOKEN) is empty")]
     EmptyJoinToken,
-    #[error("--control-plane {url:?}: {source}")]
-    ControlPlane {
-        url: String,
-        source: tonic::transport::Error,
+    #[error("--control-plane {url:?}: {why}")]
+    ControlPlane { url: String, why: String },
+    #[error("--control-plane-ca {}: {source}", .path.display())]
+    ControlPlaneCa {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error(
         "the launcher {} is missing; build it (`cargo build --bins`) or set --launcher",
@@ -221,6 +235,8 @@ impl StartError {
 struct Checked {
     launcher: PathBuf,
     storage_ca: Option<Vec<u8>>,
+    /// The control plane, with its TLS settings.
+    endpoint: tonic::transport::Endpoint,
 }
 
 /// Validates the configuration before anything starts or is bound.
@@ -228,12 +244,26 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
     if config.join_token.trim().is_empty() {
         return Err(ConfigError::EmptyJoinToken);
     }
-    tonic::transport::Endpoint::from_shared(config.control_plane.clone()).map_err(|source| {
-        ConfigError::ControlPlane {
-            url: config.control_plane.clone(),
-            source,
-        }
-    })?;
+    let bad = |why: String| ConfigError::ControlPlane {
+        url: config.control_plane.clone(),
+        why,
+    };
+    let endpoint = if config.insecure_plaintext && config.control_plane.starts_with("http://") {
+        tonic::transport::Endpoint::from_shared(config.control_plane.clone())
+            .map_err(|e| bad(e.to_string()))?
+    } else {
+        let ca = match &config.control_plane_ca {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+                ConfigError::ControlPlaneCa {
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+        };
+        strato_proto::client::endpoint(&config.control_plane, ca.as_deref(), None)
+            .map_err(|e| bad(e.to_string()))?
+    };
     let launcher = match config.launcher.clone().or_else(|| {
         std::env::current_exe()
             .ok()
@@ -258,6 +288,7 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
     Ok(Checked {
         launcher,
         storage_ca,
+        endpoint,
     })
 }
 
@@ -299,6 +330,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     let Checked {
         launcher,
         storage_ca,
+        endpoint: control_endpoint,
     } = checked;
     let docker = Arc::new(
         DockerRuntime::connect(Some(&config.docker_socket))
@@ -371,6 +403,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     let hostname = node_name(&config).unwrap_or_else(|| "unknown".into());
     let agent = AgentConfig {
         control_plane: config.control_plane,
+        endpoint: control_endpoint,
         join_token: config.join_token,
         hostname,
         control_plane_id: config.control_plane_id,

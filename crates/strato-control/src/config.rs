@@ -27,6 +27,34 @@ pub struct Config {
     #[arg(long, env = "STRATO_HTTP_LISTEN", default_value = "127.0.0.1:7080")]
     pub http_listen: SocketAddr,
 
+    /// A PEM certificate (chain) to serve instead of one issued by this
+    /// control plane's own CA (in DATA_DIR/tls/); needs --tls-key. Clients
+    /// then trust it through their system's roots or --ca-file.
+    #[arg(long, env = "STRATO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "STRATO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// More names (DNS names or IP addresses) for the server certificate
+    /// the own CA issues, beyond localhost, 127.0.0.1, ::1, the host name
+    /// and the listen addresses; repeat for more (the variable takes them
+    /// comma-separated).
+    #[arg(
+        long = "tls-san",
+        env = "STRATO_TLS_SANS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub tls_sans: Vec<String>,
+
+    /// Serve gRPC without TLS. Refused unless both listen addresses are
+    /// loopback ones; for a TLS-terminating proxy on the same machine.
+    /// Tokens then cross the loopback in clear.
+    #[arg(long, env = "STRATO_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// The region this control plane runs in: the default location of new
     /// clusters. Clusters elsewhere are accepted with a warning.
     #[arg(long, env = "STRATO_REGION", default_value = "local")]
@@ -200,6 +228,12 @@ pub enum ConfigError {
         "--node-heartbeat-timeout {timeout}s must be more than twice --heartbeat-interval {interval}s"
     )]
     Heartbeat { timeout: u64, interval: u32 },
+    #[error(
+        "--insecure-plaintext is only for loopback addresses; {0} is not one (serve TLS, the default)"
+    )]
+    PlaintextNotLoopback(SocketAddr),
+    #[error("--tls-san {0:?}: must be a DNS name or an IP address")]
+    TlsSan(String),
     #[error("--reconcile-interval-ms must be between 50 and 60000")]
     ReconcileInterval,
     #[error("--token-issuer {0:?}: must be an http:// or https:// URL ending in /")]
@@ -308,6 +342,24 @@ impl Config {
                 timeout: self.node_heartbeat_timeout,
                 interval: self.heartbeat_interval,
             });
+        }
+        if self.insecure_plaintext {
+            for addr in [self.grpc_listen, self.http_listen] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::PlaintextNotLoopback(addr));
+                }
+            }
+        }
+        for san in &self.tls_sans {
+            let ok = !san.is_empty()
+                && san.len() <= 253
+                && (san.parse::<std::net::IpAddr>().is_ok()
+                    || san
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '*'));
+            if !ok {
+                return Err(ConfigError::TlsSan(san.clone()));
+            }
         }
         if !(50..=60_000).contains(&self.reconcile_interval_ms) {
             return Err(ConfigError::ReconcileInterval);
@@ -479,6 +531,20 @@ mod tests {
             federation.authority_host,
             "https://login.microsoftonline.com"
         );
+    }
+
+    #[test]
+    fn plaintext_is_refused_off_loopback() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["strato-control", "--insecure-plaintext"];
+            args.extend_from_slice(extra);
+            Config::parse_from(args).validate()
+        };
+        assert!(parse(&[]).is_ok(), "the default addresses are loopback");
+        let e = parse(&["--grpc-listen", "0.0.0.0:7070"]).expect_err("not loopback");
+        assert!(e.to_string().contains("0.0.0.0:7070"), "{e}");
+        let bad_san = Config::parse_from(["strato-control", "--tls-san", "a b"]).validate();
+        assert!(matches!(bad_san, Err(ConfigError::TlsSan(_))));
     }
 
     #[test]

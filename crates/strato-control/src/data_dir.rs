@@ -59,11 +59,18 @@ pub fn control_plane_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let tmp = data_dir.join("control-plane-id.tmp");
+    write_private(&path, id.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Writes `bytes` to `path` (0600) whole or not at all: into a new file
+/// beside it, then renamed over it, so a crash never leaves half a file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     // Left by a start that died between the write and the rename.
     let _ = std::fs::remove_file(&tmp);
-    write_new_private(&tmp, id.as_bytes())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(id)
+    write_new_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }

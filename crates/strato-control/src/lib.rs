@@ -14,6 +14,7 @@ pub mod plane;
 pub mod provider;
 pub mod reconcile;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 
 use std::future::Future;
@@ -69,7 +70,8 @@ pub async fn run(
                 } else {
                     grpc_addr.ip()
                 };
-                format!("http://{ip}:{}", grpc_addr.port())
+                let scheme = if config.insecure_plaintext { "http" } else { "https" };
+                format!("{scheme}://{}", std::net::SocketAddr::new(ip, grpc_addr.port()))
             });
             Box::new(LocalProvider::new(LocalSettings {
                 agent_binary,
@@ -79,6 +81,8 @@ pub async fn run(
                 storage_ca_file: config.storage_ca_file.clone(),
                 control_http: format!("http://{http_base}"),
                 control_plane_id,
+                control_plane_ca: (!config.insecure_plaintext)
+                    .then(|| tls::Tls::ca_path(&config.data_dir)),
                 agent_give_up_after: (config.local_agent_give_up_after > 0)
                     .then_some(config.local_agent_give_up_after),
             }))
@@ -151,6 +155,23 @@ pub async fn serve(
             Some(federation::Federation::new(f).context("federation")?)
         }
     };
+    let tls = tls::Tls::load_or_create(
+        &settings.config.data_dir,
+        &tls::subject_alt_names(
+            &[grpc_addr.ip(), http_addr.ip()],
+            &settings.config.tls_sans,
+        ),
+        settings
+            .config
+            .tls_cert
+            .as_deref()
+            .zip(settings.config.tls_key.as_deref()),
+    )
+    .context("TLS")?;
+    let insecure_plaintext = settings.config.insecure_plaintext;
+    if insecure_plaintext {
+        tracing::warn!(grpc = %grpc_addr, "serving gRPC WITHOUT TLS (--insecure-plaintext): tokens cross the loopback in clear");
+    }
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let plane = Arc::new(Plane {
         store,
@@ -167,6 +188,9 @@ pub async fn serve(
         events: Events::default(),
         submits: plane::SubmitLimits::new(settings_rate.0, settings_rate.1),
     });
+    let access = Arc::new(app::Access::new(plane.clone()));
+    write_admin_conf(&plane.settings.config.data_dir, &access, &tls, grpc_addr, insecure_plaintext)
+        .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -187,7 +211,22 @@ pub async fn serve(
     }
     let reconciler =
         tokio::spawn(reconcile::Reconciler::new(plane.clone()).run(stopped(stop_rx.clone())));
-    let grpc_server = grpc_server(plane.clone(), grpc, stopped(stop_rx.clone()));
+    let server_tls = (!insecure_plaintext).then(|| {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.server_cert_pem,
+                &tls.server_key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+            .client_auth_optional(true)
+    });
+    let grpc_server = grpc_server(
+        plane.clone(),
+        access,
+        server_tls,
+        grpc,
+        stopped(stop_rx.clone()),
+    );
     let http_server = http::serve(http, plane.clone(), stopped(stop_rx.clone()));
     let (g, h) = tokio::join!(grpc_server, http_server);
     g.context("gRPC server")?;
@@ -233,11 +272,54 @@ async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
     }
 }
 
+/// At first start (no `DATA_DIR/admin.conf`), makes the bootstrap Owner
+/// token and writes admin.conf: the endpoint, the CA and that token, like
+/// a kubeconfig. Deleting admin.conf and restarting makes a new token (the
+/// old one stops working).
+async fn write_admin_conf<S: Store>(
+    data_dir: &std::path::Path,
+    access: &app::Access<S>,
+    tls: &tls::Tls,
+    grpc_addr: std::net::SocketAddr,
+    insecure_plaintext: bool,
+) -> anyhow::Result<()> {
+    let path = data_dir.join("admin.conf");
+    if path.exists() {
+        return Ok(());
+    }
+    let made = access
+        .bootstrap()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("making the bootstrap token")?;
+    let ip = if grpc_addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        grpc_addr.ip()
+    };
+    let scheme = if insecure_plaintext { "http" } else { "https" };
+    let config = strato_core::client_config::ClientConfig {
+        endpoint: Some(format!(
+            "{scheme}://{}",
+            std::net::SocketAddr::new(ip, grpc_addr.port())
+        )),
+        ca_certificate: tls.serves_own_ca.then(|| tls.ca_pem.clone()),
+        token: Some(made.secret),
+    };
+    data_dir::write_private(&path, config.render().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "wrote the Owner's client configuration (use: strato --config {})", path.display());
+    Ok(())
+}
+
 async fn grpc_server<S: Store>(
     plane: Arc<Plane<S>>,
+    access: Arc<app::Access<S>>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use strato_proto::v1::access_service_server::AccessServiceServer;
     use strato_proto::v1::agent_service_server::AgentServiceServer;
     use strato_proto::v1::compute_service_server::ComputeServiceServer;
     use strato_proto::v1::datastore_service_server::DatastoreServiceServer;
@@ -264,9 +346,16 @@ async fn grpc_server<S: Store>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("the TLS settings")?;
+    }
+    builder
         .layer(metrics::GrpcMetricsLayer {
             stats: plane.counters.grpc.clone(),
+        })
+        .layer(grpc::auth::AuthLayer {
+            access: access.clone(),
         })
         .add_service(health_service)
         .add_service(reflection)
@@ -282,6 +371,7 @@ async fn grpc_server<S: Store>(
             plane.clone(),
         )))
         .add_service(IdentityServiceServer::new(grpc::IdentityApi::new(plane)))
+        .add_service(AccessServiceServer::new(grpc::AccessApi::new(access)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

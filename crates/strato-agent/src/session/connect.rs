@@ -10,7 +10,7 @@ use strato_proto::v1::{self, agent_message::Body as Up, agent_service_client::Ag
 use strato_runtime::{ContainerRuntime, LABEL_NODE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{AgentConfig, IdentityContext, SessionError, session, up};
 use crate::telemetry;
@@ -123,11 +123,9 @@ pub(super) async fn open<R: ContainerRuntime>(
     identity: &IdentityContext,
     contact: &mut Contact,
 ) -> Result<Opened, SessionError> {
-    let channel: Channel = Endpoint::from_shared(config.control_plane.clone())
-        .map_err(|source| SessionError::BadEndpoint {
-            url: config.control_plane.clone(),
-            source,
-        })?
+    let channel: Channel = config
+        .endpoint
+        .clone()
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await

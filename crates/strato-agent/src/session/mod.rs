@@ -42,7 +42,10 @@ pub use staging::DataPlan;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// The control plane's address, for messages.
     pub control_plane: String,
+    /// The control plane to dial, with its TLS settings.
+    pub endpoint: tonic::transport::Endpoint,
     /// Secret; never logged.
     pub join_token: String,
     pub hostname: String,
@@ -70,12 +73,6 @@ pub enum SessionError {
     /// will not help.
     #[error("the control plane refused this agent: {0}")]
     Refused(String),
-    /// `--control-plane` is not a usable address: retrying will not help.
-    #[error("--control-plane {url:?}: {source}")]
-    BadEndpoint {
-        url: String,
-        source: tonic::transport::Error,
-    },
     #[error("cannot reach {url}: {source}")]
     Unreachable {
         url: String,
@@ -109,7 +106,7 @@ impl SessionError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            SessionError::Refused(_) | SessionError::BadEndpoint { .. }
+            SessionError::Refused(_)
         )
     }
 }

@@ -7,7 +7,10 @@ use strato_core::identity::{self, IdentityKind};
 use strato_core::quota::{self, UsageLine};
 use strato_core::spec::{self, ClusterRequest, VmPriority};
 
-use super::{Action, AppError, Caller, NotFound, Precondition, authorize, required};
+use super::{
+    Action, AppError, Caller, NotFound, Precondition, authorize, authorize_at, required,
+    visible_clusters,
+};
 use crate::plane::Plane;
 use crate::store::{ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, Store};
 
@@ -80,6 +83,7 @@ impl<S: Store> Compute<S> {
         req: ClusterRequest,
     ) -> Result<CreatedCluster, AppError> {
         authorize(caller, Action::CreateCluster, Some(&req.name))?;
+        may_use_identities(caller, &req.identity.user_assigned)?;
         let region = &self.plane.settings.config.region;
         let spec = spec::validate(&req, region)?;
         let mut warnings = Vec::new();
@@ -121,8 +125,11 @@ impl<S: Store> Compute<S> {
     }
 
     pub async fn list_clusters(&self, caller: &Caller) -> Result<Vec<ClusterView>, AppError> {
-        authorize(caller, Action::ListClusters, None)?;
-        let records = self.plane.store.list_clusters().await?;
+        let visible = visible_clusters(caller, Action::ListClusters)?;
+        let mut records = self.plane.store.list_clusters().await?;
+        if let Some(only) = visible {
+            records.retain(|r| only.contains(&r.spec.name));
+        }
         let mut clusters = Vec::with_capacity(records.len());
         for r in records {
             clusters.push(self.view(r).await?);
@@ -213,6 +220,7 @@ impl<S: Store> Compute<S> {
             .into());
         }
         authorize(caller, Action::AssignIdentity, Some(name))?;
+        may_use_identities(caller, &user_assigned)?;
         self.change_identities(name, IdentityChange::Assign, system_assigned, user_assigned)
             .await
     }
@@ -305,13 +313,13 @@ impl<S: Store> Compute<S> {
     }
 
     pub fn list_sizes(&self, caller: &Caller) -> Result<&'static [VmSize], AppError> {
-        authorize(caller, Action::ListSizes, None)?;
+        visible_clusters(caller, Action::ListSizes)?;
         Ok(CATALOG)
     }
 
     /// The quota lines of `location` (empty: this control plane's region).
     pub async fn list_usage(&self, caller: &Caller, location: String) -> Result<Usage, AppError> {
-        authorize(caller, Action::ListUsage, None)?;
+        visible_clusters(caller, Action::ListUsage)?;
         let location = match location {
             l if l.is_empty() => self.plane.settings.config.region.clone(),
             l => l,
@@ -323,4 +331,17 @@ impl<S: Store> Compute<S> {
             location,
         })
     }
+}
+
+/// Assigning a user-assigned identity needs the right to assign that
+/// identity, at its own scope (as Azure asks for
+/// `userAssignedIdentities/*/assign/action`): a cluster's operator cannot
+/// take another team's identity and its tokens.
+fn may_use_identities(caller: &Caller, resource_ids: &[String]) -> Result<(), AppError> {
+    for id in resource_ids {
+        let scope = strato_core::access::Scope::parse("identity", id)
+            .unwrap_or_else(|_| strato_core::access::Scope::Identity(id.to_ascii_lowercase()));
+        authorize_at(caller, Action::UseIdentity, &scope)?;
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use strato_core::job_request::{DataRequest, JobRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Action, AppError, Caller, Internal, authorize, required};
+use super::{Action, AppError, Caller, Internal, authorize, required, visible_clusters};
 use crate::plane::Plane;
 use crate::store::{JobCursor, JobPage, JobRecord, LogRecord, Store, StoreError};
 
@@ -144,8 +144,9 @@ impl<S: Store> Jobs<S> {
 
     pub async fn get_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
         required("id", id)?;
-        authorize(caller, Action::GetJob, None)?;
-        Ok(self.plane.store.get_job(id).await?)
+        let job = self.plane.store.get_job(id).await?;
+        authorize(caller, Action::GetJob, Some(&job.spec.cluster))?;
+        Ok(job)
     }
 
     /// A page of every job, or of the jobs of `cluster` (which must exist),
@@ -156,7 +157,23 @@ impl<S: Store> Jobs<S> {
         cluster: Option<&str>,
         page: JobPage,
     ) -> Result<(Vec<JobRecord>, Option<JobCursor>), AppError> {
-        authorize(caller, Action::ListJobs, cluster)?;
+        // A caller granted jobs/read on one cluster only lists that one's.
+        let cluster = match (cluster, visible_clusters(caller, Action::ListJobs)?) {
+            (Some(c), _) => {
+                authorize(caller, Action::ListJobs, Some(c))?;
+                Some(c.to_owned())
+            }
+            (None, None) => None,
+            (None, Some(only)) if only.len() == 1 => only.into_iter().next(),
+            (None, Some(some)) => {
+                return Err(AppError::PermissionDenied(format!(
+                    "{} may list the jobs of clusters {} only: name one (--cluster)",
+                    caller.principal(),
+                    some.join(", ")
+                )));
+            }
+        };
+        let cluster = cluster.as_deref();
         if let Some(cluster) = cluster {
             self.plane.store.get_cluster(cluster).await?;
         }
@@ -165,7 +182,8 @@ impl<S: Store> Jobs<S> {
 
     pub async fn cancel_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
         required("id", id)?;
-        authorize(caller, Action::CancelJob, None)?;
+        let job = self.plane.store.get_job(id).await?;
+        authorize(caller, Action::CancelJob, Some(&job.spec.cluster))?;
         let job = self
             .plane
             .store
@@ -186,8 +204,8 @@ impl<S: Store> Jobs<S> {
         follow: bool,
     ) -> Result<LogStream, AppError> {
         required("id", &id)?;
-        authorize(caller, Action::StreamLogs, None)?;
-        self.plane.store.get_job(&id).await?;
+        let job = self.plane.store.get_job(&id).await?;
+        authorize(caller, Action::StreamLogs, Some(&job.spec.cluster))?;
         let (tx, rx) = mpsc::channel(64);
         let plane = self.plane.clone();
         tokio::spawn(async move {
@@ -245,7 +263,8 @@ impl<S: Store> Jobs<S> {
     /// The job once it has reached a final state.
     pub async fn wait_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
         required("id", id)?;
-        authorize(caller, Action::WaitJob, None)?;
+        let job = self.plane.store.get_job(id).await?;
+        authorize(caller, Action::WaitJob, Some(&job.spec.cluster))?;
         let mut changes = self.plane.events.subscribe();
         loop {
             let job = self.plane.store.get_job(id).await?;

@@ -4,15 +4,19 @@
 //! adapters in `grpc/` convert requests and answers and map [`AppError`] to
 //! a status code in one place.
 //!
-//! Every use case takes the [`Caller`] and first asks [`authorize`] whether
-//! it may run its [`Action`]: the one seam where roles will be checked, so
-//! gRPC and the studio share it.
+//! Every use case takes the [`Caller`] and asks [`authorize`] whether it may
+//! run its [`Action`] on its scope: the one place where roles are checked
+//! (`strato_core::access` holds the table), so gRPC and the studio share
+//! it.
 
+pub mod access;
 pub mod compute;
 pub mod datastores;
 pub mod identity;
 pub mod jobs;
 
+pub use strato_core::access::Action;
+use strato_core::access::{self as rules, Grant, Role, Scope};
 use strato_core::node::NodeState;
 use strato_core::quota::QuotaError;
 use strato_core::{FieldError, SpecError};
@@ -21,6 +25,7 @@ use crate::federation::FederationError;
 use crate::store::{Conflict, StoreError};
 use crate::tokens::TokenError;
 
+pub use access::Access;
 pub use compute::{ClusterView, Compute, CreatedCluster, Usage};
 pub use datastores::{Datastores, NewDatastore};
 pub use identity::{TokenRequest, Vending};
@@ -74,6 +79,9 @@ pub enum NotFound {
     Cluster(String),
     #[error("datastore {0:?} not found")]
     Datastore(String),
+    /// An API token or role assignment, as the store says it.
+    #[error("{0}")]
+    Access(String),
     #[error("job {0:?} not found")]
     Job(String),
     #[error("node {0:?} not found")]
@@ -92,6 +100,9 @@ pub enum AlreadyExists {
     Cluster(String),
     #[error("a datastore named {0:?} already exists")]
     Datastore(String),
+    /// An API token or role assignment, as the store says it.
+    #[error("{0}")]
+    Access(String),
 }
 
 /// What about the current state forbids the call.
@@ -145,6 +156,12 @@ impl From<StoreError> for AppError {
             StoreError::ClusterExists(n) => AppError::AlreadyExists(AlreadyExists::Cluster(n)),
             StoreError::DatastoreExists(n) => AppError::AlreadyExists(AlreadyExists::Datastore(n)),
             StoreError::BadToken => AppError::Unauthenticated(StoreError::BadToken.to_string()),
+            e @ (StoreError::TokenExists(_) | StoreError::AssignmentExists { .. }) => {
+                AppError::AlreadyExists(AlreadyExists::Access(e.to_string()))
+            }
+            e @ (StoreError::TokenNotFound(_) | StoreError::AssignmentNotFound { .. }) => {
+                AppError::NotFound(NotFound::Access(e.to_string()))
+            }
             StoreError::Conflict(c) => AppError::FailedPrecondition(Precondition::Conflict(c)),
             StoreError::Spec(SpecError::Invalid(f)) => AppError::InvalidArgument(f),
             StoreError::Spec(e @ SpecError::Immutable { .. }) => {
@@ -182,60 +199,95 @@ pub(crate) fn required(field: &str, value: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Who makes a call, as its adapter established it.
+/// Who makes a call, as the authentication layer established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// Users do not authenticate yet: every user call comes from here.
-    Anonymous,
+    /// A user or program with a bearer token (an API token, an OIDC JWT),
+    /// and every role it holds.
+    User(Principal),
     /// A node's agent, on the agent-only services; the use case checks
     /// the session token it brings.
     Agent,
 }
 
+/// An authenticated principal: `token:NAME`, or `oidc:SUBJECT`, and its
+/// roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub grants: Vec<Grant>,
+}
+
 impl Caller {
-    /// Who it is, for limits and logs.
-    pub fn principal(&self) -> &'static str {
+    /// Who it is, for limits, records and logs.
+    pub fn principal(&self) -> &str {
         match self {
-            Caller::Anonymous => "anonymous",
+            Caller::User(p) => &p.name,
             Caller::Agent => "agent",
         }
     }
+
+    /// The roles it holds.
+    pub fn grants(&self) -> &[Grant] {
+        match self {
+            Caller::User(p) => &p.grants,
+            Caller::Agent => &[],
+        }
+    }
+
+    /// An Owner at `/` (tests and in-process callers).
+    pub fn owner(name: &str) -> Caller {
+        Caller::User(Principal {
+            name: name.to_owned(),
+            grants: vec![Grant {
+                role: Role::Owner,
+                scope: Scope::All,
+            }],
+        })
+    }
 }
 
-/// Every use case, by name: what a role grants or withholds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    CreateCluster,
-    GetCluster,
-    ListClusters,
-    UpdateCluster,
-    DeleteCluster,
-    ListNodes,
-    AssignIdentity,
-    RemoveIdentity,
-    SimulateEviction,
-    ListSizes,
-    ListUsage,
-    SubmitJob,
-    GetJob,
-    ListJobs,
-    CancelJob,
-    StreamLogs,
-    WaitJob,
-    CreateDatastore,
-    GetDatastore,
-    ListDatastores,
-    DeleteDatastore,
-    GetToken,
+/// Whether `caller` may run `action` on a cluster (`Some(name)`) or on
+/// the whole control plane (`None`); PERMISSION_DENIED naming both
+/// otherwise.
+pub fn authorize(caller: &Caller, action: Action, cluster: Option<&str>) -> Result<(), AppError> {
+    let target = match cluster {
+        Some(name) => Scope::Cluster(name.to_owned()),
+        None => Scope::All,
+    };
+    authorize_at(caller, action, &target)
 }
 
-/// Whether `caller` may run `action` on `scope` (a cluster's name, or
-/// `None` for the whole control plane). Today everything is allowed: no
-/// caller is authenticated yet. Roles will be checked here, refusing with
-/// [`AppError::PermissionDenied`].
-pub fn authorize(caller: &Caller, action: Action, scope: Option<&str>) -> Result<(), AppError> {
-    let _ = (caller, action, scope);
-    Ok(())
+/// Whether `caller` may run `action` on `target`.
+pub fn authorize_at(caller: &Caller, action: Action, target: &Scope) -> Result<(), AppError> {
+    let allowed = match caller {
+        // An agent may only ask for its job's tokens; which job is checked
+        // by the use case against the session it brings.
+        Caller::Agent => action == Action::GetToken,
+        Caller::User(p) => rules::permits(&p.grants, action, target),
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(denied(caller, action, &target.to_string()))
+}
+
+/// Which clusters `caller` may run `action` on: all (`None`) or those
+/// listed; refused when none. Listings show only those.
+pub fn visible_clusters(caller: &Caller, action: Action) -> Result<Option<Vec<String>>, AppError> {
+    match rules::visible_clusters(caller.grants(), action) {
+        Some(names) if names.is_empty() => Err(denied(caller, action, "any scope")),
+        visible => Ok(visible),
+    }
+}
+
+fn denied(caller: &Caller, action: Action, target: &str) -> AppError {
+    let roles: Vec<&str> = action.roles().into_iter().map(Role::as_str).collect();
+    AppError::PermissionDenied(format!(
+        "{} may not {action} at {target}: that needs the role {} there",
+        caller.principal(),
+        roles.join(" or ")
+    ))
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ fn cluster(name: &str) -> ClusterRequest {
     }
 }
 
-const ME: &Caller = &Caller::Anonymous;
+static ME: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(|| Caller::owner("token:test"));
 
 #[tokio::test]
 async fn cluster_use_cases_refuse_with_typed_errors() {
@@ -62,29 +62,29 @@ async fn cluster_use_cases_refuse_with_typed_errors() {
     let compute = Compute::new(plane(dir.path()).await);
 
     let created = compute
-        .create_cluster(ME, cluster("cpu-a"))
+        .create_cluster(&ME, cluster("cpu-a"))
         .await
         .expect("created");
     assert_eq!(created.cluster.record.spec.name, "cpu-a");
     assert!(created.warnings.is_empty());
     assert!(created.cluster.nodes.is_empty());
 
-    let again = compute.create_cluster(ME, cluster("cpu-a")).await;
+    let again = compute.create_cluster(&ME, cluster("cpu-a")).await;
     assert!(
         matches!(again, Err(AppError::AlreadyExists(AlreadyExists::Cluster(ref n))) if n == "cpu-a"),
         "{again:?}"
     );
-    let missing = compute.get_cluster(ME, "nope").await;
+    let missing = compute.get_cluster(&ME, "nope").await;
     assert!(
         matches!(missing, Err(AppError::NotFound(NotFound::Cluster(_)))),
         "{missing:?}"
     );
-    let unnamed = compute.get_cluster(ME, "").await;
+    let unnamed = compute.get_cluster(&ME, "").await;
     assert!(
         matches!(unnamed, Err(AppError::InvalidArgument(ref f)) if f.field == "name"),
         "{unnamed:?}"
     );
-    let dedicated = compute.simulate_eviction(ME, "cpu-a", "n1", None).await;
+    let dedicated = compute.simulate_eviction(&ME, "cpu-a", "n1", None).await;
     assert!(
         matches!(
             dedicated,
@@ -94,7 +94,7 @@ async fn cluster_use_cases_refuse_with_typed_errors() {
         ),
         "{dedicated:?}"
     );
-    assert_eq!(compute.list_clusters(ME).await.expect("listed").len(), 1);
+    assert_eq!(compute.list_clusters(&ME).await.expect("listed").len(), 1);
 }
 
 #[tokio::test]
@@ -102,30 +102,30 @@ async fn identities_are_assigned_and_removed_through_one_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let compute = Compute::new(plane(dir.path()).await);
     compute
-        .create_cluster(ME, cluster("cpu-b"))
+        .create_cluster(&ME, cluster("cpu-b"))
         .await
         .expect("created");
 
-    let nothing = compute.assign_identity(ME, "cpu-b", false, vec![]).await;
+    let nothing = compute.assign_identity(&ME, "cpu-b", false, vec![]).await;
     assert!(
         matches!(nothing, Err(AppError::InvalidArgument(ref f)) if f.field == "identity"),
         "{nothing:?}"
     );
     let uai = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u1";
     let assigned = compute
-        .assign_identity(ME, "cpu-b", false, vec![uai.into()])
+        .assign_identity(&ME, "cpu-b", false, vec![uai.into()])
         .await
         .expect("assigned");
     assert_eq!(assigned.record.identities.len(), 1);
     let unknown = compute
-        .remove_identity(ME, "cpu-b", vec!["/other".into()])
+        .remove_identity(&ME, "cpu-b", vec!["/other".into()])
         .await;
     assert!(
         matches!(unknown, Err(AppError::InvalidArgument(ref f)) if f.field == "identity.user_assigned_identities"),
         "{unknown:?}"
     );
     let removed = compute
-        .remove_identity(ME, "cpu-b", vec![uai.into()])
+        .remove_identity(&ME, "cpu-b", vec![uai.into()])
         .await
         .expect("removed");
     assert!(removed.record.identities.is_empty());
@@ -136,7 +136,7 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
     let dir = tempfile::tempdir().expect("temp dir");
     let plane = plane(dir.path()).await;
     Compute::new(plane.clone())
-        .create_cluster(ME, cluster("cpu-c"))
+        .create_cluster(&ME, cluster("cpu-c"))
         .await
         .expect("created");
     let jobs = Jobs::new(plane);
@@ -149,7 +149,7 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
 
     let gpus = jobs
         .submit_job(
-            ME,
+            &ME,
             JobRequest {
                 gpus: 1,
                 ..request.clone()
@@ -162,7 +162,7 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
     );
     let no_store = jobs
         .submit_job(
-            ME,
+            &ME,
             JobRequest {
                 inputs: vec![DataRequest {
                     name: "data".into(),
@@ -178,21 +178,21 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
         "{no_store:?}"
     );
 
-    let job = jobs.submit_job(ME, request).await.expect("submitted");
+    let job = jobs.submit_job(&ME, request).await.expect("submitted");
     assert_eq!(job.spec.node_count, 1);
     assert_eq!(
         job.spec.max_preemptions,
         strato_core::job::DEFAULT_MAX_PREEMPTIONS
     );
     assert_eq!(
-        jobs.list_jobs(ME, Some("cpu-c"), crate::store::JobPage::ALL)
+        jobs.list_jobs(&ME, Some("cpu-c"), crate::store::JobPage::ALL)
             .await
             .expect("listed")
             .0
             .len(),
         1
     );
-    let canceled = jobs.cancel_job(ME, &job.id).await.expect("canceled");
+    let canceled = jobs.cancel_job(&ME, &job.id).await.expect("canceled");
     assert!(canceled.state.is_final(), "{:?}", canceled.state);
-    assert_eq!(jobs.wait_job(ME, &job.id).await.expect("waited").id, job.id);
+    assert_eq!(jobs.wait_job(&ME, &job.id).await.expect("waited").id, job.id);
 }

@@ -8,7 +8,8 @@ use strato_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status};
 
 use super::{convert, respond, status};
-use crate::app::{AppError, Caller, Compute};
+use super::auth;
+use crate::app::{AppError, Compute};
 use crate::plane::Plane;
 use crate::store::Store;
 
@@ -41,8 +42,9 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::CreateClusterRequest>,
     ) -> Result<Response<v1::CreateClusterResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let req = spec_of(request.get_ref().spec.as_ref())?;
-        let created = self.app.create_cluster(&Caller::Anonymous, req).await;
+        let created = self.app.create_cluster(&caller, req).await;
         respond(created, |c| v1::CreateClusterResponse {
             cluster: Some(convert::cluster(&c.cluster)),
             warnings: c.warnings,
@@ -53,15 +55,17 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::GetClusterRequest>,
     ) -> Result<Response<v1::Cluster>, Status> {
+        let caller = auth::caller(&request)?;
         let name = request.into_inner().name;
-        cluster(self.app.get_cluster(&Caller::Anonymous, &name).await)
+        cluster(self.app.get_cluster(&caller, &name).await)
     }
 
     async fn list_clusters(
         &self,
-        _request: Request<v1::ListClustersRequest>,
+        request: Request<v1::ListClustersRequest>,
     ) -> Result<Response<v1::ListClustersResponse>, Status> {
-        respond(self.app.list_clusters(&Caller::Anonymous).await, |list| {
+        let caller = auth::caller(&request)?;
+        respond(self.app.list_clusters(&caller).await, |list| {
             v1::ListClustersResponse {
                 clusters: list.iter().map(convert::cluster).collect(),
             }
@@ -72,12 +76,13 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::UpdateClusterRequest>,
     ) -> Result<Response<v1::Cluster>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let desired = cluster_request(&r.spec.unwrap_or_default()).map_err(|e| status(e.into()))?;
         let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
         cluster(
             self.app
-                .update_cluster(&Caller::Anonymous, &r.name, desired, mask)
+                .update_cluster(&caller, &r.name, desired, mask)
                 .await,
         )
     }
@@ -86,9 +91,10 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::DeleteClusterRequest>,
     ) -> Result<Response<v1::DeleteClusterResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let name = request.into_inner().name;
         respond(
-            self.app.delete_cluster(&Caller::Anonymous, &name).await,
+            self.app.delete_cluster(&caller, &name).await,
             |()| v1::DeleteClusterResponse {},
         )
     }
@@ -97,9 +103,10 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let cluster = request.into_inner().cluster;
         respond(
-            self.app.list_nodes(&Caller::Anonymous, &cluster).await,
+            self.app.list_nodes(&caller, &cluster).await,
             |nodes| v1::ListNodesResponse {
                 nodes: nodes.into_iter().map(convert::node).collect(),
             },
@@ -110,11 +117,12 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::AssignIdentityRequest>,
     ) -> Result<Response<v1::Cluster>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         cluster(
             self.app
                 .assign_identity(
-                    &Caller::Anonymous,
+                    &caller,
                     &r.name,
                     r.system_assigned,
                     r.user_assigned_identities,
@@ -127,10 +135,11 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::RemoveIdentityRequest>,
     ) -> Result<Response<v1::Cluster>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         cluster(
             self.app
-                .remove_identity(&Caller::Anonymous, &r.name, r.user_assigned_identities)
+                .remove_identity(&caller, &r.name, r.user_assigned_identities)
                 .await,
         )
     }
@@ -139,19 +148,21 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::SimulateEvictionRequest>,
     ) -> Result<Response<v1::Node>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let node = self
             .app
-            .simulate_eviction(&Caller::Anonymous, &r.name, &r.node_id, r.notice_seconds)
+            .simulate_eviction(&caller, &r.name, &r.node_id, r.notice_seconds)
             .await;
         respond(node, convert::node)
     }
 
     async fn list_sizes(
         &self,
-        _request: Request<v1::ListSizesRequest>,
+        request: Request<v1::ListSizesRequest>,
     ) -> Result<Response<v1::ListSizesResponse>, Status> {
-        respond(self.app.list_sizes(&Caller::Anonymous), |sizes| {
+        let caller = auth::caller(&request)?;
+        respond(self.app.list_sizes(&caller), |sizes| {
             v1::ListSizesResponse {
                 sizes: sizes.iter().map(vm_size).collect(),
             }
@@ -162,9 +173,10 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         &self,
         request: Request<v1::ListUsageRequest>,
     ) -> Result<Response<v1::ListUsageResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let location = request.into_inner().location;
         respond(
-            self.app.list_usage(&Caller::Anonymous, location).await,
+            self.app.list_usage(&caller, location).await,
             |u| v1::ListUsageResponse {
                 usages: u.lines.into_iter().map(quota_usage).collect(),
                 location: u.location,

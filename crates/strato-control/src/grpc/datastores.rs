@@ -6,7 +6,8 @@ use strato_proto::v1::{self, datastore_service_server::DatastoreService};
 use tonic::{Request, Response, Status};
 
 use super::{convert, respond};
-use crate::app::{Caller, Datastores, NewDatastore};
+use super::auth;
+use crate::app::{Datastores, NewDatastore};
 use crate::plane::Plane;
 use crate::store::Store;
 
@@ -28,6 +29,7 @@ impl<S: Store> DatastoreService for DatastoreApi<S> {
         &self,
         request: Request<v1::CreateDatastoreRequest>,
     ) -> Result<Response<v1::Datastore>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let new = NewDatastore {
             name: r.name,
@@ -35,7 +37,7 @@ impl<S: Store> DatastoreService for DatastoreApi<S> {
             container: r.container,
         };
         respond(
-            self.app.create_datastore(&Caller::Anonymous, new).await,
+            self.app.create_datastore(&caller, new).await,
             convert::datastore,
         )
     }
@@ -44,18 +46,20 @@ impl<S: Store> DatastoreService for DatastoreApi<S> {
         &self,
         request: Request<v1::GetDatastoreRequest>,
     ) -> Result<Response<v1::Datastore>, Status> {
+        let caller = auth::caller(&request)?;
         let name = request.into_inner().name;
         respond(
-            self.app.get_datastore(&Caller::Anonymous, &name).await,
+            self.app.get_datastore(&caller, &name).await,
             convert::datastore,
         )
     }
 
     async fn list_datastores(
         &self,
-        _request: Request<v1::ListDatastoresRequest>,
+        request: Request<v1::ListDatastoresRequest>,
     ) -> Result<Response<v1::ListDatastoresResponse>, Status> {
-        respond(self.app.list_datastores(&Caller::Anonymous).await, |list| {
+        let caller = auth::caller(&request)?;
+        respond(self.app.list_datastores(&caller).await, |list| {
             v1::ListDatastoresResponse {
                 datastores: list.into_iter().map(convert::datastore).collect(),
             }
@@ -66,9 +70,10 @@ impl<S: Store> DatastoreService for DatastoreApi<S> {
         &self,
         request: Request<v1::DeleteDatastoreRequest>,
     ) -> Result<Response<v1::DeleteDatastoreResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let name = request.into_inner().name;
         respond(
-            self.app.delete_datastore(&Caller::Anonymous, &name).await,
+            self.app.delete_datastore(&caller, &name).await,
             |()| v1::DeleteDatastoreResponse {},
         )
     }

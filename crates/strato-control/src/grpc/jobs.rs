@@ -9,7 +9,8 @@ use strato_proto::v1::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
 use super::{convert, respond, status};
-use crate::app::{Caller, Jobs};
+use super::auth;
+use crate::app::Jobs;
 use crate::plane::Plane;
 use crate::store::Store;
 
@@ -33,12 +34,13 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
+        let caller = auth::caller(&request)?;
         let wire = request
             .into_inner()
             .spec
             .ok_or_else(|| status(FieldError::new("spec", "is required").into()))?;
         let req = strato_proto::convert::job_request(wire).map_err(|e| status(e.into()))?;
-        let job = self.app.submit_job(&Caller::Anonymous, req).await;
+        let job = self.app.submit_job(&caller, req).await;
         respond(job, |j| convert::job(&j))
     }
 
@@ -46,8 +48,9 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
+        let caller = auth::caller(&request)?;
         let id = request.into_inner().id;
-        respond(self.app.get_job(&Caller::Anonymous, &id).await, |j| {
+        respond(self.app.get_job(&caller, &id).await, |j| {
             convert::job(&j)
         })
     }
@@ -56,6 +59,7 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let caller = auth::caller(&request)?;
         use prost::Message as _;
         let r = request.into_inner();
         let mut page =
@@ -64,7 +68,7 @@ impl<S: Store> JobService for JobApi<S> {
         loop {
             let (jobs, next) = self
                 .app
-                .list_jobs(&Caller::Anonymous, cluster, page)
+                .list_jobs(&caller, cluster, page)
                 .await
                 .map_err(status)?;
             let wire: Vec<v1::Job> = jobs.iter().map(convert::job).collect();
@@ -91,8 +95,9 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
+        let caller = auth::caller(&request)?;
         let id = request.into_inner().id;
-        respond(self.app.cancel_job(&Caller::Anonymous, &id).await, |j| {
+        respond(self.app.cancel_job(&caller, &id).await, |j| {
             convert::job(&j)
         })
     }
@@ -103,10 +108,11 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let lines = self
             .app
-            .stream_logs(&Caller::Anonymous, r.id, r.follow)
+            .stream_logs(&caller, r.id, r.follow)
             .await;
         respond(lines, |lines| -> LogStreamBox {
             Box::pin(lines.map(|l| l.map(convert::log_line).map_err(status)))
@@ -117,8 +123,9 @@ impl<S: Store> JobService for JobApi<S> {
         &self,
         request: Request<v1::WaitJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
+        let caller = auth::caller(&request)?;
         let id = request.into_inner().id;
-        respond(self.app.wait_job(&Caller::Anonymous, &id).await, |j| {
+        respond(self.app.wait_job(&caller, &id).await, |j| {
             convert::job(&j)
         })
     }

@@ -5,6 +5,8 @@
 //!
 //! `AgentService` stays in `crate::agents` for now.
 
+pub mod access;
+pub mod auth;
 pub mod compute;
 pub mod convert;
 pub mod datastores;
@@ -16,6 +18,7 @@ use tonic::Status;
 use crate::app::AppError;
 use crate::store::StoreError;
 
+pub use access::AccessApi;
 pub use compute::ComputeApi;
 pub use datastores::DatastoreApi;
 pub use identity::IdentityApi;

@@ -20,8 +20,8 @@ use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
 pub use records::{
-    AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
-    GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome,
+    ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
+    GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord,
     TransitionRecord,
 };
 pub use sqlite::{DB_FILE, SqliteStore};
@@ -42,6 +42,20 @@ pub enum StoreError {
     NodeNotFound(String),
     #[error("join or session token not recognised")]
     BadToken,
+    #[error("an API token named {0:?} exists or existed; choose another name")]
+    TokenExists(String),
+    #[error("API token {0:?} not found")]
+    TokenNotFound(String),
+    #[error("{principal} already has {grant}")]
+    AssignmentExists {
+        principal: String,
+        grant: strato_core::access::Grant,
+    },
+    #[error("{principal} has no role assignment {grant}")]
+    AssignmentNotFound {
+        principal: String,
+        grant: strato_core::access::Grant,
+    },
     /// The state the store found forbids the change (FAILED_PRECONDITION).
     #[error(transparent)]
     Conflict(#[from] Conflict),
@@ -390,6 +404,53 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<DatastoreRecord>, StoreError>> + Send;
 
     fn delete_datastore(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores a new API token; with `replace`, one of the same name goes
+    /// first (the bootstrap token, made anew with a new admin.conf).
+    fn create_api_token(
+        &self,
+        token: ApiTokenRecord,
+        replace: bool,
+    ) -> impl Future<Output = Result<ApiTokenRecord, StoreError>> + Send;
+
+    /// The token whose secret has this hash, revoked or expired or not.
+    fn api_token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> impl Future<Output = Result<Option<ApiTokenRecord>, StoreError>> + Send;
+
+    fn api_token(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<ApiTokenRecord, StoreError>> + Send;
+
+    fn list_api_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ApiTokenRecord>, StoreError>> + Send;
+
+    /// Revokes a token (a revoked one stays revoked, from its first time).
+    fn revoke_api_token(
+        &self,
+        name: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<ApiTokenRecord, StoreError>> + Send;
+
+    fn create_role_assignment(
+        &self,
+        assignment: RoleAssignmentRecord,
+    ) -> impl Future<Output = Result<RoleAssignmentRecord, StoreError>> + Send;
+
+    /// Role assignments, of one principal if given.
+    fn list_role_assignments(
+        &self,
+        principal: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<RoleAssignmentRecord>, StoreError>> + Send;
+
+    fn delete_role_assignment(
+        &self,
+        principal: &str,
+        grant: &strato_core::access::Grant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

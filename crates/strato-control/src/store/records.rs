@@ -184,3 +184,38 @@ pub enum ReportOutcome {
     /// the agent should stop and remove it.
     Stale,
 }
+
+/// An API token as stored: the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRecord {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub secret_hash: String,
+    pub grant: strato_core::access::Grant,
+    pub created_at: i64,
+    /// `None`: never expires.
+    pub expires_at: Option<i64>,
+    /// The principal that made it.
+    pub created_by: String,
+    pub revoked_at: Option<i64>,
+}
+
+impl ApiTokenRecord {
+    /// Its principal: `token:NAME`.
+    pub fn principal(&self) -> String {
+        format!("token:{}", self.name)
+    }
+
+    /// Whether calls with it are accepted at `now`.
+    pub fn is_valid_at(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// A role given to a principal at a scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleAssignmentRecord {
+    pub principal: String,
+    pub grant: strato_core::access::Grant,
+    pub created_at: i64,
+}

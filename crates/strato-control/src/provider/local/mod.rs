@@ -41,6 +41,10 @@ pub struct LocalSettings {
     pub control_http: String,
     /// This control plane's id, on everything the provider makes.
     pub control_plane_id: String,
+    /// The CA certificate agents trust for the control plane
+    /// (`DATA_DIR/tls/ca.crt`); `None`: the control plane serves
+    /// plaintext (`--insecure-plaintext`) and so do its agents.
+    pub control_plane_ca: Option<PathBuf>,
     /// Seconds an agent keeps trying to reach this control plane before it
     /// removes its containers and exits (`STRATO_GIVE_UP_AFTER`); `None`:
     /// forever.
@@ -140,6 +144,15 @@ impl LocalProvider {
         }
         if let Some(ca) = &ca {
             env.push(("STRATO_STORAGE_CA_FILE", ca.as_str()));
+        }
+        let control_ca = self
+            .settings
+            .control_plane_ca
+            .as_ref()
+            .map(|p| p.display().to_string());
+        match &control_ca {
+            Some(ca) => env.push(("STRATO_CONTROL_PLANE_CA", ca.as_str())),
+            None => env.push(("STRATO_INSECURE_PLAINTEXT", "true")),
         }
         // Like a systemd EnvironmentFile: readable by the owner only, since
         // it holds the join token.

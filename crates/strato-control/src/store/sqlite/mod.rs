@@ -5,6 +5,7 @@
 //! `datastores`, `usage` for the quota); this one opens the database and
 //! hands each `Store` method to its module.
 
+mod access;
 mod clusters;
 mod datastores;
 mod jobs;
@@ -31,9 +32,9 @@ use strato_core::quota::{QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
 use super::{
-    AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport, GangRank,
+    ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport, GangRank,
     IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob,
-    RankToStop, ReportOutcome, SpecUpdate, Store, StoreError,
+    RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -342,6 +343,55 @@ impl Store for SqliteStore {
 
     async fn delete_datastore(&self, name: &str) -> Result<(), StoreError> {
         datastores::delete_datastore(self, name).await
+    }
+
+    async fn create_api_token(
+        &self,
+        token: ApiTokenRecord,
+        replace: bool,
+    ) -> Result<ApiTokenRecord, StoreError> {
+        access::create_api_token(self, token, replace).await
+    }
+
+    async fn api_token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<ApiTokenRecord>, StoreError> {
+        access::api_token_by_hash(self, secret_hash).await
+    }
+
+    async fn api_token(&self, name: &str) -> Result<ApiTokenRecord, StoreError> {
+        access::api_token(self, name).await
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        access::list_api_tokens(self).await
+    }
+
+    async fn revoke_api_token(&self, name: &str, now: i64) -> Result<ApiTokenRecord, StoreError> {
+        access::revoke_api_token(self, name, now).await
+    }
+
+    async fn create_role_assignment(
+        &self,
+        assignment: RoleAssignmentRecord,
+    ) -> Result<RoleAssignmentRecord, StoreError> {
+        access::create_role_assignment(self, assignment).await
+    }
+
+    async fn list_role_assignments(
+        &self,
+        principal: Option<&str>,
+    ) -> Result<Vec<RoleAssignmentRecord>, StoreError> {
+        access::list_role_assignments(self, principal).await
+    }
+
+    async fn delete_role_assignment(
+        &self,
+        principal: &str,
+        grant: &strato_core::access::Grant,
+    ) -> Result<(), StoreError> {
+        access::delete_role_assignment(self, principal, grant).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
