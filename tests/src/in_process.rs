@@ -15,7 +15,7 @@ use strato_proto::v1;
 use strato_proto::v1::compute_service_client::ComputeServiceClient;
 use strato_proto::v1::job_service_client::JobServiceClient;
 use strato_runtime::ManualClock;
-use tonic::transport::Channel;
+use crate::Channel;
 
 use crate::sim::{SimFleet, SimProvider};
 
@@ -76,10 +76,11 @@ impl InProcess {
         let start_ms = strato_runtime::Clock::now_ms(&strato_runtime::SystemClock);
         let clock = Arc::new(ManualClock::starting_at(start_ms));
         let fleet = SimFleet::new(
-            format!("http://{grpc}"),
+            format!("https://{grpc}"),
             format!("http://{http}"),
             dir.path().join("nodes"),
             clock.clone(),
+            strato_control::tls::Tls::ca_path(&data_dir),
         );
         let parts = strato_control::Parts {
             grpc: grpc_listener,
@@ -91,8 +92,18 @@ impl InProcess {
         let server = tokio::spawn(strato_control::serve(settings, parts, async move {
             let _ = stop_rx.await;
         }));
-        let channel = Channel::from_shared(format!("http://{grpc}"))?
-            .connect()
+        // admin.conf is written once the store is open and the CA made.
+        let conf = data_dir.join("admin.conf");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !conf.exists() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline && !server.is_finished(),
+                "the in-process control plane wrote no admin.conf"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let token = crate::admin_token(&conf)?;
+        let channel = crate::connect_tls(&format!("https://{grpc}"), &conf, Some(&token))
             .await
             .context("connecting to the in-process control plane")?;
         Ok(InProcess {

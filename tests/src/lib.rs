@@ -17,7 +17,10 @@ use anyhow::{Context as _, bail};
 use strato_proto::v1;
 use strato_proto::v1::compute_service_client::ComputeServiceClient;
 use strato_proto::v1::job_service_client::JobServiceClient;
-use tonic::transport::Channel;
+
+/// A channel to a control plane: TLS with its CA, and the Owner's token
+/// from its admin.conf on every call.
+pub type Channel = strato_proto::client::AuthedChannel;
 
 /// How long a control plane may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,6 +40,38 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The client configuration a control plane wrote at first start.
+pub fn admin_config(path: &Path) -> anyhow::Result<strato_core::client_config::ClientConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(strato_core::client_config::ClientConfig::parse(&text)?)
+}
+
+/// The bootstrap Owner token of an admin.conf.
+pub fn admin_token(path: &Path) -> anyhow::Result<String> {
+    admin_config(path)?
+        .token
+        .with_context(|| format!("{}: no token", path.display()))
+}
+
+/// A TLS channel to `endpoint`, trusting the CA of the admin.conf at
+/// `conf`, with `token` on every call.
+pub async fn connect_tls(
+    endpoint: &str,
+    conf: &Path,
+    token: Option<&str>,
+) -> anyhow::Result<Channel> {
+    let ca = admin_config(conf)?.ca_certificate;
+    let channel = strato_proto::client::endpoint(endpoint, ca.as_deref(), None)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    Ok(strato_proto::client::authed(
+        channel,
+        strato_proto::client::Bearer::new(token)?,
+    ))
 }
 
 /// A free loopback port. Another process could take it before it is used;
@@ -152,15 +187,25 @@ impl ControlPlane {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
+    }
+
+    /// The control plane's admin.conf: its CA and the bootstrap Owner
+    /// token.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.data_dir.join("admin.conf")
+    }
+
+    /// A channel with `token` (`None`: no token) to this control plane.
+    pub async fn channel_with(&self, token: Option<&str>) -> anyhow::Result<Channel> {
+        connect_tls(&self.endpoint(), &self.admin_conf(), token).await
     }
 
     async fn try_client(&self) -> anyhow::Result<ComputeServiceClient<Channel>> {
-        let channel = Channel::from_shared(self.endpoint())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await?;
-        Ok(ComputeServiceClient::new(channel))
+        let token = admin_token(&self.admin_conf())?;
+        Ok(ComputeServiceClient::new(
+            self.channel_with(Some(&token)).await?,
+        ))
     }
 
     pub async fn client(&self) -> ComputeServiceClient<Channel> {
@@ -168,9 +213,8 @@ impl ControlPlane {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint())
-            .expect("endpoint")
-            .connect()
+        let token = admin_token(&self.admin_conf()).expect("admin.conf");
+        self.channel_with(Some(&token))
             .await
             .expect("connect to strato-control")
     }
@@ -287,8 +331,13 @@ impl ControlPlane {
         Command::new(binary("strato"))
             .arg("--endpoint")
             .arg(self.endpoint())
+            .arg("--config")
+            .arg(self.admin_conf())
             .args(args)
             .env_remove("STRATO_ENDPOINT")
+            .env_remove("STRATO_TOKEN")
+            .env_remove("STRATO_CONFIG")
+            .env_remove("STRATO_CA_FILE")
             .stdin(Stdio::null())
             .output()
             .expect("run strato")

@@ -82,6 +82,8 @@ pub struct SimFleet {
     endpoint: String,
     /// The control plane's HTTP base, where agents poll Scheduled Events.
     http_base: String,
+    /// The control plane's CA certificate (written at its start).
+    ca_file: PathBuf,
     /// Where agents stage attempts' data.
     work_root: PathBuf,
     clock: Arc<dyn Clock>,
@@ -98,10 +100,12 @@ impl SimFleet {
         http_base: String,
         work_root: PathBuf,
         clock: Arc<dyn Clock>,
+        ca_file: PathBuf,
     ) -> Arc<Self> {
         Arc::new(SimFleet {
             endpoint,
             http_base,
+            ca_file,
             work_root,
             clock,
             nodes: Mutex::default(),
@@ -183,8 +187,16 @@ impl SimFleet {
             },
             clock: self.clock.clone(),
         });
+        let io = |what: &str, source| ProviderError::Io {
+            what: format!("{what} for {}", launch.node_id),
+            source,
+        };
+        let ca = std::fs::read_to_string(&self.ca_file).map_err(|e| io("reading the CA", e))?;
+        let endpoint = strato_proto::client::endpoint(&self.endpoint, Some(&ca), None)
+            .map_err(|e| io("the endpoint", std::io::Error::other(e.to_string())))?;
         let config = AgentConfig {
             control_plane: self.endpoint.clone(),
+            endpoint,
             join_token: launch.join_token.clone(),
             hostname: launch.node_id.clone(),
             control_plane_id: None,

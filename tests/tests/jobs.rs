@@ -10,7 +10,7 @@ use strato_e2e::{
 use strato_proto::v1::{
     self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
 };
-use tonic::transport::Channel;
+use strato_e2e::Channel;
 
 /// Fast timings so failures show within seconds.
 const FAST: &[&str] = &[
