@@ -1,33 +1,70 @@
-//! Reaching the control plane: the gRPC channel every service's client is
-//! built on (exit 3 when it cannot be reached, 2 when `--endpoint` is not a
-//! URL), and the backoff for calls made while it is away (`job wait` rides
-//! out a restart).
+//! Reaching the control plane: the TLS channel every service's client is
+//! built on, carrying the bearer token (exit 3 when the control plane
+//! cannot be reached, 2 when the endpoint is not an `https://` URL), and the
+//! backoff for calls made while it is away (`job wait` rides out a
+//! restart).
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use strato_proto::client::{AuthedChannel, Bearer, authed};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::Failure;
+use crate::config::Settings;
 
-/// A channel to the control plane, connected (exit 3 when it cannot be);
-/// every service's client is built on it.
-pub async fn connect(endpoint: &str) -> Result<Channel, Failure> {
-    let unreachable = |why: String| {
-        Failure::unreachable(format!(
-            "cannot reach the control plane at {endpoint}: {why}; is strato-control running? (set --endpoint or STRATO_ENDPOINT to its gRPC address)"
+/// How long connecting may take before the control plane counts as
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TLS channel to `settings.endpoint`, trusting `settings.ca_pem`,
+/// connected (exit 3 when it cannot be; 2 for an `http://` or malformed
+/// endpoint or a token no header can carry), every call carrying the token.
+pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
+    let bearer = Bearer::new(settings.token.as_deref()).map_err(|e| {
+        Failure::usage(format!(
+            "the token (from {} or the config file): {e}",
+            crate::config::TOKEN_VAR
         ))
-    };
-    let channel = Channel::from_shared(endpoint.to_owned())
-        .map_err(|e| {
-            Failure::usage(format!(
-                "--endpoint {endpoint:?}: not a URL ({e}); e.g. http://127.0.0.1:7070"
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(5))
+    })?;
+    let endpoint =
+        strato_proto::client::endpoint(&settings.endpoint, settings.ca_pem.as_deref(), None)
+            .map_err(|e| Failure::usage(format!("--endpoint {e}")))?;
+    Ok(authed(
+        connect_channel(endpoint, &settings.endpoint).await?,
+        bearer,
+    ))
+}
+
+/// Connects `endpoint` (shown as `url`), or says why not (exit 3). The
+/// https-only check is [`connect`]'s: tests come in here with a plaintext
+/// endpoint to a fake control plane.
+pub(crate) async fn connect_channel(endpoint: Endpoint, url: &str) -> Result<Channel, Failure> {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| unreachable(with_sources(e.to_string(), std::error::Error::source(&e))))?;
-    Ok(channel)
+        .map_err(|e| {
+            let why = with_sources(e.to_string(), std::error::Error::source(&e));
+            Failure::unreachable(format!(
+                "cannot reach the control plane at {url}: {why}; {}",
+                connect_hint(&why)
+            ))
+        })
+}
+
+/// What to do about a failed connection whose errors read `why`.
+fn connect_hint(why: &str) -> &'static str {
+    if why.contains("UnknownIssuer") {
+        "the control plane's certificate is not trusted: pass its CA with --ca-file CA.pem (or STRATO_CA_FILE), or save it in the config with `strato login --ca-file CA.pem`"
+    } else if why.contains("not valid for name") || why.contains("NotValidForName") {
+        "the control plane's certificate does not name this host: use an endpoint host it names (as in the control plane's admin.conf)"
+    } else if why.contains("invalid peer certificate") {
+        "the control plane's certificate was refused; check --ca-file / the config's ca_certificate"
+    } else if why.contains("corrupt message") || why.contains("InvalidContentType") {
+        "the server at this address does not speak TLS; is it strato-control?"
+    } else {
+        "is strato-control running? set --endpoint, or --config / `strato login`"
+    }
 }
 
 /// `text` followed by each error under it that it does not already say (a
@@ -165,6 +202,63 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn plaintext_endpoints_are_bad_usage() {
+        let settings = Settings {
+            endpoint: "http://127.0.0.1:7070".into(),
+            token: Some("strato_x".into()),
+            ca_pem: None,
+        };
+        let f = connect(&settings).await.expect_err("http://");
+        assert_eq!(f.code, 2);
+        assert!(
+            f.message
+                .starts_with("--endpoint \"http://127.0.0.1:7070\""),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("https://"), "{}", f.message);
+        let f = connect(&Settings {
+            endpoint: "127.0.0.1:7070".into(),
+            ..settings
+        })
+        .await
+        .expect_err("no scheme");
+        assert_eq!(f.code, 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_control_plane_is_exit_3_with_a_hint() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let f = connect(&Settings {
+            endpoint: format!("https://127.0.0.1:{port}"),
+            token: None,
+            ca_pem: None,
+        })
+        .await
+        .expect_err("nothing there");
+        assert_eq!(f.code, 3);
+        assert!(
+            f.message.contains("is strato-control running?"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn certificate_failures_get_their_own_hints() {
+        assert!(connect_hint("invalid peer certificate: UnknownIssuer").contains("--ca-file"));
+        assert!(
+            connect_hint("invalid peer certificate: certificate not valid for name \"cp\"")
+                .contains("does not name this host")
+        );
+        assert!(connect_hint("Connection refused").contains("strato login"));
+    }
 
     #[test]
     fn sources_are_added_once() {

@@ -6,6 +6,7 @@ use strato_proto::v1::{self, datastore_service_client::DatastoreServiceClient};
 
 use crate::Failure;
 use crate::client::connect;
+use crate::config::Settings;
 use crate::view::datastore::DatastoreView;
 use crate::view::{Format, print};
 
@@ -35,8 +36,12 @@ pub enum DatastoreCommand {
     },
 }
 
-pub async fn run(endpoint: &str, format: Format, command: DatastoreCommand) -> Result<(), Failure> {
-    let mut client = DatastoreServiceClient::new(connect(endpoint).await?);
+pub async fn run(
+    settings: &Settings,
+    format: Format,
+    command: DatastoreCommand,
+) -> Result<(), Failure> {
+    let mut client = DatastoreServiceClient::new(connect(settings).await?);
     let list = match command {
         DatastoreCommand::Create {
             name,

@@ -1,8 +1,10 @@
 //! One module per command group: its clap arguments and what it runs.
 
+pub mod access;
 pub mod compute;
 pub mod datastore;
 pub mod job;
+pub mod login;
 
 /// A flag's value that its parser refused; clap prints it after the flag's
 /// name.
@@ -20,4 +22,9 @@ pub enum ArgError {
     Priority(String),
     #[error("{0:?}: a tag is KEY=VALUE")]
     Tag(String),
+    /// A role or scope that `strato_core::access` refused: its rule.
+    #[error("{0}")]
+    Access(String),
+    #[error("{0:?}: a duration like 90s, 30m, 12h or 30d (or plain seconds), or `never`")]
+    Duration(String),
 }

@@ -2,6 +2,7 @@
 //! per kind of output), rendered as a table (for people), JSON or YAML (for
 //! programs).
 
+pub mod access;
 pub mod cluster;
 pub mod datastore;
 pub mod job;
@@ -54,6 +55,14 @@ impl Table {
             t.rows.push(vec![k.to_owned(), v]);
         }
         t
+    }
+
+    /// Lines of text as they are: a section without columns.
+    pub fn lines(lines: Vec<String>) -> Self {
+        Table {
+            rows: lines.into_iter().map(|l| vec![l]).collect(),
+            sections: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -124,6 +133,14 @@ impl Render for serde_json::Value {
     fn table(&self) -> Table {
         Table::properties(Vec::new())
     }
+}
+
+/// `table` as it prints (for tests of the views).
+#[cfg(test)]
+pub(crate) fn rendered(table: &Table) -> String {
+    let mut out = Vec::new();
+    table.write(&mut out).expect("writes");
+    String::from_utf8(out).expect("utf8")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use self::request::{create_spec, split_identities, update_request};
 use crate::Failure;
 use crate::client::connect;
 use crate::cmd::ArgError;
+use crate::config::Settings;
 use crate::view::cluster::ClusterView;
 use crate::view::node::NodeView;
 use crate::view::size::SizeView;
@@ -196,13 +197,17 @@ pub struct UpdateArgs {
     remove_tags: Vec<String>,
 }
 
-pub async fn run(endpoint: &str, format: Format, command: ComputeCommand) -> Result<(), Failure> {
+pub async fn run(
+    settings: &Settings,
+    format: Format,
+    command: ComputeCommand,
+) -> Result<(), Failure> {
     // Commands that need no server check their input before connecting.
     let create_spec = match &command {
         ComputeCommand::Create(args) => Some(create_spec(args)?),
         _ => None,
     };
-    let mut client = ComputeServiceClient::new(connect(endpoint).await?);
+    let mut client = ComputeServiceClient::new(connect(settings).await?);
     match command {
         ComputeCommand::Create(_) => {
             let spec = create_spec.context("create spec")?;

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use strato_proto::client::AuthedChannel;
 use strato_proto::convert;
 use strato_proto::v1::{self, compute_service_client::ComputeServiceClient};
-use tonic::transport::Channel;
 
 use super::{CreateArgs, UpdateArgs};
 use crate::Failure;
@@ -100,7 +100,7 @@ pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure>
 }
 
 pub(super) async fn update_request(
-    client: &mut ComputeServiceClient<Channel>,
+    client: &mut ComputeServiceClient<AuthedChannel>,
     args: UpdateArgs,
 ) -> Result<v1::UpdateClusterRequest, Failure> {
     let (mut spec, mut mask) = match &args.file {

@@ -6,8 +6,8 @@ mod wait;
 use std::io::Write;
 
 use clap::{Args, Subcommand};
+use strato_proto::client::AuthedChannel;
 use strato_proto::v1::{self, job_service_client::JobServiceClient};
-use tonic::transport::Channel;
 
 use crate::Failure;
 use crate::cmd::ArgError;
@@ -204,7 +204,11 @@ fn data(list: Vec<(String, String)>, mode: &str) -> Vec<v1::JobData> {
         .collect()
 }
 
-pub async fn run(channel: Channel, format: Format, command: JobCommand) -> Result<(), Failure> {
+pub async fn run(
+    channel: AuthedChannel,
+    format: Format,
+    command: JobCommand,
+) -> Result<(), Failure> {
     let mut client = JobServiceClient::new(channel);
     match command {
         JobCommand::Submit(args) => {
@@ -270,7 +274,7 @@ pub async fn run(channel: Channel, format: Format, command: JobCommand) -> Resul
 }
 
 async fn logs(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobServiceClient<AuthedChannel>,
     format: Format,
     id: String,
     follow: bool,

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use strato_proto::client::AuthedChannel;
 use strato_proto::v1::{self, job_service_client::JobServiceClient};
-use tonic::transport::Channel;
 
 use crate::Failure;
 use crate::client::Retry;
@@ -16,7 +16,7 @@ use crate::view::{Format, print};
 /// is a terminal), prints how the job ended and fails with exit 1 unless it
 /// completed.
 pub async fn run(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobServiceClient<AuthedChannel>,
     format: Format,
     id: &str,
 ) -> Result<(), Failure> {
@@ -88,7 +88,7 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// Polls GetJob, printing each state change on stderr, until the job is final.
 async fn poll_until_final(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobServiceClient<AuthedChannel>,
     id: &str,
 ) -> Result<v1::Job, Failure> {
     let mut retry = Retry::default();
@@ -118,7 +118,10 @@ async fn poll_until_final(
 }
 
 /// Calls WaitJob until it answers, through control-plane restarts.
-async fn wait_job(client: &mut JobServiceClient<Channel>, id: &str) -> Result<v1::Job, Failure> {
+async fn wait_job(
+    client: &mut JobServiceClient<AuthedChannel>,
+    id: &str,
+) -> Result<v1::Job, Failure> {
     let mut retry = Retry::default();
     loop {
         let started = Instant::now();
@@ -323,12 +326,18 @@ mod fake_server_tests {
         std::net::SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
-    /// A `JobService` client connected to the fake at `addr`.
-    async fn client(addr: std::net::SocketAddr) -> JobServiceClient<Channel> {
-        let channel = crate::client::connect(&format!("http://{addr}"))
+    /// A `JobService` client connected to the fake at `addr`, in plaintext
+    /// (under the https-only check of `client::connect`), without a token.
+    async fn client(addr: std::net::SocketAddr) -> JobServiceClient<AuthedChannel> {
+        let url = format!("http://{addr}");
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).expect("a URL");
+        let channel = crate::client::connect_channel(endpoint, &url)
             .await
             .expect("connects");
-        JobServiceClient::new(channel)
+        JobServiceClient::new(strato_proto::client::authed(
+            channel,
+            strato_proto::client::Bearer::default(),
+        ))
     }
 
     #[tokio::test]
