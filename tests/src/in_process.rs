@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Channel;
 use anyhow::Context as _;
 use clap::Parser as _;
 use strato_control::config::Config;
@@ -15,7 +16,6 @@ use strato_proto::v1;
 use strato_proto::v1::compute_service_client::ComputeServiceClient;
 use strato_proto::v1::job_service_client::JobServiceClient;
 use strato_runtime::ManualClock;
-use crate::Channel;
 
 use crate::sim::{SimFleet, SimProvider};
 

@@ -326,21 +326,25 @@ impl ControlPlane {
         self.spawn().await
     }
 
-    /// Runs the `strato` CLI against this control plane.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("strato"))
-            .arg("--endpoint")
+    /// The `strato` CLI, pointed at this control plane as its Owner (the
+    /// admin.conf's CA and token), ready for arguments.
+    pub fn cli_command(&self) -> Command {
+        let mut cmd = Command::new(binary("strato"));
+        cmd.arg("--endpoint")
             .arg(self.endpoint())
             .arg("--config")
             .arg(self.admin_conf())
-            .args(args)
             .env_remove("STRATO_ENDPOINT")
             .env_remove("STRATO_TOKEN")
             .env_remove("STRATO_CONFIG")
             .env_remove("STRATO_CA_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run strato")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the `strato` CLI against this control plane.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command().args(args).output().expect("run strato")
     }
 
     /// Runs the `strato` CLI and fails the test, with its stderr, unless it

@@ -242,7 +242,7 @@ async fn refusals_exit_non_zero_with_one_line_naming_the_field() {
     let unreachable = std::process::Command::new(strato_e2e::binary("strato"))
         .args([
             "--endpoint",
-            &format!("http://127.0.0.1:{}", strato_e2e::free_port()),
+            &format!("https://127.0.0.1:{}", strato_e2e::free_port()),
             "compute",
             "list",
         ])

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use strato_e2e::Channel;
 use strato_e2e::ControlPlane;
 use strato_proto::v1::{self, compute_service_client::ComputeServiceClient};
 use tonic::Code;
-use strato_e2e::Channel;
 
 fn spec(name: &str, size: &str, min: u32, max: u32) -> v1::ClusterSpec {
     v1::ClusterSpec {

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use strato_e2e::Channel;
 use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker, wait_for};
 use strato_proto::v1::{
     self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
 };
-use strato_e2e::Channel;
 
 const ISSUER: &str = "https://sts.windows.net/11111111-2222-3333-4444-555555555555/";
 const STORAGE: &str = "https://storage.azure.com/";

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use strato_e2e::Channel;
 use strato_e2e::{
     ControlPlane, TEST_IMAGE, containers_of, containers_of_job, require_docker, wait_for,
 };
 use strato_proto::v1::{
     self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
 };
-use strato_e2e::Channel;
 
 /// Fast timings so failures show within seconds.
 const FAST: &[&str] = &[
@@ -239,12 +239,10 @@ async fn a_failing_job_reports_its_exit_code_and_wait_exits_non_zero() {
     let mut jobs = cp.jobs().await;
     let id = submit(&mut jobs, "fail", "echo about to fail; exit 3", 0).await;
     let out = tokio::task::spawn_blocking({
-        let cli = strato_e2e::binary("strato");
-        let endpoint = cp.endpoint();
+        let mut cli = cp.cli_command();
         let id = id.clone();
         move || {
-            std::process::Command::new(cli)
-                .args(["--endpoint", &endpoint, "job", "wait", &id])
+            cli.args(["job", "wait", &id])
                 .output()
                 .expect("strato job wait")
         }
@@ -481,6 +479,10 @@ async fn an_agent_without_a_valid_join_token_is_refused() {
     for token in ["", "not-a-token"] {
         let out = std::process::Command::new(strato_e2e::binary("strato-agent"))
             .env("STRATO_CONTROL_PLANE", cp.endpoint())
+            .env(
+                "STRATO_CONTROL_PLANE_CA",
+                strato_control::tls::Tls::ca_path(&cp.data_dir),
+            )
             .env("STRATO_JOIN_TOKEN", token)
             .output()
             .expect("run strato-agent");
@@ -513,13 +515,10 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = start(dir.path(), &[]).await;
     cluster(&cp, "follow", 0, 1, 5).await;
-    let endpoint = cp.endpoint();
+    let (mut submit, mut follow) = (cp.cli_command(), cp.cli_command());
     let out = tokio::task::spawn_blocking(move || {
-        let cli = strato_e2e::binary("strato");
-        let submit = std::process::Command::new(&cli)
+        let submit = submit
             .args([
-                "--endpoint",
-                &endpoint,
                 "job",
                 "submit",
                 "--compute",
@@ -544,8 +543,8 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
         );
         let id = String::from_utf8_lossy(&submit.stdout).trim().to_owned();
         assert!(id.starts_with("job-"), "{id}");
-        std::process::Command::new(&cli)
-            .args(["--endpoint", &endpoint, "job", "logs", &id, "--follow"])
+        follow
+            .args(["job", "logs", &id, "--follow"])
             .output()
             .expect("logs --follow")
     })

@@ -12,7 +12,7 @@ use crate::command::{have, run};
 use crate::control::{Control, free_port, node_states, strato_output};
 use crate::images::TEST_IMAGE;
 use crate::setup::{apt_install, setup};
-use crate::workspace::{PROFILE, cargo, profile_dir, root, target_dir};
+use crate::workspace::{PROFILE, cargo, root};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -35,10 +35,8 @@ fn time_to_first_line(mut cmd: Command, started: Instant) -> anyhow::Result<Dura
 
 pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
     const RUNS: usize = 15;
-    let (control, data_dir, grpc) = warm_bench_cluster("dispatch", &[])?;
+    let (control, data_dir, _grpc) = warm_bench_cluster("dispatch", &[])?;
     let command = ["sh", "-c", "echo ready"];
-    let strato_bin = target_dir().join(profile_dir()).join("strato");
-    let endpoint = format!("http://{grpc}");
     let mut strato_times = Vec::new();
     let mut docker_times = Vec::new();
     for run_no in 0..=RUNS {
@@ -54,29 +52,19 @@ pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
             "--",
         ];
         args.extend_from_slice(&command);
-        let out = Command::new(&strato_bin)
-            .arg("--endpoint")
-            .arg(&endpoint)
-            .args(&args)
-            .output()?;
+        let out = control.cli().args(&args).output()?;
         ensure!(
             out.status.success(),
             "submit failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let mut follow = Command::new(&strato_bin);
-        follow
-            .arg("--endpoint")
-            .arg(&endpoint)
-            .args(["job", "logs", &id, "--follow"]);
+        let mut follow = control.cli();
+        follow.args(["job", "logs", &id, "--follow"]);
         let strato_time = time_to_first_line(follow, started)?;
         // Let the node become idle again before the next job.
-        let mut wait = Command::new(&strato_bin);
-        wait.arg("--endpoint")
-            .arg(&endpoint)
-            .args(["job", "wait", &id])
-            .stdout(Stdio::null());
+        let mut wait = control.cli();
+        wait.args(["job", "wait", &id]).stdout(Stdio::null());
         ensure!(wait.status()?.success(), "job {id} did not complete");
         while !node_states(&control, "bench")?
             .iter()
@@ -177,7 +165,7 @@ pub(crate) fn bench_agent() -> anyhow::Result<()> {
         "agent",
         &["--heartbeat-interval", "1", "--node-heartbeat-timeout", "5"],
     )?;
-    let pid = find_agent(&format!("http://{grpc}")).context("the agent process")?;
+    let pid = find_agent(&format!("https://{grpc}")).context("the agent process")?;
     let nodes = strato_output(
         &control,
         &["compute", "list-nodes", "-n", "bench", "-o", "json"],

@@ -19,6 +19,7 @@ pub(crate) struct Control {
     child: Option<Child>,
     pub(crate) grpc: String,
     http: String,
+    data_dir: std::path::PathBuf,
 }
 
 impl Control {
@@ -51,6 +52,7 @@ impl Control {
             child: Some(child),
             grpc: grpc.to_owned(),
             http: http.to_owned(),
+            data_dir: data_dir.to_owned(),
         };
         c.wait_ready()?;
         Ok(c)
@@ -64,7 +66,11 @@ impl Control {
             {
                 bail!("strato-control exited while starting: {status}");
             }
-            if TcpStream::connect(&self.grpc).is_ok() && TcpStream::connect(&self.http).is_ok() {
+            // admin.conf is written once the store and the CA are ready.
+            if TcpStream::connect(&self.grpc).is_ok()
+                && TcpStream::connect(&self.http).is_ok()
+                && self.data_dir.join("admin.conf").exists()
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -97,15 +103,29 @@ impl Drop for Control {
     }
 }
 
+impl Control {
+    /// The `strato` CLI, pointed at this control plane with its Owner's
+    /// admin.conf (TLS with its CA, the bootstrap token).
+    pub(crate) fn cli(&self) -> Command {
+        let mut cmd = Command::new(target_dir().join(profile_dir()).join("strato"));
+        cmd.arg("--endpoint")
+            .arg(format!("https://{}", self.grpc))
+            .arg("--config")
+            .arg(self.data_dir.join("admin.conf"))
+            .env_remove("STRATO_ENDPOINT")
+            .env_remove("STRATO_TOKEN")
+            .env_remove("STRATO_CONFIG");
+        cmd
+    }
+}
+
 /// Runs `strato ARGS` against the demo's control plane, printing the command
 /// and its output. `expect_ok` false means the step shows a refusal.
 pub(crate) fn strato(control: &Control, args: &[&str], expect_ok: bool) -> anyhow::Result<()> {
     println!("\n$ strato {}", args.join(" "));
-    let status = Command::new(target_dir().join(profile_dir()).join("strato"))
-        .arg("--endpoint")
-        .arg(format!("http://{}", control.grpc))
+    let status = control
+        .cli()
         .args(args)
-        .env_remove("STRATO_ENDPOINT")
         .status()
         .context("running strato")?;
     ensure!(
@@ -123,11 +143,9 @@ pub(crate) fn strato(control: &Control, args: &[&str], expect_ok: bool) -> anyho
 
 /// Runs `strato ARGS` and returns its stdout (for the demo's own checks).
 pub(crate) fn strato_output(control: &Control, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(target_dir().join(profile_dir()).join("strato"))
-        .arg("--endpoint")
-        .arg(format!("http://{}", control.grpc))
+    let out = control
+        .cli()
         .args(args)
-        .env_remove("STRATO_ENDPOINT")
         .output()
         .context("running strato")?;
     ensure!(

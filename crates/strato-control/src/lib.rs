@@ -70,8 +70,15 @@ pub async fn run(
                 } else {
                     grpc_addr.ip()
                 };
-                let scheme = if config.insecure_plaintext { "http" } else { "https" };
-                format!("{scheme}://{}", std::net::SocketAddr::new(ip, grpc_addr.port()))
+                let scheme = if config.insecure_plaintext {
+                    "http"
+                } else {
+                    "https"
+                };
+                format!(
+                    "{scheme}://{}",
+                    std::net::SocketAddr::new(ip, grpc_addr.port())
+                )
             });
             Box::new(LocalProvider::new(LocalSettings {
                 agent_binary,
@@ -157,10 +164,7 @@ pub async fn serve(
     };
     let tls = tls::Tls::load_or_create(
         &settings.config.data_dir,
-        &tls::subject_alt_names(
-            &[grpc_addr.ip(), http_addr.ip()],
-            &settings.config.tls_sans,
-        ),
+        &tls::subject_alt_names(&[grpc_addr.ip(), http_addr.ip()], &settings.config.tls_sans),
         settings
             .config
             .tls_cert
@@ -189,8 +193,14 @@ pub async fn serve(
         submits: plane::SubmitLimits::new(settings_rate.0, settings_rate.1),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
-    write_admin_conf(&plane.settings.config.data_dir, &access, &tls, grpc_addr, insecure_plaintext)
-        .await?;
+    write_admin_conf(
+        &plane.settings.config.data_dir,
+        &access,
+        &tls,
+        grpc_addr,
+        insecure_plaintext,
+    )
+    .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -86,8 +86,7 @@ impl Tls {
         given: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Tls> {
         let dir = data_dir.join("tls");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
@@ -179,7 +178,9 @@ fn load_or_create_ca(dir: &Path) -> anyhow::Result<(String, Issuer<'static, KeyP
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + days(CA_DAYS);
-    let cert = params.self_signed(&key).context("signing the CA certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the CA certificate")?;
     let cert_pem = cert.pem();
     let _ = std::fs::remove_file(&key_path);
     write_new_private(&key_path, key.serialize_pem().as_bytes()).context("writing tls/ca.key")?;
@@ -194,12 +195,20 @@ mod tests {
     #[test]
     fn the_ca_is_made_once_and_the_server_certificate_each_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let names = subject_alt_names(&["10.1.2.3".parse().expect("ip")], &["cp.example.com".into()]);
-        assert!(names.contains(&"10.1.2.3".to_owned()) && names.contains(&"cp.example.com".to_owned()));
+        let names = subject_alt_names(
+            &["10.1.2.3".parse().expect("ip")],
+            &["cp.example.com".into()],
+        );
+        assert!(
+            names.contains(&"10.1.2.3".to_owned()) && names.contains(&"cp.example.com".to_owned())
+        );
         let first = Tls::load_or_create(dir.path(), &names, None).expect("first start");
         let second = Tls::load_or_create(dir.path(), &names, None).expect("second start");
         assert_eq!(first.ca_pem, second.ca_pem, "the CA is kept");
-        assert_ne!(first.server_key_pem, second.server_key_pem, "the server key is new");
+        assert_ne!(
+            first.server_key_pem, second.server_key_pem,
+            "the server key is new"
+        );
         use std::os::unix::fs::PermissionsExt as _;
         for file in ["ca.key", "ca.crt", "server.key", "server.crt"] {
             let mode = std::fs::metadata(dir.path().join("tls").join(file))

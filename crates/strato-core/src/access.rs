@@ -345,7 +345,9 @@ mod tests {
     fn scopes_and_roles_parse_or_name_the_field() {
         assert_eq!(Scope::parse("s", "/").expect("root"), Scope::All);
         assert_eq!(
-            Scope::parse("s", "/clusters/gpu-a1").expect("cluster").to_string(),
+            Scope::parse("s", "/clusters/gpu-a1")
+                .expect("cluster")
+                .to_string(),
             "/clusters/gpu-a1"
         );
         let e = Scope::parse("scope", "/teams/x").expect_err("unknown");

@@ -104,7 +104,10 @@ mod tests {
             back.ca_certificate.as_deref().map(str::trim_end),
             config.ca_certificate.as_deref().map(str::trim_end)
         );
-        assert_eq!(ClientConfig::parse("").expect("empty"), ClientConfig::default());
+        assert_eq!(
+            ClientConfig::parse("").expect("empty"),
+            ClientConfig::default()
+        );
     }
 
     #[test]

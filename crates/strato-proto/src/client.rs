@@ -72,7 +72,10 @@ impl Bearer {
 }
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             request.metadata_mut().insert("authorization", v.clone());
         }
@@ -108,7 +111,10 @@ mod tests {
         let mut bearer = Bearer::new(Some("strato_abc\n")).expect("ascii");
         let request = bearer.call(tonic::Request::new(())).expect("passes");
         assert_eq!(
-            request.metadata().get("authorization").map(|v| v.to_str().ok()),
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.to_str().ok()),
             Some(Some("Bearer strato_abc"))
         );
         assert!(Bearer::new(Some("t\u{7}x")).is_err());

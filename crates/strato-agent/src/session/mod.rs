@@ -104,10 +104,7 @@ impl SessionError {
     /// Whether retrying cannot help: the join token was refused or the
     /// address is bad.
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            SessionError::Refused(_)
-        )
+        matches!(self, SessionError::Refused(_))
     }
 }
 

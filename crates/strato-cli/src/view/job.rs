@@ -84,6 +84,8 @@ pub struct JobView {
     pub process_count_per_node: u32,
     pub distribution: &'static str,
     pub created_at: String,
+    /// Who submitted it.
+    pub submitted_by: String,
     pub transitions: Vec<JobTransitionView>,
     pub attempts: Vec<JobAttemptView>,
 }
@@ -102,6 +104,7 @@ impl From<v1::Job> for JobView {
             reason: j.reason,
             attempt: j.attempt,
             node_id: j.node_id,
+            submitted_by: j.submitted_by,
             exit_code: j.exit_code,
             max_retries: s.max_retries,
             node_count: s.node_count.max(1),
@@ -174,6 +177,7 @@ impl Render for JobView {
             ("node", or_dash(&self.node_id)),
             ("exit_code", exit_cell(self.exit_code)),
             ("created_at", self.created_at.clone()),
+            ("submitter", or_dash(&self.submitted_by)),
         ]);
         let mut t = Table::properties(pairs);
         if !self.attempts.is_empty() {
@@ -234,6 +238,7 @@ mod tests {
         let t = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
         v1::Job {
             id: "j-1".into(),
+            submitted_by: "token:alice".into(),
             spec: Some(v1::JobSpec {
                 cluster: "cpu".into(),
                 display_name: "train".into(),
@@ -303,6 +308,7 @@ mod tests {
             "process_count_per_node",
             "distribution",
             "created_at",
+            "submitted_by",
             "transitions",
             "attempts",
         ];

@@ -51,11 +51,9 @@ fn check_token_name(name: &str) -> Result<(), AppError> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !ok {
-        return Err(FieldError::new(
-            "name",
-            "must be 1 to 63 lowercase letters, digits and '-'",
-        )
-        .into());
+        return Err(
+            FieldError::new("name", "must be 1 to 63 lowercase letters, digits and '-'").into(),
+        );
     }
     Ok(())
 }
@@ -63,8 +61,12 @@ fn check_token_name(name: &str) -> Result<(), AppError> {
 /// A principal as role assignments name it.
 fn check_principal(principal: &str) -> Result<(), AppError> {
     let ok = principal.len() <= 256
-        && (principal.strip_prefix("token:").is_some_and(|n| !n.is_empty())
-            || principal.strip_prefix("oidc:").is_some_and(|s| !s.is_empty()))
+        && (principal
+            .strip_prefix("token:")
+            .is_some_and(|n| !n.is_empty())
+            || principal
+                .strip_prefix("oidc:")
+                .is_some_and(|s| !s.is_empty()))
         && !principal.chars().any(char::is_control);
     if !ok {
         return Err(FieldError::new(
@@ -109,7 +111,12 @@ impl<S: Store> Access<S> {
             ));
         };
         let now = self.plane.clock.now_ms();
-        let token = match self.plane.store.api_token_by_hash(&secret_hash(secret)).await? {
+        let token = match self
+            .plane
+            .store
+            .api_token_by_hash(&secret_hash(secret))
+            .await?
+        {
             Some(t) => t,
             None => {
                 return Err(AppError::Unauthenticated(

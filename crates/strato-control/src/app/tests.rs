@@ -194,5 +194,8 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
     );
     let canceled = jobs.cancel_job(&ME, &job.id).await.expect("canceled");
     assert!(canceled.state.is_final(), "{:?}", canceled.state);
-    assert_eq!(jobs.wait_job(&ME, &job.id).await.expect("waited").id, job.id);
+    assert_eq!(
+        jobs.wait_job(&ME, &job.id).await.expect("waited").id,
+        job.id
+    );
 }

@@ -171,14 +171,12 @@ where
             let path = request.uri().path().to_owned();
             match rule(&path) {
                 Some(Rule::Public | Rule::Agent) => {}
-                Some(Rule::User(_)) => {
-                    match access.authenticate(bearer(request.headers())).await {
-                        Ok(caller) => {
-                            request.extensions_mut().insert(caller);
-                        }
-                        Err(e) => return Ok(super::status(e).into_http()),
+                Some(Rule::User(_)) => match access.authenticate(bearer(request.headers())).await {
+                    Ok(caller) => {
+                        request.extensions_mut().insert(caller);
                     }
-                }
+                    Err(e) => return Ok(super::status(e).into_http()),
+                },
                 None => {
                     let shown: String = path.chars().take(128).collect();
                     return Ok(Status::unimplemented(format!(
@@ -208,18 +206,11 @@ mod tests {
         for file in &set.file {
             for service in &file.service {
                 for method in &service.method {
-                    let path = format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    );
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
                     let rule = rule(&path);
                     assert!(rule.is_some(), "{path} has no authorization rule");
-                    let user_service = !matches!(
-                        service.name(),
-                        "AgentService" | "IdentityService"
-                    );
+                    let user_service =
+                        !matches!(service.name(), "AgentService" | "IdentityService");
                     assert_eq!(
                         matches!(rule, Some(Rule::User(_))),
                         user_service,
@@ -238,9 +229,15 @@ mod tests {
     fn bearer_tokens_are_read_from_the_authorization_header() {
         let mut headers = http::HeaderMap::new();
         assert_eq!(bearer(&headers), None);
-        headers.insert(http::header::AUTHORIZATION, "Bearer  strato_x ".parse().expect("value"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Bearer  strato_x ".parse().expect("value"),
+        );
         assert_eq!(bearer(&headers), Some("strato_x"));
-        headers.insert(http::header::AUTHORIZATION, "Basic dXNlcg==".parse().expect("value"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Basic dXNlcg==".parse().expect("value"),
+        );
         assert_eq!(bearer(&headers), None);
     }
 }

@@ -7,8 +7,8 @@ use strato_proto::convert::{cluster_request, quota_usage, vm_size};
 use strato_proto::v1::{self, compute_service_server::ComputeService};
 use tonic::{Request, Response, Status};
 
-use super::{convert, respond, status};
 use super::auth;
+use super::{convert, respond, status};
 use crate::app::{AppError, Compute};
 use crate::plane::Plane;
 use crate::store::Store;
@@ -93,10 +93,9 @@ impl<S: Store> ComputeService for ComputeApi<S> {
     ) -> Result<Response<v1::DeleteClusterResponse>, Status> {
         let caller = auth::caller(&request)?;
         let name = request.into_inner().name;
-        respond(
-            self.app.delete_cluster(&caller, &name).await,
-            |()| v1::DeleteClusterResponse {},
-        )
+        respond(self.app.delete_cluster(&caller, &name).await, |()| {
+            v1::DeleteClusterResponse {}
+        })
     }
 
     async fn list_nodes(
@@ -105,12 +104,11 @@ impl<S: Store> ComputeService for ComputeApi<S> {
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         let caller = auth::caller(&request)?;
         let cluster = request.into_inner().cluster;
-        respond(
-            self.app.list_nodes(&caller, &cluster).await,
-            |nodes| v1::ListNodesResponse {
+        respond(self.app.list_nodes(&caller, &cluster).await, |nodes| {
+            v1::ListNodesResponse {
                 nodes: nodes.into_iter().map(convert::node).collect(),
-            },
-        )
+            }
+        })
     }
 
     async fn assign_identity(
@@ -175,12 +173,11 @@ impl<S: Store> ComputeService for ComputeApi<S> {
     ) -> Result<Response<v1::ListUsageResponse>, Status> {
         let caller = auth::caller(&request)?;
         let location = request.into_inner().location;
-        respond(
-            self.app.list_usage(&caller, location).await,
-            |u| v1::ListUsageResponse {
+        respond(self.app.list_usage(&caller, location).await, |u| {
+            v1::ListUsageResponse {
                 usages: u.lines.into_iter().map(quota_usage).collect(),
                 location: u.location,
-            },
-        )
+            }
+        })
     }
 }

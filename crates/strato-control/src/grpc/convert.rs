@@ -87,6 +87,7 @@ pub fn job(j: &JobRecord) -> v1::Job {
         created_at: Some(timestamp(j.created_at)),
         node_id: j.node_id.clone().unwrap_or_default(),
         reason: j.reason.clone(),
+        submitted_by: j.submitted_by.clone(),
         attempts: j
             .attempts
             .iter()

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use strato_proto::v1::{self, datastore_service_server::DatastoreService};
 use tonic::{Request, Response, Status};
 
-use super::{convert, respond};
 use super::auth;
+use super::{convert, respond};
 use crate::app::{Datastores, NewDatastore};
 use crate::plane::Plane;
 use crate::store::Store;
@@ -72,9 +72,8 @@ impl<S: Store> DatastoreService for DatastoreApi<S> {
     ) -> Result<Response<v1::DeleteDatastoreResponse>, Status> {
         let caller = auth::caller(&request)?;
         let name = request.into_inner().name;
-        respond(
-            self.app.delete_datastore(&caller, &name).await,
-            |()| v1::DeleteDatastoreResponse {},
-        )
+        respond(self.app.delete_datastore(&caller, &name).await, |()| {
+            v1::DeleteDatastoreResponse {}
+        })
     }
 }

@@ -8,8 +8,8 @@ use strato_core::FieldError;
 use strato_proto::v1::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
-use super::{convert, respond, status};
 use super::auth;
+use super::{convert, respond, status};
 use crate::app::Jobs;
 use crate::plane::Plane;
 use crate::store::Store;
@@ -50,9 +50,7 @@ impl<S: Store> JobService for JobApi<S> {
     ) -> Result<Response<v1::Job>, Status> {
         let caller = auth::caller(&request)?;
         let id = request.into_inner().id;
-        respond(self.app.get_job(&caller, &id).await, |j| {
-            convert::job(&j)
-        })
+        respond(self.app.get_job(&caller, &id).await, |j| convert::job(&j))
     }
 
     async fn list_jobs(
@@ -110,10 +108,7 @@ impl<S: Store> JobService for JobApi<S> {
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let lines = self
-            .app
-            .stream_logs(&caller, r.id, r.follow)
-            .await;
+        let lines = self.app.stream_logs(&caller, r.id, r.follow).await;
         respond(lines, |lines| -> LogStreamBox {
             Box::pin(lines.map(|l| l.map(convert::log_line).map_err(status)))
         })
@@ -125,8 +120,6 @@ impl<S: Store> JobService for JobApi<S> {
     ) -> Result<Response<v1::Job>, Status> {
         let caller = auth::caller(&request)?;
         let id = request.into_inner().id;
-        respond(self.app.wait_job(&caller, &id).await, |j| {
-            convert::job(&j)
-        })
+        respond(self.app.wait_job(&caller, &id).await, |j| convert::job(&j))
     }
 }

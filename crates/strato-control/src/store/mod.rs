@@ -20,9 +20,9 @@ use strato_core::quota::{QuotaError, QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
 pub use records::{
-    ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
-    GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord,
-    TransitionRecord,
+    ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
+    EnrollReport, GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop,
+    ReportOutcome, RoleAssignmentRecord, TransitionRecord,
 };
 pub use sqlite::{DB_FILE, SqliteStore};
 
@@ -306,6 +306,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
         spec: JobSpec,
+        now: i64,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send {
+        self.submit_job_as(id, spec, "", now)
+    }
+
+    /// Stores a new queued job, recording who submitted it.
+    fn submit_job_as(
+        &self,
+        id: &str,
+        spec: JobSpec,
+        submitted_by: &str,
         now: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 

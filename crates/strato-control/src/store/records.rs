@@ -126,6 +126,9 @@ pub struct JobRecord {
     pub node_id: Option<String>,
     pub exit_code: Option<i64>,
     pub cancel_requested: bool,
+    /// The principal that submitted it (empty: before principals were
+    /// recorded).
+    pub submitted_by: String,
     pub created_at: i64,
     pub updated_at: i64,
     pub transitions: Vec<TransitionRecord>,

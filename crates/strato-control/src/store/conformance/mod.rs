@@ -18,6 +18,7 @@
 //! sleeps never. Available to this crate's tests and, with the `test-util`
 //! feature, to other crates.
 
+pub mod access;
 pub mod clusters;
 pub mod gangs;
 pub mod jobs;
@@ -72,6 +73,10 @@ macro_rules! store_conformance_suite {
                 submit_needs_a_cluster_and_stores_its_canonical_name,
                 job_counts_and_lists,
                 queued_reason_is_set_on_queued_jobs_only,
+            ],
+            access: [
+                tokens_are_found_by_hash_listed_and_revoked_once,
+                role_assignments_are_unique_per_principal_role_and_scope,
             ],
             gangs: [
                 a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops,

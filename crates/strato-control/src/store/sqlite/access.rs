@@ -53,7 +53,11 @@ pub(super) async fn create_api_token(
     if taken.is_some() {
         return Err(StoreError::TokenExists(t.name));
     }
-    sqlx::query(concat!("INSERT INTO api_tokens (", token_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"))
+    sqlx::query(concat!(
+        "INSERT INTO api_tokens (",
+        token_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    ))
     .bind(&t.name)
     .bind(&t.secret_hash)
     .bind(t.grant.role.as_str())
@@ -72,7 +76,11 @@ pub(super) async fn api_token_by_hash(
     db: &SqliteStore,
     secret_hash: &str,
 ) -> Result<Option<ApiTokenRecord>, StoreError> {
-    let row = sqlx::query(concat!("SELECT ", token_columns!(), " FROM api_tokens WHERE secret_hash = ?1"))
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        token_columns!(),
+        " FROM api_tokens WHERE secret_hash = ?1"
+    ))
     .bind(secret_hash)
     .fetch_optional(&db.pool)
     .await?;
@@ -80,7 +88,11 @@ pub(super) async fn api_token_by_hash(
 }
 
 pub(super) async fn api_token(db: &SqliteStore, name: &str) -> Result<ApiTokenRecord, StoreError> {
-    let row = sqlx::query(concat!("SELECT ", token_columns!(), " FROM api_tokens WHERE name = ?1"))
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        token_columns!(),
+        " FROM api_tokens WHERE name = ?1"
+    ))
     .bind(name)
     .fetch_optional(&db.pool)
     .await?
@@ -89,7 +101,11 @@ pub(super) async fn api_token(db: &SqliteStore, name: &str) -> Result<ApiTokenRe
 }
 
 pub(super) async fn list_api_tokens(db: &SqliteStore) -> Result<Vec<ApiTokenRecord>, StoreError> {
-    let rows = sqlx::query(concat!("SELECT ", token_columns!(), " FROM api_tokens ORDER BY name"))
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        token_columns!(),
+        " FROM api_tokens ORDER BY name"
+    ))
     .fetch_all(&db.pool)
     .await?;
     rows.iter().map(token_from_row).collect()
@@ -101,18 +117,21 @@ pub(super) async fn revoke_api_token(
     now: i64,
 ) -> Result<ApiTokenRecord, StoreError> {
     let mut tx = db.begin_write().await?;
-    let n = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1",
-    )
-    .bind(name)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let n =
+        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1")
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     if n == 0 {
         return Err(StoreError::TokenNotFound(name.to_owned()));
     }
-    let row = sqlx::query(concat!("SELECT ", token_columns!(), " FROM api_tokens WHERE name = ?1"))
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        token_columns!(),
+        " FROM api_tokens WHERE name = ?1"
+    ))
     .bind(name)
     .fetch_one(&mut *tx)
     .await?;

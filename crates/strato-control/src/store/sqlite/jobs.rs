@@ -18,7 +18,7 @@ use crate::store::{
 };
 
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
-     exit_code, cancel_requested, created_at, updated_at";
+     exit_code, cancel_requested, submitted_by, created_at, updated_at";
 
 /// A job row, without its transitions and attempts.
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
@@ -35,6 +35,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         node_id: row.try_get("node_id")?,
         exit_code: row.try_get("exit_code")?,
         cancel_requested: row.try_get("cancel_requested")?,
+        submitted_by: row.try_get("submitted_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         transitions: Vec::new(),
@@ -196,18 +197,20 @@ pub(super) async fn submit_job(
     db: &SqliteStore,
     id: &str,
     mut spec: JobSpec,
+    submitted_by: &str,
     now: i64,
 ) -> Result<JobRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     spec.cluster = load_cluster(&mut tx, &spec.cluster).await?.spec.name;
     sqlx::query(
-        "INSERT INTO jobs (id, cluster, spec, state, attempt, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?4)",
+        "INSERT INTO jobs (id, cluster, spec, state, attempt, created_at, updated_at, submitted_by)
+         VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?4, ?5)",
     )
     .bind(id)
     .bind(&spec.cluster)
     .bind(serde_json::to_string(&spec).map_err(|e| corrupt("job spec", e))?)
     .bind(now)
+    .bind(submitted_by)
     .execute(&mut *tx)
     .await?;
     transition(&mut tx, id, 1, JobState::Queued, "submitted", now).await?;

@@ -32,9 +32,9 @@ use strato_core::quota::{QuotaLimits, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
 use super::{
-    ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport, GangRank,
-    IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob,
-    RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
+    ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
+    GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord, NodeUsage,
+    QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -253,8 +253,14 @@ impl Store for SqliteStore {
         usage::usage(self, location).await
     }
 
-    async fn submit_job(&self, id: &str, spec: JobSpec, now: i64) -> Result<JobRecord, StoreError> {
-        jobs::submit_job(self, id, spec, now).await
+    async fn submit_job_as(
+        &self,
+        id: &str,
+        spec: JobSpec,
+        submitted_by: &str,
+        now: i64,
+    ) -> Result<JobRecord, StoreError> {
+        jobs::submit_job(self, id, spec, submitted_by, now).await
     }
 
     async fn get_job(&self, id: &str) -> Result<JobRecord, StoreError> {

@@ -1,0 +1,401 @@
+//! Who may call, tried as an attacker would: against a real `strato-control`
+//! process (no node provider, so no Docker), over its TLS port. Calls
+//! without a token, with a bad, revoked or expired one, and with a token
+//! whose role does not allow the call are refused with the right code and a
+//! message naming the action and the principal; another team's identity is
+//! refused; plaintext gets no answer; the token's secret is nowhere on
+//! disk in clear.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use strato_e2e::{Channel, ControlPlane, admin_token, wait_for};
+use strato_proto::v1;
+use strato_proto::v1::access_service_client::AccessServiceClient;
+use strato_proto::v1::compute_service_client::ComputeServiceClient;
+use strato_proto::v1::datastore_service_client::DatastoreServiceClient;
+use strato_proto::v1::job_service_client::JobServiceClient;
+use tonic::Code;
+
+const TEAM_A_IDENTITY: &str = "/subscriptions/s/resourceGroups/team-a/providers/Microsoft.ManagedIdentity/userAssignedIdentities/trainer";
+
+async fn start(dir: &std::path::Path) -> ControlPlane {
+    ControlPlane::start(&dir.join("cp"), &["--provider", "none"])
+        .await
+        .expect("start strato-control")
+}
+
+/// A token made by the Owner: its secret.
+async fn token(cp: &ControlPlane, name: &str, role: &str, scope: &str, expires: u64) -> String {
+    let mut access = AccessServiceClient::new(cp.channel().await);
+    access
+        .create_token(v1::CreateTokenRequest {
+            name: name.into(),
+            role: role.into(),
+            scope: scope.into(),
+            expires_in_seconds: expires,
+        })
+        .await
+        .expect("create token")
+        .into_inner()
+        .secret
+}
+
+async fn as_token(cp: &ControlPlane, secret: Option<&str>) -> Channel {
+    cp.channel_with(secret).await.expect("connect")
+}
+
+fn spec(name: &str) -> v1::ClusterSpec {
+    v1::ClusterSpec {
+        name: name.into(),
+        vm_size: "Standard_DS3_v2".into(),
+        min_nodes: 0,
+        max_nodes: Some(2),
+        ..Default::default()
+    }
+}
+
+/// Every user service refuses a call without a token, and one with a
+/// token it did not issue, as UNAUTHENTICATED; health stays open.
+#[tokio::test]
+async fn calls_without_a_valid_token_are_unauthenticated_on_every_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    for secret in [None, Some("strato_not-a-token-of-this-control-plane")] {
+        let channel = as_token(&cp, secret).await;
+        let codes = [
+            ComputeServiceClient::new(channel.clone())
+                .list_clusters(v1::ListClustersRequest {})
+                .await
+                .map(|_| ())
+                .expect_err("compute")
+                .code(),
+            JobServiceClient::new(channel.clone())
+                .list_jobs(v1::ListJobsRequest::default())
+                .await
+                .map(|_| ())
+                .expect_err("jobs")
+                .code(),
+            DatastoreServiceClient::new(channel.clone())
+                .list_datastores(v1::ListDatastoresRequest {})
+                .await
+                .map(|_| ())
+                .expect_err("datastores")
+                .code(),
+            AccessServiceClient::new(channel.clone())
+                .who_am_i(v1::WhoAmIRequest {})
+                .await
+                .map(|_| ())
+                .expect_err("access")
+                .code(),
+        ];
+        assert_eq!(codes, [Code::Unauthenticated; 4], "token {secret:?}");
+    }
+    // Health answers anyone: load balancers and probes carry no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(as_token(&cp, None).await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health is public");
+}
+
+/// Each role reaches what Azure ML's built-in role of its kind reaches,
+/// at its scope only; refusals name the action and the principal.
+#[tokio::test]
+async fn roles_allow_only_their_actions_at_their_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    let mut owner = ComputeServiceClient::new(cp.channel().await);
+    for name in ["team-a", "team-b"] {
+        owner
+            .create_cluster(v1::CreateClusterRequest {
+                spec: Some(spec(name)),
+            })
+            .await
+            .expect("owner creates");
+    }
+    let reader = token(&cp, "reader", "Reader", "/", 0).await;
+    let scientist = token(&cp, "alice", "DataScientist", "/clusters/team-a", 0).await;
+
+    let mut as_reader = ComputeServiceClient::new(as_token(&cp, Some(&reader)).await);
+    let listed = as_reader
+        .list_clusters(v1::ListClustersRequest {})
+        .await
+        .expect("a reader lists")
+        .into_inner();
+    assert_eq!(listed.clusters.len(), 2);
+    let denied = as_reader
+        .delete_cluster(v1::DeleteClusterRequest {
+            name: "team-a".into(),
+        })
+        .await
+        .expect_err("a reader cannot delete");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("token:reader") && denied.message().contains("clusters/delete"),
+        "{}",
+        denied.message()
+    );
+
+    // A data scientist of team-a submits there, not to team-b, and writes
+    // no cluster.
+    let channel = as_token(&cp, Some(&scientist)).await;
+    let mut jobs = JobServiceClient::new(channel.clone());
+    let job = |cluster: &str| v1::SubmitJobRequest {
+        spec: Some(v1::JobSpec {
+            cluster: cluster.into(),
+            image: "busybox:latest".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        }),
+    };
+    let mine = jobs
+        .submit_job(job("team-a"))
+        .await
+        .expect("submit to team-a")
+        .into_inner();
+    assert_eq!(
+        mine.submitted_by, "token:alice",
+        "jobs record who submitted them"
+    );
+    let theirs = jobs.submit_job(job("team-b")).await.expect_err("team-b");
+    assert_eq!(theirs.code(), Code::PermissionDenied);
+    assert!(
+        theirs.message().contains("/clusters/team-b"),
+        "{}",
+        theirs.message()
+    );
+    // It lists only team-a's jobs, and cannot read or cancel team-b's.
+    let listed = jobs
+        .list_jobs(v1::ListJobsRequest::default())
+        .await
+        .expect("lists its cluster's jobs")
+        .into_inner();
+    assert_eq!(
+        listed
+            .jobs
+            .iter()
+            .map(|j| j.id.as_str())
+            .collect::<Vec<_>>(),
+        [mine.id.as_str()]
+    );
+    let mut owner_jobs = JobServiceClient::new(cp.channel().await);
+    let other = owner_jobs
+        .submit_job(job("team-b"))
+        .await
+        .expect("owner submits to team-b")
+        .into_inner();
+    let cancel = jobs
+        .cancel_job(v1::CancelJobRequest { id: other.id })
+        .await
+        .expect_err("not its cluster");
+    assert_eq!(cancel.code(), Code::PermissionDenied);
+    let update = ComputeServiceClient::new(channel)
+        .update_cluster(v1::UpdateClusterRequest {
+            name: "team-a".into(),
+            spec: Some(spec("team-a")),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["max_nodes".into()],
+            }),
+        })
+        .await
+        .expect_err("no cluster writes");
+    assert_eq!(update.code(), Code::PermissionDenied);
+    assert!(
+        update.message().contains("clusters/write"),
+        "{}",
+        update.message()
+    );
+}
+
+/// A team's operator cannot put another team's user-assigned identity on
+/// its cluster (and so get that identity's tokens), until it is granted
+/// the right to assign that identity, at the identity's scope.
+#[tokio::test]
+async fn another_teams_identity_is_refused_until_granted_on_the_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    let operator = token(&cp, "team-b-ops", "ComputeOperator", "/clusters/team-b", 0).await;
+    let mut compute = ComputeServiceClient::new(as_token(&cp, Some(&operator)).await);
+    let with_identity = || {
+        let mut s = spec("team-b");
+        s.identity = Some(v1::IdentitySpec {
+            system_assigned: false,
+            user_assigned_identities: vec![TEAM_A_IDENTITY.into()],
+        });
+        v1::CreateClusterRequest { spec: Some(s) }
+    };
+    let refused = compute
+        .create_cluster(with_identity())
+        .await
+        .expect_err("team-a's identity");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("identities/assign")
+            && refused
+                .message()
+                .contains(&TEAM_A_IDENTITY.to_ascii_lowercase()),
+        "{}",
+        refused.message()
+    );
+    let stored = ComputeServiceClient::new(cp.channel().await)
+        .list_clusters(v1::ListClustersRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(stored.clusters.is_empty(), "nothing was stored");
+
+    AccessServiceClient::new(cp.channel().await)
+        .create_role_assignment(v1::CreateRoleAssignmentRequest {
+            principal: "token:team-b-ops".into(),
+            role: "ComputeOperator".into(),
+            scope: TEAM_A_IDENTITY.into(),
+        })
+        .await
+        .expect("the owner grants the identity");
+    compute
+        .create_cluster(with_identity())
+        .await
+        .expect("allowed once granted on the identity");
+}
+
+/// A revoked token stops working at once; an expired one when it expires.
+#[tokio::test]
+async fn revoked_and_expired_tokens_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    let revoked = token(&cp, "leaked", "Reader", "/", 0).await;
+    let expiring = token(&cp, "short", "Reader", "/", 1).await;
+    let who = |secret: String| {
+        let cp = &cp;
+        async move {
+            AccessServiceClient::new(as_token(cp, Some(&secret)).await)
+                .who_am_i(v1::WhoAmIRequest {})
+                .await
+        }
+    };
+    let me = who(revoked.clone()).await.expect("valid").into_inner();
+    assert_eq!(me.principal, "token:leaked");
+    AccessServiceClient::new(cp.channel().await)
+        .revoke_token(v1::RevokeTokenRequest {
+            name: "leaked".into(),
+        })
+        .await
+        .expect("revoke");
+    let e = who(revoked).await.expect_err("revoked");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("revoked"), "{}", e.message());
+    let e = wait_for(
+        "the one-second token to expire",
+        Duration::from_secs(10),
+        || {
+            let who = who(expiring.clone());
+            async move { who.await.err() }
+        },
+    )
+    .await;
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("expired"), "{}", e.message());
+}
+
+/// Only TLS is spoken: a plaintext client gets no answer, and a client
+/// that does not trust the control plane's CA refuses the connection.
+/// admin.conf is the owner's alone, and no token's secret is stored.
+#[tokio::test]
+async fn only_tls_is_spoken_and_secrets_stay_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.grpc))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let e = ComputeServiceClient::new(channel)
+            .list_sizes(v1::ListSizesRequest {})
+            .await
+            .expect_err("no plaintext answer");
+        assert_ne!(e.code(), Code::Ok);
+    }
+    let untrusted = strato_proto::client::endpoint(&cp.endpoint(), None, None)
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = untrusted {
+        ComputeServiceClient::new(channel)
+            .list_sizes(v1::ListSizesRequest {})
+            .await
+            .expect_err("the system's roots do not trust this control plane's CA");
+    }
+
+    let conf = cp.admin_conf();
+    let mode = std::fs::metadata(&conf)
+        .expect("admin.conf")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.conf is the owner's alone");
+    let secret = token(&cp, "ci", "Reader", "/", 0).await;
+    let owner = admin_token(&conf).expect("admin token");
+    for file in ["strato.db", "strato.db-wal"] {
+        let Ok(bytes) = std::fs::read(cp.data_dir.join(file)) else {
+            continue;
+        };
+        for s in [&secret, &owner] {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{file} holds a token's secret in clear"
+            );
+        }
+    }
+    let key = cp.data_dir.join("tls").join("ca.key");
+    let mode = std::fs::metadata(&key)
+        .expect("ca.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the CA key is the owner's alone");
+}
+
+/// The CLI makes tokens, and a user of one sees a refusal in one line,
+/// naming the action and the principal, with exit status 1.
+#[tokio::test]
+async fn the_cli_makes_tokens_and_prints_refusals_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    let made = cp.cli_ok(&[
+        "token", "create", "--name", "viewer", "--role", "Reader", "-o", "json",
+    ]);
+    let made: serde_json::Value = serde_json::from_slice(&made.stdout).expect("json");
+    let secret = made["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("strato_"), "{secret}");
+    let listed = cp.cli_ok(&["token", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("viewer") && !listed.contains(&secret),
+        "{listed}"
+    );
+
+    let out = cp
+        .cli_command()
+        .env("STRATO_TOKEN", &secret)
+        .args(["compute", "create", "-n", "sneaky"])
+        .output()
+        .expect("run strato");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("permission denied")
+            && err.contains("token:viewer")
+            && err.contains("clusters/create"),
+        "{err}"
+    );
+    let out = cp
+        .cli_command()
+        .env("STRATO_TOKEN", "strato_wrong")
+        .args(["compute", "list"])
+        .output()
+        .expect("run strato");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+}
