@@ -320,3 +320,46 @@ async fn one_failing_rank_ends_the_gang_and_stops_the_other_ranks() {
     .await;
     cp.stop().await.expect("stop");
 }
+
+/// One caller may follow only so many log streams at once; a stream that
+/// ends gives its slot back. Listing logs without following is not
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_followers_are_bounded_per_caller() {
+    let cp = InProcess::start(&["--max-followers-per-caller", "2"])
+        .await
+        .expect("start");
+    cp.create_cluster("quiet", 0, 1, 60).await;
+    let id = cp.submit(job_spec("quiet")).await;
+    let follow = || v1::StreamLogsRequest {
+        id: id.clone(),
+        follow: true,
+    };
+    let mut jobs = cp.jobs();
+    let first = jobs.stream_logs(follow()).await.expect("first follower");
+    let _second = jobs.stream_logs(follow()).await.expect("second follower");
+    let refused = jobs
+        .stream_logs(follow())
+        .await
+        .map(|_| ())
+        .expect_err("a third is one too many");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-followers-per-caller"),
+        "{}",
+        refused.message()
+    );
+    jobs.stream_logs(v1::StreamLogsRequest {
+        id: id.clone(),
+        follow: false,
+    })
+    .await
+    .expect("reading without following is not bounded");
+    drop(first);
+    eventually("the ended stream's slot to be free again", || {
+        let mut jobs = cp.jobs();
+        let request = follow();
+        async move { jobs.stream_logs(request).await.ok().map(|_| ()) }
+    })
+    .await;
+}

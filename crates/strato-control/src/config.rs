@@ -138,6 +138,11 @@ pub struct Config {
     #[arg(long, env = "STRATO_SUBMIT_BURST", default_value_t = 1_000)]
     pub submit_burst: u32,
 
+    /// Log streams (`strato job logs --follow`) one caller may follow at
+    /// once; past it, a new one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STRATO_MAX_FOLLOWERS_PER_CALLER", default_value_t = 100)]
+    pub max_followers_per_caller: u32,
+
     /// Milliseconds between reconcile passes when nothing happens (events
     /// such as a submitted job trigger one at once).
     #[arg(long, env = "STRATO_RECONCILE_INTERVAL_MS", default_value_t = 1000)]
@@ -222,6 +227,8 @@ pub enum ConfigError {
     },
     #[error("--submit-rate {rate} and --submit-burst {burst} must both be above 0")]
     SubmitRate { rate: f64, burst: u32 },
+    #[error("--max-followers-per-caller must be above 0")]
+    Followers,
     #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
     SameAddress(SocketAddr),
     #[error(
@@ -342,6 +349,9 @@ impl Config {
                 timeout: self.node_heartbeat_timeout,
                 interval: self.heartbeat_interval,
             });
+        }
+        if self.max_followers_per_caller == 0 {
+            return Err(ConfigError::Followers);
         }
         if self.insecure_plaintext {
             for addr in [self.grpc_listen, self.http_listen] {

@@ -177,6 +177,7 @@ pub async fn serve(
         tracing::warn!(grpc = %grpc_addr, "serving gRPC WITHOUT TLS (--insecure-plaintext): tokens cross the loopback in clear");
     }
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
+    let followers_per_caller = settings.config.max_followers_per_caller;
     let plane = Arc::new(Plane {
         store,
         tokens,
@@ -191,6 +192,7 @@ pub async fn serve(
         counters: metrics::Counters::default(),
         events: Events::default(),
         submits: plane::SubmitLimits::new(settings_rate.0, settings_rate.1),
+        followers: Arc::new(plane::Followers::new(followers_per_caller)),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
     write_admin_conf(

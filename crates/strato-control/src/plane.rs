@@ -295,6 +295,72 @@ pub struct Plane<S> {
     pub events: Events,
     /// Job submits per caller (`--submit-rate`, `--submit-burst`).
     pub submits: SubmitLimits,
+    /// Open `logs --follow` streams per caller.
+    pub followers: std::sync::Arc<Followers>,
+}
+
+/// How many log streams each caller follows, bounded per caller so that
+/// one client cannot hold the control plane's tasks and wake-ups.
+#[derive(Debug)]
+pub struct Followers {
+    per_caller: u32,
+    open: Mutex<HashMap<String, u32>>,
+}
+
+/// One open follow stream; its caller's count goes down when it drops.
+#[derive(Debug)]
+pub struct FollowerSlot {
+    followers: std::sync::Arc<Followers>,
+    caller: String,
+}
+
+impl Followers {
+    pub fn new(per_caller: u32) -> Self {
+        Followers {
+            per_caller,
+            open: Mutex::default(),
+        }
+    }
+
+    /// The most streams one caller may follow at once.
+    pub fn per_caller(&self) -> u32 {
+        self.per_caller
+    }
+
+    /// A slot for `caller`, or `None` when it follows its most already.
+    pub fn admit(self: &std::sync::Arc<Self>, caller: &str) -> Option<FollowerSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(caller.to_owned()).or_insert(0);
+        if *n >= self.per_caller {
+            return None;
+        }
+        *n += 1;
+        Some(FollowerSlot {
+            followers: self.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+
+    /// Streams `caller` follows now.
+    pub fn open(&self, caller: &str) -> u32 {
+        self.open
+            .lock()
+            .map(|o| o.get(caller).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FollowerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.followers.open.lock()
+            && let Some(n) = open.get_mut(&self.caller)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// A token bucket per caller for job submits.

@@ -206,9 +206,23 @@ impl<S: Store> Jobs<S> {
         required("id", &id)?;
         let job = self.plane.store.get_job(&id).await?;
         authorize(caller, Action::StreamLogs, Some(&job.spec.cluster))?;
+        // Only followers stay open; the slot is held until the stream ends.
+        let slot = match follow {
+            false => None,
+            true => Some(
+                self.plane
+                    .followers
+                    .admit(caller.principal())
+                    .ok_or_else(|| AppError::TooManyFollowers {
+                        caller: caller.principal().to_owned(),
+                        limit: self.plane.followers.per_caller(),
+                    })?,
+            ),
+        };
         let (tx, rx) = mpsc::channel(64);
         let plane = self.plane.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // State changes (a job ending) and this job's own output; other
             // jobs' output does not wake it.
             let mut changes = plane.events.subscribe();

@@ -58,6 +58,11 @@ pub enum AppError {
         burst: u32,
         retry_after_ms: u64,
     },
+    /// The caller follows as many log streams as it may.
+    #[error(
+        "{caller} follows {limit} log streams already (--max-followers-per-caller); end one first"
+    )]
+    TooManyFollowers { caller: String, limit: u32 },
     /// The caller did not prove who it is.
     #[error("{0}")]
     Unauthenticated(String),

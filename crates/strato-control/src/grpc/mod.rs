@@ -33,7 +33,9 @@ pub fn status(e: AppError) -> Status {
         AppError::NotFound(_) => Status::not_found(message),
         AppError::AlreadyExists(_) => Status::already_exists(message),
         AppError::FailedPrecondition(_) => Status::failed_precondition(message),
-        AppError::ResourceExhausted(_) => Status::resource_exhausted(message),
+        AppError::ResourceExhausted(_) | AppError::TooManyFollowers { .. } => {
+            Status::resource_exhausted(message)
+        }
         AppError::RateLimited { retry_after_ms, .. } => {
             let mut status = Status::resource_exhausted(message);
             if let Ok(v) = retry_after_ms.to_string().parse() {
