@@ -97,11 +97,17 @@ impl ControlPlane {
     /// Starts a control plane on `data_dir` with fresh ports and waits until
     /// its gRPC API answers.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        // Two free ports, never the same one twice (the kernel may hand
+        // back a port just released).
+        let grpc_port = free_port();
+        let http_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != grpc_port)
+            .expect("a second free port");
         let mut cp = ControlPlane {
             child: None,
             data_dir: data_dir.to_owned(),
-            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             log: data_dir.with_extension("log"),
         };
