@@ -82,26 +82,34 @@ impl InProcess {
             clock.clone(),
             strato_control::tls::Tls::ca_path(&data_dir),
         );
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let parts = strato_control::Parts {
             grpc: grpc_listener,
             http: http_listener,
             provider: Box::new(SimProvider(fleet.clone())),
             clock: clock.clone(),
+            ready: Some(ready_tx),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(strato_control::serve(settings, parts, async move {
             let _ = stop_rx.await;
         }));
-        // admin.conf is written once the store is open and the CA made.
-        let conf = data_dir.join("admin.conf");
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while !conf.exists() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline && !server.is_finished(),
-                "the in-process control plane wrote no admin.conf"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // admin.conf is written once the store is open and the CA made;
+        // a control plane that fails to start drops the sender.
+        match tokio::time::timeout(PATIENCE, ready_rx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                let why = match server.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    other => format!("{other:?}"),
+                };
+                anyhow::bail!("the in-process control plane did not start: {why}");
+            }
+            Err(_) => {
+                anyhow::bail!("the in-process control plane was not ready within {PATIENCE:?}")
+            }
         }
+        let conf = data_dir.join("admin.conf");
         let token = crate::admin_token(&conf)?;
         let channel = crate::connect_tls(&format!("https://{grpc}"), &conf, Some(&token))
             .await

@@ -255,6 +255,16 @@ pub enum ConfigError {
     FederationIssuer,
 }
 
+/// Where a client on this machine reaches a listener bound at `addr`:
+/// 127.0.0.1 for an unspecified address.
+pub fn dialable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
 /// The configuration after its checks, with the quota file read.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -265,14 +275,20 @@ pub struct Settings {
 impl Config {
     /// The token issuer URL, defaulted from the HTTP address.
     pub fn issuer(&self, http: SocketAddr) -> String {
-        self.token_issuer.clone().unwrap_or_else(|| {
-            let ip = if http.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                http.ip()
-            };
-            format!("http://{ip}:{}/", http.port())
-        })
+        self.token_issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/", dialable(http)))
+    }
+
+    /// The URL that reaches the gRPC port bound at `grpc` from this
+    /// machine: https://, or http:// with --insecure-plaintext.
+    pub fn grpc_url(&self, grpc: SocketAddr) -> String {
+        let scheme = if self.insecure_plaintext {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", dialable(grpc))
     }
 
     /// The federation settings, when --federation-tenant-id is set.

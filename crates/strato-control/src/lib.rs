@@ -64,22 +64,10 @@ pub async fn run(
                 "--agent-binary {}: not found; build it (`cargo build --bins`) or point --agent-binary at it",
                 agent_binary.display()
             );
-            let endpoint = config.agent_endpoint.clone().unwrap_or_else(|| {
-                let ip = if grpc_addr.ip().is_unspecified() {
-                    std::net::IpAddr::from([127, 0, 0, 1])
-                } else {
-                    grpc_addr.ip()
-                };
-                let scheme = if config.insecure_plaintext {
-                    "http"
-                } else {
-                    "https"
-                };
-                format!(
-                    "{scheme}://{}",
-                    std::net::SocketAddr::new(ip, grpc_addr.port())
-                )
-            });
+            let endpoint = config
+                .agent_endpoint
+                .clone()
+                .unwrap_or_else(|| config.grpc_url(grpc_addr));
             Box::new(LocalProvider::new(LocalSettings {
                 agent_binary,
                 endpoint,
@@ -100,6 +88,7 @@ pub async fn run(
         http,
         provider,
         clock: Arc::new(strato_runtime::SystemClock),
+        ready: None,
     };
     serve(settings, parts, shutdown).await
 }
@@ -112,6 +101,9 @@ pub struct Parts {
     pub http: TcpListener,
     pub provider: Box<dyn NodeProvider>,
     pub clock: Arc<dyn strato_runtime::Clock>,
+    /// Told once the store is open, the CA made and admin.conf written:
+    /// from then on clients can connect with admin.conf.
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Serves the control plane on `parts` until `shutdown` resolves, then
@@ -127,6 +119,7 @@ pub async fn serve(
         http,
         provider,
         clock,
+        ready,
     } = parts;
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
@@ -195,14 +188,10 @@ pub async fn serve(
         followers: Arc::new(plane::Followers::new(followers_per_caller)),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
-    write_admin_conf(
-        &plane.settings.config.data_dir,
-        &access,
-        &tls,
-        grpc_addr,
-        insecure_plaintext,
-    )
-    .await?;
+    write_admin_conf(&plane.settings.config, &access, &tls, grpc_addr).await?;
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -289,13 +278,12 @@ async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
 /// a kubeconfig. Deleting admin.conf and restarting makes a new token (the
 /// old one stops working).
 async fn write_admin_conf<S: Store>(
-    data_dir: &std::path::Path,
+    settings: &config::Config,
     access: &app::Access<S>,
     tls: &tls::Tls,
     grpc_addr: std::net::SocketAddr,
-    insecure_plaintext: bool,
 ) -> anyhow::Result<()> {
-    let path = data_dir.join("admin.conf");
+    let path = settings.data_dir.join("admin.conf");
     if path.exists() {
         return Ok(());
     }
@@ -304,17 +292,8 @@ async fn write_admin_conf<S: Store>(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("making the bootstrap token")?;
-    let ip = if grpc_addr.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        grpc_addr.ip()
-    };
-    let scheme = if insecure_plaintext { "http" } else { "https" };
     let config = strato_core::client_config::ClientConfig {
-        endpoint: Some(format!(
-            "{scheme}://{}",
-            std::net::SocketAddr::new(ip, grpc_addr.port())
-        )),
+        endpoint: Some(settings.grpc_url(grpc_addr)),
         ca_certificate: tls.serves_own_ca.then(|| tls.ca_pem.clone()),
         token: Some(made.secret),
     };

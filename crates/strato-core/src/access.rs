@@ -131,7 +131,7 @@ impl Scope {
             && text.to_ascii_lowercase().starts_with("/subscriptions/")
             && !text.contains(char::is_whitespace)
         {
-            return Ok(Scope::Identity(text.to_ascii_lowercase()));
+            return Ok(Scope::identity(text));
         }
         Err(FieldError::new(
             field,
@@ -139,6 +139,12 @@ impl Scope {
                 "{text:?} is not a scope; one of /, /clusters/NAME, or a user-assigned identity's resource id"
             ),
         ))
+    }
+
+    /// The scope of a user-assigned identity, by its resource id (compared
+    /// as Azure does, ignoring case).
+    pub fn identity(resource_id: &str) -> Scope {
+        Scope::Identity(resource_id.to_ascii_lowercase())
     }
 
     /// Whether a grant at this scope reaches `target`.
@@ -261,6 +267,12 @@ pub fn permits(grants: &[Grant], action: Action, target: &Scope) -> bool {
         .any(|g| g.role.allows(action) && g.scope.covers(target))
 }
 
+/// Whether `grants` allow `action` at some scope: for what belongs to no
+/// one scope (the VM sizes, the quota, who the caller is).
+pub fn permits_anywhere(grants: &[Grant], action: Action) -> bool {
+    grants.iter().any(|g| g.role.allows(action))
+}
+
 /// Which clusters a listing may show to a caller with `grants`: all of
 /// them (`None`), or those named (a caller granted `action` only on some
 /// clusters sees only those).
@@ -339,6 +351,10 @@ mod tests {
             Action::UseIdentity,
             &target
         ));
+        assert_eq!(Scope::identity(id), target);
+        assert!(permits_anywhere(&on_cluster, Action::WhoAmI));
+        assert!(!permits_anywhere(&on_cluster, Action::CreateToken));
+        assert!(!permits_anywhere(&[], Action::WhoAmI));
     }
 
     #[test]

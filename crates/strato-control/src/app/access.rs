@@ -13,7 +13,9 @@ use sha2::Digest as _;
 use strato_core::FieldError;
 use strato_core::access::{Grant, Role, Scope};
 
-use super::{Action, AppError, Caller, Principal, authorize, authorize_at, required};
+use super::{
+    Action, AppError, Caller, Principal, authorize, authorize_anywhere, authorize_at, required,
+};
 use crate::plane::Plane;
 use crate::store::{ApiTokenRecord, RoleAssignmentRecord, Store};
 
@@ -286,14 +288,7 @@ impl<S: Store> Access<S> {
 
     /// The caller's principal and roles.
     pub fn who_am_i(&self, caller: &Caller) -> Result<(String, Vec<Grant>), AppError> {
-        authorize_at(caller, Action::WhoAmI, &Scope::All).or_else(|e| {
-            // Anyone authenticated may ask, whatever its scope.
-            if caller.grants().is_empty() {
-                Err(e)
-            } else {
-                Ok(())
-            }
-        })?;
+        authorize_anywhere(caller, Action::WhoAmI)?;
         Ok((caller.principal().to_owned(), caller.grants().to_vec()))
     }
 }

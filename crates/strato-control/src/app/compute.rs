@@ -8,8 +8,8 @@ use strato_core::quota::{self, UsageLine};
 use strato_core::spec::{self, ClusterRequest, VmPriority};
 
 use super::{
-    Action, AppError, Caller, NotFound, Precondition, authorize, authorize_at, required,
-    visible_clusters,
+    Action, AppError, Caller, NotFound, Precondition, authorize, authorize_anywhere, authorize_at,
+    required, visible_clusters,
 };
 use crate::plane::Plane;
 use crate::store::{ClusterRecord, IdentityUpdate, NodeRecord, SpecUpdate, Store};
@@ -313,13 +313,13 @@ impl<S: Store> Compute<S> {
     }
 
     pub fn list_sizes(&self, caller: &Caller) -> Result<&'static [VmSize], AppError> {
-        visible_clusters(caller, Action::ListSizes)?;
+        authorize_anywhere(caller, Action::ListSizes)?;
         Ok(CATALOG)
     }
 
     /// The quota lines of `location` (empty: this control plane's region).
     pub async fn list_usage(&self, caller: &Caller, location: String) -> Result<Usage, AppError> {
-        visible_clusters(caller, Action::ListUsage)?;
+        authorize_anywhere(caller, Action::ListUsage)?;
         let location = match location {
             l if l.is_empty() => self.plane.settings.config.region.clone(),
             l => l,
@@ -339,9 +339,11 @@ impl<S: Store> Compute<S> {
 /// take another team's identity and its tokens.
 fn may_use_identities(caller: &Caller, resource_ids: &[String]) -> Result<(), AppError> {
     for id in resource_ids {
-        let scope = strato_core::access::Scope::parse("identity", id)
-            .unwrap_or_else(|_| strato_core::access::Scope::Identity(id.to_ascii_lowercase()));
-        authorize_at(caller, Action::UseIdentity, &scope)?;
+        authorize_at(
+            caller,
+            Action::UseIdentity,
+            &strato_core::access::Scope::identity(id),
+        )?;
     }
     Ok(())
 }

@@ -277,6 +277,15 @@ pub fn authorize_at(caller: &Caller, action: Action, target: &Scope) -> Result<(
     Err(denied(caller, action, &target.to_string()))
 }
 
+/// Whether `caller` may run `action` at some scope, for what belongs to no
+/// one scope (the VM sizes, the quota, who the caller is).
+pub fn authorize_anywhere(caller: &Caller, action: Action) -> Result<(), AppError> {
+    if rules::permits_anywhere(caller.grants(), action) {
+        return Ok(());
+    }
+    Err(denied(caller, action, "any scope"))
+}
+
 /// Which clusters `caller` may run `action` on: all (`None`) or those
 /// listed; refused when none. Listings show only those.
 pub fn visible_clusters(caller: &Caller, action: Action) -> Result<Option<Vec<String>>, AppError> {
