@@ -64,7 +64,7 @@ pub async fn connect_tls(
     token: Option<&str>,
 ) -> anyhow::Result<Channel> {
     let ca = admin_config(conf)?.ca_certificate;
-    let channel = strato_proto::client::endpoint(endpoint, ca.as_deref(), None)?
+    let channel = strato_proto::client::endpoint(endpoint, ca.as_deref())?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await?;

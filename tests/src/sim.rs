@@ -192,7 +192,7 @@ impl SimFleet {
             source,
         };
         let ca = std::fs::read_to_string(&self.ca_file).map_err(|e| io("reading the CA", e))?;
-        let endpoint = strato_proto::client::endpoint(&self.endpoint, Some(&ca), None)
+        let endpoint = strato_proto::client::endpoint(&self.endpoint, Some(&ca))
             .map_err(|e| io("the endpoint", std::io::Error::other(e.to_string())))?;
         let config = AgentConfig {
             control_plane: self.endpoint.clone(),

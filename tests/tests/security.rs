@@ -115,7 +115,8 @@ async fn roles_allow_only_their_actions_at_their_scope() {
             .expect("owner creates");
     }
     let reader = token(&cp, "reader", "Reader", "/", 0).await;
-    let scientist = token(&cp, "alice", "DataScientist", "/clusters/team-a", 0).await;
+    // Scopes name clusters in any case, as cluster names are.
+    let scientist = token(&cp, "alice", "DataScientist", "/clusters/Team-A", 0).await;
 
     let mut as_reader = ComputeServiceClient::new(as_token(&cp, Some(&reader)).await);
     let listed = as_reader
@@ -276,6 +277,16 @@ async fn revoked_and_expired_tokens_are_refused() {
     };
     let me = who(revoked.clone()).await.expect("valid").into_inner();
     assert_eq!(me.principal, "token:leaked");
+    // An Owner of one cluster cannot revoke a token that reaches further.
+    let cluster_owner = token(&cp, "team-owner", "Owner", "/clusters/team-a", 0).await;
+    let e = AccessServiceClient::new(as_token(&cp, Some(&cluster_owner)).await)
+        .revoke_token(v1::RevokeTokenRequest {
+            name: "leaked".into(),
+        })
+        .await
+        .expect_err("leaked holds Reader at /");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    who(revoked.clone()).await.expect("still valid");
     AccessServiceClient::new(cp.channel().await)
         .revoke_token(v1::RevokeTokenRequest {
             name: "leaked".into(),
@@ -317,7 +328,7 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
             .expect_err("no plaintext answer");
         assert_ne!(e.code(), Code::Ok);
     }
-    let untrusted = strato_proto::client::endpoint(&cp.endpoint(), None, None)
+    let untrusted = strato_proto::client::endpoint(&cp.endpoint(), None)
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(2))
         .connect()

@@ -248,8 +248,8 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
         url: config.control_plane.clone(),
         why,
     };
-    let endpoint = if config.insecure_plaintext && config.control_plane.starts_with("http://") {
-        tonic::transport::Endpoint::from_shared(config.control_plane.clone())
+    let endpoint = if config.insecure_plaintext {
+        strato_proto::client::insecure_endpoint(&config.control_plane)
             .map_err(|e| bad(e.to_string()))?
     } else {
         let ca = match &config.control_plane_ca {
@@ -261,7 +261,7 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
                 }
             })?),
         };
-        strato_proto::client::endpoint(&config.control_plane, ca.as_deref(), None)
+        strato_proto::client::endpoint(&config.control_plane, ca.as_deref())
             .map_err(|e| bad(e.to_string()))?
     };
     let launcher = match config.launcher.clone().or_else(|| {

@@ -26,9 +26,8 @@ pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
             crate::config::TOKEN_VAR
         ))
     })?;
-    let endpoint =
-        strato_proto::client::endpoint(&settings.endpoint, settings.ca_pem.as_deref(), None)
-            .map_err(|e| Failure::usage(format!("--endpoint {e}")))?;
+    let endpoint = strato_proto::client::endpoint(&settings.endpoint, settings.ca_pem.as_deref())
+        .map_err(|e| Failure::usage(format!("--endpoint {e}")))?;
     Ok(authed(
         connect_channel(endpoint, &settings.endpoint).await?,
         bearer,

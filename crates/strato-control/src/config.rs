@@ -49,9 +49,10 @@ pub struct Config {
     )]
     pub tls_sans: Vec<String>,
 
-    /// Serve gRPC without TLS. Refused unless both listen addresses are
-    /// loopback ones; for a TLS-terminating proxy on the same machine.
-    /// Tokens then cross the loopback in clear.
+    /// Serve gRPC without TLS. Refused unless --grpc-listen is a loopback
+    /// address; for a TLS-terminating proxy on the same machine. Tokens
+    /// then cross the loopback in clear, and the CLI (https:// only) must
+    /// go through that proxy.
     #[arg(long, env = "STRATO_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
 
@@ -369,20 +370,18 @@ impl Config {
         if self.max_followers_per_caller == 0 {
             return Err(ConfigError::Followers);
         }
-        if self.insecure_plaintext {
-            for addr in [self.grpc_listen, self.http_listen] {
-                if !addr.ip().is_loopback() {
-                    return Err(ConfigError::PlaintextNotLoopback(addr));
-                }
-            }
+        if self.insecure_plaintext && !self.grpc_listen.ip().is_loopback() {
+            return Err(ConfigError::PlaintextNotLoopback(self.grpc_listen));
         }
         for san in &self.tls_sans {
             let ok = !san.is_empty()
                 && san.len() <= 253
                 && (san.parse::<std::net::IpAddr>().is_ok()
                     || san
+                        .strip_prefix("*.")
+                        .unwrap_or(san)
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '*'));
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
             if !ok {
                 return Err(ConfigError::TlsSan(san.clone()));
             }

@@ -155,20 +155,15 @@ pub async fn serve(
             Some(federation::Federation::new(f).context("federation")?)
         }
     };
-    let tls = tls::Tls::load_or_create(
-        &settings.config.data_dir,
-        &tls::subject_alt_names(&[grpc_addr.ip(), http_addr.ip()], &settings.config.tls_sans),
-        settings
-            .config
-            .tls_cert
-            .as_deref()
-            .zip(settings.config.tls_key.as_deref()),
-    )
-    .context("TLS")?;
-    let insecure_plaintext = settings.config.insecure_plaintext;
-    if insecure_plaintext {
+    let tls = if settings.config.insecure_plaintext {
         tracing::warn!(grpc = %grpc_addr, "serving gRPC WITHOUT TLS (--insecure-plaintext): tokens cross the loopback in clear");
-    }
+        None
+    } else {
+        let names =
+            tls::subject_alt_names(&[grpc_addr.ip(), http_addr.ip()], &settings.config.tls_sans);
+        let given = (settings.config.tls_cert.as_deref()).zip(settings.config.tls_key.as_deref());
+        Some(tls::Tls::load_or_create(&settings.config.data_dir, &names, given).context("TLS")?)
+    };
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let followers_per_caller = settings.config.max_followers_per_caller;
     let plane = Arc::new(Plane {
@@ -188,7 +183,7 @@ pub async fn serve(
         followers: Arc::new(plane::Followers::new(followers_per_caller)),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
-    write_admin_conf(&plane.settings.config, &access, &tls, grpc_addr).await?;
+    write_admin_conf(&plane.settings.config, &access, tls.as_ref(), grpc_addr).await?;
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -212,14 +207,11 @@ pub async fn serve(
     }
     let reconciler =
         tokio::spawn(reconcile::Reconciler::new(plane.clone()).run(stopped(stop_rx.clone())));
-    let server_tls = (!insecure_plaintext).then(|| {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &tls.server_cert_pem,
-                &tls.server_key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem))
-            .client_auth_optional(true)
+    let server_tls = tls.map(|tls| {
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+            &tls.server_cert_pem,
+            &tls.server_key_pem,
+        ))
     });
     let grpc_server = grpc_server(
         plane.clone(),
@@ -280,7 +272,7 @@ async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
 async fn write_admin_conf<S: Store>(
     settings: &config::Config,
     access: &app::Access<S>,
-    tls: &tls::Tls,
+    tls: Option<&tls::Tls>,
     grpc_addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     let path = settings.data_dir.join("admin.conf");
@@ -294,7 +286,7 @@ async fn write_admin_conf<S: Store>(
         .context("making the bootstrap token")?;
     let config = strato_core::client_config::ClientConfig {
         endpoint: Some(settings.grpc_url(grpc_addr)),
-        ca_certificate: tls.serves_own_ca.then(|| tls.ca_pem.clone()),
+        ca_certificate: tls.filter(|t| t.serves_own_ca).map(|t| t.ca_pem.clone()),
         token: Some(made.secret),
     };
     data_dir::write_private(&path, config.render().as_bytes())

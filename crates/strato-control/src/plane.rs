@@ -340,14 +340,6 @@ impl Followers {
             caller: caller.to_owned(),
         })
     }
-
-    /// Streams `caller` follows now.
-    pub fn open(&self, caller: &str) -> u32 {
-        self.open
-            .lock()
-            .map(|o| o.get(caller).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
 }
 
 impl Drop for FollowerSlot {

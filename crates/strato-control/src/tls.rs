@@ -1,12 +1,11 @@
 //! The control plane's TLS: its own certificate authority, made at first
 //! start in `DATA_DIR/tls/`, and the server certificate it serves, issued
 //! anew by that CA at every start for the names it is reached by (so a new
-//! `--tls-san` takes effect on restart). `--tls-cert`/`--tls-key` serve a
-//! certificate of the operator's instead; the CA still signs agents'
-//! client certificates.
+//! `--tls-san` takes effect on restart) and kept in memory only.
+//! `--tls-cert`/`--tls-key` serve a certificate of the operator's instead.
 //!
-//! Files (all 0600, in a 0700 directory): `ca.crt`, `ca.key`,
-//! `server.crt`, `server.key`. Rotating the CA: stop the control plane,
+//! Files (0600, in a 0700 directory): `ca.crt`, `ca.key`. Rotating the
+//! CA: stop the control plane,
 //! move `tls/` away, start it (a new CA), and hand the new `ca.crt` to
 //! every client and agent.
 
@@ -33,7 +32,6 @@ pub struct Tls {
     /// Whether clients must trust `ca_pem` for the served certificate
     /// (false when the operator gave their own).
     pub serves_own_ca: bool,
-    issuer: Issuer<'static, KeyPair>,
     pub server_cert_pem: String,
     pub server_key_pem: String,
 }
@@ -116,26 +114,15 @@ impl Tls {
                 let cert = params
                     .signed_by(&key, &issuer)
                     .context("signing the server certificate")?;
-                let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
-                write_private(&dir.join("server.crt"), cert_pem.as_bytes())
-                    .context("writing tls/server.crt")?;
-                write_private(&dir.join("server.key"), key_pem.as_bytes())
-                    .context("writing tls/server.key")?;
-                (cert_pem, key_pem, true)
+                (cert.pem(), key.serialize_pem(), true)
             }
         };
         Ok(Tls {
             ca_pem,
             serves_own_ca,
-            issuer,
             server_cert_pem,
             server_key_pem,
         })
-    }
-
-    /// The CA that signs (agents' client certificates).
-    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
-        &self.issuer
     }
 
     /// The CA certificate's path in a data directory.
@@ -209,8 +196,12 @@ mod tests {
             first.server_key_pem, second.server_key_pem,
             "the server key is new"
         );
+        assert!(
+            !dir.path().join("tls").join("server.key").exists(),
+            "the server key stays in memory"
+        );
         use std::os::unix::fs::PermissionsExt as _;
-        for file in ["ca.key", "ca.crt", "server.key", "server.crt"] {
+        for file in ["ca.key", "ca.crt"] {
             let mode = std::fs::metadata(dir.path().join("tls").join(file))
                 .expect("exists")
                 .permissions()

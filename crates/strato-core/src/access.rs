@@ -59,6 +59,18 @@ impl Role {
             })
     }
 
+    /// What it may do, in a line, for help texts and tables.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Role::Reader => "read clusters, nodes, sizes, usage, jobs and datastores",
+            Role::DataScientist => "Reader, and submit, cancel and read the logs of jobs",
+            Role::ComputeOperator => {
+                "Reader, and create, update and delete clusters, assign identities, simulate evictions"
+            }
+            Role::Owner => "everything, including API tokens, role assignments and datastores",
+        }
+    }
+
     /// Whether this role allows `action` (at a scope that covers it).
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
@@ -108,7 +120,8 @@ impl fmt::Display for Role {
 pub enum Scope {
     /// `/`: the whole control plane.
     All,
-    /// `/clusters/NAME`: one cluster, its nodes and its jobs.
+    /// `/clusters/NAME`: one cluster, its nodes and its jobs. Kept
+    /// lowercase: cluster names are unique regardless of case.
     Cluster(String),
     /// A user-assigned identity's resource id (kept lowercase, as Azure
     /// compares them): where the right to assign it is granted.
@@ -125,7 +138,7 @@ impl Scope {
         if let Some(name) = text.strip_prefix("/clusters/") {
             crate::name::validate_cluster_name(name)
                 .map_err(|e| FieldError::new(field, format!("{text:?}: {}", e.rule)))?;
-            return Ok(Scope::Cluster(name.to_owned()));
+            return Ok(Scope::cluster(name));
         }
         if text.len() <= 1024
             && text.to_ascii_lowercase().starts_with("/subscriptions/")
@@ -139,6 +152,11 @@ impl Scope {
                 "{text:?} is not a scope; one of /, /clusters/NAME, or a user-assigned identity's resource id"
             ),
         ))
+    }
+
+    /// The scope of a cluster, by its name in any case.
+    pub fn cluster(name: &str) -> Scope {
+        Scope::Cluster(name.to_ascii_lowercase())
     }
 
     /// The scope of a user-assigned identity, by its resource id (compared
@@ -160,6 +178,104 @@ impl fmt::Display for Scope {
             Scope::Cluster(name) => write!(f, "/clusters/{name}"),
             Scope::Identity(id) => f.write_str(id),
         }
+    }
+}
+
+/// Who calls: an API token (`token:NAME`) or an OIDC caller
+/// (`oidc:SUBJECT`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Principal {
+    Token(String),
+    Oidc(String),
+}
+
+/// The longest principal, as written.
+pub const MAX_PRINCIPAL_LEN: usize = 256;
+
+impl Principal {
+    /// Parses `token:NAME` or `oidc:SUBJECT`, naming `field` otherwise.
+    pub fn parse(field: &str, text: &str) -> Result<Principal, FieldError> {
+        let bad = || {
+            FieldError::new(
+                field,
+                format!(
+                    "{text:?} is not a principal; token:NAME or oidc:SUBJECT (at most {MAX_PRINCIPAL_LEN} characters)"
+                ),
+            )
+        };
+        if text.len() > MAX_PRINCIPAL_LEN || text.chars().any(char::is_control) {
+            return Err(bad());
+        }
+        match text.split_once(':') {
+            Some(("token", name)) => {
+                validate_token_name(field, name).map_err(|_| bad())?;
+                Ok(Principal::Token(name.to_owned()))
+            }
+            Some(("oidc", subject)) if !subject.is_empty() => {
+                Ok(Principal::Oidc(subject.to_owned()))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Token(name) => write!(f, "token:{name}"),
+            Principal::Oidc(subject) => write!(f, "oidc:{subject}"),
+        }
+    }
+}
+
+/// An API token's name: 1 to 63 lowercase letters, digits and '-'.
+pub fn validate_token_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(FieldError::new(
+            field,
+            "must be 1 to 63 lowercase letters, digits and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// The longest lifetime a token may be given: ten years.
+pub const MAX_TOKEN_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// When a token made at `now_ms` to live `seconds` (0: for ever) expires,
+/// or an error naming `field` when it would live too long.
+pub fn token_expiry(field: &str, now_ms: i64, seconds: u64) -> Result<Option<i64>, FieldError> {
+    if seconds > MAX_TOKEN_SECONDS {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_TOKEN_SECONDS} (ten years); 0: never expires"),
+        ));
+    }
+    // Bounded above: at most 3.2e11 ms.
+    let ms = i64::try_from(seconds).unwrap_or(0) * 1000;
+    Ok((seconds > 0).then_some(now_ms + ms))
+}
+
+/// Whether a token is good at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Valid,
+    Revoked,
+    Expired,
+}
+
+/// A token's state at `now_ms`, from when it was revoked and expires.
+pub fn token_state(revoked_at: Option<i64>, expires_at: Option<i64>, now_ms: i64) -> TokenState {
+    if revoked_at.is_some() {
+        TokenState::Revoked
+    } else if expires_at.is_some_and(|e| now_ms >= e) {
+        TokenState::Expired
+    } else {
+        TokenState::Valid
     }
 }
 
@@ -355,6 +471,38 @@ mod tests {
         assert!(permits_anywhere(&on_cluster, Action::WhoAmI));
         assert!(!permits_anywhere(&on_cluster, Action::CreateToken));
         assert!(!permits_anywhere(&[], Action::WhoAmI));
+    }
+
+    #[test]
+    fn cluster_scopes_ignore_case_as_cluster_names_do() {
+        let grants = [grant(Role::DataScientist, "/clusters/Team-A")];
+        assert!(permits(&grants, Action::GetJob, &Scope::cluster("team-a")));
+        assert_eq!(
+            visible_clusters(&grants, Action::ListJobs),
+            Some(vec!["team-a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn principals_and_token_lifetimes() {
+        let p = Principal::parse("principal", "token:ci-1").expect("token");
+        assert_eq!(p, Principal::Token("ci-1".into()));
+        assert_eq!(p.to_string(), "token:ci-1");
+        assert_eq!(
+            Principal::parse("principal", "oidc:alice@example.com").expect("oidc"),
+            Principal::Oidc("alice@example.com".into())
+        );
+        for bad in ["alice", "token:", "token:Bad Name", "oidc:", "user:x"] {
+            let e = Principal::parse("principal", bad).expect_err(bad);
+            assert!(e.to_string().starts_with("principal: "), "{e}");
+        }
+        assert_eq!(token_expiry("t", 1_000, 0), Ok(None));
+        assert_eq!(token_expiry("t", 1_000, 2), Ok(Some(3_000)));
+        assert!(token_expiry("t", 0, MAX_TOKEN_SECONDS + 1).is_err());
+        assert_eq!(token_state(None, Some(3_000), 2_999), TokenState::Valid);
+        assert_eq!(token_state(None, Some(3_000), 3_000), TokenState::Expired);
+        assert_eq!(token_state(Some(5), None, 0), TokenState::Revoked);
+        assert_eq!(token_state(None, None, i64::MAX), TokenState::Valid);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Why an endpoint cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -19,16 +19,12 @@ pub enum EndpointError {
     NotUrl(String),
     #[error("TLS settings: {0}")]
     Tls(String),
+    #[error("{0:?}: plaintext is only for a loopback address (127.0.0.1, ::1, localhost)")]
+    PlaintextNotLoopback(String),
 }
 
-/// A TLS endpoint for `url`, trusting `ca_pem` (else the system's roots),
-/// presenting `client` (certificate and key PEM) when given: agents prove
-/// who they are with theirs.
-pub fn endpoint(
-    url: &str,
-    ca_pem: Option<&str>,
-    client: Option<(&str, &str)>,
-) -> Result<Endpoint, EndpointError> {
+/// A TLS endpoint for `url`, trusting `ca_pem` (else the system's roots).
+pub fn endpoint(url: &str, ca_pem: Option<&str>) -> Result<Endpoint, EndpointError> {
     if url.starts_with("http://") {
         return Err(EndpointError::Plaintext(url.to_owned()));
     }
@@ -40,13 +36,30 @@ pub fn endpoint(
         Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
         None => tls.with_native_roots(),
     };
-    if let Some((cert, key)) = client {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
     Endpoint::from_shared(url.to_owned())
         .map_err(|_| EndpointError::NotUrl(url.to_owned()))?
         .tls_config(tls)
         .map_err(|e| EndpointError::Tls(e.to_string()))
+}
+
+/// A plaintext endpoint, for a control plane started with
+/// `--insecure-plaintext`: only an `http://` URL of a loopback host.
+pub fn insecure_endpoint(url: &str) -> Result<Endpoint, EndpointError> {
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|_| EndpointError::NotUrl(url.to_owned()))?;
+    let loopback = match endpoint.uri().host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    if !url.starts_with("http://") || !loopback {
+        return Err(EndpointError::PlaintextNotLoopback(url.to_owned()));
+    }
+    Ok(endpoint)
 }
 
 /// Adds `authorization: Bearer TOKEN` to every call.
@@ -97,12 +110,19 @@ mod tests {
 
     #[test]
     fn plaintext_is_refused_not_downgraded() {
-        let e = endpoint("http://127.0.0.1:7070", None, None).expect_err("plaintext");
+        let e = endpoint("http://127.0.0.1:7070", None).expect_err("plaintext");
         assert!(matches!(e, EndpointError::Plaintext(_)));
         assert!(e.to_string().contains("https://"), "{e}");
         assert!(matches!(
-            endpoint("127.0.0.1:7070", None, None),
+            endpoint("127.0.0.1:7070", None),
             Err(EndpointError::NotUrl(_))
+        ));
+        // Plaintext only when asked for, and only on loopback.
+        assert!(insecure_endpoint("http://127.0.0.1:7070").is_ok());
+        assert!(insecure_endpoint("http://[::1]:7070").is_ok());
+        assert!(matches!(
+            insecure_endpoint("http://10.0.0.5:7070"),
+            Err(EndpointError::PlaintextNotLoopback(_))
         ));
     }
 

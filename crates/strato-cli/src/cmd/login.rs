@@ -113,7 +113,7 @@ async fn login(settings: Settings, path: &Path, verify: bool) -> Result<LoginVie
         f
     };
     // An http:// or malformed endpoint is refused even unchecked.
-    strato_proto::client::endpoint(&settings.endpoint, settings.ca_pem.as_deref(), None)
+    strato_proto::client::endpoint(&settings.endpoint, settings.ca_pem.as_deref())
         .map_err(|e| not_written(Failure::usage(format!("--endpoint {e}"))))?;
     let me = if verify {
         let channel = connect(&settings).await.map_err(not_written)?;

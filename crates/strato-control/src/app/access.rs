@@ -1,22 +1,19 @@
 //! Who may call: authenticating a bearer token into a [`Caller`], and the
 //! use cases of API tokens and role assignments.
 //!
-//! An API token's secret is `strato_` and 43 characters of random base64;
+//! An API token's secret is `strato_` and 244 random bits in hex;
 //! only its SHA-256 is stored, so a copy of the database grants nothing.
 //! A token carries one role at one scope; role assignments add more to any
 //! principal (`token:NAME`, `oidc:SUBJECT`).
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use sha2::Digest as _;
-use strato_core::FieldError;
-use strato_core::access::{Grant, Role, Scope};
+use strato_core::access::{self as rules, Grant, Principal as Who, Role, Scope, TokenState};
 
 use super::{
     Action, AppError, Caller, Principal, authorize, authorize_anywhere, authorize_at, required,
 };
-use crate::plane::Plane;
+use crate::plane::{Plane, hash_token, new_token};
 use crate::store::{ApiTokenRecord, RoleAssignmentRecord, Store};
 
 /// The prefix of every API token's secret (secret scanners look for it).
@@ -26,65 +23,25 @@ pub const TOKEN_PREFIX: &str = "strato_";
 /// writes into `DATA_DIR/admin.conf`.
 pub const BOOTSTRAP_TOKEN: &str = "admin";
 
-/// Longest token lifetime that may be asked for: ten years.
-pub const MAX_TOKEN_SECONDS: u64 = 10 * 365 * 24 * 3600;
-
-/// The SHA-256 of a secret, as stored.
-pub fn secret_hash(secret: &str) -> String {
-    let digest = sha2::Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new random secret.
+/// A new API token's secret: the prefix and 244 random bits.
 fn new_secret() -> String {
-    use rand_core::RngCore as _;
-    let mut bytes = [0u8; 32];
-    rand_core::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
-/// A token's name: 1 to 63 lowercase letters, digits and '-'.
-fn check_token_name(name: &str) -> Result<(), AppError> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !ok {
-        return Err(
-            FieldError::new("name", "must be 1 to 63 lowercase letters, digits and '-'").into(),
-        );
-    }
-    Ok(())
-}
-
-/// A principal as role assignments name it.
-fn check_principal(principal: &str) -> Result<(), AppError> {
-    let ok = principal.len() <= 256
-        && (principal
-            .strip_prefix("token:")
-            .is_some_and(|n| !n.is_empty())
-            || principal
-                .strip_prefix("oidc:")
-                .is_some_and(|s| !s.is_empty()))
-        && !principal.chars().any(char::is_control);
-    if !ok {
-        return Err(FieldError::new(
-            "principal",
-            "must be token:NAME or oidc:SUBJECT (at most 256 characters)",
-        )
-        .into());
-    }
-    Ok(())
+    format!("{TOKEN_PREFIX}{}", new_token())
 }
 
 /// A newly made API token and its secret, shown once.
-#[derive(Debug)]
 pub struct NewToken {
     pub token: ApiTokenRecord,
     pub secret: String,
+}
+
+/// Never the secret: a `?` in a log line must not print it.
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("token", &self.token)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The access use cases.
@@ -116,7 +73,7 @@ impl<S: Store> Access<S> {
         let token = match self
             .plane
             .store
-            .api_token_by_hash(&secret_hash(secret))
+            .api_token_by_hash(&hash_token(secret))
             .await?
         {
             Some(t) => t,
@@ -126,17 +83,20 @@ impl<S: Store> Access<S> {
                 ));
             }
         };
-        if token.revoked_at.is_some() {
-            return Err(AppError::Unauthenticated(format!(
-                "API token {} is revoked",
-                token.name
-            )));
-        }
-        if !token.is_valid_at(now) {
-            return Err(AppError::Unauthenticated(format!(
-                "API token {} has expired",
-                token.name
-            )));
+        match rules::token_state(token.revoked_at, token.expires_at, now) {
+            TokenState::Valid => {}
+            TokenState::Revoked => {
+                return Err(AppError::Unauthenticated(format!(
+                    "API token {} is revoked",
+                    token.name
+                )));
+            }
+            TokenState::Expired => {
+                return Err(AppError::Unauthenticated(format!(
+                    "API token {} has expired",
+                    token.name
+                )));
+            }
         }
         let principal = token.principal();
         let mut grants = vec![token.grant];
@@ -160,7 +120,7 @@ impl<S: Store> Access<S> {
         let secret = new_secret();
         let token = ApiTokenRecord {
             name: BOOTSTRAP_TOKEN.to_owned(),
-            secret_hash: secret_hash(&secret),
+            secret_hash: hash_token(&secret),
             grant: Grant {
                 role: Role::Owner,
                 scope: Scope::All,
@@ -182,28 +142,21 @@ impl<S: Store> Access<S> {
         scope: &str,
         expires_in_seconds: u64,
     ) -> Result<NewToken, AppError> {
-        check_token_name(name)?;
+        rules::validate_token_name("name", name)?;
         let grant = Grant {
             role: Role::parse("role", role)?,
             scope: Scope::parse("scope", scope)?,
         };
-        if expires_in_seconds > MAX_TOKEN_SECONDS {
-            return Err(FieldError::new(
-                "expires_in_seconds",
-                format!("must be at most {MAX_TOKEN_SECONDS} (ten years); 0: never expires"),
-            )
-            .into());
-        }
         authorize_at(caller, Action::CreateToken, &grant.scope)?;
         let now = self.plane.clock.now_ms();
+        let expires_at = rules::token_expiry("expires_in_seconds", now, expires_in_seconds)?;
         let secret = new_secret();
-        let expires_in_ms = i64::try_from(expires_in_seconds).unwrap_or(i64::MAX / 2) * 1000;
         let token = ApiTokenRecord {
             name: name.to_owned(),
-            secret_hash: secret_hash(&secret),
+            secret_hash: hash_token(&secret),
             grant,
             created_at: now,
-            expires_at: (expires_in_seconds > 0).then_some(now + expires_in_ms),
+            expires_at,
             created_by: caller.principal().to_owned(),
             revoked_at: None,
         };
@@ -217,10 +170,23 @@ impl<S: Store> Access<S> {
         Ok(self.plane.store.list_api_tokens().await?)
     }
 
+    /// Revoking a token needs the right at every scope it holds (its own
+    /// grant and its principal's role assignments), so no one revokes a
+    /// token that reaches further than they do. A caller without the right
+    /// anywhere is refused before learning whether the token exists.
     pub async fn revoke_token(&self, caller: &Caller, name: &str) -> Result<(), AppError> {
         required("name", name)?;
+        authorize_anywhere(caller, Action::RevokeToken)?;
         let token = self.plane.store.api_token(name).await?;
         authorize_at(caller, Action::RevokeToken, &token.grant.scope)?;
+        for assignment in self
+            .plane
+            .store
+            .list_role_assignments(Some(&token.principal()))
+            .await?
+        {
+            authorize_at(caller, Action::RevokeToken, &assignment.grant.scope)?;
+        }
         self.plane
             .store
             .revoke_api_token(name, self.plane.clock.now_ms())
@@ -230,9 +196,9 @@ impl<S: Store> Access<S> {
     }
 
     fn assignment(principal: &str, role: &str, scope: &str) -> Result<(String, Grant), AppError> {
-        check_principal(principal)?;
+        let principal = Who::parse("principal", principal)?;
         Ok((
-            principal.to_owned(),
+            principal.to_string(),
             Grant {
                 role: Role::parse("role", role)?,
                 scope: Scope::parse("scope", scope)?,

@@ -128,7 +128,7 @@ impl<S: Store> Compute<S> {
         let visible = visible_clusters(caller, Action::ListClusters)?;
         let mut records = self.plane.store.list_clusters().await?;
         if let Some(only) = visible {
-            records.retain(|r| only.contains(&r.spec.name));
+            records.retain(|r| only.contains(&r.spec.name.to_ascii_lowercase()));
         }
         let mut clusters = Vec::with_capacity(records.len());
         for r in records {

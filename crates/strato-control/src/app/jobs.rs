@@ -99,7 +99,7 @@ impl<S: Store> Jobs<S> {
         let job = self
             .plane
             .store
-            .submit_job_as(&id, spec, caller.principal(), self.plane.clock.now_ms())
+            .submit_job(&id, spec, caller.principal(), self.plane.clock.now_ms())
             .await?;
         tracing::info!(job = %job.id, cluster = %job.spec.cluster, image = %job.spec.image, "job submitted");
         self.plane.events.changed();

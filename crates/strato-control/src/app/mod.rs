@@ -257,7 +257,7 @@ impl Caller {
 /// otherwise.
 pub fn authorize(caller: &Caller, action: Action, cluster: Option<&str>) -> Result<(), AppError> {
     let target = match cluster {
-        Some(name) => Scope::Cluster(name.to_owned()),
+        Some(name) => Scope::cluster(name),
         None => Scope::All,
     };
     authorize_at(caller, action, &target)

@@ -2,9 +2,10 @@
 //! layer that enforces it before any handler runs.
 //!
 //! A user method ([`Rule::User`]) needs a bearer token, authenticated here
-//! into the [`Caller`] its handler finds in the request's extensions; the
-//! use case then checks the caller's roles for the method's action at its
-//! scope. A method missing from the table is refused: a new RPC without a
+//! into the [`Caller`] its handler finds in the request's extensions, and a
+//! role that allows the method's action at some scope (so a caller without
+//! it learns nothing, not even whether what it named exists); the use case
+//! then checks the action at the scope it acts on. A method missing from the table is refused: a new RPC without a
 //! rule cannot be called (and `every_method_has_a_rule` fails first).
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use tonic::Status;
 use tonic::codegen::http;
 
-use crate::app::{Access, Action, Caller};
+use crate::app::{Access, Action, Caller, authorize_anywhere};
 use crate::store::Store;
 
 /// What a method needs of its caller.
@@ -171,12 +172,23 @@ where
             let path = request.uri().path().to_owned();
             match rule(&path) {
                 Some(Rule::Public | Rule::Agent) => {}
-                Some(Rule::User(_)) => match access.authenticate(bearer(request.headers())).await {
-                    Ok(caller) => {
-                        request.extensions_mut().insert(caller);
+                Some(Rule::User(action)) => {
+                    // Who it is, and whether it may take this action at any
+                    // scope; the use case checks the scope it acts on.
+                    let caller = access
+                        .authenticate(bearer(request.headers()))
+                        .await
+                        .and_then(|caller| {
+                            authorize_anywhere(&caller, action)?;
+                            Ok(caller)
+                        });
+                    match caller {
+                        Ok(caller) => {
+                            request.extensions_mut().insert(caller);
+                        }
+                        Err(e) => return Ok(super::status(e).into_http()),
                     }
-                    Err(e) => return Ok(super::status(e).into_http()),
-                },
+                }
                 None => {
                     let shown: String = path.chars().take(128).collect();
                     return Ok(Status::unimplemented(format!(

@@ -302,17 +302,8 @@ pub trait Store: Send + Sync + 'static {
     fn usage(&self, location: &str) -> impl Future<Output = Result<QuotaUsage, StoreError>> + Send;
 
     /// Stores a queued job after checking its cluster exists.
-    fn submit_job(
-        &self,
-        id: &str,
-        spec: JobSpec,
-        now: i64,
-    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send {
-        self.submit_job_as(id, spec, "", now)
-    }
-
     /// Stores a new queued job, recording who submitted it.
-    fn submit_job_as(
+    fn submit_job(
         &self,
         id: &str,
         spec: JobSpec,

@@ -206,12 +206,13 @@ pub struct ApiTokenRecord {
 impl ApiTokenRecord {
     /// Its principal: `token:NAME`.
     pub fn principal(&self) -> String {
-        format!("token:{}", self.name)
+        strato_core::access::Principal::Token(self.name.clone()).to_string()
     }
 
     /// Whether calls with it are accepted at `now`.
     pub fn is_valid_at(&self, now: i64) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+        strato_core::access::token_state(self.revoked_at, self.expires_at, now)
+            == strato_core::access::TokenState::Valid
     }
 }
 

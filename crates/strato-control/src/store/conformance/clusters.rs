@@ -368,7 +368,7 @@ pub async fn allocation_keeps_its_since_while_unchanged<S: Store>(store: S) {
 pub async fn max_nodes_cannot_drop_below_an_unfinished_gang<S: Store>(store: S) {
     given_cluster(&store, "mpi").await;
     store
-        .submit_job("g", gang("mpi", 3, Default::default()), 3)
+        .submit_job("g", gang("mpi", 3, Default::default()), "", 3)
         .await
         .expect("submit");
     let max = |n: u32| -> SpecUpdate {
@@ -403,8 +403,14 @@ pub async fn max_nodes_cannot_drop_below_an_unfinished_gang<S: Store>(store: S) 
 
 pub async fn delete_is_refused_while_jobs_are_unfinished<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
-    store.submit_job("j1", job("cpu"), 2).await.expect("submit");
-    store.submit_job("j2", job("cpu"), 2).await.expect("submit");
+    store
+        .submit_job("j1", job("cpu"), "", 2)
+        .await
+        .expect("submit");
+    store
+        .submit_job("j2", job("cpu"), "", 2)
+        .await
+        .expect("submit");
     let e = store.delete_cluster("cpu").await.expect_err("refused");
     assert!(matches!(
         &e,

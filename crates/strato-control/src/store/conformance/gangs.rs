@@ -17,7 +17,7 @@ use crate::store::{
 async fn given_gang_of_two<S: Store>(store: &S, spec: JobSpec) -> Vec<String> {
     given_cluster(store, "mpi").await;
     let nodes = given_idle_nodes(store, "mpi", &["mpi-n0", "mpi-n1"]).await;
-    store.submit_job("g", spec, 3).await.expect("submit");
+    store.submit_job("g", spec, "", 3).await.expect("submit");
     nodes
 }
 
@@ -30,7 +30,7 @@ pub async fn a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops
     given_cluster(&store, "mpi").await;
     let nodes = given_idle_nodes(&store, "mpi", &["mpi-n0", "mpi-n1", "mpi-n2"]).await;
     store
-        .submit_job("g", gang("mpi", 2, Distribution::Mpi), 3)
+        .submit_job("g", gang("mpi", 2, Distribution::Mpi), "", 3)
         .await
         .expect("submit");
     assert_eq!(
@@ -365,7 +365,10 @@ pub async fn logs_keep_arrival_order_rank_and_sequence<S: Store>(store: S) {
 pub async fn logs_of_an_attempt_the_node_does_not_run_are_refused<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes[..1], 4).await;
     for (n, attempt) in [("cpu-n1", 1), ("cpu-n0", 2)] {
         let e = store
@@ -389,7 +392,10 @@ pub async fn lines_past_the_bound_leave_one_marker_and_nothing_more<S: Store>(st
     use strato_core::limits::MAX_STORED_LINES_PER_RANK as MAX;
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
     let lines: Vec<LogRecord> = [MAX - 1, MAX, MAX + 1, MAX + 2]
         .iter()

@@ -14,10 +14,17 @@ use crate::store::{
 pub async fn job_runs_to_completion<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    let submitted = store.submit_job("j", job("cpu"), 10).await.expect("submit");
+    let submitted = store
+        .submit_job("j", job("cpu"), "token:ci", 10)
+        .await
+        .expect("submit");
     assert_eq!(
         (submitted.state, submitted.attempt, submitted.created_at),
         (JobState::Queued, 1, 10)
+    );
+    assert_eq!(
+        submitted.submitted_by, "token:ci",
+        "who submitted it is kept"
     );
     assert_eq!(last_reason(&submitted), "submitted");
     assert_eq!(
@@ -113,7 +120,7 @@ pub async fn a_failing_job_retries_until_max_retries_then_fails<S: Store>(store:
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
     let mut spec = job("cpu");
     spec.max_retries = 2;
-    store.submit_job("j", spec, 3).await.expect("submit");
+    store.submit_job("j", spec, "", 3).await.expect("submit");
     for attempt in 1..=2 {
         given_running(&store, "j", &nodes, 4).await;
         store
@@ -152,7 +159,10 @@ pub async fn a_failing_job_retries_until_max_retries_then_fails<S: Store>(store:
 pub async fn an_attempt_that_cannot_start_is_not_retried<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     store.assign_job("j", &nodes, 4).await.expect("assign");
     let report = AttemptReport::Ended(AttemptEnd::CannotStart, "image img not found".into());
     store
@@ -170,7 +180,10 @@ pub async fn an_attempt_that_cannot_start_is_not_retried<S: Store>(store: S) {
 
 pub async fn cancel_while_queued<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     let j = store.cancel_job("j", 4).await.expect("cancel");
     assert_eq!((j.state, j.updated_at), (JobState::Canceled, 4));
     assert_eq!(last_reason(&j), "canceled by user before it started");
@@ -185,7 +198,10 @@ pub async fn cancel_while_running_overrides_the_reported_end<S: Store>(store: S)
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
     for (id, n) in [("ok", &nodes[0]), ("bad", &nodes[1])] {
-        store.submit_job(id, job("cpu"), 3).await.expect("submit");
+        store
+            .submit_job(id, job("cpu"), "", 3)
+            .await
+            .expect("submit");
         given_running(&store, id, std::slice::from_ref(n), 4).await;
         let j = store.cancel_job(id, 5).await.expect("cancel");
         assert_eq!(
@@ -233,7 +249,10 @@ pub async fn cancel_while_running_overrides_the_reported_end<S: Store>(store: S)
 pub async fn cancel_of_a_finished_job_changes_nothing<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
     store
         .report_attempt("cpu-n0", "j", 1, exited(0), 5)
@@ -247,7 +266,10 @@ pub async fn cancel_of_a_finished_job_changes_nothing<S: Store>(store: S) {
 pub async fn stale_reports_are_answered_stale_or_release<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes[..1], 4).await;
     let before = store.get_job("j").await.expect("job");
     // A job the store does not know, an attempt never given, another node.
@@ -273,14 +295,17 @@ pub async fn assign_is_all_or_nothing<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1", "cpu-n2"]).await;
     store
-        .submit_job("busy", job("cpu"), 3)
+        .submit_job("busy", job("cpu"), "", 3)
         .await
         .expect("submit");
     store
         .assign_job("busy", &nodes[..1], 4)
         .await
         .expect("assign");
-    store.submit_job("j", job("cpu"), 5).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 5)
+        .await
+        .expect("submit");
 
     let e = store
         .assign_job("busy", &nodes[1..2], 6)
@@ -336,7 +361,7 @@ pub async fn assign_is_all_or_nothing<S: Store>(store: S) {
 
 pub async fn submit_needs_a_cluster_and_stores_its_canonical_name<S: Store>(store: S) {
     assert!(matches!(
-        store.submit_job("j", job("cpu"), 1).await,
+        store.submit_job("j", job("cpu"), "", 1).await,
         Err(StoreError::ClusterNotFound(_))
     ));
     assert!(matches!(
@@ -344,7 +369,10 @@ pub async fn submit_needs_a_cluster_and_stores_its_canonical_name<S: Store>(stor
         Err(StoreError::JobNotFound(n)) if n == "j"
     ));
     given_cluster(&store, "cpu").await;
-    let j = store.submit_job("j", job("CPU"), 2).await.expect("submit");
+    let j = store
+        .submit_job("j", job("CPU"), "", 2)
+        .await
+        .expect("submit");
     assert_eq!(j.spec.cluster, "cpu");
     assert_eq!(store.get_job("j").await.expect("get"), j);
 }
@@ -354,19 +382,19 @@ pub async fn job_counts_and_lists<S: Store>(store: S) {
     given_cluster(&store, "west").await;
     let nodes = given_idle_nodes(&store, "east", &["a-n0"]).await;
     store
-        .submit_job("a1", job("east"), 10)
+        .submit_job("a1", job("east"), "", 10)
         .await
         .expect("submit");
     store
-        .submit_job("a2", job("east"), 11)
+        .submit_job("a2", job("east"), "", 11)
         .await
         .expect("submit");
     store
-        .submit_job("a3", job("east"), 11)
+        .submit_job("a3", job("east"), "", 11)
         .await
         .expect("submit");
     store
-        .submit_job("b1", job("west"), 12)
+        .submit_job("b1", job("west"), "", 12)
         .await
         .expect("submit");
     given_running(&store, "a1", &nodes, 13).await;
@@ -451,16 +479,16 @@ pub async fn queued_reason_is_set_on_queued_jobs_only<S: Store>(store: S) {
     given_cluster(&store, "other").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
     store
-        .submit_job("run", job("cpu"), 3)
+        .submit_job("run", job("cpu"), "", 3)
         .await
         .expect("submit");
     given_running(&store, "run", &nodes, 4).await;
     store
-        .submit_job("wait", job("cpu"), 5)
+        .submit_job("wait", job("cpu"), "", 5)
         .await
         .expect("submit");
     store
-        .submit_job("else", job("other"), 5)
+        .submit_job("else", job("other"), "", 5)
         .await
         .expect("submit");
     let why = "waiting: quota_exceeded: no room for another node";

@@ -104,7 +104,10 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
 pub async fn enrolling_again_keeps_the_state_and_replaces_the_session<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
     // The agent restarts: it enrols again with the same join token.
     let again = store
@@ -182,7 +185,10 @@ pub async fn an_unusable_node_refuses_enrolment<S: Store>(store: S) {
 pub async fn a_lost_node_ends_its_attempt_and_the_job_retries<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes[..1], 4).await;
     let jobs = store
         .node_unusable("cpu-n0", "no heartbeat for 30 s", 5)
@@ -230,7 +236,10 @@ pub async fn a_lost_node_ends_its_attempt_and_the_job_retries<S: Store>(store: S
 pub async fn a_removed_node_ends_its_attempt_as_lost<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
     store.delete_node("cpu-n0", 5).await.expect("delete");
     assert!(store.all_nodes().await.expect("nodes").is_empty());
@@ -244,7 +253,10 @@ pub async fn a_removed_node_ends_its_attempt_as_lost<S: Store>(store: S) {
 pub async fn a_preempted_node_keeps_its_job_until_it_is_evicted<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 3).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
     store
         .node_preempted("cpu-n0", 90_000, "preempted: evicted at 90", 5)
@@ -288,7 +300,7 @@ pub async fn preemptions_are_counted_apart_and_limited<S: Store>(store: S) {
     let mut spec = job("cpu");
     spec.max_retries = 1;
     spec.max_preemptions = 1;
-    store.submit_job("j", spec, 3).await.expect("submit");
+    store.submit_job("j", spec, "", 3).await.expect("submit");
     // A failure, retried.
     given_running(&store, "j", &nodes[..1], 4).await;
     store
@@ -327,7 +339,7 @@ pub async fn an_exit_on_an_evicted_node_is_a_preemption<S: Store>(store: S) {
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
     let mut spec = job("cpu");
     spec.max_retries = 0;
-    store.submit_job("j", spec, 3).await.expect("submit");
+    store.submit_job("j", spec, "", 3).await.expect("submit");
     given_running(&store, "j", &nodes, 4).await;
     store
         .node_preempted("cpu-n0", 10, "preempted", 5)

@@ -253,7 +253,7 @@ impl Store for SqliteStore {
         usage::usage(self, location).await
     }
 
-    async fn submit_job_as(
+    async fn submit_job(
         &self,
         id: &str,
         spec: JobSpec,

@@ -32,7 +32,10 @@ async fn state_survives_close_and_reopen() {
         .await
         .expect("shrink");
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
-    store.submit_job("j", job("cpu"), 4).await.expect("submit");
+    store
+        .submit_job("j", job("cpu"), "", 4)
+        .await
+        .expect("submit");
     let running = given_running(&store, "j", &nodes, 5).await;
     let node = store.all_nodes().await.expect("nodes");
     store.close().await;
