@@ -194,14 +194,6 @@ mod tests {
 
     /// A fresh directory under the system's temporary one; removed by the
     /// test.
-    fn scratch(name: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos();
-        std::env::temp_dir().join(format!("strato-cli-{name}-{}-{nanos}", std::process::id()))
-    }
-
     fn file(endpoint: &str, token: &str, ca: &str) -> ClientConfig {
         ClientConfig {
             endpoint: Some(endpoint.into()),
@@ -299,7 +291,8 @@ mod tests {
 
     #[test]
     fn a_missing_default_file_is_empty_but_a_missing_given_one_is_an_error() {
-        let dir = scratch("load");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         let missing = dir.join("config");
         let default = ConfigPath {
             path: missing.clone(),
@@ -327,7 +320,6 @@ mod tests {
         let f = load(Some(&default)).expect_err("typo");
         assert_eq!(f.code, 2);
         assert!(f.message.contains("endpont"), "{}", f.message);
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[cfg(unix)]
@@ -335,7 +327,8 @@ mod tests {
     fn the_config_is_written_private_and_whole() {
         use std::os::unix::fs::PermissionsExt;
 
-        let dir = scratch("write");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("strato").join("config");
         let config = file(
             "https://cp:7070",
@@ -370,12 +363,12 @@ mod tests {
                 .expect("reads")
                 .contains("strato_newer")
         );
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
     fn a_ca_file_must_hold_a_certificate() {
-        let dir = scratch("ca");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("ca.pem");
         std::fs::write(&path, "not a pem").expect("write");
@@ -386,6 +379,5 @@ mod tests {
         assert_eq!(f.code, 2);
         std::fs::write(&path, include_str!("../testdata/ca.pem")).expect("write");
         assert!(read_ca_file(&path).is_ok());
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

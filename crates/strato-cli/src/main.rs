@@ -102,11 +102,11 @@ enum Command {
     /// Show who the control plane takes you for, and your roles.
     Whoami,
     /// Make, list and revoke API tokens (Owner only).
-    #[command(subcommand, long_about = cmd::access::TOKEN_ABOUT, after_help = cmd::access::ROLES_AND_SCOPES)]
+    #[command(subcommand, long_about = cmd::access::TOKEN_ABOUT, after_help = cmd::access::roles_and_scopes())]
     Token(cmd::access::TokenCommand),
     /// Give roles to principals (tokens, OIDC callers) at scopes (Owner
     /// only).
-    #[command(subcommand, after_help = cmd::access::ROLES_AND_SCOPES)]
+    #[command(subcommand, after_help = cmd::access::roles_and_scopes())]
     Role(cmd::access::RoleCommand),
 }
 
@@ -157,8 +157,7 @@ impl From<tonic::Status> for Failure {
 }
 
 /// What to do when the control plane does not know the caller.
-const LOGIN_HINT: &str =
-    "log in with `strato login --endpoint URL --ca-file CA --token TOKEN` or set STRATO_TOKEN";
+const LOGIN_HINT: &str = "log in with `strato login --endpoint URL --ca-file CA --token -` (the token on stdin) or set STRATO_TOKEN";
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
@@ -273,7 +272,7 @@ mod tests {
         assert_eq!(f.code, 1);
         assert_eq!(
             f.message,
-            "unauthenticated: no token; log in with `strato login --endpoint URL --ca-file CA --token TOKEN` or set STRATO_TOKEN"
+            "unauthenticated: no token; log in with `strato login --endpoint URL --ca-file CA --token -` (the token on stdin) or set STRATO_TOKEN"
         );
         let f = Failure::from(tonic::Status::permission_denied(
             "token:ci (Reader at /) may not create clusters",

@@ -7,27 +7,30 @@
 //!
 //! ```toml
 //! endpoint = "https://127.0.0.1:7070"
-//! token = "strato_…"
-//! ca_certificate = '''
+//! ca_certificate = """
 //! -----BEGIN CERTIFICATE-----
 //! …
 //! -----END CERTIFICATE-----
-//! '''
+//! """
+//! token = "strato_…"
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A parsed client configuration. Every field may be absent: the CLI's
 /// flags and environment fill in or override them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The control plane's gRPC endpoint, `https://HOST:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// PEM of the CA certificate(s) the endpoint's certificate chains to;
     /// absent: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificate: Option<String>,
     /// The bearer token: a Strato API token or an OIDC JWT.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
 
@@ -43,45 +46,22 @@ impl ClientConfig {
 
     /// The file's text; [`ClientConfig::parse`] reads it back the same.
     pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# Strato client configuration: the control plane, its CA, and your token.\n# Keep it private (mode 0600): the token is a password.\n",
-        );
-        if let Some(e) = &self.endpoint {
-            out.push_str(&format!("endpoint = {}\n", basic_string(e)));
-        }
-        if let Some(t) = &self.token {
-            out.push_str(&format!("token = {}\n", basic_string(t)));
-        }
-        if let Some(ca) = &self.ca_certificate {
-            // PEM is base64 and dashes: no ''' inside, so a literal string
-            // holds it as it is.
-            if ca.contains("'''") {
-                out.push_str(&format!("ca_certificate = {}\n", basic_string(ca)));
-            } else {
-                let ca = ca.trim_end();
-                out.push_str(&format!("ca_certificate = '''\n{ca}\n'''\n"));
-            }
-        }
-        out
+        let body = toml::to_string(self).unwrap_or_default();
+        format!(
+            "# Strato client configuration: the control plane, its CA, and your token.\n# Keep it private (mode 0600): the token is a password.\n{body}"
+        )
     }
 }
 
-/// A TOML basic string: quoted, with `"`, `\` and control characters
-/// escaped.
-fn basic_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
+/// Never the token: a `?` in a log line must not print it.
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("ca_certificate", &self.ca_certificate.as_ref().map(|_| "<PEM>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

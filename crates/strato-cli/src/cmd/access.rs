@@ -14,15 +14,13 @@ use crate::view::access::{NewTokenView, RoleAssignmentView, TokenView, WhoAmIVie
 use crate::view::{Format, print};
 
 /// The roles and scopes, for the help of the commands that take them.
-pub const ROLES_AND_SCOPES: &str = "\
-Roles:
-  Reader           reads clusters, nodes, sizes, usage, jobs and datastores
-  DataScientist    Reader, and submits, cancels and reads the logs of jobs
-  ComputeOperator  Reader, and creates, updates and deletes clusters, assigns
-                   identities, simulates evictions
-  Owner            everything, including API tokens, role assignments and
-                   datastores
-
+pub fn roles_and_scopes() -> String {
+    let mut text = String::from("Roles:\n");
+    for role in strato_core::access::Role::ALL {
+        text.push_str(&format!("  {:<16} {}\n", role.as_str(), role.describe()));
+    }
+    text.push_str(
+        "
 Scopes (where a role holds):
   /                                    the whole control plane
   /clusters/NAME                       one cluster, its nodes and its jobs
@@ -32,7 +30,10 @@ Scopes (where a role holds):
 
 A principal is who a call acts as: token:NAME for an API token, oidc:SUBJECT
 for a caller with an OIDC token. Its roles are its token's, if any, and every
-role assignment it has.";
+role assignment it has.",
+    );
+    text
+}
 
 /// `strato token --help`.
 pub const TOKEN_ABOUT: &str = "\
@@ -48,7 +49,7 @@ pub enum TokenCommand {
     ///
     /// Give the secret to whoever will use it, e.g. `strato login --token -`
     /// reading it from stdin, or STRATO_TOKEN.
-    #[command(after_help = ROLES_AND_SCOPES)]
+    #[command(after_help = roles_and_scopes())]
     Create(CreateTokenArgs),
     /// List the tokens (never their secrets), revoked ones too.
     List,
@@ -87,23 +88,23 @@ pub enum RoleCommand {
 #[derive(Debug, Subcommand)]
 pub enum AssignmentCommand {
     /// Give PRINCIPAL the role ROLE at SCOPE.
-    #[command(after_help = ROLES_AND_SCOPES)]
+    #[command(after_help = roles_and_scopes())]
     Create(AssignmentArgs),
     /// List role assignments, of every principal or of one.
     List {
         /// Only this principal's (token:NAME or oidc:SUBJECT).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_principal)]
         principal: Option<String>,
     },
     /// Take back one role assignment (the same flags as create).
-    #[command(after_help = ROLES_AND_SCOPES)]
+    #[command(after_help = roles_and_scopes())]
     Delete(AssignmentArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct AssignmentArgs {
     /// Who: token:NAME for an API token, oidc:SUBJECT for an OIDC caller.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_principal)]
     principal: String,
     /// Reader, DataScientist, ComputeOperator or Owner (see below).
     #[arg(long, value_parser = parse_role)]
@@ -115,6 +116,14 @@ pub struct AssignmentArgs {
 
 fn parse_role(s: &str) -> Result<Role, ArgError> {
     Role::parse("role", s).map_err(|e| ArgError::Access(e.rule))
+}
+
+/// The principal as given, once `strato_core::access::Principal` accepts
+/// it.
+fn parse_principal(s: &str) -> Result<String, ArgError> {
+    strato_core::access::Principal::parse("principal", s)
+        .map(|p| p.to_string())
+        .map_err(|e| ArgError::Access(e.rule))
 }
 
 /// The scope as given (the server keeps its own spelling), once

@@ -251,14 +251,6 @@ mod tests {
         addr
     }
 
-    fn scratch() -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos();
-        std::env::temp_dir().join(format!("strato-cli-login-{}-{nanos}", std::process::id()))
-    }
-
     fn settings(endpoint: String, token: &str, ca: &str) -> Settings {
         Settings {
             endpoint,
@@ -270,7 +262,8 @@ mod tests {
     #[tokio::test]
     async fn login_checks_then_writes_a_private_config() {
         let addr = serve().await;
-        let dir = scratch();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("strato").join("config");
         let url = format!("https://{addr}");
 
@@ -353,7 +346,6 @@ mod tests {
             .who_am_i(v1::WhoAmIRequest {})
             .await
             .expect("accepted");
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[tokio::test]
