@@ -109,9 +109,8 @@ impl InProcess {
                 anyhow::bail!("the in-process control plane was not ready within {PATIENCE:?}")
             }
         }
-        let conf = data_dir.join("admin.conf");
-        let token = crate::admin_token(&conf)?;
-        let channel = crate::connect_tls(&format!("https://{grpc}"), &conf, Some(&token))
+        let admin = crate::admin_config(&strato_control::data_dir::admin_conf(&data_dir))?;
+        let channel = crate::connect_tls(&admin, admin.token.as_deref())
             .await
             .context("connecting to the in-process control plane")?;
         Ok(InProcess {

@@ -49,22 +49,14 @@ pub fn admin_config(path: &Path) -> anyhow::Result<strato_core::client_config::C
     Ok(strato_core::client_config::ClientConfig::parse(&text)?)
 }
 
-/// The bootstrap Owner token of an admin.conf.
-pub fn admin_token(path: &Path) -> anyhow::Result<String> {
-    admin_config(path)?
-        .token
-        .with_context(|| format!("{}: no token", path.display()))
-}
-
-/// A TLS channel to `endpoint`, trusting the CA of the admin.conf at
-/// `conf`, with `token` on every call.
+/// A TLS channel to the endpoint of a client configuration, trusting its
+/// CA, with `token` on every call.
 pub async fn connect_tls(
-    endpoint: &str,
-    conf: &Path,
+    config: &strato_core::client_config::ClientConfig,
     token: Option<&str>,
 ) -> anyhow::Result<Channel> {
-    let ca = admin_config(conf)?.ca_certificate;
-    let channel = strato_proto::client::endpoint(endpoint, ca.as_deref())?
+    let endpoint = config.endpoint.as_deref().context("no endpoint")?;
+    let channel = strato_proto::client::endpoint(endpoint, config.ca_certificate.as_deref())?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await?;
@@ -91,6 +83,8 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     extra_args: Vec<String>,
     log: PathBuf,
+    /// Its admin.conf, read once it was written.
+    admin: Option<strato_core::client_config::ClientConfig>,
 }
 
 impl ControlPlane {
@@ -110,6 +104,7 @@ impl ControlPlane {
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             log: data_dir.with_extension("log"),
+            admin: None,
         };
         cp.spawn().await?;
         Ok(cp)
@@ -151,6 +146,9 @@ impl ControlPlane {
                     "strato-control exited with {status} while starting:\n{}",
                     self.log_text()
                 );
+            }
+            if self.admin.is_none() && self.admin_conf().exists() {
+                self.admin = Some(admin_config(&self.admin_conf())?);
             }
             if let Ok(mut client) = self.try_client().await
                 && client
@@ -199,18 +197,27 @@ impl ControlPlane {
     /// The control plane's admin.conf: its CA and the bootstrap Owner
     /// token.
     pub fn admin_conf(&self) -> PathBuf {
-        self.data_dir.join("admin.conf")
+        strato_control::data_dir::admin_conf(&self.data_dir)
+    }
+
+    /// What its admin.conf holds: the endpoint, the CA and the bootstrap
+    /// Owner token.
+    pub fn admin(&self) -> &strato_core::client_config::ClientConfig {
+        self.admin
+            .as_ref()
+            .expect("admin.conf is read once the control plane answers")
     }
 
     /// A channel with `token` (`None`: no token) to this control plane.
     pub async fn channel_with(&self, token: Option<&str>) -> anyhow::Result<Channel> {
-        connect_tls(&self.endpoint(), &self.admin_conf(), token).await
+        let admin = self.admin.as_ref().context("admin.conf not written yet")?;
+        connect_tls(admin, token).await
     }
 
     async fn try_client(&self) -> anyhow::Result<ComputeServiceClient<Channel>> {
-        let token = admin_token(&self.admin_conf())?;
+        let token = self.admin.as_ref().and_then(|a| a.token.clone());
         Ok(ComputeServiceClient::new(
-            self.channel_with(Some(&token)).await?,
+            self.channel_with(token.as_deref()).await?,
         ))
     }
 
@@ -219,8 +226,7 @@ impl ControlPlane {
     }
 
     pub async fn channel(&self) -> Channel {
-        let token = admin_token(&self.admin_conf()).expect("admin.conf");
-        self.channel_with(Some(&token))
+        self.channel_with(self.admin().token.as_deref())
             .await
             .expect("connect to strato-control")
     }
@@ -335,10 +341,10 @@ impl ControlPlane {
     /// The `strato` CLI, pointed at this control plane as its Owner (the
     /// admin.conf's CA and token), ready for arguments.
     pub fn cli_command(&self) -> Command {
+        // The endpoint, CA and token all come from admin.conf, as the
+        // README tells users.
         let mut cmd = Command::new(binary("strato"));
-        cmd.arg("--endpoint")
-            .arg(self.endpoint())
-            .arg("--config")
+        cmd.arg("--config")
             .arg(self.admin_conf())
             .env_remove("STRATO_ENDPOINT")
             .env_remove("STRATO_TOKEN")

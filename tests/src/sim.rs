@@ -84,6 +84,8 @@ pub struct SimFleet {
     http_base: String,
     /// The control plane's CA certificate (written at its start).
     ca_file: PathBuf,
+    /// The endpoint agents dial, with that CA.
+    dial: std::sync::OnceLock<tonic::transport::Endpoint>,
     /// Where agents stage attempts' data.
     work_root: PathBuf,
     clock: Arc<dyn Clock>,
@@ -106,6 +108,7 @@ impl SimFleet {
             endpoint,
             http_base,
             ca_file,
+            dial: std::sync::OnceLock::new(),
             work_root,
             clock,
             nodes: Mutex::default(),
@@ -191,9 +194,18 @@ impl SimFleet {
             what: format!("{what} for {}", launch.node_id),
             source,
         };
-        let ca = std::fs::read_to_string(&self.ca_file).map_err(|e| io("reading the CA", e))?;
-        let endpoint = strato_proto::client::endpoint(&self.endpoint, Some(&ca))
-            .map_err(|e| io("the endpoint", std::io::Error::other(e.to_string())))?;
+        // Made once, at the first node: the CA exists from the control
+        // plane's start on.
+        let endpoint = match self.dial.get() {
+            Some(e) => e.clone(),
+            None => {
+                let ca =
+                    std::fs::read_to_string(&self.ca_file).map_err(|e| io("reading the CA", e))?;
+                let e = strato_proto::client::endpoint(&self.endpoint, Some(&ca))
+                    .map_err(|e| io("the endpoint", std::io::Error::other(e.to_string())))?;
+                self.dial.get_or_init(|| e).clone()
+            }
+        };
         let config = AgentConfig {
             control_plane: self.endpoint.clone(),
             endpoint,

@@ -240,6 +240,7 @@ async fn refusals_exit_non_zero_with_one_line_naming_the_field() {
     assert_eq!(stdout(&listed).trim(), "[]", "nothing was stored");
 
     let unreachable = std::process::Command::new(strato_e2e::binary("strato"))
+        .env_remove("STRATO_CONFIG")
         .args([
             "--endpoint",
             &format!("https://127.0.0.1:{}", strato_e2e::free_port()),

@@ -9,7 +9,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use strato_e2e::{Channel, ControlPlane, admin_token, wait_for};
+use strato_e2e::{Channel, ControlPlane, wait_for};
 use strato_proto::v1;
 use strato_proto::v1::access_service_client::AccessServiceClient;
 use strato_proto::v1::compute_service_client::ComputeServiceClient;
@@ -316,29 +316,50 @@ async fn revoked_and_expired_tokens_are_refused() {
 async fn only_tls_is_spoken_and_secrets_stay_private() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = start(dir.path()).await;
-    let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.grpc))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await;
-    if let Ok(channel) = plaintext {
-        let e = ComputeServiceClient::new(channel)
-            .list_sizes(v1::ListSizesRequest {})
+    // A plaintext client gets no gRPC answer: what fails is the transport
+    // (a status with a source), never a status the server sent.
+    let plaintext = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.grpc))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
             .await
-            .expect_err("no plaintext answer");
-        assert_ne!(e.code(), Code::Ok);
-    }
-    let untrusted = strato_proto::client::endpoint(&cp.endpoint(), None)
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await;
-    if let Ok(channel) = untrusted {
+            .map_err(|e| chain(&e))?;
         ComputeServiceClient::new(channel)
             .list_sizes(v1::ListSizesRequest {})
             .await
-            .expect_err("the system's roots do not trust this control plane's CA");
-    }
+            .map(|_| ())
+            .map_err(|status| {
+                assert!(
+                    std::error::Error::source(&status).is_some(),
+                    "the server answered plaintext: {status:?}"
+                );
+                chain(&status)
+            })
+    };
+    plaintext.await.expect_err("no plaintext answer");
+    // A client that trusts only the system's roots refuses the certificate.
+    let untrusted = async {
+        let channel = strato_proto::client::endpoint(&cp.endpoint(), None)
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| chain(&e))?;
+        ComputeServiceClient::new(channel)
+            .list_sizes(v1::ListSizesRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|status| chain(&status))
+    };
+    let why = untrusted.await.expect_err("an untrusted CA");
+    assert!(why.contains("UnknownIssuer"), "{why}");
+    // And the control plane still serves a client that trusts its CA.
+    cp.client()
+        .await
+        .list_sizes(v1::ListSizesRequest {})
+        .await
+        .expect("TLS with the CA is served");
 
     let conf = cp.admin_conf();
     let mode = std::fs::metadata(&conf)
@@ -347,15 +368,22 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "admin.conf is the owner's alone");
     let secret = token(&cp, "ci", "Reader", "/", 0).await;
-    let owner = admin_token(&conf).expect("admin token");
-    for file in ["strato.db", "strato.db-wal"] {
-        let Ok(bytes) = std::fs::read(cp.data_dir.join(file)) else {
-            continue;
-        };
+    let owner = cp.admin().token.clone().expect("admin token");
+    let db = strato_control::store::DB_FILE;
+    let mut stored = vec![(
+        db.to_owned(),
+        std::fs::read(cp.data_dir.join(db)).expect("the database"),
+    )];
+    // The WAL holds the newest commits until a checkpoint, if it exists.
+    if let Ok(wal) = std::fs::read(cp.data_dir.join(format!("{db}-wal"))) {
+        stored.push((format!("{db}-wal"), wal));
+    }
+    stored.push(("the log".to_owned(), cp.log_text().into_bytes()));
+    for (what, bytes) in &stored {
         for s in [&secret, &owner] {
             assert!(
                 !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
-                "{file} holds a token's secret in clear"
+                "{what} holds a token's secret in clear"
             );
         }
     }
@@ -409,4 +437,16 @@ async fn the_cli_makes_tokens_and_prints_refusals_in_one_line() {
         .expect("run strato");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+}
+
+/// An error and every error under it, in one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

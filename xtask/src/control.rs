@@ -107,14 +107,13 @@ impl Control {
     /// The `strato` CLI, pointed at this control plane with its Owner's
     /// admin.conf (TLS with its CA, the bootstrap token).
     pub(crate) fn cli(&self) -> Command {
+        // The endpoint, CA and token come from admin.conf alone.
         let mut cmd = Command::new(target_dir().join(profile_dir()).join("strato"));
-        cmd.arg("--endpoint")
-            .arg(format!("https://{}", self.grpc))
-            .arg("--config")
+        cmd.arg("--config")
             .arg(self.data_dir.join("admin.conf"))
             .env_remove("STRATO_ENDPOINT")
             .env_remove("STRATO_TOKEN")
-            .env_remove("STRATO_CONFIG");
+            .env_remove("STRATO_CA_FILE");
         cmd
     }
 }

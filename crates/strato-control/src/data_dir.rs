@@ -7,6 +7,11 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+/// The Owner's client configuration, written at first start.
+pub fn admin_conf(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("admin.conf")
+}
+
 /// Writes `bytes` to a new file at `path` that only its owner can read
 /// (0600 from the moment it exists), and syncs it. Fails if `path` exists.
 pub fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

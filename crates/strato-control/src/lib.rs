@@ -275,7 +275,7 @@ async fn write_admin_conf<S: Store>(
     tls: Option<&tls::Tls>,
     grpc_addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let path = settings.data_dir.join("admin.conf");
+    let path = data_dir::admin_conf(&settings.data_dir);
     if path.exists() {
         return Ok(());
     }

@@ -58,7 +58,10 @@ impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("endpoint", &self.endpoint)
-            .field("ca_certificate", &self.ca_certificate.as_ref().map(|_| "<PEM>"))
+            .field(
+                "ca_certificate",
+                &self.ca_certificate.as_ref().map(|_| "<PEM>"),
+            )
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
