@@ -321,9 +321,9 @@ async fn one_failing_rank_ends_the_gang_and_stops_the_other_ranks() {
     cp.stop().await.expect("stop");
 }
 
-/// One caller may follow only so many log streams at once; a stream that
-/// ends gives its slot back. Listing logs without following is not
-/// counted.
+/// One caller may keep only so many log streams followed and jobs waited
+/// on open at once; a call that ends gives its slot back. Listing logs
+/// without following is not counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_followers_are_bounded_per_caller() {
     let cp = InProcess::start(&["--max-followers-per-caller", "2"])
@@ -356,10 +356,44 @@ async fn log_followers_are_bounded_per_caller() {
     .await
     .expect("reading without following is not bounded");
     drop(first);
-    eventually("the ended stream's slot to be free again", || {
+    let third = eventually("the ended stream's slot to be free again", || {
         let mut jobs = cp.jobs();
         let request = follow();
-        async move { jobs.stream_logs(request).await.ok().map(|_| ()) }
+        async move { jobs.stream_logs(request).await.ok() }
     })
     .await;
+    // A job waited on holds a slot too: with two streams open, a wait is
+    // one too many, and with one stream open, a wait and a stream fill
+    // both slots.
+    let refused = jobs
+        .wait_job(v1::WaitJobRequest { id: id.clone() })
+        .await
+        .expect_err("two streams and a wait");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    drop(third);
+    let waiting = tokio::spawn({
+        let mut jobs = cp.jobs();
+        let id = id.clone();
+        async move {
+            // Until the dropped stream's slot is free, the wait is refused.
+            loop {
+                match jobs.wait_job(v1::WaitJobRequest { id: id.clone() }).await {
+                    Err(e) if e.code() == tonic::Code::ResourceExhausted => continue,
+                    other => return other,
+                }
+            }
+        }
+    });
+    eventually("the wait to take the freed slot", || {
+        let mut jobs = cp.jobs();
+        let request = follow();
+        async move {
+            match jobs.stream_logs(request).await {
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    waiting.abort();
 }

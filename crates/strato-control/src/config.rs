@@ -139,8 +139,9 @@ pub struct Config {
     #[arg(long, env = "STRATO_SUBMIT_BURST", default_value_t = 1_000)]
     pub submit_burst: u32,
 
-    /// Log streams (`strato job logs --follow`) one caller may follow at
-    /// once; past it, a new one is refused with RESOURCE_EXHAUSTED.
+    /// Long-lived calls one caller may keep open at once: log streams
+    /// followed (`strato job logs --follow`) and jobs waited on (`strato
+    /// job wait`); past it, a new one is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "STRATO_MAX_FOLLOWERS_PER_CALLER", default_value_t = 100)]
     pub max_followers_per_caller: u32,
 

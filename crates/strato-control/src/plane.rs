@@ -299,8 +299,9 @@ pub struct Plane<S> {
     pub followers: std::sync::Arc<Followers>,
 }
 
-/// How many log streams each caller follows, bounded per caller so that
-/// one client cannot hold the control plane's tasks and wake-ups.
+/// How many long-lived calls (log streams followed, jobs waited on) each
+/// caller keeps open, bounded per caller so that one client cannot hold
+/// the control plane's tasks and wake-ups.
 #[derive(Debug)]
 pub struct Followers {
     per_caller: u32,
@@ -329,7 +330,8 @@ impl Followers {
 
     /// A slot for `caller`, or `None` when it follows its most already.
     pub fn admit(self: &std::sync::Arc<Self>, caller: &str) -> Option<FollowerSlot> {
-        let mut open = self.open.lock().ok()?;
+        // A poisoned count is still right: every change is one step.
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(caller.to_owned()).or_insert(0);
         if *n >= self.per_caller {
             return None;
@@ -344,9 +346,12 @@ impl Followers {
 
 impl Drop for FollowerSlot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.followers.open.lock()
-            && let Some(n) = open.get_mut(&self.caller)
-        {
+        let mut open = self
+            .followers
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.caller) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 open.remove(&self.caller);

@@ -209,15 +209,7 @@ impl<S: Store> Jobs<S> {
         // Only followers stay open; the slot is held until the stream ends.
         let slot = match follow {
             false => None,
-            true => Some(
-                self.plane
-                    .followers
-                    .admit(caller.principal())
-                    .ok_or_else(|| AppError::TooManyFollowers {
-                        caller: caller.principal().to_owned(),
-                        limit: self.plane.followers.per_caller(),
-                    })?,
-            ),
+            true => Some(self.follower_slot(caller)?),
         };
         let (tx, rx) = mpsc::channel(64);
         let plane = self.plane.clone();
@@ -274,18 +266,32 @@ impl<S: Store> Jobs<S> {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
+    /// A slot among the calls `caller` keeps open (log streams followed,
+    /// jobs waited on), or RESOURCE_EXHAUSTED when it holds its most.
+    fn follower_slot(&self, caller: &Caller) -> Result<crate::plane::FollowerSlot, AppError> {
+        self.plane
+            .followers
+            .admit(caller.principal())
+            .ok_or_else(|| AppError::TooManyFollowers {
+                caller: caller.principal().to_owned(),
+                limit: self.plane.followers.per_caller(),
+            })
+    }
+
     /// The job once it has reached a final state.
     pub async fn wait_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
         required("id", id)?;
-        let job = self.plane.store.get_job(id).await?;
-        authorize(caller, Action::WaitJob, Some(&job.spec.cluster))?;
+        // Subscribed before the first read, so no change is missed.
         let mut changes = self.plane.events.subscribe();
+        let mut job = self.plane.store.get_job(id).await?;
+        authorize(caller, Action::WaitJob, Some(&job.spec.cluster))?;
+        let _slot = self.follower_slot(caller)?;
         loop {
-            let job = self.plane.store.get_job(id).await?;
             if job.state.is_final() {
                 return Ok(job);
             }
             let _ = tokio::time::timeout(RECHECK, changes.changed()).await;
+            job = self.plane.store.get_job(id).await?;
         }
     }
 }

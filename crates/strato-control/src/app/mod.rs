@@ -60,7 +60,7 @@ pub enum AppError {
     },
     /// The caller follows as many log streams as it may.
     #[error(
-        "{caller} follows {limit} log streams already (--max-followers-per-caller); end one first"
+        "{caller} keeps {limit} log streams or job waits open already (--max-followers-per-caller); end one first"
     )]
     TooManyFollowers { caller: String, limit: u32 },
     /// The caller did not prove who it is.
