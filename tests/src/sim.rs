@@ -84,8 +84,8 @@ pub struct SimFleet {
     http_base: String,
     /// The control plane's CA certificate (written at its start).
     ca_file: PathBuf,
-    /// The endpoint agents dial, with that CA.
-    dial: std::sync::OnceLock<tonic::transport::Endpoint>,
+    /// The endpoint agents dial, with that CA (PEM).
+    dial: std::sync::OnceLock<(tonic::transport::Endpoint, String)>,
     /// Where agents stage attempts' data.
     work_root: PathBuf,
     clock: Arc<dyn Clock>,
@@ -196,19 +196,20 @@ impl SimFleet {
         };
         // Made once, at the first node: the CA exists from the control
         // plane's start on.
-        let endpoint = match self.dial.get() {
+        let (endpoint, ca) = match self.dial.get() {
             Some(e) => e.clone(),
             None => {
                 let ca =
                     std::fs::read_to_string(&self.ca_file).map_err(|e| io("reading the CA", e))?;
                 let e = strato_proto::client::endpoint(&self.endpoint, Some(&ca))
                     .map_err(|e| io("the endpoint", std::io::Error::other(e.to_string())))?;
-                self.dial.get_or_init(|| e).clone()
+                self.dial.get_or_init(|| (e, ca)).clone()
             }
         };
         let config = AgentConfig {
             control_plane: self.endpoint.clone(),
             endpoint,
+            transport: session::Transport::Tls { ca_pem: Some(ca) },
             join_token: launch.join_token.clone(),
             hostname: launch.node_id.clone(),
             control_plane_id: None,

@@ -500,14 +500,211 @@ async fn an_agent_without_a_valid_join_token_is_refused() {
         .await
         .expect_err("no token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Without a CSR: INVALID_ARGUMENT naming the field, before any token
+    // is looked at; with one and a forged token: UNAUTHENTICATED.
     let e = agents
         .enroll(v1::EnrollRequest {
             join_token: "forged".into(),
             ..Default::default()
         })
         .await
+        .expect_err("no CSR");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("csr_pem"), "{e:?}");
+    let e = agents
+        .enroll(v1::EnrollRequest {
+            join_token: "forged".into(),
+            csr_pem: csr(dir.path()),
+            ..Default::default()
+        })
+        .await
         .expect_err("forged token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Enrolling again without a join token needs a node's certificate.
+    let e = agents
+        .enroll(v1::EnrollRequest {
+            csr_pem: csr(dir.path()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no certificate");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("client certificate"), "{e:?}");
+}
+
+/// A CSR for a fresh key kept under `dir`.
+fn csr(dir: &std::path::Path) -> String {
+    let keys = dir.join(format!("impostor-{}", uuid_like()));
+    strato_agent::session::credentials::Credentials::load(&keys)
+        .expect("a key")
+        .csr()
+        .expect("a CSR")
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// The variable `key` of node `node`'s agent.env, as the local provider
+/// wrote it.
+fn agent_env(cp: &ControlPlane, node: &str, key: &str) -> String {
+    let env = std::fs::read_to_string(cp.data_dir.join("nodes").join(node).join("agent.env"))
+        .expect("agent.env");
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("{key} in agent.env"))
+}
+
+/// The node's credentials directory under the local provider.
+fn credentials(cp: &ControlPlane, node: &str) -> std::path::PathBuf {
+    cp.data_dir
+        .join("nodes")
+        .join(node)
+        .join("work")
+        .join("credentials")
+}
+
+async fn one_idle_node(cp: &ControlPlane, cluster_name: &str) -> String {
+    let mut compute = cp.client().await;
+    wait_for("an idle node", LONG, || {
+        let mut compute = compute.clone();
+        async move {
+            let n = nodes(&mut compute, cluster_name).await;
+            (n.len() == 1 && n[0].state == v1::NodeState::Idle as i32).then(|| n[0].node_id.clone())
+        }
+    })
+    .await;
+    nodes(&mut compute, cluster_name).await[0].node_id.clone()
+}
+
+/// Someone who read a node's join token (it sits in the agent's
+/// environment) cannot take its place: the token was used up by the
+/// node's first enrolment, so it is refused and the node keeps its session
+/// and runs the next job. Without the node's certificate nothing of the
+/// agent service answers; the key and certificate are the agent's alone.
+#[tokio::test]
+async fn a_used_join_token_is_refused_and_the_node_keeps_its_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "held", 1, 1, 300).await;
+    let node = one_idle_node(&cp, "held").await;
+    let stolen = agent_env(&cp, &node, "STRATO_JOIN_TOKEN");
+    let mut agents = v1::agent_service_client::AgentServiceClient::new(cp.channel().await);
+    let e = agents
+        .enroll(v1::EnrollRequest {
+            join_token: stolen,
+            csr_pem: csr(dir.path()),
+            hostname: "impostor".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a used join token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("already used"), "{e:?}");
+    // The real agent still holds the node: the next job runs on it.
+    let mut jobs = cp.jobs().await;
+    let id = submit(&mut jobs, "held", "echo still-mine", 0).await;
+    let done = wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+    assert_eq!(
+        done.attempts.last().map(|a| a.node_id.as_str()),
+        Some(node.as_str())
+    );
+    assert_eq!(strato_e2e::job_output(&mut jobs, &id).await, ["still-mine"]);
+    // The node's certificate without its session token opens nothing.
+    let creds = credentials(&cp, &node);
+    let (cert, key) = (
+        std::fs::read_to_string(creds.join("node.crt")).expect("node.crt"),
+        std::fs::read_to_string(creds.join("node.key")).expect("node.key"),
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    for (path, want) in [
+        (creds.clone(), 0o700),
+        (creds.join("node.key"), 0o600),
+        (creds.join("node.crt"), 0o600),
+    ] {
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, want, "{}", path.display());
+    }
+    let ca = std::fs::read_to_string(strato_control::tls::Tls::ca_path(&cp.data_dir)).expect("ca");
+    let with_cert =
+        strato_proto::client::endpoint_with_identity(&cp.endpoint(), Some(&ca), &cert, &key)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("mutual TLS");
+    let e = v1::agent_service_client::AgentServiceClient::new(with_cert)
+        .renew_certificate(v1::RenewCertificateRequest {
+            csr_pem: csr(dir.path()),
+        })
+        .await
+        .expect_err("no session token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // And the node is still there, idle, with one session.
+    let mut compute = cp.client().await;
+    let n = nodes(&mut compute, "held").await;
+    assert_eq!((n.len(), n[0].state), (1, v1::NodeState::Idle as i32));
+}
+
+/// Node certificates are short-lived and renewed by their agents: with a
+/// 12-second lifetime, the agent has a new certificate before the first
+/// expires, keeps its session past that expiry (the next job runs), and a
+/// restarted agent enrols again with the renewed one.
+#[tokio::test]
+async fn node_certificates_are_renewed_before_they_expire() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &["--node-certificate-lifetime", "12"]).await;
+    cluster(&cp, "renew", 1, 1, 300).await;
+    let node = one_idle_node(&cp, "renew").await;
+    let path = credentials(&cp, &node).join("node.crt");
+    let first = std::fs::read_to_string(&path).expect("node.crt");
+    let issued = std::time::SystemTime::now();
+    let renewed = wait_for("a renewed certificate", LONG, || {
+        let (path, first) = (path.clone(), first.clone());
+        async move {
+            std::fs::read_to_string(&path)
+                .ok()
+                .filter(|now| *now != first)
+        }
+    })
+    .await;
+    assert!(renewed.contains("BEGIN CERTIFICATE"));
+    assert!(
+        issued.elapsed().expect("clock") < Duration::from_secs(12),
+        "renewed before the first expired"
+    );
+    // Past the first certificate's end.
+    wait_for("the first certificate to expire", LONG, || async {
+        (issued.elapsed().unwrap_or_default() > Duration::from_secs(13)).then_some(())
+    })
+    .await;
+    let mut jobs = cp.jobs().await;
+    let id = submit(&mut jobs, "renew", "echo renewed", 0).await;
+    let done = wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+    assert_eq!(
+        done.attempts.last().map(|a| a.node_id.as_str()),
+        Some(node.as_str())
+    );
+    // A restarted agent enrols with what it kept on disk.
+    cp.kill_agent(&node);
+    let mut agent = cp.restart_agent(&node).expect("restart the agent");
+    let id = submit(&mut jobs, "renew", "echo after-restart", 0).await;
+    let done = wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(
+        done.attempts.last().map(|a| a.node_id.as_str()),
+        Some(node.as_str())
+    );
+    assert!(
+        cp.log_text().contains("node certificate renewed"),
+        "the control plane logged the renewal"
+    );
 }
 
 #[tokio::test]

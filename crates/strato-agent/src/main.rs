@@ -237,6 +237,7 @@ struct Checked {
     storage_ca: Option<Vec<u8>>,
     /// The control plane, with its TLS settings.
     endpoint: tonic::transport::Endpoint,
+    transport: session::Transport,
 }
 
 /// Validates the configuration before anything starts or is bound.
@@ -248,9 +249,12 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
         url: config.control_plane.clone(),
         why,
     };
-    let endpoint = if config.insecure_plaintext {
-        strato_proto::client::insecure_endpoint(&config.control_plane)
-            .map_err(|e| bad(e.to_string()))?
+    let (endpoint, transport) = if config.insecure_plaintext {
+        (
+            strato_proto::client::insecure_endpoint(&config.control_plane)
+                .map_err(|e| bad(e.to_string()))?,
+            session::Transport::Plaintext,
+        )
     } else {
         let ca = match &config.control_plane_ca {
             None => None,
@@ -261,8 +265,11 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
                 }
             })?),
         };
-        strato_proto::client::endpoint(&config.control_plane, ca.as_deref())
-            .map_err(|e| bad(e.to_string()))?
+        (
+            strato_proto::client::endpoint(&config.control_plane, ca.as_deref())
+                .map_err(|e| bad(e.to_string()))?,
+            session::Transport::Tls { ca_pem: ca },
+        )
     };
     let launcher = match config.launcher.clone().or_else(|| {
         std::env::current_exe()
@@ -289,6 +296,7 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
         launcher,
         storage_ca,
         endpoint,
+        transport,
     })
 }
 
@@ -331,6 +339,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         launcher,
         storage_ca,
         endpoint: control_endpoint,
+        transport,
     } = checked;
     let docker = Arc::new(
         DockerRuntime::connect(Some(&config.docker_socket))
@@ -404,6 +413,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     let agent = AgentConfig {
         control_plane: config.control_plane,
         endpoint: control_endpoint,
+        transport,
         join_token: config.join_token,
         hostname,
         control_plane_id: config.control_plane_id,

@@ -1,10 +1,17 @@
-//! `AgentService`: enrolment with a join token, and each agent's session
-//! stream.
+//! `AgentService`: enrolment with a join token and a CSR, certificate
+//! renewal, and each agent's session stream.
 //!
-//! **Architecture invariant:** a node's agent authenticates twice: `Enroll`
-//! takes the join token that only the control plane handed out (for the
-//! local provider, in the agent's environment), and `Session` takes the
-//! session token `Enroll` returned. Both are stored as SHA-256 hashes only.
+//! **Architecture invariant:** a node's agent proves who it is with a
+//! single-use join token once (handed out by the control plane only: for
+//! the local provider, in the agent's environment; it expires with
+//! `--node-start-timeout`), and from then on with the client certificate
+//! `Enroll` signed for it, naming its node, which the TLS handshake checks
+//! against the control plane's CA. `Session`, `RenewCertificate`,
+//! `IdentityService` and every re-enrolment require that certificate, and
+//! the first three the session token `Enroll` returned besides, both naming
+//! the same node. Join and session tokens are stored as SHA-256 hashes
+//! only. Without TLS (`--insecure-plaintext`, loopback only) there are no
+//! certificates: the last session token re-enrols.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::grpc::store_status as status;
 use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
-    AttemptReport, EnrollReport, JobRecord, LogRecord, NodeUsage, ReportOutcome, Store, StoreError,
+    AttemptReport, EnrollReport, Enrolment, JobRecord, LogRecord, NodeRecord, NodeUsage,
+    ReportOutcome, Store, StoreError,
 };
 
 pub struct AgentApi<S> {
@@ -54,16 +62,105 @@ pub(crate) fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControlMessage, Status>> + Send>>;
 
+/// The node a request's client certificate names (verified against the
+/// control plane's CA by the TLS handshake); `None` without one.
+fn certified_node<T>(request: &Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    crate::tls::node_of(certs.first()?)
+}
+
+/// The node an agent's call comes from: the one its session token names,
+/// which under TLS must also be the one its client certificate names.
+pub(crate) async fn authenticate_node<S: Store, T>(
+    plane: &Plane<S>,
+    request: &Request<T>,
+) -> Result<NodeRecord, Status> {
+    let token = bearer(request)?;
+    let node = plane
+        .store
+        .node_by_session(&hash_token(&token))
+        .await
+        .map_err(|e| match e {
+            StoreError::BadToken => {
+                Status::unauthenticated("session token not recognised; enrol again")
+            }
+            other => status(other),
+        })?;
+    if plane.tls.is_some() {
+        match certified_node(request) {
+            None => {
+                return Err(Status::unauthenticated(
+                    "a node's client certificate is required (mutual TLS); the agent gets one when it enrols",
+                ));
+            }
+            Some(certified) if certified != node.node_id => {
+                tracing::warn!(certificate = %certified, session = %node.node_id, "refused: certificate and session token name different nodes");
+                return Err(Status::permission_denied(format!(
+                    "the client certificate names node {certified}, the session token node {}",
+                    node.node_id
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(node)
+}
+
+fn certificate(issued: crate::tls::NodeCertificate) -> v1::NodeCertificate {
+    v1::NodeCertificate {
+        certificate_pem: issued.pem,
+        not_after: issued.not_after,
+        not_before: issued.issued_at,
+    }
+}
+
 #[tonic::async_trait]
 impl<S: Store> AgentService for AgentApi<S> {
     async fn enroll(
         &self,
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
+        let certified = certified_node(&request);
+        let last_session = bearer(&request).ok();
         let r = request.into_inner();
-        if r.join_token.is_empty() {
-            return Err(Status::unauthenticated("join_token is required"));
-        }
+        // Checked before the join token is used up: a bad CSR costs none.
+        let csr = match &self.plane.tls {
+            Some(_) => Some(
+                crate::tls::Csr::parse(&r.csr_pem)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let join_hash = hash_token(&r.join_token);
+        let again = if !r.join_token.is_empty() {
+            None
+        } else if self.plane.tls.is_some() {
+            Some(certified.ok_or_else(|| {
+                Status::unauthenticated(
+                    "join_token is required; a node that enrolled before enrols again with its client certificate",
+                )
+            })?)
+        } else {
+            let last = last_session.ok_or_else(|| {
+                Status::unauthenticated(
+                    "join_token is required; without TLS a node that enrolled before enrols again with its last session token as authorization",
+                )
+            })?;
+            let node = self
+                .plane
+                .store
+                .node_by_session(&hash_token(&last))
+                .await
+                .map_err(|e| match e {
+                    StoreError::BadToken => Status::unauthenticated("session token not recognised"),
+                    other => status(other),
+                })?;
+            Some(node.node_id)
+        };
+        let by = match &again {
+            None => Enrolment::JoinToken(&join_hash),
+            Some(node) => Enrolment::Node(node),
+        };
         let session_token = new_token();
         // An agent that reports a count but no details (an older one) has
         // that many GPUs of unknown health: taken as healthy.
@@ -90,7 +187,7 @@ impl<S: Store> AgentService for AgentApi<S> {
             .plane
             .store
             .enroll(
-                &hash_token(&r.join_token),
+                by,
                 &hash_token(&session_token),
                 &EnrollReport {
                     hostname: r.hostname.clone(),
@@ -105,6 +202,11 @@ impl<S: Store> AgentService for AgentApi<S> {
                 StoreError::BadToken => {
                     tracing::warn!(hostname = %r.hostname, "enrolment refused: unknown join token");
                     Status::unauthenticated("join token not recognised")
+                }
+                e @ (StoreError::JoinTokenUsed(_) | StoreError::JoinTokenExpired(_)) => {
+                    // The node's own session, if any, is untouched.
+                    tracing::warn!(hostname = %r.hostname, reason = %e, "enrolment refused");
+                    Status::unauthenticated(e.to_string())
                 }
                 StoreError::Conflict(m) => Status::failed_precondition(m.to_string()),
                 other => status(other),
@@ -129,9 +231,18 @@ impl<S: Store> AgentService for AgentApi<S> {
             self.plane.events.changed();
             return Err(Status::failed_precondition(reason));
         }
+        let certificate = match (&self.plane.tls, csr) {
+            (Some(tls), Some(csr)) => Some(certificate(
+                tls.nodes
+                    .sign(csr, &node.node_id)
+                    .map_err(|e| Status::internal(format!("{e:#}")))?,
+            )),
+            _ => None,
+        };
         tracing::info!(
             node = %node.node_id, cluster = %node.cluster, hostname = %r.hostname,
-            metrics_url = %r.metrics_url, gpus = r.gpus, "agent enrolled"
+            metrics_url = %r.metrics_url, gpus = r.gpus, again = again.is_some(),
+            "agent enrolled"
         );
         self.plane.events.changed();
         Ok(Response::new(v1::EnrollResponse {
@@ -139,7 +250,35 @@ impl<S: Store> AgentService for AgentApi<S> {
             cluster: node.cluster,
             session_token,
             heartbeat_interval_seconds: self.plane.settings.config.heartbeat_interval,
+            certificate,
         }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<v1::RenewCertificateRequest>,
+    ) -> Result<Response<v1::NodeCertificate>, Status> {
+        let node = authenticate_node(&self.plane, &request).await?;
+        let Some(tls) = &self.plane.tls else {
+            return Err(Status::failed_precondition(
+                "this control plane serves without TLS (--insecure-plaintext): nodes have no certificates",
+            ));
+        };
+        if !strato_core::lifecycle::may_enrol(node.state) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is {}: it gets no new certificate",
+                node.node_id,
+                node.state.as_str()
+            )));
+        }
+        let csr = crate::tls::Csr::parse(&request.get_ref().csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = tls
+            .nodes
+            .sign(csr, &node.node_id)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        tracing::info!(node = %node.node_id, not_after = issued.not_after, "node certificate renewed");
+        Ok(Response::new(certificate(issued)))
     }
 
     type SessionStream = SessionStream;
@@ -148,18 +287,7 @@ impl<S: Store> AgentService for AgentApi<S> {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let token = bearer(&request)?;
-        let node = self
-            .plane
-            .store
-            .node_by_session(&hash_token(&token))
-            .await
-            .map_err(|e| match e {
-                StoreError::BadToken => {
-                    Status::unauthenticated("session token not recognised; enrol again")
-                }
-                other => status(other),
-            })?;
+        let node = authenticate_node(&self.plane, &request).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(1024);
         let generation = self.plane.sessions.open(&node.node_id, tx);

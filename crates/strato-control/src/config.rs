@@ -56,6 +56,17 @@ pub struct Config {
     #[arg(long, env = "STRATO_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
 
+    /// Seconds a node's client certificate is valid (10 s to 30 days). Its
+    /// agent renews it when two thirds of that have passed, and at every
+    /// re-enrolment; a node cut off for longer needs a new join token.
+    #[arg(
+        long,
+        env = "STRATO_NODE_CERTIFICATE_LIFETIME",
+        default_value_t = 86_400,
+        value_name = "SECONDS"
+    )]
+    pub node_certificate_lifetime: u64,
+
     /// The region this control plane runs in: the default location of new
     /// clusters. Clusters elsewhere are accepted with a warning.
     #[arg(long, env = "STRATO_REGION", default_value = "local")]
@@ -231,6 +242,8 @@ pub enum ConfigError {
     SubmitRate { rate: f64, burst: u32 },
     #[error("--max-followers-per-caller must be above 0")]
     Followers,
+    #[error("--node-certificate-lifetime {0}: must be 10 to 2592000 seconds (30 days)")]
+    NodeCertificateLifetime(u64),
     #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
     SameAddress(SocketAddr),
     #[error(
@@ -370,6 +383,11 @@ impl Config {
         }
         if self.max_followers_per_caller == 0 {
             return Err(ConfigError::Followers);
+        }
+        if !(10..=30 * 86_400).contains(&self.node_certificate_lifetime) {
+            return Err(ConfigError::NodeCertificateLifetime(
+                self.node_certificate_lifetime,
+            ));
         }
         if self.insecure_plaintext && !self.grpc_listen.ip().is_loopback() {
             return Err(ConfigError::PlaintextNotLoopback(self.grpc_listen));

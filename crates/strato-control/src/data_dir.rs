@@ -71,11 +71,5 @@ pub fn control_plane_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
 /// Writes `bytes` to `path` (0600) whole or not at all: into a new file
 /// beside it, then renamed over it, so a crash never leaves half a file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    // Left by a start that died between the write and the rename.
-    let _ = std::fs::remove_file(&tmp);
-    write_new_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    strato_runtime::write_private(path, bytes)
 }

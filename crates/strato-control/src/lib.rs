@@ -162,8 +162,18 @@ pub async fn serve(
         let names =
             tls::subject_alt_names(&[grpc_addr.ip(), http_addr.ip()], &settings.config.tls_sans);
         let given = (settings.config.tls_cert.as_deref()).zip(settings.config.tls_key.as_deref());
-        Some(tls::Tls::load_or_create(&settings.config.data_dir, &names, given).context("TLS")?)
+        Some(
+            tls::Tls::load_or_create(
+                &settings.config.data_dir,
+                &names,
+                given,
+                settings.config.node_certificate_lifetime,
+            )
+            .context("TLS")?,
+        )
     };
+    // The CA signs node certificates for as long as the control plane runs.
+    let tls = tls.map(Arc::new);
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let followers_per_caller = settings.config.max_followers_per_caller;
     let plane = Arc::new(Plane {
@@ -181,9 +191,10 @@ pub async fn serve(
         events: Events::default(),
         submits: plane::SubmitLimits::new(settings_rate.0, settings_rate.1),
         followers: Arc::new(plane::Followers::new(followers_per_caller)),
+        tls: tls.clone(),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
-    write_admin_conf(&plane.settings.config, &access, tls.as_ref(), grpc_addr).await?;
+    write_admin_conf(&plane.settings.config, &access, tls.as_deref(), grpc_addr).await?;
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -207,11 +218,16 @@ pub async fn serve(
     }
     let reconciler =
         tokio::spawn(reconcile::Reconciler::new(plane.clone()).run(stopped(stop_rx.clone())));
+    // Client certificates are optional at the handshake (users bring
+    // bearer tokens); the agent services require a node's.
     let server_tls = tls.map(|tls| {
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
-            &tls.server_cert_pem,
-            &tls.server_key_pem,
-        ))
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.server_cert_pem,
+                &tls.server_key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+            .client_auth_optional(true)
     });
     let grpc_server = grpc_server(
         plane.clone(),

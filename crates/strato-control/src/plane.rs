@@ -297,6 +297,9 @@ pub struct Plane<S> {
     pub submits: SubmitLimits,
     /// Open `logs --follow` streams per caller.
     pub followers: std::sync::Arc<Followers>,
+    /// The TLS the control plane serves, with the CA that signs node
+    /// certificates; `None` under `--insecure-plaintext`.
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 /// How many long-lived calls (log streams followed, jobs waited on) each

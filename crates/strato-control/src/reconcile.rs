@@ -324,10 +324,28 @@ impl<S: Store> Reconciler<S> {
         let node_id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let join_token = new_token();
         let limits = &self.plane.settings.quota;
+        // Single use, and only while the node may still enrol: one that has
+        // not within --node-start-timeout is replaced with a new token.
+        let start_timeout_ms = i64::try_from(
+            self.plane
+                .settings
+                .config
+                .node_start_timeout
+                .saturating_mul(1000),
+        )
+        .unwrap_or(i64::MAX);
+        let join_expires_at = now.saturating_add(start_timeout_ms);
         let node = match self
             .plane
             .store
-            .create_node(name, &node_id, &hash_token(&join_token), limits, now)
+            .create_node(
+                name,
+                &node_id,
+                &hash_token(&join_token),
+                join_expires_at,
+                limits,
+                now,
+            )
             .await
         {
             Ok(n) => n,

@@ -4,6 +4,9 @@
 //! `--tls-san` takes effect on restart) and kept in memory only.
 //! `--tls-cert`/`--tls-key` serve a certificate of the operator's instead.
 //!
+//! The same CA signs each node's client certificate ([`NodeCa`]): short
+//! lived, naming the node, renewed by its agent.
+//!
 //! Files (0600, in a 0700 directory): `ca.crt`, `ca.key`. Rotating the
 //! CA: stop the control plane,
 //! move `tls/` away, start it (a new CA), and hand the new `ca.crt` to
@@ -34,6 +37,8 @@ pub struct Tls {
     pub serves_own_ca: bool,
     pub server_cert_pem: String,
     pub server_key_pem: String,
+    /// Signs the nodes' client certificates.
+    pub nodes: NodeCa,
 }
 
 impl std::fmt::Debug for Tls {
@@ -77,11 +82,13 @@ fn days(n: i64) -> time::Duration {
 impl Tls {
     /// Loads the CA from `DATA_DIR/tls/` (making it at first start) and
     /// issues the server certificate for `names`, or reads the operator's
-    /// `given` certificate and key.
+    /// `given` certificate and key. Node certificates last
+    /// `node_lifetime_s`.
     pub fn load_or_create(
         data_dir: &Path,
         names: &[String],
         given: Option<(&Path, &Path)>,
+        node_lifetime_s: u64,
     ) -> anyhow::Result<Tls> {
         let dir = data_dir.join("tls");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -118,6 +125,10 @@ impl Tls {
             }
         };
         Ok(Tls {
+            nodes: NodeCa {
+                issuer,
+                lifetime_s: i64::try_from(node_lifetime_s).unwrap_or(i64::MAX),
+            },
             ca_pem,
             serves_own_ca,
             server_cert_pem,
@@ -129,6 +140,106 @@ impl Tls {
     pub fn ca_path(data_dir: &Path) -> PathBuf {
         data_dir.join("tls").join("ca.crt")
     }
+}
+
+/// The organisation of every node certificate: what tells one apart from
+/// any other certificate this CA signed.
+const NODE_ORGANISATION: &str = "Strato nodes";
+
+/// How far a node certificate's validity starts before its issue, for
+/// clocks a little apart.
+const CLOCK_SKEW_S: i64 = 60;
+
+/// Signs nodes' client certificates with the control plane's CA.
+pub struct NodeCa {
+    issuer: Issuer<'static, KeyPair>,
+    lifetime_s: i64,
+}
+
+impl std::fmt::Debug for NodeCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCa")
+            .field("lifetime_s", &self.lifetime_s)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node's client certificate, as issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertificate {
+    pub pem: String,
+    /// Seconds since the epoch: when it was issued, and when it stops
+    /// being valid.
+    pub issued_at: i64,
+    pub not_after: i64,
+}
+
+/// Why a CSR cannot be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("csr_pem is required: a PKCS#10 certificate signing request (PEM) for the node's key")]
+    Missing,
+    #[error("csr_pem: not a PKCS#10 certificate signing request with a valid signature ({0})")]
+    Invalid(String),
+}
+
+/// A CSR whose signature checked out, to be signed once the node is known.
+pub struct Csr(rcgen::CertificateSigningRequestParams);
+
+impl Csr {
+    /// Parses `pem` and checks that its key signed it.
+    pub fn parse(pem: &str) -> Result<Csr, CsrError> {
+        if pem.trim().is_empty() {
+            return Err(CsrError::Missing);
+        }
+        if pem.len() > 16 * 1024 {
+            return Err(CsrError::Invalid("over 16 KiB".into()));
+        }
+        rcgen::CertificateSigningRequestParams::from_pem(pem)
+            .map(Csr)
+            .map_err(|e| CsrError::Invalid(e.to_string()))
+    }
+}
+
+impl NodeCa {
+    /// Signs `csr`'s key into a client certificate naming `node_id` (the
+    /// subject CN; what the CSR asked for is ignored), valid from now.
+    pub fn sign(&self, csr: Csr, node_id: &str) -> anyhow::Result<NodeCertificate> {
+        let mut csr = csr.0;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::OrganizationName, NODE_ORGANISATION);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        let not_after = now + time::Duration::seconds(self.lifetime_s);
+        params.not_before = now - time::Duration::seconds(CLOCK_SKEW_S);
+        params.not_after = not_after;
+        csr.params = params;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .context("signing the node certificate")?;
+        Ok(NodeCertificate {
+            pem: cert.pem(),
+            issued_at: now.unix_timestamp(),
+            not_after: not_after.unix_timestamp(),
+        })
+    }
+}
+
+/// The node a verified client certificate names (its subject CN), if it
+/// is a node certificate (not, say, a server certificate of the same CA).
+pub fn node_of(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let subject = cert.subject();
+    let organisation = subject.iter_organization().next()?.as_str().ok()?;
+    if organisation != NODE_ORGANISATION {
+        return None;
+    }
+    let node = subject.iter_common_name().next()?.as_str().ok()?;
+    Some(node.to_owned())
 }
 
 fn name(common_name: &str) -> DistinguishedName {
@@ -189,8 +300,8 @@ mod tests {
         assert!(
             names.contains(&"10.1.2.3".to_owned()) && names.contains(&"cp.example.com".to_owned())
         );
-        let first = Tls::load_or_create(dir.path(), &names, None).expect("first start");
-        let second = Tls::load_or_create(dir.path(), &names, None).expect("second start");
+        let first = Tls::load_or_create(dir.path(), &names, None, 3600).expect("first start");
+        let second = Tls::load_or_create(dir.path(), &names, None, 3600).expect("second start");
         assert_eq!(first.ca_pem, second.ca_pem, "the CA is kept");
         assert_ne!(
             first.server_key_pem, second.server_key_pem,
@@ -208,5 +319,46 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+    }
+
+    fn csr(common_name: &str) -> String {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    }
+
+    #[test]
+    fn a_node_certificate_names_the_node_whatever_the_csr_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load_or_create(dir.path(), &["localhost".into()], None, 600).expect("tls");
+        let csr = Csr::parse(&csr("someone-else")).expect("a valid CSR");
+        let cert = tls.nodes.sign(csr, "cpu-n0").expect("signed");
+        assert!((590..=610).contains(&(cert.not_after - cert.issued_at)));
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let der = CertificateDer::from_pem_slice(cert.pem.as_bytes()).expect("pem");
+        assert_eq!(node_of(&der).as_deref(), Some("cpu-n0"));
+        // The server certificate of the same CA names no node.
+        let server = CertificateDer::from_pem_slice(tls.server_cert_pem.as_bytes()).expect("pem");
+        assert_eq!(node_of(&server), None);
+    }
+
+    #[test]
+    fn a_csr_must_be_there_and_signed_by_its_key() {
+        assert!(matches!(Csr::parse(""), Err(CsrError::Missing)));
+        let mut bad = csr("x");
+        // Flip a character inside the base64 body: the signature fails.
+        let at = bad.len() / 2;
+        let flipped = if &bad[at..=at] == "A" { "B" } else { "A" };
+        bad.replace_range(at..=at, flipped);
+        assert!(matches!(Csr::parse(&bad), Err(CsrError::Invalid(_))));
+        assert!(matches!(
+            Csr::parse(&"x".repeat(20_000)),
+            Err(CsrError::Invalid(_))
+        ));
     }
 }

@@ -25,6 +25,30 @@ pub enum EndpointError {
 
 /// A TLS endpoint for `url`, trusting `ca_pem` (else the system's roots).
 pub fn endpoint(url: &str, ca_pem: Option<&str>) -> Result<Endpoint, EndpointError> {
+    tls_endpoint(url, ca_pem, None)
+}
+
+/// A TLS endpoint for `url` that trusts `ca_pem` (else the system's
+/// roots) and presents a client certificate (a node's: `cert_pem` with its
+/// key `key_pem`).
+pub fn endpoint_with_identity(
+    url: &str,
+    ca_pem: Option<&str>,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Endpoint, EndpointError> {
+    tls_endpoint(
+        url,
+        ca_pem,
+        Some(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
+    )
+}
+
+fn tls_endpoint(
+    url: &str,
+    ca_pem: Option<&str>,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<Endpoint, EndpointError> {
     if url.starts_with("http://") {
         return Err(EndpointError::Plaintext(url.to_owned()));
     }
@@ -36,6 +60,9 @@ pub fn endpoint(url: &str, ca_pem: Option<&str>) -> Result<Endpoint, EndpointErr
         Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
         None => tls.with_native_roots(),
     };
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
     Endpoint::from_shared(url.to_owned())
         .map_err(|_| EndpointError::NotUrl(url.to_owned()))?
         .tls_config(tls)

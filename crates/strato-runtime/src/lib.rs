@@ -3,7 +3,8 @@
 //! [`DockerRuntime`], its implementation on the Docker engine API (bollard,
 //! over the engine's unix socket), and, with the `fake` feature,
 //! [`fake::FakeRuntime`], an in-memory engine for tests. Beside it the other
-//! boundary both binaries share: the [`Clock`].
+//! boundaries both binaries share: the [`Clock`], and [`write_private`]
+//! for their keys and secrets.
 //!
 //! Containers are found again by name (`strato-<job>-<attempt>-<node>`) and by the
 //! `strato.*` labels, so an agent that restarts can pick up the containers it
@@ -18,12 +19,14 @@ mod clock;
 mod docker;
 #[cfg(feature = "fake")]
 pub mod fake;
+mod files;
 mod frames;
 
 #[cfg(feature = "fake")]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use docker::{DockerRuntime, PIDS_LIMIT};
+pub use files::write_private;
 pub use strato_core::naming::{
     LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB, LABEL_NETWORK, LABEL_NODE,
 };

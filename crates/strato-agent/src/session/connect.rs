@@ -1,6 +1,8 @@
-//! Reaching the control plane: enrol, report the containers this node holds,
-//! open the session stream; between sessions, reconnect with backoff, and
-//! give up (removing this node's containers) after `--give-up-after`.
+//! Reaching the control plane: enrol (the first time with the join token,
+//! then with the node's client certificate), report the containers this
+//! node holds, open the session stream and keep the certificate renewed;
+//! between sessions, reconnect with backoff, and give up (removing this
+//! node's containers) after `--give-up-after`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use super::{AgentConfig, IdentityContext, SessionError, session, up};
+use super::credentials::Credentials;
+use super::{AgentConfig, IdentityContext, SessionError, Transport, session, up};
 use crate::telemetry;
 
 /// Waits between sessions: 250 ms after the first failure, doubling up to
@@ -40,6 +43,10 @@ pub(super) struct Contact {
     pub node: Option<String>,
     /// Enrolments so far: one more means the control plane was reached.
     pub enrolments: u64,
+    /// The node's key and certificate (with TLS).
+    pub credentials: Option<Arc<Credentials>>,
+    /// The last session token: without TLS, what re-enrols.
+    pub session_token: Option<String>,
 }
 
 /// Runs sessions until the join token is refused; reconnects with backoff
@@ -52,6 +59,11 @@ pub async fn run<R: ContainerRuntime>(
     let mut failures = 0;
     let mut last_contact = tokio::time::Instant::now();
     let mut contact = Contact::default();
+    if let Transport::Tls { .. } = config.transport {
+        contact.credentials = Some(Arc::new(Credentials::load(
+            &identity.work_dir.join("credentials"),
+        )?));
+    }
     loop {
         let enrolments = contact.enrolments;
         let result = session(&config, &runtime, &identity, &mut contact).await;
@@ -123,9 +135,26 @@ pub(super) async fn open<R: ContainerRuntime>(
     identity: &IdentityContext,
     contact: &mut Contact,
 ) -> Result<Opened, SessionError> {
-    let channel: Channel = config
-        .endpoint
-        .clone()
+    // Once enrolled, the node proves who it is with its certificate (or,
+    // without TLS, its last session token); the join token is used up.
+    let held = contact.credentials.as_ref().and_then(|c| c.identity());
+    let endpoint = match (&config.transport, &held) {
+        (Transport::Tls { ca_pem }, Some((cert, key))) => {
+            strato_proto::client::endpoint_with_identity(
+                &config.control_plane,
+                ca_pem.as_deref(),
+                cert,
+                key,
+            )
+            .map_err(|e| SessionError::Refused(e.to_string()))?
+        }
+        _ => config.endpoint.clone(),
+    };
+    let again = match config.transport {
+        Transport::Tls { .. } => held.is_some(),
+        Transport::Plaintext => contact.session_token.is_some(),
+    };
+    let channel: Channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -135,31 +164,62 @@ pub(super) async fn open<R: ContainerRuntime>(
         })?;
     let mut client = AgentServiceClient::new(channel.clone());
     let gpus = identity.gpus.sample();
-    let enrolled = client
-        .enroll(v1::EnrollRequest {
-            join_token: config.join_token.clone(),
-            hostname: config.hostname.clone(),
-            vcpus: std::thread::available_parallelism()
-                .map(|n| u32::try_from(n.get()).unwrap_or(1))
-                .unwrap_or(1),
-            memory_bytes: telemetry::memory().0,
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            metrics_url: identity.metrics_url.clone(),
-            gpus: u32::try_from(gpus.len()).unwrap_or(0),
-            gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
-        })
-        .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition => {
-                SessionError::Refused(s.message().to_owned())
+    let csr = match &contact.credentials {
+        Some(c) => c.csr()?,
+        None => String::new(),
+    };
+    let mut request = tonic::Request::new(v1::EnrollRequest {
+        join_token: if again {
+            String::new()
+        } else {
+            config.join_token.clone()
+        },
+        csr_pem: csr,
+        hostname: config.hostname.clone(),
+        vcpus: std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(1))
+            .unwrap_or(1),
+        memory_bytes: telemetry::memory().0,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        metrics_url: identity.metrics_url.clone(),
+        gpus: u32::try_from(gpus.len()).unwrap_or(0),
+        gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
+    });
+    if let (Transport::Plaintext, Some(last)) = (&config.transport, &contact.session_token) {
+        let bearer = format!("Bearer {last}")
+            .parse()
+            .map_err(|_| SessionError::BadSessionToken)?;
+        request.metadata_mut().insert("authorization", bearer);
+    }
+    let enrolled = match client.enroll(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if again && s.code() == tonic::Code::Unauthenticated => {
+            // The control plane no longer knows this certificate or session
+            // (a new CA, a restored database): try the join token next.
+            tracing::warn!(error = %s.message(), "re-enrolment refused; trying the join token");
+            if let Some(c) = &contact.credentials {
+                c.forget();
             }
-            _ => SessionError::Enrol(s),
-        })?
-        .into_inner();
+            contact.session_token = None;
+            return Err(SessionError::Enrol(s));
+        }
+        Err(s) => {
+            return Err(match s.code() {
+                tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition => {
+                    SessionError::Refused(s.message().to_owned())
+                }
+                _ => SessionError::Enrol(s),
+            });
+        }
+    };
     let node_id = enrolled.node_id.clone();
     contact.node = Some(node_id.clone());
     contact.enrolments += 1;
-    tracing::info!(node = %node_id, cluster = %enrolled.cluster, "enrolled");
+    contact.session_token = Some(enrolled.session_token.clone());
+    if let (Some(c), Some(cert)) = (&contact.credentials, &enrolled.certificate) {
+        c.store(cert)?;
+    }
+    tracing::info!(node = %node_id, cluster = %enrolled.cluster, again, "enrolled");
 
     // Bounded in messages, each bounded in bytes (`strato_core::limits`):
     // output faster than the control plane stores it waits here.
@@ -212,6 +272,64 @@ pub(super) async fn open<R: ContainerRuntime>(
         tx,
         inbound,
     })
+}
+
+/// Renews the node's certificate over the session's channel when two
+/// thirds of its lifetime have passed, for as long as the session lasts; a
+/// failed renewal is tried again a little later (the certificate is still
+/// valid, and the next enrolment renews it too).
+pub(super) async fn renew_certificate(
+    credentials: Arc<Credentials>,
+    channel: Channel,
+    session_token: String,
+) {
+    let Ok(bearer) = format!("Bearer {session_token}").parse::<tonic::metadata::MetadataValue<_>>()
+    else {
+        return;
+    };
+    let mut client = AgentServiceClient::new(channel);
+    let mut failures = 0;
+    loop {
+        let Some(wait) = credentials.renew_in() else {
+            return;
+        };
+        tokio::time::sleep(if failures == 0 {
+            wait
+        } else {
+            reconnect_wait(failures)
+        })
+        .await;
+        let csr = match credentials.csr() {
+            Ok(csr) => csr,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the node certificate");
+                return;
+            }
+        };
+        let mut request = tonic::Request::new(v1::RenewCertificateRequest { csr_pem: csr });
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        match client.renew_certificate(request).await {
+            Ok(cert) => match credentials.store(cert.get_ref()) {
+                Ok(()) => {
+                    failures = 0;
+                    tracing::info!(
+                        not_after = cert.get_ref().not_after,
+                        "node certificate renewed"
+                    );
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "cannot keep the renewed node certificate");
+                }
+            },
+            Err(s) => {
+                failures += 1;
+                tracing::warn!(error = %s.message(), "node certificate not renewed; trying again");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

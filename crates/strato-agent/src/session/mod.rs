@@ -31,6 +31,7 @@ use crate::telemetry::{AgentHealth, GpuSource};
 
 mod attempt;
 mod connect;
+pub mod credentials;
 mod dispatch;
 mod evictions;
 mod heartbeat;
@@ -44,8 +45,12 @@ pub use staging::DataPlan;
 pub struct AgentConfig {
     /// The control plane's address, for messages.
     pub control_plane: String,
-    /// The control plane to dial, with its TLS settings.
+    /// The control plane to dial, with its TLS settings (and no client
+    /// certificate: the one for a first enrolment).
     pub endpoint: tonic::transport::Endpoint,
+    /// How the control plane is reached: with TLS, the node enrols with a
+    /// CSR and presents its client certificate from then on.
+    pub transport: Transport,
     /// Secret; never logged.
     pub join_token: String,
     pub hostname: String,
@@ -63,6 +68,16 @@ pub struct AgentConfig {
     /// Whether job processes may gain privileges (`--allow-new-privileges`,
     /// for images that need `sudo`).
     pub allow_new_privileges: bool,
+}
+
+/// How the agent reaches the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS, trusting this CA (PEM), else the system's roots.
+    Tls { ca_pem: Option<String> },
+    /// `--insecure-plaintext` (loopback only): no certificates; the agent
+    /// re-enrols with its last session token.
+    Plaintext,
 }
 
 /// Why a session ended. [`SessionError::is_fatal`] ones end [`run`]; the
@@ -92,6 +107,9 @@ pub enum SessionError {
     /// Listing this node's containers failed.
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    /// The node's key or certificate cannot be read or kept.
+    #[error("{0}")]
+    Credentials(#[from] credentials::CredentialsError),
     /// The control plane could not be reached for `--give-up-after`.
     #[error("gave up after {waited:?} without reaching the control plane: {last_error}")]
     GaveUp {
@@ -151,6 +169,7 @@ async fn session<R: ContainerRuntime>(
         mut inbound,
     } = connect::open(config, runtime, identity, contact).await?;
     let node_id = enrolled.node_id.clone();
+    let channel_for_renewal = channel.clone();
     identity
         .vending
         .connected(Some((channel, enrolled.session_token.clone())));
@@ -194,6 +213,13 @@ async fn session<R: ContainerRuntime>(
         identity.clock.clone(),
         tx.clone(),
     ));
+    let renewal = contact.credentials.clone().map(|credentials| {
+        tokio::spawn(connect::renew_certificate(
+            credentials,
+            channel_for_renewal,
+            enrolled.session_token.clone(),
+        ))
+    });
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
     let mut dispatch = dispatch::Dispatch {
         config,
@@ -224,6 +250,9 @@ async fn session<R: ContainerRuntime>(
     heartbeats.abort();
     sampler.abort();
     evictions.abort();
+    if let Some(renewal) = renewal {
+        renewal.abort();
+    }
     identity
         .health
         .connected

@@ -1,23 +1,22 @@
 //! Token vending: access tokens for the identities of a job's cluster.
 //!
-//! **Architecture invariant:** a token is issued only to an agent (its
-//! session token), only for a job attempt that the store places on that
-//! agent's node right now, and only for an identity of that job's cluster.
+//! **Architecture invariant:** a token is issued only to a node's agent
+//! (authenticated by its session token and, under TLS, its client
+//! certificate), only for a job attempt that the store places on that node
+//! right now, and only for an identity of that job's cluster.
 
 use std::sync::Arc;
 
 use strato_core::identity::{IdentitySelector, SelectError, select};
 
 use super::{Action, AppError, Caller, Internal, NotFound, Precondition, authorize};
-use crate::plane::{Plane, hash_token};
+use crate::plane::Plane;
 use crate::store::{Store, StoreError};
 use crate::tokens::IssuedToken;
 
 /// What an agent asks for on behalf of a job attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequest {
-    /// The agent's session token.
-    pub session_token: String,
     pub job_id: String,
     pub attempt: u32,
     /// The token's audience.
@@ -34,22 +33,21 @@ impl<S: Store> Vending<S> {
         Vending { plane }
     }
 
+    pub fn plane(&self) -> &Plane<S> {
+        &self.plane
+    }
+
     pub async fn get_token(
         &self,
         caller: &Caller,
         r: TokenRequest,
     ) -> Result<IssuedToken, AppError> {
-        let node = self
-            .plane
-            .store
-            .node_by_session(&hash_token(&r.session_token))
-            .await
-            .map_err(|e| match e {
-                StoreError::BadToken => {
-                    AppError::Unauthenticated("session token not recognised".into())
-                }
-                other => other.into(),
-            })?;
+        let Caller::Node(node_id) = caller else {
+            return Err(AppError::PermissionDenied(format!(
+                "{} is not a node: only agents get tokens for jobs",
+                caller.principal()
+            )));
+        };
         if r.resource.is_empty() {
             return Err(AppError::InvalidArgument(strato_core::FieldError::new(
                 "resource",
@@ -72,12 +70,12 @@ impl<S: Store> Vending<S> {
         let on_this_node = job
             .attempts
             .iter()
-            .any(|a| a.attempt == job.attempt && a.node_ids.contains(&node.node_id));
+            .any(|a| a.attempt == job.attempt && a.node_ids.contains(node_id));
         if !on_this_node || job.attempt != r.attempt || !job.state.on_node() {
-            tracing::warn!(node = %node.node_id, job = %r.job_id, attempt = r.attempt, "token refused: attempt not on this node");
+            tracing::warn!(node = %node_id, job = %r.job_id, attempt = r.attempt, "token refused: attempt not on this node");
             return Err(AppError::PermissionDenied(format!(
                 "attempt {} of job {} does not run on node {}",
-                r.attempt, r.job_id, node.node_id
+                r.attempt, r.job_id, node_id
             )));
         }
         authorize(caller, Action::GetToken, Some(&job.spec.cluster))?;
@@ -103,7 +101,7 @@ impl<S: Store> Vending<S> {
                 })?,
         };
         tracing::info!(
-            node = %node.node_id, job = %job.id, attempt = job.attempt,
+            node = %node_id, job = %job.id, attempt = job.attempt,
             client_id = %identity.client_id, resource = %r.resource, "token issued"
         );
         Ok(issued)

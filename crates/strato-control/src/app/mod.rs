@@ -160,7 +160,9 @@ impl From<StoreError> for AppError {
             StoreError::NodeNotFound(n) => AppError::NotFound(NotFound::Node(n)),
             StoreError::ClusterExists(n) => AppError::AlreadyExists(AlreadyExists::Cluster(n)),
             StoreError::DatastoreExists(n) => AppError::AlreadyExists(AlreadyExists::Datastore(n)),
-            StoreError::BadToken => AppError::Unauthenticated(StoreError::BadToken.to_string()),
+            e @ (StoreError::BadToken
+            | StoreError::JoinTokenUsed(_)
+            | StoreError::JoinTokenExpired(_)) => AppError::Unauthenticated(e.to_string()),
             e @ (StoreError::TokenExists(_) | StoreError::AssignmentExists { .. }) => {
                 AppError::AlreadyExists(AlreadyExists::Access(e.to_string()))
             }
@@ -210,9 +212,9 @@ pub enum Caller {
     /// A user or program with a bearer token (an API token, an OIDC JWT),
     /// and every role it holds.
     User(Principal),
-    /// A node's agent, on the agent-only services; the use case checks
-    /// the session token it brings.
-    Agent,
+    /// A node's agent, on the agent-only services, authenticated as node
+    /// `0` by its session token and (under TLS) its client certificate.
+    Node(String),
 }
 
 /// An authenticated principal: `token:NAME`, or `oidc:SUBJECT`, and its
@@ -228,7 +230,7 @@ impl Caller {
     pub fn principal(&self) -> &str {
         match self {
             Caller::User(p) => &p.name,
-            Caller::Agent => "agent",
+            Caller::Node(node) => node,
         }
     }
 
@@ -236,7 +238,7 @@ impl Caller {
     pub fn grants(&self) -> &[Grant] {
         match self {
             Caller::User(p) => &p.grants,
-            Caller::Agent => &[],
+            Caller::Node(_) => &[],
         }
     }
 
@@ -268,7 +270,7 @@ pub fn authorize_at(caller: &Caller, action: Action, target: &Scope) -> Result<(
     let allowed = match caller {
         // An agent may only ask for its job's tokens; which job is checked
         // by the use case against the session it brings.
-        Caller::Agent => action == Action::GetToken,
+        Caller::Node(_) => action == Action::GetToken,
         Caller::User(p) => rules::permits(&p.grants, action, target),
     };
     if allowed {

@@ -44,6 +44,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
         events: Events::default(),
         submits: crate::plane::SubmitLimits::new(1_000.0, 1_000),
         followers: Arc::new(crate::plane::Followers::new(100)),
+        tls: None,
     })
 }
 

@@ -22,7 +22,7 @@ pub enum Rule {
     /// Anyone: health checks and server reflection.
     Public,
     /// A node's agent: the agent-only services, which check the agent's
-    /// own credentials (join and session tokens).
+    /// own credentials (join token, client certificate, session token).
     Agent,
     /// A user with the role for this action.
     User(Action),
@@ -37,7 +37,7 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("grpc.health.v1.Health", _)
         | ("grpc.reflection.v1.ServerReflection", _)
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Some(Rule::Public),
-        ("strato.v1.AgentService", "Enroll" | "Session")
+        ("strato.v1.AgentService", "Enroll" | "Session" | "RenewCertificate")
         | ("strato.v1.IdentityService", "GetToken") => Some(Rule::Agent),
         ("strato.v1.ComputeService", m) => match m {
             "CreateCluster" => user(CreateCluster),

@@ -7,7 +7,7 @@ use strato_proto::v1::{self, identity_service_server::IdentityService};
 use tonic::{Request, Response, Status};
 
 use super::{convert, respond};
-use crate::agents::bearer;
+use crate::agents::authenticate_node;
 use crate::app::{Caller, TokenRequest, Vending};
 use crate::plane::Plane;
 use crate::store::Store;
@@ -30,17 +30,16 @@ impl<S: Store> IdentityService for IdentityApi<S> {
         &self,
         request: Request<v1::GetTokenRequest>,
     ) -> Result<Response<v1::AccessToken>, Status> {
-        let session_token = bearer(&request)?;
+        let node = authenticate_node(self.app.plane(), &request).await?;
         let r = request.into_inner();
         let req = TokenRequest {
-            session_token,
             identity: identity_selector(&r),
             job_id: r.job_id,
             attempt: r.attempt,
             resource: r.resource,
         };
         respond(
-            self.app.get_token(&Caller::Agent, req).await,
+            self.app.get_token(&Caller::Node(node.node_id), req).await,
             convert::access_token,
         )
     }

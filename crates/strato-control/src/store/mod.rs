@@ -26,6 +26,16 @@ pub use records::{
 };
 pub use sqlite::{DB_FILE, SqliteStore};
 
+/// How an enrolling agent proved which node it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment<'a> {
+    /// The first time: the hash of the node's join token.
+    JoinToken(&'a str),
+    /// Again: the node its client certificate (or, without TLS, its last
+    /// session token) names.
+    Node(&'a str),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cluster {0:?} not found")]
@@ -42,6 +52,13 @@ pub enum StoreError {
     NodeNotFound(String),
     #[error("join or session token not recognised")]
     BadToken,
+    /// A join token is single use: its node enrolled with it already.
+    #[error(
+        "join token already used (node {0}); a node that enrolled re-enrols with its client certificate, a new machine needs a new join token"
+    )]
+    JoinTokenUsed(String),
+    #[error("join token expired (node {0}); a new node gets a new one")]
+    JoinTokenExpired(String),
     #[error("an API token named {0:?} exists or existed; choose another name")]
     TokenExists(String),
     #[error("API token {0:?} not found")]
@@ -218,12 +235,14 @@ pub trait Store: Send + Sync + 'static {
 
     fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
-    /// Adds a node (state `preparing`) if one more fits the quota.
+    /// Adds a node (state `preparing`) if one more fits the quota; its
+    /// agent enrols once with the join token before `join_expires_at`.
     fn create_node(
         &self,
         cluster: &str,
         node_id: &str,
         join_token_hash: &str,
+        join_expires_at: i64,
         limits: &QuotaLimits,
         now: i64,
     ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
@@ -234,11 +253,13 @@ pub trait Store: Send + Sync + 'static {
         pid: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// An agent presented its join token: records the session token and
-    /// returns the node. A node that was enrolled already keeps its state.
+    /// An agent enrolled: records the session token and returns the node.
+    /// A join token is used up by its first enrolment (refused after that,
+    /// or once expired, without touching the node). A node that was
+    /// enrolled already keeps its state.
     fn enroll(
         &self,
-        join_token_hash: &str,
+        by: Enrolment<'_>,
         session_token_hash: &str,
         report: &EnrollReport,
         now: i64,

@@ -5,7 +5,7 @@ use strato_core::node::AllocationState;
 use strato_core::quota::{QuotaLimits, RegionQuota};
 use strato_core::spec::{ClusterSpec, IdentitySpec, VmPriority};
 
-use super::{REGION, cluster, gang, given_cluster, given_idle_nodes, job, limits};
+use super::{JOIN_EXPIRES, REGION, cluster, gang, given_cluster, given_idle_nodes, job, limits};
 use crate::store::{
     ClusterIssue, Conflict, DatastoreRecord, IdentityUpdate, JobPage, SpecUpdate, Store, StoreError,
 };
@@ -190,24 +190,26 @@ pub async fn nodes_count_against_the_quota_beyond_min_nodes<S: Store>(store: S) 
     // min 1 holds 2 vCPUs; the first node is within it, the second adds 2.
     for n in ["east-n0", "east-n1"] {
         store
-            .create_node("east", n, &format!("join-{n}"), &l, 2)
+            .create_node("east", n, &format!("join-{n}"), JOIN_EXPIRES, &l, 2)
             .await
             .expect("node fits");
     }
     assert_eq!(store.usage(REGION).await.expect("usage").family(FAMILY), 4);
     store
-        .create_node("east", "east-n2", "join-east-n2", &l, 3)
+        .create_node("east", "east-n2", "join-east-n2", JOIN_EXPIRES, &l, 3)
         .await
         .expect("third fits: 6");
     assert!(matches!(
         store
-            .create_node("east", "east-n3", "join-east-n3", &l, 4)
+            .create_node("east", "east-n3", "join-east-n3", JOIN_EXPIRES, &l, 4)
             .await,
         Err(StoreError::Quota(_))
     ));
     assert_eq!(store.list_nodes("east").await.expect("nodes").len(), 3);
     assert!(matches!(
-        store.create_node("nope", "x", "join-x", &l, 4).await,
+        store
+            .create_node("nope", "x", "join-x", JOIN_EXPIRES, &l, 4)
+            .await,
         Err(StoreError::ClusterNotFound(_))
     ));
     store

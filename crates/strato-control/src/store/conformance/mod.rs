@@ -28,7 +28,7 @@ use strato_core::job::{AttemptEnd, Distribution, JobSpec};
 use strato_core::quota::{QuotaLimits, RegionQuota};
 use strato_core::spec::{ClusterRequest, ClusterSpec, validate};
 
-use super::{AttemptReport, EnrollReport, JobRecord, NodeRecord, Store};
+use super::{AttemptReport, EnrollReport, Enrolment, JobRecord, NodeRecord, Store};
 
 /// Expands into one `#[tokio::test]` per conformance case, each on a store
 /// made by `$fresh`: a closure returning a future of `(store, guard)`; the
@@ -54,6 +54,7 @@ macro_rules! store_conformance_suite {
             nodes: [
                 node_enrols_becomes_idle_and_heartbeats,
                 enrolling_again_keeps_the_state_and_replaces_the_session,
+                an_expired_join_token_is_refused,
                 an_unusable_node_refuses_enrolment,
                 a_lost_node_ends_its_attempt_and_the_job_retries,
                 a_removed_node_ends_its_attempt_as_lost,
@@ -164,6 +165,9 @@ pub fn gang(cluster: &str, nodes: u32, distribution: Distribution) -> JobSpec {
     }
 }
 
+/// When the join tokens of a case's nodes expire.
+pub const JOIN_EXPIRES: i64 = 1_000;
+
 /// The join token hash a case gives node `id`.
 pub fn join_token(id: &str) -> String {
     format!("join-{id}")
@@ -192,12 +196,12 @@ pub async fn given_cluster<S: Store>(store: &S, name: &str) {
 pub async fn given_idle_nodes<S: Store>(store: &S, cluster: &str, ids: &[&str]) -> Vec<String> {
     for id in ids {
         store
-            .create_node(cluster, id, &join_token(id), &limits(100), 2)
+            .create_node(cluster, id, &join_token(id), JOIN_EXPIRES, &limits(100), 2)
             .await
             .expect("create node");
         store
             .enroll(
-                &join_token(id),
+                Enrolment::JoinToken(&join_token(id)),
                 &session_token(id),
                 &EnrollReport::default(),
                 2,

@@ -5,15 +5,24 @@ use strato_core::job::JobState;
 use strato_core::node::{GpuInfo, NodeState};
 
 use super::{
-    exited, given_cluster, given_idle_nodes, given_running, job, join_token, last_reason, limits,
-    node, session_token, states,
+    JOIN_EXPIRES, exited, given_cluster, given_idle_nodes, given_running, job, join_token,
+    last_reason, limits, node, session_token, states,
 };
-use crate::store::{Conflict, EnrollReport, NodeUsage, ReportOutcome, Store, StoreError};
+use crate::store::{
+    Conflict, EnrollReport, Enrolment, NodeUsage, ReportOutcome, Store, StoreError,
+};
 
 pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let created = store
-        .create_node("cpu", "cpu-n0", &join_token("cpu-n0"), &limits(100), 10)
+        .create_node(
+            "cpu",
+            "cpu-n0",
+            &join_token("cpu-n0"),
+            JOIN_EXPIRES,
+            &limits(100),
+            10,
+        )
         .await
         .expect("create");
     assert_eq!(
@@ -30,7 +39,12 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
     );
     assert!(matches!(
         store
-            .enroll("join-unknown", "s", &EnrollReport::default(), 11)
+            .enroll(
+                Enrolment::JoinToken("join-unknown"),
+                "s",
+                &EnrollReport::default(),
+                11
+            )
             .await,
         Err(StoreError::BadToken)
     ));
@@ -47,7 +61,12 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
         }],
     };
     let enrolled = store
-        .enroll(&join_token("cpu-n0"), &session_token("cpu-n0"), &report, 12)
+        .enroll(
+            Enrolment::JoinToken(&join_token("cpu-n0")),
+            &session_token("cpu-n0"),
+            &report,
+            12,
+        )
         .await
         .expect("enrol");
     assert_eq!(
@@ -109,10 +128,35 @@ pub async fn enrolling_again_keeps_the_state_and_replaces_the_session<S: Store>(
         .await
         .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
-    // The agent restarts: it enrols again with the same join token.
+    // Someone else presents the used join token: refused, and the node's
+    // session is untouched.
+    assert!(matches!(
+        store
+            .enroll(
+                Enrolment::JoinToken(&join_token("cpu-n0")),
+                "session-impostor",
+                &EnrollReport::default(),
+                40,
+            )
+            .await,
+        Err(StoreError::JoinTokenUsed(node)) if node == "cpu-n0"
+    ));
+    assert!(matches!(
+        store.node_by_session("session-impostor").await,
+        Err(StoreError::BadToken)
+    ));
+    assert_eq!(
+        store
+            .node_by_session(&session_token("cpu-n0"))
+            .await
+            .expect("the session holds")
+            .node_id,
+        "cpu-n0"
+    );
+    // The agent restarts: it enrols again as the node its certificate names.
     let again = store
         .enroll(
-            &join_token("cpu-n0"),
+            Enrolment::Node("cpu-n0"),
             "session-2",
             &EnrollReport::default(),
             50,
@@ -141,10 +185,42 @@ pub async fn enrolling_again_keeps_the_state_and_replaces_the_session<S: Store>(
     );
 }
 
+pub async fn an_expired_join_token_is_refused<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    store
+        .create_node("cpu", "cpu-n0", &join_token("cpu-n0"), 5, &limits(100), 2)
+        .await
+        .expect("create");
+    assert!(matches!(
+        store
+            .enroll(
+                Enrolment::JoinToken(&join_token("cpu-n0")),
+                &session_token("cpu-n0"),
+                &EnrollReport::default(),
+                5,
+            )
+            .await,
+        Err(StoreError::JoinTokenExpired(node)) if node == "cpu-n0"
+    ));
+    let n = node(&store, "cpu-n0").await;
+    assert_eq!((n.state, n.enrolled), (NodeState::Preparing, false));
+    assert!(matches!(
+        store.node_by_session(&session_token("cpu-n0")).await,
+        Err(StoreError::BadToken)
+    ));
+}
+
 pub async fn an_unusable_node_refuses_enrolment<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     store
-        .create_node("cpu", "cpu-n0", &join_token("cpu-n0"), &limits(100), 2)
+        .create_node(
+            "cpu",
+            "cpu-n0",
+            &join_token("cpu-n0"),
+            JOIN_EXPIRES,
+            &limits(100),
+            2,
+        )
         .await
         .expect("create");
     let jobs = store
@@ -159,7 +235,7 @@ pub async fn an_unusable_node_refuses_enrolment<S: Store>(store: S) {
     );
     let e = store
         .enroll(
-            &join_token("cpu-n0"),
+            Enrolment::JoinToken(&join_token("cpu-n0")),
             &session_token("cpu-n0"),
             &EnrollReport::default(),
             4,

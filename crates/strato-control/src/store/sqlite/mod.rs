@@ -33,8 +33,9 @@ use strato_core::spec::ClusterSpec;
 
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
-    GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord, NodeUsage,
-    QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
+    Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord,
+    NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store,
+    StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -181,10 +182,20 @@ impl Store for SqliteStore {
         cluster: &str,
         node_id: &str,
         join_token_hash: &str,
+        join_expires_at: i64,
         limits: &QuotaLimits,
         now: i64,
     ) -> Result<NodeRecord, StoreError> {
-        nodes::create_node(self, cluster, node_id, join_token_hash, limits, now).await
+        nodes::create_node(
+            self,
+            cluster,
+            node_id,
+            join_token_hash,
+            join_expires_at,
+            limits,
+            now,
+        )
+        .await
     }
 
     async fn set_node_pid(&self, node_id: &str, pid: u32) -> Result<(), StoreError> {
@@ -193,12 +204,12 @@ impl Store for SqliteStore {
 
     async fn enroll(
         &self,
-        join_token_hash: &str,
+        by: Enrolment<'_>,
         session_token_hash: &str,
         report: &EnrollReport,
         now: i64,
     ) -> Result<NodeRecord, StoreError> {
-        nodes::enroll(self, join_token_hash, session_token_hash, report, now).await
+        nodes::enroll(self, by, session_token_hash, report, now).await
     }
 
     async fn node_by_session(&self, session_token_hash: &str) -> Result<NodeRecord, StoreError> {

@@ -12,7 +12,7 @@ use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
 use super::{SqliteStore, corrupt, select_one, u32_col};
-use crate::store::{Conflict, EnrollReport, NodeRecord, NodeUsage, StoreError};
+use crate::store::{Conflict, EnrollReport, Enrolment, NodeRecord, NodeUsage, StoreError};
 
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
@@ -115,6 +115,7 @@ pub(super) async fn create_node(
     cluster: &str,
     node_id: &str,
     join_token_hash: &str,
+    join_expires_at: i64,
     limits: &QuotaLimits,
     now: i64,
 ) -> Result<NodeRecord, StoreError> {
@@ -132,13 +133,14 @@ pub(super) async fn create_node(
         false,
     )?;
     sqlx::query(
-        "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash)
-         VALUES (?1, ?2, 'preparing', 'starting: waiting for the agent to enrol', ?3, ?3, ?3, ?4)",
+        "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash, join_expires_at)
+         VALUES (?1, ?2, 'preparing', 'starting: waiting for the agent to enrol', ?3, ?3, ?3, ?4, ?5)",
     )
     .bind(node_id)
     .bind(&spec.name)
     .bind(now)
     .bind(join_token_hash)
+    .bind(join_expires_at)
     .execute(&mut *tx)
     .await?;
     let node = load_node(&mut tx, node_id).await?;
@@ -161,18 +163,37 @@ pub(super) async fn set_node_pid(
 
 pub(super) async fn enroll(
     db: &SqliteStore,
-    join_token_hash: &str,
+    by: Enrolment<'_>,
     session_token_hash: &str,
     report: &EnrollReport,
     now: i64,
 ) -> Result<NodeRecord, StoreError> {
     let mut tx = db.begin_write().await?;
-    let node_id: String =
-        sqlx::query_scalar("SELECT node_id FROM nodes WHERE join_token_hash = ?1")
-            .bind(join_token_hash)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::BadToken)?;
+    let node_id = match by {
+        Enrolment::JoinToken(hash) => {
+            let (node_id, expires_at, used_at): (String, Option<i64>, Option<i64>) =
+                sqlx::query_as(
+                    "SELECT node_id, join_expires_at, join_used_at FROM nodes WHERE join_token_hash = ?1",
+                )
+                .bind(hash)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::BadToken)?;
+            if used_at.is_some() {
+                return Err(StoreError::JoinTokenUsed(node_id));
+            }
+            if expires_at.is_some_and(|at| now >= at) {
+                return Err(StoreError::JoinTokenExpired(node_id));
+            }
+            sqlx::query("UPDATE nodes SET join_used_at = ?1 WHERE node_id = ?2")
+                .bind(now)
+                .bind(&node_id)
+                .execute(&mut *tx)
+                .await?;
+            node_id
+        }
+        Enrolment::Node(node_id) => node_id.to_owned(),
+    };
     let node = load_node(&mut tx, &node_id).await?;
     if !lifecycle::may_enrol(node.state) {
         return Err(Conflict::NodeRetired {
