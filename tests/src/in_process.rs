@@ -28,6 +28,8 @@ pub struct InProcess {
     pub fleet: Arc<SimFleet>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// Its admin.conf: the CA and the Owner's token.
+    admin: strato_core::client_config::ClientConfig,
     channel: Channel,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -77,7 +79,7 @@ impl InProcess {
         let clock = Arc::new(ManualClock::starting_at(start_ms));
         let fleet = SimFleet::new(
             format!("https://{grpc}"),
-            format!("http://{http}"),
+            format!("https://{http}"),
             dir.path().join("nodes"),
             clock.clone(),
             strato_control::tls::Tls::ca_path(&data_dir),
@@ -118,6 +120,7 @@ impl InProcess {
             fleet,
             grpc,
             http,
+            admin,
             channel,
             stop: Some(stop_tx),
             server: Some(server),
@@ -234,8 +237,8 @@ impl InProcess {
     /// A sample without labels from the control plane's `/metrics`; 0 when
     /// it is not there.
     pub async fn metric(&self, name: &str) -> f64 {
-        let http = self.http;
-        let text = tokio::task::spawn_blocking(move || crate::http_get(http, "/metrics"))
+        let (http, admin) = (self.http, self.admin.clone());
+        let text = tokio::task::spawn_blocking(move || crate::https_get(http, &admin, "/metrics"))
             .await
             .expect("read /metrics");
         text.lines()

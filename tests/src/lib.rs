@@ -225,6 +225,11 @@ impl ControlPlane {
         self.try_client().await.expect("connect to strato-control")
     }
 
+    /// `GET path` on the side port as the admin: the body of a 200 answer.
+    pub fn http_get(&self, path: &str) -> String {
+        https_get(self.http, self.admin(), path)
+    }
+
     pub async fn channel(&self) -> Channel {
         self.channel_with(self.admin().token.as_deref())
             .await
@@ -402,15 +407,79 @@ impl Drop for ControlPlane {
     }
 }
 
-/// The body of `GET path` on a plain-HTTP server at `addr` (the control
-/// plane's side port).
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
+/// One HTTP/1.0 exchange with the control plane's side port at `addr`,
+/// over TLS trusting `ca_pem`, presenting `client` (a certificate and its
+/// key, PEM) if given, with `headers` added: (status code, body).
+pub fn https_request(
+    addr: SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    client: Option<(&str, &str)>,
+) -> anyhow::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect over HTTP");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: strato\r\n\r\n").expect("send the request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read the response");
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder.with_client_auth_cert(
+            CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_slice(key.as_bytes())?,
+        )?,
+    };
+    let name = ServerName::from(addr.ip());
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    Ok((code, body.to_owned()))
+}
+
+/// `GET path` on a control plane's side port at `http` with its admin
+/// config's CA and token; the body of a 200 answer.
+pub fn https_get(
+    http: SocketAddr,
+    admin: &strato_core::client_config::ClientConfig,
+    path: &str,
+) -> String {
+    let ca = admin
+        .ca_certificate
+        .as_deref()
+        .expect("admin.conf has the CA");
+    let auth = format!("Bearer {}", admin.token.as_deref().unwrap_or_default());
+    let (code, body) = https_request(http, ca, "GET", path, &[("Authorization", &auth)], None)
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body
 }
 
 /// Runs `docker ARGS`, ignoring what it says (clean-up).
@@ -752,12 +821,32 @@ pub struct Prometheus {
 impl Prometheus {
     pub async fn start(dir: &Path, control: &ControlPlane) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // The control plane's side port: TLS with its CA, and a Reader's
+        // bearer token (the admin's here), as a deployment scrapes it.
+        let admin = control.admin();
+        strato_runtime::write_private(
+            &dir.join("ca.crt"),
+            admin
+                .ca_certificate
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        strato_runtime::write_private(
+            &dir.join("token"),
+            admin.token.as_deref().unwrap_or_default().as_bytes(),
+        )?;
         let config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              scrape_configs:\n\
-             - job_name: strato-control\n  static_configs: [{{targets: [\"{http}\"]}}]\n\
+             - job_name: strato-control\n  scheme: https\n  \
+               tls_config: {{ca_file: \"{ca}\"}}\n  \
+               authorization: {{type: Bearer, credentials_file: \"{token}\"}}\n  \
+               static_configs: [{{targets: [\"{http}\"]}}]\n\
              - job_name: strato-agents\n  file_sd_configs: [{{files: [\"{targets}\"], refresh_interval: 1s}}]\n",
             http = control.http,
+            ca = dir.join("ca.crt").display(),
+            token = dir.join("token").display(),
             targets = control.data_dir.join("prometheus/agents.json").display(),
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;

@@ -189,7 +189,7 @@ async fn federation_exchanges_a_signed_assertion_for_an_entra_token() {
     // The assertion is the control plane's, for this cluster, for Entra.
     let assertion = form["client_assertion"].as_str().expect("an assertion");
     let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&http_get(&format!("http://{}/jwks", cp.http))).expect("jwks");
+        serde_json::from_str(&cp.http_get("/jwks")).expect("jwks");
     let kid = jsonwebtoken::decode_header(assertion)
         .expect("header")
         .kid
@@ -220,19 +220,4 @@ async fn federation_exchanges_a_signed_assertion_for_an_entra_token() {
         1,
         "nothing was sent to Entra for the system-assigned identity"
     );
-}
-
-/// A plain HTTP GET on loopback.
-fn http_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (authority, path) = rest.split_once('/').expect("a path");
-    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
-    use std::io::{Read as _, Write as _};
-    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read");
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
 }

@@ -197,19 +197,24 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
         "{env}"
     );
 
-    // The JWKS that verifies the tokens.
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&http_get(&cp.http.to_string(), "/jwks", "").1).expect("jwks");
-    let discovery: serde_json::Value = serde_json::from_str(
-        &http_get(
-            &cp.http.to_string(),
-            "/.well-known/openid-configuration",
-            "",
-        )
-        .1,
-    )
-    .expect("discovery");
+    // The JWKS that verifies the tokens: public (no token), over TLS.
+    let ca = cp.admin().ca_certificate.clone().expect("CA");
+    let public = |path: &str| {
+        let (code, body) =
+            strato_e2e::https_request(cp.http, &ca, "GET", path, &[], None).expect("GET");
+        assert_eq!(code, 200, "{path}: {body}");
+        body
+    };
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&public("/jwks")).expect("jwks");
+    let discovery: serde_json::Value =
+        serde_json::from_str(&public("/.well-known/openid-configuration")).expect("discovery");
     assert_eq!(discovery["issuer"], ISSUER);
+    assert!(
+        discovery["jwks_uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://")),
+        "{discovery}"
+    );
     let verify = |token: &str| {
         let kid = jsonwebtoken::decode_header(token)
             .expect("header")

@@ -395,6 +395,103 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
     assert_eq!(mode & 0o777, 0o600, "the CA key is the owner's alone");
 }
 
+/// The side port speaks only TLS, and asks who is there: `/metrics` wants
+/// a token allowed `metrics/read` at `/`; a node's Scheduled Events want
+/// that node's own certificate and `Metadata: true`; health, discovery and
+/// JWKS are open to anyone.
+#[tokio::test]
+async fn the_side_port_speaks_tls_and_asks_who_is_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    let ca = cp.admin().ca_certificate.clone().expect("CA");
+    let get = |path: &str, headers: &[(&str, &str)], client: Option<(&str, &str)>| {
+        strato_e2e::https_request(cp.http, &ca, "GET", path, headers, client).expect("GET")
+    };
+    for open in [
+        "/healthz",
+        "/readyz",
+        "/jwks",
+        "/.well-known/openid-configuration",
+    ] {
+        assert_eq!(get(open, &[], None).0, 200, "{open}");
+    }
+    // Plaintext: no HTTP answer at all.
+    {
+        use std::io::{Read as _, Write as _};
+        let mut plain = std::net::TcpStream::connect(cp.http).expect("connect");
+        plain
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = plain.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer);
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("HTTP/1."),
+            "plaintext was answered: {answer:?}"
+        );
+    }
+
+    let (code, body) = get("/metrics", &[], None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("no bearer token"), "{body}");
+    let bearer = |t: &str| format!("Bearer {t}");
+    let scoped = token(&cp, "one-cluster", "Reader", "/clusters/team-x", 0).await;
+    let (code, body) = get("/metrics", &[("Authorization", &bearer(&scoped))], None);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("metrics/read") && body.contains("token:one-cluster"),
+        "{body}"
+    );
+    let reader = token(&cp, "prometheus", "Reader", "/", 0).await;
+    let (code, body) = get("/metrics", &[("Authorization", &bearer(&reader))], None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("strato_grpc_requests_total"), "{body}");
+
+    // A certificate the control plane's CA signed for node-a.
+    let keys = dir.path().join("node-a");
+    let csr = strato_agent::session::credentials::Credentials::load(&keys)
+        .expect("key")
+        .csr()
+        .expect("csr");
+    let tls =
+        strato_control::tls::Tls::load_or_create(&cp.data_dir, &["localhost".into()], None, 600)
+            .expect("the CA");
+    let cert = tls
+        .nodes
+        .sign(
+            strato_control::tls::Csr::parse(&csr).expect("csr"),
+            "node-a",
+        )
+        .expect("signed")
+        .pem;
+    let key = std::fs::read_to_string(keys.join("node.key")).expect("key");
+    let node_a = Some((cert.as_str(), key.as_str()));
+    let events = "/scheduledevents/node-a?api-version=2020-07-01";
+    let metadata = [("Metadata", "true")];
+    let (code, body) = get(events, &metadata, None);
+    assert_eq!(code, 401, "no certificate: {body}");
+    let (code, body) = get(events, &[], node_a);
+    assert_eq!(code, 400, "no Metadata header: {body}");
+    let (code, body) = get(
+        "/scheduledevents/node-b?api-version=2020-07-01",
+        &metadata,
+        node_a,
+    );
+    assert_eq!(code, 403, "another node's events: {body}");
+    assert!(body.contains("names node node-a, not node-b"), "{body}");
+    let (code, body) = get(events, &metadata, node_a);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"Events\""), "{body}");
+    // An Owner's token is not a node's certificate.
+    let owner = bearer(cp.admin().token.as_deref().expect("token"));
+    let (code, _) = get(
+        events,
+        &[("Metadata", "true"), ("Authorization", &owner)],
+        None,
+    );
+    assert_eq!(code, 401);
+}
+
 /// The CLI makes tokens, and a user of one sees a refusal in one line,
 /// naming the action and the principal, with exit status 1.
 #[tokio::test]

@@ -110,7 +110,7 @@ async fn prometheus_scrapes_the_control_plane_and_the_agents() {
     );
 
     // promtool finds nothing to say about the control plane's metrics.
-    let text = strato_e2e::http_get(cp.http, "/metrics");
+    let text = cp.http_get("/metrics");
     for series in [
         "strato_grpc_requests_total{method=\"/strato.v1.ComputeService/CreateCluster\",code=\"Ok\"} 1",
         "strato_grpc_request_duration_seconds_bucket{method=\"/strato.v1.JobService/SubmitJob\",code=\"Ok\",le=\"+Inf\"} 1",

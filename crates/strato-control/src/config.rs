@@ -292,18 +292,27 @@ impl Config {
     pub fn issuer(&self, http: SocketAddr) -> String {
         self.token_issuer
             .clone()
-            .unwrap_or_else(|| format!("http://{}/", dialable(http)))
+            .unwrap_or_else(|| format!("{}/", self.http_url(http)))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.insecure_plaintext {
+            "http"
+        } else {
+            "https"
+        }
     }
 
     /// The URL that reaches the gRPC port bound at `grpc` from this
     /// machine: https://, or http:// with --insecure-plaintext.
     pub fn grpc_url(&self, grpc: SocketAddr) -> String {
-        let scheme = if self.insecure_plaintext {
-            "http"
-        } else {
-            "https"
-        };
-        format!("{scheme}://{}", dialable(grpc))
+        format!("{}://{}", self.scheme(), dialable(grpc))
+    }
+
+    /// The URL that reaches the HTTP side port bound at `http` from this
+    /// machine: https://, or http:// with --insecure-plaintext.
+    pub fn http_url(&self, http: SocketAddr) -> String {
+        format!("{}://{}", self.scheme(), dialable(http))
     }
 
     /// The federation settings, when --federation-tenant-id is set.

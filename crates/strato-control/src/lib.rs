@@ -74,7 +74,7 @@ pub async fn run(
                 nodes_dir: PathBuf::from(&config.data_dir).join("nodes"),
                 docker_socket: config.docker_socket.clone(),
                 storage_ca_file: config.storage_ca_file.clone(),
-                control_http: format!("http://{http_base}"),
+                control_http: config.http_url(http_base),
                 control_plane_id,
                 control_plane_ca: (!config.insecure_plaintext)
                     .then(|| tls::Tls::ca_path(&config.data_dir)),
@@ -180,7 +180,7 @@ pub async fn serve(
         store,
         tokens,
         federation,
-        http_base: format!("http://{http_addr}"),
+        http_base: settings.config.http_url(http_addr),
         settings,
         provider,
         clock,
@@ -231,12 +231,24 @@ pub async fn serve(
     });
     let grpc_server = grpc_server(
         plane.clone(),
-        access,
+        access.clone(),
         server_tls,
         grpc,
         stopped(stop_rx.clone()),
     );
-    let http_server = http::serve(http, plane.clone(), stopped(stop_rx.clone()));
+    let http_tls = match &plane.tls {
+        Some(tls) => Some(Arc::new(
+            http::server_config(tls).context("the HTTP port's TLS")?,
+        )),
+        None => None,
+    };
+    let http_listener = http::HttpListener::new(http, http_tls).context("the HTTP port")?;
+    let http_server = http::serve(
+        http_listener,
+        plane.clone(),
+        access.clone(),
+        stopped(stop_rx.clone()),
+    );
     let (g, h) = tokio::join!(grpc_server, http_server);
     g.context("gRPC server")?;
     h.context("HTTP server")?;

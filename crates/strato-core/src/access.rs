@@ -87,6 +87,7 @@ impl Role {
                 | GetDatastore
                 | ListDatastores
                 | WhoAmI
+                | ReadMetrics
         );
         match self {
             Role::Owner => true,
@@ -329,6 +330,9 @@ pub enum Action {
     WhoAmI,
     /// A node's agent asking for a token of its job's identity.
     GetToken,
+    /// Scraping the control plane's `/metrics` (every cluster's numbers:
+    /// needs the right at `/`).
+    ReadMetrics,
 }
 
 impl Action {
@@ -361,6 +365,7 @@ impl Action {
             DeleteRoleAssignment => "roleAssignments/delete",
             WhoAmI => "whoami",
             GetToken => "identities/token",
+            ReadMetrics => "metrics/read",
         }
     }
 

@@ -209,6 +209,13 @@ async fn session<R: ContainerRuntime>(
         runtime.clone(),
         node_id.clone(),
         identity.scheduled_events_url.clone(),
+        match (&config.transport, &contact.credentials) {
+            (Transport::Tls { ca_pem }, Some(credentials)) => Some(evictions::SideTls {
+                ca_pem: ca_pem.clone(),
+                credentials: credentials.clone(),
+            }),
+            _ => None,
+        },
         identity.work_dir.clone(),
         identity.clock.clone(),
         tx.clone(),
