@@ -407,9 +407,10 @@ impl Drop for ControlPlane {
     }
 }
 
-/// One HTTP/1.0 exchange with the control plane's side port at `addr`,
-/// over TLS trusting `ca_pem`, presenting `client` (a certificate and its
-/// key, PEM) if given, with `headers` added: (status code, body).
+/// One HTTP/1.0 exchange with an HTTPS server at `addr` (the control
+/// plane's side port, the OIDC issuer), trusting `ca_pem`, presenting
+/// `client` (a certificate and its key, PEM) if given, with `headers`
+/// added: (status code, body).
 pub fn https_request(
     addr: SocketAddr,
     ca_pem: &str,
@@ -417,6 +418,18 @@ pub fn https_request(
     path: &str,
     headers: &[(&str, &str)],
     client: Option<(&str, &str)>,
+) -> anyhow::Result<(u16, String)> {
+    https_exchange(addr, ca_pem, method, path, headers, client, "")
+}
+
+fn https_exchange(
+    addr: SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    client: Option<(&str, &str)>,
+    body: &str,
 ) -> anyhow::Result<(u16, String)> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -446,7 +459,7 @@ pub fn https_request(
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
-    request.push_str("Content-Length: 0\r\n\r\n");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes())?;
     let mut out = Vec::new();
     match stream.read_to_end(&mut out) {
@@ -677,6 +690,123 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real OpenID Provider (panva's certified `oidc-provider`, from npm)
+/// over HTTPS with the test CA, on a free loopback port: it issues JWT
+/// access tokens by the client-credentials grant to clients `ml-team` and
+/// `other-team` (`sub` = the client id), and signs with a new key at every
+/// start, so [`OidcIssuer::restart`] rotates its key.
+pub struct OidcIssuer {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl OidcIssuer {
+    fn paths() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data");
+        let package = data.join("oidc/node_modules/oidc-provider");
+        let tls = data.join("azurite/tls");
+        anyhow::ensure!(
+            package.join("package.json").exists() && tls.join("cert.pem").exists(),
+            "oidc-provider or the test CA is missing under {}: run `cargo xtask setup`",
+            data.display()
+        );
+        Ok((
+            package,
+            tls,
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc/issuer.mjs"),
+        ))
+    }
+
+    /// The test CA that its certificate chains to (PEM file).
+    pub fn ca_file() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data/azurite/tls/ca.pem")
+    }
+
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Self::start_on(free_port(), dir.join("issuer.log")).await
+    }
+
+    async fn start_on(port: u16, log: PathBuf) -> anyhow::Result<Self> {
+        let (package, tls, script) = Self::paths()?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new("node")
+            .arg(&script)
+            .env("PORT", port.to_string())
+            .env("TLS_CERT", tls.join("cert.pem"))
+            .env("TLS_KEY", tls.join("key.pem"))
+            .env("OIDC_PROVIDER", &package)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("node is missing: run `cargo xtask setup`")?;
+        let mut issuer = OidcIssuer { child, port, log };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = issuer.child.try_wait()? {
+                bail!(
+                    "the OIDC issuer exited with {status}: {}",
+                    std::fs::read_to_string(&issuer.log).unwrap_or_default()
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the OIDC issuer did not listen within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(issuer)
+    }
+
+    /// Its issuer URL, as its tokens' `iss` says.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it and starts it again on the same port: a new signing key.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let fresh = Self::start_on(self.port, self.log.clone()).await?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// An access token for `client` with audience `resource`.
+    pub fn token(&self, client: &str, resource: &str) -> anyhow::Result<String> {
+        let ca = std::fs::read_to_string(Self::ca_file())?;
+        let form = format!(
+            "grant_type=client_credentials&client_id={client}&client_secret={client}-secret&scope=api&resource={resource}"
+        );
+        let (code, body) = https_exchange(
+            ([127, 0, 0, 1], self.port).into(),
+            &ca,
+            "POST",
+            "/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            None,
+            &form,
+        )?;
+        anyhow::ensure!(code == 200, "the issuer refused a token: {code} {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body)?;
+        answer["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token")
+    }
+}
+
+impl Drop for OidcIssuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

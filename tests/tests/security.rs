@@ -547,3 +547,97 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// A real OpenID Provider's JWTs are users: `oidc:SUBJECT`, with the roles
+/// their role assignments give (none at first: PERMISSION_DENIED naming
+/// the principal). A token for another audience, a forged signature and,
+/// once the issuer rotated its key, a token of the old key are
+/// UNAUTHENTICATED; a token of the new key is accepted as soon as the
+/// control plane fetched the new key set, which a token naming an unknown
+/// key makes it do.
+#[tokio::test]
+async fn oidc_tokens_of_the_trusted_issuer_are_users_with_their_role_assignments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut issuer = strato_e2e::OidcIssuer::start(&dir.path().join("issuer"))
+        .await
+        .expect("start the OIDC issuer");
+    let url = issuer.url();
+    let ca = strato_e2e::OidcIssuer::ca_file();
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &[
+            "--provider",
+            "none",
+            "--oidc-issuer",
+            &url,
+            "--oidc-audience",
+            "api://strato",
+            "--oidc-ca-file",
+            &ca.display().to_string(),
+        ],
+    )
+    .await
+    .expect("start strato-control");
+    let list = |secret: String| {
+        let cp = &cp;
+        async move {
+            ComputeServiceClient::new(as_token(cp, Some(&secret)).await)
+                .list_clusters(v1::ListClustersRequest {})
+                .await
+                .map(|_| ())
+        }
+    };
+    let ml = issuer.token("ml-team", "api://strato").expect("a token");
+    let e = list(ml.clone()).await.expect_err("no role yet");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("oidc:ml-team"), "{e:?}");
+
+    AccessServiceClient::new(cp.channel().await)
+        .create_role_assignment(v1::CreateRoleAssignmentRequest {
+            principal: "oidc:ml-team".into(),
+            role: "Reader".into(),
+            scope: "/".into(),
+        })
+        .await
+        .expect("assign Reader");
+    list(ml.clone()).await.expect("a Reader lists clusters");
+    let me = AccessServiceClient::new(as_token(&cp, Some(&ml)).await)
+        .who_am_i(v1::WhoAmIRequest {})
+        .await
+        .expect("whoami")
+        .into_inner();
+    assert_eq!(me.principal, "oidc:ml-team");
+    // Another client of the same issuer is another principal.
+    let other = issuer.token("other-team", "api://strato").expect("a token");
+    let e = list(other).await.expect_err("other-team has no role");
+    assert!(e.message().contains("oidc:other-team"), "{e:?}");
+
+    let elsewhere = issuer.token("ml-team", "api://other").expect("a token");
+    let e = list(elsewhere).await.expect_err("another audience");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("OIDC token rejected"), "{e:?}");
+    let mut forged = ml.clone();
+    let last = forged.pop().expect("a signature");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let e = list(forged).await.expect_err("a forged signature");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+    // The issuer rotates its key: a token of the new key is accepted once
+    // the control plane has fetched the new set (at most every few
+    // seconds), and the old key's tokens are refused from then on.
+    issuer.restart().await.expect("restart the issuer");
+    let rotated = issuer.token("ml-team", "api://strato").expect("a token");
+    wait_for(
+        "a token of the rotated key",
+        Duration::from_secs(30),
+        || {
+            let list = &list;
+            let rotated = rotated.clone();
+            async move { list(rotated).await.ok() }
+        },
+    )
+    .await;
+    let e = list(ml).await.expect_err("the old key is gone");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("does not publish"), "{e:?}");
+}

@@ -48,7 +48,31 @@ pub(crate) fn setup() -> anyhow::Result<()> {
     build_mpi_image()?;
     python_clients()?;
     azurite()?;
+    oidc_provider()?;
     Ok(())
+}
+
+/// A real OpenID Provider for the OIDC tests: panva's certified
+/// `oidc-provider` (from npm) in `.data/oidc`, run by
+/// `tests/oidc/issuer.mjs` with the test CA's certificate.
+fn oidc_provider() -> anyhow::Result<()> {
+    let dir = root().join(".data/oidc");
+    if dir
+        .join("node_modules/oidc-provider/package.json")
+        .exists()
+    {
+        println!("==> oidc-provider: present");
+        return Ok(());
+    }
+    if !have("npm") {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut npm = Command::new("npm");
+    npm.args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+        .arg(&dir)
+        .arg("oidc-provider@9");
+    run("npm install oidc-provider", npm)
 }
 
 /// Azurite (the Azure Storage emulator, from npm) in `.data/azurite`, and a

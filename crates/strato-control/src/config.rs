@@ -56,6 +56,23 @@ pub struct Config {
     #[arg(long, env = "STRATO_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
 
+    /// Accept JWTs from this OpenID Connect issuer as users (principals
+    /// oidc:SUBJECT, with the roles their role assignments give): exactly
+    /// the `iss` its tokens carry; https:// (http:// only on loopback). Its
+    /// keys come from its discovery document's jwks_uri.
+    #[arg(long, env = "STRATO_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+
+    /// The audience (`aud`) an OIDC token for Strato must carry; required
+    /// with --oidc-issuer.
+    #[arg(long, env = "STRATO_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+
+    /// A PEM file of CA certificates to trust for the OIDC issuer, besides
+    /// the system's roots.
+    #[arg(long, env = "STRATO_OIDC_CA_FILE")]
+    pub oidc_ca_file: Option<PathBuf>,
+
     /// Seconds a node's client certificate is valid (10 s to 30 days). Its
     /// agent renews it when two thirds of that have passed, and at every
     /// re-enrolment; a node cut off for longer needs a new join token.
@@ -242,6 +259,10 @@ pub enum ConfigError {
     SubmitRate { rate: f64, burst: u32 },
     #[error("--max-followers-per-caller must be above 0")]
     Followers,
+    #[error(
+        "--oidc-issuer and --oidc-audience go together: the issuer whose tokens are accepted, and the audience they must carry"
+    )]
+    Oidc,
     #[error("--node-certificate-lifetime {0}: must be 10 to 2592000 seconds (30 days)")]
     NodeCertificateLifetime(u64),
     #[error("--grpc-listen and --http-listen are both {0}; give them different ports")]
@@ -392,6 +413,9 @@ impl Config {
         }
         if self.max_followers_per_caller == 0 {
             return Err(ConfigError::Followers);
+        }
+        if self.oidc_issuer.is_some() != self.oidc_audience.is_some() {
+            return Err(ConfigError::Oidc);
         }
         if !(10..=30 * 86_400).contains(&self.node_certificate_lifetime) {
             return Err(ConfigError::NodeCertificateLifetime(

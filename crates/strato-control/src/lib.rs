@@ -10,6 +10,7 @@ pub mod federation;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod oidc;
 pub mod plane;
 pub mod provider;
 pub mod reconcile;
@@ -155,6 +156,28 @@ pub async fn serve(
             Some(federation::Federation::new(f).context("federation")?)
         }
     };
+    let oidc = match (&settings.config.oidc_issuer, &settings.config.oidc_audience) {
+        (Some(issuer), Some(audience)) => {
+            let ca_pem = match &settings.config.oidc_ca_file {
+                None => None,
+                Some(path) => Some(std::fs::read(path).with_context(|| {
+                    format!("--oidc-ca-file {}: cannot read it", path.display())
+                })?),
+            };
+            let verifier = oidc::OidcVerifier::new(oidc::OidcConfig {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                ca_pem,
+            })?;
+            // Best effort: an issuer down at start is asked again with the
+            // first token.
+            if let Err(e) = verifier.refresh().await {
+                tracing::warn!(error = %e, "the OIDC issuer's keys; tried again with the first token");
+            }
+            Some(Arc::new(verifier))
+        }
+        _ => None,
+    };
     let tls = if settings.config.insecure_plaintext {
         tracing::warn!(grpc = %grpc_addr, "serving gRPC WITHOUT TLS (--insecure-plaintext): tokens cross the loopback in clear");
         None
@@ -192,6 +215,7 @@ pub async fn serve(
         submits: plane::SubmitLimits::new(settings_rate.0, settings_rate.1),
         followers: Arc::new(plane::Followers::new(followers_per_caller)),
         tls: tls.clone(),
+        oidc,
     });
     let access = Arc::new(app::Access::new(plane.clone()));
     write_admin_conf(&plane.settings.config, &access, tls.as_deref(), grpc_addr).await?;

@@ -300,6 +300,8 @@ pub struct Plane<S> {
     /// The TLS the control plane serves, with the CA that signs node
     /// certificates; `None` under `--insecure-plaintext`.
     pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    /// The OIDC issuer whose JWTs are users (`--oidc-issuer`).
+    pub oidc: crate::oidc::Oidc,
 }
 
 /// How many long-lived calls (log streams followed, jobs waited on) each

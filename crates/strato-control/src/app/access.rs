@@ -69,6 +69,30 @@ impl<S: Store> Access<S> {
                 "no bearer token: send `authorization: Bearer TOKEN` (an API token, e.g. from DATA_DIR/admin.conf)".into(),
             ));
         };
+        if let Some(oidc) = &self.plane.oidc
+            && crate::oidc::looks_like_jwt(secret)
+        {
+            let subject = oidc
+                .verify(secret)
+                .await
+                .map_err(|e| AppError::Unauthenticated(e.to_string()))?;
+            let principal =
+                strato_core::access::Principal::parse("sub", &format!("oidc:{subject}"))
+                    .map_err(|e| AppError::Unauthenticated(format!("OIDC token: {e}")))?
+                    .to_string();
+            let grants = self
+                .plane
+                .store
+                .list_role_assignments(Some(&principal))
+                .await?
+                .into_iter()
+                .map(|a| a.grant)
+                .collect();
+            return Ok(Caller::User(Principal {
+                name: principal,
+                grants,
+            }));
+        }
         let now = self.plane.clock.now_ms();
         let token = match self
             .plane

@@ -45,6 +45,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
         submits: crate::plane::SubmitLimits::new(1_000.0, 1_000),
         followers: Arc::new(crate::plane::Followers::new(100)),
         tls: None,
+        oidc: None,
     })
 }
 
