@@ -57,10 +57,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
 /// `tests/oidc/issuer.mjs` with the test CA's certificate.
 fn oidc_provider() -> anyhow::Result<()> {
     let dir = root().join(".data/oidc");
-    if dir
-        .join("node_modules/oidc-provider/package.json")
-        .exists()
-    {
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
         println!("==> oidc-provider: present");
         return Ok(());
     }

@@ -93,7 +93,13 @@ pub fn wire(
     exec_endpoint: &str,
 ) -> std::io::Result<()> {
     let distribution = distribution(spec);
-    let hosts = hosts(config, &assignment.gang);
+    // Only a job on several nodes may share the machine's network: one
+    // node's ranks meet on its own loopback.
+    let multi_node = assignment.gang.len() > 1;
+    let hosts = match config.network {
+        GangNetwork::Host if !multi_node => vec!["localhost".to_owned()],
+        _ => hosts(config, &assignment.gang),
+    };
     let nodes = u32::try_from(hosts.len()).unwrap_or(u32::MAX).max(1);
     let per_node = spec.process_count_per_node.max(1);
     let rank = assignment.rank;
@@ -120,7 +126,8 @@ pub fn wire(
             container.network = Some(network_name(config.control_plane_id.as_deref(), cluster));
             container.hostname = hosts.get(rank as usize).cloned();
         }
-        GangNetwork::Host => container.network = Some("host".to_owned()),
+        GangNetwork::Host if multi_node => container.network = Some("host".to_owned()),
+        GangNetwork::Host => {}
     }
 
     let hostfile_path = format!("{GANG_DIR_IN_CONTAINER}/hostfile");
@@ -341,6 +348,43 @@ mod tests {
                 "train.py"
             ]
         );
+    }
+
+    #[test]
+    fn only_a_multi_node_job_gets_the_host_network() {
+        let config = GangConfig {
+            network: GangNetwork::Host,
+            launcher: PathBuf::new(),
+            control_plane_id: None,
+        };
+        let dir = std::env::temp_dir().join(format!("strato-gang-host-{}", std::process::id()));
+        let spec = v1::JobSpec {
+            distribution: v1::Distribution::Mpi as i32,
+            node_count: 1,
+            process_count_per_node: 4,
+            command: vec!["python3".into(), "train.py".into()],
+            ..Default::default()
+        };
+        let mut assignment = v1::JobAssignment {
+            gang: vec![member(0, "n0")],
+            ..Default::default()
+        };
+        let mut one = container();
+        wire(&mut one, &config, "c", &assignment, &spec, &dir, "http://x").expect("wire");
+        assert_eq!(one.network, None, "one node keeps its own network");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("hostfile")).expect("hostfile"),
+            "localhost slots=4\n"
+        );
+        assignment.gang.push(member(1, "n1"));
+        let spec = v1::JobSpec {
+            node_count: 2,
+            ..spec
+        };
+        let mut two = container();
+        wire(&mut two, &config, "c", &assignment, &spec, &dir, "http://x").expect("wire");
+        assert_eq!(two.network.as_deref(), Some("host"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
