@@ -369,6 +369,39 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
     assert_eq!(mode & 0o777, 0o600, "admin.conf is the owner's alone");
     let secret = token(&cp, "ci", "Reader", "/", 0).await;
     let owner = cp.admin().token.clone().expect("admin token");
+    // A cluster's admin password is kept only as its SHA-512 crypt hash.
+    let password = "Adm1n-Passw0rd-Kept-Hashed";
+    cp.client()
+        .await
+        .create_cluster(v1::CreateClusterRequest {
+            spec: Some(v1::ClusterSpec {
+                ssh: Some(v1::SshSettings {
+                    admin_username: "azureuser".into(),
+                    admin_password: password.into(),
+                    ..Default::default()
+                }),
+                ..spec("with-ssh")
+            }),
+        })
+        .await
+        .expect("create a cluster with an admin password");
+    let shown = cp
+        .client()
+        .await
+        .get_cluster(v1::GetClusterRequest {
+            name: "with-ssh".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(shown.admin_password_set, "the cluster says it has one");
+    assert!(
+        shown
+            .spec
+            .and_then(|s| s.ssh)
+            .is_some_and(|s| s.admin_password.is_empty()),
+        "never returned"
+    );
     let db = strato_control::store::DB_FILE;
     let mut stored = vec![(
         db.to_owned(),
@@ -379,11 +412,18 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
         stored.push((format!("{db}-wal"), wal));
     }
     stored.push(("the log".to_owned(), cp.log_text().into_bytes()));
+    assert!(
+        stored
+            .iter()
+            .any(|(_, bytes)| bytes.windows(3).any(|w| w == b"$6$")),
+        "the password's hash is stored"
+    );
+    let password = password.to_owned();
     for (what, bytes) in &stored {
-        for s in [&secret, &owner] {
+        for s in [&secret, &owner, &password] {
             assert!(
                 !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
-                "{what} holds a token's secret in clear"
+                "{what} holds a secret in clear"
             );
         }
     }

@@ -15,6 +15,15 @@ use crate::config::Settings;
 use crate::provider::NodeProvider;
 
 /// SHA-256 of a token, hex: the store keeps hashes, never tokens.
+/// A random salt for SHA-512 crypt: 16 characters of its alphabet.
+pub fn new_salt() -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes
+        .iter()
+        .map(|b| char::from(strato_core::crypt::ALPHABET[usize::from(b & 0x3f)]))
+        .collect()
+}
+
 pub fn hash_token(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()

@@ -12,6 +12,7 @@ pub mod access;
 pub mod backoff;
 pub mod catalog;
 pub mod client_config;
+pub mod crypt;
 pub mod error;
 pub mod exposition;
 pub mod identity;

@@ -85,7 +85,9 @@ impl<S: Store> Compute<S> {
         authorize(caller, Action::CreateCluster, Some(&req.name))?;
         may_use_identities(caller, &req.identity.user_assigned)?;
         let region = &self.plane.settings.config.region;
-        let spec = spec::validate(&req, region)?;
+        let mut spec = spec::validate(&req, region)?;
+        // The password is kept only as its SHA-512 crypt hash.
+        spec.ssh.seal(&crate::plane::new_salt());
         let mut warnings = Vec::new();
         if spec.location != *region {
             warnings.push(format!(

@@ -40,7 +40,7 @@ pub fn cluster(view: &ClusterView) -> v1::Cluster {
             VmPriority::LowPriority => LOW_PRIORITY.to_owned(),
         },
         vcpus_per_node: size.map_or(0, |z| z.vcpus),
-        admin_password_set: !s.ssh.admin_password.is_empty(),
+        admin_password_set: s.ssh.has_password(),
         created_at: Some(timestamp(record.created_at)),
         updated_at: Some(timestamp(record.updated_at)),
         identities: convert::managed_identities(&record.identities),

@@ -30,7 +30,7 @@ pub fn check_admin_password(password: &str) -> Result<(), FieldError> {
 }
 
 pub(super) fn check_ssh(ssh: &SshSettings) -> Result<(), FieldError> {
-    let has_credential = !ssh.admin_password.is_empty() || !ssh.admin_ssh_public_key.is_empty();
+    let has_credential = ssh.has_password() || !ssh.admin_ssh_public_key.is_empty();
     if ssh.admin_username.is_empty() {
         if has_credential || ssh.public_access {
             return Err(FieldError::new(

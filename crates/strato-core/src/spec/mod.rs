@@ -68,9 +68,52 @@ pub struct SshSettings {
     /// Whether the remote-login port is open to the public; off by default.
     pub public_access: bool,
     pub admin_username: String,
-    /// Write-only; never returned by the API nor logged.
+    /// Write-only, in a request; never returned by the API nor logged, and
+    /// never stored: [`SshSettings::seal`] keeps its hash instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub admin_password: String,
+    /// The admin password as SHA-512 crypt (`$6$SALT$HASH`), what
+    /// `/etc/shadow` takes: what the store keeps.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_password_hash: String,
     pub admin_ssh_public_key: String,
+}
+
+impl SshSettings {
+    /// Replaces the password in clear with its SHA-512 crypt hash, made
+    /// with `salt` (up to 16 characters of [`crate::crypt::ALPHABET`]).
+    pub fn seal(&mut self, salt: &str) {
+        if !self.admin_password.is_empty() {
+            self.admin_password_hash = crate::crypt::sha512_crypt(&self.admin_password, salt);
+            self.admin_password.clear();
+        }
+    }
+
+    /// Whether an admin password is set (in clear in a request, or as its
+    /// hash once stored).
+    pub fn has_password(&self) -> bool {
+        !self.admin_password.is_empty() || !self.admin_password_hash.is_empty()
+    }
+
+    /// Whether `asked` (a request's settings, with the password in clear
+    /// or none) is what these stored settings hold.
+    pub fn holds(&self, asked: &SshSettings) -> bool {
+        let password = match (
+            asked.admin_password.is_empty(),
+            self.admin_password_hash.is_empty(),
+        ) {
+            (true, true) => self.admin_password.is_empty(),
+            (true, false) => false,
+            (false, false) => {
+                crate::crypt::verify(&asked.admin_password, &self.admin_password_hash)
+            }
+            (false, true) => asked.admin_password == self.admin_password,
+        };
+        password
+            && self.public_access == asked.public_access
+            && self.admin_username == asked.admin_username
+            && self.admin_ssh_public_key == asked.admin_ssh_public_key
+    }
 }
 
 /// Debug output never shows the password, so a logged spec leaks nothing.
@@ -85,6 +128,14 @@ impl std::fmt::Debug for SshSettings {
                     ""
                 } else {
                     "<redacted>"
+                },
+            )
+            .field(
+                "admin_password_hash",
+                &if self.admin_password_hash.is_empty() {
+                    ""
+                } else {
+                    "<set>"
                 },
             )
             .field("admin_ssh_public_key", &self.admin_ssh_public_key)

@@ -110,7 +110,7 @@ fn immutable_change(
             Some(l) if l == current.location => None,
             Some(l) => changed(&current.location, l),
         },
-        "ssh" => (desired.ssh != current.ssh).then(String::new),
+        "ssh" => (!current.ssh.holds(&desired.ssh)).then(String::new),
         "vnet" => (desired.vnet != current.vnet).then(String::new),
         "identity" => (desired.identity != current.identity).then(|| {
             " through UpdateCluster; identities are added and removed with their own calls"

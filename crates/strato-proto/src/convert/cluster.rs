@@ -45,6 +45,7 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
             },
             admin_username: s.admin_username.clone(),
             admin_password: s.admin_password.clone(),
+            admin_password_hash: String::new(),
             admin_ssh_public_key: s.admin_ssh_public_key.clone(),
         },
     };

@@ -58,12 +58,16 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // What is overwritten or deleted (a password replaced by its
+            // hash, a job's environment) leaves no copy in free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        seal_admin_passwords(&pool).await?;
         Ok(SqliteStore { pool })
     }
 
@@ -77,6 +81,35 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// Clusters stored before admin passwords were hashed keep theirs in
+/// clear: replaced by the SHA-512 crypt hash at the first open, in one
+/// transaction.
+async fn seal_admin_passwords(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, spec FROM clusters WHERE json_extract(spec, '$.ssh.admin_password') <> ''",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (name, json) in &rows {
+        let mut spec = decode_spec(json)?;
+        spec.ssh.seal(&crate::plane::new_salt());
+        sqlx::query("UPDATE clusters SET spec = ?1 WHERE name = ?2")
+            .bind(encode_spec(&spec)?)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !rows.is_empty() {
+        tracing::info!(
+            clusters = rows.len(),
+            "admin passwords replaced by their hashes"
+        );
+    }
+    Ok(())
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {

@@ -56,3 +56,34 @@ async fn state_survives_close_and_reopen() {
         Err(StoreError::ClusterNotFound(_))
     ));
 }
+
+/// A cluster stored by an earlier version, with its admin password in
+/// clear, has it replaced by the SHA-512 crypt hash at the next open.
+#[tokio::test]
+async fn an_admin_password_stored_in_clear_is_hashed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).await.expect("open");
+    let mut spec = cluster("old", "Standard_D2_v2", 0, 2);
+    spec.ssh.admin_username = "azureuser".into();
+    spec.ssh.admin_password = "Legacy-Passw0rd".into();
+    store
+        .create_cluster(spec, Vec::new(), &limits(8), 1)
+        .await
+        .expect("create as an earlier version did");
+    store.close().await;
+
+    let reopened = SqliteStore::open(dir.path()).await.expect("reopen");
+    let ssh = reopened.get_cluster("old").await.expect("cluster").spec.ssh;
+    assert!(ssh.admin_password.is_empty(), "no password in clear");
+    assert!(strato_core::crypt::verify(
+        "Legacy-Passw0rd",
+        &ssh.admin_password_hash
+    ));
+    reopened.close().await;
+    let bytes = std::fs::read(dir.path().join(super::super::DB_FILE)).expect("db");
+    let wal = std::fs::read(dir.path().join(format!("{}-wal", super::super::DB_FILE)))
+        .unwrap_or_default();
+    for file in [bytes, wal] {
+        assert!(!file.windows(15).any(|w| w == b"Legacy-Passw0rd"));
+    }
+}
