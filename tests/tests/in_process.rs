@@ -397,3 +397,79 @@ async fn log_followers_are_bounded_per_caller() {
     .await;
     waiting.abort();
 }
+
+/// Ended jobs are deleted with their logs once they are older than
+/// `--job-retention`; a job still running is kept however old; `DeleteJob`
+/// refuses a running job and deletes an ended one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_go_after_the_retention_period_or_when_deleted() {
+    let cp = InProcess::start(&["--job-retention", "3600"])
+        .await
+        .expect("start");
+    cp.create_cluster("keep", 1, 2, 600).await;
+    let done = cp.submit(job_spec("keep")).await;
+    let (node, container) = cp.running_container(&done).await;
+    let runtime = cp.fleet.runtime(&node).expect("the node's engine");
+    runtime
+        .print(
+            &container,
+            strato_runtime::OutputStream::Stdout,
+            "old output",
+        )
+        .expect("print");
+    runtime.exit(&container, 0).expect("exit");
+    cp.job_in(&done, v1::JobState::Completed).await;
+    let running = cp.submit(job_spec("keep")).await;
+    cp.running_container(&running).await;
+
+    let mut jobs = cp.jobs();
+    let e = jobs
+        .delete_job(v1::DeleteJobRequest {
+            id: running.clone(),
+        })
+        .await
+        .expect_err("a running job");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("cancel it"), "{e:?}");
+
+    // Within the retention period: kept.
+    cp.advance(Duration::from_secs(3500));
+    cp.after_passes(3).await;
+    assert_eq!(cp.job(&done).await.state, v1::JobState::Completed as i32);
+    // Past it (and past the minute between retention runs): gone, logs too.
+    cp.advance(Duration::from_secs(200));
+    eventually("the old job to go", || {
+        let mut jobs = cp.jobs();
+        let done = done.clone();
+        async move {
+            jobs.get_job(v1::GetJobRequest { id: done })
+                .await
+                .err()
+                .filter(|e| e.code() == tonic::Code::NotFound)
+        }
+    })
+    .await;
+    assert_eq!(
+        cp.job(&running).await.state,
+        v1::JobState::Running as i32,
+        "a running job is kept"
+    );
+
+    jobs.cancel_job(v1::CancelJobRequest {
+        id: running.clone(),
+    })
+    .await
+    .expect("cancel");
+    cp.job_in(&running, v1::JobState::Canceled).await;
+    jobs.delete_job(v1::DeleteJobRequest {
+        id: running.clone(),
+    })
+    .await
+    .expect("delete an ended job");
+    let e = jobs
+        .get_job(v1::GetJobRequest { id: running })
+        .await
+        .expect_err("deleted");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    cp.stop().await.expect("stop");
+}

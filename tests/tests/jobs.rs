@@ -753,6 +753,27 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\nbye\n");
+    // An ended job can be deleted, with its logs.
+    let mut jobs = cp.jobs().await;
+    let listed = jobs
+        .list_jobs(v1::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    let id = listed[0].id.clone();
+    let deleted = cp.cli_ok(&["job", "delete", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&deleted.stdout),
+        format!("job {id}: deleted\n")
+    );
+    let gone = cp.cli(&["job", "show", &id]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
 }
 
 #[tokio::test]

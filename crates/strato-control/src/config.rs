@@ -167,6 +167,16 @@ pub struct Config {
     #[arg(long, env = "STRATO_SUBMIT_BURST", default_value_t = 1_000)]
     pub submit_burst: u32,
 
+    /// Seconds an ended job (with its logs) is kept before it is deleted;
+    /// 0 keeps jobs until `strato job delete`. Default: 30 days.
+    #[arg(
+        long,
+        env = "STRATO_JOB_RETENTION",
+        default_value_t = 30 * 86_400,
+        value_name = "SECONDS"
+    )]
+    pub job_retention: u64,
+
     /// Long-lived calls one caller may keep open at once: log streams
     /// followed (`strato job logs --follow`) and jobs waited on (`strato
     /// job wait`); past it, a new one is refused with RESOURCE_EXHAUSTED.

@@ -31,7 +31,14 @@ pub struct Reconciler<S> {
     started_at: i64,
     /// The Prometheus targets file as last written.
     targets: Option<String>,
+    /// When ended jobs past `--job-retention` were last deleted.
+    retention_at: Option<i64>,
 }
+
+/// How often ended jobs past the retention period are looked for.
+const RETENTION_EVERY_MS: i64 = 60_000;
+/// The most jobs one pass deletes (the rest go in the next passes).
+const RETENTION_BATCH: u32 = 500;
 
 impl<S: Store> Reconciler<S> {
     pub fn new(plane: Arc<Plane<S>>) -> Self {
@@ -40,6 +47,7 @@ impl<S: Store> Reconciler<S> {
             plane,
             backoff: HashMap::new(),
             targets: None,
+            retention_at: None,
         }
     }
 
@@ -77,6 +85,38 @@ impl<S: Store> Reconciler<S> {
         }
         self.send_cancellations().await?;
         self.write_targets().await?;
+        self.forget_old_jobs(now).await?;
+        Ok(())
+    }
+
+    /// Deletes jobs that ended more than `--job-retention` ago, with their
+    /// logs: at most once a minute, at most 500 a pass (a whole batch means
+    /// more are due, so the next pass goes on at once).
+    async fn forget_old_jobs(&mut self, now: i64) -> Result<(), StoreError> {
+        let retention_s = self.plane.settings.config.job_retention;
+        if retention_s == 0
+            || self
+                .retention_at
+                .is_some_and(|at| now - at < RETENTION_EVERY_MS)
+        {
+            return Ok(());
+        }
+        let retention_ms = i64::try_from(retention_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let deleted = self
+            .plane
+            .store
+            .delete_jobs_ended_before(now.saturating_sub(retention_ms), RETENTION_BATCH)
+            .await?;
+        if deleted > 0 {
+            tracing::info!(
+                jobs = deleted,
+                retention_s,
+                "deleted jobs past the retention period"
+            );
+        }
+        if deleted < u64::from(RETENTION_BATCH) {
+            self.retention_at = Some(now);
+        }
         Ok(())
     }
 

@@ -92,7 +92,9 @@ impl Role {
         match self {
             Role::Owner => true,
             Role::Reader => reads,
-            Role::DataScientist => reads || matches!(action, SubmitJob | CancelJob | StreamLogs),
+            Role::DataScientist => {
+                reads || matches!(action, SubmitJob | CancelJob | DeleteJob | StreamLogs)
+            }
             Role::ComputeOperator => {
                 reads
                     || matches!(
@@ -315,6 +317,8 @@ pub enum Action {
     GetJob,
     ListJobs,
     CancelJob,
+    /// Deleting an ended job with its logs.
+    DeleteJob,
     StreamLogs,
     WaitJob,
     CreateDatastore,
@@ -353,6 +357,7 @@ impl Action {
             SubmitJob => "jobs/submit",
             GetJob | ListJobs | WaitJob => "jobs/read",
             CancelJob => "jobs/cancel",
+            DeleteJob => "jobs/delete",
             StreamLogs => "jobs/logs/read",
             CreateDatastore => "datastores/create",
             GetDatastore | ListDatastores => "datastores/read",

@@ -194,6 +194,17 @@ impl<S: Store> Jobs<S> {
         Ok(job)
     }
 
+    /// Deletes an ended job with its attempts and logs (its cluster's
+    /// `jobs/delete`); one that has not ended is refused.
+    pub async fn delete_job(&self, caller: &Caller, id: &str) -> Result<(), AppError> {
+        required("id", id)?;
+        let job = self.plane.store.get_job(id).await?;
+        authorize(caller, Action::DeleteJob, Some(&job.spec.cluster))?;
+        self.plane.store.delete_job(id).await?;
+        tracing::info!(job = %id, by = %caller.principal(), "job deleted");
+        Ok(())
+    }
+
     /// The job's log lines so far; with `follow`, also those to come, until
     /// the job has ended and every line is sent. Stops when the stream is
     /// dropped.

@@ -58,6 +58,7 @@ pub fn rule(path: &str) -> Option<Rule> {
             "GetJob" => user(GetJob),
             "ListJobs" => user(ListJobs),
             "CancelJob" => user(CancelJob),
+            "DeleteJob" => user(DeleteJob),
             "StreamLogs" => user(StreamLogs),
             "WaitJob" => user(WaitJob),
             _ => None,

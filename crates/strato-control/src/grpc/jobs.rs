@@ -100,6 +100,17 @@ impl<S: Store> JobService for JobApi<S> {
         })
     }
 
+    async fn delete_job(
+        &self,
+        request: Request<v1::DeleteJobRequest>,
+    ) -> Result<Response<v1::DeleteJobResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let id = request.into_inner().id;
+        respond(self.app.delete_job(&caller, &id).await, |()| {
+            v1::DeleteJobResponse {}
+        })
+    }
+
     type StreamLogsStream = LogStreamBox;
 
     async fn stream_logs(

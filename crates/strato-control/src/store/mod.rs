@@ -113,6 +113,9 @@ pub enum Conflict {
     /// Only a queued job is assigned.
     #[error("job {job} is {}, not queued", .state.as_str())]
     JobNotQueued { job: String, state: JobState },
+    /// Only an ended job is deleted.
+    #[error("job {job} is {}: cancel it and delete it once it has ended", .state.as_str())]
+    JobNotEnded { job: String, state: JobState },
     /// A job takes exactly its node count, all at once.
     #[error("job {job} needs {needs} nodes, not {got}")]
     WrongNodeCount {
@@ -352,6 +355,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         cluster: &str,
     ) -> impl Future<Output = Result<Vec<QueuedJob>, StoreError>> + Send;
+
+    /// Deletes an ended job (completed, failed, canceled) with its
+    /// attempts, transitions and logs; one that has not ended is refused
+    /// (`Conflict::JobNotEnded`).
+    fn delete_job(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes at most `limit` jobs that ended before `cutoff` (ms), oldest
+    /// first, as `delete_job` does; returns how many.
+    fn delete_jobs_ended_before(
+        &self,
+        cutoff: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Cancels a queued job at once; a job on a node is marked for
     /// cancellation (the agent stops it). A final job is returned as is.

@@ -62,6 +62,10 @@ pub enum JobCommand {
     },
     /// Cancel a job; prints its state.
     Cancel(IdArg),
+    /// Delete an ended job with its logs (refused while it runs: cancel it
+    /// first). The control plane also deletes ended jobs past its
+    /// --job-retention (30 days by default).
+    Delete(IdArg),
     /// Wait until a job ends; exit 0 if it completed, 1 if not.
     ///
     /// Prints how it ended (`job ID completed`, `job ID failed (exit code 3):
@@ -266,6 +270,23 @@ pub async fn run(
                 println!("job {}: {}", job.id, job_state(job.state));
             } else {
                 print(format, &JobView::from(job))?;
+            }
+        }
+        JobCommand::Delete(IdArg { id }) => {
+            client
+                .delete_job(v1::DeleteJobRequest { id: id.clone() })
+                .await?;
+            let done = serde_json::json!({ "id": id, "deleted": true });
+            match format {
+                Format::Table => println!("job {id}: deleted"),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).map_err(anyhow::Error::from)?
+                ),
+                Format::Yaml => print!(
+                    "{}",
+                    serde_norway::to_string(&done).map_err(anyhow::Error::from)?
+                ),
             }
         }
         JobCommand::Wait(IdArg { id }) => wait::run(&mut client, format, &id).await?,

@@ -268,6 +268,12 @@ mod fake_server_tests {
         ) -> Result<Response<v1::Job>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn delete_job(
+            &self,
+            _: Request<v1::DeleteJobRequest>,
+        ) -> Result<Response<v1::DeleteJobResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         type StreamLogsStream = tokio_stream::Empty<Result<v1::LogLine, Status>>;
         async fn stream_logs(
             &self,

@@ -8,7 +8,8 @@ use super::{
     exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, states,
 };
 use crate::store::{
-    AttemptReport, Conflict, JobPage, QueuedJob, RankToStop, ReportOutcome, Store, StoreError,
+    AttemptReport, Conflict, JobPage, LogRecord, QueuedJob, RankToStop, ReportOutcome, Store,
+    StoreError,
 };
 
 pub async fn job_runs_to_completion<S: Store>(store: S) {
@@ -261,6 +262,100 @@ pub async fn cancel_of_a_finished_job_changes_nothing<S: Store>(store: S) {
     let done = store.get_job("j").await.expect("job");
     assert_eq!(store.cancel_job("j", 6).await.expect("cancel"), done);
     assert_eq!(done.state, JobState::Completed);
+}
+
+pub async fn an_ended_job_is_deleted_with_its_logs_and_a_live_one_is_not<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
+    given_running(&store, "j", &nodes, 4).await;
+    let line = LogRecord {
+        pos: 0,
+        rank: 0,
+        attempt: 1,
+        seq: 1,
+        stream: 1,
+        line: "hello".into(),
+        at: 5,
+    };
+    store
+        .append_logs("cpu-n0", "j", 1, &[line], 5)
+        .await
+        .expect("log");
+    assert!(matches!(
+        store.delete_job("j").await,
+        Err(StoreError::Conflict(Conflict::JobNotEnded {
+            state: JobState::Running,
+            ..
+        }))
+    ));
+    assert_eq!(
+        store.get_job("j").await.expect("kept").state,
+        JobState::Running
+    );
+    store
+        .report_attempt("cpu-n0", "j", 1, exited(0), 6)
+        .await
+        .expect("ended");
+    store.delete_job("j").await.expect("delete");
+    assert!(matches!(
+        store.get_job("j").await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert!(store.logs("j", None, 10).await.expect("logs").is_empty());
+    assert!(matches!(
+        store.delete_job("j").await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    // A report about it now is stale: the agent releases its container.
+    assert_eq!(
+        store
+            .report_attempt("cpu-n0", "j", 1, exited(0), 7)
+            .await
+            .expect("report"),
+        ReportOutcome::Stale
+    );
+}
+
+pub async fn jobs_ended_before_the_cutoff_are_deleted_oldest_first<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    for (id, at) in [("old-1", 10), ("old-2", 11), ("old-3", 12), ("new", 50)] {
+        store
+            .submit_job(id, job("cpu"), "", at)
+            .await
+            .expect("submit");
+        store.cancel_job(id, at).await.expect("canceled at once");
+    }
+    store
+        .submit_job("queued", job("cpu"), "", 1)
+        .await
+        .expect("submit");
+    assert_eq!(store.delete_jobs_ended_before(40, 2).await.expect("two"), 2);
+    assert!(matches!(
+        store.get_job("old-1").await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert!(matches!(
+        store.get_job("old-2").await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert_eq!(
+        store
+            .delete_jobs_ended_before(40, 100)
+            .await
+            .expect("the rest"),
+        1
+    );
+    assert_eq!(
+        store.delete_jobs_ended_before(40, 100).await.expect("none"),
+        0
+    );
+    for kept in ["new", "queued"] {
+        store.get_job(kept).await.expect("kept");
+    }
 }
 
 pub async fn stale_reports_are_answered_stale_or_release<S: Store>(store: S) {

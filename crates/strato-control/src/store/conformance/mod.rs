@@ -64,6 +64,8 @@ macro_rules! store_conformance_suite {
             ],
             jobs: [
                 job_runs_to_completion,
+                an_ended_job_is_deleted_with_its_logs_and_a_live_one_is_not,
+                jobs_ended_before_the_cutoff_are_deleted_oldest_first,
                 a_failing_job_retries_until_max_retries_then_fails,
                 an_attempt_that_cannot_start_is_not_retried,
                 cancel_while_queued,

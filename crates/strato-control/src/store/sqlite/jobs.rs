@@ -302,6 +302,47 @@ pub(super) async fn queued_jobs(
         .collect()
 }
 
+pub(super) async fn delete_job(db: &SqliteStore, id: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let job = load_job(&mut tx, id).await?;
+    if !job.state.is_final() {
+        return Err(Conflict::JobNotEnded {
+            job: id.to_owned(),
+            state: job.state,
+        }
+        .into());
+    }
+    // Attempts, transitions, ranks and logs go with it (ON DELETE CASCADE).
+    sqlx::query("DELETE FROM jobs WHERE id = ?1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn delete_jobs_ended_before(
+    db: &SqliteStore,
+    cutoff: i64,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let mut tx = db.begin_write().await?;
+    // A final job's updated_at is when it ended: it never changes again.
+    let deleted = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs
+             WHERE state IN ('completed', 'failed', 'canceled') AND updated_at < ?1
+             ORDER BY updated_at LIMIT ?2)",
+    )
+    .bind(cutoff)
+    .bind(i64::from(limit))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(deleted)
+}
+
 pub(super) async fn cancel_job(
     db: &SqliteStore,
     id: &str,

@@ -327,6 +327,14 @@ impl Store for SqliteStore {
         jobs::queued_jobs(self, cluster).await
     }
 
+    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
+        jobs::delete_job(self, id).await
+    }
+
+    async fn delete_jobs_ended_before(&self, cutoff: i64, limit: u32) -> Result<u64, StoreError> {
+        jobs::delete_jobs_ended_before(self, cutoff, limit).await
+    }
+
     async fn cancel_job(&self, id: &str, now: i64) -> Result<JobRecord, StoreError> {
         jobs::cancel_job(self, id, now).await
     }
