@@ -822,3 +822,116 @@ async fn nodes_that_never_enrol_become_unusable_and_the_provider_backs_off() {
         "the provider is retried with backoff, not in a loop"
     );
 }
+
+/// Everything between the agents and the control plane crosses a proxy
+/// here (`--agent-endpoint` points at it), as on a shared network: the
+/// proxy sees TLS records only, and none of the join token, a job's secret
+/// environment or its output.
+#[tokio::test]
+async fn a_proxy_between_agent_and_control_plane_sees_only_tls() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let via = format!("https://{}", proxy.local_addr().expect("addr"));
+    let cp = start(dir.path(), &["--agent-endpoint", &via]).await;
+    // Every byte each way, and how each connection began.
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let first = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let upstream = cp.grpc;
+    let (seen2, first2) = (seen.clone(), first.clone());
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = proxy.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (seen, first) = (seen2.clone(), first2.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = {
+                    let seen = seen.clone();
+                    async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        let mut began = false;
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            if !began {
+                                began = true;
+                                first.lock().expect("lock").push(buf[0]);
+                            }
+                            seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+                        }
+                        let _ = sw.shutdown().await;
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+                    }
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    cluster(&cp, "tapped", 1, 1, 300).await;
+    let node = one_idle_node(&cp, "tapped").await;
+    let join_token = agent_env(&cp, &node, "STRATO_JOIN_TOKEN");
+    let secret = "s3cret-value-the-proxy-must-not-see";
+    let marker = "output-the-proxy-must-not-see";
+    let mut jobs = cp.jobs().await;
+    let id = jobs
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "tapped".into(),
+                image: strato_e2e::TEST_IMAGE.into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo {marker}; test -n \"$SECRET\""),
+                ],
+                environment: [("SECRET".to_owned(), secret.to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+    assert_eq!(strato_e2e::job_output(&mut jobs, &id).await, [marker]);
+    forwarder.abort();
+
+    let seen = seen.lock().expect("lock").clone();
+    let first = first.lock().expect("lock").clone();
+    assert!(
+        !first.is_empty(),
+        "the agent's traffic went through the proxy"
+    );
+    assert!(
+        first.iter().all(|b| *b == 0x16),
+        "every connection began with a TLS handshake record: {first:?}"
+    );
+    for (what, text) in [
+        ("the join token", join_token.as_str()),
+        ("the job's secret", secret),
+        ("the job's output", marker),
+    ] {
+        assert!(
+            !seen.windows(text.len()).any(|w| w == text.as_bytes()),
+            "{what} crossed the proxy in clear"
+        );
+    }
+}

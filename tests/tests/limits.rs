@@ -56,6 +56,24 @@ async fn six_megabytes_without_a_newline_end_as_split_lines_and_free_the_node() 
         .id;
     let job = wait_job_state(&mut jobs, &id, v1::JobState::Completed, LONG).await;
     assert_eq!(job.exit_code, Some(0));
+    // The agent never held the output whole: its peak resident memory
+    // (VmHWM, from its start) stayed under 100 MiB.
+    let node = job.attempts[0].node_id.clone();
+    let (pid, _) = cp
+        .agents()
+        .into_iter()
+        .find(|(_, n)| *n == node)
+        .expect("the node's agent");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak_kib < 100 * 1024,
+        "the agent peaked at {peak_kib} KiB resident"
+    );
 
     let lines = job_log_lines(&mut jobs, &id).await;
     let (xs, rest): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.line.starts_with('x'));

@@ -107,8 +107,9 @@ pub struct Config {
     #[arg(long, env = "STRATO_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,
 
-    /// The gRPC address agents dial. Default: http:// + --grpc-listen (with
-    /// 127.0.0.1 for an unspecified address).
+    /// The gRPC address agents dial. Default: https:// (http:// under
+    /// --insecure-plaintext) + --grpc-listen (with 127.0.0.1 for an
+    /// unspecified address).
     #[arg(long, env = "STRATO_AGENT_ENDPOINT")]
     pub agent_endpoint: Option<String>,
 
