@@ -591,6 +591,15 @@ async fn a_used_join_token_is_refused_and_the_node_keeps_its_session() {
     let cp = start(dir.path(), &[]).await;
     cluster(&cp, "held", 1, 1, 300).await;
     let node = one_idle_node(&cp, "held").await;
+    // Its first session, right after enrolling with the join token, already
+    // presented the new certificate: no session was refused.
+    let agent_log =
+        std::fs::read_to_string(cp.data_dir.join("nodes").join(&node).join("agent.log"))
+            .expect("agent.log");
+    assert!(
+        !agent_log.contains("no session with the control plane"),
+        "{agent_log}"
+    );
     let stolen = agent_env(&cp, &node, "STRATO_JOIN_TOKEN");
     let mut agents = v1::agent_service_client::AgentServiceClient::new(cp.channel().await);
     let e = agents
@@ -662,7 +671,12 @@ async fn node_certificates_are_renewed_before_they_expire() {
     cluster(&cp, "renew", 1, 1, 300).await;
     let node = one_idle_node(&cp, "renew").await;
     let path = credentials(&cp, &node).join("node.crt");
-    let first = std::fs::read_to_string(&path).expect("node.crt");
+    // The agent writes it once enrolment has answered.
+    let first = wait_for("the node's certificate", LONG, || {
+        let path = path.clone();
+        async move { std::fs::read_to_string(&path).ok() }
+    })
+    .await;
     let issued = std::time::SystemTime::now();
     let renewed = wait_for("a renewed certificate", LONG, || {
         let (path, first) = (path.clone(), first.clone());

@@ -1,5 +1,6 @@
-//! `cargo xtask bench dispatch | agent`: release builds against one warm
-//! node, measured next to a baseline (plain `docker run`, node_exporter).
+//! `cargo xtask bench dispatch | agent | followers`: release builds against
+//! one warm node, measured next to a baseline (plain `docker run`,
+//! node_exporter, the same load without followers).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use crate::command::{have, run};
 use crate::control::{Control, free_port, node_states, strato_output};
 use crate::images::TEST_IMAGE;
 use crate::setup::{apt_install, setup};
-use crate::workspace::{PROFILE, cargo, root};
+use crate::workspace::{PROFILE, cargo, profile_dir, root, target_dir};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -98,6 +99,135 @@ pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
         s.as_secs_f64() / d.as_secs_f64()
     );
     remove_bench_cluster(control, &data_dir)
+}
+
+/// `cargo xtask bench followers`: log ingestion (a job printing 50,000
+/// lines, from submit to its end) with no one following and with 1,500 idle
+/// `logs --follow` streams on another job, which a log batch must not wake.
+/// Prints both rates and their ratio; fails below one half.
+pub(crate) fn bench_followers() -> anyhow::Result<()> {
+    const FOLLOWERS: usize = 1_500;
+    const LINES: u32 = 50_000;
+    const RUNS: usize = 3;
+    // No low-priority cores: the parked job never gets a node, so its
+    // followers stay open and idle.
+    let quota = root()
+        .join(".data")
+        .join(format!("bench-followers-quota-{}.toml", std::process::id()));
+    std::fs::create_dir_all(root().join(".data"))?;
+    std::fs::write(&quota, "[default]\nlow_priority_cores = 0\n")?;
+    let quota_arg = quota.display().to_string();
+    let (control, data_dir, _grpc) = warm_bench_cluster(
+        "followers",
+        &[
+            "--max-followers-per-caller",
+            "2000",
+            "--quota-file",
+            &quota_arg,
+        ],
+    )?;
+    strato_output(
+        &control,
+        &[
+            "compute",
+            "create",
+            "-n",
+            "parked",
+            "--tier",
+            "lowpriority",
+            "--max-nodes",
+            "1",
+        ],
+    )?;
+    let parked = strato_output(
+        &control,
+        &[
+            "job",
+            "submit",
+            "--compute",
+            "parked",
+            "--image",
+            TEST_IMAGE,
+            "--",
+            "true",
+        ],
+    )?
+    .trim()
+    .to_owned();
+    let script = format!("seq 1 {LINES}");
+    let ingest = || -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let id = strato_output(
+            &control,
+            &[
+                "job",
+                "submit",
+                "--compute",
+                "bench",
+                "--image",
+                TEST_IMAGE,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )?
+        .trim()
+        .to_owned();
+        strato_output(&control, &["job", "wait", &id])?;
+        let elapsed = started.elapsed();
+        while !node_states(&control, "bench")?
+            .iter()
+            .any(|(_, s)| s == "idle")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(elapsed)
+    };
+    println!("==> {RUNS} jobs of {LINES} lines, no followers");
+    let unloaded = median((0..RUNS).map(|_| ingest()).collect::<Result<_, _>>()?);
+    println!("==> {FOLLOWERS} idle followers on job {parked}");
+    let mut followers = Command::new(target_dir().join(profile_dir()).join("strato-followers"))
+        .arg(data_dir.join("admin.conf"))
+        .arg(&parked)
+        .arg(FOLLOWERS.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("strato-followers (built with the workspace's bins)")?;
+    let ready = {
+        use std::io::BufRead as _;
+        let stdout = followers.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        line
+    };
+    let loaded = if ready.trim() == format!("ready {FOLLOWERS}") {
+        println!("==> {RUNS} jobs of {LINES} lines, {FOLLOWERS} followers open");
+        (0..RUNS).map(|_| ingest()).collect::<Result<Vec<_>, _>>()
+    } else {
+        Err(anyhow::anyhow!("the followers did not open: {ready:?}"))
+    };
+    let _ = followers.kill();
+    let _ = followers.wait();
+    let loaded = median(loaded?);
+    let rate = |d: Duration| f64::from(LINES) / d.as_secs_f64();
+    let ratio = rate(loaded) / rate(unloaded);
+    println!("followers: a {LINES}-line job from submit to its end, median of {RUNS}");
+    println!("  no followers:            {:>9.0} lines/s", rate(unloaded));
+    println!(
+        "  {FOLLOWERS} idle followers:    {:>9.0} lines/s",
+        rate(loaded)
+    );
+    println!("  ratio loaded / unloaded: {ratio:>9.2}");
+    strato_output(&control, &["job", "cancel", &parked])?;
+    strato_output(&control, &["compute", "delete", "-n", "parked", "--yes"])?;
+    remove_bench_cluster(control, &data_dir)?;
+    std::fs::remove_file(&quota).ok();
+    ensure!(
+        ratio >= 0.5,
+        "idle followers slowed ingestion below half its unloaded rate"
+    );
+    Ok(())
 }
 
 /// CPU seconds (user + system) a process used so far, from /proc.

@@ -132,6 +132,10 @@ impl<S: Store> AgentService for AgentApi<S> {
             None => None,
         };
         let join_hash = hash_token(&r.join_token);
+        let key_hash = csr
+            .as_ref()
+            .map(crate::tls::Csr::key_hash)
+            .unwrap_or_default();
         let again = if !r.join_token.is_empty() {
             None
         } else if self.plane.tls.is_some() {
@@ -158,7 +162,10 @@ impl<S: Store> AgentService for AgentApi<S> {
             Some(node.node_id)
         };
         let by = match &again {
-            None => Enrolment::JoinToken(&join_hash),
+            None => Enrolment::JoinToken {
+                token: &join_hash,
+                key: &key_hash,
+            },
             Some(node) => Enrolment::Node(node),
         };
         let session_token = new_token();
@@ -559,7 +566,16 @@ async fn hello_reconcile<S: Store>(
     let Some(job_id) = node.run_id else {
         return Ok(());
     };
-    let job = plane.store.get_job(&job_id).await?;
+    let job = match plane.store.get_job(&job_id).await {
+        Ok(job) => job,
+        // Gone (deleted): nothing is placed here; the agent's reports of
+        // it are answered Stale, and it releases what it holds.
+        Err(StoreError::JobNotFound(_)) => {
+            tracing::warn!(node = %node_id, job = %job_id, "the node's job is gone");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let placed = PlacedJob {
         job_id: &job.id,
         attempt: job.attempt,

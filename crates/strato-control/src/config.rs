@@ -73,13 +73,16 @@ pub struct Config {
     #[arg(long, env = "STRATO_OIDC_CA_FILE")]
     pub oidc_ca_file: Option<PathBuf>,
 
-    /// Seconds a node's client certificate is valid (10 s to 30 days). Its
-    /// agent renews it when two thirds of that have passed, and at every
-    /// re-enrolment; a node cut off for longer needs a new join token.
+    /// Seconds a node's client certificate is valid (10 s to 30 days;
+    /// default 7 days). Its agent renews it when two thirds of that have
+    /// passed, and at every re-enrolment; a node cut off from the control
+    /// plane for longer (the control plane down that long, too) needs a new
+    /// join token. A removed node is refused at once, whatever its
+    /// certificate says.
     #[arg(
         long,
         env = "STRATO_NODE_CERTIFICATE_LIFETIME",
-        default_value_t = 86_400,
+        default_value_t = 7 * 86_400,
         value_name = "SECONDS"
     )]
     pub node_certificate_lifetime: u64,
@@ -194,7 +197,8 @@ pub struct Config {
     pub cancel_grace: u32,
 
     /// The `iss` of the access tokens this control plane issues for
-    /// clusters' identities. Default: http:// + --http-listen + /, where the
+    /// clusters' identities. Default: https:// (http:// under
+    /// --insecure-plaintext) + --http-listen + /, where the
     /// OIDC discovery document and JWKS are served. A value of the form
     /// https://sts.windows.net/<tenant>/ makes Azure Storage's emulator
     /// (Azurite) accept the tokens.

@@ -34,7 +34,7 @@ use crate::store::Store;
 /// TLS handshakes in progress at once; connections past it are closed.
 pub const MAX_HANDSHAKES: usize = 256;
 /// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
 
 /// The side port's listener: accepts TCP connections, does their TLS
-/// handshakes concurrently (at most [`MAX_HANDSHAKES`], each within 10 s),
+/// handshakes concurrently (at most [`MAX_HANDSHAKES`], each within 5 s),
 /// and hands on those that succeed with the node their certificate names.
 pub struct HttpListener {
     accepted: mpsc::Receiver<(Box<dyn Connection>, Peer)>,

@@ -3,10 +3,12 @@
 //! caller `oidc:SUBJECT`, whose roles are its role assignments.
 //!
 //! The issuer's keys come from the `jwks_uri` of its discovery document
-//! (`ISSUER/.well-known/openid-configuration`), fetched at start and again
-//! when a token names a key not in the set (at most once every
+//! (`ISSUER/.well-known/openid-configuration`, whose `issuer` must be the
+//! configured one), fetched at start, again every [`MAX_KEY_AGE`], and when
+//! a token names a key not in the set (at most once every
 //! [`REFRESH_EVERY`], so tokens with made-up key ids cannot make the
-//! control plane hammer the issuer). A token is accepted only if its
+//! control plane hammer the issuer). One fetch runs at a time, and never
+//! under the lock that verifications read the keys under. A token is accepted only if its
 //! algorithm is an asymmetric one its key is for, its issuer and audience
 //! are the configured ones, and it has not expired (`exp` required, `nbf`
 //! honoured, [`LEEWAY_S`] of clock skew).
@@ -16,10 +18,13 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock};
 
 /// The least time between two fetches of the issuer's keys.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Keys older than this are fetched again (a key the issuer removed stops
+/// being trusted).
+pub const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_S: u64 = 30;
 /// The longest bearer JWT looked at.
@@ -89,7 +94,9 @@ struct Keys {
 pub struct OidcVerifier {
     config: OidcConfig,
     client: reqwest::Client,
-    keys: Mutex<Keys>,
+    keys: RwLock<Keys>,
+    /// Held by the one fetch in progress.
+    fetching: Mutex<()>,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -140,7 +147,10 @@ impl OidcVerifier {
                 "needs --oidc-audience: the audience (aud) tokens for Strato carry".into(),
             ));
         }
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        // No redirects: what is fetched is what was checked.
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &config.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| OidcError::Setup(format!("--oidc-ca-file: {e}")))?;
@@ -154,10 +164,11 @@ impl OidcVerifier {
         Ok(OidcVerifier {
             config,
             client,
-            keys: Mutex::new(Keys {
+            keys: RwLock::new(Keys {
                 set: JwkSet { keys: Vec::new() },
                 fetched: None,
             }),
+            fetching: Mutex::new(()),
         })
     }
 
@@ -192,49 +203,75 @@ impl OidcVerifier {
         serde_json::from_slice(&body).map_err(|e| OidcError::Fetch(format!("{url}: {e}")))
     }
 
-    /// Fetches the issuer's keys (discovery document, then its jwks_uri).
+    /// Fetches the issuer's keys (discovery document, then its jwks_uri)
+    /// and puts them in place.
     pub async fn refresh(&self) -> Result<usize, OidcError> {
-        let mut keys = self.keys.lock().await;
-        self.fetch_into(&mut keys).await
+        let _one = self.fetching.lock().await;
+        self.fetch().await
     }
 
-    async fn fetch_into(&self, keys: &mut Keys) -> Result<usize, OidcError> {
-        keys.fetched = Some(Instant::now());
+    async fn fetch(&self) -> Result<usize, OidcError> {
+        self.keys.write().await.fetched = Some(Instant::now());
         let discovery: serde_json::Value = self
             .get_json(&format!(
                 "{}/.well-known/openid-configuration",
                 self.config.issuer.trim_end_matches('/')
             ))
             .await?;
+        if discovery["issuer"].as_str() != Some(self.config.issuer.as_str()) {
+            return Err(OidcError::Fetch(format!(
+                "the discovery document names issuer {}, not {}",
+                discovery["issuer"], self.config.issuer
+            )));
+        }
         let jwks_uri = discovery["jwks_uri"]
             .as_str()
             .ok_or_else(|| OidcError::Fetch("the discovery document has no jwks_uri".into()))?;
-        let set: JwkSet = self.get_json(jwks_uri).await?;
+        let mut set: JwkSet = self.get_json(jwks_uri).await?;
+        // Signing keys only.
+        set.keys.retain(|k| {
+            !matches!(
+                k.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            )
+        });
         let count = set.keys.len();
-        keys.set = set;
+        self.keys.write().await.set = set;
         tracing::info!(issuer = %self.config.issuer, keys = count, "OIDC issuer keys fetched");
         Ok(count)
     }
 
-    /// The key `kid` names, fetching the set again if it is not there
-    /// (and the last fetch was long enough ago).
+    /// The key `kid` names, fetching the set again if it is not there (and
+    /// the last fetch was long enough ago) or the set is old.
     async fn key(&self, kid: Option<&str>) -> Result<jsonwebtoken::jwk::Jwk, OidcError> {
         let find = |set: &JwkSet| match kid {
             Some(kid) => set.find(kid).cloned(),
             // No key id: only a set of one key says which.
             None => (set.keys.len() == 1).then(|| set.keys[0].clone()),
         };
-        let mut keys = self.keys.lock().await;
-        if let Some(key) = find(&keys.set) {
+        let (found, fetched) = {
+            let keys = self.keys.read().await;
+            (find(&keys.set), keys.fetched)
+        };
+        let stale = fetched.is_none_or(|at| at.elapsed() >= MAX_KEY_AGE);
+        if let Some(key) = found
+            && !stale
+        {
             return Ok(key);
         }
-        if keys.fetched.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
-            self.fetch_into(&mut keys).await?;
-            if let Some(key) = find(&keys.set) {
-                return Ok(key);
+        if fetched.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+            // One fetch at a time; who waited for it reads what it got.
+            let one = self.fetching.lock().await;
+            let again = self.keys.read().await.fetched;
+            if again == fetched
+                && let Err(e) = self.fetch().await
+            {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "fetching the OIDC issuer's keys");
             }
+            drop(one);
         }
-        Err(OidcError::UnknownKey(kid.unwrap_or("(none)").to_owned()))
+        find(&self.keys.read().await.set)
+            .ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("(none)").to_owned()))
     }
 
     /// The subject of a valid token.
@@ -291,7 +328,7 @@ mod tests {
         })
         .expect("verifier");
         let set: JwkSet = serde_json::from_value(issuer.jwks()).expect("jwks");
-        *verifier.keys.try_lock().expect("unlocked") = Keys {
+        *verifier.keys.try_write().expect("unlocked") = Keys {
             set,
             fetched: Some(Instant::now()),
         };

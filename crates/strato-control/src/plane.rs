@@ -14,7 +14,6 @@ use tonic::Status;
 use crate::config::Settings;
 use crate::provider::NodeProvider;
 
-/// SHA-256 of a token, hex: the store keeps hashes, never tokens.
 /// A random salt for SHA-512 crypt: 16 characters of its alphabet.
 pub fn new_salt() -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
@@ -24,6 +23,7 @@ pub fn new_salt() -> String {
         .collect()
 }
 
+/// SHA-256 of a token, hex: the store keeps hashes, never tokens.
 pub fn hash_token(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()

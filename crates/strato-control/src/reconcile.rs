@@ -37,8 +37,10 @@ pub struct Reconciler<S> {
 
 /// How often ended jobs past the retention period are looked for.
 const RETENTION_EVERY_MS: i64 = 60_000;
-/// The most jobs one pass deletes (the rest go in the next passes).
-const RETENTION_BATCH: u32 = 500;
+/// Jobs deleted in one transaction (each with its logs: kept small, so no
+/// writer waits long), and the most batches in one pass.
+const RETENTION_BATCH: u32 = 50;
+const RETENTION_BATCHES: u32 = 10;
 
 impl<S: Store> Reconciler<S> {
     pub fn new(plane: Arc<Plane<S>>) -> Self {
@@ -90,8 +92,8 @@ impl<S: Store> Reconciler<S> {
     }
 
     /// Deletes jobs that ended more than `--job-retention` ago, with their
-    /// logs: at most once a minute, at most 500 a pass (a whole batch means
-    /// more are due, so the next pass goes on at once).
+    /// logs: at most once a minute, 50 a transaction and at most 500 a pass
+    /// (a pass that found more goes on at the next pass).
     async fn forget_old_jobs(&mut self, now: i64) -> Result<(), StoreError> {
         let retention_s = self.plane.settings.config.job_retention;
         if retention_s == 0
@@ -102,11 +104,20 @@ impl<S: Store> Reconciler<S> {
             return Ok(());
         }
         let retention_ms = i64::try_from(retention_s.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let deleted = self
-            .plane
-            .store
-            .delete_jobs_ended_before(now.saturating_sub(retention_ms), RETENTION_BATCH)
-            .await?;
+        let cutoff = now.saturating_sub(retention_ms);
+        let (mut deleted, mut more) = (0, true);
+        for _ in 0..RETENTION_BATCHES {
+            let batch = self
+                .plane
+                .store
+                .delete_jobs_ended_before(cutoff, RETENTION_BATCH)
+                .await?;
+            deleted += batch;
+            if batch < u64::from(RETENTION_BATCH) {
+                more = false;
+                break;
+            }
+        }
         if deleted > 0 {
             tracing::info!(
                 jobs = deleted,
@@ -114,7 +125,7 @@ impl<S: Store> Reconciler<S> {
                 "deleted jobs past the retention period"
             );
         }
-        if deleted < u64::from(RETENTION_BATCH) {
+        if !more {
             self.retention_at = Some(now);
         }
         Ok(())

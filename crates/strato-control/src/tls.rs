@@ -187,6 +187,16 @@ pub enum CsrError {
 pub struct Csr(rcgen::CertificateSigningRequestParams);
 
 impl Csr {
+    /// The SHA-256 (hex) of the public key it asks a certificate for.
+    pub fn key_hash(&self) -> String {
+        use rcgen::PublicKeyData as _;
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.0.public_key.der_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Parses `pem` and checks that its key signed it.
     pub fn parse(pem: &str) -> Result<Csr, CsrError> {
         if pem.trim().is_empty() {

@@ -62,8 +62,8 @@ impl Role {
     /// What it may do, in a line, for help texts and tables.
     pub fn describe(self) -> &'static str {
         match self {
-            Role::Reader => "read clusters, nodes, sizes, usage, jobs and datastores",
-            Role::DataScientist => "Reader, and submit, cancel and read the logs of jobs",
+            Role::Reader => "read clusters, nodes, sizes, usage, jobs, datastores and metrics",
+            Role::DataScientist => "Reader, and submit, cancel, delete and read the logs of jobs",
             Role::ComputeOperator => {
                 "Reader, and create, update and delete clusters, assign identities, simulate evictions"
             }

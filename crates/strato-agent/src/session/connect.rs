@@ -45,8 +45,10 @@ pub(super) struct Contact {
     pub enrolments: u64,
     /// The node's key and certificate (with TLS).
     pub credentials: Option<Arc<Credentials>>,
-    /// The last session token: without TLS, what re-enrols.
+    /// The last session token: without TLS, what re-enrols (kept in
+    /// `session_file`, so a restarted agent enrols again too).
     pub session_token: Option<String>,
+    pub session_file: Option<std::path::PathBuf>,
 }
 
 /// Runs sessions until the join token is refused; reconnects with backoff
@@ -59,10 +61,19 @@ pub async fn run<R: ContainerRuntime>(
     let mut failures = 0;
     let mut last_contact = tokio::time::Instant::now();
     let mut contact = Contact::default();
-    if let Transport::Tls { .. } = config.transport {
-        contact.credentials = Some(Arc::new(Credentials::load(
-            &identity.work_dir.join("credentials"),
-        )?));
+    let credentials_dir = identity.work_dir.join("credentials");
+    match config.transport {
+        Transport::Tls { .. } => {
+            contact.credentials = Some(Arc::new(Credentials::load(&credentials_dir)?));
+        }
+        Transport::Plaintext => {
+            let file = credentials_dir.join("session-token");
+            contact.session_token = std::fs::read_to_string(&file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty());
+            contact.session_file = Some(file);
+        }
     }
     loop {
         let enrolments = contact.enrolments;
@@ -117,6 +128,34 @@ async fn give_up<R: ContainerRuntime>(runtime: &R, node: &str) {
     }
 }
 
+/// A connection to the control plane, presenting `identity` (the node's
+/// certificate and key) when there is one and TLS is spoken.
+async fn dial(
+    config: &AgentConfig,
+    identity: Option<&(String, String)>,
+) -> Result<Channel, SessionError> {
+    let endpoint = match (&config.transport, identity) {
+        (Transport::Tls { ca_pem }, Some((cert, key))) => {
+            strato_proto::client::endpoint_with_identity(
+                &config.control_plane,
+                ca_pem.as_deref(),
+                cert,
+                key,
+            )
+            .map_err(|e| SessionError::Refused(e.to_string()))?
+        }
+        _ => config.endpoint.clone(),
+    };
+    endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|source| SessionError::Unreachable {
+            url: config.control_plane.clone(),
+            source,
+        })
+}
+
 /// An open session: what enrolment answered, the containers this node
 /// holds, and both directions of the stream.
 pub(super) struct Opened {
@@ -138,30 +177,11 @@ pub(super) async fn open<R: ContainerRuntime>(
     // Once enrolled, the node proves who it is with its certificate (or,
     // without TLS, its last session token); the join token is used up.
     let held = contact.credentials.as_ref().and_then(|c| c.identity());
-    let endpoint = match (&config.transport, &held) {
-        (Transport::Tls { ca_pem }, Some((cert, key))) => {
-            strato_proto::client::endpoint_with_identity(
-                &config.control_plane,
-                ca_pem.as_deref(),
-                cert,
-                key,
-            )
-            .map_err(|e| SessionError::Refused(e.to_string()))?
-        }
-        _ => config.endpoint.clone(),
-    };
     let again = match config.transport {
         Transport::Tls { .. } => held.is_some(),
         Transport::Plaintext => contact.session_token.is_some(),
     };
-    let channel: Channel = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|source| SessionError::Unreachable {
-            url: config.control_plane.clone(),
-            source,
-        })?;
+    let mut channel = dial(config, held.as_ref()).await?;
     let mut client = AgentServiceClient::new(channel.clone());
     let gpus = identity.gpus.sample();
     let csr = match &contact.credentials {
@@ -194,8 +214,10 @@ pub(super) async fn open<R: ContainerRuntime>(
     let enrolled = match client.enroll(request).await {
         Ok(r) => r.into_inner(),
         Err(s) if again && s.code() == tonic::Code::Unauthenticated => {
-            // The control plane no longer knows this certificate or session
-            // (a new CA, a restored database): try the join token next.
+            // The control plane no longer takes this certificate or session
+            // (a restored database, a certificate it refuses): try the join
+            // token next, which works only if it was never used. (A new CA
+            // fails the handshake instead: unreachable, retried.)
             tracing::warn!(error = %s.message(), "re-enrolment refused; trying the join token");
             if let Some(c) = &contact.credentials {
                 c.forget();
@@ -216,8 +238,19 @@ pub(super) async fn open<R: ContainerRuntime>(
     contact.node = Some(node_id.clone());
     contact.enrolments += 1;
     contact.session_token = Some(enrolled.session_token.clone());
+    if let Some(file) = &contact.session_file
+        && let Err(e) = strato_runtime::write_private(file, enrolled.session_token.as_bytes())
+    {
+        tracing::warn!(path = %file.display(), error = %e, "cannot keep the session token; a restart will need a new join token");
+    }
     if let (Some(c), Some(cert)) = (&contact.credentials, &enrolled.certificate) {
         c.store(cert)?;
+        if held.is_none() {
+            // Enrolled with the join token on a connection without a
+            // certificate: the session needs one that presents it.
+            channel = dial(config, c.identity().as_ref()).await?;
+            client = AgentServiceClient::new(channel.clone());
+        }
     }
     tracing::info!(node = %node_id, cluster = %enrolled.cluster, again, "enrolled");
 

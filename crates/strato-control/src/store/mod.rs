@@ -29,8 +29,10 @@ pub use sqlite::{DB_FILE, SqliteStore};
 /// How an enrolling agent proved which node it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enrolment<'a> {
-    /// The first time: the hash of the node's join token.
-    JoinToken(&'a str),
+    /// The first time: the hash of the node's join token, and of the public
+    /// key its CSR names (empty without TLS). The same token with the same
+    /// key is taken again until it expires (the first answer was lost).
+    JoinToken { token: &'a str, key: &'a str },
     /// Again: the node its client certificate (or, without TLS, its last
     /// session token) names.
     Node(&'a str),
@@ -116,6 +118,12 @@ pub enum Conflict {
     /// Only an ended job is deleted.
     #[error("job {job} is {}: cancel it and delete it once it has ended", .state.as_str())]
     JobNotEnded { job: String, state: JobState },
+    /// An ended job whose ranks still stop on their nodes is kept until
+    /// they have: deleting it would leave them running unseen.
+    #[error(
+        "job {job} has ended, but its containers are still stopping on its nodes; delete it once they have"
+    )]
+    JobStillOnNodes { job: String },
     /// A job takes exactly its node count, all at once.
     #[error("job {job} needs {needs} nodes, not {got}")]
     WrongNodeCount {

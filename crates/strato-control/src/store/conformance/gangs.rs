@@ -170,6 +170,50 @@ pub async fn a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops
     );
 }
 
+/// A gang that failed while one rank still stops is kept, by delete and
+/// by retention, until that rank's container has stopped.
+pub async fn an_ended_gang_is_kept_while_a_rank_still_stops<S: Store>(store: S) {
+    let spec = JobSpec {
+        max_retries: 0,
+        ..gang("mpi", 2, Distribution::Mpi)
+    };
+    let nodes = given_gang_of_two(&store, spec).await;
+    store.assign_job("g", &nodes, 4).await.expect("assign");
+    for n in &nodes {
+        store
+            .report_attempt(n, "g", 1, AttemptReport::Running, 5)
+            .await
+            .expect("running");
+    }
+    store
+        .report_attempt(&nodes[1], "g", 1, exited(1), 6)
+        .await
+        .expect("rank 1 failed");
+    assert_eq!(
+        store.get_job("g").await.expect("job").state,
+        JobState::Failed
+    );
+    assert!(matches!(
+        store.delete_job("g").await,
+        Err(StoreError::Conflict(Conflict::JobStillOnNodes { .. }))
+    ));
+    assert_eq!(
+        store
+            .delete_jobs_ended_before(i64::MAX, 100)
+            .await
+            .expect("retention"),
+        0
+    );
+    store
+        .report_attempt(&nodes[0], "g", 1, exited(143), 7)
+        .await
+        .expect("rank 0 stopped");
+    store
+        .delete_job("g")
+        .await
+        .expect("deleted once every rank stopped");
+}
+
 pub async fn a_gang_runs_once_every_rank_runs<S: Store>(store: S) {
     let nodes = given_gang_of_two(&store, gang("mpi", 2, Distribution::Pytorch)).await;
     store.assign_job("g", &nodes, 4).await.expect("assign");

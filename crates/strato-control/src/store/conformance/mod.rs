@@ -83,6 +83,7 @@ macro_rules! store_conformance_suite {
             ],
             gangs: [
                 a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops,
+                an_ended_gang_is_kept_while_a_rank_still_stops,
                 a_gang_runs_once_every_rank_runs,
                 a_gang_completes_once_every_rank_exited_0,
                 an_mpi_worker_ending_first_fails_the_attempt,
@@ -167,6 +168,9 @@ pub fn gang(cluster: &str, nodes: u32, distribution: Distribution) -> JobSpec {
     }
 }
 
+/// The public key hash a case's agents enrol with.
+pub const AGENT_KEY: &str = "key-of-the-agent";
+
 /// When the join tokens of a case's nodes expire.
 pub const JOIN_EXPIRES: i64 = 1_000;
 
@@ -203,7 +207,10 @@ pub async fn given_idle_nodes<S: Store>(store: &S, cluster: &str, ids: &[&str]) 
             .expect("create node");
         store
             .enroll(
-                Enrolment::JoinToken(&join_token(id)),
+                Enrolment::JoinToken {
+                    token: &join_token(id),
+                    key: AGENT_KEY,
+                },
                 &session_token(id),
                 &EnrollReport::default(),
                 2,

@@ -5,8 +5,8 @@ use strato_core::job::JobState;
 use strato_core::node::{GpuInfo, NodeState};
 
 use super::{
-    JOIN_EXPIRES, exited, given_cluster, given_idle_nodes, given_running, job, join_token,
-    last_reason, limits, node, session_token, states,
+    AGENT_KEY, JOIN_EXPIRES, exited, given_cluster, given_idle_nodes, given_running, job,
+    join_token, last_reason, limits, node, session_token, states,
 };
 use crate::store::{
     Conflict, EnrollReport, Enrolment, NodeUsage, ReportOutcome, Store, StoreError,
@@ -40,7 +40,10 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
     assert!(matches!(
         store
             .enroll(
-                Enrolment::JoinToken("join-unknown"),
+                Enrolment::JoinToken {
+                    token: "join-unknown",
+                    key: AGENT_KEY
+                },
                 "s",
                 &EnrollReport::default(),
                 11
@@ -62,7 +65,10 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
     };
     let enrolled = store
         .enroll(
-            Enrolment::JoinToken(&join_token("cpu-n0")),
+            Enrolment::JoinToken {
+                token: &join_token("cpu-n0"),
+                key: AGENT_KEY,
+            },
             &session_token("cpu-n0"),
             &report,
             12,
@@ -128,12 +134,12 @@ pub async fn enrolling_again_keeps_the_state_and_replaces_the_session<S: Store>(
         .await
         .expect("submit");
     given_running(&store, "j", &nodes, 4).await;
-    // Someone else presents the used join token: refused, and the node's
-    // session is untouched.
+    // Someone else presents the used join token (with another key, or none):
+    // refused, and the node's session is untouched.
     assert!(matches!(
         store
             .enroll(
-                Enrolment::JoinToken(&join_token("cpu-n0")),
+                Enrolment::JoinToken { token: &join_token("cpu-n0"), key: "impostor-key" },
                 "session-impostor",
                 &EnrollReport::default(),
                 40,
@@ -153,6 +159,35 @@ pub async fn enrolling_again_keeps_the_state_and_replaces_the_session<S: Store>(
             .node_id,
         "cpu-n0"
     );
+    assert!(matches!(
+        store
+            .enroll(
+                Enrolment::JoinToken {
+                    token: &join_token("cpu-n0"),
+                    key: ""
+                },
+                "session-keyless",
+                &EnrollReport::default(),
+                41,
+            )
+            .await,
+        Err(StoreError::JoinTokenUsed(_))
+    ));
+    // The agent itself, whose first answer was lost, asks again with its
+    // own key before the token expires: it is the node.
+    let replayed = store
+        .enroll(
+            Enrolment::JoinToken {
+                token: &join_token("cpu-n0"),
+                key: AGENT_KEY,
+            },
+            "session-replay",
+            &EnrollReport::default(),
+            42,
+        )
+        .await
+        .expect("the same key");
+    assert_eq!(replayed.node_id, "cpu-n0");
     // The agent restarts: it enrols again as the node its certificate names.
     let again = store
         .enroll(
@@ -194,7 +229,7 @@ pub async fn an_expired_join_token_is_refused<S: Store>(store: S) {
     assert!(matches!(
         store
             .enroll(
-                Enrolment::JoinToken(&join_token("cpu-n0")),
+                Enrolment::JoinToken { token: &join_token("cpu-n0"), key: AGENT_KEY },
                 &session_token("cpu-n0"),
                 &EnrollReport::default(),
                 5,
@@ -235,7 +270,10 @@ pub async fn an_unusable_node_refuses_enrolment<S: Store>(store: S) {
     );
     let e = store
         .enroll(
-            Enrolment::JoinToken(&join_token("cpu-n0")),
+            Enrolment::JoinToken {
+                token: &join_token("cpu-n0"),
+                key: AGENT_KEY,
+            },
             &session_token("cpu-n0"),
             &EnrollReport::default(),
             4,

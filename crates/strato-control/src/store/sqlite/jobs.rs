@@ -312,6 +312,13 @@ pub(super) async fn delete_job(db: &SqliteStore, id: &str) -> Result<(), StoreEr
         }
         .into());
     }
+    let on_nodes: bool = sqlx::query_scalar(STILL_ON_NODES)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if on_nodes {
+        return Err(Conflict::JobStillOnNodes { job: id.to_owned() }.into());
+    }
     // Attempts, transitions, ranks and logs go with it (ON DELETE CASCADE).
     sqlx::query("DELETE FROM jobs WHERE id = ?1")
         .bind(id)
@@ -320,6 +327,12 @@ pub(super) async fn delete_job(db: &SqliteStore, id: &str) -> Result<(), StoreEr
     tx.commit().await?;
     Ok(())
 }
+
+/// Whether job `?1` still holds a node: a rank not yet ended (a gang's
+/// other ranks stop after the job ended), or a node it runs on.
+const STILL_ON_NODES: &str =
+    "SELECT EXISTS (SELECT 1 FROM job_ranks WHERE job_id = ?1 AND ended_at IS NULL)
+         OR EXISTS (SELECT 1 FROM nodes WHERE run_id = ?1)";
 
 pub(super) async fn delete_jobs_ended_before(
     db: &SqliteStore,
@@ -330,9 +343,11 @@ pub(super) async fn delete_jobs_ended_before(
     // A final job's updated_at is when it ended: it never changes again.
     let deleted = sqlx::query(
         "DELETE FROM jobs WHERE id IN (
-             SELECT id FROM jobs
-             WHERE state IN ('completed', 'failed', 'canceled') AND updated_at < ?1
-             ORDER BY updated_at LIMIT ?2)",
+             SELECT j.id FROM jobs j
+             WHERE j.state IN ('completed', 'failed', 'canceled') AND j.updated_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM job_ranks r WHERE r.job_id = j.id AND r.ended_at IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.run_id = j.id)
+             ORDER BY j.updated_at LIMIT ?2)",
     )
     .bind(cutoff)
     .bind(i64::from(limit))

@@ -104,6 +104,11 @@ async fn seal_admin_passwords(pool: &sqlx::SqlitePool) -> Result<(), StoreError>
     }
     tx.commit().await?;
     if !rows.is_empty() {
+        // The WAL still holds the pages with the clear passwords: write
+        // them back into the (secure_delete) database and truncate it.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await?;
         tracing::info!(
             clusters = rows.len(),
             "admin passwords replaced by their hashes"

@@ -170,26 +170,30 @@ pub(super) async fn enroll(
 ) -> Result<NodeRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     let node_id = match by {
-        Enrolment::JoinToken(hash) => {
-            let (node_id, expires_at, used_at): (String, Option<i64>, Option<i64>) =
-                sqlx::query_as(
-                    "SELECT node_id, join_expires_at, join_used_at FROM nodes WHERE join_token_hash = ?1",
-                )
-                .bind(hash)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::BadToken)?;
-            if used_at.is_some() {
-                return Err(StoreError::JoinTokenUsed(node_id));
-            }
+        Enrolment::JoinToken { token, key } => {
+            type Row = (String, Option<i64>, Option<i64>, Option<String>);
+            let (node_id, expires_at, used_at, used_key): Row = sqlx::query_as(
+                "SELECT node_id, join_expires_at, join_used_at, join_key FROM nodes WHERE join_token_hash = ?1",
+            )
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::BadToken)?;
             if expires_at.is_some_and(|at| now >= at) {
                 return Err(StoreError::JoinTokenExpired(node_id));
             }
-            sqlx::query("UPDATE nodes SET join_used_at = ?1 WHERE node_id = ?2")
-                .bind(now)
-                .bind(&node_id)
-                .execute(&mut *tx)
-                .await?;
+            let same_key = !key.is_empty() && used_key.as_deref() == Some(key);
+            if used_at.is_some() && !same_key {
+                return Err(StoreError::JoinTokenUsed(node_id));
+            }
+            sqlx::query(
+                "UPDATE nodes SET join_used_at = COALESCE(join_used_at, ?1), join_key = ?2 WHERE node_id = ?3",
+            )
+            .bind(now)
+            .bind(key)
+            .bind(&node_id)
+            .execute(&mut *tx)
+            .await?;
             node_id
         }
         Enrolment::Node(node_id) => node_id.to_owned(),
