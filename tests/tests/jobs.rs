@@ -949,3 +949,44 @@ async fn a_proxy_between_agent_and_control_plane_sees_only_tls() {
         );
     }
 }
+
+/// A job runs as the image's user unless it names one (`--user`, as
+/// `docker run --user`); a malformed user is refused naming the field.
+#[tokio::test]
+async fn a_job_runs_as_the_user_it_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "users", 0, 1, 300).await;
+    let mut jobs = cp.jobs().await;
+    let spec = |user: &str| v1::JobSpec {
+        cluster: "users".into(),
+        image: strato_e2e::TEST_IMAGE.into(),
+        command: vec!["sh".into(), "-c".into(), "echo $(id -u) $(id -g)".into()],
+        user: user.into(),
+        ..Default::default()
+    };
+    let e = jobs
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(spec("root; rm -rf /")),
+        })
+        .await
+        .expect_err("a malformed user");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("user"), "{e:?}");
+    for (user, shown) in [("", "0 0"), ("1234:4321", "1234 4321")] {
+        let id = jobs
+            .submit_job(v1::SubmitJobRequest {
+                spec: Some(spec(user)),
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .id;
+        wait_state(&mut jobs, &id, v1::JobState::Completed).await;
+        assert_eq!(
+            strato_e2e::job_output(&mut jobs, &id).await,
+            [shown],
+            "{user:?}"
+        );
+    }
+}

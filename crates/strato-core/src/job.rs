@@ -40,6 +40,42 @@ pub struct JobSpec {
     pub process_count_per_node: u32,
     #[serde(default)]
     pub distribution: Distribution,
+    /// Who the command runs as in the container (Docker's `NAME`, `UID`,
+    /// `NAME:GROUP`, `UID:GID`); empty: the image's `USER`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+}
+
+/// The longest `user` a job may name.
+pub const MAX_USER_LEN: usize = 64;
+
+/// A container user as Docker takes it: a name or id, optionally `:` a
+/// group name or id; letters, digits, `_`, `.`, `-`.
+pub fn check_user(user: &str) -> Result<(), FieldError> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('-')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    };
+    let ok = user.len() <= MAX_USER_LEN
+        && match user.split_once(':') {
+            Some((u, g)) => part_ok(u) && part_ok(g),
+            None => part_ok(user),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "user",
+            format!(
+                "must be NAME, UID, NAME:GROUP or UID:GID (letters, digits, '_', '.', '-'; at most {MAX_USER_LEN} characters)"
+            ),
+        ))
+    }
 }
 
 fn one() -> u32 {
@@ -179,6 +215,7 @@ pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(
         ));
     }
     crate::limits::check_job_size(&spec.image, spec.environment.iter(), &spec.command)?;
+    check_user(&spec.user)?;
     if spec.display_name.chars().count() > MAX_DISPLAY_NAME_LEN {
         return Err(FieldError::new(
             "display_name",
@@ -567,6 +604,33 @@ mod tests {
             node_count: 1,
             process_count_per_node: 1,
             distribution: Distribution::None,
+            user: String::new(),
+        }
+    }
+
+    #[test]
+    fn container_users_are_names_or_ids_with_an_optional_group() {
+        for good in [
+            "",
+            "1000",
+            "1000:1000",
+            "azureuser",
+            "ml_user:ml-group",
+            "a.b",
+        ] {
+            assert!(check_user(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "root ",
+            ":1000",
+            "1000:",
+            "a:b:c",
+            "-u",
+            "x;rm",
+            &"u".repeat(65),
+        ] {
+            let e = check_user(bad).expect_err(bad);
+            assert_eq!(e.field, "user");
         }
     }
 

@@ -27,6 +27,8 @@ pub struct JobRequest {
     pub max_preemptions: Option<u32>,
     pub inputs: Vec<DataRequest>,
     pub outputs: Vec<DataRequest>,
+    /// Who the command runs as; empty: the image's user.
+    pub user: String,
 }
 
 /// A job input or output as asked for: a datastore URI, not yet resolved.

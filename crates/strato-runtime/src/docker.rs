@@ -512,6 +512,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             .filter(|_| spec.network.as_deref() != Some("host")),
         networking_config,
         image: Some(spec.image.clone()),
+        user: spec.user.clone(),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(

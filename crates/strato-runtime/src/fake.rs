@@ -431,6 +431,7 @@ mod tests {
             hostname: None,
             pids_limit: None,
             new_privileges: false,
+            user: None,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct ContainerSpec {
     /// Whether its processes may gain privileges (setuid binaries such as
     /// `sudo`); off for job containers unless the agent allows it.
     pub new_privileges: bool,
+    /// Who its command runs as (`NAME`, `UID`, `UID:GID`); `None`: the
+    /// image's `USER`.
+    pub user: Option<String>,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]

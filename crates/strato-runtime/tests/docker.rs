@@ -55,6 +55,7 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         hostname: None,
         pids_limit: Some(strato_runtime::PIDS_LIMIT),
         new_privileges: false,
+        user: None,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),

@@ -245,6 +245,7 @@ mod tests {
             hostname: None,
             pids_limit: None,
             new_privileges: false,
+            user: None,
         }
     }
 

@@ -58,6 +58,7 @@ pub fn container_spec(
         hostname: None,
         pids_limit: Some(strato_runtime::PIDS_LIMIT),
         new_privileges: false,
+        user: (!spec.user.is_empty()).then(|| spec.user.clone()),
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),

@@ -85,6 +85,7 @@ impl<S: Store> Jobs<S> {
                 self.resolve("inputs", "download", req.inputs).await?
             },
             outputs: self.resolve("outputs", "upload", req.outputs).await?,
+            user: req.user,
         };
         let size = cluster
             .spec

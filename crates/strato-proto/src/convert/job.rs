@@ -57,6 +57,7 @@ pub fn job_spec(spec: &JobSpec) -> v1::JobSpec {
             .map(|d| job_data(d, "download"))
             .collect(),
         outputs: spec.outputs.iter().map(|d| job_data(d, "upload")).collect(),
+        user: spec.user.clone(),
     }
 }
 
@@ -111,6 +112,7 @@ pub fn job_request(wire: v1::JobSpec) -> Result<JobRequest, FieldError> {
         max_preemptions: wire.max_preemptions,
         inputs: data(wire.inputs),
         outputs: data(wire.outputs),
+        user: wire.user,
     })
 }
 

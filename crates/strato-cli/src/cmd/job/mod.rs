@@ -130,6 +130,11 @@ pub struct SubmitArgs {
     /// or `none`. Default: mpi when N > 1 or P > 1, else none.
     #[arg(long, value_enum)]
     distribution: Option<DistributionArg>,
+    /// Run the command as this user in the container: NAME, UID,
+    /// NAME:GROUP or UID:GID, as `docker run --user`. Default: the image's
+    /// USER.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
     /// The command and its arguments, after `--` (run without a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -194,6 +199,7 @@ fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
         max_preemptions: args.max_preemptions,
         inputs: data(args.inputs, "download"),
         outputs: data(args.outputs, "upload"),
+        user: args.user.unwrap_or_default(),
     }
 }
 

@@ -154,6 +154,7 @@ pub fn job(cluster: &str) -> JobSpec {
         node_count: 1,
         process_count_per_node: 1,
         distribution: Distribution::None,
+        user: String::new(),
     }
 }
 
