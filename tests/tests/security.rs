@@ -309,6 +309,66 @@ async fn revoked_and_expired_tokens_are_refused() {
     assert!(e.message().contains("expired"), "{}", e.message());
 }
 
+/// A stream opened with a token ends once the token is revoked: a leaked
+/// token cannot keep reading a job's logs (nor waiting on it).
+#[tokio::test]
+async fn a_revoked_token_ends_the_streams_it_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    ComputeServiceClient::new(cp.channel().await)
+        .create_cluster(v1::CreateClusterRequest {
+            spec: Some(spec("streams")),
+        })
+        .await
+        .expect("create");
+    // No provider: the job stays queued, and its followers stay open.
+    let id = JobServiceClient::new(cp.channel().await)
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "streams".into(),
+                image: "strato-test/busybox:latest".into(),
+                command: vec!["true".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let leaked = token(&cp, "leaked", "DataScientist", "/", 0).await;
+    let mut jobs = JobServiceClient::new(as_token(&cp, Some(&leaked)).await);
+    let mut stream = jobs
+        .stream_logs(v1::StreamLogsRequest {
+            id: id.clone(),
+            follow: true,
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    let waiting = tokio::spawn({
+        let mut jobs = jobs.clone();
+        let id = id.clone();
+        async move { jobs.wait_job(v1::WaitJobRequest { id }).await }
+    });
+    AccessServiceClient::new(cp.channel().await)
+        .revoke_token(v1::RevokeTokenRequest {
+            name: "leaked".into(),
+        })
+        .await
+        .expect("revoke");
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("the stream ends within the recheck");
+    let e = ended.expect_err("ended with an error");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("leaked"), "{e:?}");
+    let waited = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the wait ends within the recheck")
+        .expect("join");
+    assert_eq!(waited.expect_err("refused").code(), Code::Unauthenticated);
+}
+
 /// Only TLS is spoken: a plaintext client gets no answer, and a client
 /// that does not trust the control plane's CA refuses the connection.
 /// admin.conf is the owner's alone, and no token's secret is stored.

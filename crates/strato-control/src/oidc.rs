@@ -83,6 +83,7 @@ pub enum OidcError {
 struct Claims {
     #[serde(default)]
     sub: String,
+    exp: i64,
 }
 
 struct Keys {
@@ -274,8 +275,9 @@ impl OidcVerifier {
             .ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("(none)").to_owned()))
     }
 
-    /// The subject of a valid token.
-    pub async fn verify(&self, token: &str) -> Result<String, OidcError> {
+    /// The subject of a valid token, and when it expires (seconds since
+    /// the epoch).
+    pub async fn verify(&self, token: &str) -> Result<(String, i64), OidcError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(OidcError::TooLong);
         }
@@ -306,7 +308,7 @@ impl OidcVerifier {
         if data.claims.sub.is_empty() {
             return Err(OidcError::NoSubject);
         }
-        Ok(data.claims.sub)
+        Ok((data.claims.sub, data.claims.exp))
     }
 }
 
@@ -353,7 +355,7 @@ mod tests {
         let good = issuer
             .assertion("alice", "api://strato", now())
             .expect("token");
-        assert_eq!(verifier.verify(&good).await.expect("valid"), "alice");
+        assert_eq!(verifier.verify(&good).await.expect("valid").0, "alice");
 
         let other_aud = issuer
             .assertion("alice", "api://other", now())

@@ -72,7 +72,7 @@ impl<S: Store> Access<S> {
         if let Some(oidc) = &self.plane.oidc
             && crate::oidc::looks_like_jwt(secret)
         {
-            let subject = oidc
+            let (subject, expires_s) = oidc
                 .verify(secret)
                 .await
                 .map_err(|e| AppError::Unauthenticated(e.to_string()))?;
@@ -91,6 +91,7 @@ impl<S: Store> Access<S> {
             return Ok(Caller::User(Principal {
                 name: principal,
                 grants,
+                expires_at: Some(expires_s.saturating_mul(1000)),
             }));
         }
         let now = self.plane.clock.now_ms();
@@ -135,7 +136,32 @@ impl<S: Store> Access<S> {
         Ok(Caller::User(Principal {
             name: principal,
             grants,
+            expires_at: token.expires_at,
         }))
+    }
+
+    /// Whether `caller`'s credential still holds, for a call that stays
+    /// open: UNAUTHENTICATED once it expired or (an API token) was revoked.
+    pub async fn still_valid(&self, caller: &Caller) -> Result<(), AppError> {
+        let Caller::User(p) = caller else {
+            return Ok(());
+        };
+        let now = self.plane.clock.now_ms();
+        if p.expires_at.is_some_and(|at| now >= at) {
+            return Err(AppError::Unauthenticated(format!(
+                "the credential of {} has expired",
+                p.name
+            )));
+        }
+        if let Some(name) = p.name.strip_prefix("token:") {
+            let token = self.plane.store.api_token(name).await?;
+            if rules::token_state(token.revoked_at, token.expires_at, now) != TokenState::Valid {
+                return Err(AppError::Unauthenticated(format!(
+                    "API token {name} is no longer valid (revoked or expired)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes the bootstrap Owner token anew (a token of that name is

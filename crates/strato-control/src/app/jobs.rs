@@ -21,6 +21,9 @@ const LOG_PAGE: u32 = 500;
 /// How long a waiter sleeps without an event before it looks again (a
 /// safety net: events wake it).
 const RECHECK: Duration = Duration::from_secs(2);
+/// How often a call that stays open checks that its caller's credential
+/// still holds (not revoked, not expired).
+pub const CREDENTIAL_RECHECK: Duration = Duration::from_secs(10);
 
 /// A job's log lines in arrival order; ends after the last line, or with
 /// the error that stopped it.
@@ -225,8 +228,11 @@ impl<S: Store> Jobs<S> {
         };
         let (tx, rx) = mpsc::channel(64);
         let plane = self.plane.clone();
+        let caller = caller.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let access = super::Access::new(plane.clone());
+            let mut checked = tokio::time::Instant::now();
             // State changes (a job ending) and this job's own output; other
             // jobs' output does not wake it.
             let mut changes = plane.events.subscribe();
@@ -261,6 +267,14 @@ impl<S: Store> Jobs<S> {
                 }
                 if !follow || final_before {
                     return;
+                }
+                // A revoked or expired credential ends the stream.
+                if checked.elapsed() >= CREDENTIAL_RECHECK {
+                    checked = tokio::time::Instant::now();
+                    if let Err(e) = access.still_valid(&caller).await {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
                 // Wait for a change (a timeout as a safety net), or stop
                 // when the reader has gone.
@@ -298,11 +312,17 @@ impl<S: Store> Jobs<S> {
         let mut job = self.plane.store.get_job(id).await?;
         authorize(caller, Action::WaitJob, Some(&job.spec.cluster))?;
         let _slot = self.follower_slot(caller)?;
+        let access = super::Access::new(self.plane.clone());
+        let mut checked = tokio::time::Instant::now();
         loop {
             if job.state.is_final() {
                 return Ok(job);
             }
             let _ = tokio::time::timeout(RECHECK, changes.changed()).await;
+            if checked.elapsed() >= CREDENTIAL_RECHECK {
+                checked = tokio::time::Instant::now();
+                access.still_valid(caller).await?;
+            }
             job = self.plane.store.get_job(id).await?;
         }
     }

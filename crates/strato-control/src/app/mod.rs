@@ -223,6 +223,9 @@ pub enum Caller {
 pub struct Principal {
     pub name: String,
     pub grants: Vec<Grant>,
+    /// When its credential stops being valid (ms; an API token's or a
+    /// JWT's expiry): long-lived calls end then.
+    pub expires_at: Option<i64>,
 }
 
 impl Caller {
@@ -250,6 +253,7 @@ impl Caller {
                 role: Role::Owner,
                 scope: Scope::All,
             }],
+            expires_at: None,
         })
     }
 }
