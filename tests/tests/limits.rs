@@ -22,6 +22,108 @@ fn job(cluster: &str) -> v1::JobSpec {
 /// `strato_core::limits::MAX_LOG_LINE_BYTES`, as users are told it.
 const LINE: usize = 16 * 1024;
 
+/// The agent never held the output whole: the peak resident memory
+/// (VmHWM, since its start) of the agent that ran `job` stayed under
+/// 100 MiB.
+fn assert_agent_stayed_small(cp: &ControlPlane, job: &v1::Job) {
+    let node = job.attempts[0].node_id.clone();
+    let (pid, _) = cp
+        .agents()
+        .into_iter()
+        .find(|(_, n)| *n == node)
+        .expect("the node's agent");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak_kib < 100 * 1024,
+        "the agent peaked at {peak_kib} KiB resident"
+    );
+}
+
+/// 400 MB without a newline: the agent streams it in bounded lines (its
+/// memory stays under 100 MiB), the control plane keeps the first
+/// `--max-log-bytes-per-attempt` (16 MiB here) and one marker, and the job
+/// ends normally with its node idle again.
+#[tokio::test]
+async fn four_hundred_megabytes_without_a_newline_keep_the_agent_small_and_the_store_bounded() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget: usize = 16 * 1024 * 1024;
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &[
+            "--reconcile-interval-ms",
+            "200",
+            "--heartbeat-interval",
+            "1",
+            "--node-heartbeat-timeout",
+            "15",
+            "--max-log-bytes-per-attempt",
+            &budget.to_string(),
+        ],
+    )
+    .await
+    .expect("start");
+    cp.cli_ok(&["compute", "create", "-n", "flood", "--max-nodes", "1"]);
+    let total: u64 = 400 * 1000 * 1000;
+    let mut jobs = cp.jobs().await;
+    let id = jobs
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "flood".into(),
+                image: "strato-test/busybox:latest".into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!(
+                        "yes x | head -c {} | tr -d '\\n'; echo; echo after",
+                        2 * total
+                    ),
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let job = wait_job_state(
+        &mut jobs,
+        &id,
+        v1::JobState::Completed,
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(job.exit_code, Some(0));
+    assert_agent_stayed_small(&cp, &job);
+    let lines = job_log_lines(&mut jobs, &id).await;
+    let kept: usize = lines
+        .iter()
+        .filter(|l| l.line.starts_with('x'))
+        .map(|l| l.line.len())
+        .sum();
+    assert!(kept <= budget, "{kept} bytes kept");
+    assert!(kept > budget - LINE, "the budget was used: {kept}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.line.starts_with("[strato] output truncated"))
+            .count(),
+        1,
+        "one marker"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.line.contains("only the first")),
+        "nothing after the marker"
+    );
+}
+
 #[tokio::test]
 async fn six_megabytes_without_a_newline_end_as_split_lines_and_free_the_node() {
     require_docker();
@@ -56,24 +158,7 @@ async fn six_megabytes_without_a_newline_end_as_split_lines_and_free_the_node() 
         .id;
     let job = wait_job_state(&mut jobs, &id, v1::JobState::Completed, LONG).await;
     assert_eq!(job.exit_code, Some(0));
-    // The agent never held the output whole: its peak resident memory
-    // (VmHWM, from its start) stayed under 100 MiB.
-    let node = job.attempts[0].node_id.clone();
-    let (pid, _) = cp
-        .agents()
-        .into_iter()
-        .find(|(_, n)| *n == node)
-        .expect("the node's agent");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    assert!(
-        peak_kib < 100 * 1024,
-        "the agent peaked at {peak_kib} KiB resident"
-    );
+    assert_agent_stayed_small(&cp, &job);
 
     let lines = job_log_lines(&mut jobs, &id).await;
     let (xs, rest): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.line.starts_with('x'));

@@ -171,6 +171,24 @@ pub struct Config {
     #[arg(long, env = "STRATO_SUBMIT_BURST", default_value_t = 1_000)]
     pub submit_burst: u32,
 
+    /// Lines of output kept of one attempt on one node; past them one
+    /// `[strato] output truncated` line says so and the rest is dropped.
+    #[arg(
+        long,
+        env = "STRATO_MAX_LOG_LINES_PER_ATTEMPT",
+        default_value_t = strato_core::limits::MAX_STORED_LINES_PER_RANK
+    )]
+    pub max_log_lines_per_attempt: u64,
+
+    /// Bytes of output kept of one attempt on one node (default 100 MiB);
+    /// past them one `[strato] output truncated` line says so.
+    #[arg(
+        long,
+        env = "STRATO_MAX_LOG_BYTES_PER_ATTEMPT",
+        default_value_t = strato_core::limits::MAX_STORED_BYTES_PER_RANK
+    )]
+    pub max_log_bytes_per_attempt: u64,
+
     /// Seconds an ended job (with its logs) is kept before it is deleted;
     /// 0 keeps jobs until `strato job delete`. Default: 30 days.
     #[arg(
@@ -274,6 +292,10 @@ pub enum ConfigError {
     SubmitRate { rate: f64, burst: u32 },
     #[error("--max-followers-per-caller must be above 0")]
     Followers,
+    #[error(
+        "--max-log-lines-per-attempt must be above 0 and --max-log-bytes-per-attempt at least 16384 (one line)"
+    )]
+    LogBudget,
     #[error(
         "--oidc-issuer and --oidc-audience go together: the issuer whose tokens are accepted, and the audience they must carry"
     )]
@@ -428,6 +450,11 @@ impl Config {
         }
         if self.max_followers_per_caller == 0 {
             return Err(ConfigError::Followers);
+        }
+        if self.max_log_lines_per_attempt == 0
+            || self.max_log_bytes_per_attempt < strato_core::limits::MAX_LOG_LINE_BYTES as u64
+        {
+            return Err(ConfigError::LogBudget);
         }
         if self.oidc_issuer.is_some() != self.oidc_audience.is_some() {
             return Err(ConfigError::Oidc);

@@ -126,12 +126,18 @@ pub async fn serve(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
     data_dir::keep_private(&config.data_dir);
-    let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
-        format!(
-            "--data-dir {}: cannot open the database",
-            config.data_dir.display()
-        )
-    })?;
+    let store = SqliteStore::open(&config.data_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "--data-dir {}: cannot open the database",
+                config.data_dir.display()
+            )
+        })?
+        .with_log_budget(strato_core::limits::LogBudget {
+            lines: config.max_log_lines_per_attempt,
+            bytes: config.max_log_bytes_per_attempt,
+        });
     remove_orphans(&store, provider.as_ref()).await;
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(

@@ -17,17 +17,55 @@ use crate::error::FieldError;
 /// after one marker line that says so ([`stored_line`]).
 pub const MAX_STORED_LINES_PER_RANK: u64 = 200_000;
 
-/// What the store keeps of the line numbered `seq` (from 0, per attempt
-/// and node, as agents number them): the line itself below the bound, the
-/// truncation marker in the bound's place, nothing after.
-pub fn stored_line(seq: u64, max: u64) -> StoredLine {
-    match seq.cmp(&max) {
-        std::cmp::Ordering::Less => StoredLine::Line,
-        std::cmp::Ordering::Equal => StoredLine::Marker(format!(
-            "[strato] output truncated: only the first {max} lines of this attempt on this node are kept"
-        )),
-        std::cmp::Ordering::Greater => StoredLine::Dropped,
+/// The most bytes of output the store keeps of one attempt on one node
+/// (the default of `--max-log-bytes-per-attempt`): past it, one marker line
+/// says so, and the rest is not kept.
+pub const MAX_STORED_BYTES_PER_RANK: u64 = 100 * 1024 * 1024;
+
+/// How much of an attempt's output on one node the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBudget {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            lines: MAX_STORED_LINES_PER_RANK,
+            bytes: MAX_STORED_BYTES_PER_RANK,
+        }
     }
+}
+
+/// What the store keeps of the line numbered `seq` (from 0, per attempt
+/// and node, as agents number them), `len` bytes long, when `stored` bytes
+/// of that attempt and node are kept and `truncated` says whether the
+/// marker is: the line within the budget; the truncation marker in place
+/// of the first line past it (its line count or its bytes); nothing after.
+pub fn stored_line(
+    seq: u64,
+    len: u64,
+    stored: u64,
+    truncated: bool,
+    budget: LogBudget,
+) -> StoredLine {
+    if truncated {
+        return StoredLine::Dropped;
+    }
+    if seq >= budget.lines {
+        return StoredLine::Marker(format!(
+            "[strato] output truncated: only the first {} lines of this attempt on this node are kept",
+            budget.lines
+        ));
+    }
+    if stored.saturating_add(len) > budget.bytes {
+        return StoredLine::Marker(format!(
+            "[strato] output truncated: only the first {} bytes of this attempt on this node are kept",
+            budget.bytes
+        ));
+    }
+    StoredLine::Line
 }
 
 /// See [`stored_line`].
@@ -248,10 +286,24 @@ mod tests {
 
     #[test]
     fn lines_past_the_bound_leave_one_marker() {
-        assert_eq!(stored_line(0, 3), StoredLine::Line);
-        assert_eq!(stored_line(2, 3), StoredLine::Line);
-        assert!(matches!(stored_line(3, 3), StoredLine::Marker(m) if m.contains("first 3 lines")));
-        assert_eq!(stored_line(4, 3), StoredLine::Dropped);
+        let budget = LogBudget {
+            lines: 3,
+            bytes: 100,
+        };
+        assert_eq!(stored_line(0, 10, 0, false, budget), StoredLine::Line);
+        assert_eq!(stored_line(2, 10, 20, false, budget), StoredLine::Line);
+        assert!(matches!(
+            stored_line(3, 10, 30, false, budget),
+            StoredLine::Marker(m) if m.contains("first 3 lines")
+        ));
+        assert_eq!(stored_line(4, 10, 30, true, budget), StoredLine::Dropped);
+        // The bytes bound: the line that would pass it becomes the marker.
+        assert_eq!(stored_line(1, 60, 40, false, budget), StoredLine::Line);
+        assert!(matches!(
+            stored_line(1, 61, 40, false, budget),
+            StoredLine::Marker(m) if m.contains("first 100 bytes")
+        ));
+        assert_eq!(stored_line(2, 1, 40, true, budget), StoredLine::Dropped);
     }
 
     #[test]

@@ -31,14 +31,28 @@ pub(super) async fn append_logs(
         }
         .into());
     };
+    let (stored, truncated): (i64, bool) = sqlx::query_as(
+        "SELECT stored_bytes, truncated FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+    )
+    .bind(job_id)
+    .bind(i64::from(attempt))
+    .bind(i64::from(rank))
+    .fetch_one(&mut *tx)
+    .await?;
+    let (mut stored, mut truncated) = (u64::try_from(stored).unwrap_or(0), truncated);
+    let (was_stored, was_truncated) = (stored, truncated);
     for l in lines {
-        // The first lines are kept; past the bound one marker says so.
-        let text = match limits::stored_line(l.seq, limits::MAX_STORED_LINES_PER_RANK) {
-            StoredLine::Line => std::borrow::Cow::Borrowed(l.line.as_str()),
-            StoredLine::Marker(marker) => std::borrow::Cow::Owned(marker),
+        // The first lines and bytes are kept; past the budget one marker
+        // says so. A line sent again (after a reconnect) is not counted
+        // again: its sequence number is stored already.
+        let len = l.line.len() as u64;
+        let (text, marker) = match limits::stored_line(l.seq, len, stored, truncated, db.log_budget)
+        {
+            StoredLine::Line => (std::borrow::Cow::Borrowed(l.line.as_str()), false),
+            StoredLine::Marker(marker) => (std::borrow::Cow::Owned(marker), true),
             StoredLine::Dropped => continue,
         };
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT OR IGNORE INTO job_logs (job_id, attempt, rank, seq, stream, line, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
@@ -49,6 +63,26 @@ pub(super) async fn append_logs(
         .bind(i64::from(l.stream))
         .bind(text.as_ref())
         .bind(l.at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        match (inserted, marker) {
+            (true, false) => stored += len,
+            (true, true) => truncated = true,
+            (false, _) => {}
+        }
+    }
+    if (stored, truncated) != (was_stored, was_truncated) {
+        sqlx::query(
+            "UPDATE job_ranks SET stored_bytes = ?4, truncated = ?5
+             WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(i64::from(rank))
+        .bind(i64::try_from(stored).unwrap_or(i64::MAX))
+        .bind(truncated)
         .execute(&mut *tx)
         .await?;
     }

@@ -46,6 +46,8 @@ pub const DB_FILE: &str = "strato.db";
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// How much of an attempt's output on one node is kept.
+    log_budget: strato_core::limits::LogBudget,
 }
 
 impl SqliteStore {
@@ -68,7 +70,17 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         seal_admin_passwords(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            log_budget: strato_core::limits::LogBudget::default(),
+        })
+    }
+
+    /// Keeps at most `budget` of each attempt's output on each node
+    /// (`--max-log-lines-per-attempt`, `--max-log-bytes-per-attempt`).
+    pub fn with_log_budget(mut self, budget: strato_core::limits::LogBudget) -> Self {
+        self.log_budget = budget;
+        self
     }
 
     /// Closes every connection, checkpointing the WAL.

@@ -87,3 +87,57 @@ async fn an_admin_password_stored_in_clear_is_hashed_at_open() {
         assert!(!file.windows(15).any(|w| w == b"Legacy-Passw0rd"));
     }
 }
+
+/// Past `--max-log-bytes-per-attempt` one marker line says the output was
+/// truncated and nothing more is kept; lines sent again after a reconnect
+/// are not counted twice.
+#[tokio::test]
+async fn output_past_the_byte_budget_leaves_one_marker() {
+    use crate::store::LogRecord;
+    use crate::store::conformance::given_cluster;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path())
+        .await
+        .expect("open")
+        .with_log_budget(strato_core::limits::LogBudget {
+            lines: 1_000,
+            bytes: 25,
+        });
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
+    given_running(&store, "j", &nodes, 4).await;
+    let line = |seq: u64| LogRecord {
+        pos: 0,
+        rank: 0,
+        attempt: 1,
+        seq,
+        stream: 1,
+        line: "0123456789".into(),
+        at: 5,
+    };
+    let batch: Vec<LogRecord> = (0..2).map(line).collect();
+    store
+        .append_logs("cpu-n0", "j", 1, &batch, 5)
+        .await
+        .expect("20 bytes");
+    // Sent again: still 20 bytes kept, and the third line passes 25.
+    let batch: Vec<LogRecord> = (0..5).map(line).collect();
+    store
+        .append_logs("cpu-n0", "j", 1, &batch, 6)
+        .await
+        .expect("past the budget");
+    let logs = store.logs("j", None, 10).await.expect("logs");
+    let lines: Vec<(u64, &str)> = logs.iter().map(|l| (l.seq, l.line.as_str())).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[..2], [(0, "0123456789"), (1, "0123456789")]);
+    assert_eq!(lines[2].0, 2);
+    assert!(
+        lines[2].1.contains("only the first 25 bytes"),
+        "{}",
+        lines[2].1
+    );
+}
