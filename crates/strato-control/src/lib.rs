@@ -353,6 +353,10 @@ async fn write_admin_conf<S: Store>(
     Ok(())
 }
 
+/// The gRPC server's HTTP/2 flow-control windows.
+const GRPC_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+const GRPC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
 async fn grpc_server<S: Store>(
     plane: Arc<Plane<S>>,
     access: Arc<app::Access<S>>,
@@ -387,7 +391,13 @@ async fn grpc_server<S: Store>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-    let mut builder = tonic::transport::Server::builder();
+    // Windows large enough that an agent streaming output fast is not held
+    // back, and that HTTP/2's budget of small DATA frames (half the
+    // connection window) is not spent by output arriving faster than the
+    // store takes it.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
+        .initial_stream_window_size(Some(GRPC_STREAM_WINDOW));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("the TLS settings")?;
     }

@@ -262,7 +262,16 @@ pub(super) async fn follow<R: ContainerRuntime>(
         }
     }
     let mut seq = 0u64;
-    let mut output = runtime.logs(&id).ready_chunks(LOG_BATCH);
+    // Lines that come within 20 ms of the first go in one batch: output
+    // trickling in line by line would otherwise be one small message per
+    // line, which costs the control plane a store write each (and which
+    // HTTP/2 servers refuse past a budget of small frames).
+    let output = tokio_stream::StreamExt::chunks_timeout(
+        runtime.logs(&id),
+        LOG_BATCH,
+        std::time::Duration::from_millis(20),
+    );
+    tokio::pin!(output);
     while let Some(batch) = output.next().await {
         let now = timestamp(staging.clock.now_ms());
         let mut lines = Vec::with_capacity(batch.len());
