@@ -241,9 +241,12 @@ impl ControlPlane {
     }
 
     /// The agent processes this control plane's local provider started
-    /// (found by the endpoint in their environment), as (pid, node id).
+    /// (found by the endpoint or, when `--agent-endpoint` sends them
+    /// elsewhere, the work directory under this data dir, in their
+    /// environment), as (pid, node id).
     pub fn agents(&self) -> Vec<(u32, String)> {
         let endpoint = format!("STRATO_CONTROL_PLANE={}", self.endpoint());
+        let work_dirs = format!("STRATO_WORK_DIR={}/", self.data_dir.join("nodes").display());
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return out;
@@ -257,7 +260,10 @@ impl ControlPlane {
                 continue;
             };
             let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-            if !environ.split(|b| *b == 0).any(|v| v == endpoint.as_bytes()) {
+            let ours = environ
+                .split(|b| *b == 0)
+                .any(|v| v == endpoint.as_bytes() || v.starts_with(work_dirs.as_bytes()));
+            if !ours {
                 continue;
             }
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
