@@ -213,6 +213,34 @@ pub fn may_enrol(state: NodeState) -> bool {
     !matches!(state, NodeState::Unusable | NodeState::Leaving)
 }
 
+/// Why a join token is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    Expired,
+    Used,
+}
+
+/// Whether a join token may enrol its node at `now`: before it expires,
+/// once, or again by the same agent (`key`, its CSR's public key hash,
+/// is the one the first enrolment named: its first answer was lost).
+/// `key` is empty without TLS, and then never counts as the same.
+pub fn join_token_takes(
+    expires_at: Option<i64>,
+    used: bool,
+    used_key: Option<&str>,
+    key: &str,
+    now: i64,
+) -> Result<(), JoinRefusal> {
+    if expires_at.is_some_and(|at| now >= at) {
+        return Err(JoinRefusal::Expired);
+    }
+    let same_agent = !key.is_empty() && used_key == Some(key);
+    if used && !same_agent {
+        return Err(JoinRefusal::Used);
+    }
+    Ok(())
+}
+
 /// A node's first enrolment makes it idle: it was preparing, waiting for
 /// its agent. A node enrolling again (its agent restarted) keeps its state.
 pub fn enrolment_makes_idle(enrolled_before: bool, state: NodeState, has_job: bool) -> bool {
@@ -221,6 +249,29 @@ pub fn enrolment_makes_idle(enrolled_before: bool, state: NodeState, has_job: bo
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_join_token_takes_once_before_it_expires_and_again_for_the_same_key() {
+        assert_eq!(join_token_takes(Some(10), false, None, "k", 9), Ok(()));
+        assert_eq!(
+            join_token_takes(Some(10), false, None, "k", 10),
+            Err(JoinRefusal::Expired)
+        );
+        assert_eq!(join_token_takes(None, true, Some("k"), "k", 99), Ok(()));
+        assert_eq!(
+            join_token_takes(None, true, Some("k"), "other", 9),
+            Err(JoinRefusal::Used)
+        );
+        assert_eq!(
+            join_token_takes(None, true, Some(""), "", 9),
+            Err(JoinRefusal::Used)
+        );
+        assert_eq!(
+            join_token_takes(Some(5), true, Some("k"), "k", 6),
+            Err(JoinRefusal::Expired)
+        );
+    }
+
     use super::*;
 
     fn facts() -> AttemptFacts {

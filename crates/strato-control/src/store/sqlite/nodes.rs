@@ -179,12 +179,20 @@ pub(super) async fn enroll(
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::BadToken)?;
-            if expires_at.is_some_and(|at| now >= at) {
-                return Err(StoreError::JoinTokenExpired(node_id));
-            }
-            let same_key = !key.is_empty() && used_key.as_deref() == Some(key);
-            if used_at.is_some() && !same_key {
-                return Err(StoreError::JoinTokenUsed(node_id));
+            match lifecycle::join_token_takes(
+                expires_at,
+                used_at.is_some(),
+                used_key.as_deref(),
+                key,
+                now,
+            ) {
+                Ok(()) => {}
+                Err(lifecycle::JoinRefusal::Expired) => {
+                    return Err(StoreError::JoinTokenExpired(node_id));
+                }
+                Err(lifecycle::JoinRefusal::Used) => {
+                    return Err(StoreError::JoinTokenUsed(node_id));
+                }
             }
             sqlx::query(
                 "UPDATE nodes SET join_used_at = COALESCE(join_used_at, ?1), join_key = ?2 WHERE node_id = ?3",
