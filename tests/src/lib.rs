@@ -979,7 +979,10 @@ impl Prometheus {
                tls_config: {{ca_file: \"{ca}\"}}\n  \
                authorization: {{type: Bearer, credentials_file: \"{token}\"}}\n  \
                static_configs: [{{targets: [\"{http}\"]}}]\n\
-             - job_name: strato-agents\n  file_sd_configs: [{{files: [\"{targets}\"], refresh_interval: 1s}}]\n",
+             - job_name: strato-agents\n  \
+               tls_config: {{ca_file: \"{tls}/node-serving-ca.crt\", cert_file: \"{tls}/scraper.crt\", key_file: \"{tls}/scraper.key\"}}\n  \
+               file_sd_configs: [{{files: [\"{targets}\"], refresh_interval: 1s}}]\n",
+            tls = control.data_dir.join("tls").display(),
             http = control.http,
             ca = dir.join("ca.crt").display(),
             token = dir.join("token").display(),

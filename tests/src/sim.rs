@@ -173,6 +173,7 @@ impl SimFleet {
             health: Arc::new(AgentHealth::default()),
             gpus: Arc::new(NoGpus),
             metrics_url: String::new(),
+            metrics_tls: Arc::default(),
             // Not served: simulated jobs run nothing that asks for tokens.
             endpoint: identity::Endpoint {
                 base: "http://127.0.0.1:9".to_owned(),

@@ -535,7 +535,7 @@ async fn an_agent_without_a_valid_join_token_is_refused() {
 /// A CSR for a fresh key kept under `dir`.
 fn csr(dir: &std::path::Path) -> String {
     let keys = dir.join(format!("impostor-{}", uuid_like()));
-    strato_agent::session::credentials::Credentials::load(&keys)
+    strato_agent::session::credentials::Credentials::load(&keys, Default::default())
         .expect("a key")
         .csr()
         .expect("a CSR")

@@ -549,7 +549,7 @@ async fn the_side_port_speaks_tls_and_asks_who_is_there() {
 
     // A certificate the control plane's CA signed for node-a.
     let keys = dir.path().join("node-a");
-    let csr = strato_agent::session::credentials::Credentials::load(&keys)
+    let csr = strato_agent::session::credentials::Credentials::load(&keys, Default::default())
         .expect("key")
         .csr()
         .expect("csr");
@@ -561,6 +561,7 @@ async fn the_side_port_speaks_tls_and_asks_who_is_there() {
         .sign(
             strato_control::tls::Csr::parse(&csr).expect("csr"),
             "node-a",
+            None,
         )
         .expect("signed")
         .pem;

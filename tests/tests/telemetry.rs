@@ -102,12 +102,9 @@ async fn prometheus_scrapes_the_control_plane_and_the_agents() {
         async move { (json[0]["memory_total_bytes"].as_u64().unwrap_or(0) > 0).then_some(json) }
     })
     .await;
-    assert!(
-        listed[0]["metrics_url"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("http://127.0.0.1:")),
-        "{listed}"
-    );
+    let metrics_url = listed[0]["metrics_url"].as_str().unwrap_or_default();
+    assert!(metrics_url.starts_with("https://127.0.0.1:"), "{listed}");
+    agent_metrics_answer_only_the_scraper(&cp, &listed[0]["node_id"], metrics_url);
 
     // promtool finds nothing to say about the control plane's metrics.
     let text = cp.http_get("/metrics");
@@ -145,4 +142,64 @@ async fn prometheus_scrapes_the_control_plane_and_the_agents() {
     jobs.cancel_job(v1::CancelJobRequest { id })
         .await
         .expect("cancel");
+}
+
+/// The agent's `/metrics` speaks only TLS, with a serving certificate of
+/// the node serving CA (which clients of the main CA do not trust), and
+/// answers only the control plane's scraper certificate: not a client
+/// without a certificate, not a node's.
+fn agent_metrics_answer_only_the_scraper(cp: &ControlPlane, node: &serde_json::Value, url: &str) {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("https://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("host:port");
+    let tls = cp.data_dir.join("tls");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).expect("readable");
+    let serving_ca = read(tls.join("node-serving-ca.crt"));
+    let (scraper_cert, scraper_key) =
+        (read(tls.join("scraper.crt")), read(tls.join("scraper.key")));
+    let node = node.as_str().expect("node id");
+    let credentials = cp
+        .data_dir
+        .join("nodes")
+        .join(node)
+        .join("work/credentials");
+    let (node_cert, node_key) = (
+        read(credentials.join("node.crt")),
+        read(credentials.join("node.key")),
+    );
+    let get = |ca: &str, client: Option<(&str, &str)>| {
+        strato_e2e::https_request(addr, ca, "GET", "/metrics", &[], client)
+    };
+
+    let (code, body) = get(&serving_ca, Some((&scraper_cert, &scraper_key))).expect("scrape");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("node_memory_MemTotal_bytes"), "{body}");
+    let (code, body) = get(&serving_ca, None).expect("GET");
+    assert_eq!(code, 401, "no client certificate: {body}");
+    assert!(body.contains("scraper.crt"), "{body}");
+    let (code, body) = get(&serving_ca, Some((&node_cert, &node_key))).expect("GET");
+    assert_eq!(code, 403, "a node's certificate: {body}");
+    let main_ca = cp.admin().ca_certificate.clone().expect("CA");
+    let refused = get(&main_ca, Some((&scraper_cert, &scraper_key)))
+        .expect_err("the main CA does not vouch for a node's serving certificate");
+    assert!(
+        format!("{refused:#}").contains("certificate"),
+        "{refused:#}"
+    );
+
+    // Plaintext: no HTTP answer at all.
+    use std::io::{Read as _, Write as _};
+    let mut plain = std::net::TcpStream::connect(addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = plain.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1."),
+        "plaintext was answered: {answer:?}"
+    );
 }

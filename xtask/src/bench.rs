@@ -255,24 +255,29 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// CPU % and resident MiB of `pid` over `window`, scraping `scrape`
-/// (address, path) ten times a second meanwhile if given.
-fn measure(pid: u32, window: Duration, scrape: Option<(&str, &str)>) -> anyhow::Result<(f64, f64)> {
-    use std::io::{Read, Write};
+/// CPU % and resident MiB of `pid` over `window`, calling `scrape` ten
+/// times a second meanwhile if given.
+fn measure(pid: u32, window: Duration, scrape: Option<&dyn Fn()>) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
     let cpu0 = cpu_seconds(pid)?;
     while started.elapsed() < window {
-        if let Some((addr, path)) = scrape
-            && let Ok(mut s) = TcpStream::connect(addr)
-        {
-            let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink);
+        if let Some(scrape) = scrape {
+            scrape();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let cpu = (cpu_seconds(pid)? - cpu0) / started.elapsed().as_secs_f64() * 100.0;
     Ok((cpu, rss_mib(pid)?))
+}
+
+/// One plain-HTTP GET of `path` at `addr`, its answer read and dropped.
+fn plain_get(addr: &str, path: &str) {
+    use std::io::{Read, Write};
+    if let Ok(mut s) = TcpStream::connect(addr) {
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
 }
 
 /// The pid of an agent of the control plane at `endpoint`.
@@ -301,22 +306,45 @@ pub(crate) fn bench_agent() -> anyhow::Result<()> {
         &["compute", "list-nodes", "-n", "bench", "-o", "json"],
     )?;
     let url = nodes
-        .split("\"metrics_url\": \"http://")
+        .split("\"metrics_url\": \"")
         .nth(1)
         .and_then(|r| r.split('"').next())
-        .context("metrics_url")?
+        .filter(|u| u.starts_with("https://"))
+        .context("metrics_url (https://)")?
         .to_owned();
-    let (addr, path) = url
-        .split_once('/')
-        .map(|(a, p)| (a.to_owned(), format!("/{p}")))
-        .context("metrics url")?;
+    // As Prometheus scrapes it: TLS, the node serving CA, the scraper
+    // certificate; curl makes a new connection (and handshake) each time,
+    // where Prometheus keeps one open, so this is the dearer case.
+    let tls = data_dir.join("tls");
+    let curl = || {
+        let mut curl = Command::new("curl");
+        curl.arg("-sf")
+            .arg("--cacert")
+            .arg(tls.join("node-serving-ca.crt"))
+            .arg("--cert")
+            .arg(tls.join("scraper.crt"))
+            .arg("--key")
+            .arg(tls.join("scraper.key"))
+            .args(["-o", "/dev/null", &url]);
+        curl
+    };
+    ensure!(
+        curl()
+            .status()
+            .context("curl (apt-get install curl)")?
+            .success(),
+        "the agent's /metrics did not answer the scraper certificate at {url}"
+    );
+    let scrape_agent = || {
+        let _ = curl().status();
+    };
     println!(
         "==> measuring strato-agent (pid {pid}): {}s idle, then {}s scraped",
         WINDOW.as_secs(),
         WINDOW.as_secs()
     );
     let agent_idle = measure(pid, WINDOW, None)?;
-    let agent_scraped = measure(pid, WINDOW, Some((&addr, &path)))?;
+    let agent_scraped = measure(pid, WINDOW, Some(&scrape_agent))?;
 
     let exporter =
         if have("prometheus-node-exporter") || apt_install(&["prometheus-node-exporter"]).is_ok() {
@@ -333,7 +361,7 @@ pub(crate) fn bench_agent() -> anyhow::Result<()> {
             }
             println!("==> measuring node_exporter (pid {})", child.id());
             let idle = measure(child.id(), WINDOW, None);
-            let scraped = measure(child.id(), WINDOW, Some((&addr, "/metrics")));
+            let scraped = measure(child.id(), WINDOW, Some(&|| plain_get(&addr, "/metrics")));
             let _ = child.kill();
             let _ = child.wait();
             Some((idle?, scraped?))
@@ -341,7 +369,7 @@ pub(crate) fn bench_agent() -> anyhow::Result<()> {
             None
         };
     println!(
-        "agent: CPU and resident memory, {}s windows, scrapes every 100 ms",
+        "agent: CPU and resident memory, {}s windows, scrapes every 100 ms (the agent's over TLS, a new connection each)",
         WINDOW.as_secs()
     );
     println!("  {:<24} {:>8} {:>10}", "", "CPU %", "RSS MiB");

@@ -70,13 +70,18 @@ struct Config {
     #[arg(long, env = "STRATO_IDENTITY_LISTEN")]
     identity_listen: Option<std::net::SocketAddr>,
 
-    /// Where `/metrics` listens (Prometheus text format).
+    /// Where `/metrics` listens (Prometheus text format), over TLS with a
+    /// serving certificate the control plane signs at enrolment for the
+    /// host of --metrics-url (its node serving CA), answering only clients
+    /// that present the control plane's scraper certificate
+    /// (DATA_DIR/tls/scraper.crt). Plain HTTP only with
+    /// --insecure-plaintext.
     #[arg(long, env = "STRATO_METRICS_LISTEN", default_value = "0.0.0.0:9110")]
     metrics_listen: std::net::SocketAddr,
 
     /// The address Prometheus reaches `/metrics` at, reported to the control
-    /// plane. Default: http:// + the bound address (127.0.0.1 for an
-    /// unspecified one) + /metrics.
+    /// plane: https://HOST:PORT/metrics (the serving certificate names
+    /// HOST). Default: the bound address (127.0.0.1 for an unspecified one).
     #[arg(long, env = "STRATO_METRICS_URL")]
     metrics_url: Option<String>,
 
@@ -185,6 +190,8 @@ enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    MetricsUrl(strato_core::error::FieldError),
 }
 
 /// Why the agent stopped other than by a signal.
@@ -271,6 +278,22 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
             session::Transport::Tls { ca_pem: ca },
         )
     };
+    if let Some(url) = &config.metrics_url {
+        let endpoint = strato_core::certificate::metrics_endpoint("--metrics-url", url)
+            .map_err(ConfigError::MetricsUrl)?;
+        if endpoint.https == config.insecure_plaintext {
+            return Err(ConfigError::MetricsUrl(
+                strato_core::error::FieldError::new(
+                    "--metrics-url",
+                    if config.insecure_plaintext {
+                        "must start with http:// under --insecure-plaintext (no certificates)"
+                    } else {
+                        "must start with https://: /metrics speaks TLS"
+                    },
+                ),
+            ));
+        }
+    }
     let launcher = match config.launcher.clone().or_else(|| {
         std::env::current_exe()
             .ok()
@@ -380,11 +403,18 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
             } else {
                 addr.ip()
             };
-            format!("http://{}/metrics", SocketAddr::new(ip, addr.port()))
+            let scheme = if config.insecure_plaintext {
+                "http"
+            } else {
+                "https"
+            };
+            format!("{scheme}://{}/metrics", SocketAddr::new(ip, addr.port()))
         }
     };
+    let metrics_tls = Arc::new(strato_runtime::https::ServerTls::default());
     serve_metrics(
         metrics,
+        (!config.insecure_plaintext).then(|| metrics_tls.clone()),
         gpus.clone(),
         health.clone(),
         config.work_dir.clone(),
@@ -397,6 +427,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         health,
         gpus,
         metrics_url,
+        metrics_tls,
         endpoint,
         work_dir: config.work_dir.clone(),
         storage_ca,
@@ -430,18 +461,27 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     }
 }
 
-/// Serves `/metrics` on `listener` in the background.
+/// Serves `/metrics` on `listener` in the background: over `tls` to
+/// scrapers only (`strato_core::certificate::may_scrape_agent`), or in
+/// plain HTTP to anyone without it (--insecure-plaintext).
 fn serve_metrics(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<strato_runtime::https::ServerTls>>,
     gpus: Arc<dyn GpuSource>,
     health: Arc<AgentHealth>,
     work_dir: PathBuf,
     host: String,
     clock: Arc<dyn Clock>,
 ) {
+    use axum::extract::ConnectInfo;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    use strato_core::certificate::{ScrapeRefusal, may_scrape_agent};
+    use strato_runtime::https::{HttpsListener, Peer};
+    let tls_on = tls.is_some();
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |ConnectInfo(peer): ConnectInfo<Peer>| {
             let (gpus, health, work_dir, host, clock) = (
                 gpus.clone(),
                 health.clone(),
@@ -450,6 +490,13 @@ fn serve_metrics(
                 clock.clone(),
             );
             async move {
+                if tls_on && let Err(refusal) = may_scrape_agent(peer.holder.as_ref()) {
+                    let status = match refusal {
+                        ScrapeRefusal::NoCertificate => StatusCode::UNAUTHORIZED,
+                        ScrapeRefusal::NotAScraper => StatusCode::FORBIDDEN,
+                    };
+                    return (status, format!("{refusal}\n")).into_response();
+                }
                 let text = tokio::task::spawn_blocking(move || {
                     telemetry::render(&host, &work_dir, gpus.as_ref(), &health, clock.as_ref())
                 })
@@ -462,11 +509,21 @@ fn serve_metrics(
                     )],
                     text,
                 )
+                    .into_response()
             }
         }),
     );
+    let listener = match HttpsListener::new(listener, tls) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics endpoint cannot start");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) =
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+        {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
@@ -509,7 +566,7 @@ mod tests {
     fn bad_configuration_is_found_before_anything_starts_and_exits_2() {
         assert!(check(&config()).is_ok());
         type Change = fn(&mut Config);
-        let cases: [(Change, &str); 4] = [
+        let cases: [(Change, &str); 6] = [
             (
                 |c| c.join_token = " ".into(),
                 "--join-token (STRATO_JOIN_TOKEN) is empty",
@@ -525,6 +582,14 @@ mod tests {
             (
                 |c| c.storage_ca_file = Some("/nonexistent/ca.pem".into()),
                 "--storage-ca-file /nonexistent/ca.pem",
+            ),
+            (
+                |c| c.metrics_url = Some("http://10.0.0.4:9110/metrics".into()),
+                "--metrics-url: must start with https://",
+            ),
+            (
+                |c| c.metrics_url = Some("https://10.0.0.4/metrics".into()),
+                "--metrics-url: must name the port",
             ),
         ];
         for (change, says) in cases {

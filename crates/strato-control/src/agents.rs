@@ -106,12 +106,29 @@ pub(crate) async fn authenticate_node<S: Store, T>(
     Ok(node)
 }
 
-fn certificate(issued: crate::tls::NodeCertificate) -> v1::NodeCertificate {
-    v1::NodeCertificate {
+/// Signs a node's certificates: its client certificate and, when it
+/// serves its metrics over TLS, the serving certificate for that host.
+fn certificate(
+    tls: &crate::tls::Tls,
+    csr: crate::tls::Csr,
+    node_id: &str,
+    metrics_url: &str,
+) -> Result<v1::NodeCertificate, Status> {
+    let host = strato_core::certificate::metrics_endpoint("metrics_url", metrics_url)
+        .ok()
+        .filter(|m| m.https)
+        .map(|m| m.host);
+    let issued = tls
+        .nodes
+        .sign(csr, node_id, host)
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    Ok(v1::NodeCertificate {
         certificate_pem: issued.pem,
         not_after: issued.not_after,
         not_before: issued.issued_at,
-    }
+        serving_certificate_pem: issued.serving_pem.unwrap_or_default(),
+        scraper_ca_pem: tls.nodes.scraper_ca_pem.clone(),
+    })
 }
 
 #[tonic::async_trait]
@@ -123,7 +140,12 @@ impl<S: Store> AgentService for AgentApi<S> {
         let certified = certified_node(&request);
         let last_session = bearer(&request).ok();
         let r = request.into_inner();
-        // Checked before the join token is used up: a bad CSR costs none.
+        // Checked before the join token is used up: a bad CSR or metrics
+        // URL costs none.
+        if !r.metrics_url.is_empty() {
+            strato_core::certificate::metrics_endpoint("metrics_url", &r.metrics_url)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let csr = match &self.plane.tls {
             Some(_) => Some(
                 crate::tls::Csr::parse(&r.csr_pem)
@@ -239,11 +261,7 @@ impl<S: Store> AgentService for AgentApi<S> {
             return Err(Status::failed_precondition(reason));
         }
         let certificate = match (&self.plane.tls, csr) {
-            (Some(tls), Some(csr)) => Some(certificate(
-                tls.nodes
-                    .sign(csr, &node.node_id)
-                    .map_err(|e| Status::internal(format!("{e:#}")))?,
-            )),
+            (Some(tls), Some(csr)) => Some(certificate(tls, csr, &node.node_id, &r.metrics_url)?),
             _ => None,
         };
         tracing::info!(
@@ -280,12 +298,9 @@ impl<S: Store> AgentService for AgentApi<S> {
         }
         let csr = crate::tls::Csr::parse(&request.get_ref().csr_pem)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let issued = tls
-            .nodes
-            .sign(csr, &node.node_id)
-            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        let issued = certificate(tls, csr, &node.node_id, &node.metrics_url)?;
         tracing::info!(node = %node.node_id, not_after = issued.not_after, "node certificate renewed");
-        Ok(Response::new(certificate(issued)))
+        Ok(Response::new(issued))
     }
 
     type SessionStream = SessionStream;

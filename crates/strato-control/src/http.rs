@@ -14,166 +14,25 @@
 //! | `/scheduledevents/{node}` | that node's agent: its client certificate, and `Metadata: true` as IMDS asks |
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
 
 use crate::app::{Access, Action, authorize_at};
 use crate::plane::Plane;
 use crate::store::Store;
 
-/// TLS handshakes in progress at once; connections past it are closed.
-pub const MAX_HANDSHAKES: usize = 256;
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Who is at the other end of a connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    /// The node its client certificate names (verified against the CA).
-    pub node: Option<String>,
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Peer {
-        stream.remote_addr().clone()
-    }
-}
-
-/// A connection, TLS or not.
-pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
-
-/// The side port's listener: accepts TCP connections, does their TLS
-/// handshakes concurrently (at most [`MAX_HANDSHAKES`], each within 5 s),
-/// and hands on those that succeed with the node their certificate names.
-pub struct HttpListener {
-    accepted: mpsc::Receiver<(Box<dyn Connection>, Peer)>,
-    local: SocketAddr,
-}
-
-impl HttpListener {
-    pub fn new(
-        listener: TcpListener,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> std::io::Result<HttpListener> {
-        let local = listener.local_addr()?;
-        let (tx, accepted) = mpsc::channel::<(Box<dyn Connection>, Peer)>(64);
-        tokio::spawn(async move {
-            let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-            loop {
-                let (tcp, addr) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "HTTP accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    // The server stopped.
-                    () = tx.closed() => break,
-                };
-                let Some(tls) = tls.clone() else {
-                    let peer = Peer { addr, node: None };
-                    if tx.send((Box::new(tcp), peer)).await.is_err() {
-                        break;
-                    }
-                    continue;
-                };
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    tracing::debug!(%addr, "too many TLS handshakes at once: connection closed");
-                    continue;
-                };
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let node = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|certs| certs.first())
-                                .and_then(|cert| crate::tls::node_of(cert));
-                            let _ = tx.send((Box::new(stream), Peer { addr, node })).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(HttpListener { accepted, local })
-    }
-}
-
-impl axum::serve::Listener for HttpListener {
-    type Io = Box<dyn Connection>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor ended: no more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Peer> {
-        Ok(Peer {
-            addr: self.local,
-            node: None,
-        })
-    }
-}
+pub use strato_runtime::https::{HttpsListener, MAX_HANDSHAKES, Peer};
 
 /// The side port's TLS: the server certificate, and client certificates
 /// verified against the control plane's CA when offered.
 pub fn server_config(tls: &crate::tls::Tls) -> anyhow::Result<rustls::ServerConfig> {
-    use anyhow::Context as _;
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
-        roots
-            .add(ca.context("the CA certificate")?)
-            .context("the CA certificate")?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .context("the client certificate verifier")?;
-    let chain = CertificateDer::pem_slice_iter(tls.server_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("the server certificate")?;
-    let key =
-        PrivateKeyDer::from_pem_slice(tls.server_key_pem.as_bytes()).context("the server key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .context("the server certificate and key")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    strato_runtime::https::server_config(&tls.server_cert_pem, &tls.server_key_pem, &tls.ca_pem)
+        .map_err(anyhow::Error::from)
 }
 
 /// What the handlers share.
@@ -185,7 +44,7 @@ struct Side<S: Store> {
 type Shared<S> = State<Arc<Side<S>>>;
 
 pub async fn serve<S: Store>(
-    listener: HttpListener,
+    listener: HttpsListener,
     plane: Arc<Plane<S>>,
     access: Arc<Access<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -259,7 +118,7 @@ fn node_itself<S: Store>(
         // --insecure-plaintext: no certificates to check.
         return Ok(());
     }
-    match &peer.node {
+    match peer.node() {
         Some(certified) if certified == node => Ok(()),
         Some(certified) => Err(refused(
             StatusCode::FORBIDDEN,

@@ -267,12 +267,12 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     );
     let http_tls = match &plane.tls {
-        Some(tls) => Some(Arc::new(
+        Some(tls) => Some(Arc::new(strato_runtime::https::ServerTls::fixed(
             http::server_config(tls).context("the HTTP port's TLS")?,
-        )),
+        ))),
         None => None,
     };
-    let http_listener = http::HttpListener::new(http, http_tls).context("the HTTP port")?;
+    let http_listener = http::HttpsListener::new(http, http_tls).context("the HTTP port")?;
     let http_server = http::serve(
         http_listener,
         plane.clone(),

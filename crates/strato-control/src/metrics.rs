@@ -224,28 +224,24 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
     Ok(e.finish())
 }
 
-/// The Prometheus file-based discovery document for the agents.
+/// The Prometheus file-based discovery document for the agents: each
+/// node's `HOST:PORT` with its scheme (`https` where the agent serves TLS,
+/// with its serving certificate of the node serving CA).
 pub fn agent_targets(nodes: &[crate::store::NodeRecord]) -> String {
     let groups: Vec<serde_json::Value> = nodes
         .iter()
         .filter_map(|n| {
             // Only host:port/metrics: an agent cannot point Prometheus
             // anywhere else.
-            let rest = n.metrics_url.strip_prefix("http://")?;
-            let (host, path) = rest.split_once('/')?;
-            if path != "metrics"
-                || !host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-            {
-                return None;
-            }
+            let endpoint =
+                strato_core::certificate::metrics_endpoint("metrics_url", &n.metrics_url).ok()?;
             Some(serde_json::json!({
-                "targets": [host],
+                "targets": [endpoint.target],
                 "labels": {
                     "cluster": n.cluster,
                     "node": n.node_id,
-                    "__metrics_path__": format!("/{path}"),
+                    "__scheme__": endpoint.scheme(),
+                    "__metrics_path__": "/metrics",
                 },
             }))
         })

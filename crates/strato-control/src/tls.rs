@@ -5,12 +5,24 @@
 //! `--tls-cert`/`--tls-key` serve a certificate of the operator's instead.
 //!
 //! The same CA signs each node's client certificate ([`NodeCa`]): short
-//! lived, naming the node, renewed by its agent.
+//! lived, naming the node, renewed by its agent; and, at every start, the
+//! scraper certificate Prometheus presents to agents (`scraper.crt`,
+//! `scraper.key`; organisation "Strato scrapers", client auth only).
 //!
-//! Files (0600, in a 0700 directory): `ca.crt`, `ca.key`. Rotating the
-//! CA: stop the control plane,
-//! move `tls/` away, start it (a new CA), and hand the new `ca.crt` to
-//! every client and agent.
+//! A second CA, the node serving CA, signs each agent's serving
+//! certificate for its `/metrics` (same key, same lifetime as its client
+//! certificate), naming the host of the metrics URL the agent reported.
+//! It is a CA of its own because that name is one the node claims: only
+//! Prometheus's agents job trusts it (`node-serving-ca.crt`), so a node
+//! can never pass for the control plane or anything else a client trusts
+//! the main CA for (as kubelet serving certificates are kept apart).
+//!
+//! Files (0600, in a 0700 directory): `ca.crt`, `ca.key`,
+//! `node-serving-ca.crt`, `node-serving-ca.key`, `scraper.crt`,
+//! `scraper.key`. Rotating the CAs: stop the control plane, move `tls/`
+//! away, start it (new CAs), and hand the new `ca.crt` to every client and
+//! agent and the new `node-serving-ca.crt`, `scraper.crt` and `scraper.key`
+//! to Prometheus.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -21,11 +33,13 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
+use strato_core::certificate::{Holder, NODE_ORGANISATION, SCRAPER_ORGANISATION};
+
 use crate::data_dir::{write_new_private, write_private};
 
 /// The CA certificate's lifetime: ten years.
 const CA_DAYS: i64 = 3650;
-/// A server certificate's lifetime (reissued at every start).
+/// A server or scraper certificate's lifetime (reissued at every start).
 const SERVER_DAYS: i64 = 397;
 
 /// What the control plane serves TLS with.
@@ -37,7 +51,7 @@ pub struct Tls {
     pub serves_own_ca: bool,
     pub server_cert_pem: String,
     pub server_key_pem: String,
-    /// Signs the nodes' client certificates.
+    /// Signs the nodes' client and serving certificates.
     pub nodes: NodeCa,
 }
 
@@ -96,7 +110,10 @@ impl Tls {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
-        let (ca_pem, issuer) = load_or_create_ca(&dir)?;
+        let (ca_pem, issuer) = load_or_create_ca(&dir, "ca", "Strato control plane CA")?;
+        let (serving_ca_pem, serving) =
+            load_or_create_ca(&dir, "node-serving-ca", "Strato node serving CA")?;
+        write_scraper_certificate(&dir, &issuer)?;
         let (server_cert_pem, server_key_pem, serves_own_ca) = match given {
             Some((cert, key)) => {
                 let read = |p: &Path, flag: &str| {
@@ -127,6 +144,9 @@ impl Tls {
         Ok(Tls {
             nodes: NodeCa {
                 issuer,
+                serving,
+                serving_ca_pem,
+                scraper_ca_pem: ca_pem.clone(),
                 lifetime_s: i64::try_from(node_lifetime_s).unwrap_or(i64::MAX),
             },
             ca_pem,
@@ -142,17 +162,44 @@ impl Tls {
     }
 }
 
-/// The organisation of every node certificate: what tells one apart from
-/// any other certificate this CA signed.
-const NODE_ORGANISATION: &str = "Strato nodes";
+/// Issues the scraper certificate (client auth only, "Strato scrapers")
+/// into `dir`, replacing the last one: earlier copies stay valid until
+/// they expire.
+fn write_scraper_certificate(dir: &Path, issuer: &Issuer<'static, KeyPair>) -> anyhow::Result<()> {
+    let key = KeyPair::generate().context("making the scraper key")?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "strato-scraper");
+    dn.push(DnType::OrganizationName, SCRAPER_ORGANISATION);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + days(SERVER_DAYS);
+    let cert = params
+        .signed_by(&key, issuer)
+        .context("signing the scraper certificate")?;
+    write_private(&dir.join("scraper.key"), key.serialize_pem().as_bytes())
+        .context("writing tls/scraper.key")?;
+    write_private(&dir.join("scraper.crt"), cert.pem().as_bytes())
+        .context("writing tls/scraper.crt")?;
+    Ok(())
+}
 
 /// How far a node certificate's validity starts before its issue, for
 /// clocks a little apart.
 const CLOCK_SKEW_S: i64 = 60;
 
-/// Signs nodes' client certificates with the control plane's CA.
+/// Signs nodes' client certificates with the control plane's CA, and
+/// their serving certificates with the node serving CA.
 pub struct NodeCa {
     issuer: Issuer<'static, KeyPair>,
+    serving: Issuer<'static, KeyPair>,
+    /// What Prometheus's agents job trusts.
+    pub serving_ca_pem: String,
+    /// What agents verify scraper certificates against (the main CA).
+    pub scraper_ca_pem: String,
     lifetime_s: i64,
 }
 
@@ -164,10 +211,13 @@ impl std::fmt::Debug for NodeCa {
     }
 }
 
-/// A node's client certificate, as issued.
+/// A node's client certificate, as issued, with its serving certificate
+/// when it reported where it serves metrics over TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeCertificate {
     pub pem: String,
+    /// For the agent's `/metrics`, naming its host; same key.
+    pub serving_pem: Option<String>,
     /// Seconds since the epoch: when it was issued, and when it stops
     /// being valid.
     pub issued_at: i64,
@@ -213,26 +263,55 @@ impl Csr {
 
 impl NodeCa {
     /// Signs `csr`'s key into a client certificate naming `node_id` (the
-    /// subject CN; what the CSR asked for is ignored), valid from now.
-    pub fn sign(&self, csr: Csr, node_id: &str) -> anyhow::Result<NodeCertificate> {
+    /// subject CN; what the CSR asked for is ignored), valid from now, and,
+    /// given the host its metrics are served at, a serving certificate for
+    /// that host alone, valid as long.
+    pub fn sign(
+        &self,
+        csr: Csr,
+        node_id: &str,
+        metrics_host: Option<&str>,
+    ) -> anyhow::Result<NodeCertificate> {
         let mut csr = csr.0;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_id);
         dn.push(DnType::OrganizationName, NODE_ORGANISATION);
-        params.distinguished_name = dn;
+        params.distinguished_name = dn.clone();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         let not_after = now + time::Duration::seconds(self.lifetime_s);
         params.not_before = now - time::Duration::seconds(CLOCK_SKEW_S);
         params.not_after = not_after;
-        csr.params = params;
+        csr.params = params.clone();
         let cert = csr
             .signed_by(&self.issuer)
             .context("signing the node certificate")?;
+        let serving_pem = match metrics_host {
+            None => None,
+            Some(host) => {
+                let mut serving = CertificateParams::new(vec![host.to_owned()])
+                    .with_context(|| format!("the metrics host {host:?}"))?;
+                serving.distinguished_name = dn;
+                serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                serving.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ];
+                serving.not_before = params.not_before;
+                serving.not_after = not_after;
+                csr.params = serving;
+                Some(
+                    csr.signed_by(&self.serving)
+                        .context("signing the node's serving certificate")?
+                        .pem(),
+                )
+            }
+        };
         Ok(NodeCertificate {
             pem: cert.pem(),
+            serving_pem,
             issued_at: now.unix_timestamp(),
             not_after: not_after.unix_timestamp(),
         })
@@ -242,14 +321,10 @@ impl NodeCa {
 /// The node a verified client certificate names (its subject CN), if it
 /// is a node certificate (not, say, a server certificate of the same CA).
 pub fn node_of(cert_der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let subject = cert.subject();
-    let organisation = subject.iter_organization().next()?.as_str().ok()?;
-    if organisation != NODE_ORGANISATION {
-        return None;
+    match strato_runtime::https::holder_of(cert_der)? {
+        Holder::Node(node) => Some(node),
+        Holder::Scraper | Holder::Other => None,
     }
-    let node = subject.iter_common_name().next()?.as_str().ok()?;
-    Some(node.to_owned())
 }
 
 fn name(common_name: &str) -> DistinguishedName {
@@ -261,8 +336,15 @@ fn name(common_name: &str) -> DistinguishedName {
 
 /// The CA of `dir`, made if it has none (the key first, 0600 from the
 /// start; a key without a certificate, left by a crash, is made anew).
-fn load_or_create_ca(dir: &Path) -> anyhow::Result<(String, Issuer<'static, KeyPair>)> {
-    let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
+fn load_or_create_ca(
+    dir: &Path,
+    stem: &str,
+    common_name: &str,
+) -> anyhow::Result<(String, Issuer<'static, KeyPair>)> {
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
     if cert_path.exists() && key_path.exists() {
         let cert_pem = std::fs::read_to_string(&cert_path)
             .with_context(|| format!("reading {}", cert_path.display()))?;
@@ -276,7 +358,7 @@ fn load_or_create_ca(dir: &Path) -> anyhow::Result<(String, Issuer<'static, KeyP
     }
     let key = KeyPair::generate().context("making the CA key")?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = name("Strato control plane CA");
+    params.distinguished_name = name(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -291,8 +373,10 @@ fn load_or_create_ca(dir: &Path) -> anyhow::Result<(String, Issuer<'static, KeyP
         .context("signing the CA certificate")?;
     let cert_pem = cert.pem();
     let _ = std::fs::remove_file(&key_path);
-    write_new_private(&key_path, key.serialize_pem().as_bytes()).context("writing tls/ca.key")?;
-    write_private(&cert_path, cert_pem.as_bytes()).context("writing tls/ca.crt")?;
+    write_new_private(&key_path, key.serialize_pem().as_bytes())
+        .with_context(|| format!("writing tls/{stem}.key"))?;
+    write_private(&cert_path, cert_pem.as_bytes())
+        .with_context(|| format!("writing tls/{stem}.crt"))?;
     Ok((cert_pem, Issuer::new(params, key)))
 }
 
@@ -322,7 +406,14 @@ mod tests {
             "the server key stays in memory"
         );
         use std::os::unix::fs::PermissionsExt as _;
-        for file in ["ca.key", "ca.crt"] {
+        for file in [
+            "ca.key",
+            "ca.crt",
+            "node-serving-ca.key",
+            "node-serving-ca.crt",
+            "scraper.key",
+            "scraper.crt",
+        ] {
             let mode = std::fs::metadata(dir.path().join("tls").join(file))
                 .expect("exists")
                 .permissions()
@@ -347,14 +438,74 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tls = Tls::load_or_create(dir.path(), &["localhost".into()], None, 600).expect("tls");
         let csr = Csr::parse(&csr("someone-else")).expect("a valid CSR");
-        let cert = tls.nodes.sign(csr, "cpu-n0").expect("signed");
+        let cert = tls.nodes.sign(csr, "cpu-n0", None).expect("signed");
         assert!((590..=610).contains(&(cert.not_after - cert.issued_at)));
+        assert_eq!(
+            cert.serving_pem, None,
+            "no metrics host, no serving certificate"
+        );
         use rustls::pki_types::{CertificateDer, pem::PemObject as _};
         let der = CertificateDer::from_pem_slice(cert.pem.as_bytes()).expect("pem");
         assert_eq!(node_of(&der).as_deref(), Some("cpu-n0"));
         // The server certificate of the same CA names no node.
         let server = CertificateDer::from_pem_slice(tls.server_cert_pem.as_bytes()).expect("pem");
         assert_eq!(node_of(&server), None);
+    }
+
+    /// Verifies `pem` as a server certificate for `host` against `ca_pem`.
+    fn serves_as(pem: &str, ca_pem: &str, host: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca"))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+        let name = ServerName::try_from(host.to_owned()).expect("name");
+        verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn a_nodes_serving_certificate_names_its_metrics_host_under_its_own_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load_or_create(dir.path(), &["localhost".into()], None, 600).expect("tls");
+        let csr = Csr::parse(&csr("cp.example.com")).expect("a valid CSR");
+        let cert = tls
+            .nodes
+            .sign(csr, "cpu-n0", Some("10.0.0.4"))
+            .expect("signed");
+        let serving = cert.serving_pem.expect("a serving certificate");
+        serves_as(&serving, &tls.nodes.serving_ca_pem, "10.0.0.4").expect("valid for its host");
+        assert!(
+            serves_as(&serving, &tls.nodes.serving_ca_pem, "cp.example.com").is_err(),
+            "only the metrics host, whatever the CSR asked"
+        );
+        assert!(
+            serves_as(&serving, &tls.ca_pem, "10.0.0.4").is_err(),
+            "clients of the main CA never trust a node's serving certificate"
+        );
+        // The control plane's server certificate is not of the serving CA.
+        assert!(serves_as(&tls.server_cert_pem, &tls.nodes.serving_ca_pem, "localhost").is_err());
+        serves_as(&tls.server_cert_pem, &tls.ca_pem, "localhost").expect("the server's own");
+
+        // The scraper certificate is the main CA's, for scrapers only.
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let scraper = std::fs::read_to_string(dir.path().join("tls/scraper.crt")).expect("written");
+        let der = CertificateDer::from_pem_slice(scraper.as_bytes()).expect("pem");
+        assert_eq!(
+            strato_runtime::https::holder_of(&der),
+            Some(Holder::Scraper)
+        );
+        assert_eq!(node_of(&der), None);
+        assert_eq!(tls.nodes.scraper_ca_pem, tls.ca_pem);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod backoff;
 pub mod catalog;
+pub mod certificate;
 pub mod client_config;
 pub mod crypt;
 pub mod error;

@@ -3,8 +3,9 @@
 //! [`DockerRuntime`], its implementation on the Docker engine API (bollard,
 //! over the engine's unix socket), and, with the `fake` feature,
 //! [`fake::FakeRuntime`], an in-memory engine for tests. Beside it the other
-//! boundaries both binaries share: the [`Clock`], and [`write_private`]
-//! for their keys and secrets.
+//! boundaries both binaries share: the [`Clock`], [`write_private`]
+//! for their keys and secrets, and [`https`], the TLS listener of their
+//! side ports.
 //!
 //! Containers are found again by name (`strato-<job>-<attempt>-<node>`) and by the
 //! `strato.*` labels, so an agent that restarts can pick up the containers it
@@ -21,6 +22,7 @@ mod docker;
 pub mod fake;
 mod files;
 mod frames;
+pub mod https;
 
 #[cfg(feature = "fake")]
 pub use clock::ManualClock;

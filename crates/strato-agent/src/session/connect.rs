@@ -64,7 +64,10 @@ pub async fn run<R: ContainerRuntime>(
     let credentials_dir = identity.work_dir.join("credentials");
     match config.transport {
         Transport::Tls { .. } => {
-            contact.credentials = Some(Arc::new(Credentials::load(&credentials_dir)?));
+            contact.credentials = Some(Arc::new(Credentials::load(
+                &credentials_dir,
+                identity.metrics_tls.clone(),
+            )?));
         }
         Transport::Plaintext => {
             let file = credentials_dir.join("session-token");

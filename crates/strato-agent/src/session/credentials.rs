@@ -4,6 +4,10 @@
 //! The key is made once and kept in `WORK_DIR/credentials/node.key`, the
 //! certificate the control plane signed for it in `node.crt` (both 0600, in
 //! a 0700 directory), so a restarted agent enrols again as the same node.
+//! The serving certificate of `/metrics` for the same key (`metrics.crt`)
+//! and the CA whose scraper certificates may read it (`scraper-ca.crt`)
+//! come with it and are put into the metrics port's [`ServerTls`] at once,
+//! and again from disk after a restart.
 //! The agent renews the certificate when two thirds of its lifetime have
 //! passed, and gets a fresh one at every re-enrolment. A node cut off for
 //! longer than the lifetime needs a new join token: remove `credentials/`
@@ -13,14 +17,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use rcgen::{CertificateParams, KeyPair};
 use strato_proto::v1;
+use strato_runtime::https::ServerTls;
 
 /// The node's key and, once enrolled, its certificate.
 pub struct Credentials {
     dir: PathBuf,
     key: KeyPair,
     held: Mutex<Option<Held>>,
+    /// What the metrics port serves, kept up to date here.
+    metrics: Arc<ServerTls>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -52,6 +61,8 @@ pub enum CredentialsError {
     Key { path: PathBuf, reason: String },
     #[error("making the certificate signing request: {0}")]
     Csr(String),
+    #[error("the metrics port's TLS: {0}")]
+    MetricsTls(#[from] strato_runtime::https::TlsConfigError),
 }
 
 fn now_s() -> i64 {
@@ -68,8 +79,9 @@ fn renew_at(from: i64, not_after: i64) -> i64 {
 
 impl Credentials {
     /// Reads the key and certificate from `dir` (`WORK_DIR/credentials`),
-    /// making a new key if there is none.
-    pub fn load(dir: &Path) -> Result<Credentials, CredentialsError> {
+    /// making a new key if there is none, and serves the metrics port with
+    /// the serving certificate kept there, while it is valid.
+    pub fn load(dir: &Path, metrics: Arc<ServerTls>) -> Result<Credentials, CredentialsError> {
         let key_path = dir.join("node.key");
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -101,11 +113,27 @@ impl Credentials {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&cert_path)(e)),
         };
-        Ok(Credentials {
+        let credentials = Credentials {
             dir: dir.to_owned(),
             key,
             held: Mutex::new(held),
-        })
+            metrics,
+        };
+        let kept = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        if let (Some(serving), Some(scraper_ca)) = (kept("metrics.crt"), kept("scraper-ca.crt"))
+            && not_after(&serving).is_some_and(|t| t > now_s())
+            && let Err(e) = credentials.serve_metrics(&serving, &scraper_ca)
+        {
+            tracing::warn!(error = %e, "the kept serving certificate is not usable; /metrics waits for the next one");
+        }
+        Ok(credentials)
+    }
+
+    fn serve_metrics(&self, serving: &str, scraper_ca: &str) -> Result<(), CredentialsError> {
+        let config =
+            strato_runtime::https::server_config(serving, &self.key.serialize_pem(), scraper_ca)?;
+        self.metrics.set(config);
+        Ok(())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
@@ -127,15 +155,20 @@ impl Credentials {
         (held.not_after > now_s()).then(|| (held.pem, self.key.serialize_pem()))
     }
 
-    /// Keeps a certificate the control plane signed, on disk too.
+    /// Keeps a certificate the control plane signed, on disk too, and
+    /// serves `/metrics` with the serving certificate that came with it.
     pub fn store(&self, cert: &v1::NodeCertificate) -> Result<(), CredentialsError> {
-        let path = self.dir.join("node.crt");
-        strato_runtime::write_private(&path, cert.certificate_pem.as_bytes()).map_err(
-            |source| CredentialsError::Io {
-                path: path.clone(),
-                source,
-            },
-        )?;
+        let write = |name: &str, pem: &str| {
+            let path = self.dir.join(name);
+            strato_runtime::write_private(&path, pem.as_bytes())
+                .map_err(|source| CredentialsError::Io { path, source })
+        };
+        write("node.crt", &cert.certificate_pem)?;
+        if !cert.serving_certificate_pem.is_empty() {
+            self.serve_metrics(&cert.serving_certificate_pem, &cert.scraper_ca_pem)?;
+            write("metrics.crt", &cert.serving_certificate_pem)?;
+            write("scraper-ca.crt", &cert.scraper_ca_pem)?;
+        }
         *self.held() = Some(Held {
             pem: cert.certificate_pem.clone(),
             not_after: cert.not_after,
@@ -182,8 +215,8 @@ mod tests {
     #[test]
     fn the_key_is_made_once_and_kept_private() {
         let dir = std::env::temp_dir().join(format!("strato-cred-{}", std::process::id()));
-        let first = Credentials::load(&dir).expect("made");
-        let again = Credentials::load(&dir).expect("read");
+        let first = Credentials::load(&dir, Arc::default()).expect("made");
+        let again = Credentials::load(&dir, Arc::default()).expect("read");
         assert_eq!(first.key.serialize_pem(), again.key.serialize_pem());
         assert!(first.identity().is_none(), "no certificate yet");
         assert!(first.csr().expect("csr").contains("CERTIFICATE REQUEST"));

@@ -134,6 +134,10 @@ pub struct IdentityContext {
     pub gpus: Arc<dyn GpuSource>,
     /// Where Prometheus scrapes this agent.
     pub metrics_url: String,
+    /// The metrics port's TLS: the serving certificate that comes with
+    /// the node's certificate (empty until the first enrolment, and
+    /// without TLS to the control plane).
+    pub metrics_tls: Arc<strato_runtime::https::ServerTls>,
     pub endpoint: identity::Endpoint,
     /// Where attempts' inputs and outputs are staged on this node.
     pub work_dir: PathBuf,
