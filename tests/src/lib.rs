@@ -314,6 +314,50 @@ impl ControlPlane {
             .spawn()?)
     }
 
+    /// Starts `strato-agent` as a machine of an attached cluster would run
+    /// it: joining with `join_token` (from a 0600 file), the control
+    /// plane's CA, its own work directory (`DATA_DIR/machines/NAME`), its
+    /// metrics on a free loopback port. The machine's node id is made from
+    /// `name`. Its containers carry this control plane's id, so dropping
+    /// the control plane removes them; the agent is found by its endpoint.
+    pub fn start_machine(&self, name: &str, join_token: &str) -> anyhow::Result<Child> {
+        let dir = self.data_dir.join("machines").join(name);
+        std::fs::create_dir_all(&dir)?;
+        let token = dir.join("join-token");
+        strato_runtime::write_private(&token, join_token.as_bytes())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let id = std::fs::read_to_string(self.data_dir.join("control-plane-id"))?;
+        let metrics = free_port();
+        Ok(Command::new(binary("strato-agent"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("STRATO_CONTROL_PLANE", self.endpoint())
+            .env("STRATO_CONTROL_PLANE_ID", id.trim())
+            .env("STRATO_LOG", "info")
+            .arg("--ca-file")
+            .arg(strato_control::tls::Tls::ca_path(&self.data_dir))
+            .arg("--join-token-file")
+            .arg(&token)
+            .arg("--work-dir")
+            .arg(dir.join("work"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics}"))
+            .arg("--node-name")
+            .arg(name)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// What machine `name`'s agent logged.
+    pub fn machine_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join("machines").join(name).join("agent.log"))
+            .unwrap_or_default()
+    }
+
     /// SIGKILL: the process gets no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

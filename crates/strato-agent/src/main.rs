@@ -38,7 +38,7 @@ struct Config {
     /// A PEM file of the CA certificate the control plane's certificate
     /// chains to: its DATA_DIR/tls/ca.crt, which the local provider
     /// passes. Default: the system's roots.
-    #[arg(long, env = "STRATO_CONTROL_PLANE_CA")]
+    #[arg(long, visible_alias = "ca-file", env = "STRATO_CONTROL_PLANE_CA")]
     control_plane_ca: Option<PathBuf>,
 
     /// Dial an http:// control plane without TLS: only for one started
@@ -46,10 +46,23 @@ struct Config {
     #[arg(long, env = "STRATO_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
 
-    /// The join token the control plane handed out for this node. Prefer
-    /// the variable: a flag shows in the process list.
-    #[arg(long, env = "STRATO_JOIN_TOKEN", hide_env_values = true)]
-    join_token: String,
+    /// The join token the control plane handed out for this node (the
+    /// local provider's), or an attached cluster's (`strato compute
+    /// join-token create`). Prefer --join-token-file or the variable: a
+    /// flag shows in the process list.
+    #[arg(
+        long,
+        env = "STRATO_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "join_token_file"
+    )]
+    join_token: Option<String>,
+
+    /// A file holding the join token (mode 0600 or stricter: a token
+    /// others can read is refused). Used once: after joining, the agent
+    /// proves who it is with its client certificate.
+    #[arg(long, env = "STRATO_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
 
     /// A name for this node in logs and the process list (the local
     /// provider passes the node id). Default: the host name.
@@ -168,6 +181,8 @@ impl From<Exit> for ExitCode {
 enum ConfigError {
     #[error("--join-token (STRATO_JOIN_TOKEN) is empty")]
     EmptyJoinToken,
+    #[error("--join-token-file {}: {why}", path.display())]
+    JoinTokenFile { path: PathBuf, why: String },
     #[error("--control-plane {url:?}: {why}")]
     ControlPlane { url: String, why: String },
     #[error("--control-plane-ca {}: {source}", .path.display())]
@@ -240,6 +255,7 @@ impl StartError {
 
 /// What the configuration names, read and checked.
 struct Checked {
+    join_token: String,
     launcher: PathBuf,
     storage_ca: Option<Vec<u8>>,
     /// The control plane, with its TLS settings.
@@ -249,9 +265,11 @@ struct Checked {
 
 /// Validates the configuration before anything starts or is bound.
 fn check(config: &Config) -> Result<Checked, ConfigError> {
-    if config.join_token.trim().is_empty() {
-        return Err(ConfigError::EmptyJoinToken);
-    }
+    let join_token = match (&config.join_token, &config.join_token_file) {
+        (_, Some(path)) => read_join_token(path)?,
+        (Some(token), None) if !token.trim().is_empty() => token.trim().to_owned(),
+        _ => return Err(ConfigError::EmptyJoinToken),
+    };
     let bad = |why: String| ConfigError::ControlPlane {
         url: config.control_plane.clone(),
         why,
@@ -316,11 +334,37 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
         source,
     })?;
     Ok(Checked {
+        join_token,
         launcher,
         storage_ca,
         endpoint,
         transport,
     })
+}
+
+/// The join token in `path`, which no one but its owner may read.
+fn read_join_token(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bad = |why: String| ConfigError::JoinTokenFile {
+        path: path.to_owned(),
+        why,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(bad(format!(
+            "others can read it (mode {mode:03o}); `chmod 600` it"
+        )));
+    }
+    if meta.len() > 4096 {
+        return Err(bad("over 4 KiB: not a join token".into()));
+    }
+    let token = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    Ok(token.to_owned())
 }
 
 fn main() -> ExitCode {
@@ -359,6 +403,7 @@ fn node_name(config: &Config) -> Option<String> {
 
 async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     let Checked {
+        join_token,
         launcher,
         storage_ca,
         endpoint: control_endpoint,
@@ -445,7 +490,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         control_plane: config.control_plane,
         endpoint: control_endpoint,
         transport,
-        join_token: config.join_token,
+        join_token,
         hostname,
         control_plane_id: config.control_plane_id,
         give_up_after: config.give_up_after.map(std::time::Duration::from_secs),
@@ -566,10 +611,14 @@ mod tests {
     fn bad_configuration_is_found_before_anything_starts_and_exits_2() {
         assert!(check(&config()).is_ok());
         type Change = fn(&mut Config);
-        let cases: [(Change, &str); 6] = [
+        let cases: [(Change, &str); 7] = [
             (
-                |c| c.join_token = " ".into(),
+                |c| c.join_token = Some(" ".into()),
                 "--join-token (STRATO_JOIN_TOKEN) is empty",
+            ),
+            (
+                |c| c.join_token_file = Some("/nonexistent/join-token".into()),
+                "--join-token-file /nonexistent/join-token",
             ),
             (
                 |c| c.control_plane = "not a url".into(),
@@ -600,6 +649,28 @@ mod tests {
             assert_eq!(e.exit(), Exit::Usage, "{e}");
         }
         std::fs::remove_dir_all(&config().work_dir).ok();
+    }
+
+    #[test]
+    fn a_join_token_file_must_be_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("strato-agent-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("join-token");
+        std::fs::write(&file, "strato_secret\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut c = config();
+        c.join_token = None;
+        c.join_token_file = Some(file.clone());
+        let e = check(&c).err().expect("readable by others");
+        assert!(
+            e.to_string().contains("others can read it (mode 644)"),
+            "{e}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(check(&c).expect("private").join_token, "strato_secret");
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(&c.work_dir).ok();
     }
 
     #[test]

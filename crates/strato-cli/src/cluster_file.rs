@@ -80,10 +80,11 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
     let mut out = ClusterFileSpec::default();
     let spec = &mut out.spec;
     let fields = &mut out.fields;
-    if let Some(kind) = &file.kind
-        && !kind.eq_ignore_ascii_case("amlcompute")
-    {
-        bail!("type: {kind:?} is not supported; Strato clusters are type amlcompute");
+    if let Some(kind) = &file.kind {
+        let compute_type = strato_core::spec::ComputeType::parse("type", kind)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        spec.r#type = compute_type.as_str().to_owned();
+        fields.push("type");
     }
     if let Some(name) = file.name {
         spec.name = name;
@@ -302,7 +303,14 @@ identity:
     #[test]
     fn other_types_are_refused() {
         let e = parse("name: cpu\ntype: kubernetes\n").expect_err("type");
-        assert!(e.to_string().starts_with("type:"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("type: must be amlcompute or attached"),
+            "{e}"
+        );
+        let attached = parse("name: lab\ntype: attached\nmax_instances: 3\n").expect("attached");
+        assert_eq!(attached.spec.r#type, "attached");
+        assert!(attached.fields.contains(&"type"));
     }
 
     #[test]

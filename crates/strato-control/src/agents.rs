@@ -19,7 +19,8 @@ use std::sync::Arc;
 use futures_util::Stream;
 use strato_core::job::AttemptEnd;
 use strato_core::lifecycle::hello::{Held, HelloAction, PlacedJob, after_hello};
-use strato_core::node::GpuInfo;
+use strato_core::node::{GpuInfo, MachineFacts};
+use strato_core::spec::ComputeType;
 use strato_proto::v1::{self, agent_message::Body, agent_service_server::AgentService};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
@@ -29,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::grpc::store_status as status;
 use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
-    AttemptReport, EnrollReport, Enrolment, JobRecord, LogRecord, NodeRecord, NodeUsage,
+    AttemptReport, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeRecord, NodeUsage,
     ReportOutcome, Store, StoreError,
 };
 
@@ -108,6 +109,11 @@ pub(crate) async fn authenticate_node<S: Store, T>(
 
 /// Signs a node's certificates: its client certificate and, when it
 /// serves its metrics over TLS, the serving certificate for that host.
+/// The id of a machine joining an attached cluster (`naming`).
+fn attached_node_id(hostname: &str) -> String {
+    strato_core::naming::machine_node_id(hostname, &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
 fn certificate(
     tls: &crate::tls::Tls,
     csr: crate::tls::Csr,
@@ -212,21 +218,42 @@ impl<S: Store> AgentService for AgentApi<S> {
                 })
                 .collect()
         };
-        let node = self
+        let report = EnrollReport {
+            hostname: r.hostname.clone(),
+            metrics_url: r.metrics_url.clone(),
+            gpus: r.gpus,
+            gpu_info: gpu_info.clone(),
+        };
+        let now = self.plane.clock.now_ms();
+        let session_hash = hash_token(&session_token);
+        let enrolled = match self
             .plane
             .store
-            .enroll(
-                by,
-                &hash_token(&session_token),
-                &EnrollReport {
-                    hostname: r.hostname.clone(),
-                    metrics_url: r.metrics_url.clone(),
-                    gpus: r.gpus,
-                    gpu_info: gpu_info.clone(),
-                },
-                self.plane.clock.now_ms(),
-            )
+            .enroll(by, &session_hash, &report, now)
             .await
+        {
+            // Not a node's own token: an attached cluster's, which makes a
+            // new node of the machine.
+            Err(StoreError::BadToken) if again.is_none() => {
+                let join = Join {
+                    token: &join_hash,
+                    key: &key_hash,
+                    new_node: &attached_node_id(&r.hostname),
+                };
+                self.plane
+                    .store
+                    .join(
+                        join,
+                        &session_hash,
+                        &report,
+                        &self.plane.settings.quota,
+                        now,
+                    )
+                    .await
+            }
+            other => other,
+        };
+        let node = enrolled
             .map_err(|e| match e {
                 StoreError::BadToken => {
                     tracing::warn!(hostname = %r.hostname, "enrolment refused: unknown join token");
@@ -236,6 +263,13 @@ impl<S: Store> AgentService for AgentApi<S> {
                     // The node's own session, if any, is untouched.
                     tracing::warn!(hostname = %r.hostname, reason = %e, "enrolment refused");
                     Status::unauthenticated(e.to_string())
+                }
+                StoreError::NodeNotFound(node) if again.is_some() => Status::unauthenticated(format!(
+                    "node {node} is no longer in this control plane (detached or removed); a machine joins again with a new join token"
+                )),
+                e @ StoreError::JoinRefused { .. } => {
+                    tracing::warn!(hostname = %r.hostname, reason = %e, "join refused");
+                    status(e)
                 }
                 StoreError::Conflict(m) => Status::failed_precondition(m.to_string()),
                 other => status(other),
@@ -247,10 +281,27 @@ impl<S: Store> AgentService for AgentApi<S> {
             .get_cluster(&node.cluster)
             .await
             .map_err(status)?;
-        if let Ok(size) = cluster.spec.size()
-            && let Err(missing) = strato_core::node::gpu_readiness(size, &gpu_info)
-        {
-            let reason = missing.to_string();
+        let unfit = cluster.spec.size().ok().and_then(|size| {
+            let attached = cluster.spec.compute_type == ComputeType::Attached;
+            let healthy = gpu_info.iter().filter(|g| g.problem.is_none()).count();
+            let machine = MachineFacts {
+                vcpus: r.vcpus,
+                memory_bytes: r.memory_bytes,
+                gpus: u32::try_from(healthy).unwrap_or(u32::MAX),
+            };
+            // A machine Strato did not choose must be as large as its
+            // cluster's size; any node of a GPU size needs its GPUs.
+            let too_small = attached
+                .then(|| strato_core::node::machine_fits(size, machine).err())
+                .flatten()
+                .map(|e| e.to_string());
+            too_small.or_else(|| {
+                strato_core::node::gpu_readiness(size, &gpu_info)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+        });
+        if let Some(reason) = unfit {
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane
                 .store
@@ -289,7 +340,9 @@ impl<S: Store> AgentService for AgentApi<S> {
                 "this control plane serves without TLS (--insecure-plaintext): nodes have no certificates",
             ));
         };
-        if !strato_core::lifecycle::may_enrol(node.state) {
+        // An unusable machine of an attached cluster enrols again first
+        // (and so becomes idle) before it renews.
+        if !strato_core::lifecycle::may_enrol(node.state, false) {
             return Err(Status::failed_precondition(format!(
                 "node {} is {}: it gets no new certificate",
                 node.node_id,

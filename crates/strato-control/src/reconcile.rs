@@ -13,7 +13,8 @@ use strato_core::lifecycle;
 use strato_core::node::health::{self, Health};
 use strato_core::quota;
 use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
-use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput};
+use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput, attached};
+use strato_core::spec::ComputeType;
 use strato_proto::v1;
 
 use crate::agents::send_assignment;
@@ -246,6 +247,9 @@ impl<S: Store> Reconciler<S> {
             nodes = store.list_nodes(name).await?;
             queued = store.queued_jobs(name).await?;
         }
+        if cluster.spec.compute_type == ComputeType::Attached {
+            return self.settle_attached(cluster, &nodes, &queued, now).await;
+        }
 
         let size = cluster
             .spec
@@ -266,15 +270,7 @@ impl<S: Store> Reconciler<S> {
         let backoff = self.backoff.get(name).and_then(|b| b.waiting(now));
         let provider_backoff_until = backoff.map(|(until, _)| until);
         let provider_error = backoff.map(|(_, e)| e.to_owned()).unwrap_or_default();
-        let snapshots: Vec<NodeSnapshot> = nodes
-            .iter()
-            .map(|n| NodeSnapshot {
-                node_id: n.node_id.clone(),
-                state: n.state,
-                has_job: n.run_id.is_some(),
-                idle_since: n.idle_since,
-            })
-            .collect();
+        let snapshots = snapshots(&nodes);
         let decision = scale::decide(&ScaleInput {
             min_nodes: cluster.spec.min_nodes,
             max_nodes: cluster.spec.max_nodes,
@@ -339,6 +335,54 @@ impl<S: Store> Reconciler<S> {
             jobs_queued: !queued.is_empty(),
             now,
         });
+        self.record(cluster, settled, live, now).await
+    }
+
+    /// An attached cluster's pass (`scale::attached`): detached machines
+    /// whose work is done leave, nothing is created or removed for demand,
+    /// and queued jobs say what they wait for.
+    async fn settle_attached(
+        &mut self,
+        cluster: &ClusterRecord,
+        nodes: &[NodeRecord],
+        queued: &[crate::store::QueuedJob],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let name = &cluster.spec.name;
+        let snapshots = snapshots(nodes);
+        let pass = attached::settle(&attached::AttachedInput {
+            cluster: name,
+            max_nodes: cluster.spec.max_nodes,
+            nodes: &snapshots,
+            queued_nodes: queued
+                .iter()
+                .map(|q| q.node_count)
+                .fold(0u32, u32::saturating_add),
+        });
+        for node_id in &pass.remove {
+            // Strato never takes an attached machine down: the record goes,
+            // and with it the agent's session.
+            self.plane.sessions.drop_node(node_id);
+            self.plane.store.delete_node(node_id, now).await?;
+            tracing::info!(cluster = %name, node = %node_id, "detached: node removed");
+            self.plane.counters.scaled(name, "down", "detached");
+            self.plane.events.changed();
+        }
+        self.record(cluster, pass.allocation, count(nodes.len()), now)
+            .await
+    }
+
+    /// Records what a pass settled: the queued jobs' reason, the allocation
+    /// state, target and issues.
+    async fn record(
+        &self,
+        cluster: &ClusterRecord,
+        settled: allocation::ClusterAllocation,
+        live: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let name = &cluster.spec.name;
+        let store = &self.plane.store;
         if let Some(reason) = &settled.queued_reason {
             store.set_queued_reason(name, reason).await?;
         }
@@ -366,8 +410,7 @@ impl<S: Store> Reconciler<S> {
             .collect();
         store
             .set_allocation(name, settled.state, settled.target, issues, now)
-            .await?;
-        Ok(())
+            .await
     }
 
     async fn add_node(&mut self, cluster: &ClusterRecord, now: i64) -> Result<(), AddError> {
@@ -485,6 +528,19 @@ enum AddError {
     Quota(quota::QuotaError),
     Provider(ProviderError),
     Store(StoreError),
+}
+
+/// The nodes as the scale decision sees them.
+fn snapshots(nodes: &[NodeRecord]) -> Vec<NodeSnapshot> {
+    nodes
+        .iter()
+        .map(|n| NodeSnapshot {
+            node_id: n.node_id.clone(),
+            state: n.state,
+            has_job: n.run_id.is_some(),
+            idle_since: n.idle_since,
+        })
+        .collect()
 }
 
 fn count(n: usize) -> u32 {

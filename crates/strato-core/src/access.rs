@@ -6,7 +6,8 @@
 //! - **DataScientist**: Reader, and submits, cancels and reads the logs of
 //!   jobs; no cluster writes.
 //! - **ComputeOperator**: Reader, and creates, updates and deletes clusters,
-//!   assigns identities and simulates evictions.
+//!   assigns identities, simulates evictions, makes join tokens and
+//!   detaches machines.
 //! - **Owner**: everything, including API tokens, role assignments and
 //!   datastores.
 //!
@@ -65,7 +66,7 @@ impl Role {
             Role::Reader => "read clusters, nodes, sizes, usage, jobs, datastores and metrics",
             Role::DataScientist => "Reader, and submit, cancel, delete and read the logs of jobs",
             Role::ComputeOperator => {
-                "Reader, and create, update and delete clusters, assign identities, simulate evictions"
+                "Reader, and create, update and delete clusters, assign identities, simulate evictions, make join tokens and detach machines"
             }
             Role::Owner => "everything, including API tokens, role assignments and datastores",
         }
@@ -106,6 +107,8 @@ impl Role {
                             | RemoveIdentity
                             | UseIdentity
                             | SimulateEviction
+                            | CreateJoinToken
+                            | DetachNode
                     )
             }
         }
@@ -311,6 +314,10 @@ pub enum Action {
     /// scope (Azure's `userAssignedIdentities/*/assign/action`).
     UseIdentity,
     SimulateEviction,
+    /// Making a join token for an attached cluster's machines.
+    CreateJoinToken,
+    /// Draining a machine out of an attached cluster.
+    DetachNode,
     ListSizes,
     ListUsage,
     SubmitJob,
@@ -352,6 +359,8 @@ impl Action {
             AssignIdentity | RemoveIdentity => "clusters/identities/write",
             UseIdentity => "identities/assign",
             SimulateEviction => "nodes/evict",
+            CreateJoinToken => "clusters/joinTokens/create",
+            DetachNode => "nodes/detach",
             ListSizes => "sizes/read",
             ListUsage => "usage/read",
             SubmitJob => "jobs/submit",
@@ -436,6 +445,8 @@ mod tests {
         assert!(!ds.allows(UseIdentity) && !ds.allows(CreateToken));
         let op = Role::ComputeOperator;
         assert!(op.allows(CreateCluster) && op.allows(SimulateEviction) && op.allows(UseIdentity));
+        assert!(op.allows(CreateJoinToken) && op.allows(DetachNode));
+        assert!(!ds.allows(CreateJoinToken) && !ds.allows(DetachNode));
         assert!(!op.allows(SubmitJob) && !op.allows(StreamLogs) && !op.allows(CreateDatastore));
         let r = Role::Reader;
         assert!(r.allows(ListJobs) && !r.allows(StreamLogs) && !r.allows(CancelJob));

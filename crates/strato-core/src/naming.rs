@@ -57,6 +57,32 @@ fn short_id(id: &str) -> &str {
 /// and '-' starting with a letter. What the control plane reads back from
 /// processes, directories and labels must pass this before it is used as a
 /// path or a filter.
+/// The node id of a machine that joins an attached cluster: its host name
+/// (lowercase; anything but letters and digits a `-`; at most 40
+/// characters; `machine` if nothing is left, and `m-` before one that
+/// does not start with a letter), `-`, and `suffix` (8 hex digits: two
+/// machines may share a name). Always an [`is_node_id`].
+pub fn machine_node_id(hostname: &str, suffix: &str) -> String {
+    let mapped: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let mut base = mapped.trim_matches('-').to_owned();
+    if base.is_empty() {
+        base = "machine".to_owned();
+    } else if !base.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        base = format!("m-{base}");
+    }
+    format!("{base}-{suffix}")
+}
+
 pub fn is_node_id(id: &str) -> bool {
     let Some((cluster, suffix)) = id.rsplit_once('-') else {
         return false;
@@ -74,6 +100,24 @@ pub fn is_node_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_machines_node_id_comes_from_its_host_name() {
+        for (host, id) in [
+            ("gpu-box-1", "gpu-box-1-0123abcd"),
+            ("Lab.Example.COM", "lab-example-com-0123abcd"),
+            ("10.0.0.4", "m-10-0-0-4-0123abcd"),
+            ("", "machine-0123abcd"),
+            ("---", "machine-0123abcd"),
+        ] {
+            let made = machine_node_id(host, "0123abcd");
+            assert_eq!(made, id);
+            assert!(is_node_id(&made), "{made}");
+        }
+        let long = machine_node_id(&"x".repeat(300), "0123abcd");
+        assert!(is_node_id(&long) && long.len() <= 64, "{long}");
+    }
+
     use super::*;
 
     #[test]

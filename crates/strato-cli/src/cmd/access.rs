@@ -154,29 +154,10 @@ impl Expiry {
 
 /// `90s`, `30m`, `12h`, `30d`, plain seconds, or `never`.
 fn parse_expiry(s: &str) -> Result<Expiry, ArgError> {
-    let bad = || ArgError::Duration(s.to_owned());
-    let text = s.trim();
-    if text.eq_ignore_ascii_case("never") {
+    if s.trim().eq_ignore_ascii_case("never") {
         return Ok(Expiry::Never);
     }
-    let (number, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
-        _ => (text, 's'),
-    };
-    let per = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3_600,
-        'd' => 86_400,
-        _ => return Err(bad()),
-    };
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    match number.parse::<u64>().ok().and_then(|n| n.checked_mul(per)) {
-        Some(0) | None => Err(bad()),
-        Some(seconds) => Ok(Expiry::After(seconds)),
-    }
+    super::parse_duration(s).map(Expiry::After)
 }
 
 fn client(

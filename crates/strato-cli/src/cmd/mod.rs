@@ -28,3 +28,27 @@ pub enum ArgError {
     #[error("{0:?}: a duration like 90s, 30m, 12h or 30d (or plain seconds), or `never`")]
     Duration(String),
 }
+
+/// `90s`, `30m`, `12h`, `30d` or plain seconds, above 0, in seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<u64, ArgError> {
+    let bad = || ArgError::Duration(s.to_owned());
+    let text = s.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match number.parse::<u64>().ok().and_then(|n| n.checked_mul(per)) {
+        Some(0) | None => Err(bad()),
+        Some(seconds) => Ok(seconds),
+    }
+}

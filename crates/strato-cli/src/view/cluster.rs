@@ -70,6 +70,9 @@ pub struct VnetView {
 #[derive(Debug, Serialize)]
 pub struct ClusterView {
     pub name: String,
+    /// amlcompute or attached.
+    #[serde(rename = "type")]
+    pub compute_type: String,
     pub vm_size: String,
     pub vm_priority: &'static str,
     pub min_nodes: u32,
@@ -102,6 +105,11 @@ impl From<v1::Cluster> for ClusterView {
         let ssh = s.ssh.unwrap_or_default();
         ClusterView {
             name: s.name,
+            compute_type: if s.r#type.is_empty() {
+                "amlcompute".to_owned()
+            } else {
+                s.r#type
+            },
             vm_size: s.vm_size,
             vm_priority: priority(s.vm_priority),
             min_nodes: s.min_nodes,
@@ -181,6 +189,7 @@ impl Render for ClusterView {
         let c = &self.node_state_counts;
         let mut pairs = vec![
             ("name", self.name.clone()),
+            ("type", self.compute_type.clone()),
             ("vm_size", self.vm_size.clone()),
             ("vm_priority", self.vm_priority.to_owned()),
             ("location", self.location.clone()),

@@ -116,7 +116,7 @@ pub fn print(format: Format, value: &impl Render) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ts(t: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn ts(t: Option<&prost_types::Timestamp>) -> String {
     t.map(rfc3339).unwrap_or_default()
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use strato_core::catalog::{CATALOG, VmSize};
 use strato_core::identity::{self, IdentityKind};
 use strato_core::quota::{self, UsageLine};
-use strato_core::spec::{self, ClusterRequest, VmPriority};
+use strato_core::spec::{self, ClusterRequest, ComputeType, VmPriority};
 
 use super::{
     Action, AppError, Caller, NotFound, Precondition, authorize, authorize_anywhere, authorize_at,
@@ -47,6 +47,15 @@ pub struct ClusterView {
 pub struct CreatedCluster {
     pub cluster: ClusterView,
     pub warnings: Vec<String>,
+}
+
+/// A join token as made: the secret, shown once.
+#[derive(Debug, Clone)]
+pub struct NewJoinToken {
+    pub token: String,
+    pub uses: u32,
+    /// Milliseconds since the epoch.
+    pub expires_at: i64,
 }
 
 /// A region's quota lines.
@@ -179,10 +188,17 @@ impl<S: Store> Compute<S> {
         authorize(caller, Action::DeleteCluster, Some(name))?;
         // Its name as stored (a request may spell it in another case): what
         // the provider made for it carries that spelling.
-        let stored = self.plane.store.get_cluster(name).await?.spec.name;
+        let spec = self.plane.store.get_cluster(name).await?.spec;
+        let stored = spec.name;
+        // An attached cluster's machines are the team's: only their records
+        // go (their agents are refused from now on).
+        let provided = spec.compute_type != ComputeType::Attached;
         let nodes = self.plane.store.delete_cluster(&stored).await?;
         for node in &nodes {
             self.plane.sessions.drop_node(&node.node_id);
+            if !provided {
+                continue;
+            }
             if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
                 tracing::warn!(cluster = %name, node = %node.node_id, error = %e, "could not remove a node of a deleted cluster");
             }
@@ -311,6 +327,90 @@ impl<S: Store> Compute<S> {
             .scheduled_events
             .preempt(&node.node_id, &not_before);
         tracing::warn!(cluster = %name, node = %node.node_id, %event, %not_before, "simulated eviction scheduled");
+        Ok(node)
+    }
+
+    /// Makes a join token for an attached cluster: its secret once, and
+    /// how many machines it admits until when.
+    pub async fn create_join_token(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        uses: Option<u32>,
+        expires_in_seconds: Option<u64>,
+    ) -> Result<NewJoinToken, AppError> {
+        required("name", cluster)?;
+        authorize(caller, Action::CreateJoinToken, Some(cluster))?;
+        let (uses, seconds) = strato_core::lifecycle::join_token_terms(uses, expires_in_seconds)?;
+        let record = self.plane.store.get_cluster(cluster).await?;
+        let name = record.spec.name;
+        if record.spec.compute_type != ComputeType::Attached {
+            return Err(Precondition::NotAttached { cluster: name }.into());
+        }
+        let token = crate::plane::new_token();
+        let now = self.plane.clock.now_ms();
+        let expires_at = now.saturating_add(i64::try_from(seconds * 1000).unwrap_or(i64::MAX));
+        self.plane
+            .store
+            .create_join_token(
+                &name,
+                &crate::plane::hash_token(&token),
+                uses,
+                expires_at,
+                caller.principal(),
+                now,
+            )
+            .await?;
+        tracing::info!(cluster = %name, uses, expires_at, by = caller.principal(), "join token created");
+        Ok(NewJoinToken {
+            token,
+            uses,
+            expires_at,
+        })
+    }
+
+    /// Drains a machine out of an attached cluster (see
+    /// `Store::detach_node`); a requeued job's container is released on
+    /// the machine at once.
+    pub async fn detach_node(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        node_id: &str,
+        requeue: bool,
+    ) -> Result<NodeRecord, AppError> {
+        required("name", cluster)?;
+        required("node_id", node_id)?;
+        authorize(caller, Action::DetachNode, Some(cluster))?;
+        let record = self.plane.store.get_cluster(cluster).await?;
+        let name = record.spec.name;
+        if record.spec.compute_type != ComputeType::Attached {
+            return Err(Precondition::NotAttached { cluster: name }.into());
+        }
+        let nodes = self.plane.store.list_nodes(&name).await?;
+        if !nodes.iter().any(|n| n.node_id == node_id) {
+            return Err(AppError::NotFound(NotFound::NodeOfCluster {
+                node: node_id.to_owned(),
+                cluster: name,
+            }));
+        }
+        let (node, ended) = self
+            .plane
+            .store
+            .detach_node(node_id, requeue, self.plane.clock.now_ms())
+            .await?;
+        for (job_id, attempt) in ended {
+            tracing::info!(job = %job_id, attempt, node = %node_id, "attempt ended by detach; queued again");
+            self.plane.sessions.send(
+                node_id,
+                strato_proto::v1::control_message::Body::Release(strato_proto::v1::JobRelease {
+                    job_id,
+                    attempt,
+                }),
+            );
+        }
+        tracing::info!(cluster = %name, node = %node_id, requeue, "node detaching");
+        self.plane.events.changed();
         Ok(node)
     }
 

@@ -134,6 +134,14 @@ pub enum Precondition {
     /// The identity cannot be federated to Entra ID.
     #[error("{0}")]
     NotFederated(String),
+    /// An attached cluster admits no more machines.
+    #[error("{0}")]
+    Join(String),
+    /// Join tokens and detaching are for attached clusters' machines.
+    #[error(
+        "cluster {cluster} is of type amlcompute: its nodes come from the provider; join tokens and detach are for clusters of type attached"
+    )]
+    NotAttached { cluster: String },
 }
 
 /// The server's own faults.
@@ -163,6 +171,11 @@ impl From<StoreError> for AppError {
             e @ (StoreError::BadToken
             | StoreError::JoinTokenUsed(_)
             | StoreError::JoinTokenExpired(_)) => AppError::Unauthenticated(e.to_string()),
+            e @ StoreError::JoinRefused {
+                why: strato_core::lifecycle::JoinRefusal::ClusterFull { .. },
+                ..
+            } => AppError::FailedPrecondition(Precondition::Join(e.to_string())),
+            e @ StoreError::JoinRefused { .. } => AppError::Unauthenticated(e.to_string()),
             e @ (StoreError::TokenExists(_) | StoreError::AssignmentExists { .. }) => {
                 AppError::AlreadyExists(AlreadyExists::Access(e.to_string()))
             }

@@ -51,6 +51,8 @@ pub fn rule(path: &str) -> Option<Rule> {
             "AssignIdentity" => user(AssignIdentity),
             "RemoveIdentity" => user(RemoveIdentity),
             "SimulateEviction" => user(SimulateEviction),
+            "CreateJoinToken" => user(CreateJoinToken),
+            "DetachNode" => user(DetachNode),
             _ => None,
         },
         ("strato.v1.JobService", m) => match m {

@@ -155,6 +155,36 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         respond(node, convert::node)
     }
 
+    async fn create_join_token(
+        &self,
+        request: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        let made = self
+            .app
+            .create_join_token(&caller, &r.name, r.uses, r.expires_in_seconds)
+            .await;
+        respond(made, |t| v1::CreateJoinTokenResponse {
+            join_token: t.token,
+            uses: t.uses,
+            expires_at: Some(strato_proto::convert::timestamp(t.expires_at)),
+        })
+    }
+
+    async fn detach_node(
+        &self,
+        request: Request<v1::DetachNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        let node = self
+            .app
+            .detach_node(&caller, &r.name, &r.node_id, r.requeue)
+            .await;
+        respond(node, convert::node)
+    }
+
     async fn list_sizes(
         &self,
         request: Request<v1::ListSizesRequest>,

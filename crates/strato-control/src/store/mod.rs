@@ -38,6 +38,18 @@ pub enum Enrolment<'a> {
     Node(&'a str),
 }
 
+/// A machine joining an attached cluster with the cluster's join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Join<'a> {
+    /// The SHA-256 of the cluster's join token.
+    pub token: &'a str,
+    /// The SHA-256 of the public key its CSR names (empty without TLS):
+    /// the same agent presenting the token again gets its node back.
+    pub key: &'a str,
+    /// The id a new node gets.
+    pub new_node: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cluster {0:?} not found")]
@@ -61,6 +73,12 @@ pub enum StoreError {
     JoinTokenUsed(String),
     #[error("join token expired (node {0}); a new node gets a new one")]
     JoinTokenExpired(String),
+    /// An attached cluster's join token admits no more machines.
+    #[error("{}", join_refusal(cluster, why))]
+    JoinRefused {
+        cluster: String,
+        why: strato_core::lifecycle::JoinRefusal,
+    },
     #[error("an API token named {0:?} exists or existed; choose another name")]
     TokenExists(String),
     #[error("API token {0:?} not found")]
@@ -88,6 +106,20 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+}
+
+fn join_refusal(cluster: &str, why: &strato_core::lifecycle::JoinRefusal) -> String {
+    use strato_core::lifecycle::JoinRefusal;
+    let new = format!("make a new one with `strato compute join-token create -n {cluster}`");
+    match why {
+        JoinRefusal::Expired => format!("the join token of cluster {cluster} expired; {new}"),
+        JoinRefusal::Used | JoinRefusal::UsedUp => {
+            format!("the join token of cluster {cluster} has no uses left; {new}")
+        }
+        JoinRefusal::ClusterFull { max_nodes } => format!(
+            "cluster {cluster} has max_nodes ({max_nodes}) machines; raise max_nodes or detach one"
+        ),
+    }
 }
 
 /// What the store found that forbids a change. The messages say what to
@@ -275,6 +307,42 @@ pub trait Store: Send + Sync + 'static {
         report: &EnrollReport,
         now: i64,
     ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
+    /// Stores an attached cluster's join token (its SHA-256), good for
+    /// `uses` machines until `expires_at`.
+    fn create_join_token(
+        &self,
+        cluster: &str,
+        token_hash: &str,
+        uses: u32,
+        expires_at: i64,
+        created_by: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A machine joins an attached cluster with its join token: a new node
+    /// (one use of the token, refused past its expiry, its uses, the
+    /// cluster's `max_nodes` or the quota), enrolled in the same
+    /// transaction; the same agent again gets its node back. `BadToken`
+    /// when no cluster has that token.
+    fn join(
+        &self,
+        join: Join<'_>,
+        session_token_hash: &str,
+        report: &EnrollReport,
+        limits: &QuotaLimits,
+        now: i64,
+    ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
+    /// Starts draining a node: it becomes `leaving` (no new job) and, with
+    /// `requeue`, its attempts end as lost (queued again); returns the node
+    /// and those attempts (job, attempt). A leaving node is left as it is.
+    fn detach_node(
+        &self,
+        node_id: &str,
+        requeue: bool,
+        now: i64,
+    ) -> impl Future<Output = Result<(NodeRecord, Vec<(String, u32)>), StoreError>> + Send;
 
     fn node_by_session(
         &self,

@@ -208,9 +208,14 @@ pub fn may_remove(evict_at: Option<i64>, now: i64) -> bool {
 }
 
 /// Whether a node's agent may enrol: an unusable or leaving node is to be
-/// removed instead.
-pub fn may_enrol(state: NodeState) -> bool {
-    !matches!(state, NodeState::Unusable | NodeState::Leaving)
+/// removed instead, except an attached cluster's unusable machine, which
+/// is kept for its agent to come back (Strato never replaces it).
+pub fn may_enrol(state: NodeState, attached: bool) -> bool {
+    match state {
+        NodeState::Leaving => false,
+        NodeState::Unusable => attached,
+        _ => true,
+    }
 }
 
 /// Why a join token is not taken.
@@ -218,6 +223,63 @@ pub fn may_enrol(state: NodeState) -> bool {
 pub enum JoinRefusal {
     Expired,
     Used,
+    /// An attached cluster's token with no uses left.
+    UsedUp,
+    /// The attached cluster has `max_nodes` machines.
+    ClusterFull {
+        max_nodes: u32,
+    },
+}
+
+/// The most machines one join token admits.
+pub const MAX_JOIN_TOKEN_USES: u32 = 1000;
+/// The longest a join token lives: 30 days.
+pub const MAX_JOIN_TOKEN_SECONDS: u64 = 30 * 24 * 3600;
+
+/// An attached cluster's join token as asked for: its uses (default 1) and
+/// lifetime in seconds (default an hour), each checked against its bound.
+pub fn join_token_terms(
+    uses: Option<u32>,
+    expires_in_seconds: Option<u64>,
+) -> Result<(u32, u64), crate::error::FieldError> {
+    use crate::error::FieldError;
+    let uses = uses.unwrap_or(1);
+    if !(1..=MAX_JOIN_TOKEN_USES).contains(&uses) {
+        return Err(FieldError::new(
+            "uses",
+            format!("must be from 1 to {MAX_JOIN_TOKEN_USES}; got {uses}"),
+        ));
+    }
+    let seconds = expires_in_seconds.unwrap_or(3600);
+    if !(60..=MAX_JOIN_TOKEN_SECONDS).contains(&seconds) {
+        return Err(FieldError::new(
+            "expires_in_seconds",
+            format!("must be from 60 seconds to 30 days; got {seconds} seconds"),
+        ));
+    }
+    Ok((uses, seconds))
+}
+
+/// Whether an attached cluster's join token admits one more machine at
+/// `now`: before it expires, while it has uses left, and while the cluster
+/// has fewer than `max_nodes` machines (`joined`, whatever their state).
+pub fn cluster_token_takes(
+    expires_at: i64,
+    uses_left: u32,
+    joined: u32,
+    max_nodes: u32,
+    now: i64,
+) -> Result<(), JoinRefusal> {
+    if now >= expires_at {
+        return Err(JoinRefusal::Expired);
+    }
+    if uses_left == 0 {
+        return Err(JoinRefusal::UsedUp);
+    }
+    if joined >= max_nodes {
+        return Err(JoinRefusal::ClusterFull { max_nodes });
+    }
+    Ok(())
 }
 
 /// Whether a join token may enrol its node at `now`: before it expires,
@@ -242,9 +304,23 @@ pub fn join_token_takes(
 }
 
 /// A node's first enrolment makes it idle: it was preparing, waiting for
-/// its agent. A node enrolling again (its agent restarted) keeps its state.
-pub fn enrolment_makes_idle(enrolled_before: bool, state: NodeState, has_job: bool) -> bool {
-    !enrolled_before && state == NodeState::Preparing && !has_job
+/// its agent. A node enrolling again (its agent restarted) keeps its state,
+/// except an attached cluster's machine that was unusable: it is back.
+pub fn enrolment_makes_idle(
+    enrolled_before: bool,
+    state: NodeState,
+    has_job: bool,
+    attached: bool,
+) -> bool {
+    !has_job
+        && ((!enrolled_before && state == NodeState::Preparing)
+            || (attached && state == NodeState::Unusable))
+}
+
+/// Whether the end of `job`'s rank releases a leaving (detached) node:
+/// it keeps leaving, without the job, and goes at the next pass.
+pub fn releases_leaving_node(node: NodeState, node_job: Option<&str>, job: &str) -> bool {
+    node == NodeState::Leaving && node_job == Some(job)
 }
 
 #[cfg(test)]
@@ -445,19 +521,84 @@ mod tests {
 
     #[test]
     fn enrolment_by_state() {
-        assert!(!may_enrol(NodeState::Unusable) && !may_enrol(NodeState::Leaving));
+        assert!(!may_enrol(NodeState::Unusable, false) && !may_enrol(NodeState::Leaving, false));
         for s in [
             NodeState::Idle,
             NodeState::Preparing,
             NodeState::Running,
             NodeState::Preempted,
         ] {
-            assert!(may_enrol(s), "{s:?}");
+            assert!(may_enrol(s, false) && may_enrol(s, true), "{s:?}");
         }
-        assert!(enrolment_makes_idle(false, NodeState::Preparing, false));
-        assert!(!enrolment_makes_idle(true, NodeState::Preparing, false));
-        assert!(!enrolment_makes_idle(false, NodeState::Preparing, true));
-        assert!(!enrolment_makes_idle(false, NodeState::Running, false));
+        assert!(enrolment_makes_idle(
+            false,
+            NodeState::Preparing,
+            false,
+            false
+        ));
+        assert!(!enrolment_makes_idle(
+            true,
+            NodeState::Preparing,
+            false,
+            false
+        ));
+        assert!(!enrolment_makes_idle(
+            false,
+            NodeState::Preparing,
+            true,
+            false
+        ));
+        assert!(!enrolment_makes_idle(
+            false,
+            NodeState::Running,
+            false,
+            false
+        ));
+        // An attached machine whose agent was lost comes back; a detached
+        // one does not.
+        assert!(may_enrol(NodeState::Unusable, true) && !may_enrol(NodeState::Leaving, true));
+        assert!(enrolment_makes_idle(true, NodeState::Unusable, false, true));
+        assert!(!enrolment_makes_idle(
+            true,
+            NodeState::Unusable,
+            false,
+            false
+        ));
+        assert!(!enrolment_makes_idle(true, NodeState::Unusable, true, true));
+    }
+
+    #[test]
+    fn join_token_terms_have_defaults_and_bounds() {
+        assert_eq!(join_token_terms(None, None), Ok((1, 3600)));
+        assert_eq!(join_token_terms(Some(3), Some(86_400)), Ok((3, 86_400)));
+        for (uses, secs, field) in [
+            (Some(0), None, "uses"),
+            (Some(1001), None, "uses"),
+            (None, Some(59), "expires_in_seconds"),
+            (None, Some(MAX_JOIN_TOKEN_SECONDS + 1), "expires_in_seconds"),
+        ] {
+            assert_eq!(join_token_terms(uses, secs).expect_err(field).field, field);
+        }
+    }
+
+    #[test]
+    fn a_cluster_token_takes_while_it_has_uses_time_and_room() {
+        assert_eq!(cluster_token_takes(10, 1, 0, 3, 9), Ok(()));
+        assert_eq!(
+            cluster_token_takes(10, 1, 0, 3, 10),
+            Err(JoinRefusal::Expired)
+        );
+        assert_eq!(
+            cluster_token_takes(10, 0, 0, 3, 9),
+            Err(JoinRefusal::UsedUp)
+        );
+        assert_eq!(
+            cluster_token_takes(10, 5, 3, 3, 9),
+            Err(JoinRefusal::ClusterFull { max_nodes: 3 })
+        );
+        assert!(releases_leaving_node(NodeState::Leaving, Some("j"), "j"));
+        assert!(!releases_leaving_node(NodeState::Leaving, Some("k"), "j"));
+        assert!(!releases_leaving_node(NodeState::Running, Some("j"), "j"));
     }
 
     #[test]

@@ -164,6 +164,61 @@ pub fn gpu_readiness(size: &crate::catalog::VmSize, found: &[GpuInfo]) -> Result
     })
 }
 
+/// What a machine that joins an attached cluster reports of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineFacts {
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    /// Healthy GPUs.
+    pub gpus: u32,
+}
+
+/// A joining machine smaller than its cluster's size: each thing it lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("smaller than {size}: {}", lacks.join(", "))]
+pub struct MachineTooSmall {
+    pub size: String,
+    /// e.g. `2 vCPUs of 4`, `7.5 GiB of memory of 14`.
+    pub lacks: Vec<String>,
+}
+
+/// How much of a size's memory a machine must report: the kernel keeps
+/// some of the installed memory for itself, so a machine sold as 8 GiB
+/// reports a little less.
+pub const MEMORY_TOLERANCE_PERCENT: u64 = 90;
+
+/// Whether a machine is as large as `size` promises (vCPUs, memory within
+/// [`MEMORY_TOLERANCE_PERCENT`], healthy GPUs), so every job sized for the
+/// cluster fits on it.
+pub fn machine_fits(
+    size: &crate::catalog::VmSize,
+    machine: MachineFacts,
+) -> Result<(), MachineTooSmall> {
+    let mut lacks = Vec::new();
+    if machine.vcpus < size.vcpus {
+        lacks.push(format!("{} vCPUs of {}", machine.vcpus, size.vcpus));
+    }
+    let size_bytes = u64::from(size.memory_gib) << 30;
+    if machine.memory_bytes < size_bytes / 100 * MEMORY_TOLERANCE_PERCENT {
+        lacks.push(format!(
+            "{:.1} GiB of memory of {}",
+            machine.memory_bytes as f64 / f64::from(1u32 << 30),
+            size.memory_gib
+        ));
+    }
+    if machine.gpus < size.gpus {
+        lacks.push(format!("{} GPUs of {}", machine.gpus, size.gpus));
+    }
+    if lacks.is_empty() {
+        Ok(())
+    } else {
+        Err(MachineTooSmall {
+            size: size.name.to_owned(),
+            lacks,
+        })
+    }
+}
+
 /// What a provider holds that the store does not know: nodes and clusters
 /// left behind by a control plane that stopped before they were taken down.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,6 +253,40 @@ pub fn orphans<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joining_machine_must_be_as_large_as_its_size() {
+        let size = crate::catalog::lookup("Standard_D2_v2").expect("size");
+        let gib = 1u64 << 30;
+        let fits = MachineFacts {
+            vcpus: 2,
+            memory_bytes: 7 * gib - gib / 4,
+            gpus: 0,
+        };
+        assert_eq!(
+            machine_fits(size, fits),
+            Ok(()),
+            "a little under is the kernel's share"
+        );
+        let small = MachineFacts {
+            vcpus: 1,
+            memory_bytes: 2 * gib,
+            gpus: 0,
+        };
+        let e = machine_fits(size, small).expect_err("too small");
+        assert_eq!(
+            e.to_string(),
+            "smaller than Standard_D2_v2: 1 vCPUs of 2, 2.0 GiB of memory of 7"
+        );
+        let gpu = crate::catalog::lookup("Standard_NC6s_v3").expect("gpu size");
+        let no_gpu = MachineFacts {
+            vcpus: 64,
+            memory_bytes: 512 * gib,
+            gpus: 0,
+        };
+        let e = machine_fits(gpu, no_gpu).expect_err("no GPU");
+        assert_eq!(e.lacks, vec!["0 GPUs of 1".to_owned()]);
+    }
 
     #[test]
     fn orphans_are_what_the_store_does_not_know() {

@@ -21,6 +21,9 @@ pub enum IssueCode {
     ProviderError,
     /// This control plane creates no nodes (`--provider none`).
     NoNodeProvider,
+    /// Jobs of an attached cluster wait for machines to join (or to come
+    /// back, or to finish their work).
+    WaitingForMachines,
 }
 
 impl IssueCode {
@@ -29,6 +32,7 @@ impl IssueCode {
             IssueCode::QuotaExceeded => "quota_exceeded",
             IssueCode::ProviderError => "provider_error",
             IssueCode::NoNodeProvider => "no_node_provider",
+            IssueCode::WaitingForMachines => "waiting_for_machines",
         }
     }
 }

@@ -18,9 +18,12 @@
 //! that keep taking the nodes it waits for. The autoscaler counts a queued
 //! gang as N nodes of demand.
 //!
-//! `allocation`: what a pass records once the decision is carried out.
+//! `allocation`: what a pass records once the decision is carried out;
+//! `attached`: the pass of an attached cluster, whose machines join and
+//! leave by themselves.
 
 pub mod allocation;
+pub mod attached;
 
 use crate::node::NodeState;
 

@@ -35,6 +35,42 @@ pub const MAX_TAG_KEY_LEN: usize = 512;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
 pub const MAX_USER_ASSIGNED_IDENTITIES: usize = 20;
 
+/// Where a cluster's nodes come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeType {
+    /// Nodes the control plane's provider creates and removes as jobs
+    /// wait and nodes sit idle (Azure ML's `amlcompute`).
+    #[default]
+    AmlCompute,
+    /// Machines a team already has, which join with a join token
+    /// (`strato compute join-token create`) and leave when detached;
+    /// Strato never creates or deletes them.
+    Attached,
+}
+
+impl ComputeType {
+    /// The YAML and CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeType::AmlCompute => "amlcompute",
+            ComputeType::Attached => "attached",
+        }
+    }
+
+    /// `amlcompute` or `attached`, case-insensitively.
+    pub fn parse(field: &str, s: &str) -> Result<ComputeType, FieldError> {
+        match s.to_ascii_lowercase().as_str() {
+            "amlcompute" => Ok(ComputeType::AmlCompute),
+            "attached" => Ok(ComputeType::Attached),
+            _ => Err(FieldError::new(
+                field,
+                format!("must be amlcompute or attached; got {s:?}"),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmPriority {
@@ -162,6 +198,8 @@ pub struct IdentitySpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterRequest {
     pub name: String,
+    /// Default `amlcompute`.
+    pub compute_type: Option<ComputeType>,
     pub vm_size: Option<String>,
     pub vm_priority: Option<VmPriority>,
     pub min_nodes: Option<u32>,
@@ -180,6 +218,9 @@ pub struct ClusterRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSpec {
     pub name: String,
+    /// Absent in specs stored before attached clusters: `amlcompute`.
+    #[serde(default)]
+    pub compute_type: ComputeType,
     pub vm_size: String,
     pub vm_priority: VmPriority,
     pub min_nodes: u32,
@@ -225,6 +266,7 @@ pub fn validate(req: &ClusterRequest, default_location: &str) -> Result<ClusterS
     };
     let spec = ClusterSpec {
         name: req.name.clone(),
+        compute_type: req.compute_type.unwrap_or_default(),
         vm_size: size.name.to_owned(),
         vm_priority: req.vm_priority.unwrap_or_default(),
         min_nodes: req.min_nodes.unwrap_or(0),
@@ -250,6 +292,7 @@ pub fn check(spec: &ClusterSpec) -> Result<(), FieldError> {
     catalog::lookup(&spec.vm_size)?;
     check_location(&spec.location)?;
     check_scale(spec)?;
+    check_attached(spec)?;
     check_text(spec)?;
     check_ssh(&spec.ssh)?;
     if let Some(vnet) = &spec.vnet {
@@ -274,6 +317,30 @@ fn check_location(location: &str) -> Result<(), FieldError> {
             ),
         ))
     }
+}
+
+/// An attached cluster's machines are a team's own: never evicted, and
+/// joined rather than created, so nothing keeps `min_nodes` of them up.
+fn check_attached(spec: &ClusterSpec) -> Result<(), FieldError> {
+    if spec.compute_type != ComputeType::Attached {
+        return Ok(());
+    }
+    if spec.vm_priority != VmPriority::Dedicated {
+        return Err(FieldError::new(
+            "vm_priority",
+            "must be dedicated for an attached cluster: its machines are not evicted",
+        ));
+    }
+    if spec.min_nodes != 0 {
+        return Err(FieldError::new(
+            "min_nodes",
+            format!(
+                "must be 0 for an attached cluster: its machines join with a join token, nothing starts them; got {}",
+                spec.min_nodes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_scale(spec: &ClusterSpec) -> Result<(), FieldError> {

@@ -186,6 +186,7 @@ fn every_immutable_field_is_refused_when_changed() {
     });
     desired.identity.system_assigned = true;
     desired.inter_node_communication = Some(false);
+    desired.compute_type = Some(ComputeType::Attached);
     desired.name = "other".into();
     for field in IMMUTABLE_FIELDS.iter().filter(|f| **f != "vm_size") {
         let e = apply_update(&current, &desired, &[(*field).to_owned()]).expect_err(field);
@@ -272,4 +273,56 @@ proptest! {
             Err(e) => prop_assert!(min > max || max == 0 || max > 100, "{}", e),
         }
     }
+}
+
+#[test]
+fn attached_clusters_are_dedicated_and_start_with_no_nodes() {
+    let mut r = req("lab");
+    r.compute_type = Some(ComputeType::Attached);
+    r.max_nodes = Some(3);
+    let spec = validate(&r, "local").expect("valid");
+    assert_eq!(spec.compute_type, ComputeType::Attached);
+    assert_eq!(
+        validate(&req("cpu"), "local").expect("valid").compute_type,
+        ComputeType::AmlCompute
+    );
+
+    let mut low = r.clone();
+    low.vm_priority = Some(VmPriority::LowPriority);
+    assert_eq!(
+        validate(&low, "local").expect_err("low").field,
+        "vm_priority"
+    );
+    let mut min = r.clone();
+    min.min_nodes = Some(1);
+    assert_eq!(validate(&min, "local").expect_err("min").field, "min_nodes");
+
+    // The type is fixed at creation.
+    let mut other = r.clone();
+    other.compute_type = Some(ComputeType::AmlCompute);
+    let e = apply_update(&spec, &other, &["type".into()]).expect_err("immutable");
+    assert!(
+        matches!(e, SpecError::Immutable { ref field, .. } if field == "type"),
+        "{e}"
+    );
+    assert!(
+        apply_update(&spec, &r, &["type".into()]).is_ok(),
+        "unchanged is fine"
+    );
+
+    assert_eq!(
+        ComputeType::parse("type", "Attached"),
+        Ok(ComputeType::Attached)
+    );
+    let e = ComputeType::parse("type", "kubernetes").expect_err("unknown");
+    assert!(
+        e.to_string()
+            .starts_with("type: must be amlcompute or attached"),
+        "{e}"
+    );
+    // Specs stored before the type existed read as amlcompute.
+    let mut json = serde_json::to_value(&spec).expect("json");
+    json.as_object_mut().expect("object").remove("compute_type");
+    let old: ClusterSpec = serde_json::from_value(json).expect("old spec");
+    assert_eq!(old.compute_type, ComputeType::AmlCompute);
 }

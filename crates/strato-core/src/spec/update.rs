@@ -18,6 +18,7 @@ pub const MUTABLE_FIELDS: &[&str] = &[
 /// the value is unchanged, so re-applying a cluster file is harmless.
 pub const IMMUTABLE_FIELDS: &[&str] = &[
     "name",
+    "type",
     "vm_size",
     "vm_priority",
     "location",
@@ -97,6 +98,12 @@ fn immutable_change(
             let asked = catalog::lookup(desired.vm_size.as_deref().unwrap_or(DEFAULT_VM_SIZE))?;
             (asked.name != current.vm_size)
                 .then(|| changed(&current.vm_size, asked.name))
+                .flatten()
+        }
+        "type" => {
+            let asked = desired.compute_type.unwrap_or_default();
+            (asked != current.compute_type)
+                .then(|| changed(current.compute_type.as_str(), asked.as_str()))
                 .flatten()
         }
         "vm_priority" => {

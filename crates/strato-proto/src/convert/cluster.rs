@@ -68,8 +68,13 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
             user_assigned: i.user_assigned_identities.clone(),
         })
         .unwrap_or_default();
+    let compute_type = match spec.r#type.as_str() {
+        "" => None,
+        t => Some(strato_core::spec::ComputeType::parse("type", t)?),
+    };
     Ok(ClusterRequest {
         name: spec.name.clone(),
+        compute_type,
         vm_size: non_empty(&spec.vm_size),
         vm_priority,
         min_nodes: Some(spec.min_nodes),
@@ -129,6 +134,7 @@ pub fn cluster_spec(spec: &ClusterSpec) -> v1::ClusterSpec {
             user_assigned_identities: spec.identity.user_assigned.clone(),
         }),
         inter_node_communication: Some(spec.inter_node_communication),
+        r#type: spec.compute_type.as_str().to_owned(),
     }
 }
 

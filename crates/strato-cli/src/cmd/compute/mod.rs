@@ -58,6 +58,22 @@ pub enum ComputeCommand {
         #[arg(long)]
         notice_seconds: Option<u32>,
     },
+    /// Join tokens for the machines of an attached cluster.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
+    /// Drain a machine out of an attached cluster: it takes no new job,
+    /// its job finishes (or, with --requeue, is queued again at once), then
+    /// it leaves and its agent is refused from then on.
+    Detach {
+        #[command(flatten)]
+        name: NameArg,
+        /// The machine's node (see `compute list-nodes`).
+        #[arg(long = "node")]
+        node_id: String,
+        /// End its job now and queue it again instead of letting it finish.
+        #[arg(long)]
+        requeue: bool,
+    },
     /// Delete a cluster.
     Delete {
         #[command(flatten)]
@@ -65,6 +81,25 @@ pub enum ComputeCommand {
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a join token and print it (once: only its hash is kept). On
+    /// each machine, put it in a root-only file and start
+    /// `strato-agent --control-plane https://HOST:7070 --ca-file ca.crt
+    /// --join-token-file FILE`.
+    Create {
+        #[command(flatten)]
+        name: NameArg,
+        /// How many machines may join with it (1 to 1000).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid: 90s, 30m, 12h, 30d or plain seconds (60
+        /// seconds to 30 days).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::cmd::parse_duration)]
+        expires_in: u64,
     },
 }
 
@@ -130,7 +165,12 @@ pub struct CreateArgs {
     /// max_instances, idle_time_before_scale_down, location, ...).
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
+    /// amlcompute (default: nodes Strato creates and removes) or attached
+    /// (machines a team has, which join with `compute join-token create`).
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    compute_type: Option<String>,
     /// VM size (see `strato compute list-sizes`); default Standard_DS3_v2.
+    /// For an attached cluster, what every machine must at least have.
     #[arg(short = 's', long, visible_alias = "vm-size")]
     size: Option<String>,
     #[command(flatten)]
@@ -338,6 +378,57 @@ pub async fn run(
                     node.node_id,
                     notice_seconds.unwrap_or(30)
                 );
+            } else {
+                print(format, &vec![NodeView::from(node)])?;
+            }
+        }
+        ComputeCommand::JoinToken(JoinTokenCommand::Create {
+            name: NameArg { name },
+            uses,
+            expires_in,
+        }) => {
+            let made = client
+                .create_join_token(v1::CreateJoinTokenRequest {
+                    name: name.clone(),
+                    uses: Some(uses),
+                    expires_in_seconds: Some(expires_in),
+                })
+                .await?
+                .into_inner();
+            let expires_at = crate::view::ts(made.expires_at.as_ref());
+            if format == Format::Table {
+                println!("{}", made.join_token);
+                eprintln!(
+                    "join token for cluster {name}: {} machine(s), until {expires_at}; shown once",
+                    made.uses
+                );
+            } else {
+                print(
+                    format,
+                    &serde_json::json!({
+                        "cluster": name,
+                        "join_token": made.join_token,
+                        "uses": made.uses,
+                        "expires_at": expires_at,
+                    }),
+                )?;
+            }
+        }
+        ComputeCommand::Detach {
+            name: NameArg { name },
+            node_id,
+            requeue,
+        } => {
+            let node = client
+                .detach_node(v1::DetachNodeRequest {
+                    name,
+                    node_id,
+                    requeue,
+                })
+                .await?
+                .into_inner();
+            if format == Format::Table {
+                println!("node {} is leaving: {}", node.node_id, node.reason);
             } else {
                 print(format, &vec![NodeView::from(node)])?;
             }

@@ -50,6 +50,7 @@ pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure>
         return Err(no_name());
     }
     overlay(&mut spec.vm_size, &args.size);
+    overlay(&mut spec.r#type, &args.compute_type);
     if let Some(min) = args.scale.min_nodes {
         spec.min_nodes = min;
     }

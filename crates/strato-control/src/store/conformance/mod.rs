@@ -19,6 +19,7 @@
 //! feature, to other crates.
 
 pub mod access;
+pub mod attached;
 pub mod clusters;
 pub mod gangs;
 pub mod jobs;
@@ -80,6 +81,11 @@ macro_rules! store_conformance_suite {
             access: [
                 tokens_are_found_by_hash_listed_and_revoked_once,
                 role_assignments_are_unique_per_principal_role_and_scope,
+            ],
+            attached: [
+                machines_join_with_the_clusters_token_within_its_uses_and_max_nodes,
+                a_lost_machine_comes_back_when_its_agent_does,
+                a_detached_machine_finishes_its_job_or_queues_it_again,
             ],
             gangs: [
                 a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops,

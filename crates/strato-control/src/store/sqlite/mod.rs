@@ -33,9 +33,9 @@ use strato_core::spec::ClusterSpec;
 
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
-    Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, LogRecord, NodeRecord,
-    NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store,
-    StoreError,
+    Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, LogRecord,
+    NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate,
+    Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -260,6 +260,38 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<NodeRecord, StoreError> {
         nodes::enroll(self, by, session_token_hash, report, now).await
+    }
+
+    async fn create_join_token(
+        &self,
+        cluster: &str,
+        token_hash: &str,
+        uses: u32,
+        expires_at: i64,
+        created_by: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        nodes::create_join_token(self, cluster, token_hash, uses, expires_at, created_by, now).await
+    }
+
+    async fn join(
+        &self,
+        join: Join<'_>,
+        session_token_hash: &str,
+        report: &EnrollReport,
+        limits: &QuotaLimits,
+        now: i64,
+    ) -> Result<NodeRecord, StoreError> {
+        nodes::join(self, join, session_token_hash, report, limits, now).await
+    }
+
+    async fn detach_node(
+        &self,
+        node_id: &str,
+        requeue: bool,
+        now: i64,
+    ) -> Result<(NodeRecord, Vec<(String, u32)>), StoreError> {
+        nodes::detach_node(self, node_id, requeue, now).await
     }
 
     async fn node_by_session(&self, session_token_hash: &str) -> Result<NodeRecord, StoreError> {

@@ -12,7 +12,7 @@ use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
 use super::{SqliteStore, corrupt, select_one, u32_col};
-use crate::store::{Conflict, EnrollReport, Enrolment, NodeRecord, NodeUsage, StoreError};
+use crate::store::{Conflict, EnrollReport, Enrolment, Join, NodeRecord, NodeUsage, StoreError};
 
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
@@ -190,7 +190,11 @@ pub(super) async fn enroll(
                 Err(lifecycle::JoinRefusal::Expired) => {
                     return Err(StoreError::JoinTokenExpired(node_id));
                 }
-                Err(lifecycle::JoinRefusal::Used) => {
+                Err(
+                    lifecycle::JoinRefusal::Used
+                    | lifecycle::JoinRefusal::UsedUp
+                    | lifecycle::JoinRefusal::ClusterFull { .. },
+                ) => {
                     return Err(StoreError::JoinTokenUsed(node_id));
                 }
             }
@@ -206,36 +210,210 @@ pub(super) async fn enroll(
         }
         Enrolment::Node(node_id) => node_id.to_owned(),
     };
-    let node = load_node(&mut tx, &node_id).await?;
-    if !lifecycle::may_enrol(node.state) {
+    let node = enrol_node(&mut tx, &node_id, session_token_hash, report, now).await?;
+    tx.commit().await?;
+    Ok(node)
+}
+
+/// The rest of an enrolment once the node is known, in the caller's
+/// transaction: refused for a node that may not enrol, else the session
+/// and the agent's report are recorded.
+async fn enrol_node(
+    tx: &mut SqliteConnection,
+    node_id: &str,
+    session_token_hash: &str,
+    report: &EnrollReport,
+    now: i64,
+) -> Result<NodeRecord, StoreError> {
+    let node = load_node(tx, node_id).await?;
+    let attached = load_cluster(tx, &node.cluster).await?.spec.compute_type
+        == strato_core::spec::ComputeType::Attached;
+    if !lifecycle::may_enrol(node.state, attached) {
         return Err(Conflict::NodeRetired {
-            node: node_id,
+            node: node_id.to_owned(),
             state: node.state,
             reason: node.reason,
         }
         .into());
     }
+    let makes_idle =
+        lifecycle::enrolment_makes_idle(node.enrolled, node.state, node.run_id.is_some(), attached);
+    // A machine coming back (it was unusable) counts its silence from now.
+    let back = makes_idle && node.state == NodeState::Unusable;
     sqlx::query(
         "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
-             last_heartbeat = COALESCE(last_heartbeat, ?3), metrics_url = ?5, gpus = ?6,
-             gpu_info = ?7
+             last_heartbeat = CASE WHEN ?8 THEN ?3 ELSE COALESCE(last_heartbeat, ?3) END,
+             metrics_url = ?5, gpus = ?6, gpu_info = ?7
          WHERE node_id = ?4",
     )
     .bind(session_token_hash)
     .bind(&report.hostname)
     .bind(now)
-    .bind(&node_id)
+    .bind(node_id)
     .bind(&report.metrics_url)
     .bind(i64::from(report.gpus))
     .bind(serde_json::to_string(&report.gpu_info).map_err(|e| corrupt("node gpu_info", e))?)
+    .bind(back)
     .execute(&mut *tx)
     .await?;
-    if lifecycle::enrolment_makes_idle(node.enrolled, node.state, node.run_id.is_some()) {
-        set_node_state(&mut tx, &node_id, NodeState::Idle, None, "", now).await?;
+    if makes_idle {
+        set_node_state(tx, node_id, NodeState::Idle, None, "", now).await?;
     }
-    let node = load_node(&mut tx, &node_id).await?;
+    load_node(tx, node_id).await
+}
+
+pub(super) async fn create_join_token(
+    db: &SqliteStore,
+    cluster: &str,
+    token_hash: &str,
+    uses: u32,
+    expires_at: i64,
+    created_by: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let cluster = load_cluster(&mut tx, cluster).await?.spec.name;
+    sqlx::query(
+        "INSERT INTO cluster_join_tokens (token_hash, cluster, uses_left, expires_at, created_at, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(token_hash)
+    .bind(&cluster)
+    .bind(i64::from(uses))
+    .bind(expires_at)
+    .bind(now)
+    .bind(created_by)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn join(
+    db: &SqliteStore,
+    Join {
+        token: token_hash,
+        key,
+        new_node,
+    }: Join<'_>,
+    session_token_hash: &str,
+    report: &EnrollReport,
+    limits: &QuotaLimits,
+    now: i64,
+) -> Result<NodeRecord, StoreError> {
+    let mut tx = db.begin_write().await?;
+    type Row = (String, i64, i64);
+    let (cluster, uses_left, expires_at): Row = sqlx::query_as(
+        "SELECT cluster, uses_left, expires_at FROM cluster_join_tokens WHERE token_hash = ?1",
+    )
+    .bind(token_hash)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::BadToken)?;
+    // The same agent again (its first answer was lost): its own node.
+    let again: Option<String> = if key.is_empty() {
+        None
+    } else {
+        sqlx::query_scalar("SELECT node_id FROM nodes WHERE join_source = ?1 AND join_key = ?2")
+            .bind(token_hash)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+    };
+    let node_id = match again {
+        Some(node_id) => node_id,
+        None => {
+            let spec = load_cluster(&mut tx, &cluster).await?.spec;
+            let joined = node_count(&mut tx, &spec.name).await?;
+            lifecycle::cluster_token_takes(
+                expires_at,
+                u32::try_from(uses_left).unwrap_or(0),
+                joined,
+                spec.max_nodes,
+                now,
+            )
+            .map_err(|why| StoreError::JoinRefused {
+                cluster: spec.name.clone(),
+                why,
+            })?;
+            let others = QuotaUsage::from_allocations(
+                &allocations(&mut tx, &spec.location, Some(&spec.name)).await?,
+            );
+            quota::check(
+                &spec.location,
+                limits.region(&spec.location),
+                &others,
+                &allocation(&spec, joined + 1)?,
+                false,
+            )?;
+            sqlx::query(
+                "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since,
+                                    join_source, join_key, join_used_at)
+                 VALUES (?1, ?2, 'preparing', 'joining', ?3, ?3, ?3, ?4, ?5, ?3)",
+            )
+            .bind(new_node)
+            .bind(&spec.name)
+            .bind(now)
+            .bind(token_hash)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE cluster_join_tokens SET uses_left = uses_left - 1 WHERE token_hash = ?1",
+            )
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+            new_node.to_owned()
+        }
+    };
+    let node = enrol_node(&mut tx, &node_id, session_token_hash, report, now).await?;
     tx.commit().await?;
     Ok(node)
+}
+
+pub(super) async fn detach_node(
+    db: &SqliteStore,
+    node_id: &str,
+    requeue: bool,
+    now: i64,
+) -> Result<(NodeRecord, Vec<(String, u32)>), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let node = load_node(&mut tx, node_id).await?;
+    let mut ended = Vec::new();
+    if node.state != NodeState::Leaving {
+        let why = if requeue {
+            "detaching: its job was queued again"
+        } else {
+            "detaching: takes no new job, leaves once its job has ended"
+        };
+        set_node_state(
+            &mut tx,
+            node_id,
+            NodeState::Leaving,
+            node.run_id.as_deref(),
+            why,
+            now,
+        )
+        .await?;
+        if requeue {
+            let attempts: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT job_id, attempt FROM job_ranks WHERE node_id = ?1 AND ended_at IS NULL",
+            )
+            .bind(node_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let (end, why) = lifecycle::node_lost(node_id, "detached");
+            end_ranks_on(&mut tx, node_id, end, &why, now).await?;
+            ended = attempts
+                .into_iter()
+                .map(|(job, attempt)| (job, u32::try_from(attempt).unwrap_or(0)))
+                .collect();
+        }
+    }
+    let node = load_node(&mut tx, node_id).await?;
+    tx.commit().await?;
+    Ok((node, ended))
 }
 
 pub(super) async fn node_by_session(

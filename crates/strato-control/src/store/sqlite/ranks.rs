@@ -125,6 +125,16 @@ pub(super) async fn end_rank(
     }
     if lifecycle::frees_node(node.state, node.run_id.as_deref(), &job.id) {
         set_node_state(conn, open.node_id, NodeState::Idle, None, "", now).await?;
+    } else if lifecycle::releases_leaving_node(node.state, node.run_id.as_deref(), &job.id) {
+        set_node_state(
+            conn,
+            open.node_id,
+            NodeState::Leaving,
+            None,
+            &node.reason,
+            now,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,0 +1,289 @@
+//! End-to-end: an attached cluster of machines that join by themselves.
+//! A real control plane (no node provider), real `strato-agent` processes
+//! started as a machine's systemd unit would start them (a join token in a
+//! 0600 file, the control plane's CA, TLS), and the real Docker engine.
+//! They join, run jobs, are refused once the token is used up or when too
+//! small, become unusable when their agent stops (the job runs again
+//! elsewhere) and come back with it, and leave when detached.
+
+use std::process::Child;
+use std::time::Duration;
+
+use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker, wait_for};
+use strato_proto::v1;
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn start(dir: &std::path::Path) -> ControlPlane {
+    require_docker();
+    ControlPlane::start(
+        &dir.join("data"),
+        &[
+            "--provider",
+            "none",
+            "--node-heartbeat-timeout",
+            "3",
+            "--heartbeat-interval",
+            "1",
+            "--reconcile-interval-ms",
+            "200",
+            "--cancel-grace",
+            "1",
+        ],
+    )
+    .await
+    .expect("start the control plane")
+}
+
+/// `strato compute list-nodes -o json` of `cluster`.
+fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
+    let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).expect("nodes as JSON")
+}
+
+/// The node id of machine `name` (node ids are made from host names).
+fn node_of(nodes: &[serde_json::Value], name: &str) -> Option<(String, String)> {
+    nodes.iter().find_map(|n| {
+        let id = n["node_id"].as_str()?;
+        id.starts_with(&format!("{name}-"))
+            .then(|| (id.to_owned(), n["state"].as_str().unwrap_or("").to_owned()))
+    })
+}
+
+async fn wait_state(cp: &ControlPlane, cluster: &str, machine: &str, state: &str) -> String {
+    wait_for(&format!("{machine} {state}"), LONG, || {
+        let found = node_of(&nodes(cp, cluster), machine);
+        async move {
+            match found {
+                Some((id, s)) if s == state => Some(id),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+/// Waits for `child` to exit and returns its status code.
+async fn exit_code(child: &mut Child) -> Option<i32> {
+    wait_for("the agent to exit", LONG, || {
+        let status = child.try_wait().ok().flatten();
+        async move { status.map(|s| s.code()) }
+    })
+    .await
+}
+
+fn join_token(cp: &ControlPlane, cluster: &str, uses: &str) -> String {
+    let out = cp.cli_ok(&[
+        "compute",
+        "join-token",
+        "create",
+        "-n",
+        cluster,
+        "--uses",
+        uses,
+        "--expires-in",
+        "10m",
+    ]);
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+async fn job_state(cp: &ControlPlane, id: &str) -> v1::Job {
+    cp.jobs()
+        .await
+        .get_job(v1::GetJobRequest { id: id.into() })
+        .await
+        .expect("get job")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn machines_join_run_jobs_come_back_and_leave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path()).await;
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "lab",
+        "--type",
+        "attached",
+        "-s",
+        "Standard_D2_v2",
+        "--max-nodes",
+        "2",
+    ]);
+    let shown = cp.cli_ok(&["compute", "show", "-n", "lab", "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(shown["type"], "attached");
+    // An amlcompute cluster's nodes get no join token from a user.
+    cp.cli_ok(&["compute", "create", "-n", "cloud", "-s", "Standard_D2_v2"]);
+    let refused = cp.cli(&["compute", "join-token", "create", "-n", "cloud"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("type amlcompute"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Two machines join with one token of two uses; a third is refused.
+    let token = join_token(&cp, "lab", "2");
+    let m1 = cp.start_machine("m1", &token).expect("m1");
+    let m2 = cp.start_machine("m2", &token).expect("m2");
+    let n1 = wait_state(&cp, "lab", "m1", "idle").await;
+    let n2 = wait_state(&cp, "lab", "m2", "idle").await;
+    let mut m3 = cp.start_machine("m3", &token).expect("m3");
+    assert_eq!(
+        exit_code(&mut m3).await,
+        Some(2),
+        "{}",
+        cp.machine_log("m3")
+    );
+    assert!(
+        cp.machine_log("m3").contains("no uses left"),
+        "{}",
+        cp.machine_log("m3")
+    );
+    assert_eq!(nodes(&cp, "lab").len(), 2);
+
+    // A job runs on a machine; detached with --requeue, the machine leaves
+    // and the job runs again on the other one.
+    let mut jobs = cp.jobs().await;
+    let id = jobs
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "lab".into(),
+                image: TEST_IMAGE.into(),
+                command: vec!["sh".into(), "-c".into(), "echo started; sleep 300".into()],
+                max_retries: 3,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let first = wait_for("the job running", LONG, || {
+        let cp = &cp;
+        let id = id.clone();
+        async move {
+            let j = job_state(cp, &id).await;
+            (j.state == v1::JobState::Running as i32).then_some(j)
+        }
+    })
+    .await;
+    let (on, other, mut on_agent, other_agent) = if first.node_id == n1 {
+        (&n1, &n2, m1, m2)
+    } else {
+        (&n2, &n1, m2, m1)
+    };
+    let out = cp.cli_ok(&["compute", "detach", "-n", "lab", "--node", on, "--requeue"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is leaving"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let second = wait_for("the job running again elsewhere", LONG, || {
+        let cp = &cp;
+        let id = id.clone();
+        async move {
+            let j = job_state(cp, &id).await;
+            (j.state == v1::JobState::Running as i32 && j.attempt == 2).then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(&second.node_id, other);
+    wait_for("the detached node gone", LONG, || {
+        let gone = !nodes(&cp, "lab").iter().any(|n| n["node_id"] == **on);
+        async move { gone.then_some(()) }
+    })
+    .await;
+    // Its agent is refused from then on (its token is used up): exit 2.
+    assert_eq!(exit_code(&mut on_agent).await, Some(2));
+
+    // The other machine's agent stops: the node becomes unusable, the job
+    // waits (saying why), and runs once the agent is back.
+    let mut other_agent = other_agent;
+    other_agent.kill().expect("SIGKILL the agent");
+    other_agent.wait().expect("reaped");
+    let other_name = if other == &n1 { "m1" } else { "m2" };
+    wait_state(&cp, "lab", other_name, "unusable").await;
+    let waiting = wait_for("the job queued again", LONG, || {
+        let cp = &cp;
+        let id = id.clone();
+        async move {
+            let j = job_state(cp, &id).await;
+            (j.state == v1::JobState::Queued as i32).then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(waiting.attempt, 3);
+    let issue = wait_for("the cluster says why", LONG, || {
+        let out = cp.cli_ok(&["compute", "show", "-n", "lab", "-o", "json"]);
+        let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        async move {
+            c["errors"]
+                .as_array()
+                .and_then(|e| e.first())
+                .filter(|e| e["code"] == "waiting_for_machines")
+                .cloned()
+        }
+    })
+    .await;
+    assert!(
+        issue["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1 unusable")),
+        "{issue}"
+    );
+    // The same machine, restarted: back with its certificate, no token.
+    let mut back = cp.start_machine(other_name, "a used token").expect("back");
+    wait_for("the job running on the returned machine", LONG, || {
+        let cp = &cp;
+        let id = id.clone();
+        async move {
+            let j = job_state(cp, &id).await;
+            (j.state == v1::JobState::Running as i32 && j.attempt == 3).then_some(j)
+        }
+    })
+    .await;
+    jobs.cancel_job(v1::CancelJobRequest { id: id.clone() })
+        .await
+        .expect("cancel");
+    wait_state(&cp, "lab", other_name, "idle").await;
+
+    // A machine smaller than the size joins as unusable, saying what it
+    // lacks, and its agent stops.
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "big",
+        "--type",
+        "attached",
+        "-s",
+        "Standard_DS3_v2",
+        "--max-nodes",
+        "1",
+    ]);
+    let big_token = join_token(&cp, "big", "1");
+    let mut small = cp.start_machine("small", &big_token).expect("small");
+    assert_eq!(
+        exit_code(&mut small).await,
+        Some(2),
+        "{}",
+        cp.machine_log("small")
+    );
+    let listed = nodes(&cp, "big");
+    assert_eq!(listed[0]["state"], "unusable", "{listed:?}");
+    let reason = listed[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("smaller than Standard_DS3_v2: ") && reason.contains("vCPUs of 4"),
+        "{reason}"
+    );
+
+    let _ = back.kill();
+    let _ = back.wait();
+}
