@@ -292,11 +292,11 @@ impl<S: Store> AgentService for AgentApi<S> {
             // A machine Strato did not choose must be as large as its
             // cluster's size; any node of a GPU size needs its GPUs.
             let too_small = attached
-                .then(|| strato_core::node::machine_fits(size, machine).err())
+                .then(|| strato_core::node::machine_fits(&size, machine).err())
                 .flatten()
                 .map(|e| e.to_string());
             too_small.or_else(|| {
-                strato_core::node::gpu_readiness(size, &gpu_info)
+                strato_core::node::gpu_readiness(&size, &gpu_info)
                     .err()
                     .map(|e| e.to_string())
             })

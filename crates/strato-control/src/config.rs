@@ -98,6 +98,13 @@ pub struct Config {
     #[arg(long, env = "STRATO_QUOTA_FILE")]
     pub quota_file: Option<PathBuf>,
 
+    /// A TOML file of VM sizes of the operator's own, beside the built-in
+    /// Azure catalog: `[[size]]` tables with name, vcpus, memory_gib, gpus,
+    /// gpu_model and family (the quota family they count against); see
+    /// deploy/vm-sizes.toml. A cluster records its size when it is created.
+    #[arg(long, env = "STRATO_VM_SIZES_FILE")]
+    pub vm_sizes_file: Option<PathBuf>,
+
     /// Where nodes come from. `local`: each node is a strato-agent process
     /// on this machine, running jobs in the local Docker engine. `none`:
     /// clusters and quotas only; no node is ever created, and clusters that
@@ -288,6 +295,8 @@ pub enum ConfigError {
         #[source]
         source: QuotaFileError,
     },
+    #[error("--vm-sizes-file {}: {why}", path.display())]
+    VmSizes { path: PathBuf, why: String },
     #[error("--submit-rate {rate} and --submit-burst {burst} must both be above 0")]
     SubmitRate { rate: f64, burst: u32 },
     #[error("--max-followers-per-caller must be above 0")]
@@ -343,6 +352,8 @@ pub fn dialable(addr: SocketAddr) -> SocketAddr {
 pub struct Settings {
     pub config: Config,
     pub quota: QuotaLimits,
+    /// The built-in sizes and those of `--vm-sizes-file`.
+    pub catalog: strato_core::catalog::Catalog,
 }
 
 impl Config {
@@ -494,9 +505,25 @@ impl Config {
             None => QuotaLimits::default(),
             Some(path) => load_quota(path)?,
         };
+        let catalog = match &self.vm_sizes_file {
+            None => strato_core::catalog::Catalog::builtin(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::VmSizes {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+                strato_core::catalog::Catalog::with_sizes_file(&text).map_err(|e| {
+                    ConfigError::VmSizes {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    }
+                })?
+            }
+        };
         Ok(Settings {
             config: self,
             quota,
+            catalog,
         })
     }
 }
@@ -617,6 +644,14 @@ mod tests {
     fn the_shipped_example_quota_file_parses() {
         let text = include_str!("../../../deploy/quota.toml");
         parse_quota(text).expect("deploy/quota.toml parses");
+    }
+
+    #[test]
+    fn the_shipped_example_sizes_file_parses() {
+        let text = include_str!("../../../deploy/vm-sizes.toml");
+        let catalog =
+            strato_core::catalog::Catalog::with_sizes_file(text).expect("deploy/vm-sizes.toml");
+        assert!(catalog.sizes().len() > strato_core::catalog::builtin().len());
     }
 
     #[test]

@@ -199,7 +199,11 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
     locations.dedup();
     for location in locations {
         let usage = plane.store.usage(&location).await?;
-        for line in quota::report(plane.settings.quota.region(&location), &usage) {
+        for line in quota::report(
+            plane.settings.quota.region(&location),
+            &usage,
+            &plane.settings.catalog,
+        ) {
             let labels = vec![
                 ("location", location.clone()),
                 ("quota", line.name.clone()),

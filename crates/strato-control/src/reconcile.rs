@@ -261,7 +261,7 @@ impl<S: Store> Reconciler<S> {
             location: &cluster.spec.location,
             limits,
             others: &others,
-            family: size.family,
+            family: &size.family,
             priority: cluster.spec.vm_priority,
             vcpus_per_node: size.vcpus,
             min_nodes: cluster.spec.min_nodes,

@@ -235,10 +235,15 @@ pub struct UsageLine {
     pub limit: u64,
 }
 
-/// The usage report of a region: every catalog family, the dedicated total,
-/// the low-priority total and the cluster count.
-pub fn report(limits: &RegionQuota, usage: &QuotaUsage) -> Vec<UsageLine> {
-    let mut lines: Vec<UsageLine> = crate::catalog::families()
+/// The usage report of a region: every family of the catalog, the
+/// dedicated total, the low-priority total and the cluster count.
+pub fn report(
+    limits: &RegionQuota,
+    usage: &QuotaUsage,
+    catalog: &crate::catalog::Catalog,
+) -> Vec<UsageLine> {
+    let mut lines: Vec<UsageLine> = catalog
+        .families()
         .into_iter()
         .map(|family| UsageLine {
             name: family.to_owned(),
@@ -408,7 +413,7 @@ mod tests {
             6,
             1,
         )]);
-        let lines = report(&limits(), &used);
+        let lines = report(&limits(), &used, &crate::catalog::Catalog::builtin());
         let line = |n: &str| lines.iter().find(|l| l.name == n).expect(n).clone();
         assert_eq!(
             (
@@ -495,7 +500,7 @@ mod tests {
                 for (family, used) in &usage.dedicated_by_family {
                     prop_assert!(*used <= limits.family_limit(family));
                 }
-                for line in report(&limits, &usage) {
+                for line in report(&limits, &usage, &crate::catalog::Catalog::builtin()) {
                     prop_assert!(line.current <= line.limit, "{:?}", line);
                 }
             }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use strato_core::catalog::{CATALOG, VmSize};
+use strato_core::catalog::VmSize;
 use strato_core::identity::{self, IdentityKind};
 use strato_core::quota::{self, UsageLine};
 use strato_core::spec::{self, ClusterRequest, ComputeType, VmPriority};
@@ -94,7 +94,7 @@ impl<S: Store> Compute<S> {
         authorize(caller, Action::CreateCluster, Some(&req.name))?;
         may_use_identities(caller, &req.identity.user_assigned)?;
         let region = &self.plane.settings.config.region;
-        let mut spec = spec::validate(&req, region)?;
+        let mut spec = spec::validate_in(&req, region, &self.plane.settings.catalog)?;
         // The password is kept only as its SHA-512 crypt hash.
         spec.ssh.seal(&crate::plane::new_salt());
         let mut warnings = Vec::new();
@@ -414,9 +414,10 @@ impl<S: Store> Compute<S> {
         Ok(node)
     }
 
-    pub fn list_sizes(&self, caller: &Caller) -> Result<&'static [VmSize], AppError> {
+    /// The built-in sizes and the operator's.
+    pub fn list_sizes(&self, caller: &Caller) -> Result<&[VmSize], AppError> {
         authorize_anywhere(caller, Action::ListSizes)?;
-        Ok(CATALOG)
+        Ok(self.plane.settings.catalog.sizes())
     }
 
     /// The quota lines of `location` (empty: this control plane's region).
@@ -429,7 +430,7 @@ impl<S: Store> Compute<S> {
         let usage = self.plane.store.usage(&location).await?;
         let limits = self.plane.settings.quota.region(&location);
         Ok(Usage {
-            lines: quota::report(limits, &usage),
+            lines: quota::report(limits, &usage, &self.plane.settings.catalog),
             location,
         })
     }

@@ -98,7 +98,7 @@ impl<S: Store> Jobs<S> {
             max_nodes: cluster.spec.max_nodes,
             inter_node_communication: cluster.spec.inter_node_communication,
         };
-        job::validate_job(&spec, size, gang)?;
+        job::validate_job(&spec, &size, gang)?;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let job = self
             .plane

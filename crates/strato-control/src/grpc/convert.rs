@@ -36,7 +36,7 @@ pub fn cluster(view: &ClusterView) -> v1::Cluster {
             })
             .collect(),
         quota_family: match s.vm_priority {
-            VmPriority::Dedicated => size.map(|z| z.family.to_owned()).unwrap_or_default(),
+            VmPriority::Dedicated => size.as_ref().map(|z| z.family.clone()).unwrap_or_default(),
             VmPriority::LowPriority => LOW_PRIORITY.to_owned(),
         },
         vcpus_per_node: size.map_or(0, |z| z.vcpus),

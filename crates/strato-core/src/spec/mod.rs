@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, DEFAULT_VM_SIZE, VmSize};
+use crate::catalog::{self, Catalog, DEFAULT_VM_SIZE, VmSize};
 use crate::error::FieldError;
 use crate::name::validate_cluster_name;
 
@@ -233,12 +233,20 @@ pub struct ClusterSpec {
     pub vnet: Option<VnetSettings>,
     pub identity: IdentitySpec,
     pub inter_node_communication: bool,
+    /// The size as the catalog had it at creation, so a size of the
+    /// operator's own stays known; absent in specs stored before it was
+    /// kept (built-in sizes, looked up again).
+    #[serde(default, rename = "size", skip_serializing_if = "Option::is_none")]
+    pub recorded_size: Option<VmSize>,
 }
 
 impl ClusterSpec {
-    /// The catalog entry of the spec's size. A stored spec always names one.
-    pub fn size(&self) -> Result<&'static VmSize, FieldError> {
-        catalog::lookup(&self.vm_size)
+    /// The spec's size: as recorded at creation, else the built-in one.
+    pub fn size(&self) -> Result<VmSize, FieldError> {
+        match &self.recorded_size {
+            Some(size) => Ok(size.clone()),
+            None => catalog::lookup(&self.vm_size).cloned(),
+        }
     }
 
     /// The most nodes any cluster with this inter-node setting may have.
@@ -258,8 +266,18 @@ fn node_limit(inter_node_communication: bool) -> u32 {
 /// Validates a create request and fills in defaults. `default_location` is
 /// the control plane's region.
 pub fn validate(req: &ClusterRequest, default_location: &str) -> Result<ClusterSpec, FieldError> {
+    validate_in(req, default_location, &Catalog::builtin())
+}
+
+/// [`validate`] against `catalog`'s sizes (the built-in ones and the
+/// operator's); the spec records the size it names.
+pub fn validate_in(
+    req: &ClusterRequest,
+    default_location: &str,
+    catalog: &Catalog,
+) -> Result<ClusterSpec, FieldError> {
     validate_cluster_name(&req.name)?;
-    let size = catalog::lookup(req.vm_size.as_deref().unwrap_or(DEFAULT_VM_SIZE))?;
+    let size = catalog.lookup(req.vm_size.as_deref().unwrap_or(DEFAULT_VM_SIZE))?;
     let location = match req.location.as_deref() {
         None | Some("") => default_location.to_owned(),
         Some(l) => l.to_owned(),
@@ -267,7 +285,8 @@ pub fn validate(req: &ClusterRequest, default_location: &str) -> Result<ClusterS
     let spec = ClusterSpec {
         name: req.name.clone(),
         compute_type: req.compute_type.unwrap_or_default(),
-        vm_size: size.name.to_owned(),
+        vm_size: size.name.clone(),
+        recorded_size: Some(size.clone()),
         vm_priority: req.vm_priority.unwrap_or_default(),
         min_nodes: req.min_nodes.unwrap_or(0),
         max_nodes: req.max_nodes.unwrap_or(DEFAULT_MAX_NODES),
@@ -289,7 +308,7 @@ pub fn validate(req: &ClusterRequest, default_location: &str) -> Result<ClusterS
 /// Checks every rule on a filled-in spec.
 pub fn check(spec: &ClusterSpec) -> Result<(), FieldError> {
     validate_cluster_name(&spec.name)?;
-    catalog::lookup(&spec.vm_size)?;
+    spec.size()?;
     check_location(&spec.location)?;
     check_scale(spec)?;
     check_attached(spec)?;

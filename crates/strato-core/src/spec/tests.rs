@@ -245,7 +245,7 @@ proptest! {
             let limit = if spec.inter_node_communication { 100 } else { 1000 };
             prop_assert!(spec.max_nodes <= limit);
             prop_assert!(spec.idle_seconds_before_scaledown <= MAX_IDLE_SECONDS);
-            prop_assert!(crate::catalog::CATALOG.iter().any(|s| s.name == spec.vm_size));
+            prop_assert!(crate::catalog::builtin().iter().any(|s| s.name == spec.vm_size));
             prop_assert!(!spec.identity.system_assigned || spec.identity.user_assigned.is_empty());
             prop_assert!(spec.identity.user_assigned.iter().all(|u| !u.is_empty()));
             if let Some(v) = &spec.vnet {
@@ -325,4 +325,26 @@ fn attached_clusters_are_dedicated_and_start_with_no_nodes() {
     json.as_object_mut().expect("object").remove("compute_type");
     let old: ClusterSpec = serde_json::from_value(json).expect("old spec");
     assert_eq!(old.compute_type, ComputeType::AmlCompute);
+}
+
+#[test]
+fn a_size_of_the_operators_own_is_recorded_in_the_spec() {
+    let catalog = crate::catalog::Catalog::with_sizes_file(
+        "[[size]]\nname = \"lab-gpu\"\nvcpus = 16\nmemory_gib = 64\ngpus = 2\ngpu_model = \"RTX 4090\"\nfamily = \"labGpuFamily\"\n",
+    )
+    .expect("sizes");
+    let mut r = req("lab");
+    r.vm_size = Some("LAB-GPU".into());
+    let e = validate(&r, "local").expect_err("not a built-in size");
+    assert_eq!(e.field, "vm_size");
+    let spec = validate_in(&r, "local", &catalog).expect("valid");
+    assert_eq!(spec.vm_size, "lab-gpu");
+    // Stored and read back, the spec still knows its size.
+    let stored: ClusterSpec =
+        serde_json::from_str(&serde_json::to_string(&spec).expect("json")).expect("read");
+    let size = stored.size().expect("recorded");
+    assert_eq!(
+        (size.vcpus, size.gpus, size.family.as_str()),
+        (16, 2, "labGpuFamily")
+    );
 }

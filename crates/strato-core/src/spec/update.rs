@@ -2,7 +2,7 @@
 //! masked update to a spec.
 
 use super::{ClusterRequest, ClusterSpec, DEFAULT_IDLE_SECONDS, DEFAULT_MAX_NODES, check};
-use crate::catalog::{self, DEFAULT_VM_SIZE};
+use crate::catalog::DEFAULT_VM_SIZE;
 use crate::error::{FieldError, SpecError};
 
 /// The spec fields an update may name, as request paths.
@@ -95,9 +95,9 @@ fn immutable_change(
         "name" => (!desired.name.eq_ignore_ascii_case(&current.name))
             .then(|| format!(" (it is {}; create a new cluster instead)", current.name)),
         "vm_size" => {
-            let asked = catalog::lookup(desired.vm_size.as_deref().unwrap_or(DEFAULT_VM_SIZE))?;
-            (asked.name != current.vm_size)
-                .then(|| changed(&current.vm_size, asked.name))
+            let asked = desired.vm_size.as_deref().unwrap_or(DEFAULT_VM_SIZE);
+            (!asked.eq_ignore_ascii_case(&current.vm_size))
+                .then(|| changed(&current.vm_size, asked))
                 .flatten()
         }
         "type" => {
