@@ -660,6 +660,8 @@ mod tests {
         std::fs::write(&file, "strato_secret\n").expect("write");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let mut c = config();
+        // A work directory of its own: the other tests use config()'s.
+        c.work_dir = dir.join("work");
         c.join_token = None;
         c.join_token_file = Some(file.clone());
         let e = check(&c).err().expect("readable by others");
@@ -670,7 +672,6 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(check(&c).expect("private").join_token, "strato_secret");
         std::fs::remove_dir_all(&dir).ok();
-        std::fs::remove_dir_all(&c.work_dir).ok();
     }
 
     #[test]
