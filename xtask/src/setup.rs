@@ -33,13 +33,14 @@ pub(crate) fn setup() -> anyhow::Result<()> {
         ("busybox", "busybox-static"),
         ("prometheus", "prometheus"),
         ("curl", "curl"),
+        ("systemd-analyze", "systemd"),
     ]
     .into_iter()
     .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
     .map(|(_, package)| package)
     .collect();
     if missing.is_empty() {
-        println!("==> docker.io, busybox-static, prometheus, curl: present");
+        println!("==> docker.io, busybox-static, prometheus, curl, systemd: present");
     } else {
         apt_install(&missing)?;
     }
