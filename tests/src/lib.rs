@@ -318,37 +318,40 @@ impl ControlPlane {
     /// it: joining with `join_token` (from a 0600 file), the control
     /// plane's CA, its own work directory (`DATA_DIR/machines/NAME`), its
     /// metrics on a free loopback port. The machine's node id is made from
-    /// `name`. Its containers carry this control plane's id, so dropping
-    /// the control plane removes them; the agent is found by its endpoint.
+    /// `name`. It runs `DATA_DIR/machines/NAME/start.sh` (which a power
+    /// command can run again to "boot" the machine; it writes the agent's
+    /// pid to `agent.pid` and appends to `agent.log`). Its containers carry
+    /// this control plane's id, so dropping the control plane removes them;
+    /// the agent is found by its endpoint.
     pub fn start_machine(&self, name: &str, join_token: &str) -> anyhow::Result<Child> {
         let dir = self.data_dir.join("machines").join(name);
         std::fs::create_dir_all(&dir)?;
         let token = dir.join("join-token");
         strato_runtime::write_private(&token, join_token.as_bytes())?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agent.log"))?;
         let id = std::fs::read_to_string(self.data_dir.join("control-plane-id"))?;
         let metrics = free_port();
-        Ok(Command::new(binary("strato-agent"))
-            .env_clear()
+        let quote = |p: &Path| format!("'{}'", p.display());
+        let script = format!(
+            "#!/bin/sh\n\
+             echo $$ > {pid}\n\
+             exec env -i PATH=\"$PATH\" STRATO_CONTROL_PLANE={endpoint} STRATO_CONTROL_PLANE_ID={id} \\\n  \
+             STRATO_LOG=info {agent} --ca-file {ca} --join-token-file {token} \\\n  \
+             --work-dir {work} --metrics-listen 127.0.0.1:{metrics} --node-name {name} \\\n  \
+             >> {log} 2>&1 < /dev/null\n",
+            pid = quote(&dir.join("agent.pid")),
+            endpoint = self.endpoint(),
+            id = id.trim(),
+            agent = quote(&binary("strato-agent")),
+            ca = quote(&strato_control::tls::Tls::ca_path(&self.data_dir)),
+            token = quote(&token),
+            work = quote(&dir.join("work")),
+            log = quote(&dir.join("agent.log")),
+        );
+        let start = dir.join("start.sh");
+        std::fs::write(&start, script)?;
+        Ok(Command::new("sh")
+            .arg(&start)
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("STRATO_CONTROL_PLANE", self.endpoint())
-            .env("STRATO_CONTROL_PLANE_ID", id.trim())
-            .env("STRATO_LOG", "info")
-            .arg("--ca-file")
-            .arg(strato_control::tls::Tls::ca_path(&self.data_dir))
-            .arg("--join-token-file")
-            .arg(&token)
-            .arg("--work-dir")
-            .arg(dir.join("work"))
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics}"))
-            .arg("--node-name")
-            .arg(name)
-            .stdout(log.try_clone()?)
-            .stderr(log)
             .spawn()?)
     }
 

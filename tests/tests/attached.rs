@@ -157,7 +157,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
                 cluster: "lab".into(),
                 image: TEST_IMAGE.into(),
                 command: vec!["sh".into(), "-c".into(), "echo started; sleep 300".into()],
-                max_retries: 3,
+                // The detach does not use it up; the lost machine does.
+                max_retries: 1,
                 ..Default::default()
             }),
         })
@@ -286,4 +287,177 @@ async fn machines_join_run_jobs_come_back_and_leave() {
 
     let _ = back.kill();
     let _ = back.wait();
+}
+
+/// Writes an executable script `name` into `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Power commands as Slurm's power saving runs them: an idle machine is
+/// suspended after the idle time (here: its agent stopped, as a powered-off
+/// machine's would be), a job that waits resumes it (its agent started
+/// again, as a booting machine's would be) and runs, and a failing resume
+/// command shows as the cluster's error with its output.
+#[tokio::test]
+async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let power = dir.path().join("power");
+    std::fs::create_dir_all(&power).expect("power dir");
+    let machines = data.join("machines");
+    // $1 is the node id, $2 the host name (the machine's name here).
+    script(
+        &power,
+        "suspend",
+        &format!(
+            "kill -TERM \"$(cat '{}'/\"$2\"/agent.pid)\"",
+            machines.display()
+        ),
+    );
+    script(
+        &power,
+        "resume",
+        &format!(
+            "setsid sh '{}'/\"$2\"/start.sh >/dev/null 2>&1 < /dev/null &",
+            machines.display()
+        ),
+    );
+    script(&power, "fail", "echo \"no route to host $2\" >&2; exit 1");
+    let power_dir = power.display().to_string();
+    let cp = ControlPlane::start(
+        &data,
+        &[
+            "--provider",
+            "none",
+            "--node-heartbeat-timeout",
+            "3",
+            "--heartbeat-interval",
+            "1",
+            "--reconcile-interval-ms",
+            "200",
+            "--power-commands-dir",
+            &power_dir,
+        ],
+    )
+    .await
+    .expect("start the control plane");
+    let create = |name: &str, resume: &str| {
+        cp.cli(&[
+            "compute",
+            "create",
+            "-n",
+            name,
+            "--type",
+            "attached",
+            "-s",
+            "Standard_D2_v2",
+            "--max-nodes",
+            "1",
+            "--idle-seconds-before-scaledown",
+            "1",
+            "--resume-command",
+            resume,
+            "--suspend-command",
+            "suspend",
+        ])
+    };
+    let missing = create("nowhere", "no-such-command");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("power.resume_command"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    assert!(create("lab", "resume").status.success());
+    let shown = cp.cli_ok(&["compute", "show", "-n", "lab", "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(shown["power"]["resume_command"], "resume");
+
+    let mut m1 = cp
+        .start_machine("m1", &join_token(&cp, "lab", "1"))
+        .expect("m1");
+    wait_state(&cp, "lab", "m1", "idle").await;
+    // Idle for a second: suspended, its agent stopped by the command.
+    let node = wait_state(&cp, "lab", "m1", "suspended").await;
+    assert_eq!(exit_code(&mut m1).await, Some(0), "SIGTERM stops the agent");
+    let listed = nodes(&cp, "lab");
+    assert_eq!(listed[0]["reason"], "suspended by suspend");
+
+    // A job waits: the machine is resumed, its agent enrols again with its
+    // certificate, and the job runs there.
+    let id = cp
+        .jobs()
+        .await
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "lab".into(),
+                image: TEST_IMAGE.into(),
+                command: vec!["echo".into(), "woken".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let done = wait_for("the job done on the resumed machine", LONG, || {
+        let cp = &cp;
+        let id = id.clone();
+        async move {
+            let j = job_state(cp, &id).await;
+            (j.state == v1::JobState::Completed as i32).then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(
+        done.attempts.last().map(|a| a.node_id.as_str()),
+        Some(node.as_str())
+    );
+    // And it goes back to sleep.
+    wait_state(&cp, "lab", "m1", "suspended").await;
+
+    // A resume command that fails: the cluster says so, with its output,
+    // and the machine stays suspended.
+    assert!(create("broken", "fail").status.success());
+    let mut m2 = cp
+        .start_machine("m2", &join_token(&cp, "broken", "1"))
+        .expect("m2");
+    wait_state(&cp, "broken", "m2", "suspended").await;
+    assert_eq!(exit_code(&mut m2).await, Some(0));
+    cp.jobs()
+        .await
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "broken".into(),
+                image: TEST_IMAGE.into(),
+                command: vec!["true".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit");
+    let issue = wait_for("the failed resume shown", LONG, || {
+        let out = cp.cli_ok(&["compute", "show", "-n", "broken", "-o", "json"]);
+        let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        async move {
+            c["errors"].as_array().and_then(|errors| {
+                errors
+                    .iter()
+                    .find(|e| e["code"] == "power_command_failed")
+                    .cloned()
+            })
+        }
+    })
+    .await;
+    let message = issue["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("resume command fail") && message.contains("no route to host m2"),
+        "{message}"
+    );
+    wait_state(&cp, "broken", "m2", "suspended").await;
 }

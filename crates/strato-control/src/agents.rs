@@ -107,13 +107,13 @@ pub(crate) async fn authenticate_node<S: Store, T>(
     Ok(node)
 }
 
-/// Signs a node's certificates: its client certificate and, when it
-/// serves its metrics over TLS, the serving certificate for that host.
 /// The id of a machine joining an attached cluster (`naming`).
 fn attached_node_id(hostname: &str) -> String {
     strato_core::naming::machine_node_id(hostname, &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
+/// Signs a node's certificates: its client certificate and, when it
+/// serves its metrics over TLS, the serving certificate for that host.
 fn certificate(
     tls: &crate::tls::Tls,
     csr: crate::tls::Csr,
@@ -340,9 +340,16 @@ impl<S: Store> AgentService for AgentApi<S> {
                 "this control plane serves without TLS (--insecure-plaintext): nodes have no certificates",
             ));
         };
-        // An unusable machine of an attached cluster enrols again first
-        // (and so becomes idle) before it renews.
-        if !strato_core::lifecycle::may_enrol(node.state, false) {
+        let attached = self
+            .plane
+            .store
+            .get_cluster(&node.cluster)
+            .await
+            .map_err(status)?
+            .spec
+            .compute_type
+            == ComputeType::Attached;
+        if !strato_core::lifecycle::may_enrol(node.state, attached) {
             return Err(Status::failed_precondition(format!(
                 "node {} is {}: it gets no new certificate",
                 node.node_id,
@@ -722,7 +729,14 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
         let cluster = nodes
             .first()
             .map_or(job.spec.cluster.as_str(), |n| n.cluster.as_str());
-        if let Err(e) = plane.provider.prepare_gang(cluster).await {
+        // An attached cluster's machines are not the provider's: they meet
+        // on their own networks.
+        let attached = plane
+            .store
+            .get_cluster(cluster)
+            .await
+            .is_ok_and(|c| c.spec.compute_type == ComputeType::Attached);
+        if !attached && let Err(e) = plane.provider.prepare_gang(cluster).await {
             tracing::warn!(job = %job.id, cluster, error = %e, "the provider could not prepare the gang's network");
         }
     }

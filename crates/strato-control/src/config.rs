@@ -105,6 +105,15 @@ pub struct Config {
     #[arg(long, env = "STRATO_VM_SIZES_FILE")]
     pub vm_sizes_file: Option<PathBuf>,
 
+    /// The directory of the power commands attached clusters may name
+    /// (`--resume-command`, `--suspend-command`): executables the operator
+    /// put there (Wake-on-LAN, IPMI, a cloud CLI), run by the control plane
+    /// as `DIR/NAME NODE_ID HOST_NAME` with STRATO_CLUSTER, STRATO_NODE and
+    /// STRATO_POWER_ACTION set, and nothing else of its environment but
+    /// PATH. Without it, clusters with power commands are refused.
+    #[arg(long, env = "STRATO_POWER_COMMANDS_DIR")]
+    pub power_commands_dir: Option<PathBuf>,
+
     /// Where nodes come from. `local`: each node is a strato-agent process
     /// on this machine, running jobs in the local Docker engine. `none`:
     /// clusters and quotas only; no node is ever created, and clusters that

@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod oidc;
 pub mod plane;
+pub mod power;
 pub mod provider;
 pub mod reconcile;
 pub mod store;

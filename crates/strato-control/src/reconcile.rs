@@ -34,6 +34,8 @@ pub struct Reconciler<S> {
     targets: Option<String>,
     /// When ended jobs past `--job-retention` were last deleted.
     retention_at: Option<i64>,
+    /// Attached clusters' power commands in flight and their failures.
+    power: Arc<crate::power::Power>,
 }
 
 /// How often ended jobs past the retention period are looked for.
@@ -51,6 +53,7 @@ impl<S: Store> Reconciler<S> {
             backoff: HashMap::new(),
             targets: None,
             retention_at: None,
+            power: Arc::default(),
         }
     }
 
@@ -164,6 +167,7 @@ impl<S: Store> Reconciler<S> {
                 state: node.state,
                 enrolled: node.enrolled,
                 created_at: node.created_at,
+                state_since: node.state_since,
                 last_heartbeat: node.last_heartbeat,
             };
             match health::check(&facts, timeouts, self.started_at, now) {
@@ -350,15 +354,50 @@ impl<S: Store> Reconciler<S> {
     ) -> Result<(), StoreError> {
         let name = &cluster.spec.name;
         let snapshots = snapshots(nodes);
+        let backoff = self.power.backoff(name, now);
+        let power_dir = self.plane.settings.config.power_commands_dir.clone();
+        let power = cluster.spec.power.as_ref().filter(|_| power_dir.is_some());
         let pass = attached::settle(&attached::AttachedInput {
             cluster: name,
+            min_nodes: cluster.spec.min_nodes,
             max_nodes: cluster.spec.max_nodes,
+            idle_seconds: cluster.spec.idle_seconds_before_scaledown,
             nodes: &snapshots,
             queued_nodes: queued
                 .iter()
                 .map(|q| q.node_count)
                 .fold(0u32, u32::saturating_add),
+            power: power.is_some(),
+            power_backoff: backoff.as_ref().map(|(until, e)| (*until, e.as_str())),
+            now,
         });
+        if let (Some(commands), Some(dir)) = (power, &power_dir) {
+            let runs = pass
+                .resume
+                .iter()
+                .map(|id| (crate::power::Action::Resume, id, &commands.resume_command))
+                .chain(
+                    pass.suspend
+                        .iter()
+                        .map(|id| (crate::power::Action::Suspend, id, &commands.suspend_command)),
+                );
+            for (action, node_id, command) in runs {
+                let hostname = nodes
+                    .iter()
+                    .find(|n| &n.node_id == node_id)
+                    .map(|n| n.hostname.clone())
+                    .unwrap_or_default();
+                let run = crate::power::Run {
+                    action,
+                    cluster: name.clone(),
+                    node_id: node_id.clone(),
+                    hostname,
+                    command: command.clone(),
+                    timeout: Duration::from_secs(u64::from(commands.timeout_seconds)),
+                };
+                self.power.start(&self.plane, dir, run).await;
+            }
+        }
         for node_id in &pass.remove {
             // Strato never takes an attached machine down: the record goes,
             // and with it the agent's session.

@@ -115,9 +115,15 @@ pub fn metrics_endpoint<'a>(field: &str, url: &'a str) -> Result<MetricsEndpoint
             }
             (host, port)
         }
-        None => target
-            .rsplit_once(':')
-            .ok_or_else(|| bad("must name the port (HOST:PORT)"))?,
+        None => {
+            let (host, port) = target
+                .rsplit_once(':')
+                .ok_or_else(|| bad("must name the port (HOST:PORT)"))?;
+            if host.contains(':') {
+                return Err(bad("an IPv6 host must be [ADDRESS]:PORT"));
+            }
+            (host, port)
+        }
     };
     if port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(bad("the port must be a number from 1 to 65535"));
@@ -163,6 +169,8 @@ mod tests {
             "https://h h:1/metrics",
             "https://[zz]:1/metrics",
             "https://:1/metrics",
+            "https://a:b:1/metrics",
+            "https://::1:9110/metrics",
         ] {
             let e = metrics_endpoint("metrics_url", bad).expect_err(bad);
             assert!(e.to_string().starts_with("metrics_url: "), "{e}");

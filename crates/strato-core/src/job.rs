@@ -424,6 +424,9 @@ pub enum AttemptEnd {
     CannotStart,
     /// The node was evicted (low priority).
     Preempted,
+    /// An operator took the node away and asked for the job to run again
+    /// (`compute detach --requeue`): neither a failure nor a preemption.
+    Requeued,
 }
 
 /// What the job does next.
@@ -454,6 +457,7 @@ pub fn after_attempt(
             }
         }
         AttemptEnd::Exited(0) => NextStep::Finish(JobState::Completed),
+        AttemptEnd::Requeued => NextStep::Retry,
         AttemptEnd::Canceled => NextStep::Finish(JobState::Canceled),
         AttemptEnd::CannotStart => NextStep::Finish(JobState::Failed),
         AttemptEnd::Exited(_) | AttemptEnd::NodeLost => {
@@ -534,6 +538,9 @@ pub fn after_rank(
         AttemptEnd::Preempted => {
             GangStep::End(AttemptEnd::Preempted, with(format!("{who} was evicted")))
         }
+        AttemptEnd::Requeued => {
+            GangStep::End(AttemptEnd::Requeued, with(format!("{who} was detached")))
+        }
         AttemptEnd::CannotStart => GangStep::End(
             AttemptEnd::CannotStart,
             with(format!("{who} could not start")),
@@ -565,6 +572,11 @@ mod tests {
             NextStep::Finish(JobState::Failed)
         );
         assert_eq!(a(AttemptEnd::NodeLost, 0, 2), NextStep::Retry);
+        assert_eq!(
+            a(AttemptEnd::Requeued, 0, 0),
+            NextStep::Retry,
+            "a detached node's job runs again whatever its retries"
+        );
         assert_eq!(
             a(AttemptEnd::CannotStart, 0, 5),
             NextStep::Finish(JobState::Failed)

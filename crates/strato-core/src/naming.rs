@@ -52,11 +52,6 @@ fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-/// Whether `id` has the shape of a node id the control plane makes:
-/// `<cluster>-<8 lowercase hex digits>`, the cluster name of letters, digits
-/// and '-' starting with a letter. What the control plane reads back from
-/// processes, directories and labels must pass this before it is used as a
-/// path or a filter.
 /// The node id of a machine that joins an attached cluster: its host name
 /// (lowercase; anything but letters and digits a `-`; at most 40
 /// characters; `machine` if nothing is left, and `m-` before one that
@@ -83,6 +78,11 @@ pub fn machine_node_id(hostname: &str, suffix: &str) -> String {
     format!("{base}-{suffix}")
 }
 
+/// Whether `id` has the shape of a node id the control plane makes:
+/// `<cluster>-<8 lowercase hex digits>`, the cluster name of letters, digits
+/// and '-' starting with a letter. What the control plane reads back from
+/// processes, directories and labels must pass this before it is used as a
+/// path or a filter.
 pub fn is_node_id(id: &str) -> bool {
     let Some((cluster, suffix)) = id.rsplit_once('-') else {
         return false;

@@ -90,7 +90,15 @@ pub async fn run<R: ContainerRuntime>(
                 tracing::info!("session ended; reconnecting");
                 failures = 0;
             }
-            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) if e.is_fatal() => {
+                // Refused after it had a node (removed or detached while
+                // this agent was away): the control plane has moved its
+                // jobs on, so none of its containers may keep running.
+                if let Some(node) = &contact.node {
+                    give_up(runtime.as_ref(), node).await;
+                }
+                return Err(e);
+            }
             Err(e) => {
                 failures += 1;
                 let waited = last_contact.elapsed();
@@ -223,6 +231,11 @@ pub(super) async fn open<R: ContainerRuntime>(
             // fails the handshake instead: unreachable, retried.)
             tracing::warn!(error = %s.message(), "re-enrolment refused; trying the join token");
             if let Some(c) = &contact.credentials {
+                // Which node it was, for its containers if the token is
+                // refused too.
+                if contact.node.is_none() {
+                    contact.node = c.node_id();
+                }
                 c.forget();
             }
             contact.session_token = None;

@@ -177,6 +177,15 @@ impl Credentials {
         Ok(())
     }
 
+    /// The node the certificate names (its subject CN).
+    pub fn node_id(&self) -> Option<String> {
+        let pem = self.held().as_ref()?.pem.clone();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+        let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+        strato_core::naming::is_node_id(cn).then(|| cn.to_owned())
+    }
+
     /// Forgets the certificate (the control plane refused it): the next
     /// enrolment uses the join token.
     pub fn forget(&self) {

@@ -23,6 +23,7 @@ pub struct NodeStateCountsView {
     pub unusable: u32,
     pub leaving: u32,
     pub preempted: u32,
+    pub suspended: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +61,13 @@ pub struct SshView {
 }
 
 #[derive(Debug, Serialize)]
+pub struct PowerView {
+    pub resume_command: String,
+    pub suspend_command: String,
+    pub timeout_seconds: u32,
+}
+
+#[derive(Debug, Serialize)]
 pub struct VnetView {
     pub resource_group: String,
     pub vnet_name: String,
@@ -73,6 +81,9 @@ pub struct ClusterView {
     /// amlcompute or attached.
     #[serde(rename = "type")]
     pub compute_type: String,
+    /// An attached cluster's power commands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerView>,
     pub vm_size: String,
     pub vm_priority: &'static str,
     pub min_nodes: u32,
@@ -110,6 +121,11 @@ impl From<v1::Cluster> for ClusterView {
             } else {
                 s.r#type
             },
+            power: s.power.map(|p| PowerView {
+                resume_command: p.resume_command,
+                suspend_command: p.suspend_command,
+                timeout_seconds: p.timeout_seconds.unwrap_or_default(),
+            }),
             vm_size: s.vm_size,
             vm_priority: priority(s.vm_priority),
             min_nodes: s.min_nodes,
@@ -132,6 +148,7 @@ impl From<v1::Cluster> for ClusterView {
                 unusable: counts.unusable,
                 leaving: counts.leaving,
                 preempted: counts.preempted,
+                suspended: counts.suspended,
             },
             errors: c
                 .errors
@@ -210,8 +227,8 @@ impl Render for ClusterView {
             (
                 "node_states",
                 format!(
-                    "idle {} running {} preparing {} unusable {} leaving {} preempted {}",
-                    c.idle, c.running, c.preparing, c.unusable, c.leaving, c.preempted
+                    "idle {} running {} preparing {} unusable {} leaving {} preempted {} suspended {}",
+                    c.idle, c.running, c.preparing, c.unusable, c.leaving, c.preempted, c.suspended
                 ),
             ),
             (
@@ -306,6 +323,7 @@ mod tests {
             "unusable",
             "leaving",
             "preempted",
+            "suspended",
         ] {
             assert!(
                 json["node_state_counts"].get(key).is_some(),

@@ -49,6 +49,7 @@ impl From<v1::Node> for NodeView {
                 Ok(v1::NodeState::Preparing) => "preparing",
                 Ok(v1::NodeState::Unusable) => "unusable",
                 Ok(v1::NodeState::Leaving) => "leaving",
+                Ok(v1::NodeState::Suspended) => "suspended",
                 Ok(v1::NodeState::Preempted) => "preempted",
                 _ => "unknown",
             },

@@ -95,6 +95,9 @@ impl<S: Store> Compute<S> {
         may_use_identities(caller, &req.identity.user_assigned)?;
         let region = &self.plane.settings.config.region;
         let mut spec = spec::validate_in(&req, region, &self.plane.settings.catalog)?;
+        if let Some(power) = &spec.power {
+            self.check_power_commands(power)?;
+        }
         // The password is kept only as its SHA-512 crypt hash.
         spec.ssh.seal(&crate::plane::new_salt());
         let mut warnings = Vec::new();
@@ -203,8 +206,8 @@ impl<S: Store> Compute<S> {
                 tracing::warn!(cluster = %name, node = %node.node_id, error = %e, "could not remove a node of a deleted cluster");
             }
         }
-        // Its gang network.
-        if let Err(e) = self.plane.provider.delete_cluster(&stored).await {
+        // Its gang network (an attached cluster has none of the provider's).
+        if provided && let Err(e) = self.plane.provider.delete_cluster(&stored).await {
             tracing::warn!(cluster = %name, error = %e, "could not remove what the deleted cluster held");
         }
         tracing::info!(cluster = %name, nodes = nodes.len(), "cluster deleted");
@@ -328,6 +331,32 @@ impl<S: Store> Compute<S> {
             .preempt(&node.node_id, &not_before);
         tracing::warn!(cluster = %name, node = %node.node_id, %event, %not_before, "simulated eviction scheduled");
         Ok(node)
+    }
+
+    /// A cluster's power commands must be executables in this control
+    /// plane's `--power-commands-dir`.
+    fn check_power_commands(&self, power: &spec::PowerCommands) -> Result<(), AppError> {
+        let Some(dir) = &self.plane.settings.config.power_commands_dir else {
+            return Err(Precondition::NoPowerCommands.into());
+        };
+        for (field, name) in [
+            ("power.resume_command", &power.resume_command),
+            ("power.suspend_command", &power.suspend_command),
+        ] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = dir.join(name);
+            let executable = std::fs::metadata(&path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !executable {
+                return Err(AppError::InvalidArgument(
+                    strato_core::error::FieldError::new(
+                        field,
+                        format!("no executable {name:?} in the power commands directory"),
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Makes a join token for an attached cluster: its secret once, and

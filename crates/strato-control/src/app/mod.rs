@@ -137,6 +137,10 @@ pub enum Precondition {
     /// An attached cluster admits no more machines.
     #[error("{0}")]
     Join(String),
+    #[error(
+        "power: this control plane runs no power commands; start it with --power-commands-dir DIR holding them"
+    )]
+    NoPowerCommands,
     /// Join tokens and detaching are for attached clusters' machines.
     #[error(
         "cluster {cluster} is of type amlcompute: its nodes come from the provider; join tokens and detach are for clusters of type attached"

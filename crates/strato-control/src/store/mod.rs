@@ -344,6 +344,17 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<(NodeRecord, Vec<(String, u32)>), StoreError>> + Send;
 
+    /// Moves an attached cluster's machine through a power step
+    /// (`lifecycle::PowerStep`) if it is in the step's starting state (and,
+    /// for a suspend, has no job); returns whether it moved.
+    fn power_step(
+        &self,
+        node_id: &str,
+        step: strato_core::lifecycle::PowerStep,
+        reason: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     fn node_by_session(
         &self,
         session_token_hash: &str,

@@ -98,6 +98,18 @@ pub fn end_attempt(facts: &AttemptFacts, end: AttemptEnd, reason: &str) -> Attem
             let ts = vec![preempted, queued(next, why)];
             (next, facts.failures, preemptions, ts)
         }
+        NextStep::Retry if end == AttemptEnd::Requeued => {
+            let next = a + 1;
+            let why = format!(
+                "attempt {a} ended ({reason}); queued again as attempt {next} (retries untouched)"
+            );
+            (
+                next,
+                facts.failures,
+                facts.preemptions,
+                vec![queued(next, why)],
+            )
+        }
         NextStep::Retry => {
             let (next, failures) = (a + 1, facts.failures + 1);
             let why = format!(
@@ -193,6 +205,12 @@ pub fn node_removed(node_id: &str, state: Option<NodeState>) -> (AttemptEnd, Str
     }
 }
 
+/// A node an operator detached with `--requeue`: its attempts run again,
+/// without counting against the job's retries.
+pub fn node_detached(node_id: &str) -> (AttemptEnd, String) {
+    (AttemptEnd::Requeued, format!("node {node_id} was detached"))
+}
+
 /// A node found unusable (`why`: e.g. its heartbeats stopped) loses the
 /// attempts on it.
 pub fn node_lost(node_id: &str, why: &str) -> (AttemptEnd, String) {
@@ -208,12 +226,12 @@ pub fn may_remove(evict_at: Option<i64>, now: i64) -> bool {
 }
 
 /// Whether a node's agent may enrol: an unusable or leaving node is to be
-/// removed instead, except an attached cluster's unusable machine, which
-/// is kept for its agent to come back (Strato never replaces it).
+/// removed instead, except an attached cluster's machine: an unusable one
+/// is kept for its agent to come back (Strato never replaces it), and one
+/// being drained (leaving) must reach its running job until it ends.
 pub fn may_enrol(state: NodeState, attached: bool) -> bool {
     match state {
-        NodeState::Leaving => false,
-        NodeState::Unusable => attached,
+        NodeState::Leaving | NodeState::Unusable => attached,
         _ => true,
     }
 }
@@ -304,8 +322,9 @@ pub fn join_token_takes(
 }
 
 /// A node's first enrolment makes it idle: it was preparing, waiting for
-/// its agent. A node enrolling again (its agent restarted) keeps its state,
-/// except an attached cluster's machine that was unusable: it is back.
+/// its agent (a resumed machine is preparing again, its session cleared).
+/// A node enrolling again (its agent restarted) keeps its state, except an
+/// attached cluster's machine that was unusable or suspended: it is back.
 pub fn enrolment_makes_idle(
     enrolled_before: bool,
     state: NodeState,
@@ -314,7 +333,35 @@ pub fn enrolment_makes_idle(
 ) -> bool {
     !has_job
         && ((!enrolled_before && state == NodeState::Preparing)
-            || (attached && state == NodeState::Unusable))
+            || (attached && matches!(state, NodeState::Unusable | NodeState::Suspended)))
+}
+
+/// A power command's step for an attached cluster's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerStep {
+    /// The suspend command is about to run: the idle machine takes no work.
+    Suspend,
+    /// The suspend command failed: the machine is idle again.
+    SuspendFailed,
+    /// The resume command is about to run: the machine is starting, its
+    /// old session gone (its agent enrols again with its certificate,
+    /// within the start timeout).
+    Resume,
+    /// The resume command failed: the machine is suspended again.
+    ResumeFailed,
+}
+
+impl PowerStep {
+    /// The state the node must be in, the state it goes to, and whether
+    /// its session ends.
+    pub fn transition(self) -> (NodeState, NodeState, bool) {
+        match self {
+            PowerStep::Suspend => (NodeState::Idle, NodeState::Suspended, false),
+            PowerStep::SuspendFailed => (NodeState::Suspended, NodeState::Idle, false),
+            PowerStep::Resume => (NodeState::Suspended, NodeState::Preparing, true),
+            PowerStep::ResumeFailed => (NodeState::Preparing, NodeState::Suspended, false),
+        }
+    }
 }
 
 /// Whether the end of `job`'s rank releases a leaving (detached) node:
@@ -554,9 +601,13 @@ mod tests {
             false,
             false
         ));
-        // An attached machine whose agent was lost comes back; a detached
-        // one does not.
-        assert!(may_enrol(NodeState::Unusable, true) && !may_enrol(NodeState::Leaving, true));
+        // An attached machine whose agent was lost comes back; a draining
+        // one reconnects to its job and stays leaving.
+        assert!(may_enrol(NodeState::Unusable, true) && may_enrol(NodeState::Leaving, true));
+        assert!(
+            !enrolment_makes_idle(true, NodeState::Leaving, false, true),
+            "it keeps leaving"
+        );
         assert!(enrolment_makes_idle(true, NodeState::Unusable, false, true));
         assert!(!enrolment_makes_idle(
             true,
@@ -565,6 +616,13 @@ mod tests {
             false
         ));
         assert!(!enrolment_makes_idle(true, NodeState::Unusable, true, true));
+        assert!(enrolment_makes_idle(
+            true,
+            NodeState::Suspended,
+            false,
+            true
+        ));
+        assert!(may_enrol(NodeState::Suspended, true));
     }
 
     #[test]

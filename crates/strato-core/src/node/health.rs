@@ -27,6 +27,9 @@ pub struct NodeFacts {
     pub state: NodeState,
     pub enrolled: bool,
     pub created_at: i64,
+    /// When it entered its state: a machine woken by its resume command is
+    /// starting from then.
+    pub state_since: i64,
     pub last_heartbeat: Option<i64>,
 }
 
@@ -64,7 +67,7 @@ pub fn check(node: &NodeFacts, timeouts: Timeouts, started_at: i64, now: i64) ->
         return Health::NotLive;
     }
     if !node.enrolled {
-        let waited = now.saturating_sub(node.created_at.max(started_at));
+        let waited = now.saturating_sub(node.created_at.max(node.state_since).max(started_at));
         return if waited > ms(timeouts.start_seconds) {
             Health::Unusable {
                 cause: Cause::NeverEnrolled,
@@ -104,6 +107,7 @@ mod tests {
             state: NodeState::Running,
             enrolled: true,
             created_at: 1_000,
+            state_since: 1_000,
             last_heartbeat,
         }
     }
@@ -146,6 +150,7 @@ mod tests {
             state: NodeState::Preparing,
             enrolled: false,
             created_at: 1_000,
+            state_since: 1_000,
             last_heartbeat: None,
         };
         assert_eq!(check(&node, T, 0, 61_000), Health::Starting);
@@ -154,6 +159,19 @@ mod tests {
             unusable(Cause::NeverEnrolled, "the agent did not enrol within 60s")
         );
         assert_eq!(check(&node, T, 50_000, 110_000), Health::Starting);
+        // A machine its resume command woke starts again from then.
+        let resumed = NodeFacts {
+            state_since: 500_000,
+            ..node
+        };
+        assert_eq!(check(&resumed, T, 0, 559_000), Health::Starting);
+        assert!(matches!(
+            check(&resumed, T, 0, 561_000),
+            Health::Unusable {
+                cause: Cause::NeverEnrolled,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -162,6 +180,7 @@ mod tests {
             NodeState::Unusable,
             NodeState::Leaving,
             NodeState::Preempted,
+            NodeState::Suspended,
         ] {
             let node = NodeFacts {
                 state,
@@ -181,15 +200,21 @@ mod tests {
             state in arb_state(),
             enrolled in any::<bool>(),
             created_at in 0i64..1_000_000,
+            state_since in 0i64..1_000_000,
             beat in prop::option::of(0i64..1_000_000),
             started_at in 0i64..1_000_000,
             after in 0i64..200_000,
             start_seconds in 0u64..100,
             heartbeat_seconds in 0u64..100,
         ) {
-            let node = NodeFacts { state, enrolled, created_at, last_heartbeat: beat };
+            let node = NodeFacts { state, enrolled, created_at, state_since, last_heartbeat: beat };
             let t = Timeouts { start_seconds, heartbeat_seconds };
-            let since = if enrolled { beat.unwrap_or(created_at) } else { created_at }.max(started_at);
+            let since = if enrolled {
+                beat.unwrap_or(created_at)
+            } else {
+                created_at.max(state_since)
+            }
+            .max(started_at);
             let now = since + after;
             let limit = if enrolled { heartbeat_seconds } else { start_seconds } as i64 * 1000;
             let health = check(&node, t, started_at, now);

@@ -15,16 +15,20 @@ pub enum NodeState {
     Unusable,
     Leaving,
     Preempted,
+    /// An attached cluster's machine its suspend command powered down;
+    /// its resume command wakes it when jobs wait.
+    Suspended,
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 6] = [
+    pub const ALL: [NodeState; 7] = [
         NodeState::Idle,
         NodeState::Running,
         NodeState::Preparing,
         NodeState::Unusable,
         NodeState::Leaving,
         NodeState::Preempted,
+        NodeState::Suspended,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +39,7 @@ impl NodeState {
             NodeState::Unusable => "unusable",
             NodeState::Leaving => "leaving",
             NodeState::Preempted => "preempted",
+            NodeState::Suspended => "suspended",
         }
     }
 
@@ -52,6 +57,7 @@ pub struct NodeStateCounts {
     pub unusable: u32,
     pub leaving: u32,
     pub preempted: u32,
+    pub suspended: u32,
 }
 
 impl NodeStateCounts {
@@ -65,6 +71,7 @@ impl NodeStateCounts {
                 NodeState::Unusable => &mut c.unusable,
                 NodeState::Leaving => &mut c.leaving,
                 NodeState::Preempted => &mut c.preempted,
+                NodeState::Suspended => &mut c.suspended,
             } += 1;
         }
         c
@@ -73,7 +80,13 @@ impl NodeStateCounts {
     /// Every node the cluster holds, whatever its state: each one counts
     /// against the quota until it is gone.
     pub fn total(&self) -> u32 {
-        self.idle + self.running + self.preparing + self.unusable + self.leaving + self.preempted
+        self.idle
+            + self.running
+            + self.preparing
+            + self.unusable
+            + self.leaving
+            + self.preempted
+            + self.suspended
     }
 }
 
@@ -334,7 +347,7 @@ mod tests {
     #[test]
     fn counts_every_state() {
         let c = NodeStateCounts::from_states(NodeState::ALL.into_iter().chain([NodeState::Idle]));
-        assert_eq!((c.idle, c.preempted, c.total()), (2, 1, 7));
+        assert_eq!((c.idle, c.preempted, c.suspended, c.total()), (2, 1, 1, 8));
         for s in NodeState::ALL {
             assert_eq!(NodeState::parse(s.as_str()), Some(s));
         }

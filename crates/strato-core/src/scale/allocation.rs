@@ -24,6 +24,9 @@ pub enum IssueCode {
     /// Jobs of an attached cluster wait for machines to join (or to come
     /// back, or to finish their work).
     WaitingForMachines,
+    /// An attached cluster's resume or suspend command failed (and is
+    /// backed off).
+    PowerCommandFailed,
 }
 
 impl IssueCode {
@@ -33,6 +36,7 @@ impl IssueCode {
             IssueCode::ProviderError => "provider_error",
             IssueCode::NoNodeProvider => "no_node_provider",
             IssueCode::WaitingForMachines => "waiting_for_machines",
+            IssueCode::PowerCommandFailed => "power_command_failed",
         }
     }
 }

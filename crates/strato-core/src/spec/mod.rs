@@ -71,6 +71,42 @@ impl ComputeType {
     }
 }
 
+/// How an attached cluster's machines are woken and put to sleep, as
+/// Slurm's power saving does: executables of the operator's
+/// (`strato-control --power-commands-dir`), named without a path, run by
+/// the control plane with the node id and host name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerCommands {
+    pub resume_command: String,
+    pub suspend_command: String,
+    /// How long one run may take.
+    pub timeout_seconds: u32,
+}
+
+/// A power command's default and longest run.
+pub const DEFAULT_POWER_TIMEOUT_SECONDS: u32 = 300;
+pub const MAX_POWER_TIMEOUT_SECONDS: u32 = 3600;
+
+/// Whether `name` may name a power command: a file name (letters, digits,
+/// `.`, `_`, `-`; not starting with `.`), never a path.
+pub fn check_power_command(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "must name an executable in the control plane's --power-commands-dir: 1 to 64 letters, digits, '.', '_' and '-', no path; got {name:?}"
+            ),
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmPriority {
@@ -200,6 +236,8 @@ pub struct ClusterRequest {
     pub name: String,
     /// Default `amlcompute`.
     pub compute_type: Option<ComputeType>,
+    /// An attached cluster's power commands; both or neither.
+    pub power: Option<PowerCommands>,
     pub vm_size: Option<String>,
     pub vm_priority: Option<VmPriority>,
     pub min_nodes: Option<u32>,
@@ -221,6 +259,8 @@ pub struct ClusterSpec {
     /// Absent in specs stored before attached clusters: `amlcompute`.
     #[serde(default)]
     pub compute_type: ComputeType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerCommands>,
     pub vm_size: String,
     pub vm_priority: VmPriority,
     pub min_nodes: u32,
@@ -285,6 +325,7 @@ pub fn validate_in(
     let spec = ClusterSpec {
         name: req.name.clone(),
         compute_type: req.compute_type.unwrap_or_default(),
+        power: req.power.clone(),
         vm_size: size.name.clone(),
         recorded_size: Some(size.clone()),
         vm_priority: req.vm_priority.unwrap_or_default(),
@@ -339,9 +380,16 @@ fn check_location(location: &str) -> Result<(), FieldError> {
 }
 
 /// An attached cluster's machines are a team's own: never evicted, and
-/// joined rather than created, so nothing keeps `min_nodes` of them up.
+/// joined rather than created, so only power commands keep `min_nodes` of
+/// them awake.
 fn check_attached(spec: &ClusterSpec) -> Result<(), FieldError> {
     if spec.compute_type != ComputeType::Attached {
+        if spec.power.is_some() {
+            return Err(FieldError::new(
+                "power",
+                "resume and suspend commands are for clusters of type attached",
+            ));
+        }
         return Ok(());
     }
     if spec.vm_priority != VmPriority::Dedicated {
@@ -350,16 +398,30 @@ fn check_attached(spec: &ClusterSpec) -> Result<(), FieldError> {
             "must be dedicated for an attached cluster: its machines are not evicted",
         ));
     }
-    if spec.min_nodes != 0 {
-        return Err(FieldError::new(
+    match &spec.power {
+        None if spec.min_nodes != 0 => Err(FieldError::new(
             "min_nodes",
             format!(
-                "must be 0 for an attached cluster: its machines join with a join token, nothing starts them; got {}",
+                "must be 0 for an attached cluster without power commands: its machines join by themselves, nothing wakes them; got {}",
                 spec.min_nodes
             ),
-        ));
+        )),
+        None => Ok(()),
+        Some(power) => {
+            check_power_command("power.resume_command", &power.resume_command)?;
+            check_power_command("power.suspend_command", &power.suspend_command)?;
+            if !(1..=MAX_POWER_TIMEOUT_SECONDS).contains(&power.timeout_seconds) {
+                return Err(FieldError::new(
+                    "power.timeout_seconds",
+                    format!(
+                        "must be from 1 to {MAX_POWER_TIMEOUT_SECONDS}; got {}",
+                        power.timeout_seconds
+                    ),
+                ));
+            }
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 fn check_scale(spec: &ClusterSpec) -> Result<(), FieldError> {

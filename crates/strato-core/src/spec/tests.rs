@@ -187,6 +187,11 @@ fn every_immutable_field_is_refused_when_changed() {
     desired.identity.system_assigned = true;
     desired.inter_node_communication = Some(false);
     desired.compute_type = Some(ComputeType::Attached);
+    desired.power = Some(PowerCommands {
+        resume_command: "wake".into(),
+        suspend_command: "sleep".into(),
+        timeout_seconds: 60,
+    });
     desired.name = "other".into();
     for field in IMMUTABLE_FIELDS.iter().filter(|f| **f != "vm_size") {
         let e = apply_update(&current, &desired, &[(*field).to_owned()]).expect_err(field);
@@ -346,5 +351,52 @@ fn a_size_of_the_operators_own_is_recorded_in_the_spec() {
     assert_eq!(
         (size.vcpus, size.gpus, size.family.as_str()),
         (16, 2, "labGpuFamily")
+    );
+}
+
+#[test]
+fn power_commands_are_an_attached_clusters_and_name_no_path() {
+    let power = PowerCommands {
+        resume_command: "wol-wake".into(),
+        suspend_command: "ipmi-off.sh".into(),
+        timeout_seconds: DEFAULT_POWER_TIMEOUT_SECONDS,
+    };
+    let mut r = req("lab");
+    r.compute_type = Some(ComputeType::Attached);
+    r.power = Some(power.clone());
+    r.min_nodes = Some(1);
+    r.max_nodes = Some(4);
+    let spec = validate(&r, "local").expect("valid: min_nodes kept awake by the commands");
+    assert_eq!(spec.power.as_ref(), Some(&power));
+
+    let mut amlcompute = r.clone();
+    amlcompute.compute_type = None;
+    assert_eq!(
+        validate(&amlcompute, "local").expect_err("aml").field,
+        "power"
+    );
+    for (resume, field) in [
+        ("/usr/bin/wake", "power.resume_command"),
+        ("../wake", "power.resume_command"),
+        (".hidden", "power.resume_command"),
+        ("", "power.resume_command"),
+    ] {
+        let mut bad = r.clone();
+        bad.power = Some(PowerCommands {
+            resume_command: resume.into(),
+            ..power.clone()
+        });
+        let e = validate(&bad, "local").expect_err(resume);
+        assert_eq!(e.field, field);
+        assert!(e.rule.contains("--power-commands-dir"), "{e}");
+    }
+    let mut slow = r.clone();
+    slow.power = Some(PowerCommands {
+        timeout_seconds: 0,
+        ..power
+    });
+    assert_eq!(
+        validate(&slow, "local").expect_err("0 s").field,
+        "power.timeout_seconds"
     );
 }

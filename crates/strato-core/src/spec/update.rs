@@ -19,6 +19,7 @@ pub const MUTABLE_FIELDS: &[&str] = &[
 pub const IMMUTABLE_FIELDS: &[&str] = &[
     "name",
     "type",
+    "power",
     "vm_size",
     "vm_priority",
     "location",
@@ -106,6 +107,8 @@ fn immutable_change(
                 .then(|| changed(current.compute_type.as_str(), asked.as_str()))
                 .flatten()
         }
+        "power" => (desired.power != current.power)
+            .then(|| " (change the commands' files in --power-commands-dir instead)".to_owned()),
         "vm_priority" => {
             let asked = desired.vm_priority.unwrap_or_default();
             (asked != current.vm_priority)

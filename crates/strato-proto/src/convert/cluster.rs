@@ -68,6 +68,17 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
             user_assigned: i.user_assigned_identities.clone(),
         })
         .unwrap_or_default();
+    let power = match &spec.power {
+        None => None,
+        Some(p) if p.resume_command.is_empty() && p.suspend_command.is_empty() => None,
+        Some(p) => Some(strato_core::spec::PowerCommands {
+            resume_command: p.resume_command.clone(),
+            suspend_command: p.suspend_command.clone(),
+            timeout_seconds: p
+                .timeout_seconds
+                .unwrap_or(strato_core::spec::DEFAULT_POWER_TIMEOUT_SECONDS),
+        }),
+    };
     let compute_type = match spec.r#type.as_str() {
         "" => None,
         t => Some(strato_core::spec::ComputeType::parse("type", t)?),
@@ -75,6 +86,7 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
     Ok(ClusterRequest {
         name: spec.name.clone(),
         compute_type,
+        power,
         vm_size: non_empty(&spec.vm_size),
         vm_priority,
         min_nodes: Some(spec.min_nodes),
@@ -135,6 +147,11 @@ pub fn cluster_spec(spec: &ClusterSpec) -> v1::ClusterSpec {
         }),
         inter_node_communication: Some(spec.inter_node_communication),
         r#type: spec.compute_type.as_str().to_owned(),
+        power: spec.power.as_ref().map(|p| v1::PowerCommands {
+            resume_command: p.resume_command.clone(),
+            suspend_command: p.suspend_command.clone(),
+            timeout_seconds: Some(p.timeout_seconds),
+        }),
     }
 }
 
@@ -153,6 +170,7 @@ pub fn node_state(s: NodeState) -> v1::NodeState {
         NodeState::Unusable => v1::NodeState::Unusable,
         NodeState::Leaving => v1::NodeState::Leaving,
         NodeState::Preempted => v1::NodeState::Preempted,
+        NodeState::Suspended => v1::NodeState::Suspended,
     }
 }
 
@@ -192,6 +210,7 @@ pub fn node_state_counts(c: NodeStateCounts) -> v1::NodeStateCounts {
         unusable: c.unusable,
         leaving: c.leaving,
         preempted: c.preempted,
+        suspended: c.suspended,
     }
 }
 

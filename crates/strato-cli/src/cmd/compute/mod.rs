@@ -169,6 +169,19 @@ pub struct CreateArgs {
     /// (machines a team has, which join with `compute join-token create`).
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     compute_type: Option<String>,
+    /// An attached cluster's resume command: an executable in the control
+    /// plane's --power-commands-dir that wakes a suspended machine (run
+    /// with the node id and host name) while jobs wait. With
+    /// --suspend-command.
+    #[arg(long, requires = "suspend_command")]
+    resume_command: Option<String>,
+    /// An attached cluster's suspend command, run for machines idle for
+    /// the idle time above min nodes. With --resume-command.
+    #[arg(long, requires = "resume_command")]
+    suspend_command: Option<String>,
+    /// How long one power command may run, in seconds (default 300).
+    #[arg(long, requires = "resume_command")]
+    power_timeout: Option<u32>,
     /// VM size (see `strato compute list-sizes`); default Standard_DS3_v2.
     /// For an attached cluster, what every machine must at least have.
     #[arg(short = 's', long, visible_alias = "vm-size")]

@@ -51,6 +51,13 @@ pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure>
     }
     overlay(&mut spec.vm_size, &args.size);
     overlay(&mut spec.r#type, &args.compute_type);
+    if let (Some(resume), Some(suspend)) = (&args.resume_command, &args.suspend_command) {
+        spec.power = Some(v1::PowerCommands {
+            resume_command: resume.clone(),
+            suspend_command: suspend.clone(),
+            timeout_seconds: args.power_timeout,
+        });
+    }
     if let Some(min) = args.scale.min_nodes {
         spec.min_nodes = min;
     }

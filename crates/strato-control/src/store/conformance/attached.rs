@@ -208,21 +208,102 @@ pub async fn a_detached_machine_finishes_its_job_or_queues_it_again<S: Store>(st
     assert_eq!(ended, vec![("requeued".to_owned(), 1)]);
     let j = store.get_job("requeued").await.expect("job");
     assert_eq!((j.state, j.attempt), (JobState::Queued, 2));
-    // Detaching again changes nothing; a leaving node may not enrol.
+    assert_eq!(
+        (j.failures, j.preemptions),
+        (0, 0),
+        "a detach is not the job's failure"
+    );
+    // Detaching again changes nothing; a draining machine's agent may
+    // reconnect (to reach its job) and stays leaving.
     let (again, ended) = store
         .detach_node("m2-00000002", true, 8)
         .await
         .expect("again");
     assert_eq!((again.state, ended.len()), (NodeState::Leaving, 0));
-    assert!(matches!(
+    let back = store
+        .enroll(
+            Enrolment::Node("m2-00000002"),
+            "s",
+            &EnrollReport::default(),
+            9,
+        )
+        .await
+        .expect("a draining machine reconnects");
+    assert_eq!(back.state, NodeState::Leaving);
+    // A lost-heartbeat verdict reached after the detach leaves it leaving.
+    assert!(
         store
-            .enroll(
-                Enrolment::Node("m2-00000002"),
-                "s",
-                &EnrollReport::default(),
-                9
-            )
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
+            .node_unusable("m2-00000002", "no heartbeat for 30 s", 10)
+            .await
+            .expect("unusable")
+            .is_empty()
+    );
+    assert_eq!(node(&store, "m2-00000002").await.state, NodeState::Leaving);
+}
+
+pub async fn power_steps_move_only_from_their_state<S: Store>(store: S) {
+    use strato_core::lifecycle::PowerStep;
+    given_attached(&store, "lab", 2).await;
+    store
+        .create_join_token("lab", "tok", 2, 100, "token:admin", 2)
+        .await
+        .expect("token");
+    join(&store, "tok", "k1", "m1-00000001", 3)
+        .await
+        .expect("joined");
+    // Only an idle machine without a job is suspended.
+    assert!(
+        !store
+            .power_step("m1-00000001", PowerStep::Resume, "resuming", 4)
+            .await
+            .expect("step"),
+        "an idle machine is not resumed"
+    );
+    assert!(
+        store
+            .power_step("m1-00000001", PowerStep::Suspend, "suspended by sleep", 5)
+            .await
+            .expect("step")
+    );
+    let n = node(&store, "m1-00000001").await;
+    assert_eq!(
+        (n.state, n.reason.as_str(), n.enrolled),
+        (NodeState::Suspended, "suspended by sleep", true)
+    );
+    // Resumed: starting again, its old session gone.
+    assert!(
+        store
+            .power_step("m1-00000001", PowerStep::Resume, "resuming: wake", 6)
+            .await
+            .expect("step")
+    );
+    let n = node(&store, "m1-00000001").await;
+    assert_eq!(
+        (n.state, n.enrolled, n.state_since),
+        (NodeState::Preparing, false, 6)
+    );
+    // Its agent enrols again with its certificate: idle.
+    let back = store
+        .enroll(
+            Enrolment::Node("m1-00000001"),
+            "session-2",
+            &EnrollReport::default(),
+            7,
+        )
+        .await
+        .expect("back");
+    assert_eq!(back.state, NodeState::Idle);
+    // A machine that took a job is not suspended.
+    store
+        .submit_job("j", job("lab"), "", 8)
+        .await
+        .expect("submit");
+    given_running(&store, "j", &["m1-00000001".to_owned()], 9).await;
+    assert!(
+        !store
+            .power_step("m1-00000001", PowerStep::Suspend, "x", 10)
+            .await
+            .expect("step")
+    );
+    assert_eq!(node(&store, "m1-00000001").await.state, NodeState::Running);
 }

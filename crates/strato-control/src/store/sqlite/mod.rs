@@ -294,6 +294,16 @@ impl Store for SqliteStore {
         nodes::detach_node(self, node_id, requeue, now).await
     }
 
+    async fn power_step(
+        &self,
+        node_id: &str,
+        step: strato_core::lifecycle::PowerStep,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        nodes::power_step(self, node_id, step, reason, now).await
+    }
+
     async fn node_by_session(&self, session_token_hash: &str) -> Result<NodeRecord, StoreError> {
         nodes::node_by_session(self, session_token_hash).await
     }

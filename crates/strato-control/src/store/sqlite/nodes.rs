@@ -320,10 +320,20 @@ pub(super) async fn join(
             .fetch_optional(&mut *tx)
             .await?
     };
+    let spec = load_cluster(&mut tx, &cluster).await?.spec;
+    if spec.compute_type != strato_core::spec::ComputeType::Attached {
+        return Err(StoreError::BadToken);
+    }
     let node_id = match again {
+        // Before the token expires, as its first use was.
+        Some(_) if now >= expires_at => {
+            return Err(StoreError::JoinRefused {
+                cluster: spec.name,
+                why: lifecycle::JoinRefusal::Expired,
+            });
+        }
         Some(node_id) => node_id,
         None => {
-            let spec = load_cluster(&mut tx, &cluster).await?.spec;
             let joined = node_count(&mut tx, &spec.name).await?;
             lifecycle::cluster_token_takes(
                 expires_at,
@@ -372,6 +382,30 @@ pub(super) async fn join(
     Ok(node)
 }
 
+pub(super) async fn power_step(
+    db: &SqliteStore,
+    node_id: &str,
+    step: lifecycle::PowerStep,
+    reason: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let (from, to, ends_session) = step.transition();
+    let mut tx = db.begin_write().await?;
+    let node = load_node(&mut tx, node_id).await?;
+    if node.state != from || node.run_id.is_some() {
+        return Ok(false);
+    }
+    set_node_state(&mut tx, node_id, to, None, reason, now).await?;
+    if ends_session {
+        sqlx::query("UPDATE nodes SET session_token_hash = NULL WHERE node_id = ?1")
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 pub(super) async fn detach_node(
     db: &SqliteStore,
     node_id: &str,
@@ -387,29 +421,23 @@ pub(super) async fn detach_node(
         } else {
             "detaching: takes no new job, leaves once its job has ended"
         };
-        set_node_state(
-            &mut tx,
-            node_id,
-            NodeState::Leaving,
-            node.run_id.as_deref(),
-            why,
-            now,
+        let job = node.run_id.as_deref();
+        set_node_state(&mut tx, node_id, NodeState::Leaving, job, why, now).await?;
+    }
+    // Also for a node already leaving: a drain may turn into a requeue.
+    if requeue {
+        let attempts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT job_id, attempt FROM job_ranks WHERE node_id = ?1 AND ended_at IS NULL",
         )
+        .bind(node_id)
+        .fetch_all(&mut *tx)
         .await?;
-        if requeue {
-            let attempts: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT job_id, attempt FROM job_ranks WHERE node_id = ?1 AND ended_at IS NULL",
-            )
-            .bind(node_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            let (end, why) = lifecycle::node_lost(node_id, "detached");
-            end_ranks_on(&mut tx, node_id, end, &why, now).await?;
-            ended = attempts
-                .into_iter()
-                .map(|(job, attempt)| (job, u32::try_from(attempt).unwrap_or(0)))
-                .collect();
-        }
+        let (end, why) = lifecycle::node_detached(node_id);
+        end_ranks_on(&mut tx, node_id, end, &why, now).await?;
+        ended = attempts
+            .into_iter()
+            .map(|(job, attempt)| (job, u32::try_from(attempt).unwrap_or(0)))
+            .collect();
     }
     let node = load_node(&mut tx, node_id).await?;
     tx.commit().await?;
@@ -472,7 +500,12 @@ pub(super) async fn node_unusable(
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = db.begin_write().await?;
-    load_node(&mut tx, node_id).await?;
+    let node = load_node(&mut tx, node_id).await?;
+    // Read again here: a node that stopped being live since the caller
+    // looked (detached, suspended) keeps its state.
+    if !strato_core::scale::is_live(node.state) {
+        return Ok(Vec::new());
+    }
     let (end, why) = lifecycle::node_lost(node_id, reason);
     let jobs = end_ranks_on(&mut tx, node_id, end, &why, now).await?;
     set_node_state(&mut tx, node_id, NodeState::Unusable, None, reason, now).await?;
