@@ -147,6 +147,30 @@ async fn machines_join_run_jobs_come_back_and_leave() {
         cp.machine_log("m3")
     );
     assert_eq!(nodes(&cp, "lab").len(), 2);
+    // A revoked token lets no one in.
+    let spare = join_token(&cp, "lab", "1");
+    let listed = cp.cli_ok(&["compute", "join-token", "list", "-n", "lab", "-o", "json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let used = listed
+        .iter()
+        .find(|t| t["uses_left"] == 0)
+        .expect("the used one");
+    assert_eq!(used["created_by"], "token:admin");
+    let fresh = listed
+        .iter()
+        .find(|t| t["uses_left"] == 1)
+        .expect("the new one");
+    let id = fresh["id"].as_str().expect("id");
+    assert!(!spare.starts_with(id), "the id is not the token");
+    cp.cli_ok(&["compute", "join-token", "revoke", "-n", "lab", "--id", id]);
+    let mut m4 = cp.start_machine("m4", &spare).expect("m4");
+    assert_eq!(exit_code(&mut m4).await, Some(2));
+    assert!(
+        cp.machine_log("m4").contains("not recognised"),
+        "{}",
+        cp.machine_log("m4")
+    );
 
     // A job runs on a machine; detached with --requeue, the machine leaves
     // and the job runs again on the other one.

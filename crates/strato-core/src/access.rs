@@ -108,6 +108,8 @@ impl Role {
                             | UseIdentity
                             | SimulateEviction
                             | CreateJoinToken
+                            | ListJoinTokens
+                            | RevokeJoinToken
                             | DetachNode
                     )
             }
@@ -316,6 +318,10 @@ pub enum Action {
     SimulateEviction,
     /// Making a join token for an attached cluster's machines.
     CreateJoinToken,
+    /// Listing an attached cluster's join tokens (never their secrets).
+    ListJoinTokens,
+    /// Revoking one.
+    RevokeJoinToken,
     /// Draining a machine out of an attached cluster.
     DetachNode,
     ListSizes,
@@ -360,6 +366,8 @@ impl Action {
             UseIdentity => "identities/assign",
             SimulateEviction => "nodes/evict",
             CreateJoinToken => "clusters/joinTokens/create",
+            ListJoinTokens => "clusters/joinTokens/read",
+            RevokeJoinToken => "clusters/joinTokens/delete",
             DetachNode => "nodes/detach",
             ListSizes => "sizes/read",
             ListUsage => "usage/read",
@@ -446,6 +454,8 @@ mod tests {
         let op = Role::ComputeOperator;
         assert!(op.allows(CreateCluster) && op.allows(SimulateEviction) && op.allows(UseIdentity));
         assert!(op.allows(CreateJoinToken) && op.allows(DetachNode));
+        assert!(op.allows(ListJoinTokens) && op.allows(RevokeJoinToken));
+        assert!(!Role::Reader.allows(ListJoinTokens));
         assert!(!ds.allows(CreateJoinToken) && !ds.allows(DetachNode));
         assert!(!op.allows(SubmitJob) && !op.allows(StreamLogs) && !op.allows(CreateDatastore));
         let r = Role::Reader;

@@ -332,3 +332,40 @@ mod tests {
         }
     }
 }
+
+/// `strato compute join-token list`: a row per token.
+#[derive(Debug, Serialize)]
+pub struct JoinTokenView {
+    pub id: String,
+    pub uses_left: u32,
+    pub expires_at: String,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+impl From<v1::JoinToken> for JoinTokenView {
+    fn from(t: v1::JoinToken) -> Self {
+        JoinTokenView {
+            id: t.id,
+            uses_left: t.uses_left,
+            expires_at: ts(t.expires_at.as_ref()),
+            created_at: ts(t.created_at.as_ref()),
+            created_by: t.created_by,
+        }
+    }
+}
+
+impl Render for Vec<JoinTokenView> {
+    fn table(&self) -> Table {
+        let mut t = Table::new(&["ID", "USES_LEFT", "EXPIRES_AT", "CREATED_BY"]);
+        for j in self {
+            t.row(vec![
+                j.id.clone(),
+                j.uses_left.to_string(),
+                j.expires_at.clone(),
+                j.created_by.clone(),
+            ]);
+        }
+        t
+    }
+}

@@ -53,6 +53,8 @@ pub struct CreatedCluster {
 #[derive(Debug, Clone)]
 pub struct NewJoinToken {
     pub token: String,
+    /// What names it in listings (not a secret).
+    pub id: String,
     pub uses: u32,
     /// Milliseconds since the epoch.
     pub expires_at: i64,
@@ -377,25 +379,46 @@ impl<S: Store> Compute<S> {
             return Err(Precondition::NotAttached { cluster: name }.into());
         }
         let token = crate::plane::new_token();
+        let hash = crate::plane::hash_token(&token);
         let now = self.plane.clock.now_ms();
         let expires_at = now.saturating_add(i64::try_from(seconds * 1000).unwrap_or(i64::MAX));
         self.plane
             .store
-            .create_join_token(
-                &name,
-                &crate::plane::hash_token(&token),
-                uses,
-                expires_at,
-                caller.principal(),
-                now,
-            )
+            .create_join_token(&name, &hash, uses, expires_at, caller.principal(), now)
             .await?;
         tracing::info!(cluster = %name, uses, expires_at, by = caller.principal(), "join token created");
         Ok(NewJoinToken {
             token,
+            id: strato_core::lifecycle::join_token_id(&hash),
             uses,
             expires_at,
         })
+    }
+
+    /// An attached cluster's stored join tokens (never their secrets).
+    pub async fn list_join_tokens(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+    ) -> Result<Vec<crate::store::JoinTokenRecord>, AppError> {
+        required("name", cluster)?;
+        authorize(caller, Action::ListJoinTokens, Some(cluster))?;
+        Ok(self.plane.store.list_join_tokens(cluster).await?)
+    }
+
+    /// Revokes one at once: no machine joins with it any more.
+    pub async fn revoke_join_token(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        id: &str,
+    ) -> Result<(), AppError> {
+        required("name", cluster)?;
+        required("id", id)?;
+        authorize(caller, Action::RevokeJoinToken, Some(cluster))?;
+        self.plane.store.revoke_join_token(cluster, id).await?;
+        tracing::info!(cluster, id, by = caller.principal(), "join token revoked");
+        Ok(())
     }
 
     /// Drains a machine out of an attached cluster (see

@@ -175,6 +175,12 @@ impl From<StoreError> for AppError {
             e @ (StoreError::BadToken
             | StoreError::JoinTokenUsed(_)
             | StoreError::JoinTokenExpired(_)) => AppError::Unauthenticated(e.to_string()),
+            e @ StoreError::JoinTokenNotFound { .. } => {
+                AppError::NotFound(NotFound::Access(e.to_string()))
+            }
+            e @ StoreError::TooManyJoinTokens { .. } => {
+                AppError::FailedPrecondition(Precondition::Join(e.to_string()))
+            }
             e @ StoreError::JoinRefused {
                 why: strato_core::lifecycle::JoinRefusal::ClusterFull { .. },
                 ..

@@ -52,6 +52,8 @@ pub fn rule(path: &str) -> Option<Rule> {
             "RemoveIdentity" => user(RemoveIdentity),
             "SimulateEviction" => user(SimulateEviction),
             "CreateJoinToken" => user(CreateJoinToken),
+            "ListJoinTokens" => user(ListJoinTokens),
+            "RevokeJoinToken" => user(RevokeJoinToken),
             "DetachNode" => user(DetachNode),
             _ => None,
         },

@@ -166,10 +166,42 @@ impl<S: Store> ComputeService for ComputeApi<S> {
             .create_join_token(&caller, &r.name, r.uses, r.expires_in_seconds)
             .await;
         respond(made, |t| v1::CreateJoinTokenResponse {
+            id: t.id,
             join_token: t.token,
             uses: t.uses,
             expires_at: Some(strato_proto::convert::timestamp(t.expires_at)),
         })
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<v1::ListJoinTokensRequest>,
+    ) -> Result<Response<v1::ListJoinTokensResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        let tokens = self.app.list_join_tokens(&caller, &r.name).await;
+        respond(tokens, |tokens| v1::ListJoinTokensResponse {
+            tokens: tokens
+                .into_iter()
+                .map(|t| v1::JoinToken {
+                    id: t.id,
+                    uses_left: t.uses_left,
+                    expires_at: Some(strato_proto::convert::timestamp(t.expires_at)),
+                    created_at: Some(strato_proto::convert::timestamp(t.created_at)),
+                    created_by: t.created_by,
+                })
+                .collect(),
+        })
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<v1::RevokeJoinTokenRequest>,
+    ) -> Result<Response<v1::RevokeJoinTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        let revoked = self.app.revoke_join_token(&caller, &r.name, &r.id).await;
+        respond(revoked, |()| v1::RevokeJoinTokenResponse {})
     }
 
     async fn detach_node(

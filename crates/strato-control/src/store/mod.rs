@@ -21,8 +21,8 @@ use strato_core::spec::ClusterSpec;
 
 pub use records::{
     ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
-    EnrollReport, GangRank, JobRecord, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop,
-    ReportOutcome, RoleAssignmentRecord, TransitionRecord,
+    EnrollReport, GangRank, JobRecord, JoinTokenRecord, LogRecord, NodeRecord, NodeUsage,
+    QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, TransitionRecord,
 };
 pub use sqlite::{DB_FILE, SqliteStore};
 
@@ -37,6 +37,9 @@ pub enum Enrolment<'a> {
     /// session token) names.
     Node(&'a str),
 }
+
+/// The most join tokens that have not expired one cluster keeps.
+pub const MAX_JOIN_TOKENS: u32 = 100;
 
 /// A machine joining an attached cluster with the cluster's join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,15 @@ pub enum StoreError {
     TokenExists(String),
     #[error("API token {0:?} not found")]
     TokenNotFound(String),
+    #[error(
+        "cluster {cluster} has no join token {id:?}; `strato compute join-token list -n {cluster}` lists them"
+    )]
+    JoinTokenNotFound { cluster: String, id: String },
+    /// Too many join tokens live at once for one cluster.
+    #[error(
+        "cluster {cluster} has {limit} join tokens that have not expired; revoke some (`strato compute join-token revoke`) or let them expire"
+    )]
+    TooManyJoinTokens { cluster: String, limit: u32 },
     #[error("{principal} already has {grant}")]
     AssignmentExists {
         principal: String,
@@ -309,7 +321,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
 
     /// Stores an attached cluster's join token (its SHA-256), good for
-    /// `uses` machines until `expires_at`.
+    /// `uses` machines until `expires_at`; the cluster's expired tokens go,
+    /// and at most `MAX_JOIN_TOKENS` unexpired ones are kept
+    /// (`TooManyJoinTokens`).
     fn create_join_token(
         &self,
         cluster: &str,
@@ -318,6 +332,20 @@ pub trait Store: Send + Sync + 'static {
         expires_at: i64,
         created_by: &str,
         now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// An attached cluster's stored join tokens, newest first.
+    fn list_join_tokens(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = Result<Vec<JoinTokenRecord>, StoreError>> + Send;
+
+    /// Deletes the cluster's join token named `id`; `JoinTokenNotFound`
+    /// when there is none.
+    fn revoke_join_token(
+        &self,
+        cluster: &str,
+        id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// A machine joins an attached cluster with its join token: a new node

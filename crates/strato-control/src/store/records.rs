@@ -223,3 +223,15 @@ pub struct RoleAssignmentRecord {
     pub grant: strato_core::access::Grant,
     pub created_at: i64,
 }
+
+/// An attached cluster's join token as stored (its hash, never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    /// The first 16 hex digits of the token's SHA-256: what names it.
+    pub id: String,
+    pub cluster: String,
+    pub uses_left: u32,
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub created_by: String,
+}

@@ -249,6 +249,12 @@ pub enum JoinRefusal {
     },
 }
 
+/// What names a join token in listings and revocations: the first 16 hex
+/// digits of its SHA-256 (not a secret: the token cannot be had from it).
+pub fn join_token_id(token_hash: &str) -> String {
+    token_hash.chars().take(16).collect()
+}
+
 /// The most machines one join token admits.
 pub const MAX_JOIN_TOKEN_USES: u32 = 1000;
 /// The longest a join token lives: 30 days.

@@ -17,7 +17,7 @@ use crate::Failure;
 use crate::client::connect;
 use crate::cmd::ArgError;
 use crate::config::Settings;
-use crate::view::cluster::ClusterView;
+use crate::view::cluster::{ClusterView, JoinTokenView};
 use crate::view::node::NodeView;
 use crate::view::size::SizeView;
 use crate::view::usage::UsageView;
@@ -100,6 +100,17 @@ pub enum JoinTokenCommand {
         /// seconds to 30 days).
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::cmd::parse_duration)]
         expires_in: u64,
+    },
+    /// List the cluster's join tokens that are still stored: id, uses
+    /// left, expiry, who made them (never the tokens themselves).
+    List(NameArg),
+    /// Revoke a join token at once; machines that joined with it stay.
+    Revoke {
+        #[command(flatten)]
+        name: NameArg,
+        /// The token's id (see `join-token list`).
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -412,18 +423,47 @@ pub async fn run(
             if format == Format::Table {
                 println!("{}", made.join_token);
                 eprintln!(
-                    "join token for cluster {name}: {} machine(s), until {expires_at}; shown once",
-                    made.uses
+                    "join token {} for cluster {name}: {} machine(s), until {expires_at}; shown once",
+                    made.id, made.uses
                 );
             } else {
                 print(
                     format,
                     &serde_json::json!({
                         "cluster": name,
+                        "id": made.id,
                         "join_token": made.join_token,
                         "uses": made.uses,
                         "expires_at": expires_at,
                     }),
+                )?;
+            }
+        }
+        ComputeCommand::JoinToken(JoinTokenCommand::List(NameArg { name })) => {
+            let tokens = client
+                .list_join_tokens(v1::ListJoinTokensRequest { name })
+                .await?
+                .into_inner()
+                .tokens;
+            let views: Vec<JoinTokenView> = tokens.into_iter().map(JoinTokenView::from).collect();
+            print(format, &views)?;
+        }
+        ComputeCommand::JoinToken(JoinTokenCommand::Revoke {
+            name: NameArg { name },
+            id,
+        }) => {
+            client
+                .revoke_join_token(v1::RevokeJoinTokenRequest {
+                    name: name.clone(),
+                    id: id.clone(),
+                })
+                .await?;
+            if format == Format::Table {
+                println!("join token {id} of cluster {name} revoked");
+            } else {
+                print(
+                    format,
+                    &serde_json::json!({ "cluster": name, "id": id, "revoked": true }),
                 )?;
             }
         }

@@ -307,3 +307,69 @@ pub async fn power_steps_move_only_from_their_state<S: Store>(store: S) {
     );
     assert_eq!(node(&store, "m1-00000001").await.state, NodeState::Running);
 }
+
+pub async fn join_tokens_are_listed_revoked_and_bounded<S: Store>(store: S) {
+    use strato_core::lifecycle::join_token_id;
+    given_attached(&store, "lab", 3).await;
+    let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    store
+        .create_join_token("lab", hash, 2, 100, "token:ops", 2)
+        .await
+        .expect("token");
+    let listed = store.list_join_tokens("LAB").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    let t = &listed[0];
+    assert_eq!(
+        (
+            t.id.as_str(),
+            t.uses_left,
+            t.expires_at,
+            t.created_by.as_str()
+        ),
+        (join_token_id(hash).as_str(), 2, 100, "token:ops")
+    );
+    assert_eq!(t.id, "0123456789abcdef");
+    assert!(matches!(
+        store.revoke_join_token("lab", "ffffffffffffffff").await,
+        Err(StoreError::JoinTokenNotFound { .. })
+    ));
+    store
+        .revoke_join_token("lab", &t.id)
+        .await
+        .expect("revoked");
+    assert!(
+        store
+            .list_join_tokens("lab")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(matches!(
+        join(&store, hash, "k1", "m1-00000001", 3).await,
+        Err(StoreError::BadToken)
+    ));
+
+    // Expired tokens go when another is made; live ones are bounded.
+    store
+        .create_join_token("lab", "old", 1, 10, "token:ops", 2)
+        .await
+        .expect("old");
+    for i in 0..crate::store::MAX_JOIN_TOKENS {
+        store
+            .create_join_token("lab", &format!("live-{i}"), 1, 1_000, "token:ops", 20)
+            .await
+            .expect("under the bound");
+    }
+    let listed = store.list_join_tokens("lab").await.expect("list");
+    assert_eq!(
+        listed.len(),
+        crate::store::MAX_JOIN_TOKENS as usize,
+        "the expired one went"
+    );
+    assert!(matches!(
+        store
+            .create_join_token("lab", "one-more", 1, 1_000, "token:ops", 30)
+            .await,
+        Err(StoreError::TooManyJoinTokens { limit: 100, .. })
+    ));
+}

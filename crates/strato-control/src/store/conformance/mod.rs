@@ -87,6 +87,7 @@ macro_rules! store_conformance_suite {
                 a_lost_machine_comes_back_when_its_agent_does,
                 a_detached_machine_finishes_its_job_or_queues_it_again,
                 power_steps_move_only_from_their_state,
+                join_tokens_are_listed_revoked_and_bounded,
             ],
             gangs: [
                 a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops,

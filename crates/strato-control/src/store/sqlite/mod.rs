@@ -33,9 +33,9 @@ use strato_core::spec::ClusterSpec;
 
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
-    Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, LogRecord,
-    NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, SpecUpdate,
-    Store, StoreError,
+    Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, JoinTokenRecord,
+    LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord,
+    SpecUpdate, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -272,6 +272,14 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<(), StoreError> {
         nodes::create_join_token(self, cluster, token_hash, uses, expires_at, created_by, now).await
+    }
+
+    async fn list_join_tokens(&self, cluster: &str) -> Result<Vec<JoinTokenRecord>, StoreError> {
+        nodes::list_join_tokens(self, cluster).await
+    }
+
+    async fn revoke_join_token(&self, cluster: &str, id: &str) -> Result<(), StoreError> {
+        nodes::revoke_join_token(self, cluster, id).await
     }
 
     async fn join(

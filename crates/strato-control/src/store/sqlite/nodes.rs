@@ -12,7 +12,9 @@ use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
 use super::{SqliteStore, corrupt, select_one, u32_col};
-use crate::store::{Conflict, EnrollReport, Enrolment, Join, NodeRecord, NodeUsage, StoreError};
+use crate::store::{
+    Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeUsage, StoreError,
+};
 
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
@@ -273,6 +275,22 @@ pub(super) async fn create_join_token(
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     let cluster = load_cluster(&mut tx, cluster).await?.spec.name;
+    sqlx::query("DELETE FROM cluster_join_tokens WHERE cluster = ?1 AND expires_at <= ?2")
+        .bind(&cluster)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let live: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM cluster_join_tokens WHERE cluster = ?1")
+            .bind(&cluster)
+            .fetch_one(&mut *tx)
+            .await?;
+    if live >= i64::from(crate::store::MAX_JOIN_TOKENS) {
+        return Err(StoreError::TooManyJoinTokens {
+            cluster,
+            limit: crate::store::MAX_JOIN_TOKENS,
+        });
+    }
     sqlx::query(
         "INSERT INTO cluster_join_tokens (token_hash, cluster, uses_left, expires_at, created_at, created_by)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -289,6 +307,64 @@ pub(super) async fn create_join_token(
     Ok(())
 }
 
+pub(super) async fn list_join_tokens(
+    db: &SqliteStore,
+    cluster: &str,
+) -> Result<Vec<JoinTokenRecord>, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    let cluster = load_cluster(&mut conn, cluster).await?.spec.name;
+    type Row = (String, i64, i64, i64, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT token_hash, uses_left, expires_at, created_at, created_by FROM cluster_join_tokens
+         WHERE cluster = ?1 ORDER BY created_at DESC, token_hash",
+    )
+    .bind(&cluster)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(hash, uses_left, expires_at, created_at, created_by)| JoinTokenRecord {
+                id: lifecycle::join_token_id(&hash),
+                cluster: cluster.clone(),
+                uses_left: u32::try_from(uses_left).unwrap_or(0),
+                expires_at,
+                created_at,
+                created_by,
+            },
+        )
+        .collect())
+}
+
+pub(super) async fn revoke_join_token(
+    db: &SqliteStore,
+    cluster: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let cluster = load_cluster(&mut tx, cluster).await?.spec.name;
+    let not_found = || StoreError::JoinTokenNotFound {
+        cluster: cluster.clone(),
+        id: id.to_owned(),
+    };
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let deleted = sqlx::query(
+        "DELETE FROM cluster_join_tokens WHERE cluster = ?1 AND substr(token_hash, 1, 16) = ?2",
+    )
+    .bind(&cluster)
+    .bind(id.to_ascii_lowercase())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        return Err(not_found());
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 pub(super) async fn join(
     db: &SqliteStore,
     Join {
@@ -301,6 +377,15 @@ pub(super) async fn join(
     limits: &QuotaLimits,
     now: i64,
 ) -> Result<NodeRecord, StoreError> {
+    // Anyone can present a token: an unknown one costs no write lock.
+    let known: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM cluster_join_tokens WHERE token_hash = ?1")
+            .bind(token_hash)
+            .fetch_optional(&db.pool)
+            .await?;
+    if known.is_none() {
+        return Err(StoreError::BadToken);
+    }
     let mut tx = db.begin_write().await?;
     type Row = (String, i64, i64);
     let (cluster, uses_left, expires_at): Row = sqlx::query_as(
