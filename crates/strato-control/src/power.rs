@@ -4,7 +4,8 @@
 //! from `--power-commands-dir` for one node, in the background, and
 //! records what came of it.
 //!
-//! A command runs as `DIR/NAME NODE_ID HOST_NAME`, with an empty
+//! A command runs as `DIR/NAME NODE_ID HOST_NAME` (the host name its agent
+//! reported, empty unless it is a plain DNS name), with an empty
 //! environment but PATH, STRATO_CLUSTER, STRATO_NODE and
 //! STRATO_POWER_ACTION (`resume` or `suspend`), no standard input, killed
 //! past the cluster's timeout. At most 16 KiB of its output is kept, for

@@ -280,10 +280,7 @@ impl<S: Store> Reconciler<S> {
             max_nodes: cluster.spec.max_nodes,
             idle_seconds: cluster.spec.idle_seconds_before_scaledown,
             nodes: &snapshots,
-            queued_nodes: queued
-                .iter()
-                .map(|q| q.node_count)
-                .fold(0u32, u32::saturating_add),
+            queued_nodes: queued_nodes(&queued),
             quota_nodes_left: cluster_quota.nodes_left(),
             provider_backoff_until,
             now,
@@ -363,10 +360,7 @@ impl<S: Store> Reconciler<S> {
             max_nodes: cluster.spec.max_nodes,
             idle_seconds: cluster.spec.idle_seconds_before_scaledown,
             nodes: &snapshots,
-            queued_nodes: queued
-                .iter()
-                .map(|q| q.node_count)
-                .fold(0u32, u32::saturating_add),
+            queued_nodes: queued_nodes(queued),
             power: power.is_some(),
             power_backoff: backoff.as_ref().map(|(until, e)| (*until, e.as_str())),
             now,
@@ -382,10 +376,13 @@ impl<S: Store> Reconciler<S> {
                         .map(|id| (crate::power::Action::Suspend, id, &commands.suspend_command)),
                 );
             for (action, node_id, command) in runs {
+                // What the agent reported: handed on only if it is a host
+                // name (the operator's script may not quote it).
                 let hostname = nodes
                     .iter()
                     .find(|n| &n.node_id == node_id)
                     .map(|n| n.hostname.clone())
+                    .filter(|h| strato_core::naming::is_host_name(h))
                     .unwrap_or_default();
                 let run = crate::power::Run {
                     action,
@@ -567,6 +564,14 @@ enum AddError {
     Quota(quota::QuotaError),
     Provider(ProviderError),
     Store(StoreError),
+}
+
+/// The nodes the queued jobs need (a gang of N counts N).
+fn queued_nodes(queued: &[crate::store::QueuedJob]) -> u32 {
+    queued
+        .iter()
+        .map(|q| q.node_count)
+        .fold(0u32, u32::saturating_add)
 }
 
 /// The nodes as the scale decision sees them.

@@ -52,6 +52,18 @@ fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// Whether `name` is a host name as DNS spells it (letters, digits, `-`
+/// and `.`, at most 253 characters, not starting with `-`): what an
+/// agent's reported host name must be before the control plane hands it
+/// to an operator's power command as an argument.
+pub fn is_host_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+}
+
 /// The node id of a machine that joins an attached cluster: its host name
 /// (lowercase; anything but letters and digits a `-`; at most 40
 /// characters; `machine` if nothing is left, and `m-` before one that
@@ -100,6 +112,16 @@ pub fn is_node_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn host_names_are_dns_spellings_only() {
+        for good in ["m1", "gpu-box-1.lab.example", "10.0.0.4"] {
+            assert!(is_host_name(good), "{good}");
+        }
+        for bad in ["", "-rf", "a b", "a;rm -rf /", "$(id)", &"a".repeat(254)] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_machines_node_id_comes_from_its_host_name() {

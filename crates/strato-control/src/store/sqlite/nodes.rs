@@ -112,6 +112,26 @@ pub(super) async fn all_nodes(db: &SqliteStore) -> Result<Vec<NodeRecord>, Store
     rows.iter().map(node_from_row).collect()
 }
 
+/// Whether one node more than the cluster's `nodes` fits the quota of its
+/// location, beside what the other clusters there hold.
+async fn one_more_fits(
+    tx: &mut SqliteConnection,
+    spec: &strato_core::spec::ClusterSpec,
+    nodes: u32,
+    limits: &QuotaLimits,
+) -> Result<(), StoreError> {
+    let others =
+        QuotaUsage::from_allocations(&allocations(tx, &spec.location, Some(&spec.name)).await?);
+    quota::check(
+        &spec.location,
+        limits.region(&spec.location),
+        &others,
+        &allocation(spec, nodes + 1)?,
+        false,
+    )?;
+    Ok(())
+}
+
 pub(super) async fn create_node(
     db: &SqliteStore,
     cluster: &str,
@@ -124,16 +144,7 @@ pub(super) async fn create_node(
     let mut tx = db.begin_write().await?;
     let spec = load_cluster(&mut tx, cluster).await?.spec;
     let nodes = node_count(&mut tx, &spec.name).await?;
-    let others = QuotaUsage::from_allocations(
-        &allocations(&mut tx, &spec.location, Some(&spec.name)).await?,
-    );
-    quota::check(
-        &spec.location,
-        limits.region(&spec.location),
-        &others,
-        &allocation(&spec, nodes + 1)?,
-        false,
-    )?;
+    one_more_fits(&mut tx, &spec, nodes, limits).await?;
     sqlx::query(
         "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash, join_expires_at)
          VALUES (?1, ?2, 'preparing', 'starting: waiting for the agent to enrol', ?3, ?3, ?3, ?4, ?5)",
@@ -431,16 +442,7 @@ pub(super) async fn join(
                 cluster: spec.name.clone(),
                 why,
             })?;
-            let others = QuotaUsage::from_allocations(
-                &allocations(&mut tx, &spec.location, Some(&spec.name)).await?,
-            );
-            quota::check(
-                &spec.location,
-                limits.region(&spec.location),
-                &others,
-                &allocation(&spec, joined + 1)?,
-                false,
-            )?;
+            one_more_fits(&mut tx, &spec, joined, limits).await?;
             sqlx::query(
                 "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since,
                                     join_source, join_key, join_used_at)
