@@ -157,7 +157,9 @@ fn parse_expiry(s: &str) -> Result<Expiry, ArgError> {
     if s.trim().eq_ignore_ascii_case("never") {
         return Ok(Expiry::Never);
     }
-    super::parse_duration(s).map(Expiry::After)
+    super::parse_duration(s)
+        .map(Expiry::After)
+        .map_err(|_| ArgError::Expiry(s.to_owned()))
 }
 
 fn client(

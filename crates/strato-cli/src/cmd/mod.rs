@@ -25,8 +25,10 @@ pub enum ArgError {
     /// A role or scope that `strato_core::access` refused: its rule.
     #[error("{0}")]
     Access(String),
-    #[error("{0:?}: a duration like 90s, 30m, 12h or 30d (or plain seconds), or `never`")]
+    #[error("{0:?}: a duration like 90s, 30m, 12h or 30d (or plain seconds)")]
     Duration(String),
+    #[error("{0:?}: a duration like 90s, 30m, 12h or 30d (or plain seconds), or `never`")]
+    Expiry(String),
 }
 
 /// `90s`, `30m`, `12h`, `30d` or plain seconds, above 0, in seconds.
