@@ -281,26 +281,34 @@ impl<S: Store> AgentService for AgentApi<S> {
             .get_cluster(&node.cluster)
             .await
             .map_err(status)?;
-        let unfit = cluster.spec.size().ok().and_then(|size| {
-            let attached = cluster.spec.compute_type == ComputeType::Attached;
-            let healthy = gpu_info.iter().filter(|g| g.problem.is_none()).count();
-            let machine = MachineFacts {
-                vcpus: r.vcpus,
-                memory_bytes: r.memory_bytes,
-                gpus: u32::try_from(healthy).unwrap_or(u32::MAX),
-            };
-            // A machine Strato did not choose must be as large as its
-            // cluster's size; any node of a GPU size needs its GPUs.
-            let too_small = attached
-                .then(|| strato_core::node::machine_fits(&size, machine).err())
-                .flatten()
-                .map(|e| e.to_string());
-            too_small.or_else(|| {
-                strato_core::node::gpu_readiness(&size, &gpu_info)
-                    .err()
-                    .map(|e| e.to_string())
-            })
-        });
+        // A draining machine only finishes its job: it is no capacity to
+        // check.
+        let capacity = node.state != strato_core::node::NodeState::Leaving;
+        let unfit = cluster
+            .spec
+            .size()
+            .ok()
+            .filter(|_| capacity)
+            .and_then(|size| {
+                let attached = cluster.spec.compute_type == ComputeType::Attached;
+                let healthy = gpu_info.iter().filter(|g| g.problem.is_none()).count();
+                let machine = MachineFacts {
+                    vcpus: r.vcpus,
+                    memory_bytes: r.memory_bytes,
+                    gpus: u32::try_from(healthy).unwrap_or(u32::MAX),
+                };
+                // A machine Strato did not choose must be as large as its
+                // cluster's size; any node of a GPU size needs its GPUs.
+                let too_small = attached
+                    .then(|| strato_core::node::machine_fits(&size, machine).err())
+                    .flatten()
+                    .map(|e| e.to_string());
+                too_small.or_else(|| {
+                    strato_core::node::gpu_readiness(&size, &gpu_info)
+                        .err()
+                        .map(|e| e.to_string())
+                })
+            });
         if let Some(reason) = unfit {
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane

@@ -8,8 +8,12 @@
 //! reported, empty unless it is a plain DNS name), with an empty
 //! environment but PATH, STRATO_CLUSTER, STRATO_NODE and
 //! STRATO_POWER_ACTION (`resume` or `suspend`), no standard input, killed
-//! past the cluster's timeout. At most 16 KiB of its output is kept, for
-//! the cluster's error when it fails. One command runs per node at a time.
+//! past the cluster's timeout (its whole process group). At most 16 KiB of
+//! its output is kept, for the cluster's error when it fails (the last 500
+//! characters are shown, to anyone who may read the cluster: scripts should
+//! print no secrets). One command runs per node at a time. The host name
+//! is what the node's agent reported: scripts should find the machine by
+//! the node id in their own inventory, not trust the name.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -81,6 +85,20 @@ impl Power {
             .map(|(until, e)| (until, e.to_owned()))
     }
 
+    /// Records a failure of `cluster`'s power commands (also a resumed
+    /// machine that did not come back in time), which backs off the next.
+    pub fn fail(&self, cluster: &str, now: i64, error: String) {
+        lock(&self.failures)
+            .entry(cluster.to_owned())
+            .or_default()
+            .fail(now, error);
+    }
+
+    /// Forgets a deleted cluster's failures.
+    pub fn forget(&self, clusters: &HashSet<String>) {
+        lock(&self.failures).retain(|c, _| clusters.contains(c));
+    }
+
     /// Moves the node to its step and runs the command in the background;
     /// nothing if a command for the node runs already or the node is no
     /// longer in the step's starting state.
@@ -111,7 +129,8 @@ impl Power {
             }
         }
         if run.action == Action::Resume {
-            // Its old session is over; the agent enrols again.
+            // An agent still connected (the machine never went down) enrols
+            // again, which makes the woken machine idle.
             plane.sessions.drop_node(&run.node_id);
         }
         plane.events.changed();
@@ -144,10 +163,7 @@ impl Power {
                     run.node_id
                 );
                 tracing::warn!(cluster = %run.cluster, node = %run.node_id, %error, "power command failed");
-                lock(&self.failures)
-                    .entry(run.cluster.clone())
-                    .or_default()
-                    .fail(now, error.clone());
+                self.fail(&run.cluster, now, error.clone());
                 let (_, failed) = run.action.steps();
                 if let Err(e) = plane
                     .store
@@ -163,7 +179,11 @@ impl Power {
     }
 }
 
-/// Runs the command; `Err` says how it failed, with the end of its output.
+/// Runs the command in a process group of its own; `Err` says how it
+/// failed, with the end of its output. Done when the command exits (what
+/// it left running in the background may keep its output open: that is
+/// read for a second more, not waited for); past the timeout the whole
+/// group is killed.
 async fn execute(path: &PathBuf, run: &Run) -> Result<(), String> {
     let mut child = tokio::process::Command::new(path)
         .arg(&run.node_id)
@@ -179,41 +199,60 @@ async fn execute(path: &PathBuf, run: &Run) -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("could not start: {e}"))?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let waited = tokio::time::timeout(run.timeout, async {
-        let (out, err, status) = tokio::join!(bounded(stdout), bounded(stderr), child.wait());
-        (out, err, status)
-    })
-    .await;
-    match waited {
-        Err(_) => Err(format!(
-            "did not finish within {}s and was killed",
-            run.timeout.as_secs()
-        )),
-        Ok((_, _, Err(e))) => Err(format!("could not be waited for: {e}")),
-        Ok((_, _, Ok(status))) if status.success() => Ok(()),
-        Ok((out, err, Ok(status))) => {
-            let text = String::from_utf8_lossy(&[out, err].concat())
-                .trim()
-                .to_owned();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(500)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            Err(format!("failed ({status}): {tail}"))
+    let group = child.id();
+    let out = tokio::spawn(bounded(child.stdout.take()));
+    let err = tokio::spawn(bounded(child.stderr.take()));
+    let status = match tokio::time::timeout(run.timeout, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(format!("could not be waited for: {e}")),
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{group}")])
+                    .status()
+                    .await;
+            }
+            return Err(format!(
+                "did not finish within {}s and was killed",
+                run.timeout.as_secs()
+            ));
         }
+    };
+    if status.success() {
+        out.abort();
+        err.abort();
+        return Ok(());
     }
+    let grace = Duration::from_secs(1);
+    let out = tokio::time::timeout(grace, out)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let err = tokio::time::timeout(grace, err)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let text =
+        String::from_utf8_lossy(&[out.unwrap_or_default(), err.unwrap_or_default()].concat())
+            .trim()
+            .to_owned();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(500)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!("failed ({status}): {tail}"))
 }
 
 /// What `pipe` gives until it closes, at most [`OUTPUT_LIMIT`] bytes kept.
-async fn bounded<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+async fn bounded<R: tokio::io::AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> Vec<u8> {
     let mut kept = Vec::new();
     if let Some(mut pipe) = pipe {
         let mut buf = [0u8; 4096];

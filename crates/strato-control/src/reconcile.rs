@@ -82,8 +82,11 @@ impl<S: Store> Reconciler<S> {
     /// One pass over every cluster.
     pub async fn pass(&mut self) -> Result<(), StoreError> {
         let now = self.plane.clock.now_ms();
-        self.check_node_health(now).await?;
-        for cluster in self.plane.store.list_clusters().await? {
+        let clusters = self.plane.store.list_clusters().await?;
+        self.check_node_health(&clusters, now).await?;
+        self.power
+            .forget(&clusters.iter().map(|c| c.spec.name.clone()).collect());
+        for cluster in clusters {
             // One cluster's trouble does not hold up the others.
             if let Err(e) = self.reconcile_cluster(&cluster, now).await {
                 tracing::error!(cluster = %cluster.spec.name, error = %e, "reconcile failed for the cluster");
@@ -156,24 +159,53 @@ impl<S: Store> Reconciler<S> {
     /// Nodes that never enrolled or stopped heartbeating become unusable
     /// (`node::health`); their jobs are retried or failed (by the store),
     /// and the next scale decision removes and replaces them.
-    async fn check_node_health(&mut self, now: i64) -> Result<(), StoreError> {
+    async fn check_node_health(
+        &mut self,
+        clusters: &[ClusterRecord],
+        now: i64,
+    ) -> Result<(), StoreError> {
         let config = &self.plane.settings.config;
         let timeouts = health::Timeouts {
             start_seconds: config.node_start_timeout,
             heartbeat_seconds: config.node_heartbeat_timeout,
         };
+        // A machine woken by its resume command may take as long to come
+        // back as the command may run, if that is longer.
+        let resume_timeouts: HashMap<&str, u64> = clusters
+            .iter()
+            .filter_map(|c| {
+                let power = c.spec.power.as_ref()?;
+                Some((c.spec.name.as_str(), u64::from(power.timeout_seconds)))
+            })
+            .collect();
         for node in self.plane.store.all_nodes().await? {
             let facts = health::NodeFacts {
                 state: node.state,
                 enrolled: node.enrolled,
+                has_job: node.run_id.is_some(),
                 created_at: node.created_at,
                 state_since: node.state_since,
                 last_heartbeat: node.last_heartbeat,
             };
+            let resume_timeout = resume_timeouts.get(node.cluster.as_str()).copied();
+            let timeouts = health::Timeouts {
+                start_seconds: timeouts
+                    .start_seconds
+                    .max(resume_timeout.unwrap_or_default()),
+                ..timeouts
+            };
             match health::check(&facts, timeouts, self.started_at, now) {
                 Health::Unusable { cause, reason } => {
                     tracing::warn!(node = %node.node_id, cluster = %node.cluster, %reason, "node unusable");
-                    if cause == health::Cause::NeverEnrolled {
+                    if cause == health::Cause::NeverEnrolled && resume_timeout.is_some() {
+                        // Its resume command ran, the machine did not come
+                        // back: wake no other before the backoff.
+                        self.power.fail(
+                            &node.cluster,
+                            now,
+                            format!("node {} was resumed but {reason}", node.node_id),
+                        );
+                    } else if cause == health::Cause::NeverEnrolled {
                         self.backoff
                             .entry(node.cluster.clone())
                             .or_default()
@@ -583,6 +615,7 @@ fn snapshots(nodes: &[NodeRecord]) -> Vec<NodeSnapshot> {
             state: n.state,
             has_job: n.run_id.is_some(),
             idle_since: n.idle_since,
+            state_since: n.state_since,
         })
         .collect()
 }

@@ -328,9 +328,11 @@ pub fn join_token_takes(
 }
 
 /// A node's first enrolment makes it idle: it was preparing, waiting for
-/// its agent (a resumed machine is preparing again, its session cleared).
-/// A node enrolling again (its agent restarted) keeps its state, except an
-/// attached cluster's machine that was unusable or suspended: it is back.
+/// its agent. A node enrolling again (its agent restarted) keeps its state,
+/// except an attached cluster's machine that was unusable, or that its
+/// resume command woke (preparing without a job): it is back. A suspended
+/// machine whose agent still talks (its suspend command returned before
+/// the machine went down) stays suspended until it is resumed.
 pub fn enrolment_makes_idle(
     enrolled_before: bool,
     state: NodeState,
@@ -339,7 +341,7 @@ pub fn enrolment_makes_idle(
 ) -> bool {
     !has_job
         && ((!enrolled_before && state == NodeState::Preparing)
-            || (attached && matches!(state, NodeState::Unusable | NodeState::Suspended)))
+            || (attached && matches!(state, NodeState::Unusable | NodeState::Preparing)))
 }
 
 /// A power command's step for an attached cluster's machine.
@@ -349,23 +351,21 @@ pub enum PowerStep {
     Suspend,
     /// The suspend command failed: the machine is idle again.
     SuspendFailed,
-    /// The resume command is about to run: the machine is starting, its
-    /// old session gone (its agent enrols again with its certificate,
-    /// within the start timeout).
+    /// The resume command is about to run: the machine is starting (its
+    /// agent enrols again with its certificate, within the start timeout).
     Resume,
     /// The resume command failed: the machine is suspended again.
     ResumeFailed,
 }
 
 impl PowerStep {
-    /// The state the node must be in, the state it goes to, and whether
-    /// its session ends.
-    pub fn transition(self) -> (NodeState, NodeState, bool) {
+    /// The state the node must be in, and the state it goes to.
+    pub fn transition(self) -> (NodeState, NodeState) {
         match self {
-            PowerStep::Suspend => (NodeState::Idle, NodeState::Suspended, false),
-            PowerStep::SuspendFailed => (NodeState::Suspended, NodeState::Idle, false),
-            PowerStep::Resume => (NodeState::Suspended, NodeState::Preparing, true),
-            PowerStep::ResumeFailed => (NodeState::Preparing, NodeState::Suspended, false),
+            PowerStep::Suspend => (NodeState::Idle, NodeState::Suspended),
+            PowerStep::SuspendFailed => (NodeState::Suspended, NodeState::Idle),
+            PowerStep::Resume => (NodeState::Suspended, NodeState::Preparing),
+            PowerStep::ResumeFailed => (NodeState::Preparing, NodeState::Suspended),
         }
     }
 }
@@ -622,12 +622,14 @@ mod tests {
             false
         ));
         assert!(!enrolment_makes_idle(true, NodeState::Unusable, true, true));
-        assert!(enrolment_makes_idle(
-            true,
-            NodeState::Suspended,
-            false,
-            true
-        ));
+        assert!(
+            !enrolment_makes_idle(true, NodeState::Suspended, false, true),
+            "a suspended machine stays asleep until resumed"
+        );
+        assert!(
+            enrolment_makes_idle(true, NodeState::Preparing, false, true),
+            "resumed"
+        );
         assert!(may_enrol(NodeState::Suspended, true));
     }
 

@@ -1,13 +1,17 @@
 //! Node health: a node whose agent never enrols, or whose heartbeats stop,
 //! is unusable. Time is an argument (ms since the epoch).
 //!
-//! The rule (property-tested below): a live node that enrolled is unusable
+//! The rule (property-tested below): a watched node that is up is unusable
 //! exactly when it has been silent for longer than the heartbeat timeout,
 //! silence counted from its last heartbeat (or its creation), but never
 //! from before the control plane's own start: agents could not heartbeat
-//! while it was down. A live node that never enrolled is unusable once the
-//! start timeout has passed since its creation (or the start). Nodes that
-//! hold no capacity (unusable, leaving, preempted) are not watched.
+//! while it was down. A starting node (its agent never enrolled, or a
+//! machine its resume command woke: preparing without a job) is unusable
+//! once the start timeout has passed since it was created or entered its
+//! state (or the start). Watched are the live nodes, and a leaving node
+//! while its job runs (its job must end if the machine dies); nodes that
+//! hold no capacity (unusable, preempted, suspended, leaving without a job)
+//! are not.
 
 use super::NodeState;
 use crate::scale::is_live;
@@ -26,6 +30,8 @@ pub struct Timeouts {
 pub struct NodeFacts {
     pub state: NodeState,
     pub enrolled: bool,
+    /// Whether a job is on it.
+    pub has_job: bool,
     pub created_at: i64,
     /// When it entered its state: a machine woken by its resume command is
     /// starting from then.
@@ -63,10 +69,11 @@ fn ms(seconds: u64) -> i64 {
 /// The health of `node` at `now`, for a control plane started at
 /// `started_at`.
 pub fn check(node: &NodeFacts, timeouts: Timeouts, started_at: i64, now: i64) -> Health {
-    if !is_live(node.state) {
+    let draining = node.state == NodeState::Leaving && node.has_job;
+    if !is_live(node.state) && !draining {
         return Health::NotLive;
     }
-    if !node.enrolled {
+    if starting(node) {
         let waited = now.saturating_sub(node.created_at.max(node.state_since).max(started_at));
         return if waited > ms(timeouts.start_seconds) {
             Health::Unusable {
@@ -92,6 +99,12 @@ pub fn check(node: &NodeFacts, timeouts: Timeouts, started_at: i64, now: i64) ->
     }
 }
 
+/// Whether the node waits for its agent: it never enrolled, or its
+/// machine was resumed (preparing, but without a job to prepare).
+fn starting(node: &NodeFacts) -> bool {
+    !node.enrolled || (node.state == NodeState::Preparing && !node.has_job)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +119,7 @@ mod tests {
         NodeFacts {
             state: NodeState::Running,
             enrolled: true,
+            has_job: true,
             created_at: 1_000,
             state_since: 1_000,
             last_heartbeat,
@@ -149,6 +163,7 @@ mod tests {
         let node = NodeFacts {
             state: NodeState::Preparing,
             enrolled: false,
+            has_job: false,
             created_at: 1_000,
             state_since: 1_000,
             last_heartbeat: None,
@@ -159,9 +174,12 @@ mod tests {
             unusable(Cause::NeverEnrolled, "the agent did not enrol within 60s")
         );
         assert_eq!(check(&node, T, 50_000, 110_000), Health::Starting);
-        // A machine its resume command woke starts again from then.
+        // A machine its resume command woke starts again from then, its
+        // session kept.
         let resumed = NodeFacts {
+            enrolled: true,
             state_since: 500_000,
+            last_heartbeat: Some(1_000),
             ..node
         };
         assert_eq!(check(&resumed, T, 0, 559_000), Health::Starting);
@@ -184,10 +202,23 @@ mod tests {
         ] {
             let node = NodeFacts {
                 state,
+                has_job: false,
                 ..enrolled(None)
             };
             assert_eq!(check(&node, T, 0, i64::MAX), Health::NotLive);
         }
+        // A draining machine is watched while its job runs.
+        let draining = NodeFacts {
+            state: NodeState::Leaving,
+            ..enrolled(Some(1_000))
+        };
+        assert!(matches!(
+            check(&draining, T, 0, 20_000),
+            Health::Unusable {
+                cause: Cause::Silent,
+                ..
+            }
+        ));
     }
 
     fn arb_state() -> impl Strategy<Value = NodeState> {
@@ -199,6 +230,7 @@ mod tests {
         fn unusable_iff_silent_longer_than_the_timeout(
             state in arb_state(),
             enrolled in any::<bool>(),
+            has_job in any::<bool>(),
             created_at in 0i64..1_000_000,
             state_since in 0i64..1_000_000,
             beat in prop::option::of(0i64..1_000_000),
@@ -207,25 +239,27 @@ mod tests {
             start_seconds in 0u64..100,
             heartbeat_seconds in 0u64..100,
         ) {
-            let node = NodeFacts { state, enrolled, created_at, state_since, last_heartbeat: beat };
+            let node = NodeFacts { state, enrolled, has_job, created_at, state_since, last_heartbeat: beat };
             let t = Timeouts { start_seconds, heartbeat_seconds };
-            let since = if enrolled {
-                beat.unwrap_or(created_at)
-            } else {
+            let starting = !enrolled || (state == NodeState::Preparing && !has_job);
+            let watched = is_live(state) || (state == NodeState::Leaving && has_job);
+            let since = if starting {
                 created_at.max(state_since)
+            } else {
+                beat.unwrap_or(created_at)
             }
             .max(started_at);
             let now = since + after;
-            let limit = if enrolled { heartbeat_seconds } else { start_seconds } as i64 * 1000;
+            let limit = if starting { start_seconds } else { heartbeat_seconds } as i64 * 1000;
             let health = check(&node, t, started_at, now);
-            if !is_live(state) {
+            if !watched {
                 prop_assert_eq!(health, Health::NotLive);
             } else if let Health::Unusable { cause, .. } = &health {
                 prop_assert!(after > limit);
-                prop_assert_eq!(*cause == Cause::NeverEnrolled, !enrolled);
+                prop_assert_eq!(*cause == Cause::NeverEnrolled, starting);
             } else {
                 prop_assert!(after <= limit);
-                prop_assert_eq!(health, if enrolled { Health::Up } else { Health::Starting });
+                prop_assert_eq!(health, if starting { Health::Starting } else { Health::Up });
             }
         }
     }

@@ -71,7 +71,9 @@ fn power(input: &AttachedInput<'_>) -> (Vec<String>, Vec<String>) {
         .iter()
         .filter(|n| n.state == NodeState::Suspended)
         .collect();
-    suspended.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    // The longest asleep first: one whose resume just failed is back in
+    // the queue behind the others.
+    suspended.sort_by(|a, b| (a.state_since, &a.node_id).cmp(&(b.state_since, &b.node_id)));
     let resume: Vec<String> = suspended
         .iter()
         .take(usize::try_from(wanted).unwrap_or(usize::MAX))
@@ -158,12 +160,11 @@ pub fn settle(input: &AttachedInput<'_>) -> AttachedPass {
     } else {
         AllocationState::Resizing
     };
+    let waking = starting.saturating_add(u32::try_from(resume.len()).unwrap_or(u32::MAX));
     let queued_reason = (input.queued_nodes > 0).then(|| match issues.first() {
         Some(i) => format!("waiting for a node: {}", i.message),
-        None => format!(
-            "waiting for a node: resuming {} machine(s)",
-            starting.saturating_add(u32::try_from(resume.len()).unwrap_or(u32::MAX))
-        ),
+        None if waking > 0 => format!("waiting for a node: resuming {waking} machine(s)"),
+        None => "waiting for a node".to_owned(),
     });
     let target = live
         .saturating_add(u32::try_from(resume.len()).unwrap_or(u32::MAX))
@@ -191,6 +192,7 @@ mod tests {
             state,
             has_job,
             idle_since: 0,
+            state_since: 0,
         }
     }
 
@@ -233,6 +235,14 @@ mod tests {
         });
         assert_eq!(wake.resume, vec!["s1".to_owned()]);
         assert!(wake.suspend.is_empty() && wake.allocation.issues.is_empty());
+        // The longest asleep goes first.
+        let mut later = nodes.clone();
+        later[1].state_since = 50_000;
+        let other = settle(&AttachedInput {
+            power: true,
+            ..input(&later, 4, 1)
+        });
+        assert_eq!(other.resume, vec!["s2".to_owned()]);
         assert_eq!(
             wake.allocation.queued_reason.as_deref(),
             Some("waiting for a node: resuming 1 machine(s)")

@@ -36,6 +36,8 @@ pub struct NodeSnapshot {
     pub has_job: bool,
     /// When the node last became idle (ms since the epoch).
     pub idle_since: i64,
+    /// When it entered its state.
+    pub state_since: i64,
 }
 
 /// Everything the decision depends on.
@@ -224,6 +226,7 @@ mod tests {
             state,
             has_job,
             idle_since,
+            state_since: idle_since,
         }
     }
 

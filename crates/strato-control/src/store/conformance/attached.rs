@@ -270,7 +270,19 @@ pub async fn power_steps_move_only_from_their_state<S: Store>(store: S) {
         (n.state, n.reason.as_str(), n.enrolled),
         (NodeState::Suspended, "suspended by sleep", true)
     );
-    // Resumed: starting again, its old session gone.
+    // Its agent still talking (the machine is going down slowly) does not
+    // wake it.
+    let talking = store
+        .enroll(
+            Enrolment::Node("m1-00000001"),
+            "session-1",
+            &EnrollReport::default(),
+            5,
+        )
+        .await
+        .expect("enrols");
+    assert_eq!(talking.state, NodeState::Suspended);
+    // Resumed: starting again.
     assert!(
         store
             .power_step("m1-00000001", PowerStep::Resume, "resuming: wake", 6)
@@ -278,10 +290,7 @@ pub async fn power_steps_move_only_from_their_state<S: Store>(store: S) {
             .expect("step")
     );
     let n = node(&store, "m1-00000001").await;
-    assert_eq!(
-        (n.state, n.enrolled, n.state_since),
-        (NodeState::Preparing, false, 6)
-    );
+    assert_eq!((n.state, n.state_since), (NodeState::Preparing, 6));
     // Its agent enrols again with its certificate: idle.
     let back = store
         .enroll(
@@ -292,7 +301,10 @@ pub async fn power_steps_move_only_from_their_state<S: Store>(store: S) {
         )
         .await
         .expect("back");
-    assert_eq!(back.state, NodeState::Idle);
+    assert_eq!(
+        (back.state, back.last_heartbeat),
+        (NodeState::Idle, Some(7))
+    );
     // A machine that took a job is not suspended.
     store
         .submit_job("j", job("lab"), "", 8)

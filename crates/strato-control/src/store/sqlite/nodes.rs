@@ -251,8 +251,9 @@ async fn enrol_node(
     }
     let makes_idle =
         lifecycle::enrolment_makes_idle(node.enrolled, node.state, node.run_id.is_some(), attached);
-    // A machine coming back (it was unusable) counts its silence from now.
-    let back = makes_idle && node.state == NodeState::Unusable;
+    // A node the enrolment makes idle (new, back, woken) counts its
+    // silence from now.
+    let back = makes_idle;
     sqlx::query(
         "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
              last_heartbeat = CASE WHEN ?8 THEN ?3 ELSE COALESCE(last_heartbeat, ?3) END,
@@ -476,19 +477,13 @@ pub(super) async fn power_step(
     reason: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let (from, to, ends_session) = step.transition();
+    let (from, to) = step.transition();
     let mut tx = db.begin_write().await?;
     let node = load_node(&mut tx, node_id).await?;
     if node.state != from || node.run_id.is_some() {
         return Ok(false);
     }
     set_node_state(&mut tx, node_id, to, None, reason, now).await?;
-    if ends_session {
-        sqlx::query("UPDATE nodes SET session_token_hash = NULL WHERE node_id = ?1")
-            .bind(node_id)
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
     Ok(true)
 }
@@ -588,12 +583,28 @@ pub(super) async fn node_unusable(
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = db.begin_write().await?;
     let node = load_node(&mut tx, node_id).await?;
+    let (end, why) = lifecycle::node_lost(node_id, reason);
+    // A draining machine that died: its job ends, it keeps leaving (and
+    // goes at the next pass).
+    if node.state == NodeState::Leaving {
+        let jobs = end_ranks_on(&mut tx, node_id, end, &why, now).await?;
+        set_node_state(
+            &mut tx,
+            node_id,
+            NodeState::Leaving,
+            None,
+            &node.reason,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(jobs);
+    }
     // Read again here: a node that stopped being live since the caller
-    // looked (detached, suspended) keeps its state.
+    // looked (suspended, say) keeps its state.
     if !strato_core::scale::is_live(node.state) {
         return Ok(Vec::new());
     }
-    let (end, why) = lifecycle::node_lost(node_id, reason);
     let jobs = end_ranks_on(&mut tx, node_id, end, &why, now).await?;
     set_node_state(&mut tx, node_id, NodeState::Unusable, None, reason, now).await?;
     tx.commit().await?;
