@@ -394,6 +394,7 @@ impl<S: Store> Reconciler<S> {
             nodes: &snapshots,
             queued_nodes: queued_nodes(queued),
             power: power.is_some(),
+            power_unavailable: cluster.spec.power.is_some() && power_dir.is_none(),
             power_backoff: backoff.as_ref().map(|(until, e)| (*until, e.as_str())),
             now,
         });

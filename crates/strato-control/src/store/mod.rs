@@ -38,7 +38,8 @@ pub enum Enrolment<'a> {
     Node(&'a str),
 }
 
-/// The most join tokens that have not expired one cluster keeps.
+/// The most join tokens that have not expired and have uses left one
+/// cluster keeps.
 pub const MAX_JOIN_TOKENS: u32 = 100;
 
 /// A machine joining an attached cluster with the cluster's join token.
@@ -322,7 +323,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores an attached cluster's join token (its SHA-256), good for
     /// `uses` machines until `expires_at`; the cluster's expired tokens go,
-    /// and at most `MAX_JOIN_TOKENS` unexpired ones are kept
+    /// and at most `MAX_JOIN_TOKENS` unexpired ones with uses left are kept
     /// (`TooManyJoinTokens`).
     fn create_join_token(
         &self,

@@ -28,8 +28,12 @@ pub struct AttachedInput<'a> {
     pub nodes: &'a [NodeSnapshot],
     /// Nodes the queued jobs need (a gang of N counts N).
     pub queued_nodes: u32,
-    /// Whether the cluster has resume and suspend commands.
+    /// Whether the cluster has resume and suspend commands this control
+    /// plane can run.
     pub power: bool,
+    /// The cluster has power commands, but this control plane runs none
+    /// (no `--power-commands-dir`).
+    pub power_unavailable: bool,
     /// While a failed power command backs off: until when, and its error.
     pub power_backoff: Option<(i64, &'a str)>,
     pub now: i64,
@@ -134,6 +138,15 @@ pub fn settle(input: &AttachedInput<'_>) -> AttachedPass {
             ),
         ));
     }
+    if input.power_unavailable {
+        issues.push(Issue::new(
+            IssueCode::PowerCommandFailed,
+            format!(
+                "cluster {} has power commands, but this control plane runs without --power-commands-dir: its suspended machines are not resumed, idle ones not suspended",
+                input.cluster
+            ),
+        ));
+    }
     if input.queued_nodes > coming {
         let room = if joined >= input.max_nodes {
             format!(
@@ -210,6 +223,7 @@ mod tests {
             nodes,
             queued_nodes,
             power: false,
+            power_unavailable: false,
             power_backoff: None,
             now: 100_000,
         }

@@ -292,11 +292,12 @@ pub(super) async fn create_join_token(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    let live: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM cluster_join_tokens WHERE cluster = ?1")
-            .bind(&cluster)
-            .fetch_one(&mut *tx)
-            .await?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM cluster_join_tokens WHERE cluster = ?1 AND uses_left > 0",
+    )
+    .bind(&cluster)
+    .fetch_one(&mut *tx)
+    .await?;
     if live >= i64::from(crate::store::MAX_JOIN_TOKENS) {
         return Err(StoreError::TooManyJoinTokens {
             cluster,
@@ -360,7 +361,12 @@ pub(super) async fn revoke_join_token(
         id: id.to_owned(),
     };
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(not_found());
+        return Err(StoreError::Spec(strato_core::SpecError::Invalid(
+            strato_core::error::FieldError::new(
+                "id",
+                format!("a join token id is 16 hex digits (see `join-token list`); got {id:?}"),
+            ),
+        )));
     }
     let deleted = sqlx::query(
         "DELETE FROM cluster_join_tokens WHERE cluster = ?1 AND substr(token_hash, 1, 16) = ?2",
