@@ -460,6 +460,21 @@ impl Drop for ControlPlane {
     }
 }
 
+/// What a TLS-only port answers a plaintext `GET path` (lossily; a TLS
+/// alert is not text): it must not contain an HTTP answer.
+pub fn plaintext_answer(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut plain) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = plain.set_read_timeout(Some(Duration::from_secs(10)));
+    // One write: the server may reset the connection after the first bytes.
+    let _ = plain.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// One HTTP/1.0 exchange with an HTTPS server at `addr` (the control
 /// plane's side port, the OIDC issuer), trusting `ca_pem`, presenting
 /// `client` (a certificate and its key, PEM) if given, with `headers`

@@ -99,6 +99,21 @@ async fn job_state(cp: &ControlPlane, id: &str) -> v1::Job {
         .into_inner()
 }
 
+/// Waits for job `id` to be as `done` says (`what` names it in a timeout).
+async fn wait_job(
+    cp: &ControlPlane,
+    id: &str,
+    what: &str,
+    done: impl Fn(&v1::Job) -> bool,
+) -> v1::Job {
+    let done = &done;
+    wait_for(what, LONG, || async move {
+        let j = job_state(cp, id).await;
+        done(&j).then_some(j)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn machines_join_run_jobs_come_back_and_leave() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -190,13 +205,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
         .expect("submit")
         .into_inner()
         .id;
-    let first = wait_for("the job running", LONG, || {
-        let cp = &cp;
-        let id = id.clone();
-        async move {
-            let j = job_state(cp, &id).await;
-            (j.state == v1::JobState::Running as i32).then_some(j)
-        }
+    let first = wait_job(&cp, &id, "the job running", |j| {
+        j.state == v1::JobState::Running as i32
     })
     .await;
     let (on, other, mut on_agent, other_agent) = if first.node_id == n1 {
@@ -210,13 +220,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let second = wait_for("the job running again elsewhere", LONG, || {
-        let cp = &cp;
-        let id = id.clone();
-        async move {
-            let j = job_state(cp, &id).await;
-            (j.state == v1::JobState::Running as i32 && j.attempt == 2).then_some(j)
-        }
+    let second = wait_job(&cp, &id, "the job running again elsewhere", |j| {
+        j.state == v1::JobState::Running as i32 && j.attempt == 2
     })
     .await;
     assert_eq!(&second.node_id, other);
@@ -235,13 +240,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
     other_agent.wait().expect("reaped");
     let other_name = if other == &n1 { "m1" } else { "m2" };
     wait_state(&cp, "lab", other_name, "unusable").await;
-    let waiting = wait_for("the job queued again", LONG, || {
-        let cp = &cp;
-        let id = id.clone();
-        async move {
-            let j = job_state(cp, &id).await;
-            (j.state == v1::JobState::Queued as i32).then_some(j)
-        }
+    let waiting = wait_job(&cp, &id, "the job queued again", |j| {
+        j.state == v1::JobState::Queued as i32
     })
     .await;
     assert_eq!(waiting.attempt, 3);
@@ -265,13 +265,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
     );
     // The same machine, restarted: back with its certificate, no token.
     let mut back = cp.start_machine(other_name, "a used token").expect("back");
-    wait_for("the job running on the returned machine", LONG, || {
-        let cp = &cp;
-        let id = id.clone();
-        async move {
-            let j = job_state(cp, &id).await;
-            (j.state == v1::JobState::Running as i32 && j.attempt == 3).then_some(j)
-        }
+    wait_job(&cp, &id, "the job running on the returned machine", |j| {
+        j.state == v1::JobState::Running as i32 && j.attempt == 3
     })
     .await;
     jobs.cancel_job(v1::CancelJobRequest { id: id.clone() })
@@ -429,13 +424,8 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
         .expect("submit")
         .into_inner()
         .id;
-    let done = wait_for("the job done on the resumed machine", LONG, || {
-        let cp = &cp;
-        let id = id.clone();
-        async move {
-            let j = job_state(cp, &id).await;
-            (j.state == v1::JobState::Completed as i32).then_some(j)
-        }
+    let done = wait_job(&cp, &id, "the job done on the resumed machine", |j| {
+        j.state == v1::JobState::Completed as i32
     })
     .await;
     assert_eq!(

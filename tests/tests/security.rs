@@ -516,20 +516,11 @@ async fn the_side_port_speaks_tls_and_asks_who_is_there() {
         assert_eq!(get(open, &[], None).0, 200, "{open}");
     }
     // Plaintext: no HTTP answer at all.
-    {
-        use std::io::{Read as _, Write as _};
-        let mut plain = std::net::TcpStream::connect(cp.http).expect("connect");
-        plain
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let _ = plain.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let mut answer = Vec::new();
-        let _ = plain.read_to_end(&mut answer);
-        assert!(
-            !String::from_utf8_lossy(&answer).contains("HTTP/1."),
-            "plaintext was answered: {answer:?}"
-        );
-    }
+    let answer = strato_e2e::plaintext_answer(cp.http, "/metrics");
+    assert!(
+        !answer.contains("HTTP/1."),
+        "plaintext was answered: {answer:?}"
+    );
 
     let (code, body) = get("/metrics", &[], None);
     assert_eq!(code, 401, "{body}");

@@ -190,16 +190,9 @@ fn agent_metrics_answer_only_the_scraper(cp: &ControlPlane, node: &serde_json::V
     );
 
     // Plaintext: no HTTP answer at all.
-    use std::io::{Read as _, Write as _};
-    let mut plain = std::net::TcpStream::connect(addr).expect("connect");
-    plain
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let _ = plain.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-    let mut answer = Vec::new();
-    let _ = plain.read_to_end(&mut answer);
+    let answer = strato_e2e::plaintext_answer(addr, "/metrics");
     assert!(
-        !String::from_utf8_lossy(&answer).contains("HTTP/1."),
+        !answer.contains("HTTP/1."),
         "plaintext was answered: {answer:?}"
     );
 }
