@@ -174,6 +174,7 @@ impl SimFleet {
             gpus: Arc::new(NoGpus),
             metrics_url: String::new(),
             metrics_tls: Arc::default(),
+            ssh: Arc::default(),
             // Not served: simulated jobs run nothing that asks for tokens.
             endpoint: identity::Endpoint {
                 base: "http://127.0.0.1:9".to_owned(),
@@ -217,6 +218,7 @@ impl SimFleet {
             give_up_after: None,
             job_pids_limit: Some(strato_runtime::PIDS_LIMIT),
             allow_new_privileges: false,
+            ssh_listen: None,
         };
         let agent = AgentThread::spawn(launch.node_id.clone(), config, runtime.clone(), identity)
             .map_err(|source| ProviderError::Io {

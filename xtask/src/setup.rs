@@ -34,13 +34,16 @@ pub(crate) fn setup() -> anyhow::Result<()> {
         ("prometheus", "prometheus"),
         ("curl", "curl"),
         ("systemd-analyze", "systemd"),
+        ("ssh", "openssh-client"),
     ]
     .into_iter()
     .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
     .map(|(_, package)| package)
     .collect();
     if missing.is_empty() {
-        println!("==> docker.io, busybox-static, prometheus, curl, systemd: present");
+        println!(
+            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client: present"
+        );
     } else {
         apt_install(&missing)?;
     }

@@ -4,5 +4,6 @@
 pub mod gang;
 pub mod identity;
 pub mod session;
+pub mod ssh;
 pub mod storage;
 pub mod telemetry;

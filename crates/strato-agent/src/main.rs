@@ -98,6 +98,12 @@ struct Config {
     #[arg(long, env = "STRATO_METRICS_URL")]
     metrics_url: Option<String>,
 
+    /// Where SSH is served when the node's cluster enables it (an admin
+    /// user with remote login; AmlCompute's port 50000 by default). Nothing
+    /// listens otherwise.
+    #[arg(long, env = "STRATO_SSH_LISTEN", default_value = "0.0.0.0:50000")]
+    ssh_listen: std::net::SocketAddr,
+
     /// Where job inputs and outputs are staged on this node.
     #[arg(long, env = "STRATO_WORK_DIR", default_value = "/var/lib/strato-agent")]
     work_dir: std::path::PathBuf,
@@ -473,6 +479,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         gpus,
         metrics_url,
         metrics_tls,
+        ssh: Arc::default(),
         endpoint,
         work_dir: config.work_dir.clone(),
         storage_ca,
@@ -496,6 +503,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         give_up_after: config.give_up_after.map(std::time::Duration::from_secs),
         job_pids_limit: (config.job_pids_limit > 0).then_some(config.job_pids_limit),
         allow_new_privileges: config.allow_new_privileges,
+        ssh_listen: Some(config.ssh_listen),
     };
     tokio::select! {
         result = session::run(agent, docker, identity) => Ok(result?),

@@ -218,9 +218,16 @@ impl<S: Store> AgentService for AgentApi<S> {
                 })
                 .collect()
         };
+        // Where the node serves SSH, if its cluster enables it: the port it
+        // reported, at its metrics URL's host (the address it is reached by).
+        let ssh_address = strato_core::certificate::metrics_endpoint("metrics_url", &r.metrics_url)
+            .map(|m| m.host.to_owned())
+            .unwrap_or_default();
         let report = EnrollReport {
             hostname: r.hostname.clone(),
             metrics_url: r.metrics_url.clone(),
+            ssh_address,
+            ssh_port: u16::try_from(r.ssh_port).unwrap_or(0),
             gpus: r.gpus,
             gpu_info: gpu_info.clone(),
         };
@@ -335,6 +342,11 @@ impl<S: Store> AgentService for AgentApi<S> {
             session_token,
             heartbeat_interval_seconds: self.plane.settings.config.heartbeat_interval,
             certificate,
+            ssh: cluster.spec.ssh.serves_ssh().then(|| v1::SshAccess {
+                admin_username: cluster.spec.ssh.admin_username.clone(),
+                admin_ssh_public_key: cluster.spec.ssh.admin_ssh_public_key.clone(),
+                admin_password_hash: cluster.spec.ssh.admin_password_hash.clone(),
+            }),
         }))
     }
 

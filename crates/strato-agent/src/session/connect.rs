@@ -215,6 +215,7 @@ pub(super) async fn open<R: ContainerRuntime>(
         metrics_url: identity.metrics_url.clone(),
         gpus: u32::try_from(gpus.len()).unwrap_or(0),
         gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
+        ssh_port: config.ssh_listen.map_or(0, |a| u32::from(a.port())),
     });
     if let (Transport::Plaintext, Some(last)) = (&config.transport, &contact.session_token) {
         let bearer = format!("Bearer {last}")
@@ -269,6 +270,25 @@ pub(super) async fn open<R: ContainerRuntime>(
         }
     }
     tracing::info!(node = %node_id, cluster = %enrolled.cluster, again, "enrolled");
+    if let (Some(listen), Some(access)) = (
+        config.ssh_listen,
+        enrolled
+            .ssh
+            .as_ref()
+            .and_then(crate::ssh::Access::from_wire),
+    ) && let Err(e) = identity
+        .ssh
+        .start(
+            listen,
+            access,
+            node_id.clone(),
+            &identity.work_dir.join("credentials"),
+            runtime.clone(),
+        )
+        .await
+    {
+        tracing::error!(%listen, error = %e, "cannot serve SSH");
+    }
 
     // Bounded in messages, each bounded in bytes (`strato_core::limits`):
     // output faster than the control plane stores it waits here.

@@ -68,6 +68,9 @@ pub struct AgentConfig {
     /// Whether job processes may gain privileges (`--allow-new-privileges`,
     /// for images that need `sudo`).
     pub allow_new_privileges: bool,
+    /// Where SSH is served when the cluster enables it (`--ssh-listen`);
+    /// `None`: never.
+    pub ssh_listen: Option<std::net::SocketAddr>,
 }
 
 /// How the agent reaches the control plane.
@@ -138,6 +141,9 @@ pub struct IdentityContext {
     /// the node's certificate (empty until the first enrolment, and
     /// without TLS to the control plane).
     pub metrics_tls: Arc<strato_runtime::https::ServerTls>,
+    /// The node's SSH server, started when an enrolment says the cluster
+    /// enables SSH.
+    pub ssh: Arc<crate::ssh::SshServer>,
     pub endpoint: identity::Endpoint,
     /// Where attempts' inputs and outputs are staged on this node.
     pub work_dir: PathBuf,

@@ -13,6 +13,9 @@ pub struct NodeView {
     pub state: &'static str,
     pub private_ip: String,
     pub port: u32,
+    /// How to log in, when the cluster serves SSH: `ssh -p PORT USER@IP`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
     pub job_id: Option<String>,
     pub reason: String,
     pub state_since: String,
@@ -55,6 +58,7 @@ impl From<v1::Node> for NodeView {
             },
             private_ip: n.private_ip,
             port: n.port,
+            ssh: None,
             job_id: (!n.run_id.is_empty()).then_some(n.run_id),
             reason: n.reason,
             state_since: ts(n.state_since.as_ref()),
@@ -76,6 +80,21 @@ impl From<v1::Node> for NodeView {
                 })
                 .collect(),
         }
+    }
+}
+
+impl NodeView {
+    /// The node's SSH connection string for `user`, when it serves SSH.
+    pub fn with_ssh(mut self, user: &str) -> Self {
+        if self.port > 0 && !self.private_ip.is_empty() && !user.is_empty() {
+            let host = if self.private_ip.contains(':') {
+                format!("[{}]", self.private_ip)
+            } else {
+                self.private_ip.clone()
+            };
+            self.ssh = Some(format!("ssh -p {} {user}@{host}", self.port));
+        }
+        self
     }
 }
 

@@ -140,6 +140,10 @@ pub struct JobRecord {
 pub struct EnrollReport {
     pub hostname: String,
     pub metrics_url: String,
+    /// Where the node serves SSH, when its cluster enables it: the address
+    /// (the metrics URL's host) and port; empty and 0 otherwise.
+    pub ssh_address: String,
+    pub ssh_port: u16,
     pub gpus: u32,
     pub gpu_info: Vec<strato_core::node::GpuInfo>,
 }

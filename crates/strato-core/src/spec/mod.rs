@@ -163,6 +163,12 @@ impl SshSettings {
 
     /// Whether an admin password is set (in clear in a request, or as its
     /// hash once stored).
+    /// Whether nodes serve SSH: remote login is enabled and names the
+    /// admin user (who logs in with its key or password).
+    pub fn serves_ssh(&self) -> bool {
+        self.public_access && !self.admin_username.is_empty()
+    }
+
     pub fn has_password(&self) -> bool {
         !self.admin_password.is_empty() || !self.admin_password_hash.is_empty()
     }

@@ -58,6 +58,19 @@ pub enum ComputeCommand {
         #[arg(long)]
         notice_seconds: Option<u32>,
     },
+    /// Log in to a node with the OpenSSH client (`ssh -p PORT USER@ADDRESS`),
+    /// for a cluster with an admin user and remote login: a command runs
+    /// in the node's running job container, else on the node.
+    ConnectSsh {
+        #[command(flatten)]
+        name: NameArg,
+        /// The node (see `compute list-nodes`).
+        #[arg(long = "node")]
+        node_id: String,
+        /// Passed to ssh after the destination, e.g. `-- -i key nvidia-smi`.
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
+    },
     /// Join tokens for the machines of an attached cluster.
     #[command(subcommand)]
     JoinToken(JoinTokenCommand),
@@ -314,15 +327,38 @@ pub async fn run(
             )?;
         }
         ComputeCommand::ListNodes(NameArg { name }) => {
-            let nodes = client
-                .list_nodes(v1::ListNodesRequest { cluster: name })
-                .await?
-                .into_inner()
-                .nodes;
+            let (user, nodes) = nodes_with_ssh_user(&mut client, name).await?;
             print(
                 format,
-                &nodes.into_iter().map(NodeView::from).collect::<Vec<_>>(),
+                &nodes
+                    .into_iter()
+                    .map(|n| NodeView::from(n).with_ssh(&user))
+                    .collect::<Vec<_>>(),
             )?;
+        }
+        ComputeCommand::ConnectSsh {
+            name: NameArg { name },
+            node_id,
+            ssh_args,
+        } => {
+            let (user, nodes) = nodes_with_ssh_user(&mut client, name.clone()).await?;
+            let node = nodes
+                .into_iter()
+                .find(|n| n.node_id == node_id)
+                .ok_or_else(|| Failure::refused(format!("cluster {name} has no node {node_id}")))?;
+            let Some(connection) = NodeView::from(node).with_ssh(&user).ssh else {
+                return Err(Failure::refused(format!(
+                    "node {node_id} serves no SSH: cluster {name} has no admin user with remote login (create it with --admin-username and --ssh-public-access)"
+                )));
+            };
+            let mut words = connection.split_whitespace().skip(1);
+            let mut ssh = std::process::Command::new("ssh");
+            ssh.args(words.by_ref()).args(&ssh_args);
+            use std::os::unix::process::CommandExt as _;
+            let e = ssh.exec();
+            return Err(Failure::refused(format!(
+                "cannot run ssh ({e}); install the OpenSSH client, or run: {connection}"
+            )));
         }
         ComputeCommand::ListSizes => {
             let sizes = client
@@ -509,6 +545,33 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A cluster's admin user (empty if it serves no SSH) and its nodes.
+async fn nodes_with_ssh_user(
+    client: &mut ComputeServiceClient<strato_proto::client::AuthedChannel>,
+    name: String,
+) -> Result<(String, Vec<v1::Node>), Failure> {
+    let spec = client
+        .get_cluster(v1::GetClusterRequest { name: name.clone() })
+        .await?
+        .into_inner()
+        .spec
+        .unwrap_or_default();
+    let ssh = spec.ssh.unwrap_or_default();
+    let serves =
+        ssh.remote_login_port_public_access == v1::RemoteLoginPortPublicAccess::Enabled as i32;
+    let user = if serves {
+        ssh.admin_username
+    } else {
+        String::new()
+    };
+    let nodes = client
+        .list_nodes(v1::ListNodesRequest { cluster: name })
+        .await?
+        .into_inner()
+        .nodes;
+    Ok((user, nodes))
 }
 
 fn confirm(name: &str) -> anyhow::Result<bool> {

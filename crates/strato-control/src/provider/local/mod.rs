@@ -122,7 +122,14 @@ impl LocalProvider {
             .agent_give_up_after
             .map(|s| s.to_string())
             .unwrap_or_default();
+        // SSH (served only if the cluster enables it): a free loopback port
+        // of its own, as several local agents share this machine.
+        let ssh_listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(ProviderError::io("finding a port for the node's SSH"))?
+            .to_string();
         let mut env = vec![
+            ("STRATO_SSH_LISTEN", ssh_listen.as_str()),
             ("STRATO_CONTROL_PLANE", self.settings.endpoint.as_str()),
             ("STRATO_JOIN_TOKEN", launch.join_token.as_str()),
             ("STRATO_NODE_NAME", launch.node_id.as_str()),

@@ -54,6 +54,9 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
     let report = EnrollReport {
         hostname: "host0".into(),
         metrics_url: "http://127.0.0.1:9100/metrics".into(),
+        // The cluster serves no SSH: neither is recorded.
+        ssh_address: "127.0.0.1".into(),
+        ssh_port: 50_000,
         gpus: 1,
         gpu_info: vec![GpuInfo {
             index: 0,
@@ -83,6 +86,7 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
         (enrolled.hostname.as_str(), enrolled.metrics_url.as_str()),
         ("host0", "http://127.0.0.1:9100/metrics")
     );
+    assert_eq!((enrolled.private_ip.as_str(), enrolled.port), ("", 0));
     assert_eq!(
         (enrolled.gpus, enrolled.gpu_info.clone()),
         (1, report.gpu_info)

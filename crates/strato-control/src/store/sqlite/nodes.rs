@@ -239,8 +239,14 @@ async fn enrol_node(
     now: i64,
 ) -> Result<NodeRecord, StoreError> {
     let node = load_node(tx, node_id).await?;
-    let attached = load_cluster(tx, &node.cluster).await?.spec.compute_type
-        == strato_core::spec::ComputeType::Attached;
+    let spec = load_cluster(tx, &node.cluster).await?.spec;
+    let attached = spec.compute_type == strato_core::spec::ComputeType::Attached;
+    // Where it serves SSH, only if its cluster enables SSH.
+    let (ssh_address, ssh_port) = if spec.ssh.serves_ssh() {
+        (report.ssh_address.as_str(), report.ssh_port)
+    } else {
+        ("", 0)
+    };
     if !lifecycle::may_enrol(node.state, attached) {
         return Err(Conflict::NodeRetired {
             node: node_id.to_owned(),
@@ -257,7 +263,7 @@ async fn enrol_node(
     sqlx::query(
         "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
              last_heartbeat = CASE WHEN ?8 THEN ?3 ELSE COALESCE(last_heartbeat, ?3) END,
-             metrics_url = ?5, gpus = ?6, gpu_info = ?7
+             metrics_url = ?5, gpus = ?6, gpu_info = ?7, private_ip = ?9, port = ?10
          WHERE node_id = ?4",
     )
     .bind(session_token_hash)
@@ -268,6 +274,8 @@ async fn enrol_node(
     .bind(i64::from(report.gpus))
     .bind(serde_json::to_string(&report.gpu_info).map_err(|e| corrupt("node gpu_info", e))?)
     .bind(back)
+    .bind(ssh_address)
+    .bind(i64::from(ssh_port))
     .execute(&mut *tx)
     .await?;
     if makes_idle {

@@ -1,0 +1,231 @@
+//! End-to-end: SSH to nodes with the real OpenSSH client. A cluster with an
+//! admin user and remote login has its nodes' agents serve SSH (the local
+//! provider gives each a loopback port); the cluster's key logs in and a
+//! command lands in the running job's container; a wrong key is refused;
+//! a cluster without SSH has nothing listening.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker, wait_for};
+use strato_proto::v1;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A new ed25519 key pair in `dir`: (private key path, public key line).
+fn keypair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen is missing: run `cargo xtask setup` (it installs openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    (key, public.trim().to_owned())
+}
+
+/// `ssh -p PORT -i KEY azureuser@127.0.0.1 COMMAND`, non-interactive.
+fn ssh(port: u64, key: &std::path::Path, command: &str) -> Output {
+    Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            &port.to_string(),
+            "-i",
+        ])
+        .arg(key)
+        .args(["azureuser@127.0.0.1", command])
+        .output()
+        .expect("ssh is missing: run `cargo xtask setup` (it installs openssh-client)")
+}
+
+fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
+    let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).expect("nodes")
+}
+
+#[tokio::test]
+async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start_fast(&dir.path().join("data"))
+        .await
+        .expect("start");
+    let (key, public) = keypair(dir.path(), "cluster-key");
+    let (stranger, _) = keypair(dir.path(), "stranger-key");
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "ssh-on",
+        "-s",
+        "Standard_D2_v2",
+        "--min-nodes",
+        "1",
+        "--max-nodes",
+        "1",
+        "--admin-username",
+        "azureuser",
+        "--ssh-key-value",
+        &public,
+        "--ssh-public-access",
+    ]);
+    let node = wait_for("a node serving SSH", LONG, || {
+        let listed = nodes(&cp, "ssh-on");
+        async move {
+            listed
+                .into_iter()
+                .find(|n| n["state"] == "idle" && n["port"].as_u64().unwrap_or(0) > 0)
+        }
+    })
+    .await;
+    let port = node["port"].as_u64().expect("port");
+    assert_eq!(
+        node["ssh"],
+        format!("ssh -p {port} azureuser@127.0.0.1"),
+        "{node}"
+    );
+
+    // No job: the command runs on the node (once the agent, just
+    // enrolled, serves).
+    let out = wait_for("SSH served", LONG, || {
+        let out = ssh(port, &key, "echo on-the-node");
+        async move { out.status.success().then_some(out) }
+    })
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on-the-node");
+
+    // A running job: the command lands in its container, exit status too.
+    let id = cp
+        .jobs()
+        .await
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "ssh-on".into(),
+                image: TEST_IMAGE.into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo marker > /tmp/in-job; sleep 300".into(),
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let inside = wait_for("the command in the job's container", LONG, || {
+        let out = ssh(port, &key, "cat /tmp/in-job");
+        async move {
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "marker")
+                .then_some(out)
+        }
+    })
+    .await;
+    assert!(inside.status.success());
+    let failed = ssh(port, &key, "exit 7");
+    assert_eq!(failed.status.code(), Some(7));
+
+    // Another key is refused.
+    let refused = ssh(port, &stranger, "true");
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // connect-ssh runs the same ssh for the user.
+    let out = cp
+        .cli_command()
+        .args(["compute", "connect-ssh", "-n", "ssh-on", "--node"])
+        .arg(node["node_id"].as_str().expect("node id"))
+        .args([
+            "--",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-i",
+        ])
+        .arg(&key)
+        .arg("cat /tmp/in-job")
+        .output()
+        .expect("strato");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "marker");
+
+    cp.jobs()
+        .await
+        .cancel_job(v1::CancelJobRequest { id })
+        .await
+        .expect("cancel");
+
+    // A cluster without SSH: no connection string, nothing listens on the
+    // port its agent was given.
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "ssh-off",
+        "-s",
+        "Standard_D2_v2",
+        "--min-nodes",
+        "1",
+        "--max-nodes",
+        "1",
+    ]);
+    let off = wait_for("the other cluster's node idle", LONG, || {
+        let listed = nodes(&cp, "ssh-off");
+        async move { listed.into_iter().find(|n| n["state"] == "idle") }
+    })
+    .await;
+    assert_eq!(off["port"], 0, "{off}");
+    assert!(off.get("ssh").is_none(), "{off}");
+    let env = std::fs::read_to_string(
+        cp.data_dir
+            .join("nodes")
+            .join(off["node_id"].as_str().expect("id"))
+            .join("agent.env"),
+    )
+    .expect("agent.env");
+    let listen = env
+        .lines()
+        .find_map(|l| l.strip_prefix("STRATO_SSH_LISTEN="))
+        .expect("the agent was given a port");
+    assert!(
+        std::net::TcpStream::connect(listen).is_err(),
+        "nothing listens on {listen}"
+    );
+    let out = cp.cli(&[
+        "compute",
+        "connect-ssh",
+        "-n",
+        "ssh-off",
+        "--node",
+        off["node_id"].as_str().expect("id"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serves no SSH"));
+}
