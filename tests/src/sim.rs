@@ -219,6 +219,7 @@ impl SimFleet {
             job_pids_limit: Some(strato_runtime::PIDS_LIMIT),
             allow_new_privileges: false,
             ssh_listen: None,
+            ssh_node_shell: false,
         };
         let agent = AgentThread::spawn(launch.node_id.clone(), config, runtime.clone(), identity)
             .map_err(|source| ProviderError::Io {

@@ -104,6 +104,17 @@ struct Config {
     #[arg(long, env = "STRATO_SSH_LISTEN", default_value = "0.0.0.0:50000")]
     ssh_listen: std::net::SocketAddr,
 
+    /// Whether an SSH command runs on the node itself when no job runs
+    /// there (as this agent's user). The local provider turns it off: its
+    /// nodes share the control plane's machine.
+    #[arg(
+        long,
+        env = "STRATO_SSH_NODE_SHELL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    ssh_node_shell: bool,
+
     /// Where job inputs and outputs are staged on this node.
     #[arg(long, env = "STRATO_WORK_DIR", default_value = "/var/lib/strato-agent")]
     work_dir: std::path::PathBuf,
@@ -504,6 +515,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         job_pids_limit: (config.job_pids_limit > 0).then_some(config.job_pids_limit),
         allow_new_privileges: config.allow_new_privileges,
         ssh_listen: Some(config.ssh_listen),
+        ssh_node_shell: config.ssh_node_shell,
     };
     tokio::select! {
         result = session::run(agent, docker, identity) => Ok(result?),

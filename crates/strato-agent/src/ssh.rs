@@ -9,14 +9,21 @@
 //! NODE COMMAND`) runs in the node's running job container when there is
 //! one (`docker exec`, as the container's user), otherwise in a shell on
 //! the node (as the agent's user: the admin user is the node's admin, as
-//! on Azure ML). Interactive shells are not offered yet: the client is told
-//! to run a command. Output is streamed, the exit status passed on.
+//! on Azure ML) when `--ssh-node-shell` allows it (the local provider's
+//! nodes do not: their "node" is the control plane's own machine). If the
+//! node's containers cannot be listed, nothing runs. Interactive shells,
+//! PTYs and subsystems (sftp) are not offered yet: the client is told.
+//! Output is streamed, the exit status passed on.
 //!
 //! The host key (ed25519) is made once and kept in
 //! `WORK_DIR/credentials/ssh_host_ed25519_key` (0600). Bounds: at most
-//! [`MAX_CONNECTIONS`] connections at once, 8 session channels each, 6
-//! login attempts per connection with a second's wait after each refusal,
-//! an hour without traffic ends a connection.
+//! [`MAX_CONNECTIONS`] connections at once and [`MAX_PER_ADDRESS`] from one
+//! address; a connection not logged in within [`LOGIN_DEADLINE`] is closed;
+//! 6 login attempts per connection with a second's wait after each
+//! refusal, and at most [`PASSWORD_BURST`] password attempts a node then one
+//! every 6 s, whoever makes them; [`MAX_COMMANDS`] commands at once per
+//! connection; a command whose client is gone (or does not read for a
+//! minute) is stopped; an hour without traffic ends a connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,6 +85,7 @@ impl SshServer {
         listen: SocketAddr,
         access: Access,
         node: String,
+        node_shell: bool,
         credentials: &Path,
         runtime: Arc<R>,
     ) -> std::io::Result<SocketAddr> {
@@ -98,9 +106,16 @@ impl SshServer {
         let mut server = Server {
             access: Arc::new(access),
             node,
+            node_shell,
             runtime,
+            passwords: Arc::new(std::sync::Mutex::new(strato_core::rate::TokenBucket::new(
+                PASSWORD_RATE,
+                PASSWORD_BURST,
+                now_ms(),
+            ))),
         };
         let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match socket.accept().await {
@@ -115,18 +130,28 @@ impl SshServer {
                     tracing::warn!(%peer, "SSH: {MAX_CONNECTIONS} connections already; closed");
                     continue;
                 };
+                {
+                    let mut counts = per_address.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = counts.entry(peer.ip()).or_default();
+                    if *n >= MAX_PER_ADDRESS {
+                        tracing::warn!(%peer, "SSH: {MAX_PER_ADDRESS} connections from this address already; closed");
+                        continue;
+                    }
+                    *n += 1;
+                }
                 let _ = tcp.set_nodelay(true);
                 let handler = server.new_client(Some(peer));
-                let config = config.clone();
+                let logged_in = handler.logged_in.clone();
+                let (config, per_address) = (config.clone(), per_address.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match russh::server::run_stream(config, tcp, handler).await {
-                        Ok(session) => {
-                            if let Err(e) = session.await {
-                                tracing::debug!(%peer, error = %e, "SSH session ended");
-                            }
+                    serve_connection(config, tcp, handler, logged_in, peer).await;
+                    let mut counts = per_address.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(n) = counts.get_mut(&peer.ip()) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            counts.remove(&peer.ip());
                         }
-                        Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
                     }
                 });
             }
@@ -135,6 +160,53 @@ impl SshServer {
         tracing::info!(%at, "serving SSH");
         Ok(at)
     }
+}
+
+/// One connection: closed if it has not logged in within the deadline.
+async fn serve_connection<R: ContainerRuntime>(
+    config: Arc<russh::server::Config>,
+    tcp: tokio::net::TcpStream,
+    handler: Connection<R>,
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
+    peer: SocketAddr,
+) {
+    let session = match tokio::time::timeout(
+        LOGIN_DEADLINE,
+        russh::server::run_stream(config, tcp, handler),
+    )
+    .await
+    {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    tokio::pin!(session);
+    tokio::select! {
+        ended = &mut session => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "SSH session ended");
+            }
+            return;
+        }
+        () = tokio::time::sleep(LOGIN_DEADLINE) => {}
+    }
+    if !logged_in.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!(%peer, "SSH: not logged in within {LOGIN_DEADLINE:?}; closed");
+        return;
+    }
+    if let Err(e) = session.await {
+        tracing::debug!(%peer, error = %e, "SSH session ended");
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// The host key, made once.
@@ -160,7 +232,10 @@ fn host_key(credentials: &Path) -> std::io::Result<PrivateKey> {
 struct Server<R> {
     access: Arc<Access>,
     node: String,
+    node_shell: bool,
     runtime: Arc<R>,
+    /// Password attempts on this node, whoever makes them.
+    passwords: Arc<std::sync::Mutex<strato_core::rate::TokenBucket>>,
 }
 
 impl<R: ContainerRuntime> russh::server::Server for Server<R> {
@@ -170,8 +245,12 @@ impl<R: ContainerRuntime> russh::server::Server for Server<R> {
         Connection {
             access: self.access.clone(),
             node: self.node.clone(),
+            node_shell: self.node_shell,
             runtime: self.runtime.clone(),
+            passwords: self.passwords.clone(),
             channels: HashMap::new(),
+            commands: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            logged_in: Arc::default(),
             peer,
         }
     }
@@ -181,27 +260,61 @@ impl<R: ContainerRuntime> russh::server::Server for Server<R> {
 struct Connection<R> {
     access: Arc<Access>,
     node: String,
+    node_shell: bool,
     runtime: Arc<R>,
+    passwords: Arc<std::sync::Mutex<strato_core::rate::TokenBucket>>,
     /// Session channels opened, until a command takes them.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Commands of this connection still running.
+    commands: Arc<std::sync::atomic::AtomicUsize>,
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
     peer: Option<SocketAddr>,
 }
 
 /// The most SSH connections a node serves at once; more are closed.
 pub const MAX_CONNECTIONS: usize = 32;
+/// The most from one address at once.
+pub const MAX_PER_ADDRESS: usize = 8;
+/// How long a connection may take to log in.
+pub const LOGIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Password attempts a node takes at once, then one every 6 s.
+pub const PASSWORD_BURST: u32 = 10;
+const PASSWORD_RATE: f64 = 1.0 / 6.0;
+/// The most commands one connection runs at once (and session channels
+/// it holds open waiting for one).
+pub const MAX_COMMANDS: usize = 8;
+/// How long a command's output may wait for the client to read it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The most session channels one connection may hold open at once.
-const MAX_CHANNELS: usize = 8;
+impl<R> Connection<R> {
+    /// The answer to a login attempt, noting a success.
+    fn answer(&self, ok: bool) -> Auth {
+        if ok {
+            self.logged_in
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Auth::Accept
+        } else {
+            Auth::reject()
+        }
+    }
+}
 
 impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let ok = user == self.access.user
+        let allowed = self
+            .passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(now_ms())
+            .is_ok();
+        let ok = allowed
+            && user == self.access.user
             && !self.access.password_hash.is_empty()
             && strato_core::crypt::verify(password, &self.access.password_hash);
-        tracing::info!(peer = ?self.peer, user, ok, "SSH password login");
-        Ok(if ok { Auth::Accept } else { Auth::reject() })
+        tracing::info!(peer = ?self.peer, user, ok, allowed, "SSH password login");
+        Ok(self.answer(ok))
     }
 
     async fn auth_publickey(
@@ -216,7 +329,7 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
                 .as_ref()
                 .is_some_and(|k| k.key_data() == key.public_key.key_data());
         tracing::info!(peer = ?self.peer, user, ok, "SSH key login");
-        Ok(if ok { Auth::Accept } else { Auth::reject() })
+        Ok(self.answer(ok))
     }
 
     async fn channel_open_session(
@@ -225,7 +338,8 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.channels.len() >= MAX_CHANNELS {
+        let busy = self.commands.load(std::sync::atomic::Ordering::SeqCst);
+        if self.channels.len() + busy >= MAX_COMMANDS {
             return Ok(());
         }
         self.channels.insert(channel.id(), channel);
@@ -246,13 +360,36 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         session.channel_success(channel)?;
         let command = String::from_utf8_lossy(data).into_owned();
         let (runtime, node) = (self.runtime.clone(), self.node.clone());
+        let (node_shell, commands) = (self.node_shell, self.commands.clone());
         tracing::info!(peer = ?self.peer, node = %node, "SSH command");
+        commands.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
-            let code = run(runtime.as_ref(), &node, &command, &open).await;
+            let code = run(runtime.as_ref(), &node, node_shell, &command, &open).await;
             let _ = open.exit_status(code).await;
             let _ = open.eof().await;
             let _ = open.close().await;
+            commands.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(peer = ?self.peer, subsystem = name, "SSH subsystem refused");
+        session.channel_failure(channel)?;
         Ok(())
     }
 
@@ -267,8 +404,11 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         };
         session.channel_success(channel)?;
         tokio::spawn(async move {
-            let said = &b"strato: interactive shells are not offered yet; run a command: ssh ... COMMAND\r\n"[..];
-            let _ = open.extended_data(1, said).await;
+            say(
+                &open,
+                "strato: interactive shells are not offered yet; run a command: ssh ... COMMAND",
+            )
+            .await;
             let _ = open.exit_status(1).await;
             let _ = open.eof().await;
             let _ = open.close().await;
@@ -277,11 +417,13 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
     }
 }
 
-/// Runs `command` in the node's running job container, else on the node;
-/// streams its output to `channel` and returns its exit status.
+/// Runs `command` in the node's running job container, else on the node
+/// (when `node_shell`); streams its output to `channel` and returns its
+/// exit status. If the node's containers cannot be listed, nothing runs.
 async fn run<R: ContainerRuntime>(
     runtime: &R,
     node: &str,
+    node_shell: bool,
     command: &str,
     channel: &Channel<Msg>,
 ) -> u32 {
@@ -289,35 +431,93 @@ async fn run<R: ContainerRuntime>(
         Ok(containers) => containers.into_iter().find(|c| c.running),
         Err(e) => {
             tracing::warn!(error = %e, "SSH: cannot list the node's containers");
-            None
+            say(
+                channel,
+                &format!("strato: cannot see this node's job ({e}); nothing was run"),
+            )
+            .await;
+            return 255;
         }
     };
     match running {
         Some(container) => {
             let mut events = runtime.exec(&container.id, command);
             while let Some(event) = events.next().await {
-                match event {
+                let sent = match event {
                     Ok(ExecEvent::Output(OutputStream::Stdout, bytes)) => {
-                        let _ = channel.data(&bytes[..]).await;
+                        send(channel, None, &bytes).await
                     }
                     Ok(ExecEvent::Output(OutputStream::Stderr, bytes)) => {
-                        let _ = channel.extended_data(1, &bytes[..]).await;
+                        send(channel, Some(1), &bytes).await
                     }
                     Ok(ExecEvent::Exit(code)) => return u32::try_from(code).unwrap_or(255),
                     Err(e) => {
-                        let said = format!("strato: {e}\r\n");
-                        let _ = channel.extended_data(1, said.as_bytes()).await;
+                        say(channel, &format!("strato: {e}")).await;
                         return 255;
                     }
+                };
+                if !sent {
+                    // The client is gone: stop reading its output.
+                    return 255;
                 }
             }
             255
         }
-        None => on_node(command, channel).await,
+        None if node_shell => on_node(command, channel).await,
+        None => {
+            say(
+                channel,
+                "strato: no job runs on this node now, and this node offers no shell of its own",
+            )
+            .await;
+            1
+        }
     }
 }
 
-/// Runs `command` with `/bin/sh -c` on the node, no input.
+/// Sends output to the client (standard error with `Some(1)`); false when
+/// the client is gone or has not read it for [`SEND_TIMEOUT`].
+async fn send(channel: &Channel<Msg>, ext: Option<u32>, bytes: &[u8]) -> bool {
+    let sending = async {
+        match ext {
+            None => channel.data(bytes).await,
+            Some(ext) => channel.extended_data(ext, bytes).await,
+        }
+    };
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sending).await,
+        Ok(Ok(()))
+    )
+}
+
+/// A line of Strato's own on standard error.
+async fn say(channel: &Channel<Msg>, line: &str) {
+    let _ = send(channel, Some(1), format!("{line}\r\n").as_bytes()).await;
+}
+
+/// Copies `pipe` to the client until it closes; false when the client is
+/// gone.
+async fn copy_to<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<&mut R>,
+    channel: &Channel<Msg>,
+    ext: Option<u32>,
+) -> bool {
+    let Some(pipe) = pipe else { return true };
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => {
+                if !send(channel, ext, &buf[..n]).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `command` with `/bin/sh -c` on the node, no input; killed when
+/// the client is gone.
 async fn on_node(command: &str, channel: &Channel<Msg>) -> u32 {
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
@@ -330,34 +530,28 @@ async fn on_node(command: &str, channel: &Channel<Msg>) -> u32 {
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {
-            let said = format!("strato: cannot start a shell on the node: {e}\r\n");
-            let _ = channel.extended_data(1, said.as_bytes()).await;
+            say(
+                channel,
+                &format!("strato: cannot start a shell on the node: {e}"),
+            )
+            .await;
             return 255;
         }
     };
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let copy_out = async {
-        if let Some(out) = out.as_mut() {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = out.read(&mut buf).await {
-                if n == 0 || channel.data(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    };
-    let copy_err = async {
-        if let Some(err) = err.as_mut() {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = err.read(&mut buf).await {
-                if n == 0 || channel.extended_data(1, &buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    };
-    let ((), (), status) = tokio::join!(copy_out, copy_err, child.wait());
-    status
+    let (out_ok, err_ok) = tokio::join!(
+        copy_to(out.as_mut(), channel, None),
+        copy_to(err.as_mut(), channel, Some(1))
+    );
+    if !(out_ok && err_ok) {
+        // The client is gone: so is the command.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return 255;
+    }
+    child
+        .wait()
+        .await
         .ok()
         .and_then(|s| s.code())
         .and_then(|c| u32::try_from(c).ok())

@@ -282,6 +282,7 @@ pub(super) async fn open<R: ContainerRuntime>(
             listen,
             access,
             node_id.clone(),
+            config.ssh_node_shell,
             &identity.work_dir.join("credentials"),
             runtime.clone(),
         )

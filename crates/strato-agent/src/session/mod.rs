@@ -71,6 +71,9 @@ pub struct AgentConfig {
     /// Where SSH is served when the cluster enables it (`--ssh-listen`);
     /// `None`: never.
     pub ssh_listen: Option<std::net::SocketAddr>,
+    /// Whether an SSH command with no job running runs on the node
+    /// (`--ssh-node-shell`).
+    pub ssh_node_shell: bool,
 }
 
 /// How the agent reaches the control plane.

@@ -130,6 +130,8 @@ impl LocalProvider {
             .to_string();
         let mut env = vec![
             ("STRATO_SSH_LISTEN", ssh_listen.as_str()),
+            // Its "node" is this machine: SSH reaches only job containers.
+            ("STRATO_SSH_NODE_SHELL", "false"),
             ("STRATO_CONTROL_PLANE", self.settings.endpoint.as_str()),
             ("STRATO_JOIN_TOKEN", launch.join_token.as_str()),
             ("STRATO_NODE_NAME", launch.node_id.as_str()),
