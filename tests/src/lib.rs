@@ -317,7 +317,7 @@ impl ControlPlane {
     /// Starts `strato-agent` as a machine of an attached cluster would run
     /// it: joining with `join_token` (from a 0600 file), the control
     /// plane's CA, its own work directory (`DATA_DIR/machines/NAME`), its
-    /// metrics on a free loopback port. The machine's node id is made from
+    /// metrics and SSH on free loopback ports. The machine's node id is made from
     /// `name`. It runs `DATA_DIR/machines/NAME/start.sh` (which a power
     /// command can run again to "boot" the machine; it writes the agent's
     /// pid to `agent.pid` and appends to `agent.log`). Its containers carry
@@ -330,13 +330,17 @@ impl ControlPlane {
         strato_runtime::write_private(&token, join_token.as_bytes())?;
         let id = std::fs::read_to_string(self.data_dir.join("control-plane-id"))?;
         let metrics = free_port();
+        let ssh = std::iter::repeat_with(free_port)
+            .find(|p| *p != metrics)
+            .expect("a second free port");
         let quote = |p: &Path| format!("'{}'", p.display());
         let script = format!(
             "#!/bin/sh\n\
              echo $$ > {pid}\n\
              exec env -i PATH=\"$PATH\" STRATO_CONTROL_PLANE={endpoint} STRATO_CONTROL_PLANE_ID={id} \\\n  \
              STRATO_LOG=info {agent} --ca-file {ca} --join-token-file {token} \\\n  \
-             --work-dir {work} --metrics-listen 127.0.0.1:{metrics} --node-name {name} \\\n  \
+             --work-dir {work} --metrics-listen 127.0.0.1:{metrics} --ssh-listen 127.0.0.1:{ssh} \\\n  \
+             --node-name {name} \\\n  \
              >> {log} 2>&1 < /dev/null\n",
             pid = quote(&dir.join("agent.pid")),
             endpoint = self.endpoint(),

@@ -233,4 +233,50 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("serves no SSH"));
+
+    // An attached machine (its own machine, unlike a local node) runs a
+    // command on itself when no job runs there.
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "lab-ssh",
+        "--type",
+        "attached",
+        "-s",
+        "Standard_D2_v2",
+        "--max-nodes",
+        "1",
+        "--admin-username",
+        "azureuser",
+        "--ssh-key-value",
+        &public,
+        "--ssh-public-access",
+    ]);
+    let token = cp.cli_ok(&["compute", "join-token", "create", "-n", "lab-ssh"]);
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let mut machine = cp.start_machine("m-ssh", &token).expect("machine");
+    let joined = wait_for("the machine serving SSH", LONG, || {
+        let listed = nodes(&cp, "lab-ssh");
+        async move {
+            listed
+                .into_iter()
+                .find(|n| n["state"] == "idle" && n["port"].as_u64().unwrap_or(0) > 0)
+        }
+    })
+    .await;
+    let port = joined["port"].as_u64().expect("port");
+    let work = cp.data_dir.join("machines/m-ssh/work");
+    let probe = format!("test -d '{}' && echo on-the-machine", work.display());
+    let out = wait_for("a command on the machine", LONG, || {
+        let out = ssh(port, &key, &probe);
+        async move { out.status.success().then_some(out) }
+    })
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "on-the-machine"
+    );
+    let _ = machine.kill();
+    let _ = machine.wait();
 }
