@@ -155,25 +155,26 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    // connect-ssh runs the same ssh for the user.
-    let out = cp
-        .cli_command()
-        .args(["compute", "connect-ssh", "-n", "ssh-on", "--node"])
-        .arg(node["node_id"].as_str().expect("node id"))
-        .args([
-            "--",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-i",
-        ])
-        .arg(&key)
-        .arg("cat /tmp/in-job")
-        .output()
-        .expect("strato");
+    // connect-ssh runs the same ssh for the user, with the host key the
+    // agent reported pinned (strict checking, no trust on first use).
+    let host_key = nodes(&cp, "ssh-on")[0]["ssh_host_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(host_key.starts_with("ssh-ed25519 "), "{host_key}");
+    let connect = |extra: &[&str]| {
+        cp.cli_command()
+            .args(["compute", "connect-ssh", "-n", "ssh-on", "--node"])
+            .arg(node["node_id"].as_str().expect("node id"))
+            .args(["--", "-o", "BatchMode=yes"])
+            .args(extra)
+            .arg("-i")
+            .arg(&key)
+            .arg("cat /tmp/in-job")
+            .output()
+            .expect("strato")
+    };
+    let out = connect(&[]);
     assert!(
         out.status.success(),
         "{}",

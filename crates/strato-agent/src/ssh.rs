@@ -209,6 +209,20 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// The host key's public half as an OpenSSH line, for the enrolment to
+/// report (clients pin it); the key is made if there is none.
+pub fn host_public_key(credentials: &Path) -> Option<String> {
+    match host_key(credentials)
+        .and_then(|k| k.public_key().to_openssh().map_err(std::io::Error::other))
+    {
+        Ok(line) => Some(line),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SSH host key");
+            None
+        }
+    }
+}
+
 /// The host key, made once.
 fn host_key(credentials: &Path) -> std::io::Result<PrivateKey> {
     let path = credentials.join("ssh_host_ed25519_key");

@@ -228,6 +228,8 @@ impl<S: Store> AgentService for AgentApi<S> {
             metrics_url: r.metrics_url.clone(),
             ssh_address,
             ssh_port: u16::try_from(r.ssh_port).unwrap_or(0),
+            // Kept only in the shape of a key line: it reaches users' ssh.
+            ssh_host_key: strato_core::naming::ssh_key_line(&r.ssh_host_key).unwrap_or_default(),
             gpus: r.gpus,
             gpu_info: gpu_info.clone(),
         };

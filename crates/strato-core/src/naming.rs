@@ -52,6 +52,24 @@ fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// An SSH public key line (`ALGORITHM BASE64 [COMMENT]`) reduced to its
+/// algorithm and key, if it has that shape: what a node's reported host key
+/// must be before it is stored or handed to `ssh` (only letters, digits and
+/// `+/=@.-`, so it is safe in a known-hosts line or an ssh option).
+pub fn ssh_key_line(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    let (algorithm, key) = (words.next()?, words.next()?);
+    let algorithm_ok = (1..=64).contains(&algorithm.len())
+        && algorithm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '@' | '.'));
+    let key_ok = (16..=2048).contains(&key.len())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='));
+    (algorithm_ok && key_ok).then(|| format!("{algorithm} {key}"))
+}
+
 /// Whether `name` is a host name as DNS spells it (letters, digits, `-`
 /// and `.`, at most 253 characters, not starting with `-`): what an
 /// agent's reported host name must be before the control plane hands it
@@ -112,6 +130,24 @@ pub fn is_node_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ssh_key_lines_are_algorithm_and_base64_only() {
+        let key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        assert_eq!(
+            ssh_key_line(&format!("ssh-ed25519 {key} root@node")),
+            Some(format!("ssh-ed25519 {key}"))
+        );
+        for bad in [
+            "",
+            "ssh-ed25519",
+            &format!("ssh-ed25519 {key};rm"),
+            &format!("ssh ed25519 $(id) {key}"),
+            "ssh-ed25519 short",
+        ] {
+            assert_eq!(ssh_key_line(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn host_names_are_dns_spellings_only() {

@@ -216,6 +216,10 @@ pub(super) async fn open<R: ContainerRuntime>(
         gpus: u32::try_from(gpus.len()).unwrap_or(0),
         gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
         ssh_port: config.ssh_listen.map_or(0, |a| u32::from(a.port())),
+        ssh_host_key: config
+            .ssh_listen
+            .and_then(|_| crate::ssh::host_public_key(&identity.work_dir.join("credentials")))
+            .unwrap_or_default(),
     });
     if let (Transport::Plaintext, Some(last)) = (&config.transport, &contact.session_token) {
         let bearer = format!("Bearer {last}")

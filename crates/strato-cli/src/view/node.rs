@@ -16,6 +16,9 @@ pub struct NodeView {
     /// How to log in, when the cluster serves SSH: `ssh -p PORT USER@IP`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh: Option<String>,
+    /// The node's SSH host key, as its agent reported it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ssh_host_key: String,
     pub job_id: Option<String>,
     pub reason: String,
     pub state_since: String,
@@ -59,6 +62,7 @@ impl From<v1::Node> for NodeView {
             private_ip: n.private_ip,
             port: n.port,
             ssh: None,
+            ssh_host_key: n.ssh_host_key,
             job_id: (!n.run_id.is_empty()).then_some(n.run_id),
             reason: n.reason,
             state_since: ts(n.state_since.as_ref()),

@@ -65,6 +65,7 @@ pub fn node(n: NodeRecord) -> v1::Node {
         gpu_percent: n.usage.gpu_percent,
         gpus: n.gpus,
         gpu_info: n.gpu_info.into_iter().map(convert::gpu_info).collect(),
+        ssh_host_key: n.ssh_host_key,
     }
 }
 

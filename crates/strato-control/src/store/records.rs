@@ -57,6 +57,8 @@ pub struct NodeRecord {
     pub usage: NodeUsage,
     /// For a preempted node: when it is evicted (ms).
     pub evict_at: Option<i64>,
+    /// The SSH host key its agent reported, when it serves SSH.
+    pub ssh_host_key: String,
 }
 
 /// A node's utilisation from its last heartbeat.
@@ -144,6 +146,7 @@ pub struct EnrollReport {
     /// (the metrics URL's host) and port; empty and 0 otherwise.
     pub ssh_address: String,
     pub ssh_port: u16,
+    pub ssh_host_key: String,
     pub gpus: u32,
     pub gpu_info: Vec<strato_core::node::GpuInfo>,
 }

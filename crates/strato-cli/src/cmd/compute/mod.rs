@@ -346,13 +346,34 @@ pub async fn run(
                 .into_iter()
                 .find(|n| n.node_id == node_id)
                 .ok_or_else(|| Failure::refused(format!("cluster {name} has no node {node_id}")))?;
-            let Some(connection) = NodeView::from(node).with_ssh(&user).ssh else {
+            let view = NodeView::from(node).with_ssh(&user);
+            let host_key = strato_core::naming::ssh_key_line(&view.ssh_host_key);
+            // How known_hosts names it: the address, with the port if not 22.
+            let known_host = if view.port == 22 {
+                view.private_ip.clone()
+            } else {
+                format!("[{}]:{}", view.private_ip, view.port)
+            };
+            let Some(connection) = view.ssh else {
                 return Err(Failure::refused(format!(
                     "node {node_id} serves no SSH: cluster {name} has no admin user with remote login (create it with --admin-username and --ssh-public-access)"
                 )));
             };
             let mut words = connection.split_whitespace().skip(1);
             let mut ssh = std::process::Command::new("ssh");
+            // The host key the node's agent reported over its
+            // authenticated session, pinned: no trust on first use. (ssh
+            // takes the first value of an option, so these hold.)
+            if let Some(key) = host_key {
+                ssh.args([
+                    "-o",
+                    &format!("KnownHostsCommand=/bin/echo {known_host} {key}"),
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ]);
+            }
             ssh.args(words.by_ref()).args(&ssh_args);
             use std::os::unix::process::CommandExt as _;
             let e = ssh.exec();

@@ -57,6 +57,9 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
         // The cluster serves no SSH: neither is recorded.
         ssh_address: "127.0.0.1".into(),
         ssh_port: 50_000,
+        ssh_host_key:
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+                .into(),
         gpus: 1,
         gpu_info: vec![GpuInfo {
             index: 0,
@@ -86,7 +89,14 @@ pub async fn node_enrols_becomes_idle_and_heartbeats<S: Store>(store: S) {
         (enrolled.hostname.as_str(), enrolled.metrics_url.as_str()),
         ("host0", "http://127.0.0.1:9100/metrics")
     );
-    assert_eq!((enrolled.private_ip.as_str(), enrolled.port), ("", 0));
+    assert_eq!(
+        (
+            enrolled.private_ip.as_str(),
+            enrolled.port,
+            enrolled.ssh_host_key.as_str()
+        ),
+        ("", 0, "")
+    );
     assert_eq!(
         (enrolled.gpus, enrolled.gpu_info.clone()),
         (1, report.gpu_info)

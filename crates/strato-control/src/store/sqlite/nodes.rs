@@ -18,7 +18,8 @@ use crate::store::{
 
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
-     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at, gpu_info";
+     metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at, gpu_info, \
+     ssh_host_key";
 
 pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
     let state: String = row.try_get("state")?;
@@ -50,6 +51,7 @@ pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
             gpu_percent: row.try_get("gpu_percent")?,
         },
         evict_at: row.try_get("evict_at")?,
+        ssh_host_key: row.try_get("ssh_host_key")?,
     })
 }
 
@@ -242,10 +244,14 @@ async fn enrol_node(
     let spec = load_cluster(tx, &node.cluster).await?.spec;
     let attached = spec.compute_type == strato_core::spec::ComputeType::Attached;
     // Where it serves SSH, only if its cluster enables SSH.
-    let (ssh_address, ssh_port) = if spec.ssh.serves_ssh() {
-        (report.ssh_address.as_str(), report.ssh_port)
+    let (ssh_address, ssh_port, ssh_host_key) = if spec.ssh.serves_ssh() {
+        (
+            report.ssh_address.as_str(),
+            report.ssh_port,
+            report.ssh_host_key.as_str(),
+        )
     } else {
-        ("", 0)
+        ("", 0, "")
     };
     if !lifecycle::may_enrol(node.state, attached) {
         return Err(Conflict::NodeRetired {
@@ -263,7 +269,8 @@ async fn enrol_node(
     sqlx::query(
         "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
              last_heartbeat = CASE WHEN ?8 THEN ?3 ELSE COALESCE(last_heartbeat, ?3) END,
-             metrics_url = ?5, gpus = ?6, gpu_info = ?7, private_ip = ?9, port = ?10
+             metrics_url = ?5, gpus = ?6, gpu_info = ?7, private_ip = ?9, port = ?10,
+             ssh_host_key = ?11
          WHERE node_id = ?4",
     )
     .bind(session_token_hash)
@@ -276,6 +283,7 @@ async fn enrol_node(
     .bind(back)
     .bind(ssh_address)
     .bind(i64::from(ssh_port))
+    .bind(ssh_host_key)
     .execute(&mut *tx)
     .await?;
     if makes_idle {
