@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use strato_core::job::AttemptEnd;
 use strato_core::lifecycle::hello::{Held, HelloAction, PlacedJob, after_hello};
-use strato_core::node::{GpuInfo, MachineFacts};
+use strato_core::node::GpuInfo;
 use strato_core::spec::ComputeType;
 use strato_proto::v1::{self, agent_message::Body, agent_service_server::AgentService};
 use tokio::sync::mpsc;
@@ -292,32 +292,18 @@ impl<S: Store> AgentService for AgentApi<S> {
             .map_err(status)?;
         // A draining machine only finishes its job: it is no capacity to
         // check.
-        let capacity = node.state != strato_core::node::NodeState::Leaving;
-        let unfit = cluster
-            .spec
-            .size()
-            .ok()
-            .filter(|_| capacity)
-            .and_then(|size| {
-                let attached = cluster.spec.compute_type == ComputeType::Attached;
-                let healthy = gpu_info.iter().filter(|g| g.problem.is_none()).count();
-                let machine = MachineFacts {
-                    vcpus: r.vcpus,
-                    memory_bytes: r.memory_bytes,
-                    gpus: u32::try_from(healthy).unwrap_or(u32::MAX),
-                };
-                // A machine Strato did not choose must be as large as its
-                // cluster's size; any node of a GPU size needs its GPUs.
-                let too_small = attached
-                    .then(|| strato_core::node::machine_fits(&size, machine).err())
-                    .flatten()
-                    .map(|e| e.to_string());
-                too_small.or_else(|| {
-                    strato_core::node::gpu_readiness(&size, &gpu_info)
-                        .err()
-                        .map(|e| e.to_string())
-                })
-            });
+        let attached = cluster.spec.compute_type == ComputeType::Attached;
+        let unfit = cluster.spec.size().ok().and_then(|size| {
+            strato_core::node::readiness(
+                &size,
+                node.state,
+                attached,
+                r.vcpus,
+                r.memory_bytes,
+                &gpu_info,
+            )
+            .err()
+        });
         if let Some(reason) = unfit {
             tracing::warn!(node = %node.node_id, %reason, "node unusable");
             self.plane

@@ -205,6 +205,15 @@ pub fn node_removed(node_id: &str, state: Option<NodeState>) -> (AttemptEnd, Str
     }
 }
 
+/// The reason a detached node shows while it drains.
+pub fn detach_reason(requeue: bool) -> &'static str {
+    if requeue {
+        "detaching: its job was queued again"
+    } else {
+        "detaching: takes no new job, leaves once its job has ended"
+    }
+}
+
 /// A node an operator detached with `--requeue`: its attempts run again,
 /// without counting against the job's retries.
 pub fn node_detached(node_id: &str) -> (AttemptEnd, String) {
@@ -287,15 +296,21 @@ pub fn join_token_terms(
 /// Whether an attached cluster's join token admits one more machine at
 /// `now`: before it expires, while it has uses left, and while the cluster
 /// has fewer than `max_nodes` machines (`joined`, whatever their state).
+/// The same agent presenting it again (`again`: its first answer was
+/// lost) gets its own node back before expiry, without another use.
 pub fn cluster_token_takes(
     expires_at: i64,
     uses_left: u32,
     joined: u32,
     max_nodes: u32,
+    again: bool,
     now: i64,
 ) -> Result<(), JoinRefusal> {
     if now >= expires_at {
         return Err(JoinRefusal::Expired);
+    }
+    if again {
+        return Ok(());
     }
     if uses_left == 0 {
         return Err(JoinRefusal::UsedUp);
@@ -649,18 +664,24 @@ mod tests {
 
     #[test]
     fn a_cluster_token_takes_while_it_has_uses_time_and_room() {
-        assert_eq!(cluster_token_takes(10, 1, 0, 3, 9), Ok(()));
+        assert_eq!(cluster_token_takes(10, 1, 0, 3, false, 9), Ok(()));
         assert_eq!(
-            cluster_token_takes(10, 1, 0, 3, 10),
+            cluster_token_takes(10, 1, 0, 3, false, 10),
             Err(JoinRefusal::Expired)
         );
         assert_eq!(
-            cluster_token_takes(10, 0, 0, 3, 9),
+            cluster_token_takes(10, 0, 0, 3, false, 9),
             Err(JoinRefusal::UsedUp)
         );
         assert_eq!(
-            cluster_token_takes(10, 5, 3, 3, 9),
+            cluster_token_takes(10, 5, 3, 3, false, 9),
             Err(JoinRefusal::ClusterFull { max_nodes: 3 })
+        );
+        // The same agent again: its node back, no use, not after expiry.
+        assert_eq!(cluster_token_takes(10, 0, 3, 3, true, 9), Ok(()));
+        assert_eq!(
+            cluster_token_takes(10, 0, 3, 3, true, 10),
+            Err(JoinRefusal::Expired)
         );
         assert!(releases_leaving_node(NodeState::Leaving, Some("j"), "j"));
         assert!(!releases_leaving_node(NodeState::Leaving, Some("k"), "j"));

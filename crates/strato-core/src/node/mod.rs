@@ -232,6 +232,33 @@ pub fn machine_fits(
     }
 }
 
+/// Why an enrolling node is no capacity, if it is not: a draining
+/// (leaving) node is not checked (it only finishes its job); a machine of
+/// an attached cluster (`attached`) must be as large as the size; any node
+/// of a GPU size needs its GPUs, healthy (`gpus`: what its agent found).
+pub fn readiness(
+    size: &crate::catalog::VmSize,
+    state: NodeState,
+    attached: bool,
+    vcpus: u32,
+    memory_bytes: u64,
+    gpus: &[GpuInfo],
+) -> Result<(), String> {
+    if state == NodeState::Leaving {
+        return Ok(());
+    }
+    if attached {
+        let healthy = gpus.iter().filter(|g| g.problem.is_none()).count();
+        let machine = MachineFacts {
+            vcpus,
+            memory_bytes,
+            gpus: u32::try_from(healthy).unwrap_or(u32::MAX),
+        };
+        machine_fits(size, machine).map_err(|e| e.to_string())?;
+    }
+    gpu_readiness(size, gpus).map_err(|e| e.to_string())
+}
+
 /// What a provider holds that the store does not know: nodes and clusters
 /// left behind by a control plane that stopped before they were taken down.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -266,6 +293,29 @@ pub fn orphans<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_checks_machines_of_attached_clusters_and_gpus_not_draining_nodes() {
+        let size = crate::catalog::lookup("Standard_DS3_v2").expect("size");
+        let small = |state, attached| readiness(size, state, attached, 2, 32 << 30, &[]);
+        let e = small(NodeState::Idle, true).expect_err("too small");
+        assert!(
+            e.starts_with("smaller than Standard_DS3_v2: 2 vCPUs of 4"),
+            "{e}"
+        );
+        assert_eq!(
+            small(NodeState::Idle, false),
+            Ok(()),
+            "a created node is its size"
+        );
+        assert_eq!(
+            small(NodeState::Leaving, true),
+            Ok(()),
+            "a draining node only finishes"
+        );
+        let gpu = crate::catalog::lookup("Standard_NC6s_v3").expect("size");
+        assert!(readiness(gpu, NodeState::Idle, false, 6, 112 << 30, &[]).is_err());
+    }
 
     #[test]
     fn a_joining_machine_must_be_as_large_as_its_size() {

@@ -579,14 +579,14 @@ async fn nodes_with_ssh_user(
         .into_inner()
         .spec
         .unwrap_or_default();
-    let ssh = spec.ssh.unwrap_or_default();
-    let serves =
-        ssh.remote_login_port_public_access == v1::RemoteLoginPortPublicAccess::Enabled as i32;
-    let user = if serves {
-        ssh.admin_username
-    } else {
-        String::new()
-    };
+    // The rule is strato-core's (`SshSettings::serves_ssh`), on the spec
+    // as the control plane stored it.
+    let user = strato_proto::convert::cluster_request(&spec)
+        .ok()
+        .map(|r| r.ssh)
+        .filter(strato_core::spec::SshSettings::serves_ssh)
+        .map(|ssh| ssh.admin_username)
+        .unwrap_or_default();
     let nodes = client
         .list_nodes(v1::ListNodesRequest { cluster: name })
         .await?

@@ -443,28 +443,22 @@ pub(super) async fn join(
     if spec.compute_type != strato_core::spec::ComputeType::Attached {
         return Err(StoreError::BadToken);
     }
+    let joined = node_count(&mut tx, &spec.name).await?;
+    lifecycle::cluster_token_takes(
+        expires_at,
+        u32::try_from(uses_left).unwrap_or(0),
+        joined,
+        spec.max_nodes,
+        again.is_some(),
+        now,
+    )
+    .map_err(|why| StoreError::JoinRefused {
+        cluster: spec.name.clone(),
+        why,
+    })?;
     let node_id = match again {
-        // Before the token expires, as its first use was.
-        Some(_) if now >= expires_at => {
-            return Err(StoreError::JoinRefused {
-                cluster: spec.name,
-                why: lifecycle::JoinRefusal::Expired,
-            });
-        }
         Some(node_id) => node_id,
         None => {
-            let joined = node_count(&mut tx, &spec.name).await?;
-            lifecycle::cluster_token_takes(
-                expires_at,
-                u32::try_from(uses_left).unwrap_or(0),
-                joined,
-                spec.max_nodes,
-                now,
-            )
-            .map_err(|why| StoreError::JoinRefused {
-                cluster: spec.name.clone(),
-                why,
-            })?;
             one_more_fits(&mut tx, &spec, joined, limits).await?;
             sqlx::query(
                 "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since,
@@ -520,11 +514,7 @@ pub(super) async fn detach_node(
     let node = load_node(&mut tx, node_id).await?;
     let mut ended = Vec::new();
     if node.state != NodeState::Leaving {
-        let why = if requeue {
-            "detaching: its job was queued again"
-        } else {
-            "detaching: takes no new job, leaves once its job has ended"
-        };
+        let why = lifecycle::detach_reason(requeue);
         let job = node.run_id.as_deref();
         set_node_state(&mut tx, node_id, NodeState::Leaving, job, why, now).await?;
     }
