@@ -240,6 +240,20 @@ impl ControlPlane {
         JobServiceClient::new(self.channel().await)
     }
 
+    /// Submits `spec`, with the test image when it names none; its id.
+    pub async fn submit(&self, mut spec: strato_proto::v1::JobSpec) -> String {
+        if spec.image.is_empty() {
+            spec.image = TEST_IMAGE.into();
+        }
+        self.jobs()
+            .await
+            .submit_job(strato_proto::v1::SubmitJobRequest { spec: Some(spec) })
+            .await
+            .expect("submit")
+            .into_inner()
+            .id
+    }
+
     /// The agent processes this control plane's local provider started
     /// (found by the endpoint or, when `--agent-endpoint` sends them
     /// elsewhere, the work directory under this data dir, in their

@@ -9,7 +9,7 @@
 use std::process::Child;
 use std::time::Duration;
 
-use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker, wait_for};
+use strato_e2e::{ControlPlane, require_docker, wait_for};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -190,21 +190,15 @@ async fn machines_join_run_jobs_come_back_and_leave() {
     // A job runs on a machine; detached with --requeue, the machine leaves
     // and the job runs again on the other one.
     let mut jobs = cp.jobs().await;
-    let id = jobs
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(v1::JobSpec {
-                cluster: "lab".into(),
-                image: TEST_IMAGE.into(),
-                command: vec!["sh".into(), "-c".into(), "echo started; sleep 300".into()],
-                // The detach does not use it up; the lost machine does.
-                max_retries: 1,
-                ..Default::default()
-            }),
+    let id = cp
+        .submit(v1::JobSpec {
+            cluster: "lab".into(),
+            command: vec!["sh".into(), "-c".into(), "echo started; sleep 300".into()],
+            // The detach does not use it up; the lost machine does.
+            max_retries: 1,
+            ..Default::default()
         })
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        .await;
     let first = wait_job(&cp, &id, "the job running", |j| {
         j.state == v1::JobState::Running as i32
     })
@@ -410,20 +404,12 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
     // A job waits: the machine is resumed, its agent enrols again with its
     // certificate, and the job runs there.
     let id = cp
-        .jobs()
-        .await
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(v1::JobSpec {
-                cluster: "lab".into(),
-                image: TEST_IMAGE.into(),
-                command: vec!["echo".into(), "woken".into()],
-                ..Default::default()
-            }),
+        .submit(v1::JobSpec {
+            cluster: "lab".into(),
+            command: vec!["echo".into(), "woken".into()],
+            ..Default::default()
         })
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        .await;
     let done = wait_job(&cp, &id, "the job done on the resumed machine", |j| {
         j.state == v1::JobState::Completed as i32
     })
@@ -443,18 +429,12 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
         .expect("m2");
     wait_state(&cp, "broken", "m2", "suspended").await;
     assert_eq!(exit_code(&mut m2).await, Some(0));
-    cp.jobs()
-        .await
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(v1::JobSpec {
-                cluster: "broken".into(),
-                image: TEST_IMAGE.into(),
-                command: vec!["true".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("submit");
+    cp.submit(v1::JobSpec {
+        cluster: "broken".into(),
+        command: vec!["true".into()],
+        ..Default::default()
+    })
+    .await;
     let issue = wait_for("the failed resume shown", LONG, || {
         let out = cp.cli_ok(&["compute", "show", "-n", "broken", "-o", "json"]);
         let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();

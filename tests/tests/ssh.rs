@@ -7,7 +7,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker, wait_for};
+use strato_e2e::{ControlPlane, require_docker, wait_for};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -58,6 +58,19 @@ fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice(&out.stdout).expect("nodes")
 }
 
+/// The first idle node of `cluster` with an SSH port.
+async fn serving_ssh(cp: &ControlPlane, cluster: &str) -> serde_json::Value {
+    wait_for(&format!("a node of {cluster} serving SSH"), LONG, || {
+        let listed = nodes(cp, cluster);
+        async move {
+            listed
+                .into_iter()
+                .find(|n| n["state"] == "idle" && n["port"].as_u64().unwrap_or(0) > 0)
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
     require_docker();
@@ -84,15 +97,7 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
         &public,
         "--ssh-public-access",
     ]);
-    let node = wait_for("a node serving SSH", LONG, || {
-        let listed = nodes(&cp, "ssh-on");
-        async move {
-            listed
-                .into_iter()
-                .find(|n| n["state"] == "idle" && n["port"].as_u64().unwrap_or(0) > 0)
-        }
-    })
-    .await;
+    let node = serving_ssh(&cp, "ssh-on").await;
     let port = node["port"].as_u64().expect("port");
     assert_eq!(
         node["ssh"],
@@ -116,24 +121,16 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
 
     // A running job: the command lands in its container, exit status too.
     let id = cp
-        .jobs()
-        .await
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(v1::JobSpec {
-                cluster: "ssh-on".into(),
-                image: TEST_IMAGE.into(),
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo marker > /tmp/in-job; sleep 300".into(),
-                ],
-                ..Default::default()
-            }),
+        .submit(v1::JobSpec {
+            cluster: "ssh-on".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo marker > /tmp/in-job; sleep 300".into(),
+            ],
+            ..Default::default()
         })
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        .await;
     let inside = wait_for("the command in the job's container", LONG, || {
         let out = ssh(port, &key, "cat /tmp/in-job");
         async move {
@@ -257,15 +254,7 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
     let token = cp.cli_ok(&["compute", "join-token", "create", "-n", "lab-ssh"]);
     let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
     let mut machine = cp.start_machine("m-ssh", &token).expect("machine");
-    let joined = wait_for("the machine serving SSH", LONG, || {
-        let listed = nodes(&cp, "lab-ssh");
-        async move {
-            listed
-                .into_iter()
-                .find(|n| n["state"] == "idle" && n["port"].as_u64().unwrap_or(0) > 0)
-        }
-    })
-    .await;
+    let joined = serving_ssh(&cp, "lab-ssh").await;
     let port = joined["port"].as_u64().expect("port");
     let work = cp.data_dir.join("machines/m-ssh/work");
     let probe = format!("test -d '{}' && echo on-the-machine", work.display());
