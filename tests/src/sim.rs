@@ -189,6 +189,7 @@ impl SimFleet {
                 network: GangNetwork::Cluster,
                 launcher: self.work_root.join("strato-rsh"),
                 control_plane_id: None,
+                interface: None,
             },
             clock: self.clock.clone(),
         });

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use strato_agent::gang::{self, ExecRelay, GangConfig, GangNetwork};
+use strato_agent::gang::{self, ExecRelay, GangConfig, GangNetwork, MachineInterface};
 use strato_agent::identity::{self, Vending};
 use strato_agent::session::{self, AgentConfig, IdentityContext, SessionError};
 use strato_agent::telemetry::{self, AgentHealth, GpuSource, NvmlGpus};
@@ -138,6 +138,13 @@ struct Config {
     /// network per cluster on this engine, as the local provider uses).
     #[arg(long, env = "STRATO_GANG_NETWORK", value_enum, default_value = "host")]
     gang_network: GangNetwork,
+
+    /// This machine's address as the other machines of its cluster reach it
+    /// (with `--gang-network host`): multi-node jobs' MPI, NCCL and Gloo are
+    /// told to use the interface that holds it, rather than a Docker bridge.
+    /// Default: the address this machine reaches the control plane from.
+    #[arg(long, env = "STRATO_NODE_ADDRESS", value_name = "IP")]
+    node_address: Option<std::net::IpAddr>,
 
     /// The `strato-rsh` launcher mounted into multi-node jobs' containers.
     /// Default: `strato-rsh` beside this executable.
@@ -410,6 +417,58 @@ fn start(config: Config) -> Result<(), StartError> {
 }
 
 /// This node's name: `--node-name`, else the host name.
+/// With the host network: the interface that holds `--node-address`, else
+/// the one this machine reaches the control plane through (the kernel's
+/// route, asked with an unconnected UDP socket: nothing is sent).
+async fn gang_interface(config: &Config) -> Option<MachineInterface> {
+    if config.gang_network != GangNetwork::Host {
+        return None;
+    }
+    let address = match config.node_address {
+        Some(address) => address,
+        None => {
+            let authority = config
+                .control_plane
+                .split_once("://")
+                .map_or(config.control_plane.as_str(), |(_, rest)| rest)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let target = tokio::net::lookup_host(authority).await.ok()?.next()?;
+            let unspecified: std::net::SocketAddr = if target.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let socket = std::net::UdpSocket::bind(unspecified).ok()?;
+            socket.connect(target).ok()?;
+            socket.local_addr().ok()?.ip()
+        }
+    };
+    let networks = sysinfo::Networks::new_with_refreshed_list().ok()?;
+    let interfaces = networks.iter().flat_map(|(name, data)| {
+        data.ip_networks()
+            .iter()
+            .map(|n| (name.to_string_lossy().into_owned(), n.addr, n.prefix))
+            .collect::<Vec<_>>()
+    });
+    let found = MachineInterface::holding(address, interfaces);
+    match &found {
+        Some(i) => tracing::info!(
+            interface = %i.name,
+            subnet = %i.subnet,
+            "multi-node jobs use this machine's interface"
+        ),
+        None => tracing::warn!(
+            %address,
+            "no interface holds this machine's address: multi-node jobs' MPI and NCCL choose \
+             their own (set --node-address)"
+        ),
+    }
+    found
+}
+
 fn node_name(config: &Config) -> Option<String> {
     config.node_name.clone().or_else(|| {
         std::fs::read_to_string("/etc/hostname")
@@ -484,6 +543,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         clock.clone(),
     );
     tracing::info!(%metrics_url, "metrics endpoint listening");
+    let interface = gang_interface(&config).await;
     let identity = Arc::new(IdentityContext {
         vending,
         health,
@@ -500,6 +560,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
             network: config.gang_network,
             launcher,
             control_plane_id: config.control_plane_id.clone(),
+            interface,
         },
         clock,
     });

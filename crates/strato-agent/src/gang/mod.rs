@@ -51,6 +51,59 @@ pub struct GangConfig {
     /// The control plane whose local provider started this agent: part of
     /// the gang network's name.
     pub control_plane_id: Option<String>,
+    /// With `host`: the interface the machine's peers reach it by, found at
+    /// start. `None` when it could not be found (MPI and NCCL then choose
+    /// for themselves).
+    pub interface: Option<MachineInterface>,
+}
+
+/// The interface a machine's gang traffic goes over on the host network:
+/// its name and its subnet. MPI and NCCL are told to use it, because every
+/// Docker engine has a `docker0` bridge with the same address (172.17.0.1):
+/// Open MPI would take a peer's bridge for a route to that peer and connect
+/// to itself, and the job would hang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineInterface {
+    /// As the kernel names it (`eth0`, `ens5`): NCCL and Gloo take names.
+    pub name: String,
+    /// In CIDR notation (`10.0.0.0/24`): Open MPI takes subnets.
+    pub subnet: String,
+}
+
+impl MachineInterface {
+    /// The interface that holds `address`, among `(name, address, prefix)`
+    /// of the machine's interfaces.
+    pub fn holding(
+        address: std::net::IpAddr,
+        interfaces: impl IntoIterator<Item = (String, std::net::IpAddr, u8)>,
+    ) -> Option<Self> {
+        interfaces
+            .into_iter()
+            .find(|(_, a, _)| *a == address)
+            .map(|(name, a, prefix)| MachineInterface {
+                name,
+                subnet: subnet(a, prefix),
+            })
+    }
+}
+
+/// The network `address/prefix` belongs to, in CIDR notation.
+pub fn subnet(address: std::net::IpAddr, prefix: u8) -> String {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(a) => {
+            let prefix = prefix.min(32);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            let network = std::net::Ipv4Addr::from(u32::from(a) & mask);
+            format!("{network}/{prefix}")
+        }
+        IpAddr::V6(a) => {
+            let prefix = prefix.min(128);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            let network = std::net::Ipv6Addr::from(u128::from(a) & mask);
+            format!("{network}/{prefix}")
+        }
+    }
 }
 
 pub use strato_core::naming::network_name;
@@ -157,12 +210,24 @@ pub fn wire(
                 // to start further ones.
                 ("OMPI_MCA_plm_rsh_no_tree_spawn".to_owned(), "1".to_owned()),
             ]);
-            if config.network == GangNetwork::Cluster {
+            match (config.network, &config.interface) {
                 // The gang network is each container's only interface.
-                env.extend([
+                (GangNetwork::Cluster, _) => env.extend([
                     ("OMPI_MCA_btl_tcp_if_include".to_owned(), "eth0".to_owned()),
                     ("OMPI_MCA_oob_tcp_if_include".to_owned(), "eth0".to_owned()),
-                ]);
+                ]),
+                // The machine's interface towards its peers, not a bridge.
+                (GangNetwork::Host, Some(interface)) if multi_node => env.extend([
+                    (
+                        "OMPI_MCA_btl_tcp_if_include".to_owned(),
+                        interface.subnet.clone(),
+                    ),
+                    (
+                        "OMPI_MCA_oob_tcp_if_include".to_owned(),
+                        interface.subnet.clone(),
+                    ),
+                ]),
+                (GangNetwork::Host, _) => {}
             }
             if rank == 0 {
                 let mut c = vec![
@@ -189,6 +254,26 @@ pub fn wire(
         }
         Distribution::None => per_process(&mut env, user_command, rank, per_node),
     };
+    if let (GangNetwork::Host, Some(interface), true) =
+        (config.network, &config.interface, multi_node)
+    {
+        // NCCL's and Gloo's bootstrap, for PyTorch (and any job using them).
+        env.extend([
+            ("NCCL_SOCKET_IFNAME".to_owned(), interface.name.clone()),
+            ("GLOO_SOCKET_IFNAME".to_owned(), interface.name.clone()),
+        ]);
+    }
+    // What the job set itself wins over the defaults chosen here for the
+    // interface.
+    const OVERRIDABLE: [&str; 4] = [
+        "OMPI_MCA_btl_tcp_if_include",
+        "OMPI_MCA_oob_tcp_if_include",
+        "NCCL_SOCKET_IFNAME",
+        "GLOO_SOCKET_IFNAME",
+    ];
+    env.retain(|(key, _)| {
+        !(OVERRIDABLE.contains(&key.as_str()) && container.env.iter().any(|(k, _)| k == key))
+    });
     container.env.extend(env);
     Ok(())
 }
@@ -266,6 +351,7 @@ mod tests {
             network: GangNetwork::Cluster,
             launcher: PathBuf::from("/opt/strato-rsh"),
             control_plane_id: Some("0123456789abcdef".into()),
+            interface: None,
         };
         let assignment = v1::JobAssignment {
             rank,
@@ -357,6 +443,7 @@ mod tests {
             network: GangNetwork::Host,
             launcher: PathBuf::new(),
             control_plane_id: None,
+            interface: None,
         };
         let dir = std::env::temp_dir().join(format!("strato-gang-host-{}", std::process::id()));
         let spec = v1::JobSpec {
@@ -394,6 +481,7 @@ mod tests {
             network: GangNetwork::Host,
             launcher: PathBuf::new(),
             control_plane_id: None,
+            interface: None,
         };
         let mut m = member(0, "n0");
         m.private_ip = "10.0.0.4".into();
@@ -401,5 +489,91 @@ mod tests {
             hosts(&config, &[m, member(1, "n1")]),
             ["10.0.0.4", "host-n1"]
         );
+    }
+
+    #[test]
+    fn the_machine_interface_is_the_one_holding_its_address() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let interfaces = [
+            ("lo".to_owned(), ip("127.0.0.1"), 8),
+            ("docker0".to_owned(), ip("172.17.0.1"), 16),
+            ("eth0".to_owned(), ip("10.1.2.3"), 20),
+        ];
+        assert_eq!(
+            MachineInterface::holding(ip("10.1.2.3"), interfaces.clone()),
+            Some(MachineInterface {
+                name: "eth0".into(),
+                subnet: "10.1.0.0/20".into()
+            })
+        );
+        assert_eq!(MachineInterface::holding(ip("10.9.9.9"), interfaces), None);
+        assert_eq!(subnet(ip("192.168.7.9"), 32), "192.168.7.9/32");
+        assert_eq!(subnet(ip("192.168.7.9"), 0), "0.0.0.0/0");
+        assert_eq!(subnet(ip("fd00::1:2"), 64), "fd00::/64");
+    }
+
+    /// Every engine's docker0 has the same address: on the host network,
+    /// MPI, NCCL and Gloo are told the machine's own interface, unless the
+    /// job chose one itself; one node alone is told nothing.
+    #[test]
+    fn host_networking_names_the_machine_interface_unless_the_job_did() {
+        let config = GangConfig {
+            network: GangNetwork::Host,
+            launcher: PathBuf::new(),
+            control_plane_id: None,
+            interface: Some(MachineInterface {
+                name: "ens5".into(),
+                subnet: "10.0.0.0/24".into(),
+            }),
+        };
+        let dir = std::env::temp_dir().join(format!("strato-gang-if-{}", std::process::id()));
+        let spec = v1::JobSpec {
+            distribution: v1::Distribution::Mpi as i32,
+            node_count: 2,
+            process_count_per_node: 2,
+            command: vec!["python3".into(), "train.py".into()],
+            ..Default::default()
+        };
+        let assignment = v1::JobAssignment {
+            gang: vec![member(0, "n0"), member(1, "n1")],
+            ..Default::default()
+        };
+        let mut c = container();
+        wire(&mut c, &config, "c", &assignment, &spec, &dir, "http://x").expect("wire");
+        assert_eq!(env(&c, "OMPI_MCA_btl_tcp_if_include"), Some("10.0.0.0/24"));
+        assert_eq!(env(&c, "OMPI_MCA_oob_tcp_if_include"), Some("10.0.0.0/24"));
+        assert_eq!(env(&c, "NCCL_SOCKET_IFNAME"), Some("ens5"));
+        assert_eq!(env(&c, "GLOO_SOCKET_IFNAME"), Some("ens5"));
+
+        let mut own = container();
+        own.env
+            .push(("OMPI_MCA_btl_tcp_if_include".into(), "ib0".into()));
+        wire(&mut own, &config, "c", &assignment, &spec, &dir, "http://x").expect("wire");
+        let chosen: Vec<&str> = own
+            .env
+            .iter()
+            .filter(|(k, _)| k == "OMPI_MCA_btl_tcp_if_include")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(chosen, ["ib0"], "the job's own choice, once");
+
+        let alone = v1::JobAssignment {
+            gang: vec![member(0, "n0")],
+            ..Default::default()
+        };
+        let single = v1::JobSpec {
+            node_count: 1,
+            ..spec
+        };
+        let mut one = container();
+        wire(&mut one, &config, "c", &alone, &single, &dir, "http://x").expect("wire");
+        assert!(
+            !one.env
+                .iter()
+                .any(|(k, _)| k == "NCCL_SOCKET_IFNAME" || k == "OMPI_MCA_btl_tcp_if_include"),
+            "{:?}",
+            one.env
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
