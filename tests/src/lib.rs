@@ -5,6 +5,7 @@
 //! The binaries are the ones `cargo build --workspace --bins` put beside this
 //! test executable; `cargo xtask ci` builds them first.
 
+pub mod fleet;
 pub mod in_process;
 pub mod sim;
 
@@ -91,6 +92,17 @@ impl ControlPlane {
     /// Starts a control plane on `data_dir` with fresh ports and waits until
     /// its gRPC API answers.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(data_dir, [127, 0, 0, 1].into(), extra_args).await
+    }
+
+    /// Starts a control plane whose gRPC API listens on `ip` (its server
+    /// certificate names it), for machines that reach it from elsewhere;
+    /// the HTTP side stays on loopback.
+    pub async fn start_on(
+        data_dir: &Path,
+        ip: std::net::IpAddr,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         // Two free ports, never the same one twice (the kernel may hand
         // back a port just released).
         let grpc_port = free_port();
@@ -100,9 +112,13 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             child: None,
             data_dir: data_dir.to_owned(),
-            grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+            grpc: SocketAddr::new(ip, grpc_port),
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
-            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            extra_args: extra_args
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain((!ip.is_loopback()).then(|| format!("--tls-san={ip}")))
+                .collect(),
             log: data_dir.with_extension("log"),
             admin: None,
         };

@@ -16,6 +16,11 @@ pub(crate) const TEST_IMAGE: &str = "strato-test/busybox:latest";
 /// mpi4py, built locally.
 pub(crate) const MPI_IMAGE: &str = "strato-test/mpi:latest";
 
+/// The image the fleet tests boot as machines: Debian with systemd and
+/// docker.io (debootstrap), built locally. The tag is the recipe's version:
+/// raise it when the recipe changes, so machines set up before build anew.
+pub(crate) const MACHINE_IMAGE: &str = "strato-test/machine:2";
+
 fn image_exists(image: &str) -> bool {
     Command::new("docker")
         .args(["image", "inspect", image])
@@ -106,8 +111,47 @@ fn debian_suite() -> String {
 /// machine's mirror), imported as MPI_IMAGE. `libopenmpi-dev` is left out:
 /// it breaks debootstrap's dependency resolution.
 pub(crate) fn build_mpi_image() -> anyhow::Result<()> {
-    if image_exists(MPI_IMAGE) {
-        println!("==> image {MPI_IMAGE}: present");
+    debootstrap_image(MPI_IMAGE, "openmpi-bin,python3-mpi4py", "", &[])
+}
+
+/// The image of the fleet tests' machines: Debian with systemd as PID 1 and
+/// its own Docker engine, imported as MACHINE_IMAGE. The tests mount the
+/// agent they test and its systemd unit into each machine; the image holds
+/// what a machine has before Strato is installed. Tweaks for a machine that
+/// is a container: no fixed host name (each gets its own) or machine id
+/// (systemd makes one at boot), no e2scrub timer (no block devices), and
+/// overlay2 for the engine, whose /var/lib/docker is a volume of its own,
+/// and the systemd cgroup driver, so job containers' cgroups sit inside the
+/// machine's.
+pub(crate) fn build_machine_image() -> anyhow::Result<()> {
+    debootstrap_image(
+        MACHINE_IMAGE,
+        "systemd,systemd-sysv,dbus,docker.io,iproute2,ca-certificates",
+        "rm -f \"$R/etc/hostname\" \"$R/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service\" \
+         && : > \"$R/etc/machine-id\" \
+         && mkdir -p \"$R/etc/docker\" \
+         && echo '{\"storage-driver\": \"overlay2\", \"exec-opts\": [\"native.cgroupdriver=systemd\"]}' > \"$R/etc/docker/daemon.json\"",
+        &[
+            "--change",
+            "CMD [\"/sbin/init\"]",
+            "--change",
+            "ENV container=docker",
+        ],
+    )
+}
+
+/// Builds `image` from a debootstrap minbase of this machine's suite and
+/// mirror with `include`d packages, runs `customize` (a shell snippet; the
+/// tree is `$R`), and imports the tree with `changes` (`docker import
+/// --change …`). Nothing is done when the image is there.
+fn debootstrap_image(
+    image: &str,
+    include: &str,
+    customize: &str,
+    changes: &[&str],
+) -> anyhow::Result<()> {
+    if image_exists(image) {
+        println!("==> image {image}: present");
         return Ok(());
     }
     if !have("debootstrap") && !Path::new("/usr/sbin/debootstrap").exists() {
@@ -115,29 +159,40 @@ pub(crate) fn build_mpi_image() -> anyhow::Result<()> {
     }
     let mirror = debian_mirror();
     let suite = debian_suite();
-    let rootfs = std::env::temp_dir().join(format!("strato-mpi-{}", std::process::id()));
+    let name = image.split(['/', ':']).nth(1).unwrap_or("image");
+    let rootfs = std::env::temp_dir().join(format!("strato-{name}-{}", std::process::id()));
     let dir = rootfs
         .to_str()
         .context("temporary directory is not UTF-8")?;
-    println!("==> building {MPI_IMAGE} with debootstrap ({suite}, {mirror}; about a minute)");
+    println!("==> building {image} with debootstrap ({suite}, {mirror}; about a minute)");
+    let include = format!("--include={include}");
     let mut bootstrap = as_root(&[
         "debootstrap",
         "--variant=minbase",
-        "--include=openmpi-bin,python3-mpi4py",
+        &include,
         &suite,
         dir,
         &mirror,
     ]);
     bootstrap.stdout(Stdio::null());
     let mut result = run(&format!("debootstrap {suite}"), bootstrap);
+    if result.is_ok() && !customize.is_empty() {
+        let mut tweak = as_root(&["env", &format!("R={dir}"), "sh", "-c", customize]);
+        tweak.stdin(Stdio::null());
+        result = run(&format!("customizing {image}"), tweak);
+    }
     if result.is_ok() {
+        let quoted: Vec<String> = changes.iter().map(|c| format!("'{c}'")).collect();
         let mut import = as_root(&[
             "sh",
             "-c",
-            &format!("tar -C '{dir}' -c . | docker import - {MPI_IMAGE} >/dev/null"),
+            &format!(
+                "tar -C '{dir}' -c . | docker import {} - {image} >/dev/null",
+                quoted.join(" ")
+            ),
         ]);
         import.stdin(Stdio::null());
-        result = run(&format!("docker import {MPI_IMAGE}"), import);
+        result = run(&format!("docker import {image}"), import);
     }
     // The tree is root's: remove it as root.
     as_root(&["rm", "-rf", dir]).status().ok();

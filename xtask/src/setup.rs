@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 
 use crate::command::{as_root, have, run};
-use crate::images::{build_busybox_image, build_mpi_image};
+use crate::images::{build_busybox_image, build_machine_image, build_mpi_image};
 use crate::workspace::root;
 
 /// Everything the build and tests need, installed and started if missing:
@@ -50,6 +50,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
     start_docker()?;
     build_busybox_image()?;
     build_mpi_image()?;
+    build_machine_image()?;
     python_clients()?;
     azurite()?;
     oidc_provider()?;

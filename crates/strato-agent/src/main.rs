@@ -410,6 +410,8 @@ fn start(config: Config) -> Result<(), StartError> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: not into the journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tokio::runtime::Runtime::new()
         .map_err(StartError::AsyncRuntime)?
