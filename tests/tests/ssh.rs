@@ -53,6 +53,43 @@ fn ssh(port: u64, key: &std::path::Path, command: &str) -> Output {
         .expect("ssh is missing: run `cargo xtask setup` (it installs openssh-client)")
 }
 
+/// `ssh -tt -p PORT -i KEY azureuser@127.0.0.1` (a terminal and a login
+/// shell), typing `keys` and then closing its input.
+fn ssh_terminal(port: u64, key: &std::path::Path, keys: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new("ssh")
+        .args([
+            "-tt",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            &port.to_string(),
+            "-i",
+        ])
+        .arg(key)
+        .arg("azureuser@127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh is missing: run `cargo xtask setup` (it installs openssh-client)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(keys.as_bytes())
+        .expect("type into ssh");
+    child.wait_with_output().expect("ssh ends")
+}
+
 fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
     let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
     serde_json::from_slice(&out.stdout).expect("nodes")
@@ -142,6 +179,15 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
     assert!(inside.status.success());
     let failed = ssh(port, &key, "exit 7");
     assert_eq!(failed.status.code(), Some(7));
+    // An interactive login lands in the job's container too, on a terminal.
+    let out = ssh_terminal(port, &key, "echo in=$(cat /tmp/in-job) $(tty)\nexit 3\n");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("in=marker /dev/pts/"),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{shown}");
 
     // Another key is refused.
     let refused = ssh(port, &stranger, "true");
@@ -267,6 +313,17 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "on-the-machine"
     );
+
+    // An interactive login there: a shell on a terminal of its own, the
+    // default size, and its exit status passed on.
+    let out = ssh_terminal(
+        port,
+        &key,
+        "echo node-$((6*7)) size $(stty size) $(tty)\nexit 4\n",
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("node-42 size 24 80 /dev/pts/"), "{shown}");
+    assert_eq!(out.status.code(), Some(4), "{shown}");
     let _ = machine.kill();
     let _ = machine.wait();
 }

@@ -19,10 +19,16 @@ use futures_util::stream::BoxStream;
 use tokio::sync::mpsc::Sender;
 
 use crate::frames::{LineSplitter, payload, unix_seconds};
+
 use crate::{
     ContainerDetails, ContainerRuntime, ContainerSpec, ContainerUsage, ExecEvent, ExecStreamBox,
-    JobContainer, OutputLine, OutputStream, OutputStreamBox, RuntimeError,
+    JobContainer, OutputLine, OutputStream, OutputStreamBox, RuntimeError, Terminal, TerminalSize,
 };
+
+/// The shell an interactive terminal starts: a login shell, bash where the
+/// image has it.
+const LOGIN_SHELL: &str =
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
 
 /// The engine's socket when none is given.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -387,6 +393,86 @@ impl ContainerRuntime for DockerRuntime {
             Ok(())
         });
         Box::pin(events)
+    }
+
+    async fn terminal(
+        &self,
+        container: &str,
+        command: Option<&str>,
+        env: Vec<String>,
+        size: TerminalSize,
+    ) -> Result<Terminal, RuntimeError> {
+        let cmd = match command {
+            Some(command) => vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
+            None => vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                LOGIN_SHELL.to_owned(),
+            ],
+        };
+        let config = bollard::models::ExecConfig {
+            cmd: Some(cmd),
+            env: Some(env),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(true),
+            console_size: Some(vec![usize::from(size.rows), usize::from(size.columns)]),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(container, config).await?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: false,
+                    tty: true,
+                    output_capacity: None,
+                }),
+            )
+            .await?;
+        let bollard::exec::StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::NoSuchContainer(container.to_owned()));
+        };
+        let output = output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdIn { .. }) => None,
+                Ok(
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message },
+                ) => Some(Ok(message.to_vec())),
+                Err(e) => Some(Err(RuntimeError::from(e))),
+            }
+        });
+        Ok(Terminal {
+            id: created.id,
+            output: Box::pin(output),
+            input,
+        })
+    }
+
+    async fn resize_terminal(&self, id: &str, size: TerminalSize) -> Result<(), RuntimeError> {
+        self.docker
+            .resize_exec(
+                id,
+                bollard::query_parameters::ResizeExecOptions {
+                    h: i32::from(size.rows),
+                    w: i32::from(size.columns),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn terminal_exit(&self, id: &str) -> Result<Option<i64>, RuntimeError> {
+        let exec = self.docker.inspect_exec(id).await?;
+        Ok(if exec.running == Some(true) {
+            None
+        } else {
+            exec.exit_code
+        })
     }
 
     async fn details(&self, id: &str) -> Result<ContainerDetails, RuntimeError> {

@@ -9,6 +9,7 @@
 //! Not for production: it runs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::{
     ContainerDetails, ContainerRuntime, ContainerSpec, ContainerUsage, ExecEvent, ExecStreamBox,
-    JobContainer, OutputLine, OutputStream, OutputStreamBox, RuntimeError,
+    JobContainer, OutputLine, OutputStream, OutputStreamBox, RuntimeError, Terminal, TerminalSize,
 };
 
 /// Exit code of a process ended by SIGTERM, as a shell reports it.
@@ -402,6 +403,40 @@ impl ContainerRuntime for FakeRuntime {
         futures_util::stream::iter(events).boxed()
     }
 
+    /// A terminal that shows what is typed into it (a loopback), in a
+    /// running container; its exit code is 0.
+    async fn terminal(
+        &self,
+        container: &str,
+        command: Option<&str>,
+        _env: Vec<String>,
+        _size: TerminalSize,
+    ) -> Result<Terminal, RuntimeError> {
+        self.change(|e| {
+            let c = e.container(container)?;
+            if !c.running() {
+                return Err(no_such_container(container));
+            }
+            c.execs.push(command.unwrap_or("(login shell)").to_owned());
+            Ok(())
+        })?;
+        let (input, output) = tokio::io::duplex(4096);
+        let output = chunks(output);
+        Ok(Terminal {
+            id: format!("fake-terminal-{container}"),
+            output,
+            input: Box::pin(input),
+        })
+    }
+
+    async fn resize_terminal(&self, _id: &str, _size: TerminalSize) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn terminal_exit(&self, _id: &str) -> Result<Option<i64>, RuntimeError> {
+        Ok(Some(0))
+    }
+
     async fn details(&self, id: &str) -> Result<ContainerDetails, RuntimeError> {
         let c = self.container(id).ok_or_else(|| no_such_container(id))?;
         Ok(ContainerDetails {
@@ -411,6 +446,26 @@ impl ContainerRuntime for FakeRuntime {
                 .then_some(std::net::IpAddr::from([127, 0, 0, 1])),
         })
     }
+}
+
+/// What is read from `reader`, as a stream of chunks, until it ends.
+fn chunks(
+    reader: tokio::io::DuplexStream,
+) -> Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, RuntimeError>> + Send>> {
+    Box::pin(futures_util::stream::unfold(
+        reader,
+        |mut reader| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; 4096];
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), reader))
+                }
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

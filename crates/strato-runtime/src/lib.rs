@@ -80,6 +80,34 @@ pub enum ExecEvent {
     Exit(i64),
 }
 
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub columns: u16,
+    pub rows: u16,
+}
+
+impl Default for TerminalSize {
+    /// 80 by 24, the size terminals start with.
+    fn default() -> Self {
+        TerminalSize {
+            columns: 80,
+            rows: 24,
+        }
+    }
+}
+
+/// An interactive terminal in a container (an exec with a TTY); see
+/// [`ContainerRuntime::terminal`].
+pub struct Terminal {
+    /// The engine's id of the exec: for resizing it and its exit code.
+    pub id: String,
+    /// What the terminal shows, until its command ends.
+    pub output: Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, RuntimeError>> + Send>>,
+    /// What is typed into it; dropping it closes the terminal's input.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
 /// The events of an exec; see [`ContainerRuntime::exec`].
 pub type ExecStreamBox =
     Pin<Box<dyn futures_util::Stream<Item = Result<ExecEvent, RuntimeError>> + Send>>;
@@ -234,6 +262,30 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Runs `/bin/sh -c command` in a running container, as a remote shell
     /// would, and streams its output and then its exit code. No stdin.
     fn exec(&self, container: &str, command: &str) -> ExecStreamBox;
+
+    /// Starts an interactive terminal in a running container: `command`
+    /// with `/bin/sh -c`, or a login shell (bash where the image has it),
+    /// on a TTY of `size`, with `env` (`KEY=VALUE`) added.
+    fn terminal(
+        &self,
+        container: &str,
+        command: Option<&str>,
+        env: Vec<String>,
+        size: TerminalSize,
+    ) -> impl Future<Output = Result<Terminal, RuntimeError>> + Send;
+
+    /// Resizes a terminal [`ContainerRuntime::terminal`] started.
+    fn resize_terminal(
+        &self,
+        id: &str,
+        size: TerminalSize,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// A terminal's exit code, once its command ended.
+    fn terminal_exit(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<i64>, RuntimeError>> + Send;
 
     /// A container's environment and its address on its network (none
     /// while it does not run).

@@ -11,9 +11,11 @@
 //! the node (as the agent's user: the admin user is the node's admin, as
 //! on Azure ML) when `--ssh-node-shell` allows it (the local provider's
 //! nodes do not: their "node" is the control plane's own machine). If the
-//! node's containers cannot be listed, nothing runs. Interactive shells,
-//! PTYs and subsystems (sftp) are not offered yet: the client is told.
-//! Output is streamed, the exit status passed on.
+//! node's containers cannot be listed, nothing runs. A login (`ssh NODE`)
+//! or a command with `-t` gets a terminal in the same place (see
+//! `terminal`): the client's window size, its keys and resizes relayed.
+//! A command without `-t` gets no input. Subsystems (sftp) and forwarding
+//! are not offered. Output is streamed, the exit status passed on.
 //!
 //! The host key (ed25519) is made once and kept in
 //! `WORK_DIR/credentials/ssh_host_ed25519_key` (0600). Bounds: at most
@@ -35,8 +37,13 @@ use futures_util::StreamExt as _;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, Msg, Server as _, Session};
 use russh::{Channel, ChannelId};
-use strato_runtime::{ContainerRuntime, ExecEvent, LABEL_NODE, OutputStream};
+use strato_runtime::{ContainerRuntime, ExecEvent, JobContainer, LABEL_NODE, OutputStream};
 use tokio::io::AsyncReadExt as _;
+use tokio::sync::mpsc;
+
+mod terminal;
+
+use terminal::{Input, PtyRequest};
 
 /// Who may log in, as the control plane said at enrolment.
 #[derive(Debug, Clone)]
@@ -263,6 +270,8 @@ impl<R: ContainerRuntime> russh::server::Server for Server<R> {
             runtime: self.runtime.clone(),
             passwords: self.passwords.clone(),
             channels: HashMap::new(),
+            ptys: HashMap::new(),
+            inputs: HashMap::new(),
             commands: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             logged_in: Arc::default(),
             peer,
@@ -279,6 +288,10 @@ struct Connection<R> {
     passwords: Arc<std::sync::Mutex<strato_core::rate::TokenBucket>>,
     /// Session channels opened, until a command takes them.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// The pseudo-terminals asked for on channels not yet running anything.
+    ptys: HashMap<ChannelId, PtyRequest>,
+    /// Where the client's keys go, for channels running a terminal.
+    inputs: HashMap<ChannelId, mpsc::Sender<Input>>,
     /// Commands of this connection still running.
     commands: Arc<std::sync::atomic::AtomicUsize>,
     logged_in: Arc<std::sync::atomic::AtomicBool>,
@@ -294,8 +307,8 @@ pub const LOGIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Password attempts a node takes at once, then one every 6 s.
 pub const PASSWORD_BURST: u32 = 10;
 const PASSWORD_RATE: f64 = 1.0 / 6.0;
-/// The most commands one connection runs at once (and session channels
-/// it holds open waiting for one).
+/// The most commands and terminals one connection runs at once (and
+/// session channels it holds open waiting for one).
 pub const MAX_COMMANDS: usize = 8;
 /// How long a command's output may wait for the client to read it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -373,6 +386,11 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         };
         session.channel_success(channel)?;
         let command = String::from_utf8_lossy(data).into_owned();
+        if let Some(pty) = self.ptys.remove(&channel) {
+            // `ssh -t NODE COMMAND`: the command on a terminal.
+            self.start_terminal(channel, open, Some(command), pty);
+            return Ok(());
+        }
         let (runtime, node) = (self.runtime.clone(), self.node.clone());
         let (node_shell, commands) = (self.node_shell, self.commands.clone());
         tracing::info!(peer = ?self.peer, node = %node, "SSH command");
@@ -393,6 +411,75 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.ptys.remove(&channel);
+        self.inputs.remove(&channel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.channels.contains_key(&channel) {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        self.ptys.insert(
+            channel,
+            PtyRequest {
+                term: terminal::term(term),
+                size: terminal::size(col_width, row_height),
+            },
+        );
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(inputs) = self.inputs.get(&channel) {
+            // A size that cannot wait is dropped: the next one follows.
+            let _ = inputs.try_send(Input::Resize(terminal::size(col_width, row_height)));
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(inputs) = self.inputs.get(&channel) {
+            // A full queue holds the client back until the terminal reads.
+            let _ = inputs.send(Input::Data(data.to_vec())).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(inputs) = self.inputs.get(&channel) {
+            let _ = inputs.send(Input::Eof).await;
+        }
         Ok(())
     }
 
@@ -417,17 +504,86 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
             return Ok(());
         };
         session.channel_success(channel)?;
+        // Without a pty request (`ssh -T`), a terminal all the same: a
+        // shell needs one to prompt.
+        let pty = self.ptys.remove(&channel).unwrap_or(PtyRequest {
+            term: "dumb".to_owned(),
+            size: strato_runtime::TerminalSize::default(),
+        });
+        self.start_terminal(channel, open, None, pty);
+        Ok(())
+    }
+}
+
+impl<R: ContainerRuntime> Connection<R> {
+    /// Runs `command`, or a login shell, on a terminal for `channel`: in the
+    /// node's running job container, else on the node when it offers a
+    /// shell. The client's keys reach it through [`Connection::inputs`].
+    fn start_terminal(
+        &mut self,
+        channel: ChannelId,
+        open: Channel<Msg>,
+        command: Option<String>,
+        pty: PtyRequest,
+    ) {
+        let (tx, inputs) = mpsc::channel(terminal::INPUT_QUEUE);
+        self.inputs.insert(channel, tx);
+        let (runtime, node) = (self.runtime.clone(), self.node.clone());
+        let (node_shell, commands) = (self.node_shell, self.commands.clone());
+        tracing::info!(peer = ?self.peer, node = %node, command = command.is_some(), "SSH terminal");
+        commands.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
-            say(
-                &open,
-                "strato: interactive shells are not offered yet; run a command: ssh ... COMMAND",
-            )
-            .await;
-            let _ = open.exit_status(1).await;
+            let code = match running_job(runtime.as_ref(), &node, &open).await {
+                Err(code) => code,
+                Ok(Some(container)) => {
+                    terminal::in_container(
+                        runtime.as_ref(),
+                        &container.id,
+                        command.as_deref(),
+                        pty,
+                        inputs,
+                        &open,
+                    )
+                    .await
+                }
+                Ok(None) if node_shell => {
+                    terminal::on_node(command.as_deref(), pty, inputs, &open).await
+                }
+                Ok(None) => {
+                    say(&open, NO_SHELL).await;
+                    1
+                }
+            };
+            let _ = open.exit_status(code).await;
             let _ = open.eof().await;
             let _ = open.close().await;
+            commands.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
-        Ok(())
+    }
+}
+
+/// What a client is told when there is neither a job nor a node shell.
+const NO_SHELL: &str =
+    "strato: no job runs on this node now, and this node offers no shell of its own";
+
+/// The node's running job container, if any; `Err` with the exit status
+/// when the node's containers cannot be listed (the client is told).
+async fn running_job<R: ContainerRuntime>(
+    runtime: &R,
+    node: &str,
+    channel: &Channel<Msg>,
+) -> Result<Option<JobContainer>, u32> {
+    match runtime.list(LABEL_NODE, node).await {
+        Ok(containers) => Ok(containers.into_iter().find(|c| c.running)),
+        Err(e) => {
+            tracing::warn!(error = %e, "SSH: cannot list the node's containers");
+            say(
+                channel,
+                &format!("strato: cannot see this node's job ({e}); nothing was run"),
+            )
+            .await;
+            Err(255)
+        }
     }
 }
 
@@ -441,17 +597,9 @@ async fn run<R: ContainerRuntime>(
     command: &str,
     channel: &Channel<Msg>,
 ) -> u32 {
-    let running = match runtime.list(LABEL_NODE, node).await {
-        Ok(containers) => containers.into_iter().find(|c| c.running),
-        Err(e) => {
-            tracing::warn!(error = %e, "SSH: cannot list the node's containers");
-            say(
-                channel,
-                &format!("strato: cannot see this node's job ({e}); nothing was run"),
-            )
-            .await;
-            return 255;
-        }
+    let running = match running_job(runtime, node, channel).await {
+        Ok(running) => running,
+        Err(code) => return code,
     };
     match running {
         Some(container) => {
@@ -479,11 +627,7 @@ async fn run<R: ContainerRuntime>(
         }
         None if node_shell => on_node(command, channel).await,
         None => {
-            say(
-                channel,
-                "strato: no job runs on this node now, and this node offers no shell of its own",
-            )
-            .await;
+            say(channel, NO_SHELL).await;
             1
         }
     }
