@@ -84,14 +84,17 @@ pub struct Fleet {
     pub gateway: IpAddr,
     /// Each machine's `/etc/strato`, under here.
     dir: PathBuf,
-    /// Container names and ids of the machines booted.
-    machines: Vec<(String, String)>,
+    /// Container names of the machines booted (or being booted).
+    machines: Vec<String>,
 }
 
 impl Fleet {
-    /// Creates the network (`strato-fleet-PID-N`, labelled `strato.test`).
+    /// Creates the network (`strato-fleet-PID-N`, labelled `strato.test`),
+    /// after removing what fleets of test processes no longer running left
+    /// (a test killed before it could clean up).
     pub fn create(dir: &Path) -> anyhow::Result<Fleet> {
         require_machine_image();
+        sweep();
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("strato-fleet-{}-{n}", std::process::id());
@@ -168,10 +171,10 @@ impl Fleet {
             MACHINE_IMAGE.into(),
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let id = String::from_utf8_lossy(&docker(&args)?.stdout)
-            .trim()
-            .to_owned();
-        self.machines.push((container.clone(), id));
+        // Known before it exists: a container created but not started is
+        // removed too.
+        self.machines.push(container.clone());
+        docker(&args)?;
         self.wait_booted(host)?;
         let ip = self.ip(host)?;
         std::fs::write(
@@ -310,19 +313,59 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for (machine, id) in &self.machines {
-            let _ = Command::new("docker")
-                .args(["rm", "--force", "--volumes", machine])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            remove_cgroups(id);
+        for machine in &self.machines {
+            remove_machine(machine);
         }
         let _ = Command::new("docker")
             .args(["network", "rm", &self.name])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// Removes machine container `name` with its volumes and cgroups.
+fn remove_machine(name: &str) {
+    let id = docker(&["inspect", "--format", "{{.Id}}", name])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = Command::new("docker")
+        .args(["rm", "--force", "--volumes", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    remove_cgroups(&id);
+}
+
+/// Removes the machines and networks of fleets whose test process is gone
+/// (`strato-fleet-PID-...`, PID not running).
+fn sweep() {
+    let gone = |name: &str| {
+        name.strip_prefix("strato-fleet-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let names = |args: &[&str]| -> Vec<String> {
+        docker(args)
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let filter = "--filter=label=strato.test=fleet";
+    for machine in names(&["ps", "-a", filter, "--format", "{{.Names}}"]) {
+        if gone(&machine) {
+            remove_machine(&machine);
+        }
+    }
+    for network in names(&["network", "ls", filter, "--format", "{{.Name}}"]) {
+        if gone(&network) {
+            let _ = docker(&["network", "rm", &network]);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod fleet;
 pub mod in_process;
 pub mod sim;
+pub mod ssh_client;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

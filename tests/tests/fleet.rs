@@ -5,13 +5,16 @@
 //! jobs in their own machine's engine; a 2-machine MPI job runs its ranks on
 //! both machines over their own network; a machine whose agent stops is lost
 //! and its job runs again elsewhere; detach drains one; a used-up token is
-//! refused (the unit fails with status 2 and is not restarted); and power
-//! commands power a machine off when idle and boot it for a waiting job.
+//! refused (the unit fails with status 2 and is not restarted); the
+//! cluster's key logs in to a machine over SSH and gets a shell there, under
+//! the unit's sandbox; and power commands power a machine off when idle and
+//! boot it for a waiting job.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use strato_e2e::fleet::Fleet;
+use strato_e2e::ssh_client::{self, keypair};
 use strato_e2e::{ControlPlane, MPI_IMAGE, TEST_IMAGE, job_log_lines, wait_for};
 use strato_proto::v1;
 
@@ -112,6 +115,7 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
     let cp = ControlPlane::start_on(&dir.path().join("data"), fleet.gateway, FAST)
         .await
         .expect("start the control plane");
+    let (key, public) = keypair(dir.path(), "admin-key");
     cp.cli_ok(&[
         "compute",
         "create",
@@ -123,6 +127,11 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
         "Standard_D2_v2",
         "--max-nodes",
         "3",
+        "--admin-username",
+        "azureuser",
+        "--ssh-key-value",
+        &public,
+        "--ssh-public-access",
     ]);
     let token = join_token(&cp, "lab", "3");
 
@@ -146,6 +155,34 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
             fleet.agent_journal(host)
         );
     }
+
+    // SSH to a machine with no job: a login shell on the machine itself,
+    // inside the unit's sandbox, where the agent leads a session of its own
+    // (the terminal must become the shell's, not the agent's).
+    let m1 = &nodes(&cp, "lab")
+        .into_iter()
+        .find(|n| n["node_id"] == ids[0])
+        .expect("m1 listed");
+    let port = m1["port"].as_u64().expect("an SSH port");
+    let ip = fleet.ip("m1").expect("m1's address");
+    assert_eq!(m1["ssh"], format!("ssh -p {port} azureuser@{ip}"), "{m1}");
+    let login = wait_for("a login on m1", LONG, || {
+        let out = ssh_client::terminal(
+            &ip,
+            port,
+            &key,
+            "echo node-$((6*7)) on $(hostname)\nexit 5\n",
+        );
+        async move { (out.status.code() == Some(5)).then_some(out) }
+    })
+    .await;
+    let shown = String::from_utf8_lossy(&login.stdout);
+    assert!(shown.contains("node-42 on m1"), "{shown}");
+    assert_eq!(
+        fleet.agent_property("m1", "ActiveState"),
+        "active",
+        "the agent lives on"
+    );
 
     // The token is used up: a fourth machine is refused, and its unit
     // fails without restarting (exit status 2, RestartPreventExitStatus).

@@ -4,90 +4,23 @@
 //! command lands in the running job's container; a wrong key is refused;
 //! a cluster without SSH has nothing listening.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
+use strato_e2e::ssh_client::{self, keypair};
 use strato_e2e::{ControlPlane, require_docker, wait_for};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A new ed25519 key pair in `dir`: (private key path, public key line).
-fn keypair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
-    let key = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen is missing: run `cargo xtask setup` (it installs openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
-    (key, public.trim().to_owned())
-}
-
 /// `ssh -p PORT -i KEY azureuser@127.0.0.1 COMMAND`, non-interactive.
 fn ssh(port: u64, key: &std::path::Path, command: &str) -> Output {
-    Command::new("ssh")
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            &port.to_string(),
-            "-i",
-        ])
-        .arg(key)
-        .args(["azureuser@127.0.0.1", command])
-        .output()
-        .expect("ssh is missing: run `cargo xtask setup` (it installs openssh-client)")
+    ssh_client::command("127.0.0.1", port, key, command)
 }
 
-/// `ssh -tt -p PORT -i KEY azureuser@127.0.0.1` (a terminal and a login
-/// shell), typing `keys` and then closing its input.
+/// `ssh -tt` to 127.0.0.1:PORT, typing `keys`.
 fn ssh_terminal(port: u64, key: &std::path::Path, keys: &str) -> Output {
-    use std::io::Write as _;
-    let mut child = Command::new("ssh")
-        .args([
-            "-tt",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            &port.to_string(),
-            "-i",
-        ])
-        .arg(key)
-        .arg("azureuser@127.0.0.1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ssh is missing: run `cargo xtask setup` (it installs openssh-client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(keys.as_bytes())
-        .expect("type into ssh");
-    child.wait_with_output().expect("ssh ends")
+    ssh_client::terminal("127.0.0.1", port, key, keys)
 }
 
 fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
@@ -188,6 +121,32 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(3), "{shown}");
+    // A client that leaves hangs its terminal up: what it ran there ends.
+    let mut left = ssh_client::start_terminal("127.0.0.1", port, &key);
+    {
+        use std::io::Write as _;
+        let mut keys = left.stdin.take().expect("stdin");
+        keys.write_all(b"sleep 4242\n").expect("type");
+        wait_for("the sleep running", LONG, || {
+            let ps = ssh(port, &key, "ps");
+            async move {
+                String::from_utf8_lossy(&ps.stdout)
+                    .contains("sleep 4242")
+                    .then_some(())
+            }
+        })
+        .await;
+        left.kill().expect("the client leaves");
+        let _ = left.wait();
+    }
+    wait_for("the left terminal's sleep gone", LONG, || {
+        let ps = ssh(port, &key, "ps");
+        async move {
+            (ps.status.success() && !String::from_utf8_lossy(&ps.stdout).contains("sleep 4242"))
+                .then_some(())
+        }
+    })
+    .await;
 
     // Another key is refused.
     let refused = ssh(port, &stranger, "true");
@@ -324,6 +283,31 @@ async fn the_clusters_key_logs_in_to_the_running_jobs_container() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("node-42 size 24 80 /dev/pts/"), "{shown}");
     assert_eq!(out.status.code(), Some(4), "{shown}");
+    // A client that leaves hangs the shell up, and what runs in it.
+    let mut left = ssh_client::start_terminal("127.0.0.1", port, &key);
+    let sleeping = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "sleep 4343"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    {
+        use std::io::Write as _;
+        let mut keys = left.stdin.take().expect("stdin");
+        keys.write_all(b"sleep 4343\n").expect("type");
+        wait_for("the sleep running", LONG, || {
+            let running = sleeping();
+            async move { running.then_some(()) }
+        })
+        .await;
+        left.kill().expect("the client leaves");
+        let _ = left.wait();
+    }
+    wait_for("the left shell's sleep gone", LONG, || {
+        let gone = !sleeping();
+        async move { gone.then_some(()) }
+    })
+    .await;
     let _ = machine.kill();
     let _ = machine.wait();
 }

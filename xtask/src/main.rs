@@ -4,6 +4,7 @@
 //! - `demo`:  run the main flow end to end with the real binaries.
 //! - `ci`:    setup, then format check, clippy, build, and every test tier.
 //! - `bench`: time dispatch, measure the agent (release build).
+//! - `gpu-check`: what a real NVIDIA GPU gets from Strato (on a GPU machine).
 //!
 //! One module per task (`setup`, `images`, `ci`, `demo`, `bench`); `control`
 //! is the control plane the demo and the benchmarks start, `command` and
@@ -18,6 +19,7 @@ mod ci;
 mod command;
 mod control;
 mod demo;
+mod gpu;
 mod images;
 mod leftovers;
 mod setup;
@@ -30,6 +32,11 @@ commands:
   setup   install what the build and the tests need (idempotent)
   demo    start a control plane and walk a cluster through its lifecycle
   ci      setup, then cargo fmt --check, clippy -D warnings, build, and all tests
+  gpu-check
+          on a machine with an NVIDIA GPU: the driver, the NVIDIA container
+          toolkit (installed and configured into Docker where apt has it), a
+          one-node cluster of this machine's GPUs, a job running nvidia-smi in
+          its container, and the agent's DCGM metrics, printed step by step
   bench dispatch
           on a warm node, time from `strato job submit` to the job's first output
           line, against plain `docker run` of the same image and command (release
@@ -58,6 +65,7 @@ fn dispatch() -> anyhow::Result<()> {
         Some("setup") => setup::setup(),
         Some("demo") => demo::demo(),
         Some("ci") => ci::ci(),
+        Some("gpu-check") => gpu::gpu_check(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("dispatch") => bench::bench_dispatch(),
             Some("agent") => bench::bench_agent(),

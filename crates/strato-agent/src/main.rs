@@ -419,6 +419,27 @@ fn start(config: Config) -> Result<(), StartError> {
 }
 
 /// This node's name: `--node-name`, else the host name.
+/// The local address this machine reaches `authority` (HOST:PORT) from, as
+/// the kernel routes it (an unconnected UDP socket: nothing is sent).
+/// IPv4 first: Open MPI builds without IPv6 take IPv4 subnets only.
+async fn route_to(authority: &str) -> std::io::Result<std::net::IpAddr> {
+    let mut targets: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host(authority).await?.collect();
+    targets.sort_by_key(|t| !t.is_ipv4());
+    let target = targets
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("the name has no address"))?;
+    let unspecified: std::net::SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(unspecified)?;
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip())
+}
+
 /// With the host network: the interface that holds `--node-address`, else
 /// the one this machine reaches the control plane through (the kernel's
 /// route, asked with an unconnected UDP socket: nothing is sent).
@@ -437,18 +458,26 @@ async fn gang_interface(config: &Config) -> Option<MachineInterface> {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            let target = tokio::net::lookup_host(authority).await.ok()?.next()?;
-            let unspecified: std::net::SocketAddr = if target.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let socket = std::net::UdpSocket::bind(unspecified).ok()?;
-            socket.connect(target).ok()?;
-            socket.local_addr().ok()?.ip()
+            match route_to(&authority).await {
+                Ok(address) => address,
+                Err(e) => {
+                    tracing::warn!(
+                        control_plane = %authority, error = %e,
+                        "cannot tell this machine's address: multi-node jobs' MPI and NCCL \
+                         choose their own interface (set --node-address)"
+                    );
+                    return None;
+                }
+            }
         }
     };
-    let networks = sysinfo::Networks::new_with_refreshed_list().ok()?;
+    let networks = match sysinfo::Networks::new_with_refreshed_list() {
+        Ok(networks) => networks,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this machine's interfaces");
+            return None;
+        }
+    };
     let interfaces = networks.iter().flat_map(|(name, data)| {
         data.ip_networks()
             .iter()

@@ -3,8 +3,8 @@
 //! metrics and the agent's own health, rendered for `/metrics`; and the
 //! utilisation summary that heartbeats carry.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use strato_core::exposition::{Exposition, Labels};
 
@@ -80,9 +80,14 @@ impl GpuSource for FakeGpus {
     }
 }
 
+/// XID errors counted so far: by GPU index and XID code.
+type XidCounts = Arc<Mutex<std::collections::BTreeMap<(u32, u64), u64>>>;
+
 /// NVML, loaded at run time through nvml-wrapper.
 pub struct NvmlGpus {
     nvml: nvml_wrapper::Nvml,
+    /// Filled by one thread per GPU waiting on NVML's critical-XID events.
+    xids: XidCounts,
 }
 
 impl NvmlGpus {
@@ -93,7 +98,17 @@ impl NvmlGpus {
             Ok(nvml) => {
                 let count = nvml.device_count().unwrap_or(0);
                 tracing::info!(gpus = count, "NVML loaded");
-                Box::new(NvmlGpus { nvml })
+                let xids = XidCounts::default();
+                for index in 0..count {
+                    let xids = xids.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("xid-gpu{index}"))
+                        .spawn(move || watch_xids(index, &xids));
+                    if let Err(e) = spawned {
+                        tracing::warn!(gpu = index, error = %e, "cannot watch XID errors");
+                    }
+                }
+                Box::new(NvmlGpus { nvml, xids })
             }
             Err(e) => {
                 tracing::info!(reason = %e, "no NVIDIA library: this node reports zero GPUs");
@@ -137,11 +152,55 @@ impl GpuSource for NvmlGpus {
                     total_energy: d.total_energy_consumption().unwrap_or(0),
                     sm_clock: d.clock_info(Clock::SM).unwrap_or(0),
                     memory_clock: d.clock_info(Clock::Memory).unwrap_or(0),
-                    xid_errors: Vec::new(),
+                    xid_errors: self
+                        .xids
+                        .lock()
+                        .map(|counts| {
+                            counts
+                                .iter()
+                                .filter(|((gpu, _), _)| *gpu == i)
+                                .map(|((_, code), n)| (*code, *n))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     problem,
                 })
             })
             .collect()
+    }
+}
+
+/// Counts GPU `index`'s critical XID errors from NVML's event set, for as
+/// long as the agent runs (a wait of five seconds at a time). A GPU whose
+/// events NVML does not offer (some virtual GPUs) is left alone, once said.
+fn watch_xids(index: u32, xids: &XidCounts) {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    use nvml_wrapper::enums::event::XidError;
+    use nvml_wrapper::error::NvmlError;
+    let watched = nvml_wrapper::Nvml::init().and_then(|nvml| -> Result<(), NvmlError> {
+        let device = nvml.device_by_index(index)?;
+        let set = nvml.create_event_set()?;
+        let set = device
+            .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+            .map_err(|e| e.error)?;
+        // The set borrows NVML for as long as it is waited on.
+        loop {
+            match set.wait(5_000) {
+                Ok(event) => {
+                    if let Some(XidError::Value(code)) = event.event_data {
+                        tracing::warn!(gpu = index, xid = code, "GPU XID error");
+                        if let Ok(mut counts) = xids.lock() {
+                            *counts.entry((index, code)).or_default() += 1;
+                        }
+                    }
+                }
+                Err(NvmlError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    if let Err(e) = watched {
+        tracing::info!(gpu = index, reason = %e, "no XID events from NVML for this GPU");
     }
 }
 

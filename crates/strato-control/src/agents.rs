@@ -301,6 +301,7 @@ impl<S: Store> AgentService for AgentApi<S> {
                 r.vcpus,
                 r.memory_bytes,
                 &gpu_info,
+                r.gpu_container_runtime,
             )
             .err()
         });

@@ -8,7 +8,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
-    EndpointSettings, HostConfig, NetworkingConfig,
+    DeviceRequest, EndpointSettings, HostConfig, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -395,6 +395,14 @@ impl ContainerRuntime for DockerRuntime {
         Box::pin(events)
     }
 
+    async fn gpu_support(&self) -> Result<bool, RuntimeError> {
+        let info = self.docker.info().await?;
+        let runtime = info
+            .runtimes
+            .is_some_and(|r| r.keys().any(|name| name.starts_with("nvidia")));
+        Ok(runtime || on_path(NVIDIA_HOOK))
+    }
+
     async fn terminal(
         &self,
         container: &str,
@@ -461,6 +469,48 @@ impl ContainerRuntime for DockerRuntime {
                     h: i32::from(size.rows),
                     w: i32::from(size.columns),
                 },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn end_terminal(&self, id: &str) -> Result<(), RuntimeError> {
+        let exec = self.docker.inspect_exec(id).await?;
+        let (Some(true), Some(pid), Some(container)) = (exec.running, exec.pid, exec.container_id)
+        else {
+            return Ok(());
+        };
+        // The terminal's process as the container numbers it (the last of
+        // NSpid): it leads its session and process group there.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let Some(inner) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last())
+            .and_then(|id| id.parse::<u32>().ok())
+        else {
+            return Ok(());
+        };
+        let config = bollard::models::ExecConfig {
+            cmd: Some(vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                format!(
+                    "kill -HUP -- -{inner} 2>/dev/null; sleep 2; kill -KILL -- -{inner} 2>/dev/null"
+                ),
+            ]),
+            user: Some("0".to_owned()),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(&container, config).await?;
+        self.docker
+            .start_exec(
+                &created.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: true,
+                    tty: false,
+                    output_capacity: None,
+                }),
             )
             .await?;
         Ok(())
@@ -538,6 +588,17 @@ where
     futures_util::stream::select(items, pump)
 }
 
+/// What Docker's built-in NVIDIA device driver runs to hand GPUs over
+/// (from nvidia-container-toolkit).
+const NVIDIA_HOOK: &str = "nvidia-container-runtime-hook";
+
+/// Whether an executable `name` is on this process's PATH (the engine's
+/// usually matches it on a machine set up with packages).
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+}
+
 /// The agent's default limit on processes (threads included) in one job
 /// container (`--job-pids-limit`).
 pub const PIDS_LIMIT: i64 = 4_096;
@@ -577,6 +638,15 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .collect()
         }),
         network_mode: spec.network.clone(),
+        // The GPUs, as `docker run --gpus device=UUID,...` asks for them.
+        device_requests: (!spec.gpus.is_empty()).then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                device_ids: Some(spec.gpus.clone()),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..DeviceRequest::default()
+            }]
+        }),
         ..HostConfig::default()
     };
     let networking_config = match (&spec.network, &spec.hostname) {
@@ -806,5 +876,55 @@ fn classify(frame: &LogOutput) -> Option<(OutputStream, &[u8])> {
             Some((OutputStream::Stdout, message))
         }
         LogOutput::StdIn { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "c".into(),
+            image: "img".into(),
+            command: Vec::new(),
+            env: Vec::new(),
+            cpus: None,
+            memory_bytes: None,
+            labels: BTreeMap::new(),
+            mounts: Vec::new(),
+            network: None,
+            hostname: None,
+            pids_limit: None,
+            new_privileges: false,
+            user: None,
+            gpus: Vec::new(),
+        }
+    }
+
+    /// GPUs are asked for as `docker run --gpus device=UUID,...` does: one
+    /// request to the NVIDIA driver, by UUID, with the `gpu` capability;
+    /// none without GPUs.
+    #[test]
+    fn gpus_become_one_device_request_to_the_nvidia_driver() {
+        let none = create_body(&spec()).host_config.expect("host config");
+        assert_eq!(none.device_requests, None);
+        let body = create_body(&ContainerSpec {
+            gpus: vec!["GPU-a".into(), "GPU-b".into()],
+            ..spec()
+        });
+        let requests = body
+            .host_config
+            .and_then(|h| h.device_requests)
+            .expect("device requests");
+        assert_eq!(
+            requests,
+            [DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(vec!["GPU-a".into(), "GPU-b".into()]),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..DeviceRequest::default()
+            }]
+        );
     }
 }

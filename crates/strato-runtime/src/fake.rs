@@ -68,6 +68,8 @@ struct Engine {
     networks: BTreeMap<String, BTreeMap<String, String>>,
     missing_images: BTreeSet<String>,
     unreachable: bool,
+    /// Whether it hands GPUs to containers (as the NVIDIA runtime would).
+    gpu_support: bool,
 }
 
 impl Engine {
@@ -115,6 +117,11 @@ impl Default for FakeRuntime {
 impl FakeRuntime {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes the engine one with (or without) the NVIDIA container runtime.
+    pub fn set_gpu_support(&self, supported: bool) {
+        self.engine().gpu_support = supported;
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -403,6 +410,10 @@ impl ContainerRuntime for FakeRuntime {
         futures_util::stream::iter(events).boxed()
     }
 
+    async fn gpu_support(&self) -> Result<bool, RuntimeError> {
+        Ok(self.engine().gpu_support)
+    }
+
     /// A terminal that shows what is typed into it (a loopback), in a
     /// running container; its exit code is 0.
     async fn terminal(
@@ -430,6 +441,10 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn resize_terminal(&self, _id: &str, _size: TerminalSize) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn end_terminal(&self, _id: &str) -> Result<(), RuntimeError> {
         Ok(())
     }
 
@@ -487,6 +502,7 @@ mod tests {
             pids_limit: None,
             new_privileges: false,
             user: None,
+            gpus: Vec::new(),
         }
     }
 

@@ -70,6 +70,9 @@ pub struct ContainerSpec {
     /// Who its command runs as (`NAME`, `UID`, `UID:GID`); `None`: the
     /// image's `USER`.
     pub user: Option<String>,
+    /// The node's GPUs it gets, by UUID, through the engine's NVIDIA device
+    /// driver (a device request, as `docker run --gpus`); empty: none.
+    pub gpus: Vec<String>,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]
@@ -263,6 +266,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// would, and streams its output and then its exit code. No stdin.
     fn exec(&self, container: &str, command: &str) -> ExecStreamBox;
 
+    /// Whether the engine can hand NVIDIA GPUs to containers: it has the
+    /// NVIDIA container runtime, or the hook its built-in NVIDIA device
+    /// driver runs.
+    fn gpu_support(&self) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+
     /// Starts an interactive terminal in a running container: `command`
     /// with `/bin/sh -c`, or a login shell (bash where the image has it),
     /// on a TTY of `size`, with `env` (`KEY=VALUE`) added.
@@ -280,6 +288,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         size: TerminalSize,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Hangs a terminal up, as a closed SSH connection does: its processes
+    /// get SIGHUP, and SIGKILL two seconds later. Best effort: nothing
+    /// happens where its processes cannot be found.
+    fn end_terminal(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// A terminal's exit code, once its command ended.
     fn terminal_exit(

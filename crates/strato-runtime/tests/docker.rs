@@ -56,6 +56,7 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         pids_limit: Some(strato_runtime::PIDS_LIMIT),
         new_privileges: false,
         user: None,
+        gpus: Vec::new(),
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),

@@ -257,22 +257,25 @@ pub fn wire(
     if let (GangNetwork::Host, Some(interface), true) =
         (config.network, &config.interface, multi_node)
     {
-        // NCCL's and Gloo's bootstrap, for PyTorch (and any job using them).
+        // NCCL's and Gloo's bootstrap, for PyTorch (and any job using
+        // them); `=` makes NCCL match the name exactly, not as a prefix.
         env.extend([
-            ("NCCL_SOCKET_IFNAME".to_owned(), interface.name.clone()),
+            (
+                "NCCL_SOCKET_IFNAME".to_owned(),
+                format!("={}", interface.name),
+            ),
             ("GLOO_SOCKET_IFNAME".to_owned(), interface.name.clone()),
         ]);
     }
     // What the job set itself wins over the defaults chosen here for the
-    // interface.
-    const OVERRIDABLE: [&str; 4] = [
-        "OMPI_MCA_btl_tcp_if_include",
-        "OMPI_MCA_oob_tcp_if_include",
-        "NCCL_SOCKET_IFNAME",
-        "GLOO_SOCKET_IFNAME",
-    ];
-    env.retain(|(key, _)| {
-        !(OVERRIDABLE.contains(&key.as_str()) && container.env.iter().any(|(k, _)| k == key))
+    // interface; an exclude list of its own rules out our include list
+    // (Open MPI refuses both).
+    let job_sets = |key: &str| container.env.iter().any(|(k, _)| k == key);
+    env.retain(|(key, _)| match key.as_str() {
+        "OMPI_MCA_btl_tcp_if_include" => !job_sets(key) && !job_sets("OMPI_MCA_btl_tcp_if_exclude"),
+        "OMPI_MCA_oob_tcp_if_include" => !job_sets(key) && !job_sets("OMPI_MCA_oob_tcp_if_exclude"),
+        "NCCL_SOCKET_IFNAME" | "GLOO_SOCKET_IFNAME" => !job_sets(key),
+        _ => true,
     });
     container.env.extend(env);
     Ok(())
@@ -331,6 +334,7 @@ mod tests {
             pids_limit: None,
             new_privileges: false,
             user: None,
+            gpus: Vec::new(),
         }
     }
 
@@ -542,7 +546,7 @@ mod tests {
         wire(&mut c, &config, "c", &assignment, &spec, &dir, "http://x").expect("wire");
         assert_eq!(env(&c, "OMPI_MCA_btl_tcp_if_include"), Some("10.0.0.0/24"));
         assert_eq!(env(&c, "OMPI_MCA_oob_tcp_if_include"), Some("10.0.0.0/24"));
-        assert_eq!(env(&c, "NCCL_SOCKET_IFNAME"), Some("ens5"));
+        assert_eq!(env(&c, "NCCL_SOCKET_IFNAME"), Some("=ens5"));
         assert_eq!(env(&c, "GLOO_SOCKET_IFNAME"), Some("ens5"));
 
         let mut own = container();
@@ -556,6 +560,27 @@ mod tests {
             .map(|(_, v)| v.as_str())
             .collect();
         assert_eq!(chosen, ["ib0"], "the job's own choice, once");
+
+        let mut excluding = container();
+        excluding
+            .env
+            .push(("OMPI_MCA_btl_tcp_if_exclude".into(), "lo,docker0".into()));
+        wire(
+            &mut excluding,
+            &config,
+            "c",
+            &assignment,
+            &spec,
+            &dir,
+            "http://x",
+        )
+        .expect("wire");
+        assert_eq!(env(&excluding, "OMPI_MCA_btl_tcp_if_include"), None);
+        assert_eq!(
+            env(&excluding, "OMPI_MCA_oob_tcp_if_include"),
+            Some("10.0.0.0/24"),
+            "only the list the job chose is left alone"
+        );
 
         let alone = v1::JobAssignment {
             gang: vec![member(0, "n0")],

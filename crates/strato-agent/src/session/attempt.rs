@@ -59,12 +59,35 @@ pub fn container_spec(
         pids_limit: Some(strato_runtime::PIDS_LIMIT),
         new_privileges: false,
         user: (!spec.user.is_empty()).then(|| spec.user.clone()),
+        gpus: Vec::new(),
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
             (LABEL_JOB.to_owned(), job_id.to_owned()),
             (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
         ]),
+    }
+}
+
+/// Gives a job's container the node's GPUs, `uuids` (all of them: a job
+/// takes the whole node), through the engine's NVIDIA device driver, with
+/// the variables the NVIDIA runtime and CUDA read to match: the devices by
+/// UUID, and CUDA's ordinals inside the container. What the job set itself
+/// is kept.
+pub fn give_gpus(container: &mut ContainerSpec, uuids: &[String]) {
+    if uuids.is_empty() {
+        return;
+    }
+    container.gpus = uuids.to_vec();
+    let ordinals: Vec<String> = (0..uuids.len()).map(|i| i.to_string()).collect();
+    for (key, value) in [
+        ("NVIDIA_VISIBLE_DEVICES", uuids.join(",")),
+        ("CUDA_VISIBLE_DEVICES", ordinals.join(",")),
+        ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility".to_owned()),
+    ] {
+        if !container.env.iter().any(|(k, _)| k == key) {
+            container.env.push((key.to_owned(), value));
+        }
     }
 }
 
@@ -356,5 +379,30 @@ mod tests {
         assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
         let before = timestamp(-1);
         assert_eq!((before.seconds, before.nanos), (-1, 999_000_000));
+    }
+
+    #[test]
+    fn a_gpu_nodes_job_gets_every_gpu_with_matching_variables() {
+        let spec = v1::JobSpec {
+            image: "pytorch".into(),
+            environment: [("NVIDIA_DRIVER_CAPABILITIES".to_owned(), "all".to_owned())].into(),
+            ..Default::default()
+        };
+        let mut c = container_spec("n1", "gpu", "job-1", 1, &spec);
+        assert!(c.gpus.is_empty(), "none until given");
+        give_gpus(&mut c, &[]);
+        assert!(c.gpus.is_empty() && !c.env.iter().any(|(k, _)| k.contains("VISIBLE")));
+        give_gpus(&mut c, &["GPU-a".to_owned(), "GPU-b".to_owned()]);
+        assert_eq!(c.gpus, ["GPU-a", "GPU-b"]);
+        let env = |key: &str| -> Vec<&str> {
+            c.env
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(env("NVIDIA_VISIBLE_DEVICES"), ["GPU-a,GPU-b"]);
+        assert_eq!(env("CUDA_VISIBLE_DEVICES"), ["0,1"]);
+        assert_eq!(env("NVIDIA_DRIVER_CAPABILITIES"), ["all"], "the job's own");
     }
 }

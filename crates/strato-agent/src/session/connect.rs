@@ -195,6 +195,8 @@ pub(super) async fn open<R: ContainerRuntime>(
     let mut channel = dial(config, held.as_ref()).await?;
     let mut client = AgentServiceClient::new(channel.clone());
     let gpus = identity.gpus.sample();
+    // Asked only where there are GPUs to hand over.
+    let gpu_container_runtime = !gpus.is_empty() && runtime.gpu_support().await.unwrap_or(false);
     let csr = match &contact.credentials {
         Some(c) => c.csr()?,
         None => String::new(),
@@ -216,6 +218,7 @@ pub(super) async fn open<R: ContainerRuntime>(
         gpus: u32::try_from(gpus.len()).unwrap_or(0),
         gpu_info: gpus.iter().map(telemetry::GpuSample::info).collect(),
         ssh_port: config.ssh_listen.map_or(0, |a| u32::from(a.port())),
+        gpu_container_runtime,
         ssh_host_key: config
             .ssh_listen
             .and_then(|_| crate::ssh::host_public_key(&identity.work_dir.join("credentials")))

@@ -12,7 +12,7 @@ use strato_runtime::{ContainerRuntime, LABEL_CONTROL_PLANE, LABEL_JOB};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::attempt::{Staging, container_spec, start};
+use super::attempt::{Staging, container_spec, give_gpus, start};
 use super::staging::{DataPlan, attempt_dir, transfers};
 use super::{AgentConfig, IdentityContext, job_key, node_fault, report};
 use crate::gang;
@@ -69,6 +69,13 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
             container
                 .labels
                 .insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
+        }
+        // A GPU node's job gets all its GPUs, where the engine can hand
+        // them over (a GPU size's node without that is unusable).
+        let gpus = identity.gpus.sample();
+        if !gpus.is_empty() && self.runtime.gpu_support().await.unwrap_or(false) {
+            let uuids: Vec<String> = gpus.into_iter().map(|g| g.uuid).collect();
+            give_gpus(&mut container, &uuids);
         }
         container.pids_limit = self.config.job_pids_limit;
         container.new_privileges = self.config.allow_new_privileges;

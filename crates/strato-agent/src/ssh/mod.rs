@@ -36,14 +36,16 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, Msg, Server as _, Session};
-use russh::{Channel, ChannelId};
+use russh::{Channel, ChannelId, ChannelReadHalf, ChannelWriteHalf};
 use strato_runtime::{ContainerRuntime, ExecEvent, JobContainer, LABEL_NODE, OutputStream};
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::mpsc;
 
 mod terminal;
 
-use terminal::{Input, PtyRequest};
+use terminal::PtyRequest;
+
+/// Where a channel's output, exit status and end go.
+type Out = ChannelWriteHalf<Msg>;
 
 /// Who may log in, as the control plane said at enrolment.
 #[derive(Debug, Clone)]
@@ -271,7 +273,6 @@ impl<R: ContainerRuntime> russh::server::Server for Server<R> {
             passwords: self.passwords.clone(),
             channels: HashMap::new(),
             ptys: HashMap::new(),
-            inputs: HashMap::new(),
             commands: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             logged_in: Arc::default(),
             peer,
@@ -286,12 +287,13 @@ struct Connection<R> {
     node_shell: bool,
     runtime: Arc<R>,
     passwords: Arc<std::sync::Mutex<strato_core::rate::TokenBucket>>,
-    /// Session channels opened, until a command takes them.
-    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Session channels opened, until a command takes them: what the
+    /// client sends on each (russh queues it, up to 100 messages, and
+    /// waits when the queue is full: whoever takes the channel reads it or
+    /// drops it) and how to answer.
+    channels: HashMap<ChannelId, (ChannelReadHalf, Out)>,
     /// The pseudo-terminals asked for on channels not yet running anything.
     ptys: HashMap<ChannelId, PtyRequest>,
-    /// Where the client's keys go, for channels running a terminal.
-    inputs: HashMap<ChannelId, mpsc::Sender<Input>>,
     /// Commands of this connection still running.
     commands: Arc<std::sync::atomic::AtomicUsize>,
     logged_in: Arc<std::sync::atomic::AtomicBool>,
@@ -369,7 +371,8 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         if self.channels.len() + busy >= MAX_COMMANDS {
             return Ok(());
         }
-        self.channels.insert(channel.id(), channel);
+        let id = channel.id();
+        self.channels.insert(id, channel.split());
         reply.accept().await;
         Ok(())
     }
@@ -380,7 +383,7 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(open) = self.channels.remove(&channel) else {
+        let Some((input, open)) = self.channels.remove(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -388,9 +391,12 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         let command = String::from_utf8_lossy(data).into_owned();
         if let Some(pty) = self.ptys.remove(&channel) {
             // `ssh -t NODE COMMAND`: the command on a terminal.
-            self.start_terminal(channel, open, Some(command), pty);
+            self.start_terminal(input, open, Some(command), pty);
             return Ok(());
         }
+        // A command without a terminal takes no input: what the client
+        // sends is dropped, never queued.
+        drop(input);
         let (runtime, node) = (self.runtime.clone(), self.node.clone());
         let (node_shell, commands) = (self.node_shell, self.commands.clone());
         tracing::info!(peer = ?self.peer, node = %node, "SSH command");
@@ -412,7 +418,6 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         self.ptys.remove(&channel);
-        self.inputs.remove(&channel);
         Ok(())
     }
 
@@ -443,46 +448,6 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         Ok(())
     }
 
-    async fn window_change_request(
-        &mut self,
-        channel: ChannelId,
-        col_width: u32,
-        row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if let Some(inputs) = self.inputs.get(&channel) {
-            // A size that cannot wait is dropped: the next one follows.
-            let _ = inputs.try_send(Input::Resize(terminal::size(col_width, row_height)));
-        }
-        Ok(())
-    }
-
-    async fn data(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if let Some(inputs) = self.inputs.get(&channel) {
-            // A full queue holds the client back until the terminal reads.
-            let _ = inputs.send(Input::Data(data.to_vec())).await;
-        }
-        Ok(())
-    }
-
-    async fn channel_eof(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if let Some(inputs) = self.inputs.get(&channel) {
-            let _ = inputs.send(Input::Eof).await;
-        }
-        Ok(())
-    }
-
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
@@ -499,7 +464,7 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(open) = self.channels.remove(&channel) else {
+        let Some((input, open)) = self.channels.remove(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -510,7 +475,7 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
             term: "dumb".to_owned(),
             size: strato_runtime::TerminalSize::default(),
         });
-        self.start_terminal(channel, open, None, pty);
+        self.start_terminal(input, open, None, pty);
         Ok(())
     }
 }
@@ -518,16 +483,14 @@ impl<R: ContainerRuntime> russh::server::Handler for Connection<R> {
 impl<R: ContainerRuntime> Connection<R> {
     /// Runs `command`, or a login shell, on a terminal for `channel`: in the
     /// node's running job container, else on the node when it offers a
-    /// shell. The client's keys reach it through [`Connection::inputs`].
+    /// shell. The client's keys and window sizes come from `input`.
     fn start_terminal(
         &mut self,
-        channel: ChannelId,
-        open: Channel<Msg>,
+        input: ChannelReadHalf,
+        open: Out,
         command: Option<String>,
         pty: PtyRequest,
     ) {
-        let (tx, inputs) = mpsc::channel(terminal::INPUT_QUEUE);
-        self.inputs.insert(channel, tx);
         let (runtime, node) = (self.runtime.clone(), self.node.clone());
         let (node_shell, commands) = (self.node_shell, self.commands.clone());
         tracing::info!(peer = ?self.peer, node = %node, command = command.is_some(), "SSH terminal");
@@ -537,17 +500,17 @@ impl<R: ContainerRuntime> Connection<R> {
                 Err(code) => code,
                 Ok(Some(container)) => {
                     terminal::in_container(
-                        runtime.as_ref(),
+                        &runtime,
                         &container.id,
                         command.as_deref(),
                         pty,
-                        inputs,
+                        input,
                         &open,
                     )
                     .await
                 }
                 Ok(None) if node_shell => {
-                    terminal::on_node(command.as_deref(), pty, inputs, &open).await
+                    terminal::on_node(command.as_deref(), pty, input, &open).await
                 }
                 Ok(None) => {
                     say(&open, NO_SHELL).await;
@@ -571,7 +534,7 @@ const NO_SHELL: &str =
 async fn running_job<R: ContainerRuntime>(
     runtime: &R,
     node: &str,
-    channel: &Channel<Msg>,
+    channel: &Out,
 ) -> Result<Option<JobContainer>, u32> {
     match runtime.list(LABEL_NODE, node).await {
         Ok(containers) => Ok(containers.into_iter().find(|c| c.running)),
@@ -595,7 +558,7 @@ async fn run<R: ContainerRuntime>(
     node: &str,
     node_shell: bool,
     command: &str,
-    channel: &Channel<Msg>,
+    channel: &Out,
 ) -> u32 {
     let running = match running_job(runtime, node, channel).await {
         Ok(running) => running,
@@ -635,7 +598,7 @@ async fn run<R: ContainerRuntime>(
 
 /// Sends output to the client (standard error with `Some(1)`); false when
 /// the client is gone or has not read it for [`SEND_TIMEOUT`].
-async fn send(channel: &Channel<Msg>, ext: Option<u32>, bytes: &[u8]) -> bool {
+async fn send(channel: &Out, ext: Option<u32>, bytes: &[u8]) -> bool {
     let sending = async {
         match ext {
             None => channel.data(bytes).await,
@@ -649,7 +612,7 @@ async fn send(channel: &Channel<Msg>, ext: Option<u32>, bytes: &[u8]) -> bool {
 }
 
 /// A line of Strato's own on standard error.
-async fn say(channel: &Channel<Msg>, line: &str) {
+async fn say(channel: &Out, line: &str) {
     let _ = send(channel, Some(1), format!("{line}\r\n").as_bytes()).await;
 }
 
@@ -657,7 +620,7 @@ async fn say(channel: &Channel<Msg>, line: &str) {
 /// gone.
 async fn copy_to<R: tokio::io::AsyncRead + Unpin>(
     pipe: Option<&mut R>,
-    channel: &Channel<Msg>,
+    channel: &Out,
     ext: Option<u32>,
 ) -> bool {
     let Some(pipe) = pipe else { return true };
@@ -676,7 +639,7 @@ async fn copy_to<R: tokio::io::AsyncRead + Unpin>(
 
 /// Runs `command` with `/bin/sh -c` on the node, no input; killed when
 /// the client is gone.
-async fn on_node(command: &str, channel: &Channel<Msg>) -> u32 {
+async fn on_node(command: &str, channel: &Out) -> u32 {
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)

@@ -8,28 +8,16 @@
 //! so Ctrl-C and job control work as on any login.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use russh::Channel;
-use russh::server::Msg;
+use russh::{ChannelMsg, ChannelReadHalf};
 use strato_runtime::{ContainerRuntime, TerminalSize};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
-use super::{say, send};
-
-/// What the client sends a terminal: keys, a new window size, or the end of
-/// its input.
-#[derive(Debug)]
-pub enum Input {
-    Data(Vec<u8>),
-    Resize(TerminalSize),
-    Eof,
-}
-
-/// How many inputs may wait for a terminal to take them; the client waits
-/// when they are full.
-pub const INPUT_QUEUE: usize = 64;
+use super::{Out, say, send};
 
 /// The pseudo-terminal a client asked for.
 #[derive(Debug, Clone)]
@@ -66,15 +54,53 @@ pub fn term(requested: &str) -> String {
     }
 }
 
+/// What the client's side of a terminal asks of it.
+enum Typed {
+    Keys(Vec<u8>),
+    Resize(TerminalSize),
+    /// The end of the client's input: a terminal's end of file (^D).
+    /// Closing the terminal's input would hang it up before it read what
+    /// came first.
+    Eof,
+}
+
+/// Reads what the client sends on its channel and hands it to `apply`,
+/// one at a time (while `apply` waits, russh's queue and then the client
+/// wait: backpressure, nothing dropped). Returns when the client is gone.
+async fn pump_input<F, Fut>(mut input: ChannelReadHalf, mut apply: F)
+where
+    F: FnMut(Typed) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some(msg) = input.wait().await {
+        let typed = match msg {
+            ChannelMsg::Data { data } => Typed::Keys(data.to_vec()),
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => Typed::Resize(size(col_width, row_height)),
+            ChannelMsg::Eof => Typed::Eof,
+            _ => continue,
+        };
+        apply(typed).await;
+    }
+}
+
+/// How long a command that ended may take to report its exit code.
+const EXIT_CODE_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs an interactive session in `container` (the node's running job
-/// container) until its command ends; returns its exit status.
+/// container) until its command ends; returns its exit status. A client
+/// that leaves hangs the terminal up: its processes get SIGHUP (and
+/// SIGKILL after a grace), so nothing it started outlives it.
 pub async fn in_container<R: ContainerRuntime>(
-    runtime: &R,
+    runtime: &Arc<R>,
     container: &str,
     command: Option<&str>,
     pty: PtyRequest,
-    mut inputs: mpsc::Receiver<Input>,
-    channel: &Channel<Msg>,
+    input: ChannelReadHalf,
+    channel: &Out,
 ) -> u32 {
     let env = vec![format!("TERM={}", pty.term)];
     let terminal = match runtime.terminal(container, command, env, pty.size).await {
@@ -87,17 +113,37 @@ pub async fn in_container<R: ContainerRuntime>(
     let strato_runtime::Terminal {
         id,
         mut output,
-        input,
+        input: writer,
     } = terminal;
-    let mut input = Some(input);
-    let mut open = true;
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let typing = {
+        let (runtime, id, writer) = (runtime.clone(), id.clone(), writer.clone());
+        tokio::spawn(pump_input(input, move |typed| {
+            let (runtime, id, writer) = (runtime.clone(), id.clone(), writer.clone());
+            async move {
+                match typed {
+                    Typed::Keys(bytes) => {
+                        let _ = writer.lock().await.write_all(&bytes).await;
+                    }
+                    Typed::Eof => {
+                        let _ = writer.lock().await.write_all(&[4]).await;
+                    }
+                    Typed::Resize(size) => {
+                        let _ = runtime.resize_terminal(&id, size).await;
+                    }
+                }
+            }
+        }))
+    };
+    let mut typing = std::pin::pin!(typing);
+    let mut client_here = true;
     loop {
         tokio::select! {
             shown = output.next() => match shown {
                 Some(Ok(bytes)) => {
-                    if !send(channel, None, &bytes).await {
-                        // The client is gone: so is its shell.
-                        return 255;
+                    if client_here && !send(channel, None, &bytes).await {
+                        client_here = false;
+                        let _ = runtime.end_terminal(&id).await;
                     }
                 }
                 Some(Err(e)) => {
@@ -106,34 +152,21 @@ pub async fn in_container<R: ContainerRuntime>(
                 }
                 None => break,
             },
-            typed = inputs.recv(), if open => match typed {
-                Some(Input::Data(bytes)) => {
-                    if let Some(writer) = input.as_mut()
-                        && writer.write_all(&bytes).await.is_err()
-                    {
-                        input = None;
-                    }
-                }
-                Some(Input::Resize(size)) => {
-                    let _ = runtime.resize_terminal(&id, size).await;
-                }
-                // The end of the client's input is a terminal's end of file
-                // (^D); closing the terminal's input would hang it up before
-                // it read what came first.
-                Some(Input::Eof) => {
-                    if let Some(writer) = input.as_mut() {
-                        let _ = writer.write_all(&[4]).await;
-                    }
-                }
-                None => open = false,
-            },
+            _ = &mut typing, if client_here => {
+                // The client is gone: hang up, then read on until the
+                // terminal's output ends.
+                client_here = false;
+                let _ = runtime.end_terminal(&id).await;
+            }
         }
     }
+    typing.abort();
     // The output ended with the command; its exit code follows shortly.
-    for _ in 0..50 {
+    let deadline = tokio::time::Instant::now() + EXIT_CODE_WAIT;
+    while tokio::time::Instant::now() < deadline {
         match runtime.terminal_exit(&id).await {
             Ok(Some(code)) => return u32::try_from(code).unwrap_or(255),
-            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(_) => break,
         }
     }
@@ -142,12 +175,14 @@ pub async fn in_container<R: ContainerRuntime>(
 
 /// Runs an interactive session on the node: a login shell (bash where the
 /// node has it), or `command`, on a pseudo-terminal; returns its exit
-/// status. The shell runs as the agent's user, in the agent's sandbox.
+/// status. The shell runs as the agent's user, in the agent's sandbox. A
+/// client that leaves hangs the terminal up: the shell's session gets
+/// SIGHUP, and SIGKILL after a grace.
 pub async fn on_node(
     command: Option<&str>,
     pty: PtyRequest,
-    mut inputs: mpsc::Receiver<Input>,
-    channel: &Channel<Msg>,
+    input: ChannelReadHalf,
+    channel: &Out,
 ) -> u32 {
     let (master, mut child) = match spawn(command, &pty) {
         Ok(started) => started,
@@ -160,58 +195,103 @@ pub async fn on_node(
             return 255;
         }
     };
-    let (mut reader, mut writer) = match (master.try_clone(), master.try_clone()) {
-        (Ok(r), Ok(w)) => (tokio::fs::File::from_std(r), tokio::fs::File::from_std(w)),
-        _ => {
-            let _ = child.start_kill();
-            return 255;
+    let session = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?));
+    let hang_up = move || {
+        if let Some(session) = session {
+            let _ = rustix::process::kill_process_group(session, rustix::process::Signal::HUP);
         }
     };
-    let mut buf = vec![0u8; 8192];
-    let mut open = true;
+    let master = Arc::new(master);
+    let typing = {
+        let master = master.clone();
+        tokio::spawn(pump_input(input, move |typed| {
+            let master = master.clone();
+            async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    use std::io::Write as _;
+                    match typed {
+                        Typed::Keys(bytes) => (&*master).write_all(&bytes),
+                        Typed::Eof => (&*master).write_all(&[4]),
+                        Typed::Resize(size) => {
+                            rustix::termios::tcsetwinsize(&*master, winsize(size))
+                                .map_err(std::io::Error::from)
+                        }
+                    }
+                })
+                .await;
+            }
+        }))
+    };
+    // The terminal's side is read on a thread of its own: it ends (EIO)
+    // once the shell and everything it started closed the terminal.
+    let (shown_tx, mut shown) = mpsc::channel::<Vec<u8>>(16);
+    let reader = {
+        let master = master.clone();
+        std::thread::Builder::new()
+            .name("ssh-pty".into())
+            .spawn(move || {
+                use std::io::Read as _;
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match (&*master).read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if shown_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+    };
+    if let Err(e) = reader {
+        say(channel, &format!("strato: cannot read the terminal: {e}")).await;
+        hang_up();
+        let _ = child.kill().await;
+        typing.abort();
+        return 255;
+    }
+    let mut typing = std::pin::pin!(typing);
+    let mut client_here = true;
+    let mut status = None;
     loop {
         tokio::select! {
-            // The terminal's side ends (EIO) once the shell and everything
-            // it started closed it.
-            read = reader.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !send(channel, None, &buf[..n]).await {
-                        let _ = child.start_kill();
-                        let _ = child.wait().await;
-                        return 255;
+            bytes = shown.recv() => match bytes {
+                Some(bytes) => {
+                    if client_here && !send(channel, None, &bytes).await {
+                        client_here = false;
+                        hang_up();
                     }
                 }
+                None => break,
             },
-            typed = inputs.recv(), if open => match typed {
-                Some(Input::Data(bytes)) => {
-                    let _ = writer.write_all(&bytes).await;
-                    let _ = writer.flush().await;
+            _ = &mut typing, if client_here => {
+                client_here = false;
+                hang_up();
+            }
+            ended = child.wait(), if status.is_none() => {
+                status = Some(ended);
+                // What the shell left running on its terminal goes with it.
+                hang_up();
+            }
+            _ = tokio::time::sleep(Duration::from_secs(5)), if !client_here || status.is_some() => {
+                // Hung up and still there: killed.
+                if let Some(session) = session {
+                    let _ = rustix::process::kill_process_group(
+                        session,
+                        rustix::process::Signal::KILL,
+                    );
                 }
-                Some(Input::Resize(size)) => {
-                    let _ = rustix::termios::tcsetwinsize(&master, winsize(size));
-                }
-                // The end of the client's input: the terminal's end of file.
-                Some(Input::Eof) => {
-                    let _ = writer.write_all(&[4]).await;
-                    let _ = writer.flush().await;
-                }
-                None => open = false,
-            },
-            _ = child.wait() => {
-                // The shell is done; what it wrote last is still to be read.
-                while let Ok(Ok(n)) =
-                    tokio::time::timeout(std::time::Duration::from_millis(100), reader.read(&mut buf)).await
-                {
-                    if n == 0 || !send(channel, None, &buf[..n]).await {
-                        break;
-                    }
-                }
-                break;
             }
         }
     }
-    let status = child.wait().await;
+    typing.abort();
+    let status = match status {
+        Some(status) => status,
+        None => child.wait().await,
+    };
     status
         .ok()
         .and_then(|s| s.code())
@@ -242,10 +322,16 @@ fn spawn(
     rustix::termios::tcsetwinsize(&master, winsize(pty.size))?;
     let name = ptsname(&master, Vec::new())?;
     let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes());
-    let terminal = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(Path::new(path))?;
+    // Not the agent's controlling terminal (under systemd the agent leads
+    // a session of its own): only the shell's, through setsid --ctty.
+    let terminal = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+            .open(Path::new(path))?
+    };
     let shell = if Path::new("/bin/bash").exists() {
         "/bin/bash"
     } else {

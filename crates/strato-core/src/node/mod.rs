@@ -232,10 +232,16 @@ pub fn machine_fits(
     }
 }
 
+/// Why a node of a GPU size whose GPUs NVML sees cannot run its jobs.
+pub const NO_GPU_RUNTIME: &str = "its GPUs are seen by NVML, but Docker has no NVIDIA container \
+     runtime to hand them to containers: install nvidia-container-toolkit, run `nvidia-ctk runtime \
+     configure --runtime=docker` and restart Docker";
+
 /// Why an enrolling node is no capacity, if it is not: a draining
 /// (leaving) node is not checked (it only finishes its job); a machine of
 /// an attached cluster (`attached`) must be as large as the size; any node
-/// of a GPU size needs its GPUs, healthy (`gpus`: what its agent found).
+/// of a GPU size needs its GPUs, healthy (`gpus`: what its agent found),
+/// and an engine that hands them to containers (`gpu_runtime`).
 pub fn readiness(
     size: &crate::catalog::VmSize,
     state: NodeState,
@@ -243,6 +249,7 @@ pub fn readiness(
     vcpus: u32,
     memory_bytes: u64,
     gpus: &[GpuInfo],
+    gpu_runtime: bool,
 ) -> Result<(), String> {
     if state == NodeState::Leaving {
         return Ok(());
@@ -256,7 +263,11 @@ pub fn readiness(
         };
         machine_fits(size, machine).map_err(|e| e.to_string())?;
     }
-    gpu_readiness(size, gpus).map_err(|e| e.to_string())
+    gpu_readiness(size, gpus).map_err(|e| e.to_string())?;
+    if size.gpus > 0 && !gpu_runtime {
+        return Err(NO_GPU_RUNTIME.to_owned());
+    }
+    Ok(())
 }
 
 /// What a provider holds that the store does not know: nodes and clusters
@@ -297,7 +308,7 @@ mod tests {
     #[test]
     fn readiness_checks_machines_of_attached_clusters_and_gpus_not_draining_nodes() {
         let size = crate::catalog::lookup("Standard_DS3_v2").expect("size");
-        let small = |state, attached| readiness(size, state, attached, 2, 32 << 30, &[]);
+        let small = |state, attached| readiness(size, state, attached, 2, 32 << 30, &[], false);
         let e = small(NodeState::Idle, true).expect_err("too small");
         assert!(
             e.starts_with("smaller than Standard_DS3_v2: 2 vCPUs of 4"),
@@ -314,7 +325,34 @@ mod tests {
             "a draining node only finishes"
         );
         let gpu = crate::catalog::lookup("Standard_NC6s_v3").expect("size");
-        assert!(readiness(gpu, NodeState::Idle, false, 6, 112 << 30, &[]).is_err());
+        assert!(readiness(gpu, NodeState::Idle, false, 6, 112 << 30, &[], true).is_err());
+    }
+
+    /// GPUs NVML sees are no use without the engine's NVIDIA runtime: a
+    /// node of a GPU size is unusable, saying what to install; a CPU size
+    /// does not care.
+    #[test]
+    fn a_gpu_node_needs_the_nvidia_container_runtime() {
+        let gpu = crate::catalog::lookup("Standard_NC6s_v3").expect("size");
+        let found = [GpuInfo {
+            index: 0,
+            uuid: "GPU-1".into(),
+            model: "Tesla V100-PCIE-16GB".into(),
+            memory_mib: 16_384,
+            problem: None,
+        }];
+        let ready = |runtime| readiness(gpu, NodeState::Idle, false, 6, 112 << 30, &found, runtime);
+        assert_eq!(ready(true), Ok(()));
+        let e = ready(false).expect_err("no runtime");
+        assert!(
+            e.contains("no NVIDIA container runtime") && e.contains("nvidia-container-toolkit"),
+            "{e}"
+        );
+        let cpu = crate::catalog::lookup("Standard_D2_v2").expect("size");
+        assert_eq!(
+            readiness(cpu, NodeState::Idle, false, 2, 8 << 30, &found, false),
+            Ok(())
+        );
     }
 
     #[test]
