@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "strato/v1/agent.proto",
         "strato/v1/identity.proto",
         "strato/v1/datastore.proto",
+        "strato/v1/registry.proto",
         "strato/v1/access.proto",
     ];
     let fds = protox::compile(files, [&root])?;

@@ -7,6 +7,7 @@
 
 pub mod fleet;
 pub mod in_process;
+pub mod registry;
 pub mod sim;
 pub mod ssh_client;
 

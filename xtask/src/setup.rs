@@ -35,6 +35,9 @@ pub(crate) fn setup() -> anyhow::Result<()> {
         ("curl", "curl"),
         ("systemd-analyze", "systemd"),
         ("ssh", "openssh-client"),
+        ("docker-registry", "docker-registry"),
+        ("htpasswd", "apache2-utils"),
+        ("openssl", "openssl"),
     ]
     .into_iter()
     .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
@@ -42,7 +45,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
     .collect();
     if missing.is_empty() {
         println!(
-            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client: present"
+            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client, docker-registry, apache2-utils, openssl: present"
         );
     } else {
         apt_install(&missing)?;

@@ -95,6 +95,10 @@ enum Command {
     /// to, with their cluster's identity.
     #[command(subcommand)]
     Datastore(cmd::datastore::DatastoreCommand),
+    /// Register container registries that nodes pull job images from, with
+    /// the credentials they log in with (Owner only).
+    #[command(subcommand)]
+    Registry(cmd::registry::RegistryCommand),
     /// Save the control plane's endpoint, CA and your token in the config
     /// file, after checking them with the control plane.
     #[command(long_about = cmd::login::LONG_ABOUT, after_help = cmd::login::AFTER_HELP)]
@@ -227,6 +231,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             cmd::job::run(client::connect(&settings()?).await?, format, command).await
         }
         Command::Datastore(command) => cmd::datastore::run(&settings()?, format, command).await,
+        Command::Registry(command) => cmd::registry::run(&settings()?, format, command).await,
         Command::Whoami => cmd::access::whoami(&settings()?, format).await,
         Command::Token(command) => cmd::access::token(&settings()?, format, command).await,
         Command::Role(command) => cmd::access::role(&settings()?, format, command).await,

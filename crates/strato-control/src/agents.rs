@@ -603,7 +603,12 @@ async fn relay_exec_start<S: Store>(
 fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
     let state = v1::JobState::try_from(r.state).ok()?;
     Some(match state {
-        v1::JobState::Preparing | v1::JobState::Running => AttemptReport::Running,
+        // What a preparing node is doing (pulling its image), bounded as
+        // any reason is.
+        v1::JobState::Preparing => {
+            AttemptReport::Preparing(strato_core::limits::bounded_reason(&r.reason))
+        }
+        v1::JobState::Running => AttemptReport::Running,
         v1::JobState::Failed if r.node_fault => {
             AttemptReport::Ended(AttemptEnd::NodeLost, r.reason.clone())
         }
@@ -619,7 +624,7 @@ fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
                     None => "could not start".to_owned(),
                 }
             } else {
-                r.reason.clone()
+                strato_core::limits::bounded_reason(&r.reason)
             };
             AttemptReport::Ended(end, reason)
         }
@@ -717,6 +722,7 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
         .list_nodes(&job.spec.cluster)
         .await
         .unwrap_or_default();
+    let registry_login = registry_login(plane, &job.spec.image).await;
     let gang: Vec<v1::GangMember> = attempt
         .node_ids
         .iter()
@@ -766,7 +772,41 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
                 default_identity_client_id: default_identity_client_id.clone(),
                 rank: member.rank,
                 gang: gang.clone(),
+                registry_login: registry_login.clone(),
             }),
         );
     }
+}
+
+/// The login for `image`'s registry, when a registry object serves it;
+/// `None` for an anonymous pull. A password that does not open (another
+/// control plane's key) is left out, and said once per assignment.
+async fn registry_login<S: Store>(plane: &Plane<S>, image: &str) -> Option<v1::RegistryLogin> {
+    let server = strato_core::image::registry_of(image)?;
+    let registry = match plane.store.registry_for_server(server).await {
+        Ok(found) => found?,
+        Err(e) => {
+            tracing::warn!(%server, error = %e, "cannot look the registry up: pulling anonymously");
+            return None;
+        }
+    };
+    match plane
+        .secrets
+        .open(&registry.password_sealed, &registry_owner(&registry.name))
+    {
+        Ok(password) => Some(v1::RegistryLogin {
+            server: registry.server,
+            username: registry.username,
+            password,
+        }),
+        Err(e) => {
+            tracing::warn!(registry = %registry.name, error = %e, "cannot open the registry's password: pulling anonymously");
+            None
+        }
+    }
+}
+
+/// What a registry's sealed password is bound to.
+pub fn registry_owner(name: &str) -> String {
+    format!("registry:{name}")
 }

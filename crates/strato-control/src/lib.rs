@@ -15,6 +15,7 @@ pub mod plane;
 pub mod power;
 pub mod provider;
 pub mod reconcile;
+pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod tokens;
@@ -203,6 +204,7 @@ pub async fn serve(
         )
     };
     // The CA signs node certificates for as long as the control plane runs.
+    let settings_data_dir = settings.config.data_dir.clone();
     let tls = tls.map(Arc::new);
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let followers_per_caller = settings.config.max_followers_per_caller;
@@ -223,6 +225,8 @@ pub async fn serve(
         followers: Arc::new(plane::Followers::new(followers_per_caller)),
         tls: tls.clone(),
         oidc,
+        secrets: secrets::SecretBox::load_or_create(&settings_data_dir)
+            .context("the secrets key")?,
     });
     let access = Arc::new(app::Access::new(plane.clone()));
     write_admin_conf(&plane.settings.config, &access, tls.as_deref(), grpc_addr).await?;
@@ -371,6 +375,7 @@ async fn grpc_server<S: Store>(
     use strato_proto::v1::datastore_service_server::DatastoreServiceServer;
     use strato_proto::v1::identity_service_server::IdentityServiceServer;
     use strato_proto::v1::job_service_server::JobServiceServer;
+    use strato_proto::v1::registry_service_server::RegistryServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -417,6 +422,9 @@ async fn grpc_server<S: Store>(
         )))
         .add_service(JobServiceServer::new(grpc::JobApi::new(plane.clone())))
         .add_service(DatastoreServiceServer::new(grpc::DatastoreApi::new(
+            plane.clone(),
+        )))
+        .add_service(RegistryServiceServer::new(grpc::RegistryApi::new(
             plane.clone(),
         )))
         .add_service(AgentServiceServer::new(agents::AgentApi::new(

@@ -311,6 +311,8 @@ pub struct Plane<S> {
     pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
     /// The OIDC issuer whose JWTs are users (`--oidc-issuer`).
     pub oidc: crate::oidc::Oidc,
+    /// Seals and opens secrets kept in the store (registry passwords).
+    pub secrets: crate::secrets::SecretBox,
 }
 
 /// How many long-lived calls (log streams followed, jobs waited on) each

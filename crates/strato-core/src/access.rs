@@ -2,14 +2,15 @@
 //! the scopes they are granted at, every action a caller can take, and the
 //! one table of which role allows which action.
 //!
-//! - **Reader** reads clusters, nodes, sizes, usage, jobs and datastores.
+//! - **Reader** reads clusters, nodes, sizes, usage, jobs, datastores and
+//!   registries (never their passwords).
 //! - **DataScientist**: Reader, and submits, cancels and reads the logs of
 //!   jobs; no cluster writes.
 //! - **ComputeOperator**: Reader, and creates, updates and deletes clusters,
 //!   assigns identities, simulates evictions, makes join tokens and
 //!   detaches machines.
-//! - **Owner**: everything, including API tokens, role assignments and
-//!   datastores.
+//! - **Owner**: everything, including API tokens, role assignments,
+//!   datastores and registries.
 //!
 //! Scopes: `/` (everything), `/clusters/NAME` (one cluster and its jobs),
 //! and a user-assigned identity's resource id (`/subscriptions/…`), where
@@ -63,12 +64,16 @@ impl Role {
     /// What it may do, in a line, for help texts and tables.
     pub fn describe(self) -> &'static str {
         match self {
-            Role::Reader => "read clusters, nodes, sizes, usage, jobs, datastores and metrics",
+            Role::Reader => {
+                "read clusters, nodes, sizes, usage, jobs, datastores, registries and metrics"
+            }
             Role::DataScientist => "Reader, and submit, cancel, delete and read the logs of jobs",
             Role::ComputeOperator => {
                 "Reader, and create, update and delete clusters, assign identities, simulate evictions, make join tokens and detach machines"
             }
-            Role::Owner => "everything, including API tokens, role assignments and datastores",
+            Role::Owner => {
+                "everything, including API tokens, role assignments, datastores and registries"
+            }
         }
     }
 
@@ -87,6 +92,8 @@ impl Role {
                 | WaitJob
                 | GetDatastore
                 | ListDatastores
+                | GetRegistry
+                | ListRegistries
                 | WhoAmI
                 | ReadMetrics
         );
@@ -338,6 +345,11 @@ pub enum Action {
     GetDatastore,
     ListDatastores,
     DeleteDatastore,
+    /// Registries hold credentials: made and removed by Owners only.
+    CreateRegistry,
+    GetRegistry,
+    ListRegistries,
+    DeleteRegistry,
     CreateToken,
     ListTokens,
     RevokeToken,
@@ -379,6 +391,9 @@ impl Action {
             CreateDatastore => "datastores/create",
             GetDatastore | ListDatastores => "datastores/read",
             DeleteDatastore => "datastores/delete",
+            CreateRegistry => "registries/create",
+            GetRegistry | ListRegistries => "registries/read",
+            DeleteRegistry => "registries/delete",
             CreateToken => "tokens/create",
             ListTokens => "tokens/read",
             RevokeToken => "tokens/revoke",

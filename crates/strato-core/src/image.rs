@@ -6,6 +6,15 @@
 /// The longest image reference accepted, in bytes.
 pub const MAX_IMAGE_REFERENCE_BYTES: usize = 512;
 
+/// The registry an image reference names (`myacr.azurecr.io`,
+/// `127.0.0.1:5000`), as Docker reads it: the first component, when there
+/// are several and it looks like a host (a '.', a ':' or `localhost`);
+/// `None` for Docker Hub's short names (`busybox`, `library/python`).
+pub fn registry_of(reference: &str) -> Option<&str> {
+    let (first, rest) = reference.split_once('/')?;
+    (!rest.is_empty() && is_domain_like(first)).then_some(first)
+}
+
 /// Why `reference` is not an image reference, or `None` when it is one.
 pub fn problem(reference: &str) -> Option<String> {
     if reference.is_empty() {
@@ -81,6 +90,11 @@ fn is_tag(t: &str) -> bool {
 
 /// The first component names a registry when it could not be a path
 /// component: it has a '.', a ':' or capitals, or is `localhost`.
+/// Whether `server` is a registry's HOST or HOST:PORT.
+pub fn is_registry_server(server: &str) -> bool {
+    is_domain(server)
+}
+
 fn is_domain_like(c: &str) -> bool {
     c.contains(['.', ':']) || c == "localhost" || c.bytes().any(|b| b.is_ascii_uppercase())
 }
@@ -168,5 +182,18 @@ mod tests {
             let got = problem(bad).unwrap_or_default();
             assert!(got.contains(says), "{bad:?}: {got:?}");
         }
+    }
+
+    #[test]
+    fn the_registry_is_the_first_component_when_it_looks_like_a_host() {
+        assert_eq!(
+            registry_of("myacr.azurecr.io/team/train:1"),
+            Some("myacr.azurecr.io")
+        );
+        assert_eq!(registry_of("127.0.0.1:5000/img"), Some("127.0.0.1:5000"));
+        assert_eq!(registry_of("localhost/img@sha256:00"), Some("localhost"));
+        assert_eq!(registry_of("library/python:3"), None);
+        assert_eq!(registry_of("busybox"), None);
+        assert_eq!(registry_of("strato-test/busybox:latest"), None);
     }
 }

@@ -44,6 +44,29 @@ pub struct JobSpec {
     /// `NAME:GROUP`, `UID:GID`); empty: the image's `USER`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// When the node pulls the image.
+    #[serde(default)]
+    pub pull: PullPolicy,
+}
+
+/// When a node pulls a job's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Only when the node lacks it.
+    #[default]
+    IfNotPresent,
+    /// Before every attempt (a moving tag such as `latest`).
+    Always,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Always => "always",
+        }
+    }
 }
 
 /// The longest `user` a job may name.
@@ -617,6 +640,7 @@ mod tests {
             process_count_per_node: 1,
             distribution: Distribution::None,
             user: String::new(),
+            pull: PullPolicy::IfNotPresent,
         }
     }
 

@@ -29,6 +29,7 @@ pub struct JobRequest {
     pub outputs: Vec<DataRequest>,
     /// Who the command runs as; empty: the image's user.
     pub user: String,
+    pub pull: crate::job::PullPolicy,
 }
 
 /// A job input or output as asked for: a datastore URI, not yet resolved.

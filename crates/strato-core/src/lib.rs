@@ -27,6 +27,7 @@ pub mod naming;
 pub mod node;
 pub mod quota;
 pub mod rate;
+pub mod registry;
 pub mod scale;
 pub mod spec;
 pub mod time;

@@ -13,6 +13,22 @@
 
 use crate::error::FieldError;
 
+/// The longest reason an agent's report may give a job (what it is doing,
+/// why an attempt ended); longer ones are cut, marked with `…`.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.
+pub fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON_BYTES - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
+}
+
 /// The most lines stored of one attempt on one node; the rest is dropped
 /// after one marker line that says so ([`stored_line`]).
 pub const MAX_STORED_LINES_PER_RANK: u64 = 200_000;
@@ -369,5 +385,17 @@ mod tests {
                 at += run;
             }
         }
+    }
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_reason("pulling image 41%"), "pulling image 41%");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = bounded_reason(&long);
+        assert!(
+            cut.len() <= MAX_REASON_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
     }
 }

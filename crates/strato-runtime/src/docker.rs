@@ -22,7 +22,8 @@ use crate::frames::{LineSplitter, payload, unix_seconds};
 
 use crate::{
     ContainerDetails, ContainerRuntime, ContainerSpec, ContainerUsage, ExecEvent, ExecStreamBox,
-    JobContainer, OutputLine, OutputStream, OutputStreamBox, RuntimeError, Terminal, TerminalSize,
+    JobContainer, OutputLine, OutputStream, OutputStreamBox, PullFailure, PullProgress,
+    RegistryLogin, RuntimeError, Terminal, TerminalSize,
 };
 
 /// The shell an interactive terminal starts: a login shell, bash where the
@@ -181,6 +182,71 @@ impl ContainerRuntime for DockerRuntime {
                 Err(RuntimeError::ImageNotFound(image.to_owned()))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        login: Option<RegistryLogin>,
+        mut progress: Box<dyn FnMut(PullProgress) + Send>,
+    ) -> Result<(), RuntimeError> {
+        let (name, tag) = split_reference(image);
+        let options = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(name.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let credentials = login.map(|l| bollard::auth::DockerCredentials {
+            username: Some(l.username),
+            password: Some(l.password),
+            serveraddress: Some(l.server),
+            ..Default::default()
+        });
+        let refused = |message: String| RuntimeError::Pull {
+            image: image.to_owned(),
+            failure: PullFailure::of(&message),
+            message,
+        };
+        // Bytes per layer, as the engine reports each one.
+        let mut layers: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(DockerError::DockerStreamError { error }) => return Err(refused(error)),
+                Err(DockerError::DockerResponseServerError { message, .. }) => {
+                    return Err(refused(message));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Err(refused(error));
+            }
+            let (Some(id), Some(detail)) = (info.id, info.progress_detail) else {
+                continue;
+            };
+            let downloading = info.status.as_deref() == Some("Downloading");
+            let entry = layers.entry(id).or_default();
+            match (detail.total, detail.current) {
+                (Some(total), Some(current)) if downloading && total > 0 => {
+                    *entry = (
+                        u64::try_from(current).unwrap_or(0),
+                        u64::try_from(total).unwrap_or(0),
+                    );
+                }
+                _ if info.status.as_deref() == Some("Download complete") => entry.0 = entry.1,
+                _ => continue,
+            }
+            progress(PullProgress {
+                done_bytes: layers.values().map(|l| l.0).sum(),
+                total_bytes: layers.values().map(|l| l.1).sum(),
+            });
+        }
+        // The engine may answer with a stream that ends without the image.
+        match self.ensure_image(image).await {
+            Err(RuntimeError::ImageNotFound(_)) => Err(refused(format!("{image} was not pulled"))),
+            other => other,
         }
     }
 
@@ -588,6 +654,19 @@ where
     futures_util::stream::select(items, pump)
 }
 
+/// An image reference as the engine's pull takes it: the name, and the tag
+/// or digest (`latest` when there is neither).
+fn split_reference(image: &str) -> (&str, &str) {
+    if let Some((name, digest)) = image.split_once('@') {
+        return (name, digest);
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
 /// What Docker's built-in NVIDIA device driver runs to hand GPUs over
 /// (from nvidia-container-toolkit).
 const NVIDIA_HOOK: &str = "nvidia-container-runtime-hook";
@@ -900,6 +979,23 @@ mod tests {
             user: None,
             gpus: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_reference_splits_into_name_and_tag_or_digest() {
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/train:v2"),
+            ("127.0.0.1:5000/team/train", "v2")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/train"),
+            ("127.0.0.1:5000/train", "latest")
+        );
+        assert_eq!(
+            split_reference("acr.io/x@sha256:abcd"),
+            ("acr.io/x", "sha256:abcd")
+        );
     }
 
     /// GPUs are asked for as `docker run --gpus device=UUID,...` does: one

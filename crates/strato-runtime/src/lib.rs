@@ -83,6 +83,106 @@ pub enum ExecEvent {
     Exit(i64),
 }
 
+/// How to log in to a registry for a pull.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// HOST[:PORT].
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"(redacted)")
+            .finish()
+    }
+}
+
+/// How far a pull is: bytes downloaded of the layers whose size is known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl PullProgress {
+    /// `41% (1.2 of 2.9 GB)`, or `starting` before any size is known.
+    pub fn describe(&self) -> String {
+        if self.total_bytes == 0 {
+            return "starting".to_owned();
+        }
+        let done = self.done_bytes.min(self.total_bytes);
+        let percent = done * 100 / self.total_bytes;
+        let (unit, div) = if self.total_bytes >= 1_000_000_000 {
+            ("GB", 1e9)
+        } else {
+            ("MB", 1e6)
+        };
+        format!(
+            "{percent}% ({:.1} of {:.1} {unit})",
+            done as f64 / div,
+            self.total_bytes as f64 / div
+        )
+    }
+}
+
+/// Why a registry refused a pull, as Docker's message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// No credentials, or the wrong ones.
+    Unauthorized,
+    /// No such repository or tag.
+    NotFound,
+    /// The registry could not be reached (DNS, connection, TLS, timeout).
+    Unreachable,
+    Other,
+}
+
+impl PullFailure {
+    /// Reads Docker's error message.
+    pub fn of(message: &str) -> PullFailure {
+        let m = message.to_ascii_lowercase();
+        if m.contains("unauthorized")
+            || m.contains("authentication required")
+            || m.contains("access denied")
+            || m.contains("denied:")
+            || m.contains("no basic auth credentials")
+        {
+            PullFailure::Unauthorized
+        } else if m.contains("manifest unknown")
+            || m.contains("not found")
+            || m.contains("does not exist")
+            || m.contains("name unknown")
+        {
+            PullFailure::NotFound
+        } else if m.contains("connection refused")
+            || m.contains("no such host")
+            || m.contains("timeout")
+            || m.contains("x509")
+            || m.contains("tls")
+            || m.contains("network is unreachable")
+            || m.contains("no route to host")
+        {
+            PullFailure::Unreachable
+        } else {
+            PullFailure::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullFailure::Unauthorized => "unauthorized",
+            PullFailure::NotFound => "not found",
+            PullFailure::Unreachable => "unreachable",
+            PullFailure::Other => "failed",
+        }
+    }
+}
+
 /// A terminal's size, in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TerminalSize {
@@ -182,6 +282,13 @@ pub enum RuntimeError {
     /// Containers still use the network.
     #[error("network {0:?} is in use")]
     NetworkInUse(String),
+    /// The registry refused the pull, or could not be reached.
+    #[error("pulling {image}: {} ({message})", failure.as_str())]
+    Pull {
+        image: String,
+        failure: PullFailure,
+        message: String,
+    },
     /// No container of this id or name exists.
     #[error("no container {0:?}")]
     NoSuchContainer(String),
@@ -199,8 +306,19 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Ok if the engine answers.
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Ok if the image is present locally; ImageNotFound otherwise (no pulls: no registry is configured).
+    /// Ok if the image is present locally; ImageNotFound otherwise.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Pulls `image` from its registry, logging in with `login` when given,
+    /// and calls `progress` as layers come in. A refusal is
+    /// [`RuntimeError::Pull`], saying why (unauthorized, not found,
+    /// unreachable) in the registry's words.
+    fn pull(
+        &self,
+        image: &str,
+        login: Option<RegistryLogin>,
+        progress: Box<dyn FnMut(PullProgress) + Send>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Creates and starts the container. Idempotent: if a container with spec.name exists, starts it if it is not running and has never run, and returns its id, so a retried assignment never starts a second container.
     fn create_and_start(
@@ -322,4 +440,57 @@ pub struct ContainerUsage {
 pub struct ContainerDetails {
     pub env: Vec<(String, String)>,
     pub ip: Option<std::net::IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reads_as_a_percentage_of_megabytes_or_gigabytes() {
+        assert_eq!(PullProgress::default().describe(), "starting");
+        let p = PullProgress {
+            done_bytes: 1_200_000_000,
+            total_bytes: 2_900_000_000,
+        };
+        assert_eq!(p.describe(), "41% (1.2 of 2.9 GB)");
+        let small = PullProgress {
+            done_bytes: 3_000_000,
+            total_bytes: 12_000_000,
+        };
+        assert_eq!(small.describe(), "25% (3.0 of 12.0 MB)");
+    }
+
+    #[test]
+    fn a_refused_pull_says_why_in_three_words() {
+        for (message, failure) in [
+            (
+                "Head \"https://r/v2/x/manifests/1\": unauthorized: authentication required",
+                PullFailure::Unauthorized,
+            ),
+            (
+                "pull access denied for x, repository does not exist or may require 'docker login'",
+                PullFailure::Unauthorized,
+            ),
+            (
+                "Head \"https://r/v2/x/manifests/1\": no basic auth credentials",
+                PullFailure::Unauthorized,
+            ),
+            (
+                "manifest for r/x:2 not found: manifest unknown",
+                PullFailure::NotFound,
+            ),
+            (
+                "Get \"https://r:5000/v2/\": dial tcp 127.0.0.1:5000: connect: connection refused",
+                PullFailure::Unreachable,
+            ),
+            (
+                "Get \"https://r/v2/\": x509: certificate signed by unknown authority",
+                PullFailure::Unreachable,
+            ),
+            ("something else", PullFailure::Other),
+        ] {
+            assert_eq!(PullFailure::of(message), failure, "{message}");
+        }
+    }
 }

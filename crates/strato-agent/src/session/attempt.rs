@@ -126,22 +126,92 @@ impl Staging {
     }
 }
 
+/// How an attempt gets its image: when to pull, and the registry login
+/// the assignment carried.
+pub(super) struct ImagePull {
+    pub always: bool,
+    pub login: Option<strato_runtime::RegistryLogin>,
+}
+
+impl ImagePull {
+    pub fn of(a: &v1::JobAssignment) -> Self {
+        let always = a
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.pull == v1::PullPolicy::Always as i32);
+        ImagePull {
+            always,
+            login: a
+                .registry_login
+                .as_ref()
+                .map(|l| strato_runtime::RegistryLogin {
+                    server: l.server.clone(),
+                    username: l.username.clone(),
+                    password: l.password.clone(),
+                }),
+        }
+    }
+}
+
+/// How often a pull's progress is reported at most.
+const PULL_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Pulls the attempt's image when it must (always, or when the node lacks
+/// it), reporting its progress as the job's reason while it prepares.
+async fn get_image<R: ContainerRuntime>(
+    runtime: &R,
+    image: &str,
+    pull: ImagePull,
+    job_id: &str,
+    attempt: u32,
+    tx: &mpsc::Sender<v1::AgentMessage>,
+) -> Result<(), RuntimeError> {
+    if !pull.always {
+        match runtime.ensure_image(image).await {
+            Err(RuntimeError::ImageNotFound(_)) => {}
+            other => return other,
+        }
+    }
+    tracing::info!(job = %job_id, attempt, %image, login = pull.login.is_some(), "pulling the image");
+    let preparing = move |job_id: &str, p: strato_runtime::PullProgress| {
+        let reason = format!("preparing: pulling image {}", p.describe());
+        report(job_id, attempt, v1::JobState::Preparing, None, reason)
+    };
+    // Progress may be dropped (the next report says more); never waited for.
+    let _ = tx.try_send(preparing(job_id, strato_runtime::PullProgress::default()));
+    let (progress_tx, job) = (tx.clone(), job_id.to_owned());
+    // A report per 5% at most, and one a second while it stays put: at
+    // most about twenty plus one a second per pull.
+    let (mut last, mut last_percent) = (std::time::Instant::now(), 0u64);
+    let progress = Box::new(move |p: strato_runtime::PullProgress| {
+        let percent = (p.done_bytes.min(p.total_bytes) * 100)
+            .checked_div(p.total_bytes)
+            .unwrap_or(0);
+        if percent >= last_percent + 5 || last.elapsed() >= PULL_PROGRESS_EVERY {
+            (last, last_percent) = (std::time::Instant::now(), percent);
+            let _ = progress_tx.try_send(preparing(&job, p));
+        }
+    });
+    runtime.pull(image, pull.login, progress).await
+}
+
 /// Starts an assigned attempt, then follows it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn start<R: ContainerRuntime>(
     runtime: Arc<R>,
     staging: Staging,
     plan: DataPlan,
+    pull: ImagePull,
     mut spec: ContainerSpec,
     job_id: String,
     attempt: u32,
     tx: mpsc::Sender<v1::AgentMessage>,
 ) {
-    // A missing image is the job's fault (retrying will not help); any other
-    // runtime error is the node's.
+    // A refused pull is the node's side (its registry, its network), not
+    // the job's exit: it counts as a lost node and is retried within the
+    // job's max_retries; so is any other runtime error.
     let failed = |e: RuntimeError| match e {
-        RuntimeError::ImageNotFound(_) => {
-            report(&job_id, attempt, v1::JobState::Failed, None, e.to_string())
-        }
+        e @ RuntimeError::Pull { .. } => node_fault(&job_id, attempt, e.to_string()),
         other => node_fault(
             &job_id,
             attempt,
@@ -152,7 +222,7 @@ pub(super) async fn start<R: ContainerRuntime>(
     // Accept the attempt's secret before its container starts, so its
     // first request is answered.
     admit(&vending, &spec.env, &job_id, attempt, None);
-    if let Err(e) = runtime.ensure_image(&spec.image).await {
+    if let Err(e) = get_image(runtime.as_ref(), &spec.image, pull, &job_id, attempt, &tx).await {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
         abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
         return;

@@ -12,7 +12,7 @@ use strato_runtime::{ContainerRuntime, LABEL_CONTROL_PLANE, LABEL_JOB};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::attempt::{Staging, container_spec, give_gpus, start};
+use super::attempt::{ImagePull, Staging, container_spec, give_gpus, start};
 use super::staging::{DataPlan, attempt_dir, transfers};
 use super::{AgentConfig, IdentityContext, job_key, node_fault, report};
 use crate::gang;
@@ -64,6 +64,7 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
             return;
         }
         let Some(spec) = a.spec.clone() else { return };
+        let pull = ImagePull::of(&a);
         let mut container = container_spec(self.node_id, self.cluster, &a.job_id, a.attempt, &spec);
         if let Some(id) = &self.config.control_plane_id {
             container
@@ -121,6 +122,7 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
             self.runtime.clone(),
             Staging::of(identity),
             plan,
+            pull,
             container,
             a.job_id,
             a.attempt,

@@ -5,6 +5,7 @@ pub mod compute;
 pub mod datastore;
 pub mod job;
 pub mod login;
+pub mod registry;
 
 /// A flag's value that its parser refused; clap prints it after the flag's
 /// name.

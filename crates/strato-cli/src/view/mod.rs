@@ -8,6 +8,7 @@ pub mod datastore;
 pub mod job;
 pub mod log;
 pub mod node;
+pub mod registry;
 pub mod size;
 pub mod usage;
 

@@ -89,6 +89,7 @@ impl<S: Store> Jobs<S> {
             },
             outputs: self.resolve("outputs", "upload", req.outputs).await?,
             user: req.user,
+            pull: req.pull,
         };
         let size = cluster
             .spec

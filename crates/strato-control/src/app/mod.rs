@@ -14,6 +14,7 @@ pub mod compute;
 pub mod datastores;
 pub mod identity;
 pub mod jobs;
+pub mod registries;
 
 pub use strato_core::access::Action;
 use strato_core::access::{self as rules, Grant, Role, Scope};
@@ -30,6 +31,7 @@ pub use compute::{ClusterView, Compute, CreatedCluster, Usage};
 pub use datastores::{Datastores, NewDatastore};
 pub use identity::{TokenRequest, Vending};
 pub use jobs::{Jobs, LogStream};
+pub use registries::{NewRegistry, Registries};
 
 /// Why a use case refused or failed, by whose fault: one variant per
 /// answer a caller can act on.
@@ -186,6 +188,12 @@ impl From<StoreError> for AppError {
                 ..
             } => AppError::FailedPrecondition(Precondition::Join(e.to_string())),
             e @ StoreError::JoinRefused { .. } => AppError::Unauthenticated(e.to_string()),
+            e @ (StoreError::RegistryExists(_) | StoreError::RegistryServerTaken { .. }) => {
+                AppError::AlreadyExists(AlreadyExists::Access(e.to_string()))
+            }
+            e @ StoreError::RegistryNotFound(_) => {
+                AppError::NotFound(NotFound::Access(e.to_string()))
+            }
             e @ (StoreError::TokenExists(_) | StoreError::AssignmentExists { .. }) => {
                 AppError::AlreadyExists(AlreadyExists::Access(e.to_string()))
             }

@@ -46,6 +46,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
         followers: Arc::new(crate::plane::Followers::new(100)),
         tls: None,
         oidc: None,
+        secrets: crate::secrets::SecretBox::load_or_create(dir).expect("secrets key"),
     })
 }
 

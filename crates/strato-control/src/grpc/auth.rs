@@ -74,6 +74,13 @@ pub fn rule(path: &str) -> Option<Rule> {
             "DeleteDatastore" => user(DeleteDatastore),
             _ => None,
         },
+        ("strato.v1.RegistryService", m) => match m {
+            "CreateRegistry" => user(CreateRegistry),
+            "GetRegistry" => user(GetRegistry),
+            "ListRegistries" => user(ListRegistries),
+            "DeleteRegistry" => user(DeleteRegistry),
+            _ => None,
+        },
         ("strato.v1.AccessService", m) => match m {
             "CreateToken" => user(CreateToken),
             "ListTokens" => user(ListTokens),

@@ -120,6 +120,16 @@ pub fn log_line(l: LogRecord) -> v1::LogLine {
     }
 }
 
+/// A registry as callers see it: never its password.
+pub fn registry(r: crate::store::RegistryRecord) -> v1::Registry {
+    v1::Registry {
+        name: r.name,
+        server: r.server,
+        username: r.username,
+        created_at: Some(timestamp(r.created_at)),
+    }
+}
+
 pub fn datastore(d: DatastoreRecord) -> v1::Datastore {
     v1::Datastore {
         name: d.name,

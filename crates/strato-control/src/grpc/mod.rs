@@ -12,6 +12,7 @@ pub mod convert;
 pub mod datastores;
 pub mod identity;
 pub mod jobs;
+pub mod registries;
 
 use tonic::Status;
 
@@ -23,6 +24,7 @@ pub use compute::ComputeApi;
 pub use datastores::DatastoreApi;
 pub use identity::IdentityApi;
 pub use jobs::JobApi;
+pub use registries::RegistryApi;
 
 /// The status a caller sees for an error. Codes say whose fault it was:
 /// only the server's own faults become INTERNAL, and those are logged.

@@ -22,7 +22,7 @@ use strato_core::spec::ClusterSpec;
 pub use records::{
     ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
     EnrollReport, GangRank, JobRecord, JoinTokenRecord, LogRecord, NodeRecord, NodeUsage,
-    QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord, TransitionRecord,
+    QueuedJob, RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord, TransitionRecord,
 };
 pub use sqlite::{DB_FILE, SqliteStore};
 
@@ -64,6 +64,12 @@ pub enum StoreError {
     DatastoreNotFound(String),
     #[error("a datastore named {0:?} already exists")]
     DatastoreExists(String),
+    #[error("registry {0:?} not found")]
+    RegistryNotFound(String),
+    #[error("a registry named {0:?} already exists")]
+    RegistryExists(String),
+    #[error("registry {name:?} already serves {server}; one registry per server")]
+    RegistryServerTaken { name: String, server: String },
     #[error("job {0:?} not found")]
     JobNotFound(String),
     #[error("node {0:?} not found")]
@@ -559,6 +565,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<DatastoreRecord>, StoreError>> + Send;
 
     fn delete_datastore(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores a registry; its name and its server are each taken once.
+    fn create_registry(
+        &self,
+        r: RegistryRecord,
+    ) -> impl Future<Output = Result<RegistryRecord, StoreError>> + Send;
+
+    fn get_registry(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<RegistryRecord, StoreError>> + Send;
+
+    /// The registry that serves `server` (compared as stored: lowercase).
+    fn registry_for_server(
+        &self,
+        server: &str,
+    ) -> impl Future<Output = Result<Option<RegistryRecord>, StoreError>> + Send;
+
+    fn list_registries(
+        &self,
+    ) -> impl Future<Output = Result<Vec<RegistryRecord>, StoreError>> + Send;
+
+    fn delete_registry(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Stores a new API token; with `replace`, one of the same name goes
     /// first (the bootstrap token, made anew with a new admin.conf).

@@ -151,6 +151,29 @@ pub struct EnrollReport {
     pub gpu_info: Vec<strato_core::node::GpuInfo>,
 }
 
+/// A registry as stored: its password only sealed (`secrets::SecretBox`,
+/// for `registry:NAME`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryRecord {
+    pub name: String,
+    pub server: String,
+    pub username: String,
+    pub password_sealed: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for RegistryRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryRecord")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password_sealed", &"(sealed)")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
 /// A datastore as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatastoreRecord {
@@ -178,6 +201,9 @@ pub struct LogRecord {
 /// What an agent says about one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptReport {
+    /// Still preparing (pulling the image): what it is doing, shown as
+    /// the job's reason while it is preparing. No transition is recorded.
+    Preparing(String),
     Running,
     Ended(AttemptEnd, String),
 }

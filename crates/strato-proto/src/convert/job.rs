@@ -3,7 +3,7 @@
 
 use strato_core::error::FieldError;
 use strato_core::identity::IdentitySelector;
-use strato_core::job::{DataBinding, Distribution, JobSpec, JobState};
+use strato_core::job::{DataBinding, Distribution, JobSpec, JobState, PullPolicy};
 use strato_core::job_request::{DataRequest, JobRequest};
 
 use crate::v1;
@@ -58,6 +58,10 @@ pub fn job_spec(spec: &JobSpec) -> v1::JobSpec {
             .collect(),
         outputs: spec.outputs.iter().map(|d| job_data(d, "upload")).collect(),
         user: spec.user.clone(),
+        pull: match spec.pull {
+            PullPolicy::IfNotPresent => v1::PullPolicy::IfNotPresent,
+            PullPolicy::Always => v1::PullPolicy::Always,
+        } as i32,
     }
 }
 
@@ -83,6 +87,16 @@ pub fn job_request(wire: v1::JobSpec) -> Result<JobRequest, FieldError> {
             return Err(FieldError::new(
                 "distribution",
                 format!("{} is not one of none, mpi, pytorch", wire.distribution),
+            ));
+        }
+    };
+    let pull = match v1::PullPolicy::try_from(wire.pull) {
+        Ok(v1::PullPolicy::Unspecified | v1::PullPolicy::IfNotPresent) => PullPolicy::IfNotPresent,
+        Ok(v1::PullPolicy::Always) => PullPolicy::Always,
+        Err(_) => {
+            return Err(FieldError::new(
+                "pull",
+                format!("{} is not one of if-not-present, always", wire.pull),
             ));
         }
     };
@@ -113,6 +127,7 @@ pub fn job_request(wire: v1::JobSpec) -> Result<JobRequest, FieldError> {
         inputs: data(wire.inputs),
         outputs: data(wire.outputs),
         user: wire.user,
+        pull,
     })
 }
 

@@ -135,9 +135,21 @@ pub struct SubmitArgs {
     /// USER.
     #[arg(long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// When nodes pull the image: `if-not-present` (only a node that lacks
+    /// it) or `always` (before every attempt, for moving tags). A registry
+    /// registered for the image's server (`strato registry create`) gives
+    /// the credentials; other images are pulled anonymously.
+    #[arg(long, value_enum, default_value = "if-not-present")]
+    pull: PullArg,
     /// The command and its arguments, after `--` (run without a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullArg {
+    IfNotPresent,
+    Always,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -200,6 +212,10 @@ fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
         inputs: data(args.inputs, "download"),
         outputs: data(args.outputs, "upload"),
         user: args.user.unwrap_or_default(),
+        pull: match args.pull {
+            PullArg::IfNotPresent => v1::PullPolicy::IfNotPresent,
+            PullArg::Always => v1::PullPolicy::Always,
+        } as i32,
     }
 }
 

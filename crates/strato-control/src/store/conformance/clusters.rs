@@ -7,7 +7,8 @@ use strato_core::spec::{ClusterSpec, IdentitySpec, VmPriority};
 
 use super::{JOIN_EXPIRES, REGION, cluster, gang, given_cluster, given_idle_nodes, job, limits};
 use crate::store::{
-    ClusterIssue, Conflict, DatastoreRecord, IdentityUpdate, JobPage, SpecUpdate, Store, StoreError,
+    ClusterIssue, Conflict, DatastoreRecord, IdentityUpdate, JobPage, RegistryRecord, SpecUpdate,
+    Store, StoreError,
 };
 
 const FAMILY: &str = "standardDv2Family";
@@ -475,5 +476,64 @@ pub async fn datastores_create_get_list_delete<S: Store>(store: S) {
     assert_eq!(
         store.list_datastores().await.expect("list"),
         vec![ds("alpha")]
+    );
+}
+
+pub async fn registries_take_a_name_and_a_server_once<S: Store>(store: S) {
+    let reg = |name: &str, server: &str| RegistryRecord {
+        name: name.into(),
+        server: server.into(),
+        username: "puller".into(),
+        password_sealed: "c2VhbGVk".into(),
+        created_at: 7,
+    };
+    // Servers are kept lowercase: image references name hosts in any case.
+    let made = store
+        .create_registry(reg("acr", "MyACR.azurecr.io"))
+        .await
+        .expect("create");
+    assert_eq!(made, reg("acr", "myacr.azurecr.io"));
+    assert!(matches!(
+        store.create_registry(reg("acr", "other.io")).await,
+        Err(StoreError::RegistryExists(n)) if n == "acr"
+    ));
+    assert!(matches!(
+        store.create_registry(reg("again", "myacr.azurecr.io")).await,
+        Err(StoreError::RegistryServerTaken { name, .. }) if name == "acr"
+    ));
+    store
+        .create_registry(reg("lab", "10.0.0.5:5000"))
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .registry_for_server("MYACR.azurecr.io")
+            .await
+            .expect("lookup"),
+        Some(reg("acr", "myacr.azurecr.io"))
+    );
+    assert_eq!(
+        store
+            .registry_for_server("docker.io")
+            .await
+            .expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store.list_registries().await.expect("list"),
+        vec![reg("acr", "myacr.azurecr.io"), reg("lab", "10.0.0.5:5000")]
+    );
+    store.delete_registry("acr").await.expect("delete");
+    assert!(matches!(
+        store.get_registry("acr").await,
+        Err(StoreError::RegistryNotFound(n)) if n == "acr"
+    ));
+    assert!(matches!(
+        store.delete_registry("acr").await,
+        Err(StoreError::RegistryNotFound(_))
+    ));
+    assert_eq!(
+        store.get_registry("lab").await.expect("get"),
+        reg("lab", "10.0.0.5:5000")
     );
 }

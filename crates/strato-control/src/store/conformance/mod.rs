@@ -51,6 +51,7 @@ macro_rules! store_conformance_suite {
                 max_nodes_cannot_drop_below_an_unfinished_gang,
                 delete_is_refused_while_jobs_are_unfinished,
                 datastores_create_get_list_delete,
+                registries_take_a_name_and_a_server_once,
             ],
             nodes: [
                 node_enrols_becomes_idle_and_heartbeats,
@@ -163,6 +164,7 @@ pub fn job(cluster: &str) -> JobSpec {
         process_count_per_node: 1,
         distribution: Distribution::None,
         user: String::new(),
+        pull: strato_core::job::PullPolicy::IfNotPresent,
     }
 }
 

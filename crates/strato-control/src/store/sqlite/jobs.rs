@@ -504,6 +504,17 @@ pub(super) async fn report_attempt(
     };
     let current = job.attempt == attempt && job.state.on_node();
     let outcome = match report {
+        AttemptReport::Preparing(reason) => {
+            if current && job.state == JobState::Preparing {
+                sqlx::query("UPDATE jobs SET reason = ?1, updated_at = ?2 WHERE id = ?3")
+                    .bind(&reason)
+                    .bind(now)
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            ReportOutcome::Recorded
+        }
         AttemptReport::Running if !current => {
             // Its attempt ended (the gang ended as a whole, or the job was
             // canceled): the container is stopped through ranks_to_stop,

@@ -12,6 +12,7 @@ mod jobs;
 mod logs;
 mod nodes;
 mod ranks;
+mod registries;
 mod usage;
 
 #[cfg(test)]
@@ -34,8 +35,8 @@ use strato_core::spec::ClusterSpec;
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
     Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, JoinTokenRecord,
-    LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, ReportOutcome, RoleAssignmentRecord,
-    SpecUpdate, Store, StoreError,
+    LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
+    RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -468,6 +469,29 @@ impl Store for SqliteStore {
 
     async fn delete_datastore(&self, name: &str) -> Result<(), StoreError> {
         datastores::delete_datastore(self, name).await
+    }
+
+    async fn create_registry(&self, r: RegistryRecord) -> Result<RegistryRecord, StoreError> {
+        registries::create_registry(self, r).await
+    }
+
+    async fn get_registry(&self, name: &str) -> Result<RegistryRecord, StoreError> {
+        registries::get_registry(self, name).await
+    }
+
+    async fn registry_for_server(
+        &self,
+        server: &str,
+    ) -> Result<Option<RegistryRecord>, StoreError> {
+        registries::registry_for_server(self, server).await
+    }
+
+    async fn list_registries(&self) -> Result<Vec<RegistryRecord>, StoreError> {
+        registries::list_registries(self).await
+    }
+
+    async fn delete_registry(&self, name: &str) -> Result<(), StoreError> {
+        registries::delete_registry(self, name).await
     }
 
     async fn create_api_token(

@@ -1,0 +1,114 @@
+//! `strato registry`: the container registries nodes pull job images from,
+//! with the credentials they log in with. Talks to `RegistryService`.
+
+use clap::Subcommand;
+use strato_proto::v1::{self, registry_service_client::RegistryServiceClient};
+
+use crate::Failure;
+use crate::client::connect;
+use crate::config::Settings;
+use crate::view::registry::RegistryView;
+use crate::view::{Format, print};
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Register a registry: jobs whose image starts with its server
+    /// (`SERVER/repo:tag`) are pulled with its credentials. The password is
+    /// stored encrypted and never shown again; only an Owner may do this.
+    #[command(
+        after_help = "Example:\n  strato registry create -n lab --server registry.lab.example:5000 \\\n    --username puller --password-file ./registry-password"
+    )]
+    Create {
+        /// Lowercase letters, digits, '_' and '-'.
+        #[arg(short = 'n', long)]
+        name: String,
+        /// HOST or HOST:PORT, as image names start with it
+        /// (myacr.azurecr.io); one registry per server.
+        #[arg(long)]
+        server: String,
+        #[arg(long, short = 'u')]
+        username: String,
+        /// A file holding the password or token (one line; `-` reads
+        /// standard input). Never given on the command line, where other
+        /// users could see it.
+        #[arg(long, value_name = "PATH")]
+        password_file: std::path::PathBuf,
+    },
+    Show {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    List,
+    Delete {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+}
+
+/// The password in `path` (`-`: standard input), without its line end.
+fn read_password(path: &std::path::Path) -> Result<String, Failure> {
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| Failure::usage(format!("--password-file -: {e}")))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("--password-file {}: {e}", path.display())))?
+    };
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+pub async fn run(
+    settings: &Settings,
+    format: Format,
+    command: RegistryCommand,
+) -> Result<(), Failure> {
+    // Read before connecting: a bad file is a usage error either way.
+    let password = match &command {
+        RegistryCommand::Create { password_file, .. } => Some(read_password(password_file)?),
+        _ => None,
+    };
+    let mut client = RegistryServiceClient::new(connect(settings).await?);
+    let list = match command {
+        RegistryCommand::Create {
+            name,
+            server,
+            username,
+            ..
+        } => vec![RegistryView::from(
+            client
+                .create_registry(v1::CreateRegistryRequest {
+                    name,
+                    server,
+                    username,
+                    password: password.unwrap_or_default(),
+                })
+                .await?
+                .into_inner(),
+        )],
+        RegistryCommand::Show { name } => vec![RegistryView::from(
+            client
+                .get_registry(v1::GetRegistryRequest { name })
+                .await?
+                .into_inner(),
+        )],
+        RegistryCommand::List => client
+            .list_registries(v1::ListRegistriesRequest {})
+            .await?
+            .into_inner()
+            .registries
+            .into_iter()
+            .map(RegistryView::from)
+            .collect(),
+        RegistryCommand::Delete { name } => {
+            client
+                .delete_registry(v1::DeleteRegistryRequest { name: name.clone() })
+                .await?;
+            if format == Format::Table {
+                println!("registry {name} deleted");
+            }
+            return Ok(());
+        }
+    };
+    print(format, &list)?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! End-to-end: nodes pull job images from a real registry (Debian's
+//! `docker-registry` over TLS with basic auth, `strato_e2e::registry`),
+//! logging in with the credentials of the registry object that serves the
+//! image's server. The pull's progress shows as the job's reason while it
+//! prepares; a wrong password or no registry object fails the attempt with
+//! the registry's reason; the password is never shown, logged or stored in
+//! clear.
+
+use std::time::Duration;
+
+use strato_e2e::registry::{Registry, image_with_random_layer};
+use strato_e2e::{ControlPlane, TEST_IMAGE, job_output, require_docker, wait_for};
+use strato_proto::v1;
+
+const LONG: Duration = Duration::from_secs(120);
+const PASSWORD: &str = "s3cret-pull-password";
+
+async fn job(cp: &ControlPlane, id: &str) -> v1::Job {
+    cp.jobs()
+        .await
+        .get_job(v1::GetJobRequest { id: id.into() })
+        .await
+        .expect("get job")
+        .into_inner()
+}
+
+fn ended(j: &v1::Job) -> bool {
+    [
+        v1::JobState::Completed,
+        v1::JobState::Failed,
+        v1::JobState::Canceled,
+    ]
+    .iter()
+    .any(|s| j.state == *s as i32)
+}
+
+#[tokio::test]
+async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path(), "puller", PASSWORD).expect("registry");
+    let big = format!("strato-test/big-{}:1", std::process::id());
+    image_with_random_layer(TEST_IMAGE, &big, 150).expect("a large image");
+    let pushed = registry.push(&big, "team/big:1");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &big])
+        .output();
+    let pushed = pushed.expect("push");
+    let small = registry.push(TEST_IMAGE, "team/busybox:1").expect("push");
+
+    let cp = ControlPlane::start_fast(&dir.path().join("data"))
+        .await
+        .expect("start");
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "pulls",
+        "-s",
+        "Standard_D2_v2",
+        "--min-nodes",
+        "1",
+        "--max-nodes",
+        "1",
+    ]);
+
+    // Bad input names its field; only an Owner's token reaches this far.
+    let bad = cp.cli(&[
+        "registry",
+        "create",
+        "-n",
+        "lab",
+        "--server",
+        "https://x",
+        "-u",
+        "puller",
+        "--password-file",
+        "/dev/null",
+    ]);
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("password") || said.contains("server"),
+        "{said}"
+    );
+
+    // No registry object: the private image is refused, as the registry says.
+    let anonymous = cp
+        .submit(v1::JobSpec {
+            cluster: "pulls".into(),
+            image: small.clone(),
+            command: vec!["echo".into(), "never".into()],
+            ..Default::default()
+        })
+        .await;
+    let refused = wait_for("the anonymous pull refused", LONG, || async {
+        let j = job(&cp, &anonymous).await;
+        ended(&j).then_some(j)
+    })
+    .await;
+    assert_eq!(refused.state, v1::JobState::Failed as i32, "{refused:?}");
+    let reason = &refused.attempts.last().expect("an attempt").reason;
+    assert!(reason.contains("unauthorized"), "{reason}");
+
+    // With the registry's credentials: the large image is pulled, its
+    // progress shown while the job prepares, and the job runs.
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("password file");
+    let created = cp.cli_ok(&[
+        "registry",
+        "create",
+        "-n",
+        "lab",
+        "--server",
+        &registry.server,
+        "-u",
+        "puller",
+        "--password-file",
+        password_file.to_str().expect("utf-8"),
+        "-o",
+        "json",
+    ]);
+    let shown = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        shown.contains("puller") && !shown.contains(PASSWORD),
+        "{shown}"
+    );
+
+    let id = cp
+        .submit(v1::JobSpec {
+            cluster: "pulls".into(),
+            image: pushed.clone(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "test -s /blob && echo pulled".into(),
+            ],
+            ..Default::default()
+        })
+        .await;
+    let progress = std::sync::Mutex::new(Vec::<String>::new());
+    let done = wait_for("the pulled job done", LONG, || async {
+        let j = job(&cp, &id).await;
+        if j.state == v1::JobState::Preparing as i32
+            && j.reason.starts_with("preparing: pulling image")
+        {
+            let mut seen = progress.lock().expect("progress");
+            if seen.last() != Some(&j.reason) {
+                seen.push(j.reason.clone());
+            }
+        }
+        ended(&j).then_some(j)
+    })
+    .await;
+    let progress = progress.into_inner().expect("progress");
+    assert_eq!(done.state, v1::JobState::Completed as i32, "{done:?}");
+    let mut jobs = cp.jobs().await;
+    assert_eq!(job_output(&mut jobs, &id).await, ["pulled"]);
+    assert!(
+        !progress.is_empty(),
+        "the pull's progress was shown as the reason while preparing"
+    );
+    assert!(
+        progress.iter().any(|r| r.contains('%') && r.contains("MB")),
+        "a percentage of the layers' size: {progress:#?}"
+    );
+
+    // --pull always pulls again; a wrong password is refused with the
+    // registry's reason.
+    cp.cli_ok(&["registry", "delete", "-n", "lab"]);
+    std::fs::write(&password_file, "wrong-password\n").expect("password file");
+    cp.cli_ok(&[
+        "registry",
+        "create",
+        "-n",
+        "lab",
+        "--server",
+        &registry.server,
+        "-u",
+        "puller",
+        "--password-file",
+        password_file.to_str().expect("utf-8"),
+    ]);
+    let again = cp
+        .submit(v1::JobSpec {
+            cluster: "pulls".into(),
+            image: pushed.clone(),
+            command: vec!["true".into()],
+            pull: v1::PullPolicy::Always as i32,
+            ..Default::default()
+        })
+        .await;
+    let wrong = wait_for("the wrong password refused", LONG, || async {
+        let j = job(&cp, &again).await;
+        ended(&j).then_some(j)
+    })
+    .await;
+    assert_eq!(wrong.state, v1::JobState::Failed as i32, "{wrong:?}");
+    let reason = &wrong.attempts.last().expect("an attempt").reason;
+    assert!(reason.contains("unauthorized"), "{reason}");
+
+    // The password is nowhere in clear: not in the log, not in the store.
+    assert!(!cp.log_text().contains(PASSWORD));
+    let db = std::fs::read(cp.data_dir.join("strato.db")).unwrap_or_default();
+    let wal = std::fs::read(cp.data_dir.join("strato.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the password is stored sealed only"
+        );
+    }
+    drop(registry);
+}
