@@ -5,6 +5,7 @@
 //! The binaries are the ones `cargo build --workspace --bins` put beside this
 //! test executable; `cargo xtask ci` builds them first.
 
+pub mod acr;
 pub mod fleet;
 pub mod in_process;
 pub mod registry;

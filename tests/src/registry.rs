@@ -27,7 +27,7 @@ pub struct Registry {
     references: Vec<String>,
 }
 
-fn run(what: &str, cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run(what: &str, cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -40,29 +40,19 @@ fn run(what: &str, cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-impl Registry {
-    /// Starts a registry whose only user is `user` with `password`.
-    pub fn start(dir: &Path, user: &str, password: &str) -> anyhow::Result<Registry> {
-        let dir = dir.join("registry");
-        std::fs::create_dir_all(dir.join("data"))?;
-        let port = free_port();
-        let host = run(
-            "docker network inspect bridge",
-            Command::new("docker").args([
-                "network",
-                "inspect",
-                "bridge",
-                "--format",
-                "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
-            ]),
-        )?
-        .trim()
-        .to_owned();
-        ensure!(!host.is_empty(), "the Docker bridge has no gateway address");
-        let server = format!("{host}:{port}");
+/// A CA of the test's own (openssl, P-256, valid a day) that issues server
+/// certificates for IP addresses.
+pub struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> anyhow::Result<TestCa> {
+        let dir = dir.join("ca");
+        std::fs::create_dir_all(&dir)?;
         let path = |name: &str| dir.join(name).display().to_string();
         run(
-            "openssl (the registry's CA)",
+            "openssl (a test CA)",
             Command::new("openssl").args([
                 "req",
                 "-x509",
@@ -74,15 +64,32 @@ impl Registry {
                 "-days",
                 "1",
                 "-subj",
-                "/CN=strato test registry CA",
+                "/CN=strato test CA",
                 "-keyout",
                 &path("ca.key"),
                 "-out",
                 &path("ca.crt"),
             ]),
         )?;
+        Ok(TestCa { dir })
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// A key and a certificate for IP `host`, as `name.crt` and `name.key`.
+    pub fn issue(&self, host: &str, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let path = |file: String| self.dir.join(file).display().to_string();
+        let (key, csr, crt, ext) = (
+            path(format!("{name}.key")),
+            path(format!("{name}.csr")),
+            path(format!("{name}.crt")),
+            path(format!("{name}.ext")),
+        );
         run(
-            "openssl (the registry's key)",
+            "openssl (a key)",
             Command::new("openssl").args([
                 "req",
                 "-newkey",
@@ -93,37 +100,109 @@ impl Registry {
                 "-subj",
                 &format!("/CN={host}"),
                 "-keyout",
-                &path("server.key"),
+                &key,
                 "-out",
-                &path("server.csr"),
+                &csr,
             ]),
         )?;
-        std::fs::write(dir.join("san.ext"), format!("subjectAltName=IP:{host}\n"))?;
+        std::fs::write(&ext, format!("subjectAltName=IP:{host}\n"))?;
         run(
-            "openssl (the registry's certificate)",
+            "openssl (a certificate)",
             Command::new("openssl").args([
                 "x509",
                 "-req",
                 "-in",
-                &path("server.csr"),
+                &csr,
                 "-CA",
-                &path("ca.crt"),
+                &path("ca.crt".into()),
                 "-CAkey",
-                &path("ca.key"),
+                &path("ca.key".into()),
                 "-CAcreateserial",
                 "-days",
                 "1",
                 "-extfile",
-                &path("san.ext"),
+                &ext,
                 "-out",
-                &path("server.crt"),
+                &crt,
             ]),
         )?;
-        let htpasswd = run(
-            "htpasswd (apt-get install apache2-utils)",
-            Command::new("htpasswd").args(["-Bbn", user, password]),
-        )?;
-        std::fs::write(dir.join("htpasswd"), htpasswd)?;
+        Ok((PathBuf::from(crt), PathBuf::from(key)))
+    }
+}
+
+/// The Docker bridge's gateway: an address of this machine the engine does
+/// not take for an insecure registry.
+pub fn bridge_gateway() -> anyhow::Result<String> {
+    let host = run(
+        "docker network inspect bridge",
+        Command::new("docker").args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        ]),
+    )?
+    .trim()
+    .to_owned();
+    ensure!(!host.is_empty(), "the Docker bridge has no gateway address");
+    Ok(host)
+}
+
+/// How a registry checks who pulls.
+pub enum RegistryAuth<'a> {
+    /// htpasswd: one user.
+    Basic { user: &'a str, password: &'a str },
+    /// Bearer tokens from a token service (`crate::acr::AcrTokens`), which
+    /// the test's own pushes log in to as `admin`.
+    Token(&'a crate::acr::AcrTokens),
+}
+
+impl Registry {
+    /// Starts a registry whose only user is `user` with `password`.
+    pub fn start(dir: &Path, user: &str, password: &str) -> anyhow::Result<Registry> {
+        let ca = TestCa::new(dir)?;
+        Self::start_with(dir, &ca, RegistryAuth::Basic { user, password })
+    }
+
+    /// Starts a registry that checks pulls as `auth` says, its certificate
+    /// from `ca` (which a token service may share).
+    pub fn start_with(dir: &Path, ca: &TestCa, auth: RegistryAuth<'_>) -> anyhow::Result<Registry> {
+        let dir = dir.join("registry");
+        std::fs::create_dir_all(dir.join("data"))?;
+        let port = free_port();
+        let host = bridge_gateway()?;
+        let server = format!("{host}:{port}");
+        let path = |name: &str| dir.join(name).display().to_string();
+        let (crt, key) = ca.issue(&host, "registry")?;
+        let (auth_yaml, login) = match auth {
+            RegistryAuth::Basic { user, password } => {
+                let htpasswd = run(
+                    "htpasswd (apt-get install apache2-utils)",
+                    Command::new("htpasswd").args(["-Bbn", user, password]),
+                )?;
+                std::fs::write(dir.join("htpasswd"), htpasswd)?;
+                (
+                    format!(
+                        "  htpasswd:\n    realm: strato-test\n    path: {}\n",
+                        path("htpasswd")
+                    ),
+                    (user.to_owned(), password.to_owned()),
+                )
+            }
+            RegistryAuth::Token(tokens) => (
+                format!(
+                    "  token:\n    realm: {realm}\n    service: {server}\n    issuer: {issuer}\n    rootcertbundle: {bundle}\n",
+                    realm = tokens.realm(),
+                    issuer = crate::acr::ISSUER,
+                    bundle = tokens.signing_certificate().display(),
+                ),
+                (
+                    crate::acr::ADMIN.to_owned(),
+                    crate::acr::ADMIN_PASSWORD.to_owned(),
+                ),
+            ),
+        };
         std::fs::write(
             dir.join("config.yml"),
             format!(
@@ -131,11 +210,10 @@ impl Registry {
                  log:\n  level: info\n\
                  storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
                  http:\n  addr: {server}\n  tls:\n    certificate: {crt}\n    key: {key}\n\
-                 auth:\n  htpasswd:\n    realm: strato-test\n    path: {htpasswd}\n",
+                 auth:\n{auth_yaml}",
                 data = path("data"),
-                crt = path("server.crt"),
-                key = path("server.key"),
-                htpasswd = path("htpasswd"),
+                crt = crt.display(),
+                key = key.display(),
             ),
         )?;
         let log = std::fs::File::create(dir.join("registry.log"))?;
@@ -156,14 +234,14 @@ impl Registry {
             references: Vec::new(),
         };
         std::fs::create_dir_all(&registry.certs_d)?;
-        std::fs::copy(registry.dir.join("ca.crt"), registry.certs_d.join("ca.crt"))?;
+        std::fs::copy(ca.certificate(), registry.certs_d.join("ca.crt"))?;
         registry.wait_ready()?;
         run(
             "docker login",
             Command::new("docker")
                 .arg("--config")
                 .arg(registry.dir.join("docker"))
-                .args(["login", "-u", user, "-p", password, &registry.server]),
+                .args(["login", "-u", &login.0, "-p", &login.1, &registry.server]),
         )?;
         Ok(registry)
     }
@@ -177,7 +255,7 @@ impl Registry {
             }
             let code = Command::new("curl")
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-                .arg(self.dir.join("ca.crt"))
+                .arg(self.certs_d.join("ca.crt"))
                 .arg(format!("https://{}/v2/", self.server))
                 .output()?;
             if String::from_utf8_lossy(&code.stdout) == "401" {

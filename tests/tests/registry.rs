@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use strato_e2e::registry::{Registry, image_with_random_layer};
+use strato_e2e::acr::AcrTokens;
+use strato_e2e::registry::{Registry, RegistryAuth, TestCa, image_with_random_layer};
 use strato_e2e::{ControlPlane, TEST_IMAGE, job_output, require_docker, wait_for};
 use strato_proto::v1;
 
@@ -211,5 +212,135 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
             "the password is stored sealed only"
         );
     }
+    drop(registry);
+}
+
+/// Azure Container Registry's way, against a stand-in token service the
+/// test controls (`strato_e2e::acr`): the node gets a token of the cluster's
+/// identity for the registry resource, exchanges it for a refresh token,
+/// and the engine pulls with it; a registry token that expired is replaced
+/// at the next pull; a cluster without the identity is refused at submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_pull_from_an_acr_with_the_clusters_identity() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path()).expect("a CA");
+    let acr = AcrTokens::start(dir.path(), &ca)
+        .await
+        .expect("token service");
+    let mut registry =
+        Registry::start_with(dir.path(), &ca, RegistryAuth::Token(&acr)).expect("registry");
+    let image = registry.push(TEST_IMAGE, "team/busybox:1").expect("push");
+
+    let cp = ControlPlane::start_fast(&dir.path().join("data"))
+        .await
+        .expect("start");
+    for (name, identity) in [("acr-id", Some("[system]")), ("acr-none", None)] {
+        let mut args = vec![
+            "compute",
+            "create",
+            "-n",
+            name,
+            "-s",
+            "Standard_D2_v2",
+            "--min-nodes",
+            "1",
+            "--max-nodes",
+            "1",
+        ];
+        if let Some(identity) = identity {
+            args.extend(["--assign-identity", identity]);
+        }
+        cp.cli_ok(&args);
+    }
+    let cluster = cp
+        .client()
+        .await
+        .get_cluster(v1::GetClusterRequest {
+            name: "acr-id".into(),
+        })
+        .await
+        .expect("get cluster")
+        .into_inner();
+    acr.expect_client_id(&cluster.identities[0].client_id);
+    let listed = cp.cli_ok(&[
+        "registry",
+        "create",
+        "-n",
+        "acr",
+        "--server",
+        &registry.server,
+        "--identity",
+        "default",
+    ]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("identity default"), "{listed}");
+
+    // A cluster without an identity cannot pull from it: refused at submit.
+    let refused = cp
+        .jobs()
+        .await
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "acr-none".into(),
+                image: image.clone(),
+                command: vec!["true".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("no identity");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("image"), "{}", refused.message());
+
+    let run = |pull: v1::PullPolicy| {
+        let (cp, image) = (&cp, image.clone());
+        async move {
+            let id = cp
+                .submit(v1::JobSpec {
+                    cluster: "acr-id".into(),
+                    image,
+                    command: vec!["echo".into(), "from acr".into()],
+                    pull: pull as i32,
+                    ..Default::default()
+                })
+                .await;
+            let done = wait_for("the ACR job done", LONG, || async {
+                let j = job(cp, &id).await;
+                ended(&j).then_some(j)
+            })
+            .await;
+            (id, done)
+        }
+    };
+    let (id, done) = run(v1::PullPolicy::IfNotPresent).await;
+    assert_eq!(
+        done.state,
+        v1::JobState::Completed as i32,
+        "{done:?}; refused exchanges: {:?}",
+        acr.refused()
+    );
+    let mut jobs = cp.jobs().await;
+    assert_eq!(job_output(&mut jobs, &id).await, ["from acr"]);
+    assert_eq!(acr.exchanges(), 1, "one exchange of the identity's token");
+    let first = acr.pull_tokens();
+    assert!(!first.is_empty(), "the engine got a registry token");
+
+    // Once that token has expired, the next pull gets a new one.
+    let expired_at = first.iter().copied().max().unwrap_or_default();
+    wait_for("the registry token expired", LONG, || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (now > expired_at).then_some(())
+    })
+    .await;
+    let (_, again) = run(v1::PullPolicy::Always).await;
+    assert_eq!(again.state, v1::JobState::Completed as i32, "{again:?}");
+    assert!(
+        acr.pull_tokens().iter().any(|e| *e > expired_at),
+        "a new registry token after the first expired"
+    );
+    assert!(acr.refused().is_empty(), "{:?}", acr.refused());
     drop(registry);
 }

@@ -177,6 +177,25 @@ impl Vending {
             .map(|t| t.access_token)
     }
 
+    /// A token of the cluster's `identity` (`default`, or a user-assigned
+    /// identity's resource id) for the container registry resource, for the
+    /// agent's own login before an attempt's pull.
+    pub async fn registry_token(
+        &self,
+        attempt: &AttemptIdentity,
+        identity: &str,
+    ) -> Result<String, Refusal> {
+        let query = TokenQuery {
+            resource: crate::registry::ACR_RESOURCE.to_owned(),
+            mi_res_id: (identity != strato_core::registry::DEFAULT_IDENTITY)
+                .then(|| identity.to_owned()),
+            ..TokenQuery::default()
+        };
+        self.token(attempt, &query, self.now())
+            .await
+            .map(|t| t.access_token)
+    }
+
     pub(crate) fn attempt_for_secret(&self, secret: &str) -> Option<AttemptIdentity> {
         self.secrets.lock().ok()?.get(secret).cloned()
     }

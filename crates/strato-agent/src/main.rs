@@ -392,6 +392,9 @@ fn read_join_token(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 fn main() -> ExitCode {
+    // The one crypto provider of the build, for every TLS client that does
+    // not name one (the registry login's HTTP client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Config::parse();
     let exit = match start(config) {
         Ok(()) => Exit::Ok,

@@ -790,6 +790,14 @@ async fn registry_login<S: Store>(plane: &Plane<S>, image: &str) -> Option<v1::R
             return None;
         }
     };
+    if !registry.identity.is_empty() {
+        // The node logs in with the job's cluster identity itself.
+        return Some(v1::RegistryLogin {
+            server: registry.server,
+            identity: registry.identity,
+            ..Default::default()
+        });
+    }
     match plane
         .secrets
         .open(&registry.password_sealed, &registry_owner(&registry.name))
@@ -798,6 +806,7 @@ async fn registry_login<S: Store>(plane: &Plane<S>, image: &str) -> Option<v1::R
             server: registry.server,
             username: registry.username,
             password,
+            identity: String::new(),
         }),
         Err(e) => {
             tracing::warn!(registry = %registry.name, error = %e, "cannot open the registry's password: pulling anonymously");

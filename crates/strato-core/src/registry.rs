@@ -8,14 +8,66 @@ pub const MAX_PASSWORD_BYTES: usize = 4096;
 /// The longest user name, in bytes.
 pub const MAX_USERNAME_BYTES: usize = 256;
 
+/// How nodes log in to a registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Login<'a> {
+    /// A user name and a password (or token).
+    Basic {
+        username: &'a str,
+        password: &'a str,
+    },
+    /// The job's cluster identity, through the registry's token exchange:
+    /// `default`, or a user-assigned identity's resource id.
+    Identity(&'a str),
+}
+
+impl std::fmt::Debug for Login<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Login::Identity(identity) => write!(f, "Identity({identity})"),
+        }
+    }
+}
+
+/// The identity value that names a cluster's default identity.
+pub const DEFAULT_IDENTITY: &str = "default";
+
+/// Which login a request asks for: an identity, or basic credentials; both
+/// is refused, naming the field.
+pub fn login<'a>(
+    username: &'a str,
+    password: &'a str,
+    identity: &'a str,
+) -> Result<Login<'a>, FieldError> {
+    if identity.is_empty() {
+        return Ok(Login::Basic { username, password });
+    }
+    if !(username.is_empty() && password.is_empty()) {
+        return Err(FieldError::new(
+            "identity",
+            "is an alternative to username and password: give one or the other",
+        ));
+    }
+    let resource_id = identity.starts_with("/subscriptions/")
+        && identity.len() <= 512
+        && !identity
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if identity == DEFAULT_IDENTITY || resource_id {
+        Ok(Login::Identity(identity))
+    } else {
+        Err(FieldError::new(
+            "identity",
+            "must be `default` or a user-assigned identity's resource id (/subscriptions/…)",
+        ))
+    }
+}
+
 /// Checks a registry to create: its name, its server (HOST or HOST:PORT, as
-/// image references name it) and its basic credentials (both required).
-pub fn validate(
-    name: &str,
-    server: &str,
-    username: &str,
-    password: &str,
-) -> Result<(), FieldError> {
+/// image references name it) and how nodes log in (basic credentials, both
+/// required, or an identity).
+pub fn validate(name: &str, server: &str, login: &Login<'_>) -> Result<(), FieldError> {
     let name_ok = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -33,6 +85,9 @@ pub fn validate(
             "must be the registry's HOST or HOST:PORT as image names start with it, e.g. myacr.azurecr.io",
         ));
     }
+    let Login::Basic { username, password } = *login else {
+        return Ok(());
+    };
     let printable = |s: &str| !s.chars().any(char::is_control);
     if username.is_empty()
         || username.len() > MAX_USERNAME_BYTES
@@ -53,9 +108,54 @@ pub fn validate(
     Ok(())
 }
 
+/// Whether a cluster with `identities` has the identity a registry pulls
+/// with (`default`, or one of its user-assigned identities by resource id,
+/// compared as Azure does, regardless of case).
+pub fn cluster_has(identities: &[crate::identity::Identity], identity: &str) -> bool {
+    if identity == DEFAULT_IDENTITY {
+        crate::identity::default_identity(identities).is_some()
+    } else {
+        identities
+            .iter()
+            .any(|i| i.resource_id.eq_ignore_ascii_case(identity))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn validate(
+        name: &str,
+        server: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), FieldError> {
+        super::validate(name, server, &Login::Basic { username, password })
+    }
+
+    #[test]
+    fn a_login_is_an_identity_or_basic_credentials_not_both() {
+        assert_eq!(
+            login("u", "p", ""),
+            Ok(Login::Basic {
+                username: "u",
+                password: "p"
+            })
+        );
+        assert_eq!(login("", "", "default"), Ok(Login::Identity("default")));
+        let id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/puller";
+        assert_eq!(login("", "", id), Ok(Login::Identity(id)));
+        assert_eq!(
+            login("u", "", "default").expect_err("both").field,
+            "identity"
+        );
+        assert_eq!(login("", "", "mine").expect_err("bad").field, "identity");
+        assert_eq!(
+            super::validate("acr", "myacr.azurecr.io", &Login::Identity("default")),
+            Ok(())
+        );
+    }
 
     #[test]
     fn a_registry_needs_a_name_a_server_and_credentials() {

@@ -131,6 +131,9 @@ impl Staging {
 pub(super) struct ImagePull {
     pub always: bool,
     pub login: Option<strato_runtime::RegistryLogin>,
+    /// Set instead of `login`: log in with this cluster identity, through
+    /// the registry's token exchange (`crate::registry`).
+    pub identity: Option<(String, String)>,
 }
 
 impl ImagePull {
@@ -139,16 +142,19 @@ impl ImagePull {
             .spec
             .as_ref()
             .is_some_and(|s| s.pull == v1::PullPolicy::Always as i32);
+        let login = a.registry_login.as_ref();
         ImagePull {
             always,
-            login: a
-                .registry_login
-                .as_ref()
+            login: login
+                .filter(|l| l.identity.is_empty())
                 .map(|l| strato_runtime::RegistryLogin {
                     server: l.server.clone(),
                     username: l.username.clone(),
                     password: l.password.clone(),
                 }),
+            identity: login
+                .filter(|l| !l.identity.is_empty())
+                .map(|l| (l.server.clone(), l.identity.clone())),
         }
     }
 }
@@ -160,8 +166,9 @@ const PULL_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(
 /// it), reporting its progress as the job's reason while it prepares.
 async fn get_image<R: ContainerRuntime>(
     runtime: &R,
+    vending: &Vending,
     image: &str,
-    pull: ImagePull,
+    mut pull: ImagePull,
     job_id: &str,
     attempt: u32,
     tx: &mpsc::Sender<v1::AgentMessage>,
@@ -171,6 +178,27 @@ async fn get_image<R: ContainerRuntime>(
             Err(RuntimeError::ImageNotFound(_)) => {}
             other => return other,
         }
+    }
+    if let Some((server, identity)) = pull.identity.take() {
+        let refused = |message: String| RuntimeError::Pull {
+            image: image.to_owned(),
+            failure: strato_runtime::PullFailure::of(&message),
+            message,
+        };
+        let who = AttemptIdentity {
+            job_id: job_id.to_owned(),
+            attempt,
+        };
+        let token = vending.registry_token(&who, &identity).await.map_err(|e| {
+            refused(format!(
+                "unauthorized: no token of identity {identity}: {e}"
+            ))
+        })?;
+        pull.login = Some(
+            crate::registry::exchange(&server, &token)
+                .await
+                .map_err(refused)?,
+        );
     }
     tracing::info!(job = %job_id, attempt, %image, login = pull.login.is_some(), "pulling the image");
     let preparing = move |job_id: &str, p: strato_runtime::PullProgress| {
@@ -222,7 +250,17 @@ pub(super) async fn start<R: ContainerRuntime>(
     // Accept the attempt's secret before its container starts, so its
     // first request is answered.
     admit(&vending, &spec.env, &job_id, attempt, None);
-    if let Err(e) = get_image(runtime.as_ref(), &spec.image, pull, &job_id, attempt, &tx).await {
+    if let Err(e) = get_image(
+        runtime.as_ref(),
+        &vending,
+        &spec.image,
+        pull,
+        &job_id,
+        attempt,
+        &tx,
+    )
+    .await
+    {
         tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
         abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
         return;

@@ -118,16 +118,36 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
             inputs: transfers(&spec.inputs),
             outputs: transfers(&spec.outputs),
         };
-        let task = tokio::spawn(start(
+        let started = start(
             self.runtime.clone(),
             Staging::of(identity),
             plan,
             pull,
             container,
-            a.job_id,
+            a.job_id.clone(),
             a.attempt,
             tx.clone(),
-        ));
+        );
+        let (job_id, attempt, tx) = (a.job_id, a.attempt, tx.clone());
+        let task = tokio::spawn(async move {
+            use futures_util::FutureExt as _;
+            // A bug that panics must not leave the attempt preparing for
+            // ever: it ends as the node's fault, and is retried.
+            if std::panic::AssertUnwindSafe(started)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(job = %job_id, attempt, "the attempt's task panicked");
+                let _ = tx
+                    .send(super::node_fault(
+                        &job_id,
+                        attempt,
+                        "the agent failed while starting the attempt (see its log)".to_owned(),
+                    ))
+                    .await;
+            }
+        });
         self.attempts.insert(key, task);
     }
 

@@ -26,13 +26,27 @@ pub enum RegistryCommand {
         /// (myacr.azurecr.io); one registry per server.
         #[arg(long)]
         server: String,
-        #[arg(long, short = 'u')]
-        username: String,
+        #[arg(
+            long,
+            short = 'u',
+            requires = "password_file",
+            conflicts_with = "identity"
+        )]
+        username: Option<String>,
         /// A file holding the password or token (one line; `-` reads
         /// standard input). Never given on the command line, where other
         /// users could see it.
-        #[arg(long, value_name = "PATH")]
-        password_file: std::path::PathBuf,
+        #[arg(long, value_name = "PATH", requires = "username")]
+        password_file: Option<std::path::PathBuf>,
+        /// Log in with the job's cluster identity instead: `default`, or a
+        /// user-assigned identity's resource id (the cluster must have it;
+        /// it needs AcrPull on the registry).
+        #[arg(
+            long,
+            value_name = "default|RESOURCE_ID",
+            required_unless_present = "username"
+        )]
+        identity: Option<String>,
     },
     Show {
         #[arg(short = 'n', long)]
@@ -64,7 +78,10 @@ pub async fn run(
 ) -> Result<(), Failure> {
     // Read before connecting: a bad file is a usage error either way.
     let password = match &command {
-        RegistryCommand::Create { password_file, .. } => Some(read_password(password_file)?),
+        RegistryCommand::Create {
+            password_file: Some(path),
+            ..
+        } => Some(read_password(path)?),
         _ => None,
     };
     let mut client = RegistryServiceClient::new(connect(settings).await?);
@@ -73,14 +90,16 @@ pub async fn run(
             name,
             server,
             username,
+            identity,
             ..
         } => vec![RegistryView::from(
             client
                 .create_registry(v1::CreateRegistryRequest {
                     name,
                     server,
-                    username,
+                    username: username.unwrap_or_default(),
                     password: password.unwrap_or_default(),
+                    identity: identity.unwrap_or_default(),
                 })
                 .await?
                 .into_inner(),

@@ -10,6 +10,7 @@ pub struct RegistryView {
     name: String,
     server: String,
     username: String,
+    identity: String,
 }
 
 impl From<v1::Registry> for RegistryView {
@@ -18,15 +19,21 @@ impl From<v1::Registry> for RegistryView {
             name: r.name,
             server: r.server,
             username: r.username,
+            identity: r.identity,
         }
     }
 }
 
 impl Render for Vec<RegistryView> {
     fn table(&self) -> Table {
-        let mut t = Table::new(&["NAME", "SERVER", "USERNAME"]);
+        let mut t = Table::new(&["NAME", "SERVER", "LOGIN"]);
         for r in self {
-            t.row(vec![r.name.clone(), r.server.clone(), r.username.clone()]);
+            let login = if r.identity.is_empty() {
+                format!("user {}", r.username)
+            } else {
+                format!("identity {}", r.identity)
+            };
+            t.row(vec![r.name.clone(), r.server.clone(), login]);
         }
         t
     }

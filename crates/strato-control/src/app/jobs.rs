@@ -62,7 +62,11 @@ impl<S: Store> Jobs<S> {
         }
         let cluster = self.plane.store.get_cluster(&req.cluster).await?;
         if req.gpus > 0 {
-            return Err(FieldError::new("resources.gpus", "GPU jobs are not supported yet").into());
+            return Err(FieldError::new(
+                "resources.gpus",
+                "must be 0: a job gets every GPU of its node (choose a cluster of a GPU size)",
+            )
+            .into());
         }
         let node_count = req.node_count.max(1);
         let process_count_per_node = req.process_count_per_node.max(1);
@@ -100,6 +104,21 @@ impl<S: Store> Jobs<S> {
             inter_node_communication: cluster.spec.inter_node_communication,
         };
         job::validate_job(&spec, &size, gang)?;
+        // A registry that pulls with the cluster's identity needs one.
+        if let Some(server) = strato_core::image::registry_of(&spec.image)
+            && let Some(registry) = self.plane.store.registry_for_server(server).await?
+            && !registry.identity.is_empty()
+            && !strato_core::registry::cluster_has(&cluster.identities, &registry.identity)
+        {
+            return Err(FieldError::new(
+                "image",
+                format!(
+                    "registry {} pulls with the cluster's identity {:?}, which cluster {} does not have; assign it with `strato compute update --assign-identity`",
+                    registry.name, registry.identity, cluster.spec.name
+                ),
+            )
+            .into());
+        }
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let job = self
             .plane

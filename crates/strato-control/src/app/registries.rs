@@ -16,6 +16,7 @@ pub struct NewRegistry {
     pub server: String,
     pub username: String,
     pub password: String,
+    pub identity: String,
 }
 
 impl std::fmt::Debug for NewRegistry {
@@ -25,6 +26,7 @@ impl std::fmt::Debug for NewRegistry {
             .field("server", &self.server)
             .field("username", &self.username)
             .field("password", &"(redacted)")
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -44,11 +46,16 @@ impl<S: Store> Registries<S> {
         new: NewRegistry,
     ) -> Result<RegistryRecord, AppError> {
         authorize(caller, Action::CreateRegistry, None)?;
-        strato_core::registry::validate(&new.name, &new.server, &new.username, &new.password)?;
-        let sealed = self
-            .plane
-            .secrets
-            .seal(&new.password, &crate::agents::registry_owner(&new.name));
+        let login = strato_core::registry::login(&new.username, &new.password, &new.identity)?;
+        strato_core::registry::validate(&new.name, &new.server, &login)?;
+        // An identity registry keeps no secret at all.
+        let sealed = match login {
+            strato_core::registry::Login::Basic { password, .. } => self
+                .plane
+                .secrets
+                .seal(password, &crate::agents::registry_owner(&new.name)),
+            strato_core::registry::Login::Identity(_) => String::new(),
+        };
         let r = self
             .plane
             .store
@@ -57,10 +64,11 @@ impl<S: Store> Registries<S> {
                 server: new.server,
                 username: new.username,
                 password_sealed: sealed,
+                identity: new.identity,
                 created_at: self.plane.clock.now_ms(),
             })
             .await?;
-        tracing::info!(registry = %r.name, server = %r.server, username = %r.username, "registry created");
+        tracing::info!(registry = %r.name, server = %r.server, username = %r.username, identity = %r.identity, "registry created");
         Ok(r)
     }
 

@@ -127,6 +127,7 @@ pub fn registry(r: crate::store::RegistryRecord) -> v1::Registry {
         server: r.server,
         username: r.username,
         created_at: Some(timestamp(r.created_at)),
+        identity: r.identity,
     }
 }
 

@@ -36,6 +36,7 @@ impl<S: Store> RegistryService for RegistryApi<S> {
             server: r.server,
             username: r.username,
             password: r.password,
+            identity: r.identity,
         };
         respond(
             self.app.create_registry(&caller, new).await,

@@ -159,6 +159,9 @@ pub struct RegistryRecord {
     pub server: String,
     pub username: String,
     pub password_sealed: String,
+    /// Set instead of basic credentials: the cluster identity pulls use
+    /// (`default` or a resource id).
+    pub identity: String,
     pub created_at: i64,
 }
 
@@ -169,6 +172,7 @@ impl std::fmt::Debug for RegistryRecord {
             .field("server", &self.server)
             .field("username", &self.username)
             .field("password_sealed", &"(sealed)")
+            .field("identity", &self.identity)
             .field("created_at", &self.created_at)
             .finish()
     }

@@ -485,6 +485,7 @@ pub async fn registries_take_a_name_and_a_server_once<S: Store>(store: S) {
         server: server.into(),
         username: "puller".into(),
         password_sealed: "c2VhbGVk".into(),
+        identity: String::new(),
         created_at: 7,
     };
     // Servers are kept lowercase: image references name hosts in any case.
