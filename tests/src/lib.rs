@@ -26,6 +26,17 @@ use strato_proto::v1::job_service_client::JobServiceClient;
 /// from its admin.conf on every call.
 pub type Channel = strato_proto::client::AuthedChannel;
 
+/// What `ControlPlane::start_fast` passes: reconcile every 200 ms,
+/// heartbeats every second, a node silent for 5 s is unusable.
+const FAST_ARGS: &[&str] = &[
+    "--reconcile-interval-ms",
+    "200",
+    "--heartbeat-interval",
+    "1",
+    "--node-heartbeat-timeout",
+    "5",
+];
+
 /// How long a control plane may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -86,6 +97,8 @@ pub struct ControlPlane {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     extra_args: Vec<String>,
+    /// Set in its environment (and so in its local agents').
+    env: Vec<(String, String)>,
     log: PathBuf,
     /// Its admin.conf, read once it was written.
     admin: Option<strato_core::client_config::ClientConfig>,
@@ -106,6 +119,24 @@ impl ControlPlane {
         ip: std::net::IpAddr,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_full(data_dir, ip, extra_args, &[]).await
+    }
+
+    /// Starts a control plane as `start_fast` does, with `env` set for it
+    /// and for the agents it starts (`STRATO_*` settings of theirs).
+    pub async fn start_fast_with_env(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(data_dir, [127, 0, 0, 1].into(), FAST_ARGS, env).await
+    }
+
+    async fn start_full(
+        data_dir: &Path,
+        ip: std::net::IpAddr,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         // Two free ports, never the same one twice (the kernel may hand
         // back a port just released).
         let grpc_port = free_port();
@@ -121,6 +152,10 @@ impl ControlPlane {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .chain((!ip.is_loopback()).then(|| format!("--tls-san={ip}")))
+                .collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             log: data_dir.with_extension("log"),
             admin: None,
@@ -144,6 +179,7 @@ impl ControlPlane {
             .args(&self.extra_args)
             .env_remove("STRATO_QUOTA_FILE")
             .env_remove("STRATO_REGION")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -191,18 +227,7 @@ impl ControlPlane {
     /// Starts a control plane that notices quickly: reconcile every 200 ms,
     /// heartbeats every second, a node silent for 5 s is unusable.
     pub async fn start_fast(data_dir: &Path) -> anyhow::Result<Self> {
-        Self::start(
-            data_dir,
-            &[
-                "--reconcile-interval-ms",
-                "200",
-                "--heartbeat-interval",
-                "1",
-                "--node-heartbeat-timeout",
-                "5",
-            ],
-        )
-        .await
+        Self::start(data_dir, FAST_ARGS).await
     }
 
     pub fn log_text(&self) -> String {

@@ -168,6 +168,10 @@ impl SimFleet {
         let vending = Arc::new(Vending::new(self.clock.clone()));
         let work_dir = self.work_root.join(&launch.node_id);
         let identity = Arc::new(IdentityContext {
+            image_cache: Arc::new(strato_agent::image_cache::ImageCache::open(
+                &self.work_root,
+                u64::MAX,
+            )),
             relay: Arc::new(ExecRelay::new(vending.clone())),
             vending,
             health: Arc::new(AgentHealth::default()),

@@ -49,9 +49,14 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
     let pushed = pushed.expect("push");
     let small = registry.push(TEST_IMAGE, "team/busybox:1").expect("push");
 
-    let cp = ControlPlane::start_fast(&dir.path().join("data"))
-        .await
-        .expect("start");
+    // The node's image cache holds 100 MB: the large image goes once
+    // another is pulled.
+    let cp = ControlPlane::start_fast_with_env(
+        &dir.path().join("data"),
+        &[("STRATO_IMAGE_CACHE_BYTES", "100000000")],
+    )
+    .await
+    .expect("start");
     cp.cli_ok(&[
         "compute",
         "create",
@@ -164,6 +169,39 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
     assert!(
         progress.iter().any(|r| r.contains('%') && r.contains("MB")),
         "a percentage of the layers' size: {progress:#?}"
+    );
+
+    // Another pull takes the cache past its budget: the large image, no
+    // longer used, is removed; the new one stays.
+    let present = |image: &str| {
+        std::process::Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(present(&pushed), "kept while within the budget");
+    let next = cp
+        .submit(v1::JobSpec {
+            cluster: "pulls".into(),
+            image: small.clone(),
+            command: vec!["echo".into(), "small".into()],
+            ..Default::default()
+        })
+        .await;
+    let after = wait_for("the small job done", LONG, || async {
+        let j = job(&cp, &next).await;
+        ended(&j).then_some(j)
+    })
+    .await;
+    assert_eq!(after.state, v1::JobState::Completed as i32, "{after:?}");
+    assert!(
+        !present(&pushed),
+        "the least recently used image was removed"
+    );
+    assert!(present(&small));
+    assert!(
+        present(TEST_IMAGE),
+        "what the agent did not pull is not its cache's"
     );
 
     // --pull always pulls again; a wrong password is refused with the

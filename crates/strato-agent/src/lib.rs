@@ -3,6 +3,7 @@
 
 pub mod gang;
 pub mod identity;
+pub mod image_cache;
 pub mod registry;
 pub mod session;
 pub mod ssh;

@@ -146,6 +146,17 @@ struct Config {
     #[arg(long, env = "STRATO_NODE_ADDRESS", value_name = "IP")]
     node_address: Option<std::net::IpAddr>,
 
+    /// The disk budget, in bytes, of the images this agent pulls: past it,
+    /// the least recently used ones no container uses are removed after a
+    /// pull. Images the agent did not pull are never touched.
+    #[arg(
+        long,
+        env = "STRATO_IMAGE_CACHE_BYTES",
+        value_name = "BYTES",
+        default_value_t = strato_agent::image_cache::DEFAULT_IMAGE_CACHE_BYTES
+    )]
+    image_cache_bytes: u64,
+
     /// The `strato-rsh` launcher mounted into multi-node jobs' containers.
     /// Default: `strato-rsh` beside this executable.
     #[arg(long, env = "STRATO_LAUNCHER")]
@@ -578,7 +589,12 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     );
     tracing::info!(%metrics_url, "metrics endpoint listening");
     let interface = gang_interface(&config).await;
+    let image_cache = Arc::new(strato_agent::image_cache::ImageCache::open(
+        &config.work_dir,
+        config.image_cache_bytes,
+    ));
     let identity = Arc::new(IdentityContext {
+        image_cache,
         vending,
         health,
         gpus,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod exposition;
 pub mod identity;
 pub mod image;
+pub mod image_cache;
 pub mod job;
 pub mod job_request;
 pub mod lifecycle;

@@ -461,6 +461,30 @@ impl ContainerRuntime for DockerRuntime {
         Box::pin(events)
     }
 
+    async fn image_bytes(&self, image: &str) -> Result<Option<u64>, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(found) => Ok(Some(
+                found.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            )),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        let options = bollard::query_parameters::RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..Default::default()
+        };
+        match self.docker.remove_image(image, Some(options), None).await {
+            Ok(_) => Ok(true),
+            // In use by a container (409), or gone already (404).
+            Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn gpu_support(&self) -> Result<bool, RuntimeError> {
         let info = self.docker.info().await?;
         let runtime = info

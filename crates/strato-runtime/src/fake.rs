@@ -426,6 +426,16 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    /// Every present image is a megabyte.
+    async fn image_bytes(&self, image: &str) -> Result<Option<u64>, RuntimeError> {
+        Ok((!self.engine().missing_images.contains(image)).then_some(1 << 20))
+    }
+
+    /// Removing an image makes it missing.
+    async fn remove_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        Ok(self.change(|e| e.missing_images.insert(image.to_owned())))
+    }
+
     async fn gpu_support(&self) -> Result<bool, RuntimeError> {
         Ok(self.engine().gpu_support)
     }

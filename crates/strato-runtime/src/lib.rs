@@ -384,6 +384,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// would, and streams its output and then its exit code. No stdin.
     fn exec(&self, container: &str, command: &str) -> ExecStreamBox;
 
+    /// An image's size on disk; `None` when the engine does not have it.
+    fn image_bytes(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<u64>, RuntimeError>> + Send;
+
+    /// Removes an image no container uses; false when a container uses it
+    /// (the engine refuses) or it is not there.
+    fn remove_image(&self, image: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+
     /// Whether the engine can hand NVIDIA GPUs to containers: it has the
     /// NVIDIA container runtime, or the hook its built-in NVIDIA device
     /// driver runs.

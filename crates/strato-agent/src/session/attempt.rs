@@ -113,6 +113,7 @@ pub(super) struct Staging {
     pub storage_ca: Option<Vec<u8>>,
     /// Where log lines' times are read.
     pub clock: Arc<dyn Clock>,
+    pub image_cache: Arc<crate::image_cache::ImageCache>,
 }
 
 impl Staging {
@@ -122,6 +123,7 @@ impl Staging {
             work_dir: identity.work_dir.clone(),
             storage_ca: identity.storage_ca.clone(),
             clock: identity.clock.clone(),
+            image_cache: identity.image_cache.clone(),
         }
     }
 }
@@ -166,19 +168,25 @@ const PULL_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(
 /// it), reporting its progress as the job's reason while it prepares.
 async fn get_image<R: ContainerRuntime>(
     runtime: &R,
-    vending: &Vending,
+    staging: &Staging,
     image: &str,
     mut pull: ImagePull,
     job_id: &str,
     attempt: u32,
     tx: &mpsc::Sender<v1::AgentMessage>,
 ) -> Result<(), RuntimeError> {
+    let now = staging.clock.now_ms();
     if !pull.always {
         match runtime.ensure_image(image).await {
             Err(RuntimeError::ImageNotFound(_)) => {}
+            Ok(()) => {
+                staging.image_cache.used(image, now);
+                return Ok(());
+            }
             other => return other,
         }
     }
+    let vending = &staging.vending;
     if let Some((server, identity)) = pull.identity.take() {
         let refused = |message: String| RuntimeError::Pull {
             image: image.to_owned(),
@@ -220,7 +228,13 @@ async fn get_image<R: ContainerRuntime>(
             let _ = progress_tx.try_send(preparing(&job, p));
         }
     });
-    runtime.pull(image, pull.login, progress).await
+    runtime.pull(image, pull.login, progress).await?;
+    staging.image_cache.pulled(image, now);
+    let removed = staging.image_cache.trim(runtime, image).await;
+    if !removed.is_empty() {
+        tracing::info!(job = %job_id, attempt, ?removed, "the image cache made room");
+    }
+    Ok(())
 }
 
 /// Starts an assigned attempt, then follows it.
@@ -252,7 +266,7 @@ pub(super) async fn start<R: ContainerRuntime>(
     admit(&vending, &spec.env, &job_id, attempt, None);
     if let Err(e) = get_image(
         runtime.as_ref(),
-        &vending,
+        &staging,
         &spec.image,
         pull,
         &job_id,

@@ -161,6 +161,8 @@ pub struct IdentityContext {
     /// Where the agent reads the time (heartbeats, log lines, eviction
     /// deadlines); timers stay on tokio's time.
     pub clock: Arc<dyn Clock>,
+    /// The images this agent pulled, within their disk budget.
+    pub image_cache: Arc<crate::image_cache::ImageCache>,
 }
 
 fn job_key(job_id: &str, attempt: u32) -> String {
