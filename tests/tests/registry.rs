@@ -82,6 +82,8 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
         "puller",
         "--password-file",
         "/dev/null",
+        "--clusters",
+        "pulls",
     ]);
     assert!(!bad.status.success());
     let said = String::from_utf8_lossy(&bad.stderr);
@@ -123,6 +125,8 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
         "puller",
         "--password-file",
         password_file.to_str().expect("utf-8"),
+        "--clusters",
+        "pulls",
         "-o",
         "json",
     ]);
@@ -130,6 +134,38 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
     assert!(
         shown.contains("puller") && !shown.contains(PASSWORD),
         "{shown}"
+    );
+
+    // Its credentials go to the clusters it names only: a job of another
+    // cluster naming its server is refused at submit.
+    cp.cli_ok(&[
+        "compute",
+        "create",
+        "-n",
+        "other",
+        "-s",
+        "Standard_D2_v2",
+        "--max-nodes",
+        "1",
+    ]);
+    let elsewhere = cp
+        .jobs()
+        .await
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                cluster: "other".into(),
+                image: pushed.clone(),
+                command: vec!["true".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("not served");
+    assert_eq!(elsewhere.code(), tonic::Code::InvalidArgument);
+    assert!(
+        elsewhere.message().contains("serves only clusters pulls"),
+        "{}",
+        elsewhere.message()
     );
 
     let id = cp
@@ -219,6 +255,8 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
         "puller",
         "--password-file",
         password_file.to_str().expect("utf-8"),
+        "--clusters",
+        "pulls",
     ]);
     let again = cp
         .submit(v1::JobSpec {
@@ -310,6 +348,7 @@ async fn nodes_pull_from_an_acr_with_the_clusters_identity() {
         &registry.server,
         "--identity",
         "default",
+        "--all-clusters",
     ]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("identity default"), "{listed}");

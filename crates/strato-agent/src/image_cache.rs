@@ -6,7 +6,7 @@
 //! last used is kept in `WORK_DIR/image-cache.json`, so a restarted agent
 //! remembers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -23,6 +23,28 @@ pub struct ImageCache {
     limit: u64,
     /// Image reference → when an attempt last used it (ms).
     used: Mutex<BTreeMap<String, i64>>,
+    /// Images attempts hold between getting them and starting their
+    /// container (which then holds them): never removed meanwhile.
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// An attempt's hold on its image, released when dropped.
+pub struct Held<'a> {
+    cache: &'a ImageCache,
+    image: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.cache.held.lock()
+            && let Some(n) = held.get_mut(&self.image)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.image);
+            }
+        }
+    }
 }
 
 impl ImageCache {
@@ -37,7 +59,24 @@ impl ImageCache {
             ledger,
             limit,
             used: Mutex::new(used),
+            held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Holds `image` until the returned guard is dropped: no trim removes
+    /// it meanwhile.
+    pub fn hold(&self, image: &str) -> Held<'_> {
+        if let Ok(mut held) = self.held.lock() {
+            *held.entry(image.to_owned()).or_default() += 1;
+        }
+        Held {
+            cache: self,
+            image: image.to_owned(),
+        }
+    }
+
+    fn is_held(&self, image: &str) -> bool {
+        self.held.lock().is_ok_and(|h| h.contains_key(image))
     }
 
     pub fn limit(&self) -> u64 {
@@ -95,7 +134,7 @@ impl ImageCache {
         for (image, last_used_ms) in ledger {
             match runtime.image_bytes(&image).await {
                 Ok(Some(bytes)) => images.push(CachedImage {
-                    in_use: image == keep,
+                    in_use: image == keep || self.is_held(&image),
                     image,
                     bytes,
                     last_used_ms,
@@ -153,6 +192,12 @@ mod tests {
             cache.pulled(image, at);
         }
         cache.used("a", 4);
+        {
+            // Held by an attempt about to start its container: kept.
+            let _held = cache.hold("b");
+            let _also = cache.hold("a");
+            assert!(cache.trim(&runtime, "c").await.is_empty());
+        }
         assert_eq!(cache.trim(&runtime, "c").await, ["b"]);
         assert_eq!(runtime.image_bytes("b").await.expect("size"), None);
         assert!(runtime.image_bytes("a").await.expect("size").is_some());

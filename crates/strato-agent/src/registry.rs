@@ -61,11 +61,42 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
 }
 
 /// The exchange endpoint beside a token endpoint: the realm's scheme and
-/// authority with `/oauth2/exchange`.
-pub fn exchange_url(realm: &str) -> Option<String> {
+/// authority with `/oauth2/exchange`; only on `server`'s own host (any
+/// port), so a registry cannot send the identity's token elsewhere (the
+/// token is good for every registry the identity may pull from).
+pub fn exchange_url(realm: &str, server: &str) -> Option<String> {
     let (scheme, rest) = realm.split_once("://")?;
     let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
-    (scheme == "https").then(|| format!("https://{authority}/oauth2/exchange"))
+    let host = |a: &str| -> String {
+        let h = match a.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => a,
+        };
+        h.to_ascii_lowercase()
+    };
+    (scheme == "https" && host(authority) == host(server))
+        .then(|| format!("https://{authority}/oauth2/exchange"))
+}
+
+/// The most bytes read of an answer of the token exchange.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// An answer's body, at most [`MAX_ANSWER_BYTES`].
+async fn body(mut answer: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the token exchange's answer: {e}"))?
+    {
+        if out.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!(
+                "the token exchange's answer is over {MAX_ANSWER_BYTES} bytes"
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// The tenant an Entra token was issued in (its `tid` claim), or empty.
@@ -127,9 +158,9 @@ pub async fn exchange(server: &str, aad_token: &str) -> Result<RegistryLogin, St
                 probe.status()
             )
         })?;
-    let url = exchange_url(&challenge.realm).ok_or_else(|| {
+    let url = exchange_url(&challenge.realm, server).ok_or_else(|| {
         format!(
-            "the registry's token realm {:?} is not https",
+            "the registry's token realm {:?} is not https on the registry's own host: the identity's token is not sent there",
             challenge.realm
         )
     })?;
@@ -151,16 +182,14 @@ pub async fn exchange(server: &str, aad_token: &str) -> Result<RegistryLogin, St
         .await
         .map_err(|e| format!("unreachable: {url}: {e}"))?;
     let status = answer.status();
+    let bytes = body(answer).await?;
     if !status.is_success() {
-        let body = answer.text().await.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
+        let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
         return Err(format!(
-            "unauthorized: the token exchange at {url} answered {status}: {body}"
+            "unauthorized: the token exchange at {url} answered {status}: {text}"
         ));
     }
-    let body: serde_json::Value = answer
-        .json()
-        .await
+    let body: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| format!("the token exchange's answer is not JSON: {e}"))?;
     let refresh = body
         .get("refresh_token")
@@ -192,10 +221,23 @@ mod tests {
         assert_eq!(parse_challenge(r#"Basic realm="registry""#), None);
         assert_eq!(parse_challenge("Bearer service=x"), None, "no realm");
         assert_eq!(
-            exchange_url("https://myacr.azurecr.io/oauth2/token").as_deref(),
+            exchange_url("https://myacr.azurecr.io/oauth2/token", "MyACR.azurecr.io").as_deref(),
             Some("https://myacr.azurecr.io/oauth2/exchange")
         );
-        assert_eq!(exchange_url("http://insecure/oauth2/token"), None);
+        assert_eq!(
+            exchange_url("https://10.0.0.5:8443/oauth2/token", "10.0.0.5:5000").as_deref(),
+            Some("https://10.0.0.5:8443/oauth2/exchange"),
+            "the same host on another port"
+        );
+        assert_eq!(
+            exchange_url("http://myacr.azurecr.io/oauth2/token", "myacr.azurecr.io"),
+            None
+        );
+        assert_eq!(
+            exchange_url("https://evil.example/oauth2/token", "myacr.azurecr.io"),
+            None,
+            "never another host"
+        );
     }
 
     #[test]

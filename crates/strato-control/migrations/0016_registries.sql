@@ -9,5 +9,7 @@ CREATE TABLE registries (
     username TEXT NOT NULL,
     password_sealed TEXT NOT NULL,
     identity TEXT NOT NULL DEFAULT '',
+    -- The clusters whose jobs may pull with it (a JSON array; ["*"]: all).
+    clusters TEXT NOT NULL DEFAULT '[]',
     created_at INTEGER NOT NULL
 );

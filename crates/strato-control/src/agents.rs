@@ -609,9 +609,10 @@ fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
             AttemptReport::Preparing(strato_core::limits::bounded_reason(&r.reason))
         }
         v1::JobState::Running => AttemptReport::Running,
-        v1::JobState::Failed if r.node_fault => {
-            AttemptReport::Ended(AttemptEnd::NodeLost, r.reason.clone())
-        }
+        v1::JobState::Failed if r.node_fault => AttemptReport::Ended(
+            AttemptEnd::NodeLost,
+            strato_core::limits::bounded_reason(&r.reason),
+        ),
         v1::JobState::Completed | v1::JobState::Failed => {
             let end = match r.exit_code {
                 Some(code) => AttemptEnd::Exited(i64::from(code)),
@@ -628,7 +629,10 @@ fn attempt_report(r: &v1::JobReport) -> Option<AttemptReport> {
             };
             AttemptReport::Ended(end, reason)
         }
-        v1::JobState::Canceled => AttemptReport::Ended(AttemptEnd::Canceled, r.reason.clone()),
+        v1::JobState::Canceled => AttemptReport::Ended(
+            AttemptEnd::Canceled,
+            strato_core::limits::bounded_reason(&r.reason),
+        ),
         _ => return None,
     })
 }
@@ -722,7 +726,7 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
         .list_nodes(&job.spec.cluster)
         .await
         .unwrap_or_default();
-    let registry_login = registry_login(plane, &job.spec.image).await;
+    let registry_login = registry_login(plane, &job.spec.image, &job.spec.cluster).await;
     let gang: Vec<v1::GangMember> = attempt
         .node_ids
         .iter()
@@ -781,7 +785,11 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
 /// The login for `image`'s registry, when a registry object serves it;
 /// `None` for an anonymous pull. A password that does not open (another
 /// control plane's key) is left out, and said once per assignment.
-async fn registry_login<S: Store>(plane: &Plane<S>, image: &str) -> Option<v1::RegistryLogin> {
+async fn registry_login<S: Store>(
+    plane: &Plane<S>,
+    image: &str,
+    cluster: &str,
+) -> Option<v1::RegistryLogin> {
     let server = strato_core::image::registry_of(image)?;
     let registry = match plane.store.registry_for_server(server).await {
         Ok(found) => found?,
@@ -790,6 +798,11 @@ async fn registry_login<S: Store>(plane: &Plane<S>, image: &str) -> Option<v1::R
             return None;
         }
     };
+    // Only to the clusters it names (checked at submit; it may have been
+    // replaced since).
+    if !strato_core::registry::serves(&registry.clusters, cluster) {
+        return None;
+    }
     if !registry.identity.is_empty() {
         // The node logs in with the job's cluster identity itself.
         return Some(v1::RegistryLogin {

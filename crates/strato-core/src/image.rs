@@ -88,13 +88,14 @@ fn is_tag(t: &str) -> bool {
         && t.bytes().all(|b| word(b) || b == b'.' || b == b'-')
 }
 
-/// The first component names a registry when it could not be a path
-/// component: it has a '.', a ':' or capitals, or is `localhost`.
 /// Whether `server` is a registry's HOST or HOST:PORT.
 pub fn is_registry_server(server: &str) -> bool {
     is_domain(server)
 }
 
+/// Whether a reference's first component names a registry (Docker's rule: a
+/// '.', a ':', `localhost`, or an uppercase letter, which no repository
+/// path has).
 fn is_domain_like(c: &str) -> bool {
     c.contains(['.', ':']) || c == "localhost" || c.bytes().any(|b| b.is_ascii_uppercase())
 }

@@ -79,6 +79,15 @@ pub fn validate(name: &str, server: &str, login: &Login<'_>) -> Result<(), Field
             "must be 1 to 64 lowercase letters, digits, '_' and '-', starting with a letter",
         ));
     }
+    if matches!(
+        server.to_ascii_lowercase().as_str(),
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    ) {
+        return Err(FieldError::new(
+            "server",
+            "Docker Hub is not supported yet (its short names, such as `python`, name no server); pull from Docker Hub anonymously or mirror the image",
+        ));
+    }
     if !crate::image::is_registry_server(server) || server.contains('/') {
         return Err(FieldError::new(
             "server",
@@ -108,6 +117,41 @@ pub fn validate(name: &str, server: &str, login: &Login<'_>) -> Result<(), Field
     Ok(())
 }
 
+/// The most clusters a registry names.
+pub const MAX_CLUSTERS: usize = 100;
+
+/// What `clusters` names every cluster.
+pub const ALL_CLUSTERS: &str = "*";
+
+/// Checks the clusters a registry serves: at least one, each a cluster
+/// name or `*` alone.
+pub fn check_clusters(clusters: &[String]) -> Result<(), FieldError> {
+    if clusters.is_empty() || clusters.len() > MAX_CLUSTERS {
+        return Err(FieldError::new(
+            "clusters",
+            format!(
+                "must name 1 to {MAX_CLUSTERS} clusters whose jobs may pull with it, or `*` for every cluster"
+            ),
+        ));
+    }
+    if clusters.len() > 1 && clusters.iter().any(|c| c == ALL_CLUSTERS) {
+        return Err(FieldError::new("clusters", "`*` stands alone"));
+    }
+    for c in clusters.iter().filter(|c| *c != ALL_CLUSTERS) {
+        crate::name::validate_cluster_name(c)
+            .map_err(|e| FieldError::new("clusters", format!("{c:?}: {}", e.rule)))?;
+    }
+    Ok(())
+}
+
+/// Whether a registry serving `clusters` serves `cluster` (names compared
+/// regardless of case, as cluster names are unique).
+pub fn serves(clusters: &[String], cluster: &str) -> bool {
+    clusters
+        .iter()
+        .any(|c| c == ALL_CLUSTERS || c.eq_ignore_ascii_case(cluster))
+}
+
 /// Whether a cluster with `identities` has the identity a registry pulls
 /// with (`default`, or one of its user-assigned identities by resource id,
 /// compared as Azure does, regardless of case).
@@ -124,6 +168,27 @@ pub fn cluster_has(identities: &[crate::identity::Identity], identity: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_serves_the_clusters_it_names() {
+        let named = vec!["gpu-a".to_owned(), "cpu".to_owned()];
+        assert_eq!(check_clusters(&named), Ok(()));
+        assert!(serves(&named, "GPU-A") && !serves(&named, "other"));
+        assert!(serves(&["*".to_owned()], "anything"));
+        assert_eq!(check_clusters(&[]).expect_err("none").field, "clusters");
+        assert_eq!(
+            check_clusters(&["*".to_owned(), "cpu".to_owned()])
+                .expect_err("both")
+                .field,
+            "clusters"
+        );
+        assert_eq!(
+            check_clusters(&["Bad Name".to_owned()])
+                .expect_err("bad")
+                .field,
+            "clusters"
+        );
+    }
 
     fn validate(
         name: &str,
@@ -174,6 +239,12 @@ mod tests {
             let e = validate(name, server, user, password).expect_err(field);
             assert_eq!(e.field, field, "{name} {server} {user}");
         }
+        assert_eq!(
+            validate("hub", "docker.io", "u", "p")
+                .expect_err("hub")
+                .field,
+            "server"
+        );
         let long = "p".repeat(MAX_PASSWORD_BYTES + 1);
         assert_eq!(
             validate("acr", "h.io", "u", &long).expect_err("long").field,

@@ -8,6 +8,17 @@ pub mod convert;
 #[allow(clippy::all, clippy::pedantic)] // reason: generated code
 pub mod v1 {
     tonic::include_proto!("strato.v1");
+
+    impl std::fmt::Debug for RegistryLogin {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RegistryLogin")
+                .field("server", &self.server)
+                .field("username", &self.username)
+                .field("password", &"(redacted)")
+                .field("identity", &self.identity)
+                .finish()
+        }
+    }
 }
 
 /// The encoded file descriptor set, for gRPC server reflection.

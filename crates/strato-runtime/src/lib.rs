@@ -146,6 +146,17 @@ impl PullFailure {
     /// Reads Docker's error message.
     pub fn of(message: &str) -> PullFailure {
         let m = message.to_ascii_lowercase();
+        // The network's words, checked as Go's errors print them (never a
+        // bare "tls", which repository names may hold).
+        let network = m.contains("connection refused")
+            || m.contains("no such host")
+            || m.contains("i/o timeout")
+            || m.contains("x509:")
+            || m.contains("tls: ")
+            || m.contains("tls handshake")
+            || m.contains("network is unreachable")
+            || m.contains("no route to host")
+            || m.contains("context deadline exceeded");
         if m.contains("unauthorized")
             || m.contains("authentication required")
             || m.contains("access denied")
@@ -154,19 +165,11 @@ impl PullFailure {
         {
             PullFailure::Unauthorized
         } else if m.contains("manifest unknown")
-            || m.contains("not found")
-            || m.contains("does not exist")
             || m.contains("name unknown")
+            || (!network && (m.contains("not found") || m.contains("does not exist")))
         {
             PullFailure::NotFound
-        } else if m.contains("connection refused")
-            || m.contains("no such host")
-            || m.contains("timeout")
-            || m.contains("x509")
-            || m.contains("tls")
-            || m.contains("network is unreachable")
-            || m.contains("no route to host")
-        {
+        } else if network {
             PullFailure::Unreachable
         } else {
             PullFailure::Other
@@ -498,7 +501,11 @@ mod tests {
                 "Get \"https://r/v2/\": x509: certificate signed by unknown authority",
                 PullFailure::Unreachable,
             ),
-            ("something else", PullFailure::Other),
+            ("pulling mytls-proxy:1: something else", PullFailure::Other),
+            (
+                "Get \"https://r/v2/\": dial tcp: lookup r on 10.0.0.2:53: no such host",
+                PullFailure::Unreachable,
+            ),
         ] {
             assert_eq!(PullFailure::of(message), failure, "{message}");
         }

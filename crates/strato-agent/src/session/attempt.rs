@@ -176,6 +176,8 @@ async fn get_image<R: ContainerRuntime>(
     tx: &mpsc::Sender<v1::AgentMessage>,
 ) -> Result<(), RuntimeError> {
     let now = staging.clock.now_ms();
+    // Only what the agent brought to the node is its cache's.
+    let was_here = matches!(runtime.image_bytes(image).await, Ok(Some(_)));
     if !pull.always {
         match runtime.ensure_image(image).await {
             Err(RuntimeError::ImageNotFound(_)) => {}
@@ -229,7 +231,11 @@ async fn get_image<R: ContainerRuntime>(
         }
     });
     runtime.pull(image, pull.login, progress).await?;
-    staging.image_cache.pulled(image, now);
+    if was_here {
+        staging.image_cache.used(image, now);
+    } else {
+        staging.image_cache.pulled(image, now);
+    }
     let removed = staging.image_cache.trim(runtime, image).await;
     if !removed.is_empty() {
         tracing::info!(job = %job_id, attempt, ?removed, "the image cache made room");
@@ -264,6 +270,10 @@ pub(super) async fn start<R: ContainerRuntime>(
     // Accept the attempt's secret before its container starts, so its
     // first request is answered.
     admit(&vending, &spec.env, &job_id, attempt, None);
+    // The image is held from now until its container exists, so a trim of
+    // the image cache (another attempt's pull) cannot remove it meanwhile.
+    let cache = staging.image_cache.clone();
+    let hold = cache.hold(&spec.image);
     if let Err(e) = get_image(
         runtime.as_ref(),
         &staging,
@@ -320,7 +330,10 @@ pub(super) async fn start<R: ContainerRuntime>(
         abandon(&vending, &tx, &job_id, attempt, why).await;
         return;
     }
-    let id = match runtime.create_and_start(&spec).await {
+    let started = runtime.create_and_start(&spec).await;
+    // The container holds its image now.
+    drop(hold);
+    let id = match started {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");

@@ -12,11 +12,14 @@ use crate::view::{Format, print};
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
-    /// Register a registry: jobs whose image starts with its server
-    /// (`SERVER/repo:tag`) are pulled with its credentials. The password is
-    /// stored encrypted and never shown again; only an Owner may do this.
+    /// Register a registry: jobs of the clusters it names whose image
+    /// starts with its server (`SERVER/repo:tag`) are pulled with its
+    /// credentials: a user name and a password (stored encrypted, never
+    /// shown again), or the job's cluster identity through the registry's
+    /// token exchange, as Azure Container Registry takes it. Only an Owner
+    /// may do this.
     #[command(
-        after_help = "Example:\n  strato registry create -n lab --server registry.lab.example:5000 \\\n    --username puller --password-file ./registry-password"
+        after_help = "Examples:\n  strato registry create -n lab --server registry.lab.example:5000 \\\n    --username puller --password-file ./registry-password --clusters train,gpu-a\n  strato registry create -n acr --server myacr.azurecr.io --identity default --all-clusters"
     )]
     Create {
         /// Lowercase letters, digits, '_' and '-'.
@@ -47,6 +50,18 @@ pub enum RegistryCommand {
             required_unless_present = "username"
         )]
         identity: Option<String>,
+        /// The clusters whose jobs may pull with it (comma-separated): only
+        /// their nodes ever receive its credentials.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "CLUSTER,...",
+            required_unless_present = "all_clusters"
+        )]
+        clusters: Vec<String>,
+        /// Every cluster's jobs may pull with it.
+        #[arg(long, conflicts_with = "clusters")]
+        all_clusters: bool,
     },
     Show {
         #[arg(short = 'n', long)]
@@ -91,6 +106,8 @@ pub async fn run(
             server,
             username,
             identity,
+            clusters,
+            all_clusters,
             ..
         } => vec![RegistryView::from(
             client
@@ -100,6 +117,11 @@ pub async fn run(
                     username: username.unwrap_or_default(),
                     password: password.unwrap_or_default(),
                     identity: identity.unwrap_or_default(),
+                    clusters: if all_clusters {
+                        vec!["*".to_owned()]
+                    } else {
+                        clusters
+                    },
                 })
                 .await?
                 .into_inner(),

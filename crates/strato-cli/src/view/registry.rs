@@ -11,6 +11,7 @@ pub struct RegistryView {
     server: String,
     username: String,
     identity: String,
+    clusters: Vec<String>,
 }
 
 impl From<v1::Registry> for RegistryView {
@@ -20,20 +21,26 @@ impl From<v1::Registry> for RegistryView {
             server: r.server,
             username: r.username,
             identity: r.identity,
+            clusters: r.clusters,
         }
     }
 }
 
 impl Render for Vec<RegistryView> {
     fn table(&self) -> Table {
-        let mut t = Table::new(&["NAME", "SERVER", "LOGIN"]);
+        let mut t = Table::new(&["NAME", "SERVER", "LOGIN", "CLUSTERS"]);
         for r in self {
             let login = if r.identity.is_empty() {
                 format!("user {}", r.username)
             } else {
                 format!("identity {}", r.identity)
             };
-            t.row(vec![r.name.clone(), r.server.clone(), login]);
+            t.row(vec![
+                r.name.clone(),
+                r.server.clone(),
+                login,
+                r.clusters.join(","),
+            ]);
         }
         t
     }

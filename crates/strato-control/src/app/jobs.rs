@@ -104,20 +104,36 @@ impl<S: Store> Jobs<S> {
             inter_node_communication: cluster.spec.inter_node_communication,
         };
         job::validate_job(&spec, &size, gang)?;
-        // A registry that pulls with the cluster's identity needs one.
+        // A registry's credentials go only to the clusters it names, and
+        // one that pulls with the cluster's identity needs that identity.
         if let Some(server) = strato_core::image::registry_of(&spec.image)
             && let Some(registry) = self.plane.store.registry_for_server(server).await?
-            && !registry.identity.is_empty()
-            && !strato_core::registry::cluster_has(&cluster.identities, &registry.identity)
         {
-            return Err(FieldError::new(
-                "image",
-                format!(
-                    "registry {} pulls with the cluster's identity {:?}, which cluster {} does not have; assign it with `strato compute update --assign-identity`",
-                    registry.name, registry.identity, cluster.spec.name
-                ),
-            )
-            .into());
+            if !strato_core::registry::serves(&registry.clusters, &cluster.spec.name) {
+                return Err(FieldError::new(
+                    "image",
+                    format!(
+                        "registry {} ({}) serves only clusters {}, not {}",
+                        registry.name,
+                        registry.server,
+                        registry.clusters.join(", "),
+                        cluster.spec.name
+                    ),
+                )
+                .into());
+            }
+            if !registry.identity.is_empty()
+                && !strato_core::registry::cluster_has(&cluster.identities, &registry.identity)
+            {
+                return Err(FieldError::new(
+                    "image",
+                    format!(
+                        "registry {} pulls with the cluster's identity {:?}, which cluster {} does not have; assign it with `strato compute update --assign-identity`",
+                        registry.name, registry.identity, cluster.spec.name
+                    ),
+                )
+                .into());
+            }
         }
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let job = self

@@ -17,6 +17,7 @@ pub struct NewRegistry {
     pub username: String,
     pub password: String,
     pub identity: String,
+    pub clusters: Vec<String>,
 }
 
 impl std::fmt::Debug for NewRegistry {
@@ -27,6 +28,7 @@ impl std::fmt::Debug for NewRegistry {
             .field("username", &self.username)
             .field("password", &"(redacted)")
             .field("identity", &self.identity)
+            .field("clusters", &self.clusters)
             .finish()
     }
 }
@@ -48,6 +50,7 @@ impl<S: Store> Registries<S> {
         authorize(caller, Action::CreateRegistry, None)?;
         let login = strato_core::registry::login(&new.username, &new.password, &new.identity)?;
         strato_core::registry::validate(&new.name, &new.server, &login)?;
+        strato_core::registry::check_clusters(&new.clusters)?;
         // An identity registry keeps no secret at all.
         let sealed = match login {
             strato_core::registry::Login::Basic { password, .. } => self
@@ -65,6 +68,7 @@ impl<S: Store> Registries<S> {
                 username: new.username,
                 password_sealed: sealed,
                 identity: new.identity,
+                clusters: new.clusters,
                 created_at: self.plane.clock.now_ms(),
             })
             .await?;

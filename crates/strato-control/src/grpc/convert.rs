@@ -128,6 +128,7 @@ pub fn registry(r: crate::store::RegistryRecord) -> v1::Registry {
         username: r.username,
         created_at: Some(timestamp(r.created_at)),
         identity: r.identity,
+        clusters: r.clusters,
     }
 }
 

@@ -37,6 +37,7 @@ impl<S: Store> RegistryService for RegistryApi<S> {
             username: r.username,
             password: r.password,
             identity: r.identity,
+            clusters: r.clusters,
         };
         respond(
             self.app.create_registry(&caller, new).await,

@@ -162,6 +162,8 @@ pub struct RegistryRecord {
     /// Set instead of basic credentials: the cluster identity pulls use
     /// (`default` or a resource id).
     pub identity: String,
+    /// The clusters whose jobs may pull with it (`*`: all).
+    pub clusters: Vec<String>,
     pub created_at: i64,
 }
 
@@ -173,6 +175,7 @@ impl std::fmt::Debug for RegistryRecord {
             .field("username", &self.username)
             .field("password_sealed", &"(sealed)")
             .field("identity", &self.identity)
+            .field("clusters", &self.clusters)
             .field("created_at", &self.created_at)
             .finish()
     }

@@ -486,6 +486,7 @@ pub async fn registries_take_a_name_and_a_server_once<S: Store>(store: S) {
         username: "puller".into(),
         password_sealed: "c2VhbGVk".into(),
         identity: String::new(),
+        clusters: vec!["cpu".into(), "gpu-a".into()],
         created_at: 7,
     };
     // Servers are kept lowercase: image references name hosts in any case.

@@ -13,6 +13,8 @@ fn registry_from_row(row: &SqliteRow) -> Result<RegistryRecord, StoreError> {
         username: row.try_get("username")?,
         password_sealed: row.try_get("password_sealed")?,
         identity: row.try_get("identity")?,
+        clusters: serde_json::from_str(&row.try_get::<String, _>("clusters")?)
+            .map_err(|e| StoreError::Corrupt(format!("registry clusters: {e}")))?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -45,13 +47,14 @@ pub(super) async fn create_registry(
         });
     }
     sqlx::query(
-        "INSERT INTO registries (name, server, username, password_sealed, identity, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO registries (name, server, username, password_sealed, identity, clusters, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .bind(&r.name)
     .bind(&r.server)
     .bind(&r.username)
     .bind(&r.password_sealed)
     .bind(&r.identity)
+    .bind(serde_json::to_string(&r.clusters).map_err(|e| StoreError::Corrupt(format!("registry clusters: {e}")))?)
     .bind(r.created_at)
     .execute(&mut *tx)
     .await?;
@@ -63,7 +66,7 @@ pub(super) async fn get_registry(
     db: &SqliteStore,
     name: &str,
 ) -> Result<RegistryRecord, StoreError> {
-    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, created_at FROM registries WHERE name = ?1")
+    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries WHERE name = ?1")
         .bind(name)
         .fetch_optional(&db.pool)
         .await?
@@ -75,7 +78,7 @@ pub(super) async fn registry_for_server(
     db: &SqliteStore,
     server: &str,
 ) -> Result<Option<RegistryRecord>, StoreError> {
-    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, created_at FROM registries WHERE server = ?1")
+    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries WHERE server = ?1")
         .bind(server.to_ascii_lowercase())
         .fetch_optional(&db.pool)
         .await?;
@@ -84,7 +87,7 @@ pub(super) async fn registry_for_server(
 
 pub(super) async fn list_registries(db: &SqliteStore) -> Result<Vec<RegistryRecord>, StoreError> {
     let rows = sqlx::query(
-        "SELECT name, server, username, password_sealed, identity, created_at FROM registries ORDER BY name",
+        "SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries ORDER BY name",
     )
     .fetch_all(&db.pool)
     .await?;
