@@ -8,6 +8,7 @@
 pub mod acr;
 pub mod fleet;
 pub mod in_process;
+pub mod machines;
 pub mod registry;
 pub mod sim;
 pub mod ssh_client;

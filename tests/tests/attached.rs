@@ -9,6 +9,7 @@
 use std::process::Child;
 use std::time::Duration;
 
+use strato_e2e::machines::{join_token, nodes, wait_job, wait_state};
 use strato_e2e::{ControlPlane, require_docker, wait_for};
 use strato_proto::v1;
 
@@ -35,81 +36,11 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
     .expect("start the control plane")
 }
 
-/// `strato compute list-nodes -o json` of `cluster`.
-fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
-    let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
-    serde_json::from_slice(&out.stdout).expect("nodes as JSON")
-}
-
-/// The node id of machine `name` (node ids are made from host names).
-fn node_of(nodes: &[serde_json::Value], name: &str) -> Option<(String, String)> {
-    nodes.iter().find_map(|n| {
-        let id = n["node_id"].as_str()?;
-        id.starts_with(&format!("{name}-"))
-            .then(|| (id.to_owned(), n["state"].as_str().unwrap_or("").to_owned()))
-    })
-}
-
-async fn wait_state(cp: &ControlPlane, cluster: &str, machine: &str, state: &str) -> String {
-    wait_for(&format!("{machine} {state}"), LONG, || {
-        let found = node_of(&nodes(cp, cluster), machine);
-        async move {
-            match found {
-                Some((id, s)) if s == state => Some(id),
-                _ => None,
-            }
-        }
-    })
-    .await
-}
-
 /// Waits for `child` to exit and returns its status code.
 async fn exit_code(child: &mut Child) -> Option<i32> {
     wait_for("the agent to exit", LONG, || {
         let status = child.try_wait().ok().flatten();
         async move { status.map(|s| s.code()) }
-    })
-    .await
-}
-
-fn join_token(cp: &ControlPlane, cluster: &str, uses: &str) -> String {
-    let out = cp.cli_ok(&[
-        "compute",
-        "join-token",
-        "create",
-        "-n",
-        cluster,
-        "--uses",
-        uses,
-        "--expires-in",
-        "10m",
-    ]);
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-async fn job_state(cp: &ControlPlane, id: &str) -> v1::Job {
-    cp.jobs()
-        .await
-        .get_job(v1::GetJobRequest { id: id.into() })
-        .await
-        .expect("get job")
-        .into_inner()
-}
-
-/// Waits for job `id` to be as `done` says (`what` names it in a timeout).
-async fn wait_job(
-    cp: &ControlPlane,
-    id: &str,
-    what: &str,
-    done: impl Fn(&v1::Job) -> bool,
-) -> v1::Job {
-    let done = &done;
-    wait_for(what, LONG, || async move {
-        let j = job_state(cp, id).await;
-        done(&j).then_some(j)
     })
     .await
 }
@@ -147,8 +78,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
     let token = join_token(&cp, "lab", "2");
     let m1 = cp.start_machine("m1", &token).expect("m1");
     let m2 = cp.start_machine("m2", &token).expect("m2");
-    let n1 = wait_state(&cp, "lab", "m1", "idle").await;
-    let n2 = wait_state(&cp, "lab", "m2", "idle").await;
+    let n1 = wait_state(&cp, "lab", "m1", "idle", LONG).await;
+    let n2 = wait_state(&cp, "lab", "m2", "idle", LONG).await;
     let mut m3 = cp.start_machine("m3", &token).expect("m3");
     assert_eq!(
         exit_code(&mut m3).await,
@@ -199,7 +130,7 @@ async fn machines_join_run_jobs_come_back_and_leave() {
             ..Default::default()
         })
         .await;
-    let first = wait_job(&cp, &id, "the job running", |j| {
+    let first = wait_job(&cp, &id, "the job running", LONG, |j| {
         j.state == v1::JobState::Running as i32
     })
     .await;
@@ -214,7 +145,7 @@ async fn machines_join_run_jobs_come_back_and_leave() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let second = wait_job(&cp, &id, "the job running again elsewhere", |j| {
+    let second = wait_job(&cp, &id, "the job running again elsewhere", LONG, |j| {
         j.state == v1::JobState::Running as i32 && j.attempt == 2
     })
     .await;
@@ -233,8 +164,8 @@ async fn machines_join_run_jobs_come_back_and_leave() {
     other_agent.kill().expect("SIGKILL the agent");
     other_agent.wait().expect("reaped");
     let other_name = if other == &n1 { "m1" } else { "m2" };
-    wait_state(&cp, "lab", other_name, "unusable").await;
-    let waiting = wait_job(&cp, &id, "the job queued again", |j| {
+    wait_state(&cp, "lab", other_name, "unusable", LONG).await;
+    let waiting = wait_job(&cp, &id, "the job queued again", LONG, |j| {
         j.state == v1::JobState::Queued as i32
     })
     .await;
@@ -259,14 +190,18 @@ async fn machines_join_run_jobs_come_back_and_leave() {
     );
     // The same machine, restarted: back with its certificate, no token.
     let mut back = cp.start_machine(other_name, "a used token").expect("back");
-    wait_job(&cp, &id, "the job running on the returned machine", |j| {
-        j.state == v1::JobState::Running as i32 && j.attempt == 3
-    })
+    wait_job(
+        &cp,
+        &id,
+        "the job running on the returned machine",
+        LONG,
+        |j| j.state == v1::JobState::Running as i32 && j.attempt == 3,
+    )
     .await;
     jobs.cancel_job(v1::CancelJobRequest { id: id.clone() })
         .await
         .expect("cancel");
-    wait_state(&cp, "lab", other_name, "idle").await;
+    wait_state(&cp, "lab", other_name, "idle", LONG).await;
 
     // A machine smaller than the size joins as unusable, saying what it
     // lacks, and its agent stops.
@@ -394,9 +329,9 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
     let mut m1 = cp
         .start_machine("m1", &join_token(&cp, "lab", "1"))
         .expect("m1");
-    wait_state(&cp, "lab", "m1", "idle").await;
+    wait_state(&cp, "lab", "m1", "idle", LONG).await;
     // Idle for a second: suspended, its agent stopped by the command.
-    let node = wait_state(&cp, "lab", "m1", "suspended").await;
+    let node = wait_state(&cp, "lab", "m1", "suspended", LONG).await;
     assert_eq!(exit_code(&mut m1).await, Some(0), "SIGTERM stops the agent");
     let listed = nodes(&cp, "lab");
     assert_eq!(listed[0]["reason"], "suspended by suspend");
@@ -410,7 +345,7 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
             ..Default::default()
         })
         .await;
-    let done = wait_job(&cp, &id, "the job done on the resumed machine", |j| {
+    let done = wait_job(&cp, &id, "the job done on the resumed machine", LONG, |j| {
         j.state == v1::JobState::Completed as i32
     })
     .await;
@@ -419,7 +354,7 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
         Some(node.as_str())
     );
     // And it goes back to sleep.
-    wait_state(&cp, "lab", "m1", "suspended").await;
+    wait_state(&cp, "lab", "m1", "suspended", LONG).await;
 
     // A resume command that fails: the cluster says so, with its output,
     // and the machine stays suspended.
@@ -427,7 +362,7 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
     let mut m2 = cp
         .start_machine("m2", &join_token(&cp, "broken", "1"))
         .expect("m2");
-    wait_state(&cp, "broken", "m2", "suspended").await;
+    wait_state(&cp, "broken", "m2", "suspended", LONG).await;
     assert_eq!(exit_code(&mut m2).await, Some(0));
     cp.submit(v1::JobSpec {
         cluster: "broken".into(),
@@ -453,5 +388,5 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
         message.contains("resume command fail") && message.contains("no route to host m2"),
         "{message}"
     );
-    wait_state(&cp, "broken", "m2", "suspended").await;
+    wait_state(&cp, "broken", "m2", "suspended", LONG).await;
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use strato_e2e::fleet::Fleet;
+use strato_e2e::machines::{join_token, node_of, nodes, wait_job, wait_state};
 use strato_e2e::ssh_client::{self, keypair};
 use strato_e2e::{ControlPlane, MPI_IMAGE, TEST_IMAGE, job_log_lines, wait_for};
 use strato_proto::v1;
@@ -32,73 +33,6 @@ const FAST: &[&str] = &[
     "--cancel-grace",
     "1",
 ];
-
-/// `strato compute list-nodes -o json` of `cluster`.
-fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
-    let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
-    serde_json::from_slice(&out.stdout).expect("nodes as JSON")
-}
-
-/// Machine `host`'s node id and state (node ids are made from host names).
-fn node_of(nodes: &[serde_json::Value], host: &str) -> Option<(String, String)> {
-    nodes.iter().find_map(|n| {
-        let id = n["node_id"].as_str()?;
-        id.starts_with(&format!("{host}-"))
-            .then(|| (id.to_owned(), n["state"].as_str().unwrap_or("").to_owned()))
-    })
-}
-
-async fn wait_state(cp: &ControlPlane, cluster: &str, host: &str, state: &str) -> String {
-    wait_for(&format!("{host} {state}"), LONG, || {
-        let found = node_of(&nodes(cp, cluster), host);
-        async move {
-            match found {
-                Some((id, s)) if s == state => Some(id),
-                _ => None,
-            }
-        }
-    })
-    .await
-}
-
-fn join_token(cp: &ControlPlane, cluster: &str, uses: &str) -> String {
-    let out = cp.cli_ok(&[
-        "compute",
-        "join-token",
-        "create",
-        "-n",
-        cluster,
-        "--uses",
-        uses,
-        "--expires-in",
-        "10m",
-    ]);
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-/// Waits for job `id` to be as `done` says (`what` names it in a timeout).
-async fn wait_job(
-    cp: &ControlPlane,
-    id: &str,
-    what: &str,
-    done: impl Fn(&v1::Job) -> bool,
-) -> v1::Job {
-    let done = &done;
-    wait_for(what, LONG, || async move {
-        let j = cp
-            .jobs()
-            .await
-            .get_job(v1::GetJobRequest { id: id.into() })
-            .await
-            .expect("get job")
-            .into_inner();
-        done(&j).then_some(j)
-    })
-    .await
-}
 
 const MPI_HELLO: &str = "\
 from mpi4py import MPI
@@ -146,7 +80,7 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
     }
     let mut ids = Vec::new();
     for host in ["m1", "m2", "m3"] {
-        ids.push(wait_state(&cp, "lab", host, "idle").await);
+        ids.push(wait_state(&cp, "lab", host, "idle", LONG).await);
         // The hardened unit runs (its sandbox works on a real systemd).
         assert_eq!(fleet.agent_property(host, "ActiveState"), "active");
         assert!(
@@ -207,7 +141,7 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
             ..Default::default()
         })
         .await;
-    let done = wait_job(&cp, &id, "the job done", |j| {
+    let done = wait_job(&cp, &id, "the job done", LONG, |j| {
         j.state == v1::JobState::Completed as i32
     })
     .await;
@@ -226,7 +160,7 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
             ..Default::default()
         })
         .await;
-    let job = wait_job(&cp, &id, "the MPI job done", |j| {
+    let job = wait_job(&cp, &id, "the MPI job done", LONG, |j| {
         j.state == v1::JobState::Completed as i32 || j.state == v1::JobState::Failed as i32
     })
     .await;
@@ -260,7 +194,7 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
             ..Default::default()
         })
         .await;
-    let first = wait_job(&cp, &id, "the long job running", |j| {
+    let first = wait_job(&cp, &id, "the long job running", LONG, |j| {
         j.state == v1::JobState::Running as i32
     })
     .await;
@@ -268,8 +202,8 @@ async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
     fleet
         .systemctl(&lost_host, &["stop", "strato-agent"])
         .expect("stop the agent");
-    wait_state(&cp, "lab", &lost_host, "unusable").await;
-    let second = wait_job(&cp, &id, "the job running again elsewhere", |j| {
+    wait_state(&cp, "lab", &lost_host, "unusable", LONG).await;
+    let second = wait_job(&cp, &id, "the job running again elsewhere", LONG, |j| {
         j.state == v1::JobState::Running as i32 && j.attempt == 2
     })
     .await;
@@ -353,10 +287,10 @@ async fn power_commands_power_a_machine_off_when_idle_and_boot_it_for_a_job() {
     fleet
         .systemctl("s1", &["enable", "--now", "strato-agent"])
         .expect("start the agent");
-    wait_state(&cp, "sleepy", "s1", "idle").await;
+    wait_state(&cp, "sleepy", "s1", "idle", LONG).await;
 
     // Idle past the idle time: powered off.
-    wait_state(&cp, "sleepy", "s1", "suspended").await;
+    wait_state(&cp, "sleepy", "s1", "suspended", LONG).await;
     wait_for("s1 powered off", LONG, || {
         let off = !fleet.running("s1");
         async move { off.then_some(()) }
@@ -371,7 +305,7 @@ async fn power_commands_power_a_machine_off_when_idle_and_boot_it_for_a_job() {
             ..Default::default()
         })
         .await;
-    wait_job(&cp, &id, "the job done on the booted machine", |j| {
+    wait_job(&cp, &id, "the job done on the booted machine", LONG, |j| {
         j.state == v1::JobState::Completed as i32
     })
     .await;
@@ -386,7 +320,7 @@ async fn power_commands_power_a_machine_off_when_idle_and_boot_it_for_a_job() {
     );
 
     // And off again once idle.
-    wait_state(&cp, "sleepy", "s1", "suspended").await;
+    wait_state(&cp, "sleepy", "s1", "suspended", LONG).await;
     wait_for("s1 powered off again", LONG, || {
         let off = !fleet.running("s1");
         async move { off.then_some(()) }

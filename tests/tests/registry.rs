@@ -9,21 +9,13 @@
 use std::time::Duration;
 
 use strato_e2e::acr::AcrTokens;
+use strato_e2e::machines::job;
 use strato_e2e::registry::{Registry, RegistryAuth, TestCa, image_with_random_layer};
 use strato_e2e::{ControlPlane, TEST_IMAGE, job_output, require_docker, wait_for};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(120);
 const PASSWORD: &str = "s3cret-pull-password";
-
-async fn job(cp: &ControlPlane, id: &str) -> v1::Job {
-    cp.jobs()
-        .await
-        .get_job(v1::GetJobRequest { id: id.into() })
-        .await
-        .expect("get job")
-        .into_inner()
-}
 
 fn ended(j: &v1::Job) -> bool {
     [

@@ -7,6 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
+use strato_e2e::machines::nodes;
 use strato_e2e::ssh_client::{self, keypair};
 use strato_e2e::{ControlPlane, require_docker, wait_for};
 use strato_proto::v1;
@@ -21,11 +22,6 @@ fn ssh(port: u64, key: &std::path::Path, command: &str) -> Output {
 /// `ssh -tt` to 127.0.0.1:PORT, typing `keys`.
 fn ssh_terminal(port: u64, key: &std::path::Path, keys: &str) -> Output {
     ssh_client::terminal("127.0.0.1", port, key, keys)
-}
-
-fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
-    let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
-    serde_json::from_slice(&out.stdout).expect("nodes")
 }
 
 /// The first idle node of `cluster` with an SSH port.
