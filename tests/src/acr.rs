@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::Engine as _;
 
-use crate::registry::{TestCa, run};
+use crate::registry::{TestCa, self_signed};
 
 /// The registry tokens' issuer, as the registry's configuration names it.
 pub const ISSUER: &str = "strato-test-acr";
@@ -87,26 +87,7 @@ impl AcrTokens {
         let signing = dir.join("acr-signing");
         std::fs::create_dir_all(&signing)?;
         let (signing_key, signing_crt) = (signing.join("key.pem"), signing.join("crt.pem"));
-        run(
-            "openssl (the token signing key)",
-            std::process::Command::new("openssl").args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=strato test token signer",
-                "-keyout",
-                &signing_key.display().to_string(),
-                "-out",
-                &signing_crt.display().to_string(),
-            ]),
-        )?;
+        self_signed(&signing_key, &signing_crt, "strato test token signer")?;
         let der = pem_body(&std::fs::read_to_string(&signing_crt)?)?;
         let service = Arc::new(Service {
             expected_client_id: Mutex::new(String::new()),
@@ -310,28 +291,5 @@ async fn token(
         "token": jwt,
         "access_token": jwt,
         "expires_in": REGISTRY_TOKEN_SECONDS,
-        "issued_at": chrono_like(issued),
     })))
-}
-
-/// RFC 3339 for Unix seconds (UTC), without a date library.
-fn chrono_like(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

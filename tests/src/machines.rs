@@ -8,6 +8,22 @@ use strato_proto::v1;
 
 use crate::{ControlPlane, wait_for};
 
+/// A control plane for machines that join by themselves: no provider,
+/// quick to notice (reconcile every 200 ms, heartbeats every second, a
+/// machine silent for 3 s is unusable), a second's grace on cancel.
+pub const ATTACHED_ARGS: &[&str] = &[
+    "--provider",
+    "none",
+    "--node-heartbeat-timeout",
+    "3",
+    "--heartbeat-interval",
+    "1",
+    "--reconcile-interval-ms",
+    "200",
+    "--cancel-grace",
+    "1",
+];
+
 /// `strato compute list-nodes -o json` of `cluster`.
 pub fn nodes(cp: &ControlPlane, cluster: &str) -> Vec<serde_json::Value> {
     let out = cp.cli_ok(&["compute", "list-nodes", "-n", cluster, "-o", "json"]);
@@ -70,6 +86,30 @@ pub async fn job(cp: &ControlPlane, id: &str) -> v1::Job {
         .await
         .expect("get job")
         .into_inner()
+}
+
+/// Whether a job has ended (completed, failed or canceled).
+pub fn ended(j: &v1::Job) -> bool {
+    [
+        v1::JobState::Completed,
+        v1::JobState::Failed,
+        v1::JobState::Canceled,
+    ]
+    .iter()
+    .any(|s| j.state == *s as i32)
+}
+
+/// Submits `spec` and waits until the job has ended (`what` names it in a
+/// timeout); its id and how it ended.
+pub async fn run_to_end(
+    cp: &ControlPlane,
+    spec: v1::JobSpec,
+    what: &str,
+    timeout: Duration,
+) -> (String, v1::Job) {
+    let id = cp.submit(spec).await;
+    let done = wait_job(cp, &id, what, timeout, ended).await;
+    (id, done)
 }
 
 /// Waits for job `id` to be as `done` says (`what` names it in a timeout).

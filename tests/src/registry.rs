@@ -50,27 +50,7 @@ impl TestCa {
     pub fn new(dir: &Path) -> anyhow::Result<TestCa> {
         let dir = dir.join("ca");
         std::fs::create_dir_all(&dir)?;
-        let path = |name: &str| dir.join(name).display().to_string();
-        run(
-            "openssl (a test CA)",
-            Command::new("openssl").args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=strato test CA",
-                "-keyout",
-                &path("ca.key"),
-                "-out",
-                &path("ca.crt"),
-            ]),
-        )?;
+        self_signed(&dir.join("ca.key"), &dir.join("ca.crt"), "strato test CA")?;
         Ok(TestCa { dir })
     }
 
@@ -128,6 +108,33 @@ impl TestCa {
         )?;
         Ok((PathBuf::from(crt), PathBuf::from(key)))
     }
+}
+
+/// A P-256 key at `key` and a self-signed certificate for it at `crt`
+/// (valid a day) naming `common_name`.
+pub fn self_signed(key: &Path, crt: &Path, common_name: &str) -> anyhow::Result<()> {
+    run(
+        "openssl (a self-signed certificate)",
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+            ])
+            .arg(format!("/CN={common_name}"))
+            .arg("-keyout")
+            .arg(key)
+            .arg("-out")
+            .arg(crt),
+    )?;
+    Ok(())
 }
 
 /// The Docker bridge's gateway: an address of this machine the engine does

@@ -9,7 +9,7 @@
 use std::process::Child;
 use std::time::Duration;
 
-use strato_e2e::machines::{join_token, nodes, wait_job, wait_state};
+use strato_e2e::machines::{ATTACHED_ARGS, join_token, nodes, wait_job, wait_state};
 use strato_e2e::{ControlPlane, require_docker, wait_for};
 use strato_proto::v1;
 
@@ -17,23 +17,9 @@ const LONG: Duration = Duration::from_secs(60);
 
 async fn start(dir: &std::path::Path) -> ControlPlane {
     require_docker();
-    ControlPlane::start(
-        &dir.join("data"),
-        &[
-            "--provider",
-            "none",
-            "--node-heartbeat-timeout",
-            "3",
-            "--heartbeat-interval",
-            "1",
-            "--reconcile-interval-ms",
-            "200",
-            "--cancel-grace",
-            "1",
-        ],
-    )
-    .await
-    .expect("start the control plane")
+    ControlPlane::start(&dir.join("data"), ATTACHED_ARGS)
+        .await
+        .expect("start the control plane")
 }
 
 /// Waits for `child` to exit and returns its status code.
@@ -277,23 +263,11 @@ async fn power_commands_suspend_idle_machines_and_resume_them_for_jobs() {
     );
     script(&power, "fail", "echo \"no route to host $2\" >&2; exit 1");
     let power_dir = power.display().to_string();
-    let cp = ControlPlane::start(
-        &data,
-        &[
-            "--provider",
-            "none",
-            "--node-heartbeat-timeout",
-            "3",
-            "--heartbeat-interval",
-            "1",
-            "--reconcile-interval-ms",
-            "200",
-            "--power-commands-dir",
-            &power_dir,
-        ],
-    )
-    .await
-    .expect("start the control plane");
+    let mut args = ATTACHED_ARGS.to_vec();
+    args.extend(["--power-commands-dir", &power_dir]);
+    let cp = ControlPlane::start(&data, &args)
+        .await
+        .expect("start the control plane");
     let create = |name: &str, resume: &str| {
         cp.cli(&[
             "compute",

@@ -14,25 +14,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use strato_e2e::fleet::Fleet;
-use strato_e2e::machines::{join_token, node_of, nodes, wait_job, wait_state};
+use strato_e2e::machines::{ATTACHED_ARGS, join_token, node_of, nodes, wait_job, wait_state};
 use strato_e2e::ssh_client::{self, keypair};
 use strato_e2e::{ControlPlane, MPI_IMAGE, TEST_IMAGE, job_log_lines, wait_for};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(120);
-
-const FAST: &[&str] = &[
-    "--provider",
-    "none",
-    "--node-heartbeat-timeout",
-    "3",
-    "--heartbeat-interval",
-    "1",
-    "--reconcile-interval-ms",
-    "200",
-    "--cancel-grace",
-    "1",
-];
 
 const MPI_HELLO: &str = "\
 from mpi4py import MPI
@@ -46,7 +33,7 @@ print(f'rank {c.Get_rank()} size {c.Get_size()} host {socket.gethostname()} sum 
 async fn machines_join_from_their_units_run_jobs_and_mpi_across_two_of_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut fleet = Fleet::create(dir.path()).expect("the fleet's network");
-    let cp = ControlPlane::start_on(&dir.path().join("data"), fleet.gateway, FAST)
+    let cp = ControlPlane::start_on(&dir.path().join("data"), fleet.gateway, ATTACHED_ARGS)
         .await
         .expect("start the control plane");
     let (key, public) = keypair(dir.path(), "admin-key");
@@ -257,7 +244,7 @@ async fn power_commands_power_a_machine_off_when_idle_and_boot_it_for_a_job() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let power_dir = power.display().to_string();
-    let mut args = FAST.to_vec();
+    let mut args = ATTACHED_ARGS.to_vec();
     args.extend(["--power-commands-dir", &power_dir]);
     let cp = ControlPlane::start_on(&dir.path().join("data"), fleet.gateway, &args)
         .await

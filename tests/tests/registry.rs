@@ -9,23 +9,13 @@
 use std::time::Duration;
 
 use strato_e2e::acr::AcrTokens;
-use strato_e2e::machines::job;
+use strato_e2e::machines::{ended, job, run_to_end};
 use strato_e2e::registry::{Registry, RegistryAuth, TestCa, image_with_random_layer};
 use strato_e2e::{ControlPlane, TEST_IMAGE, job_output, require_docker, wait_for};
 use strato_proto::v1;
 
 const LONG: Duration = Duration::from_secs(120);
 const PASSWORD: &str = "s3cret-pull-password";
-
-fn ended(j: &v1::Job) -> bool {
-    [
-        v1::JobState::Completed,
-        v1::JobState::Failed,
-        v1::JobState::Canceled,
-    ]
-    .iter()
-    .any(|s| j.state == *s as i32)
-}
 
 #[tokio::test]
 async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
@@ -85,18 +75,17 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
     );
 
     // No registry object: the private image is refused, as the registry says.
-    let anonymous = cp
-        .submit(v1::JobSpec {
+    let (_, refused) = run_to_end(
+        &cp,
+        v1::JobSpec {
             cluster: "pulls".into(),
             image: small.clone(),
             command: vec!["echo".into(), "never".into()],
             ..Default::default()
-        })
-        .await;
-    let refused = wait_for("the anonymous pull refused", LONG, || async {
-        let j = job(&cp, &anonymous).await;
-        ended(&j).then_some(j)
-    })
+        },
+        "the anonymous pull refused",
+        LONG,
+    )
     .await;
     assert_eq!(refused.state, v1::JobState::Failed as i32, "{refused:?}");
     let reason = &refused.attempts.last().expect("an attempt").reason;
@@ -208,18 +197,17 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
             .is_ok_and(|o| o.status.success())
     };
     assert!(present(&pushed), "kept while within the budget");
-    let next = cp
-        .submit(v1::JobSpec {
+    let (_, after) = run_to_end(
+        &cp,
+        v1::JobSpec {
             cluster: "pulls".into(),
             image: small.clone(),
             command: vec!["echo".into(), "small".into()],
             ..Default::default()
-        })
-        .await;
-    let after = wait_for("the small job done", LONG, || async {
-        let j = job(&cp, &next).await;
-        ended(&j).then_some(j)
-    })
+        },
+        "the small job done",
+        LONG,
+    )
     .await;
     assert_eq!(after.state, v1::JobState::Completed as i32, "{after:?}");
     assert!(
@@ -250,19 +238,18 @@ async fn nodes_pull_with_the_registrys_credentials_and_show_progress() {
         "--clusters",
         "pulls",
     ]);
-    let again = cp
-        .submit(v1::JobSpec {
+    let (_, wrong) = run_to_end(
+        &cp,
+        v1::JobSpec {
             cluster: "pulls".into(),
             image: pushed.clone(),
             command: vec!["true".into()],
             pull: v1::PullPolicy::Always as i32,
             ..Default::default()
-        })
-        .await;
-    let wrong = wait_for("the wrong password refused", LONG, || async {
-        let j = job(&cp, &again).await;
-        ended(&j).then_some(j)
-    })
+        },
+        "the wrong password refused",
+        LONG,
+    )
     .await;
     assert_eq!(wrong.state, v1::JobState::Failed as i32, "{wrong:?}");
     let reason = &wrong.attempts.last().expect("an attempt").reason;
@@ -365,21 +352,14 @@ async fn nodes_pull_from_an_acr_with_the_clusters_identity() {
     let run = |pull: v1::PullPolicy| {
         let (cp, image) = (&cp, image.clone());
         async move {
-            let id = cp
-                .submit(v1::JobSpec {
-                    cluster: "acr-id".into(),
-                    image,
-                    command: vec!["echo".into(), "from acr".into()],
-                    pull: pull as i32,
-                    ..Default::default()
-                })
-                .await;
-            let done = wait_for("the ACR job done", LONG, || async {
-                let j = job(cp, &id).await;
-                ended(&j).then_some(j)
-            })
-            .await;
-            (id, done)
+            let spec = v1::JobSpec {
+                cluster: "acr-id".into(),
+                image,
+                command: vec!["echo".into(), "from acr".into()],
+                pull: pull as i32,
+                ..Default::default()
+            };
+            run_to_end(cp, spec, "the ACR job done", LONG).await
         }
     };
     let (id, done) = run(v1::PullPolicy::IfNotPresent).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 
 use crate::command::{have, run};
-use crate::control::{Control, free_port, node_states, strato_output};
+use crate::control::{Control, first_metrics_url, free_port, node_states, scrape, strato_output};
 use crate::images::TEST_IMAGE;
 use crate::setup::{apt_install, setup};
 use crate::workspace::{PROFILE, cargo, profile_dir, root, target_dir};
@@ -301,31 +301,13 @@ pub(crate) fn bench_agent() -> anyhow::Result<()> {
         &["--heartbeat-interval", "1", "--node-heartbeat-timeout", "5"],
     )?;
     let pid = find_agent(&format!("https://{grpc}")).context("the agent process")?;
-    let nodes = strato_output(
-        &control,
-        &["compute", "list-nodes", "-n", "bench", "-o", "json"],
-    )?;
-    let url = nodes
-        .split("\"metrics_url\": \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .filter(|u| u.starts_with("https://"))
-        .context("metrics_url (https://)")?
-        .to_owned();
+    let url = first_metrics_url(&control, "bench")?;
     // As Prometheus scrapes it: TLS, the node serving CA, the scraper
     // certificate; curl makes a new connection (and handshake) each time,
     // where Prometheus keeps one open, so this is the dearer case.
-    let tls = data_dir.join("tls");
     let curl = || {
-        let mut curl = Command::new("curl");
-        curl.arg("-sf")
-            .arg("--cacert")
-            .arg(tls.join("node-serving-ca.crt"))
-            .arg("--cert")
-            .arg(tls.join("scraper.crt"))
-            .arg("--key")
-            .arg(tls.join("scraper.key"))
-            .args(["-o", "/dev/null", &url]);
+        let mut curl = scrape(&data_dir, &url);
+        curl.args(["-o", "/dev/null"]);
         curl
     };
     ensure!(

@@ -156,6 +156,38 @@ pub(crate) fn strato_output(control: &Control, args: &[&str]) -> anyhow::Result<
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The metrics URL of `cluster`'s first node (`list-nodes -o json`).
+pub(crate) fn first_metrics_url(control: &Control, cluster: &str) -> anyhow::Result<String> {
+    let nodes = strato_output(
+        control,
+        &["compute", "list-nodes", "-n", cluster, "-o", "json"],
+    )?;
+    Ok(nodes
+        .split("\"metrics_url\": \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .filter(|u| u.starts_with("https://"))
+        .context("metrics_url (https://)")?
+        .to_owned())
+}
+
+/// `curl` scraping an agent's `/metrics` at `url` as Prometheus does: TLS
+/// trusting the node serving CA of the control plane at `data_dir`, with
+/// its scraper certificate; further arguments (`-o FILE`) may follow.
+pub(crate) fn scrape(data_dir: &Path, url: &str) -> Command {
+    let tls = data_dir.join("tls");
+    let mut curl = Command::new("curl");
+    curl.arg("-sf")
+        .arg("--cacert")
+        .arg(tls.join("node-serving-ca.crt"))
+        .arg("--cert")
+        .arg(tls.join("scraper.crt"))
+        .arg("--key")
+        .arg(tls.join("scraper.key"))
+        .arg(url);
+    curl
+}
+
 /// The nodes of a cluster as (node id, state) pairs, from the table output.
 pub(crate) fn node_states(
     control: &Control,

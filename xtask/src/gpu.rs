@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::command::{as_root, have, run};
-use crate::control::{Control, free_port, node_states, strato_output};
+use crate::control::{Control, first_metrics_url, free_port, node_states, scrape, strato_output};
 use crate::images::MPI_IMAGE;
 
 pub(crate) fn gpu_check() -> anyhow::Result<()> {
@@ -192,26 +192,8 @@ fn check_with_control_plane(dir: &Path, gpus: usize) -> anyhow::Result<()> {
     }
 
     println!("==> the agent's DCGM metrics");
-    let nodes = strato_output(
-        &control,
-        &["compute", "list-nodes", "-n", "gpu", "-o", "json"],
-    )?;
-    let url = nodes
-        .split("\"metrics_url\": \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .context("metrics_url")?
-        .to_owned();
-    let tls = data.join("tls");
-    let out = Command::new("curl")
-        .arg("-sf")
-        .arg("--cacert")
-        .arg(tls.join("node-serving-ca.crt"))
-        .arg("--cert")
-        .arg(tls.join("scraper.crt"))
-        .arg("--key")
-        .arg(tls.join("scraper.key"))
-        .arg(&url)
+    let url = first_metrics_url(&control, "gpu")?;
+    let out = scrape(&data, &url)
         .output()
         .context("curl (apt-get install curl)")?;
     let metrics = String::from_utf8_lossy(&out.stdout);

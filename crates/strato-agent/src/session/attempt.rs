@@ -176,17 +176,12 @@ async fn get_image<R: ContainerRuntime>(
     tx: &mpsc::Sender<v1::AgentMessage>,
 ) -> Result<(), RuntimeError> {
     let now = staging.clock.now_ms();
-    // Only what the agent brought to the node is its cache's.
-    let was_here = matches!(runtime.image_bytes(image).await, Ok(Some(_)));
-    if !pull.always {
-        match runtime.ensure_image(image).await {
-            Err(RuntimeError::ImageNotFound(_)) => {}
-            Ok(()) => {
-                staging.image_cache.used(image, now);
-                return Ok(());
-            }
-            other => return other,
-        }
+    // One look at the node: whether to pull, and whether what is pulled
+    // is the cache's (only what the agent brought to the node is).
+    let was_here = runtime.image_bytes(image).await?.is_some();
+    if was_here && !pull.always {
+        staging.image_cache.used(image, now);
+        return Ok(());
     }
     let vending = &staging.vending;
     if let Some((server, identity)) = pull.identity.take() {
