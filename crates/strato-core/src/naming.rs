@@ -19,6 +19,18 @@ pub const LABEL_NETWORK: &str = "strato.network";
 /// created a network or whose node started a container, so that a control
 /// plane cleans up only what is its own when several share one engine.
 pub const LABEL_CONTROL_PLANE: &str = "strato.control-plane";
+/// Label naming the node whose agent started a mount helper (a container
+/// that holds one FUSE mount of a job's data). Helpers carry no
+/// [`LABEL_NODE`]: they are not jobs. Stop them (SIGTERM) rather than kill
+/// them, so that they unmount.
+pub const LABEL_MOUNT_NODE: &str = "strato.mount.node";
+/// Label naming the job container a mount helper serves.
+pub const LABEL_MOUNT_OF: &str = "strato.mount.of";
+/// Label holding the host directory a mount helper mounts under.
+pub const LABEL_MOUNT_DIR: &str = "strato.mount.dir";
+/// Label saying whether a mount helper's mount is writable (`true`): its
+/// writes are uploaded before it is stopped.
+pub const LABEL_MOUNT_WRITABLE: &str = "strato.mount.writable";
 
 /// An attempt's container on a node: `strato-<job>-<attempt>-<node>`, so the
 /// ranks of a gang on one engine (the local provider) never share a name,

@@ -8,7 +8,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
-    DeviceRequest, EndpointSettings, HostConfig, NetworkingConfig,
+    DeviceMapping, DeviceRequest, EndpointSettings, HostConfig, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -721,7 +721,29 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             .map(|cpus| ((cpus * 1e9).round() as i64).max(MIN_NANO_CPUS)),
         // No setuid binary gives a job more than it started with, and a
         // fork bomb stops at the pids limit.
-        security_opt: (!spec.new_privileges).then(|| vec!["no-new-privileges".to_owned()]),
+        security_opt: {
+            let mut opts = Vec::new();
+            if !spec.new_privileges {
+                opts.push("no-new-privileges".to_owned());
+            }
+            if spec.fuse_mounts_at.is_some() {
+                // Docker's AppArmor profile forbids mount(2) even with the
+                // capability.
+                opts.push("apparmor=unconfined".to_owned());
+            }
+            (!opts.is_empty()).then_some(opts)
+        },
+        cap_add: spec
+            .fuse_mounts_at
+            .as_ref()
+            .map(|_| vec!["SYS_ADMIN".to_owned()]),
+        devices: spec.fuse_mounts_at.as_ref().map(|_| {
+            vec![DeviceMapping {
+                path_on_host: Some("/dev/fuse".to_owned()),
+                path_in_container: Some("/dev/fuse".to_owned()),
+                cgroup_permissions: Some("rwm".to_owned()),
+            }]
+        }),
         pids_limit: spec.pids_limit,
         memory: spec
             .memory_bytes
@@ -733,10 +755,12 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             spec.mounts
                 .iter()
                 .map(|(host, container, read_only)| {
-                    format!(
-                        "{host}:{container}:{}",
-                        if *read_only { "ro" } else { "rw" }
-                    )
+                    let access = if *read_only { "ro" } else { "rw" };
+                    if spec.fuse_mounts_at.as_deref() == Some(container.as_str()) {
+                        format!("{host}:{container}:{access},rshared")
+                    } else {
+                        format!("{host}:{container}:{access}")
+                    }
                 })
                 .collect()
         }),
@@ -773,6 +797,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: spec.user.clone(),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        entrypoint: spec.entrypoint.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(
             spec.labels
@@ -1002,7 +1027,53 @@ mod tests {
             new_privileges: false,
             user: None,
             gpus: Vec::new(),
+            entrypoint: None,
+            fuse_mounts_at: None,
         }
+    }
+
+    /// A mount helper gets FUSE and the capability to mount, and its mounts
+    /// directory propagates to the host; a job container gets neither.
+    #[test]
+    fn only_a_mount_helper_may_mount_fuse_and_share_its_mounts() {
+        let job = create_body(&ContainerSpec {
+            mounts: vec![("/w/a".into(), "/mnt/a".into(), false)],
+            ..spec()
+        })
+        .host_config
+        .expect("host config");
+        assert_eq!(job.cap_add, None);
+        assert_eq!(job.devices, None);
+        assert_eq!(job.binds, Some(vec!["/w/a:/mnt/a:rw".to_owned()]));
+        assert_eq!(job.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        let helper = create_body(&ContainerSpec {
+            mounts: vec![
+                ("/w/m".into(), "/mnt/strato".into(), false),
+                ("/ca.pem".into(), "/ca.pem".into(), true),
+            ],
+            fuse_mounts_at: Some("/mnt/strato".into()),
+            entrypoint: Some(vec!["rclone".into()]),
+            ..spec()
+        });
+        assert_eq!(helper.entrypoint, Some(vec!["rclone".to_owned()]));
+        let host = helper.host_config.expect("host config");
+        assert_eq!(host.cap_add, Some(vec!["SYS_ADMIN".to_owned()]));
+        assert_eq!(
+            host.devices
+                .and_then(|d| d.into_iter().next()?.path_on_host),
+            Some("/dev/fuse".to_owned())
+        );
+        assert_eq!(
+            host.binds,
+            Some(vec![
+                "/w/m:/mnt/strato:rw,rshared".to_owned(),
+                "/ca.pem:/ca.pem:ro".to_owned()
+            ])
+        );
+        assert!(
+            host.security_opt
+                .is_some_and(|o| o.contains(&"apparmor=unconfined".to_owned()))
+        );
     }
 
     #[test]

@@ -73,3 +73,65 @@ mod tests {
         std::fs::remove_dir_all(&root).expect("clean up");
     }
 }
+
+/// Removes the tree at `dir` without ever entering another filesystem: a
+/// directory mounted inside it (a job's FUSE mount of its data, where a
+/// removal would delete the user's blobs) is left in place with its
+/// parents, as is anything that cannot be looked at (a mount whose server
+/// is gone answers `ENOTCONN`). Links are removed, never followed. Returns
+/// how many entries were left.
+pub fn remove_tree_on_one_filesystem(dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    if !root.is_dir() {
+        return usize::from(std::fs::remove_file(dir).is_err());
+    }
+    fn walk(dir: &Path, dev: u64) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 1;
+        };
+        let mut left = 0;
+        for entry in entries {
+            let Ok(entry) = entry else {
+                left += 1;
+                continue;
+            };
+            let path = entry.path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() && m.dev() == dev => left += walk(&path, dev),
+                Ok(m) if m.is_dir() => left += 1,
+                Ok(_) => left += usize::from(std::fs::remove_file(&path).is_err()),
+                Err(_) => left += 1,
+            }
+        }
+        if left == 0 && std::fs::remove_dir(dir).is_err() {
+            left += 1;
+        }
+        left
+    }
+    walk(dir, root.dev())
+}
+
+#[cfg(test)]
+mod one_filesystem_tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_goes_but_never_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("strato-files-test-{}", std::process::id()));
+        let outside = dir.with_extension("outside");
+        std::fs::create_dir_all(dir.join("a/b")).expect("dirs");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(dir.join("a/b/f"), "f").expect("file");
+        std::fs::write(outside.join("keep"), "keep").expect("file");
+        std::os::unix::fs::symlink(&outside, dir.join("a/link")).expect("link");
+        assert_eq!(remove_tree_on_one_filesystem(&dir), 0);
+        assert!(!dir.exists());
+        assert!(outside.join("keep").exists(), "a link is not followed");
+        std::fs::remove_dir_all(&outside).expect("clean up");
+        // (A mount inside is left: the mount tests show it with a FUSE mount.)
+        assert_eq!(remove_tree_on_one_filesystem(Path::new("/nonexistent")), 0);
+    }
+}

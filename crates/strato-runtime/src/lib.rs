@@ -28,7 +28,7 @@ pub mod https;
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use docker::{DockerRuntime, PIDS_LIMIT};
-pub use files::write_private;
+pub use files::{remove_tree_on_one_filesystem, write_private};
 pub use strato_core::naming::{
     LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB, LABEL_NETWORK, LABEL_NODE,
 };
@@ -44,6 +44,9 @@ pub struct ContainerSpec {
     /// The command, run as-is with no shell (Docker's `Cmd`); empty keeps the
     /// image's default.
     pub command: Vec<String>,
+    /// The program the command is given to (Docker's `Entrypoint`); `None`
+    /// keeps the image's.
+    pub entrypoint: Option<Vec<String>>,
     /// Environment variables, in order.
     pub env: Vec<(String, String)>,
     /// CPU limit in cores (Docker's `NanoCpus`).
@@ -73,6 +76,12 @@ pub struct ContainerSpec {
     /// The node's GPUs it gets, by UUID, through the engine's NVIDIA device
     /// driver (a device request, as `docker run --gpus`); empty: none.
     pub gpus: Vec<String>,
+    /// For the agent's mount helpers only, never a job: the container may
+    /// mount FUSE filesystems (it gets `/dev/fuse` and `CAP_SYS_ADMIN`,
+    /// unconfined by AppArmor), and what it mounts under this container path,
+    /// which must be the target of one of `mounts`, appears on the host
+    /// (`rshared` propagation; the host path must be on a shared mount).
+    pub fuse_mounts_at: Option<String>,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]

@@ -57,6 +57,8 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         new_privileges: false,
         user: None,
         gpus: Vec::new(),
+        entrypoint: None,
+        fuse_mounts_at: None,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),

@@ -335,6 +335,8 @@ mod tests {
             new_privileges: false,
             user: None,
             gpus: Vec::new(),
+            entrypoint: None,
+            fuse_mounts_at: None,
         }
     }
 

@@ -16,6 +16,7 @@ use strato_runtime::{
 };
 use tokio::sync::mpsc;
 
+use super::mounts;
 use super::staging::{DataPlan, attempt_dir, stage_data, upload_outputs};
 use super::{IdentityContext, node_fault, report, up};
 use crate::identity::{AttemptIdentity, Vending};
@@ -60,6 +61,8 @@ pub fn container_spec(
         new_privileges: false,
         user: (!spec.user.is_empty()).then(|| spec.user.clone()),
         gpus: Vec::new(),
+        entrypoint: None,
+        fuse_mounts_at: None,
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
@@ -114,6 +117,10 @@ pub(super) struct Staging {
     /// Where log lines' times are read.
     pub clock: Arc<dyn Clock>,
     pub image_cache: Arc<crate::image_cache::ImageCache>,
+    /// How mounted data is mounted.
+    pub mounts: Arc<super::mounts::MountSettings>,
+    /// The identity endpoint's base URL, for mount helpers.
+    pub identity_endpoint: String,
 }
 
 impl Staging {
@@ -124,6 +131,8 @@ impl Staging {
             storage_ca: identity.storage_ca.clone(),
             clock: identity.clock.clone(),
             image_cache: identity.image_cache.clone(),
+            mounts: identity.mounts.clone(),
+            identity_endpoint: identity.endpoint.base.clone(),
         }
     }
 }
@@ -166,7 +175,7 @@ const PULL_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(
 
 /// Pulls the attempt's image when it must (always, or when the node lacks
 /// it), reporting its progress as the job's reason while it prepares.
-async fn get_image<R: ContainerRuntime>(
+pub(super) async fn get_image<R: ContainerRuntime>(
     runtime: &R,
     staging: &Staging,
     image: &str,
@@ -325,6 +334,34 @@ pub(super) async fn start<R: ContainerRuntime>(
         abandon(&vending, &tx, &job_id, attempt, why).await;
         return;
     }
+    let mounted = mounts::mount_data(
+        runtime.as_ref(),
+        &staging,
+        &plan.mounts,
+        &mut spec,
+        &job_id,
+        attempt,
+        &tx,
+    )
+    .await;
+    if let Err(why) = mounted {
+        tracing::warn!(job = %job_id, attempt, error = %why, "cannot mount the job's data");
+        let _ =
+            mounts::unmount_data(runtime.as_ref(), &staging.mounts.image, &spec.name, false).await;
+        let why = if why.is_node_fault() {
+            node_fault(&job_id, attempt, why.to_string())
+        } else {
+            report(
+                &job_id,
+                attempt,
+                v1::JobState::Failed,
+                None,
+                why.to_string(),
+            )
+        };
+        abandon(&vending, &tx, &job_id, attempt, why).await;
+        return;
+    }
     let started = runtime.create_and_start(&spec).await;
     // The container holds its image now.
     drop(hold);
@@ -332,11 +369,14 @@ pub(super) async fn start<R: ContainerRuntime>(
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(job = %job_id, attempt, error = %e, "cannot start");
+            let _ =
+                mounts::unmount_data(runtime.as_ref(), &staging.mounts.image, &spec.name, false)
+                    .await;
             abandon(&vending, &tx, &job_id, attempt, failed(e)).await;
             return;
         }
     };
-    follow(runtime, staging, id, job_id, attempt, tx).await;
+    follow(runtime, staging, id, spec.name, job_id, attempt, tx).await;
 }
 
 /// The attempt cannot start: its secret is refused from now on, and the
@@ -379,6 +419,7 @@ pub(super) async fn follow<R: ContainerRuntime>(
     runtime: Arc<R>,
     staging: Staging,
     id: String,
+    name: String,
     job_id: String,
     attempt: u32,
     tx: mpsc::Sender<v1::AgentMessage>,
@@ -477,9 +518,14 @@ pub(super) async fn follow<R: ContainerRuntime>(
         Err(e) => node_fault(&job_id, attempt, format!("lost the container: {e}")),
     };
     tracing::info!(job = %job_id, attempt, lines = seq, "attempt ended");
-    let end = match upload_outputs(&staging, &job_id, attempt).await {
-        Ok(()) => end,
-        Err(why) => report(
+    // Mounts go once what the job wrote to them is uploaded; the attempt
+    // fails if some of it could not be.
+    let unmounted =
+        mounts::unmount_data(runtime.as_ref(), &staging.mounts.image, &name, true).await;
+    let end = match (unmounted, upload_outputs(&staging, &job_id, attempt).await) {
+        (Ok(()), Ok(())) => end,
+        (Err(why), _) => report(&job_id, attempt, v1::JobState::Failed, None, why),
+        (_, Err(why)) => report(
             &job_id,
             attempt,
             v1::JobState::Failed,

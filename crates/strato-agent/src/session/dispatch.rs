@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::attempt::{ImagePull, Staging, container_spec, give_gpus, start};
-use super::staging::{DataPlan, attempt_dir, transfers};
+use super::mounts;
+use super::staging::{DataPlan, attempt_dir};
 use super::{AgentConfig, IdentityContext, job_key, node_fault, report};
 use crate::gang;
 use crate::identity::Vending;
@@ -114,10 +115,7 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
                 .set_gang(&a.job_id, a.attempt, gang::hosts(&identity.gang, &a.gang));
         }
         tracing::info!(node = %self.node_id, job = %a.job_id, attempt = a.attempt, image = %spec.image, "job assigned");
-        let plan = DataPlan {
-            inputs: transfers(&spec.inputs),
-            outputs: transfers(&spec.outputs),
-        };
+        let plan = DataPlan::of(&spec);
         let started = start(
             self.runtime.clone(),
             Staging::of(identity),
@@ -204,17 +202,25 @@ impl<R: ContainerRuntime> Dispatch<'_, R> {
     fn release(&mut self, r: &v1::JobRelease) {
         let identity = self.identity;
         identity.vending.revoke(&r.job_id, r.attempt);
-        let _ = std::fs::remove_dir_all(attempt_dir(&identity.work_dir, &r.job_id, r.attempt));
         if let Some(task) = self.attempts.remove(&job_key(&r.job_id, r.attempt)) {
             task.abort();
         }
         let key = container_name(self.node_id, &r.job_id, r.attempt);
         self.stopping.remove(&key);
         let runtime = self.runtime.clone();
+        let dir = attempt_dir(&identity.work_dir, &r.job_id, r.attempt);
+        let image = identity.mounts.image.clone();
         tokio::spawn(async move {
             match runtime.remove(&key).await {
                 Ok(()) => tracing::info!(container = %key, "released and removed"),
                 Err(e) => tracing::warn!(container = %key, error = %e, "remove failed"),
+            }
+            // Mounts first (an attempt canceled while it prepared may hold
+            // some); the removal never enters one that is left.
+            let _ = mounts::unmount_data(runtime.as_ref(), &image, &key, false).await;
+            let left = strato_runtime::remove_tree_on_one_filesystem(&dir);
+            if left > 0 {
+                tracing::warn!(dir = %dir.display(), left, "could not remove all of the attempt's directory");
             }
         });
     }

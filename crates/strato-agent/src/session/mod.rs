@@ -12,7 +12,8 @@
 //! One session's concerns, each in its module: `connect` (enrol, open the
 //! stream, reconnect with backoff, give up), `dispatch` (what the control
 //! plane asks: assign, cancel, release, exec), `attempt` (start and follow
-//! one attempt), `staging` (its inputs and outputs), `heartbeat`
+//! one attempt), `staging` (its copied inputs and outputs), `mounts` (its
+//! mounted ones, each held by a helper container), `heartbeat`
 //! (heartbeats and container samples) and `evictions` (Scheduled Events).
 
 use std::collections::{HashMap, HashSet};
@@ -21,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strato_proto::v1::{self, agent_message::Body as Up};
-use strato_runtime::{Clock, ContainerRuntime, RuntimeError};
+use strato_runtime::{Clock, ContainerRuntime, LABEL_NODE, RuntimeError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use self::mounts::{DEFAULT_MOUNT_CACHE_BYTES, DEFAULT_MOUNT_IMAGE, MountSettings};
 use crate::gang::{ExecRelay, GangConfig};
 use crate::identity::{self, Vending};
 use crate::telemetry::{AgentHealth, GpuSource};
@@ -35,6 +37,7 @@ pub mod credentials;
 mod dispatch;
 mod evictions;
 mod heartbeat;
+mod mounts;
 mod staging;
 
 pub use attempt::container_spec;
@@ -163,6 +166,8 @@ pub struct IdentityContext {
     pub clock: Arc<dyn Clock>,
     /// The images this agent pulled, within their disk budget.
     pub image_cache: Arc<crate::image_cache::ImageCache>,
+    /// How jobs' mounted data is mounted.
+    pub mounts: Arc<MountSettings>,
 }
 
 fn job_key(job_id: &str, attempt: u32) -> String {
@@ -190,12 +195,20 @@ async fn session<R: ContainerRuntime>(
         .connected(Some((channel, enrolled.session_token.clone())));
     identity.relay.connected(Some(tx.clone()));
 
+    // Mount helpers whose job container is gone go first.
+    let jobs: HashSet<String> = runtime
+        .list(LABEL_NODE, &node_id)
+        .await
+        .map(|c| c.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
+    mounts::sweep(runtime.as_ref(), &identity.mounts.image, &node_id, &jobs).await;
     let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
     for (job, attempt, id) in held {
         let task = tokio::spawn(attempt::follow(
             runtime.clone(),
             attempt::Staging::of(identity),
             id,
+            strato_core::naming::container_name(&node_id, &job, attempt),
             job.clone(),
             attempt,
             tx.clone(),

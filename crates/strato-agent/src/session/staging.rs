@@ -10,11 +10,12 @@ use strato_runtime::ContainerSpec;
 
 use super::attempt::Staging;
 use super::job_key;
+use super::mounts::DataMount;
 use crate::identity::{AttemptIdentity, Refusal};
 use crate::storage::{self, StorageError, Transfer};
 
-const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
-const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
+pub(super) const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
+pub(super) const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
 /// Why an attempt's data could not be staged or uploaded; the text is the
 /// attempt's failure reason.
 #[derive(Debug, thiserror::Error)]
@@ -41,22 +42,36 @@ pub enum StagingError {
     Upload { name: String, source: StorageError },
 }
 
-/// An attempt's inputs and outputs.
+/// An attempt's inputs and outputs: those copied (downloaded before the
+/// job, uploaded after it) and those mounted.
 #[derive(Debug, Clone, Default)]
 pub struct DataPlan {
     pub inputs: Vec<Transfer>,
     pub outputs: Vec<Transfer>,
+    pub mounts: Vec<DataMount>,
 }
 
-pub(super) fn transfers(list: &[v1::JobData]) -> Vec<Transfer> {
-    list.iter()
-        .map(|d| Transfer {
-            name: d.name.clone(),
-            account_url: d.account_url.clone(),
-            container: d.container.clone(),
-            path: d.path.clone(),
-        })
-        .collect()
+impl DataPlan {
+    /// The plan of a job's data, as its modes say.
+    pub(super) fn of(spec: &v1::JobSpec) -> DataPlan {
+        let mut plan = DataPlan::default();
+        for (list, output) in [(&spec.inputs, false), (&spec.outputs, true)] {
+            for d in list {
+                let transfer = Transfer {
+                    name: d.name.clone(),
+                    account_url: d.account_url.clone(),
+                    container: d.container.clone(),
+                    path: d.path.clone(),
+                };
+                match DataMount::of(d, output, transfer.clone()) {
+                    Some(m) => plan.mounts.push(m),
+                    None if output => plan.outputs.push(transfer),
+                    None => plan.inputs.push(transfer),
+                }
+            }
+        }
+        plan
+    }
 }
 
 /// The directory of an attempt's staged data on this node.

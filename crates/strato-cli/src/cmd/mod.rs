@@ -13,6 +13,8 @@ pub mod registry;
 pub enum ArgError {
     #[error("{0:?}: use NAME=azureml://datastores/<datastore>/paths/<path>")]
     DataUri(String),
+    #[error("{0:?}: use NAME=MODE, e.g. raw=ro_mount")]
+    DataMode(String),
     #[error("{0:?}: the variable name before '=' must be non-empty, without spaces")]
     EnvName(String),
     #[error("{0:?}: an environment variable is KEY=VALUE")]

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use strato_core::FieldError;
-use strato_core::job::{self, DataBinding, Distribution, GangLimits, JobSpec};
+use strato_core::job::{self, DataBinding, DataMode, DataSide, Distribution, GangLimits, JobSpec};
 use strato_core::job_request::{DataRequest, JobRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Action, AppError, Caller, Internal, authorize, required, visible_clusters};
 use crate::plane::Plane;
-use crate::store::{JobCursor, JobPage, JobRecord, LogRecord, Store, StoreError};
+use crate::store::{ClusterRecord, JobCursor, JobPage, JobRecord, LogRecord, Store, StoreError};
 
 /// Log lines sent per store read.
 const LOG_PAGE: u32 = 500;
@@ -89,9 +89,11 @@ impl<S: Store> Jobs<S> {
                 // Bounded before each one costs a datastore lookup.
                 strato_core::limits::check_data("inputs", &req.inputs)?;
                 strato_core::limits::check_data("outputs", &req.outputs)?;
-                self.resolve("inputs", "download", req.inputs).await?
+                self.resolve(&cluster, DataSide::Input, req.inputs).await?
             },
-            outputs: self.resolve("outputs", "upload", req.outputs).await?,
+            outputs: self
+                .resolve(&cluster, DataSide::Output, req.outputs)
+                .await?,
             user: req.user,
             pull: req.pull,
         };
@@ -147,19 +149,29 @@ impl<S: Store> Jobs<S> {
     }
 
     /// Resolves job data to datastore locations; the field names the entry.
+    /// The node reads and writes data with the cluster's default identity,
+    /// so a cluster without one is refused here rather than failing later.
     async fn resolve(
         &self,
-        kind: &str,
-        mode: &str,
+        cluster: &ClusterRecord,
+        side: DataSide,
         list: Vec<DataRequest>,
     ) -> Result<Vec<DataBinding>, AppError> {
         let mut out = Vec::with_capacity(list.len());
         for (i, d) in list.into_iter().enumerate() {
-            let field = format!("{kind}[{i}]");
-            if !(d.mode.is_empty() || d.mode == mode) {
+            let field = format!("{}[{i}]", side.field());
+            let mode = DataMode::parse(side, &format!("{field}.mode"), &d.mode)?;
+            if mode.is_mount()
+                && strato_core::identity::default_identity(&cluster.identities).is_none()
+            {
                 return Err(FieldError::new(
                     format!("{field}.mode"),
-                    format!("only {mode} is supported for {kind} (mounts are not supported yet)"),
+                    format!(
+                        "{} mounts the datastore with the cluster's default managed identity, and cluster {} has none: assign one with `strato compute identity assign -n {} '[system]'`",
+                        mode.as_str(side),
+                        cluster.spec.name,
+                        cluster.spec.name
+                    ),
                 )
                 .into());
             }
@@ -177,6 +189,7 @@ impl<S: Store> Jobs<S> {
                 path,
                 account_url: store.account_url,
                 container: store.container,
+                mode,
             });
         }
         Ok(out)

@@ -3,7 +3,7 @@
 
 use strato_core::error::FieldError;
 use strato_core::identity::IdentitySelector;
-use strato_core::job::{DataBinding, Distribution, JobSpec, JobState, PullPolicy};
+use strato_core::job::{DataBinding, DataSide, Distribution, JobSpec, JobState, PullPolicy};
 use strato_core::job_request::{DataRequest, JobRequest};
 
 use crate::v1;
@@ -54,9 +54,13 @@ pub fn job_spec(spec: &JobSpec) -> v1::JobSpec {
         inputs: spec
             .inputs
             .iter()
-            .map(|d| job_data(d, "download"))
+            .map(|d| job_data(d, DataSide::Input))
             .collect(),
-        outputs: spec.outputs.iter().map(|d| job_data(d, "upload")).collect(),
+        outputs: spec
+            .outputs
+            .iter()
+            .map(|d| job_data(d, DataSide::Output))
+            .collect(),
         user: spec.user.clone(),
         pull: match spec.pull {
             PullPolicy::IfNotPresent => v1::PullPolicy::IfNotPresent,
@@ -65,11 +69,11 @@ pub fn job_spec(spec: &JobSpec) -> v1::JobSpec {
     }
 }
 
-fn job_data(d: &DataBinding, mode: &str) -> v1::JobData {
+fn job_data(d: &DataBinding, side: DataSide) -> v1::JobData {
     v1::JobData {
         name: d.name.clone(),
         uri: format!("azureml://datastores/{}/paths/{}", d.datastore, d.path),
-        mode: mode.to_owned(),
+        mode: d.mode.as_str(side).to_owned(),
         account_url: d.account_url.clone(),
         container: d.container.clone(),
         path: d.path.clone(),

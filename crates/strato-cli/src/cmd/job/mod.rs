@@ -95,15 +95,28 @@ pub struct SubmitArgs {
     /// An environment variable, KEY=VALUE; repeat for more.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// An input, downloaded before the job starts to the path in
-    /// AZURE_ML_INPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
+    /// An input, found by the job at the path in AZURE_ML_INPUT_<NAME>:
+    /// NAME=azureml://datastores/<datastore>/paths/<path>. Downloaded before
+    /// the job starts, unless --input-mode says otherwise.
     #[arg(long = "input", value_name = "NAME=URI", value_parser = parse_data)]
     inputs: Vec<(String, String)>,
-    /// An output, uploaded after the job ends (also when it fails) from the
-    /// directory in AZURE_ML_OUTPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
-    /// (`--output` alone is the global output format.)
+    /// How an input reaches the job, as Azure ML's `mode`: NAME=download
+    /// (the default), NAME=ro_mount (read on demand through a read-only
+    /// mount: for data larger than the node's disk) or NAME=rw_mount.
+    #[arg(long = "input-mode", value_name = "NAME=MODE", value_parser = parse_mode)]
+    input_modes: Vec<(String, String)>,
+    /// An output, written by the job under the directory in
+    /// AZURE_ML_OUTPUT_<NAME>: NAME=azureml://datastores/<datastore>/paths/<path>.
+    /// Uploaded after the job ends (also when it fails), unless
+    /// --output-mode says otherwise. (`--output` alone is the global output
+    /// format.)
     #[arg(long = "output-data", value_name = "NAME=URI", value_parser = parse_data)]
     outputs: Vec<(String, String)>,
+    /// How an output leaves the job: NAME=upload (the default) or
+    /// NAME=rw_mount (written through a mount, each file uploaded as it is
+    /// closed: for checkpoints that must survive the node).
+    #[arg(long = "output-mode", value_name = "NAME=MODE", value_parser = parse_mode)]
+    output_modes: Vec<(String, String)>,
     /// vCPUs the job needs (may be fractional, e.g. 0.5).
     #[arg(long, value_name = "N", value_parser = parse_cpu)]
     cpu: Option<f64>,
@@ -168,6 +181,15 @@ fn parse_data(s: &str) -> Result<(String, String), ArgError> {
     }
 }
 
+fn parse_mode(s: &str) -> Result<(String, String), ArgError> {
+    match s.split_once('=') {
+        Some((name, mode)) if !name.is_empty() && !mode.is_empty() => {
+            Ok((name.to_owned(), mode.to_owned()))
+        }
+        _ => Err(ArgError::DataMode(s.to_owned())),
+    }
+}
+
 fn parse_env(s: &str) -> Result<(String, String), ArgError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !k.chars().any(char::is_whitespace) => {
@@ -185,14 +207,20 @@ fn parse_cpu(s: &str) -> Result<f64, ArgError> {
     }
 }
 
-/// The spec `job submit` sends.
-fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
+/// The spec `job submit` sends; a mode for data not given is refused.
+fn submit_spec(args: SubmitArgs) -> Result<v1::JobSpec, Failure> {
+    let inputs = data(args.inputs, args.input_modes, ("--input", "--input-mode"))?;
+    let outputs = data(
+        args.outputs,
+        args.output_modes,
+        ("--output-data", "--output-mode"),
+    )?;
     let resources = (args.cpu.is_some() || args.memory_mb.is_some()).then(|| v1::JobResources {
         cpu: args.cpu.unwrap_or_default(),
         memory_mb: args.memory_mb.unwrap_or_default(),
         gpus: 0,
     });
-    v1::JobSpec {
+    Ok(v1::JobSpec {
         cluster: args.compute,
         display_name: args.name.unwrap_or_default(),
         image: args.image,
@@ -209,25 +237,40 @@ fn submit_spec(args: SubmitArgs) -> v1::JobSpec {
         } as i32,
         max_retries: args.max_retries.unwrap_or_default(),
         max_preemptions: args.max_preemptions,
-        inputs: data(args.inputs, "download"),
-        outputs: data(args.outputs, "upload"),
+        inputs,
+        outputs,
         user: args.user.unwrap_or_default(),
         pull: match args.pull {
             PullArg::IfNotPresent => v1::PullPolicy::IfNotPresent,
             PullArg::Always => v1::PullPolicy::Always,
         } as i32,
-    }
+    })
 }
 
-fn data(list: Vec<(String, String)>, mode: &str) -> Vec<v1::JobData> {
-    list.into_iter()
+/// Job data with their modes (empty: the control plane's default for the
+/// side); the control plane checks the modes.
+fn data(
+    list: Vec<(String, String)>,
+    modes: Vec<(String, String)>,
+    (flag, mode_flag): (&str, &str),
+) -> Result<Vec<v1::JobData>, Failure> {
+    let mut data: Vec<v1::JobData> = list
+        .into_iter()
         .map(|(name, uri)| v1::JobData {
             name,
             uri,
-            mode: mode.to_owned(),
             ..Default::default()
         })
-        .collect()
+        .collect();
+    for (name, mode) in modes {
+        let Some(d) = data.iter_mut().find(|d| d.name == name) else {
+            return Err(Failure::usage(format!(
+                "{mode_flag} {name}={mode}: no {flag} named {name}"
+            )));
+        };
+        d.mode = mode;
+    }
+    Ok(data)
 }
 
 pub async fn run(
@@ -240,7 +283,7 @@ pub async fn run(
         JobCommand::Submit(args) => {
             let job = client
                 .submit_job(v1::SubmitJobRequest {
-                    spec: Some(submit_spec(*args)),
+                    spec: Some(submit_spec(*args)?),
                 })
                 .await?
                 .into_inner();
@@ -359,9 +402,58 @@ mod tests {
 
     fn submit(args: &[&str]) -> v1::JobSpec {
         match parse(args).expect("parses") {
-            JobCommand::Submit(a) => submit_spec(*a),
+            JobCommand::Submit(a) => submit_spec(*a).expect("a spec"),
             other => panic!("not a submit: {other:?}"),
         }
+    }
+
+    #[test]
+    fn data_modes_go_with_the_data_they_name() {
+        let base = [
+            "submit",
+            "--compute",
+            "c",
+            "--image",
+            "i",
+            "--input",
+            "raw=azureml://datastores/lake/paths/in",
+            "--input",
+            "cfg=azureml://datastores/lake/paths/cfg",
+            "--output-data",
+            "ckpt=azureml://datastores/lake/paths/ckpt",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            args.extend(["--", "true"]);
+            match parse(&args).expect("parses") {
+                JobCommand::Submit(a) => submit_spec(*a),
+                other => panic!("not a submit: {other:?}"),
+            }
+        };
+        let spec = with(&[
+            "--input-mode",
+            "raw=ro_mount",
+            "--output-mode",
+            "ckpt=rw_mount",
+        ])
+        .expect("spec");
+        let modes: Vec<&str> = spec.inputs.iter().map(|d| d.mode.as_str()).collect();
+        assert_eq!(
+            modes,
+            ["ro_mount", ""],
+            "an input without a mode is the default"
+        );
+        assert_eq!(spec.outputs[0].mode, "rw_mount");
+        let e = with(&["--output-mode", "raw=rw_mount"]).expect_err("no such output");
+        assert_eq!(e.code, 2);
+        assert!(
+            e.message
+                .contains("--output-mode raw=rw_mount: no --output-data named raw"),
+            "{}",
+            e.message
+        );
+        assert!(parse(&["submit", "--input-mode", "raw"]).is_err());
     }
 
     #[test]

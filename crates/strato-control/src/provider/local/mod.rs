@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
-use strato_core::naming::{self, LABEL_CONTROL_PLANE, LABEL_NETWORK, LABEL_NODE};
+use strato_core::naming::{self, LABEL_CONTROL_PLANE, LABEL_MOUNT_NODE, LABEL_NETWORK, LABEL_NODE};
 use strato_runtime::{ContainerRuntime, DockerRuntime};
 
 mod processes;
@@ -233,6 +233,16 @@ impl LocalProvider {
         // Only this control plane's (or those of agents older than the
         // label).
         let docker = self.docker().await?;
+        // Mount helpers are stopped, not killed, so that they unmount.
+        for c in docker.list(LABEL_MOUNT_NODE, &node.node_id).await? {
+            if c.labels.get(LABEL_CONTROL_PLANE) != Some(&self.settings.control_plane_id) {
+                continue;
+            }
+            docker
+                .stop(&c.id, std::time::Duration::from_secs(10))
+                .await?;
+            docker.remove(&c.id).await?;
+        }
         for c in docker.list(LABEL_NODE, &node.node_id).await? {
             let owner = c.labels.get(LABEL_CONTROL_PLANE);
             if owner.is_some_and(|o| *o != self.settings.control_plane_id) {
@@ -241,7 +251,8 @@ impl LocalProvider {
             docker.remove(&c.id).await?;
             tracing::info!(node = %node.node_id, container = %c.name, "removed the node's container");
         }
-        let _ = std::fs::remove_dir_all(self.node_dir(&node.node_id));
+        // Never through a mount that is left (a rw_mount would lose data).
+        strato_runtime::remove_tree_on_one_filesystem(&self.node_dir(&node.node_id));
         Ok(())
     }
 
