@@ -161,6 +161,9 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
             "200",
             "--cancel-grace",
             "1",
+            // Tokens that expire while a job reads through its mount.
+            "--token-lifetime",
+            "60",
         ],
         &[("STRATO_MOUNT_IMAGE", MOUNT_IMAGE)],
     )
@@ -196,7 +199,7 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
         "-s",
         "Standard_D2_v2",
         "--max-nodes",
-        "2",
+        "3",
         "--assign-identity",
         USER_ID,
     ]);
@@ -269,6 +272,19 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
         .into_inner()
         .id;
 
+    // A third reads through its mount again after its first token expired.
+    let patient = jobs
+        .submit_job(job(
+            "etl",
+            "cat $AZURE_ML_INPUT_many/f00000.txt; sleep 75; cat $AZURE_ML_INPUT_many/f09998.txt",
+            vec![data("many", "many", "ro_mount")],
+            vec![],
+        ))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+
     let lines = lines_until(&cp, &reader, Some("read done")).await;
     assert_eq!(
         lines,
@@ -317,6 +333,22 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
     assert_eq!((status, body.len()), (200, 8 * MIB));
     assert!(body.starts_with("checkpoint\ncheckpoint\n"));
 
+    let patient_job = jobs
+        .wait_job(v1::WaitJobRequest {
+            id: patient.clone(),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        (patient_job.state, lines_until(&cp, &patient, None).await),
+        (
+            v1::JobState::Completed as i32,
+            vec!["small".to_owned(), "small".to_owned()]
+        ),
+        "read again with a refreshed token: {patient_job:?}"
+    );
+
     // A cancel stops the reader; its mount goes with it.
     jobs.cancel_job(v1::CancelJobRequest { id: reader.clone() })
         .await
@@ -335,8 +367,9 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
                 mounts_under(&data_dir),
                 helper_of(&reader, "input-big"),
                 helper_of(&writer, "output-ckpt"),
+                helper_of(&patient, "input-many"),
             );
-            async move { (left == (Vec::new(), None, None)).then_some(()) }
+            async move { (left == (Vec::new(), None, None, None)).then_some(()) }
         },
     )
     .await;

@@ -382,6 +382,17 @@ pub(crate) fn bench_agent() -> anyhow::Result<()> {
 /// Release binaries, a control plane, and a cluster `bench` with one warm
 /// (idle) node; returns the control plane, its data dir and gRPC address.
 fn warm_bench_cluster(name: &str, extra: &[&str]) -> anyhow::Result<(Control, PathBuf, String)> {
+    warm_bench_cluster_with(name, extra, &[], &[])
+}
+
+/// As `warm_bench_cluster`, with `env` for the control plane and its agents
+/// and `cluster` added to the cluster's `compute create`.
+pub(crate) fn warm_bench_cluster_with(
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    cluster: &[&str],
+) -> anyhow::Result<(Control, PathBuf, String)> {
     setup()?;
     let _ = PROFILE.set("release");
     let mut build = cargo();
@@ -393,22 +404,21 @@ fn warm_bench_cluster(name: &str, extra: &[&str]) -> anyhow::Result<(Control, Pa
     std::fs::create_dir_all(&data_dir)?;
     let grpc = format!("127.0.0.1:{}", free_port()?);
     let http = format!("127.0.0.1:{}", free_port()?);
-    let control = Control::start_with(&data_dir, &grpc, &http, extra)?;
-    strato_output(
-        &control,
-        &[
-            "compute",
-            "create",
-            "-n",
-            "bench",
-            "-s",
-            "Standard_D2_v2",
-            "--min-nodes",
-            "1",
-            "--max-nodes",
-            "1",
-        ],
-    )?;
+    let control = Control::start_with_env(&data_dir, &grpc, &http, extra, env)?;
+    let mut create = vec![
+        "compute",
+        "create",
+        "-n",
+        "bench",
+        "-s",
+        "Standard_D2_v2",
+        "--min-nodes",
+        "1",
+        "--max-nodes",
+        "1",
+    ];
+    create.extend_from_slice(cluster);
+    strato_output(&control, &create)?;
     println!("==> waiting for a warm node");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !node_states(&control, "bench")?
@@ -422,7 +432,7 @@ fn warm_bench_cluster(name: &str, extra: &[&str]) -> anyhow::Result<(Control, Pa
 }
 
 /// Scales the bench cluster to zero, deletes it and stops the control plane.
-fn remove_bench_cluster(mut control: Control, data_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn remove_bench_cluster(mut control: Control, data_dir: &Path) -> anyhow::Result<()> {
     println!("==> removing the node");
     strato_output(
         &control,

@@ -33,7 +33,20 @@ impl Control {
         http: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, grpc, http, extra, &[])
+    }
+
+    /// As `start_with`, with `env` set for the control plane and so for the
+    /// agents its local provider starts.
+    pub(crate) fn start_with_env(
+        data_dir: &Path,
+        grpc: &str,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let child = Command::new(target_dir().join(profile_dir()).join("strato-control"))
+            .envs(env.iter().copied())
             .args(["--data-dir"])
             .arg(data_dir)
             .args([

@@ -15,6 +15,7 @@
 use anyhow::bail;
 
 mod bench;
+mod bench_mounts;
 mod ci;
 mod command;
 mod control;
@@ -47,7 +48,11 @@ commands:
   bench followers
           log ingestion of a 50,000-line job with and without 1,500 idle
           `logs --follow` streams on another job (median of 3 each, as a ratio;
-          fails below 0.5)";
+          fails below 0.5)
+  bench mounts
+          a 1 GiB blob in Azurite read by a job through ro_mount and through
+          download (median of 3 each): time from submit to the first byte and
+          to the whole blob, and their ratios";
 
 fn main() -> std::process::ExitCode {
     match dispatch() {
@@ -70,8 +75,9 @@ fn dispatch() -> anyhow::Result<()> {
             Some("dispatch") => bench::bench_dispatch(),
             Some("agent") => bench::bench_agent(),
             Some("followers") => bench::bench_followers(),
+            Some("mounts") => bench_mounts::bench_mounts(),
             other => bail!(
-                "unknown benchmark {other:?}; available: dispatch, agent, followers\n\n{USAGE}"
+                "unknown benchmark {other:?}; available: dispatch, agent, followers, mounts\n\n{USAGE}"
             ),
         },
         Some("-h" | "--help" | "help") | None => {

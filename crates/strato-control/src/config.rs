@@ -239,6 +239,18 @@ pub struct Config {
     #[arg(long, env = "STRATO_TOKEN_ISSUER")]
     pub token_issuer: Option<String>,
 
+    /// Seconds the access tokens this control plane issues are valid (60 to
+    /// 86400). Clients refresh them before they expire; a short lifetime
+    /// shows that long jobs (and their mounts) keep working.
+    #[arg(
+        long,
+        env = "STRATO_TOKEN_LIFETIME",
+        value_name = "SECONDS",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u32).range(i64::from(crate::tokens::MIN_LIFETIME_SECONDS)..=i64::from(crate::tokens::MAX_LIFETIME_SECONDS))
+    )]
+    pub token_lifetime: u32,
+
     /// The `tid` of issued tokens. Default: the tenant in an
     /// https://sts.windows.net/<tenant>/ issuer, else
     /// 00000000-0000-0000-0000-000000000000.

@@ -155,7 +155,8 @@ pub async fn serve(
     let issuer = settings.config.issuer(http_addr);
     let tenant = settings.config.tenant(&issuer);
     let tokens = tokens::TokenIssuer::load_or_create(&settings.config.data_dir, issuer, tenant)
-        .context("the token signing key")?;
+        .context("the token signing key")?
+        .with_lifetime(i64::from(settings.config.token_lifetime));
     tracing::info!(issuer = %tokens.issuer(), "token issuer ready");
     let federation = match settings.config.federation()? {
         None => None,

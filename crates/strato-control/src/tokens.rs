@@ -25,6 +25,10 @@ pub const KEY_FILE: &str = "token-signing-key.pem";
 pub const PREVIOUS_KEY_FILE: &str = "token-signing-key.previous.pem";
 /// Token lifetime: one hour, as Entra ID's managed-identity tokens.
 pub const LIFETIME_SECONDS: i64 = 3600;
+/// The shortest lifetime `--token-lifetime` allows.
+pub const MIN_LIFETIME_SECONDS: u32 = 60;
+/// The longest (Entra ID's own tokens live 60 to 90 minutes; a day at most).
+pub const MAX_LIFETIME_SECONDS: u32 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -103,6 +107,8 @@ pub struct IssuedToken {
 pub struct TokenIssuer {
     issuer: String,
     tenant: String,
+    /// Seconds an issued token is valid.
+    lifetime: i64,
     key: EncodingKey,
     jwk: PublicJwk,
     previous: Option<PublicJwk>,
@@ -144,10 +150,17 @@ impl TokenIssuer {
         Ok(TokenIssuer {
             issuer,
             tenant,
+            lifetime: LIFETIME_SECONDS,
             key,
             jwk: public_jwk(&secret),
             previous,
         })
+    }
+
+    /// Issued tokens are valid for `seconds` (`--token-lifetime`).
+    pub fn with_lifetime(mut self, seconds: i64) -> Self {
+        self.lifetime = seconds;
+        self
     }
 
     pub fn issuer(&self) -> &str {
@@ -173,7 +186,7 @@ impl TokenIssuer {
             tid: &self.tenant,
             iat: now,
             nbf: now - 300,
-            exp: now + LIFETIME_SECONDS,
+            exp: now + self.lifetime,
             xms_mirid: &identity.resource_id,
         };
         let mut header = Header::new(Algorithm::ES256);

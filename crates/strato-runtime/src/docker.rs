@@ -749,8 +749,13 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             .memory_bytes
             .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
         // Without NET_RAW a job cannot forge another container's address
-        // (the identity endpoint knows IMDS callers by address).
-        cap_drop: Some(vec!["NET_RAW".to_owned()]),
+        // (the identity endpoint knows IMDS callers by address). A mount
+        // helper keeps nothing but the capability to mount.
+        cap_drop: Some(vec![if spec.fuse_mounts_at.is_some() {
+            "ALL".to_owned()
+        } else {
+            "NET_RAW".to_owned()
+        }]),
         binds: (!spec.mounts.is_empty()).then(|| {
             spec.mounts
                 .iter()
@@ -1058,6 +1063,7 @@ mod tests {
         assert_eq!(helper.entrypoint, Some(vec!["rclone".to_owned()]));
         let host = helper.host_config.expect("host config");
         assert_eq!(host.cap_add, Some(vec!["SYS_ADMIN".to_owned()]));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(
             host.devices
                 .and_then(|d| d.into_iter().next()?.path_on_host),

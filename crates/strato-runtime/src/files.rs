@@ -78,40 +78,84 @@ mod tests {
 /// directory mounted inside it (a job's FUSE mount of its data, where a
 /// removal would delete the user's blobs) is left in place with its
 /// parents, as is anything that cannot be looked at (a mount whose server
-/// is gone answers `ENOTCONN`). Links are removed, never followed. Returns
-/// how many entries were left.
+/// is gone answers `ENOTCONN`). Each directory is opened without following
+/// links (`O_NOFOLLOW`) and checked on the opened descriptor, and entries
+/// are removed relative to it (`unlinkat`), so a link or a mount put in
+/// place meanwhile is never walked into (std's `remove_dir_all` is safe
+/// against links the same way, but crosses mounts). Returns how many
+/// entries were left.
 pub fn remove_tree_on_one_filesystem(dir: &Path) -> usize {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(root) = std::fs::symlink_metadata(dir) else {
-        return 0;
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    // NONBLOCK: a FIFO is never waited on (O_DIRECTORY refuses it first).
+    let flags =
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(root) = rustix::fs::openat(CWD, dir, flags, Mode::empty()) else {
+        // Not there, or not a directory (a file or a link): removed as is.
+        return usize::from(
+            std::fs::symlink_metadata(dir).is_ok() && std::fs::remove_file(dir).is_err(),
+        );
     };
-    if !root.is_dir() {
-        return usize::from(std::fs::remove_file(dir).is_err());
+    let Ok(stat) = rustix::fs::fstat(&root) else {
+        return 1;
+    };
+    let left = empty_directory(&root, stat.st_dev, flags);
+    drop(root);
+    if left == 0 && rustix::fs::unlinkat(CWD, dir, AtFlags::REMOVEDIR).is_err() {
+        return 1;
     }
-    fn walk(dir: &Path, dev: u64) -> usize {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 1;
-        };
-        let mut left = 0;
-        for entry in entries {
-            let Ok(entry) = entry else {
-                left += 1;
-                continue;
-            };
-            let path = entry.path();
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() && m.dev() == dev => left += walk(&path, dev),
-                Ok(m) if m.is_dir() => left += 1,
-                Ok(_) => left += usize::from(std::fs::remove_file(&path).is_err()),
-                Err(_) => left += 1,
-            }
-        }
-        if left == 0 && std::fs::remove_dir(dir).is_err() {
+    left
+}
+
+/// Removes what the open directory `dir` holds, on device `dev` only.
+fn empty_directory(
+    dir: &rustix::fd::OwnedFd,
+    dev: rustix::fs::Dev,
+    flags: rustix::fs::OFlags,
+) -> usize {
+    use rustix::fs::{AtFlags, Mode};
+    let Ok(fd) = rustix::fs::openat(dir, c".", flags, Mode::empty()) else {
+        return 1;
+    };
+    let Ok(entries) = rustix::fs::Dir::new(fd) else {
+        return 1;
+    };
+    let mut left = 0;
+    for entry in entries {
+        let Ok(entry) = entry else {
             left += 1;
+            break;
+        };
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
         }
-        left
+        // A directory, opened without following a link, on this device.
+        match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(child) => {
+                let same_device = rustix::fs::fstat(&child).is_ok_and(|s| s.st_dev == dev);
+                if !same_device {
+                    left += 1;
+                    continue;
+                }
+                let inner = empty_directory(&child, dev, flags);
+                drop(child);
+                left += inner;
+                if inner == 0 && rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).is_err() {
+                    left += 1;
+                }
+            }
+            // Not a directory (or a link to one): the entry itself goes. A
+            // mount point that cannot be opened (ENOTCONN) fails here too and
+            // is left.
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                if rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_err() {
+                    left += 1;
+                }
+            }
+            Err(_) => left += 1,
+        }
     }
-    walk(dir, root.dev())
+    left
 }
 
 #[cfg(test)]
@@ -127,6 +171,11 @@ mod one_filesystem_tests {
         std::fs::write(dir.join("a/b/f"), "f").expect("file");
         std::fs::write(outside.join("keep"), "keep").expect("file");
         std::os::unix::fs::symlink(&outside, dir.join("a/link")).expect("link");
+        std::os::unix::fs::symlink(outside.join("keep"), dir.join("a/b/file-link")).expect("link");
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(dir.join("a/fifo"))
+            .status();
+        assert!(fifo.is_ok_and(|s| s.success()), "mkfifo");
         assert_eq!(remove_tree_on_one_filesystem(&dir), 0);
         assert!(!dir.exists());
         assert!(outside.join("keep").exists(), "a link is not followed");

@@ -95,7 +95,7 @@ pub async fn run<R: ContainerRuntime>(
                 // this agent was away): the control plane has moved its
                 // jobs on, so none of its containers may keep running.
                 if let Some(node) = &contact.node {
-                    give_up(runtime.as_ref(), node).await;
+                    give_up(runtime.as_ref(), node, &identity.mounts.image).await;
                 }
                 return Err(e);
             }
@@ -109,7 +109,7 @@ pub async fn run<R: ContainerRuntime>(
                     // control plane was away): the local provider names its
                     // agents by their node ids.
                     let node = contact.node.as_deref().unwrap_or(&config.hostname);
-                    give_up(runtime.as_ref(), node).await;
+                    give_up(runtime.as_ref(), node, &identity.mounts.image).await;
                     return Err(SessionError::GaveUp {
                         waited,
                         last_error: Box::new(e),
@@ -124,10 +124,12 @@ pub async fn run<R: ContainerRuntime>(
 
 /// Nobody manages this node's containers once its agent gives up: stop and
 /// remove them, so no job keeps running unseen.
-async fn give_up<R: ContainerRuntime>(runtime: &R, node: &str) {
+async fn give_up<R: ContainerRuntime>(runtime: &R, node: &str, mount_image: &str) {
     let Ok(containers) = runtime.list(LABEL_NODE, node).await else {
         return;
     };
+    // Their mounts go first (no job left to flush for).
+    super::mounts::sweep(runtime, mount_image, node, &Default::default()).await;
     for c in containers {
         let _ = runtime.stop(&c.id, Duration::from_secs(10)).await;
         match runtime.remove(&c.id).await {

@@ -195,13 +195,17 @@ async fn session<R: ContainerRuntime>(
         .connected(Some((channel, enrolled.session_token.clone())));
     identity.relay.connected(Some(tx.clone()));
 
-    // Mount helpers whose job container is gone go first.
-    let jobs: HashSet<String> = runtime
-        .list(LABEL_NODE, &node_id)
-        .await
-        .map(|c| c.into_iter().map(|c| c.name).collect())
-        .unwrap_or_default();
-    mounts::sweep(runtime.as_ref(), &identity.mounts.image, &node_id, &jobs).await;
+    // Mount helpers whose job container is gone go first (none when the
+    // engine cannot say which containers there are).
+    match runtime.list(LABEL_NODE, &node_id).await {
+        Ok(containers) => {
+            let jobs: HashSet<String> = containers.into_iter().map(|c| c.name).collect();
+            mounts::sweep(runtime.as_ref(), &identity.mounts.image, &node_id, &jobs).await;
+        }
+        Err(e) => {
+            tracing::warn!(node = %node_id, error = %e, "cannot list the node's containers: mount helpers kept")
+        }
+    }
     let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
     for (job, attempt, id) in held {
         let task = tokio::spawn(attempt::follow(

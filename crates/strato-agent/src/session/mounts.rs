@@ -161,6 +161,9 @@ pub(super) async fn mount_data<R: ContainerRuntime>(
         return Ok(());
     };
     let settings = &staging.mounts;
+    // Held until the helpers exist, so another attempt's trim of the image
+    // cache cannot remove it meanwhile.
+    let _hold = staging.image_cache.hold(&settings.image);
     let image_pull = ImagePull {
         always: false,
         login: None,
@@ -213,6 +216,22 @@ pub(super) async fn mount_data<R: ContainerRuntime>(
             &staging.identity_endpoint,
             &secret,
         );
+        // One left by an earlier try of this assignment is used if it still
+        // serves its mount, else made anew.
+        let earlier = runtime
+            .list(LABEL_MOUNT_OF, &spec.name)
+            .await
+            .map_err(|source| MountError::Helper {
+                name: m.transfer.name.clone(),
+                source,
+            })?
+            .into_iter()
+            .find(|h| h.name == helper.name);
+        if let Some(h) = earlier
+            && !(h.running && is_live_mount(&host.join("data")))
+        {
+            tear_down(runtime, &settings.image, &h).await;
+        }
         let id = runtime
             .create_and_start(&helper)
             .await
@@ -364,6 +383,17 @@ fn account_of(url: &str) -> String {
     }
 }
 
+/// Whether `path` is a mount point that answers (a FUSE mount whose
+/// process died does not).
+fn is_live_mount(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(m), Ok(p)) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
 /// Whether `path` is a mount point (or a mount whose server is gone).
 pub(super) fn is_mounted(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt as _;
@@ -387,7 +417,7 @@ async fn wait_mounted<R: ContainerRuntime>(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        if is_mounted(data) {
+        if is_live_mount(data) {
             return Ok(());
         }
         let running = match runtime.list(LABEL_MOUNT_OF, job).await {
@@ -450,19 +480,35 @@ pub(super) async fn unmount_data<R: ContainerRuntime>(
             return Err(format!("cannot list the mounts: {e}"));
         }
     };
-    let mut unflushed = Vec::new();
+    // Every writable mount uploads at once, within one deadline.
+    let deadline = tokio::time::Instant::now() + FLUSH_LIMIT;
+    let flushes = helpers
+        .iter()
+        .filter(|h| {
+            flush
+                && h.labels
+                    .get(LABEL_MOUNT_WRITABLE)
+                    .is_some_and(|w| w == "true")
+        })
+        .map(|h| async move {
+            if !h.running {
+                // rclone does not upload on exit: what it had not uploaded
+                // stays in its cache, not in the datastore.
+                return Err(format!(
+                    "{}: its mount helper had stopped, so files written last may be missing",
+                    h.name
+                ));
+            }
+            wait_uploaded(runtime, &h.id, deadline)
+                .await
+                .map_err(|why| format!("{}: {why}", h.name))
+        });
+    let unflushed: Vec<String> = futures_util::future::join_all(flushes)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
     for h in &helpers {
-        let writable = h
-            .labels
-            .get(LABEL_MOUNT_WRITABLE)
-            .is_some_and(|w| w == "true");
-        if flush
-            && writable
-            && h.running
-            && let Err(why) = wait_uploaded(runtime, &h.id).await
-        {
-            unflushed.push(format!("{}: {why}", h.name));
-        }
         tear_down(runtime, image, h).await;
     }
     if unflushed.is_empty() {
@@ -517,6 +563,8 @@ pub(super) async fn tear_down<R: ContainerRuntime>(
         gpus: Vec::new(),
         fuse_mounts_at: Some(IN_HELPER.to_owned()),
     };
+    // One left by an earlier teardown would be adopted, not run again.
+    let _ = runtime.remove(&name).await;
     match runtime.create_and_start(&unmount).await {
         Ok(id) => {
             let _ = runtime.wait(&id).await;
@@ -528,49 +576,99 @@ pub(super) async fn tear_down<R: ContainerRuntime>(
     }
 }
 
-/// Waits until a writable mount has uploaded every file the job closed.
-async fn wait_uploaded<R: ContainerRuntime>(runtime: &R, helper: &str) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + FLUSH_LIMIT;
+/// Waits until a writable mount has uploaded every file the job closed:
+/// nothing queued or uploading in `SETTLED` readings a second apart (the
+/// kernel tells rclone that the job's files are closed only after the job
+/// exited, and rclone queues each for upload a second after that).
+async fn wait_uploaded<R: ContainerRuntime>(
+    runtime: &R,
+    helper: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    const SETTLED: u32 = 3;
+    let mut quiet = 0;
     loop {
         let last = match pending_uploads(runtime, helper).await {
-            Ok(0) => return Ok(()),
-            Ok(n) => format!("{n} files still to upload"),
-            Err(e) => e,
+            Ok(Pending { files: 0, .. }) => {
+                quiet += 1;
+                if quiet >= SETTLED {
+                    return Ok(());
+                }
+                "settling".to_owned()
+            }
+            Ok(p) => {
+                quiet = 0;
+                if p.out_of_space {
+                    return Err(format!(
+                        "the node's disk is full with {} files still to upload",
+                        p.files
+                    ));
+                }
+                format!(
+                    "{} files still to upload ({} failed so far)",
+                    p.files, p.errored
+                )
+            }
+            Err(e) => {
+                quiet = 0;
+                e
+            }
         };
         if tokio::time::Instant::now() >= deadline {
             return Err(format!("after {}s, {last}", FLUSH_LIMIT.as_secs()));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Files a writable mount has yet to upload, from rclone's remote control.
-async fn pending_uploads<R: ContainerRuntime>(runtime: &R, helper: &str) -> Result<u64, String> {
+/// What a writable mount has yet to upload.
+struct Pending {
+    files: u64,
+    errored: u64,
+    out_of_space: bool,
+}
+
+/// Files a writable mount has yet to upload, from rclone's remote control
+/// (one exec, at most 30 seconds).
+async fn pending_uploads<R: ContainerRuntime>(
+    runtime: &R,
+    helper: &str,
+) -> Result<Pending, String> {
     let mut out = Vec::new();
     let mut code = None;
     let mut exec = runtime.exec(
         helper,
         &format!("rclone rc --unix-socket {RC_SOCKET} vfs/stats"),
     );
-    while let Some(event) = exec.next().await {
-        match event.map_err(|e| e.to_string())? {
-            ExecEvent::Output(strato_runtime::OutputStream::Stdout, bytes) => {
-                if out.len() < 64 * 1024 {
-                    out.extend_from_slice(&bytes);
+    let read = async {
+        while let Some(event) = exec.next().await {
+            match event.map_err(|e| e.to_string())? {
+                ExecEvent::Output(strato_runtime::OutputStream::Stdout, bytes) => {
+                    if out.len() < 64 * 1024 {
+                        out.extend_from_slice(&bytes);
+                    }
                 }
+                ExecEvent::Output(..) => {}
+                ExecEvent::Exit(c) => code = Some(c),
             }
-            ExecEvent::Output(..) => {}
-            ExecEvent::Exit(c) => code = Some(c),
         }
-    }
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| "rclone's remote control did not answer within 30s".to_owned())??;
     if code != Some(0) {
         return Err(format!("rclone's remote control answered {code:?}"));
     }
     let stats: serde_json::Value =
         serde_json::from_slice(&out).map_err(|e| format!("rclone's vfs/stats: {e}"))?;
     let cache = &stats["diskCache"];
-    Ok(cache["uploadsQueued"].as_u64().unwrap_or(0)
-        + cache["uploadsInProgress"].as_u64().unwrap_or(0))
+    Ok(Pending {
+        files: cache["uploadsQueued"].as_u64().unwrap_or(0)
+            + cache["uploadsInProgress"].as_u64().unwrap_or(0),
+        errored: cache["erroredFiles"].as_u64().unwrap_or(0),
+        out_of_space: cache["outOfSpace"].as_bool().unwrap_or(false),
+    })
 }
 
 /// Tears down the helpers of this node whose job container is gone (the

@@ -233,16 +233,6 @@ impl LocalProvider {
         // Only this control plane's (or those of agents older than the
         // label).
         let docker = self.docker().await?;
-        // Mount helpers are stopped, not killed, so that they unmount.
-        for c in docker.list(LABEL_MOUNT_NODE, &node.node_id).await? {
-            if c.labels.get(LABEL_CONTROL_PLANE) != Some(&self.settings.control_plane_id) {
-                continue;
-            }
-            docker
-                .stop(&c.id, std::time::Duration::from_secs(10))
-                .await?;
-            docker.remove(&c.id).await?;
-        }
         for c in docker.list(LABEL_NODE, &node.node_id).await? {
             let owner = c.labels.get(LABEL_CONTROL_PLANE);
             if owner.is_some_and(|o| *o != self.settings.control_plane_id) {
@@ -250,6 +240,20 @@ impl LocalProvider {
             }
             docker.remove(&c.id).await?;
             tracing::info!(node = %node.node_id, container = %c.name, "removed the node's container");
+        }
+        // Then the jobs' mount helpers: stopped, not killed, so that they
+        // unmount.
+        for c in docker.list(LABEL_MOUNT_NODE, &node.node_id).await? {
+            let owner = c.labels.get(LABEL_CONTROL_PLANE);
+            if owner.is_some_and(|o| *o != self.settings.control_plane_id) {
+                continue;
+            }
+            if let Err(e) = docker.stop(&c.id, std::time::Duration::from_secs(10)).await {
+                tracing::warn!(node = %node.node_id, container = %c.name, error = %e, "cannot stop the mount helper");
+            }
+            if let Err(e) = docker.remove(&c.id).await {
+                tracing::warn!(node = %node.node_id, container = %c.name, error = %e, "cannot remove the mount helper");
+            }
         }
         // Never through a mount that is left (a rw_mount would lose data).
         strato_runtime::remove_tree_on_one_filesystem(&self.node_dir(&node.node_id));
