@@ -164,6 +164,11 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
             // Tokens that expire while a job reads through its mount.
             "--token-lifetime",
             "60",
+            // An agent killed below is noticed within seconds.
+            "--heartbeat-interval",
+            "1",
+            "--node-heartbeat-timeout",
+            "3",
         ],
         &[("STRATO_MOUNT_IMAGE", MOUNT_IMAGE)],
     )
@@ -348,6 +353,64 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
         ),
         "read again with a refreshed token: {patient_job:?}"
     );
+
+    // An agent that dies under a job with a mount: the job ends as its
+    // node's loss, and the node's helpers and mounts go with the node.
+    let crashed = jobs
+        .submit_job(job(
+            "etl",
+            "echo up; sleep 300",
+            vec![data("many", "many", "ro_mount")],
+            vec![],
+        ))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    assert_eq!(lines_until(&cp, &crashed, Some("up")).await, ["up"]);
+    assert!(
+        helper_of(&crashed, "input-many").is_some(),
+        "its mount is up"
+    );
+    let node = jobs
+        .get_job(v1::GetJobRequest {
+            id: crashed.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .node_id;
+    let (pid, _) = cp
+        .agents()
+        .into_iter()
+        .find(|(_, n)| *n == node)
+        .expect("the crashed job's agent");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -9 the agent");
+    let crashed_job = jobs
+        .wait_job(v1::WaitJobRequest {
+            id: crashed.clone(),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        crashed_job.state,
+        v1::JobState::Failed as i32,
+        "{crashed_job:?}"
+    );
+    strato_e2e::wait_for(
+        "the dead agent's mount and helper gone",
+        Duration::from_secs(60),
+        || {
+            let left = helper_of(&crashed, "input-many");
+            let mounted = mounts_under(&data_dir.join("nodes").join(&node));
+            async move { (left.is_none() && mounted.is_empty()).then_some(()) }
+        },
+    )
+    .await;
 
     // A cancel stops the reader; its mount goes with it.
     jobs.cancel_job(v1::CancelJobRequest { id: reader.clone() })

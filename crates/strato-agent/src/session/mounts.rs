@@ -720,6 +720,62 @@ mod tests {
         spec
     }
 
+    /// After an agent crash, a helper whose job container is gone is torn
+    /// down when the next session opens; one whose job is there is kept,
+    /// as are other nodes' helpers.
+    #[tokio::test]
+    async fn the_sweep_stops_only_helpers_whose_job_is_gone() {
+        let runtime = strato_runtime::fake::FakeRuntime::new();
+        let settings = MountSettings::default();
+        let mut helpers = Vec::new();
+        for (job_id, node) in [
+            ("job-1", "node-1"),
+            ("job-2", "node-1"),
+            ("job-3", "node-2"),
+        ] {
+            let mut job = super::super::attempt::container_spec(
+                node,
+                "c",
+                job_id,
+                1,
+                &v1::JobSpec::default(),
+            );
+            job.image = "busybox".into();
+            let helper = helper_spec(
+                &job,
+                &mount(false),
+                Path::new("/nonexistent/m"),
+                None,
+                &settings,
+                "http://e",
+                "s",
+            );
+            runtime.create_and_start(&helper).await.expect("helper");
+            if job_id == "job-2" {
+                runtime.create_and_start(&job).await.expect("job");
+            }
+            helpers.push(helper.name);
+        }
+        let jobs: std::collections::HashSet<String> = runtime
+            .list(LABEL_NODE, "node-1")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        sweep(&runtime, &settings.image, "node-1", &jobs).await;
+        let left: Vec<String> = [("node-1"), ("node-2")]
+            .into_iter()
+            .map(|n| runtime.list(LABEL_MOUNT_NODE, n))
+            .collect::<futures_util::future::JoinAll<_>>()
+            .await
+            .into_iter()
+            .flat_map(|l| l.expect("list"))
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(left, [helpers[1].clone(), helpers[2].clone()]);
+    }
+
     #[test]
     fn accounts_come_from_path_style_and_host_style_urls() {
         assert_eq!(
