@@ -148,25 +148,28 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cer
 
 /// A Python virtual environment with Azure's own `azure-identity` (from
 /// PyPI), which the identity tests run unmodified against the agent's
-/// endpoint.
+/// endpoint, and `azure-ai-ml`, whose `load_compute` is the compute YAML
+/// tests' oracle.
 fn python_clients() -> anyhow::Result<()> {
     let venv = root().join(".data/venv");
     let python = venv.join("bin/python");
     let ready = Command::new(&python)
-        .args(["-c", "import azure.identity"])
+        .args(["-c", "import azure.identity, azure.ai.ml"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if ready {
-        println!("==> python azure-identity: present");
+        println!("==> python azure-identity, azure-ai-ml: present");
         return Ok(());
     }
-    let mut create = Command::new("python3");
-    create.args(["-m", "venv"]).arg(&venv);
-    run("python3 -m venv .data/venv", create)?;
+    if !python.exists() {
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        run("python3 -m venv .data/venv", create)?;
+    }
     let mut install = Command::new(venv.join("bin/pip"));
-    install.args(["install", "--quiet", "azure-identity"]);
-    run("pip install azure-identity", install)
+    install.args(["install", "--quiet", "azure-identity", "azure-ai-ml"]);
+    run("pip install azure-identity azure-ai-ml", install)
 }
 
 pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {

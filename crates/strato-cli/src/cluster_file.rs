@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
-use strato_core::spec::VmPriority;
-use strato_proto::convert;
+use serde::{Deserialize, Deserializer};
 use strato_proto::v1;
 
 #[derive(Debug, Deserialize)]
@@ -20,17 +18,41 @@ struct ClusterFile {
     kind: Option<String>,
     size: Option<String>,
     tier: Option<String>,
-    min_instances: Option<u32>,
-    max_instances: Option<u32>,
-    idle_time_before_scale_down: Option<u64>,
+    min_instances: Option<IntLike>,
+    max_instances: Option<IntLike>,
+    idle_time_before_scale_down: Option<IntLike>,
     location: Option<String>,
     description: Option<String>,
     tags: Option<BTreeMap<String, serde_norway::Value>>,
-    ssh_public_access_enabled: Option<bool>,
+    ssh_public_access_enabled: Option<BoolLike>,
     ssh_settings: Option<SshFile>,
     network_settings: Option<NetworkFile>,
     identity: Option<IdentityFile>,
+    enable_node_public_ip: Option<BoolLike>,
 }
+
+/// The keys of the file, and of its sections, as azure-ai-ml knows them.
+const KEYS: &[&str] = &[
+    "$schema",
+    "name",
+    "type",
+    "size",
+    "tier",
+    "min_instances",
+    "max_instances",
+    "idle_time_before_scale_down",
+    "location",
+    "description",
+    "tags",
+    "ssh_public_access_enabled",
+    "ssh_settings",
+    "network_settings",
+    "identity",
+    "enable_node_public_ip",
+];
+const SSH_KEYS: &[&str] = &["admin_username", "admin_password", "ssh_key_value"];
+const NETWORK_KEYS: &[&str] = &["vnet_name", "subnet"];
+const IDENTITY_KEYS: &[&str] = &["type", "user_assigned_identities"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +84,66 @@ struct UserAssignedFile {
     resource_id: String,
 }
 
+/// An integer as azure-ai-ml reads one (marshmallow's `Integer`): a number,
+/// whose fraction is dropped, or a string that holds an integer.
+#[derive(Debug, Clone, Copy)]
+struct IntLike(i64);
+
+impl<'de> Deserialize<'de> for IntLike {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_norway::Value::deserialize(d)? {
+            serde_norway::Value::Number(n) => n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && f.abs() < 1e15)
+                        .map(|f| f.trunc() as i64)
+                })
+                .map(IntLike)
+                .ok_or_else(|| D::Error::custom(format!("{n} is not a valid integer"))),
+            serde_norway::Value::String(s) => s
+                .trim()
+                .parse::<i64>()
+                .map(IntLike)
+                .map_err(|_| D::Error::custom(format!("{s:?} is not a valid integer"))),
+            _ => Err(D::Error::custom("not a valid integer")),
+        }
+    }
+}
+
+impl IntLike {
+    /// The value as a count, named by `key` when it is negative or too large.
+    fn count<T: TryFrom<i64>>(self, key: &str) -> anyhow::Result<T> {
+        T::try_from(self.0).map_err(|_| anyhow::anyhow!("{key}: {} must be 0 or more", self.0))
+    }
+}
+
+/// A boolean as azure-ai-ml reads one (marshmallow's `Boolean`): true or
+/// false, 1 or 0, or their usual spellings as strings.
+#[derive(Debug, Clone, Copy)]
+struct BoolLike(bool);
+
+impl<'de> Deserialize<'de> for BoolLike {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        const TRUE: &[&str] = &["t", "true", "on", "y", "yes", "1"];
+        const FALSE: &[&str] = &["f", "false", "off", "n", "no", "0"];
+        match serde_norway::Value::deserialize(d)? {
+            serde_norway::Value::Bool(b) => Ok(BoolLike(b)),
+            serde_norway::Value::Number(n) if n.as_i64() == Some(1) => Ok(BoolLike(true)),
+            serde_norway::Value::Number(n) if n.as_i64() == Some(0) => Ok(BoolLike(false)),
+            serde_norway::Value::String(s) if TRUE.contains(&s.to_lowercase().as_str()) => {
+                Ok(BoolLike(true))
+            }
+            serde_norway::Value::String(s) if FALSE.contains(&s.to_lowercase().as_str()) => {
+                Ok(BoolLike(false))
+            }
+            _ => Err(D::Error::custom("not a valid boolean: use true or false")),
+        }
+    }
+}
+
 /// A cluster file read: the spec, and the spec fields it sets.
 #[derive(Debug, Default)]
 pub struct ClusterFileSpec {
@@ -75,13 +157,113 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<ClusterFileSpec> {
     parse(&text).with_context(|| format!("--file {}", path.display()))
 }
 
+/// What the command line gives beside a file (as `az ml compute create`
+/// overrides the file's values with its flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Given {
+    pub name: bool,
+    pub compute_type: bool,
+}
+
+/// A file for `compute create`: as [`load`], with what Azure requires of
+/// a whole file (`name` and `type`, unless flags give them) and the values
+/// Azure fills in for what it leaves out.
+pub fn load_for_create(path: &std::path::Path, given: Given) -> anyhow::Result<ClusterFileSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?;
+    parse_for_create(&text, given).with_context(|| format!("--file {}", path.display()))
+}
+
+/// What Azure's SDK sends for a cluster whose file leaves these out.
+pub const AZURE_DEFAULT_SIZE: &str = "Standard_DS3_v2";
+pub const AZURE_DEFAULT_MAX_INSTANCES: u32 = 4;
+pub const AZURE_DEFAULT_IDLE_SECONDS: u64 = 120;
+
+pub fn parse_for_create(text: &str, given: Given) -> anyhow::Result<ClusterFileSpec> {
+    let mut out = parse(text)?;
+    if !out.fields.contains(&"name") && !given.name {
+        bail!("name: required (in the file, or -n)");
+    }
+    if !out.fields.contains(&"type") && !given.compute_type {
+        bail!("type: required: amlcompute (or Strato's attached)");
+    }
+    let spec = &mut out.spec;
+    if spec.r#type.is_empty() || spec.r#type == "amlcompute" {
+        if spec.vm_size.is_empty() {
+            spec.vm_size = AZURE_DEFAULT_SIZE.to_owned();
+        }
+        spec.max_nodes.get_or_insert(AZURE_DEFAULT_MAX_INSTANCES);
+        spec.idle_seconds_before_scaledown
+            .get_or_insert(AZURE_DEFAULT_IDLE_SECONDS);
+        spec.enable_node_public_ip.get_or_insert(true);
+    }
+    Ok(out)
+}
+
+/// A key the schema does not know, with the closest one it does.
+fn check_keys(section: &str, value: &serde_norway::Value, known: &[&str]) -> anyhow::Result<()> {
+    let Some(map) = value.as_mapping() else {
+        return Ok(());
+    };
+    for key in map.keys() {
+        let key = match key {
+            serde_norway::Value::String(s) => s.clone(),
+            other => serde_norway::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        };
+        if !known.contains(&key.as_str()) {
+            let path = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
+            let closest = known
+                .iter()
+                .min_by_key(|k| edit_distance(&key, k))
+                .copied()
+                .unwrap_or_default();
+            bail!("{path}: unknown key; did you mean {closest}?");
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
-    let file: ClusterFile = serde_norway::from_str(text)?;
+    let value: serde_norway::Value = serde_norway::from_str(text)?;
+    check_keys("", &value, KEYS)?;
+    for (section, known) in [
+        ("ssh_settings", SSH_KEYS),
+        ("network_settings", NETWORK_KEYS),
+        ("identity", IDENTITY_KEYS),
+    ] {
+        if let Some(v) = value.get(section) {
+            check_keys(section, v, known)?;
+        }
+    }
+    let file: ClusterFile = serde_norway::from_value(value)?;
     let mut out = ClusterFileSpec::default();
     let spec = &mut out.spec;
     let fields = &mut out.fields;
     if let Some(kind) = &file.kind {
-        let compute_type = strato_core::spec::ComputeType::parse("type", kind)
+        let compute_type = strato_core::spec::ComputeType::parse("type", &kind.to_lowercase())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         spec.r#type = compute_type.as_str().to_owned();
         fields.push("type");
@@ -95,21 +277,25 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
         fields.push("vm_size");
     }
     if let Some(tier) = file.tier {
-        let p = VmPriority::parse(&tier)
-            .with_context(|| format!("tier: {tier:?} must be dedicated or low_priority"))?;
-        spec.vm_priority = convert::vm_priority(p) as i32;
+        // Exactly the schema's two words (any case): `lowpriority` is not one.
+        let priority = match tier.to_lowercase().as_str() {
+            "dedicated" => v1::VmPriority::Dedicated,
+            "low_priority" => v1::VmPriority::LowPriority,
+            _ => bail!("tier: {tier:?} must be dedicated or low_priority"),
+        };
+        spec.vm_priority = priority as i32;
         fields.push("vm_priority");
     }
     if let Some(min) = file.min_instances {
-        spec.min_nodes = min;
+        spec.min_nodes = min.count("min_instances")?;
         fields.push("min_nodes");
     }
     if let Some(max) = file.max_instances {
-        spec.max_nodes = Some(max);
+        spec.max_nodes = Some(max.count("max_instances")?);
         fields.push("max_nodes");
     }
     if let Some(idle) = file.idle_time_before_scale_down {
-        spec.idle_seconds_before_scaledown = Some(idle);
+        spec.idle_seconds_before_scaledown = Some(idle.count("idle_time_before_scale_down")?);
         fields.push("idle_seconds_before_scaledown");
     }
     if let Some(location) = file.location {
@@ -124,14 +310,18 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
         for (k, v) in tags {
             let v = match v {
                 serde_norway::Value::String(s) => s,
-                serde_norway::Value::Number(n) => n.to_string(),
-                serde_norway::Value::Bool(b) => b.to_string(),
-                serde_norway::Value::Null => String::new(),
-                _ => bail!("tags.{k}: a tag value must be a string, number or boolean"),
+                serde_norway::Value::Number(n) => {
+                    bail!("tags.{k}: {n} is not a string: quote it (\"{n}\")")
+                }
+                _ => bail!("tags.{k}: a tag value must be a string"),
             };
             spec.tags.insert(k, v);
         }
         fields.push("tags");
+    }
+    if let Some(public_ip) = file.enable_node_public_ip {
+        spec.enable_node_public_ip = Some(public_ip.0);
+        fields.push("enable_node_public_ip");
     }
     if file.ssh_public_access_enabled.is_some() || file.ssh_settings.is_some() {
         let ssh = file.ssh_settings.unwrap_or(SshFile {
@@ -140,7 +330,9 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
             ssh_key_value: None,
         });
         spec.ssh = Some(v1::SshSettings {
-            remote_login_port_public_access: if file.ssh_public_access_enabled == Some(true) {
+            remote_login_port_public_access: if file.ssh_public_access_enabled.map(|b| b.0)
+                == Some(true)
+            {
                 v1::RemoteLoginPortPublicAccess::Enabled
             } else {
                 v1::RemoteLoginPortPublicAccess::Disabled
@@ -176,8 +368,9 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
                     .map(|u| u.resource_id)
                     .collect(),
             },
+            "none" => v1::IdentitySpec::default(),
             other => bail!(
-                "identity.type: {other:?} must be system_assigned or user_assigned (never both)"
+                "identity.type: {other:?} must be system_assigned, user_assigned or none (a cluster has one kind, never both)"
             ),
         });
         fields.push("identity");
@@ -224,6 +417,143 @@ fn vnet(net: NetworkFile) -> anyhow::Result<v1::VnetSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strato_proto::convert;
+
+    /// Every file of `tests/compute-yaml` through azure-ai-ml's
+    /// `load_compute` (the oracle, which `cargo xtask setup` installs in
+    /// .data/venv) and through Strato's create path (this reader, then the
+    /// control plane's own rules): both accept it, with the same values,
+    /// defaults included, or both refuse it. Files named `service-refuses-*`
+    /// (the SDK lets them through, Azure's service refuses them) and
+    /// `outside-*` (other compute types) Strato refuses.
+    #[test]
+    fn compute_yaml_reads_as_azure_ml_reads_it() {
+        use std::path::{Path, PathBuf};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/compute-yaml"))
+            .expect("the corpus")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+            .collect();
+        files.sort();
+        let out = std::process::Command::new(root.join(".data/venv/bin/python"))
+            .arg(root.join("tests/oracle/load_compute.py"))
+            .args(&files)
+            .output()
+            .expect("the test Python: run `cargo xtask setup`");
+        assert!(
+            out.status.success(),
+            "azure-ai-ml is missing from .data/venv: run `cargo xtask setup`\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut seen = 0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let azure: serde_json::Value = serde_json::from_str(line).expect("an oracle line");
+            let path = PathBuf::from(azure["file"].as_str().expect("file"));
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).expect("read");
+            let strato = parse_for_create(&text, Given::default()).and_then(|f| {
+                let req = convert::cluster_request(&f.spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+                strato_core::spec::validate(&req, "local").map_err(|e| anyhow::anyhow!("{e}"))
+            });
+            let refused_by_service =
+                name.starts_with("service-refuses-") || name.starts_with("outside-");
+            match (azure["ok"].as_bool(), strato) {
+                (Some(true), Ok(spec)) if !refused_by_service => {
+                    let v = &azure["values"];
+                    let tier = match spec.vm_priority {
+                        strato_core::spec::VmPriority::Dedicated => "dedicated",
+                        strato_core::spec::VmPriority::LowPriority => "low_priority",
+                    };
+                    let identity = if spec.identity.system_assigned {
+                        Some("system_assigned")
+                    } else if spec.identity.user_assigned.is_empty() {
+                        None
+                    } else {
+                        Some("user_assigned")
+                    };
+                    let azure_identity = v["identity"].as_str().filter(|k| *k != "none");
+                    let tags: BTreeMap<String, String> =
+                        serde_json::from_value(v["tags"].clone()).expect("tags");
+                    assert_eq!(
+                        (
+                            spec.name.as_str(),
+                            spec.vm_size.to_lowercase(),
+                            tier,
+                            i64::from(spec.min_nodes),
+                            i64::from(spec.max_nodes),
+                            spec.idle_seconds_before_scaledown,
+                            spec.enable_node_public_ip,
+                            spec.description.as_str(),
+                            &spec.tags,
+                            identity,
+                        ),
+                        (
+                            v["name"].as_str().expect("name"),
+                            v["size"].as_str().expect("size").to_lowercase(),
+                            v["tier"].as_str().expect("tier"),
+                            v["min_instances"].as_i64().expect("min"),
+                            v["max_instances"].as_i64().expect("max"),
+                            v["idle_seconds"].as_u64().expect("idle"),
+                            v["enable_node_public_ip"].as_bool().expect("public ip"),
+                            v["description"].as_str().unwrap_or(""),
+                            &tags,
+                            azure_identity,
+                        ),
+                        "{name}: Strato and azure-ai-ml disagree"
+                    );
+                    if let Some(location) = v["location"].as_str() {
+                        assert_eq!(spec.location, location, "{name}: location");
+                    }
+                    let ids: Vec<String> =
+                        serde_json::from_value(v["user_assigned_identities"].clone()).expect("ids");
+                    assert_eq!(spec.identity.user_assigned, ids, "{name}: identities");
+                }
+                (Some(false), Err(_)) => {}
+                (Some(true), Err(_)) if refused_by_service => {}
+                (azure_ok, strato) => panic!(
+                    "{name}: azure-ai-ml {} it ({}), Strato {}",
+                    if azure_ok == Some(true) {
+                        "accepts"
+                    } else {
+                        "refuses"
+                    },
+                    azure["error"]
+                        .as_str()
+                        .unwrap_or("as the service would not")
+                        .lines()
+                        .take(6)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    match strato {
+                        Ok(_) => "accepts it".to_owned(),
+                        Err(e) => format!("refuses it: {e:#}"),
+                    }
+                ),
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, files.len(), "one oracle answer per file");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_closest_known_one() {
+        let e = parse("name: cpu\nmax_instance: 3\n").expect_err("typo");
+        assert_eq!(
+            e.to_string(),
+            "max_instance: unknown key; did you mean max_instances?"
+        );
+        let e = parse("ssh_settings:\n  admin_user: a\n").expect_err("typo");
+        assert_eq!(
+            e.to_string(),
+            "ssh_settings.admin_user: unknown key; did you mean admin_username?"
+        );
+    }
 
     #[test]
     fn reads_the_documented_schema() {
@@ -239,7 +569,7 @@ max_instances: 4
 idle_time_before_scale_down: 300
 location: westeurope
 description: training
-tags: {team: vision, cost-centre: 42}
+tags: {team: vision, cost-centre: "42"}
 ssh_public_access_enabled: false
 ssh_settings:
   admin_username: azureuser

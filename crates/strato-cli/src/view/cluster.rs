@@ -101,6 +101,7 @@ pub struct ClusterView {
     pub quota_family: String,
     pub vcpus_per_node: u32,
     pub inter_node_communication: bool,
+    pub enable_node_public_ip: bool,
     pub identity: IdentityView,
     pub ssh: SshView,
     pub vnet: Option<VnetView>,
@@ -162,6 +163,7 @@ impl From<v1::Cluster> for ClusterView {
             quota_family: c.quota_family,
             vcpus_per_node: c.vcpus_per_node,
             inter_node_communication: s.inter_node_communication.unwrap_or(true),
+            enable_node_public_ip: s.enable_node_public_ip.unwrap_or(true),
             identity: IdentityView {
                 kind: if identity.system_assigned {
                     "system_assigned"

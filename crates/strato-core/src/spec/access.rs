@@ -96,13 +96,15 @@ pub(super) fn check_vnet(vnet: &VnetSettings) -> Result<(), FieldError> {
     if given == 0 {
         return Ok(());
     }
-    if let Some((field, _)) = parts.iter().find(|(_, v)| v.is_empty()) {
+    // As Azure ML: a vnet name and a subnet name, with the resource group
+    // optional (Azure takes the workspace's).
+    if let Some((field, _)) = parts[1..].iter().find(|(_, v)| v.is_empty()) {
         return Err(FieldError::new(
             *field,
-            "resource group, vnet name and subnet name must be given together, or none of them",
+            "a vnet name and a subnet name must be given together (the resource group is optional), or none of them",
         ));
     }
-    for (field, value) in parts {
+    for (field, value) in parts.into_iter().filter(|(_, v)| !v.is_empty()) {
         let ok = value.len() <= 90
             && value
                 .chars()

@@ -256,6 +256,12 @@ pub struct ClusterRequest {
     pub vnet: Option<VnetSettings>,
     pub identity: IdentitySpec,
     pub inter_node_communication: Option<bool>,
+    /// Default true.
+    pub enable_node_public_ip: Option<bool>,
+}
+
+fn public_ip_default() -> bool {
+    true
 }
 
 /// A validated cluster spec, defaults filled in, VM size in catalog spelling.
@@ -279,6 +285,10 @@ pub struct ClusterSpec {
     pub vnet: Option<VnetSettings>,
     pub identity: IdentitySpec,
     pub inter_node_communication: bool,
+    /// Azure ML's `enable_node_public_ip`, kept as given (default true);
+    /// absent in specs stored before it was: true.
+    #[serde(default = "public_ip_default")]
+    pub enable_node_public_ip: bool,
     /// The size as the catalog had it at creation, so a size of the
     /// operator's own stays known; absent in specs stored before it was
     /// kept (built-in sizes, looked up again).
@@ -347,6 +357,7 @@ pub fn validate_in(
         vnet: req.vnet.clone(),
         identity: req.identity.clone(),
         inter_node_communication: req.inter_node_communication.unwrap_or(true),
+        enable_node_public_ip: req.enable_node_public_ip.unwrap_or(true),
     };
     check(&spec)?;
     Ok(spec)

@@ -70,6 +70,22 @@ fn vnet_is_all_or_none() {
         subnet_name: "default".into(),
     });
     assert!(validate(&r, "local").is_ok());
+    // As Azure ML: the resource group may be left to the workspace's.
+    r.vnet = Some(VnetSettings {
+        resource_group: String::new(),
+        vnet_name: "vnet".into(),
+        subnet_name: "default".into(),
+    });
+    assert!(validate(&r, "local").is_ok());
+    r.vnet = Some(VnetSettings {
+        resource_group: "rg".into(),
+        vnet_name: String::new(),
+        subnet_name: String::new(),
+    });
+    assert_eq!(
+        validate(&r, "local").expect_err("a group alone").field,
+        "vnet.vnet_name"
+    );
 }
 
 #[test]
@@ -186,6 +202,7 @@ fn every_immutable_field_is_refused_when_changed() {
     });
     desired.identity.system_assigned = true;
     desired.inter_node_communication = Some(false);
+    desired.enable_node_public_ip = Some(false);
     desired.compute_type = Some(ComputeType::Attached);
     desired.power = Some(PowerCommands {
         resume_command: "wake".into(),

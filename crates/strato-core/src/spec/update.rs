@@ -27,6 +27,7 @@ pub const IMMUTABLE_FIELDS: &[&str] = &[
     "vnet",
     "identity",
     "inter_node_communication",
+    "enable_node_public_ip",
 ];
 
 /// Applies the fields named in `mask` from `desired` to `current`.
@@ -126,6 +127,17 @@ fn immutable_change(
             " through UpdateCluster; identities are added and removed with their own calls"
                 .to_owned()
         }),
+        "enable_node_public_ip" => {
+            let asked = desired.enable_node_public_ip.unwrap_or(true);
+            (asked != current.enable_node_public_ip)
+                .then(|| {
+                    changed(
+                        &current.enable_node_public_ip.to_string(),
+                        &asked.to_string(),
+                    )
+                })
+                .flatten()
+        }
         "inter_node_communication" => {
             let asked = desired.inter_node_communication.unwrap_or(true);
             (asked != current.inter_node_communication)

@@ -103,6 +103,7 @@ pub fn cluster_request(spec: &v1::ClusterSpec) -> Result<ClusterRequest, FieldEr
         vnet,
         identity,
         inter_node_communication: spec.inter_node_communication,
+        enable_node_public_ip: spec.enable_node_public_ip,
     })
 }
 
@@ -146,6 +147,7 @@ pub fn cluster_spec(spec: &ClusterSpec) -> v1::ClusterSpec {
             user_assigned_identities: spec.identity.user_assigned.clone(),
         }),
         inter_node_communication: Some(spec.inter_node_communication),
+        enable_node_public_ip: Some(spec.enable_node_public_ip),
         r#type: spec.compute_type.as_str().to_owned(),
         power: spec.power.as_ref().map(|p| v1::PowerCommands {
             resume_command: p.resume_command.clone(),

@@ -42,7 +42,13 @@ fn overlay(dst: &mut String, flag: &Option<String>) {
 /// The create request from `--file` (if any) overlaid with the flags.
 pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure> {
     let mut spec = match &args.file {
-        Some(path) => cluster_file::load(path)?.spec,
+        Some(path) => {
+            let given = cluster_file::Given {
+                name: args.name.is_some(),
+                compute_type: args.compute_type.is_some(),
+            };
+            cluster_file::load_for_create(path, given)?.spec
+        }
         None => v1::ClusterSpec::default(),
     };
     overlay(&mut spec.name, &args.name);
