@@ -156,6 +156,49 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         .collect();
     assert!(keyed.is_empty(), "an account key was used: {keyed:?}");
 
+    // The same from an Azure ML command job file: an input folder, a
+    // literal input and an output, copied as their modes say.
+    let job_file = dir.path().join("job.yml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json\n\
+             type: command\n\
+             command: cat ${{{{inputs.raw}}}}/a.txt; echo ${{{{inputs.greeting}}}} > ${{{{outputs.model}}}}/greeting.txt\n\
+             environment:\n  image: {TEST_IMAGE}\n\
+             compute: azureml:etl\n\
+             display_name: from-yaml\n\
+             inputs:\n\
+             \x20 raw: {{type: uri_folder, path: azureml://datastores/lake/paths/in, mode: download}}\n\
+             \x20 greeting: hello yaml\n\
+             outputs:\n\
+             \x20 model: {{type: uri_folder, path: azureml://datastores/lake/paths/out/yaml, mode: upload}}\n"
+        ),
+    )
+    .expect("job.yml");
+    let out = cp.cli(&["job", "create", "--file", &job_file.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let job = jobs
+        .wait_job(v1::WaitJobRequest { id: id.clone() })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        (job.state, job.spec.map(|s| s.display_name)),
+        (v1::JobState::Completed as i32, Some("from-yaml".to_owned())),
+        "{}",
+        job.reason
+    );
+    assert_eq!(
+        azurite.request("GET", "data/out/yaml/greeting.txt", None),
+        (200, "hello yaml\n".to_owned())
+    );
+
     // A cluster without an identity cannot reach the data: the job fails, saying why.
     let id = jobs
         .submit_job(submit("noid", "true"))

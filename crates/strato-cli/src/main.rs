@@ -13,6 +13,7 @@ mod client;
 mod cluster_file;
 mod cmd;
 mod config;
+mod job_file;
 mod view;
 
 use std::path::PathBuf;

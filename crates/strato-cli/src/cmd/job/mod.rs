@@ -25,6 +25,21 @@ Example:
   strato job submit --compute cpu-cluster --image my-mpi-image \\
          --node-count 2 --process-count-per-node 2 -- python3 hello_mpi.py";
 
+const CREATE_AFTER_HELP: &str = "\
+Example job.yml:
+  $schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json
+  type: command
+  command: python train.py --data ${{inputs.data}} --out ${{outputs.model}}
+  environment:
+    image: python:3.12
+  compute: azureml:cpu-cluster
+  inputs:
+    data: {type: uri_folder, path: azureml://datastores/lake/paths/data, mode: ro_mount}
+  outputs:
+    model: {type: uri_folder, path: azureml://datastores/lake/paths/models/run1}
+
+  id=$(strato job create --file job.yml) && strato job logs \"$id\" --follow";
+
 const WAIT_AFTER_HELP: &str = "\
 Exit status: 0 when the job completed, 1 when it failed or was canceled (or
 the request was refused), 3 when the control plane cannot be reached or
@@ -38,6 +53,23 @@ pub enum JobCommand {
     /// cluster. Prints the job id (the whole job with -o json/yaml).
     #[command(after_help = SUBMIT_AFTER_HELP)]
     Submit(Box<SubmitArgs>),
+    /// Create a job from an Azure ML command job YAML file, as `az ml job
+    /// create --file` does.
+    ///
+    /// Runs `command` in a shell in `environment.image` on `compute`, with
+    /// `${{inputs.NAME}}` and `${{outputs.NAME}}` replaced by the data's
+    /// paths (or a literal input's value); also `environment_variables`,
+    /// `resources.instance_count`, `distribution` (mpi, pytorch) with
+    /// `process_count_per_instance`, uri_folder/uri_file inputs and outputs
+    /// on azureml://datastores paths with their `mode`, `display_name`.
+    /// Keys Strato does not run (code, limits, ...) are refused, naming the
+    /// key. Prints the job id (the whole job with -o json/yaml).
+    #[command(after_help = CREATE_AFTER_HELP)]
+    Create {
+        /// The job's YAML file.
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
     /// Show one job: spec, state, attempt, exit code and past attempts.
     Show(IdArg),
     /// List jobs, of every cluster or of one.
@@ -273,6 +305,25 @@ fn data(
     Ok(data)
 }
 
+/// Submits `spec` and prints the job's id (the whole job with -o json/yaml).
+async fn submit(
+    client: &mut JobServiceClient<AuthedChannel>,
+    format: Format,
+    spec: v1::JobSpec,
+) -> Result<(), Failure> {
+    let job = client
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await?
+        .into_inner();
+    if format == Format::Table {
+        // Just the id, so `id=$(strato job submit ...)` works.
+        println!("{}", job.id);
+    } else {
+        print(format, &JobView::from(job))?;
+    }
+    Ok(())
+}
+
 pub async fn run(
     channel: AuthedChannel,
     format: Format,
@@ -280,19 +331,11 @@ pub async fn run(
 ) -> Result<(), Failure> {
     let mut client = JobServiceClient::new(channel);
     match command {
-        JobCommand::Submit(args) => {
-            let job = client
-                .submit_job(v1::SubmitJobRequest {
-                    spec: Some(submit_spec(*args)?),
-                })
-                .await?
-                .into_inner();
-            if format == Format::Table {
-                // Just the id, so `id=$(strato job submit ...)` works.
-                println!("{}", job.id);
-            } else {
-                print(format, &JobView::from(job))?;
-            }
+        JobCommand::Submit(args) => submit(&mut client, format, submit_spec(*args)?).await?,
+        JobCommand::Create { file } => {
+            let spec =
+                crate::job_file::load(&file).map_err(|e| Failure::usage(format!("{e:#}")))?;
+            submit(&mut client, format, spec).await?;
         }
         JobCommand::Show(IdArg { id }) => {
             let job = client.get_job(v1::GetJobRequest { id }).await?.into_inner();

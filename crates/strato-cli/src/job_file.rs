@@ -1,0 +1,588 @@
+//! `job create --file job.yml`: an Azure ML CLI v2 command job
+//! (`type: command`), read into a wire `JobSpec`.
+//!
+//! What Strato runs: `command` (in a shell, with `${{inputs.NAME}}` and
+//! `${{outputs.NAME}}` replaced by the data's paths in the container or by
+//! the literal's value), `environment.image`, `environment_variables`,
+//! `compute`, `resources.instance_count`, `distribution` (`mpi`, `pytorch`)
+//! with `process_count_per_instance`, `inputs` (`uri_folder`/`uri_file` on
+//! `azureml://datastores/...` paths, with `mode`, and literal strings,
+//! numbers and booleans), `outputs` (`uri_folder`/`uri_file` with a path and
+//! `mode`; as in Azure ML, inputs are `ro_mount` and outputs `rw_mount`
+//! unless the file says otherwise), `display_name` (or `name`). Every other
+//! key the schema allows is refused naming it, never ignored.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use serde_norway::Value;
+use strato_core::job::{DataMode, DataSide};
+use strato_proto::v1;
+
+/// Where the agent puts a job's data in its container (the same paths as
+/// `AZURE_ML_INPUT_<name>` / `AZURE_ML_OUTPUT_<name>` hold).
+const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
+const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
+
+/// Keys of the command job schema Strato runs, and those it knows but does
+/// not run yet (refused with what to do instead).
+const RUN: &[&str] = &[
+    "$schema",
+    "type",
+    "name",
+    "display_name",
+    "command",
+    "environment",
+    "environment_variables",
+    "compute",
+    "resources",
+    "distribution",
+    "inputs",
+    "outputs",
+];
+const NOT_YET: &[(&str, &str)] = &[
+    (
+        "code",
+        "a code folder is not uploaded yet: put the code in the image",
+    ),
+    ("limits", "limits.timeout is not enforced yet: leave it out"),
+    (
+        "experiment_name",
+        "jobs have no experiment yet: leave it out",
+    ),
+    (
+        "description",
+        "jobs have no description yet: use display_name",
+    ),
+    ("tags", "jobs have no tags yet: leave them out"),
+    (
+        "identity",
+        "a job runs with its cluster's identities: leave it out",
+    ),
+    (
+        "services",
+        "job services (Jupyter, SSH) are not run: use `strato compute connect-ssh`",
+    ),
+    (
+        "queue_settings",
+        "queue settings are not supported: leave them out",
+    ),
+    ("properties", "job properties are not kept: leave them out"),
+    ("parameters", "parameters are not supported: use inputs"),
+];
+
+/// Reads `path` as a command job.
+pub fn load(path: &std::path::Path) -> anyhow::Result<v1::JobSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?;
+    parse(&text).with_context(|| format!("--file {}", path.display()))
+}
+
+fn text(value: &Value, key: &str) -> anyhow::Result<String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(if *b { "True" } else { "False" }.to_owned()),
+        _ => bail!("{key}: must be a string"),
+    }
+}
+
+fn mapping<'a>(value: &'a Value, key: &str) -> anyhow::Result<&'a serde_norway::Mapping> {
+    value
+        .as_mapping()
+        .with_context(|| format!("{key}: must be a mapping"))
+}
+
+fn key_name(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        other => serde_norway::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    }
+}
+
+/// Refuses a key of `section` not among `known`.
+fn only(section: &str, map: &serde_norway::Mapping, known: &[&str]) -> anyhow::Result<()> {
+    for key in map.keys() {
+        let key = key_name(key);
+        if !known.contains(&key.as_str()) {
+            bail!(
+                "{section}.{key}: not supported by Strato (it takes {})",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A shell word that stands for `value` as it is.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
+    let doc: Value = serde_norway::from_str(text_in)?;
+    let top = mapping(&doc, "the file")?;
+    for key in top.keys() {
+        let key = key_name(key);
+        if let Some((_, why)) = NOT_YET.iter().find(|(k, _)| *k == key) {
+            bail!("{key}: {why}");
+        }
+        if !RUN.contains(&key.as_str()) {
+            bail!("{key}: not a key of a command job that Strato runs");
+        }
+    }
+    let get = |key: &str| top.get(key);
+    match get("type").map(|t| text(t, "type")).transpose()? {
+        None => {}
+        Some(t) if t == "command" => {}
+        Some(t) => bail!("type: {t:?}: Strato runs command jobs only (type: command)"),
+    }
+    let mut spec = v1::JobSpec::default();
+    let command = get("command")
+        .map(|c| text(c, "command"))
+        .transpose()?
+        .filter(|c| !c.trim().is_empty())
+        .context("command: required")?;
+    let compute = get("compute")
+        .map(|c| text(c, "compute"))
+        .transpose()?
+        .context("compute: required (azureml:NAME or NAME)")?;
+    spec.cluster = compute
+        .strip_prefix("azureml:")
+        .unwrap_or(&compute)
+        .to_owned();
+    spec.display_name = match (get("display_name"), get("name")) {
+        (Some(d), _) => text(d, "display_name")?,
+        (None, Some(n)) => text(n, "name")?,
+        (None, None) => String::new(),
+    };
+    match get("environment").context("environment: required (with an image)")? {
+        Value::String(s) => bail!(
+            "environment: {s:?}: registered environments are not supported; give the image: `environment: {{image: REGISTRY/IMAGE:TAG}}`"
+        ),
+        env => {
+            let env = mapping(env, "environment")?;
+            for key in env.keys() {
+                let key = key_name(key);
+                match key.as_str() {
+                    "image" | "name" | "version" | "description" | "tags" => {}
+                    "conda_file" | "build" => bail!(
+                        "environment.{key}: Strato does not build environments; build the image yourself and give environment.image"
+                    ),
+                    other => bail!("environment.{other}: not supported by Strato (it takes image)"),
+                }
+            }
+            spec.image = env
+                .get("image")
+                .map(|i| text(i, "environment.image"))
+                .transpose()?
+                .context("environment.image: required")?;
+        }
+    }
+    if let Some(vars) = get("environment_variables") {
+        for (k, v) in mapping(vars, "environment_variables")? {
+            let k = key_name(k);
+            let v = text(v, &format!("environment_variables.{k}"))?;
+            spec.environment.insert(k, v);
+        }
+    }
+    if let Some(resources) = get("resources") {
+        let resources = mapping(resources, "resources")?;
+        only("resources", resources, &["instance_count"])?;
+        if let Some(count) = resources.get("instance_count") {
+            spec.node_count = count
+                .as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .filter(|c| *c >= 1)
+                .context("resources.instance_count: a whole number, at least 1")?;
+        }
+    }
+    if let Some(distribution) = get("distribution") {
+        let d = mapping(distribution, "distribution")?;
+        let kind = d
+            .get("type")
+            .map(|t| text(t, "distribution.type"))
+            .transpose()?
+            .context("distribution.type: required (mpi or pytorch)")?;
+        spec.distribution = match kind.to_lowercase().as_str() {
+            "mpi" => v1::Distribution::Mpi,
+            "pytorch" => v1::Distribution::Pytorch,
+            "tensorflow" => bail!(
+                "distribution.type: tensorflow is not wired by Strato yet; use mpi or pytorch"
+            ),
+            other => bail!("distribution.type: {other:?} must be mpi or pytorch"),
+        } as i32;
+        only("distribution", d, &["type", "process_count_per_instance"])?;
+        if let Some(p) = d.get("process_count_per_instance") {
+            spec.process_count_per_node = p
+                .as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .filter(|c| *c >= 1)
+                .context("distribution.process_count_per_instance: a whole number, at least 1")?;
+        }
+    }
+    // What ${{inputs.X}} and ${{outputs.X}} stand for in the command.
+    let mut bindings: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(inputs) = get("inputs") {
+        for (name, input) in mapping(inputs, "inputs")? {
+            let name = key_name(name);
+            let field = format!("inputs.{name}");
+            match input {
+                Value::Mapping(m) if m.contains_key("path") || m.contains_key("type") => {
+                    spec.inputs.push(data(&field, &name, m, true)?);
+                    bindings.insert(
+                        format!("inputs.{name}"),
+                        format!("{INPUTS_IN_CONTAINER}/{name}"),
+                    );
+                }
+                Value::Mapping(m) => {
+                    // A literal written as {value: V} (or with a type).
+                    only(&field, m, &["value", "type", "description"])?;
+                    let value = m
+                        .get("value")
+                        .with_context(|| format!("{field}.value: required"))?;
+                    bindings.insert(field.clone(), shell_quote(&text(value, &field)?));
+                }
+                literal => {
+                    bindings.insert(field.clone(), shell_quote(&text(literal, &field)?));
+                }
+            }
+        }
+    }
+    if let Some(outputs) = get("outputs") {
+        for (name, output) in mapping(outputs, "outputs")? {
+            let name = key_name(name);
+            let field = format!("outputs.{name}");
+            let m = mapping(output, &field)?;
+            spec.outputs.push(data(&field, &name, m, false)?);
+            bindings.insert(field, format!("{OUTPUTS_IN_CONTAINER}/{name}"));
+        }
+    }
+    spec.command = vec!["sh".into(), "-c".into(), substitute(&command, &bindings)?];
+    Ok(spec)
+}
+
+/// An input or output of type uri_folder / uri_file on a datastore path.
+fn data(
+    field: &str,
+    name: &str,
+    m: &serde_norway::Mapping,
+    input: bool,
+) -> anyhow::Result<v1::JobData> {
+    only(field, m, &["type", "path", "mode", "description"])?;
+    let kind = m
+        .get("type")
+        .map(|t| text(t, &format!("{field}.type")))
+        .transpose()?
+        .unwrap_or_else(|| "uri_folder".to_owned());
+    if kind != "uri_folder" && kind != "uri_file" {
+        bail!("{field}.type: {kind:?}: Strato takes uri_folder and uri_file");
+    }
+    let path = match m.get("path") {
+        Some(p) => text(p, &format!("{field}.path"))?,
+        None if input => bail!("{field}.path: required"),
+        None => bail!(
+            "{field}.path: required: Strato has no default datastore yet; give azureml://datastores/<datastore>/paths/<path>"
+        ),
+    };
+    if !path.starts_with("azureml://datastores/") {
+        bail!(
+            "{field}.path: {path:?}: Strato reads datastore paths only (azureml://datastores/<datastore>/paths/<path>)"
+        );
+    }
+    // Azure ML's defaults: inputs mounted read-only, outputs read-write.
+    let mode = m
+        .get("mode")
+        .map(|v| text(v, &format!("{field}.mode")))
+        .transpose()?
+        .unwrap_or_else(|| if input { "ro_mount" } else { "rw_mount" }.to_owned());
+    let side = if input {
+        DataSide::Input
+    } else {
+        DataSide::Output
+    };
+    DataMode::parse(side, &format!("{field}.mode"), &mode).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(v1::JobData {
+        name: name.to_owned(),
+        uri: path,
+        mode,
+        ..Default::default()
+    })
+}
+
+/// The command with each `${{inputs.X}}` / `${{outputs.X}}` replaced; one
+/// that names nothing the job has is refused.
+fn substitute(command: &str, bindings: &BTreeMap<String, String>) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(command.len());
+    let mut rest = command;
+    while let Some(start) = rest.find("${{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 3..];
+        let end = after
+            .find("}}")
+            .context("command: a ${{ without its closing }}")?;
+        let reference = after[..end].trim();
+        let value = bindings.get(reference).with_context(|| {
+            format!("command: ${{{{{reference}}}}} names no input or output of the job")
+        })?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of `tests/job-yaml` through azure-ai-ml's `load_job` (the
+    /// oracle, in .data/venv) and through this reader: what Azure refuses,
+    /// Strato refuses; what it accepts, Strato runs with the same command,
+    /// image, compute, nodes, distribution, variables and data, or, for the
+    /// files named `not-yet-*`, refuses naming the key it does not run.
+    #[test]
+    fn job_yaml_reads_as_azure_ml_reads_it() {
+        use std::path::{Path, PathBuf};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/job-yaml"))
+            .expect("the corpus")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+            .collect();
+        files.sort();
+        let out = std::process::Command::new(root.join(".data/venv/bin/python"))
+            .arg(root.join("tests/oracle/load_job.py"))
+            .args(&files)
+            .output()
+            .expect("the test Python: run `cargo xtask setup`");
+        assert!(
+            out.status.success(),
+            "azure-ai-ml is missing from .data/venv: run `cargo xtask setup`\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut seen = 0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let azure: serde_json::Value = serde_json::from_str(line).expect("an oracle line");
+            let path = PathBuf::from(azure["file"].as_str().expect("file"));
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            let strato = load(&path);
+            match (azure["ok"].as_bool(), strato) {
+                (Some(true), Ok(spec)) if !name.starts_with("not-yet-") => {
+                    let v = &azure["values"];
+                    let mut command = v["command"].as_str().expect("command").to_owned();
+                    let mut inputs = Vec::new();
+                    for (input, d) in v["inputs"].as_object().expect("inputs") {
+                        command = command.replace(
+                            &format!("${{{{inputs.{input}}}}}"),
+                            &format!("/mnt/strato/inputs/{input}"),
+                        );
+                        inputs.push((
+                            input.clone(),
+                            d["path"].as_str().unwrap_or("").to_owned(),
+                            d["mode"].as_str().unwrap_or("ro_mount").to_owned(),
+                        ));
+                    }
+                    for (literal, value) in v["literals"].as_object().expect("literals") {
+                        command = command.replace(
+                            &format!("${{{{inputs.{literal}}}}}"),
+                            &shell_quote(value.as_str().expect("a literal")),
+                        );
+                    }
+                    let mut outputs = Vec::new();
+                    for (output, d) in v["outputs"].as_object().expect("outputs") {
+                        command = command.replace(
+                            &format!("${{{{outputs.{output}}}}}"),
+                            &format!("/mnt/strato/outputs/{output}"),
+                        );
+                        outputs.push((
+                            output.clone(),
+                            d["path"].as_str().unwrap_or("").to_owned(),
+                            d["mode"].as_str().unwrap_or("rw_mount").to_owned(),
+                        ));
+                    }
+                    let data = |list: &[v1::JobData]| -> Vec<(String, String, String)> {
+                        list.iter()
+                            .map(|d| (d.name.clone(), d.uri.clone(), d.mode.clone()))
+                            .collect()
+                    };
+                    let variables: BTreeMap<String, String> =
+                        serde_json::from_value(v["environment_variables"].clone()).expect("vars");
+                    let distribution = match v["distribution"].as_str() {
+                        None => v1::Distribution::Unspecified,
+                        Some("mpi") => v1::Distribution::Mpi,
+                        Some("pytorch") => v1::Distribution::Pytorch,
+                        Some(other) => panic!("{name}: distribution {other}"),
+                    } as i32;
+                    assert_eq!(
+                        (
+                            spec.command.clone(),
+                            spec.image.as_str(),
+                            spec.cluster.as_str(),
+                            spec.node_count.max(1),
+                            spec.distribution,
+                            spec.process_count_per_node.max(1),
+                            spec.environment
+                                .clone()
+                                .into_iter()
+                                .collect::<BTreeMap<_, _>>(),
+                            data(&spec.inputs),
+                            data(&spec.outputs),
+                            spec.display_name.as_str(),
+                        ),
+                        (
+                            vec!["sh".to_owned(), "-c".to_owned(), command],
+                            v["image"].as_str().expect("image"),
+                            v["compute"].as_str().expect("compute"),
+                            u32::try_from(v["instance_count"].as_u64().unwrap_or(1))
+                                .expect("count"),
+                            distribution,
+                            u32::try_from(v["process_count_per_instance"].as_u64().unwrap_or(1))
+                                .expect("count"),
+                            variables,
+                            inputs,
+                            outputs,
+                            v["display_name"].as_str().unwrap_or(""),
+                        ),
+                        "{name}: Strato and azure-ai-ml disagree"
+                    );
+                }
+                (Some(false), Err(_)) => {}
+                (Some(true), Err(e)) if name.starts_with("not-yet-") => {
+                    let said = format!("{e:#}");
+                    assert!(said.contains(": "), "{name}: names the key: {said}");
+                }
+                (azure_ok, strato) => panic!(
+                    "{name}: azure-ai-ml {} it ({}), Strato {}",
+                    if azure_ok == Some(true) {
+                        "accepts"
+                    } else {
+                        "refuses"
+                    },
+                    azure["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .chars()
+                        .take(300)
+                        .collect::<String>(),
+                    match strato {
+                        Ok(_) => "accepts it".to_owned(),
+                        Err(e) => format!("refuses it: {e:#}"),
+                    }
+                ),
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, files.len(), "one oracle answer per file");
+    }
+
+    const JOB: &str = r#"
+$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json
+type: command
+command: python train.py --data ${{inputs.training_data}} --lr ${{inputs.lr}} --out ${{ outputs.model }}
+environment:
+  image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04
+compute: azureml:cpu-cluster
+resources:
+  instance_count: 2
+distribution:
+  type: pytorch
+  process_count_per_instance: 2
+inputs:
+  training_data:
+    type: uri_folder
+    path: azureml://datastores/lake/paths/data/
+    mode: ro_mount
+  lr: 0.01
+  name: "it's"
+outputs:
+  model:
+    type: uri_folder
+    path: azureml://datastores/lake/paths/models/
+    mode: rw_mount
+environment_variables:
+  EPOCHS: 3
+display_name: train
+"#;
+
+    #[test]
+    fn a_command_job_becomes_a_job_spec() {
+        let spec = parse(JOB).expect("parses");
+        assert_eq!(spec.cluster, "cpu-cluster");
+        assert_eq!(
+            spec.image,
+            "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04"
+        );
+        assert_eq!((spec.node_count, spec.process_count_per_node), (2, 2));
+        assert_eq!(spec.distribution, v1::Distribution::Pytorch as i32);
+        assert_eq!(spec.display_name, "train");
+        assert_eq!(
+            spec.environment.get("EPOCHS").map(String::as_str),
+            Some("3")
+        );
+        assert_eq!(
+            spec.command,
+            [
+                "sh",
+                "-c",
+                "python train.py --data /mnt/strato/inputs/training_data --lr '0.01' --out /mnt/strato/outputs/model"
+            ]
+        );
+        assert_eq!(
+            (spec.inputs[0].name.as_str(), spec.inputs[0].mode.as_str()),
+            ("training_data", "ro_mount")
+        );
+        assert_eq!(spec.outputs[0].mode, "rw_mount");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn what_strato_does_not_run_is_refused_naming_the_key() {
+        for (change, says) in [
+            (
+                ("code: ./src\n", ""),
+                "code: a code folder is not uploaded yet",
+            ),
+            (
+                ("limits:\n  timeout: 60\n", ""),
+                "limits.timeout is not enforced yet",
+            ),
+            (("", "type: command"), "type: \"sweep\""),
+            (
+                ("resources:\n  instance_type: gpu\n", ""),
+                "resources.instance_type",
+            ),
+            (
+                (
+                    "",
+                    "  image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
+                ),
+                "environment.conda_file",
+            ),
+            (("", "command: python"), "${{inputs.nope}} names no input"),
+        ] {
+            let mut text = JOB.replace("resources:\n  instance_count: 2\n", "");
+            text.push_str(change.0);
+            match change.1 {
+                "type: command" => text = text.replace("type: command", "type: sweep"),
+                "  image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04" => {
+                    text = text.replace(change.1, "  conda_file: env.yml")
+                }
+                "command: python" => {
+                    text = text.replace(change.1, "command: echo ${{inputs.nope}} python")
+                }
+                _ => {}
+            }
+            let e = parse(&text).expect_err(says);
+            assert!(format!("{e:#}").contains(says), "{says}: {e:#}");
+        }
+    }
+}
