@@ -45,6 +45,10 @@ for path in sys.argv[1:]:
             "literals": literals,
             "outputs": {n: data(getattr(o, "_data", o)) for n, o in (job.outputs or {}).items()},
             "display_name": job.display_name,
+            "timeout": getattr(job.limits, "timeout", None),
+            "experiment_name": job.experiment_name,
+            "description": job.description,
+            "tags": {k: str(v) for k, v in (job.tags or {}).items()},
         }
         print(json.dumps({"file": path, "ok": True, "values": values}, default=str))
     except Exception as e:  # noqa: BLE001 - every refusal is an answer

@@ -23,6 +23,8 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
             &ca,
             "--reconcile-interval-ms",
             "200",
+            "--cancel-grace",
+            "1",
         ],
     )
     .await
@@ -197,6 +199,52 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     assert_eq!(
         azurite.request("GET", "data/out/yaml/greeting.txt", None),
         (200, "hello yaml\n".to_owned())
+    );
+
+    // A job file's limits.timeout: the job is canceled once it has run
+    // that long, saying so.
+    let slow_file = dir.path().join("slow.yml");
+    std::fs::write(
+        &slow_file,
+        format!(
+            "type: command\ncommand: echo started; sleep 120\nenvironment:\n  image: {TEST_IMAGE}\n\
+             compute: etl\nlimits:\n  timeout: 2\nexperiment_name: timeouts\n"
+        ),
+    )
+    .expect("slow.yml");
+    let out = cp.cli(&[
+        "job",
+        "create",
+        "--file",
+        &slow_file.to_string_lossy(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the job as JSON");
+    assert_eq!(
+        (
+            created["timeout_seconds"].as_u64(),
+            created["experiment_name"].as_str()
+        ),
+        (Some(2), Some("timeouts"))
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    let job = jobs
+        .wait_job(v1::WaitJobRequest { id })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        (job.state, job.reason.as_str()),
+        (
+            v1::JobState::Canceled as i32,
+            "canceled: it ran past its limits.timeout of 2 s"
+        )
     );
 
     // A cluster without an identity cannot reach the data: the job fails, saying why.

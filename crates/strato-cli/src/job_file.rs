@@ -9,7 +9,8 @@
 //! `azureml://datastores/...` paths, with `mode`, and literal strings,
 //! numbers and booleans), `outputs` (`uri_folder`/`uri_file` with a path and
 //! `mode`; as in Azure ML, inputs are `ro_mount` and outputs `rw_mount`
-//! unless the file says otherwise), `display_name` (or `name`). Every other
+//! unless the file says otherwise), `display_name` (or `name`),
+//! `limits.timeout`, `experiment_name`, `description`, `tags`. Every other
 //! key the schema allows is refused naming it, never ignored.
 
 use std::collections::BTreeMap;
@@ -39,22 +40,16 @@ const RUN: &[&str] = &[
     "distribution",
     "inputs",
     "outputs",
+    "limits",
+    "experiment_name",
+    "description",
+    "tags",
 ];
 const NOT_YET: &[(&str, &str)] = &[
     (
         "code",
         "a code folder is not uploaded yet: put the code in the image",
     ),
-    ("limits", "limits.timeout is not enforced yet: leave it out"),
-    (
-        "experiment_name",
-        "jobs have no experiment yet: leave it out",
-    ),
-    (
-        "description",
-        "jobs have no description yet: use display_name",
-    ),
-    ("tags", "jobs have no tags yet: leave them out"),
     (
         "identity",
         "a job runs with its cluster's identities: leave it out",
@@ -222,6 +217,30 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
                 .and_then(|c| u32::try_from(c).ok())
                 .filter(|c| *c >= 1)
                 .context("distribution.process_count_per_instance: a whole number, at least 1")?;
+        }
+    }
+    if let Some(limits) = get("limits") {
+        let limits = mapping(limits, "limits")?;
+        only("limits", limits, &["timeout"])?;
+        if let Some(t) = limits.get("timeout") {
+            spec.timeout_seconds = Some(
+                t.as_u64()
+                    .filter(|t| *t >= 1)
+                    .context("limits.timeout: whole seconds, at least 1")?,
+            );
+        }
+    }
+    if let Some(name) = get("experiment_name") {
+        spec.experiment_name = text(name, "experiment_name")?;
+    }
+    if let Some(description) = get("description") {
+        spec.description = text(description, "description")?;
+    }
+    if let Some(tags) = get("tags") {
+        for (k, v) in mapping(tags, "tags")? {
+            let k = key_name(k);
+            let v = text(v, &format!("tags.{k}"))?;
+            spec.tags.insert(k, v);
         }
     }
     // What ${{inputs.X}} and ${{outputs.X}} stand for in the command.
@@ -454,6 +473,23 @@ mod tests {
                         ),
                         "{name}: Strato and azure-ai-ml disagree"
                     );
+                    let tags: BTreeMap<String, String> =
+                        serde_json::from_value(v["tags"].clone()).expect("tags");
+                    assert_eq!(
+                        (
+                            spec.timeout_seconds,
+                            spec.experiment_name.as_str(),
+                            spec.description.as_str(),
+                            spec.tags.clone().into_iter().collect::<BTreeMap<_, _>>(),
+                        ),
+                        (
+                            v["timeout"].as_u64(),
+                            v["experiment_name"].as_str().unwrap_or(""),
+                            v["description"].as_str().unwrap_or(""),
+                            tags,
+                        ),
+                        "{name}: Strato and azure-ai-ml disagree on the metadata"
+                    );
                 }
                 (Some(false), Err(_)) => {}
                 (Some(true), Err(e)) if name.starts_with("not-yet-") => {
@@ -552,8 +588,8 @@ display_name: train
                 "code: a code folder is not uploaded yet",
             ),
             (
-                ("limits:\n  timeout: 60\n", ""),
-                "limits.timeout is not enforced yet",
+                ("limits:\n  max_total_trials: 3\n", ""),
+                "limits.max_total_trials",
             ),
             (("", "type: command"), "type: \"sweep\""),
             (

@@ -92,6 +92,9 @@ impl<S: Store> Reconciler<S> {
                 tracing::error!(cluster = %cluster.spec.name, error = %e, "reconcile failed for the cluster");
             }
         }
+        for job in self.plane.store.cancel_timed_out(now).await? {
+            tracing::info!(job = %job.id, reason = %job.cancel_reason, "job past its timeout: canceling");
+        }
         self.send_cancellations().await?;
         self.write_targets().await?;
         self.forget_old_jobs(now).await?;

@@ -47,6 +47,85 @@ pub struct JobSpec {
     /// When the node pulls the image.
     #[serde(default)]
     pub pull: PullPolicy,
+    /// Azure ML's `experiment_name`, `description` and `tags`: kept and
+    /// shown, not acted on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub experiment_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Azure ML's `limits.timeout`: an attempt running longer is canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The longest `limits.timeout`: 90 days.
+pub const MAX_TIMEOUT_SECONDS: u64 = 90 * 24 * 3600;
+/// The longest experiment name (Azure's rule: letters, digits, '_', '-').
+pub const MAX_EXPERIMENT_NAME_LEN: usize = 255;
+/// The longest description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 5_000;
+/// The most tags, and the longest tag key or value, in bytes.
+pub const MAX_JOB_TAGS: usize = 50;
+pub const MAX_JOB_TAG_BYTES: usize = 256;
+
+/// Whether an attempt running since `running_since_ms` has outlived its
+/// job's `limits.timeout` at `now_ms`.
+pub fn past_timeout(timeout_seconds: u64, running_since_ms: i64, now_ms: i64) -> bool {
+    let limit_ms = i64::try_from(timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(running_since_ms) >= limit_ms
+}
+
+/// Why a job over its `limits.timeout` was canceled.
+pub fn timeout_reason(timeout_seconds: u64) -> String {
+    format!("canceled: it ran past its limits.timeout of {timeout_seconds} s")
+}
+
+/// Checks `experiment_name`, `description`, `tags` and `limits.timeout`.
+fn check_metadata(spec: &JobSpec) -> Result<(), FieldError> {
+    let name_ok = spec.experiment_name.len() <= MAX_EXPERIMENT_NAME_LEN
+        && spec
+            .experiment_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Err(FieldError::new(
+            "experiment_name",
+            format!("must be at most {MAX_EXPERIMENT_NAME_LEN} letters, digits, '_' or '-'"),
+        ));
+    }
+    if spec.description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_BYTES} bytes"),
+        ));
+    }
+    if spec.tags.len() > MAX_JOB_TAGS {
+        return Err(FieldError::new(
+            "tags",
+            format!("has {} tags; at most {MAX_JOB_TAGS}", spec.tags.len()),
+        ));
+    }
+    for (k, v) in &spec.tags {
+        if k.is_empty() || k.len() > MAX_JOB_TAG_BYTES || v.len() > MAX_JOB_TAG_BYTES {
+            return Err(FieldError::new(
+                format!("tags[{:?}]", k.chars().take(64).collect::<String>()),
+                format!(
+                    "a key of 1 to {MAX_JOB_TAG_BYTES} bytes and a value of at most {MAX_JOB_TAG_BYTES}"
+                ),
+            ));
+        }
+    }
+    if let Some(t) = spec.timeout_seconds
+        && !(1..=MAX_TIMEOUT_SECONDS).contains(&t)
+    {
+        return Err(FieldError::new(
+            "limits.timeout",
+            format!("must be 1 to {MAX_TIMEOUT_SECONDS} seconds"),
+        ));
+    }
+    Ok(())
 }
 
 /// When a node pulls a job's image.
@@ -343,6 +422,7 @@ pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(
     }
     crate::limits::check_job_size(&spec.image, spec.environment.iter(), &spec.command)?;
     check_user(&spec.user)?;
+    check_metadata(spec)?;
     if spec.display_name.chars().count() > MAX_DISPLAY_NAME_LEN {
         return Err(FieldError::new(
             "display_name",
@@ -683,6 +763,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_timeout_counts_from_the_running_attempt() {
+        assert!(!past_timeout(60, 1_000, 60_999));
+        assert!(past_timeout(60, 1_000, 61_000));
+        assert!(!past_timeout(u64::MAX, 0, i64::MAX - 1), "no overflow");
+        assert_eq!(
+            timeout_reason(60),
+            "canceled: it ran past its limits.timeout of 60 s"
+        );
+    }
+
+    #[test]
     fn data_modes_are_azure_mls_words_per_side() {
         use DataSide::{Input, Output};
         let ok = |side, m| DataMode::parse(side, "inputs[0].mode", m).expect(m);
@@ -788,6 +879,70 @@ mod tests {
             distribution: Distribution::None,
             user: String::new(),
             pull: PullPolicy::IfNotPresent,
+            experiment_name: String::new(),
+            description: String::new(),
+            tags: BTreeMap::new(),
+            timeout_seconds: None,
+        }
+    }
+
+    #[test]
+    fn job_metadata_and_timeouts_are_bounded() {
+        let size = crate::catalog::lookup("Standard_D2_v2").expect("size");
+        let gang = GangLimits {
+            max_nodes: 1,
+            inter_node_communication: true,
+        };
+        let ok = JobSpec {
+            experiment_name: "exp_1-a".into(),
+            timeout_seconds: Some(60),
+            tags: BTreeMap::from([("team".into(), "ml".into())]),
+            ..job()
+        };
+        assert!(validate_job(&ok, size, gang).is_ok());
+        for (bad, field) in [
+            (
+                JobSpec {
+                    experiment_name: "has space".into(),
+                    ..job()
+                },
+                "experiment_name",
+            ),
+            (
+                JobSpec {
+                    timeout_seconds: Some(0),
+                    ..job()
+                },
+                "limits.timeout",
+            ),
+            (
+                JobSpec {
+                    timeout_seconds: Some(MAX_TIMEOUT_SECONDS + 1),
+                    ..job()
+                },
+                "limits.timeout",
+            ),
+            (
+                JobSpec {
+                    description: "x".repeat(MAX_DESCRIPTION_BYTES + 1),
+                    ..job()
+                },
+                "description",
+            ),
+            (
+                JobSpec {
+                    tags: (0..=MAX_JOB_TAGS)
+                        .map(|i| (i.to_string(), String::new()))
+                        .collect(),
+                    ..job()
+                },
+                "tags",
+            ),
+        ] {
+            assert_eq!(
+                validate_job(&bad, size, gang).expect_err(field).field,
+                field
+            );
         }
     }
 

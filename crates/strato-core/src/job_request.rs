@@ -30,6 +30,10 @@ pub struct JobRequest {
     /// Who the command runs as; empty: the image's user.
     pub user: String,
     pub pull: crate::job::PullPolicy,
+    pub experiment_name: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub timeout_seconds: Option<u64>,
 }
 
 /// A job input or output as asked for: a datastore URI, not yet resolved.

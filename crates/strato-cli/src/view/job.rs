@@ -83,6 +83,15 @@ pub struct JobView {
     pub node_count: u32,
     pub process_count_per_node: u32,
     pub distribution: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub experiment_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// `limits.timeout`, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
     pub created_at: String,
     /// Who submitted it.
     pub submitted_by: String,
@@ -96,6 +105,10 @@ impl From<v1::Job> for JobView {
         JobView {
             id: j.id,
             name: s.display_name,
+            experiment_name: s.experiment_name,
+            description: s.description,
+            tags: s.tags.into_iter().collect(),
+            timeout_seconds: s.timeout_seconds,
             cluster: s.cluster,
             image: s.image,
             command: s.command,

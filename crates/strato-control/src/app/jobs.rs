@@ -96,6 +96,10 @@ impl<S: Store> Jobs<S> {
                 .await?,
             user: req.user,
             pull: req.pull,
+            experiment_name: req.experiment_name,
+            description: req.description,
+            tags: req.tags,
+            timeout_seconds: req.timeout_seconds,
         };
         let size = cluster
             .spec

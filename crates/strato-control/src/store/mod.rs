@@ -499,6 +499,15 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
+    /// Marks each running job whose current attempt has run past its
+    /// `limits.timeout` (by `now`) for cancellation, with that as its
+    /// reason (`job::timeout_reason`); returns the jobs marked. Its nodes
+    /// are told to stop it as for any cancel.
+    fn cancel_timed_out(
+        &self,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
     /// Ranks whose containers must stop: of jobs asked to cancel, and of
     /// attempts that ended (a gang ends as a whole) while they still run.
     fn ranks_to_stop(&self) -> impl Future<Output = Result<Vec<RankToStop>, StoreError>> + Send;

@@ -128,6 +128,8 @@ pub struct JobRecord {
     pub node_id: Option<String>,
     pub exit_code: Option<i64>,
     pub cancel_requested: bool,
+    /// Why the cancel was asked for, when not by a user (a timeout).
+    pub cancel_reason: String,
     /// The principal that submitted it (empty: before principals were
     /// recorded).
     pub submitted_by: String,

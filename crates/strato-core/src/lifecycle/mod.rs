@@ -11,7 +11,7 @@ use crate::job::{self, AttemptEnd, JobState, NextStep};
 use crate::node::NodeState;
 
 /// What the end of an attempt depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptFacts {
     /// The job's current attempt (the one that ends).
     pub attempt: u32,
@@ -21,6 +21,8 @@ pub struct AttemptFacts {
     pub max_preemptions: u32,
     /// A user asked to cancel the job while it ran.
     pub cancel_requested: bool,
+    /// Why, when not a user (empty: a user): the job's final reason.
+    pub cancel_reason: String,
 }
 
 /// One recorded state change of a job.
@@ -59,6 +61,7 @@ pub fn end_attempt(facts: &AttemptFacts, end: AttemptEnd, reason: &str) -> Attem
         _ => None,
     };
     let reason = match end {
+        AttemptEnd::Canceled if !facts.cancel_reason.is_empty() => facts.cancel_reason.clone(),
         AttemptEnd::Canceled => "canceled by user".to_owned(),
         _ => reason.to_owned(),
     };
@@ -426,6 +429,7 @@ mod tests {
             max_retries: 2,
             max_preemptions: 1,
             cancel_requested: false,
+            cancel_reason: String::new(),
         }
     }
 

@@ -66,6 +66,14 @@ pub fn job_spec(spec: &JobSpec) -> v1::JobSpec {
             PullPolicy::IfNotPresent => v1::PullPolicy::IfNotPresent,
             PullPolicy::Always => v1::PullPolicy::Always,
         } as i32,
+        experiment_name: spec.experiment_name.clone(),
+        description: spec.description.clone(),
+        tags: spec
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        timeout_seconds: spec.timeout_seconds,
     }
 }
 
@@ -132,6 +140,10 @@ pub fn job_request(wire: v1::JobSpec) -> Result<JobRequest, FieldError> {
         outputs: data(wire.outputs),
         user: wire.user,
         pull,
+        experiment_name: wire.experiment_name,
+        description: wire.description,
+        tags: wire.tags.into_iter().collect(),
+        timeout_seconds: wire.timeout_seconds,
     })
 }
 

@@ -158,7 +158,7 @@ fn parse_priority(s: &str) -> Result<VmPriority, ArgError> {
     VmPriority::parse(s).ok_or_else(|| ArgError::Priority(s.to_owned()))
 }
 
-fn parse_tag(s: &str) -> Result<(String, String), ArgError> {
+pub(crate) fn parse_tag(s: &str) -> Result<(String, String), ArgError> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| ArgError::Tag(s.to_owned()))

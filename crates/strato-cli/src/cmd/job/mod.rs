@@ -186,6 +186,20 @@ pub struct SubmitArgs {
     /// the credentials; other images are pulled anonymously.
     #[arg(long, value_enum, default_value = "if-not-present")]
     pull: PullArg,
+    /// Cancel an attempt that has run this long (Azure ML's
+    /// limits.timeout): 90s, 30m, 12h, 30d or plain seconds; at most 90
+    /// days. The job ends canceled, saying so.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cmd::parse_duration)]
+    timeout: Option<u64>,
+    /// The experiment the job belongs to (letters, digits, '_', '-').
+    #[arg(long, value_name = "NAME")]
+    experiment_name: Option<String>,
+    /// A description of the job.
+    #[arg(long)]
+    description: Option<String>,
+    /// A tag, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::cmd::compute::parse_tag)]
+    tags: Vec<(String, String)>,
     /// The command and its arguments, after `--` (run without a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -253,6 +267,10 @@ fn submit_spec(args: SubmitArgs) -> Result<v1::JobSpec, Failure> {
         gpus: 0,
     });
     Ok(v1::JobSpec {
+        experiment_name: args.experiment_name.unwrap_or_default(),
+        description: args.description.unwrap_or_default(),
+        tags: args.tags.into_iter().collect(),
+        timeout_seconds: args.timeout,
         cluster: args.compute,
         display_name: args.name.unwrap_or_default(),
         image: args.image,

@@ -1,7 +1,7 @@
 //! A single-node job's life: submit, assign, run, end, retry, cancel, and
 //! what the store answers to reports.
 
-use strato_core::job::{AttemptEnd, JobState};
+use strato_core::job::{AttemptEnd, JobSpec, JobState};
 use strato_core::node::NodeState;
 
 use super::{
@@ -245,6 +245,54 @@ pub async fn cancel_while_running_overrides_the_reported_end<S: Store>(store: S)
         assert_eq!(node(&store, n).await.state, NodeState::Idle);
     }
     assert!(store.ranks_to_stop().await.expect("stop").is_empty());
+}
+
+pub async fn a_job_past_its_timeout_is_canceled_saying_so<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    let timed = JobSpec {
+        timeout_seconds: Some(10),
+        ..job("cpu")
+    };
+    store.submit_job("t", timed, "", 1).await.expect("submit");
+    store
+        .submit_job("u", job("cpu"), "", 1)
+        .await
+        .expect("submit");
+    given_running(&store, "t", std::slice::from_ref(&nodes[0]), 1_000).await;
+    given_running(&store, "u", std::slice::from_ref(&nodes[1]), 1_000).await;
+    assert!(
+        store
+            .cancel_timed_out(10_999)
+            .await
+            .expect("early")
+            .is_empty(),
+        "not yet past 10 s"
+    );
+    let marked = store.cancel_timed_out(11_000).await.expect("past");
+    assert_eq!(
+        marked
+            .iter()
+            .map(|j| (j.id.as_str(), j.cancel_requested))
+            .collect::<Vec<_>>(),
+        [("t", true)],
+        "only the job with a timeout, once it is past"
+    );
+    assert!(
+        store
+            .cancel_timed_out(12_000)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    // Its node stops it; the job ends canceled with the timeout as reason.
+    store
+        .report_attempt(&nodes[0], "t", 1, exited(137), 12_500)
+        .await
+        .expect("ended");
+    let t = store.get_job("t").await.expect("t");
+    assert_eq!(t.state, JobState::Canceled);
+    assert_eq!(last_reason(&t), strato_core::job::timeout_reason(10));
 }
 
 pub async fn cancel_of_a_finished_job_changes_nothing<S: Store>(store: S) {

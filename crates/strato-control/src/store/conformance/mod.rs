@@ -72,6 +72,7 @@ macro_rules! store_conformance_suite {
                 an_attempt_that_cannot_start_is_not_retried,
                 cancel_while_queued,
                 cancel_while_running_overrides_the_reported_end,
+                a_job_past_its_timeout_is_canceled_saying_so,
                 cancel_of_a_finished_job_changes_nothing,
                 stale_reports_are_answered_stale_or_release,
                 assign_is_all_or_nothing,
@@ -165,6 +166,10 @@ pub fn job(cluster: &str) -> JobSpec {
         distribution: Distribution::None,
         user: String::new(),
         pull: strato_core::job::PullPolicy::IfNotPresent,
+        experiment_name: String::new(),
+        description: String::new(),
+        tags: Default::default(),
+        timeout_seconds: None,
     }
 }
 

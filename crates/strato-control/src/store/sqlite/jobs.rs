@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use strato_core::job::{AttemptEnd, JobSpec, JobState};
+use strato_core::job::{self, AttemptEnd, JobSpec, JobState};
 use strato_core::lifecycle::{self, AttemptFacts, CancelStep};
 use strato_core::node::NodeState;
 
@@ -18,7 +18,7 @@ use crate::store::{
 };
 
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
-     exit_code, cancel_requested, submitted_by, created_at, updated_at";
+     exit_code, cancel_requested, cancel_reason, submitted_by, created_at, updated_at";
 
 /// A job row, without its transitions and attempts.
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
@@ -35,6 +35,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         node_id: row.try_get("node_id")?,
         exit_code: row.try_get("exit_code")?,
         cancel_requested: row.try_get("cancel_requested")?,
+        cancel_reason: row.try_get("cancel_reason")?,
         submitted_by: row.try_get("submitted_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -146,6 +147,7 @@ pub(super) async fn end_attempt(
             max_retries: job.spec.max_retries,
             max_preemptions: job.spec.max_preemptions,
             cancel_requested: job.cancel_requested,
+            cancel_reason: job.cancel_reason.clone(),
         },
         end,
         reason,
@@ -381,6 +383,53 @@ pub(super) async fn cancel_job(
     let job = load_job(&mut tx, id).await?;
     tx.commit().await?;
     Ok(job)
+}
+
+/// Marks every job whose running attempt has outlived its
+/// `limits.timeout` for cancellation, with the timeout as the reason; the
+/// jobs marked.
+pub(super) async fn cancel_timed_out(
+    db: &SqliteStore,
+    now: i64,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    // Only jobs with a timeout are read; each with when its current
+    // attempt started running.
+    let rows = sqlx::query(
+        "SELECT j.id, json_extract(j.spec, '$.timeout_seconds') AS timeout_seconds,
+                (SELECT MAX(t.at) FROM job_transitions t
+                  WHERE t.job_id = j.id AND t.attempt = j.attempt AND t.state = 'running')
+                  AS running_since
+         FROM jobs j
+         WHERE j.state = 'running' AND j.cancel_requested = 0
+           AND json_extract(j.spec, '$.timeout_seconds') IS NOT NULL",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut marked = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let timeout: i64 = row.try_get("timeout_seconds")?;
+        let Some(since) = row.try_get::<Option<i64>, _>("running_since")? else {
+            continue;
+        };
+        let timeout = u64::try_from(timeout).unwrap_or(0);
+        if !job::past_timeout(timeout, since, now) {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1, cancel_reason = ?1, updated_at = ?2
+             WHERE id = ?3",
+        )
+        .bind(job::timeout_reason(timeout))
+        .bind(now)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        marked.push(load_job(&mut tx, &id).await?);
+    }
+    tx.commit().await?;
+    Ok(marked)
 }
 
 pub(super) async fn assign_job(

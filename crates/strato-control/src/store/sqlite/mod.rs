@@ -407,6 +407,10 @@ impl Store for SqliteStore {
         jobs::cancel_job(self, id, now).await
     }
 
+    async fn cancel_timed_out(&self, now: i64) -> Result<Vec<JobRecord>, StoreError> {
+        jobs::cancel_timed_out(self, now).await
+    }
+
     async fn ranks_to_stop(&self) -> Result<Vec<RankToStop>, StoreError> {
         ranks::ranks_to_stop(self).await
     }
