@@ -40,7 +40,8 @@ for path in sys.argv[1:]:
             ),
             "min_instances": scale.get("minNodeCount"),
             "max_instances": scale.get("maxNodeCount"),
-            "idle_seconds": iso_seconds(scale.get("nodeIdleTimeBeforeScaleDown", "PT0S")),
+            # Left out (the SDK leaves out 0): the service's default, PT2M.
+            "idle_seconds": iso_seconds(scale.get("nodeIdleTimeBeforeScaleDown") or "PT2M"),
             "enable_node_public_ip": props.get("enableNodePublicIp"),
             "location": compute.location,
             "description": compute.description,

@@ -29,6 +29,17 @@ struct ClusterFile {
     network_settings: Option<NetworkFile>,
     identity: Option<IdentityFile>,
     enable_node_public_ip: Option<BoolLike>,
+    // What `compute show -o yaml` prints and azure-ai-ml drops on load.
+    #[serde(rename = "id")]
+    _id: Option<serde_norway::Value>,
+    #[serde(rename = "resource_id")]
+    _resource_id: Option<serde_norway::Value>,
+    #[serde(rename = "provisioning_state")]
+    _provisioning_state: Option<serde_norway::Value>,
+    #[serde(rename = "provisioning_errors")]
+    _provisioning_errors: Option<serde_norway::Value>,
+    #[serde(rename = "created_on")]
+    _created_on: Option<serde_norway::Value>,
 }
 
 /// The keys of the file, and of its sections, as azure-ai-ml knows them.
@@ -49,10 +60,20 @@ const KEYS: &[&str] = &[
     "network_settings",
     "identity",
     "enable_node_public_ip",
+    "id",
+    "resource_id",
+    "provisioning_state",
+    "provisioning_errors",
+    "created_on",
 ];
 const SSH_KEYS: &[&str] = &["admin_username", "admin_password", "ssh_key_value"];
-const NETWORK_KEYS: &[&str] = &["vnet_name", "subnet"];
-const IDENTITY_KEYS: &[&str] = &["type", "user_assigned_identities"];
+const NETWORK_KEYS: &[&str] = &["vnet_name", "subnet", "public_ip_address"];
+const IDENTITY_KEYS: &[&str] = &[
+    "type",
+    "user_assigned_identities",
+    "principal_id",
+    "tenant_id",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +88,9 @@ struct SshFile {
 struct NetworkFile {
     vnet_name: Option<String>,
     subnet: Option<String>,
+    /// Azure's answer, dropped on load.
+    #[serde(rename = "public_ip_address")]
+    _public_ip_address: Option<serde_norway::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,14 +98,22 @@ struct NetworkFile {
 struct IdentityFile {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
-    user_assigned_identities: Vec<UserAssignedFile>,
+    user_assigned_identities: Option<Vec<UserAssignedFile>>,
+    // Azure's answers, dropped on load.
+    #[serde(rename = "principal_id")]
+    _principal_id: Option<serde_norway::Value>,
+    #[serde(rename = "tenant_id")]
+    _tenant_id: Option<serde_norway::Value>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UserAssignedFile {
     resource_id: String,
+    #[serde(rename = "client_id")]
+    _client_id: Option<serde_norway::Value>,
+    #[serde(rename = "principal_id")]
+    _principal_id: Option<serde_norway::Value>,
 }
 
 /// An integer as azure-ai-ml reads one (marshmallow's `Integer`): a number,
@@ -127,18 +159,20 @@ struct BoolLike(bool);
 impl<'de> Deserialize<'de> for BoolLike {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        const TRUE: &[&str] = &["t", "true", "on", "y", "yes", "1"];
-        const FALSE: &[&str] = &["f", "false", "off", "n", "no", "0"];
+        // marshmallow's own lists, spelled as it spells them.
+        const TRUE: &[&str] = &[
+            "t", "T", "true", "True", "TRUE", "on", "On", "ON", "y", "Y", "yes", "Yes", "YES", "1",
+        ];
+        const FALSE: &[&str] = &[
+            "f", "F", "false", "False", "FALSE", "off", "Off", "OFF", "n", "N", "no", "No", "NO",
+            "0",
+        ];
         match serde_norway::Value::deserialize(d)? {
             serde_norway::Value::Bool(b) => Ok(BoolLike(b)),
-            serde_norway::Value::Number(n) if n.as_i64() == Some(1) => Ok(BoolLike(true)),
-            serde_norway::Value::Number(n) if n.as_i64() == Some(0) => Ok(BoolLike(false)),
-            serde_norway::Value::String(s) if TRUE.contains(&s.to_lowercase().as_str()) => {
-                Ok(BoolLike(true))
-            }
-            serde_norway::Value::String(s) if FALSE.contains(&s.to_lowercase().as_str()) => {
-                Ok(BoolLike(false))
-            }
+            serde_norway::Value::Number(n) if n.as_f64() == Some(1.0) => Ok(BoolLike(true)),
+            serde_norway::Value::Number(n) if n.as_f64() == Some(0.0) => Ok(BoolLike(false)),
+            serde_norway::Value::String(s) if TRUE.contains(&s.as_str()) => Ok(BoolLike(true)),
+            serde_norway::Value::String(s) if FALSE.contains(&s.as_str()) => Ok(BoolLike(false)),
             _ => Err(D::Error::custom("not a valid boolean: use true or false")),
         }
     }
@@ -193,8 +227,10 @@ pub fn parse_for_create(text: &str, given: Given) -> anyhow::Result<ClusterFileS
             spec.vm_size = AZURE_DEFAULT_SIZE.to_owned();
         }
         spec.max_nodes.get_or_insert(AZURE_DEFAULT_MAX_INSTANCES);
-        spec.idle_seconds_before_scaledown
-            .get_or_insert(AZURE_DEFAULT_IDLE_SECONDS);
+        // The SDK leaves out an idle time of 0, so Azure applies its own.
+        if spec.idle_seconds_before_scaledown.unwrap_or(0) == 0 {
+            spec.idle_seconds_before_scaledown = Some(AZURE_DEFAULT_IDLE_SECONDS);
+        }
         spec.enable_node_public_ip.get_or_insert(true);
     }
     Ok(out)
@@ -205,7 +241,17 @@ fn check_keys(section: &str, value: &serde_norway::Value, known: &[&str]) -> any
     let Some(map) = value.as_mapping() else {
         return Ok(());
     };
-    for key in map.keys() {
+    for (key, v) in map {
+        if v.is_null() {
+            let key = serde_norway::to_string(key).unwrap_or_default();
+            let key = key.trim();
+            let path = if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            };
+            bail!("{path}: may not be null");
+        }
         let key = match key {
             serde_norway::Value::String(s) => s.clone(),
             other => serde_norway::to_string(other)
@@ -324,6 +370,13 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
         fields.push("enable_node_public_ip");
     }
     if file.ssh_public_access_enabled.is_some() || file.ssh_settings.is_some() {
+        if file
+            .ssh_settings
+            .as_ref()
+            .is_some_and(|s| s.admin_username.is_none())
+        {
+            bail!("ssh_settings.admin_username: required");
+        }
         let ssh = file.ssh_settings.unwrap_or(SshFile {
             admin_username: None,
             admin_password: None,
@@ -348,9 +401,16 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
         fields.push("vnet");
     }
     if let Some(identity) = file.identity {
-        spec.identity = Some(match identity.kind.to_ascii_lowercase().as_str() {
-            "system_assigned" | "systemassigned" => {
-                if !identity.user_assigned_identities.is_empty() {
+        // As azure-ai-ml: snake_case in any case, or Azure's CamelCase.
+        let kind = match identity.kind.as_str() {
+            "SystemAssigned" => "system_assigned".to_owned(),
+            "UserAssigned" => "user_assigned".to_owned(),
+            other => other.to_ascii_lowercase(),
+        };
+        let listed = identity.user_assigned_identities.unwrap_or_default();
+        spec.identity = Some(match kind.as_str() {
+            "system_assigned" => {
+                if !listed.is_empty() {
                     bail!(
                         "identity: a system_assigned identity takes no user_assigned_identities; a cluster has one kind, never both"
                     );
@@ -360,14 +420,18 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
                     user_assigned_identities: Vec::new(),
                 }
             }
-            "user_assigned" | "userassigned" => v1::IdentitySpec {
+            "user_assigned" if listed.is_empty() => {
+                bail!(
+                    "identity.user_assigned_identities: a user_assigned identity names at least one"
+                )
+            }
+            "user_assigned" => v1::IdentitySpec {
                 system_assigned: false,
-                user_assigned_identities: identity
-                    .user_assigned_identities
-                    .into_iter()
-                    .map(|u| u.resource_id)
-                    .collect(),
+                user_assigned_identities: listed.into_iter().map(|u| u.resource_id).collect(),
             },
+            "none" if !listed.is_empty() => {
+                bail!("identity.user_assigned_identities: an identity of type none names none")
+            }
             "none" => v1::IdentitySpec::default(),
             other => bail!(
                 "identity.type: {other:?} must be system_assigned, user_assigned or none (a cluster has one kind, never both)"

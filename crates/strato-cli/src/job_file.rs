@@ -2,8 +2,8 @@
 //! (`type: command`), read into a wire `JobSpec`.
 //!
 //! What Strato runs: `command` (in a shell, with `${{inputs.NAME}}` and
-//! `${{outputs.NAME}}` replaced by the data's paths in the container or by
-//! the literal's value), `environment.image`, `environment_variables`,
+//! `${{outputs.NAME}}` replaced by the data's paths in the container, a
+//! uri_file's own path, or the literal's text as it is, as Azure ML does), `environment.image`, `environment_variables`,
 //! `compute`, `resources.instance_count`, `distribution` (`mpi`, `pytorch`)
 //! with `process_count_per_instance`, `inputs` (`uri_folder`/`uri_file` on
 //! `azureml://datastores/...` paths, with `mode`, and literal strings,
@@ -30,7 +30,6 @@ const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
 const RUN: &[&str] = &[
     "$schema",
     "type",
-    "name",
     "display_name",
     "command",
     "environment",
@@ -49,6 +48,10 @@ const NOT_YET: &[(&str, &str)] = &[
     (
         "code",
         "a code folder is not uploaded yet: put the code in the image",
+    ),
+    (
+        "name",
+        "Strato names each job itself (job-...); give display_name instead",
     ),
     (
         "identity",
@@ -112,11 +115,6 @@ fn only(section: &str, map: &serde_norway::Mapping, known: &[&str]) -> anyhow::R
     Ok(())
 }
 
-/// A shell word that stands for `value` as it is.
-fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
 pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
     let doc: Value = serde_norway::from_str(text_in)?;
     let top = mapping(&doc, "the file")?;
@@ -136,24 +134,29 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
         Some(t) => bail!("type: {t:?}: Strato runs command jobs only (type: command)"),
     }
     let mut spec = v1::JobSpec::default();
-    let command = get("command")
-        .map(|c| text(c, "command"))
-        .transpose()?
-        .filter(|c| !c.trim().is_empty())
-        .context("command: required")?;
+    let command = match get("command") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.clone(),
+        Some(_) => bail!("command: must be a string"),
+        None => bail!("command: required"),
+    };
+    if command.contains("$[[") {
+        bail!(
+            "command: optional parts ($[[ ... ]]) are not supported: write the command without them"
+        );
+    }
     let compute = get("compute")
         .map(|c| text(c, "compute"))
         .transpose()?
         .context("compute: required (azureml:NAME or NAME)")?;
-    spec.cluster = compute
-        .strip_prefix("azureml:")
-        .unwrap_or(&compute)
-        .to_owned();
-    spec.display_name = match (get("display_name"), get("name")) {
-        (Some(d), _) => text(d, "display_name")?,
-        (None, Some(n)) => text(n, "name")?,
-        (None, None) => String::new(),
+    let compute = compute.strip_prefix("azureml:").unwrap_or(&compute);
+    // A compute's resource id (azureml:/subscriptions/.../computes/NAME).
+    spec.cluster = match compute.rsplit_once("/computes/") {
+        Some((_, name)) => name.to_owned(),
+        None => compute.to_owned(),
     };
+    if let Some(d) = get("display_name") {
+        spec.display_name = text(d, "display_name")?;
+    }
     match get("environment").context("environment: required (with an image)")? {
         Value::String(s) => bail!(
             "environment: {s:?}: registered environments are not supported; give the image: `environment: {{image: REGISTRY/IMAGE:TAG}}`"
@@ -163,7 +166,7 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
             for key in env.keys() {
                 let key = key_name(key);
                 match key.as_str() {
-                    "image" | "name" | "version" | "description" | "tags" => {}
+                    "image" => {}
                     "conda_file" | "build" => bail!(
                         "environment.{key}: Strato does not build environments; build the image yourself and give environment.image"
                     ),
@@ -188,12 +191,15 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
         let resources = mapping(resources, "resources")?;
         only("resources", resources, &["instance_count"])?;
         if let Some(count) = resources.get("instance_count") {
-            spec.node_count = count
-                .as_u64()
-                .and_then(|c| u32::try_from(c).ok())
+            spec.node_count = whole(count)
                 .filter(|c| *c >= 1)
                 .context("resources.instance_count: a whole number, at least 1")?;
         }
+    }
+    // Several nodes without a distribution each run the command, with no
+    // launcher (as Azure ML does).
+    if get("distribution").is_none() {
+        spec.distribution = v1::Distribution::None as i32;
     }
     if let Some(distribution) = get("distribution") {
         let d = mapping(distribution, "distribution")?;
@@ -212,9 +218,7 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
         } as i32;
         only("distribution", d, &["type", "process_count_per_instance"])?;
         if let Some(p) = d.get("process_count_per_instance") {
-            spec.process_count_per_node = p
-                .as_u64()
-                .and_then(|c| u32::try_from(c).ok())
+            spec.process_count_per_node = whole(p)
                 .filter(|c| *c >= 1)
                 .context("distribution.process_count_per_instance: a whole number, at least 1")?;
         }
@@ -251,11 +255,14 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
             let field = format!("inputs.{name}");
             match input {
                 Value::Mapping(m) if m.contains_key("path") || m.contains_key("type") => {
-                    spec.inputs.push(data(&field, &name, m, true)?);
-                    bindings.insert(
-                        format!("inputs.{name}"),
-                        format!("{INPUTS_IN_CONTAINER}/{name}"),
-                    );
+                    let (input, file) = data(&field, &name, m, true)?;
+                    spec.inputs.push(input);
+                    // A uri_file is the file itself, under its own name.
+                    let at = match file {
+                        Some(file) => format!("{INPUTS_IN_CONTAINER}/{name}/{file}"),
+                        None => format!("{INPUTS_IN_CONTAINER}/{name}"),
+                    };
+                    bindings.insert(format!("inputs.{name}"), at);
                 }
                 Value::Mapping(m) => {
                     // A literal written as {value: V} (or with a type).
@@ -263,10 +270,11 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
                     let value = m
                         .get("value")
                         .with_context(|| format!("{field}.value: required"))?;
-                    bindings.insert(field.clone(), shell_quote(&text(value, &field)?));
+                    bindings.insert(field.clone(), text(value, &field)?);
                 }
+                // As Azure ML: the literal's text, as it is, in the command.
                 literal => {
-                    bindings.insert(field.clone(), shell_quote(&text(literal, &field)?));
+                    bindings.insert(field.clone(), text(literal, &field)?);
                 }
             }
         }
@@ -276,7 +284,7 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
             let name = key_name(name);
             let field = format!("outputs.{name}");
             let m = mapping(output, &field)?;
-            spec.outputs.push(data(&field, &name, m, false)?);
+            spec.outputs.push(data(&field, &name, m, false)?.0);
             bindings.insert(field, format!("{OUTPUTS_IN_CONTAINER}/{name}"));
         }
     }
@@ -284,19 +292,40 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
     Ok(spec)
 }
 
-/// An input or output of type uri_folder / uri_file on a datastore path.
+/// A count as Azure's schema takes one: a whole number, or a string of one.
+fn whole(value: &Value) -> Option<u32> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .and_then(|c| u32::try_from(c).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// An input or output of type uri_folder / uri_file on a datastore path;
+/// for a uri_file, also the file's name.
 fn data(
     field: &str,
     name: &str,
     m: &serde_norway::Mapping,
     input: bool,
-) -> anyhow::Result<v1::JobData> {
-    only(field, m, &["type", "path", "mode", "description"])?;
+) -> anyhow::Result<(v1::JobData, Option<String>)> {
+    only(field, m, &["type", "path", "mode"])?;
     let kind = m
         .get("type")
         .map(|t| text(t, &format!("{field}.type")))
         .transpose()?
-        .unwrap_or_else(|| "uri_folder".to_owned());
+        .unwrap_or_else(|| "uri_folder".to_owned())
+        .to_lowercase();
+    if kind == "uri_file" && !input {
+        bail!("{field}.type: uri_file outputs are not supported yet: use uri_folder");
+    }
     if kind != "uri_folder" && kind != "uri_file" {
         bail!("{field}.type: {kind:?}: Strato takes uri_folder and uri_file");
     }
@@ -307,29 +336,58 @@ fn data(
             "{field}.path: required: Strato has no default datastore yet; give azureml://datastores/<datastore>/paths/<path>"
         ),
     };
+    if path.contains("${{") {
+        bail!(
+            "{field}.path: placeholders such as ${{{{name}}}} are not supported: give the whole path"
+        );
+    }
     if !path.starts_with("azureml://datastores/") {
         bail!(
             "{field}.path: {path:?}: Strato reads datastore paths only (azureml://datastores/<datastore>/paths/<path>)"
         );
     }
-    // Azure ML's defaults: inputs mounted read-only, outputs read-write.
+    // Azure ML's defaults: inputs mounted read-only, outputs read-write. A
+    // single file is downloaded: a mount serves folders.
+    let file = (kind == "uri_file").then(|| {
+        path.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    });
     let mode = m
         .get("mode")
         .map(|v| text(v, &format!("{field}.mode")))
         .transpose()?
-        .unwrap_or_else(|| if input { "ro_mount" } else { "rw_mount" }.to_owned());
+        .map(|m| m.to_lowercase())
+        .unwrap_or_else(|| {
+            match (input, &file) {
+                (true, Some(_)) => "download",
+                (true, None) => "ro_mount",
+                (false, _) => "rw_mount",
+            }
+            .to_owned()
+        });
+    if file.is_some() && mode.ends_with("_mount") {
+        bail!(
+            "{field}.mode: a uri_file is downloaded (mode: download); mounts serve uri_folder data"
+        );
+    }
     let side = if input {
         DataSide::Input
     } else {
         DataSide::Output
     };
     DataMode::parse(side, &format!("{field}.mode"), &mode).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(v1::JobData {
-        name: name.to_owned(),
-        uri: path,
-        mode,
-        ..Default::default()
-    })
+    Ok((
+        v1::JobData {
+            name: name.to_owned(),
+            uri: path,
+            mode,
+            ..Default::default()
+        },
+        file,
+    ))
 }
 
 /// The command with each `${{inputs.X}}` / `${{outputs.X}}` replaced; one
@@ -400,20 +458,25 @@ mod tests {
                     let mut command = v["command"].as_str().expect("command").to_owned();
                     let mut inputs = Vec::new();
                     for (input, d) in v["inputs"].as_object().expect("inputs") {
-                        command = command.replace(
-                            &format!("${{{{inputs.{input}}}}}"),
-                            &format!("/mnt/strato/inputs/{input}"),
-                        );
+                        let path = d["path"].as_str().unwrap_or("");
+                        // Azure gives a uri_file as the file's own path.
+                        let (at, default_mode) = if d["type"] == "uri_file" {
+                            let file = path.rsplit('/').next().unwrap_or_default();
+                            (format!("/mnt/strato/inputs/{input}/{file}"), "download")
+                        } else {
+                            (format!("/mnt/strato/inputs/{input}"), "ro_mount")
+                        };
+                        command = command.replace(&format!("${{{{inputs.{input}}}}}"), &at);
                         inputs.push((
                             input.clone(),
-                            d["path"].as_str().unwrap_or("").to_owned(),
-                            d["mode"].as_str().unwrap_or("ro_mount").to_owned(),
+                            path.to_owned(),
+                            d["mode"].as_str().unwrap_or(default_mode).to_owned(),
                         ));
                     }
                     for (literal, value) in v["literals"].as_object().expect("literals") {
                         command = command.replace(
                             &format!("${{{{inputs.{literal}}}}}"),
-                            &shell_quote(value.as_str().expect("a literal")),
+                            value.as_str().expect("a literal"),
                         );
                     }
                     let mut outputs = Vec::new();
@@ -435,8 +498,9 @@ mod tests {
                     };
                     let variables: BTreeMap<String, String> =
                         serde_json::from_value(v["environment_variables"].clone()).expect("vars");
+                    // No distribution: each node runs the command as it is.
                     let distribution = match v["distribution"].as_str() {
-                        None => v1::Distribution::Unspecified,
+                        None => v1::Distribution::None,
                         Some("mpi") => v1::Distribution::Mpi,
                         Some("pytorch") => v1::Distribution::Pytorch,
                         Some(other) => panic!("{name}: distribution {other}"),
@@ -460,7 +524,13 @@ mod tests {
                         (
                             vec!["sh".to_owned(), "-c".to_owned(), command],
                             v["image"].as_str().expect("image"),
-                            v["compute"].as_str().expect("compute"),
+                            // A compute's resource id names the compute last.
+                            v["compute"]
+                                .as_str()
+                                .expect("compute")
+                                .rsplit("/computes/")
+                                .next()
+                                .unwrap_or_default(),
                             u32::try_from(v["instance_count"].as_u64().unwrap_or(1))
                                 .expect("count"),
                             distribution,
@@ -569,7 +639,7 @@ display_name: train
             [
                 "sh",
                 "-c",
-                "python train.py --data /mnt/strato/inputs/training_data --lr '0.01' --out /mnt/strato/outputs/model"
+                "python train.py --data /mnt/strato/inputs/training_data --lr 0.01 --out /mnt/strato/outputs/model"
             ]
         );
         assert_eq!(
@@ -577,7 +647,6 @@ display_name: train
             ("training_data", "ro_mount")
         );
         assert_eq!(spec.outputs[0].mode, "rw_mount");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
     #[test]
