@@ -84,6 +84,35 @@ async fn compute_verbs_from_flags_and_file() {
     assert_eq!(gpu["quota_family"], "lowPriority");
     assert_eq!(gpu["identity"]["type"], "system_assigned");
     assert_eq!(gpu["idle_seconds_before_scaledown"], 300);
+    // az's keys beside Strato's.
+    assert_eq!(
+        (
+            &gpu["size"],
+            &gpu["tier"],
+            &gpu["max_instances"],
+            &gpu["idle_time_before_scale_down"],
+            &gpu["provisioning_state"],
+        ),
+        (
+            &serde_json::json!("Standard_NC6s_v3"),
+            &serde_json::json!("low_priority"),
+            &serde_json::json!(2),
+            &serde_json::json!(300),
+            &serde_json::json!("Succeeded"),
+        )
+    );
+    // --query as az takes it, and tsv as az prints it.
+    let names = cp.cli(&[
+        "compute",
+        "list",
+        "--query",
+        "[?tier=='low_priority'].name",
+        "-o",
+        "tsv",
+    ]);
+    assert_eq!(stdout(&names), "gpu-a1\n");
+    let bad = cp.cli(&["compute", "list", "--query", "[?"]);
+    assert_eq!(bad.status.code(), Some(2), "a query that is not JMESPath");
 
     let yaml = cp.cli(&["compute", "show", "-n", "gpu-a1", "-o", "yaml"]);
     assert!(

@@ -447,34 +447,39 @@ pub fn parse(text: &str) -> anyhow::Result<ClusterFileSpec> {
 fn vnet(net: NetworkFile) -> anyhow::Result<v1::VnetSettings> {
     let subnet = net.subnet.unwrap_or_default();
     if subnet.starts_with('/') {
-        let parts: Vec<&str> = subnet.trim_matches('/').split('/').collect();
-        let find = |key: &str| {
-            parts
-                .iter()
-                .position(|p| p.eq_ignore_ascii_case(key))
-                .and_then(|i| parts.get(i + 1))
-                .map(|s| (*s).to_owned())
-        };
-        match (
-            find("resourceGroups"),
-            find("virtualNetworks"),
-            find("subnets"),
-        ) {
-            (Some(resource_group), Some(vnet_name), Some(subnet_name)) => Ok(v1::VnetSettings {
-                resource_group,
-                vnet_name,
-                subnet_name,
-            }),
-            _ => bail!(
-                "network_settings.subnet: a resource id must look like /subscriptions/S/resourceGroups/G/providers/Microsoft.Network/virtualNetworks/V/subnets/N"
-            ),
-        }
+        subnet_by_id(&subnet).context("network_settings.subnet")
     } else {
         Ok(v1::VnetSettings {
             resource_group: String::new(),
             vnet_name: net.vnet_name.unwrap_or_default(),
             subnet_name: subnet,
         })
+    }
+}
+
+/// A subnet's resource id as the group, network and subnet it names.
+pub fn subnet_by_id(id: &str) -> anyhow::Result<v1::VnetSettings> {
+    let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
+    let find = |key: &str| {
+        parts
+            .iter()
+            .position(|p| p.eq_ignore_ascii_case(key))
+            .and_then(|i| parts.get(i + 1))
+            .map(|s| (*s).to_owned())
+    };
+    match (
+        find("resourceGroups"),
+        find("virtualNetworks"),
+        find("subnets"),
+    ) {
+        (Some(resource_group), Some(vnet_name), Some(subnet_name)) => Ok(v1::VnetSettings {
+            resource_group,
+            vnet_name,
+            subnet_name,
+        }),
+        _ => bail!(
+            "a subnet's resource id must look like /subscriptions/S/resourceGroups/G/providers/Microsoft.Network/virtualNetworks/V/subnets/N"
+        ),
     }
 }
 

@@ -75,9 +75,16 @@ struct Cli {
     #[arg(long, global = true, env = "STRATO_CA_FILE", value_name = "PATH", help_heading = GLOBAL)]
     ca_file: Option<PathBuf>,
 
-    /// Output format.
+    /// Output format: table (for people), json, yaml, or tsv (values only,
+    /// tab-separated, one row per line, as `az -o tsv` prints them).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table, help_heading = GLOBAL)]
     output: Format,
+
+    /// A JMESPath query applied to the output before it is printed, as az
+    /// takes it: `--query name`, `--query "[].{name:name, state:state}"`,
+    /// `--query "[?state=='running'].id" -o tsv`.
+    #[arg(long, global = true, value_name = "JMESPATH", help_heading = GLOBAL)]
+    query: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -214,6 +221,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let format = cli.output;
+    if let Some(query) = &cli.query {
+        view::set_query(query).map_err(|e| Failure::usage(format!("--query {query:?}: {e}")))?;
+    }
     // Every command but login reads the config file (login writes it).
     let settings = || {
         settings(

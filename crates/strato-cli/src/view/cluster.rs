@@ -74,6 +74,21 @@ pub struct VnetView {
     pub subnet_name: String,
 }
 
+/// az's `ssh_settings` (the password is never shown).
+#[derive(Debug, Serialize)]
+pub struct AzSshSettings {
+    pub admin_username: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ssh_key_value: String,
+}
+
+/// az's `network_settings`.
+#[derive(Debug, Serialize)]
+pub struct AzNetworkSettings {
+    pub vnet_name: String,
+    pub subnet: String,
+}
+
 /// `compute show -o json`: one object per cluster.
 #[derive(Debug, Serialize)]
 pub struct ClusterView {
@@ -92,6 +107,19 @@ pub struct ClusterView {
     pub location: String,
     pub description: String,
     pub tags: BTreeMap<String, String>,
+    /// The same values under the keys `az ml compute show` prints them, for
+    /// scripts written against Azure ML.
+    pub size: String,
+    pub tier: &'static str,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub idle_time_before_scale_down: u64,
+    pub provisioning_state: &'static str,
+    pub ssh_public_access_enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_settings: Option<AzSshSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_settings: Option<AzNetworkSettings>,
     pub allocation_state: &'static str,
     pub allocation_state_transition_time: String,
     pub current_node_count: u32,
@@ -127,7 +155,7 @@ impl From<v1::Cluster> for ClusterView {
                 suspend_command: p.suspend_command,
                 timeout_seconds: p.timeout_seconds.unwrap_or_default(),
             }),
-            vm_size: s.vm_size,
+            vm_size: s.vm_size.clone(),
             vm_priority: priority(s.vm_priority),
             min_nodes: s.min_nodes,
             max_nodes: s.max_nodes.unwrap_or_default(),
@@ -135,6 +163,26 @@ impl From<v1::Cluster> for ClusterView {
             location: s.location,
             description: s.description,
             tags: s.tags.into_iter().collect(),
+            size: s.vm_size.clone(),
+            tier: if s.vm_priority == v1::VmPriority::LowPriority as i32 {
+                "low_priority"
+            } else {
+                "dedicated"
+            },
+            min_instances: s.min_nodes,
+            max_instances: s.max_nodes.unwrap_or_default(),
+            idle_time_before_scale_down: s.idle_seconds_before_scaledown.unwrap_or_default(),
+            provisioning_state: "Succeeded",
+            ssh_public_access_enabled: ssh.remote_login_port_public_access
+                == v1::RemoteLoginPortPublicAccess::Enabled as i32,
+            ssh_settings: (!ssh.admin_username.is_empty()).then(|| AzSshSettings {
+                admin_username: ssh.admin_username.clone(),
+                ssh_key_value: ssh.admin_ssh_public_key.clone(),
+            }),
+            network_settings: s.vnet.as_ref().map(|v| AzNetworkSettings {
+                vnet_name: v.vnet_name.clone(),
+                subnet: v.subnet_name.clone(),
+            }),
             allocation_state: match v1::AllocationState::try_from(c.allocation_state) {
                 Ok(v1::AllocationState::Resizing) => "resizing",
                 _ => "steady",

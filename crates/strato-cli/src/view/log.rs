@@ -60,7 +60,7 @@ impl LogPrinter {
     pub fn render(&mut self, line: v1::LogLine) -> anyhow::Result<String> {
         let view = LogLineView::from(line);
         Ok(match self.format {
-            Format::Table => {
+            Format::Table | Format::Tsv => {
                 let mut out = String::new();
                 let changed = match self.attempt {
                     None => view.attempt > 1,

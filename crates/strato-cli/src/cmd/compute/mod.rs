@@ -35,7 +35,15 @@ pub enum ComputeCommand {
     /// Show one cluster: its spec, allocation state, node counts and errors.
     Show(NameArg),
     /// List clusters.
-    List,
+    List {
+        /// Only clusters of this type (amlcompute or attached), as `az ml
+        /// compute list --type`.
+        #[arg(short = 't', long = "type", value_name = "TYPE")]
+        compute_type: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N")]
+        max_results: Option<usize>,
+    },
     /// List the nodes of a cluster.
     ListNodes(NameArg),
     /// List the VM sizes clusters may use.
@@ -216,36 +224,62 @@ pub struct CreateArgs {
     #[arg(long, visible_alias = "tier", value_parser = parse_priority)]
     vm_priority: Option<VmPriority>,
     /// Region; default: the control plane's.
-    #[arg(long)]
+    #[arg(short = 'l', long)]
     location: Option<String>,
-    #[arg(long)]
+    #[arg(short = 'd', long)]
     description: Option<String>,
-    /// A tag, KEY=VALUE; repeat for more.
-    #[arg(long = "tag", value_parser = parse_tag)]
+    /// Tags, KEY=VALUE; several after one --tags (as az takes them) or
+    /// --tag repeated.
+    #[arg(long = "tag", visible_alias = "tags", num_args = 1.., value_parser = parse_tag)]
     tags: Vec<(String, String)>,
     /// '[system]' for a system-assigned identity, or user-assigned identity
     /// resource ids (never both).
     #[arg(long, num_args = 1..)]
     assign_identity: Vec<String>,
+    /// As `az ml compute create`: system_assigned, user_assigned (with
+    /// --user-assigned-identities) or none.
+    #[arg(long, value_name = "TYPE")]
+    identity_type: Option<String>,
+    /// User-assigned identity resource ids, with --identity-type
+    /// user_assigned.
+    #[arg(long, num_args = 1.., value_name = "ID")]
+    user_assigned_identities: Vec<String>,
+    /// Whether nodes get a public address (Azure ML's
+    /// enable_node_public_ip; default true): kept and shown.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    enable_node_public_ip: Option<bool>,
     /// Admin user on the nodes.
-    #[arg(long)]
+    #[arg(long, visible_alias = "admin-user-name")]
     admin_username: Option<String>,
     /// Admin password (12+ characters, 3 of 4 classes). Prefer the variable
     /// to keep it out of the process list.
-    #[arg(long, env = "STRATO_ADMIN_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        visible_alias = "admin-user-password",
+        env = "STRATO_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
     admin_password: Option<String>,
     /// Admin SSH public key.
-    #[arg(long)]
+    #[arg(long, visible_alias = "admin-user-ssh-key")]
     ssh_key_value: Option<String>,
     /// Open the nodes' remote-login port to the public (off by default).
     #[arg(long)]
     ssh_public_access: bool,
+    /// As `az ml compute create`: true opens the remote-login port.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    ssh_public_access_enabled: Option<bool>,
+    /// As v1's `az ml computetarget create amlcompute`: Enabled, Disabled
+    /// or NotSpecified.
+    #[arg(long, value_name = "ACCESS")]
+    remote_login_port_public_access: Option<String>,
     /// Virtual network resource group (with --vnet-name and --subnet-name).
     #[arg(long)]
     vnet_resourcegroup_name: Option<String>,
     #[arg(long)]
     vnet_name: Option<String>,
-    #[arg(long)]
+    /// A subnet name (with --vnet-name), or a subnet's resource id.
+    #[arg(long, visible_alias = "subnet")]
     subnet_name: Option<String>,
     /// Turn inter-node communication off (allows up to 1000 nodes, but no
     /// multi-node MPI jobs).
@@ -264,10 +298,11 @@ pub struct UpdateArgs {
     file: Option<PathBuf>,
     #[command(flatten)]
     scale: ScaleArgs,
-    #[arg(long)]
+    #[arg(short = 'd', long)]
     description: Option<String>,
-    /// Add or change a tag, KEY=VALUE; repeat for more.
-    #[arg(long = "tag", value_parser = parse_tag)]
+    /// Add or change tags, KEY=VALUE; several after one --tags or --tag
+    /// repeated.
+    #[arg(long = "tag", visible_alias = "tags", num_args = 1.., value_parser = parse_tag)]
     tags: Vec<(String, String)>,
     /// Remove a tag by key; repeat for more.
     #[arg(long = "remove-tag")]
@@ -312,12 +347,25 @@ pub async fn run(
                 .into_inner();
             print(format, &ClusterView::from(cluster))?;
         }
-        ComputeCommand::List => {
-            let clusters = client
+        ComputeCommand::List {
+            compute_type,
+            max_results,
+        } => {
+            let clusters: Vec<v1::Cluster> = client
                 .list_clusters(v1::ListClustersRequest {})
                 .await?
                 .into_inner()
-                .clusters;
+                .clusters
+                .into_iter()
+                .filter(|c| {
+                    compute_type.as_deref().is_none_or(|t| {
+                        c.spec
+                            .as_ref()
+                            .is_some_and(|s| s.r#type.eq_ignore_ascii_case(t))
+                    })
+                })
+                .take(max_results.unwrap_or(usize::MAX))
+                .collect();
             print(
                 format,
                 &clusters

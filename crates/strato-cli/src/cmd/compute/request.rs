@@ -85,17 +85,75 @@ pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure>
         identity.system_assigned |= system;
         identity.user_assigned_identities.extend(user_assigned);
     }
+    match args
+        .identity_type
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None if args.user_assigned_identities.is_empty() => {}
+        None => {
+            return Err(Failure::usage(
+                "--user-assigned-identities goes with --identity-type user_assigned",
+            ));
+        }
+        Some("system_assigned" | "systemassigned") if args.user_assigned_identities.is_empty() => {
+            spec.identity = Some(v1::IdentitySpec {
+                system_assigned: true,
+                user_assigned_identities: Vec::new(),
+            });
+        }
+        Some("user_assigned" | "userassigned") if !args.user_assigned_identities.is_empty() => {
+            spec.identity = Some(v1::IdentitySpec {
+                system_assigned: false,
+                user_assigned_identities: args.user_assigned_identities.clone(),
+            });
+        }
+        Some("none") if args.user_assigned_identities.is_empty() => {
+            spec.identity = Some(v1::IdentitySpec::default());
+        }
+        Some(other) => {
+            return Err(Failure::usage(format!(
+                "--identity-type {other:?}: system_assigned, user_assigned (with --user-assigned-identities) or none"
+            )));
+        }
+    }
+    if args.enable_node_public_ip.is_some() {
+        spec.enable_node_public_ip = args.enable_node_public_ip;
+    }
+    let public_access = match args.remote_login_port_public_access.as_deref() {
+        None => args
+            .ssh_public_access_enabled
+            .or(args.ssh_public_access.then_some(true)),
+        Some(a) if a.eq_ignore_ascii_case("enabled") => Some(true),
+        Some(a) if a.eq_ignore_ascii_case("disabled") || a.eq_ignore_ascii_case("notspecified") => {
+            Some(false)
+        }
+        Some(other) => {
+            return Err(Failure::usage(format!(
+                "--remote-login-port-public-access {other:?}: Enabled, Disabled or NotSpecified"
+            )));
+        }
+    };
     if args.admin_username.is_some()
         || args.admin_password.is_some()
         || args.ssh_key_value.is_some()
-        || args.ssh_public_access
+        || public_access.is_some()
     {
         let ssh = spec.ssh.get_or_insert_with(Default::default);
         overlay(&mut ssh.admin_username, &args.admin_username);
         overlay(&mut ssh.admin_password, &args.admin_password);
         overlay(&mut ssh.admin_ssh_public_key, &args.ssh_key_value);
-        if args.ssh_public_access {
-            ssh.remote_login_port_public_access = v1::RemoteLoginPortPublicAccess::Enabled as i32;
+        match public_access {
+            Some(true) => {
+                ssh.remote_login_port_public_access =
+                    v1::RemoteLoginPortPublicAccess::Enabled as i32;
+            }
+            Some(false) => {
+                ssh.remote_login_port_public_access =
+                    v1::RemoteLoginPortPublicAccess::Disabled as i32;
+            }
+            None => {}
         }
     }
     if args.vnet_resourcegroup_name.is_some()
@@ -105,7 +163,14 @@ pub(super) fn create_spec(args: &CreateArgs) -> Result<v1::ClusterSpec, Failure>
         let vnet = spec.vnet.get_or_insert_with(Default::default);
         overlay(&mut vnet.resource_group, &args.vnet_resourcegroup_name);
         overlay(&mut vnet.vnet_name, &args.vnet_name);
-        overlay(&mut vnet.subnet_name, &args.subnet_name);
+        match args.subnet_name.as_deref() {
+            // A subnet's resource id names its group and network too.
+            Some(id) if id.starts_with('/') => {
+                *vnet = cluster_file::subnet_by_id(id)
+                    .map_err(|e| Failure::usage(format!("--subnet: {e:#}")))?;
+            }
+            _ => overlay(&mut vnet.subnet_name, &args.subnet_name),
+        }
     }
     if args.no_inter_node_communication {
         spec.inter_node_communication = Some(false);
@@ -230,6 +295,89 @@ mod tests {
         assert!(identity.system_assigned);
         assert_eq!(identity.user_assigned_identities, ["/ids/a"]);
         assert_eq!(create(&["-n", "cpu"]).expect("a spec").identity, None);
+    }
+
+    #[test]
+    fn az_and_v1_flag_spellings_make_the_same_spec() {
+        let s = create(&[
+            "-n",
+            "cpu",
+            "-t",
+            "amlcompute",
+            "-d",
+            "nightly",
+            "-l",
+            "westeurope",
+            "--tags",
+            "team=ml",
+            "cost=42",
+            "--identity-type",
+            "user_assigned",
+            "--user-assigned-identities",
+            "/ids/a",
+            "--enable-node-public-ip",
+            "false",
+            "--admin-user-name",
+            "azureuser",
+            "--admin-user-ssh-key",
+            "ssh-ed25519 AAAA user@host",
+            "--remote-login-port-public-access",
+            "Enabled",
+            "--subnet",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vn/subnets/default",
+        ])
+        .expect("a spec");
+        assert_eq!(
+            (
+                s.r#type.as_str(),
+                s.description.as_str(),
+                s.location.as_str()
+            ),
+            ("amlcompute", "nightly", "westeurope")
+        );
+        assert_eq!(s.tags.len(), 2);
+        assert_eq!(s.enable_node_public_ip, Some(false));
+        let identity = s.identity.expect("identity");
+        assert_eq!(
+            (identity.system_assigned, identity.user_assigned_identities),
+            (false, vec!["/ids/a".to_owned()])
+        );
+        let ssh = s.ssh.expect("ssh");
+        assert_eq!(ssh.admin_username, "azureuser");
+        assert_eq!(
+            ssh.remote_login_port_public_access,
+            v1::RemoteLoginPortPublicAccess::Enabled as i32
+        );
+        let vnet = s.vnet.expect("vnet");
+        assert_eq!(
+            (
+                vnet.resource_group.as_str(),
+                vnet.vnet_name.as_str(),
+                vnet.subnet_name.as_str()
+            ),
+            ("rg", "vn", "default")
+        );
+        let e = create(&["-n", "cpu", "--identity-type", "both"]).expect_err("bad type");
+        assert_eq!(e.code, 2);
+        let e = create(&["-n", "cpu", "--user-assigned-identities", "/ids/a"]).expect_err("alone");
+        assert!(
+            e.message.contains("--identity-type user_assigned"),
+            "{}",
+            e.message
+        );
+        let off = create(&[
+            "-n",
+            "cpu",
+            "--ssh-public-access-enabled",
+            "false",
+            "--admin-username",
+            "u",
+        ])
+        .expect("a spec");
+        assert_eq!(
+            off.ssh.expect("ssh").remote_login_port_public_access,
+            v1::RemoteLoginPortPublicAccess::Disabled as i32
+        );
     }
 
     #[test]

@@ -405,14 +405,7 @@ pub async fn run(
             let done = serde_json::json!({ "id": id, "deleted": true });
             match format {
                 Format::Table => println!("job {id}: deleted"),
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&done).map_err(anyhow::Error::from)?
-                ),
-                Format::Yaml => print!(
-                    "{}",
-                    serde_norway::to_string(&done).map_err(anyhow::Error::from)?
-                ),
+                _ => print(format, &done)?,
             }
         }
         JobCommand::Wait(IdArg { id }) => wait::run(&mut client, format, &id).await?,
