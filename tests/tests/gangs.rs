@@ -255,6 +255,44 @@ async fn a_pytorch_job_sees_one_master_and_distinct_node_ranks() {
     .map(|(r, n, l)| ((*r).into(), (*n).into(), (*l).into()))
     .collect();
     assert_eq!(procs, expected, "RANK = NODE_RANK x 2 + LOCAL_RANK");
+
+    // The same from an Azure ML job file: 2 instances, PyTorch.
+    let file = dir.path().join("torch.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json\n\
+             type: command\n\
+             command: echo \"yaml NODE_RANK=$NODE_RANK WORLD_SIZE=$WORLD_SIZE\"\n\
+             environment:\n  image: {TEST_IMAGE}\n\
+             compute: azureml:torch\n\
+             resources:\n  instance_count: 2\n\
+             distribution:\n  type: pytorch\n  process_count_per_instance: 1\n"
+        ),
+    )
+    .expect("torch.yml");
+    let out = cp.cli(&["job", "create", "--file", &file.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    wait_job_state(&mut jobs, &id, v1::JobState::Completed, LONG).await;
+    let mut from_yaml: Vec<String> = job_log_lines(&mut jobs, &id)
+        .await
+        .iter()
+        .filter(|l| l.line.starts_with("yaml "))
+        .map(|l| l.line.clone())
+        .collect();
+    from_yaml.sort();
+    assert_eq!(
+        from_yaml,
+        [
+            "yaml NODE_RANK=0 WORLD_SIZE=2",
+            "yaml NODE_RANK=1 WORLD_SIZE=2"
+        ]
+    );
 }
 
 #[tokio::test]
