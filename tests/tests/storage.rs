@@ -200,6 +200,26 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         azurite.request("GET", "data/out/yaml/greeting.txt", None),
         (200, "hello yaml\n".to_owned())
     );
+    // Its output, where `az ml job download` puts it.
+    let into = dir.path().join("downloads");
+    let out = cp.cli(&[
+        "job",
+        "download",
+        "-n",
+        &id,
+        "--download-path",
+        &into.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(into.join(&id).join("artifacts/user_logs/std_log.txt"))
+            .expect("std_log.txt"),
+        "alpha\n"
+    );
 
     // A job file's limits.timeout: the job is canceled once it has run
     // that long, saying so.

@@ -92,6 +92,19 @@ pub enum JobCommand {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Follow a job's output until it ends, as `az ml job stream` does
+    /// (`logs --follow`).
+    Stream(IdArg),
+    /// Download a job's output to DIR/ID/artifacts/user_logs/std_log.txt,
+    /// as `az ml job download` lays out its logs. Outputs stay in their
+    /// datastores, at the paths `job show` lists.
+    Download {
+        #[command(flatten)]
+        id: IdArg,
+        /// The directory to download into (default: the current one).
+        #[arg(long, short = 'p', value_name = "DIR", default_value = ".")]
+        download_path: std::path::PathBuf,
+    },
     /// Cancel a job; prints its state.
     Cancel(IdArg),
     /// Delete an ended job with its logs (refused while it runs: cancel it
@@ -108,9 +121,19 @@ pub enum JobCommand {
 }
 
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 pub struct IdArg {
     /// Job id, as printed by `strato job submit`.
-    id: String,
+    id: Option<String>,
+    /// The same, as `az ml job` takes it.
+    #[arg(short = 'n', long = "name", value_name = "ID")]
+    name: Option<String>,
+}
+
+impl IdArg {
+    fn into_id(self) -> String {
+        self.id.or(self.name).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -355,7 +378,8 @@ pub async fn run(
                 crate::job_file::load(&file).map_err(|e| Failure::usage(format!("{e:#}")))?;
             submit(&mut client, format, spec).await?;
         }
-        JobCommand::Show(IdArg { id }) => {
+        JobCommand::Show(id) => {
+            let id = id.into_id();
             let job = client.get_job(v1::GetJobRequest { id }).await?.into_inner();
             print(format, &JobView::from(job))?;
         }
@@ -383,11 +407,13 @@ pub async fn run(
                 &jobs.into_iter().map(JobView::from).collect::<Vec<_>>(),
             )?;
         }
-        JobCommand::Logs {
-            id: IdArg { id },
-            follow,
-        } => logs(&mut client, format, id, follow).await?,
-        JobCommand::Cancel(IdArg { id }) => {
+        JobCommand::Logs { id, follow } => logs(&mut client, format, id.into_id(), follow).await?,
+        JobCommand::Stream(id) => logs(&mut client, format, id.into_id(), true).await?,
+        JobCommand::Download { id, download_path } => {
+            download(&mut client, &id.into_id(), &download_path).await?;
+        }
+        JobCommand::Cancel(id) => {
+            let id = id.into_id();
             let job = client
                 .cancel_job(v1::CancelJobRequest { id })
                 .await?
@@ -398,7 +424,8 @@ pub async fn run(
                 print(format, &JobView::from(job))?;
             }
         }
-        JobCommand::Delete(IdArg { id }) => {
+        JobCommand::Delete(id) => {
+            let id = id.into_id();
             client
                 .delete_job(v1::DeleteJobRequest { id: id.clone() })
                 .await?;
@@ -408,8 +435,51 @@ pub async fn run(
                 _ => print(format, &done)?,
             }
         }
-        JobCommand::Wait(IdArg { id }) => wait::run(&mut client, format, &id).await?,
+        JobCommand::Wait(id) => wait::run(&mut client, format, &id.into_id()).await?,
     }
+    Ok(())
+}
+
+/// Writes a job's output, every attempt, to
+/// `DIR/ID/artifacts/user_logs/std_log.txt` (a new file is readable by its
+/// owner only: a job's output may hold anything).
+async fn download(
+    client: &mut JobServiceClient<AuthedChannel>,
+    id: &str,
+    dir: &std::path::Path,
+) -> Result<(), Failure> {
+    let mut stream = client
+        .stream_logs(v1::StreamLogsRequest {
+            id: id.to_owned(),
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let logs = dir.join(id).join("artifacts/user_logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| Failure::refused(format!("{}: {e}", logs.display())))?;
+    let path = logs.join("std_log.txt");
+    let mut file = std::io::BufWriter::new({
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?
+    });
+    let mut printer = LogPrinter::new(Format::Table);
+    let mut lines = 0u64;
+    while let Some(line) = stream.message().await? {
+        let text = printer.render(line)?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
+        lines += 1;
+    }
+    file.flush()
+        .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
+    eprintln!("{lines} lines written to {}", path.display());
     Ok(())
 }
 
@@ -623,7 +693,7 @@ mod tests {
     fn other_verbs_parse() {
         assert!(matches!(
             parse(&["logs", "j1", "--follow"]).expect("parses"),
-            JobCommand::Logs { id: IdArg { id }, follow: true } if id == "j1"
+            JobCommand::Logs { id, follow: true } if id.id.as_deref() == Some("j1")
         ));
         assert!(matches!(
             parse(&["logs", "j1"]).expect("parses"),
@@ -637,6 +707,16 @@ mod tests {
             parse(&["list"]).expect("parses"),
             JobCommand::List { compute: None }
         ));
+        // az's spellings: -n for the id, stream, download.
+        for args in [
+            &["show", "-n", "j1"][..],
+            &["cancel", "--name", "j1"],
+            &["stream", "j1"],
+            &["download", "-n", "j1", "--download-path", "/tmp/x"],
+        ] {
+            parse(args).expect("parses");
+        }
+        assert!(parse(&["show", "j1", "-n", "j2"]).is_err(), "one id");
         for verb in ["show", "cancel", "wait"] {
             parse(&[verb, "j1"]).expect("parses");
             assert!(parse(&[verb]).is_err(), "{verb} without an id");
