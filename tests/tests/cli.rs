@@ -146,6 +146,26 @@ async fn compute_verbs_from_flags_and_file() {
         (updated["min_nodes"].clone(), updated["max_nodes"].clone()),
         (1.into(), 5.into())
     );
+    // az's --set.
+    let set = json(&cp.cli(&[
+        "compute",
+        "update",
+        "-n",
+        "cpu-a",
+        "--set",
+        "max_instances=6",
+        "--set",
+        "tags.owner=ml",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        (set["max_instances"].clone(), set["tags"]["owner"].clone()),
+        (6.into(), "ml".into())
+    );
+    let bad = cp.cli(&["compute", "update", "-n", "cpu-a", "--set", "size=big"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--set size"), "{}", stderr(&bad));
     // With --provider none, the reconcile loop records why the cluster
     // cannot reach its target instead of sitting in `resizing` silently.
     let shown = strato_e2e::wait_for(

@@ -15,6 +15,8 @@ pub enum ArgError {
     DataUri(String),
     #[error("{0:?}: use NAME=MODE, e.g. raw=ro_mount")]
     DataMode(String),
+    #[error("{0:?}: use PATH=VALUE, e.g. max_instances=4")]
+    Set(String),
     #[error("{0:?}: the variable name before '=' must be non-empty, without spaces")]
     EnvName(String),
     #[error("{0:?}: an environment variable is KEY=VALUE")]

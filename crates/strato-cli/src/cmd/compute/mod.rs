@@ -307,6 +307,18 @@ pub struct UpdateArgs {
     /// Remove a tag by key; repeat for more.
     #[arg(long = "remove-tag")]
     remove_tags: Vec<String>,
+    /// As `az ml compute update --set`: PATH=VALUE for min_instances,
+    /// max_instances, idle_time_before_scale_down, description or
+    /// tags.KEY; repeat for more.
+    #[arg(long = "set", value_name = "PATH=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), ArgError> {
+    match s.split_once('=') {
+        Some((path, value)) if !path.is_empty() => Ok((path.to_owned(), value.to_owned())),
+        _ => Err(ArgError::Set(s.to_owned())),
+    }
 }
 
 pub async fn run(

@@ -204,6 +204,42 @@ pub(super) async fn update_request(
             mask.push(field.to_owned());
         }
     };
+    // az's --set, as the flags it stands for.
+    let mut args = args;
+    for (path, value) in std::mem::take(&mut args.set) {
+        let count = |what: &str| {
+            value.parse::<u64>().map_err(|_| {
+                Failure::usage(format!("--set {path}={value}: {what} is a whole number"))
+            })
+        };
+        match path.as_str() {
+            "min_instances" => {
+                args.scale.min_nodes = Some(
+                    u32::try_from(count("min_instances")?)
+                        .map_err(|_| Failure::usage(format!("--set {path}={value}: too large")))?,
+                );
+            }
+            "max_instances" => {
+                args.scale.max_nodes = Some(
+                    u32::try_from(count("max_instances")?)
+                        .map_err(|_| Failure::usage(format!("--set {path}={value}: too large")))?,
+                );
+            }
+            "idle_time_before_scale_down" => {
+                args.scale.idle_seconds_before_scaledown =
+                    Some(count("idle_time_before_scale_down")?);
+            }
+            "description" => args.description = Some(value),
+            tag if tag.starts_with("tags.") && tag.len() > "tags.".len() => {
+                args.tags.push((tag["tags.".len()..].to_owned(), value));
+            }
+            other => {
+                return Err(Failure::usage(format!(
+                    "--set {other}: Strato updates min_instances, max_instances, idle_time_before_scale_down, description and tags.KEY"
+                )));
+            }
+        }
+    }
     if let Some(min) = args.scale.min_nodes {
         spec.min_nodes = min;
         set("min_nodes", &mut mask);
