@@ -14,6 +14,8 @@ mod cluster_file;
 mod cmd;
 mod config;
 mod job_file;
+#[cfg(test)]
+mod oracle;
 mod view;
 
 use std::path::PathBuf;

@@ -1,0 +1,44 @@
+//! Test-only: Azure's own Python SDK as the oracle for the YAML readers.
+//! Runs a script of `tests/oracle` over every `.yml` of a corpus folder in
+//! `tests/` with the azure-ai-ml that `cargo xtask setup` installs in
+//! .data/venv; each answer is a JSON object with `file`, `ok` and either
+//! `values` or `error`.
+
+use std::path::{Path, PathBuf};
+
+/// Each corpus file's name, path and the SDK's answer, in name order.
+pub fn answers(script: &str, corpus: &str) -> Vec<(String, PathBuf, serde_json::Value)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests").join(corpus))
+        .expect("the corpus")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    files.sort();
+    let out = std::process::Command::new(root.join(".data/venv/bin/python"))
+        .arg(root.join("tests/oracle").join(script))
+        .args(&files)
+        .output()
+        .expect("the test Python: run `cargo xtask setup`");
+    assert!(
+        out.status.success(),
+        "azure-ai-ml is missing from .data/venv: run `cargo xtask setup`\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<(String, PathBuf, serde_json::Value)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let azure: serde_json::Value = serde_json::from_str(line).expect("an oracle line");
+            let path = PathBuf::from(azure["file"].as_str().expect("file"));
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            (name, path, azure)
+        })
+        .collect();
+    assert_eq!(answers.len(), files.len(), "one oracle answer per file");
+    answers
+}
