@@ -270,10 +270,15 @@ proptest! {
             prop_assert!(crate::catalog::builtin().iter().any(|s| s.name == spec.vm_size));
             prop_assert!(!spec.identity.system_assigned || spec.identity.user_assigned.is_empty());
             prop_assert!(spec.identity.user_assigned.iter().all(|u| !u.is_empty()));
+            // A vnet name and a subnet name together (the resource group
+            // optional with them), or nothing.
             if let Some(v) = &spec.vnet {
-                let given = [&v.resource_group, &v.vnet_name, &v.subnet_name]
-                    .iter().filter(|s| !s.is_empty()).count();
-                prop_assert!(given == 0 || given == 3);
+                let (group, vnet, subnet) = (
+                    !v.resource_group.is_empty(),
+                    !v.vnet_name.is_empty(),
+                    !v.subnet_name.is_empty(),
+                );
+                prop_assert!((vnet && subnet) || !(group || vnet || subnet));
             }
         }
     }
