@@ -53,7 +53,7 @@ fn node_limit_depends_on_inter_node_communication() {
 }
 
 #[test]
-fn vnet_is_all_or_none() {
+fn vnet_is_a_network_and_subnet_or_none() {
     let mut r = req("cpu");
     r.vnet = Some(VnetSettings {
         resource_group: "rg".into(),
