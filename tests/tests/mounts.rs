@@ -51,17 +51,25 @@ fn job(
     script: &str,
     inputs: Vec<v1::JobData>,
     outputs: Vec<v1::JobData>,
-) -> v1::SubmitJobRequest {
-    v1::SubmitJobRequest {
-        spec: Some(v1::JobSpec {
-            cluster: cluster.into(),
-            image: TEST_IMAGE.into(),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            inputs,
-            outputs,
-            ..Default::default()
-        }),
+) -> v1::JobSpec {
+    v1::JobSpec {
+        cluster: cluster.into(),
+        image: TEST_IMAGE.into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        inputs,
+        outputs,
+        ..Default::default()
     }
+}
+
+/// The job once it has ended.
+async fn ended(cp: &ControlPlane, id: &str) -> v1::Job {
+    cp.jobs()
+        .await
+        .wait_job(v1::WaitJobRequest { id: id.to_owned() })
+        .await
+        .expect("wait")
+        .into_inner()
 }
 
 /// The job's output lines so far, or until `until` is printed.
@@ -239,7 +247,12 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
             "has none",
         ),
     ] {
-        let e = jobs.submit_job(request).await.expect_err(field);
+        let e = jobs
+            .submit_job(v1::SubmitJobRequest {
+                spec: Some(request),
+            })
+            .await
+            .expect_err(field);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
         assert!(
             e.message().starts_with(field) && e.message().contains(says),
@@ -250,45 +263,34 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
 
     // A job reads one MiB from the middle of the 1 GiB blob, cannot write
     // there, and waits to be canceled.
-    let reader = jobs
-        .submit_job(job(
+    let reader = cp.submit(job(
             "etl",
             "dd if=$AZURE_ML_INPUT_big/big.bin bs=1048576 skip=512 count=1 2>/dev/null | head -c 12; echo; \
              (echo x > $AZURE_ML_INPUT_big/new) 2>&1 | sed 's/.*: //'; echo read done; sleep 300",
             vec![data("big", "big", "ro_mount")],
             vec![],
-        ))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        )).await;
     // Another lists 10,000 blobs and writes a checkpoint through a
     // rw_mount, ending right after it closes the file.
-    let writer = jobs
-        .submit_job(job(
+    let writer = cp
+        .submit(job(
             "etl",
             "ls $AZURE_ML_INPUT_many | wc -l; ls $AZURE_ML_INPUT_many | tail -n 1; \
              yes checkpoint | head -c 8388608 > $AZURE_ML_OUTPUT_ckpt/model.pt; echo written",
             vec![data("many", "many", "ro_mount")],
             vec![data("ckpt", "ckpt/run1", "rw_mount")],
         ))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        .await;
 
     // A third reads through its mount again after its first token expired.
-    let patient = jobs
-        .submit_job(job(
+    let patient = cp
+        .submit(job(
             "etl",
             "cat $AZURE_ML_INPUT_many/f00000.txt; sleep 75; cat $AZURE_ML_INPUT_many/f09998.txt",
             vec![data("many", "many", "ro_mount")],
             vec![],
         ))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        .await;
 
     let lines = lines_until(&cp, &reader, Some("read done")).await;
     assert_eq!(
@@ -319,11 +321,7 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
         "fetched {fetched} bytes for one MiB of a 1 GiB blob"
     );
 
-    let writer_job = jobs
-        .wait_job(v1::WaitJobRequest { id: writer.clone() })
-        .await
-        .expect("wait")
-        .into_inner();
+    let writer_job = ended(&cp, &writer).await;
     assert_eq!(
         writer_job.state,
         v1::JobState::Completed as i32,
@@ -338,13 +336,7 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
     assert_eq!((status, body.len()), (200, 8 * MIB));
     assert!(body.starts_with("checkpoint\ncheckpoint\n"));
 
-    let patient_job = jobs
-        .wait_job(v1::WaitJobRequest {
-            id: patient.clone(),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
+    let patient_job = ended(&cp, &patient).await;
     assert_eq!(
         (patient_job.state, lines_until(&cp, &patient, None).await),
         (
@@ -356,17 +348,14 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
 
     // An agent that dies under a job with a mount: the job ends as its
     // node's loss, and the node's helpers and mounts go with the node.
-    let crashed = jobs
-        .submit_job(job(
+    let crashed = cp
+        .submit(job(
             "etl",
             "echo up; sleep 300",
             vec![data("many", "many", "ro_mount")],
             vec![],
         ))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+        .await;
     assert_eq!(lines_until(&cp, &crashed, Some("up")).await, ["up"]);
     assert!(
         helper_of(&crashed, "input-many").is_some(),
@@ -389,13 +378,7 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
         .args(["-KILL", &pid.to_string()])
         .status();
     assert!(killed.is_ok_and(|s| s.success()), "kill -9 the agent");
-    let crashed_job = jobs
-        .wait_job(v1::WaitJobRequest {
-            id: crashed.clone(),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
+    let crashed_job = ended(&cp, &crashed).await;
     assert_eq!(
         crashed_job.state,
         v1::JobState::Failed as i32,
@@ -416,11 +399,7 @@ async fn mounts_read_on_demand_write_back_and_leave_nothing_mounted() {
     jobs.cancel_job(v1::CancelJobRequest { id: reader.clone() })
         .await
         .expect("cancel");
-    let reader_job = jobs
-        .wait_job(v1::WaitJobRequest { id: reader.clone() })
-        .await
-        .expect("wait")
-        .into_inner();
+    let reader_job = ended(&cp, &reader).await;
     assert_eq!(reader_job.state, v1::JobState::Canceled as i32);
     strato_e2e::wait_for(
         "the mounts and their helpers gone",

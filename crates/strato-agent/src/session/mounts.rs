@@ -88,10 +88,17 @@ pub struct DataMount {
 impl DataMount {
     /// The job data's mode, if it is a mount.
     pub fn of(d: &v1::JobData, output: bool, transfer: Transfer) -> Option<DataMount> {
-        let writable = match d.mode.as_str() {
-            "ro_mount" => false,
-            "rw_mount" => true,
-            _ => return None,
+        use strato_core::job::{DataMode, DataSide};
+        let side = if output {
+            DataSide::Output
+        } else {
+            DataSide::Input
+        };
+        // The control plane checked the mode; anything else is copied.
+        let writable = match DataMode::parse(side, "mode", &d.mode).ok()? {
+            DataMode::Copy => return None,
+            DataMode::RoMount => false,
+            DataMode::RwMount => true,
         };
         Some(DataMount {
             transfer,
