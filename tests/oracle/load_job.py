@@ -49,6 +49,7 @@ for path in sys.argv[1:]:
             "experiment_name": job.experiment_name,
             "description": job.description,
             "tags": {k: str(v) for k, v in (job.tags or {}).items()},
+            "code": None if job.code is None else str(job.code),
         }
         print(json.dumps({"file": path, "ok": True, "values": values}, default=str))
     except Exception as e:  # noqa: BLE001 - every refusal is an answer

@@ -158,15 +158,25 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         .collect();
     assert!(keyed.is_empty(), "an account key was used: {keyed:?}");
 
-    // The same from an Azure ML command job file: an input folder, a
-    // literal input and an output, copied as their modes say.
+    // The same from an Azure ML command job file: a code folder, an input
+    // folder, a literal input and an output without a path, copied as
+    // their modes say.
+    let code = dir.path().join("src");
+    std::fs::create_dir_all(code.join("lib")).expect("code folder");
+    std::fs::write(
+        code.join("run.sh"),
+        "cat \"$1/a.txt\"; echo; echo \"$2\" > \"$3/greeting.txt\"; pwd; cat lib/data.txt > outputs/metrics.txt\n",
+    )
+    .expect("run.sh");
+    std::fs::write(code.join("lib/data.txt"), "accuracy 0.9\n").expect("data.txt");
     let job_file = dir.path().join("job.yml");
     std::fs::write(
         &job_file,
         format!(
             "$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json\n\
              type: command\n\
-             command: cat ${{{{inputs.raw}}}}/a.txt; echo ${{{{inputs.greeting}}}} > ${{{{outputs.model}}}}/greeting.txt\n\
+             code: ./src\n\
+             command: sh run.sh ${{{{inputs.raw}}}} '${{{{inputs.greeting}}}}' ${{{{outputs.model}}}}\n\
              environment:\n  image: {TEST_IMAGE}\n\
              compute: azureml:etl\n\
              display_name: from-yaml\n\
@@ -174,17 +184,50 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
              \x20 raw: {{type: uri_folder, path: azureml://datastores/lake/paths/in, mode: download}}\n\
              \x20 greeting: hello yaml\n\
              outputs:\n\
-             \x20 model: {{type: uri_folder, path: azureml://datastores/lake/paths/out/yaml, mode: upload}}\n"
+             \x20 model: {{type: uri_folder, mode: upload}}\n"
         ),
     )
     .expect("job.yml");
+    // Code and outputs without a path go to the default datastore: until
+    // the operator registers it, the job is refused saying how.
     let out = cp.cli(&["job", "create", "--file", &job_file.to_string_lossy()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("failed precondition")
+            && said.contains("strato datastore create -n workspaceblobstore"),
+        "{said}"
+    );
+    let out = cp.cli(&[
+        "datastore",
+        "create",
+        "-n",
+        "workspaceblobstore",
+        "--account-url",
+        &azurite.account_url(),
+        "--container",
+        "data",
+    ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = cp.cli(&[
+        "job",
+        "create",
+        "--file",
+        &job_file.to_string_lossy(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the job as JSON");
+    let id = created["id"].as_str().expect("id").to_owned();
     let job = jobs
         .wait_job(v1::WaitJobRequest { id: id.clone() })
         .await
@@ -196,11 +239,41 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         "{}",
         job.reason
     );
+    // The output is where `job show` says: Azure ML's default path in the
+    // default datastore.
+    let out = cp.cli(&["job", "show", "-n", &id, "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job show");
+    let model = shown["outputs"]["model"]["path"]
+        .as_str()
+        .expect("model path");
     assert_eq!(
-        azurite.request("GET", "data/out/yaml/greeting.txt", None),
+        model,
+        format!("azureml://datastores/workspaceblobstore/paths/azureml/{id}/model")
+    );
+    assert!(
+        shown["code"].as_str().is_some_and(
+            |c| c.starts_with("azureml://datastores/workspaceblobstore/paths/LocalUpload/")
+        ),
+        "{shown}"
+    );
+    assert_eq!(
+        azurite.request(
+            "GET",
+            &format!("data/azureml/{id}/model/greeting.txt"),
+            None
+        ),
         (200, "hello yaml\n".to_owned())
     );
-    // Its output, where `az ml job download` puts it.
+    // The code folder's ./outputs are the job's artifacts.
+    assert_eq!(
+        azurite.request(
+            "GET",
+            &format!("data/ExperimentRun/dcid.{id}/outputs/metrics.txt"),
+            None
+        ),
+        (200, "accuracy 0.9\n".to_owned())
+    );
+    // Its log, artifacts and outputs, where `az ml job download` puts them.
     let into = dir.path().join("downloads");
     let out = cp.cli(&[
         "job",
@@ -209,6 +282,7 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         &id,
         "--download-path",
         &into.to_string_lossy(),
+        "--all",
     ]);
     assert!(
         out.status.success(),
@@ -218,7 +292,18 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     assert_eq!(
         std::fs::read_to_string(into.join(&id).join("artifacts/user_logs/std_log.txt"))
             .expect("std_log.txt"),
-        "alpha\n"
+        "alpha\n/mnt/strato/code\n",
+        "the command ran in the code folder"
+    );
+    assert_eq!(
+        std::fs::read_to_string(into.join(&id).join("artifacts/outputs/metrics.txt"))
+            .expect("metrics.txt"),
+        "accuracy 0.9\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(into.join(&id).join("named-outputs/model/greeting.txt"))
+            .expect("greeting.txt"),
+        "hello yaml\n"
     );
 
     // A job file's limits.timeout: the job is canceled once it has run

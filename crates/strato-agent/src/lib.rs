@@ -7,5 +7,5 @@ pub mod image_cache;
 pub mod registry;
 pub mod session;
 pub mod ssh;
-pub mod storage;
+pub use strato_storage as storage;
 pub mod telemetry;

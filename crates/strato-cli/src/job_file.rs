@@ -43,12 +43,9 @@ const RUN: &[&str] = &[
     "experiment_name",
     "description",
     "tags",
+    "code",
 ];
 const NOT_YET: &[(&str, &str)] = &[
-    (
-        "code",
-        "a code folder is not uploaded yet: put the code in the image",
-    ),
     (
         "name",
         "Strato names each job itself (job-...); give display_name instead",
@@ -69,11 +66,37 @@ const NOT_YET: &[(&str, &str)] = &[
     ("parameters", "parameters are not supported: use inputs"),
 ];
 
-/// Reads `path` as a command job.
-pub fn load(path: &std::path::Path) -> anyhow::Result<v1::JobSpec> {
+/// A command job as read: the spec to submit, and the local code folder
+/// (or file) to upload first, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFile {
+    pub spec: v1::JobSpec,
+    /// `code:` as written; relative to the YAML file's folder.
+    pub code: Option<std::path::PathBuf>,
+}
+
+/// Reads `path` as a command job; a relative `code:` is taken from the
+/// file's own folder, as Azure ML does.
+pub fn load(path: &std::path::Path) -> anyhow::Result<JobFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?;
-    parse(&text).with_context(|| format!("--file {}", path.display()))
+    let mut job = parse(&text).with_context(|| format!("--file {}", path.display()))?;
+    if let Some(code) = &job.code
+        && code.is_relative()
+    {
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        job.code = Some(base.join(code).components().collect());
+    }
+    if let Some(code) = &job.code
+        && !code.exists()
+    {
+        bail!(
+            "--file {}: code: {}: no such folder or file",
+            path.display(),
+            code.display()
+        );
+    }
+    Ok(job)
 }
 
 fn text(value: &Value, key: &str) -> anyhow::Result<String> {
@@ -115,7 +138,7 @@ fn only(section: &str, map: &serde_norway::Mapping, known: &[&str]) -> anyhow::R
     Ok(())
 }
 
-pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
+pub fn parse(text_in: &str) -> anyhow::Result<JobFile> {
     let doc: Value = serde_norway::from_str(text_in)?;
     let top = mapping(&doc, "the file")?;
     for key in top.keys() {
@@ -289,7 +312,22 @@ pub fn parse(text_in: &str) -> anyhow::Result<v1::JobSpec> {
         }
     }
     spec.command = vec!["sh".into(), "-c".into(), substitute(&command, &bindings)?];
-    Ok(spec)
+    let code = match get("code") {
+        None => None,
+        Some(code) => {
+            let code = text(code, "code")?;
+            if code.starts_with("azureml:") || code.contains("://") || code.starts_with("git+") {
+                bail!(
+                    "code: {code:?}: Strato uploads a local folder (or file) only; registered code assets and URLs are not supported"
+                );
+            }
+            if code.trim().is_empty() {
+                bail!("code: must name a local folder");
+            }
+            Some(std::path::PathBuf::from(code))
+        }
+    };
+    Ok(JobFile { spec, code })
 }
 
 /// A count as Azure's schema takes one: a whole number, or a string of one.
@@ -329,19 +367,27 @@ fn data(
     if kind != "uri_folder" && kind != "uri_file" {
         bail!("{field}.type: {kind:?}: Strato takes uri_folder and uri_file");
     }
+    // An output without a path goes to the default datastore
+    // (azureml/<job>/<output>), as Azure ML's does: the control plane
+    // places it.
     let path = match m.get("path") {
         Some(p) => text(p, &format!("{field}.path"))?,
         None if input => bail!("{field}.path: required"),
-        None => bail!(
-            "{field}.path: required: Strato has no default datastore yet; give azureml://datastores/<datastore>/paths/<path>"
-        ),
+        None => String::new(),
     };
-    if path.contains("${{") {
+    // An output's ${{name}} is the job's name, filled in by the control
+    // plane; no other placeholder is.
+    let placeholders = if input {
+        path.clone()
+    } else {
+        path.replace("${{name}}", "")
+    };
+    if placeholders.contains("${{") {
         bail!(
-            "{field}.path: placeholders such as ${{{{name}}}} are not supported: give the whole path"
+            "{field}.path: placeholders other than an output's ${{{{name}}}} are not supported: give the whole path"
         );
     }
-    if !path.starts_with("azureml://datastores/") {
+    if !path.is_empty() && !path.starts_with("azureml://datastores/") {
         bail!(
             "{field}.path: {path:?}: Strato reads datastore paths only (azureml://datastores/<datastore>/paths/<path>)"
         );
@@ -424,7 +470,18 @@ mod tests {
     #[test]
     fn job_yaml_reads_as_azure_ml_reads_it() {
         for (name, path, azure) in crate::oracle::answers("load_job.py", "job-yaml") {
-            let strato = load(&path);
+            let strato = load(&path).map(|job| {
+                // Azure gives a local code path as written.
+                let folder = |p: &std::path::Path| p.file_name().map(|f| f.to_owned());
+                assert_eq!(
+                    job.code.as_deref().and_then(folder),
+                    azure["values"]["code"]
+                        .as_str()
+                        .and_then(|c| folder(std::path::Path::new(c))),
+                    "{name}: code"
+                );
+                job.spec
+            });
             match (azure["ok"].as_bool(), strato) {
                 (Some(true), Ok(spec)) if !name.starts_with("not-yet-") => {
                     let v = &azure["values"];
@@ -592,7 +649,7 @@ display_name: train
 
     #[test]
     fn a_command_job_becomes_a_job_spec() {
-        let spec = parse(JOB).expect("parses");
+        let spec = parse(JOB).expect("parses").spec;
         assert_eq!(spec.cluster, "cpu-cluster");
         assert_eq!(
             spec.image,
@@ -624,8 +681,8 @@ display_name: train
     fn what_strato_does_not_run_is_refused_naming_the_key() {
         for (change, says) in [
             (
-                ("code: ./src\n", ""),
-                "code: a code folder is not uploaded yet",
+                ("code: azureml:my-code:1\n", ""),
+                "code: \"azureml:my-code:1\": Strato uploads a local folder",
             ),
             (
                 ("limits:\n  max_total_trials: 3\n", ""),

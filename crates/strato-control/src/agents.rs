@@ -709,8 +709,8 @@ async fn hello_reconcile<S: Store>(
 
 /// Queues the assignment of a job's current attempt to the agents of its
 /// nodes (or only to `only`), each with its rank, the whole gang and the
-/// client id of the cluster's default identity. Outputs go with rank 0 only:
-/// one node uploads them.
+/// client id of the cluster's default identity. Outputs and artifacts go
+/// with rank 0 only: one node uploads them (every node gets the code).
 pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: Option<&str>) {
     let Some(attempt) = job.attempts.iter().find(|a| a.attempt == job.attempt) else {
         return;
@@ -766,6 +766,7 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
         let mut spec = strato_proto::convert::job_spec(&job.spec);
         if member.rank > 0 {
             spec.outputs.clear();
+            spec.artifacts = None;
         }
         plane.sessions.send(
             &member.node_id,

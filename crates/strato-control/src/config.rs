@@ -140,8 +140,10 @@ pub struct Config {
     )]
     pub docker_socket: String,
 
-    /// A PEM file of extra CA certificates the local provider's agents trust
-    /// for storage endpoints (e.g. Azurite's self-signed certificate).
+    /// A PEM file of extra CA certificates trusted for storage endpoints
+    /// (e.g. Azurite's self-signed certificate): by the control plane, which
+    /// writes code folders (`code:`) and reads outputs (`job download`) with
+    /// the cluster's identity, and by the local provider's agents.
     #[arg(long, env = "STRATO_STORAGE_CA_FILE")]
     pub storage_ca_file: Option<PathBuf>,
 

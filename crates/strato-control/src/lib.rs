@@ -207,6 +207,12 @@ pub async fn serve(
     // The CA signs node certificates for as long as the control plane runs.
     let settings_data_dir = settings.config.data_dir.clone();
     let tls = tls.map(Arc::new);
+    let storage_ca = match &settings.config.storage_ca_file {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("--storage-ca-file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let followers_per_caller = settings.config.max_followers_per_caller;
     let plane = Arc::new(Plane {
@@ -228,6 +234,7 @@ pub async fn serve(
         oidc,
         secrets: secrets::SecretBox::load_or_create(&settings_data_dir)
             .context("the secrets key")?,
+        storage_ca,
     });
     let access = Arc::new(app::Access::new(plane.clone()));
     write_admin_conf(&plane.settings.config, &access, tls.as_deref(), grpc_addr).await?;

@@ -313,6 +313,33 @@ pub struct Plane<S> {
     pub oidc: crate::oidc::Oidc,
     /// Seals and opens secrets kept in the store (registry passwords).
     pub secrets: crate::secrets::SecretBox,
+    /// Extra CA certificates (PEM) trusted for storage endpoints, where the
+    /// control plane itself writes code and reads outputs
+    /// (`--storage-ca-file`).
+    pub storage_ca: Option<Vec<u8>>,
+}
+
+impl<S> Plane<S> {
+    /// A token of `identity`, an identity of `cluster`, for `resource`:
+    /// issued here, or from Entra ID through federation. For the control
+    /// plane's own use on the cluster's behalf; never handed to a caller.
+    pub async fn identity_token(
+        &self,
+        cluster: &str,
+        identity: &strato_core::identity::Identity,
+        resource: &str,
+    ) -> Result<crate::tokens::IssuedToken, crate::app::AppError> {
+        let now = self.clock.now_ms() / 1000;
+        match &self.federation {
+            None => self
+                .tokens
+                .issue(identity, resource, now)
+                .map_err(|e| crate::app::AppError::Internal(crate::app::Internal::Token(e))),
+            Some(federation) => Ok(federation
+                .token(&self.tokens, cluster, identity, resource, now)
+                .await?),
+        }
+    }
 }
 
 /// How many long-lived calls (log streams followed, jobs waited on) each

@@ -101,7 +101,11 @@ impl Role {
             Role::Owner => true,
             Role::Reader => reads,
             Role::DataScientist => {
-                reads || matches!(action, SubmitJob | CancelJob | DeleteJob | StreamLogs)
+                reads
+                    || matches!(
+                        action,
+                        SubmitJob | CancelJob | DeleteJob | StreamLogs | ReadOutputs
+                    )
             }
             Role::ComputeOperator => {
                 reads
@@ -340,6 +344,9 @@ pub enum Action {
     /// Deleting an ended job with its logs.
     DeleteJob,
     StreamLogs,
+    /// Reading a job's outputs and artifacts through the control plane
+    /// (with its cluster's identity), as `job download` does.
+    ReadOutputs,
     WaitJob,
     CreateDatastore,
     GetDatastore,
@@ -388,6 +395,7 @@ impl Action {
             CancelJob => "jobs/cancel",
             DeleteJob => "jobs/delete",
             StreamLogs => "jobs/logs/read",
+            ReadOutputs => "jobs/outputs/read",
             CreateDatastore => "datastores/create",
             GetDatastore | ListDatastores => "datastores/read",
             DeleteDatastore => "datastores/delete",

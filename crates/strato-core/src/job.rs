@@ -58,6 +58,73 @@ pub struct JobSpec {
     /// Azure ML's `limits.timeout`: an attempt running longer is canceled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// Azure ML's `code`: a folder (uploaded with `UploadCode`) downloaded
+    /// into the working directory the command starts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<DataBinding>,
+    /// Where the working directory's `outputs` folder is uploaded after the
+    /// job (Azure ML's artifacts); set with `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<DataBinding>,
+}
+
+/// The datastore that code snapshots, artifacts and outputs without a path
+/// go to: the one registered under Azure ML's name for a workspace's
+/// default datastore.
+pub const DEFAULT_DATASTORE: &str = "workspaceblobstore";
+
+/// Where an output without a path goes in the default datastore, as Azure
+/// ML's default (`azureml/<job>/<output>/`).
+pub fn default_output_path(job_id: &str, output: &str) -> String {
+    format!("azureml/{job_id}/{output}")
+}
+
+/// Where a job's artifacts (its working directory's `outputs` folder) go
+/// in the default datastore, as Azure ML keeps a run's outputs.
+pub fn artifacts_path(job_id: &str) -> String {
+    format!("ExperimentRun/dcid.{job_id}/outputs")
+}
+
+/// Where a code snapshot goes in the default datastore: a fresh folder
+/// each time, so no upload can change another's code.
+pub fn code_snapshot_path(snapshot_id: &str) -> String {
+    format!("LocalUpload/{snapshot_id}")
+}
+
+/// Checks a file's path in a code folder as the client sends it: relative,
+/// `/`-separated, with no empty, `.` or `..` part, no backslash or control
+/// character, and at most `limits::MAX_CODE_PATH_BYTES` bytes.
+pub fn check_code_path(path: &str) -> Result<(), FieldError> {
+    let field = "path";
+    if path.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "is required on a file's first chunk",
+        ));
+    }
+    if path.len() > crate::limits::MAX_CODE_PATH_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} bytes; at most {}",
+                path.len(),
+                crate::limits::MAX_CODE_PATH_BYTES
+            ),
+        ));
+    }
+    if path
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+        || path.chars().any(|c| c == '\\' || c.is_control())
+    {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{path:?}: must be relative, '/'-separated, with no empty, '.' or '..' part, backslash or control character"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The longest `limits.timeout`: 90 days.
@@ -883,6 +950,8 @@ mod tests {
             description: String::new(),
             tags: BTreeMap::new(),
             timeout_seconds: None,
+            code: None,
+            artifacts: None,
         }
     }
 
@@ -1115,6 +1184,34 @@ mod tests {
         assert_eq!(Distribution::default_for(1, 1), Distribution::None);
         assert_eq!(Distribution::default_for(2, 1), Distribution::Mpi);
         assert_eq!(Distribution::default_for(1, 4), Distribution::Mpi);
+    }
+
+    #[test]
+    fn code_paths_stay_inside_their_folder() {
+        for ok in ["a.py", "src/lib/x.py", ".amlignore", "a b/c..d"] {
+            assert!(check_code_path(ok).is_ok(), "{ok}");
+        }
+        let long = "a/".repeat(600);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/",
+            "a\\b",
+            "a\nb",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                check_code_path(bad).expect_err(bad).field,
+                "path",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(default_output_path("job-1", "model"), "azureml/job-1/model");
+        assert_eq!(artifacts_path("job-1"), "ExperimentRun/dcid.job-1/outputs");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct JobRequest {
     pub description: String,
     pub tags: BTreeMap<String, String>,
     pub timeout_seconds: Option<u64>,
+    /// A code folder in a datastore
+    /// (`azureml://datastores/<datastore>/paths/<path>`); empty: none.
+    pub code: String,
 }
 
 /// A job input or output as asked for: a datastore URI, not yet resolved.

@@ -115,6 +115,14 @@ pub const MAX_DATA_URI_BYTES: usize = 1024;
 /// The longest input or output mode, in bytes (`download`, `ro_mount`, ...).
 pub const MAX_DATA_MODE_BYTES: usize = 16;
 
+/// A code folder (`code:`) as Azure ML bounds a snapshot: at most this many
+/// bytes and files, each path at most this long, sent in chunks of at most
+/// `MAX_CODE_CHUNK_BYTES`.
+pub const MAX_CODE_BYTES: u64 = 300 * 1000 * 1000;
+pub const MAX_CODE_FILES: u32 = 2_000;
+pub const MAX_CODE_PATH_BYTES: usize = 1024;
+pub const MAX_CODE_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// Checks the count of a job's inputs or outputs (`field`) and the length
 /// of each name and URI, before any is looked up.
 pub fn check_data(field: &str, data: &[crate::job_request::DataRequest]) -> Result<(), FieldError> {

@@ -801,6 +801,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         networking_config,
         image: Some(spec.image.clone()),
         user: spec.user.clone(),
+        working_dir: spec.working_dir.clone(),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         entrypoint: spec.entrypoint.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -1034,6 +1035,7 @@ mod tests {
             gpus: Vec::new(),
             entrypoint: None,
             fuse_mounts_at: None,
+            working_dir: None,
         }
     }
 
@@ -1057,6 +1059,7 @@ mod tests {
                 ("/ca.pem".into(), "/ca.pem".into(), true),
             ],
             fuse_mounts_at: Some("/mnt/strato".into()),
+            working_dir: None,
             entrypoint: Some(vec!["rclone".into()]),
             ..spec()
         });

@@ -531,6 +531,7 @@ mod tests {
             gpus: Vec::new(),
             entrypoint: None,
             fuse_mounts_at: None,
+            working_dir: None,
         }
     }
 

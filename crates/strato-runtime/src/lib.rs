@@ -82,6 +82,9 @@ pub struct ContainerSpec {
     /// which must be the target of one of `mounts`, appears on the host
     /// (`rshared` propagation; the host path must be on a shared mount).
     pub fuse_mounts_at: Option<String>,
+    /// The directory the command starts in (Docker's `WorkingDir`); `None`:
+    /// the image's `WORKDIR`.
+    pub working_dir: Option<String>,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]

@@ -59,6 +59,7 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         gpus: Vec::new(),
         entrypoint: None,
         fuse_mounts_at: None,
+        working_dir: None,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),

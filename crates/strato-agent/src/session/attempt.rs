@@ -63,6 +63,7 @@ pub fn container_spec(
         gpus: Vec::new(),
         entrypoint: None,
         fuse_mounts_at: None,
+        working_dir: None,
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),

@@ -370,6 +370,7 @@ fn helper_spec(
         user: None,
         gpus: Vec::new(),
         fuse_mounts_at: Some(IN_HELPER.to_owned()),
+        working_dir: None,
     }
 }
 
@@ -569,6 +570,7 @@ pub(super) async fn tear_down<R: ContainerRuntime>(
         user: None,
         gpus: Vec::new(),
         fuse_mounts_at: Some(IN_HELPER.to_owned()),
+        working_dir: None,
     };
     // One left by an earlier teardown would be adopted, not run again.
     let _ = runtime.remove(&name).await;

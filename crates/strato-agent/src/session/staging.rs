@@ -16,6 +16,9 @@ use crate::storage::{self, StorageError, Transfer};
 
 pub(super) const INPUTS_IN_CONTAINER: &str = "/mnt/strato/inputs";
 pub(super) const OUTPUTS_IN_CONTAINER: &str = "/mnt/strato/outputs";
+/// Where a job's code folder is, and where its command starts; the job's
+/// `./outputs` there are its artifacts.
+pub(super) const CODE_IN_CONTAINER: &str = "/mnt/strato/code";
 /// Why an attempt's data could not be staged or uploaded; the text is the
 /// attempt's failure reason.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,10 @@ pub struct DataPlan {
     pub inputs: Vec<Transfer>,
     pub outputs: Vec<Transfer>,
     pub mounts: Vec<DataMount>,
+    /// The code folder, downloaded into the working directory.
+    pub code: Option<Transfer>,
+    /// Where the working directory's `outputs` go after the job.
+    pub artifacts: Option<Transfer>,
 }
 
 impl DataPlan {
@@ -70,6 +77,14 @@ impl DataPlan {
                 }
             }
         }
+        let transfer = |d: &v1::JobData| Transfer {
+            name: d.name.clone(),
+            account_url: d.account_url.clone(),
+            container: d.container.clone(),
+            path: d.path.clone(),
+        };
+        plan.code = spec.code.as_ref().map(transfer);
+        plan.artifacts = spec.artifacts.as_ref().map(transfer);
         plan
     }
 }
@@ -90,7 +105,7 @@ pub(super) async fn stage_data(
     job_id: &str,
     attempt: u32,
 ) -> Result<(), StagingError> {
-    if plan.inputs.is_empty() && plan.outputs.is_empty() {
+    if plan.inputs.is_empty() && plan.outputs.is_empty() && plan.code.is_none() {
         return Ok(());
     }
     let dir = attempt_dir(&staging.work_dir, job_id, attempt);
@@ -112,6 +127,29 @@ pub(super) async fn stage_data(
         spec.env
             .push((format!("AZURE_ML_INPUT_{}", input.name), inside));
     }
+    if let Some(code) = &plan.code {
+        let host = dir.join("code");
+        let files = storage::download(code, &token, staging.storage_ca.as_deref(), &host)
+            .await
+            .map_err(|source| StagingError::Download {
+                name: "code".into(),
+                source,
+            })?;
+        // Azure ML makes ./outputs for the job's artifacts.
+        std::fs::create_dir_all(host.join("outputs")).map_err(|source| {
+            StagingError::OutputDir {
+                name: "artifacts (./outputs)".into(),
+                source,
+            }
+        })?;
+        tracing::info!(job = %job_id, attempt, files, "code downloaded");
+        spec.mounts.push((
+            host.display().to_string(),
+            CODE_IN_CONTAINER.to_owned(),
+            false,
+        ));
+        spec.working_dir = Some(CODE_IN_CONTAINER.to_owned());
+    }
     for output in &plan.outputs {
         let host = dir.join("outputs").join(&output.name);
         std::fs::create_dir_all(&host).map_err(|source| StagingError::OutputDir {
@@ -126,10 +164,18 @@ pub(super) async fn stage_data(
     }
     let manifest = serde_json::to_vec(&plan.outputs).map_err(StagingError::EncodePlan)?;
     std::fs::write(dir.join("outputs.json"), manifest).map_err(StagingError::WritePlan)?;
+    if let Some(artifacts) = &plan.artifacts {
+        let manifest = serde_json::to_vec(artifacts).map_err(StagingError::EncodePlan)?;
+        std::fs::write(dir.join(ARTIFACTS_PLAN), manifest).map_err(StagingError::WritePlan)?;
+    }
     Ok(())
 }
 
-/// Uploads an attempt's outputs after it ended, whatever its exit code.
+/// The artifacts' plan beside the outputs' (an attempt with code only).
+const ARTIFACTS_PLAN: &str = "artifacts.json";
+
+/// Uploads an attempt's outputs, and its artifacts (the code folder's
+/// `outputs`), after it ended, whatever its exit code.
 pub(super) async fn upload_outputs(
     staging: &Staging,
     job_id: &str,
@@ -139,26 +185,32 @@ pub(super) async fn upload_outputs(
     let Ok(manifest) = std::fs::read(dir.join("outputs.json")) else {
         return Ok(());
     };
-    let outputs: Vec<Transfer> =
-        serde_json::from_slice(&manifest).map_err(StagingError::DecodePlan)?;
+    let mut outputs: Vec<(Transfer, PathBuf)> = serde_json::from_slice::<Vec<Transfer>>(&manifest)
+        .map_err(StagingError::DecodePlan)?
+        .into_iter()
+        .map(|t| {
+            let local = dir.join("outputs").join(&t.name);
+            (t, local)
+        })
+        .collect();
+    if let Ok(manifest) = std::fs::read(dir.join(ARTIFACTS_PLAN)) {
+        let artifacts: Transfer =
+            serde_json::from_slice(&manifest).map_err(StagingError::DecodePlan)?;
+        outputs.push((artifacts, dir.join("code").join("outputs")));
+    }
     if outputs.is_empty() {
         return Ok(());
     }
     let token = storage_token(staging, job_id, attempt)
         .await
         .map_err(StagingError::NoUploadToken)?;
-    for output in &outputs {
-        let files = storage::upload(
-            output,
-            &token,
-            staging.storage_ca.as_deref(),
-            &dir.join("outputs").join(&output.name),
-        )
-        .await
-        .map_err(|source| StagingError::Upload {
-            name: output.name.clone(),
-            source,
-        })?;
+    for (output, local) in &outputs {
+        let files = storage::upload(output, &token, staging.storage_ca.as_deref(), local)
+            .await
+            .map_err(|source| StagingError::Upload {
+                name: output.name.clone(),
+                source,
+            })?;
         tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
     }
     Ok(())

@@ -65,6 +65,35 @@ pub struct JobAttemptView {
     pub exit_code: Option<i32>,
 }
 
+/// A job's input or output, as `az ml job show` keys it: its datastore
+/// path and how the node gives it to the job.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DataView {
+    pub path: String,
+    pub mode: String,
+}
+
+fn data_views(list: Vec<v1::JobData>) -> BTreeMap<String, DataView> {
+    list.into_iter()
+        .map(|d| {
+            (
+                d.name,
+                DataView {
+                    path: d.uri,
+                    mode: d.mode,
+                },
+            )
+        })
+        .collect()
+}
+
+fn data_cell(list: &BTreeMap<String, DataView>) -> String {
+    list.iter()
+        .map(|(name, d)| format!("{name}={} ({})", d.path, d.mode))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `job show -o json`: one object per job.
 #[derive(Debug, Serialize)]
 pub struct JobView {
@@ -92,6 +121,18 @@ pub struct JobView {
     /// `limits.timeout`, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, DataView>,
+    /// Where each output is written, paths without one in the default
+    /// datastore included.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, DataView>,
+    /// The uploaded code folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Where the code folder's `./outputs` go after the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<String>,
     pub created_at: String,
     /// Who submitted it.
     pub submitted_by: String,
@@ -109,6 +150,10 @@ impl From<v1::Job> for JobView {
             description: s.description,
             tags: s.tags.into_iter().collect(),
             timeout_seconds: s.timeout_seconds,
+            inputs: data_views(s.inputs),
+            outputs: data_views(s.outputs),
+            code: s.code.map(|c| c.uri),
+            artifacts: s.artifacts.map(|a| a.uri),
             cluster: s.cluster,
             image: s.image,
             command: s.command,
@@ -185,6 +230,18 @@ impl Render for JobView {
                     self.node_count, self.process_count_per_node, self.distribution
                 ),
             ));
+        }
+        if let Some(code) = &self.code {
+            pairs.push(("code", code.clone()));
+        }
+        if !self.inputs.is_empty() {
+            pairs.push(("inputs", data_cell(&self.inputs)));
+        }
+        if !self.outputs.is_empty() {
+            pairs.push(("outputs", data_cell(&self.outputs)));
+        }
+        if let Some(artifacts) = &self.artifacts {
+            pairs.push(("artifacts", artifacts.clone()));
         }
         pairs.extend([
             ("node", or_dash(&self.node_id)),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use strato_core::identity::{IdentitySelector, SelectError, select};
 
-use super::{Action, AppError, Caller, Internal, NotFound, Precondition, authorize};
+use super::{Action, AppError, Caller, NotFound, Precondition, authorize};
 use crate::plane::Plane;
 use crate::store::{Store, StoreError};
 use crate::tokens::IssuedToken;
@@ -86,20 +86,13 @@ impl<S: Store> Vending<S> {
             }),
             SelectError::NotFound => AppError::NotFound(NotFound::Identity),
         })?;
-        let now = self.plane.clock.now_ms() / 1000;
-        let issued = match &self.plane.federation {
-            None => self
-                .plane
-                .tokens
-                .issue(identity, &r.resource, now)
-                .map_err(|e| AppError::Internal(Internal::Token(e)))?,
-            Some(federation) => federation
-                .token(&self.plane.tokens, &cluster.spec.name, identity, &r.resource, now)
-                .await
-                .inspect_err(|e| {
-                    tracing::warn!(job = %job.id, client_id = %identity.client_id, error = %e, "federated token refused");
-                })?,
-        };
+        let issued = self
+            .plane
+            .identity_token(&cluster.spec.name, identity, &r.resource)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(job = %job.id, client_id = %identity.client_id, error = %e, "token refused");
+            })?;
         tracing::info!(
             node = %node_id, job = %job.id, attempt = job.attempt,
             client_id = %identity.client_id, resource = %r.resource, "token issued"

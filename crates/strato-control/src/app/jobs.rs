@@ -11,7 +11,9 @@ use strato_core::job_request::{DataRequest, JobRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Action, AppError, Caller, Internal, authorize, required, visible_clusters};
+use super::{
+    Action, AppError, Caller, Internal, Precondition, authorize, required, visible_clusters,
+};
 use crate::plane::Plane;
 use crate::store::{ClusterRecord, JobCursor, JobPage, JobRecord, LogRecord, Store, StoreError};
 
@@ -30,7 +32,7 @@ pub const CREDENTIAL_RECHECK: Duration = Duration::from_secs(10);
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogRecord, AppError>> + Send>>;
 
 pub struct Jobs<S> {
-    plane: Arc<Plane<S>>,
+    pub(super) plane: Arc<Plane<S>>,
 }
 
 impl<S: Store> Jobs<S> {
@@ -68,6 +70,10 @@ impl<S: Store> Jobs<S> {
             )
             .into());
         }
+        // The id first: outputs without a path and artifacts are placed
+        // under it.
+        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let (code, artifacts) = self.resolve_code(&cluster, &id, &req.code).await?;
         let node_count = req.node_count.max(1);
         let process_count_per_node = req.process_count_per_node.max(1);
         let spec = JobSpec {
@@ -89,10 +95,11 @@ impl<S: Store> Jobs<S> {
                 // Bounded before each one costs a datastore lookup.
                 strato_core::limits::check_data("inputs", &req.inputs)?;
                 strato_core::limits::check_data("outputs", &req.outputs)?;
-                self.resolve(&cluster, DataSide::Input, req.inputs).await?
+                self.resolve(&cluster, &id, DataSide::Input, req.inputs)
+                    .await?
             },
             outputs: self
-                .resolve(&cluster, DataSide::Output, req.outputs)
+                .resolve(&cluster, &id, DataSide::Output, req.outputs)
                 .await?,
             user: req.user,
             pull: req.pull,
@@ -100,6 +107,8 @@ impl<S: Store> Jobs<S> {
             description: req.description,
             tags: req.tags,
             timeout_seconds: req.timeout_seconds,
+            code,
+            artifacts,
         };
         let size = cluster
             .spec
@@ -141,7 +150,6 @@ impl<S: Store> Jobs<S> {
                 .into());
             }
         }
-        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let job = self
             .plane
             .store
@@ -158,6 +166,7 @@ impl<S: Store> Jobs<S> {
     async fn resolve(
         &self,
         cluster: &ClusterRecord,
+        job_id: &str,
         side: DataSide,
         list: Vec<DataRequest>,
     ) -> Result<Vec<DataBinding>, AppError> {
@@ -179,7 +188,26 @@ impl<S: Store> Jobs<S> {
                 )
                 .into());
             }
-            let (datastore, path) = job::parse_data_uri(&format!("{field}.uri"), &d.uri)?;
+            // An output without a path goes to the default datastore, as
+            // in Azure ML.
+            // An output's ${{name}} is the job's name (its id), as Azure ML
+            // fills it in.
+            let uri = match side {
+                DataSide::Output => d.uri.replace("${{name}}", job_id),
+                DataSide::Input => d.uri.clone(),
+            };
+            let (datastore, path) = if d.uri.is_empty() && side == DataSide::Output {
+                (
+                    job::DEFAULT_DATASTORE.to_owned(),
+                    job::default_output_path(job_id, &d.name),
+                )
+            } else {
+                job::parse_data_uri(&format!("{field}.uri"), &uri)?
+            };
+            if d.uri.is_empty() && side == DataSide::Output {
+                self.default_datastore(format!("{field} (no path given)"))
+                    .await?;
+            }
             let store = self.plane.store.get_datastore(&datastore).await.map_err(|e| match e {
                 StoreError::DatastoreNotFound(_) => AppError::InvalidArgument(FieldError::new(
                     format!("{field}.uri"),
@@ -197,6 +225,81 @@ impl<S: Store> Jobs<S> {
             });
         }
         Ok(out)
+    }
+
+    /// The default datastore, or why `what` cannot go there.
+    pub(super) async fn default_datastore(
+        &self,
+        what: String,
+    ) -> Result<crate::store::DatastoreRecord, AppError> {
+        match self.plane.store.get_datastore(job::DEFAULT_DATASTORE).await {
+            Ok(store) => Ok(store),
+            Err(StoreError::DatastoreNotFound(_)) => Err(AppError::FailedPrecondition(
+                Precondition::NoDefaultDatastore { what },
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A job's code folder, downloaded with the cluster's default identity,
+    /// and where its artifacts go: both `None` without code.
+    async fn resolve_code(
+        &self,
+        cluster: &ClusterRecord,
+        job_id: &str,
+        uri: &str,
+    ) -> Result<(Option<DataBinding>, Option<DataBinding>), AppError> {
+        if uri.is_empty() {
+            return Ok((None, None));
+        }
+        if uri.len() > strato_core::limits::MAX_DATA_URI_BYTES {
+            return Err(FieldError::new(
+                "code.uri",
+                format!("at most {} bytes", strato_core::limits::MAX_DATA_URI_BYTES),
+            )
+            .into());
+        }
+        if strato_core::identity::default_identity(&cluster.identities).is_none() {
+            return Err(FieldError::new(
+                "code",
+                format!(
+                    "is read with the cluster's default managed identity, and cluster {} has none: assign one with `strato compute identity assign -n {} '[system]'`",
+                    cluster.spec.name, cluster.spec.name
+                ),
+            )
+            .into());
+        }
+        let mut code = self
+            .resolve(
+                cluster,
+                job_id,
+                DataSide::Input,
+                vec![DataRequest {
+                    name: "code".into(),
+                    uri: uri.to_owned(),
+                    mode: String::new(),
+                }],
+            )
+            .await
+            .map_err(|e| match e {
+                AppError::InvalidArgument(f) => AppError::InvalidArgument(FieldError::new(
+                    f.field.replacen("inputs[0]", "code", 1),
+                    f.rule,
+                )),
+                other => other,
+            })?;
+        let store = self
+            .default_datastore("the job's artifacts (./outputs of its code folder)".into())
+            .await?;
+        let artifacts = DataBinding {
+            name: "artifacts".into(),
+            datastore: store.name,
+            path: job::artifacts_path(job_id),
+            account_url: store.account_url,
+            container: store.container,
+            mode: DataMode::default(),
+        };
+        Ok((code.pop(), Some(artifacts)))
     }
 
     pub async fn get_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {

@@ -13,6 +13,7 @@ pub mod access;
 pub mod compute;
 pub mod datastores;
 pub mod identity;
+pub mod job_data;
 pub mod jobs;
 pub mod registries;
 
@@ -30,6 +31,7 @@ pub use access::Access;
 pub use compute::{ClusterView, Compute, CreatedCluster, Usage};
 pub use datastores::{Datastores, NewDatastore};
 pub use identity::{TokenRequest, Vending};
+pub use job_data::{CodePart, CodeSnapshot, OutputPart, OutputStream};
 pub use jobs::{Jobs, LogStream};
 pub use registries::{NewRegistry, Registries};
 
@@ -133,6 +135,13 @@ pub enum Precondition {
     NodeNotLive { node: String, state: NodeState },
     #[error("no managed identity is assigned to cluster {cluster}")]
     NoIdentity { cluster: String },
+    /// Code snapshots, artifacts and outputs without a path need the
+    /// default datastore.
+    #[error(
+        "{what} goes to the default datastore, and none is registered: register it once with `strato datastore create -n {} --account-url URL --container NAME`",
+        strato_core::job::DEFAULT_DATASTORE
+    )]
+    NoDefaultDatastore { what: String },
     /// The identity cannot be federated to Entra ID.
     #[error("{0}")]
     NotFederated(String),

@@ -47,6 +47,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
         tls: None,
         oidc: None,
         secrets: crate::secrets::SecretBox::load_or_create(dir).expect("secrets key"),
+        storage_ca: None,
     })
 }
 
@@ -201,5 +202,143 @@ async fn a_job_is_checked_against_its_cluster_and_datastores() {
     assert_eq!(
         jobs.wait_job(&ME, &job.id).await.expect("waited").id,
         job.id
+    );
+}
+
+#[tokio::test]
+async fn code_and_outputs_without_a_path_need_the_default_datastore() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plane = plane(dir.path()).await;
+    let compute = Compute::new(plane.clone());
+    compute
+        .create_cluster(&ME, cluster("cpu-d"))
+        .await
+        .expect("created");
+    let jobs = Jobs::new(plane.clone());
+    let part = |path: &str, data: &[u8]| CodePart {
+        cluster: "cpu-d".into(),
+        path: path.into(),
+        data: data.to_vec(),
+    };
+    let upload = async |caller: &Caller, parts: Vec<CodePart>| {
+        jobs.upload_code(
+            caller,
+            futures_util::stream::iter(parts.into_iter().map(Ok)),
+        )
+        .await
+    };
+    let reader = Caller::User(Principal {
+        name: "token:reader".into(),
+        grants: vec![Grant {
+            role: Role::Reader,
+            scope: Scope::All,
+        }],
+        expires_at: None,
+    });
+    let denied = upload(&reader, vec![part("a.py", b"x")]).await;
+    assert!(
+        matches!(denied, Err(AppError::PermissionDenied(_))),
+        "{denied:?}"
+    );
+    let no_store = upload(&ME, vec![part("a.py", b"x")]).await;
+    assert!(
+        matches!(
+            no_store,
+            Err(AppError::FailedPrecondition(
+                Precondition::NoDefaultDatastore { .. }
+            ))
+        ),
+        "{no_store:?}"
+    );
+    let output = JobRequest {
+        cluster: "cpu-d".into(),
+        image: "busybox".into(),
+        command: vec!["true".into()],
+        outputs: vec![DataRequest {
+            name: "model".into(),
+            uri: String::new(),
+            mode: String::new(),
+        }],
+        ..Default::default()
+    };
+    let refused = jobs.submit_job(&ME, output.clone()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(AppError::FailedPrecondition(Precondition::NoDefaultDatastore { ref what })) if what.starts_with("outputs[0]")
+        ),
+        "{refused:?}"
+    );
+
+    Datastores::new(plane.clone())
+        .create_datastore(
+            &ME,
+            NewDatastore {
+                name: strato_core::job::DEFAULT_DATASTORE.into(),
+                account_url: "https://127.0.0.1:9/devstoreaccount1".into(),
+                container: "data".into(),
+            },
+        )
+        .await
+        .expect("default datastore");
+    // Azure ML's default path, under the job's name; an output's
+    // ${{name}} is the job's name too.
+    let job = jobs
+        .submit_job(&ME, output.clone())
+        .await
+        .expect("submitted");
+    assert_eq!(
+        (
+            job.spec.outputs[0].datastore.as_str(),
+            job.spec.outputs[0].path.clone()
+        ),
+        ("workspaceblobstore", format!("azureml/{}/model", job.id))
+    );
+    let mut named = output;
+    named.outputs[0].uri =
+        "azureml://datastores/workspaceblobstore/paths/runs/${{name}}/out".into();
+    let job = jobs.submit_job(&ME, named).await.expect("submitted");
+    assert_eq!(job.spec.outputs[0].path, format!("runs/{}/out", job.id));
+    // The cluster's identity writes the code: none, none written.
+    let no_identity = upload(&ME, vec![part("a.py", b"x")]).await;
+    assert!(
+        matches!(no_identity, Err(AppError::InvalidArgument(ref f)) if f.field == "cluster"),
+        "{no_identity:?}"
+    );
+    compute
+        .assign_identity(&ME, "cpu-d", true, vec![])
+        .await
+        .expect("identity");
+    // Refused before anything is written: paths outside the folder, data
+    // before a file, chunks over the bound, a file sent twice, nothing.
+    let too_big = vec![0u8; strato_core::limits::MAX_CODE_CHUNK_BYTES + 1];
+    for (parts, field) in [
+        (vec![part("../etc/passwd", b"x")], "path"),
+        (vec![part("/abs", b"x")], "path"),
+        (vec![part("", b"x")], "path"),
+        (vec![part("a.py", &too_big)], "data"),
+        (vec![part("a.py", b""), part("a.py", b"")], "path"),
+        (vec![part("", b"")], "path"),
+    ] {
+        let refused = upload(&ME, parts).await;
+        assert!(
+            matches!(refused, Err(AppError::InvalidArgument(ref f)) if f.field == field),
+            "{field}: {refused:?}"
+        );
+    }
+    let other = upload(
+        &ME,
+        vec![
+            part("a.py", b""),
+            CodePart {
+                cluster: "other".into(),
+                ..part("b.py", b"")
+            },
+        ],
+    )
+    .await;
+    assert!(
+        matches!(other, Err(AppError::InvalidArgument(ref f)) if f.field == "cluster"),
+        "{other:?}"
     );
 }

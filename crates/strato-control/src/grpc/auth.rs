@@ -65,6 +65,9 @@ pub fn rule(path: &str) -> Option<Rule> {
             "DeleteJob" => user(DeleteJob),
             "StreamLogs" => user(StreamLogs),
             "WaitJob" => user(WaitJob),
+            // Checked again on the cluster the first chunk names.
+            "UploadCode" => user(SubmitJob),
+            "DownloadOutputs" => user(ReadOutputs),
             _ => None,
         },
         ("strato.v1.DatastoreService", m) => match m {

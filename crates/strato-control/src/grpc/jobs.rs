@@ -27,6 +27,7 @@ impl<S: Store> JobApi<S> {
 }
 
 type LogStreamBox = Pin<Box<dyn Stream<Item = Result<v1::LogLine, Status>> + Send>>;
+type OutputStreamBox = Pin<Box<dyn Stream<Item = Result<v1::OutputChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: Store> JobService for JobApi<S> {
@@ -132,5 +133,50 @@ impl<S: Store> JobService for JobApi<S> {
         let caller = auth::caller(&request)?;
         let id = request.into_inner().id;
         respond(self.app.wait_job(&caller, &id).await, |j| convert::job(&j))
+    }
+
+    async fn upload_code(
+        &self,
+        request: Request<tonic::Streaming<v1::CodeChunk>>,
+    ) -> Result<Response<v1::CodeSnapshot>, Status> {
+        let caller = auth::caller(&request)?;
+        let parts = request.into_inner().map(|chunk| {
+            chunk
+                .map(|c| crate::app::CodePart {
+                    cluster: c.cluster,
+                    path: c.path,
+                    data: c.data,
+                })
+                .map_err(|e| {
+                    crate::app::AppError::Unavailable(format!("the upload broke: {}", e.message()))
+                })
+        });
+        let snapshot = self.app.upload_code(&caller, parts).await;
+        respond(snapshot, |s| v1::CodeSnapshot {
+            uri: s.uri,
+            files: s.files,
+            bytes: s.bytes,
+        })
+    }
+
+    type DownloadOutputsStream = OutputStreamBox;
+
+    async fn download_outputs(
+        &self,
+        request: Request<v1::DownloadOutputsRequest>,
+    ) -> Result<Response<Self::DownloadOutputsStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        let parts = self.app.download_outputs(&caller, &r.job_id, &r.name).await;
+        respond(parts, |parts| -> OutputStreamBox {
+            Box::pin(parts.map(|p| {
+                p.map(|p| v1::OutputChunk {
+                    output: p.output,
+                    path: p.path,
+                    data: p.data,
+                })
+                .map_err(status)
+            }))
+        })
     }
 }

@@ -74,6 +74,11 @@ pub fn job_spec(spec: &JobSpec) -> v1::JobSpec {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         timeout_seconds: spec.timeout_seconds,
+        code: spec.code.as_ref().map(|d| job_data(d, DataSide::Input)),
+        artifacts: spec
+            .artifacts
+            .as_ref()
+            .map(|d| job_data(d, DataSide::Output)),
     }
 }
 
@@ -144,6 +149,7 @@ pub fn job_request(wire: v1::JobSpec) -> Result<JobRequest, FieldError> {
         description: wire.description,
         tags: wire.tags.into_iter().collect(),
         timeout_seconds: wire.timeout_seconds,
+        code: wire.code.map(|c| c.uri).unwrap_or_default(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `strato job`: submit a command to run in a Docker image on a cluster,
 //! follow it, cancel it, wait for it. Talks to `JobService`.
 
+mod data;
 mod wait;
 
 use std::io::Write;
@@ -95,15 +96,24 @@ pub enum JobCommand {
     /// Follow a job's output until it ends, as `az ml job stream` does
     /// (`logs --follow`).
     Stream(IdArg),
-    /// Download a job's output to DIR/ID/artifacts/user_logs/std_log.txt,
-    /// as `az ml job download` lays out its logs. Outputs stay in their
-    /// datastores, at the paths `job show` lists.
+    /// Download a job's files as `az ml job download` lays them out: its
+    /// log to DIR/ID/artifacts/user_logs/std_log.txt, its artifacts (the
+    /// `./outputs` of a job with `code:`) to DIR/ID/artifacts/outputs, and
+    /// with --output-name or --all its named outputs to
+    /// DIR/ID/named-outputs/NAME. Outputs are read from their datastores
+    /// by the control plane, with the cluster's identity.
     Download {
         #[command(flatten)]
         id: IdArg,
         /// The directory to download into (default: the current one).
         #[arg(long, short = 'p', value_name = "DIR", default_value = ".")]
         download_path: std::path::PathBuf,
+        /// Also download this named output.
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        output_name: Option<String>,
+        /// Also download every named output.
+        #[arg(long)]
+        all: bool,
     },
     /// Cancel a job; prints its state.
     Cancel(IdArg),
@@ -317,6 +327,8 @@ fn submit_spec(args: SubmitArgs) -> Result<v1::JobSpec, Failure> {
             PullArg::IfNotPresent => v1::PullPolicy::IfNotPresent,
             PullArg::Always => v1::PullPolicy::Always,
         } as i32,
+        code: None,
+        artifacts: None,
     })
 }
 
@@ -374,8 +386,16 @@ pub async fn run(
     match command {
         JobCommand::Submit(args) => submit(&mut client, format, submit_spec(*args)?).await?,
         JobCommand::Create { file } => {
-            let spec =
-                crate::job_file::load(&file).map_err(|e| Failure::usage(format!("{e:#}")))?;
+            let job = crate::job_file::load(&file).map_err(|e| Failure::usage(format!("{e:#}")))?;
+            let mut spec = job.spec;
+            if let Some(code) = &job.code {
+                let uri = data::upload_code(&mut client, &spec.cluster, code).await?;
+                spec.code = Some(v1::JobData {
+                    name: "code".into(),
+                    uri,
+                    ..Default::default()
+                });
+            }
             submit(&mut client, format, spec).await?;
         }
         JobCommand::Show(id) => {
@@ -409,8 +429,24 @@ pub async fn run(
         }
         JobCommand::Logs { id, follow } => logs(&mut client, format, id.into_id(), follow).await?,
         JobCommand::Stream(id) => logs(&mut client, format, id.into_id(), true).await?,
-        JobCommand::Download { id, download_path } => {
-            download(&mut client, &id.into_id(), &download_path).await?;
+        JobCommand::Download {
+            id,
+            download_path,
+            output_name,
+            all,
+        } => {
+            let id = id.into_id();
+            download(&mut client, &id, &download_path).await?;
+            let job = client.get_job(v1::GetJobRequest { id }).await?.into_inner();
+            let names: Vec<String> = if all {
+                job.spec
+                    .iter()
+                    .flat_map(|s| s.outputs.iter().map(|o| o.name.clone()))
+                    .collect()
+            } else {
+                output_name.into_iter().collect()
+            };
+            data::download_outputs(&mut client, &job, &download_path, &names).await?;
         }
         JobCommand::Cancel(id) => {
             let id = id.into_id();

@@ -281,6 +281,19 @@ mod fake_server_tests {
         ) -> Result<Response<Self::StreamLogsStream>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn upload_code(
+            &self,
+            _: Request<tonic::Streaming<v1::CodeChunk>>,
+        ) -> Result<Response<v1::CodeSnapshot>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type DownloadOutputsStream = tokio_stream::Empty<Result<v1::OutputChunk, Status>>;
+        async fn download_outputs(
+            &self,
+            _: Request<v1::DownloadOutputsRequest>,
+        ) -> Result<Response<Self::DownloadOutputsStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn wait_job(
             &self,
             r: Request<v1::WaitJobRequest>,

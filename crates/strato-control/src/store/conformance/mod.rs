@@ -170,6 +170,8 @@ pub fn job(cluster: &str) -> JobSpec {
         description: String::new(),
         tags: Default::default(),
         timeout_seconds: None,
+        code: None,
+        artifacts: None,
     }
 }
 

@@ -1,12 +1,15 @@
-//! Job inputs and outputs in Azure Blob Storage, through object_store, with
-//! a bearer token of the cluster's default identity (never an account key).
+//! Job inputs and outputs, code snapshots and artifacts in Azure Blob
+//! Storage, through object_store, with a bearer token of the cluster's
+//! default identity (never an account key). The agent downloads and uploads
+//! a job's data with it; the control plane writes code snapshots and reads
+//! outputs for `job download` with it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
-use object_store::buffered::BufWriter;
+pub use object_store::buffered::BufWriter;
 use object_store::path::Path as BlobPath;
 use object_store::{Certificate, ClientOptions, ObjectStore, ObjectStoreExt as _};
 use tokio::io::AsyncWriteExt as _;
@@ -151,6 +154,89 @@ pub async fn download(
         });
     }
     Ok(count)
+}
+
+/// A folder (the transfer's path) in a container, to write blobs under and
+/// read them back, one at a time and streamed.
+pub struct Folder {
+    store: Arc<dyn ObjectStore>,
+    transfer: Transfer,
+}
+
+/// One blob under a folder: its path below the folder (its own name when
+/// the folder's path names the blob itself) and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub relative: String,
+    pub size: u64,
+    location: BlobPath,
+}
+
+impl Folder {
+    pub fn open(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<Folder, StorageError> {
+        Ok(Folder {
+            store: Arc::new(client(t, token, ca)?),
+            transfer: t.clone(),
+        })
+    }
+
+    /// A writer of the blob at `relative` (`/`-separated, already checked):
+    /// a put for a small blob, a multipart upload for a large one. Call
+    /// `shutdown` to finish it, `abort` to drop what was written.
+    pub fn create(&self, relative: &str) -> BufWriter {
+        let location = format!("{}/{relative}", self.transfer.path.trim_end_matches('/'));
+        BufWriter::new(self.store.clone(), BlobPath::from(location.as_str()))
+    }
+
+    /// Every blob under the folder, with its path below it.
+    pub async fn list(&self) -> Result<Vec<Entry>, StorageError> {
+        let prefix = BlobPath::from(self.transfer.path.as_str());
+        let mut listing = self.store.list(Some(&prefix));
+        let mut entries = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|source| StorageError::List {
+                path: self.transfer.path.clone(),
+                source,
+            })?;
+            let Some(parts) = meta.location.prefix_match(&prefix) else {
+                continue;
+            };
+            let relative: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
+            let relative = if relative.is_empty() {
+                meta.location.filename().unwrap_or("blob").to_owned()
+            } else {
+                relative.join("/")
+            };
+            entries.push(Entry {
+                relative,
+                size: meta.size,
+                location: meta.location,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// The bytes of a listed blob, as a stream of chunks.
+    pub async fn read(
+        &self,
+        entry: &Entry,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, StorageError>> + use<>,
+        StorageError,
+    > {
+        let location = entry.location.clone();
+        let reading = move |source| StorageError::Read {
+            location: location.clone(),
+            source,
+        };
+        let stream = self
+            .store
+            .get(&entry.location)
+            .await
+            .map_err(reading.clone())?
+            .into_stream();
+        Ok(stream.map(move |chunk| chunk.map_err(reading.clone())))
+    }
 }
 
 /// Uploads every file under `src` to the transfer's path; returns how many.
