@@ -218,7 +218,7 @@ impl ControlPlane {
             }
             if let Ok(mut client) = self.try_client().await
                 && client
-                    .list_sizes(strato_proto::v1::ListSizesRequest {})
+                    .list_sizes(strato_proto::v1::ListSizesRequest::default())
                     .await
                     .is_ok()
             {

@@ -130,7 +130,9 @@ async fn compute_verbs_from_flags_and_file() {
         "{text}"
     );
 
-    let updated = json(&cp.cli(&[
+    // Raising min nodes waits for them; with --provider none they never
+    // come, and the wait ends with the cluster's error (the change is kept).
+    let waited = cp.cli(&[
         "compute",
         "update",
         "-n",
@@ -139,9 +141,14 @@ async fn compute_verbs_from_flags_and_file() {
         "5",
         "--min-nodes",
         "1",
-        "-o",
-        "json",
-    ]));
+    ]);
+    assert_eq!(waited.status.code(), Some(1), "{}", stderr(&waited));
+    assert!(
+        stderr(&waited).contains("cannot bring up its 1 min nodes: no_node_provider"),
+        "{}",
+        stderr(&waited)
+    );
+    let updated = json(&cp.cli(&["compute", "show", "-n", "cpu-a", "-o", "json"]));
     assert_eq!(
         (updated["min_nodes"].clone(), updated["max_nodes"].clone()),
         (1.into(), 5.into())
@@ -156,6 +163,7 @@ async fn compute_verbs_from_flags_and_file() {
         "max_instances=6",
         "--set",
         "tags.owner=ml",
+        "--no-wait",
         "-o",
         "json",
     ]));

@@ -386,7 +386,7 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
             .await
             .map_err(|e| chain(&e))?;
         ComputeServiceClient::new(channel)
-            .list_sizes(v1::ListSizesRequest {})
+            .list_sizes(v1::ListSizesRequest::default())
             .await
             .map(|_| ())
             .map_err(|status| {
@@ -407,7 +407,7 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
             .await
             .map_err(|e| chain(&e))?;
         ComputeServiceClient::new(channel)
-            .list_sizes(v1::ListSizesRequest {})
+            .list_sizes(v1::ListSizesRequest::default())
             .await
             .map(|_| ())
             .map_err(|status| chain(&status))
@@ -417,7 +417,7 @@ async fn only_tls_is_spoken_and_secrets_stay_private() {
     // And the control plane still serves a client that trusts its CA.
     cp.client()
         .await
-        .list_sizes(v1::ListSizesRequest {})
+        .list_sizes(v1::ListSizesRequest::default())
         .await
         .expect("TLS with the CA is served");
 

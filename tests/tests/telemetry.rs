@@ -25,11 +25,15 @@ async fn prometheus_scrapes_the_control_plane_and_the_agents() {
         "--max-nodes",
         "1",
     ]);
+    // The create waits until its min node is up, saying how far it is.
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() && said.contains("watched: 1 of 1 min nodes up"),
+        "{said}"
     );
+    let shown = cp.cli(&["compute", "show", "-n", "watched", "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(shown["node_state_counts"]["idle"], 1, "{shown}");
     let mut jobs = cp.jobs().await;
     let id = jobs
         .submit_job(v1::SubmitJobRequest {

@@ -50,6 +50,18 @@ impl RegionQuota {
             .copied()
             .unwrap_or(self.dedicated_cores_per_family)
     }
+
+    /// Whether a node of `size` can be had in the region at all: its
+    /// family's dedicated quota (within the dedicated total) or the
+    /// low-priority quota holds one node's vCPUs. What `list-sizes
+    /// --location` lists, as Azure lists a location's sizes.
+    pub fn offers(&self, size: &crate::catalog::VmSize) -> bool {
+        let cores = u64::from(size.vcpus);
+        let dedicated = self
+            .family_limit(&size.family)
+            .min(self.dedicated_cores_total);
+        dedicated >= cores || self.low_priority_cores >= cores
+    }
 }
 
 /// Limits for every region: `default` for a region not listed in `regions`.
@@ -402,6 +414,35 @@ mod tests {
                 false
             )
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_location_offers_the_sizes_one_node_of_fits() {
+        let size = |family: &str, vcpus| crate::catalog::VmSize {
+            name: "s".into(),
+            vcpus,
+            memory_gib: 1,
+            gpus: 0,
+            gpu_model: String::new(),
+            family: family.into(),
+        };
+        let mut q = RegionQuota {
+            dedicated_cores_total: 16,
+            dedicated_cores_per_family: 8,
+            families: BTreeMap::from([("gpuFamily".to_owned(), 0)]),
+            low_priority_cores: 0,
+            max_clusters: 1,
+        };
+        assert!(q.offers(&size("cpuFamily", 8)));
+        assert!(!q.offers(&size("cpuFamily", 9)), "over its family");
+        assert!(!q.offers(&size("gpuFamily", 6)), "no quota for the family");
+        q.low_priority_cores = 6;
+        assert!(q.offers(&size("gpuFamily", 6)), "as a low-priority node");
+        q.families.insert("bigFamily".into(), 64);
+        assert!(
+            !q.offers(&size("bigFamily", 32)),
+            "over the dedicated total"
         );
     }
 

@@ -467,9 +467,17 @@ impl<S: Store> Compute<S> {
     }
 
     /// The built-in sizes and the operator's.
-    pub fn list_sizes(&self, caller: &Caller) -> Result<&[VmSize], AppError> {
+    /// The catalog's sizes; with a location, those a node of can be had
+    /// there under its quota.
+    pub fn list_sizes(&self, caller: &Caller, location: &str) -> Result<Vec<VmSize>, AppError> {
         authorize_anywhere(caller, Action::ListSizes)?;
-        Ok(self.plane.settings.catalog.sizes())
+        let sizes = self.plane.settings.catalog.sizes();
+        if location.is_empty() {
+            return Ok(sizes.to_vec());
+        }
+        strato_core::spec::check_location(location)?;
+        let quota = self.plane.settings.quota.region(location);
+        Ok(sizes.iter().filter(|s| quota.offers(s)).cloned().collect())
     }
 
     /// The quota lines of `location` (empty: this control plane's region).

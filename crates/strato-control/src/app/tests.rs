@@ -100,6 +100,21 @@ async fn cluster_use_cases_refuse_with_typed_errors() {
         "{dedicated:?}"
     );
     assert_eq!(compute.list_clusters(&ME).await.expect("listed").len(), 1);
+    let every = compute.list_sizes(&ME, "").expect("sizes");
+    assert!(!every.is_empty());
+    // A location lists the sizes its quota can hold a node of.
+    let offered = compute.list_sizes(&ME, "westeurope").expect("sizes");
+    assert!(
+        !offered.is_empty() && offered.len() <= every.len(),
+        "{} of {}",
+        offered.len(),
+        every.len()
+    );
+    let bad = compute.list_sizes(&ME, "West Europe");
+    assert!(
+        matches!(bad, Err(AppError::InvalidArgument(ref f)) if f.field == "location"),
+        "{bad:?}"
+    );
 }
 
 #[tokio::test]

@@ -222,7 +222,8 @@ impl<S: Store> ComputeService for ComputeApi<S> {
         request: Request<v1::ListSizesRequest>,
     ) -> Result<Response<v1::ListSizesResponse>, Status> {
         let caller = auth::caller(&request)?;
-        respond(self.app.list_sizes(&caller), |sizes| {
+        let location = request.into_inner().location;
+        respond(self.app.list_sizes(&caller, &location), |sizes| {
             v1::ListSizesResponse {
                 sizes: sizes.iter().map(vm_size).collect(),
             }

@@ -378,7 +378,7 @@ pub fn check(spec: &ClusterSpec) -> Result<(), FieldError> {
     check_identity(&spec.identity)
 }
 
-fn check_location(location: &str) -> Result<(), FieldError> {
+pub fn check_location(location: &str) -> Result<(), FieldError> {
     let ok = (1..=64).contains(&location.len())
         && location.starts_with(|c: char| c.is_ascii_lowercase())
         && location

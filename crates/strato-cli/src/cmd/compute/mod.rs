@@ -47,7 +47,13 @@ pub enum ComputeCommand {
     /// List the nodes of a cluster.
     ListNodes(NameArg),
     /// List the VM sizes clusters may use.
-    ListSizes,
+    ListSizes {
+        /// Only the sizes a node of can be had in this region under its
+        /// quota (its family's dedicated quota or the low-priority quota
+        /// holds one node), as `az ml compute list-sizes --location`.
+        #[arg(short = 'l', long)]
+        location: Option<String>,
+    },
     /// Show quota usage and limits of a location.
     ListUsage {
         /// Region; default: the control plane's.
@@ -285,6 +291,16 @@ pub struct CreateArgs {
     /// multi-node MPI jobs).
     #[arg(long)]
     no_inter_node_communication: bool,
+    /// Return once the cluster is stored. Without it, the command waits,
+    /// showing progress on stderr, until the cluster's min nodes are up
+    /// (at once for min nodes 0), as `az ml compute create` does.
+    #[arg(long)]
+    no_wait: bool,
+    /// v1's project folder (`az ml computetarget create amlcompute -p`):
+    /// accepted so v1 scripts run, and not used: Strato finds its control
+    /// plane through `strato login`, not a project's config.
+    #[arg(short = 'p', long = "path", value_name = "DIR")]
+    project_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -307,11 +323,95 @@ pub struct UpdateArgs {
     /// Remove a tag by key; repeat for more.
     #[arg(long = "remove-tag")]
     remove_tags: Vec<String>,
+    /// Return once the change is stored, without waiting for new min
+    /// nodes to come up.
+    #[arg(long)]
+    no_wait: bool,
     /// As `az ml compute update --set`: PATH=VALUE for min_instances,
     /// max_instances, idle_time_before_scale_down, description or
     /// tags.KEY; repeat for more.
     #[arg(long = "set", value_name = "PATH=VALUE", value_parser = parse_set)]
     set: Vec<(String, String)>,
+}
+
+/// Waits until a cluster of type amlcompute has its min nodes up (idle or
+/// running), showing progress on stderr: a bar on a terminal, a line per
+/// change otherwise. Stops with the cluster's errors when it has reported
+/// some (quota, provider) for `ERRORS_FOR` polls in a row while short of
+/// its min nodes: a passing error does not end the wait.
+async fn wait_for_min_nodes(
+    client: &mut ComputeServiceClient<strato_proto::client::AuthedChannel>,
+    mut cluster: v1::Cluster,
+) -> Result<v1::Cluster, Failure> {
+    let spec = cluster.spec.clone().unwrap_or_default();
+    let want = spec.min_nodes;
+    if want == 0 || spec.r#type.eq_ignore_ascii_case("attached") {
+        return Ok(cluster);
+    }
+    const ERRORS_FOR: u32 = 5;
+    let tty = std::io::stderr().is_terminal();
+    let mut last = String::new();
+    let mut errors_seen = 0;
+    loop {
+        let counts = cluster.node_state_counts.unwrap_or_default();
+        let ready = counts.idle + counts.running;
+        let state = match v1::AllocationState::try_from(cluster.allocation_state) {
+            Ok(v1::AllocationState::Resizing) => "resizing",
+            _ => "steady",
+        };
+        let line = format!(
+            "{ready} of {want} min nodes up ({state}; {} preparing)",
+            counts.preparing
+        );
+        if line != last {
+            if tty {
+                let done = (ready.min(want) * 20 / want) as usize;
+                eprint!(
+                    "\r{}: [{}{}] {line}   ",
+                    spec.name,
+                    "#".repeat(done),
+                    "-".repeat(20 - done)
+                );
+            } else {
+                eprintln!("{}: {line}", spec.name);
+            }
+            last = line;
+        }
+        if ready >= want {
+            if tty {
+                eprintln!();
+            }
+            return Ok(cluster);
+        }
+        errors_seen = if cluster.errors.is_empty() {
+            0
+        } else {
+            errors_seen + 1
+        };
+        if errors_seen >= ERRORS_FOR {
+            if tty {
+                eprintln!();
+            }
+            let why: Vec<String> = cluster
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .collect();
+            return Err(Failure::refused(format!(
+                "cluster {} is stored but cannot bring up its {want} min nodes: {} (see `strato compute show -n {}`)",
+                spec.name,
+                why.join("; "),
+                spec.name
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        cluster = client
+            .get_cluster(v1::GetClusterRequest {
+                name: spec.name.clone(),
+            })
+            .await?
+            .into_inner();
+    }
 }
 
 fn parse_set(s: &str) -> Result<(String, String), ArgError> {
@@ -333,7 +433,13 @@ pub async fn run(
     };
     let mut client = ComputeServiceClient::new(connect(settings).await?);
     match command {
-        ComputeCommand::Create(_) => {
+        ComputeCommand::Create(args) => {
+            if let Some(path) = &args.project_path {
+                eprintln!(
+                    "strato: note: -p/--path {} (v1's project folder) is not used: the control plane comes from `strato login`",
+                    path.display()
+                );
+            }
             let spec = create_spec.context("create spec")?;
             let response = client
                 .create_cluster(v1::CreateClusterRequest { spec: Some(spec) })
@@ -342,14 +448,21 @@ pub async fn run(
             for w in &response.warnings {
                 eprintln!("strato: warning: {w}");
             }
-            let cluster = response
+            let mut cluster = response
                 .cluster
                 .context("the control plane returned no cluster")?;
+            if !args.no_wait {
+                cluster = wait_for_min_nodes(&mut client, cluster).await?;
+            }
             print(format, &ClusterView::from(cluster))?;
         }
         ComputeCommand::Update(args) => {
+            let no_wait = args.no_wait;
             let request = update_request(&mut client, args).await?;
-            let cluster = client.update_cluster(request).await?.into_inner();
+            let mut cluster = client.update_cluster(request).await?.into_inner();
+            if !no_wait {
+                cluster = wait_for_min_nodes(&mut client, cluster).await?;
+            }
             print(format, &ClusterView::from(cluster))?;
         }
         ComputeCommand::Show(NameArg { name }) => {
@@ -441,9 +554,11 @@ pub async fn run(
                 "cannot run ssh ({e}); install the OpenSSH client, or run: {connection}"
             )));
         }
-        ComputeCommand::ListSizes => {
+        ComputeCommand::ListSizes { location } => {
             let sizes = client
-                .list_sizes(v1::ListSizesRequest {})
+                .list_sizes(v1::ListSizesRequest {
+                    location: location.unwrap_or_default(),
+                })
                 .await?
                 .into_inner()
                 .sizes;
