@@ -38,8 +38,14 @@ Example job.yml:
     data: {type: uri_folder, path: azureml://datastores/lake/paths/data, mode: ro_mount}
   outputs:
     model: {type: uri_folder, path: azureml://datastores/lake/paths/models/run1}
+    report: {type: uri_folder}   # no path: workspaceblobstore, azureml/<job>/report
+  code: ./src                    # uploaded to workspaceblobstore; the command runs in it
 
-  id=$(strato job create --file job.yml) && strato job logs \"$id\" --follow";
+  id=$(strato job create --file job.yml) && strato job logs \"$id\" --follow
+
+The default datastore (code, ./outputs as artifacts, outputs without a path)
+is the one registered as workspaceblobstore:
+  strato datastore create -n workspaceblobstore --account-url URL --container NAME";
 
 const WAIT_AFTER_HELP: &str = "\
 Exit status: 0 when the job completed, 1 when it failed or was canceled (or
@@ -62,9 +68,12 @@ pub enum JobCommand {
     /// paths (or a literal input's value); also `environment_variables`,
     /// `resources.instance_count`, `distribution` (mpi, pytorch) with
     /// `process_count_per_instance`, uri_folder/uri_file inputs and outputs
-    /// on azureml://datastores paths with their `mode`, `display_name`.
-    /// Keys Strato does not run (code, limits, ...) are refused, naming the
-    /// key. Prints the job id (the whole job with -o json/yaml).
+    /// on azureml://datastores paths with their `mode` (outputs without a
+    /// path go to the default datastore), `code` (a local folder, uploaded
+    /// first, where the command runs; its ./outputs are the job's
+    /// artifacts), `limits.timeout`, `display_name`, `experiment_name`,
+    /// `description`, `tags`. Keys Strato does not run are refused, naming
+    /// the key. Prints the job id (the whole job with -o json/yaml).
     #[command(after_help = CREATE_AFTER_HELP)]
     Create {
         /// The job's YAML file.
