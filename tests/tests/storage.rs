@@ -165,10 +165,12 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     std::fs::create_dir_all(code.join("lib")).expect("code folder");
     std::fs::write(
         code.join("run.sh"),
-        "cat \"$1/a.txt\"; echo; echo \"$2\" > \"$3/greeting.txt\"; pwd; cat lib/data.txt > outputs/metrics.txt\n",
+        "cat \"$1/a.txt\"; echo; echo \"$2\" > \"$3/greeting.txt\"; pwd; cat lib/data.txt \"lib/données[1].txt\" \"$4\" > outputs/metrics.txt\n",
     )
     .expect("run.sh");
     std::fs::write(code.join("lib/data.txt"), "accuracy 0.9\n").expect("data.txt");
+    // Names keep their spelling on the way through the datastore.
+    std::fs::write(code.join("lib/données[1].txt"), "é\n").expect("non-ASCII name");
     let job_file = dir.path().join("job.yml");
     std::fs::write(
         &job_file,
@@ -176,13 +178,14 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
             "$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json\n\
              type: command\n\
              code: ./src\n\
-             command: sh run.sh ${{{{inputs.raw}}}} '${{{{inputs.greeting}}}}' ${{{{outputs.model}}}}\n\
+             command: sh run.sh ${{{{inputs.raw}}}} '${{{{inputs.greeting}}}}' ${{{{outputs.model}}}} ${{{{inputs.one}}}}\n\
              environment:\n  image: {TEST_IMAGE}\n\
              compute: azureml:etl\n\
              display_name: from-yaml\n\
              inputs:\n\
              \x20 raw: {{type: uri_folder, path: azureml://datastores/lake/paths/in, mode: download}}\n\
              \x20 greeting: hello yaml\n\
+             \x20 one: {{type: uri_file, path: azureml://datastores/lake/paths/in/sub/b.txt}}\n\
              outputs:\n\
              \x20 model: {{type: uri_folder, mode: upload}}\n"
         ),
@@ -271,7 +274,7 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
             &format!("data/ExperimentRun/dcid.{id}/outputs/metrics.txt"),
             None
         ),
-        (200, "accuracy 0.9\n".to_owned())
+        (200, "accuracy 0.9\né\nbeta".to_owned())
     );
     // Its log, artifacts and outputs, where `az ml job download` puts them.
     let into = dir.path().join("downloads");
@@ -298,12 +301,60 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     assert_eq!(
         std::fs::read_to_string(into.join(&id).join("artifacts/outputs/metrics.txt"))
             .expect("metrics.txt"),
-        "accuracy 0.9\n"
+        "accuracy 0.9\né\nbeta"
     );
     assert_eq!(
         std::fs::read_to_string(into.join(&id).join("named-outputs/model/greeting.txt"))
             .expect("greeting.txt"),
         "hello yaml\n"
+    );
+    // A code folder changed after its upload (any job whose identity may
+    // write the default datastore could) is never run.
+    let code = jobs
+        .get_job(v1::GetJobRequest { id: id.clone() })
+        .await
+        .expect("get")
+        .into_inner()
+        .spec
+        .and_then(|s| s.code)
+        .expect("the job's code");
+    assert_eq!(code.digest.len(), 64, "{code:?}");
+    assert_eq!(
+        azurite
+            .request(
+                "PUT",
+                &format!("data/{}/run.sh", code.path),
+                Some(b"echo tampered")
+            )
+            .0,
+        201
+    );
+    let mut again = submit("etl", "true");
+    if let Some(spec) = again.spec.as_mut() {
+        spec.inputs.clear();
+        spec.outputs.clear();
+        spec.code = Some(v1::JobData {
+            uri: code.uri.clone(),
+            digest: code.digest.clone(),
+            ..Default::default()
+        });
+    }
+    let rerun = jobs
+        .submit_job(again)
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let rerun = jobs
+        .wait_job(v1::WaitJobRequest { id: rerun })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(rerun.state, v1::JobState::Failed as i32, "{}", rerun.reason);
+    assert!(
+        rerun.reason.contains("changed after it was uploaded"),
+        "{}",
+        rerun.reason
     );
 
     // A job file's limits.timeout: the job is canceled once it has run

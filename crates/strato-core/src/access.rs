@@ -67,7 +67,9 @@ impl Role {
             Role::Reader => {
                 "read clusters, nodes, sizes, usage, jobs, datastores, registries and metrics"
             }
-            Role::DataScientist => "Reader, and submit, cancel, delete and read the logs of jobs",
+            Role::DataScientist => {
+                "Reader, and submit, cancel, delete and read the logs and outputs of jobs (and upload their code)"
+            }
             Role::ComputeOperator => {
                 "Reader, and create, update and delete clusters, assign identities, simulate evictions, make join tokens and detach machines"
             }

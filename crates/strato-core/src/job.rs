@@ -316,6 +316,27 @@ pub struct DataBinding {
     /// How the node gives the data to the job.
     #[serde(default, skip_serializing_if = "DataMode::is_copy")]
     pub mode: DataMode,
+    /// A code folder's digest (`strato_storage::snapshot_digest`), which
+    /// every node checks what it downloaded against; empty for data.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+}
+
+/// Whether `digest` is a code folder's digest as `UploadCode` returns it:
+/// 64 lowercase hex digits (SHA-256).
+pub fn check_code_digest(digest: &str) -> Result<(), FieldError> {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "code.digest",
+            "is required with code: the digest UploadCode returned (64 lowercase hex digits)",
+        ))
+    }
 }
 
 /// Which side of a job data is on.

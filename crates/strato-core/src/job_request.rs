@@ -37,6 +37,8 @@ pub struct JobRequest {
     /// A code folder in a datastore
     /// (`azureml://datastores/<datastore>/paths/<path>`); empty: none.
     pub code: String,
+    /// The code folder's digest, as `UploadCode` returned it.
+    pub code_digest: String,
 }
 
 /// A job input or output as asked for: a datastore URI, not yet resolved.

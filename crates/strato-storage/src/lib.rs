@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest as _, Sha256};
+
 use futures_util::StreamExt as _;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 pub use object_store::buffered::BufWriter;
@@ -65,12 +67,53 @@ pub enum StorageError {
         location: String,
         source: std::io::Error,
     },
+    #[error("{path} holds more than {max} blobs: download part of it")]
+    TooMany { path: String, max: usize },
     #[error("nothing found at {account_url}/{container}/{path}")]
     NothingFound {
         account_url: String,
         container: String,
         path: String,
     },
+}
+
+/// How a transfer's failure is best answered: the blob or container is not
+/// there, the identity may not reach it, or something else (often passing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    NotFound,
+    Denied,
+    Other,
+}
+
+impl StorageError {
+    pub fn kind(&self) -> FailureKind {
+        let source = match self {
+            StorageError::NothingFound { .. } => return FailureKind::NotFound,
+            StorageError::List { source, .. } | StorageError::Read { source, .. } => source,
+            StorageError::Client(source) => source,
+            _ => return FailureKind::Other,
+        };
+        match source {
+            object_store::Error::NotFound { .. } => FailureKind::NotFound,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => FailureKind::Denied,
+            _ => FailureKind::Other,
+        }
+    }
+}
+
+/// A blob's path as written, never percent-encoded: `données.py` and
+/// `data[1].csv` keep their names. Only a name object_store cannot hold
+/// (a control character) is encoded.
+fn blob_path(location: &str) -> BlobPath {
+    BlobPath::parse(location).unwrap_or_else(|_| BlobPath::from(location))
+}
+
+/// A writer that holds at most 4 MiB and two blocks in flight, whatever
+/// the blob's size.
+fn writer(store: Arc<dyn ObjectStore>, location: &str) -> BufWriter {
+    BufWriter::with_capacity(store, blob_path(location), 4 * 1024 * 1024).with_max_concurrency(2)
 }
 
 fn client(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<MicrosoftAzure, StorageError> {
@@ -90,6 +133,33 @@ fn client(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<MicrosoftAzure
         .map_err(StorageError::Client)
 }
 
+/// Streams one blob to `file`, chunk by chunk: inputs may be larger than
+/// memory.
+async fn fetch(
+    store: &MicrosoftAzure,
+    location: &BlobPath,
+    file: &Path,
+) -> Result<(), StorageError> {
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(StorageError::CreateDir)?;
+    }
+    let reading = |source| StorageError::Read {
+        location: location.clone(),
+        source,
+    };
+    let writing = |source| StorageError::WriteLocal {
+        path: file.to_owned(),
+        source,
+    };
+    let mut chunks = store.get(location).await.map_err(reading)?.into_stream();
+    let mut out = tokio::fs::File::create(file).await.map_err(writing)?;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(reading)?;
+        out.write_all(&chunk).await.map_err(writing)?;
+    }
+    out.flush().await.map_err(writing)
+}
+
 /// Downloads every blob under the transfer's path into `dest`, keeping the
 /// layout below the path; returns how many files.
 pub async fn download(
@@ -99,7 +169,7 @@ pub async fn download(
     dest: &Path,
 ) -> Result<usize, StorageError> {
     let store = client(t, token, ca)?;
-    let prefix = BlobPath::from(t.path.as_str());
+    let prefix = blob_path(&t.path);
     std::fs::create_dir_all(dest).map_err(StorageError::CreateDir)?;
     let mut listing = store.list(Some(&prefix));
     let mut count = 0;
@@ -112,7 +182,8 @@ pub async fn download(
             Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect(),
             None => continue,
         };
-        // A path naming one blob downloads it under its own name.
+        // (Never empty in practice: a listing holds what is below the
+        // prefix; a path naming one blob is fetched after the loop.)
         let relative = if relative.is_empty() {
             vec![meta.location.filename().unwrap_or("blob").to_owned()]
         } else {
@@ -121,30 +192,17 @@ pub async fn download(
         let file: PathBuf = relative
             .iter()
             .fold(dest.to_owned(), |p, part| p.join(part));
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(StorageError::CreateDir)?;
-        }
-        // Streamed to disk chunk by chunk: inputs may be larger than memory.
-        let reading = |source| StorageError::Read {
-            location: meta.location.clone(),
-            source,
-        };
-        let writing = |source| StorageError::WriteLocal {
-            path: file.clone(),
-            source,
-        };
-        let mut chunks = store
-            .get(&meta.location)
-            .await
-            .map_err(reading)?
-            .into_stream();
-        let mut out = tokio::fs::File::create(&file).await.map_err(writing)?;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(reading)?;
-            out.write_all(&chunk).await.map_err(writing)?;
-        }
-        out.flush().await.map_err(writing)?;
+        fetch(&store, &meta.location, &file).await?;
         count += 1;
+    }
+    // A path naming one blob (a uri_file): listing a prefix finds what is
+    // under it, not the blob itself.
+    if count == 0
+        && let Ok(meta) = store.head(&prefix).await
+    {
+        let name = meta.location.filename().unwrap_or("blob").to_owned();
+        fetch(&store, &meta.location, &dest.join(name)).await?;
+        count = 1;
     }
     if count == 0 {
         return Err(StorageError::NothingFound {
@@ -154,6 +212,48 @@ pub async fn download(
         });
     }
     Ok(count)
+}
+
+/// A code folder's digest: SHA-256 over its files' paths (below the folder,
+/// `/`-separated) and their contents' SHA-256, in path order. The control
+/// plane computes it as the folder is uploaded; a node recomputes it over
+/// what it downloaded and refuses a folder changed since.
+pub fn snapshot_digest(files: &[(String, [u8; 32])]) -> String {
+    let mut files: Vec<&(String, [u8; 32])> = files.iter().collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut digest = Sha256::new();
+    for (path, content) in files {
+        digest.update(path.as_bytes());
+        digest.update([0]);
+        digest.update(content);
+    }
+    hex(&digest.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// [`snapshot_digest`] of the regular files under `dir` (links are left
+/// out, as an upload leaves them out).
+pub fn folder_digest(dir: &Path) -> std::io::Result<String> {
+    let mut paths = Vec::new();
+    collect(dir, &mut paths)?;
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let relative = path
+            .strip_prefix(dir)
+            .map_err(std::io::Error::other)?
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        let mut file = open_no_follow(&path)?;
+        let mut digest = Sha256::new();
+        std::io::copy(&mut file, &mut digest)?;
+        files.push((relative, digest.finalize().into()));
+    }
+    Ok(snapshot_digest(&files))
 }
 
 /// A folder (the transfer's path) in a container, to write blobs under and
@@ -185,12 +285,13 @@ impl Folder {
     /// `shutdown` to finish it, `abort` to drop what was written.
     pub fn create(&self, relative: &str) -> BufWriter {
         let location = format!("{}/{relative}", self.transfer.path.trim_end_matches('/'));
-        BufWriter::new(self.store.clone(), BlobPath::from(location.as_str()))
+        writer(self.store.clone(), &location)
     }
 
-    /// Every blob under the folder, with its path below it.
-    pub async fn list(&self) -> Result<Vec<Entry>, StorageError> {
-        let prefix = BlobPath::from(self.transfer.path.as_str());
+    /// Every blob under the folder, with its path below it; more than
+    /// `max` is refused.
+    pub async fn list(&self, max: usize) -> Result<Vec<Entry>, StorageError> {
+        let prefix = blob_path(&self.transfer.path);
         let mut listing = self.store.list(Some(&prefix));
         let mut entries = Vec::new();
         while let Some(meta) = listing.next().await {
@@ -207,6 +308,12 @@ impl Folder {
             } else {
                 relative.join("/")
             };
+            if entries.len() == max {
+                return Err(StorageError::TooMany {
+                    path: self.transfer.path.clone(),
+                    max,
+                });
+            }
             entries.push(Entry {
                 relative,
                 size: meta.size,
@@ -267,7 +374,7 @@ pub async fn upload(
             source,
         })?;
         let mut source = tokio::fs::File::from_std(source);
-        let mut sink = BufWriter::new(store.clone(), BlobPath::from(location.as_str()));
+        let mut sink = writer(store.clone(), &location);
         if let Err(e) = tokio::io::copy(&mut source, &mut sink).await {
             let _ = sink.abort().await;
             return Err(StorageError::Write {
@@ -288,11 +395,9 @@ pub async fn upload(
 /// tree meanwhile).
 fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    // O_NOFOLLOW on Linux.
-    const O_NOFOLLOW: i32 = 0o400_000;
     std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(O_NOFOLLOW)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
 }
 

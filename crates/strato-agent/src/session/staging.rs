@@ -27,6 +27,14 @@ pub enum StagingError {
     NoToken(#[source] Refusal),
     #[error("downloading input {name}: {source}")]
     Download { name: String, source: StorageError },
+    #[error("downloading the code folder: {source}")]
+    Code { source: StorageError },
+    #[error("reading the downloaded code folder: {0}")]
+    CodeDigest(#[source] std::io::Error),
+    #[error(
+        "the code folder {path} changed after it was uploaded (its digest differs): it is not run; create the job again"
+    )]
+    CodeChanged { path: String },
     #[error("output {name}: {source}")]
     OutputDir {
         name: String,
@@ -43,6 +51,9 @@ pub enum StagingError {
     NoUploadToken(#[source] Refusal),
     #[error("uploading output {name}: {source}")]
     Upload { name: String, source: StorageError },
+    /// Every output that could not be uploaded, said together.
+    #[error("{0}")]
+    Uploads(String),
 }
 
 /// An attempt's inputs and outputs: those copied (downloaded before the
@@ -52,8 +63,9 @@ pub struct DataPlan {
     pub inputs: Vec<Transfer>,
     pub outputs: Vec<Transfer>,
     pub mounts: Vec<DataMount>,
-    /// The code folder, downloaded into the working directory.
-    pub code: Option<Transfer>,
+    /// The code folder, downloaded into the working directory, and the
+    /// digest it must have.
+    pub code: Option<(Transfer, String)>,
     /// Where the working directory's `outputs` go after the job.
     pub artifacts: Option<Transfer>,
 }
@@ -83,7 +95,7 @@ impl DataPlan {
             container: d.container.clone(),
             path: d.path.clone(),
         };
-        plan.code = spec.code.as_ref().map(transfer);
+        plan.code = spec.code.as_ref().map(|c| (transfer(c), c.digest.clone()));
         plan.artifacts = spec.artifacts.as_ref().map(transfer);
         plan
     }
@@ -127,14 +139,27 @@ pub(super) async fn stage_data(
         spec.env
             .push((format!("AZURE_ML_INPUT_{}", input.name), inside));
     }
-    if let Some(code) = &plan.code {
+    if let Some((code, digest)) = &plan.code {
         let host = dir.join("code");
         let files = storage::download(code, &token, staging.storage_ca.as_deref(), &host)
             .await
-            .map_err(|source| StagingError::Download {
-                name: "code".into(),
-                source,
-            })?;
+            .map_err(|source| StagingError::Code { source })?;
+        // What was uploaded, and nothing else: a folder changed since (by
+        // any job whose identity may write the default datastore) never
+        // runs.
+        let found = {
+            let host = host.clone();
+            tokio::task::spawn_blocking(move || storage::folder_digest(&host))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|d| d)
+                .map_err(StagingError::CodeDigest)?
+        };
+        if &found != digest {
+            return Err(StagingError::CodeChanged {
+                path: code.path.clone(),
+            });
+        }
         // Azure ML makes ./outputs for the job's artifacts.
         std::fs::create_dir_all(host.join("outputs")).map_err(|source| {
             StagingError::OutputDir {
@@ -204,16 +229,26 @@ pub(super) async fn upload_outputs(
     let token = storage_token(staging, job_id, attempt)
         .await
         .map_err(StagingError::NoUploadToken)?;
+    // Every output is tried: one that fails does not cost the others.
+    let mut failed = Vec::new();
     for (output, local) in &outputs {
-        let files = storage::upload(output, &token, staging.storage_ca.as_deref(), local)
-            .await
-            .map_err(|source| StagingError::Upload {
-                name: output.name.clone(),
-                source,
-            })?;
-        tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
+        match storage::upload(output, &token, staging.storage_ca.as_deref(), local).await {
+            Ok(files) => {
+                tracing::info!(job = %job_id, attempt, output = %output.name, files, "output uploaded");
+            }
+            Err(source) => failed.push(
+                StagingError::Upload {
+                    name: output.name.clone(),
+                    source,
+                }
+                .to_string(),
+            ),
+        }
     }
-    Ok(())
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(StagingError::Uploads(failed.join("; "))),
+    }
 }
 
 /// A token of the cluster's default identity for the attempt's transfers.

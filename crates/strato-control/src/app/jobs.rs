@@ -73,7 +73,9 @@ impl<S: Store> Jobs<S> {
         // The id first: outputs without a path and artifacts are placed
         // under it.
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let (code, artifacts) = self.resolve_code(&cluster, &id, &req.code).await?;
+        let (code, artifacts) = self
+            .resolve_code(&cluster, &id, &req.code, &req.code_digest)
+            .await?;
         let node_count = req.node_count.max(1);
         let process_count_per_node = req.process_count_per_node.max(1);
         let spec = JobSpec {
@@ -222,6 +224,7 @@ impl<S: Store> Jobs<S> {
                 account_url: store.account_url,
                 container: store.container,
                 mode,
+                digest: String::new(),
             });
         }
         Ok(out)
@@ -248,10 +251,12 @@ impl<S: Store> Jobs<S> {
         cluster: &ClusterRecord,
         job_id: &str,
         uri: &str,
+        digest: &str,
     ) -> Result<(Option<DataBinding>, Option<DataBinding>), AppError> {
         if uri.is_empty() {
             return Ok((None, None));
         }
+        job::check_code_digest(digest)?;
         if uri.len() > strato_core::limits::MAX_DATA_URI_BYTES {
             return Err(FieldError::new(
                 "code.uri",
@@ -298,8 +303,13 @@ impl<S: Store> Jobs<S> {
             account_url: store.account_url,
             container: store.container,
             mode: DataMode::default(),
+            digest: String::new(),
         };
-        Ok((code.pop(), Some(artifacts)))
+        let code = code.pop().map(|c| DataBinding {
+            digest: digest.to_owned(),
+            ..c
+        });
+        Ok((code, Some(artifacts)))
     }
 
     pub async fn get_job(&self, caller: &Caller, id: &str) -> Result<JobRecord, AppError> {
@@ -450,7 +460,10 @@ impl<S: Store> Jobs<S> {
 
     /// A slot among the calls `caller` keeps open (log streams followed,
     /// jobs waited on), or RESOURCE_EXHAUSTED when it holds its most.
-    fn follower_slot(&self, caller: &Caller) -> Result<crate::plane::FollowerSlot, AppError> {
+    pub(super) fn follower_slot(
+        &self,
+        caller: &Caller,
+    ) -> Result<crate::plane::FollowerSlot, AppError> {
         self.plane
             .followers
             .admit(caller.principal())

@@ -64,7 +64,7 @@ pub enum AppError {
     },
     /// The caller follows as many log streams as it may.
     #[error(
-        "{caller} keeps {limit} log streams or job waits open already (--max-followers-per-caller); end one first"
+        "{caller} keeps {limit} log streams, job waits or code and output transfers open already (--max-followers-per-caller); end one first"
     )]
     TooManyFollowers { caller: String, limit: u32 },
     /// The caller did not prove who it is.
@@ -145,6 +145,9 @@ pub enum Precondition {
     /// The identity cannot be federated to Entra ID.
     #[error("{0}")]
     NotFederated(String),
+    /// A datastore's container or path is not there.
+    #[error("{0}")]
+    Storage(String),
     /// An attached cluster admits no more machines.
     #[error("{0}")]
     Join(String),

@@ -317,8 +317,31 @@ async fn code_and_outputs_without_a_path_need_the_default_datastore() {
     // The cluster's identity writes the code: none, none written.
     let no_identity = upload(&ME, vec![part("a.py", b"x")]).await;
     assert!(
-        matches!(no_identity, Err(AppError::InvalidArgument(ref f)) if f.field == "cluster"),
+        matches!(
+            no_identity,
+            Err(AppError::FailedPrecondition(
+                Precondition::NoIdentity { .. }
+            ))
+        ),
         "{no_identity:?}"
+    );
+    // A job's code comes with the digest its upload returned.
+    let undigested = jobs
+        .submit_job(
+            &ME,
+            JobRequest {
+                cluster: "cpu-d".into(),
+                image: "busybox".into(),
+                command: vec!["true".into()],
+                code: "azureml://datastores/workspaceblobstore/paths/LocalUpload/x".into(),
+                code_digest: "nope".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(undigested, Err(AppError::InvalidArgument(ref f)) if f.field == "code.digest"),
+        "{undigested:?}"
     );
     compute
         .assign_identity(&ME, "cpu-d", true, vec![])

@@ -156,6 +156,7 @@ impl<S: Store> JobService for JobApi<S> {
             uri: s.uri,
             files: s.files,
             bytes: s.bytes,
+            digest: s.digest,
         })
     }
 
@@ -167,7 +168,10 @@ impl<S: Store> JobService for JobApi<S> {
     ) -> Result<Response<Self::DownloadOutputsStream>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let parts = self.app.download_outputs(&caller, &r.job_id, &r.name).await;
+        let parts = self
+            .app
+            .download_outputs(&caller, &r.job_id, &r.name, r.artifacts)
+            .await;
         respond(parts, |parts| -> OutputStreamBox {
             Box::pin(parts.map(|p| {
                 p.map(|p| v1::OutputChunk {

@@ -90,6 +90,7 @@ fn job_data(d: &DataBinding, side: DataSide) -> v1::JobData {
         account_url: d.account_url.clone(),
         container: d.container.clone(),
         path: d.path.clone(),
+        digest: d.digest.clone(),
     }
 }
 
@@ -149,6 +150,11 @@ pub fn job_request(wire: v1::JobSpec) -> Result<JobRequest, FieldError> {
         description: wire.description,
         tags: wire.tags.into_iter().collect(),
         timeout_seconds: wire.timeout_seconds,
+        code_digest: wire
+            .code
+            .as_ref()
+            .map(|c| c.digest.clone())
+            .unwrap_or_default(),
         code: wire.code.map(|c| c.uri).unwrap_or_default(),
     })
 }

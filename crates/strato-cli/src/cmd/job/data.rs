@@ -54,13 +54,13 @@ fn code_files(code: &Path) -> Result<Vec<(String, PathBuf, u64)>, Failure> {
     Ok(files)
 }
 
-/// Uploads `code` for a job on `cluster`; returns the datastore URI the
-/// job names as its code.
+/// Uploads `code` for a job on `cluster`; returns what the job names as its
+/// code: where it is and its digest.
 pub async fn upload_code(
     client: &mut JobServiceClient<AuthedChannel>,
     cluster: &str,
     code: &Path,
-) -> Result<String, Failure> {
+) -> Result<v1::JobData, Failure> {
     let files = code_files(code)?;
     let total: u64 = files.iter().map(|(_, _, size)| size).sum();
     if total > MAX_CODE_BYTES {
@@ -86,66 +86,83 @@ pub async fn upload_code(
         total as f64 / 1e6
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<v1::CodeChunk>(4);
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let mut failed_tx = Some(failed_tx);
     let cluster = cluster.to_owned();
-    // Read while sending; a file that cannot be read ends the upload, and
-    // the control plane refuses it as incomplete only if the stream broke,
-    // so the reader's error is kept and reported first.
+    // Read while sending. A file that cannot be read must not end the
+    // stream as if it were complete: the reader says why and keeps the
+    // stream open, and the call is dropped, which the server sees as a
+    // broken upload.
     let reader = tokio::spawn(async move {
         let mut first = true;
         for (relative, path, _) in files {
-            let mut file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| format!("code: {}: {e}", path.display()))?;
-            let mut started = false;
-            loop {
-                let mut data = vec![0u8; MAX_CODE_CHUNK_BYTES];
-                let n = file
-                    .read(&mut data)
-                    .await
-                    .map_err(|e| format!("code: {}: {e}", path.display()))?;
-                data.truncate(n);
-                if n == 0 && started {
-                    break;
+            let read = async {
+                let mut file = tokio::fs::File::open(&path).await?;
+                let mut started = false;
+                loop {
+                    let mut data = vec![0u8; MAX_CODE_CHUNK_BYTES];
+                    let n = file.read(&mut data).await?;
+                    data.truncate(n);
+                    if n == 0 && started {
+                        return Ok(true);
+                    }
+                    let chunk = v1::CodeChunk {
+                        cluster: if first {
+                            cluster.clone()
+                        } else {
+                            String::new()
+                        },
+                        path: if started {
+                            String::new()
+                        } else {
+                            relative.clone()
+                        },
+                        data,
+                    };
+                    first = false;
+                    started = true;
+                    if tx.send(chunk).await.is_err() {
+                        return Ok(false);
+                    }
+                    if n == 0 {
+                        return Ok(true);
+                    }
                 }
-                let chunk = v1::CodeChunk {
-                    cluster: if first {
-                        cluster.clone()
-                    } else {
-                        String::new()
-                    },
-                    path: if started {
-                        String::new()
-                    } else {
-                        relative.clone()
-                    },
-                    data,
-                };
-                first = false;
-                started = true;
-                if tx.send(chunk).await.is_err() {
-                    return Ok(());
-                }
-                if n == 0 {
-                    break;
+            };
+            match read.await {
+                Ok(true) => {}
+                // The call ended (the server answered): nothing more to send.
+                Ok(false) => return,
+                Err(e) => {
+                    let e: std::io::Error = e;
+                    if let Some(failed) = failed_tx.take() {
+                        let _ = failed.send(format!("code: {}: {e}", path.display()));
+                    }
+                    std::future::pending::<()>().await;
                 }
             }
         }
-        Ok::<(), String>(())
     });
-    let answer = client
-        .upload_code(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
-    match reader.await {
-        Ok(Err(e)) => return Err(Failure::refused(e)),
-        Err(e) => return Err(Failure::refused(format!("code: reading the folder: {e}"))),
-        Ok(Ok(())) => {}
-    }
+    let call = client.upload_code(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let answer = tokio::select! {
+        answer = call => answer,
+        Ok(why) = failed_rx => {
+            reader.abort();
+            return Err(Failure::refused(why));
+        }
+    };
+    reader.abort();
     let snapshot = answer?.into_inner();
     eprintln!(
         "Uploaded {} files ({} bytes) to {}",
         snapshot.files, snapshot.bytes, snapshot.uri
     );
-    Ok(snapshot.uri)
+    Ok(v1::JobData {
+        name: "code".into(),
+        uri: snapshot.uri,
+        digest: snapshot.digest,
+        ..Default::default()
+    })
 }
 
 /// Downloads a job's artifacts (to `DIR/ID/artifacts/outputs`) and the
@@ -158,31 +175,52 @@ pub async fn download_outputs(
     names: &[String],
 ) -> Result<(), Failure> {
     let spec = job.spec.clone().unwrap_or_default();
+    // (The output's name, "" for the artifacts.)
     let mut wanted: Vec<String> = names.to_vec();
     if spec.artifacts.is_some() {
-        wanted.insert(0, "artifacts".into());
+        wanted.insert(0, String::new());
     }
     for name in wanted {
-        let target = if name == "artifacts" && spec.artifacts.is_some() {
-            dir.join(&job.id).join("artifacts").join("outputs")
+        let (target, label) = if name.is_empty() {
+            (
+                dir.join(&job.id).join("artifacts").join("outputs"),
+                "artifacts".to_owned(),
+            )
         } else {
-            dir.join(&job.id).join("named-outputs").join(&name)
+            (
+                dir.join(&job.id).join("named-outputs").join(&name),
+                format!("output {name}"),
+            )
         };
         let mut stream = client
             .download_outputs(v1::DownloadOutputsRequest {
                 job_id: job.id.clone(),
                 name: name.clone(),
+                artifacts: name.is_empty(),
             })
             .await?
             .into_inner();
         let mut file: Option<(PathBuf, std::fs::File)> = None;
         let mut files = 0u32;
         let mut bytes = 0u64;
+        // Parts of a blob whose name cannot be a file here are skipped.
+        let mut skipping = false;
         while let Some(chunk) = stream.message().await? {
+            if chunk.output != name {
+                return Err(Failure::refused(format!(
+                    "{label}: the control plane sent parts of {:?}",
+                    chunk.output
+                )));
+            }
             if !chunk.path.is_empty() {
                 // The path comes from the datastore: never outside the target.
-                strato_core::job::check_code_path(&chunk.path)
-                    .map_err(|e| Failure::refused(format!("output {name}: a blob's {e}")))?;
+                if let Err(e) = strato_core::job::check_code_path(&chunk.path) {
+                    eprintln!("{label}: a blob's {e}; not written");
+                    skipping = true;
+                    file = None;
+                    continue;
+                }
+                skipping = false;
                 let path = target.join(&chunk.path);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)
@@ -194,16 +232,23 @@ pub async fn download_outputs(
                     .create(true)
                     .truncate(true)
                     .mode(0o600)
-                    // O_NOFOLLOW: a link planted in DIR is not written through.
-                    .custom_flags(0o400_000)
+                    // A link planted in DIR is not written through.
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .open(&path)
+                    .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
+                // An older file of the same name keeps its mode otherwise.
+                use std::os::unix::fs::PermissionsExt as _;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
                     .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
                 file = Some((path, f));
                 files += 1;
             }
+            if skipping {
+                continue;
+            }
             let Some((path, f)) = file.as_mut() else {
                 return Err(Failure::refused(format!(
-                    "output {name}: the control plane sent data before a file's name"
+                    "{label}: the control plane sent data before a file's name"
                 )));
             };
             f.write_all(&chunk.data)
@@ -211,10 +256,10 @@ pub async fn download_outputs(
             bytes += chunk.data.len() as u64;
         }
         if files == 0 {
-            eprintln!("{name}: nothing stored");
+            eprintln!("{label}: nothing stored");
         } else {
             eprintln!(
-                "{name}: {files} files ({bytes} bytes) written to {}",
+                "{label}: {files} files ({bytes} bytes) written to {}",
                 target.display()
             );
         }

@@ -398,12 +398,7 @@ pub async fn run(
             let job = crate::job_file::load(&file).map_err(|e| Failure::usage(format!("{e:#}")))?;
             let mut spec = job.spec;
             if let Some(code) = &job.code {
-                let uri = data::upload_code(&mut client, &spec.cluster, code).await?;
-                spec.code = Some(v1::JobData {
-                    name: "code".into(),
-                    uri,
-                    ..Default::default()
-                });
+                spec.code = Some(data::upload_code(&mut client, &spec.cluster, code).await?);
             }
             submit(&mut client, format, spec).await?;
         }
