@@ -83,6 +83,13 @@ async fn compute_verbs_from_flags_and_file() {
     assert_eq!(gpu["vm_priority"], "lowpriority");
     assert_eq!(gpu["quota_family"], "lowPriority");
     assert_eq!(gpu["identity"]["type"], "system_assigned");
+    // As az prints it: the system-assigned identity's principal id.
+    assert!(
+        gpu["identity"]["principal_id"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{gpu}"
+    );
     assert_eq!(gpu["idle_seconds_before_scaledown"], 300);
     // az's keys beside Strato's.
     assert_eq!(

@@ -225,6 +225,8 @@ async fn low_priority_and_dedicated_quotas_do_not_touch() {
             "2",
             "--tier",
             tier,
+            // No provider: the min nodes never come; the quota is the point.
+            "--no-wait",
         ])
     };
     assert!(create("spota", "low_priority").status.success());

@@ -33,13 +33,25 @@ pub struct ClusterErrorView {
     pub since: String,
 }
 
+/// `identity` as `az ml compute show` prints it (`type`, the system-assigned
+/// identity's `principal_id`, `user_assigned_identities` with their ids),
+/// and Strato's `identities`, each with whether it is the default.
 #[derive(Debug, Serialize)]
 pub struct IdentityView {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub user_assigned_identities: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    pub user_assigned_identities: Vec<UserAssignedView>,
     /// Each identity with its ids; the default one first.
     pub identities: Vec<ManagedIdentityView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserAssignedView {
+    pub resource_id: String,
+    pub client_id: String,
+    pub principal_id: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -220,7 +232,26 @@ impl From<v1::Cluster> for ClusterView {
                 } else {
                     "user_assigned"
                 },
-                user_assigned_identities: identity.user_assigned_identities,
+                principal_id: c
+                    .identities
+                    .iter()
+                    .find(|i| i.kind == "system_assigned")
+                    .map(|i| i.principal_id.clone()),
+                user_assigned_identities: identity
+                    .user_assigned_identities
+                    .iter()
+                    .map(|id| {
+                        let known = c
+                            .identities
+                            .iter()
+                            .find(|i| i.resource_id.eq_ignore_ascii_case(id));
+                        UserAssignedView {
+                            resource_id: id.clone(),
+                            client_id: known.map(|i| i.client_id.clone()).unwrap_or_default(),
+                            principal_id: known.map(|i| i.principal_id.clone()).unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
                 identities: c
                     .identities
                     .into_iter()
