@@ -171,6 +171,9 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
     std::fs::write(code.join("lib/data.txt"), "accuracy 0.9\n").expect("data.txt");
     // Names keep their spelling on the way through the datastore.
     std::fs::write(code.join("lib/données[1].txt"), "é\n").expect("non-ASCII name");
+    // What .amlignore names stays home, as in Azure ML.
+    std::fs::write(code.join(".amlignore"), "*.tmp\n").expect(".amlignore");
+    std::fs::write(code.join("lib/scratch.tmp"), "not uploaded").expect("scratch");
     let job_file = dir.path().join("job.yml");
     std::fs::write(
         &job_file,
@@ -319,6 +322,13 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         .and_then(|s| s.code)
         .expect("the job's code");
     assert_eq!(code.digest.len(), 64, "{code:?}");
+    assert_eq!(
+        azurite
+            .request("GET", &format!("data/{}/lib/scratch.tmp", code.path), None)
+            .0,
+        404,
+        "a file .amlignore names was uploaded"
+    );
     assert_eq!(
         azurite
             .request(

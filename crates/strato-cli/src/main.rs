@@ -13,6 +13,7 @@ mod client;
 mod cluster_file;
 mod cmd;
 mod config;
+mod ignore_file;
 mod job_file;
 #[cfg(test)]
 mod oracle;

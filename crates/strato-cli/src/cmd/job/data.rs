@@ -14,7 +14,8 @@ use tokio::io::AsyncReadExt as _;
 use crate::Failure;
 
 /// The files of a code folder (or the one file `code` names), with their
-/// paths below it, sorted; symbolic links are left out, said on stderr.
+/// paths below it, sorted; what its `.amlignore` (else `.gitignore`) names
+/// and symbolic links are left out, said on stderr.
 fn code_files(code: &Path) -> Result<Vec<(String, PathBuf, u64)>, Failure> {
     let fail =
         |p: &Path, e: std::io::Error| Failure::refused(format!("code: {}: {e}", p.display()));
@@ -26,6 +27,9 @@ fn code_files(code: &Path) -> Result<Vec<(String, PathBuf, u64)>, Failure> {
             .unwrap_or_else(|| "code".into());
         return Ok(vec![(name, code.to_owned(), meta.len())]);
     }
+    let ignore = crate::ignore_file::Ignore::of_folder(code)
+        .map_err(|e| Failure::usage(format!("code: {e}")))?;
+    let mut left_out = 0usize;
     let mut files = Vec::new();
     let mut folders = vec![(code.to_owned(), String::new())];
     while let Some((dir, prefix)) = folders.pop() {
@@ -34,6 +38,10 @@ fn code_files(code: &Path) -> Result<Vec<(String, PathBuf, u64)>, Failure> {
             let name = entry.file_name().to_string_lossy().into_owned();
             let relative = format!("{prefix}{name}");
             let kind = entry.file_type().map_err(|e| fail(&entry.path(), e))?;
+            if ignore.ignores(&relative, kind.is_dir()) {
+                left_out += 1;
+                continue;
+            }
             if kind.is_dir() {
                 folders.push((entry.path(), format!("{relative}/")));
             } else if kind.is_file() {
@@ -49,6 +57,9 @@ fn code_files(code: &Path) -> Result<Vec<(String, PathBuf, u64)>, Failure> {
                 )));
             }
         }
+    }
+    if let Some(source) = &ignore.source {
+        eprintln!("code: {left_out} files and folders left out as {source} says");
     }
     files.sort();
     Ok(files)
