@@ -6,6 +6,7 @@
 //! test executable; `cargo xtask ci` builds them first.
 
 pub mod acr;
+pub mod browser;
 pub mod fleet;
 pub mod in_process;
 pub mod machines;
@@ -80,6 +81,12 @@ pub async fn connect_tls(
         channel,
         strato_proto::client::Bearer::new(token)?,
     ))
+}
+
+/// Whether an executable `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// A free loopback port. Another process could take it before it is used;

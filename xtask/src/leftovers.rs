@@ -1,5 +1,6 @@
 //! What a `cargo xtask ci` run leaves behind: Docker containers and networks
-//! named `strato-*`, and `strato-agent` processes, that are there after the
+//! named `strato-*`, and `strato-agent` processes (and the studio tests'
+//! `chromedriver` and `chromium`), that are there after the
 //! tests and were not there before them. Found by comparing two snapshots,
 //! and removed so that the next run starts clean. Images (`strato-test/…`)
 //! are not looked at: the tests use them, they do not leave them.
@@ -87,7 +88,7 @@ fn run_on_all<'a>(command: &[&str], names: impl IntoIterator<Item = &'a String>)
     }
 }
 
-/// `container strato-…, network strato-…, strato-agent process 1234 (…)`.
+/// `container strato-…, network strato-…, process 1234 (…)`.
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let containers = self.containers.iter().map(|c| format!("container {c}"));
@@ -95,7 +96,7 @@ impl fmt::Display for Snapshot {
         let agents = self
             .agents
             .iter()
-            .map(|(pid, cmdline)| format!("strato-agent process {pid} ({cmdline})"));
+            .map(|(pid, cmdline)| format!("process {pid} ({cmdline})"));
         let items: Vec<String> = containers.chain(networks).chain(agents).collect();
         f.write_str(&items.join(", "))
     }
@@ -159,12 +160,15 @@ fn agent_command_line(cmdline: &[u8]) -> Option<String> {
     let cmdline = String::from_utf8_lossy(cmdline);
     let mut args = cmdline.trim_end_matches('\0').split('\0');
     let argv0 = args.next()?;
-    argv0.ends_with("strato-agent").then(|| {
-        std::iter::once(argv0)
-            .chain(args)
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
+    ["strato-agent", "chromedriver", "chromium"]
+        .iter()
+        .any(|program| argv0.ends_with(program))
+        .then(|| {
+            std::iter::once(argv0)
+                .chain(args)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
 }
 
 #[cfg(test)]
@@ -266,7 +270,7 @@ mod tests {
         assert_eq!(
             left.to_string(),
             "container strato-j1-1, container strato-j2-1, network strato-gangs, \
-             strato-agent process 1234 (/t/strato-agent --node n1)"
+             process 1234 (/t/strato-agent --node n1)"
         );
         assert!(!left.is_empty());
         assert!(Snapshot::default().is_empty());

@@ -39,6 +39,9 @@ pub(crate) fn setup() -> anyhow::Result<()> {
         ("htpasswd", "apache2-utils"),
         ("openssl", "openssl"),
         ("fusermount3", "fuse3"),
+        // The studio's browser tests: headless Chromium through WebDriver.
+        ("chromium", "chromium"),
+        ("chromedriver", "chromium-driver"),
     ]
     .into_iter()
     .filter(|(program, _)| !have(program) && !Path::new(&format!("/bin/{program}")).exists())
@@ -46,7 +49,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
     .collect();
     if missing.is_empty() {
         println!(
-            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client, docker-registry, apache2-utils, openssl, fuse3: present"
+            "==> docker.io, busybox-static, prometheus, curl, systemd, openssh-client, docker-registry, apache2-utils, openssl, fuse3, chromium, chromium-driver: present"
         );
     } else {
         apt_install(&missing)?;

@@ -12,6 +12,7 @@
 //! | `/.well-known/openid-configuration`, `/jwks` | anyone: public keys, for whoever verifies issued tokens |
 //! | `/metrics` | a bearer token allowed `metrics/read` at `/` (Reader and up) |
 //! | `/scheduledevents/{node}` | that node's agent: its client certificate, and `Metadata: true` as IMDS asks |
+//! | `/studio/...` | the web UI: see `studio` (a session from an API token; each action its use case's role) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +59,14 @@ pub async fn serve<S: Store>(
         .route(
             "/scheduledevents/{node}",
             get(scheduled_events::<S>).post(start_events::<S>),
+        )
+        .route(
+            "/studio/",
+            get(|| async { axum::response::Redirect::to("/studio/compute") }),
+        )
+        .nest(
+            "/studio",
+            crate::studio::router(plane.clone(), access.clone()),
         )
         .with_state(Arc::new(Side { plane, access }));
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())

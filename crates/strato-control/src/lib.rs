@@ -17,6 +17,7 @@ pub mod provider;
 pub mod reconcile;
 pub mod secrets;
 pub mod store;
+pub mod studio;
 pub mod tls;
 pub mod tokens;
 

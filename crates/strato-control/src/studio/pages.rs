@@ -1,0 +1,1182 @@
+//! The studio's pages and forms, one handler each; every one calls the use
+//! case gRPC calls, with the signed-in caller.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse as _, Redirect, Response};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use strato_core::ClusterRequest;
+use strato_core::spec::{ComputeType, IdentitySpec, SshSettings, VmPriority};
+
+use super::html::{self, Field, Section, esc, seg};
+use super::{MAX_TOKEN_BYTES, Shared, Studio, Visitor, html_response, refusal};
+use crate::app::{Action, AppError, Compute, Jobs, authorize};
+use crate::store::{JobPage, Store};
+
+/// The status a use case's refusal is shown with.
+fn status_of(e: &AppError) -> StatusCode {
+    match e {
+        AppError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        AppError::NotFound(_) => StatusCode::NOT_FOUND,
+        AppError::AlreadyExists(_) | AppError::FailedPrecondition(_) => StatusCode::CONFLICT,
+        AppError::ResourceExhausted(_)
+        | AppError::RateLimited { .. }
+        | AppError::TooManyFollowers { .. } => StatusCode::TOO_MANY_REQUESTS,
+        AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        AppError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn refused(visitor: &Visitor, e: &AppError) -> Response {
+    refusal(status_of(e), Some(visitor), &e.to_string())
+}
+
+fn may(visitor: &Visitor, action: Action, cluster: Option<&str>) -> bool {
+    authorize(&visitor.caller, action, cluster).is_ok()
+}
+
+fn ok_page(visitor: &Visitor, title: &str, section: Section, body: &str) -> Response {
+    html_response(
+        StatusCode::OK,
+        html::page(title, section, visitor.who(), body),
+    )
+}
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+// ---- signing in and out ----
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn login_page(status: StatusCode, error: Option<&str>) -> Response {
+    let field = Field {
+        name: "token",
+        label: "API token",
+        control: html::input("password", "", "required autocomplete=\"off\""),
+        hint: "A token from `strato token create`, or the Owner token in admin.conf.",
+        error,
+    };
+    let body = format!(
+        "<form method=\"post\" action=\"/studio/login\" class=\"card\">{}<button type=\"submit\">Sign in</button></form>",
+        field.render()
+    );
+    html_response(status, html::page("Sign in", Section::None, None, &body))
+}
+
+pub async fn login_form<S: Store>(State(_): Shared<S>) -> Response {
+    login_page(StatusCode::OK, None)
+}
+
+pub async fn login<S: Store>(State(studio): Shared<S>, Form(form): Form<LoginForm>) -> Response {
+    let token = form.token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        return login_page(
+            StatusCode::BAD_REQUEST,
+            Some(&format!(
+                "an API token of 1 to {MAX_TOKEN_BYTES} bytes is required"
+            )),
+        );
+    }
+    match studio.access.authenticate(Some(token)).await {
+        Ok(caller) => {
+            tracing::info!(principal = %caller.principal(), "studio sign-in");
+            let cookie = studio.start(token.to_owned());
+            let mut response = see_other("/studio/compute");
+            if let Ok(v) = cookie.parse() {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            response
+        }
+        Err(e) => login_page(StatusCode::UNAUTHORIZED, Some(&e.to_string())),
+    }
+}
+
+pub async fn logout<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = studio.poster(&headers, &form.csrf).await {
+        return r;
+    }
+    studio.end(&headers);
+    let mut response = see_other("/studio/login");
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        axum::http::HeaderValue::from_static(
+            "strato_studio=; Path=/studio; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
+        ),
+    );
+    response
+}
+
+// ---- compute ----
+
+#[derive(Deserialize)]
+pub struct TabQuery {
+    #[serde(default)]
+    tab: String,
+}
+
+fn node_counts(nodes: &[crate::store::NodeRecord]) -> (usize, usize) {
+    use strato_core::node::NodeState;
+    let live = nodes
+        .iter()
+        .filter(|n| !matches!(n.state, NodeState::Leaving))
+        .count();
+    let busy = nodes
+        .iter()
+        .filter(|n| matches!(n.state, NodeState::Running))
+        .count();
+    (live, busy)
+}
+
+pub async fn compute<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Query(q): Query<TabQuery>,
+) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let attached = q.tab == "attached";
+    let clusters = match Compute::new(studio.plane.clone())
+        .list_clusters(&visitor.caller)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return refused(&visitor, &e),
+    };
+    let rows: Vec<Vec<String>> = clusters
+        .iter()
+        .filter(|c| (c.record.spec.compute_type == ComputeType::Attached) == attached)
+        .map(|c| {
+            let s = &c.record.spec;
+            let (live, _) = node_counts(&c.nodes);
+            vec![
+                format!(
+                    "<a href=\"/studio/compute/{}\">{}</a>",
+                    seg(&s.name),
+                    esc(&s.name)
+                ),
+                esc(c.record.allocation_state.as_str()),
+                format!("{live} / {}", c.record.target_nodes),
+                esc(&s.vm_size),
+                esc(match s.vm_priority {
+                    VmPriority::Dedicated => "dedicated",
+                    VmPriority::LowPriority => "low priority",
+                }),
+                c.record
+                    .errors
+                    .iter()
+                    .map(|e| format!("<span class=\"bad\">{}</span>", esc(&e.code)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    let tab = |id: &str, label: &str, on: bool| {
+        format!(
+            "<a role=\"tab\" href=\"/studio/compute?tab={id}\" aria-selected=\"{on}\"{}>{label}</a>",
+            if on { " aria-current=\"page\"" } else { "" }
+        )
+    };
+    let mut body = format!(
+        "<div role=\"tablist\" aria-label=\"Compute kinds\" class=\"tabs\">{}{}</div>",
+        tab("amlcompute", "Compute clusters", !attached),
+        tab("attached", "Attached compute", attached)
+    );
+    if may(&visitor, Action::CreateCluster, None) {
+        body.push_str("<p><a class=\"button\" href=\"/studio/compute/new\">New cluster</a></p>");
+    }
+    body.push_str(&html::table(
+        if attached {
+            "Attached compute"
+        } else {
+            "Compute clusters"
+        },
+        &[
+            "Name",
+            "State",
+            "Nodes (current / target)",
+            "Size",
+            "Priority",
+            "Errors",
+        ],
+        &rows,
+    ));
+    ok_page(&visitor, "Compute", Section::Compute, &body)
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub struct ClusterForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    tier: String,
+    #[serde(default)]
+    size: String,
+    #[serde(default)]
+    min_nodes: String,
+    #[serde(default)]
+    max_nodes: String,
+    #[serde(default)]
+    idle_seconds: String,
+    #[serde(default)]
+    admin_username: String,
+    #[serde(default)]
+    ssh_key: String,
+    #[serde(default)]
+    ssh_public: Option<String>,
+    #[serde(default)]
+    identity: String,
+    #[serde(default)]
+    user_identity: String,
+}
+
+/// The form's fields as the API names them, for its errors.
+fn form_field(api_field: &str) -> &'static str {
+    match api_field {
+        "name" => "name",
+        "location" => "location",
+        "vm_size" | "size" => "size",
+        "vm_priority" | "tier" => "tier",
+        "min_nodes" => "min_nodes",
+        "max_nodes" => "max_nodes",
+        "idle_seconds_before_scaledown" => "idle_seconds",
+        f if f.starts_with("ssh.admin_username") || f == "admin_username" => "admin_username",
+        f if f.starts_with("ssh") => "ssh_key",
+        f if f.starts_with("identity") => "user_identity",
+        _ => "",
+    }
+}
+
+async fn cluster_form_page<S: Store>(
+    studio: &Studio<S>,
+    visitor: &Visitor,
+    form: &ClusterForm,
+    error: Option<(String, String)>,
+    status: StatusCode,
+) -> Response {
+    let compute = Compute::new(studio.plane.clone());
+    let sizes = compute.list_sizes(&visitor.caller, "").unwrap_or_default();
+    let usage = compute
+        .list_usage(&visitor.caller, String::new())
+        .await
+        .map(|u| u.lines)
+        .unwrap_or_default();
+    let err = |name: &str| {
+        error
+            .as_ref()
+            .filter(|(f, _)| f == name)
+            .map(|(_, m)| m.as_str())
+    };
+    let size_options: Vec<(String, String)> = sizes
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                format!(
+                    "{} · {} vCPUs, {} GiB{}",
+                    s.name,
+                    s.vcpus,
+                    s.memory_gib,
+                    if s.gpus > 0 {
+                        format!(", {} × {}", s.gpus, s.gpu_model)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
+        })
+        .collect();
+    let fields = [
+        Field {
+            name: "name",
+            label: "Compute name",
+            control: html::input("text", &form.name, "required autocomplete=\"off\""),
+            hint: "2 to 16 letters, digits and '-', starting with a letter.",
+            error: err("name"),
+        },
+        Field {
+            name: "location",
+            label: "Location",
+            control: html::input(
+                "text",
+                &form.location,
+                "placeholder=\"the control plane's\"",
+            ),
+            hint: "A region, e.g. westeurope; empty: the control plane's.",
+            error: err("location"),
+        },
+        Field {
+            name: "tier",
+            label: "Virtual machine tier",
+            control: html::select(
+                &[
+                    ("dedicated".into(), "Dedicated".into()),
+                    ("lowpriority".into(), "Low priority (may be evicted)".into()),
+                ],
+                &form.tier,
+            ),
+            hint: "",
+            error: err("tier"),
+        },
+        Field {
+            name: "size",
+            label: "Virtual machine size",
+            control: html::select(&size_options, &form.size),
+            hint: "CPU and GPU sizes from the catalog.",
+            error: err("size"),
+        },
+        Field {
+            name: "min_nodes",
+            label: "Minimum number of nodes",
+            control: html::input("number", &form.min_nodes, "min=\"0\" inputmode=\"numeric\""),
+            hint: "",
+            error: err("min_nodes"),
+        },
+        Field {
+            name: "max_nodes",
+            label: "Maximum number of nodes",
+            control: html::input("number", &form.max_nodes, "min=\"1\" inputmode=\"numeric\""),
+            hint: "",
+            error: err("max_nodes"),
+        },
+        Field {
+            name: "idle_seconds",
+            label: "Idle seconds before scale down",
+            control: html::input(
+                "number",
+                &form.idle_seconds,
+                "min=\"0\" inputmode=\"numeric\"",
+            ),
+            hint: "",
+            error: err("idle_seconds"),
+        },
+        Field {
+            name: "admin_username",
+            label: "SSH admin user (optional)",
+            control: html::input("text", &form.admin_username, "autocomplete=\"off\""),
+            hint: "",
+            error: err("admin_username"),
+        },
+        Field {
+            name: "ssh_key",
+            label: "SSH public key",
+            control: html::input("text", &form.ssh_key, "autocomplete=\"off\""),
+            hint: "",
+            error: err("ssh_key"),
+        },
+        Field {
+            name: "identity",
+            label: "Managed identity",
+            control: html::select(
+                &[
+                    ("none".into(), "None".into()),
+                    ("system".into(), "System-assigned".into()),
+                    ("user".into(), "User-assigned".into()),
+                ],
+                &form.identity,
+            ),
+            hint: "",
+            error: None,
+        },
+        Field {
+            name: "user_identity",
+            label: "User-assigned identity resource id",
+            control: html::input("text", &form.user_identity, "autocomplete=\"off\""),
+            hint: "",
+            error: err("user_identity"),
+        },
+    ];
+    let mut body = String::new();
+    if let Some((field, message)) = &error
+        && field.is_empty()
+    {
+        body.push_str(&html::notice("error", message));
+    }
+    // The quota the cluster would use, for the script: each size's vCPUs
+    // and family, each quota line's room.
+    let mut sizes_data = String::new();
+    for s in &sizes {
+        let _ = write!(
+            sizes_data,
+            "<li data-size=\"{}\" data-vcpus=\"{}\" data-family=\"{}\"></li>",
+            esc(&s.name),
+            s.vcpus,
+            esc(&s.family)
+        );
+    }
+    let mut quota_data = String::new();
+    for l in &usage {
+        let _ = write!(
+            quota_data,
+            "<li data-quota=\"{}\" data-current=\"{}\" data-limit=\"{}\"></li>",
+            esc(&l.name),
+            l.current,
+            l.limit
+        );
+    }
+    let _ = write!(
+        body,
+        "<form method=\"post\" action=\"/studio/compute/new\" class=\"card\" id=\"create-cluster\">{}{}\
+         <div class=\"field\"><label><input type=\"checkbox\" name=\"ssh_public\"{}> Open the remote-login port to the public</label></div>\
+         <p id=\"quota-preview\" aria-live=\"polite\"></p>\
+         <ul hidden id=\"size-data\">{sizes_data}</ul><ul hidden id=\"quota-data\">{quota_data}</ul>\
+         <button type=\"submit\">Create</button></form>",
+        html::csrf_field(&visitor.csrf),
+        fields.iter().map(Field::render).collect::<String>(),
+        if form.ssh_public.is_some() {
+            " checked"
+        } else {
+            ""
+        },
+    );
+    html_response(
+        status,
+        html::page("New cluster", Section::Compute, visitor.who(), &body),
+    )
+}
+
+pub async fn new_cluster<S: Store>(State(studio): Shared<S>, headers: HeaderMap) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let form = ClusterForm {
+        min_nodes: "0".into(),
+        max_nodes: "4".into(),
+        idle_seconds: "120".into(),
+        size: strato_core::catalog::DEFAULT_VM_SIZE.into(),
+        identity: "none".into(),
+        ..Default::default()
+    };
+    cluster_form_page(&studio, &visitor, &form, None, StatusCode::OK).await
+}
+
+fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<Option<T>, (String, String)> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| (field.to_owned(), format!("{text:?} must be a whole number")))
+}
+
+fn cluster_request(form: &ClusterForm) -> Result<ClusterRequest, (String, String)> {
+    let identity = match form.identity.as_str() {
+        "system" => IdentitySpec {
+            system_assigned: true,
+            user_assigned: Vec::new(),
+        },
+        "user" => IdentitySpec {
+            system_assigned: false,
+            user_assigned: vec![form.user_identity.trim().to_owned()],
+        },
+        _ => IdentitySpec::default(),
+    };
+    Ok(ClusterRequest {
+        name: form.name.trim().to_owned(),
+        vm_size: Some(form.size.trim().to_owned()).filter(|s| !s.is_empty()),
+        vm_priority: Some(match form.tier.as_str() {
+            "lowpriority" => VmPriority::LowPriority,
+            _ => VmPriority::Dedicated,
+        }),
+        min_nodes: number("min_nodes", &form.min_nodes)?,
+        max_nodes: number("max_nodes", &form.max_nodes)?,
+        idle_seconds_before_scaledown: number("idle_seconds", &form.idle_seconds)?,
+        location: Some(form.location.trim().to_owned()).filter(|l| !l.is_empty()),
+        ssh: SshSettings {
+            public_access: form.ssh_public.is_some(),
+            admin_username: form.admin_username.trim().to_owned(),
+            admin_ssh_public_key: form.ssh_key.trim().to_owned(),
+            ..Default::default()
+        },
+        identity,
+        ..Default::default()
+    })
+}
+
+pub async fn create_cluster<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Form(form): Form<ClusterForm>,
+) -> Response {
+    let visitor = match studio.poster(&headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let request = match cluster_request(&form) {
+        Ok(r) => r,
+        Err(e) => {
+            return cluster_form_page(&studio, &visitor, &form, Some(e), StatusCode::BAD_REQUEST)
+                .await;
+        }
+    };
+    match Compute::new(studio.plane.clone())
+        .create_cluster(&visitor.caller, request)
+        .await
+    {
+        Ok(created) => see_other(&format!(
+            "/studio/compute/{}",
+            seg(&created.cluster.record.spec.name)
+        )),
+        Err(e) => {
+            let status = status_of(&e);
+            let placed = match &e {
+                AppError::InvalidArgument(f) => (form_field(&f.field).to_owned(), e.to_string()),
+                _ => (String::new(), e.to_string()),
+            };
+            cluster_form_page(&studio, &visitor, &form, Some(placed), status).await
+        }
+    }
+}
+
+pub async fn cluster<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let view = match Compute::new(studio.plane.clone())
+        .get_cluster(&visitor.caller, &name)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return refused(&visitor, &e),
+    };
+    let r = &view.record;
+    let s = &r.spec;
+    let name = s.name.clone();
+    let (live, busy) = node_counts(&view.nodes);
+    let mut body = html::facts(&[
+        ("Type", esc(s.compute_type.as_str())),
+        ("Size", esc(&s.vm_size)),
+        ("Priority", esc(s.vm_priority.as_str())),
+        ("Location", esc(&s.location)),
+        (
+            "Allocation state",
+            format!(
+                "{} since {}",
+                esc(r.allocation_state.as_str()),
+                esc(&html::when(r.allocation_since))
+            ),
+        ),
+        (
+            "Nodes",
+            format!(
+                "{live} (busy {busy}, idle {}) of target {}; min {}, max {}",
+                live - busy,
+                r.target_nodes,
+                s.min_nodes,
+                s.max_nodes
+            ),
+        ),
+        (
+            "Idle seconds before scale down",
+            s.idle_seconds_before_scaledown.to_string(),
+        ),
+    ]);
+    if !r.errors.is_empty() {
+        body.push_str("<h2>Why it cannot progress</h2><ul class=\"errors\">");
+        for e in &r.errors {
+            let _ = write!(
+                body,
+                "<li><strong>{}</strong>: {} <small>(since {})</small></li>",
+                esc(&e.code),
+                esc(&e.message),
+                esc(&html::when(e.since))
+            );
+        }
+        body.push_str("</ul>");
+    }
+    let low_priority = s.vm_priority == VmPriority::LowPriority;
+    let may_evict = low_priority && may(&visitor, Action::SimulateEviction, Some(&name));
+    let ssh_user = (!s.ssh.admin_username.is_empty()).then_some(s.ssh.admin_username.clone());
+    let rows: Vec<Vec<String>> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            let usage = &n.usage;
+            let memory = if usage.memory_total > 0 {
+                format!(
+                    "{:.0}%",
+                    usage.memory_used as f64 * 100.0 / usage.memory_total as f64
+                )
+            } else {
+                "-".into()
+            };
+            let ssh = match (&ssh_user, n.port) {
+                (Some(user), port) if !n.private_ip.is_empty() && port > 0 => format!(
+                    "<code>ssh -p {port} {}@{}</code>",
+                    esc(user),
+                    esc(&n.private_ip)
+                ),
+                _ => "-".into(),
+            };
+            let mut evict = String::new();
+            if may_evict && !matches!(n.state, strato_core::node::NodeState::Leaving) {
+                evict = format!(
+                    "<form method=\"post\" action=\"/studio/compute/{}/evict\">{}<input type=\"hidden\" name=\"node\" value=\"{}\"><button type=\"submit\" aria-label=\"Simulate eviction of {}\">Simulate eviction</button></form>",
+                    seg(&name),
+                    html::csrf_field(&visitor.csrf),
+                    esc(&n.node_id),
+                    esc(&n.node_id)
+                );
+            }
+            vec![
+                esc(&n.node_id),
+                esc(n.state.as_str()),
+                n.run_id
+                    .as_ref()
+                    .map(|j| format!("<a href=\"/studio/jobs/{}\">{}</a>", seg(j), esc(j)))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{:.0}%", usage.cpu_percent),
+                memory,
+                if n.gpus > 0 {
+                    format!("{:.0}%", usage.gpu_percent)
+                } else {
+                    "-".into()
+                },
+                ssh,
+                evict,
+            ]
+        })
+        .collect();
+    body.push_str(&html::table(
+        "Nodes",
+        &["Node", "State", "Job", "CPU", "Memory", "GPU", "SSH", ""],
+        &rows,
+    ));
+    let identity_rows: Vec<Vec<String>> = r
+        .identities
+        .iter()
+        .map(|i| {
+            vec![
+                match i.kind {
+                    strato_core::identity::IdentityKind::SystemAssigned => "system-assigned",
+                    strato_core::identity::IdentityKind::UserAssigned => "user-assigned",
+                }
+                .to_owned(),
+                esc(&i.resource_id),
+                esc(&i.client_id),
+                esc(&i.principal_id),
+            ]
+        })
+        .collect();
+    body.push_str(&html::table(
+        "Managed identities",
+        &["Kind", "Resource id", "Client id", "Principal id"],
+        &identity_rows,
+    ));
+    if may(&visitor, Action::UpdateCluster, Some(&name)) {
+        let fields = [
+            Field {
+                name: "min_nodes",
+                label: "Minimum number of nodes",
+                control: html::input("number", &s.min_nodes.to_string(), "min=\"0\""),
+                hint: "",
+                error: None,
+            },
+            Field {
+                name: "max_nodes",
+                label: "Maximum number of nodes",
+                control: html::input("number", &s.max_nodes.to_string(), "min=\"1\""),
+                hint: "",
+                error: None,
+            },
+            Field {
+                name: "idle_seconds",
+                label: "Idle seconds before scale down",
+                control: html::input(
+                    "number",
+                    &s.idle_seconds_before_scaledown.to_string(),
+                    "min=\"0\"",
+                ),
+                hint: "",
+                error: None,
+            },
+        ];
+        let _ = write!(
+            body,
+            "<h2>Scale settings</h2><form method=\"post\" action=\"/studio/compute/{}/update\" class=\"card\">{}{}<button type=\"submit\">Save</button></form>",
+            seg(&name),
+            html::csrf_field(&visitor.csrf),
+            fields.iter().map(Field::render).collect::<String>()
+        );
+    }
+    if may(&visitor, Action::DeleteCluster, Some(&name)) {
+        let confirm = Field {
+            name: "confirm",
+            label: "Type the cluster's name to delete it",
+            control: html::input("text", "", "required autocomplete=\"off\""),
+            hint: "Its nodes are removed; running jobs fail.",
+            error: None,
+        };
+        let _ = write!(
+            body,
+            "<h2>Delete</h2><form method=\"post\" action=\"/studio/compute/{}/delete\" class=\"card danger\">{}{}<button type=\"submit\">Delete cluster</button></form>",
+            seg(&name),
+            html::csrf_field(&visitor.csrf),
+            confirm.render()
+        );
+    }
+    ok_page(&visitor, &name, Section::Compute, &body)
+}
+
+#[derive(Deserialize)]
+pub struct ScaleForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    min_nodes: String,
+    #[serde(default)]
+    max_nodes: String,
+    #[serde(default)]
+    idle_seconds: String,
+}
+
+pub async fn update_cluster<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<ScaleForm>,
+) -> Response {
+    let visitor = match studio.poster(&headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let parsed = (|| {
+        Ok::<_, (String, String)>(ClusterRequest {
+            min_nodes: number("min_nodes", &form.min_nodes)?,
+            max_nodes: number("max_nodes", &form.max_nodes)?,
+            idle_seconds_before_scaledown: number("idle_seconds", &form.idle_seconds)?,
+            ..Default::default()
+        })
+    })();
+    let desired = match parsed {
+        Ok(d) => d,
+        Err((field, message)) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                Some(&visitor),
+                &format!("{field}: {message}"),
+            );
+        }
+    };
+    let mask = vec![
+        "min_nodes".to_owned(),
+        "max_nodes".to_owned(),
+        "idle_seconds_before_scaledown".to_owned(),
+    ];
+    match Compute::new(studio.plane.clone())
+        .update_cluster(&visitor.caller, &name, desired, mask)
+        .await
+    {
+        Ok(_) => see_other(&format!("/studio/compute/{}", seg(&name))),
+        Err(e) => refused(&visitor, &e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EvictForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    node: String,
+}
+
+pub async fn evict<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<EvictForm>,
+) -> Response {
+    let visitor = match studio.poster(&headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match Compute::new(studio.plane.clone())
+        .simulate_eviction(&visitor.caller, &name, &form.node, None)
+        .await
+    {
+        Ok(_) => see_other(&format!("/studio/compute/{}", seg(&name))),
+        Err(e) => refused(&visitor, &e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn delete_cluster<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let visitor = match studio.poster(&headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if form.confirm.trim() != name {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            Some(&visitor),
+            &format!("confirm: type {name:?} to delete the cluster"),
+        );
+    }
+    match Compute::new(studio.plane.clone())
+        .delete_cluster(&visitor.caller, &name)
+        .await
+    {
+        Ok(()) => see_other("/studio/compute"),
+        Err(e) => refused(&visitor, &e),
+    }
+}
+
+// ---- jobs ----
+
+#[derive(Deserialize, Default)]
+pub struct JobFilter {
+    #[serde(default)]
+    cluster: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    submitter: String,
+}
+
+/// The most jobs one list page shows.
+pub const JOB_LIST_LIMIT: u32 = 200;
+
+pub async fn jobs<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Query(filter): Query<JobFilter>,
+) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let cluster = (!filter.cluster.trim().is_empty()).then(|| filter.cluster.trim().to_owned());
+    let page = JobPage {
+        after: None,
+        limit: JOB_LIST_LIMIT,
+    };
+    let listed = Jobs::new(studio.plane.clone())
+        .list_jobs(&visitor.caller, cluster.as_deref(), page)
+        .await;
+    let jobs = match listed {
+        Ok((jobs, _)) => jobs,
+        Err(e) => return refused(&visitor, &e),
+    };
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .filter(|j| filter.state.is_empty() || j.state.as_str() == filter.state)
+        .filter(|j| filter.submitter.is_empty() || j.submitted_by.contains(filter.submitter.trim()))
+        .map(|j| {
+            vec![
+                format!("<a href=\"/studio/jobs/{}\">{}</a>", seg(&j.id), esc(&j.id)),
+                esc(&j.spec.display_name),
+                esc(&j.spec.cluster),
+                esc(j.state.as_str()),
+                esc(&j.reason),
+                esc(&j.submitted_by),
+                esc(&html::when(j.created_at)),
+            ]
+        })
+        .collect();
+    let states: Vec<(String, String)> = std::iter::once((String::new(), "Any state".to_owned()))
+        .chain(
+            strato_core::job::JobState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), s.as_str().to_owned())),
+        )
+        .collect();
+    let filters = [
+        Field {
+            name: "cluster",
+            label: "Cluster",
+            control: html::input("text", &filter.cluster, ""),
+            hint: "",
+            error: None,
+        },
+        Field {
+            name: "state",
+            label: "State",
+            control: html::select(&states, &filter.state),
+            hint: "",
+            error: None,
+        },
+        Field {
+            name: "submitter",
+            label: "Submitter",
+            control: html::input("text", &filter.submitter, ""),
+            hint: "",
+            error: None,
+        },
+    ];
+    let body = format!(
+        "<form method=\"get\" action=\"/studio/jobs\" class=\"filters\" role=\"search\">{}<button type=\"submit\">Filter</button></form>{}",
+        filters.iter().map(Field::render).collect::<String>(),
+        html::table(
+            "Jobs, newest first",
+            &[
+                "Job",
+                "Name",
+                "Cluster",
+                "State",
+                "Why",
+                "Submitter",
+                "Created"
+            ],
+            &rows
+        )
+    );
+    ok_page(&visitor, "Jobs", Section::Jobs, &body)
+}
+
+pub async fn job<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let j = match Jobs::new(studio.plane.clone())
+        .get_job(&visitor.caller, &id)
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => return refused(&visitor, &e),
+    };
+    let waiting = matches!(j.state, strato_core::job::JobState::Queued);
+    let mut body = html::facts(&[
+        ("State", esc(j.state.as_str())),
+        (
+            if waiting { "Why it waits" } else { "Why" },
+            esc(if j.reason.is_empty() { "-" } else { &j.reason }),
+        ),
+        (
+            "Cluster",
+            format!(
+                "<a href=\"/studio/compute/{}\">{}</a>",
+                seg(&j.spec.cluster),
+                esc(&j.spec.cluster)
+            ),
+        ),
+        ("Name", esc(&j.spec.display_name)),
+        ("Image", esc(&j.spec.image)),
+        (
+            "Command",
+            format!("<code>{}</code>", esc(&j.spec.command.join(" "))),
+        ),
+        ("Attempt", j.attempt.to_string()),
+        (
+            "Exit code",
+            j.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+        ),
+        ("Submitter", esc(&j.submitted_by)),
+        ("Created", esc(&html::when(j.created_at))),
+    ]);
+    if !j.state.is_final() && may(&visitor, Action::CancelJob, Some(&j.spec.cluster)) {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/studio/jobs/{}/cancel\">{}<button type=\"submit\" class=\"danger\">Cancel job</button></form>",
+            seg(&j.id),
+            html::csrf_field(&visitor.csrf)
+        );
+    }
+    let attempts: Vec<Vec<String>> = j
+        .attempts
+        .iter()
+        .map(|a| {
+            vec![
+                a.attempt.to_string(),
+                esc(&a.node_ids.join(", ")),
+                esc(&html::when(a.started_at)),
+                esc(&a.ended_at.map(html::when).unwrap_or_else(|| "-".into())),
+                a.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                esc(&a.reason),
+            ]
+        })
+        .collect();
+    body.push_str(&html::table(
+        "Attempts",
+        &[
+            "Attempt",
+            "Nodes",
+            "Started",
+            "Ended",
+            "Exit code",
+            "Why it ended",
+        ],
+        &attempts,
+    ));
+    if may(&visitor, Action::StreamLogs, Some(&j.spec.cluster)) {
+        let _ = write!(
+            body,
+            "<h2 id=\"logs-title\">Logs</h2><pre id=\"logs\" class=\"logs\" tabindex=\"0\" aria-labelledby=\"logs-title\" aria-live=\"polite\" data-src=\"/studio/jobs/{}/logs\" data-final=\"{}\"></pre><p id=\"logs-state\" class=\"muted\"></p>",
+            seg(&j.id),
+            j.state.is_final()
+        );
+    }
+    ok_page(&visitor, &format!("Job {}", j.id), Section::Jobs, &body)
+}
+
+/// The job's log lines as server-sent events (`line`, then `end`), followed
+/// until the job ends; one of the caller's long-lived calls.
+pub async fn job_logs<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let lines = match Jobs::new(studio.plane.clone())
+        .stream_logs(&visitor.caller, id, true)
+        .await
+    {
+        Ok(lines) => lines,
+        Err(e) => return refused(&visitor, &e),
+    };
+    let events = lines
+        .map(|line| -> Result<Event, Infallible> {
+            Ok(match line {
+                Ok(l) => Event::default().event("line").data(if l.stream == 2 {
+                    format!("[stderr] {}", l.line)
+                } else {
+                    l.line
+                }),
+                Err(e) => Event::default().event("failed").data(e.to_string()),
+            })
+        })
+        .chain(futures_util::stream::once(async {
+            Ok(Event::default().event("end").data("the job ended"))
+        }));
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub async fn cancel_job<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let visitor = match studio.poster(&headers, &form.csrf).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match Jobs::new(studio.plane.clone())
+        .cancel_job(&visitor.caller, &id)
+        .await
+    {
+        Ok(_) => see_other(&format!("/studio/jobs/{}", seg(&id))),
+        Err(e) => refused(&visitor, &e),
+    }
+}
+
+// ---- quota ----
+
+#[derive(Deserialize)]
+pub struct LocationQuery {
+    #[serde(default)]
+    location: String,
+}
+
+pub async fn quota<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Query(q): Query<LocationQuery>,
+) -> Response {
+    let visitor = match studio.visitor(&headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let usage = match Compute::new(studio.plane.clone())
+        .list_usage(&visitor.caller, q.location.trim().to_owned())
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => return refused(&visitor, &e),
+    };
+    let rows: Vec<Vec<String>> = usage
+        .lines
+        .iter()
+        .filter(|l| l.current > 0 || l.limit > 0)
+        .map(|l| {
+            // No limit: shown full.
+            let percent = l
+                .current
+                .saturating_mul(100)
+                .checked_div(l.limit)
+                .map_or(100, |p| p.min(100));
+            vec![
+                esc(&l.name),
+                format!("{} / {} {}", l.current, l.limit, esc(l.unit)),
+                format!(
+                    "<meter min=\"0\" max=\"100\" value=\"{percent}\" aria-label=\"{} used\">{percent}%</meter>",
+                    esc(&l.name)
+                ),
+            ]
+        })
+        .collect();
+    let location = Field {
+        name: "location",
+        label: "Location",
+        control: html::input("text", &usage.location, ""),
+        hint: "",
+        error: None,
+    };
+    let body = format!(
+        "<form method=\"get\" action=\"/studio/quota\" class=\"filters\">{}<button type=\"submit\">Show</button></form>{}",
+        location.render(),
+        html::table(
+            &format!("Quota and usage in {}", usage.location),
+            &["Quota", "Used / limit", ""],
+            &rows
+        )
+    );
+    ok_page(&visitor, "Quota", Section::Quota, &body)
+}

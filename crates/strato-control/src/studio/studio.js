@@ -1,0 +1,60 @@
+// Strato studio: live logs and the quota a new cluster would use. The
+// pages work without it (logs then show on reload).
+"use strict";
+
+function followLogs(pre) {
+  const state = document.getElementById("logs-state");
+  const events = new EventSource(pre.dataset.src);
+  const say = (text) => { if (state) state.textContent = text; };
+  say("Following the job's output…");
+  events.addEventListener("line", (e) => {
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.append(e.data + "\n");
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  });
+  events.addEventListener("end", () => {
+    say("The job ended.");
+    events.close();
+    // The facts above were read while it ran: show how it ended.
+    if (pre.dataset.final === "false") location.reload();
+  });
+  events.addEventListener("failed", (e) => { say("Logs stopped: " + e.data); events.close(); });
+  events.onerror = () => { if (events.readyState === EventSource.CLOSED) say("Logs stopped."); };
+}
+
+function quotaPreview(form) {
+  const out = document.getElementById("quota-preview");
+  const sizes = {};
+  for (const li of document.querySelectorAll("#size-data li")) {
+    sizes[li.dataset.size] = { vcpus: Number(li.dataset.vcpus), family: li.dataset.family };
+  }
+  const quota = {};
+  for (const li of document.querySelectorAll("#quota-data li")) {
+    quota[li.dataset.quota] = { current: Number(li.dataset.current), limit: Number(li.dataset.limit) };
+  }
+  const update = () => {
+    const size = sizes[form.elements.size.value];
+    const nodes = Number(form.elements.max_nodes.value || 0);
+    if (!size) { out.textContent = ""; return; }
+    const lowPriority = form.elements.tier.value === "lowpriority";
+    const name = lowPriority ? "lowPriority" : size.family;
+    const line = quota[name];
+    const cores = size.vcpus * nodes;
+    let text = `At most ${nodes} nodes × ${size.vcpus} vCPUs = ${cores} vCPUs of ${name}`;
+    if (line) {
+      const left = line.limit - line.current;
+      text += `; ${left} of ${line.limit} are free`;
+      if (cores > left) text += " — more than is free: the cluster will grow only as far as the quota allows";
+    }
+    out.textContent = text + ".";
+  };
+  form.addEventListener("input", update);
+  update();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const pre = document.getElementById("logs");
+  if (pre && pre.dataset.src) followLogs(pre);
+  const form = document.getElementById("create-cluster");
+  if (form) quotaPreview(form);
+});

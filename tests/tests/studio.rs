@@ -1,0 +1,405 @@
+//! The studio in a real browser: headless Chromium through chromedriver
+//! (WebDriver), against a control plane with the local provider. Its
+//! screenshots go to target/studio-screenshots (docs/ keeps a copy).
+
+use std::time::Duration;
+
+use serde_json::json;
+use strato_e2e::browser::{Browser, screenshots_dir};
+use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn the_studio_in_a_real_browser() {
+    require_docker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start_fast(&dir.path().join("data"))
+        .await
+        .expect("start");
+    let owner = cp.admin().token.clone().expect("the owner token");
+    let reader = cp.cli_ok(&[
+        "token", "create", "--name", "viewer", "--role", "Reader", "-o", "json",
+    ]);
+    let reader: serde_json::Value = serde_json::from_slice(&reader.stdout).expect("json");
+    let reader = reader["secret"].as_str().expect("secret").to_owned();
+    let studio = format!("https://{}/studio", cp.http);
+    let shots = screenshots_dir();
+    let browser = Browser::start().await.expect("browser");
+
+    // Signing in: a wrong token is refused on the page, the right one is
+    // a session in a cookie the page's scripts cannot read.
+    browser.goto(&studio).await.expect("open");
+    assert!(browser.url().await.expect("url").ends_with("/studio/login"));
+    let token = browser.find("#f-token").await.expect("token field");
+    browser.fill(&token, "strato_wrong").await.expect("type");
+    browser
+        .click(&browser.find("form button").await.expect("sign in"))
+        .await
+        .expect("click");
+    browser
+        .wait_for_text("Sign in", false, WAIT)
+        .await
+        .expect("still the sign-in page");
+    assert!(
+        browser.find("#f-token-error").await.is_ok(),
+        "the refusal shows at the field"
+    );
+    sign_in(&browser, &owner).await;
+    let cookie = browser
+        .cookies()
+        .await
+        .expect("cookies")
+        .into_iter()
+        .find(|c| c["name"] == "strato_studio")
+        .expect("the session cookie");
+    assert_eq!(
+        (
+            cookie["httpOnly"].as_bool(),
+            cookie["secure"].as_bool(),
+            cookie["sameSite"].as_str()
+        ),
+        (Some(true), Some(true), Some("Strict")),
+        "{cookie}"
+    );
+
+    // Creating a cluster: a bad name shows the API's rule at the name
+    // field; a good one makes the cluster.
+    browser
+        .click(
+            &browser
+                .find("a[href='/studio/compute/new']")
+                .await
+                .expect("new"),
+        )
+        .await
+        .expect("click");
+    let name = browser.find("#f-name").await.expect("name field");
+    browser.fill(&name, "9-bad-name").await.expect("type");
+    let size = browser
+        .find("#f-size option[value='Standard_D2_v2']")
+        .await
+        .expect("a size");
+    browser.click(&size).await.expect("pick");
+    browser
+        .fill(&browser.find("#f-max_nodes").await.expect("max"), "1")
+        .await
+        .expect("type");
+    let preview = browser.find("#quota-preview").await.expect("preview");
+    assert!(
+        browser
+            .text(&preview)
+            .await
+            .expect("preview text")
+            .contains("vCPUs"),
+        "the quota it would use shows before submitting"
+    );
+    browser
+        .click(
+            &browser
+                .find("#create-cluster button[type=submit]")
+                .await
+                .expect("create"),
+        )
+        .await
+        .expect("submit");
+    let error = match browser.find("#f-name-error").await {
+        Ok(e) => e,
+        Err(e) => panic!(
+            "the name's error: {e}: {}",
+            browser.source().await.unwrap_or_default()
+        ),
+    };
+    let said = browser.text(&error).await.expect("text");
+    assert!(said.contains("name"), "{said}");
+    browser
+        .screenshot(&shots.join("create-cluster-error.png"))
+        .await
+        .expect("screenshot");
+    let name = browser.find("#f-name").await.expect("name field");
+    browser.fill(&name, "web").await.expect("type");
+    browser
+        .click(
+            &browser
+                .find("#create-cluster button[type=submit]")
+                .await
+                .expect("create"),
+        )
+        .await
+        .expect("submit");
+    browser
+        .wait_for_text("Scale settings", false, WAIT)
+        .await
+        .expect("the cluster's page");
+    assert!(
+        browser
+            .url()
+            .await
+            .expect("url")
+            .ends_with("/studio/compute/web")
+    );
+
+    // A job from the CLI: its node appears, runs it, and goes idle.
+    let script = "for i in 1 2 3 4 5 6; do echo line-$i; sleep 1; done";
+    let job = cp.cli_ok(&[
+        "job",
+        "submit",
+        "--compute",
+        "web",
+        "--image",
+        TEST_IMAGE,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let job = String::from_utf8_lossy(&job.stdout).trim().to_owned();
+    browser
+        .wait_for_text("web-", true, WAIT)
+        .await
+        .expect("a node shows on the cluster's page");
+
+    // Its log on its page while it prints.
+    browser
+        .goto(&format!("{studio}/jobs/{job}"))
+        .await
+        .expect("job page");
+    let logs = browser.find("#logs").await.expect("logs");
+    let mut seen_partial = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = browser.text(&logs).await.expect("logs");
+        if text.contains("line-1") && !text.contains("line-6") {
+            seen_partial = true;
+        }
+        if text.contains("line-6") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "logs: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen_partial, "the page showed lines while the job printed");
+    // The page shows how the job ended once its log does.
+    browser
+        .wait_for_text("completed", false, WAIT)
+        .await
+        .expect("the job's final state");
+    browser
+        .wait_for_text("The job ended.", false, WAIT)
+        .await
+        .expect("the stream ends with the job");
+    browser
+        .screenshot(&shots.join("job-logs.png"))
+        .await
+        .expect("screenshot");
+    browser
+        .goto(&format!("{studio}/compute/web"))
+        .await
+        .expect("cluster page");
+    browser
+        .wait_for_text("idle", true, WAIT)
+        .await
+        .expect("the node goes idle");
+    browser
+        .screenshot(&shots.join("cluster.png"))
+        .await
+        .expect("screenshot");
+
+    // Canceling a job from its page.
+    let long = cp.cli_ok(&[
+        "job",
+        "submit",
+        "--compute",
+        "web",
+        "--image",
+        TEST_IMAGE,
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let long = String::from_utf8_lossy(&long.stdout).trim().to_owned();
+    browser
+        .goto(&format!("{studio}/jobs/{long}"))
+        .await
+        .expect("job page");
+    browser
+        .click(
+            &browser
+                .find("form[action$='/cancel'] button")
+                .await
+                .expect("cancel"),
+        )
+        .await
+        .expect("click");
+    browser
+        .wait_for_text("canceled", true, WAIT)
+        .await
+        .expect("the job is canceled");
+
+    // The lists, also in a narrow window.
+    browser.goto(&format!("{studio}/jobs")).await.expect("jobs");
+    browser
+        .screenshot(&shots.join("jobs.png"))
+        .await
+        .expect("screenshot");
+    browser
+        .goto(&format!("{studio}/quota"))
+        .await
+        .expect("quota");
+    browser
+        .wait_for_text("standardDv2Family", false, WAIT)
+        .await
+        .expect("the family the cluster uses");
+    browser
+        .screenshot(&shots.join("quota.png"))
+        .await
+        .expect("screenshot");
+    browser.resize(400, 860).await.expect("narrow");
+    browser
+        .goto(&format!("{studio}/compute"))
+        .await
+        .expect("compute");
+    browser
+        .screenshot(&shots.join("compute-narrow.png"))
+        .await
+        .expect("screenshot");
+    browser.resize(1280, 900).await.expect("wide");
+    browser
+        .screenshot(&shots.join("compute.png"))
+        .await
+        .expect("screenshot");
+
+    // Signing out ends the session: its cookie no longer opens a page.
+    let session = format!("strato_studio={}", cookie["value"].as_str().expect("value"));
+    browser
+        .click(&browser.find("nav form button").await.expect("sign out"))
+        .await
+        .expect("click");
+    browser
+        .wait_for_text("Sign in", false, WAIT)
+        .await
+        .expect("the sign-in page");
+    let after = studio_get(&cp, "/studio/compute", &session).await;
+    assert_eq!(after, (303, "/studio/login".to_owned()), "an old session");
+
+    // A Reader sees no buttons that change anything, and a forged POST
+    // (with the Reader's own CSRF token) is refused by the use case.
+    let third = cp.cli_ok(&[
+        "job",
+        "submit",
+        "--compute",
+        "web",
+        "--image",
+        TEST_IMAGE,
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let third = String::from_utf8_lossy(&third.stdout).trim().to_owned();
+    sign_in(&browser, &reader).await;
+    assert!(
+        browser
+            .all("a[href='/studio/compute/new']")
+            .await
+            .expect("links")
+            .is_empty(),
+        "a Reader gets no create button"
+    );
+    browser
+        .goto(&format!("{studio}/jobs/{third}"))
+        .await
+        .expect("job page");
+    browser.find("h1").await.expect("the page");
+    assert!(
+        browser
+            .all("form[action$='/cancel']")
+            .await
+            .expect("forms")
+            .is_empty(),
+        "a Reader gets no cancel button"
+    );
+    let forged = browser
+        .run(
+            "const csrf = document.querySelector('input[name=csrf]').value;\
+             return fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf})})\
+               .then(r => r.status);",
+            json!([format!("/studio/jobs/{third}/cancel")]),
+        )
+        .await
+        .expect("forged post");
+    assert_eq!(forged, json!(403), "the Reader's cancel");
+    let no_token = browser
+        .run(
+            "return fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf: 'x'})})\
+               .then(r => r.status);",
+            json!([format!("/studio/jobs/{third}/cancel")]),
+        )
+        .await
+        .expect("post without the token");
+    assert_eq!(
+        no_token,
+        json!(403),
+        "a POST without the session's CSRF token"
+    );
+    let state = cp.cli_ok(&["job", "show", "-n", &third, "-o", "json"]);
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("json");
+    assert_ne!(state["state"], "canceled", "nothing was canceled");
+    cp.cli_ok(&["job", "cancel", "-n", &third]);
+}
+
+async fn sign_in(browser: &Browser, token: &str) {
+    let studio = browser.url().await.expect("url");
+    let base = studio.split("/studio").next().expect("base").to_owned();
+    browser
+        .goto(&format!("{base}/studio/login"))
+        .await
+        .expect("login");
+    let field = browser.find("#f-token").await.expect("token field");
+    browser.fill(&field, token).await.expect("type");
+    browser
+        .click(&browser.find("form button").await.expect("sign in"))
+        .await
+        .expect("click");
+    browser
+        .wait_for_text("Compute clusters", false, WAIT)
+        .await
+        .expect("signed in");
+}
+
+/// A GET with only `cookie`: its status and where it redirects.
+async fn studio_get(cp: &ControlPlane, path: &str, cookie: &str) -> (u16, String) {
+    let ca = cp.admin().ca_certificate.clone().expect("the CA");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "--cacert",
+            "/dev/stdin",
+            "-H",
+            &format!("Cookie: {cookie}"),
+            &format!("https://{}{path}", cp.http),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(ca.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("curl");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, to) = said.split_once(' ').unwrap_or((&said, ""));
+    let to = to
+        .split_once("/studio")
+        .map(|(_, p)| format!("/studio{p}"))
+        .unwrap_or_default();
+    (code.parse().unwrap_or(0), to)
+}
