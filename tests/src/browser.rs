@@ -39,11 +39,19 @@ impl Browser {
         // One rustls provider in the build (ring); reqwest needs it set.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
-        let profile = tempfile::tempdir()?;
+        // The prefix marks the test's processes for `cargo xtask ci`'s
+        // leftovers check (and nobody else's browser).
+        let profile = tempfile::Builder::new()
+            .prefix("strato-e2e-browser-")
+            .tempdir()?;
         let port = crate::free_port();
         let mut command = Command::new("chromedriver");
         command
             .arg(format!("--port={port}"))
+            .arg(format!(
+                "--log-path={}",
+                profile.path().join("chromedriver.log").display()
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         {

@@ -51,7 +51,7 @@ async fn the_studio_in_a_real_browser() {
         .await
         .expect("cookies")
         .into_iter()
-        .find(|c| c["name"] == "strato_studio")
+        .find(|c| c["name"] == "__Host-strato_studio")
         .expect("the session cookie");
     assert_eq!(
         (
@@ -86,13 +86,10 @@ async fn the_studio_in_a_real_browser() {
         .await
         .expect("type");
     let preview = browser.find("#quota-preview").await.expect("preview");
+    let said = browser.text(&preview).await.expect("preview text");
     assert!(
-        browser
-            .text(&preview)
-            .await
-            .expect("preview text")
-            .contains("vCPUs"),
-        "the quota it would use shows before submitting"
+        said.contains("At most 1 nodes × 2 vCPUs = 2 vCPUs of standardDv2Family"),
+        "the quota it would use shows, as typed, before submitting: {said}"
     );
     browser
         .click(
@@ -196,10 +193,30 @@ async fn the_studio_in_a_real_browser() {
         .goto(&format!("{studio}/compute/web"))
         .await
         .expect("cluster page");
-    browser
-        .wait_for_text("idle", true, WAIT)
-        .await
-        .expect("the node goes idle");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // The node's own row: its State cell.
+        let mut states = Vec::new();
+        for cell in browser
+            .all("#nodes tbody tr td:nth-child(2)")
+            .await
+            .expect("state cells")
+        {
+            states.push(browser.text(&cell).await.unwrap_or_default());
+        }
+        if states == ["idle"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never went idle: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        browser
+            .goto(&format!("{studio}/compute/web"))
+            .await
+            .expect("reload");
+    }
     browser
         .screenshot(&shots.join("cluster.png"))
         .await
@@ -270,7 +287,10 @@ async fn the_studio_in_a_real_browser() {
         .expect("screenshot");
 
     // Signing out ends the session: its cookie no longer opens a page.
-    let session = format!("strato_studio={}", cookie["value"].as_str().expect("value"));
+    let session = format!(
+        "__Host-strato_studio={}",
+        cookie["value"].as_str().expect("value")
+    );
     browser
         .click(&browser.find("nav form button").await.expect("sign out"))
         .await
@@ -322,12 +342,16 @@ async fn the_studio_in_a_real_browser() {
         .run(
             "const csrf = document.querySelector('input[name=csrf]').value;\
              return fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf})})\
-               .then(r => r.status);",
+               .then(async r => r.status + ' ' + await r.text());",
             json!([format!("/studio/jobs/{third}/cancel")]),
         )
         .await
         .expect("forged post");
-    assert_eq!(forged, json!(403), "the Reader's cancel");
+    let forged = forged.as_str().unwrap_or_default();
+    assert!(
+        forged.starts_with("403 ") && forged.contains("jobs/cancel"),
+        "the Reader's cancel is refused by its role: {forged}"
+    );
     let no_token = browser
         .run(
             "return fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf: 'x'})})\

@@ -1,6 +1,8 @@
 //! What a `cargo xtask ci` run leaves behind: Docker containers and networks
 //! named `strato-*`, and `strato-agent` processes (and the studio tests'
-//! `chromedriver` and `chromium`), that are there after the
+//! `chromedriver` and `chromium`, marked by their `strato-e2e-browser-`
+//! profile: a developer's own browser is never touched), that are there
+//! after the
 //! tests and were not there before them. Found by comparing two snapshots,
 //! and removed so that the next run starts clean. Images (`strato-test/…`)
 //! are not looked at: the tests use them, they do not leave them.
@@ -160,15 +162,17 @@ fn agent_command_line(cmdline: &[u8]) -> Option<String> {
     let cmdline = String::from_utf8_lossy(cmdline);
     let mut args = cmdline.trim_end_matches('\0').split('\0');
     let argv0 = args.next()?;
-    ["strato-agent", "chromedriver", "chromium"]
-        .iter()
-        .any(|program| argv0.ends_with(program))
-        .then(|| {
-            std::iter::once(argv0)
-                .chain(args)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+    let ours = argv0.ends_with("strato-agent")
+        || (["chromedriver", "chromium"]
+            .iter()
+            .any(|program| argv0.ends_with(program))
+            && cmdline.contains("strato-e2e-browser-"));
+    ours.then(|| {
+        std::iter::once(argv0)
+            .chain(args)
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
 }
 
 #[cfg(test)]

@@ -6,15 +6,20 @@
 //!
 //! **Sessions.** Signing in takes an API token; the studio checks it as
 //! gRPC does and keeps it in memory only, under a random session id the
-//! browser holds in a `Secure; HttpOnly; SameSite=Strict` cookie scoped to
-//! `/studio`. Every request authenticates the token again (a revoked or
-//! expired one ends the session). Sessions end on sign-out, after
-//! `SESSION_IDLE` without a request or `SESSION_MAX` in all, and with the
-//! process; at most `MAX_SESSIONS` live at once (the oldest goes).
+//! browser holds in a `__Host-` cookie (`Secure; HttpOnly;
+//! SameSite=Strict; Path=/`). Every request authenticates the token again
+//! (a revoked or expired one ends the session). Sessions end on sign-out,
+//! after `SESSION_IDLE` without a request or `SESSION_MAX` in all, and with
+//! the process; a principal keeps at most `SESSIONS_PER_PRINCIPAL` (its
+//! oldest goes), and at most `MAX_SESSIONS` live at once (past it, signing
+//! in is refused until some end: nobody can sign others out). A live log
+//! stream ends with its session.
 //!
 //! **Forms.** Every POST carries the session's CSRF token (compared in
 //! constant time) and, when the browser sends `Origin`, the studio's own
-//! origin. A button a role may not use is not shown, and the use case
+//! origin; signing in (which has no session yet) must come from the
+//! studio's own origin too, so no other site can sign a browser into its
+//! own account. A button a role may not use is not shown, and the use case
 //! refuses it anyway.
 //!
 //! | path | who |
@@ -39,21 +44,29 @@ use crate::app::{Access, Caller};
 use crate::plane::Plane;
 use crate::store::Store;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "strato_studio";
-/// The most sessions at once; a new one past it ends the oldest.
+/// The session cookie's name: `__Host-` makes browsers take it only from
+/// this origin over HTTPS, with `Path=/`.
+pub const COOKIE: &str = "__Host-strato_studio";
+/// The most sessions at once; past it, signing in waits for some to end.
 pub const MAX_SESSIONS: usize = 10_000;
+/// The most sessions of one principal; a new one past it ends its oldest.
+pub const SESSIONS_PER_PRINCIPAL: usize = 16;
+/// The largest form the studio reads.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
 /// A session ends after this long without a request...
 pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
 /// ... and after this long in all.
 pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// The longest token a sign-in takes, and the longest form.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// How often a live log stream checks that its session still holds.
+pub const STREAM_SESSION_CHECK: Duration = Duration::from_secs(2);
 
 const CSS: &str = include_str!("studio.css");
 const JS: &str = include_str!("studio.js");
 
 struct Session {
+    principal: String,
     token: String,
     csrf: String,
     started: Instant,
@@ -74,6 +87,8 @@ type Shared<S> = State<Arc<Studio<S>>>;
 pub struct Visitor {
     pub caller: Caller,
     pub csrf: String,
+    /// The session's id, for streams that end with it.
+    pub session: String,
 }
 
 impl Visitor {
@@ -121,6 +136,7 @@ pub fn router<S: Store, T: Clone + Send + Sync + 'static>(
         .route("/jobs/{id}/logs", get(pages::job_logs::<S>))
         .route("/jobs/{id}/cancel", post(pages::cancel_job::<S>))
         .route("/quota", get(pages::quota::<S>))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(studio)
 }
@@ -157,6 +173,10 @@ async fn secure_headers(mut response: Response) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -189,6 +209,26 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// The refusal of a POST a browser sent from another origin: `Origin` (which
+/// browsers send on every POST; `null` from a sandbox or a page that hides
+/// its referrer) must be the studio's own. A client that sends none (not a
+/// browser) is let through: cross-site forms are a browser's problem.
+fn cross_origin(headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let from = origin.split_once("://").map(|(_, h)| h);
+    (from != Some(host)).then(|| {
+        refusal(
+            StatusCode::FORBIDDEN,
+            None,
+            &format!("a form from {origin} is not the studio's"),
+        )
+    })
+}
+
 /// A page answer with its status.
 fn html_response(status: StatusCode, body: String) -> Response {
     (
@@ -218,32 +258,55 @@ fn refusal(status: StatusCode, visitor: Option<&Visitor>, message: &str) -> Resp
 }
 
 impl<S: Store> Studio<S> {
-    /// A new session for `token` (already checked); its cookie.
-    fn start(&self, token: String) -> String {
+    /// A new session of `principal` for `token` (already checked); its
+    /// cookie, or `None` when `MAX_SESSIONS` are live.
+    fn start(&self, principal: &str, token: String) -> Option<String> {
         let id = random_id();
         let now = Instant::now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| {
             now.duration_since(s.seen) < SESSION_IDLE && now.duration_since(s.started) < SESSION_MAX
         });
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.seen)
-                .map(|(k, _)| k.clone())
+        let mine: Vec<(String, Instant)> = sessions
+            .iter()
+            .filter(|(_, s)| s.principal == principal)
+            .map(|(k, s)| (k.clone(), s.seen))
+            .collect();
+        if mine.len() >= SESSIONS_PER_PRINCIPAL
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, seen)| *seen)
         {
-            sessions.remove(&oldest);
+            sessions.remove(oldest);
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return None;
         }
         sessions.insert(
             id.clone(),
             Session {
+                principal: principal.to_owned(),
                 token,
                 csrf: random_id(),
                 started: now,
                 seen: now,
             },
         );
-        format!("{COOKIE}={id}; Path=/studio; Secure; HttpOnly; SameSite=Strict")
+        Some(format!(
+            "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict"
+        ))
+    }
+
+    /// Whether the session `id` is still live (for streams that outlast a
+    /// request).
+    fn holds(&self, id: &str) -> bool {
+        let now = Instant::now();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|s| {
+                now.duration_since(s.seen) < SESSION_IDLE
+                    && now.duration_since(s.started) < SESSION_MAX
+            })
     }
 
     fn end(&self, headers: &HeaderMap) {
@@ -275,33 +338,33 @@ impl<S: Store> Studio<S> {
             (s.token.clone(), s.csrf.clone())
         };
         match self.access.authenticate(Some(&token)).await {
-            Ok(caller) => Ok(Visitor { caller, csrf }),
-            Err(_) => {
+            Ok(caller) => Ok(Visitor {
+                caller,
+                csrf,
+                session: id,
+            }),
+            // Revoked or expired: the session ends.
+            Err(crate::app::AppError::Unauthenticated(_)) => {
                 self.sessions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
                 Err(to_login())
             }
+            // The store did not answer: the session stays.
+            Err(e) => Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                &e.to_string(),
+            )),
         }
     }
 
     /// The visitor behind a form: a session, its CSRF token in the form,
     /// and (when the browser says) a request from the studio's own origin.
     async fn poster(&self, headers: &HeaderMap, csrf: &str) -> Result<Visitor, Response> {
-        if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            let from = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-            if from != host {
-                return Err(refusal(
-                    StatusCode::FORBIDDEN,
-                    None,
-                    &format!("a form from {origin} is not the studio's"),
-                ));
-            }
+        if let Some(refused) = cross_origin(headers) {
+            return Err(refused);
         }
         let visitor = self.visitor(headers).await?;
         if !same(&visitor.csrf, csrf) {
@@ -312,5 +375,40 @@ impl<S: Store> Studio<S> {
             ));
         }
         Ok(visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn forms_come_from_the_studios_own_origin() {
+        let host = ("host", "127.0.0.1:7080");
+        assert!(cross_origin(&headers(&[host, ("origin", "https://127.0.0.1:7080")])).is_none());
+        assert!(cross_origin(&headers(&[host])).is_none(), "not a browser");
+        for bad in ["https://evil.example", "null", "https://127.0.0.1:7081"] {
+            let refused = cross_origin(&headers(&[host, ("origin", bad)])).expect(bad);
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_session_is_the_host_cookie_alone() {
+        let h = headers(&[(
+            "cookie",
+            "strato_studio=old; __Host-strato_studio=abc; other=1",
+        )]);
+        assert_eq!(session_id(&h).as_deref(), Some("abc"));
+        assert_eq!(session_id(&headers(&[("cookie", "strato_studio=x")])), None);
+        assert!(same("a", "a") && !same("a", "b"));
     }
 }

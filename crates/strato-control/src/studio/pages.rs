@@ -36,6 +36,9 @@ fn status_of(e: &AppError) -> StatusCode {
 }
 
 fn refused(visitor: &Visitor, e: &AppError) -> Response {
+    if let AppError::Internal(internal) = e {
+        tracing::error!(error = %internal, principal = %visitor.caller.principal(), "studio: internal failure");
+    }
     refusal(status_of(e), Some(visitor), &e.to_string())
 }
 
@@ -68,7 +71,10 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-fn login_page(status: StatusCode, error: Option<&str>) -> Response {
+/// The sign-in page; `plain`: this control plane serves HTTP
+/// (`--insecure-plaintext`), where browsers keep the `Secure` session
+/// cookie only on localhost.
+fn login_page(status: StatusCode, plain: bool, error: Option<&str>) -> Response {
     let field = Field {
         name: "token",
         label: "API token",
@@ -76,22 +82,39 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Response {
         hint: "A token from `strato token create`, or the Owner token in admin.conf.",
         error,
     };
+    let warning = if plain {
+        html::notice(
+            "error",
+            "This control plane serves plain HTTP (--insecure-plaintext): a browser keeps the studio's session only on localhost.",
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
-        "<form method=\"post\" action=\"/studio/login\" class=\"card\">{}<button type=\"submit\">Sign in</button></form>",
+        "{warning}<form method=\"post\" action=\"/studio/login\" class=\"card\">{}<button type=\"submit\">Sign in</button></form>",
         field.render()
     );
     html_response(status, html::page("Sign in", Section::None, None, &body))
 }
 
-pub async fn login_form<S: Store>(State(_): Shared<S>) -> Response {
-    login_page(StatusCode::OK, None)
+pub async fn login_form<S: Store>(State(studio): Shared<S>) -> Response {
+    login_page(StatusCode::OK, studio.plane.tls.is_none(), None)
 }
 
-pub async fn login<S: Store>(State(studio): Shared<S>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login<S: Store>(
+    State(studio): Shared<S>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // No other site may sign this browser in (into its own account).
+    if let Some(refused) = super::cross_origin(&headers) {
+        return refused;
+    }
     let token = form.token.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
         return login_page(
             StatusCode::BAD_REQUEST,
+            studio.plane.tls.is_none(),
             Some(&format!(
                 "an API token of 1 to {MAX_TOKEN_BYTES} bytes is required"
             )),
@@ -99,15 +122,30 @@ pub async fn login<S: Store>(State(studio): Shared<S>, Form(form): Form<LoginFor
     }
     match studio.access.authenticate(Some(token)).await {
         Ok(caller) => {
+            // A session already in this browser ends: no fixation.
+            studio.end(&headers);
+            let Some(cookie) = studio.start(caller.principal(), token.to_owned()) else {
+                return login_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    studio.plane.tls.is_none(),
+                    Some(&format!(
+                        "the studio holds {} sessions, its most: try again when some have ended",
+                        super::MAX_SESSIONS
+                    )),
+                );
+            };
             tracing::info!(principal = %caller.principal(), "studio sign-in");
-            let cookie = studio.start(token.to_owned());
             let mut response = see_other("/studio/compute");
             if let Ok(v) = cookie.parse() {
                 response.headers_mut().insert(header::SET_COOKIE, v);
             }
             response
         }
-        Err(e) => login_page(StatusCode::UNAUTHORIZED, Some(&e.to_string())),
+        Err(e) => login_page(
+            status_of(&e),
+            studio.plane.tls.is_none(),
+            Some(&e.to_string()),
+        ),
     }
 }
 
@@ -124,7 +162,7 @@ pub async fn logout<S: Store>(
     response.headers_mut().insert(
         header::SET_COOKIE,
         axum::http::HeaderValue::from_static(
-            "strato_studio=; Path=/studio; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
+            "__Host-strato_studio=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
         ),
     );
     response
@@ -198,12 +236,12 @@ pub async fn compute<S: Store>(
         .collect();
     let tab = |id: &str, label: &str, on: bool| {
         format!(
-            "<a role=\"tab\" href=\"/studio/compute?tab={id}\" aria-selected=\"{on}\"{}>{label}</a>",
+            "<a href=\"/studio/compute?tab={id}\"{}>{label}</a>",
             if on { " aria-current=\"page\"" } else { "" }
         )
     };
     let mut body = format!(
-        "<div role=\"tablist\" aria-label=\"Compute kinds\" class=\"tabs\">{}{}</div>",
+        "<nav aria-label=\"Compute kinds\" class=\"tabs\">{}{}</nav>",
         tab("amlcompute", "Compute clusters", !attached),
         tab("attached", "Attached compute", attached)
     );
@@ -469,6 +507,9 @@ pub async fn new_cluster<S: Store>(State(studio): Shared<S>, headers: HeaderMap)
         Ok(v) => v,
         Err(r) => return r,
     };
+    if let Err(e) = authorize(&visitor.caller, Action::CreateCluster, None) {
+        return refused(&visitor, &e);
+    }
     let form = ClusterForm {
         min_nodes: "0".into(),
         max_nodes: "4".into(),
@@ -488,6 +529,11 @@ fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<Option<T>, (S
     text.parse()
         .map(Some)
         .map_err(|_| (field.to_owned(), format!("{text:?} must be a whole number")))
+}
+
+/// A number the form must give.
+fn given<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, (String, String)> {
+    number(field, text)?.ok_or_else(|| (field.to_owned(), "is required".to_owned()))
 }
 
 fn cluster_request(form: &ClusterForm) -> Result<ClusterRequest, (String, String)> {
@@ -637,11 +683,14 @@ pub async fn cluster<S: Store>(
                 "-".into()
             };
             let ssh = match (&ssh_user, n.port) {
-                (Some(user), port) if !n.private_ip.is_empty() && port > 0 => format!(
-                    "<code>ssh -p {port} {}@{}</code>",
-                    esc(user),
-                    esc(&n.private_ip)
-                ),
+                (Some(user), port) if !n.private_ip.is_empty() && port > 0 => {
+                    let host = if n.private_ip.contains(':') {
+                        format!("[{}]", n.private_ip)
+                    } else {
+                        n.private_ip.clone()
+                    };
+                    format!("<code>ssh -p {port} {}@{}</code>", esc(user), esc(&host))
+                }
                 _ => "-".into(),
             };
             let mut evict = String::new();
@@ -673,11 +722,15 @@ pub async fn cluster<S: Store>(
             ]
         })
         .collect();
+    body.push_str("<section id=\"nodes\">");
     body.push_str(&html::table(
         "Nodes",
-        &["Node", "State", "Job", "CPU", "Memory", "GPU", "SSH", ""],
+        &[
+            "Node", "State", "Job", "CPU", "Memory", "GPU", "SSH", "Actions",
+        ],
         &rows,
     ));
+    body.push_str("</section>");
     let identity_rows: Vec<Vec<String>> = r
         .identities
         .iter()
@@ -776,11 +829,12 @@ pub async fn update_cluster<S: Store>(
         Ok(v) => v,
         Err(r) => return r,
     };
+    // Every field is given: an empty one is not "the default".
     let parsed = (|| {
         Ok::<_, (String, String)>(ClusterRequest {
-            min_nodes: number("min_nodes", &form.min_nodes)?,
-            max_nodes: number("max_nodes", &form.max_nodes)?,
-            idle_seconds_before_scaledown: number("idle_seconds", &form.idle_seconds)?,
+            min_nodes: Some(given("min_nodes", &form.min_nodes)?),
+            max_nodes: Some(given("max_nodes", &form.max_nodes)?),
+            idle_seconds_before_scaledown: Some(given("idle_seconds", &form.idle_seconds)?),
             ..Default::default()
         })
     })();
@@ -901,8 +955,8 @@ pub async fn jobs<S: Store>(
     let listed = Jobs::new(studio.plane.clone())
         .list_jobs(&visitor.caller, cluster.as_deref(), page)
         .await;
-    let jobs = match listed {
-        Ok((jobs, _)) => jobs,
+    let (jobs, more) = match listed {
+        Ok((jobs, next)) => (jobs, next.is_some()),
         Err(e) => return refused(&visitor, &e),
     };
     let rows: Vec<Vec<String>> = jobs
@@ -952,8 +1006,18 @@ pub async fn jobs<S: Store>(
         },
     ];
     let body = format!(
-        "<form method=\"get\" action=\"/studio/jobs\" class=\"filters\" role=\"search\">{}<button type=\"submit\">Filter</button></form>{}",
+        "<form method=\"get\" action=\"/studio/jobs\" class=\"filters\" role=\"search\">{}<button type=\"submit\">Filter</button></form>{}{}",
         filters.iter().map(Field::render).collect::<String>(),
+        if more {
+            html::notice(
+                "info",
+                &format!(
+                    "The newest {JOB_LIST_LIMIT} jobs are listed (and filtered by state and submitter); name a cluster, or use `strato job list`, for older ones."
+                ),
+            )
+        } else {
+            String::new()
+        },
         html::table(
             "Jobs, newest first",
             &[
@@ -1053,7 +1117,7 @@ pub async fn job<S: Store>(
     if may(&visitor, Action::StreamLogs, Some(&j.spec.cluster)) {
         let _ = write!(
             body,
-            "<h2 id=\"logs-title\">Logs</h2><pre id=\"logs\" class=\"logs\" tabindex=\"0\" aria-labelledby=\"logs-title\" aria-live=\"polite\" data-src=\"/studio/jobs/{}/logs\" data-final=\"{}\"></pre><p id=\"logs-state\" class=\"muted\"></p>",
+            "<h2 id=\"logs-title\">Logs</h2><pre id=\"logs\" class=\"logs\" role=\"log\" aria-live=\"off\" tabindex=\"0\" aria-labelledby=\"logs-title\" data-src=\"/studio/jobs/{}/logs\" data-final=\"{}\"></pre><p id=\"logs-state\" class=\"muted\" role=\"status\"></p>",
             seg(&j.id),
             j.state.is_final()
         );
@@ -1079,20 +1143,45 @@ pub async fn job_logs<S: Store>(
         Ok(lines) => lines,
         Err(e) => return refused(&visitor, &e),
     };
-    let events = lines
-        .map(|line| -> Result<Event, Infallible> {
-            Ok(match line {
-                Ok(l) => Event::default().event("line").data(if l.stream == 2 {
-                    format!("[stderr] {}", l.line)
-                } else {
-                    l.line
-                }),
-                Err(e) => Event::default().event("failed").data(e.to_string()),
-            })
-        })
-        .chain(futures_util::stream::once(async {
-            Ok(Event::default().event("end").data("the job ended"))
-        }));
+    // Relayed by a task that also ends the stream when the session does
+    // (signed out elsewhere, expired), not only when the job ends.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
+    let session = visitor.session.clone();
+    tokio::spawn(async move {
+        let mut lines = lines;
+        let mut check = tokio::time::interval(super::STREAM_SESSION_CHECK);
+        loop {
+            let event = tokio::select! {
+                line = lines.next() => match line {
+                    Some(Ok(l)) => Event::default().event("line").data(if l.stream == 2 {
+                        format!("[stderr] {}", l.line)
+                    } else {
+                        l.line
+                    }),
+                    Some(Err(e)) => {
+                        let _ = tx.send(Event::default().event("failed").data(e.to_string())).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(Event::default().event("end").data("the job ended")).await;
+                        return;
+                    }
+                },
+                _ = check.tick() => {
+                    if studio.holds(&session) {
+                        continue;
+                    }
+                    let _ = tx.send(Event::default().event("failed").data("the session ended")).await;
+                    return;
+                }
+                () = tx.closed() => return,
+            };
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

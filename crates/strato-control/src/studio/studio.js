@@ -19,7 +19,8 @@ function followLogs(pre) {
     if (pre.dataset.final === "false") location.reload();
   });
   events.addEventListener("failed", (e) => { say("Logs stopped: " + e.data); events.close(); });
-  events.onerror = () => { if (events.readyState === EventSource.CLOSED) say("Logs stopped."); };
+  // No silent reconnect: it would replay the log from its first line.
+  events.onerror = () => { say("Logs stopped: reload the page to follow again."); events.close(); };
 }
 
 function quotaPreview(form) {
