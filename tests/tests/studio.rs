@@ -152,9 +152,9 @@ async fn the_studio_in_a_real_browser() {
     ]);
     let job = String::from_utf8_lossy(&job.stdout).trim().to_owned();
     browser
-        .wait_for_text("web-", true, WAIT)
+        .wait_for_text("scale up: node web-", true, WAIT)
         .await
-        .expect("a node shows on the cluster's page");
+        .expect("the node and why it came show on the cluster's page");
 
     // Its log on its page while it prints.
     browser

@@ -236,6 +236,7 @@ pub async fn serve(
         secrets: secrets::SecretBox::load_or_create(&settings_data_dir)
             .context("the secrets key")?,
         storage_ca,
+        scale_events: plane::ScaleEvents::default(),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
     write_admin_conf(&plane.settings.config, &access, tls.as_deref(), grpc_addr).await?;

@@ -152,6 +152,59 @@ impl Sessions {
     }
 }
 
+/// The most recent scale events kept per cluster.
+pub const SCALE_EVENTS_PER_CLUSTER: usize = 50;
+
+/// One thing the reconcile loop did to a cluster, or found of it: a node
+/// added or removed (and why), a node the provider could not make, the
+/// allocation state changing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleEvent {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub what: String,
+}
+
+/// The recent scale events of each cluster, newest last, in memory (a
+/// restart starts them afresh; the log has them all): what the studio's
+/// cluster page shows.
+#[derive(Debug, Default)]
+pub struct ScaleEvents {
+    by_cluster: Mutex<HashMap<String, std::collections::VecDeque<ScaleEvent>>>,
+}
+
+impl ScaleEvents {
+    pub fn record(&self, cluster: &str, at: i64, what: impl Into<String>) {
+        let mut all = self.by_cluster.lock().unwrap_or_else(|e| e.into_inner());
+        let events = all.entry(cluster.to_owned()).or_default();
+        if events.len() == SCALE_EVENTS_PER_CLUSTER {
+            events.pop_front();
+        }
+        events.push_back(ScaleEvent {
+            at,
+            what: what.into(),
+        });
+    }
+
+    /// Newest first.
+    pub fn of(&self, cluster: &str) -> Vec<ScaleEvent> {
+        self.by_cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .map(|e| e.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A deleted cluster's events go with it.
+    pub fn forget(&self, cluster: &str) {
+        self.by_cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cluster);
+    }
+}
+
 /// Wake-ups: the reconcile loop on any event, and waiters (job wait, log
 /// follow) whenever a job or its logs changed.
 pub struct Events {
@@ -317,6 +370,8 @@ pub struct Plane<S> {
     /// control plane itself writes code and reads outputs
     /// (`--storage-ca-file`).
     pub storage_ca: Option<Vec<u8>>,
+    /// What the reconcile loop recently did to each cluster.
+    pub scale_events: ScaleEvents,
 }
 
 impl<S> Plane<S> {
@@ -482,5 +537,25 @@ mod submit_tests {
             "another caller is not held back"
         );
         assert!(limits.take("a", 100).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod scale_event_tests {
+    use super::*;
+
+    #[test]
+    fn scale_events_are_bounded_per_cluster_and_newest_first() {
+        let events = ScaleEvents::default();
+        for i in 0..(SCALE_EVENTS_PER_CLUSTER + 5) {
+            events.record("cpu", i as i64, format!("e{i}"));
+        }
+        events.record("gpu", 1, "g");
+        let cpu = events.of("cpu");
+        assert_eq!(cpu.len(), SCALE_EVENTS_PER_CLUSTER);
+        assert_eq!(cpu[0].what, format!("e{}", SCALE_EVENTS_PER_CLUSTER + 4));
+        assert_eq!(events.of("gpu").len(), 1);
+        events.forget("cpu");
+        assert!(events.of("cpu").is_empty());
     }
 }

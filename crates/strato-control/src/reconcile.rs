@@ -470,6 +470,21 @@ impl<S: Store> Reconciler<S> {
                 issues = ?settled.issues.iter().map(|i| i.code.as_str()).collect::<Vec<_>>(),
                 "allocation state"
             );
+            let issues: Vec<&str> = settled.issues.iter().map(|i| i.code.as_str()).collect();
+            self.plane.scale_events.record(
+                name,
+                now,
+                format!(
+                    "allocation {}: {live} of target {} nodes{}",
+                    settled.state.as_str(),
+                    settled.target,
+                    if issues.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", issues.join(", "))
+                    }
+                ),
+            );
         }
         let issues = settled
             .issues
@@ -533,11 +548,21 @@ impl<S: Store> Reconciler<S> {
                         .map_err(AddError::Store)?;
                 }
                 tracing::info!(cluster = %name, node = %node_id, "scale up: node added");
+                self.plane.scale_events.record(
+                    name,
+                    now,
+                    format!("scale up: node {node_id} added"),
+                );
                 self.plane.counters.scaled(name, "up", "demand");
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(cluster = %name, node = %node_id, error = %e, "provider could not create the node");
+                self.plane.scale_events.record(
+                    name,
+                    now,
+                    format!("scale up failed: the provider could not create node {node_id}: {e}"),
+                );
                 self.backoff
                     .entry(name.clone())
                     .or_default()
@@ -570,6 +595,11 @@ impl<S: Store> Reconciler<S> {
         self.plane.scheduled_events.forget(&node.node_id);
         self.plane.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
+        self.plane.scale_events.record(
+            &node.cluster,
+            now,
+            format!("scale down: node {} removed ({why})", node.node_id),
+        );
         self.plane
             .counters
             .scaled(&node.cluster, "down", reason.label());

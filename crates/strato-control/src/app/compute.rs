@@ -213,6 +213,7 @@ impl<S: Store> Compute<S> {
             tracing::warn!(cluster = %name, error = %e, "could not remove what the deleted cluster held");
         }
         tracing::info!(cluster = %name, nodes = nodes.len(), "cluster deleted");
+        self.plane.scale_events.forget(&stored);
         Ok(())
     }
 

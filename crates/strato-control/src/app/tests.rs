@@ -48,6 +48,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
         oidc: None,
         secrets: crate::secrets::SecretBox::load_or_create(dir).expect("secrets key"),
         storage_ca: None,
+        scale_events: Default::default(),
     })
 }
 

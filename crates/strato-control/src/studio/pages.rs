@@ -731,6 +731,19 @@ pub async fn cluster<S: Store>(
         &rows,
     ));
     body.push_str("</section>");
+    let scale_rows: Vec<Vec<String>> = studio
+        .plane
+        .scale_events
+        .of(&name)
+        .into_iter()
+        .take(20)
+        .map(|e| vec![esc(&html::when(e.at)), esc(&e.what)])
+        .collect();
+    body.push_str(&html::table(
+        "Recent scale events, newest first",
+        &["When", "What"],
+        &scale_rows,
+    ));
     let identity_rows: Vec<Vec<String>> = r
         .identities
         .iter()
