@@ -42,6 +42,14 @@ fn refused(visitor: &Visitor, e: &AppError) -> Response {
     refusal(status_of(e), Some(visitor), &e.to_string())
 }
 
+/// After a form: to `to`, or the refusal.
+fn done(visitor: &Visitor, outcome: Result<(), AppError>, to: &str) -> Response {
+    match outcome {
+        Ok(()) => see_other(to),
+        Err(e) => refused(visitor, &e),
+    }
+}
+
 fn may(visitor: &Visitor, action: Action, cluster: Option<&str>) -> bool {
     authorize(&visitor.caller, action, cluster).is_ok()
 }
@@ -866,13 +874,15 @@ pub async fn update_cluster<S: Store>(
         "max_nodes".to_owned(),
         "idle_seconds_before_scaledown".to_owned(),
     ];
-    match Compute::new(studio.plane.clone())
+    let outcome = Compute::new(studio.plane.clone())
         .update_cluster(&visitor.caller, &name, desired, mask)
         .await
-    {
-        Ok(_) => see_other(&format!("/studio/compute/{}", seg(&name))),
-        Err(e) => refused(&visitor, &e),
-    }
+        .map(drop);
+    done(
+        &visitor,
+        outcome,
+        &format!("/studio/compute/{}", seg(&name)),
+    )
 }
 
 #[derive(Deserialize)]
@@ -893,13 +903,15 @@ pub async fn evict<S: Store>(
         Ok(v) => v,
         Err(r) => return r,
     };
-    match Compute::new(studio.plane.clone())
+    let outcome = Compute::new(studio.plane.clone())
         .simulate_eviction(&visitor.caller, &name, &form.node, None)
         .await
-    {
-        Ok(_) => see_other(&format!("/studio/compute/{}", seg(&name))),
-        Err(e) => refused(&visitor, &e),
-    }
+        .map(drop);
+    done(
+        &visitor,
+        outcome,
+        &format!("/studio/compute/{}", seg(&name)),
+    )
 }
 
 #[derive(Deserialize)]
@@ -1210,13 +1222,11 @@ pub async fn cancel_job<S: Store>(
         Ok(v) => v,
         Err(r) => return r,
     };
-    match Jobs::new(studio.plane.clone())
+    let outcome = Jobs::new(studio.plane.clone())
         .cancel_job(&visitor.caller, &id)
         .await
-    {
-        Ok(_) => see_other(&format!("/studio/jobs/{}", seg(&id))),
-        Err(e) => refused(&visitor, &e),
-    }
+        .map(drop);
+    done(&visitor, outcome, &format!("/studio/jobs/{}", seg(&id)))
 }
 
 // ---- quota ----
