@@ -5,8 +5,13 @@
 // get JWT access tokens by the client-credentials grant; `sub` is the
 // client id, `aud` the resource asked for.
 //
+// With STUDIO_REDIRECT_URI set, it also has the public client
+// `strato-studio` (authorization code with PKCE, that redirect URI) and
+// its development login pages (any login name is the user's `sub`), for
+// the studio's sign-in test.
+//
 // Environment: PORT, TLS_CERT, TLS_KEY (PEM files), OIDC_PROVIDER (the
-// installed package's directory).
+// installed package's directory), STUDIO_REDIRECT_URI (optional).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -31,11 +36,21 @@ const client = (id) => ({
   id_token_signed_response_alg: 'ES256',
 });
 
+const studioRedirect = process.env.STUDIO_REDIRECT_URI;
+const studioClient = {
+  client_id: 'strato-studio',
+  grant_types: ['authorization_code'],
+  redirect_uris: [studioRedirect],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'none',
+  id_token_signed_response_alg: 'ES256',
+};
+
 const provider = new Provider(issuer, {
-  clients: [client('ml-team'), client('other-team')],
+  clients: [client('ml-team'), client('other-team'), ...(studioRedirect ? [studioClient] : [])],
   jwks: { keys: [jwk] },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(studioRedirect) },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,

@@ -923,7 +923,22 @@ impl OidcIssuer {
         Self::start_on(free_port(), dir.join("issuer.log")).await
     }
 
+    /// Starts it on `port` with the studio's public client, whose redirect
+    /// URI is `redirect_uri`, and its development login pages.
+    pub async fn start_for_studio(
+        dir: &Path,
+        port: u16,
+        redirect_uri: &str,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Self::start_with(port, dir.join("issuer.log"), Some(redirect_uri)).await
+    }
+
     async fn start_on(port: u16, log: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(port, log, None).await
+    }
+
+    async fn start_with(port: u16, log: PathBuf, studio: Option<&str>) -> anyhow::Result<Self> {
         let (package, tls, script) = Self::paths()?;
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -935,6 +950,7 @@ impl OidcIssuer {
             .env("TLS_CERT", tls.join("cert.pem"))
             .env("TLS_KEY", tls.join("key.pem"))
             .env("OIDC_PROVIDER", &package)
+            .env("STUDIO_REDIRECT_URI", studio.unwrap_or_default())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()

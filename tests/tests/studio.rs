@@ -427,3 +427,125 @@ async fn studio_get(cp: &ControlPlane, path: &str, cookie: &str) -> (u16, String
         .unwrap_or_default();
     (code.parse().unwrap_or(0), to)
 }
+
+/// Signing in through the OIDC issuer (a real one: panva's oidc-provider
+/// with its development login pages): authorization code with PKCE, the
+/// user's roles from their role assignments.
+#[tokio::test]
+async fn signing_in_through_the_oidc_issuer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer_port = strato_e2e::free_port();
+    let issuer_url = format!("https://127.0.0.1:{issuer_port}");
+    let ca = strato_e2e::OidcIssuer::ca_file().display().to_string();
+    let cp = ControlPlane::start(
+        &dir.path().join("data"),
+        &[
+            "--provider",
+            "none",
+            "--oidc-issuer",
+            &issuer_url,
+            "--oidc-audience",
+            "api://strato",
+            "--oidc-ca-file",
+            &ca,
+            "--studio-oidc-client-id",
+            "strato-studio",
+            "--studio-oidc-scope",
+            "openid api",
+        ],
+    )
+    .await
+    .expect("start");
+    let issuer = strato_e2e::OidcIssuer::start_for_studio(
+        &dir.path().join("oidc"),
+        issuer_port,
+        &format!("https://{}/studio/login/callback", cp.http),
+    )
+    .await
+    .expect("issuer");
+    // The issuer came up after the control plane (whose port its client
+    // names): wait until the control plane has its keys, as a caller with
+    // one of its tokens finds.
+    let probe = issuer.token("ml-team", "api://strato").expect("a token");
+    strato_e2e::wait_for("the issuer's keys", WAIT, || {
+        let cp = &cp;
+        let probe = probe.clone();
+        async move {
+            let channel = cp.channel_with(Some(&probe)).await.ok()?;
+            let answer = strato_proto::v1::access_service_client::AccessServiceClient::new(channel)
+                .who_am_i(strato_proto::v1::WhoAmIRequest {})
+                .await;
+            match answer {
+                Err(e) if e.code() == tonic::Code::Unauthenticated => None,
+                _ => Some(()),
+            }
+        }
+    })
+    .await;
+    cp.cli_ok(&[
+        "role",
+        "assignment",
+        "create",
+        "--principal",
+        "oidc:alice",
+        "--role",
+        "Reader",
+    ]);
+    let studio = format!("https://{}/studio", cp.http);
+
+    // Without this browser's own state, a callback is refused.
+    let forged = studio_get(&cp, "/studio/login/callback?code=stolen&state=guessed", "").await;
+    assert_eq!(forged.0, 400, "a callback this browser did not start");
+
+    let browser = Browser::start().await.expect("browser");
+    browser
+        .goto(&format!("{studio}/login"))
+        .await
+        .expect("login page");
+    browser
+        .click(
+            &browser
+                .find("a[href='/studio/login/oidc']")
+                .await
+                .expect("the issuer's button"),
+        )
+        .await
+        .expect("click");
+    // The issuer's own pages: sign in as alice, then let the studio in.
+    let login = browser
+        .find("input[name=login]")
+        .await
+        .expect("the issuer's login");
+    browser.fill(&login, "alice").await.expect("type");
+    browser
+        .fill(
+            &browser
+                .find("input[name=password]")
+                .await
+                .expect("password"),
+            "any",
+        )
+        .await
+        .expect("type");
+    browser
+        .click(&browser.find("button[type=submit]").await.expect("sign-in"))
+        .await
+        .expect("click");
+    browser
+        .click(&browser.find("button[type=submit]").await.expect("continue"))
+        .await
+        .expect("consent");
+    let page = browser
+        .wait_for_text("Compute clusters", false, WAIT)
+        .await
+        .expect("signed in");
+    assert!(page.contains("oidc:alice"), "{page}");
+    assert!(
+        browser
+            .all("a[href='/studio/compute/new']")
+            .await
+            .expect("links")
+            .is_empty(),
+        "alice is a Reader"
+    );
+}

@@ -73,6 +73,17 @@ pub struct Config {
     #[arg(long, env = "STRATO_OIDC_CA_FILE")]
     pub oidc_ca_file: Option<PathBuf>,
 
+    /// The studio's client id at the OIDC issuer: with it, the studio's
+    /// sign-in page offers signing in there (authorization code with PKCE,
+    /// a public client; its redirect URI is
+    /// https://HOST:PORT/studio/login/callback). Needs --oidc-issuer.
+    #[arg(long, env = "STRATO_STUDIO_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    pub studio_oidc_client_id: Option<String>,
+
+    /// The scopes the studio asks the OIDC issuer for.
+    #[arg(long, env = "STRATO_STUDIO_OIDC_SCOPE", default_value = "openid")]
+    pub studio_oidc_scope: String,
+
     /// Seconds a node's client certificate is valid (10 s to 30 days;
     /// default 7 days). Its agent renews it when two thirds of that have
     /// passed, and at every re-enrolment; a node cut off from the control

@@ -204,6 +204,78 @@ impl OidcVerifier {
         serde_json::from_slice(&body).map_err(|e| OidcError::Fetch(format!("{url}: {e}")))
     }
 
+    /// The audience tokens for Strato carry (what the studio asks the
+    /// issuer for as its `resource`).
+    pub fn audience(&self) -> &str {
+        &self.config.audience
+    }
+
+    /// The issuer's authorization and token endpoints, from its discovery
+    /// document (for the studio's sign-in: authorization code with PKCE).
+    pub async fn code_flow_endpoints(&self) -> Result<(String, String), OidcError> {
+        let discovery: serde_json::Value = self
+            .get_json(&format!(
+                "{}/.well-known/openid-configuration",
+                self.config.issuer.trim_end_matches('/')
+            ))
+            .await?;
+        let endpoint = |key: &str| {
+            discovery[key]
+                .as_str()
+                .filter(|u| fetchable(u))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    OidcError::Fetch(format!("the discovery document has no https:// {key}"))
+                })
+        };
+        Ok((
+            endpoint("authorization_endpoint")?,
+            endpoint("token_endpoint")?,
+        ))
+    }
+
+    /// Redeems an authorization code at `token_endpoint` (a public client:
+    /// its id and the PKCE verifier, no secret); the access token for
+    /// Strato's audience.
+    pub async fn redeem_code(
+        &self,
+        token_endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> Result<String, OidcError> {
+        let mut response = self
+            .client
+            .post(token_endpoint)
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| OidcError::Fetch(format!("{token_endpoint}: {e}")))?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| OidcError::Fetch(format!("{token_endpoint}: {e}")))?
+        {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(OidcError::Fetch(format!("{token_endpoint}: over 1 MiB")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| OidcError::Fetch(format!("{token_endpoint}: {e}")))?;
+        if !status.is_success() {
+            return Err(OidcError::Invalid(format!(
+                "the issuer refused the code: {} {}",
+                answer["error"].as_str().unwrap_or_default(),
+                answer["error_description"].as_str().unwrap_or_default()
+            )));
+        }
+        answer["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| OidcError::Invalid("the issuer's answer has no access_token".into()))
+    }
+
     /// Fetches the issuer's keys (discovery document, then its jwks_uri)
     /// and puts them in place.
     pub async fn refresh(&self) -> Result<usize, OidcError> {

@@ -25,9 +25,11 @@
 //! | path | who |
 //! | --- | --- |
 //! | `GET /studio/login`, `POST /studio/login`, `/studio/static/*` | anyone (signing in checks the token) |
+//! | `GET /studio/login/oidc`, `GET /studio/login/callback` | anyone: signing in through the OIDC issuer (`oidc_login`) |
 //! | every other `/studio` path | a session; each action the role of its use case |
 
 mod html;
+mod oidc_login;
 mod pages;
 
 use std::collections::HashMap;
@@ -78,6 +80,8 @@ pub struct Studio<S: Store> {
     plane: Arc<Plane<S>>,
     access: Arc<Access<S>>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Sign-ins through the OIDC issuer under way.
+    oidc_pending: oidc_login::Pending,
 }
 
 type Shared<S> = State<Arc<Studio<S>>>;
@@ -106,6 +110,7 @@ pub fn router<S: Store, T: Clone + Send + Sync + 'static>(
         plane,
         access,
         sessions: Mutex::new(HashMap::new()),
+        oidc_pending: oidc_login::Pending::default(),
     });
     Router::new()
         .route("/", get(|| async { Redirect::to("/studio/compute") }))
@@ -121,6 +126,8 @@ pub fn router<S: Store, T: Clone + Send + Sync + 'static>(
             "/login",
             get(pages::login_form::<S>).post(pages::login::<S>),
         )
+        .route("/login/oidc", get(oidc_login::start::<S>))
+        .route("/login/callback", get(oidc_login::callback::<S>))
         .route("/logout", post(pages::logout::<S>))
         .route("/compute", get(pages::compute::<S>))
         .route(

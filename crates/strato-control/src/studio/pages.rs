@@ -79,10 +79,31 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-/// The sign-in page; `plain`: this control plane serves HTTP
+/// What the sign-in page offers: `plain`, this control plane serves HTTP
 /// (`--insecure-plaintext`), where browsers keep the `Secure` session
-/// cookie only on localhost.
-fn login_page(status: StatusCode, plain: bool, error: Option<&str>) -> Response {
+/// cookie only on localhost; `oidc`, the issuer to sign in through.
+pub struct SignIn {
+    plain: bool,
+    oidc: Option<String>,
+}
+
+fn sign_in_of<S: Store>(studio: &Studio<S>) -> SignIn {
+    SignIn {
+        plain: studio.plane.tls.is_none(),
+        oidc: studio
+            .plane
+            .settings
+            .config
+            .studio_oidc_client_id
+            .as_ref()
+            .and(studio.plane.oidc.as_ref())
+            .map(|o| o.issuer().to_owned()),
+    }
+}
+
+/// The sign-in page.
+fn login_page(status: StatusCode, studio_of: SignIn, error: Option<&str>) -> Response {
+    let SignIn { plain, oidc } = studio_of;
     let field = Field {
         name: "token",
         label: "API token",
@@ -98,15 +119,22 @@ fn login_page(status: StatusCode, plain: bool, error: Option<&str>) -> Response 
     } else {
         String::new()
     };
+    let elsewhere = match oidc {
+        Some(issuer) => format!(
+            "<p><a class=\"button\" href=\"/studio/login/oidc\">Sign in with {}</a></p>",
+            esc(&issuer)
+        ),
+        None => String::new(),
+    };
     let body = format!(
-        "{warning}<form method=\"post\" action=\"/studio/login\" class=\"card\">{}<button type=\"submit\">Sign in</button></form>",
+        "{warning}{elsewhere}<form method=\"post\" action=\"/studio/login\" class=\"card\">{}<button type=\"submit\">Sign in</button></form>",
         field.render()
     );
     html_response(status, html::page("Sign in", Section::None, None, &body))
 }
 
 pub async fn login_form<S: Store>(State(studio): Shared<S>) -> Response {
-    login_page(StatusCode::OK, studio.plane.tls.is_none(), None)
+    login_page(StatusCode::OK, sign_in_of(&studio), None)
 }
 
 pub async fn login<S: Store>(
@@ -122,7 +150,7 @@ pub async fn login<S: Store>(
     if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
         return login_page(
             StatusCode::BAD_REQUEST,
-            studio.plane.tls.is_none(),
+            sign_in_of(&studio),
             Some(&format!(
                 "an API token of 1 to {MAX_TOKEN_BYTES} bytes is required"
             )),
@@ -135,7 +163,7 @@ pub async fn login<S: Store>(
             let Some(cookie) = studio.start(caller.principal(), token.to_owned()) else {
                 return login_page(
                     StatusCode::TOO_MANY_REQUESTS,
-                    studio.plane.tls.is_none(),
+                    sign_in_of(&studio),
                     Some(&format!(
                         "the studio holds {} sessions, its most: try again when some have ended",
                         super::MAX_SESSIONS
@@ -149,11 +177,7 @@ pub async fn login<S: Store>(
             }
             response
         }
-        Err(e) => login_page(
-            status_of(&e),
-            studio.plane.tls.is_none(),
-            Some(&e.to_string()),
-        ),
+        Err(e) => login_page(status_of(&e), sign_in_of(&studio), Some(&e.to_string())),
     }
 }
 
