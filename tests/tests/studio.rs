@@ -74,6 +74,38 @@ async fn the_studio_in_a_real_browser() {
         )
         .await
         .expect("click");
+    // GPU or CPU narrows the sizes offered.
+    browser
+        .click(
+            &browser
+                .find("#f-kind option[value='gpu']")
+                .await
+                .expect("GPU"),
+        )
+        .await
+        .expect("pick");
+    let offered = browser
+        .run(
+            "return Array.from(document.querySelectorAll('#f-size option'))\
+               .filter(o => !o.hidden).map(o => o.value);",
+            json!([]),
+        )
+        .await
+        .expect("offered sizes");
+    let offered: Vec<String> = serde_json::from_value(offered).expect("names");
+    assert!(
+        !offered.is_empty() && offered.iter().all(|s| s.starts_with("Standard_N")),
+        "GPU sizes only: {offered:?}"
+    );
+    browser
+        .click(
+            &browser
+                .find("#f-kind option[value='cpu']")
+                .await
+                .expect("CPU"),
+        )
+        .await
+        .expect("pick");
     let name = browser.find("#f-name").await.expect("name field");
     browser.fill(&name, "9-bad-name").await.expect("type");
     let size = browser

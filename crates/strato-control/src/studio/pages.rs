@@ -309,6 +309,9 @@ pub struct ClusterForm {
     location: String,
     #[serde(default)]
     tier: String,
+    /// `cpu` or `gpu`: which sizes the size list offers (a filter only).
+    #[serde(default)]
+    kind: String,
     #[serde(default)]
     size: String,
     #[serde(default)]
@@ -418,6 +421,16 @@ async fn cluster_form_page<S: Store>(
             error: err("tier"),
         },
         Field {
+            name: "kind",
+            label: "Virtual machine type",
+            control: html::select(
+                &[("cpu".into(), "CPU".into()), ("gpu".into(), "GPU".into())],
+                &form.kind,
+            ),
+            hint: "Which sizes the list below offers.",
+            error: None,
+        },
+        Field {
             name: "size",
             label: "Virtual machine size",
             control: html::select(&size_options, &form.size),
@@ -497,9 +510,10 @@ async fn cluster_form_page<S: Store>(
     for s in &sizes {
         let _ = write!(
             sizes_data,
-            "<li data-size=\"{}\" data-vcpus=\"{}\" data-family=\"{}\"></li>",
+            "<li data-size=\"{}\" data-vcpus=\"{}\" data-gpus=\"{}\" data-family=\"{}\"></li>",
             esc(&s.name),
             s.vcpus,
+            s.gpus,
             esc(&s.family)
         );
     }

@@ -27,7 +27,7 @@ function quotaPreview(form) {
   const out = document.getElementById("quota-preview");
   const sizes = {};
   for (const li of document.querySelectorAll("#size-data li")) {
-    sizes[li.dataset.size] = { vcpus: Number(li.dataset.vcpus), family: li.dataset.family };
+    sizes[li.dataset.size] = { vcpus: Number(li.dataset.vcpus), gpus: Number(li.dataset.gpus), family: li.dataset.family };
   }
   const quota = {};
   for (const li of document.querySelectorAll("#quota-data li")) {
@@ -49,6 +49,23 @@ function quotaPreview(form) {
     }
     out.textContent = text + ".";
   };
+  // The CPU/GPU choice filters the size list.
+  const filter = () => {
+    const gpu = form.elements.kind.value === "gpu";
+    const select = form.elements.size;
+    for (const option of select.options) {
+      const size = sizes[option.value];
+      option.hidden = Boolean(size) && (size.gpus > 0) !== gpu;
+    }
+    if (select.selectedOptions[0] && select.selectedOptions[0].hidden) {
+      const first = Array.from(select.options).find((o) => !o.hidden);
+      if (first) select.value = first.value;
+    }
+  };
+  form.elements.kind.addEventListener("change", filter);
+  const chosen = sizes[form.elements.size.value];
+  if (chosen && chosen.gpus > 0) form.elements.kind.value = "gpu";
+  filter();
   form.addEventListener("input", update);
   update();
 }
