@@ -563,6 +563,12 @@ async fn signing_in_through_the_oidc_issuer() {
         .click(&browser.find("button[type=submit]").await.expect("sign-in"))
         .await
         .expect("click");
+    // The consent page (not the login page's button, which may still be
+    // there while the browser moves on).
+    browser
+        .find("input[name=prompt][value=consent]")
+        .await
+        .expect("the consent page");
     browser
         .click(&browser.find("button[type=submit]").await.expect("continue"))
         .await

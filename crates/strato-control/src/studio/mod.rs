@@ -59,7 +59,7 @@ pub const MAX_FORM_BYTES: usize = 64 * 1024;
 pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
 /// ... and after this long in all.
 pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
-/// The longest token a sign-in takes, and the longest form.
+/// The longest token a sign-in takes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// How often a live log stream checks that its session still holds.
 pub const STREAM_SESSION_CHECK: Duration = Duration::from_secs(2);
@@ -180,10 +180,6 @@ async fn secure_headers(mut response: Response) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=31536000"),
-    );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -234,6 +230,18 @@ fn cross_origin(headers: &HeaderMap) -> Option<Response> {
             &format!("a form from {origin} is not the studio's"),
         )
     })
+}
+
+/// Why a caller may not hold a session: a principal with no role at all
+/// could see nothing, and sessions are bounded for everyone.
+fn roleless(caller: &Caller) -> Option<String> {
+    match caller {
+        Caller::User(p) if p.grants.is_empty() => Some(format!(
+            "{} has no role in Strato: ask an Owner for a role assignment (`strato role assignment create --principal {} --role Reader`)",
+            p.name, p.name
+        )),
+        _ => None,
+    }
 }
 
 /// A page answer with its status.

@@ -3,7 +3,8 @@
 //! public client.
 //!
 //! `GET /studio/login/oidc` makes a `state` and a PKCE verifier, keeps them
-//! (at most `MAX_PENDING`, for `PENDING_FOR`), puts the state in a
+//! (at most `MAX_PENDING`, the oldest dropped past it, for `PENDING_FOR`),
+//! puts the state in a
 //! `__Host-` cookie (`SameSite=Lax`: the issuer's redirect back is a
 //! top-level navigation from another site) and sends the browser to the
 //! issuer. `GET /studio/login/callback` takes the code only with the state
@@ -42,15 +43,22 @@ pub const PENDING_FOR: Duration = Duration::from_secs(600);
 pub struct Pending(Mutex<HashMap<String, (String, Instant)>>);
 
 impl Pending {
-    fn add(&self, state: String, verifier: String) -> bool {
+    /// Keeps a sign-in under way; past `MAX_PENDING`, the oldest is
+    /// dropped (whoever started it starts again), so that nobody can keep
+    /// others from signing in by starting many.
+    fn add(&self, state: String, verifier: String) {
         let now = Instant::now();
         let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|_, (_, at)| now.duration_since(*at) < PENDING_FOR);
-        if pending.len() >= MAX_PENDING {
-            return false;
+        if pending.len() >= MAX_PENDING
+            && let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            pending.remove(&oldest);
         }
         pending.insert(state, (verifier, now));
-        true
     }
 
     fn take(&self, state: &str) -> Option<String> {
@@ -106,13 +114,7 @@ pub async fn start<S: Store>(State(studio): Shared<S>, headers: HeaderMap) -> Re
     let state = random_id();
     let verifier = random_id();
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    if !studio.oidc_pending.add(state.clone(), verifier) {
-        return refusal(
-            StatusCode::TOO_MANY_REQUESTS,
-            None,
-            &format!("{MAX_PENDING} sign-ins are under way: try again in a few minutes"),
-        );
-    }
+    studio.oidc_pending.add(state.clone(), verifier);
     let query = [
         ("response_type", "code"),
         ("client_id", client_id.as_str()),
@@ -151,8 +153,6 @@ pub struct Callback {
     state: String,
     #[serde(default)]
     error: String,
-    #[serde(default)]
-    error_description: String,
 }
 
 pub async fn callback<S: Store>(
@@ -166,18 +166,24 @@ pub async fn callback<S: Store>(
     ) else {
         return not_configured();
     };
-    if !back.error.is_empty() {
+    // The state must be this browser's own, also before an error is shown
+    // (no other site can put words on the studio's page).
+    let ours = cookie_of(&headers, STATE_COOKIE).is_some_and(|c| same(c, &back.state));
+    if ours && !back.error.is_empty() {
+        studio.oidc_pending.take(&back.state);
+        // The code only (RFC 6749's words), never the issuer's free text.
+        let code: String = back
+            .error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
         return refusal(
             StatusCode::UNAUTHORIZED,
             None,
-            &format!(
-                "the OIDC issuer said {}: {}",
-                back.error, back.error_description
-            ),
+            &format!("the OIDC issuer did not sign you in ({code}): sign in again"),
         );
     }
-    // The state must be this browser's own.
-    let ours = cookie_of(&headers, STATE_COOKIE).is_some_and(|c| same(c, &back.state));
     let verifier = ours
         .then(|| studio.oidc_pending.take(&back.state))
         .flatten();
@@ -214,6 +220,9 @@ pub async fn callback<S: Store>(
         Ok(c) => c,
         Err(e) => return refusal(StatusCode::UNAUTHORIZED, None, &e.to_string()),
     };
+    if let Some(why) = super::roleless(&caller) {
+        return refusal(StatusCode::FORBIDDEN, None, &why);
+    }
     studio.end(&headers);
     let Some(session) = studio.start(caller.principal(), token) else {
         return refusal(

@@ -90,6 +90,7 @@ pub struct SignIn {
 fn sign_in_of<S: Store>(studio: &Studio<S>) -> SignIn {
     SignIn {
         plain: studio.plane.tls.is_none(),
+        // The issuer sends the browser back to an https:// URI only.
         oidc: studio
             .plane
             .settings
@@ -97,6 +98,7 @@ fn sign_in_of<S: Store>(studio: &Studio<S>) -> SignIn {
             .studio_oidc_client_id
             .as_ref()
             .and(studio.plane.oidc.as_ref())
+            .filter(|_| studio.plane.tls.is_some())
             .map(|o| o.issuer().to_owned()),
     }
 }
@@ -158,6 +160,9 @@ pub async fn login<S: Store>(
     }
     match studio.access.authenticate(Some(token)).await {
         Ok(caller) => {
+            if let Some(why) = super::roleless(&caller) {
+                return login_page(StatusCode::FORBIDDEN, sign_in_of(&studio), Some(&why));
+            }
             // A session already in this browser ends: no fixation.
             studio.end(&headers);
             let Some(cookie) = studio.start(caller.principal(), token.to_owned()) else {

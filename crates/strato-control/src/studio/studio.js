@@ -61,13 +61,13 @@ function quotaPreview(form) {
       const first = Array.from(select.options).find((o) => !o.hidden);
       if (first) select.value = first.value;
     }
+    update();
   };
   form.elements.kind.addEventListener("change", filter);
   const chosen = sizes[form.elements.size.value];
   if (chosen && chosen.gpus > 0) form.elements.kind.value = "gpu";
-  filter();
   form.addEventListener("input", update);
-  update();
+  filter();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
