@@ -292,6 +292,14 @@ async fn the_studio_in_a_real_browser() {
         .await
         .expect("screenshot");
     browser
+        .goto(&format!("{studio}/jobs?page=not-a-token"))
+        .await
+        .expect("a bad page");
+    browser
+        .wait_for_text("page_token", false, WAIT)
+        .await
+        .expect("a page token it did not give is refused, naming it");
+    browser
         .goto(&format!("{studio}/quota"))
         .await
         .expect("quota");

@@ -1001,6 +1001,9 @@ pub struct JobFilter {
     state: String,
     #[serde(default)]
     submitter: String,
+    /// Where the page starts: a page token as `ListJobs` gives them.
+    #[serde(default)]
+    page: String,
 }
 
 /// The most jobs one list page shows.
@@ -1016,15 +1019,15 @@ pub async fn jobs<S: Store>(
         Err(r) => return r,
     };
     let cluster = (!filter.cluster.trim().is_empty()).then(|| filter.cluster.trim().to_owned());
-    let page = JobPage {
-        after: None,
-        limit: JOB_LIST_LIMIT,
+    let page: JobPage = match crate::grpc::convert::job_page(JOB_LIST_LIMIT, filter.page.trim()) {
+        Ok(p) => p,
+        Err(e) => return refused(&visitor, &AppError::InvalidArgument(e)),
     };
     let listed = Jobs::new(studio.plane.clone())
         .list_jobs(&visitor.caller, cluster.as_deref(), page)
         .await;
-    let (jobs, more) = match listed {
-        Ok((jobs, next)) => (jobs, next.is_some()),
+    let (jobs, next) = match listed {
+        Ok((jobs, next)) => (jobs, next.map(crate::grpc::convert::job_page_token)),
         Err(e) => return refused(&visitor, &e),
     };
     let rows: Vec<Vec<String>> = jobs
@@ -1076,16 +1079,6 @@ pub async fn jobs<S: Store>(
     let body = format!(
         "<form method=\"get\" action=\"/studio/jobs\" class=\"filters\" role=\"search\">{}<button type=\"submit\">Filter</button></form>{}{}",
         filters.iter().map(Field::render).collect::<String>(),
-        if more {
-            html::notice(
-                "info",
-                &format!(
-                    "The newest {JOB_LIST_LIMIT} jobs are listed (and filtered by state and submitter); name a cluster, or use `strato job list`, for older ones."
-                ),
-            )
-        } else {
-            String::new()
-        },
         html::table(
             "Jobs, newest first",
             &[
@@ -1098,7 +1091,18 @@ pub async fn jobs<S: Store>(
                 "Created"
             ],
             &rows
-        )
+        ),
+        match &next {
+            // The same filters, from where this page ended.
+            Some(token) => format!(
+                "<p><a href=\"/studio/jobs?cluster={}&amp;state={}&amp;submitter={}&amp;page={}\">Older jobs</a> <small class=\"muted\">(pages of {JOB_LIST_LIMIT}; state and submitter filter each page)</small></p>",
+                seg(&filter.cluster),
+                seg(&filter.state),
+                seg(&filter.submitter),
+                seg(token)
+            ),
+            None => String::new(),
+        }
     );
     ok_page(&visitor, "Jobs", Section::Jobs, &body)
 }
