@@ -95,6 +95,19 @@ pub struct Visitor {
     pub session: String,
 }
 
+/// A page's signed-in visitor, as an extractor: without a session, the
+/// request answers with the way to the sign-in page.
+impl<S: Store> axum::extract::FromRequestParts<Arc<Studio<S>>> for Visitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        studio: &Arc<Studio<S>>,
+    ) -> Result<Self, Response> {
+        studio.visitor(&parts.headers).await
+    }
+}
+
 impl Visitor {
     fn who(&self) -> Option<(&str, &str)> {
         Some((self.caller.principal(), self.csrf.as_str()))

@@ -228,13 +228,9 @@ fn node_counts(nodes: &[crate::store::NodeRecord]) -> (usize, usize) {
 
 pub async fn compute<S: Store>(
     State(studio): Shared<S>,
-    headers: HeaderMap,
+    visitor: Visitor,
     Query(q): Query<TabQuery>,
 ) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let attached = q.tab == "attached";
     let clusters = match Compute::new(studio.plane.clone())
         .list_clusters(&visitor.caller)
@@ -553,11 +549,7 @@ async fn cluster_form_page<S: Store>(
     )
 }
 
-pub async fn new_cluster<S: Store>(State(studio): Shared<S>, headers: HeaderMap) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+pub async fn new_cluster<S: Store>(State(studio): Shared<S>, visitor: Visitor) -> Response {
     if let Err(e) = authorize(&visitor.caller, Action::CreateCluster, None) {
         return refused(&visitor, &e);
     }
@@ -658,13 +650,9 @@ pub async fn create_cluster<S: Store>(
 
 pub async fn cluster<S: Store>(
     State(studio): Shared<S>,
-    headers: HeaderMap,
+    visitor: Visitor,
     Path(name): Path<String>,
 ) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let view = match Compute::new(studio.plane.clone())
         .get_cluster(&visitor.caller, &name)
         .await
@@ -1011,13 +999,9 @@ pub const JOB_LIST_LIMIT: u32 = 200;
 
 pub async fn jobs<S: Store>(
     State(studio): Shared<S>,
-    headers: HeaderMap,
+    visitor: Visitor,
     Query(filter): Query<JobFilter>,
 ) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let cluster = (!filter.cluster.trim().is_empty()).then(|| filter.cluster.trim().to_owned());
     let page: JobPage = match crate::grpc::convert::job_page(JOB_LIST_LIMIT, filter.page.trim()) {
         Ok(p) => p,
@@ -1109,13 +1093,9 @@ pub async fn jobs<S: Store>(
 
 pub async fn job<S: Store>(
     State(studio): Shared<S>,
-    headers: HeaderMap,
+    visitor: Visitor,
     Path(id): Path<String>,
 ) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let j = match Jobs::new(studio.plane.clone())
         .get_job(&visitor.caller, &id)
         .await
@@ -1201,13 +1181,9 @@ pub async fn job<S: Store>(
 /// until the job ends; one of the caller's long-lived calls.
 pub async fn job_logs<S: Store>(
     State(studio): Shared<S>,
-    headers: HeaderMap,
+    visitor: Visitor,
     Path(id): Path<String>,
 ) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let lines = match Jobs::new(studio.plane.clone())
         .stream_logs(&visitor.caller, id, true)
         .await
@@ -1286,13 +1262,9 @@ pub struct LocationQuery {
 
 pub async fn quota<S: Store>(
     State(studio): Shared<S>,
-    headers: HeaderMap,
+    visitor: Visitor,
     Query(q): Query<LocationQuery>,
 ) -> Response {
-    let visitor = match studio.visitor(&headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let usage = match Compute::new(studio.plane.clone())
         .list_usage(&visitor.caller, q.location.trim().to_owned())
         .await
