@@ -198,28 +198,25 @@ impl<S: Store> Jobs<S> {
                 DataSide::Output => d.uri.replace("${{name}}", job_id),
                 DataSide::Input => d.uri.clone(),
             };
-            let (datastore, path) = if d.uri.is_empty() && side == DataSide::Output {
-                (
-                    job::DEFAULT_DATASTORE.to_owned(),
-                    job::default_output_path(job_id, &d.name),
-                )
-            } else {
-                job::parse_data_uri(&format!("{field}.uri"), &uri)?
-            };
-            if d.uri.is_empty() && side == DataSide::Output {
-                self.default_datastore(format!("{field} (no path given)"))
+            let (path, store) = if d.uri.is_empty() && side == DataSide::Output {
+                let store = self
+                    .default_datastore(format!("{field} (no path given)"))
                     .await?;
-            }
-            let store = self.plane.store.get_datastore(&datastore).await.map_err(|e| match e {
-                StoreError::DatastoreNotFound(_) => AppError::InvalidArgument(FieldError::new(
-                    format!("{field}.uri"),
-                    format!("datastore {datastore:?} not found; create it with `strato datastore create`"),
-                )),
-                other => other.into(),
-            })?;
+                (job::default_output_path(job_id, &d.name), store)
+            } else {
+                let (datastore, path) = job::parse_data_uri(&format!("{field}.uri"), &uri)?;
+                let store = self.plane.store.get_datastore(&datastore).await.map_err(|e| match e {
+                    StoreError::DatastoreNotFound(_) => AppError::InvalidArgument(FieldError::new(
+                        format!("{field}.uri"),
+                        format!("datastore {datastore:?} not found; create it with `strato datastore create`"),
+                    )),
+                    other => other.into(),
+                })?;
+                (path, store)
+            };
             out.push(DataBinding {
                 name: d.name,
-                datastore,
+                datastore: store.name,
                 path,
                 account_url: store.account_url,
                 container: store.container,
