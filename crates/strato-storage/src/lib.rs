@@ -133,6 +133,20 @@ fn client(t: &Transfer, token: &str, ca: Option<&[u8]>) -> Result<MicrosoftAzure
         .map_err(StorageError::Client)
 }
 
+/// A listed blob's path below `prefix`, part by part (the blob's own name
+/// when it is the prefix itself); `None` when it is not below it.
+fn below(location: &BlobPath, prefix: &BlobPath) -> Option<Vec<String>> {
+    let relative: Vec<String> = location
+        .prefix_match(prefix)?
+        .map(|p| p.as_ref().to_owned())
+        .collect();
+    Some(if relative.is_empty() {
+        vec![location.filename().unwrap_or("blob").to_owned()]
+    } else {
+        relative
+    })
+}
+
 /// Streams one blob to `file`, chunk by chunk: inputs may be larger than
 /// memory.
 async fn fetch(
@@ -178,16 +192,8 @@ pub async fn download(
             path: t.path.clone(),
             source,
         })?;
-        let relative: Vec<String> = match meta.location.prefix_match(&prefix) {
-            Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect(),
-            None => continue,
-        };
-        // (Never empty in practice: a listing holds what is below the
-        // prefix; a path naming one blob is fetched after the loop.)
-        let relative = if relative.is_empty() {
-            vec![meta.location.filename().unwrap_or("blob").to_owned()]
-        } else {
-            relative
+        let Some(relative) = below(&meta.location, &prefix) else {
+            continue;
         };
         let file: PathBuf = relative
             .iter()
@@ -299,15 +305,10 @@ impl Folder {
                 path: self.transfer.path.clone(),
                 source,
             })?;
-            let Some(parts) = meta.location.prefix_match(&prefix) else {
+            let Some(relative) = below(&meta.location, &prefix) else {
                 continue;
             };
-            let relative: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
-            let relative = if relative.is_empty() {
-                meta.location.filename().unwrap_or("blob").to_owned()
-            } else {
-                relative.join("/")
-            };
+            let relative = relative.join("/");
             if entries.len() == max {
                 return Err(StorageError::TooMany {
                     path: self.transfer.path.clone(),

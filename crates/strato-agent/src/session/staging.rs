@@ -73,28 +73,22 @@ pub struct DataPlan {
 impl DataPlan {
     /// The plan of a job's data, as its modes say.
     pub(super) fn of(spec: &v1::JobSpec) -> DataPlan {
-        let mut plan = DataPlan::default();
-        for (list, output) in [(&spec.inputs, false), (&spec.outputs, true)] {
-            for d in list {
-                let transfer = Transfer {
-                    name: d.name.clone(),
-                    account_url: d.account_url.clone(),
-                    container: d.container.clone(),
-                    path: d.path.clone(),
-                };
-                match DataMount::of(d, output, transfer.clone()) {
-                    Some(m) => plan.mounts.push(m),
-                    None if output => plan.outputs.push(transfer),
-                    None => plan.inputs.push(transfer),
-                }
-            }
-        }
         let transfer = |d: &v1::JobData| Transfer {
             name: d.name.clone(),
             account_url: d.account_url.clone(),
             container: d.container.clone(),
             path: d.path.clone(),
         };
+        let mut plan = DataPlan::default();
+        for (list, output) in [(&spec.inputs, false), (&spec.outputs, true)] {
+            for d in list {
+                match DataMount::of(d, output, transfer(d)) {
+                    Some(m) => plan.mounts.push(m),
+                    None if output => plan.outputs.push(transfer(d)),
+                    None => plan.inputs.push(transfer(d)),
+                }
+            }
+        }
         plan.code = spec.code.as_ref().map(|c| (transfer(c), c.digest.clone()));
         plan.artifacts = spec.artifacts.as_ref().map(transfer);
         plan
