@@ -34,7 +34,7 @@ pub use strato_core::naming::{
 };
 
 /// What the agent asks the runtime to run for one job attempt.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerSpec {
     /// The container's name, e.g. `strato-<job>-<attempt>-<node>`; the key that makes
     /// [`ContainerRuntime::create_and_start`] idempotent.

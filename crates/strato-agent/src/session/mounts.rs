@@ -357,20 +357,14 @@ fn helper_spec(
             ),
             ("IDENTITY_HEADER".into(), secret.to_owned()),
         ],
-        cpus: None,
-        memory_bytes: None,
         labels,
         mounts,
         // The storage endpoint as the node reaches it (the agent's own
         // transfers do the same), and the identity endpoint on the bridge.
         network: Some("host".into()),
-        hostname: None,
         pids_limit: Some(strato_runtime::PIDS_LIMIT),
-        new_privileges: false,
-        user: None,
-        gpus: Vec::new(),
         fuse_mounts_at: Some(IN_HELPER.to_owned()),
-        working_dir: None,
+        ..ContainerSpec::default()
     }
 }
 
@@ -558,19 +552,12 @@ pub(super) async fn tear_down<R: ContainerRuntime>(
         image: image.to_owned(),
         entrypoint: Some(vec!["umount".into()]),
         command: vec!["-l".into(), format!("{IN_HELPER}/data")],
-        env: Vec::new(),
-        cpus: None,
-        memory_bytes: None,
         labels,
         mounts: vec![(dir.display().to_string(), IN_HELPER.to_owned(), false)],
         network: Some("none".into()),
-        hostname: None,
         pids_limit: Some(strato_runtime::PIDS_LIMIT),
-        new_privileges: false,
-        user: None,
-        gpus: Vec::new(),
         fuse_mounts_at: Some(IN_HELPER.to_owned()),
-        working_dir: None,
+        ..ContainerSpec::default()
     };
     // One left by an earlier teardown would be adopted, not run again.
     let _ = runtime.remove(&name).await;
