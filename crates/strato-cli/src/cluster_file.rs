@@ -558,25 +558,7 @@ mod tests {
                 }
                 (Some(false), Err(_)) => {}
                 (Some(true), Err(_)) if refused_by_service => {}
-                (azure_ok, strato) => panic!(
-                    "{name}: azure-ai-ml {} it ({}), Strato {}",
-                    if azure_ok == Some(true) {
-                        "accepts"
-                    } else {
-                        "refuses"
-                    },
-                    azure["error"]
-                        .as_str()
-                        .unwrap_or("as the service would not")
-                        .lines()
-                        .take(6)
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    match strato {
-                        Ok(_) => "accepts it".to_owned(),
-                        Err(e) => format!("refuses it: {e:#}"),
-                    }
-                ),
+                (_, strato) => crate::oracle::disagree(&name, &azure, &strato),
             }
         }
     }

@@ -42,3 +42,32 @@ pub fn answers(script: &str, corpus: &str) -> Vec<(String, PathBuf, serde_json::
     assert_eq!(answers.len(), files.len(), "one oracle answer per file");
     answers
 }
+
+/// Fails the corpus test for a file where Strato and the SDK disagree,
+/// saying what each did (the SDK's error, cut to its first lines).
+pub fn disagree<T, E: std::fmt::Display>(
+    name: &str,
+    azure: &serde_json::Value,
+    strato: &Result<T, E>,
+) -> ! {
+    let said = azure["error"]
+        .as_str()
+        .unwrap_or("as the service would not")
+        .lines()
+        .take(6)
+        .collect::<Vec<_>>()
+        .join(" ");
+    panic!(
+        "{name}: azure-ai-ml {} it ({}), Strato {}",
+        if azure["ok"].as_bool() == Some(true) {
+            "accepts"
+        } else {
+            "refuses"
+        },
+        said.chars().take(300).collect::<String>(),
+        match strato {
+            Ok(_) => "accepts it".to_owned(),
+            Err(e) => format!("refuses it: {e:#}"),
+        }
+    )
+}
