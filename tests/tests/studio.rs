@@ -194,19 +194,19 @@ async fn the_studio_in_a_real_browser() {
         .await
         .expect("job page");
     let logs = browser.find("#logs").await.expect("logs");
-    let mut seen_partial = false;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = browser.text(&logs).await.expect("logs");
-        if text.contains("line-1") && !text.contains("line-6") {
-            seen_partial = true;
+    let seen_partial = std::sync::atomic::AtomicBool::new(false);
+    strato_e2e::wait_for("the job's last line on its page", WAIT, || {
+        let (browser, logs, seen_partial) = (&browser, &logs, &seen_partial);
+        async move {
+            let text = browser.text(logs).await.ok()?;
+            if text.contains("line-1") && !text.contains("line-6") {
+                seen_partial.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            text.contains("line-6").then_some(())
         }
-        if text.contains("line-6") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "logs: {text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    let seen_partial = seen_partial.into_inner();
     assert!(seen_partial, "the page showed lines while the job printed");
     // The page shows how the job ended once its log does.
     browser
@@ -225,30 +225,19 @@ async fn the_studio_in_a_real_browser() {
         .goto(&format!("{studio}/compute/web"))
         .await
         .expect("cluster page");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        // The node's own row: its State cell.
-        let mut states = Vec::new();
-        for cell in browser
-            .all("#nodes tbody tr td:nth-child(2)")
-            .await
-            .expect("state cells")
-        {
-            states.push(browser.text(&cell).await.unwrap_or_default());
+    strato_e2e::wait_for("the node idle in its own row", WAIT, || {
+        let (browser, page) = (&browser, format!("{studio}/compute/web"));
+        async move {
+            browser.goto(&page).await.ok()?;
+            // The node's own row: its State cell.
+            let mut states = Vec::new();
+            for cell in browser.all("#nodes tbody tr td:nth-child(2)").await.ok()? {
+                states.push(browser.text(&cell).await.unwrap_or_default());
+            }
+            (states == ["idle"]).then_some(())
         }
-        if states == ["idle"] {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node never went idle: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        browser
-            .goto(&format!("{studio}/compute/web"))
-            .await
-            .expect("reload");
-    }
+    })
+    .await;
     browser
         .screenshot(&shots.join("cluster.png"))
         .await
