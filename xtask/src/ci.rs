@@ -15,6 +15,15 @@ use crate::workspace::cargo;
 pub(crate) fn ci() -> anyhow::Result<()> {
     let started = Instant::now();
     setup()?;
+    // A clean checkout builds once: incremental state would only take disk
+    // (gigabytes) that the tests' images need.
+    let cargo = || {
+        let mut c = cargo();
+        if std::env::var_os("CI").is_some() {
+            c.env("CARGO_INCREMENTAL", "0");
+        }
+        c
+    };
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     run("cargo fmt --check", fmt)?;
@@ -34,6 +43,7 @@ pub(crate) fn ci() -> anyhow::Result<()> {
     run("cargo build --bins", build)?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-targets"]);
+    report_free_disk();
     let before = Snapshot::take().context("leftover check before the tests")?;
     let tests = run_tests("cargo test (unit, property, integration, end-to-end)", test);
     let (passed, failed) = match (tests, remove_new_since(&before)) {
@@ -45,6 +55,24 @@ pub(crate) fn ci() -> anyhow::Result<()> {
     println!("ci: all green in {:.0}s", started.elapsed().as_secs_f64());
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Prints the free space where the build and Docker's images live: the
+/// end-to-end tests load images into machines (about 2 GB at once), and a
+/// full disk fails them with an error far from its cause.
+fn report_free_disk() {
+    let target = crate::workspace::target_dir();
+    let df = Command::new("df")
+        .args(["-h", "--output=target,avail"])
+        .arg(&target)
+        .arg("/var/lib/docker")
+        .output();
+    if let Ok(out) = df {
+        println!(
+            "==> free disk\n{}",
+            String::from_utf8_lossy(&out.stdout).trim_end()
+        );
+    }
 }
 
 /// Runs `cargo test`, echoing its output, and adds up its `test result:`
