@@ -323,6 +323,49 @@ async fn control_plane_kill_9_loses_no_job_and_runs_none_twice() {
     }
 }
 
+/// The same on PostgreSQL (`STRATO_DATABASE_URL`): the control plane keeps
+/// nothing in its data directory's database, and a kill -9 loses nothing.
+#[tokio::test]
+async fn on_postgres_a_control_plane_kill_9_loses_no_job_and_runs_none_twice() {
+    require_docker();
+    let schema = strato_control::store::conformance::postgres::Schema::new().await;
+    let url = schema.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut cp = ControlPlane::start_with_env(&data, FAST, &[("STRATO_DATABASE_URL", &url)])
+        .await
+        .expect("start the control plane on PostgreSQL");
+    cluster(&cp, "pgsql", 0, 2, 30).await;
+    let mut jobs = cp.jobs().await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(submit(&mut jobs, "pgsql", &format!("echo once-{i}; sleep 2"), 0).await);
+    }
+    wait_state(&mut jobs, &ids[0], v1::JobState::Running).await;
+    cp.kill9();
+    cp.restart().await.expect("restart");
+    let mut jobs = cp.jobs().await;
+    for (i, id) in ids.iter().enumerate() {
+        let j = wait_state(&mut jobs, id, v1::JobState::Completed).await;
+        assert_eq!(j.attempts.len(), 1, "one attempt only: {j:?}");
+        let lines = strato_e2e::job_output(&mut jobs, id).await;
+        assert_eq!(lines, vec![format!("once-{i}")], "the job ran once");
+    }
+    assert!(
+        !data.join(strato_control::store::DB_FILE).exists(),
+        "the state is in PostgreSQL, not in a SQLite file"
+    );
+    let agents = cp.agents();
+    assert!(!agents.is_empty(), "the jobs' nodes are up");
+    for (pid, node) in agents {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("agent environ");
+        assert!(
+            !String::from_utf8_lossy(&environ).contains("postgres://"),
+            "agent {node} never sees the database URL"
+        );
+    }
+}
+
 /// Finds the node a job runs on.
 async fn node_of(jobs: &mut JobServiceClient<Channel>, id: &str) -> String {
     wait_state(jobs, id, v1::JobState::Running).await.node_id

@@ -1,9 +1,9 @@
 //! What a `cargo xtask ci` run leaves behind: Docker containers and networks
 //! named `strato-*`, and `strato-agent` processes (and the studio tests'
 //! `chromedriver` and `chromium`, marked by their `strato-e2e-browser-`
-//! profile: a developer's own browser is never touched), that are there
-//! after the
-//! tests and were not there before them. Found by comparing two snapshots,
+//! profile: a developer's own browser is never touched), and the tests'
+//! `strato_test_*` schemas on the test PostgreSQL server, that are there
+//! after the tests and were not there before them. Found by comparing two snapshots,
 //! and removed so that the next run starts clean. Images (`strato-test/…`)
 //! are not looked at: the tests use them, they do not leave them.
 
@@ -22,6 +22,8 @@ pub(crate) struct Snapshot {
     networks: BTreeSet<String>,
     /// `strato-agent` processes: pid and command line.
     agents: BTreeMap<u32, String>,
+    /// `strato_test_*` schemas on the test PostgreSQL server.
+    schemas: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -31,6 +33,7 @@ impl Snapshot {
             containers: strato_names(&docker(&["ps", "-a", "--format", "{{.Names}}"])?),
             networks: strato_names(&docker(&["network", "ls", "--format", "{{.Name}}"])?),
             agents: agent_processes()?,
+            schemas: test_schemas()?,
         })
     }
 
@@ -46,11 +49,15 @@ impl Snapshot {
                 .filter(|(pid, cmdline)| before.agents.get(pid) != Some(cmdline))
                 .map(|(pid, cmdline)| (*pid, cmdline.clone()))
                 .collect(),
+            schemas: &self.schemas - &before.schemas,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.networks.is_empty() && self.agents.is_empty()
+        self.containers.is_empty()
+            && self.networks.is_empty()
+            && self.agents.is_empty()
+            && self.schemas.is_empty()
     }
 
     /// Kills the agents first (so they start nothing more), then removes the
@@ -61,6 +68,7 @@ impl Snapshot {
             run_on_all(&["kill", "-KILL"], &pids),
             run_on_all(&["docker", "rm", "-f"], &self.containers),
             run_on_all(&["docker", "network", "rm"], &self.networks),
+            drop_schemas(&self.schemas),
         ]
         .into_iter()
         .flatten()
@@ -99,7 +107,12 @@ impl fmt::Display for Snapshot {
             .agents
             .iter()
             .map(|(pid, cmdline)| format!("process {pid} ({cmdline})"));
-        let items: Vec<String> = containers.chain(networks).chain(agents).collect();
+        let schemas = self.schemas.iter().map(|s| format!("schema {s}"));
+        let items: Vec<String> = containers
+            .chain(networks)
+            .chain(agents)
+            .chain(schemas)
+            .collect();
         f.write_str(&items.join(", "))
     }
 }
@@ -117,6 +130,32 @@ pub(crate) fn remove_new_since(before: &Snapshot) -> anyhow::Result<()> {
         Ok(()) => bail!("cargo xtask ci left behind: {left} (removed now)"),
         Err(e) => bail!("cargo xtask ci left behind: {left}; removing them: {e:#}"),
     }
+}
+
+/// The tests' schemas on the test PostgreSQL server.
+fn test_schemas() -> anyhow::Result<BTreeSet<String>> {
+    let list = crate::postgres::psql(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'strato\\_test\\_%'",
+    )
+    .context("listing the test schemas")?;
+    Ok(list
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Drops `schemas` with what is in them; says how it failed, if it did.
+fn drop_schemas(schemas: &BTreeSet<String>) -> Option<String> {
+    if schemas.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = schemas.iter().map(String::as_str).collect();
+    let sql = format!("DROP SCHEMA {} CASCADE", names.join(", "));
+    crate::postgres::psql(&sql)
+        .err()
+        .map(|e| format!("`{sql}` failed: {e:#}"))
 }
 
 /// The stdout of `docker ARGS`.
@@ -184,6 +223,7 @@ mod tests {
             containers: containers.iter().map(|c| c.to_string()).collect(),
             networks: networks.iter().map(|n| n.to_string()).collect(),
             agents: agents.iter().map(|(p, c)| (*p, c.to_string())).collect(),
+            schemas: BTreeSet::new(),
         }
     }
 

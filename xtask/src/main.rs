@@ -23,6 +23,7 @@ mod demo;
 mod gpu;
 mod images;
 mod leftovers;
+mod postgres;
 mod setup;
 mod workspace;
 

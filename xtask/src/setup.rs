@@ -8,12 +8,16 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::command::{as_root, have, run};
 use crate::images::{build_busybox_image, build_machine_image, build_mount_image, build_mpi_image};
+use crate::postgres::postgres;
 use crate::workspace::root;
 
 /// Everything the build and tests need, installed and started if missing:
 /// the Rust toolchain's rustfmt and clippy, the Docker engine (Debian's
 /// docker.io, dockerd in the background), and the test images (no registry
-/// is reachable: they are built with `docker import`). Safe to run again.
+/// is reachable: they are built with `docker import`), and a throw-away
+/// PostgreSQL server (Debian's postgresql) on 127.0.0.1:55432 with its
+/// cluster in `.data/postgres` and its URL in `.data/postgres/url`. Safe to
+/// run again.
 pub(crate) fn setup() -> anyhow::Result<()> {
     ensure!(
         have("cargo"),
@@ -63,6 +67,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
     build_mount_image()?;
     azurite()?;
     oidc_provider()?;
+    postgres()?;
     Ok(())
 }
 

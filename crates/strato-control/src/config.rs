@@ -10,7 +10,8 @@ use strato_core::quota::{QuotaLimits, RegionQuota};
 
 /// Strato control plane: the gRPC API for clusters, quotas and jobs.
 ///
-/// State lives in one SQLite file under --data-dir. Every flag can also be
+/// State lives in one SQLite file under --data-dir, or in PostgreSQL
+/// (--database-url). Every flag can also be
 /// set through the environment variable shown beside it.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "strato-control", version, about, long_about)]
@@ -18,6 +19,30 @@ pub struct Config {
     /// Directory for the SQLite database (created if missing).
     #[arg(long, env = "STRATO_DATA_DIR", default_value = ".data/control")]
     pub data_dir: PathBuf,
+
+    /// Keep state in this PostgreSQL database instead of the SQLite file
+    /// under --data-dir: postgres://USER:PASSWORD@HOST[:PORT]/DATABASE. Off
+    /// loopback the URL must ask for TLS that checks the server
+    /// (sslmode=verify-full or verify-ca; sslrootcert=FILE for a private
+    /// CA). Give it through the environment (a systemd EnvironmentFile
+    /// readable by root only): a command line is visible to every user of
+    /// the machine. --data-dir still holds the TLS CA and the secrets key.
+    #[arg(
+        long,
+        env = "STRATO_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// The most connections to --database-url this control plane opens.
+    #[arg(
+        long,
+        env = "STRATO_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(2..=1000)
+    )]
+    pub database_max_connections: u32,
 
     /// Address the gRPC API listens on.
     #[arg(long, env = "STRATO_GRPC_LISTEN", default_value = "127.0.0.1:7070")]
@@ -357,6 +382,8 @@ pub enum ConfigError {
     PlaintextNotLoopback(SocketAddr),
     #[error("--tls-san {0:?}: must be a DNS name or an IP address")]
     TlsSan(String),
+    #[error("--database-url: {0}")]
+    DatabaseUrl(String),
     #[error("--reconcile-interval-ms must be between 50 and 60000")]
     ReconcileInterval,
     #[error("--token-issuer {0:?}: must be an http:// or https:// URL ending in /")]
@@ -369,6 +396,77 @@ pub enum ConfigError {
         "--federation-tenant-id needs --token-issuer: an https:// URL where Entra ID reads this control plane's OIDC discovery document and JWKS"
     )]
     FederationIssuer,
+}
+
+/// A PostgreSQL URL, checked when parsed; its `Debug` hides it (it holds
+/// a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for connecting; never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    /// Taken as given: [`DatabaseUrl::check`] judges it (clap would echo
+    /// the password in its own error).
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(url.to_owned()))
+    }
+}
+
+impl DatabaseUrl {
+    /// Accepts `postgres://` and `postgresql://` URLs; off loopback only
+    /// with `sslmode=verify-full` or `verify-ca`. The error never repeats
+    /// the URL.
+    pub fn check(&self) -> Result<(), String> {
+        let url = self.0.as_str();
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or(
+                "must be a postgres:// or postgresql:// URL (SQLite is the default without one)",
+            )?;
+        let (authority, query) = match rest.split_once('?') {
+            Some((before, query)) => (before.split('/').next().unwrap_or(""), query),
+            None => (rest.split('/').next().unwrap_or(""), ""),
+        };
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host_port.split(':').next().unwrap_or(""),
+        };
+        if host.is_empty() {
+            return Err("names no host (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".into());
+        }
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let sslmode = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("sslmode="))
+            .unwrap_or("prefer");
+        if !loopback && !matches!(sslmode, "verify-full" | "verify-ca") {
+            return Err(format!(
+                "host {host} is not a loopback address: add sslmode=verify-full (the server's \
+                 certificate checked against the system's roots or sslrootcert=FILE); \
+                 sslmode={sslmode} would let anyone on the path read or change the state"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where a client on this machine reaches a listener bound at `addr`:
@@ -524,6 +622,9 @@ impl Config {
             if !ok {
                 return Err(ConfigError::TlsSan(san.clone()));
             }
+        }
+        if let Some(url) = &self.database_url {
+            url.check().map_err(ConfigError::DatabaseUrl)?;
         }
         if !(50..=60_000).contains(&self.reconcile_interval_ms) {
             return Err(ConfigError::ReconcileInterval);
@@ -733,6 +834,32 @@ mod tests {
         assert!(e.to_string().contains("0.0.0.0:7070"), "{e}");
         let bad_san = Config::parse_from(["strato-control", "--tls-san", "a b"]).validate();
         assert!(matches!(bad_san, Err(ConfigError::TlsSan(_))));
+    }
+
+    #[test]
+    fn a_database_url_off_loopback_must_check_the_servers_certificate() {
+        let parse = |url: &str| {
+            Config::parse_from(["strato-control", "--database-url", url])
+                .validate()
+                .map(|s| s.config.database_url.map(|u| u.expose().to_owned()))
+        };
+        let local = "postgres://strato:pw@127.0.0.1:5432/strato";
+        assert_eq!(parse(local).expect("loopback").as_deref(), Some(local));
+        assert!(parse("postgresql://u@localhost/db").is_ok());
+        assert!(parse("postgres://u:pw@[::1]:5432/db").is_ok());
+        let e = parse("postgres://u:pw@db.example.com/strato").expect_err("no TLS");
+        assert!(e.to_string().contains("sslmode=verify-full"), "{e}");
+        assert!(
+            !e.to_string().contains("pw@"),
+            "the password is not echoed: {e}"
+        );
+        let e = parse("postgres://u:pw@10.0.0.5/strato?sslmode=require").expect_err("unchecked");
+        assert!(e.to_string().contains("sslmode=require"), "{e}");
+        assert!(parse("postgres://u:pw@db.example.com/strato?sslmode=verify-full").is_ok());
+        let e = parse("mysql://u@localhost/db").expect_err("not postgres");
+        assert!(e.to_string().contains("postgres://"), "{e}");
+        let c = Config::parse_from(["strato-control", "--database-url", local]);
+        assert!(!format!("{c:?}").contains("pw"), "Debug hides the password");
     }
 
     #[test]

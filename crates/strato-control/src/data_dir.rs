@@ -29,8 +29,9 @@ pub fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// files are the owner's alone (0600; a new database is made 0600 before
 /// SQLite opens it, and SQLite gives its `-wal` and `-shm` files the
 /// database's mode). Where the mode cannot be changed (a volume the process
-/// does not own), it says so and goes on.
-pub fn keep_private(data_dir: &std::path::Path) {
+/// does not own), it says so and goes on. With `sqlite` false (the state
+/// is in PostgreSQL) no database file is made.
+pub fn keep_private(data_dir: &std::path::Path, sqlite: bool) {
     use std::os::unix::fs::PermissionsExt as _;
     let set = |path: &std::path::Path, mode: u32| {
         if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
@@ -39,7 +40,8 @@ pub fn keep_private(data_dir: &std::path::Path) {
     };
     set(data_dir, 0o700);
     let db = data_dir.join(crate::store::DB_FILE);
-    if !db.exists()
+    if sqlite
+        && !db.exists()
         && let Err(e) = write_new_private(&db, b"")
     {
         tracing::warn!(path = %db.display(), error = %e, "cannot make the database file");

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::{ProviderKind, Settings};
 use crate::plane::{Events, Plane, Sessions};
 use crate::provider::{LocalProvider, LocalSettings, NoProvider, NodeProvider};
-use crate::store::{SqliteStore, Store};
+use crate::store::{SqlStore, Store};
 
 /// Runs the control plane until `shutdown` resolves, then stops taking
 /// requests, lets the ones in flight finish and closes the store. Nodes
@@ -128,25 +128,35 @@ pub async fn serve(
     let config = &settings.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
-    data_dir::keep_private(&config.data_dir);
-    let store = SqliteStore::open(&config.data_dir)
-        .await
-        .with_context(|| {
+    data_dir::keep_private(&config.data_dir, config.database_url.is_none());
+    let store = match &config.database_url {
+        None => SqlStore::open(&config.data_dir).await.with_context(|| {
             format!(
                 "--data-dir {}: cannot open the database",
                 config.data_dir.display()
             )
-        })?
-        .with_log_budget(strato_core::limits::LogBudget {
-            lines: config.max_log_lines_per_attempt,
-            bytes: config.max_log_bytes_per_attempt,
-        });
+        })?,
+        Some(url) => SqlStore::connect_postgres(url.expose(), config.database_max_connections)
+            .await
+            .context("--database-url: cannot open the database")?,
+    }
+    .with_log_budget(strato_core::limits::LogBudget {
+        lines: config.max_log_lines_per_attempt,
+        bytes: config.max_log_bytes_per_attempt,
+    });
+    // A control plane killed a moment ago may still hold it until the
+    // server notices its connection is gone.
+    let _instance = store
+        .hold_instance_lock(std::time::Duration::from_secs(30))
+        .await
+        .context("--database-url")?;
     remove_orphans(&store, provider.as_ref()).await;
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(
         grpc = %grpc_addr,
         http = %http.local_addr()?,
         data_dir = %config.data_dir.display(),
+        database = ?store.dialect(),
         region = %config.region,
         provider = provider.kind(),
         "strato-control listening"

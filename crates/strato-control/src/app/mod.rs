@@ -218,9 +218,10 @@ impl From<StoreError> for AppError {
                 AppError::FailedPrecondition(Precondition::Immutable(e))
             }
             StoreError::Quota(q) => AppError::ResourceExhausted(q),
-            e @ (StoreError::Database(_) | StoreError::Migration(_) | StoreError::Corrupt(_)) => {
-                AppError::Internal(Internal::Store(e))
-            }
+            e @ (StoreError::Database(_)
+            | StoreError::Migration(_)
+            | StoreError::InstanceLocked
+            | StoreError::Corrupt(_)) => AppError::Internal(Internal::Store(e)),
         }
     }
 }

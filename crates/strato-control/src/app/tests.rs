@@ -12,10 +12,10 @@ use super::*;
 use crate::config::Config;
 use crate::plane::{Events, Plane, Sessions};
 use crate::provider::NoProvider;
-use crate::store::SqliteStore;
+use crate::store::SqlStore;
 use crate::tokens::TokenIssuer;
 
-async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
+async fn plane(dir: &Path) -> Arc<Plane<SqlStore>> {
     let data_dir = dir.to_str().expect("utf-8 path");
     let settings = Config::parse_from([
         "strato-control",
@@ -26,7 +26,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqliteStore>> {
     ])
     .validate()
     .expect("valid settings");
-    let store = SqliteStore::open(dir).await.expect("store opens");
+    let store = SqlStore::open(dir).await.expect("store opens");
     let tokens = TokenIssuer::load_or_create(dir, "http://issuer.test/".into(), "t".into())
         .expect("signing key");
     Arc::new(Plane {

@@ -8,7 +8,7 @@
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod records;
-mod sqlite;
+mod sql;
 
 use std::future::Future;
 
@@ -24,7 +24,7 @@ pub use records::{
     EnrollReport, GangRank, JobRecord, JoinTokenRecord, LogRecord, NodeRecord, NodeUsage,
     QueuedJob, RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord, TransitionRecord,
 };
-pub use sqlite::{DB_FILE, SqliteStore};
+pub use sql::{DB_FILE, Dialect, InstanceLock, SqlStore};
 
 /// How an enrolling agent proved which node it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "another control plane uses this database (replicas are not supported yet); stop it first"
+    )]
+    InstanceLocked,
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
 }

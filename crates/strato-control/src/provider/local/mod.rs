@@ -181,6 +181,8 @@ impl LocalProvider {
             .open(dir.join("agent.log"))
             .map_err(ProviderError::io("opening agent.log"))?;
         let mut child = tokio::process::Command::new(&self.settings.agent_binary)
+            // The control plane's database password stays with it.
+            .env_remove("STRATO_DATABASE_URL")
             .envs(env.iter().copied())
             .arg("--node-name")
             .arg(&launch.node_id)

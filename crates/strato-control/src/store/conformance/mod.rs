@@ -8,7 +8,7 @@
 //! ```ignore
 //! strato_control::store_conformance_suite!(|| async {
 //!     let dir = tempfile::tempdir().expect("tempdir");
-//!     let store = SqliteStore::open(dir.path()).await.expect("open");
+//!     let store = SqlStore::open(dir.path()).await.expect("open");
 //!     (store, dir)
 //! });
 //! ```
@@ -24,6 +24,7 @@ pub mod clusters;
 pub mod gangs;
 pub mod jobs;
 pub mod nodes;
+pub mod postgres;
 
 use strato_core::job::{AttemptEnd, Distribution, JobSpec};
 use strato_core::quota::{QuotaLimits, RegionQuota};

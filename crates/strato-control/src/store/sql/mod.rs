@@ -1,5 +1,18 @@
-//! The embedded store: one SQLite file in WAL mode, `synchronous = FULL`, so
-//! a commit survives a crash of the process or the machine.
+//! The SQL store, on one of two databases through sqlx's `Any` driver:
+//!
+//! - **SQLite** (the embedded default): one file in WAL mode,
+//!   `synchronous = FULL`, so a commit survives a crash of the process or
+//!   the machine. A write transaction holds SQLite's write lock from its
+//!   first statement (`BEGIN IMMEDIATE`).
+//! - **PostgreSQL** (`--database-url postgres://...`): a write transaction
+//!   first takes one transaction-scoped advisory lock, so writes are
+//!   serialized as on SQLite, across every process on the database, and
+//!   what a transaction read cannot change before it commits.
+//!
+//! The SQL is written once, in what both understand (`$N` parameters,
+//! integers as `BIGINT`, flags as 0/1); [`Dialect`] spells the few things
+//! that differ. Each database has its own migrations
+//! (`migrations/sqlite`, `migrations/postgres`), ending at the same schema.
 //!
 //! One module per entity (`clusters`, `nodes`, `jobs`, `ranks`, `logs`,
 //! `datastores`, `usage` for the quota); this one opens the database and
@@ -17,15 +30,14 @@ mod usage;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_postgres;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Executor as _, Row};
 use strato_core::identity::Identity;
 use strato_core::job::{JobSpec, JobState};
 use strato_core::node::AllocationState;
@@ -39,42 +51,152 @@ use super::{
     RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "strato.db";
 
+/// The advisory lock every PostgreSQL write transaction takes first: this
+/// constant ("stra" in ASCII) with the hash of the schema the tables are in,
+/// so that deployments in different schemas of one database do not wait
+/// for each other.
+const WRITE_LOCK: i32 = 0x7374_7261;
+
+/// The session lock of the one control plane on a PostgreSQL database.
+const INSTANCE_LOCK: i32 = WRITE_LOCK + 1;
+
+/// Held while this process is the control plane of its database.
+#[derive(Debug)]
+pub struct InstanceLock(#[allow(dead_code)] Option<AnyConnection>);
+
+/// Which database a [`SqlStore`] speaks to: what differs in their SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The integer at `key` (a top-level field) of the JSON text in
+    /// `column`, NULL when absent.
+    fn json_int(self, column: &str, key: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_extract({column}, '$.{key}')"),
+            Dialect::Postgres => format!("CAST(({column}::jsonb) ->> '{key}' AS BIGINT)"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
     /// How much of an attempt's output on one node is kept.
     log_budget: strato_core::limits::LogBudget,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) `DATA_DIR/strato.db` and brings its schema
-    /// up to date.
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite database `DATA_DIR/strato.db`
+    /// and brings its schema up to date.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(data_dir.join(DB_FILE))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            // What is overwritten or deleted (a password replaced by its
-            // hash, a job's environment) leaves no copy in free pages.
-            .pragma("secure_delete", "ON")
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let path = std::path::absolute(data_dir.join(DB_FILE))
+            .map_err(|e| StoreError::Corrupt(format!("database path: {e}")))?;
+        let url = format!("sqlite://{}?mode=rwc", percent_encode_path(&path)?);
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // What is overwritten or deleted (a password replaced by
+                    // its hash, a job's environment) leaves no copy in free
+                    // pages (secure_delete).
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; \
+                         PRAGMA busy_timeout = 30000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
         seal_admin_passwords(&pool).await?;
-        Ok(SqliteStore {
+        Ok(SqlStore {
             pool,
+            dialect: Dialect::Sqlite,
             log_budget: strato_core::limits::LogBudget::default(),
         })
+    }
+
+    /// Connects to the PostgreSQL database at `url`
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...`) and
+    /// brings its schema up to date. Any number of control planes may share
+    /// one database.
+    pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // A process stopped inside a write transaction (frozen,
+                    // partitioned) would hold the write lock for good: the
+                    // server ends its session after 15 s, and a write that
+                    // waits 30 s for the lock fails instead of hanging.
+                    conn.execute(
+                        "SET idle_in_transaction_session_timeout = '15s'; \
+                         SET lock_timeout = '30s';",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(SqlStore {
+            pool,
+            dialect: Dialect::Postgres,
+            log_budget: strato_core::limits::LogBudget::default(),
+        })
+    }
+
+    /// On PostgreSQL, waits up to `wait` for the lock that says one
+    /// control plane uses this database (replicas are not built yet: two
+    /// reconcile loops would both act), and holds it on a connection of its
+    /// own until the returned guard is dropped or the process ends; the
+    /// server releases it when the process dies. Nothing to hold on SQLite.
+    pub async fn hold_instance_lock(&self, wait: Duration) -> Result<InstanceLock, StoreError> {
+        if self.dialect == Dialect::Sqlite {
+            return Ok(InstanceLock(None));
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let row = sqlx::query(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema())) AS locked",
+            )
+            .bind(INSTANCE_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+            if flag_col(&row, "locked")? {
+                return Ok(InstanceLock(Some(conn)));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::InstanceLocked);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Which database this store speaks to.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// Keeps at most `budget` of each attempt's output on each node
@@ -84,22 +206,32 @@ impl SqliteStore {
         self
     }
 
-    /// Closes every connection, checkpointing the WAL.
+    /// Closes every connection (on SQLite, checkpointing the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    /// Begins a write transaction that holds SQLite's write lock from its
-    /// first statement, so what it reads cannot change before it commits.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Begins a write transaction: what it reads cannot change before it
+    /// commits, and no other write runs meanwhile.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 }
 
 /// Clusters stored before admin passwords were hashed keep theirs in
 /// clear: replaced by the SHA-512 crypt hash at the first open, in one
 /// transaction.
-async fn seal_admin_passwords(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+async fn seal_admin_passwords(pool: &AnyPool) -> Result<(), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, spec FROM clusters WHERE json_extract(spec, '$.ssh.admin_password') <> ''",
@@ -109,7 +241,7 @@ async fn seal_admin_passwords(pool: &sqlx::SqlitePool) -> Result<(), StoreError>
     for (name, json) in &rows {
         let mut spec = decode_spec(json)?;
         spec.ssh.seal(&crate::plane::new_salt());
-        sqlx::query("UPDATE clusters SET spec = ?1 WHERE name = ?2")
+        sqlx::query("UPDATE clusters SET spec = $1 WHERE name = $2")
             .bind(encode_spec(&spec)?)
             .bind(name)
             .execute(&mut *tx)
@@ -130,6 +262,23 @@ async fn seal_admin_passwords(pool: &sqlx::SqlitePool) -> Result<(), StoreError>
     Ok(())
 }
 
+/// `path` as the path of a `sqlite://` URL: every byte but unreserved
+/// ones and `/` percent-encoded (sqlx decodes them).
+fn percent_encode_path(path: &Path) -> Result<String, StoreError> {
+    let text = path.to_str().ok_or_else(|| {
+        StoreError::Corrupt(format!("database path {} is not UTF-8", path.display()))
+    })?;
+    Ok(text
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect())
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -142,9 +291,18 @@ fn encode_spec(spec: &ClusterSpec) -> Result<String, StoreError> {
     serde_json::to_string(spec).map_err(|e| corrupt("cluster spec", e))
 }
 
-fn u32_col(row: &SqliteRow, name: &str) -> Result<u32, StoreError> {
+fn u32_col(row: &AnyRow, name: &str) -> Result<u32, StoreError> {
     let v: i64 = row.try_get(name)?;
     u32::try_from(v).map_err(|e| corrupt(name, e))
+}
+
+/// A 0/1 flag column (or a boolean expression: PostgreSQL answers those
+/// as booleans, SQLite as integers).
+fn flag_col(row: &AnyRow, name: &str) -> Result<bool, StoreError> {
+    match row.try_get::<i64, _>(name) {
+        Ok(v) => Ok(v != 0),
+        Err(_) => Ok(row.try_get::<bool, _>(name)?),
+    }
 }
 
 fn job_state(s: &str) -> Result<JobState, StoreError> {
@@ -153,21 +311,21 @@ fn job_state(s: &str) -> Result<JobState, StoreError> {
 
 /// The `columns` of the row of `table` whose `key` is `value`, if any.
 async fn select_one(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     columns: &str,
     table: &str,
     key: &str,
     value: &str,
-) -> Result<Option<SqliteRow>, StoreError> {
+) -> Result<Option<AnyRow>, StoreError> {
     Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {columns} FROM {table} WHERE {key} = ?1"
+        "SELECT {columns} FROM {table} WHERE {key} = $1"
     )))
     .bind(value)
     .fetch_optional(conn)
     .await?)
 }
 
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn create_cluster(
         &self,
         spec: ClusterSpec,

@@ -1,9 +1,9 @@
 //! Clusters: create, read, update (spec and identities), delete, and the
 //! allocation state the reconcile loop records.
 
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use strato_core::identity::Identity;
 use strato_core::node::AllocationState;
 use strato_core::quota::{self, QuotaLimits, QuotaUsage};
@@ -11,7 +11,7 @@ use strato_core::spec::ClusterSpec;
 
 use super::nodes::{NODE_COLUMNS, node_from_row};
 use super::usage::{allocation, allocations, node_count};
-use super::{SqliteStore, corrupt, decode_spec, encode_spec, select_one, u32_col};
+use super::{SqlStore, corrupt, decode_spec, encode_spec, select_one, u32_col};
 use crate::store::{
     ClusterIssue, ClusterRecord, Conflict, IdentityUpdate, NodeRecord, SpecUpdate, StoreError,
 };
@@ -19,7 +19,7 @@ use crate::store::{
 const CLUSTER_COLUMNS: &str = "spec, created_at, updated_at, allocation_state, allocation_since, \
      target_nodes, errors, identities";
 
-fn cluster_from_row(row: &SqliteRow) -> Result<ClusterRecord, StoreError> {
+fn cluster_from_row(row: &AnyRow) -> Result<ClusterRecord, StoreError> {
     let state: String = row.try_get("allocation_state")?;
     let errors: String = row.try_get("errors")?;
     Ok(ClusterRecord {
@@ -39,7 +39,7 @@ fn cluster_from_row(row: &SqliteRow) -> Result<ClusterRecord, StoreError> {
 }
 
 pub(super) async fn load_cluster(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     name: &str,
 ) -> Result<ClusterRecord, StoreError> {
     let row = select_one(conn, CLUSTER_COLUMNS, "clusters", "name", name)
@@ -51,13 +51,13 @@ pub(super) async fn load_cluster(
 /// Replaces the spec and identities of the stored cluster `name`; returns
 /// it as stored.
 async fn save_cluster(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     name: &str,
     spec: &ClusterSpec,
     identities: &[Identity],
     now: i64,
 ) -> Result<ClusterRecord, StoreError> {
-    sqlx::query("UPDATE clusters SET spec = ?1, identities = ?2, updated_at = ?3 WHERE name = ?4")
+    sqlx::query("UPDATE clusters SET spec = $1, identities = $2, updated_at = $3 WHERE name = $4")
         .bind(encode_spec(spec)?)
         .bind(serde_json::to_string(identities).map_err(|e| corrupt("identities", e))?)
         .bind(now)
@@ -68,14 +68,14 @@ async fn save_cluster(
 }
 
 pub(super) async fn create_cluster(
-    db: &SqliteStore,
+    db: &SqlStore,
     spec: ClusterSpec,
     identities: Vec<Identity>,
     limits: &QuotaLimits,
     now: i64,
 ) -> Result<ClusterRecord, StoreError> {
     let mut tx = db.begin_write().await?;
-    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM clusters WHERE name = ?1")
+    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM clusters WHERE name = $1")
         .bind(&spec.name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -93,7 +93,7 @@ pub(super) async fn create_cluster(
     sqlx::query(
         "INSERT INTO clusters (name, location, spec, created_at, updated_at, scale_changed_at,
              allocation_since, identities)
-         VALUES (?1, ?2, ?3, ?4, ?4, ?4, ?4, ?5)",
+         VALUES ($1, $2, $3, $4, $4, $4, $4, $5)",
     )
     .bind(&spec.name)
     .bind(&spec.location)
@@ -107,12 +107,12 @@ pub(super) async fn create_cluster(
     Ok(record)
 }
 
-pub(super) async fn get_cluster(db: &SqliteStore, name: &str) -> Result<ClusterRecord, StoreError> {
+pub(super) async fn get_cluster(db: &SqlStore, name: &str) -> Result<ClusterRecord, StoreError> {
     let mut conn = db.pool.acquire().await?;
     load_cluster(&mut conn, name).await
 }
 
-pub(super) async fn list_clusters(db: &SqliteStore) -> Result<Vec<ClusterRecord>, StoreError> {
+pub(super) async fn list_clusters(db: &SqlStore) -> Result<Vec<ClusterRecord>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY name"
     )))
@@ -122,7 +122,7 @@ pub(super) async fn list_clusters(db: &SqliteStore) -> Result<Vec<ClusterRecord>
 }
 
 pub(super) async fn update_cluster(
-    db: &SqliteStore,
+    db: &SqlStore,
     name: &str,
     update: SpecUpdate,
     limits: &QuotaLimits,
@@ -136,11 +136,12 @@ pub(super) async fn update_cluster(
     }
     if next.max_nodes < current.spec.max_nodes {
         // A gang that no longer fits would hold back the whole queue.
-        let widest: Option<(String, i64)> = sqlx::query_as(
-            "SELECT id, COALESCE(json_extract(spec, '$.node_count'), 1) AS n FROM jobs
-             WHERE cluster = ?1 AND state IN ('queued', 'preparing', 'running')
+        let widest: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, COALESCE({}, 1) AS n FROM jobs
+             WHERE cluster = $1 AND state IN ('queued', 'preparing', 'running')
              ORDER BY n DESC LIMIT 1",
-        )
+            db.dialect.json_int("spec", "node_count")
+        )))
         .bind(&current.spec.name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -176,7 +177,7 @@ pub(super) async fn update_cluster(
 }
 
 pub(super) async fn update_identities(
-    db: &SqliteStore,
+    db: &SqlStore,
     name: &str,
     update: IdentityUpdate,
     now: i64,
@@ -192,13 +193,13 @@ pub(super) async fn update_identities(
 }
 
 pub(super) async fn delete_cluster(
-    db: &SqliteStore,
+    db: &SqlStore,
     name: &str,
 ) -> Result<Vec<NodeRecord>, StoreError> {
     let mut tx = db.begin_write().await?;
     let cluster = load_cluster(&mut tx, name).await?.spec.name;
     let active: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE cluster = ?1 AND state IN ('queued', 'preparing', 'running', 'preempted')",
+        "SELECT COUNT(*) FROM jobs WHERE cluster = $1 AND state IN ('queued', 'preparing', 'running', 'preempted')",
     )
     .bind(&cluster)
     .fetch_one(&mut *tx)
@@ -211,7 +212,7 @@ pub(super) async fn delete_cluster(
         .into());
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = ?1"
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = $1"
     )))
     .bind(&cluster)
     .fetch_all(&mut *tx)
@@ -220,7 +221,7 @@ pub(super) async fn delete_cluster(
         .iter()
         .map(node_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    sqlx::query("DELETE FROM clusters WHERE name = ?1")
+    sqlx::query("DELETE FROM clusters WHERE name = $1")
         .bind(&cluster)
         .execute(&mut *tx)
         .await?;
@@ -229,7 +230,7 @@ pub(super) async fn delete_cluster(
 }
 
 pub(super) async fn set_allocation(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
     state: AllocationState,
     target_nodes: u32,
@@ -264,8 +265,8 @@ pub(super) async fn set_allocation(
         now
     };
     sqlx::query(
-        "UPDATE clusters SET allocation_state = ?1, allocation_since = ?2, errors = ?3,
-             target_nodes = ?5 WHERE name = ?4",
+        "UPDATE clusters SET allocation_state = $1, allocation_since = $2, errors = $3,
+             target_nodes = $5 WHERE name = $4",
     )
     .bind(state.as_str())
     .bind(since)

@@ -1,9 +1,9 @@
 //! Nodes: creation under the quota, enrolment, heartbeats, and the ends of
 //! a node (unusable, preempted, deleted) with what they mean for its ranks.
 
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use strato_core::lifecycle;
 use strato_core::node::NodeState;
 use strato_core::quota::{self, QuotaLimits, QuotaUsage};
@@ -11,7 +11,7 @@ use strato_core::quota::{self, QuotaLimits, QuotaUsage};
 use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
-use super::{SqliteStore, corrupt, select_one, u32_col};
+use super::{SqlStore, corrupt, flag_col, select_one, u32_col};
 use crate::store::{
     Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeUsage, StoreError,
 };
@@ -21,7 +21,7 @@ pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port
      metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at, gpu_info, \
      ssh_host_key";
 
-pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
+pub(super) fn node_from_row(row: &AnyRow) -> Result<NodeRecord, StoreError> {
     let state: String = row.try_get("state")?;
     let port: i64 = row.try_get("port")?;
     let pid: Option<i64> = row.try_get("pid")?;
@@ -37,7 +37,7 @@ pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         idle_since: row.try_get("idle_since")?,
         last_heartbeat: row.try_get("last_heartbeat")?,
-        enrolled: row.try_get("enrolled")?,
+        enrolled: flag_col(row, "enrolled")?,
         hostname: row.try_get("hostname")?,
         pid: pid.and_then(|p| u32::try_from(p).ok()),
         metrics_url: row.try_get("metrics_url")?,
@@ -56,7 +56,7 @@ pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
 }
 
 pub(super) async fn load_node(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     node_id: &str,
 ) -> Result<NodeRecord, StoreError> {
     let row = select_one(conn, NODE_COLUMNS, "nodes", "node_id", node_id)
@@ -67,7 +67,7 @@ pub(super) async fn load_node(
 
 /// Sets a node's state (and clears its job when it becomes idle).
 pub(super) async fn set_node_state(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     node_id: &str,
     state: NodeState,
     run_id: Option<&str>,
@@ -75,9 +75,9 @@ pub(super) async fn set_node_state(
     now: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE nodes SET state = ?1, run_id = ?2, reason = ?3, state_since = ?4,
-             idle_since = CASE WHEN ?1 = 'idle' THEN ?4 ELSE idle_since END
-         WHERE node_id = ?5",
+        "UPDATE nodes SET state = $1, run_id = $2, reason = $3, state_since = $4,
+             idle_since = CASE WHEN $1 = 'idle' THEN $4 ELSE idle_since END
+         WHERE node_id = $5",
     )
     .bind(state.as_str())
     .bind(run_id)
@@ -90,14 +90,14 @@ pub(super) async fn set_node_state(
 }
 
 pub(super) async fn list_nodes(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
 ) -> Result<Vec<NodeRecord>, StoreError> {
     let mut conn = db.pool.acquire().await?;
     // Distinguish "no such cluster" from "no nodes".
     let cluster = load_cluster(&mut conn, cluster).await?.spec.name;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = ?1 ORDER BY created_at, node_id"
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE cluster = $1 ORDER BY created_at, node_id"
     )))
     .bind(&cluster)
     .fetch_all(&mut *conn)
@@ -105,7 +105,7 @@ pub(super) async fn list_nodes(
     rows.iter().map(node_from_row).collect()
 }
 
-pub(super) async fn all_nodes(db: &SqliteStore) -> Result<Vec<NodeRecord>, StoreError> {
+pub(super) async fn all_nodes(db: &SqlStore) -> Result<Vec<NodeRecord>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, node_id"
     )))
@@ -117,7 +117,7 @@ pub(super) async fn all_nodes(db: &SqliteStore) -> Result<Vec<NodeRecord>, Store
 /// Whether one node more than the cluster's `nodes` fits the quota of its
 /// location, beside what the other clusters there hold.
 async fn one_more_fits(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     spec: &strato_core::spec::ClusterSpec,
     nodes: u32,
     limits: &QuotaLimits,
@@ -135,7 +135,7 @@ async fn one_more_fits(
 }
 
 pub(super) async fn create_node(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
     node_id: &str,
     join_token_hash: &str,
@@ -149,7 +149,7 @@ pub(super) async fn create_node(
     one_more_fits(&mut tx, &spec, nodes, limits).await?;
     sqlx::query(
         "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash, join_expires_at)
-         VALUES (?1, ?2, 'preparing', 'starting: waiting for the agent to enrol', ?3, ?3, ?3, ?4, ?5)",
+         VALUES ($1, $2, 'preparing', 'starting: waiting for the agent to enrol', $3, $3, $3, $4, $5)",
     )
     .bind(node_id)
     .bind(&spec.name)
@@ -163,12 +163,8 @@ pub(super) async fn create_node(
     Ok(node)
 }
 
-pub(super) async fn set_node_pid(
-    db: &SqliteStore,
-    node_id: &str,
-    pid: u32,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE nodes SET pid = ?1 WHERE node_id = ?2")
+pub(super) async fn set_node_pid(db: &SqlStore, node_id: &str, pid: u32) -> Result<(), StoreError> {
+    sqlx::query("UPDATE nodes SET pid = $1 WHERE node_id = $2")
         .bind(i64::from(pid))
         .bind(node_id)
         .execute(&db.pool)
@@ -177,7 +173,7 @@ pub(super) async fn set_node_pid(
 }
 
 pub(super) async fn enroll(
-    db: &SqliteStore,
+    db: &SqlStore,
     by: Enrolment<'_>,
     session_token_hash: &str,
     report: &EnrollReport,
@@ -188,7 +184,7 @@ pub(super) async fn enroll(
         Enrolment::JoinToken { token, key } => {
             type Row = (String, Option<i64>, Option<i64>, Option<String>);
             let (node_id, expires_at, used_at, used_key): Row = sqlx::query_as(
-                "SELECT node_id, join_expires_at, join_used_at, join_key FROM nodes WHERE join_token_hash = ?1",
+                "SELECT node_id, join_expires_at, join_used_at, join_key FROM nodes WHERE join_token_hash = $1",
             )
             .bind(token)
             .fetch_optional(&mut *tx)
@@ -214,7 +210,7 @@ pub(super) async fn enroll(
                 }
             }
             sqlx::query(
-                "UPDATE nodes SET join_used_at = COALESCE(join_used_at, ?1), join_key = ?2 WHERE node_id = ?3",
+                "UPDATE nodes SET join_used_at = COALESCE(join_used_at, $1), join_key = $2 WHERE node_id = $3",
             )
             .bind(now)
             .bind(key)
@@ -234,7 +230,7 @@ pub(super) async fn enroll(
 /// transaction: refused for a node that may not enrol, else the session
 /// and the agent's report are recorded.
 async fn enrol_node(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     node_id: &str,
     session_token_hash: &str,
     report: &EnrollReport,
@@ -267,11 +263,11 @@ async fn enrol_node(
     // silence from now.
     let back = makes_idle;
     sqlx::query(
-        "UPDATE nodes SET session_token_hash = ?1, hostname = ?2,
-             last_heartbeat = CASE WHEN ?8 THEN ?3 ELSE COALESCE(last_heartbeat, ?3) END,
-             metrics_url = ?5, gpus = ?6, gpu_info = ?7, private_ip = ?9, port = ?10,
-             ssh_host_key = ?11
-         WHERE node_id = ?4",
+        "UPDATE nodes SET session_token_hash = $1, hostname = $2,
+             last_heartbeat = CASE WHEN $8 THEN $3 ELSE COALESCE(last_heartbeat, $3) END,
+             metrics_url = $5, gpus = $6, gpu_info = $7, private_ip = $9, port = $10,
+             ssh_host_key = $11
+         WHERE node_id = $4",
     )
     .bind(session_token_hash)
     .bind(&report.hostname)
@@ -293,7 +289,7 @@ async fn enrol_node(
 }
 
 pub(super) async fn create_join_token(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
     token_hash: &str,
     uses: u32,
@@ -303,13 +299,13 @@ pub(super) async fn create_join_token(
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     let cluster = load_cluster(&mut tx, cluster).await?.spec.name;
-    sqlx::query("DELETE FROM cluster_join_tokens WHERE cluster = ?1 AND expires_at <= ?2")
+    sqlx::query("DELETE FROM cluster_join_tokens WHERE cluster = $1 AND expires_at <= $2")
         .bind(&cluster)
         .bind(now)
         .execute(&mut *tx)
         .await?;
     let live: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM cluster_join_tokens WHERE cluster = ?1 AND uses_left > 0",
+        "SELECT COUNT(*) FROM cluster_join_tokens WHERE cluster = $1 AND uses_left > 0",
     )
     .bind(&cluster)
     .fetch_one(&mut *tx)
@@ -322,7 +318,7 @@ pub(super) async fn create_join_token(
     }
     sqlx::query(
         "INSERT INTO cluster_join_tokens (token_hash, cluster, uses_left, expires_at, created_at, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(token_hash)
     .bind(&cluster)
@@ -337,7 +333,7 @@ pub(super) async fn create_join_token(
 }
 
 pub(super) async fn list_join_tokens(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
 ) -> Result<Vec<JoinTokenRecord>, StoreError> {
     let mut conn = db.pool.acquire().await?;
@@ -345,7 +341,7 @@ pub(super) async fn list_join_tokens(
     type Row = (String, i64, i64, i64, String);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT token_hash, uses_left, expires_at, created_at, created_by FROM cluster_join_tokens
-         WHERE cluster = ?1 ORDER BY created_at DESC, token_hash",
+         WHERE cluster = $1 ORDER BY created_at DESC, token_hash",
     )
     .bind(&cluster)
     .fetch_all(&mut *conn)
@@ -366,7 +362,7 @@ pub(super) async fn list_join_tokens(
 }
 
 pub(super) async fn revoke_join_token(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
     id: &str,
 ) -> Result<(), StoreError> {
@@ -385,7 +381,7 @@ pub(super) async fn revoke_join_token(
         )));
     }
     let deleted = sqlx::query(
-        "DELETE FROM cluster_join_tokens WHERE cluster = ?1 AND substr(token_hash, 1, 16) = ?2",
+        "DELETE FROM cluster_join_tokens WHERE cluster = $1 AND substr(token_hash, 1, 16) = $2",
     )
     .bind(&cluster)
     .bind(id.to_ascii_lowercase())
@@ -400,7 +396,7 @@ pub(super) async fn revoke_join_token(
 }
 
 pub(super) async fn join(
-    db: &SqliteStore,
+    db: &SqlStore,
     Join {
         token: token_hash,
         key,
@@ -413,7 +409,7 @@ pub(super) async fn join(
 ) -> Result<NodeRecord, StoreError> {
     // Anyone can present a token: an unknown one costs no write lock.
     let known: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM cluster_join_tokens WHERE token_hash = ?1")
+        sqlx::query_scalar("SELECT 1 FROM cluster_join_tokens WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&db.pool)
             .await?;
@@ -423,7 +419,7 @@ pub(super) async fn join(
     let mut tx = db.begin_write().await?;
     type Row = (String, i64, i64);
     let (cluster, uses_left, expires_at): Row = sqlx::query_as(
-        "SELECT cluster, uses_left, expires_at FROM cluster_join_tokens WHERE token_hash = ?1",
+        "SELECT cluster, uses_left, expires_at FROM cluster_join_tokens WHERE token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(&mut *tx)
@@ -433,7 +429,7 @@ pub(super) async fn join(
     let again: Option<String> = if key.is_empty() {
         None
     } else {
-        sqlx::query_scalar("SELECT node_id FROM nodes WHERE join_source = ?1 AND join_key = ?2")
+        sqlx::query_scalar("SELECT node_id FROM nodes WHERE join_source = $1 AND join_key = $2")
             .bind(token_hash)
             .bind(key)
             .fetch_optional(&mut *tx)
@@ -463,7 +459,7 @@ pub(super) async fn join(
             sqlx::query(
                 "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since,
                                     join_source, join_key, join_used_at)
-                 VALUES (?1, ?2, 'preparing', 'joining', ?3, ?3, ?3, ?4, ?5, ?3)",
+                 VALUES ($1, $2, 'preparing', 'joining', $3, $3, $3, $4, $5, $3)",
             )
             .bind(new_node)
             .bind(&spec.name)
@@ -473,7 +469,7 @@ pub(super) async fn join(
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE cluster_join_tokens SET uses_left = uses_left - 1 WHERE token_hash = ?1",
+                "UPDATE cluster_join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1",
             )
             .bind(token_hash)
             .execute(&mut *tx)
@@ -487,7 +483,7 @@ pub(super) async fn join(
 }
 
 pub(super) async fn power_step(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     step: lifecycle::PowerStep,
     reason: &str,
@@ -505,7 +501,7 @@ pub(super) async fn power_step(
 }
 
 pub(super) async fn detach_node(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     requeue: bool,
     now: i64,
@@ -521,7 +517,7 @@ pub(super) async fn detach_node(
     // Also for a node already leaving: a drain may turn into a requeue.
     if requeue {
         let attempts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT job_id, attempt FROM job_ranks WHERE node_id = ?1 AND ended_at IS NULL",
+            "SELECT job_id, attempt FROM job_ranks WHERE node_id = $1 AND ended_at IS NULL",
         )
         .bind(node_id)
         .fetch_all(&mut *tx)
@@ -539,7 +535,7 @@ pub(super) async fn detach_node(
 }
 
 pub(super) async fn node_by_session(
-    db: &SqliteStore,
+    db: &SqlStore,
     session_token_hash: &str,
 ) -> Result<NodeRecord, StoreError> {
     let mut conn = db.pool.acquire().await?;
@@ -556,14 +552,14 @@ pub(super) async fn node_by_session(
 }
 
 pub(super) async fn heartbeat(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     usage: Option<NodeUsage>,
     now: i64,
 ) -> Result<(), StoreError> {
     match usage {
         None => {
-            sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
+            sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
                 .bind(now)
                 .bind(node_id)
                 .execute(&db.pool)
@@ -571,8 +567,8 @@ pub(super) async fn heartbeat(
         }
         Some(u) => {
             sqlx::query(
-                "UPDATE nodes SET last_heartbeat = ?1, cpu_percent = ?2, memory_used = ?3,
-                     memory_total = ?4, gpu_percent = ?5 WHERE node_id = ?6",
+                "UPDATE nodes SET last_heartbeat = $1, cpu_percent = $2, memory_used = $3,
+                     memory_total = $4, gpu_percent = $5 WHERE node_id = $6",
             )
             .bind(now)
             .bind(u.cpu_percent)
@@ -588,7 +584,7 @@ pub(super) async fn heartbeat(
 }
 
 pub(super) async fn node_unusable(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     reason: &str,
     now: i64,
@@ -624,7 +620,7 @@ pub(super) async fn node_unusable(
 }
 
 pub(super) async fn node_preempted(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     evict_at: i64,
     reason: &str,
@@ -644,7 +640,7 @@ pub(super) async fn node_preempted(
         now,
     )
     .await?;
-    sqlx::query("UPDATE nodes SET evict_at = ?1 WHERE node_id = ?2")
+    sqlx::query("UPDATE nodes SET evict_at = $1 WHERE node_id = $2")
         .bind(evict_at)
         .bind(node_id)
         .execute(&mut *tx)
@@ -653,16 +649,12 @@ pub(super) async fn node_preempted(
     Ok(())
 }
 
-pub(super) async fn delete_node(
-    db: &SqliteStore,
-    node_id: &str,
-    now: i64,
-) -> Result<(), StoreError> {
+pub(super) async fn delete_node(db: &SqlStore, node_id: &str, now: i64) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     let state = load_node(&mut tx, node_id).await.ok().map(|n| n.state);
     let (end, why) = lifecycle::node_removed(node_id, state);
     end_ranks_on(&mut tx, node_id, end, &why, now).await?;
-    sqlx::query("DELETE FROM nodes WHERE node_id = ?1")
+    sqlx::query("DELETE FROM nodes WHERE node_id = $1")
         .bind(node_id)
         .execute(&mut *tx)
         .await?;

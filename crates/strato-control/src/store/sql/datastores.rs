@@ -1,12 +1,12 @@
 //! Datastores: named storage accounts and containers.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
-use super::SqliteStore;
+use super::SqlStore;
 use crate::store::{DatastoreRecord, StoreError};
 
-fn datastore_from_row(row: &SqliteRow) -> Result<DatastoreRecord, StoreError> {
+fn datastore_from_row(row: &AnyRow) -> Result<DatastoreRecord, StoreError> {
     Ok(DatastoreRecord {
         name: row.try_get("name")?,
         account_url: row.try_get("account_url")?,
@@ -16,11 +16,11 @@ fn datastore_from_row(row: &SqliteRow) -> Result<DatastoreRecord, StoreError> {
 }
 
 pub(super) async fn create_datastore(
-    db: &SqliteStore,
+    db: &SqlStore,
     d: DatastoreRecord,
 ) -> Result<DatastoreRecord, StoreError> {
     let mut tx = db.begin_write().await?;
-    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM datastores WHERE name = ?1")
+    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM datastores WHERE name = $1")
         .bind(&d.name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -28,7 +28,7 @@ pub(super) async fn create_datastore(
         return Err(StoreError::DatastoreExists(d.name));
     }
     sqlx::query(
-        "INSERT INTO datastores (name, account_url, container, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO datastores (name, account_url, container, created_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(&d.name)
     .bind(&d.account_url)
@@ -41,11 +41,11 @@ pub(super) async fn create_datastore(
 }
 
 pub(super) async fn get_datastore(
-    db: &SqliteStore,
+    db: &SqlStore,
     name: &str,
 ) -> Result<DatastoreRecord, StoreError> {
     let row = sqlx::query(
-        "SELECT name, account_url, container, created_at FROM datastores WHERE name = ?1",
+        "SELECT name, account_url, container, created_at FROM datastores WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&db.pool)
@@ -54,7 +54,7 @@ pub(super) async fn get_datastore(
     datastore_from_row(&row)
 }
 
-pub(super) async fn list_datastores(db: &SqliteStore) -> Result<Vec<DatastoreRecord>, StoreError> {
+pub(super) async fn list_datastores(db: &SqlStore) -> Result<Vec<DatastoreRecord>, StoreError> {
     let rows = sqlx::query(
         "SELECT name, account_url, container, created_at FROM datastores ORDER BY name",
     )
@@ -63,9 +63,9 @@ pub(super) async fn list_datastores(db: &SqliteStore) -> Result<Vec<DatastoreRec
     rows.iter().map(datastore_from_row).collect()
 }
 
-pub(super) async fn delete_datastore(db: &SqliteStore, name: &str) -> Result<(), StoreError> {
+pub(super) async fn delete_datastore(db: &SqlStore, name: &str) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
-    let n = sqlx::query("DELETE FROM datastores WHERE name = ?1")
+    let n = sqlx::query("DELETE FROM datastores WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)
         .await?

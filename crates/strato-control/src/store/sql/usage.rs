@@ -1,12 +1,12 @@
 //! What clusters hold against the quota: their minimum, or the nodes they
 //! have if more.
 
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::SqliteConnection;
 use strato_core::quota::{Allocation, QuotaUsage};
 use strato_core::spec::ClusterSpec;
 
-use super::{SqliteStore, corrupt, decode_spec};
+use super::{SqlStore, corrupt, decode_spec};
 use crate::store::StoreError;
 
 /// The cores one cluster holds: its minimum, or the nodes it has if more.
@@ -24,13 +24,13 @@ pub(super) fn allocation(spec: &ClusterSpec, nodes: u32) -> Result<Allocation, S
 
 /// The allocations of every cluster in `location` except `excluding`.
 pub(super) async fn allocations(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     location: &str,
     excluding: Option<&str>,
 ) -> Result<Vec<Allocation>, StoreError> {
     let rows = sqlx::query(
         "SELECT c.spec, (SELECT COUNT(*) FROM nodes n WHERE n.cluster = c.name) AS nodes
-         FROM clusters c WHERE c.location = ?1 AND (?2 IS NULL OR c.name <> ?2)",
+         FROM clusters c WHERE c.location = $1 AND ($2 IS NULL OR c.name <> $2)",
     )
     .bind(location)
     .bind(excluding)
@@ -45,11 +45,8 @@ pub(super) async fn allocations(
         .collect()
 }
 
-pub(super) async fn node_count(
-    conn: &mut SqliteConnection,
-    cluster: &str,
-) -> Result<u32, StoreError> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE cluster = ?1")
+pub(super) async fn node_count(conn: &mut AnyConnection, cluster: &str) -> Result<u32, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE cluster = $1")
         .bind(cluster)
         .fetch_one(conn)
         .await?;
@@ -57,7 +54,7 @@ pub(super) async fn node_count(
 }
 
 pub(super) async fn usage_of_others(
-    db: &SqliteStore,
+    db: &SqlStore,
     location: &str,
     cluster: &str,
 ) -> Result<QuotaUsage, StoreError> {
@@ -67,7 +64,7 @@ pub(super) async fn usage_of_others(
     ))
 }
 
-pub(super) async fn usage(db: &SqliteStore, location: &str) -> Result<QuotaUsage, StoreError> {
+pub(super) async fn usage(db: &SqlStore, location: &str) -> Result<QuotaUsage, StoreError> {
     let mut conn = db.pool.acquire().await?;
     Ok(QuotaUsage::from_allocations(
         &allocations(&mut conn, location, None).await?,

@@ -1,22 +1,22 @@
-//! `SqliteStore` against the conformance suite, and what only a file-backed
+//! `SqlStore` against the conformance suite, and what only a file-backed
 //! store promises: its state survives closing and reopening.
 
 use strato_core::spec::ClusterSpec;
 
-use super::SqliteStore;
+use super::SqlStore;
 use crate::store::conformance::{cluster, exited, given_idle_nodes, given_running, job, limits};
 use crate::store::{SpecUpdate, Store, StoreError};
 
 crate::store_conformance_suite!(|| async {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path()).await.expect("open");
+    let store = SqlStore::open(dir.path()).await.expect("open");
     (store, dir)
 });
 
 #[tokio::test]
 async fn state_survives_close_and_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path()).await.expect("open");
+    let store = SqlStore::open(dir.path()).await.expect("open");
     let l = limits(8);
     store
         .create_cluster(cluster("cpu", "Standard_D2_v2", 2, 10), Vec::new(), &l, 1)
@@ -40,7 +40,7 @@ async fn state_survives_close_and_reopen() {
     let node = store.all_nodes().await.expect("nodes");
     store.close().await;
 
-    let reopened = SqliteStore::open(dir.path()).await.expect("reopen");
+    let reopened = SqlStore::open(dir.path()).await.expect("reopen");
     let got = reopened.get_cluster("cpu").await.expect("still there");
     assert_eq!(got, shrunk);
     // A running job and its node are as they were: nothing runs twice.
@@ -62,7 +62,7 @@ async fn state_survives_close_and_reopen() {
 #[tokio::test]
 async fn an_admin_password_stored_in_clear_is_hashed_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path()).await.expect("open");
+    let store = SqlStore::open(dir.path()).await.expect("open");
     let mut spec = cluster("old", "Standard_D2_v2", 0, 2);
     spec.ssh.admin_username = "azureuser".into();
     spec.ssh.admin_password = "Legacy-Passw0rd".into();
@@ -72,7 +72,7 @@ async fn an_admin_password_stored_in_clear_is_hashed_at_open() {
         .expect("create as an earlier version did");
     store.close().await;
 
-    let reopened = SqliteStore::open(dir.path()).await.expect("reopen");
+    let reopened = SqlStore::open(dir.path()).await.expect("reopen");
     let ssh = reopened.get_cluster("old").await.expect("cluster").spec.ssh;
     assert!(ssh.admin_password.is_empty(), "no password in clear");
     assert!(strato_core::crypt::verify(
@@ -96,7 +96,7 @@ async fn output_past_the_byte_budget_leaves_one_marker() {
     use crate::store::LogRecord;
     use crate::store::conformance::given_cluster;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path())
+    let store = SqlStore::open(dir.path())
         .await
         .expect("open")
         .with_log_budget(strato_core::limits::LogBudget {

@@ -1,9 +1,9 @@
 //! Jobs: submit, read, count, cancel, assign to nodes, and the attempt
 //! reports that move them on; `end_attempt` decides what follows an attempt.
 
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use strato_core::job::{self, AttemptEnd, JobSpec, JobState};
 use strato_core::lifecycle::{self, AttemptFacts, CancelStep};
 use strato_core::node::NodeState;
@@ -11,7 +11,7 @@ use strato_core::node::NodeState;
 use super::clusters::load_cluster;
 use super::nodes::{load_node, set_node_state};
 use super::ranks::{OpenRank, end_rank, rank_of};
-use super::{SqliteStore, corrupt, job_state, select_one, u32_col};
+use super::{SqlStore, corrupt, flag_col, job_state, select_one, u32_col};
 use crate::store::{
     AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, QueuedJob,
     ReportOutcome, StoreError, TransitionRecord,
@@ -21,7 +21,7 @@ const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptio
      exit_code, cancel_requested, cancel_reason, submitted_by, created_at, updated_at";
 
 /// A job row, without its transitions and attempts.
-fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let spec: String = row.try_get("spec")?;
     let state: String = row.try_get("state")?;
     Ok(JobRecord {
@@ -34,7 +34,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         preemptions: u32_col(row, "preemptions")?,
         node_id: row.try_get("node_id")?,
         exit_code: row.try_get("exit_code")?,
-        cancel_requested: row.try_get("cancel_requested")?,
+        cancel_requested: flag_col(row, "cancel_requested")?,
         cancel_reason: row.try_get("cancel_reason")?,
         submitted_by: row.try_get("submitted_by")?,
         created_at: row.try_get("created_at")?,
@@ -44,16 +44,13 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     })
 }
 
-pub(super) async fn load_job(
-    conn: &mut SqliteConnection,
-    id: &str,
-) -> Result<JobRecord, StoreError> {
+pub(super) async fn load_job(conn: &mut AnyConnection, id: &str) -> Result<JobRecord, StoreError> {
     let row = select_one(conn, JOB_COLUMNS, "jobs", "id", id)
         .await?
         .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))?;
     let mut job = job_from_row(&row)?;
     let rows = sqlx::query(
-        "SELECT at, attempt, state, reason FROM job_transitions WHERE job_id = ?1 ORDER BY rowid",
+        "SELECT at, attempt, state, reason FROM job_transitions WHERE job_id = $1 ORDER BY rowid",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -69,7 +66,7 @@ pub(super) async fn load_job(
     }
     let rows = sqlx::query(
         "SELECT attempt, node_id, started_at, ended_at, reason, exit_code
-         FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
+         FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -86,7 +83,7 @@ pub(super) async fn load_job(
         });
     }
     let rows = sqlx::query(
-        "SELECT attempt, node_id FROM job_ranks WHERE job_id = ?1 ORDER BY attempt, rank",
+        "SELECT attempt, node_id FROM job_ranks WHERE job_id = $1 ORDER BY attempt, rank",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -102,14 +99,14 @@ pub(super) async fn load_job(
 
 /// Moves a job to `state`, recording the transition.
 async fn transition(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     attempt: u32,
     state: JobState,
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET state = ?1, reason = ?2, updated_at = ?3 WHERE id = ?4")
+    sqlx::query("UPDATE jobs SET state = $1, reason = $2, updated_at = $3 WHERE id = $4")
         .bind(state.as_str())
         .bind(reason)
         .bind(now)
@@ -117,7 +114,7 @@ async fn transition(
         .execute(&mut *conn)
         .await?;
     sqlx::query(
-        "INSERT INTO job_transitions (job_id, at, attempt, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO job_transitions (job_id, at, attempt, state, reason) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(job_id)
     .bind(now)
@@ -133,7 +130,7 @@ async fn transition(
 /// (`lifecycle::end_attempt`): a final state, or back to the queue as the
 /// next attempt.
 pub(super) async fn end_attempt(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRecord,
     end: AttemptEnd,
     reason: &str,
@@ -153,8 +150,8 @@ pub(super) async fn end_attempt(
         reason,
     );
     sqlx::query(
-        "UPDATE job_attempts SET ended_at = ?1, reason = ?2, exit_code = ?3
-         WHERE job_id = ?4 AND attempt = ?5 AND ended_at IS NULL",
+        "UPDATE job_attempts SET ended_at = $1, reason = $2, exit_code = $3
+         WHERE job_id = $4 AND attempt = $5 AND ended_at IS NULL",
     )
     .bind(now)
     .bind(&ended.reason)
@@ -164,8 +161,8 @@ pub(super) async fn end_attempt(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET attempt = ?1, failures = ?2, preemptions = ?3, node_id = NULL,
-             exit_code = ?4 WHERE id = ?5",
+        "UPDATE jobs SET attempt = $1, failures = $2, preemptions = $3, node_id = NULL,
+             exit_code = $4 WHERE id = $5",
     )
     .bind(i64::from(ended.attempt))
     .bind(i64::from(ended.failures))
@@ -181,12 +178,12 @@ pub(super) async fn end_attempt(
 }
 
 pub(super) async fn set_queued_reason(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE jobs SET reason = ?1 WHERE cluster = ?2 AND state = 'queued' AND reason <> ?1",
+        "UPDATE jobs SET reason = $1 WHERE cluster = $2 AND state = 'queued' AND reason <> $1",
     )
     .bind(reason)
     .bind(cluster)
@@ -196,7 +193,7 @@ pub(super) async fn set_queued_reason(
 }
 
 pub(super) async fn submit_job(
-    db: &SqliteStore,
+    db: &SqlStore,
     id: &str,
     mut spec: JobSpec,
     submitted_by: &str,
@@ -206,7 +203,7 @@ pub(super) async fn submit_job(
     spec.cluster = load_cluster(&mut tx, &spec.cluster).await?.spec.name;
     sqlx::query(
         "INSERT INTO jobs (id, cluster, spec, state, attempt, created_at, updated_at, submitted_by)
-         VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?4, ?5)",
+         VALUES ($1, $2, $3, 'queued', 1, $4, $4, $5)",
     )
     .bind(id)
     .bind(&spec.cluster)
@@ -221,13 +218,13 @@ pub(super) async fn submit_job(
     Ok(job)
 }
 
-pub(super) async fn get_job(db: &SqliteStore, id: &str) -> Result<JobRecord, StoreError> {
+pub(super) async fn get_job(db: &SqlStore, id: &str) -> Result<JobRecord, StoreError> {
     let mut conn = db.pool.acquire().await?;
     load_job(&mut conn, id).await
 }
 
 pub(super) async fn list_jobs(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: Option<&str>,
     page: JobPage,
 ) -> Result<(Vec<JobRecord>, Option<JobCursor>), StoreError> {
@@ -237,9 +234,9 @@ pub(super) async fn list_jobs(
     let limit = i64::from(page.limit).saturating_add(1);
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT id, created_at, rowid FROM jobs
-         WHERE (?1 IS NULL OR cluster = ?1 COLLATE NOCASE)
-           AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND rowid < ?3))
-         ORDER BY created_at DESC, rowid DESC LIMIT ?4",
+         WHERE ($1 IS NULL OR cluster = $1 COLLATE NOCASE)
+           AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND rowid < $3))
+         ORDER BY created_at DESC, rowid DESC LIMIT $4",
     )
     .bind(cluster)
     .bind(after.map(|a| a.created_at))
@@ -263,9 +260,7 @@ pub(super) async fn list_jobs(
     Ok((jobs, next))
 }
 
-pub(super) async fn job_counts(
-    db: &SqliteStore,
-) -> Result<Vec<(String, JobState, u64)>, StoreError> {
+pub(super) async fn job_counts(db: &SqlStore) -> Result<Vec<(String, JobState, u64)>, StoreError> {
     let rows =
         sqlx::query("SELECT cluster, state, COUNT(*) AS n FROM jobs GROUP BY cluster, state")
             .fetch_all(&db.pool)
@@ -284,13 +279,14 @@ pub(super) async fn job_counts(
 }
 
 pub(super) async fn queued_jobs(
-    db: &SqliteStore,
+    db: &SqlStore,
     cluster: &str,
 ) -> Result<Vec<QueuedJob>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, COALESCE(json_extract(spec, '$.node_count'), 1) AS node_count
-         FROM jobs WHERE cluster = ?1 AND state = 'queued' ORDER BY created_at, rowid",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, COALESCE({}, 1) AS node_count
+         FROM jobs WHERE cluster = $1 AND state = 'queued' ORDER BY created_at, rowid",
+        db.dialect.json_int("spec", "node_count")
+    )))
     .bind(cluster)
     .fetch_all(&db.pool)
     .await?;
@@ -304,7 +300,7 @@ pub(super) async fn queued_jobs(
         .collect()
 }
 
-pub(super) async fn delete_job(db: &SqliteStore, id: &str) -> Result<(), StoreError> {
+pub(super) async fn delete_job(db: &SqlStore, id: &str) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     let job = load_job(&mut tx, id).await?;
     if !job.state.is_final() {
@@ -314,15 +310,15 @@ pub(super) async fn delete_job(db: &SqliteStore, id: &str) -> Result<(), StoreEr
         }
         .into());
     }
-    let on_nodes: bool = sqlx::query_scalar(STILL_ON_NODES)
+    let on_nodes: i64 = sqlx::query_scalar(STILL_ON_NODES)
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-    if on_nodes {
+    if on_nodes != 0 {
         return Err(Conflict::JobStillOnNodes { job: id.to_owned() }.into());
     }
     // Attempts, transitions, ranks and logs go with it (ON DELETE CASCADE).
-    sqlx::query("DELETE FROM jobs WHERE id = ?1")
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -330,14 +326,14 @@ pub(super) async fn delete_job(db: &SqliteStore, id: &str) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Whether job `?1` still holds a node: a rank not yet ended (a gang's
+/// Whether job `$1` still holds a node: a rank not yet ended (a gang's
 /// other ranks stop after the job ended), or a node it runs on.
-const STILL_ON_NODES: &str =
-    "SELECT EXISTS (SELECT 1 FROM job_ranks WHERE job_id = ?1 AND ended_at IS NULL)
-         OR EXISTS (SELECT 1 FROM nodes WHERE run_id = ?1)";
+const STILL_ON_NODES: &str = "SELECT CASE
+         WHEN EXISTS (SELECT 1 FROM job_ranks WHERE job_id = $1 AND ended_at IS NULL)
+           OR EXISTS (SELECT 1 FROM nodes WHERE run_id = $1) THEN 1 ELSE 0 END";
 
 pub(super) async fn delete_jobs_ended_before(
-    db: &SqliteStore,
+    db: &SqlStore,
     cutoff: i64,
     limit: u32,
 ) -> Result<u64, StoreError> {
@@ -346,10 +342,10 @@ pub(super) async fn delete_jobs_ended_before(
     let deleted = sqlx::query(
         "DELETE FROM jobs WHERE id IN (
              SELECT j.id FROM jobs j
-             WHERE j.state IN ('completed', 'failed', 'canceled') AND j.updated_at < ?1
+             WHERE j.state IN ('completed', 'failed', 'canceled') AND j.updated_at < $1
                AND NOT EXISTS (SELECT 1 FROM job_ranks r WHERE r.job_id = j.id AND r.ended_at IS NULL)
                AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.run_id = j.id)
-             ORDER BY j.updated_at LIMIT ?2)",
+             ORDER BY j.updated_at LIMIT $2)",
     )
     .bind(cutoff)
     .bind(i64::from(limit))
@@ -360,11 +356,7 @@ pub(super) async fn delete_jobs_ended_before(
     Ok(deleted)
 }
 
-pub(super) async fn cancel_job(
-    db: &SqliteStore,
-    id: &str,
-    now: i64,
-) -> Result<JobRecord, StoreError> {
+pub(super) async fn cancel_job(db: &SqlStore, id: &str, now: i64) -> Result<JobRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     let job = load_job(&mut tx, id).await?;
     match lifecycle::cancel(job.state, job.cancel_requested) {
@@ -372,7 +364,7 @@ pub(super) async fn cancel_job(
             transition(&mut tx, id, job.attempt, JobState::Canceled, reason, now).await?;
         }
         CancelStep::StopOnNodes => {
-            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2")
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
@@ -389,21 +381,21 @@ pub(super) async fn cancel_job(
 /// `limits.timeout` for cancellation, with the timeout as the reason; the
 /// jobs marked.
 pub(super) async fn cancel_timed_out(
-    db: &SqliteStore,
+    db: &SqlStore,
     now: i64,
 ) -> Result<Vec<JobRecord>, StoreError> {
     let mut tx = db.begin_write().await?;
     // Only jobs with a timeout are read; each with when its current
     // attempt started running.
-    let rows = sqlx::query(
-        "SELECT j.id, json_extract(j.spec, '$.timeout_seconds') AS timeout_seconds,
+    let timeout = db.dialect.json_int("j.spec", "timeout_seconds");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT j.id, {timeout} AS timeout_seconds,
                 (SELECT MAX(t.at) FROM job_transitions t
                   WHERE t.job_id = j.id AND t.attempt = j.attempt AND t.state = 'running')
                   AS running_since
          FROM jobs j
-         WHERE j.state = 'running' AND j.cancel_requested = 0
-           AND json_extract(j.spec, '$.timeout_seconds') IS NOT NULL",
-    )
+         WHERE j.state = 'running' AND j.cancel_requested = 0 AND {timeout} IS NOT NULL"
+    )))
     .fetch_all(&mut *tx)
     .await?;
     let mut marked = Vec::new();
@@ -418,8 +410,8 @@ pub(super) async fn cancel_timed_out(
             continue;
         }
         sqlx::query(
-            "UPDATE jobs SET cancel_requested = 1, cancel_reason = ?1, updated_at = ?2
-             WHERE id = ?3",
+            "UPDATE jobs SET cancel_requested = 1, cancel_reason = $1, updated_at = $2
+             WHERE id = $3",
         )
         .bind(job::timeout_reason(timeout))
         .bind(now)
@@ -433,7 +425,7 @@ pub(super) async fn cancel_timed_out(
 }
 
 pub(super) async fn assign_job(
-    db: &SqliteStore,
+    db: &SqlStore,
     job_id: &str,
     node_ids: &[String],
     now: i64,
@@ -475,13 +467,13 @@ pub(super) async fn assign_job(
         }
         .into());
     };
-    sqlx::query("UPDATE jobs SET node_id = ?1 WHERE id = ?2")
+    sqlx::query("UPDATE jobs SET node_id = $1 WHERE id = $2")
         .bind(first)
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(job_id)
     .bind(i64::from(job.attempt))
@@ -491,7 +483,7 @@ pub(super) async fn assign_job(
     .await?;
     for (rank, node_id) in node_ids.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO job_ranks (job_id, attempt, rank, node_id) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO job_ranks (job_id, attempt, rank, node_id) VALUES ($1, $2, $3, $4)",
         )
         .bind(job_id)
         .bind(i64::from(job.attempt))
@@ -525,7 +517,7 @@ pub(super) async fn assign_job(
 }
 
 pub(super) async fn report_attempt(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     job_id: &str,
     attempt: u32,
@@ -555,7 +547,7 @@ pub(super) async fn report_attempt(
     let outcome = match report {
         AttemptReport::Preparing(reason) => {
             if current && job.state == JobState::Preparing {
-                sqlx::query("UPDATE jobs SET reason = ?1, updated_at = ?2 WHERE id = ?3")
+                sqlx::query("UPDATE jobs SET reason = $1, updated_at = $2 WHERE id = $3")
                     .bind(&reason)
                     .bind(now)
                     .bind(job_id)
@@ -572,7 +564,7 @@ pub(super) async fn report_attempt(
         }
         AttemptReport::Running => {
             sqlx::query(
-                "UPDATE job_ranks SET started = 1 WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+                "UPDATE job_ranks SET started = 1 WHERE job_id = $1 AND attempt = $2 AND rank = $3",
             )
             .bind(job_id)
             .bind(i64::from(attempt))
@@ -584,7 +576,7 @@ pub(super) async fn report_attempt(
                 set_node_state(&mut tx, node_id, NodeState::Running, Some(job_id), "", now).await?;
             }
             let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND started = 0",
+                "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND started = 0",
             )
             .bind(job_id)
             .bind(i64::from(attempt))

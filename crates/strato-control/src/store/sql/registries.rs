@@ -1,12 +1,12 @@
 //! Registries: servers job images are pulled from, with sealed passwords.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
-use super::SqliteStore;
+use super::SqlStore;
 use crate::store::{RegistryRecord, StoreError};
 
-fn registry_from_row(row: &SqliteRow) -> Result<RegistryRecord, StoreError> {
+fn registry_from_row(row: &AnyRow) -> Result<RegistryRecord, StoreError> {
     Ok(RegistryRecord {
         name: row.try_get("name")?,
         server: row.try_get("server")?,
@@ -20,7 +20,7 @@ fn registry_from_row(row: &SqliteRow) -> Result<RegistryRecord, StoreError> {
 }
 
 pub(super) async fn create_registry(
-    db: &SqliteStore,
+    db: &SqlStore,
     r: RegistryRecord,
 ) -> Result<RegistryRecord, StoreError> {
     let r = RegistryRecord {
@@ -28,7 +28,7 @@ pub(super) async fn create_registry(
         ..r
     };
     let mut tx = db.begin_write().await?;
-    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM registries WHERE name = ?1")
+    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM registries WHERE name = $1")
         .bind(&r.name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -36,7 +36,7 @@ pub(super) async fn create_registry(
         return Err(StoreError::RegistryExists(r.name));
     }
     let serving: Option<String> =
-        sqlx::query_scalar("SELECT name FROM registries WHERE server = ?1")
+        sqlx::query_scalar("SELECT name FROM registries WHERE server = $1")
             .bind(&r.server)
             .fetch_optional(&mut *tx)
             .await?;
@@ -47,7 +47,7 @@ pub(super) async fn create_registry(
         });
     }
     sqlx::query(
-        "INSERT INTO registries (name, server, username, password_sealed, identity, clusters, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO registries (name, server, username, password_sealed, identity, clusters, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&r.name)
     .bind(&r.server)
@@ -62,11 +62,8 @@ pub(super) async fn create_registry(
     Ok(r)
 }
 
-pub(super) async fn get_registry(
-    db: &SqliteStore,
-    name: &str,
-) -> Result<RegistryRecord, StoreError> {
-    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries WHERE name = ?1")
+pub(super) async fn get_registry(db: &SqlStore, name: &str) -> Result<RegistryRecord, StoreError> {
+    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries WHERE name = $1")
         .bind(name)
         .fetch_optional(&db.pool)
         .await?
@@ -75,17 +72,17 @@ pub(super) async fn get_registry(
 }
 
 pub(super) async fn registry_for_server(
-    db: &SqliteStore,
+    db: &SqlStore,
     server: &str,
 ) -> Result<Option<RegistryRecord>, StoreError> {
-    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries WHERE server = ?1")
+    let row = sqlx::query("SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries WHERE server = $1")
         .bind(server.to_ascii_lowercase())
         .fetch_optional(&db.pool)
         .await?;
     row.as_ref().map(registry_from_row).transpose()
 }
 
-pub(super) async fn list_registries(db: &SqliteStore) -> Result<Vec<RegistryRecord>, StoreError> {
+pub(super) async fn list_registries(db: &SqlStore) -> Result<Vec<RegistryRecord>, StoreError> {
     let rows = sqlx::query(
         "SELECT name, server, username, password_sealed, identity, clusters, created_at FROM registries ORDER BY name",
     )
@@ -94,9 +91,9 @@ pub(super) async fn list_registries(db: &SqliteStore) -> Result<Vec<RegistryReco
     rows.iter().map(registry_from_row).collect()
 }
 
-pub(super) async fn delete_registry(db: &SqliteStore, name: &str) -> Result<(), StoreError> {
+pub(super) async fn delete_registry(db: &SqlStore, name: &str) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
-    let n = sqlx::query("DELETE FROM registries WHERE name = ?1")
+    let n = sqlx::query("DELETE FROM registries WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)
         .await?

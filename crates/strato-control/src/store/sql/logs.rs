@@ -5,11 +5,11 @@ use sqlx::Row;
 use strato_core::limits::{self, StoredLine};
 
 use super::ranks::rank_of;
-use super::{SqliteStore, u32_col};
+use super::{SqlStore, u32_col};
 use crate::store::{Conflict, LogRecord, StoreError};
 
 pub(super) async fn append_logs(
-    db: &SqliteStore,
+    db: &SqlStore,
     node_id: &str,
     job_id: &str,
     attempt: u32,
@@ -17,7 +17,7 @@ pub(super) async fn append_logs(
     now: i64,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
-    sqlx::query("UPDATE nodes SET last_heartbeat = ?1 WHERE node_id = ?2")
+    sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
         .bind(now)
         .bind(node_id)
         .execute(&mut *tx)
@@ -31,15 +31,15 @@ pub(super) async fn append_logs(
         }
         .into());
     };
-    let (stored, truncated): (i64, bool) = sqlx::query_as(
-        "SELECT stored_bytes, truncated FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+    let (stored, truncated): (i64, i64) = sqlx::query_as(
+        "SELECT stored_bytes, truncated FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND rank = $3",
     )
     .bind(job_id)
     .bind(i64::from(attempt))
     .bind(i64::from(rank))
     .fetch_one(&mut *tx)
     .await?;
-    let (mut stored, mut truncated) = (u64::try_from(stored).unwrap_or(0), truncated);
+    let (mut stored, mut truncated) = (u64::try_from(stored).unwrap_or(0), truncated != 0);
     let (was_stored, was_truncated) = (stored, truncated);
     for l in lines {
         // The first lines and bytes are kept; past the budget one marker
@@ -53,8 +53,8 @@ pub(super) async fn append_logs(
             StoredLine::Dropped => continue,
         };
         let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO job_logs (job_id, attempt, rank, seq, stream, line, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO job_logs (job_id, attempt, rank, seq, stream, line, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(job_id)
         .bind(i64::from(attempt))
@@ -75,14 +75,14 @@ pub(super) async fn append_logs(
     }
     if (stored, truncated) != (was_stored, was_truncated) {
         sqlx::query(
-            "UPDATE job_ranks SET stored_bytes = ?4, truncated = ?5
-             WHERE job_id = ?1 AND attempt = ?2 AND rank = ?3",
+            "UPDATE job_ranks SET stored_bytes = $4, truncated = $5
+             WHERE job_id = $1 AND attempt = $2 AND rank = $3",
         )
         .bind(job_id)
         .bind(i64::from(attempt))
         .bind(i64::from(rank))
         .bind(i64::try_from(stored).unwrap_or(i64::MAX))
-        .bind(truncated)
+        .bind(i64::from(truncated))
         .execute(&mut *tx)
         .await?;
     }
@@ -91,14 +91,14 @@ pub(super) async fn append_logs(
 }
 
 pub(super) async fn logs(
-    db: &SqliteStore,
+    db: &SqlStore,
     job_id: &str,
     after: Option<i64>,
     limit: u32,
 ) -> Result<Vec<LogRecord>, StoreError> {
     let rows = sqlx::query(
         "SELECT pos, attempt, rank, seq, stream, line, at FROM job_logs
-         WHERE job_id = ?1 AND pos > ?2 ORDER BY pos LIMIT ?3",
+         WHERE job_id = $1 AND pos > $2 ORDER BY pos LIMIT $3",
     )
     .bind(job_id)
     .bind(after.unwrap_or(-1))

@@ -1,28 +1,28 @@
 //! The ranks of an attempt (one per node; rank 0 is `jobs.node_id`): how a
 //! rank's end applies the gang rule, and which ranks must still stop.
 
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::SqliteConnection;
 use strato_core::job::{self, AttemptEnd, GangStep};
 use strato_core::lifecycle;
 use strato_core::node::NodeState;
 
 use super::jobs::{end_attempt, load_job};
 use super::nodes::{load_node, set_node_state};
-use super::{SqliteStore, u32_col};
+use super::{SqlStore, u32_col};
 use crate::store::{GangRank, JobRecord, RankToStop, StoreError};
 
 /// Ends, with `end`, every rank still open on a node (its node was lost,
 /// removed or evicted); returns the jobs they belonged to.
 pub(super) async fn end_ranks_on(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     node_id: &str,
     end: AttemptEnd,
     reason: &str,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query(
-        "SELECT job_id, attempt, rank FROM job_ranks WHERE node_id = ?1 AND ended_at IS NULL",
+        "SELECT job_id, attempt, rank FROM job_ranks WHERE node_id = $1 AND ended_at IS NULL",
     )
     .bind(node_id)
     .fetch_all(&mut *conn)
@@ -45,13 +45,13 @@ pub(super) async fn end_ranks_on(
 /// A node's rank in an attempt, and whether its end is stored already;
 /// `None` if the node was not given that attempt.
 pub(super) async fn rank_of(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: &str,
     attempt: u32,
     node_id: &str,
 ) -> Result<Option<(u32, bool)>, StoreError> {
     let row = sqlx::query(
-        "SELECT rank, ended_at FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND node_id = ?3",
+        "SELECT rank, ended_at FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND node_id = $3",
     )
     .bind(job_id)
     .bind(i64::from(attempt))
@@ -75,7 +75,7 @@ pub(super) struct OpenRank<'a> {
 /// Records that a rank's container stopped, applies the gang rule
 /// (`job::after_rank`) while its attempt is current, and frees its node.
 pub(super) async fn end_rank(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &JobRecord,
     open: &OpenRank<'_>,
     end: AttemptEnd,
@@ -89,8 +89,8 @@ pub(super) async fn end_rank(
         _ => None,
     };
     sqlx::query(
-        "UPDATE job_ranks SET ended_at = ?1, exit_code = ?2, reason = ?3
-         WHERE job_id = ?4 AND attempt = ?5 AND rank = ?6 AND ended_at IS NULL",
+        "UPDATE job_ranks SET ended_at = $1, exit_code = $2, reason = $3
+         WHERE job_id = $4 AND attempt = $5 AND rank = $6 AND ended_at IS NULL",
     )
     .bind(now)
     .bind(exit_code)
@@ -102,7 +102,7 @@ pub(super) async fn end_rank(
     .await?;
     if job.attempt == open.attempt && job.state.on_node() {
         let not_done: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM job_ranks WHERE job_id = ?1 AND attempt = ?2 AND rank != ?3
+            "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND rank != $3
                AND (ended_at IS NULL OR exit_code IS NULL OR exit_code != 0)",
         )
         .bind(&job.id)
@@ -139,7 +139,7 @@ pub(super) async fn end_rank(
     Ok(())
 }
 
-pub(super) async fn ranks_to_stop(db: &SqliteStore) -> Result<Vec<RankToStop>, StoreError> {
+pub(super) async fn ranks_to_stop(db: &SqlStore) -> Result<Vec<RankToStop>, StoreError> {
     let rows = sqlx::query(
         "SELECT r.job_id, r.attempt, r.node_id FROM job_ranks r JOIN jobs j ON j.id = r.job_id
          WHERE r.ended_at IS NULL
@@ -160,13 +160,13 @@ pub(super) async fn ranks_to_stop(db: &SqliteStore) -> Result<Vec<RankToStop>, S
 }
 
 pub(super) async fn gang(
-    db: &SqliteStore,
+    db: &SqlStore,
     job_id: &str,
     attempt: u32,
 ) -> Result<Vec<GangRank>, StoreError> {
     let rows = sqlx::query(
         "SELECT r.rank, r.node_id FROM job_ranks r JOIN jobs j ON j.id = r.job_id
-         WHERE r.job_id = ?1 AND r.attempt = ?2 AND j.attempt = ?2
+         WHERE r.job_id = $1 AND r.attempt = $2 AND j.attempt = $2
            AND j.state IN ('preparing', 'running') AND j.cancel_requested = 0
            AND r.ended_at IS NULL
          ORDER BY r.rank",

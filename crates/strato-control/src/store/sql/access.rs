@@ -1,10 +1,10 @@
 //! API tokens and role assignments.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use strato_core::access::{Grant, Role, Scope};
 
-use super::{SqliteStore, corrupt};
+use super::{SqlStore, corrupt};
 use crate::store::{ApiTokenRecord, RoleAssignmentRecord, StoreError};
 
 macro_rules! token_columns {
@@ -20,7 +20,7 @@ fn grant_from(role: &str, scope: &str) -> Result<Grant, StoreError> {
     })
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<ApiTokenRecord, StoreError> {
+fn token_from_row(row: &AnyRow) -> Result<ApiTokenRecord, StoreError> {
     let role: String = row.try_get("role")?;
     let scope: String = row.try_get("scope")?;
     Ok(ApiTokenRecord {
@@ -35,18 +35,18 @@ fn token_from_row(row: &SqliteRow) -> Result<ApiTokenRecord, StoreError> {
 }
 
 pub(super) async fn create_api_token(
-    db: &SqliteStore,
+    db: &SqlStore,
     t: ApiTokenRecord,
     replace: bool,
 ) -> Result<ApiTokenRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     if replace {
-        sqlx::query("DELETE FROM api_tokens WHERE name = ?1")
+        sqlx::query("DELETE FROM api_tokens WHERE name = $1")
             .bind(&t.name)
             .execute(&mut *tx)
             .await?;
     }
-    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM api_tokens WHERE name = ?1")
+    let taken: Option<String> = sqlx::query_scalar("SELECT name FROM api_tokens WHERE name = $1")
         .bind(&t.name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -56,7 +56,7 @@ pub(super) async fn create_api_token(
     sqlx::query(concat!(
         "INSERT INTO api_tokens (",
         token_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     ))
     .bind(&t.name)
     .bind(&t.secret_hash)
@@ -73,13 +73,13 @@ pub(super) async fn create_api_token(
 }
 
 pub(super) async fn api_token_by_hash(
-    db: &SqliteStore,
+    db: &SqlStore,
     secret_hash: &str,
 ) -> Result<Option<ApiTokenRecord>, StoreError> {
     let row = sqlx::query(concat!(
         "SELECT ",
         token_columns!(),
-        " FROM api_tokens WHERE secret_hash = ?1"
+        " FROM api_tokens WHERE secret_hash = $1"
     ))
     .bind(secret_hash)
     .fetch_optional(&db.pool)
@@ -87,11 +87,11 @@ pub(super) async fn api_token_by_hash(
     row.as_ref().map(token_from_row).transpose()
 }
 
-pub(super) async fn api_token(db: &SqliteStore, name: &str) -> Result<ApiTokenRecord, StoreError> {
+pub(super) async fn api_token(db: &SqlStore, name: &str) -> Result<ApiTokenRecord, StoreError> {
     let row = sqlx::query(concat!(
         "SELECT ",
         token_columns!(),
-        " FROM api_tokens WHERE name = ?1"
+        " FROM api_tokens WHERE name = $1"
     ))
     .bind(name)
     .fetch_optional(&db.pool)
@@ -100,7 +100,7 @@ pub(super) async fn api_token(db: &SqliteStore, name: &str) -> Result<ApiTokenRe
     token_from_row(&row)
 }
 
-pub(super) async fn list_api_tokens(db: &SqliteStore) -> Result<Vec<ApiTokenRecord>, StoreError> {
+pub(super) async fn list_api_tokens(db: &SqlStore) -> Result<Vec<ApiTokenRecord>, StoreError> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         token_columns!(),
@@ -112,13 +112,13 @@ pub(super) async fn list_api_tokens(db: &SqliteStore) -> Result<Vec<ApiTokenReco
 }
 
 pub(super) async fn revoke_api_token(
-    db: &SqliteStore,
+    db: &SqlStore,
     name: &str,
     now: i64,
 ) -> Result<ApiTokenRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     let n =
-        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1")
+        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1")
             .bind(name)
             .bind(now)
             .execute(&mut *tx)
@@ -130,7 +130,7 @@ pub(super) async fn revoke_api_token(
     let row = sqlx::query(concat!(
         "SELECT ",
         token_columns!(),
-        " FROM api_tokens WHERE name = ?1"
+        " FROM api_tokens WHERE name = $1"
     ))
     .bind(name)
     .fetch_one(&mut *tx)
@@ -139,7 +139,7 @@ pub(super) async fn revoke_api_token(
     token_from_row(&row)
 }
 
-fn assignment_from_row(row: &SqliteRow) -> Result<RoleAssignmentRecord, StoreError> {
+fn assignment_from_row(row: &AnyRow) -> Result<RoleAssignmentRecord, StoreError> {
     let role: String = row.try_get("role")?;
     let scope: String = row.try_get("scope")?;
     Ok(RoleAssignmentRecord {
@@ -150,12 +150,12 @@ fn assignment_from_row(row: &SqliteRow) -> Result<RoleAssignmentRecord, StoreErr
 }
 
 pub(super) async fn create_role_assignment(
-    db: &SqliteStore,
+    db: &SqlStore,
     a: RoleAssignmentRecord,
 ) -> Result<RoleAssignmentRecord, StoreError> {
     let mut tx = db.begin_write().await?;
     let inserted = sqlx::query(
-        "INSERT INTO role_assignments (principal, role, scope, created_at) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO role_assignments (principal, role, scope, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT DO NOTHING",
     )
     .bind(&a.principal)
@@ -176,12 +176,12 @@ pub(super) async fn create_role_assignment(
 }
 
 pub(super) async fn list_role_assignments(
-    db: &SqliteStore,
+    db: &SqlStore,
     principal: Option<&str>,
 ) -> Result<Vec<RoleAssignmentRecord>, StoreError> {
     let rows = sqlx::query(
         "SELECT principal, role, scope, created_at FROM role_assignments
-         WHERE ?1 IS NULL OR principal = ?1 ORDER BY principal, scope, role",
+         WHERE $1 IS NULL OR principal = $1 ORDER BY principal, scope, role",
     )
     .bind(principal)
     .fetch_all(&db.pool)
@@ -190,13 +190,13 @@ pub(super) async fn list_role_assignments(
 }
 
 pub(super) async fn delete_role_assignment(
-    db: &SqliteStore,
+    db: &SqlStore,
     principal: &str,
     grant: &Grant,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     let n = sqlx::query(
-        "DELETE FROM role_assignments WHERE principal = ?1 AND role = ?2 AND scope = ?3",
+        "DELETE FROM role_assignments WHERE principal = $1 AND role = $2 AND scope = $3",
     )
     .bind(principal)
     .bind(grant.role.as_str())
