@@ -36,7 +36,14 @@ pub struct Reconciler<S> {
     retention_at: Option<i64>,
     /// Attached clusters' power commands in flight and their failures.
     power: Arc<crate::power::Power>,
+    /// When heartbeats were last written.
+    heartbeats_at: i64,
 }
+
+/// How often the heartbeats the store keeps in memory are written (and at
+/// shutdown): a restarted control plane counts nodes' silence from its own
+/// start, so what it finds in the database may be this old.
+pub const HEARTBEATS_WRITTEN_EVERY_MS: i64 = 30_000;
 
 /// How often ended jobs past the retention period are looked for.
 const RETENTION_EVERY_MS: i64 = 60_000;
@@ -54,6 +61,7 @@ impl<S: Store> Reconciler<S> {
             targets: None,
             retention_at: None,
             power: Arc::default(),
+            heartbeats_at: 0,
         }
     }
 
@@ -72,7 +80,10 @@ impl<S: Store> Reconciler<S> {
                 Err(e) => tracing::error!(error = %e, "reconcile pass failed; trying again"),
             }
             tokio::select! {
-                _ = &mut stop => return,
+                _ = &mut stop => {
+                    self.write_heartbeats().await;
+                    return;
+                }
                 _ = self.plane.events.reconcile_requested() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
@@ -98,7 +109,22 @@ impl<S: Store> Reconciler<S> {
         self.send_cancellations().await?;
         self.write_targets().await?;
         self.forget_old_jobs(now).await?;
+        if now - self.heartbeats_at >= HEARTBEATS_WRITTEN_EVERY_MS {
+            self.write_heartbeats().await;
+        }
         Ok(())
+    }
+
+    /// Writes the heartbeats kept in memory; a failure is logged, and they
+    /// are tried again at the next pass.
+    async fn write_heartbeats(&mut self) {
+        match self.plane.store.persist_heartbeats().await {
+            Ok(n) => {
+                self.heartbeats_at = self.plane.clock.now_ms();
+                tracing::debug!(nodes = n, "heartbeats written");
+            }
+            Err(e) => tracing::error!(error = %e, "writing heartbeats failed; trying again"),
+        }
     }
 
     /// Deletes jobs that ended more than `--job-retention` ago, with their

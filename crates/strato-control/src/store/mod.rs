@@ -399,12 +399,22 @@ pub trait Store: Send + Sync + 'static {
         session_token_hash: &str,
     ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
 
+    /// A node's agent is alive at `now`, with its utilisation (`None`: its
+    /// session began, which is written at once). Heartbeats are not written
+    /// one by one: every read of the node shows the latest this store
+    /// received, and `persist_heartbeats` writes them all in one go.
     fn heartbeat(
         &self,
         node_id: &str,
         usage: Option<NodeUsage>,
         now: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes the heartbeats received since the last call in one
+    /// transaction (the reconcile loop calls it every
+    /// `reconcile::HEARTBEATS_WRITTEN_EVERY_MS`, and at shutdown); returns
+    /// how many nodes' were written. Nodes that are gone are forgotten.
+    fn persist_heartbeats(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Marks a node unusable (with the reason) and ends any attempt on it as
     /// lost; returns the jobs that were on it.

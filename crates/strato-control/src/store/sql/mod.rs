@@ -33,7 +33,9 @@ mod tests;
 #[cfg(test)]
 mod tests_postgres;
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -62,6 +64,91 @@ pub const DB_FILE: &str = "strato.db";
 /// so that deployments in different schemas of one database do not wait
 /// for each other.
 const WRITE_LOCK: i32 = 0x7374_7261;
+
+/// A node's last heartbeat as this process received it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Beat {
+    pub(super) at: i64,
+    /// `None`: a session's first message, which carries no utilisation.
+    pub(super) usage: Option<NodeUsage>,
+    /// Not written since it changed.
+    dirty: bool,
+}
+
+/// Heartbeats kept in memory: a node's latest is what every read of it
+/// shows, and the database gets them in one transaction per
+/// `persist_heartbeats`. Holds one entry per node that beat; a node that is
+/// gone is forgotten at the next write.
+#[derive(Debug, Default)]
+struct Beats(Mutex<HashMap<String, Beat>>);
+
+impl Beats {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Beat>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, node_id: &str, at: i64, usage: Option<NodeUsage>, dirty: bool) {
+        let mut beats = self.lock();
+        let beat = beats.entry(node_id.to_owned()).or_insert(Beat {
+            at,
+            usage: None,
+            dirty: false,
+        });
+        beat.at = beat.at.max(at);
+        if usage.is_some() {
+            beat.usage = usage;
+        }
+        beat.dirty |= dirty;
+    }
+
+    /// Shows each node's latest heartbeat, where newer than the stored one.
+    fn overlay(&self, nodes: &mut [NodeRecord]) {
+        let beats = self.lock();
+        for node in nodes {
+            if let Some(beat) = beats.get(&node.node_id)
+                && node.last_heartbeat.is_none_or(|stored| stored <= beat.at)
+            {
+                node.last_heartbeat = Some(beat.at);
+                if let Some(usage) = beat.usage {
+                    node.usage = usage;
+                }
+            }
+        }
+    }
+
+    /// The heartbeats not written since they changed, now marked written.
+    fn take_dirty(&self) -> Vec<(String, Beat)> {
+        let mut beats = self.lock();
+        beats
+            .iter_mut()
+            .filter(|(_, b)| b.dirty)
+            .map(|(id, b)| {
+                b.dirty = false;
+                (id.clone(), *b)
+            })
+            .collect()
+    }
+
+    /// Marks `taken` unwritten again (the write failed), unless newer
+    /// beats came meanwhile (they are marked already).
+    fn mark_dirty(&self, taken: &[(String, Beat)]) {
+        let mut beats = self.lock();
+        for (id, _) in taken {
+            if let Some(b) = beats.get_mut(id) {
+                b.dirty = true;
+            }
+        }
+    }
+
+    fn forget(&self, gone: &[String]) {
+        let mut beats = self.lock();
+        for id in gone {
+            beats.remove(id);
+        }
+    }
+}
 
 /// The session lock of the one control plane on a PostgreSQL database.
 const INSTANCE_LOCK: i32 = WRITE_LOCK + 1;
@@ -92,6 +179,8 @@ impl Dialect {
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// Heartbeats since the last `persist_heartbeats`, in memory.
+    beats: Arc<Beats>,
     /// How much of an attempt's output on one node is kept.
     log_budget: strato_core::limits::LogBudget,
 }
@@ -128,6 +217,7 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             dialect: Dialect::Sqlite,
+            beats: Arc::default(),
             log_budget: strato_core::limits::LogBudget::default(),
         })
     }
@@ -162,6 +252,7 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             dialect: Dialect::Postgres,
+            beats: Arc::default(),
             log_budget: strato_core::limits::LogBudget::default(),
         })
     }
@@ -379,11 +470,15 @@ impl Store for SqlStore {
     }
 
     async fn list_nodes(&self, cluster: &str) -> Result<Vec<NodeRecord>, StoreError> {
-        nodes::list_nodes(self, cluster).await
+        let mut nodes = nodes::list_nodes(self, cluster).await?;
+        self.beats.overlay(&mut nodes);
+        Ok(nodes)
     }
 
     async fn all_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        nodes::all_nodes(self).await
+        let mut nodes = nodes::all_nodes(self).await?;
+        self.beats.overlay(&mut nodes);
+        Ok(nodes)
     }
 
     async fn create_node(
@@ -472,7 +567,9 @@ impl Store for SqlStore {
     }
 
     async fn node_by_session(&self, session_token_hash: &str) -> Result<NodeRecord, StoreError> {
-        nodes::node_by_session(self, session_token_hash).await
+        let mut node = nodes::node_by_session(self, session_token_hash).await?;
+        self.beats.overlay(std::slice::from_mut(&mut node));
+        Ok(node)
     }
 
     async fn heartbeat(
@@ -481,7 +578,34 @@ impl Store for SqlStore {
         usage: Option<NodeUsage>,
         now: i64,
     ) -> Result<(), StoreError> {
-        nodes::heartbeat(self, node_id, usage, now).await
+        match usage {
+            // A session begins: written at once.
+            None => {
+                nodes::session_began(self, node_id, now).await?;
+                self.beats.record(node_id, now, None, false);
+            }
+            Some(usage) => self.beats.record(node_id, now, Some(usage), true),
+        }
+        Ok(())
+    }
+
+    async fn persist_heartbeats(&self) -> Result<usize, StoreError> {
+        let dirty = self.beats.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let written = nodes::persist_heartbeats(self, &dirty).await;
+        match written {
+            Ok(gone) => {
+                self.beats.forget(&gone);
+                Ok(dirty.len() - gone.len())
+            }
+            Err(e) => {
+                // Kept for the next try.
+                self.beats.mark_dirty(&dirty);
+                Err(e)
+            }
+        }
     }
 
     async fn node_unusable(

@@ -11,7 +11,7 @@ use strato_core::quota::{self, QuotaLimits, QuotaUsage};
 use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
-use super::{SqlStore, corrupt, flag_col, select_one, u32_col};
+use super::{Beat, SqlStore, corrupt, flag_col, select_one, u32_col};
 use crate::store::{
     Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeUsage, StoreError,
 };
@@ -551,36 +551,55 @@ pub(super) async fn node_by_session(
     node_from_row(&row)
 }
 
-pub(super) async fn heartbeat(
+/// A node's session began at `now`: written at once.
+pub(super) async fn session_began(
     db: &SqlStore,
     node_id: &str,
-    usage: Option<NodeUsage>,
     now: i64,
 ) -> Result<(), StoreError> {
-    match usage {
-        None => {
-            sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
-                .bind(now)
+    sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
+        .bind(now)
+        .bind(node_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Writes `beats` in one transaction; returns the nodes that are gone.
+pub(super) async fn persist_heartbeats(
+    db: &SqlStore,
+    beats: &[(String, Beat)],
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let mut gone = Vec::new();
+    for (node_id, beat) in beats {
+        let usage = beat.usage.unwrap_or_default();
+        let updated = sqlx::query(
+            "UPDATE nodes SET last_heartbeat = $1, cpu_percent = $2, memory_used = $3,
+                 memory_total = $4, gpu_percent = $5
+             WHERE node_id = $6 AND (last_heartbeat IS NULL OR last_heartbeat <= $1)",
+        )
+        .bind(beat.at)
+        .bind(usage.cpu_percent)
+        .bind(i64::try_from(usage.memory_used).unwrap_or(i64::MAX))
+        .bind(i64::try_from(usage.memory_total).unwrap_or(i64::MAX))
+        .bind(usage.gpu_percent)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE node_id = $1")
                 .bind(node_id)
-                .execute(&db.pool)
+                .fetch_one(&mut *tx)
                 .await?;
-        }
-        Some(u) => {
-            sqlx::query(
-                "UPDATE nodes SET last_heartbeat = $1, cpu_percent = $2, memory_used = $3,
-                     memory_total = $4, gpu_percent = $5 WHERE node_id = $6",
-            )
-            .bind(now)
-            .bind(u.cpu_percent)
-            .bind(i64::try_from(u.memory_used).unwrap_or(i64::MAX))
-            .bind(i64::try_from(u.memory_total).unwrap_or(i64::MAX))
-            .bind(u.gpu_percent)
-            .bind(node_id)
-            .execute(&db.pool)
-            .await?;
+            if exists == 0 {
+                gone.push(node_id.clone());
+            }
         }
     }
-    Ok(())
+    tx.commit().await?;
+    Ok(gone)
 }
 
 pub(super) async fn node_unusable(

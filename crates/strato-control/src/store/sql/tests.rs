@@ -141,3 +141,73 @@ async fn output_past_the_byte_budget_leaves_one_marker() {
         lines[2].1
     );
 }
+
+/// Heartbeats are kept in memory: every read shows the latest, and the
+/// database gets them only from `persist_heartbeats`, all in one go.
+#[tokio::test]
+async fn heartbeats_are_written_in_one_go_not_one_by_one() {
+    use crate::store::NodeUsage;
+    use crate::store::conformance::given_cluster;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqlStore::open(dir.path()).await.expect("open");
+    given_cluster(&store, "cpu").await;
+    given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    // What another process reading the database sees.
+    let other = SqlStore::open(dir.path()).await.expect("open again");
+    let stored = |id: &'static str| {
+        let other = other.clone();
+        async move {
+            let nodes = other.all_nodes().await.expect("nodes");
+            let n = nodes.into_iter().find(|n| n.node_id == id).expect("node");
+            (n.last_heartbeat, n.usage.cpu_percent)
+        }
+    };
+    let usage = |cpu: f64| NodeUsage {
+        cpu_percent: cpu,
+        ..NodeUsage::default()
+    };
+    store.heartbeat("cpu-n0", None, 10).await.expect("hello");
+    assert_eq!(
+        stored("cpu-n0").await.0,
+        Some(10),
+        "a session's start is written at once"
+    );
+    for (at, cpu) in [(11, 5.0), (12, 50.0), (13, 75.0)] {
+        store
+            .heartbeat("cpu-n0", Some(usage(cpu)), at)
+            .await
+            .expect("beat");
+    }
+    store
+        .heartbeat("cpu-n1", Some(usage(1.0)), 12)
+        .await
+        .expect("beat");
+    let seen = store.list_nodes("cpu").await.expect("nodes");
+    let n0 = seen.iter().find(|n| n.node_id == "cpu-n0").expect("n0");
+    assert_eq!(
+        (n0.last_heartbeat, n0.usage.cpu_percent),
+        (Some(13), 75.0),
+        "reads show the latest"
+    );
+    assert_eq!(
+        stored("cpu-n0").await,
+        (Some(10), 0.0),
+        "nothing written per beat"
+    );
+    assert_eq!(store.persist_heartbeats().await.expect("persist"), 2);
+    assert_eq!(stored("cpu-n0").await, (Some(13), 75.0));
+    assert_eq!(stored("cpu-n1").await, (Some(12), 1.0));
+    assert_eq!(
+        store.persist_heartbeats().await.expect("again"),
+        0,
+        "only what changed"
+    );
+    // A node that is gone is forgotten at the next write.
+    store
+        .heartbeat("cpu-n1", Some(usage(2.0)), 14)
+        .await
+        .expect("beat");
+    store.delete_node("cpu-n1", 15).await.expect("delete");
+    assert_eq!(store.persist_heartbeats().await.expect("persist"), 0);
+    assert!(store.beats.lock().get("cpu-n1").is_none(), "forgotten");
+}
