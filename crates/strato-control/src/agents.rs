@@ -224,8 +224,8 @@ impl<S: Store> AgentService for AgentApi<S> {
             .map(|m| m.host.to_owned())
             .unwrap_or_default();
         let report = EnrollReport {
-            hostname: r.hostname.clone(),
-            metrics_url: r.metrics_url.clone(),
+            hostname: strato_core::limits::without_nul(&r.hostname).into_owned(),
+            metrics_url: strato_core::limits::without_nul(&r.metrics_url).into_owned(),
             ssh_address,
             ssh_port: u16::try_from(r.ssh_port).unwrap_or(0),
             // Kept only in the shape of a key line: it reaches users' ssh.

@@ -431,41 +431,50 @@ impl DatabaseUrl {
     /// with `sslmode=verify-full` or `verify-ca`. The error never repeats
     /// the URL.
     pub fn check(&self) -> Result<(), String> {
+        use sqlx::postgres::{PgConnectOptions, PgSslMode};
         let url = self.0.as_str();
-        let rest = url
-            .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
-            .ok_or(
-                "must be a postgres:// or postgresql:// URL (SQLite is the default without one)",
-            )?;
-        let (authority, query) = match rest.split_once('?') {
-            Some((before, query)) => (before.split('/').next().unwrap_or(""), query),
-            None => (rest.split('/').next().unwrap_or(""), ""),
-        };
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let host = match host_port.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(""),
-            None => host_port.split(':').next().unwrap_or(""),
-        };
-        if host.is_empty() {
-            return Err("names no host (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".into());
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(
+                "must be a postgres:// or postgresql:// URL (SQLite is the default without one)"
+                    .into(),
+            );
         }
-        let loopback = host == "localhost"
+        // Judged as the driver will connect: `?host=` and `?sslmode=` in the
+        // query override what the URL's authority says.
+        let options: PgConnectOptions = url.parse().map_err(|_| {
+            "is not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".to_owned()
+        })?;
+        let host = options.get_host();
+        let local = options.get_socket().is_some()
+            || host.starts_with('/')
+            || host == "localhost"
             || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        let sslmode = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("sslmode="))
-            .unwrap_or("prefer");
-        if !loopback && !matches!(sslmode, "verify-full" | "verify-ca") {
+        let mode = options.get_ssl_mode();
+        if !local && !matches!(mode, PgSslMode::VerifyFull | PgSslMode::VerifyCa) {
             return Err(format!(
                 "host {host} is not a loopback address: add sslmode=verify-full (the server's \
                  certificate checked against the system's roots or sslrootcert=FILE); \
-                 sslmode={sslmode} would let anyone on the path read or change the state"
+                 sslmode={} would let anyone on the path read or change the state",
+                ssl_mode_name(mode)
             ));
         }
         Ok(())
+    }
+}
+
+fn ssl_mode_name(mode: sqlx::postgres::PgSslMode) -> &'static str {
+    use sqlx::postgres::PgSslMode;
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
     }
 }
 
@@ -856,6 +865,12 @@ mod tests {
         let e = parse("postgres://u:pw@10.0.0.5/strato?sslmode=require").expect_err("unchecked");
         assert!(e.to_string().contains("sslmode=require"), "{e}");
         assert!(parse("postgres://u:pw@db.example.com/strato?sslmode=verify-full").is_ok());
+        // Judged as the driver connects: the query's host and sslmode win.
+        let e = parse("postgres://u:pw@localhost/db?host=db.example.com").expect_err("remote");
+        assert!(e.to_string().contains("db.example.com"), "{e}");
+        let e = parse("postgres://u:pw@db.example.com/db?sslmode=verify-full&sslmode=disable")
+            .expect_err("the last sslmode wins");
+        assert!(e.to_string().contains("sslmode=disable"), "{e}");
         let e = parse("mysql://u@localhost/db").expect_err("not postgres");
         assert!(e.to_string().contains("postgres://"), "{e}");
         let c = Config::parse_from(["strato-control", "--database-url", local]);

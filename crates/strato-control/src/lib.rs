@@ -136,20 +136,31 @@ pub async fn serve(
                 config.data_dir.display()
             )
         })?,
-        Some(url) => SqlStore::connect_postgres(url.expose(), config.database_max_connections)
+        Some(url) => {
+            // A control plane killed a moment ago may still hold the lock
+            // until the server notices its connection is gone.
+            let (store, mut lock) = SqlStore::connect_postgres_as_instance(
+                url.expose(),
+                config.database_max_connections,
+                std::time::Duration::from_secs(30),
+            )
             .await
-            .context("--database-url: cannot open the database")?,
+            .context("--database-url: cannot open the database")?;
+            // Without the lock another control plane may act on the same
+            // state: stop at once (nothing acknowledged is lost: it is all
+            // in the database).
+            tokio::spawn(async move {
+                let why = lock.lost().await;
+                tracing::error!(error = %why, "lost the database's control-plane lock; stopping");
+                std::process::exit(1);
+            });
+            store
+        }
     }
     .with_log_budget(strato_core::limits::LogBudget {
         lines: config.max_log_lines_per_attempt,
         bytes: config.max_log_bytes_per_attempt,
     });
-    // A control plane killed a moment ago may still hold it until the
-    // server notices its connection is gone.
-    let _instance = store
-        .hold_instance_lock(std::time::Duration::from_secs(30))
-        .await
-        .context("--database-url")?;
     remove_orphans(&store, provider.as_ref()).await;
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(

@@ -496,6 +496,33 @@ pub fn validate_datastore(
     Ok(())
 }
 
+/// The first field of `spec` (as `command[2]` or `environment.KEY`) whose
+/// text holds a NUL character, if any.
+fn field_with_nul(spec: &JobSpec) -> Option<String> {
+    fn walk(value: &serde_json::Value, path: String) -> Option<String> {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0').then_some(path),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, format!("{path}[{i}]"))),
+            serde_json::Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if k.contains('\0') {
+                    return Some(at);
+                }
+                walk(v, at)
+            }),
+            _ => None,
+        }
+    }
+    walk(&serde_json::to_value(spec).ok()?, String::new())
+}
+
 /// Checks a job against the rules, against the size of the cluster's nodes
 /// (`size`) and against what its cluster allows a gang (`gang`).
 pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(), FieldError> {
@@ -509,6 +536,11 @@ pub fn validate_job(spec: &JobSpec, size: &VmSize, gang: GangLimits) -> Result<(
         ));
     }
     crate::limits::check_job_size(&spec.image, spec.environment.iter(), &spec.command)?;
+    if let Some(field) = field_with_nul(spec) {
+        // No process can be given it (argv and the environment end strings
+        // at NUL), and PostgreSQL's text refuses it.
+        return Err(FieldError::new(field, "must not contain a NUL character"));
+    }
     check_user(&spec.user)?;
     check_metadata(spec)?;
     if spec.display_name.chars().count() > MAX_DISPLAY_NAME_LEN {
@@ -973,6 +1005,49 @@ mod tests {
             timeout_seconds: None,
             code: None,
             artifacts: None,
+        }
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused_naming_the_field() {
+        let size = crate::catalog::lookup("Standard_D2_v2").expect("size");
+        let gang = GangLimits {
+            max_nodes: 1,
+            inter_node_communication: true,
+        };
+        for (bad, field) in [
+            (
+                JobSpec {
+                    command: vec!["echo".into(), "a\0b".into()],
+                    ..job()
+                },
+                "command[1]",
+            ),
+            (
+                JobSpec {
+                    environment: BTreeMap::from([("K".into(), "v\0".into())]),
+                    ..job()
+                },
+                "environment.K",
+            ),
+            (
+                JobSpec {
+                    tags: BTreeMap::from([("t".into(), "\0".into())]),
+                    ..job()
+                },
+                "tags.t",
+            ),
+            (
+                JobSpec {
+                    description: "x\0".into(),
+                    ..job()
+                },
+                "description",
+            ),
+        ] {
+            let e = validate_job(&bad, size, gang).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains("NUL"), "{e}");
         }
     }
 

@@ -19,14 +19,26 @@ pub const MAX_REASON_BYTES: usize = 1024;
 
 /// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.
 pub fn bounded_reason(reason: &str) -> String {
+    let reason = &without_nul(reason);
     if reason.len() <= MAX_REASON_BYTES {
-        return reason.to_owned();
+        return reason.clone().into_owned();
     }
     let mut end = MAX_REASON_BYTES - '…'.len_utf8();
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}…", &reason[..end])
+}
+
+/// `text` with each NUL character replaced by U+FFFD: what a node sends
+/// (output, reasons, its host name) is stored as text, which PostgreSQL
+/// refuses with a NUL in it.
+pub fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// The most lines stored of one attempt on one node; the rest is dropped

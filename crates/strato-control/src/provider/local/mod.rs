@@ -183,6 +183,8 @@ impl LocalProvider {
         let mut child = tokio::process::Command::new(&self.settings.agent_binary)
             // The control plane's database password stays with it.
             .env_remove("STRATO_DATABASE_URL")
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
             .envs(env.iter().copied())
             .arg("--node-name")
             .arg(&launch.node_id)

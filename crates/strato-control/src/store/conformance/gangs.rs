@@ -356,9 +356,10 @@ pub async fn logs_keep_arrival_order_rank_and_sequence<S: Store>(store: S) {
         .append_logs("mpi-n1", "g", 1, &[line_of(1, 2, "x")], 11)
         .await
         .expect("batch");
-    // A batch sent again after a reconnect, overlapping what is stored.
+    // A batch sent again after a reconnect, overlapping what is stored; a
+    // NUL in a line is stored as U+FFFD (PostgreSQL's text refuses it).
     store
-        .append_logs("mpi-n0", "g", 1, &batch(&[(2, "b"), (3, "c")]), 12)
+        .append_logs("mpi-n0", "g", 1, &batch(&[(2, "b"), (3, "c\0d")]), 12)
         .await
         .expect("batch");
     let logs = store.logs("g", None, 100).await.expect("logs");
@@ -370,7 +371,7 @@ pub async fn logs_keep_arrival_order_rank_and_sequence<S: Store>(store: S) {
             (0, 1, 1, "a"),
             (0, 2, 1, "b"),
             (1, 1, 2, "x"),
-            (0, 3, 1, "c")
+            (0, 3, 1, "c\u{FFFD}d")
         ]
     );
     assert!(logs.windows(2).all(|w| w[0].pos < w[1].pos));

@@ -48,7 +48,7 @@ pub(super) async fn append_logs(
         let len = l.line.len() as u64;
         let (text, marker) = match limits::stored_line(l.seq, len, stored, truncated, db.log_budget)
         {
-            StoredLine::Line => (std::borrow::Cow::Borrowed(l.line.as_str()), false),
+            StoredLine::Line => (limits::without_nul(&l.line), false),
             StoredLine::Marker(marker) => (std::borrow::Cow::Owned(marker), true),
             StoredLine::Dropped => continue,
         };

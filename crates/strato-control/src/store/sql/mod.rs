@@ -153,9 +153,61 @@ impl Beats {
 /// The session lock of the one control plane on a PostgreSQL database.
 const INSTANCE_LOCK: i32 = WRITE_LOCK + 1;
 
-/// Held while this process is the control plane of its database.
+/// Held while this process is the control plane of its database: a task
+/// that keeps the lock's connection and checks it every 5 s.
 #[derive(Debug)]
-pub struct InstanceLock(#[allow(dead_code)] Option<AnyConnection>);
+pub struct InstanceLock {
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+    lost: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl InstanceLock {
+    fn none() -> Self {
+        InstanceLock {
+            watchdog: None,
+            lost: tokio::sync::watch::channel(None).1,
+        }
+    }
+
+    fn watch(mut conn: AnyConnection) -> Self {
+        let (tx, lost) = tokio::sync::watch::channel(None);
+        let watchdog = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Err(e) = sqlx::query("SELECT 1").execute(&mut conn).await {
+                    let _ = tx.send(Some(e.to_string()));
+                    return;
+                }
+            }
+        });
+        InstanceLock {
+            watchdog: Some(watchdog),
+            lost,
+        }
+    }
+
+    /// Resolves, with why, if the lock's connection broke: the lock may be
+    /// someone else's now. Never resolves on SQLite.
+    pub async fn lost(&mut self) -> String {
+        loop {
+            if let Some(why) = self.lost.borrow_and_update().clone() {
+                return why;
+            }
+            if self.lost.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Drop for InstanceLock {
+    /// Ends the watchdog, and with it the connection and the lock.
+    fn drop(&mut self) {
+        if let Some(w) = &self.watchdog {
+            w.abort();
+        }
+    }
+}
 
 /// Which database a [`SqlStore`] speaks to: what differs in their SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,9 +276,32 @@ impl SqlStore {
 
     /// Connects to the PostgreSQL database at `url`
     /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...`) and
-    /// brings its schema up to date. Any number of control planes may share
-    /// one database.
+    /// brings its schema up to date.
     pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::postgres_pool(url, max_connections).await?;
+        POSTGRES_MIGRATIONS.run(&store.pool).await?;
+        Ok(store)
+    }
+
+    /// Connects as `connect_postgres` does, as the one control plane of the
+    /// database: waits up to `wait` for its lock (replicas are not built
+    /// yet: two reconcile loops would both act), then brings the schema up
+    /// to date (so a newer binary never migrates under a running older one).
+    /// The lock is held on a connection of its own until the guard is
+    /// dropped; the server releases it when the process dies, and notices a
+    /// silent peer within about 25 s (TCP keepalives).
+    pub async fn connect_postgres_as_instance(
+        url: &str,
+        max_connections: u32,
+        wait: Duration,
+    ) -> Result<(Self, InstanceLock), StoreError> {
+        let store = Self::postgres_pool(url, max_connections).await?;
+        let lock = store.hold_instance_lock(wait).await?;
+        POSTGRES_MIGRATIONS.run(&store.pool).await?;
+        Ok((store, lock))
+    }
+
+    async fn postgres_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
@@ -237,10 +312,13 @@ impl SqlStore {
                     // A process stopped inside a write transaction (frozen,
                     // partitioned) would hold the write lock for good: the
                     // server ends its session after 15 s, and a write that
-                    // waits 30 s for the lock fails instead of hanging.
+                    // waits 30 s for the lock fails instead of hanging. A
+                    // peer gone silent is noticed by keepalives.
                     conn.execute(
                         "SET idle_in_transaction_session_timeout = '15s'; \
-                         SET lock_timeout = '30s';",
+                         SET lock_timeout = '30s'; \
+                         SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                         SET tcp_keepalives_count = 3;",
                     )
                     .await?;
                     Ok(())
@@ -248,7 +326,6 @@ impl SqlStore {
             })
             .connect_with(options)
             .await?;
-        POSTGRES_MIGRATIONS.run(&pool).await?;
         Ok(SqlStore {
             pool,
             dialect: Dialect::Postgres,
@@ -258,13 +335,12 @@ impl SqlStore {
     }
 
     /// On PostgreSQL, waits up to `wait` for the lock that says one
-    /// control plane uses this database (replicas are not built yet: two
-    /// reconcile loops would both act), and holds it on a connection of its
-    /// own until the returned guard is dropped or the process ends; the
-    /// server releases it when the process dies. Nothing to hold on SQLite.
+    /// control plane uses this database, and holds it on a connection of
+    /// its own, checked every 5 s, until the returned guard is dropped.
+    /// Nothing to hold on SQLite.
     pub async fn hold_instance_lock(&self, wait: Duration) -> Result<InstanceLock, StoreError> {
         if self.dialect == Dialect::Sqlite {
-            return Ok(InstanceLock(None));
+            return Ok(InstanceLock::none());
         }
         let mut conn = self.pool.acquire().await?.detach();
         let deadline = tokio::time::Instant::now() + wait;
@@ -276,7 +352,7 @@ impl SqlStore {
             .fetch_one(&mut conn)
             .await?;
             if flag_col(&row, "locked")? {
-                return Ok(InstanceLock(Some(conn)));
+                return Ok(InstanceLock::watch(conn));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(StoreError::InstanceLocked);
@@ -308,7 +384,12 @@ impl SqlStore {
         match self.dialect {
             Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
             Dialect::Postgres => {
-                let mut tx = self.pool.begin().await?;
+                // READ COMMITTED whatever the database's default: statements
+                // after the lock must see what the writer before committed.
+                let mut tx = self
+                    .pool
+                    .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
                     .bind(WRITE_LOCK)
                     .execute(&mut *tx)
