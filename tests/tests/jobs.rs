@@ -833,6 +833,50 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
     );
 }
 
+/// `job submit --stream` follows on the same connection: the output on
+/// stdout, the id and the outcome on stderr, the exit status the job's.
+#[tokio::test]
+async fn cli_submit_stream_prints_the_output_and_exits_as_the_job_ended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = start(dir.path(), &[]).await;
+    cluster(&cp, "stream", 0, 1, 5).await;
+    let (mut ok, mut failing) = (cp.cli_command(), cp.cli_command());
+    let submit = [
+        "job",
+        "submit",
+        "--stream",
+        "--compute",
+        "stream",
+        "--image",
+        TEST_IMAGE,
+        "--",
+    ];
+    let (ok, failing) = tokio::task::spawn_blocking(move || {
+        let ok = ok
+            .args(submit)
+            .args(["sh", "-c", "echo first; sleep 1; echo second"])
+            .output()
+            .expect("submit --stream");
+        let failing = failing
+            .args(submit)
+            .args(["sh", "-c", "echo oops; exit 3"])
+            .output()
+            .expect("submit --stream");
+        (ok, failing)
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "first\nsecond\n");
+    assert!(stderr.contains("submitted; its output follows"), "{stderr}");
+    assert!(stderr.contains("completed"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&failing.stderr);
+    assert_eq!(failing.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&failing.stdout), "oops\n");
+    assert!(stderr.contains("failed (exit code 3)"), "{stderr}");
+}
+
 #[tokio::test]
 async fn nodes_that_never_enrol_become_unusable_and_the_provider_backs_off() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -457,15 +457,19 @@ pub(super) async fn follow<R: ContainerRuntime>(
         }
     }
     let mut seq = 0u64;
-    // Lines that come within 20 ms of the first go in one batch: output
-    // trickling in line by line would otherwise be one small message per
-    // line, which costs the control plane a store write each (and which
-    // HTTP/2 servers refuse past a budget of small frames).
-    let output = tokio_stream::StreamExt::chunks_timeout(
-        runtime.logs(&id),
+    // The attempt's first line goes at once: how soon a job's output shows
+    // is what its user waits for. After it, lines that come within 20 ms of
+    // a batch's first go in that batch: output trickling in line by line
+    // would otherwise be one small message per line, which costs the
+    // control plane a store write each (and which HTTP/2 servers refuse past
+    // a budget of small frames).
+    let mut logs = Box::pin(runtime.logs(&id));
+    let first = logs.next().await.map(|line| vec![line]);
+    let output = tokio_stream::iter(first).chain(tokio_stream::StreamExt::chunks_timeout(
+        logs,
         LOG_BATCH,
         std::time::Duration::from_millis(20),
-    );
+    ));
     tokio::pin!(output);
     while let Some(batch) = output.next().await {
         let now = timestamp(staging.clock.now_ms());

@@ -41,7 +41,7 @@ Example job.yml:
     report: {type: uri_folder}   # no path: workspaceblobstore, azureml/<job>/report
   code: ./src                    # uploaded to workspaceblobstore; the command runs in it
 
-  id=$(strato job create --file job.yml) && strato job logs \"$id\" --follow
+  strato job create --file job.yml --stream    # or: id=$(strato job create --file job.yml)
 
 The default datastore (code, ./outputs as artifacts, outputs without a path)
 is the one registered as workspaceblobstore:
@@ -79,6 +79,12 @@ pub enum JobCommand {
         /// The job's YAML file.
         #[arg(short = 'f', long, value_name = "FILE")]
         file: std::path::PathBuf,
+        /// Follow the job's output once submitted, as `az ml job create
+        /// --stream` does: the id goes to stderr, the output to stdout, and
+        /// the exit status says how the job ended (0 completed, 1 failed or
+        /// canceled).
+        #[arg(long)]
+        stream: bool,
     },
     /// Show one job: spec, state, attempt, exit code and past attempts.
     Show(IdArg),
@@ -157,6 +163,11 @@ impl IdArg {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
+    /// Follow the job's output once submitted (as `az ml job create
+    /// --stream`): the id goes to stderr, the output to stdout, and the exit
+    /// status says how the job ended (0 completed, 1 failed or canceled).
+    #[arg(long)]
+    stream: bool,
     /// The cluster to run on.
     #[arg(long, value_name = "NAME")]
     compute: String,
@@ -367,17 +378,35 @@ fn data(
     Ok(data)
 }
 
-/// Submits `spec` and prints the job's id (the whole job with -o json/yaml).
+/// Submits `spec` and prints the job's id (the whole job with -o json/yaml);
+/// with `stream`, follows its output instead, on the same connection, and
+/// ends as `job wait` does.
 async fn submit(
     client: &mut JobServiceClient<AuthedChannel>,
     format: Format,
     spec: v1::JobSpec,
+    stream: bool,
 ) -> Result<(), Failure> {
     let job = client
         .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
         .await?
         .into_inner();
-    if format == Format::Table {
+    if stream {
+        eprintln!("job {} submitted; its output follows", job.id);
+        logs(client, format, job.id.clone(), true).await?;
+        let ended = client
+            .get_job(v1::GetJobRequest { id: job.id })
+            .await?
+            .into_inner();
+        let (code, summary) = wait::wait_outcome(&JobView::from(ended));
+        eprintln!("{summary}");
+        if code != 0 {
+            return Err(Failure {
+                code,
+                message: String::new(),
+            });
+        }
+    } else if format == Format::Table {
         // Just the id, so `id=$(strato job submit ...)` works.
         println!("{}", job.id);
     } else {
@@ -393,14 +422,17 @@ pub async fn run(
 ) -> Result<(), Failure> {
     let mut client = JobServiceClient::new(channel);
     match command {
-        JobCommand::Submit(args) => submit(&mut client, format, submit_spec(*args)?).await?,
-        JobCommand::Create { file } => {
+        JobCommand::Submit(args) => {
+            let stream = args.stream;
+            submit(&mut client, format, submit_spec(*args)?, stream).await?
+        }
+        JobCommand::Create { file, stream } => {
             let job = crate::job_file::load(&file).map_err(|e| Failure::usage(format!("{e:#}")))?;
             let mut spec = job.spec;
             if let Some(code) = &job.code {
                 spec.code = Some(data::upload_code(&mut client, &spec.cluster, code).await?);
             }
-            submit(&mut client, format, spec).await?;
+            submit(&mut client, format, spec, stream).await?;
         }
         JobCommand::Show(id) => {
             let id = id.into_id();

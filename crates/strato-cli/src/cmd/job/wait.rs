@@ -44,7 +44,7 @@ pub async fn run(
 
 /// How `job wait` ends for a job in `view`'s state: its exit status and the
 /// line it prints.
-fn wait_outcome(view: &JobView) -> (u8, String) {
+pub(super) fn wait_outcome(view: &JobView) -> (u8, String) {
     let id = &view.id;
     let state = view.state;
     if state == "completed" {
