@@ -440,22 +440,37 @@ pub(super) async fn follow<R: ContainerRuntime>(
         return;
     }
     // Accept the attempt's secret (read back from its container, so a
-    // restarted agent knows it too) and its address for IMDS callers.
-    match runtime.details(&id).await {
-        Ok(details) => {
-            if let Some((_, hosts)) = details.env.iter().find(|(k, _)| k == "AZ_BATCH_HOST_LIST") {
-                vending.set_gang(
-                    &job_id,
-                    attempt,
-                    hosts.split(',').map(str::to_owned).collect(),
-                );
+    // restarted agent knows it too) and its address for IMDS callers. Read
+    // on a task of its own while the output flows: Docker answers an
+    // inspect only once it has handled a container that exits at once (tens
+    // of milliseconds), and neither the first line nor a slow link to the
+    // control plane should delay the other. Awaited before the attempt's
+    // end, so nothing is admitted after its revocation.
+    let details = {
+        let (runtime, vending, id, job_id) =
+            (runtime.clone(), vending.clone(), id.clone(), job_id.clone());
+        tokio::spawn(async move {
+            match runtime.details(&id).await {
+                Ok(details) => {
+                    if let Some((_, hosts)) =
+                        details.env.iter().find(|(k, _)| k == "AZ_BATCH_HOST_LIST")
+                    {
+                        vending.set_gang(
+                            &job_id,
+                            attempt,
+                            hosts.split(',').map(str::to_owned).collect(),
+                        );
+                    }
+                    admit(&vending, &details.env, &job_id, attempt, details.ip);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job_id, attempt, error = %e, "reading the container's details")
+                }
             }
-            admit(&vending, &details.env, &job_id, attempt, details.ip);
-        }
-        Err(e) => {
-            tracing::warn!(job = %job_id, attempt, error = %e, "reading the container's details")
-        }
-    }
+        })
+    };
+    // An early return (the session ended) leaves the task to finish: the
+    // reconnected session follows the container again and admits it anew.
     let mut seq = 0u64;
     // The attempt's first line goes at once: how soon a job's output shows
     // is what its user waits for. After it, lines that come within 20 ms of
@@ -463,7 +478,7 @@ pub(super) async fn follow<R: ContainerRuntime>(
     // would otherwise be one small message per line, which costs the
     // control plane a store write each (and which HTTP/2 servers refuse past
     // a budget of small frames).
-    let mut logs = Box::pin(runtime.logs(&id));
+    let mut logs = Box::pin(runtime.logs(&id).fuse());
     let first = logs.next().await.map(|line| vec![line]);
     let output = tokio_stream::iter(first).chain(tokio_stream::StreamExt::chunks_timeout(
         logs,
@@ -508,6 +523,7 @@ pub(super) async fn follow<R: ContainerRuntime>(
             }
         }
     }
+    let _ = details.await;
     let waited = runtime.wait(&id).await;
     vending.forget_address(&job_id, attempt);
     let end = match waited {

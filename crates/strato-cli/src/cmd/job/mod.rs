@@ -393,11 +393,15 @@ async fn submit(
         .into_inner();
     if stream {
         eprintln!("job {} submitted; its output follows", job.id);
-        logs(client, format, job.id.clone(), true).await?;
-        let ended = client
-            .get_job(v1::GetJobRequest { id: job.id })
-            .await?
-            .into_inner();
+        if let Err(e) = logs(client, format, job.id.clone(), true).await {
+            // The job goes on (a control plane restarting, say): its end
+            // is still waited for, as `job wait` waits, through restarts.
+            eprintln!(
+                "the output stream ended early ({}); waiting for job {} to end (`strato job logs {}` prints it all)",
+                e.message, job.id, job.id
+            );
+        }
+        let ended = wait::wait_job(client, &job.id).await?;
         let (code, summary) = wait::wait_outcome(&JobView::from(ended));
         eprintln!("{summary}");
         if code != 0 {

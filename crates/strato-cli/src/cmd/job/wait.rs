@@ -118,7 +118,7 @@ async fn poll_until_final(
 }
 
 /// Calls WaitJob until it answers, through control-plane restarts.
-async fn wait_job(
+pub(super) async fn wait_job(
     client: &mut JobServiceClient<AuthedChannel>,
     id: &str,
 ) -> Result<v1::Job, Failure> {

@@ -16,12 +16,9 @@ pub(super) async fn append_logs(
     lines: &[LogRecord],
     now: i64,
 ) -> Result<(), StoreError> {
+    // Output is a sign of life too: kept with the heartbeats, in memory.
+    db.beats.record(node_id, now, None, true);
     let mut tx = db.begin_write().await?;
-    sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
-        .bind(now)
-        .bind(node_id)
-        .execute(&mut *tx)
-        .await?;
     let Some((rank, _)) = rank_of(&mut tx, job_id, attempt, node_id).await? else {
         tx.commit().await?;
         return Err(Conflict::NotAttemptOfNode {

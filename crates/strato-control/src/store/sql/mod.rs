@@ -103,14 +103,14 @@ impl Beats {
         beat.dirty |= dirty;
     }
 
-    /// Shows each node's latest heartbeat, where newer than the stored one.
+    /// Shows each node's latest heartbeat: the later of the stored time and
+    /// this one, and the utilisation received (newer than any stored: only
+    /// this process writes it, from here).
     fn overlay(&self, nodes: &mut [NodeRecord]) {
         let beats = self.lock();
         for node in nodes {
-            if let Some(beat) = beats.get(&node.node_id)
-                && node.last_heartbeat.is_none_or(|stored| stored <= beat.at)
-            {
-                node.last_heartbeat = Some(beat.at);
+            if let Some(beat) = beats.get(&node.node_id) {
+                node.last_heartbeat = Some(node.last_heartbeat.map_or(beat.at, |t| t.max(beat.at)));
                 if let Some(usage) = beat.usage {
                     node.usage = usage;
                 }
@@ -143,6 +143,9 @@ impl Beats {
     }
 
     fn forget(&self, gone: &[String]) {
+        if gone.is_empty() {
+            return;
+        }
         let mut beats = self.lock();
         for id in gone {
             beats.remove(id);
@@ -174,10 +177,21 @@ impl InstanceLock {
         let watchdog = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                if let Err(e) = sqlx::query("SELECT 1").execute(&mut conn).await {
-                    let _ = tx.send(Some(e.to_string()));
-                    return;
-                }
+                // A partition may leave the query unanswered for minutes
+                // while the server has let the lock go: no answer in 10 s
+                // counts as lost.
+                let checked = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    sqlx::query("SELECT 1").execute(&mut conn),
+                )
+                .await;
+                let why = match checked {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no answer from the database within 10 s".to_owned(),
+                };
+                let _ = tx.send(Some(why));
+                return;
             }
         });
         InstanceLock {
@@ -194,7 +208,13 @@ impl InstanceLock {
                 return why;
             }
             if self.lost.changed().await.is_err() {
-                std::future::pending::<()>().await;
+                if self.watchdog.is_none() {
+                    // SQLite: nothing to lose.
+                    std::future::pending::<()>().await;
+                }
+                // The watchdog ended without a word (it panicked): its
+                // connection, and the lock, are gone.
+                return "the lock's watchdog ended".to_owned();
             }
         }
     }
@@ -536,7 +556,10 @@ impl Store for SqlStore {
     }
 
     async fn delete_cluster(&self, name: &str) -> Result<Vec<NodeRecord>, StoreError> {
-        clusters::delete_cluster(self, name).await
+        let removed = clusters::delete_cluster(self, name).await?;
+        let ids: Vec<String> = removed.iter().map(|n| n.node_id.clone()).collect();
+        self.beats.forget(&ids);
+        Ok(removed)
     }
 
     async fn set_allocation(
@@ -709,7 +732,9 @@ impl Store for SqlStore {
     }
 
     async fn delete_node(&self, node_id: &str, now: i64) -> Result<(), StoreError> {
-        nodes::delete_node(self, node_id, now).await
+        nodes::delete_node(self, node_id, now).await?;
+        self.beats.forget(&[node_id.to_owned()]);
+        Ok(())
     }
 
     async fn usage_of_others(

@@ -551,6 +551,12 @@ pub(super) async fn node_by_session(
     node_from_row(&row)
 }
 
+/// `v`, or 0 where it is not a number (a buggy agent's report must not
+/// fail the write of every node's heartbeat).
+fn finite(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
+}
+
 /// A node's session began at `now`: written at once.
 pub(super) async fn session_began(
     db: &SqlStore,
@@ -572,30 +578,33 @@ pub(super) async fn persist_heartbeats(
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = db.begin_write().await?;
     let mut gone = Vec::new();
+    // The later of the stored time and the beat's (a session's start is
+    // written at once, and may be later).
+    const LATER: &str = "CASE WHEN last_heartbeat > $1 THEN last_heartbeat ELSE $1 END";
     for (node_id, beat) in beats {
-        let usage = beat.usage.unwrap_or_default();
-        let updated = sqlx::query(
-            "UPDATE nodes SET last_heartbeat = $1, cpu_percent = $2, memory_used = $3,
-                 memory_total = $4, gpu_percent = $5
-             WHERE node_id = $6 AND (last_heartbeat IS NULL OR last_heartbeat <= $1)",
-        )
-        .bind(beat.at)
-        .bind(usage.cpu_percent)
-        .bind(i64::try_from(usage.memory_used).unwrap_or(i64::MAX))
-        .bind(i64::try_from(usage.memory_total).unwrap_or(i64::MAX))
-        .bind(usage.gpu_percent)
-        .bind(node_id)
+        let updated = match beat.usage {
+            Some(usage) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE nodes SET last_heartbeat = {LATER}, cpu_percent = $2, memory_used = $3,
+                     memory_total = $4, gpu_percent = $5
+                 WHERE node_id = $6"
+            )))
+            .bind(beat.at)
+            .bind(finite(usage.cpu_percent))
+            .bind(i64::try_from(usage.memory_used).unwrap_or(i64::MAX))
+            .bind(i64::try_from(usage.memory_total).unwrap_or(i64::MAX))
+            .bind(finite(usage.gpu_percent))
+            .bind(node_id),
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE nodes SET last_heartbeat = {LATER} WHERE node_id = $2"
+            )))
+            .bind(beat.at)
+            .bind(node_id),
+        }
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 0 {
-            let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE node_id = $1")
-                .bind(node_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if exists == 0 {
-                gone.push(node_id.clone());
-            }
+            gone.push(node_id.clone());
         }
     }
     tx.commit().await?;
