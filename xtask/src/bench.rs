@@ -1,6 +1,7 @@
 //! `cargo xtask bench dispatch | agent | followers`: release builds against
-//! one warm node, measured next to a baseline (plain `docker run`,
-//! node_exporter, the same load without followers).
+//! one warm node, measured next to a baseline (plain `docker run` and
+//! `srun docker run` on a one-node Slurm, node_exporter, the same load
+//! without followers).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use crate::command::{have, run};
 use crate::control::{Control, first_metrics_url, free_port, node_states, scrape, strato_output};
 use crate::images::TEST_IMAGE;
 use crate::setup::{apt_install, setup};
+use crate::slurm::Slurm;
 use crate::workspace::{PROFILE, cargo, profile_dir, root, target_dir};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -21,83 +23,126 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Spawns `cmd` and returns how long it took until its first stdout line,
-/// then waits for it to exit.
+/// then waits for it to exit (killing it first if that line is wrong).
 fn time_to_first_line(mut cmd: Command, started: Instant) -> anyhow::Result<Duration> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first)?;
+    let read = BufReader::new(stdout).read_line(&mut first);
     let elapsed = started.elapsed();
-    ensure!(first.trim() == "ready", "unexpected first line {first:?}");
+    let checked = read.map_err(anyhow::Error::from).and_then(|_| {
+        ensure!(first.trim() == "ready", "unexpected first line {first:?}");
+        Ok(elapsed)
+    });
+    if checked.is_err() {
+        let _ = child.kill();
+    }
     child.wait()?;
-    Ok(elapsed)
+    checked
 }
+
+/// `docker run --rm TEST_IMAGE sh -c SCRIPT`: the first baseline.
+fn docker_run(script: &str) -> Command {
+    let mut docker = Command::new("docker");
+    docker.args(["run", "--rm", TEST_IMAGE, "sh", "-c", script]);
+    docker
+}
+
+/// The same `docker run` as a Slurm job step: `srun --quiet docker run ...`.
+fn srun_docker_run(slurm: &Slurm, script: &str) -> Command {
+    let mut srun = slurm.srun();
+    srun.args(["docker", "run", "--rm", TEST_IMAGE, "sh", "-c", script]);
+    srun
+}
+
+fn print_ms(label: &str, d: Duration) {
+    println!("  {label:<36}{:>7.1} ms", d.as_secs_f64() * 1000.0);
+}
+
+fn print_ratio(label: &str, a: Duration, b: Duration) {
+    println!("  {label:<36}{:>7.2}", a.as_secs_f64() / b.as_secs_f64());
+}
+
+/// The jobs timed: one that exits as soon as it printed (where Docker
+/// answers a logs request only once it has handled the exit, tens of
+/// milliseconds that `docker run`, attached before the start, does not
+/// wait), and one that runs on, as real work does.
+const DISPATCH_JOBS: [(&str, &str); 2] = [
+    ("a job that exits at once (echo ready)", "echo ready"),
+    (
+        "a job that runs on (echo ready; sleep 1)",
+        "echo ready; sleep 1",
+    ),
+];
 
 pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
     const RUNS: usize = 15;
     let (control, data_dir, _grpc) = warm_bench_cluster("dispatch", &[])?;
-    let command = ["sh", "-c", "echo ready"];
-    let mut strato_times = Vec::new();
-    let mut docker_times = Vec::new();
-    for run_no in 0..=RUNS {
-        // Strato: submit, then follow the job's output until its first line.
-        let started = Instant::now();
-        let mut args = vec![
-            "job",
-            "submit",
-            "--compute",
-            "bench",
-            "--image",
-            TEST_IMAGE,
-            "--",
-        ];
-        args.extend_from_slice(&command);
-        let out = control.cli().args(&args).output()?;
-        ensure!(
-            out.status.success(),
-            "submit failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let mut follow = control.cli();
-        follow.args(["job", "logs", &id, "--follow"]);
-        let strato_time = time_to_first_line(follow, started)?;
-        // Let the node become idle again before the next job.
-        let mut wait = control.cli();
-        wait.args(["job", "wait", &id]).stdout(Stdio::null());
-        ensure!(wait.status()?.success(), "job {id} did not complete");
-        while !node_states(&control, "bench")?
-            .iter()
-            .any(|(_, s)| s == "idle")
-        {
-            std::thread::sleep(Duration::from_millis(20));
+    // Stopped when dropped, also when a round fails.
+    let slurm = crate::slurm::start()?;
+    time_to_first_line(srun_docker_run(&slurm, "echo ready"), Instant::now())?;
+    let mut results = Vec::new();
+    for (what, script) in DISPATCH_JOBS {
+        let mut strato_times = Vec::new();
+        let mut docker_times = Vec::new();
+        let mut srun_times = Vec::new();
+        for run_no in 0..=RUNS {
+            // Strato: submit and follow the job's output on one connection
+            // (`--stream`) until its first line; the command ends with the
+            // job.
+            let started = Instant::now();
+            let mut submit = control.cli();
+            submit.args([
+                "job",
+                "submit",
+                "--stream",
+                "--compute",
+                "bench",
+                "--image",
+                TEST_IMAGE,
+                "--",
+                "sh",
+                "-c",
+                script,
+            ]);
+            let strato_time = time_to_first_line(submit, started)?;
+            // Let the node become idle again before the next job.
+            while !node_states(&control, "bench")?
+                .iter()
+                .any(|(_, s)| s == "idle")
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Baselines: plain docker run of the same image and command,
+            // and the same docker run as a Slurm job (srun waits for its
+            // end).
+            let docker_time = time_to_first_line(docker_run(script), Instant::now())?;
+            let srun_time = time_to_first_line(srun_docker_run(&slurm, script), Instant::now())?;
+            if run_no > 0 {
+                // The first round warms caches and is not counted.
+                strato_times.push(strato_time);
+                docker_times.push(docker_time);
+                srun_times.push(srun_time);
+            }
         }
-        // Baseline: plain docker run of the same image and command.
-        let started = Instant::now();
-        let mut docker = Command::new("docker");
-        docker.args(["run", "--rm", TEST_IMAGE]).args(command);
-        let docker_time = time_to_first_line(docker, started)?;
-        if run_no > 0 {
-            // The first round warms caches and is not counted.
-            strato_times.push(strato_time);
-            docker_times.push(docker_time);
-        }
+        results.push((
+            what,
+            median(strato_times),
+            median(docker_times),
+            median(srun_times),
+        ));
     }
-    let (s, d) = (median(strato_times), median(docker_times));
-    println!("dispatch: submit -> first output line, warm node, median of {RUNS} runs");
-    println!(
-        "  strato job submit + logs --follow: {:>7.1} ms",
-        s.as_secs_f64() * 1000.0
-    );
-    println!(
-        "  docker run (same image, command):  {:>7.1} ms",
-        d.as_secs_f64() * 1000.0
-    );
-    println!(
-        "  ratio strato / docker run:          {:>7.2}",
-        s.as_secs_f64() / d.as_secs_f64()
-    );
+    drop(slurm);
+    println!("dispatch: submit -> first output line, warm node, median of {RUNS} runs each");
+    for (what, s, d, r) in results {
+        println!("{what}:");
+        print_ms("strato job submit --stream:", s);
+        print_ms("docker run (same image, command):", d);
+        print_ms("srun docker run (one-node Slurm):", r);
+        print_ratio("ratio strato / docker run:", s, d);
+        print_ratio("ratio strato / srun docker run:", s, r);
+    }
     remove_bench_cluster(control, &data_dir)
 }
 

@@ -7,7 +7,8 @@
 //! - `gpu-check`: what a real NVIDIA GPU gets from Strato (on a GPU machine).
 //!
 //! One module per task (`setup`, `images`, `ci`, `demo`, `bench`); `control`
-//! is the control plane the demo and the benchmarks start, `command` and
+//! is the control plane the demo and the benchmarks start, `slurm` the
+//! one-node Slurm that `bench dispatch` also times, `command` and
 //! `workspace` what every task runs commands with.
 
 #![allow(clippy::print_stdout)] // reason: xtask reports progress to the person running it
@@ -25,6 +26,7 @@ mod images;
 mod leftovers;
 mod postgres;
 mod setup;
+mod slurm;
 mod workspace;
 
 const USAGE: &str = "\
@@ -40,9 +42,12 @@ commands:
           one-node cluster of this machine's GPUs, a job running nvidia-smi in
           its container, and the agent's DCGM metrics, printed step by step
   bench dispatch
-          on a warm node, time from `strato job submit` to the job's first output
-          line, against plain `docker run` of the same image and command (release
-          build, median of 15 runs each, printed as a ratio)
+          on a warm node, time from `strato job submit --stream` to the job's
+          first output line, against plain `docker run` of the same image and
+          command and against `srun docker run` on a one-node Slurm (Debian's
+          slurm-wlm, set up and stopped by the benchmark, state in .data/slurm;
+          release build, median of 15 runs each, for a job that exits at once
+          and one that runs on, printed as ratios)
   bench agent
           the agent's resident memory and CPU while idle (1-second telemetry) and
           while scraped 10 times a second, next to node_exporter's in the same run
