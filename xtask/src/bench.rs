@@ -146,6 +146,37 @@ pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
     remove_bench_cluster(control, &data_dir)
 }
 
+/// `cargo xtask bench scale`: the store alone (`strato-store-bench`, release
+/// build) on SQLite and on the test PostgreSQL server, with 1,000 and 10,000
+/// idle nodes: enrolments and submits per second (a transaction each),
+/// placements per second with a pass's placements in one transaction and
+/// with one transaction a job, and a heartbeat from every node (in memory,
+/// then one write). Prints each run's line.
+pub(crate) fn bench_scale() -> anyhow::Result<()> {
+    setup()?;
+    let _ = PROFILE.set("release");
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet", "--bins"]);
+    run("cargo build --release --bins", build)?;
+    let bench = target_dir().join(profile_dir()).join("strato-store-bench");
+    println!("scale: the store alone (no gRPC, no agents), release build");
+    for (nodes, jobs) in [(1_000, 2_000), (10_000, 11_000)] {
+        for backend in ["sqlite", "postgres"] {
+            let out = Command::new(&bench)
+                .args([backend, &nodes.to_string(), &jobs.to_string()])
+                .output()
+                .context("strato-store-bench (built with the workspace's bins)")?;
+            ensure!(
+                out.status.success(),
+                "strato-store-bench {backend} {nodes} {jobs}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            print!("  {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    Ok(())
+}
+
 /// `cargo xtask bench followers`: log ingestion (a job printing 50,000
 /// lines, from submit to its end) with no one following and with 1,500 idle
 /// `logs --follow` streams on another job, which a log batch must not wake.

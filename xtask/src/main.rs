@@ -48,6 +48,11 @@ commands:
           slurm-wlm, set up and stopped by the benchmark, state in .data/slurm;
           release build, median of 15 runs each, for a job that exits at once
           and one that runs on, printed as ratios)
+  bench scale
+          the store alone (no gRPC, no agents) on SQLite and PostgreSQL with
+          1,000 and 10,000 idle nodes: enrolments and submits per second,
+          placements per second (a pass in one transaction, and one a job),
+          and a heartbeat from every node (in memory, then one write)
   bench agent
           the agent's resident memory and CPU while idle (1-second telemetry) and
           while scraped 10 times a second, next to node_exporter's in the same run
@@ -82,8 +87,9 @@ fn dispatch() -> anyhow::Result<()> {
             Some("agent") => bench::bench_agent(),
             Some("followers") => bench::bench_followers(),
             Some("mounts") => bench_mounts::bench_mounts(),
+            Some("scale") => bench::bench_scale(),
             other => bail!(
-                "unknown benchmark {other:?}; available: dispatch, agent, followers, mounts\n\n{USAGE}"
+                "unknown benchmark {other:?}; available: dispatch, agent, followers, mounts, scale\n\n{USAGE}"
             ),
         },
         Some("-h" | "--help" | "help") | None => {

@@ -295,17 +295,21 @@ impl<S: Store> Reconciler<S> {
             .into_iter()
             .map(|(j, n)| (j.to_owned(), n.into_iter().map(str::to_owned).collect()))
             .collect();
-        for (job_id, node_ids) in &placed {
-            match store.assign_job(job_id, node_ids, now).await {
+        // The pass's placements in one transaction (one commit, however
+        // many jobs), then the assignments go out.
+        let results = if placed.is_empty() {
+            Vec::new()
+        } else {
+            store.assign_jobs(&placed, now).await?
+        };
+        for ((job_id, node_ids), result) in placed.iter().zip(results) {
+            match result {
                 Ok(job) => {
                     tracing::info!(job = %job_id, nodes = ?node_ids, attempt = job.attempt, "job placed");
                     send_assignment(&self.plane, &job, None).await;
                     self.plane.events.changed();
                 }
-                Err(StoreError::Conflict(why)) => {
-                    tracing::info!(job = %job_id, %why, "placement skipped")
-                }
-                Err(e) => return Err(e),
+                Err(why) => tracing::info!(job = %job_id, %why, "placement skipped"),
             }
         }
         if !placed.is_empty() {

@@ -535,6 +535,17 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
+    /// Many placements (job, its nodes) in one transaction, in order: each
+    /// as `assign_job` would do it, or refused as it would refuse it
+    /// (`Conflict`, or a job or node not found), storing nothing of that
+    /// one; the others are stored. One commit for a whole reconcile pass's
+    /// placements. Fails whole only on a database error.
+    fn assign_jobs(
+        &self,
+        placements: &[(String, Vec<String>)],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Result<JobRecord, StoreError>>, StoreError>> + Send;
+
     /// The nodes of an attempt, by rank, while the attempt is current.
     fn gang(
         &self,

@@ -434,6 +434,66 @@ pub async fn stale_reports_are_answered_stale_or_release<S: Store>(store: S) {
     assert_eq!(node(&store, "cpu-n1").await.state, NodeState::Idle);
 }
 
+/// A pass's placements go in one transaction: each stored as `assign_job`
+/// stores it, or refused with nothing of it stored (here: a node an
+/// earlier placement of the same batch took, a job that does not exist),
+/// and the rest stored all the same.
+pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let at = 3 + i64::try_from(i).expect("small");
+        store
+            .submit_job(id, job("cpu"), "", at)
+            .await
+            .expect("submit");
+    }
+    let placements = [
+        ("a".to_owned(), vec![nodes[0].clone()]),
+        ("b".to_owned(), vec![nodes[0].clone()]),
+        ("gone".to_owned(), vec![nodes[1].clone()]),
+        ("c".to_owned(), vec![nodes[1].clone()]),
+    ];
+    let results = store
+        .assign_jobs(&placements, 10)
+        .await
+        .expect("one transaction");
+    assert_eq!(results.len(), 4);
+    let a = results[0].as_ref().expect("a placed");
+    assert_eq!(
+        (a.state, a.node_id.as_deref()),
+        (JobState::Preparing, Some("cpu-n0"))
+    );
+    assert!(matches!(
+        &results[1],
+        Err(StoreError::Conflict(Conflict::NodeNotIdle { node, .. })) if node == "cpu-n0"
+    ));
+    assert!(matches!(&results[2], Err(StoreError::JobNotFound(id)) if id == "gone"));
+    let c = results[3].as_ref().expect("c placed");
+    assert_eq!(c.node_id.as_deref(), Some("cpu-n1"));
+    let b = store.get_job("b").await.expect("b");
+    assert_eq!(
+        (b.state, b.node_id, b.attempts.len()),
+        (JobState::Queued, None, 0)
+    );
+    let queued: Vec<String> = store
+        .queued_jobs("cpu")
+        .await
+        .expect("queue")
+        .into_iter()
+        .map(|q| q.id)
+        .collect();
+    assert_eq!(queued, ["b"]);
+    assert!(
+        store
+            .assign_jobs(&[], 11)
+            .await
+            .expect("nothing")
+            .is_empty(),
+        "an empty pass stores nothing"
+    );
+}
+
 pub async fn assign_is_all_or_nothing<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1", "cpu-n2"]).await;

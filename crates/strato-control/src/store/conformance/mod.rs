@@ -77,6 +77,7 @@ macro_rules! store_conformance_suite {
                 cancel_of_a_finished_job_changes_nothing,
                 stale_reports_are_answered_stale_or_release,
                 assign_is_all_or_nothing,
+                placements_are_stored_together_and_refused_one_by_one,
                 submit_needs_a_cluster_and_stores_its_canonical_name,
                 job_counts_and_lists,
                 queued_reason_is_set_on_queued_jobs_only,

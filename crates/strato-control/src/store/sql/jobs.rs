@@ -431,7 +431,44 @@ pub(super) async fn assign_job(
     now: i64,
 ) -> Result<JobRecord, StoreError> {
     let mut tx = db.begin_write().await?;
-    let job = load_job(&mut tx, job_id).await?;
+    let job = assign_in(&mut tx, job_id, node_ids, now).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+pub(super) async fn assign_jobs(
+    db: &SqlStore,
+    placements: &[(String, Vec<String>)],
+    now: i64,
+) -> Result<Vec<Result<JobRecord, StoreError>>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let mut results = Vec::with_capacity(placements.len());
+    for (job_id, node_ids) in placements {
+        match assign_in(&mut tx, job_id, node_ids, now).await {
+            Ok(job) => results.push(Ok(job)),
+            // Found before the placement's first write: nothing of it is
+            // stored, and the others go on.
+            Err(
+                e @ (StoreError::Conflict(_)
+                | StoreError::JobNotFound(_)
+                | StoreError::NodeNotFound(_)),
+            ) => results.push(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// `assign_job` inside `tx`. Every refusal (a conflict, a job or node not
+/// found) comes before the first write.
+async fn assign_in(
+    tx: &mut AnyConnection,
+    job_id: &str,
+    node_ids: &[String],
+    now: i64,
+) -> Result<JobRecord, StoreError> {
+    let job = load_job(&mut *tx, job_id).await?;
     if job.state != JobState::Queued {
         return Err(Conflict::JobNotQueued {
             job: job_id.to_owned(),
@@ -449,7 +486,7 @@ pub(super) async fn assign_job(
         .into());
     }
     for node_id in node_ids {
-        let node = load_node(&mut tx, node_id).await?;
+        let node = load_node(&mut *tx, node_id).await?;
         if node.state != NodeState::Idle || node.run_id.is_some() {
             return Err(Conflict::NodeNotIdle {
                 node: node_id.clone(),
@@ -492,7 +529,7 @@ pub(super) async fn assign_job(
         .execute(&mut *tx)
         .await?;
         set_node_state(
-            &mut tx,
+            &mut *tx,
             node_id,
             NodeState::Preparing,
             Some(job_id),
@@ -503,7 +540,7 @@ pub(super) async fn assign_job(
     }
     let placed = lifecycle::placed(job.attempt, node_ids);
     transition(
-        &mut tx,
+        &mut *tx,
         job_id,
         job.attempt,
         JobState::Preparing,
@@ -511,9 +548,7 @@ pub(super) async fn assign_job(
         now,
     )
     .await?;
-    let job = load_job(&mut tx, job_id).await?;
-    tx.commit().await?;
-    Ok(job)
+    load_job(&mut *tx, job_id).await
 }
 
 pub(super) async fn report_attempt(

@@ -812,6 +812,14 @@ impl Store for SqlStore {
         jobs::assign_job(self, job_id, node_ids, now).await
     }
 
+    async fn assign_jobs(
+        &self,
+        placements: &[(String, Vec<String>)],
+        now: i64,
+    ) -> Result<Vec<Result<JobRecord, StoreError>>, StoreError> {
+        jobs::assign_jobs(self, placements, now).await
+    }
+
     async fn gang(&self, job_id: &str, attempt: u32) -> Result<Vec<GangRank>, StoreError> {
         ranks::gang(self, job_id, attempt).await
     }
