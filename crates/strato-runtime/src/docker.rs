@@ -45,9 +45,40 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
+    /// Output attachments made before a start (`ContainerSpec::attach_output`),
+    /// by container id, until `logs` takes them (or `remove` drops them).
+    attached: std::sync::Arc<std::sync::Mutex<HashMap<String, Attached>>>,
 }
 
+/// An attachment to a container's output, held until its first lines are
+/// read (both halves: dropping the writer could end the connection).
+#[derive(Debug)]
+struct Attached(bollard::container::AttachContainerResults);
+
 impl DockerRuntime {
+    fn attachments(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
+        self.attached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Attaches to a created container's output, kept for its `logs`; on
+    /// failure the output comes from the engine's log alone, as without.
+    async fn attach(&self, id: &str) {
+        let options = bollard::query_parameters::AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(false)
+            .build();
+        match self.docker.attach_container(id, Some(options)).await {
+            Ok(attached) => {
+                self.attachments().insert(id.to_owned(), Attached(attached));
+            }
+            Err(e) => tracing::debug!(%id, error = %e, "attaching before the start"),
+        }
+    }
+
     /// The address of the default bridge network's gateway: where job
     /// containers reach services on this host (172.17.0.1 by default).
     pub async fn bridge_gateway(&self) -> Result<std::net::IpAddr, RuntimeError> {
@@ -95,7 +126,11 @@ impl DockerRuntime {
             .map_err(|e| unreachable(format!("negotiating the API version: {e}")))?
             .with_timeout(REQUEST_TIMEOUT);
         tracing::debug!(%endpoint, version = ?docker.client_version(), "connected to the docker engine");
-        Ok(Self { docker, endpoint })
+        Ok(Self {
+            docker,
+            endpoint,
+            attached: std::sync::Arc::default(),
+        })
     }
 
     /// Inspects the container named `name` and starts it if it has never
@@ -263,7 +298,13 @@ impl ContainerRuntime for DockerRuntime {
                 for warning in &created.warnings {
                     tracing::warn!(name = %spec.name, %warning, "docker warned on create");
                 }
-                self.docker.start_container(&created.id, None).await?;
+                if spec.attach_output {
+                    self.attach(&created.id).await;
+                }
+                if let Err(e) = self.docker.start_container(&created.id, None).await {
+                    self.attachments().remove(&created.id);
+                    return Err(e.into());
+                }
                 Ok(created.id)
             }
             // 409: a container with this name exists (a retried assignment).
@@ -281,8 +322,10 @@ impl ContainerRuntime for DockerRuntime {
         // polled whenever the stream is, and dropped with it.
         let (tx, mut rx) = tokio::sync::mpsc::channel(LOG_CHANNEL_CAPACITY);
         let lines = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let pump = futures_util::stream::once(pump_logs(self.docker.clone(), id.to_owned(), tx))
-            .filter_map(|()| async { None });
+        let attached = self.attachments().remove(id);
+        let pump =
+            futures_util::stream::once(pump_logs(self.docker.clone(), id.to_owned(), attached, tx))
+                .filter_map(|()| async { None });
         Box::pin(futures_util::stream::select(lines, pump))
     }
 
@@ -311,6 +354,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.attachments().remove(id);
         // `v`: anonymous volumes go with the container, as with `docker run --rm`.
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
@@ -865,11 +909,29 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> Result<i64, DockerError> {
 /// timestamps, remembers the last frame it delivered, and once the container
 /// has stopped reads the log again from shortly before that frame, passing on
 /// only what comes after it.
-async fn pump_logs(docker: Docker, id: String, tx: Sender<Result<OutputLine, RuntimeError>>) {
+async fn pump_logs(
+    docker: Docker,
+    id: String,
+    attached: Option<Attached>,
+    tx: Sender<Result<OutputLine, RuntimeError>>,
+) {
     let mut pump = LogPump {
         lines: LineSplitter::default(),
         tx,
+        skip: [0, 0],
     };
+    if let Some(attached) = attached {
+        match pump.first_lines(attached).await {
+            Some(sent) => {
+                // The engine's log has them too: from the start, less the
+                // complete lines the attachment gave, stream by stream
+                // (their partial last lines come again from the log).
+                pump.lines = LineSplitter::default();
+                pump.skip = sent;
+            }
+            None => return,
+        }
+    }
     let result = async {
         let mut last = None;
         let mut frames = read_log(&docker, &id, true, 0);
@@ -916,9 +978,44 @@ fn read_log(
 struct LogPump {
     lines: LineSplitter,
     tx: Sender<Result<OutputLine, RuntimeError>>,
+    /// Complete lines (stdout, stderr) still to pass over: sent already
+    /// from the attachment.
+    skip: [u64; 2],
+}
+
+fn stream_index(stream: OutputStream) -> usize {
+    match stream {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
+    }
 }
 
 impl LogPump {
+    /// Sends the complete lines of the attachment until the first one (or
+    /// until it ends or fails); returns how many of each stream it sent, or
+    /// `None` if the receiver is gone.
+    async fn first_lines(&mut self, attached: Attached) -> Option<[u64; 2]> {
+        let mut sent = [0u64; 2];
+        let mut output = attached.0.output;
+        while sent == [0, 0] {
+            let Some(Ok(frame)) = output.next().await else {
+                break;
+            };
+            let Some((stream, bytes)) = classify(&frame) else {
+                continue;
+            };
+            let mut complete = Vec::new();
+            self.lines.push(stream, bytes, &mut complete);
+            for line in complete {
+                sent[stream_index(line.stream)] += 1;
+                if self.tx.send(Ok(line)).await.is_err() {
+                    return None;
+                }
+            }
+        }
+        Some(sent)
+    }
+
     /// Splits `bytes` into lines and sends the complete ones; false if the
     /// receiver is gone.
     async fn push(&mut self, stream: OutputStream, bytes: &[u8]) -> bool {
@@ -929,6 +1026,11 @@ impl LogPump {
 
     async fn send_all(&mut self, lines: Vec<OutputLine>) -> bool {
         for line in lines {
+            let skip = &mut self.skip[stream_index(line.stream)];
+            if *skip > 0 {
+                *skip -= 1;
+                continue;
+            }
             if self.tx.send(Ok(line)).await.is_err() {
                 return false;
             }
@@ -1036,6 +1138,7 @@ mod tests {
             entrypoint: None,
             fuse_mounts_at: None,
             working_dir: None,
+            attach_output: false,
         }
     }
 
@@ -1060,6 +1163,7 @@ mod tests {
             ],
             fuse_mounts_at: Some("/mnt/strato".into()),
             working_dir: None,
+            attach_output: false,
             entrypoint: Some(vec!["rclone".into()]),
             ..spec()
         });

@@ -532,6 +532,7 @@ mod tests {
             entrypoint: None,
             fuse_mounts_at: None,
             working_dir: None,
+            attach_output: false,
         }
     }
 

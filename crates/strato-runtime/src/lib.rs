@@ -85,6 +85,13 @@ pub struct ContainerSpec {
     /// The directory the command starts in (Docker's `WorkingDir`); `None`:
     /// the image's `WORKDIR`.
     pub working_dir: Option<String>,
+    /// Attach to the container's output before it starts, so that its first
+    /// line reaches [`ContainerRuntime::logs`] without waiting for the engine
+    /// (which answers a logs request only once it has handled the exit of a
+    /// container that ends at once); the rest still comes from the engine's
+    /// log. Only for containers whose `logs` are read at once (jobs): an
+    /// attachment nobody reads would hold the container's output back.
+    pub attach_output: bool,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]

@@ -60,6 +60,7 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         entrypoint: None,
         fuse_mounts_at: None,
         working_dir: None,
+        attach_output: false,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),
@@ -157,6 +158,9 @@ async fn output_lines_arrive_in_order_on_their_streams() {
             ],
         );
         spec.env = vec![("GREETING".to_owned(), "hello  there".to_owned())];
+        // Half the rounds attach before the start: the first lines come
+        // from the attachment, the rest from the engine's log, none twice.
+        spec.attach_output = round % 2 == 1;
 
         let id = runtime.create_and_start(&spec).await.expect("create");
         let lines = collect_logs(&runtime, &id).await;

@@ -64,6 +64,9 @@ pub fn container_spec(
         entrypoint: None,
         fuse_mounts_at: None,
         working_dir: None,
+        // Its output is followed from the start: the first line need not
+        // wait for the engine's log.
+        attach_output: true,
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
