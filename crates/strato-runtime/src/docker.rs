@@ -50,10 +50,57 @@ pub struct DockerRuntime {
     attached: std::sync::Arc<std::sync::Mutex<HashMap<String, Attached>>>,
 }
 
-/// An attachment to a container's output, held until its first lines are
-/// read (both halves: dropping the writer could end the connection).
+/// The first line of a container's output, read from an attachment made
+/// before its start by a task of its own (`first_line`): `None` if there
+/// was none that both sources cut alike.
 #[derive(Debug)]
-struct Attached(bollard::container::AttachContainerResults);
+struct Attached(tokio::sync::oneshot::Receiver<Option<OutputLine>>);
+
+/// How long `logs` waits for the attachment's first line before reading the
+/// engine's log alone (a job that prints later loses nothing by it).
+const FIRST_LINE_WAIT: Duration = Duration::from_secs(2);
+
+/// The most first lines kept for `logs` to take.
+const MAX_ATTACHMENTS: usize = 1_024;
+
+/// Reads an attachment until the first complete line of either stream and
+/// lets it go. The reading never waits on anyone, so the attachment never
+/// holds the container's output back; it ends at the first line, at the
+/// container's end, or once a stream passed a line's bound without one.
+/// The line counts only if the engine's log cuts it alike: ended by a
+/// newline, within the bound, valid UTF-8.
+async fn first_line(attached: bollard::container::AttachContainerResults) -> Option<OutputLine> {
+    let bollard::container::AttachContainerResults { mut output, input } = attached;
+    let mut pending: [Vec<u8>; 2] = Default::default();
+    while let Some(Ok(frame)) = output.next().await {
+        // A container without a TTY writes only these; anything else (a
+        // connection cut mid-frame) is not output.
+        let (stream, bytes) = match &frame {
+            LogOutput::StdOut { message } => (OutputStream::Stdout, message),
+            LogOutput::StdErr { message } => (OutputStream::Stderr, message),
+            _ => continue,
+        };
+        let buffer = &mut pending[stream_index(stream)];
+        let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
+            buffer.extend_from_slice(bytes);
+            if buffer.len() > strato_core::limits::MAX_LOG_LINE_BYTES {
+                return None;
+            }
+            continue;
+        };
+        buffer.extend_from_slice(&bytes[..=newline]);
+        drop(input);
+        if buffer.len() > strato_core::limits::MAX_LOG_LINE_BYTES
+            || std::str::from_utf8(buffer).is_err()
+        {
+            return None;
+        }
+        let mut lines = Vec::new();
+        LineSplitter::default().push(stream, buffer, &mut lines);
+        return if lines.len() == 1 { lines.pop() } else { None };
+    }
+    None
+}
 
 impl DockerRuntime {
     fn attachments(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
@@ -73,7 +120,18 @@ impl DockerRuntime {
             .build();
         match self.docker.attach_container(id, Some(options)).await {
             Ok(attached) => {
-                self.attachments().insert(id.to_owned(), Attached(attached));
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let _ = tx.send(first_line(attached).await);
+                });
+                let mut attachments = self.attachments();
+                // Those whose logs were never read (a start that failed, a
+                // follow that was abandoned) are few and small; past a bound
+                // they go, and their containers' logs come from the log.
+                if attachments.len() >= MAX_ATTACHMENTS {
+                    attachments.clear();
+                }
+                attachments.insert(id.to_owned(), Attached(rx));
             }
             Err(e) => tracing::debug!(%id, error = %e, "attaching before the start"),
         }
@@ -920,16 +978,13 @@ async fn pump_logs(
         tx,
         skip: [0, 0],
     };
-    if let Some(attached) = attached {
-        match pump.first_lines(attached).await {
-            Some(sent) => {
-                // The engine's log has them too: from the start, less the
-                // complete lines the attachment gave, stream by stream
-                // (their partial last lines come again from the log).
-                pump.lines = LineSplitter::default();
-                pump.skip = sent;
-            }
-            None => return,
+    if let Some(Attached(first)) = attached
+        && let Ok(Ok(Some(line))) = tokio::time::timeout(FIRST_LINE_WAIT, first).await
+    {
+        // The engine's log has it too: read from the start, passing over it.
+        pump.skip[stream_index(line.stream)] = 1;
+        if pump.tx.send(Ok(line)).await.is_err() {
+            return;
         }
     }
     let result = async {
@@ -991,31 +1046,6 @@ fn stream_index(stream: OutputStream) -> usize {
 }
 
 impl LogPump {
-    /// Sends the complete lines of the attachment until the first one (or
-    /// until it ends or fails); returns how many of each stream it sent, or
-    /// `None` if the receiver is gone.
-    async fn first_lines(&mut self, attached: Attached) -> Option<[u64; 2]> {
-        let mut sent = [0u64; 2];
-        let mut output = attached.0.output;
-        while sent == [0, 0] {
-            let Some(Ok(frame)) = output.next().await else {
-                break;
-            };
-            let Some((stream, bytes)) = classify(&frame) else {
-                continue;
-            };
-            let mut complete = Vec::new();
-            self.lines.push(stream, bytes, &mut complete);
-            for line in complete {
-                sent[stream_index(line.stream)] += 1;
-                if self.tx.send(Ok(line)).await.is_err() {
-                    return None;
-                }
-            }
-        }
-        Some(sent)
-    }
-
     /// Splits `bytes` into lines and sends the complete ones; false if the
     /// receiver is gone.
     async fn push(&mut self, stream: OutputStream, bytes: &[u8]) -> bool {

@@ -89,8 +89,9 @@ pub struct ContainerSpec {
     /// line reaches [`ContainerRuntime::logs`] without waiting for the engine
     /// (which answers a logs request only once it has handled the exit of a
     /// container that ends at once); the rest still comes from the engine's
-    /// log. Only for containers whose `logs` are read at once (jobs): an
-    /// attachment nobody reads would hold the container's output back.
+    /// log. A task reads the attachment up to the first line and lets it go,
+    /// so it never holds the container's output back. For job containers,
+    /// whose `logs` are read at once.
     pub attach_output: bool,
 }
 
