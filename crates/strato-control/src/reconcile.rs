@@ -79,6 +79,11 @@ impl<S: Store> Reconciler<S> {
                 }
                 Err(e) => tracing::error!(error = %e, "reconcile pass failed; trying again"),
             }
+            // Whatever the pass did: a pass that keeps failing early must
+            // not keep the heartbeats from the database.
+            if self.plane.clock.now_ms() - self.heartbeats_at >= HEARTBEATS_WRITTEN_EVERY_MS {
+                self.write_heartbeats().await;
+            }
             tokio::select! {
                 _ = &mut stop => {
                     self.write_heartbeats().await;
@@ -109,9 +114,6 @@ impl<S: Store> Reconciler<S> {
         self.send_cancellations().await?;
         self.write_targets().await?;
         self.forget_old_jobs(now).await?;
-        if now - self.heartbeats_at >= HEARTBEATS_WRITTEN_EVERY_MS {
-            self.write_heartbeats().await;
-        }
         Ok(())
     }
 
