@@ -17,7 +17,8 @@ use crate::error::FieldError;
 /// why an attempt ended); longer ones are cut, marked with `…`.
 pub const MAX_REASON_BYTES: usize = 1024;
 
-/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.
+/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary, its NUL
+/// characters replaced ([`without_nul`]).
 pub fn bounded_reason(reason: &str) -> String {
     let reason = &without_nul(reason);
     if reason.len() <= MAX_REASON_BYTES {
@@ -415,6 +416,11 @@ mod tests {
     #[test]
     fn reasons_are_cut_at_a_character_boundary() {
         assert_eq!(bounded_reason("pulling image 41%"), "pulling image 41%");
+        assert_eq!(bounded_reason("a\0b"), "a\u{FFFD}b", "no NUL is stored");
+        assert!(matches!(
+            without_nul("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
         let long = "é".repeat(MAX_REASON_BYTES);
         let cut = bounded_reason(&long);
         assert!(
