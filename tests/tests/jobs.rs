@@ -305,11 +305,18 @@ async fn canceling_a_running_job_removes_its_container() {
 async fn control_plane_kill_9_loses_no_job_and_runs_none_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cp = start(dir.path(), &[]).await;
-    cluster(&cp, "crash", 0, 2, 30).await;
+    kill_9_while_jobs_run(&mut cp, "crash", 3).await;
+}
+
+/// Submits `count` jobs to a new cluster `name`, kills the control plane
+/// with -9 once the first runs and starts it again: every job completes,
+/// in one attempt, having printed its line once.
+async fn kill_9_while_jobs_run(cp: &mut ControlPlane, name: &str, count: usize) {
+    cluster(cp, name, 0, 2, 30).await;
     let mut jobs = cp.jobs().await;
     let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(submit(&mut jobs, "crash", &format!("echo once-{i}; sleep 3"), 0).await);
+    for i in 0..count {
+        ids.push(submit(&mut jobs, name, &format!("echo once-{i}; sleep 2"), 0).await);
     }
     wait_state(&mut jobs, &ids[0], v1::JobState::Running).await;
     cp.kill9();
@@ -335,22 +342,7 @@ async fn on_postgres_a_control_plane_kill_9_loses_no_job_and_runs_none_twice() {
     let mut cp = ControlPlane::start_with_env(&data, FAST, &[("STRATO_DATABASE_URL", &url)])
         .await
         .expect("start the control plane on PostgreSQL");
-    cluster(&cp, "pgsql", 0, 2, 30).await;
-    let mut jobs = cp.jobs().await;
-    let mut ids = Vec::new();
-    for i in 0..2 {
-        ids.push(submit(&mut jobs, "pgsql", &format!("echo once-{i}; sleep 2"), 0).await);
-    }
-    wait_state(&mut jobs, &ids[0], v1::JobState::Running).await;
-    cp.kill9();
-    cp.restart().await.expect("restart");
-    let mut jobs = cp.jobs().await;
-    for (i, id) in ids.iter().enumerate() {
-        let j = wait_state(&mut jobs, id, v1::JobState::Completed).await;
-        assert_eq!(j.attempts.len(), 1, "one attempt only: {j:?}");
-        let lines = strato_e2e::job_output(&mut jobs, id).await;
-        assert_eq!(lines, vec![format!("once-{i}")], "the job ran once");
-    }
+    kill_9_while_jobs_run(&mut cp, "pgsql", 2).await;
     assert!(
         !data.join(strato_control::store::DB_FILE).exists(),
         "the state is in PostgreSQL, not in a SQLite file"
