@@ -131,8 +131,8 @@ impl Beats {
             .collect()
     }
 
-    /// Marks `taken` unwritten again (the write failed), unless newer
-    /// beats came meanwhile (they are marked already).
+    /// Marks `taken` unwritten again (the write failed); the next write
+    /// takes each node's latest beat.
     fn mark_dirty(&self, taken: &[(String, Beat)]) {
         let mut beats = self.lock();
         for (id, _) in taken {
