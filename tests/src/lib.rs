@@ -149,6 +149,38 @@ impl ControlPlane {
         Self::start_full(data_dir, [127, 0, 0, 1].into(), FAST_ARGS, env).await
     }
 
+    /// Starts one of several replicas on one database (`env` names it) and
+    /// one data directory (the CA, the signing and secrets keys they
+    /// share), on the given loopback ports, logging to `DATA_DIR/../NAME.log`.
+    pub async fn start_replica(
+        data_dir: &Path,
+        name: &str,
+        (grpc_port, http_port): (u16, u16),
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cp = ControlPlane {
+            child: None,
+            data_dir: data_dir.to_owned(),
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            log: data_dir.with_file_name(format!("{name}.log")),
+            admin: None,
+        };
+        cp.spawn().await?;
+        Ok(cp)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     async fn start_full(
         data_dir: &Path,
         ip: std::net::IpAddr,
@@ -273,7 +305,12 @@ impl ControlPlane {
     /// A channel with `token` (`None`: no token) to this control plane.
     pub async fn channel_with(&self, token: Option<&str>) -> anyhow::Result<Channel> {
         let admin = self.admin.as_ref().context("admin.conf not written yet")?;
-        connect_tls(admin, token).await
+        // This process's own address (replicas share one admin.conf).
+        let own = strato_core::client_config::ClientConfig {
+            endpoint: Some(self.endpoint()),
+            ..admin.clone()
+        };
+        connect_tls(&own, token).await
     }
 
     async fn try_client(&self) -> anyhow::Result<ComputeServiceClient<Channel>> {

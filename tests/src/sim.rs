@@ -216,7 +216,11 @@ impl SimFleet {
         };
         let config = AgentConfig {
             control_plane: self.endpoint.clone(),
-            endpoint,
+            replicas: vec![session::Replica {
+                url: self.endpoint.clone(),
+                endpoint,
+            }],
+            preferred: Default::default(),
             transport: session::Transport::Tls { ca_pem: Some(ca) },
             join_token: launch.join_token.clone(),
             hostname: launch.node_id.clone(),

@@ -27,7 +27,9 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "strato-agent", version, about, long_about)]
 struct Config {
     /// The control plane's gRPC address (https://; http:// only with
-    /// --insecure-plaintext).
+    /// --insecure-plaintext). With replicas, their addresses separated by
+    /// commas (at most 16): the agent holds its session with one, the one
+    /// that answered last, and moves to the next when it stops answering.
     #[arg(
         long,
         env = "STRATO_CONTROL_PLANE",
@@ -312,13 +314,16 @@ impl StartError {
     }
 }
 
+/// The most control-plane addresses `--control-plane` takes.
+const MAX_CONTROL_PLANES: usize = 16;
+
 /// What the configuration names, read and checked.
 struct Checked {
     join_token: String,
     launcher: PathBuf,
     storage_ca: Option<Vec<u8>>,
-    /// The control plane, with its TLS settings.
-    endpoint: tonic::transport::Endpoint,
+    /// The control-plane replicas, each with its TLS settings.
+    replicas: Vec<session::Replica>,
     transport: session::Transport,
 }
 
@@ -333,12 +338,19 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
         url: config.control_plane.clone(),
         why,
     };
-    let (endpoint, transport) = if config.insecure_plaintext {
-        (
-            strato_proto::client::insecure_endpoint(&config.control_plane)
-                .map_err(|e| bad(e.to_string()))?,
-            session::Transport::Plaintext,
-        )
+    let urls: Vec<&str> = config
+        .control_plane
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() || urls.len() > MAX_CONTROL_PLANES {
+        return Err(bad(format!(
+            "give 1 to {MAX_CONTROL_PLANES} addresses, separated by commas"
+        )));
+    }
+    let (transport, ca) = if config.insecure_plaintext {
+        (session::Transport::Plaintext, None)
     } else {
         let ca = match &config.control_plane_ca {
             None => None,
@@ -349,12 +361,21 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
                 }
             })?),
         };
-        (
-            strato_proto::client::endpoint(&config.control_plane, ca.as_deref())
-                .map_err(|e| bad(e.to_string()))?,
-            session::Transport::Tls { ca_pem: ca },
-        )
+        (session::Transport::Tls { ca_pem: ca.clone() }, ca)
     };
+    let mut replicas = Vec::with_capacity(urls.len());
+    for url in urls {
+        let endpoint = if config.insecure_plaintext {
+            strato_proto::client::insecure_endpoint(url)
+        } else {
+            strato_proto::client::endpoint(url, ca.as_deref())
+        }
+        .map_err(|e| bad(format!("{url}: {e}")))?;
+        replicas.push(session::Replica {
+            url: url.to_owned(),
+            endpoint,
+        });
+    }
     if let Some(url) = &config.metrics_url {
         let endpoint = strato_core::certificate::metrics_endpoint("--metrics-url", url)
             .map_err(ConfigError::MetricsUrl)?;
@@ -396,7 +417,7 @@ fn check(config: &Config) -> Result<Checked, ConfigError> {
         join_token,
         launcher,
         storage_ca,
-        endpoint,
+        replicas,
         transport,
     })
 }
@@ -488,10 +509,15 @@ async fn gang_interface(config: &Config) -> Option<MachineInterface> {
     let address = match config.node_address {
         Some(address) => address,
         None => {
-            let authority = config
+            let first = config
                 .control_plane
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            let authority = first
                 .split_once("://")
-                .map_or(config.control_plane.as_str(), |(_, rest)| rest)
+                .map_or(first, |(_, rest)| rest)
                 .split('/')
                 .next()
                 .unwrap_or_default()
@@ -551,7 +577,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         join_token,
         launcher,
         storage_ca,
-        endpoint: control_endpoint,
+        replicas,
         transport,
     } = checked;
     let docker = Arc::new(
@@ -645,7 +671,8 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
     let hostname = node_name(&config).unwrap_or_else(|| "unknown".into());
     let agent = AgentConfig {
         control_plane: config.control_plane,
-        endpoint: control_endpoint,
+        replicas,
+        preferred: Arc::default(),
         transport,
         join_token,
         hostname,

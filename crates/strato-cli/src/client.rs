@@ -26,13 +26,43 @@ pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
             crate::config::TOKEN_VAR
         ))
     })?;
-    let endpoint = strato_proto::client::endpoint(&settings.endpoint, settings.ca_pem.as_deref())
-        .map_err(|e| Failure::usage(format!("--endpoint {e}")))?;
-    Ok(authed(
-        connect_channel(endpoint, &settings.endpoint).await?,
-        bearer,
-    ))
+    // Replicas: their addresses separated by commas, tried in order; the
+    // first that answers serves this command.
+    let urls: Vec<&str> = settings
+        .endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() || urls.len() > MAX_ENDPOINTS {
+        return Err(Failure::usage(format!(
+            "--endpoint: give 1 to {MAX_ENDPOINTS} addresses, separated by commas"
+        )));
+    }
+    let mut endpoints = Vec::with_capacity(urls.len());
+    for url in &urls {
+        endpoints.push(
+            strato_proto::client::endpoint(url, settings.ca_pem.as_deref())
+                .map_err(|e| Failure::usage(format!("--endpoint {e}")))?,
+        );
+    }
+    let mut failed = None;
+    for (endpoint, url) in endpoints.into_iter().zip(&urls) {
+        match connect_channel(endpoint, url).await {
+            Ok(channel) => return Ok(authed(channel, bearer)),
+            Err(e) => {
+                if urls.len() > 1 {
+                    eprintln!("strato: {}; trying the next endpoint", e.message);
+                }
+                failed = Some(e);
+            }
+        }
+    }
+    Err(failed.unwrap_or_else(|| Failure::usage("--endpoint: no address")))
 }
+
+/// The most addresses `--endpoint` takes.
+const MAX_ENDPOINTS: usize = 16;
 
 /// Connects `endpoint` (shown as `url`), or says why not (exit 3). The
 /// https-only check is [`connect`]'s: tests come in here with a plaintext

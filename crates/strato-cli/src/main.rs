@@ -64,8 +64,10 @@ const GLOBAL: &str = "Global options";
 #[command(name = "strato", version, about, long_about, after_help = AFTER_HELP)]
 struct Cli {
     /// The control plane's gRPC endpoint, https://HOST:PORT; default: the
-    /// config file's, else https://127.0.0.1:7070.
-    #[arg(long, global = true, env = "STRATO_ENDPOINT", value_name = "URL", help_heading = GLOBAL)]
+    /// config file's, else https://127.0.0.1:7070. With replicas, their
+    /// endpoints separated by commas: the first that answers serves the
+    /// command.
+    #[arg(long, global = true, env = "STRATO_ENDPOINT", value_name = "URL[,URL...]", help_heading = GLOBAL)]
     endpoint: Option<String>,
 
     /// The client config file; default $XDG_CONFIG_HOME/strato/config or

@@ -382,14 +382,29 @@ impl<S: Store> AgentService for AgentApi<S> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(1024);
         let generation = self.plane.sessions.open(&node.node_id, tx);
-        tracing::info!(node = %node.node_id, "agent session opened");
+        // Recorded before the stream is answered: the leader (this replica
+        // or another) places work only on nodes a replica holds.
+        if let Err(e) = self
+            .plane
+            .store
+            .session_opened(&node.node_id, &self.plane.replica)
+            .await
+        {
+            self.plane.sessions.close(&node.node_id, generation);
+            return Err(Status::unavailable(format!(
+                "cannot record the session: {e}"
+            )));
+        }
+        tracing::info!(node = %node.node_id, replica = %self.plane.replica, "agent session opened");
         let plane = self.plane.clone();
         let node_id = node.node_id.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.next().await {
                     Some(Ok(message)) => {
+                        let hello = matches!(message.body, Some(Body::Hello(_)));
                         match handle(&plane, &node_id, message).await {
+                            Ok(()) if hello => plane.sessions.ready(&node_id, generation),
                             Ok(()) => {}
                             Err(StoreError::Conflict(why)) => {
                                 tracing::warn!(node = %node_id, %why, "agent message refused");
@@ -408,7 +423,11 @@ impl<S: Store> AgentService for AgentApi<S> {
                     None => break,
                 }
             }
-            plane.sessions.close(&node_id, generation);
+            if plane.sessions.close(&node_id, generation)
+                && let Err(e) = plane.store.session_closed(&node_id, &plane.replica).await
+            {
+                tracing::warn!(node = %node_id, error = %e, "cannot record the session's end; its node waits for its heartbeat timeout");
+            }
             tracing::info!(node = %node_id, "agent session closed");
             plane.events.changed();
         });
@@ -656,6 +675,10 @@ async fn hello_reconcile<S: Store>(
         Some(n) => n,
         None => return Ok(()),
     };
+    // What the agent holds is never sent to it again in this session.
+    for held in &hello.jobs {
+        plane.sessions.holds(node_id, &held.job_id, held.attempt);
+    }
     let Some(job_id) = node.run_id else {
         return Ok(());
     };
@@ -768,9 +791,9 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
             spec.outputs.clear();
             spec.artifacts = None;
         }
-        plane.sessions.send(
+        plane.sessions.assign(
             &member.node_id,
-            v1::control_message::Body::Assign(v1::JobAssignment {
+            v1::JobAssignment {
                 job_id: job.id.clone(),
                 attempt: job.attempt,
                 spec: Some(spec),
@@ -778,7 +801,7 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
                 rank: member.rank,
                 gang: gang.clone(),
                 registry_login: registry_login.clone(),
-            }),
+            },
         );
     }
 }

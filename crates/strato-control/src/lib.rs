@@ -5,10 +5,12 @@
 pub mod agents;
 pub mod app;
 pub mod config;
+pub mod courier;
 pub mod data_dir;
 pub mod federation;
 pub mod grpc;
 pub mod http;
+pub mod leadership;
 pub mod metrics;
 pub mod oidc;
 pub mod plane;
@@ -129,6 +131,7 @@ pub async fn serve(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", config.data_dir.display()))?;
     data_dir::keep_private(&config.data_dir, config.database_url.is_none());
+    let replica = leadership::replica_id();
     let store = match &config.database_url {
         None => SqlStore::open(&config.data_dir).await.with_context(|| {
             format!(
@@ -136,34 +139,21 @@ pub async fn serve(
                 config.data_dir.display()
             )
         })?,
-        Some(url) => {
-            // A control plane killed a moment ago may still hold the lock
-            // until the server notices its connection is gone.
-            let (store, mut lock) = SqlStore::connect_postgres_as_instance(
-                url.expose(),
-                config.database_max_connections,
-                std::time::Duration::from_secs(30),
-            )
-            .await
-            .context("--database-url: cannot open the database")?;
-            // Without the lock another control plane may act on the same
-            // state: stop at once (nothing acknowledged is lost: it is all
-            // in the database).
-            tokio::spawn(async move {
-                let why = lock.lost().await;
-                tracing::error!(error = %why, "lost the database's control-plane lock; stopping");
-                std::process::exit(1);
-            });
-            store
-        }
+        Some(url) => SqlStore::connect_postgres_as(
+            url.expose(),
+            config.database_max_connections,
+            Some(&replica),
+        )
+        .await
+        .context("--database-url: cannot open the database")?,
     }
     .with_log_budget(strato_core::limits::LogBudget {
         lines: config.max_log_lines_per_attempt,
         bytes: config.max_log_bytes_per_attempt,
     });
-    remove_orphans(&store, provider.as_ref()).await;
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(
+        replica = %replica,
         grpc = %grpc_addr,
         http = %http.local_addr()?,
         data_dir = %config.data_dir.display(),
@@ -238,6 +228,7 @@ pub async fn serve(
     let settings_rate = (settings.config.submit_rate, settings.config.submit_burst);
     let followers_per_caller = settings.config.max_followers_per_caller;
     let plane = Arc::new(Plane {
+        replica,
         store,
         tokens,
         federation,
@@ -282,8 +273,28 @@ pub async fn serve(
             plane.sessions.close_all();
         });
     }
-    let reconciler =
-        tokio::spawn(reconcile::Reconciler::new(plane.clone()).run(stopped(stop_rx.clone())));
+    // The lease, and the reconcile loop while this replica holds it.
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(None);
+    let lease = tokio::spawn(leadership::hold_lease(
+        plane.store.clone(),
+        plane.replica.clone(),
+        lease_tx,
+        stopped(stop_rx.clone()),
+    ));
+    let reconciler = tokio::spawn(leadership::reconcile_while_leading(
+        plane.clone(),
+        lease_rx,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(courier::run(plane.clone(), stopped(stop_rx.clone())));
+    if let Some(url) = &plane.settings.config.database_url {
+        tokio::spawn(courier::listen(
+            plane.clone(),
+            url.expose().to_owned(),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let heartbeats = tokio::spawn(write_heartbeats(plane.clone(), stopped(stop_rx.clone())));
     // Client certificates are optional at the handshake (users bring
     // bearer tokens); the agent services require a node's.
     let server_tls = tls.map(|tls| {
@@ -319,6 +330,8 @@ pub async fn serve(
     g.context("gRPC server")?;
     h.context("HTTP server")?;
     let _ = reconciler.await;
+    let _ = lease.await;
+    let _ = heartbeats.await;
     plane.store.close().await;
     tracing::info!("strato-control stopped");
     Ok(())
@@ -327,7 +340,7 @@ pub async fn serve(
 /// Takes down what the provider holds of nodes and clusters the store does
 /// not know: left when this control plane stopped before they were gone.
 /// Best effort: a failure is logged and the next start tries again.
-async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
+pub(crate) async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
     let known = async {
         let clusters = store.list_clusters().await?;
         let nodes = store.all_nodes().await?;
@@ -357,6 +370,43 @@ async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvider) {
         }
         Err(e) => tracing::warn!(error = %e, "listing what the provider holds"),
     }
+}
+
+/// Writes the heartbeats this replica received (kept in memory by the
+/// store) every `heartbeats_written_every_ms`, and once more at `stop`:
+/// the leader, which may be another replica, judges nodes by what is
+/// written. A failure is logged, and they are tried again.
+async fn write_heartbeats<S: Store>(plane: Arc<Plane<S>>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let every = heartbeats_written_every_ms(plane.settings.config.node_heartbeat_timeout);
+    let mut written_at = plane.clock.now_ms();
+    loop {
+        let stopping = tokio::select! {
+            _ = &mut stop => true,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+        };
+        if stopping || plane.clock.now_ms() - written_at >= every {
+            match plane.store.persist_heartbeats().await {
+                Ok(n) => {
+                    written_at = plane.clock.now_ms();
+                    tracing::debug!(nodes = n, "heartbeats written");
+                }
+                Err(e) => tracing::error!(error = %e, "writing heartbeats failed; trying again"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// How often a replica writes the heartbeats it received: a third of the
+/// heartbeat timeout (the leader declares a node lost only after missing
+/// two writes of it), at most every 30 s.
+pub fn heartbeats_written_every_ms(node_heartbeat_timeout_s: u64) -> i64 {
+    let third =
+        i64::try_from(node_heartbeat_timeout_s.saturating_mul(1000) / 3).unwrap_or(i64::MAX);
+    third.clamp(1_000, 30_000)
 }
 
 /// At first start (no `DATA_DIR/admin.conf`), makes the bootstrap Owner

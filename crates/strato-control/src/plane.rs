@@ -2,7 +2,7 @@
 //! store, the settings, the provider, the agents' live sessions, and the
 //! events that wake waiters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -83,72 +83,134 @@ impl ExecRoutes {
     }
 }
 
-/// The agents' open session streams, by node id.
+/// One agent's open session stream on this replica.
+struct Session {
+    generation: u64,
+    tx: Outbound,
+    /// Its `Hello` was handled: what the node holds is known, and the
+    /// courier may send it what the database says it should run.
+    ready: bool,
+    /// The attempts assigned (or found held) in this session: each is sent
+    /// once per session.
+    assigned: HashSet<(String, u32)>,
+}
+
+/// The agents' open session streams on this replica, by node id.
 #[derive(Default)]
 pub struct Sessions {
-    open: Mutex<HashMap<String, (u64, Outbound)>>,
+    open: Mutex<HashMap<String, Session>>,
     next: AtomicU64,
 }
 
 impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Registers a node's new session, replacing an older one; returns its
     /// generation for `close`.
     pub fn open(&self, node_id: &str, tx: Outbound) -> u64 {
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(node_id.to_owned(), (generation, tx));
-        }
+        self.lock().insert(
+            node_id.to_owned(),
+            Session {
+                generation,
+                tx,
+                ready: false,
+                assigned: HashSet::new(),
+            },
+        );
         generation
     }
 
-    /// Forgets a session, unless a newer one replaced it.
-    pub fn close(&self, node_id: &str, generation: u64) {
-        if let Ok(mut open) = self.open.lock()
-            && open.get(node_id).is_some_and(|(g, _)| *g == generation)
+    /// The session's `Hello` was handled.
+    pub fn ready(&self, node_id: &str, generation: u64) {
+        if let Some(s) = self.lock().get_mut(node_id)
+            && s.generation == generation
+        {
+            s.ready = true;
+        }
+    }
+
+    /// Forgets a session, unless a newer one replaced it; true when it was
+    /// forgotten.
+    pub fn close(&self, node_id: &str, generation: u64) -> bool {
+        let mut open = self.lock();
+        if open
+            .get(node_id)
+            .is_some_and(|s| s.generation == generation)
         {
             open.remove(node_id);
+            return true;
         }
+        false
     }
 
     /// Ends every open session stream (at shutdown: a server draining its
     /// requests would otherwise wait for agents that never hang up).
     pub fn close_all(&self) {
-        if let Ok(mut open) = self.open.lock() {
-            open.clear();
-        }
+        self.lock().clear();
     }
 
     pub fn drop_node(&self, node_id: &str) {
-        if let Ok(mut open) = self.open.lock() {
-            open.remove(node_id);
-        }
+        self.lock().remove(node_id);
     }
 
     /// How many agents hold a session now.
     pub fn count(&self) -> usize {
-        self.open.lock().map(|o| o.len()).unwrap_or(0)
+        self.lock().len()
     }
 
     pub fn connected(&self, node_id: &str) -> bool {
-        self.open
-            .lock()
-            .map(|o| o.contains_key(node_id))
-            .unwrap_or(false)
+        self.lock().contains_key(node_id)
+    }
+
+    /// The nodes whose sessions are ready.
+    pub fn ready_nodes(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.ready)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether the attempt went to (or was held by) the node in its
+    /// current session.
+    pub fn was_assigned(&self, node_id: &str, job_id: &str, attempt: u32) -> bool {
+        self.lock()
+            .get(node_id)
+            .is_some_and(|s| s.assigned.contains(&(job_id.to_owned(), attempt)))
+    }
+
+    /// Notes an attempt the node holds (its `Hello` said so): never sent
+    /// to it again in this session.
+    pub fn holds(&self, node_id: &str, job_id: &str, attempt: u32) {
+        if let Some(s) = self.lock().get_mut(node_id) {
+            s.assigned.insert((job_id.to_owned(), attempt));
+        }
     }
 
     /// Queues a message to a node's agent; false when it has no session or
     /// its queue is full (the reconcile loop sends again later).
     pub fn send(&self, node_id: &str, message: v1::control_message::Body) -> bool {
-        let tx = match self.open.lock() {
-            Ok(open) => open.get(node_id).map(|(_, tx)| tx.clone()),
-            Err(_) => None,
-        };
+        let tx = self.lock().get(node_id).map(|s| s.tx.clone());
         tx.is_some_and(|tx| {
             tx.try_send(Ok(v1::ControlMessage {
                 body: Some(message),
             }))
             .is_ok()
         })
+    }
+
+    /// Queues an assignment, noting it as sent in the node's session.
+    pub fn assign(&self, node_id: &str, assignment: v1::JobAssignment) -> bool {
+        if let Some(s) = self.lock().get_mut(node_id) {
+            s.assigned
+                .insert((assignment.job_id.clone(), assignment.attempt));
+        }
+        self.send(node_id, v1::control_message::Body::Assign(assignment))
     }
 }
 
@@ -338,6 +400,9 @@ impl ScheduledEvents {
 }
 
 pub struct Plane<S> {
+    /// This control-plane process among the replicas on its database
+    /// (`leadership::replica_id`).
+    pub replica: String,
     pub scheduled_events: ScheduledEvents,
     pub store: S,
     pub tokens: crate::tokens::TokenIssuer,

@@ -15,7 +15,6 @@ use strato_core::quota;
 use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
 use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput, attached};
 use strato_core::spec::ComputeType;
-use strato_proto::v1;
 
 use crate::agents::send_assignment;
 use crate::plane::{Plane, hash_token, new_token};
@@ -24,6 +23,9 @@ use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
 
 pub struct Reconciler<S> {
     plane: Arc<Plane<S>>,
+    /// What the pass writes through: the plane's store fenced by this
+    /// replica's leader lease, so a deposed leader stores nothing.
+    store: S,
     /// Provider failures per cluster: a provider that keeps failing does
     /// not spin.
     backoff: HashMap<String, Backoff>,
@@ -36,14 +38,7 @@ pub struct Reconciler<S> {
     retention_at: Option<i64>,
     /// Attached clusters' power commands in flight and their failures.
     power: Arc<crate::power::Power>,
-    /// When heartbeats were last written.
-    heartbeats_at: i64,
 }
-
-/// How often the heartbeats the store keeps in memory are written (and at
-/// shutdown): a restarted control plane counts nodes' silence from its own
-/// start, so what it finds in the database may be this old.
-pub const HEARTBEATS_WRITTEN_EVERY_MS: i64 = 30_000;
 
 /// How often ended jobs past the retention period are looked for.
 const RETENTION_EVERY_MS: i64 = 60_000;
@@ -53,15 +48,18 @@ const RETENTION_BATCH: u32 = 50;
 const RETENTION_BATCHES: u32 = 10;
 
 impl<S: Store> Reconciler<S> {
-    pub fn new(plane: Arc<Plane<S>>) -> Self {
+    /// A reconcile loop of the leader: `store` is the plane's store fenced
+    /// by the lease (`Store::fenced`). Nodes' silence counts from now: a
+    /// new leader gives every agent the heartbeat timeout to show up.
+    pub fn new(plane: Arc<Plane<S>>, store: S) -> Self {
         Reconciler {
             started_at: plane.clock.now_ms(),
             plane,
+            store,
             backoff: HashMap::new(),
             targets: None,
             retention_at: None,
             power: Arc::default(),
-            heartbeats_at: 0,
         }
     }
 
@@ -77,18 +75,16 @@ impl<S: Store> Reconciler<S> {
                         .reconcile_passes
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                Err(e) => tracing::error!(error = %e, "reconcile pass failed; trying again"),
-            }
-            // Whatever the pass did: a pass that keeps failing early must
-            // not keep the heartbeats from the database.
-            if self.plane.clock.now_ms() - self.heartbeats_at >= HEARTBEATS_WRITTEN_EVERY_MS {
-                self.write_heartbeats().await;
-            }
-            tokio::select! {
-                _ = &mut stop => {
-                    self.write_heartbeats().await;
+                Err(e @ StoreError::Fenced(_)) => {
+                    // The lease is another's: this loop ends (the caller
+                    // sees the lease go too).
+                    tracing::warn!(error = %e, "no longer the leader; the reconcile loop stops");
                     return;
                 }
+                Err(e) => tracing::error!(error = %e, "reconcile pass failed; trying again"),
+            }
+            tokio::select! {
+                _ = &mut stop => return,
                 _ = self.plane.events.reconcile_requested() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
@@ -98,35 +94,26 @@ impl<S: Store> Reconciler<S> {
     /// One pass over every cluster.
     pub async fn pass(&mut self) -> Result<(), StoreError> {
         let now = self.plane.clock.now_ms();
-        let clusters = self.plane.store.list_clusters().await?;
+        let clusters = self.store.list_clusters().await?;
         self.check_node_health(&clusters, now).await?;
         self.power
             .forget(&clusters.iter().map(|c| c.spec.name.clone()).collect());
         for cluster in clusters {
             // One cluster's trouble does not hold up the others.
-            if let Err(e) = self.reconcile_cluster(&cluster, now).await {
-                tracing::error!(cluster = %cluster.spec.name, error = %e, "reconcile failed for the cluster");
+            match self.reconcile_cluster(&cluster, now).await {
+                Ok(()) => {}
+                Err(e @ StoreError::Fenced(_)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(cluster = %cluster.spec.name, error = %e, "reconcile failed for the cluster");
+                }
             }
         }
-        for job in self.plane.store.cancel_timed_out(now).await? {
+        for job in self.store.cancel_timed_out(now).await? {
             tracing::info!(job = %job.id, reason = %job.cancel_reason, "job past its timeout: canceling");
         }
-        self.send_cancellations().await?;
         self.write_targets().await?;
         self.forget_old_jobs(now).await?;
         Ok(())
-    }
-
-    /// Writes the heartbeats kept in memory; a failure is logged, and they
-    /// are tried again at the next pass.
-    async fn write_heartbeats(&mut self) {
-        match self.plane.store.persist_heartbeats().await {
-            Ok(n) => {
-                self.heartbeats_at = self.plane.clock.now_ms();
-                tracing::debug!(nodes = n, "heartbeats written");
-            }
-            Err(e) => tracing::error!(error = %e, "writing heartbeats failed; trying again"),
-        }
     }
 
     /// Deletes jobs that ended more than `--job-retention` ago, with their
@@ -172,7 +159,7 @@ impl<S: Store> Reconciler<S> {
     /// Keeps `DATA_DIR/prometheus/agents.json` (Prometheus file-based
     /// discovery) listing every node's agent.
     async fn write_targets(&mut self) -> Result<(), StoreError> {
-        let text = crate::metrics::agent_targets(&self.plane.store.all_nodes().await?);
+        let text = crate::metrics::agent_targets(&self.store.all_nodes().await?);
         if self.targets.as_deref() == Some(text.as_str()) {
             return Ok(());
         }
@@ -209,7 +196,7 @@ impl<S: Store> Reconciler<S> {
                 Some((c.spec.name.as_str(), u64::from(power.timeout_seconds)))
             })
             .collect();
-        for node in self.plane.store.all_nodes().await? {
+        for node in self.store.all_nodes().await? {
             let facts = health::NodeFacts {
                 state: node.state,
                 enrolled: node.enrolled,
@@ -273,20 +260,14 @@ impl<S: Store> Reconciler<S> {
     ) -> Result<(), StoreError> {
         let name = &cluster.spec.name;
         let plane = self.plane.clone();
-        let store = &plane.store;
+        let store = &self.store.clone();
         let mut nodes = store.list_nodes(name).await?;
         let mut queued = store.queued_jobs(name).await?;
 
         // Placement first, so idle nodes that take work are not removed.
         let ready: Vec<String> = nodes
             .iter()
-            .filter(|n| {
-                scale::takes_work(
-                    n.state,
-                    n.run_id.is_some(),
-                    self.plane.sessions.connected(&n.node_id),
-                )
-            })
+            .filter(|n| scale::takes_work(n.state, n.run_id.is_some(), n.session_replica.is_some()))
             .map(|n| n.node_id.clone())
             .collect();
         let queue: Vec<(String, u32)> = queued
@@ -467,7 +448,7 @@ impl<S: Store> Reconciler<S> {
             // Strato never takes an attached machine down: the record goes,
             // and with it the agent's session.
             self.plane.sessions.drop_node(node_id);
-            self.plane.store.delete_node(node_id, now).await?;
+            self.store.delete_node(node_id, now).await?;
             tracing::info!(cluster = %name, node = %node_id, "detached: node removed");
             self.plane.counters.scaled(name, "down", "detached");
             self.plane.events.changed();
@@ -486,7 +467,7 @@ impl<S: Store> Reconciler<S> {
         now: i64,
     ) -> Result<(), StoreError> {
         let name = &cluster.spec.name;
-        let store = &self.plane.store;
+        let store = &self.store;
         if let Some(reason) = &settled.queued_reason {
             store.set_queued_reason(name, reason).await?;
         }
@@ -625,7 +606,7 @@ impl<S: Store> Reconciler<S> {
         }
         self.plane.sessions.drop_node(&node.node_id);
         self.plane.scheduled_events.forget(&node.node_id);
-        self.plane.store.delete_node(&node.node_id, now).await?;
+        self.store.delete_node(&node.node_id, now).await?;
         tracing::info!(cluster = %node.cluster, node = %node.node_id, reason = %why, "scale down: node removed");
         self.plane.scale_events.record(
             &node.cluster,
@@ -637,24 +618,6 @@ impl<S: Store> Reconciler<S> {
             .scaled(&node.cluster, "down", reason.label());
         self.plane.events.changed();
         Ok(true)
-    }
-
-    /// Stops go to the agents on every pass until the containers stopped:
-    /// of canceled jobs, and of a gang's other ranks once its attempt ended.
-    /// The agent stops a container once.
-    async fn send_cancellations(&self) -> Result<(), StoreError> {
-        let grace = self.plane.settings.config.cancel_grace;
-        for rank in self.plane.store.ranks_to_stop().await? {
-            self.plane.sessions.send(
-                &rank.node_id,
-                v1::control_message::Body::Cancel(v1::JobCancellation {
-                    job_id: rank.job_id,
-                    attempt: rank.attempt,
-                    grace_seconds: grace,
-                }),
-            );
-        }
-        Ok(())
     }
 }
 

@@ -63,10 +63,23 @@ fn tls_endpoint(
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
-    Endpoint::from_shared(url.to_owned())
-        .map_err(|_| EndpointError::NotUrl(url.to_owned()))?
-        .tls_config(tls)
-        .map_err(|e| EndpointError::Tls(e.to_string()))
+    Ok(keep_alive(
+        Endpoint::from_shared(url.to_owned())
+            .map_err(|_| EndpointError::NotUrl(url.to_owned()))?
+            .tls_config(tls)
+            .map_err(|e| EndpointError::Tls(e.to_string()))?,
+    ))
+}
+
+/// HTTP/2 pings every 2 s, also while idle, answered within 3 s: a peer
+/// frozen or partitioned away (the TCP connection open, nothing answering)
+/// is noticed within about 5 s, and the caller (an agent's session, a
+/// waiting CLI) moves on, to another replica where there are several.
+fn keep_alive(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+        .keep_alive_timeout(std::time::Duration::from_secs(3))
+        .keep_alive_while_idle(true)
 }
 
 /// A plaintext endpoint, for a control plane started with
@@ -86,7 +99,7 @@ pub fn insecure_endpoint(url: &str) -> Result<Endpoint, EndpointError> {
     if !url.starts_with("http://") || !loopback {
         return Err(EndpointError::PlaintextNotLoopback(url.to_owned()));
     }
-    Ok(endpoint)
+    Ok(keep_alive(endpoint))
 }
 
 /// Adds `authorization: Bearer TOKEN` to every call.

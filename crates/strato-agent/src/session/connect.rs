@@ -142,31 +142,56 @@ async fn give_up<R: ContainerRuntime>(runtime: &R, node: &str, mount_image: &str
 }
 
 /// A connection to the control plane, presenting `identity` (the node's
-/// certificate and key) when there is one and TLS is spoken.
+/// certificate and key) when there is one and TLS is spoken: to the replica
+/// that answered last, else to the next one that answers.
 async fn dial(
     config: &AgentConfig,
     identity: Option<&(String, String)>,
 ) -> Result<Channel, SessionError> {
-    let endpoint = match (&config.transport, identity) {
-        (Transport::Tls { ca_pem }, Some((cert, key))) => {
-            strato_proto::client::endpoint_with_identity(
-                &config.control_plane,
-                ca_pem.as_deref(),
-                cert,
-                key,
-            )
-            .map_err(|e| SessionError::Refused(e.to_string()))?
+    use std::sync::atomic::Ordering;
+    let count = config.replicas.len().max(1);
+    let first = config.preferred.load(Ordering::Relaxed) % count;
+    let mut failed = None;
+    for k in (0..count).map(|i| (first + i) % count) {
+        let Some(replica) = config.replicas.get(k) else {
+            break;
+        };
+        let endpoint = match (&config.transport, identity) {
+            (Transport::Tls { ca_pem }, Some((cert, key))) => {
+                strato_proto::client::endpoint_with_identity(
+                    &replica.url,
+                    ca_pem.as_deref(),
+                    cert,
+                    key,
+                )
+                .map_err(|e| SessionError::Refused(e.to_string()))?
+            }
+            _ => replica.endpoint.clone(),
+        };
+        match endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                if k != first {
+                    tracing::info!(control_plane = %replica.url, "dialing this control-plane replica from now on");
+                }
+                config.preferred.store(k, Ordering::Relaxed);
+                return Ok(channel);
+            }
+            Err(source) => {
+                if count > 1 {
+                    tracing::warn!(control_plane = %replica.url, error = %source, "control-plane replica unreachable; trying the next");
+                }
+                failed = Some(SessionError::Unreachable {
+                    url: replica.url.clone(),
+                    source,
+                });
+            }
         }
-        _ => config.endpoint.clone(),
-    };
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|source| SessionError::Unreachable {
-            url: config.control_plane.clone(),
-            source,
-        })
+    }
+    Err(failed.unwrap_or_else(|| SessionError::Refused("no control plane to dial".into())))
 }
 
 /// An open session: what enrolment answered, the containers this node

@@ -44,13 +44,23 @@ pub use attempt::container_spec;
 pub use connect::run;
 pub use staging::DataPlan;
 
+/// One control-plane replica the agent may dial.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub url: String,
+    pub endpoint: tonic::transport::Endpoint,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The control plane's address, for messages.
+    /// The control plane's address (or addresses), for messages.
     pub control_plane: String,
-    /// The control plane to dial, with its TLS settings (and no client
-    /// certificate: the one for a first enrolment).
-    pub endpoint: tonic::transport::Endpoint,
+    /// The control-plane replicas to dial, in order, each with its TLS
+    /// settings (and no client certificate: the one for a first
+    /// enrolment). Never empty.
+    pub replicas: Vec<Replica>,
+    /// The replica that answered last: dialed first next time.
+    pub preferred: Arc<std::sync::atomic::AtomicUsize>,
     /// How the control plane is reached: with TLS, the node enrols with a
     /// CSR and presents its client certificate from then on.
     pub transport: Transport,

@@ -220,7 +220,7 @@ impl From<StoreError> for AppError {
             StoreError::Quota(q) => AppError::ResourceExhausted(q),
             e @ (StoreError::Database(_)
             | StoreError::Migration(_)
-            | StoreError::InstanceLocked
+            | StoreError::Fenced(_)
             | StoreError::Corrupt(_)) => AppError::Internal(Internal::Store(e)),
         }
     }

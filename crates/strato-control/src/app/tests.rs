@@ -30,6 +30,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqlStore>> {
     let tokens = TokenIssuer::load_or_create(dir, "http://issuer.test/".into(), "t".into())
         .expect("signing key");
     Arc::new(Plane {
+        replica: "replica-test".into(),
         store,
         tokens,
         federation: None,

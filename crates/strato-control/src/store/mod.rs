@@ -21,10 +21,10 @@ use strato_core::spec::ClusterSpec;
 
 pub use records::{
     ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
-    EnrollReport, GangRank, JobRecord, JoinTokenRecord, LogRecord, NodeRecord, NodeUsage,
+    EnrollReport, GangRank, JobRecord, JoinTokenRecord, Lease, LogRecord, NodeRecord, NodeUsage,
     QueuedJob, RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord, TransitionRecord,
 };
-pub use sql::{DB_FILE, Dialect, InstanceLock, SqlStore};
+pub use sql::{DB_FILE, Dialect, SqlStore};
 
 /// How an enrolling agent proved which node it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +123,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A write of a leader that no longer holds the lease (it was taken
+    /// over, or ran out): nothing was stored.
     #[error(
-        "another control plane uses this database (replicas are not supported yet); stop it first"
+        "fenced: this replica no longer holds the leader lease (epoch {0}); the write was refused"
     )]
-    InstanceLocked,
+    Fenced(i64),
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
 }
@@ -238,7 +240,7 @@ impl JobPage {
 
 /// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
 /// since the epoch) so that the store reads no clock.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Send + Sync + Clone + 'static {
     /// Stores a new cluster if its name is free and its `min_nodes` fit the
     /// quota of its location; otherwise stores nothing.
     fn create_cluster(
@@ -415,6 +417,47 @@ pub trait Store: Send + Sync + 'static {
     /// `reconcile::HEARTBEATS_WRITTEN_EVERY_MS`, and at shutdown); returns
     /// how many nodes' were written. Nodes that are gone are forgotten.
     fn persist_heartbeats(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Records that `replica` holds the agent session of `node_id` (a
+    /// later session elsewhere overwrites it).
+    fn session_opened(
+        &self,
+        node_id: &str,
+        replica: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets that `replica` holds the session of `node_id`, unless
+    /// another replica's session replaced it.
+    fn session_closed(
+        &self,
+        node_id: &str,
+        replica: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes or renews the leader lease for `holder`, for `ttl_ms` by the
+    /// database's clock. With `held` (the epoch this holder has), renews
+    /// it if it is still this holder's and has not run out; without, takes
+    /// it if it ran out (or was never taken), one epoch later. Returns the
+    /// epoch held now, `None` when the lease is another's (or was lost).
+    fn lead(
+        &self,
+        holder: &str,
+        held: Option<i64>,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Gives the lease up at once (a clean stop), if `lease` still holds
+    /// it: another replica takes over without waiting for it to run out.
+    fn resign(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// This store with every write fenced by `lease`: a write transaction
+    /// first checks, after it has the write lock, that the lease is still
+    /// `lease` and has not run out by the database's clock, and stores
+    /// nothing (`StoreError::Fenced`) otherwise. What the leader's
+    /// reconcile loop writes through.
+    fn fenced(&self, lease: Lease) -> Self
+    where
+        Self: Sized;
 
     /// Marks a node unusable (with the reason) and ends any attempt on it as
     /// lost; returns the jobs that were on it.

@@ -59,6 +59,10 @@ pub struct NodeRecord {
     pub evict_at: Option<i64>,
     /// The SSH host key its agent reported, when it serves SSH.
     pub ssh_host_key: String,
+    /// The control-plane replica that holds its agent's session, while one
+    /// does (as that replica wrote it: a replica killed leaves its name
+    /// until the agent opens a session elsewhere).
+    pub session_replica: Option<String>,
 }
 
 /// A node's utilisation from its last heartbeat.
@@ -276,4 +280,12 @@ pub struct JoinTokenRecord {
     pub expires_at: i64,
     pub created_at: i64,
     pub created_by: String,
+}
+
+/// The leader lease as one replica holds it: the replica and the epoch it
+/// took the lease at (each take adds one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: i64,
 }

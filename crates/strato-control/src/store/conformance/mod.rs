@@ -15,7 +15,8 @@
 //!
 //! That expands into one `#[tokio::test]` per case. A case takes its store
 //! by value, passes every time explicitly (`now`, in milliseconds) and
-//! sleeps never. Available to this crate's tests and, with the `test-util`
+//! sleeps never (but one: the lease is timed by the database's clock, and
+//! `a_lease_that_runs_out_is_taken_over` waits 1 ms of it). Available to this crate's tests and, with the `test-util`
 //! feature, to other crates.
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod gangs;
 pub mod jobs;
 pub mod nodes;
 pub mod postgres;
+pub mod replicas;
 
 use strato_core::job::{AttemptEnd, Distribution, JobSpec};
 use strato_core::quota::{QuotaLimits, RegionQuota};
@@ -103,6 +105,12 @@ macro_rules! store_conformance_suite {
                 logs_keep_arrival_order_rank_and_sequence,
                 logs_of_an_attempt_the_node_does_not_run_are_refused,
                 lines_past_the_bound_leave_one_marker_and_nothing_more,
+            ],
+            replicas: [
+                the_lease_is_held_by_one_replica_renewed_and_given_up,
+                a_lease_that_runs_out_is_taken_over,
+                a_deposed_leaders_writes_are_refused_and_store_nothing,
+                the_replica_holding_a_session_is_recorded_until_it_ends,
             ],
         );
     };

@@ -22,6 +22,7 @@ mod access;
 mod clusters;
 mod datastores;
 mod jobs;
+mod lease;
 mod logs;
 mod nodes;
 mod ranks;
@@ -49,7 +50,7 @@ use strato_core::spec::ClusterSpec;
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
     Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, JoinTokenRecord,
-    LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
+    Lease, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
     RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
@@ -153,82 +154,6 @@ impl Beats {
     }
 }
 
-/// The session lock of the one control plane on a PostgreSQL database.
-const INSTANCE_LOCK: i32 = WRITE_LOCK + 1;
-
-/// Held while this process is the control plane of its database: a task
-/// that keeps the lock's connection and checks it every 5 s.
-#[derive(Debug)]
-pub struct InstanceLock {
-    watchdog: Option<tokio::task::JoinHandle<()>>,
-    lost: tokio::sync::watch::Receiver<Option<String>>,
-}
-
-impl InstanceLock {
-    fn none() -> Self {
-        InstanceLock {
-            watchdog: None,
-            lost: tokio::sync::watch::channel(None).1,
-        }
-    }
-
-    fn watch(mut conn: AnyConnection) -> Self {
-        let (tx, lost) = tokio::sync::watch::channel(None);
-        let watchdog = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                // A partition may leave the query unanswered for minutes
-                // while the server has let the lock go: no answer in 10 s
-                // counts as lost.
-                let checked = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    sqlx::query("SELECT 1").execute(&mut conn),
-                )
-                .await;
-                let why = match checked {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "no answer from the database within 10 s".to_owned(),
-                };
-                let _ = tx.send(Some(why));
-                return;
-            }
-        });
-        InstanceLock {
-            watchdog: Some(watchdog),
-            lost,
-        }
-    }
-
-    /// Resolves, with why, if the lock's connection broke: the lock may be
-    /// someone else's now. Never resolves on SQLite.
-    pub async fn lost(&mut self) -> String {
-        loop {
-            if let Some(why) = self.lost.borrow_and_update().clone() {
-                return why;
-            }
-            if self.lost.changed().await.is_err() {
-                if self.watchdog.is_none() {
-                    // SQLite: nothing to lose.
-                    std::future::pending::<()>().await;
-                }
-                // The watchdog ended without a word (it panicked): its
-                // connection, and the lock, are gone.
-                return "the lock's watchdog ended".to_owned();
-            }
-        }
-    }
-}
-
-impl Drop for InstanceLock {
-    /// Ends the watchdog, and with it the connection and the lock.
-    fn drop(&mut self) {
-        if let Some(w) = &self.watchdog {
-            w.abort();
-        }
-    }
-}
-
 /// Which database a [`SqlStore`] speaks to: what differs in their SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -245,6 +170,15 @@ impl Dialect {
             Dialect::Postgres => format!("CAST(({column}::jsonb) ->> '{key}' AS BIGINT)"),
         }
     }
+
+    /// The database's clock now, in milliseconds since the epoch (the
+    /// lease is timed by it: one clock for every replica).
+    fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +189,9 @@ pub struct SqlStore {
     beats: Arc<Beats>,
     /// How much of an attempt's output on one node is kept.
     log_budget: strato_core::limits::LogBudget,
+    /// The lease every write checks first, for the leader's handle
+    /// (`Store::fenced`).
+    fence: Option<Arc<Lease>>,
 }
 
 impl SqlStore {
@@ -285,12 +222,17 @@ impl SqlStore {
             .connect_with(options)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
+        // One process opens the file: no session of an earlier one lives.
+        sqlx::query("UPDATE nodes SET session_replica = NULL")
+            .execute(&pool)
+            .await?;
         seal_admin_passwords(&pool).await?;
         Ok(SqlStore {
             pool,
             dialect: Dialect::Sqlite,
             beats: Arc::default(),
             log_budget: strato_core::limits::LogBudget::default(),
+            fence: None,
         })
     }
 
@@ -298,49 +240,56 @@ impl SqlStore {
     /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...`) and
     /// brings its schema up to date.
     pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let store = Self::postgres_pool(url, max_connections).await?;
+        Self::connect_postgres_as(url, max_connections, None).await
+    }
+
+    /// Connects as `connect_postgres` does, as the control-plane replica
+    /// `replica` (letters, digits, '-' and '.'): its transactions'
+    /// notifications name it, so that it can pass over its own.
+    pub async fn connect_postgres_as(
+        url: &str,
+        max_connections: u32,
+        replica: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let store = Self::postgres_pool(url, max_connections, replica).await?;
         POSTGRES_MIGRATIONS.run(&store.pool).await?;
         Ok(store)
     }
 
-    /// Connects as `connect_postgres` does, as the one control plane of the
-    /// database: waits up to `wait` for its lock (replicas are not built
-    /// yet: two reconcile loops would both act), then brings the schema up
-    /// to date (so a newer binary never migrates under a running older one).
-    /// The lock is held on a connection of its own until the guard is
-    /// dropped; the server releases it when the process dies, and notices a
-    /// silent peer within about 25 s (TCP keepalives).
-    pub async fn connect_postgres_as_instance(
+    async fn postgres_pool(
         url: &str,
         max_connections: u32,
-        wait: Duration,
-    ) -> Result<(Self, InstanceLock), StoreError> {
-        let store = Self::postgres_pool(url, max_connections).await?;
-        let lock = store.hold_instance_lock(wait).await?;
-        POSTGRES_MIGRATIONS.run(&store.pool).await?;
-        Ok((store, lock))
-    }
-
-    async fn postgres_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        replica: Option<&str>,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let replica = match replica {
+            Some(r)
+                if r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
+            {
+                format!("SET strato.replica = '{r}';")
+            }
+            Some(r) => return Err(StoreError::Corrupt(format!("replica name {r:?}"))),
+            None => String::new(),
+        };
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
+                // A process stopped inside a write transaction (frozen,
+                // partitioned) would hold the write lock for good: the
+                // server ends its session after 15 s, and a write that
+                // waits 30 s for the lock fails instead of hanging. A peer
+                // gone silent is noticed by keepalives.
+                let setup = format!(
+                    "{replica} SET idle_in_transaction_session_timeout = '15s'; \
+                     SET lock_timeout = '30s'; \
+                     SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                     SET tcp_keepalives_count = 3;"
+                );
                 Box::pin(async move {
-                    // A process stopped inside a write transaction (frozen,
-                    // partitioned) would hold the write lock for good: the
-                    // server ends its session after 15 s, and a write that
-                    // waits 30 s for the lock fails instead of hanging. A
-                    // peer gone silent is noticed by keepalives.
-                    conn.execute(
-                        "SET idle_in_transaction_session_timeout = '15s'; \
-                         SET lock_timeout = '30s'; \
-                         SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
-                         SET tcp_keepalives_count = 3;",
-                    )
-                    .await?;
+                    conn.execute(sqlx::AssertSqlSafe(setup)).await?;
                     Ok(())
                 })
             })
@@ -351,34 +300,8 @@ impl SqlStore {
             dialect: Dialect::Postgres,
             beats: Arc::default(),
             log_budget: strato_core::limits::LogBudget::default(),
+            fence: None,
         })
-    }
-
-    /// On PostgreSQL, waits up to `wait` for the lock that says one
-    /// control plane uses this database, and holds it on a connection of
-    /// its own, checked every 5 s, until the returned guard is dropped.
-    /// Nothing to hold on SQLite.
-    pub async fn hold_instance_lock(&self, wait: Duration) -> Result<InstanceLock, StoreError> {
-        if self.dialect == Dialect::Sqlite {
-            return Ok(InstanceLock::none());
-        }
-        let mut conn = self.pool.acquire().await?.detach();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let row = sqlx::query(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema())) AS locked",
-            )
-            .bind(INSTANCE_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-            if flag_col(&row, "locked")? {
-                return Ok(InstanceLock::watch(conn));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::InstanceLocked);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 
     /// Which database this store speaks to.
@@ -401,6 +324,30 @@ impl SqlStore {
     /// Begins a write transaction: what it reads cannot change before it
     /// commits, and no other write runs meanwhile.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.begin_write_unfenced().await?;
+        if let Some(lease) = &self.fence {
+            // Under the write lock: a replica taking the lease over writes
+            // under it too, so this check holds until the commit.
+            let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM leader_lease
+                 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > {}",
+                self.dialect.now_ms()
+            )))
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .fetch_one(&mut *tx)
+            .await?;
+            if held == 0 {
+                return Err(StoreError::Fenced(lease.epoch));
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Begins a write transaction that no lease fences (the lease's own).
+    async fn begin_write_unfenced(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         match self.dialect {
             Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
             Dialect::Postgres => {
@@ -709,6 +656,34 @@ impl Store for SqlStore {
                 self.beats.mark_dirty(&dirty);
                 Err(e)
             }
+        }
+    }
+
+    async fn session_opened(&self, node_id: &str, replica: &str) -> Result<(), StoreError> {
+        nodes::session_opened(self, node_id, replica).await
+    }
+
+    async fn session_closed(&self, node_id: &str, replica: &str) -> Result<(), StoreError> {
+        nodes::session_closed(self, node_id, replica).await
+    }
+
+    async fn lead(
+        &self,
+        holder: &str,
+        held: Option<i64>,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        lease::lead(self, holder, held, ttl_ms).await
+    }
+
+    async fn resign(&self, lease: &Lease) -> Result<(), StoreError> {
+        lease::resign(self, lease).await
+    }
+
+    fn fenced(&self, lease: Lease) -> Self {
+        SqlStore {
+            fence: Some(Arc::new(lease)),
+            ..self.clone()
         }
     }
 

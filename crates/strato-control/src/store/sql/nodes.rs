@@ -19,7 +19,7 @@ use crate::store::{
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
      created_at, idle_since, last_heartbeat, session_token_hash IS NOT NULL AS enrolled, hostname, pid, \
      metrics_url, gpus, cpu_percent, memory_used, memory_total, gpu_percent, evict_at, gpu_info, \
-     ssh_host_key";
+     ssh_host_key, session_replica";
 
 pub(super) fn node_from_row(row: &AnyRow) -> Result<NodeRecord, StoreError> {
     let state: String = row.try_get("state")?;
@@ -52,6 +52,7 @@ pub(super) fn node_from_row(row: &AnyRow) -> Result<NodeRecord, StoreError> {
         },
         evict_at: row.try_get("evict_at")?,
         ssh_host_key: row.try_get("ssh_host_key")?,
+        session_replica: row.try_get("session_replica")?,
     })
 }
 
@@ -686,6 +687,38 @@ pub(super) async fn delete_node(db: &SqlStore, node_id: &str, now: i64) -> Resul
         .bind(node_id)
         .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn session_opened(
+    db: &SqlStore,
+    node_id: &str,
+    replica: &str,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE nodes SET session_replica = $1 WHERE node_id = $2")
+        .bind(replica)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn session_closed(
+    db: &SqlStore,
+    node_id: &str,
+    replica: &str,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "UPDATE nodes SET session_replica = NULL WHERE node_id = $1 AND session_replica = $2",
+    )
+    .bind(node_id)
+    .bind(replica)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
