@@ -164,7 +164,8 @@ pub struct Config {
 
     /// The gRPC address agents dial. Default: https:// (http:// under
     /// --insecure-plaintext) + --grpc-listen (with 127.0.0.1 for an
-    /// unspecified address).
+    /// unspecified address). With replicas: every replica's, separated by
+    /// commas (the agents move to the next when one stops answering).
     #[arg(long, env = "STRATO_AGENT_ENDPOINT")]
     pub agent_endpoint: Option<String>,
 

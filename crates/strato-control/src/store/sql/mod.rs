@@ -222,8 +222,12 @@ impl SqlStore {
             .connect_with(options)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        // One process opens the file: no session of an earlier one lives.
+        // One process opens the file: no session or lease of an earlier
+        // one lives (a restart after a crash leads at once).
         sqlx::query("UPDATE nodes SET session_replica = NULL")
+            .execute(&pool)
+            .await?;
+        sqlx::query("UPDATE leader_lease SET expires_at = 0")
             .execute(&pool)
             .await?;
         seal_admin_passwords(&pool).await?;

@@ -572,40 +572,86 @@ pub(super) async fn session_began(
     Ok(())
 }
 
-/// Writes `beats` in one transaction; returns the nodes that are gone.
+/// Heartbeats written by one statement: 7 parameters each, well within
+/// both databases' limits on parameters.
+const BEATS_PER_STATEMENT: usize = 500;
+
+/// Writes `beats` in one transaction, one statement per 500; returns the
+/// nodes that are gone.
 pub(super) async fn persist_heartbeats(
     db: &SqlStore,
     beats: &[(String, Beat)],
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = db.begin_write().await?;
     let mut gone = Vec::new();
-    // The later of the stored time and the beat's (a session's start is
-    // written at once, and may be later).
-    const LATER: &str = "CASE WHEN last_heartbeat > $1 THEN last_heartbeat ELSE $1 END";
-    for (node_id, beat) in beats {
-        let updated = match beat.usage {
-            Some(usage) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE nodes SET last_heartbeat = {LATER}, cpu_percent = $2, memory_used = $3,
-                     memory_total = $4, gpu_percent = $5
-                 WHERE node_id = $6"
-            )))
-            .bind(beat.at)
-            .bind(finite(usage.cpu_percent))
-            .bind(i64::try_from(usage.memory_used).unwrap_or(i64::MAX))
-            .bind(i64::try_from(usage.memory_total).unwrap_or(i64::MAX))
-            .bind(finite(usage.gpu_percent))
-            .bind(node_id),
-            None => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE nodes SET last_heartbeat = {LATER} WHERE node_id = $2"
-            )))
-            .bind(beat.at)
-            .bind(node_id),
+    for chunk in beats.chunks(BEATS_PER_STATEMENT) {
+        // Both databases name a VALUES list's columns column1, column2...:
+        // node, time, whether utilisation came, cpu, memory used, memory
+        // total, gpu.
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = i * 7;
+                format!(
+                    "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                     CAST(${} AS DOUBLE PRECISION), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                     CAST(${} AS DOUBLE PRECISION))",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                )
+            })
+            .collect();
+        // The later of the stored time and the beat's (a session's start
+        // is written at once, and may be later); the utilisation only where
+        // one came.
+        let sql = format!(
+            "UPDATE nodes SET
+                 last_heartbeat = CASE WHEN nodes.last_heartbeat > v.column2
+                     THEN nodes.last_heartbeat ELSE v.column2 END,
+                 cpu_percent = CASE WHEN v.column3 = 1 THEN v.column4 ELSE nodes.cpu_percent END,
+                 memory_used = CASE WHEN v.column3 = 1 THEN v.column5 ELSE nodes.memory_used END,
+                 memory_total = CASE WHEN v.column3 = 1 THEN v.column6 ELSE nodes.memory_total END,
+                 gpu_percent = CASE WHEN v.column3 = 1 THEN v.column7 ELSE nodes.gpu_percent END
+             FROM (VALUES {}) AS v
+             WHERE nodes.node_id = v.column1",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (node_id, beat) in chunk {
+            let usage = beat.usage.unwrap_or_default();
+            query = query
+                .bind(node_id)
+                .bind(beat.at)
+                .bind(i64::from(beat.usage.is_some()))
+                .bind(finite(usage.cpu_percent))
+                .bind(i64::try_from(usage.memory_used).unwrap_or(i64::MAX))
+                .bind(i64::try_from(usage.memory_total).unwrap_or(i64::MAX))
+                .bind(finite(usage.gpu_percent));
         }
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            gone.push(node_id.clone());
+        let updated = query.execute(&mut *tx).await?.rows_affected();
+        if usize::try_from(updated).unwrap_or(usize::MAX) < chunk.len() {
+            // Some are gone (removed since they beat): which.
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT node_id FROM nodes WHERE node_id IN ({})",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for (node_id, _) in chunk {
+                query = query.bind(node_id);
+            }
+            let present: std::collections::HashSet<String> =
+                query.fetch_all(&mut *tx).await?.into_iter().collect();
+            gone.extend(
+                chunk
+                    .iter()
+                    .filter(|(id, _)| !present.contains(id))
+                    .map(|(id, _)| id.clone()),
+            );
         }
     }
     tx.commit().await?;
