@@ -1,8 +1,10 @@
 //! `SimProvider`: a node provider whose nodes are in-process agents (the
 //! real `strato_agent::session`, speaking the real protocol over loopback
 //! gRPC) on their own [`FakeRuntime`] each, as if every node were a machine
-//! with its own engine. For the in-process tier and, later, simulations of
-//! large fleets; nothing here runs a container.
+//! with its own engine. For the in-process tier (an agent thread each) and
+//! for simulations of large fleets (`SimFleet::large`, agents as tasks on
+//! one runtime, jobs that run for a set time: `strato-control-sim`);
+//! nothing here runs a container.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -24,7 +26,64 @@ use strato_runtime::fake::FakeRuntime;
 struct SimNode {
     runtime: FakeRuntime,
     /// The agent; gone once the node is taken down or its agent stopped.
-    agent: Option<AgentThread>,
+    agent: Option<Agent>,
+    /// What runs its simulated jobs, if the fleet's jobs run themselves.
+    jobs: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A simulated node's agent: on a thread and runtime of its own (the
+/// in-process tier: stopping it is a crash), or a task on the fleet's
+/// shared runtime (a large fleet for benchmarks).
+enum Agent {
+    Thread(AgentThread),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Agent {
+    async fn stop(self) {
+        match self {
+            Agent::Thread(t) => t.stop().await,
+            Agent::Task(t) => {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+/// What simulated jobs do: each container prints one line, runs for
+/// `duration` and exits, with 1 in every `fail_every` exiting 1 (0: none
+/// fail).
+#[derive(Debug, Clone, Copy)]
+pub struct SimJobs {
+    pub duration: std::time::Duration,
+    pub fail_every: u64,
+}
+
+/// Runs what `jobs` says in every container started on `runtime`, until
+/// aborted (with its node).
+async fn run_jobs(runtime: FakeRuntime, jobs: SimJobs) {
+    let mut changes = runtime.subscribe();
+    let mut seen = BTreeSet::new();
+    let mut started = 0u64;
+    loop {
+        for c in runtime.containers() {
+            if !c.running() || !seen.insert(c.id.clone()) {
+                continue;
+            }
+            started += 1;
+            let fails = jobs.fail_every > 0 && started.is_multiple_of(jobs.fail_every);
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let _ = runtime.print(&c.id, strato_runtime::OutputStream::Stdout, "simulated");
+                tokio::time::sleep(jobs.duration).await;
+                let _ = runtime.exit(&c.id, i64::from(fails));
+            });
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// An agent on a thread and a runtime of its own, as on its own machine:
@@ -94,6 +153,10 @@ pub struct SimFleet {
     failing_creates: AtomicU32,
     /// Every create call, failed or not.
     creates: AtomicU32,
+    /// Where agents run as tasks (`None`: a thread each), and what jobs do
+    /// (`None`: what the test makes them do).
+    shared: Option<tokio::runtime::Handle>,
+    jobs: Option<SimJobs>,
 }
 
 impl SimFleet {
@@ -114,6 +177,34 @@ impl SimFleet {
             nodes: Mutex::default(),
             failing_creates: AtomicU32::new(0),
             creates: AtomicU32::new(0),
+            shared: None,
+            jobs: None,
+        })
+    }
+
+    /// A fleet for benchmarks: its agents are tasks on `shared` (a runtime
+    /// of the fleet's own, so that its threads are told apart from the
+    /// control plane's), and its jobs run as `jobs` says.
+    pub fn large(
+        endpoint: String,
+        http_base: String,
+        work_root: PathBuf,
+        ca_file: PathBuf,
+        shared: tokio::runtime::Handle,
+        jobs: SimJobs,
+    ) -> Arc<Self> {
+        Arc::new(SimFleet {
+            endpoint,
+            http_base,
+            ca_file,
+            dial: std::sync::OnceLock::new(),
+            work_root,
+            clock: Arc::new(strato_runtime::SystemClock),
+            nodes: Mutex::default(),
+            failing_creates: AtomicU32::new(0),
+            creates: AtomicU32::new(0),
+            shared: Some(shared),
+            jobs: Some(jobs),
         })
     }
 
@@ -231,24 +322,46 @@ impl SimFleet {
             ssh_listen: None,
             ssh_node_shell: false,
         };
-        let agent = AgentThread::spawn(launch.node_id.clone(), config, runtime.clone(), identity)
-            .map_err(|source| ProviderError::Io {
-            what: format!("starting the agent of {}", launch.node_id),
-            source,
-        })?;
+        let jobs = match (&self.shared, self.jobs) {
+            (Some(shared), Some(jobs)) => Some(shared.spawn(run_jobs(runtime.clone(), jobs))),
+            _ => None,
+        };
+        let agent = match &self.shared {
+            Some(shared) => {
+                let (node, runtime) = (launch.node_id.clone(), Arc::new(runtime.clone()));
+                Agent::Task(shared.spawn(async move {
+                    if let Err(e) = session::run(config, runtime, identity).await {
+                        tracing::info!(%node, error = %e, "simulated agent ended");
+                    }
+                }))
+            }
+            None => Agent::Thread(
+                AgentThread::spawn(launch.node_id.clone(), config, runtime.clone(), identity)
+                    .map_err(|source| ProviderError::Io {
+                        what: format!("starting the agent of {}", launch.node_id),
+                        source,
+                    })?,
+            ),
+        };
         self.nodes_map().insert(
             launch.node_id.clone(),
             SimNode {
                 runtime,
                 agent: Some(agent),
+                jobs,
             },
         );
         Ok(())
     }
 
     async fn take_down(&self, node_id: &str) {
-        let node = self.nodes_map().remove(node_id);
-        if let Some(agent) = node.and_then(|n| n.agent) {
+        let Some(node) = self.nodes_map().remove(node_id) else {
+            return;
+        };
+        if let Some(jobs) = node.jobs {
+            jobs.abort();
+        }
+        if let Some(agent) = node.agent {
             agent.stop().await;
         }
     }

@@ -47,11 +47,12 @@ pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
         );
     }
     let mut failed = None;
-    for (endpoint, url) in endpoints.into_iter().zip(&urls) {
+    let last = urls.len() - 1;
+    for (i, (endpoint, url)) in endpoints.into_iter().zip(&urls).enumerate() {
         match connect_channel(endpoint, url).await {
             Ok(channel) => return Ok(authed(channel, bearer)),
             Err(e) => {
-                if urls.len() > 1 {
+                if i < last {
                     eprintln!("strato: {}; trying the next endpoint", e.message);
                 }
                 failed = Some(e);

@@ -384,12 +384,8 @@ impl<S: Store> AgentService for AgentApi<S> {
         let generation = self.plane.sessions.open(&node.node_id, tx);
         // Recorded before the stream is answered: the leader (this replica
         // or another) places work only on nodes a replica holds.
-        if let Err(e) = self
-            .plane
-            .store
-            .session_opened(&node.node_id, &self.plane.replica)
-            .await
-        {
+        let key = self.plane.session_key(generation);
+        if let Err(e) = self.plane.store.session_opened(&node.node_id, &key).await {
             self.plane.sessions.close(&node.node_id, generation);
             return Err(Status::unavailable(format!(
                 "cannot record the session: {e}"
@@ -408,6 +404,9 @@ impl<S: Store> AgentService for AgentApi<S> {
                             Ok(()) => {}
                             Err(StoreError::Conflict(why)) => {
                                 tracing::warn!(node = %node_id, %why, "agent message refused");
+                                if hello {
+                                    plane.sessions.ready(&node_id, generation);
+                                }
                             }
                             Err(e) => {
                                 // The agent resends what was not stored after it reconnects.
@@ -423,9 +422,10 @@ impl<S: Store> AgentService for AgentApi<S> {
                     None => break,
                 }
             }
-            if plane.sessions.close(&node_id, generation)
-                && let Err(e) = plane.store.session_closed(&node_id, &plane.replica).await
-            {
+            plane.sessions.close(&node_id, generation);
+            // Only this session's record: a newer one (here or elsewhere)
+            // keeps its own.
+            if let Err(e) = plane.store.session_closed(&node_id, &key).await {
                 tracing::warn!(node = %node_id, error = %e, "cannot record the session's end; its node waits for its heartbeat timeout");
             }
             tracing::info!(node = %node_id, "agent session closed");

@@ -12,22 +12,24 @@
 //! - A session whose node is gone, or that another replica holds now, is
 //!   ended.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strato_core::job::JobState;
+use strato_core::node::NodeState;
 use strato_proto::v1;
 
 use crate::agents::send_assignment;
 use crate::plane::Plane;
-use crate::store::{Store, StoreError};
+use crate::store::{NodeRecord, Store, StoreError};
 
 /// The longest a courier sleeps without an event.
 const ROUND_EVERY: Duration = Duration::from_secs(1);
-/// The shortest time between two rounds (events come in bursts).
-const ROUND_GAP: Duration = Duration::from_millis(20);
+/// The shortest time between two rounds (events come in bursts; a round
+/// reads every node).
+const ROUND_GAP: Duration = Duration::from_millis(50);
 
 /// Runs rounds until `stop`.
 pub async fn run<S: Store>(plane: Arc<Plane<S>>, stop: impl Future<Output = ()>) {
@@ -48,24 +50,39 @@ pub async fn run<S: Store>(plane: Arc<Plane<S>>, stop: impl Future<Output = ()>)
 
 /// One round over the sessions this replica holds.
 pub async fn round<S: Store>(plane: &Plane<S>) -> Result<(), StoreError> {
-    let held: HashSet<String> = plane.sessions.ready_nodes().into_iter().collect();
-    if held.is_empty() {
+    let ready = plane.sessions.ready_nodes();
+    if ready.is_empty() {
         return Ok(());
     }
-    let nodes = plane.store.all_nodes().await?;
-    for node_id in &held {
-        let Some(node) = nodes.iter().find(|n| &n.node_id == node_id) else {
+    let held: HashSet<&str> = ready.iter().map(|(id, _)| id.as_str()).collect();
+    let nodes: HashMap<String, NodeRecord> = plane
+        .store
+        .all_nodes()
+        .await?
+        .into_iter()
+        .filter(|n| held.contains(n.node_id.as_str()))
+        .map(|n| (n.node_id.clone(), n))
+        .collect();
+    for (node_id, generation) in &ready {
+        let Some(node) = nodes.get(node_id) else {
             tracing::info!(node = %node_id, "the node is gone: its session ends");
             plane.sessions.drop_node(node_id);
             continue;
         };
-        if node
-            .session_replica
-            .as_deref()
-            .is_some_and(|r| r != plane.replica)
-        {
-            tracing::info!(node = %node_id, replica = ?node.session_replica, "another replica holds the node's session now: this one ends");
-            plane.sessions.drop_node(node_id);
+        let key = plane.session_key(*generation);
+        match node.session_replica.as_deref() {
+            Some(k) if k == key => {}
+            Some(other) => {
+                tracing::info!(node = %node_id, holder = %other, "another session holds the node now: this one ends");
+                plane.sessions.drop_node(node_id);
+                continue;
+            }
+            // Cleared by an older session's end racing this one's start:
+            // recorded again.
+            None => plane.store.session_opened(node_id, &key).await?,
+        }
+        // Only a node being prepared for a job can be owed its assignment.
+        if node.state != NodeState::Preparing {
             continue;
         }
         let Some(job_id) = &node.run_id else { continue };
@@ -89,7 +106,7 @@ pub async fn round<S: Store>(plane: &Plane<S>) -> Result<(), StoreError> {
     }
     let grace = plane.settings.config.cancel_grace;
     for rank in plane.store.ranks_to_stop().await? {
-        if held.contains(&rank.node_id) {
+        if held.contains(rank.node_id.as_str()) {
             plane.sessions.send(
                 &rank.node_id,
                 v1::control_message::Body::Cancel(v1::JobCancellation {

@@ -23,6 +23,10 @@ use crate::store::{Lease, Store};
 /// leader killed is replaced within this and one `TRY_EVERY`.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
 
+/// The lease's TTL on SQLite, where one process serves the file (and
+/// opening it frees the lease): a stall of the disk does not depose it.
+pub const SINGLE_PROCESS_LEASE_TTL: Duration = Duration::from_secs(3600);
+
 /// How often the leader renews its lease, and the others try to take it.
 pub const TRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -46,18 +50,19 @@ fn hostname() -> Option<String> {
 pub async fn hold_lease<S: Store>(
     store: S,
     holder: String,
+    ttl: Duration,
     held_tx: watch::Sender<Option<Lease>>,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let ttl_ms = i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     // The epoch held, and when the renewal that last succeeded began: the
     // database's expiry is no earlier than that and the TTL.
     let mut held: Option<(i64, Instant)> = None;
     loop {
         let began = Instant::now();
         let tried = tokio::time::timeout(
-            LEASE_TTL,
+            ttl.min(LEASE_TTL),
             store.lead(&holder, held.map(|(epoch, _)| epoch), ttl_ms),
         )
         .await;
@@ -92,7 +97,7 @@ pub async fn hold_lease<S: Store>(
         }
         // Unrenewed past its TTL: it ran out (its writes are fenced anyway).
         if let Some((epoch, renewed)) = held
-            && renewed.elapsed() >= LEASE_TTL
+            && renewed.elapsed() >= ttl
         {
             tracing::warn!(replica = %holder, epoch, "the leader lease ran out unrenewed");
             held = None;
@@ -114,17 +119,17 @@ pub async fn hold_lease<S: Store>(
 }
 
 /// Runs the reconcile loop while this replica holds the lease, through the
-/// store fenced by it, until `stop`. Each time it takes the lease it first
-/// removes what the provider holds of nodes the store does not know.
+/// store fenced by it, until `stop` turns true (the pass under way
+/// finishes first). Each time it takes the lease it first removes what the
+/// provider holds of nodes the store does not know.
 pub async fn reconcile_while_leading<S: Store>(
     plane: Arc<Plane<S>>,
     mut held: watch::Receiver<Option<Lease>>,
-    stop: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    tokio::pin!(stop);
     loop {
         let lease = tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.wait_for(|s| *s) => return,
             lease = held.wait_for(Option::is_some) => match lease {
                 Ok(lease) => lease.clone(),
                 Err(_) => return,
@@ -133,15 +138,15 @@ pub async fn reconcile_while_leading<S: Store>(
         let Some(lease) = lease else { continue };
         let store = plane.store.fenced(lease.clone());
         crate::remove_orphans(&store, plane.provider.as_ref()).await;
-        let mut lost = held.clone();
-        let deposed = async move {
-            let _ = lost.wait_for(|now| now.as_ref() != Some(&lease)).await;
+        let (mut lost, mut stopping) = (held.clone(), stop.clone());
+        let until = async move {
+            tokio::select! {
+                _ = lost.wait_for(|now| now.as_ref() != Some(&lease)) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
         };
-        let ended = tokio::select! {
-            _ = &mut stop => true,
-            _ = Reconciler::new(plane.clone(), store).run(deposed) => false,
-        };
-        if ended {
+        Reconciler::new(plane.clone(), store).run(until).await;
+        if *stop.borrow() {
             return;
         }
         // The loop ended: the lease changed, or a write was fenced. Wait
@@ -149,7 +154,10 @@ pub async fn reconcile_while_leading<S: Store>(
         // gone: the next renewal says so).
         let current = held.borrow().clone();
         if current.is_some() {
-            let _ = held.changed().await;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = held.changed() => {}
+            }
         }
     }
 }

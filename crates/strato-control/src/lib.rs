@@ -275,16 +275,25 @@ pub async fn serve(
     }
     // The lease, and the reconcile loop while this replica holds it.
     let (lease_tx, lease_rx) = tokio::sync::watch::channel(None);
+    let ttl = match plane.settings.config.database_url {
+        Some(_) => leadership::LEASE_TTL,
+        None => leadership::SINGLE_PROCESS_LEASE_TTL,
+    };
+    // Given up only once the reconcile loop has finished its pass.
+    let (release_lease, lease_released) = tokio::sync::oneshot::channel::<()>();
     let lease = tokio::spawn(leadership::hold_lease(
         plane.store.clone(),
         plane.replica.clone(),
+        ttl,
         lease_tx,
-        stopped(stop_rx.clone()),
+        async move {
+            let _ = lease_released.await;
+        },
     ));
     let reconciler = tokio::spawn(leadership::reconcile_while_leading(
         plane.clone(),
         lease_rx,
-        stopped(stop_rx.clone()),
+        stop_rx.clone(),
     ));
     tokio::spawn(courier::run(plane.clone(), stopped(stop_rx.clone())));
     if let Some(url) = &plane.settings.config.database_url {
@@ -330,8 +339,13 @@ pub async fn serve(
     g.context("gRPC server")?;
     h.context("HTTP server")?;
     let _ = reconciler.await;
+    let _ = release_lease.send(());
     let _ = lease.await;
     let _ = heartbeats.await;
+    // Its agents' sessions ended with it: no node counts as held here.
+    if let Err(e) = plane.store.sessions_ended(&plane.sessions_prefix()).await {
+        tracing::warn!(error = %e, "cannot record that this replica's sessions ended");
+    }
     plane.store.close().await;
     tracing::info!("strato-control stopped");
     Ok(())

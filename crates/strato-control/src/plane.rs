@@ -167,12 +167,12 @@ impl Sessions {
         self.lock().contains_key(node_id)
     }
 
-    /// The nodes whose sessions are ready.
-    pub fn ready_nodes(&self) -> Vec<String> {
+    /// The nodes whose sessions are ready, with each session's generation.
+    pub fn ready_nodes(&self) -> Vec<(String, u64)> {
         self.lock()
             .iter()
             .filter(|(_, s)| s.ready)
-            .map(|(id, _)| id.clone())
+            .map(|(id, s)| (id.clone(), s.generation))
             .collect()
     }
 
@@ -204,13 +204,28 @@ impl Sessions {
         })
     }
 
-    /// Queues an assignment, noting it as sent in the node's session.
+    /// Queues an assignment once per session: false when it went (or was
+    /// held) already, or there is no session, or its queue is full (then it
+    /// is not noted, and goes again at the next try).
     pub fn assign(&self, node_id: &str, assignment: v1::JobAssignment) -> bool {
-        if let Some(s) = self.lock().get_mut(node_id) {
-            s.assigned
-                .insert((assignment.job_id.clone(), assignment.attempt));
+        let key = (assignment.job_id.clone(), assignment.attempt);
+        let mut open = self.lock();
+        let Some(session) = open.get_mut(node_id) else {
+            return false;
+        };
+        if !session.assigned.insert(key.clone()) {
+            return false;
         }
-        self.send(node_id, v1::control_message::Body::Assign(assignment))
+        let sent = session
+            .tx
+            .try_send(Ok(v1::ControlMessage {
+                body: Some(v1::control_message::Body::Assign(assignment)),
+            }))
+            .is_ok();
+        if !sent {
+            session.assigned.remove(&key);
+        }
+        sent
     }
 }
 
@@ -440,6 +455,18 @@ pub struct Plane<S> {
 }
 
 impl<S> Plane<S> {
+    /// What the database records for a session of this replica
+    /// (`nodes.session_replica`): the replica and the session's
+    /// generation, so that an older session's end clears only its own.
+    pub fn session_key(&self, generation: u64) -> String {
+        format!("{}{generation}", self.sessions_prefix())
+    }
+
+    /// What every session key of this replica starts with.
+    pub fn sessions_prefix(&self) -> String {
+        format!("{}#", self.replica)
+    }
+
     /// A token of `identity`, an identity of `cluster`, for `resource`:
     /// issued here, or from Entra ID through federation. For the control
     /// plane's own use on the cluster's behalf; never handed to a caller.

@@ -102,7 +102,14 @@ impl Power {
     /// Moves the node to its step and runs the command in the background;
     /// nothing if a command for the node runs already or the node is no
     /// longer in the step's starting state.
-    pub async fn start<S: Store>(self: &Arc<Self>, plane: &Arc<Plane<S>>, dir: &Path, run: Run) {
+    /// `store` is what the leader writes through (fenced by its lease).
+    pub async fn start<S: Store>(
+        self: &Arc<Self>,
+        plane: &Arc<Plane<S>>,
+        store: &S,
+        dir: &Path,
+        run: Run,
+    ) {
         if !lock(&self.running).insert(run.node_id.clone()) {
             return;
         }
@@ -112,11 +119,7 @@ impl Power {
             Action::Suspend => format!("suspended by {}", run.command),
         };
         let now = plane.clock.now_ms();
-        match plane
-            .store
-            .power_step(&run.node_id, step, &reason, now)
-            .await
-        {
+        match store.power_step(&run.node_id, step, &reason, now).await {
             Ok(true) => {}
             Ok(false) => {
                 lock(&self.running).remove(&run.node_id);
@@ -136,13 +139,20 @@ impl Power {
         plane.events.changed();
         tracing::info!(cluster = %run.cluster, node = %run.node_id, action = run.action.as_str(), command = %run.command, "power command started");
         let (power, plane, path) = (self.clone(), plane.clone(), dir.join(&run.command));
+        let store = store.clone();
         tokio::spawn(async move {
             let result = execute(&path, &run).await;
-            power.finish(&plane, &run, result).await;
+            power.finish(&plane, &store, &run, result).await;
         });
     }
 
-    async fn finish<S: Store>(&self, plane: &Plane<S>, run: &Run, result: Result<(), String>) {
+    async fn finish<S: Store>(
+        &self,
+        plane: &Plane<S>,
+        store: &S,
+        run: &Run,
+        result: Result<(), String>,
+    ) {
         let now = plane.clock.now_ms();
         match result {
             Ok(()) => {
@@ -165,11 +175,7 @@ impl Power {
                 tracing::warn!(cluster = %run.cluster, node = %run.node_id, %error, "power command failed");
                 self.fail(&run.cluster, now, error.clone());
                 let (_, failed) = run.action.steps();
-                if let Err(e) = plane
-                    .store
-                    .power_step(&run.node_id, failed, &error, now)
-                    .await
-                {
+                if let Err(e) = store.power_step(&run.node_id, failed, &error, now).await {
                     tracing::error!(node = %run.node_id, error = %e, "power step not recorded");
                 }
             }

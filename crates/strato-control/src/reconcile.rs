@@ -133,7 +133,6 @@ impl<S: Store> Reconciler<S> {
         let (mut deleted, mut more) = (0, true);
         for _ in 0..RETENTION_BATCHES {
             let batch = self
-                .plane
                 .store
                 .delete_jobs_ended_before(cutoff, RETENTION_BATCH)
                 .await?;
@@ -230,7 +229,6 @@ impl<S: Store> Reconciler<S> {
                             .fail(now, format!("node {}: {reason}", node.node_id));
                     }
                     let jobs = self
-                        .plane
                         .store
                         .node_unusable(&node.node_id, &reason, now)
                         .await?;
@@ -441,7 +439,7 @@ impl<S: Store> Reconciler<S> {
                     command: command.clone(),
                     timeout: Duration::from_secs(u64::from(commands.timeout_seconds)),
                 };
-                self.power.start(&self.plane, dir, run).await;
+                self.power.start(&self.plane, &self.store, dir, run).await;
             }
         }
         for node_id in &pass.remove {
@@ -530,7 +528,6 @@ impl<S: Store> Reconciler<S> {
         .unwrap_or(i64::MAX);
         let join_expires_at = now.saturating_add(start_timeout_ms);
         let node = match self
-            .plane
             .store
             .create_node(
                 name,
@@ -554,8 +551,7 @@ impl<S: Store> Reconciler<S> {
         match self.plane.provider.create_node(&launch).await {
             Ok(pid) => {
                 if let Some(pid) = pid {
-                    self.plane
-                        .store
+                    self.store
                         .set_node_pid(&node_id, pid)
                         .await
                         .map_err(AddError::Store)?;
@@ -580,8 +576,7 @@ impl<S: Store> Reconciler<S> {
                     .entry(name.clone())
                     .or_default()
                     .fail(now, e.to_string());
-                self.plane
-                    .store
+                self.store
                     .delete_node(&node_id, now)
                     .await
                     .map_err(AddError::Store)?;
@@ -599,6 +594,9 @@ impl<S: Store> Reconciler<S> {
         now: i64,
     ) -> Result<bool, StoreError> {
         let why = reason.describe(&node.reason);
+        // The machine goes before its record: a deposed leader must not
+        // take it down (its later write would be refused, too late).
+        self.store.check_lease().await?;
         if let Err(e) = self.plane.provider.delete_node(&node.into()).await {
             // Keep the record so the next pass tries again.
             tracing::warn!(node = %node.node_id, error = %e, "provider could not remove the node");

@@ -191,6 +191,11 @@ impl FakeRuntime {
         })
     }
 
+    /// A receiver that changes on every change of the engine.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Waits until `condition` holds for the engine's containers, up to
     /// `patience` (a bound for a broken test, not a pace): the condition is
     /// checked on every change, never on a timer.

@@ -101,6 +101,13 @@ pub async fn run<R: ContainerRuntime>(
             }
             Err(e) => {
                 failures += 1;
+                // A replica that answers but cannot serve (its database
+                // away): the next try starts at the next one.
+                if config.replicas.len() > 1 {
+                    config
+                        .preferred
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let waited = last_contact.elapsed();
                 if let Some(limit) = config.give_up_after
                     && waited >= limit

@@ -22,12 +22,34 @@ BEGIN
         coalesce(current_setting('strato.replica', true), '') || '|changed');
     RETURN NULL;
 END $$;
-CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE OR DELETE ON jobs
+-- Rows that come or go, and changes of what a reconcile pass, a courier
+-- or a waiter acts on; not heartbeats, utilisation or output counters
+-- (written all the time, acted on by no one else).
+CREATE TRIGGER jobs_added_or_deleted AFTER INSERT OR DELETE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION strato_notify_changed();
-CREATE TRIGGER nodes_changed AFTER INSERT OR UPDATE OR DELETE ON nodes
+CREATE TRIGGER jobs_changed AFTER UPDATE ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state
+       OR OLD.attempt IS DISTINCT FROM NEW.attempt
+       OR OLD.cancel_requested IS DISTINCT FROM NEW.cancel_requested
+       OR OLD.reason IS DISTINCT FROM NEW.reason)
+    EXECUTE FUNCTION strato_notify_changed();
+CREATE TRIGGER nodes_added_or_deleted AFTER INSERT OR DELETE ON nodes
     FOR EACH STATEMENT EXECUTE FUNCTION strato_notify_changed();
-CREATE TRIGGER ranks_changed AFTER INSERT OR UPDATE OR DELETE ON job_ranks
+CREATE TRIGGER nodes_changed AFTER UPDATE ON nodes FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state
+       OR OLD.run_id IS DISTINCT FROM NEW.run_id
+       OR OLD.reason IS DISTINCT FROM NEW.reason
+       OR OLD.evict_at IS DISTINCT FROM NEW.evict_at
+       OR OLD.session_token_hash IS DISTINCT FROM NEW.session_token_hash
+       OR OLD.session_replica IS DISTINCT FROM NEW.session_replica)
+    EXECUTE FUNCTION strato_notify_changed();
+CREATE TRIGGER ranks_added_or_deleted AFTER INSERT OR DELETE ON job_ranks
     FOR EACH STATEMENT EXECUTE FUNCTION strato_notify_changed();
+CREATE TRIGGER ranks_changed AFTER UPDATE ON job_ranks FOR EACH ROW
+    WHEN (OLD.started IS DISTINCT FROM NEW.started
+       OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
+       OR OLD.exit_code IS DISTINCT FROM NEW.exit_code)
+    EXECUTE FUNCTION strato_notify_changed();
 
 CREATE FUNCTION strato_notify_output() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -418,21 +418,26 @@ pub trait Store: Send + Sync + Clone + 'static {
     /// how many nodes' were written. Nodes that are gone are forgotten.
     fn persist_heartbeats(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Records that `replica` holds the agent session of `node_id` (a
-    /// later session elsewhere overwrites it).
+    /// Records that the session `replica` names (the replica and its
+    /// session, `Plane::session_key`) holds the agent of `node_id` (a later
+    /// session overwrites it).
     fn session_opened(
         &self,
         node_id: &str,
         replica: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Forgets that `replica` holds the session of `node_id`, unless
-    /// another replica's session replaced it.
+    /// Forgets that session `replica` holds `node_id`, unless another
+    /// session replaced it.
     fn session_closed(
         &self,
         node_id: &str,
         replica: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets every session recorded with a key starting with `prefix`
+    /// (a replica's, at its shutdown).
+    fn sessions_ended(&self, prefix: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Takes or renews the leader lease for `holder`, for `ttl_ms` by the
     /// database's clock. With `held` (the epoch this holder has), renews
@@ -449,6 +454,12 @@ pub trait Store: Send + Sync + Clone + 'static {
     /// Gives the lease up at once (a clean stop), if `lease` still holds
     /// it: another replica takes over without waiting for it to run out.
     fn resign(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// For a fenced store, whether its lease still holds (the check each
+    /// of its writes makes, `StoreError::Fenced` if not); for another,
+    /// `Ok`. Before an effect outside the database that a deposed leader
+    /// must not cause (a machine taken down).
+    fn check_lease(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// This store with every write fenced by `lease`: a write transaction
     /// first checks, after it has the write lock, that the lease is still

@@ -85,6 +85,11 @@ pub async fn a_deposed_leaders_writes_are_refused_and_store_nothing<S: Store>(st
     a.submit_job("while-leading", job("cpu"), "", 1)
         .await
         .expect("the leader writes");
+    a.check_lease().await.expect("the lease holds");
+    store
+        .check_lease()
+        .await
+        .expect("an unfenced store has none");
     store
         .resign(&Lease {
             holder: "a".into(),
@@ -98,6 +103,7 @@ pub async fn a_deposed_leaders_writes_are_refused_and_store_nothing<S: Store>(st
         .await
         .expect_err("fenced");
     assert!(matches!(refused, StoreError::Fenced(1)), "{refused}");
+    assert!(matches!(a.check_lease().await, Err(StoreError::Fenced(1))));
     assert!(matches!(
         store.get_job("after-deposed").await,
         Err(StoreError::JobNotFound(_))
@@ -135,4 +141,14 @@ pub async fn the_replica_holding_a_session_is_recorded_until_it_ends<S: Store>(s
     );
     store.session_closed("cpu-n0", "r2").await.expect("close");
     assert_eq!(node(&store, "cpu-n0").await.session_replica, None);
+    // A replica's shutdown ends its sessions, and no other's.
+    given_idle_nodes(&store, "cpu", &["cpu-n1"]).await;
+    store.session_opened("cpu-n0", "r1#3").await.expect("open");
+    store.session_opened("cpu-n1", "r10#1").await.expect("open");
+    store.sessions_ended("r1#").await.expect("ended");
+    assert_eq!(node(&store, "cpu-n0").await.session_replica, None);
+    assert_eq!(
+        node(&store, "cpu-n1").await.session_replica.as_deref(),
+        Some("r10#1")
+    );
 }

@@ -182,13 +182,15 @@ pub(super) async fn set_queued_reason(
     cluster: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "UPDATE jobs SET reason = $1 WHERE cluster = $2 AND state = 'queued' AND reason <> $1",
     )
     .bind(reason)
     .bind(cluster)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -671,6 +671,10 @@ impl Store for SqlStore {
         nodes::session_closed(self, node_id, replica).await
     }
 
+    async fn sessions_ended(&self, prefix: &str) -> Result<(), StoreError> {
+        nodes::sessions_ended(self, prefix).await
+    }
+
     async fn lead(
         &self,
         holder: &str,
@@ -682,6 +686,14 @@ impl Store for SqlStore {
 
     async fn resign(&self, lease: &Lease) -> Result<(), StoreError> {
         lease::resign(self, lease).await
+    }
+
+    async fn check_lease(&self) -> Result<(), StoreError> {
+        if self.fence.is_some() {
+            // Rolled back when dropped.
+            let _checked = self.begin_write().await?;
+        }
+        Ok(())
     }
 
     fn fenced(&self, lease: Lease) -> Self {

@@ -165,11 +165,13 @@ pub(super) async fn create_node(
 }
 
 pub(super) async fn set_node_pid(db: &SqlStore, node_id: &str, pid: u32) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
     sqlx::query("UPDATE nodes SET pid = $1 WHERE node_id = $2")
         .bind(i64::from(pid))
         .bind(node_id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -763,6 +765,19 @@ pub(super) async fn session_closed(
     )
     .bind(node_id)
     .bind(replica)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn sessions_ended(db: &SqlStore, prefix: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "UPDATE nodes SET session_replica = NULL WHERE substr(session_replica, 1, CAST($1 AS INTEGER)) = $2",
+    )
+    .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
+    .bind(prefix)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
