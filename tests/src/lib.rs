@@ -59,6 +59,19 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The path of a workspace binary beside the running one (a tool in
+/// target/<profile>/ starting another).
+pub fn binary_beside(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("this executable's path")?;
+    let path = exe.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build the workspace's bins (`cargo build --release --bins`)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The client configuration a control plane wrote at first start.
 pub fn admin_config(path: &Path) -> anyhow::Result<strato_core::client_config::ClientConfig> {
     let text =

@@ -157,6 +157,10 @@ pub struct SimFleet {
     /// (`None`: what the test makes them do).
     shared: Option<tokio::runtime::Handle>,
     jobs: Option<SimJobs>,
+    /// A large fleet's record of each create call: `NODE_ID MS` lines in
+    /// `WORK_ROOT/creates.log` (when the provider was asked, for the
+    /// benchmark).
+    creates_log: Option<Mutex<std::fs::File>>,
 }
 
 impl SimFleet {
@@ -179,6 +183,7 @@ impl SimFleet {
             creates: AtomicU32::new(0),
             shared: None,
             jobs: None,
+            creates_log: None,
         })
     }
 
@@ -193,6 +198,15 @@ impl SimFleet {
         shared: tokio::runtime::Handle,
         jobs: SimJobs,
     ) -> Arc<Self> {
+        let creates_log = std::fs::create_dir_all(&work_root)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(work_root.join("creates.log"))
+            })
+            .ok()
+            .map(Mutex::new);
         Arc::new(SimFleet {
             endpoint,
             http_base,
@@ -205,6 +219,7 @@ impl SimFleet {
             creates: AtomicU32::new(0),
             shared: Some(shared),
             jobs: Some(jobs),
+            creates_log,
         })
     }
 
@@ -246,6 +261,14 @@ impl SimFleet {
 
     fn start(&self, launch: &NodeLaunch) -> Result<(), ProviderError> {
         self.creates.fetch_add(1, Ordering::SeqCst);
+        if let Some(log) = &self.creates_log {
+            use std::io::Write as _;
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(log, "{} {at}", launch.node_id);
+        }
         let failing = self
             .failing_creates
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -277,10 +300,15 @@ impl SimFleet {
             },
             work_dir,
             storage_ca: None,
-            scheduled_events_url: format!(
-                "{}/scheduledevents/{}?api-version=2020-07-01",
-                self.http_base, launch.node_id
-            ),
+            // A large fleet polls no Scheduled Events (10,000 requests a
+            // second would be the benchmark).
+            scheduled_events_url: match self.shared {
+                Some(_) => String::new(),
+                None => format!(
+                    "{}/scheduledevents/{}?api-version=2020-07-01",
+                    self.http_base, launch.node_id
+                ),
+            },
             gang: GangConfig {
                 network: GangNetwork::Cluster,
                 launcher: self.work_root.join("strato-rsh"),
@@ -384,8 +412,9 @@ impl NodeProvider for SimProvider {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             creates_nodes: true,
-            // Its agents poll this control plane's Scheduled Events.
-            simulated_evictions: true,
+            // Its agents poll this control plane's Scheduled Events (not a
+            // large fleet's).
+            simulated_evictions: self.0.shared.is_none(),
         }
     }
 

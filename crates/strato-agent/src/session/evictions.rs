@@ -28,6 +28,10 @@ pub(super) async fn watch_evictions<R: ContainerRuntime>(
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<v1::AgentMessage>,
 ) {
+    if url.is_empty() {
+        // No Scheduled Events endpoint (a simulated fleet): nothing polled.
+        return;
+    }
     let mut handled: HashSet<String> = HashSet::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -58,6 +58,7 @@ pub fn node(n: NodeRecord) -> v1::Node {
         run_id: n.run_id.unwrap_or_default(),
         reason: n.reason,
         state_since: Some(timestamp(n.state_since)),
+        created_at: Some(timestamp(n.created_at)),
         metrics_url: n.metrics_url,
         cpu_percent: n.usage.cpu_percent,
         memory_used_bytes: n.usage.memory_used,
