@@ -52,8 +52,9 @@ impl Agent {
 }
 
 /// What simulated jobs do: each container prints one line, runs for
-/// `duration` and exits, with 1 in every `fail_every` exiting 1 (0: none
-/// fail).
+/// `duration` (or the milliseconds its command's last argument says, as
+/// `sleep-ms 60000`) and exits, with 1 in every `fail_every` exiting 1 (0:
+/// none fail).
 #[derive(Debug, Clone, Copy)]
 pub struct SimJobs {
     pub duration: std::time::Duration,
@@ -73,10 +74,16 @@ async fn run_jobs(runtime: FakeRuntime, jobs: SimJobs) {
             }
             started += 1;
             let fails = jobs.fail_every > 0 && started.is_multiple_of(jobs.fail_every);
+            let duration = match c.spec.command.as_slice() {
+                [first, ms] if first == "sleep-ms" => ms
+                    .parse()
+                    .map_or(jobs.duration, std::time::Duration::from_millis),
+                _ => jobs.duration,
+            };
             let runtime = runtime.clone();
             tokio::spawn(async move {
                 let _ = runtime.print(&c.id, strato_runtime::OutputStream::Stdout, "simulated");
-                tokio::time::sleep(jobs.duration).await;
+                tokio::time::sleep(duration).await;
                 let _ = runtime.exit(&c.id, i64::from(fails));
             });
         }

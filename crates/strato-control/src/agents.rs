@@ -665,15 +665,10 @@ async fn hello_reconcile<S: Store>(
     hello: &v1::Hello,
     now: i64,
 ) -> Result<(), StoreError> {
-    let node = match plane
-        .store
-        .all_nodes()
-        .await?
-        .into_iter()
-        .find(|n| n.node_id == node_id)
-    {
-        Some(n) => n,
-        None => return Ok(()),
+    let node = match plane.store.get_node(node_id).await {
+        Ok(n) => n,
+        Err(StoreError::NodeNotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
     };
     // What the agent holds is never sent to it again in this session.
     for held in &hello.jobs {
@@ -744,11 +739,13 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    let nodes = plane
-        .store
-        .list_nodes(&job.spec.cluster)
-        .await
-        .unwrap_or_default();
+    // The gang's nodes only (a cluster may hold a thousand).
+    let mut nodes = Vec::with_capacity(attempt.node_ids.len());
+    for node_id in &attempt.node_ids {
+        if let Ok(node) = plane.store.get_node(node_id).await {
+            nodes.push(node);
+        }
+    }
     let registry_login = registry_login(plane, &job.spec.image, &job.spec.cluster).await;
     let gang: Vec<v1::GangMember> = attempt
         .node_ids

@@ -11,7 +11,6 @@ use std::time::Duration;
 use strato_core::backoff::Backoff;
 use strato_core::lifecycle;
 use strato_core::node::health::{self, Health};
-use strato_core::quota;
 use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
 use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput, attached};
 use strato_core::spec::ComputeType;
@@ -350,26 +349,7 @@ impl<S: Store> Reconciler<S> {
             cluster.spec.max_nodes,
             count(remaining),
         );
-        let mut added = 0;
-        let mut add_failed = None;
-        for _ in 0..to_add {
-            match self.add_node(cluster, now).await {
-                Ok(()) => added += 1,
-                Err(AddError::Quota(e)) => {
-                    add_failed = Some(Issue::quota(&e));
-                    break;
-                }
-                Err(AddError::Provider(e)) => {
-                    let code = match e {
-                        ProviderError::NoProvider => IssueCode::NoNodeProvider,
-                        _ => IssueCode::ProviderError,
-                    };
-                    add_failed = Some(Issue::new(code, e.to_string()));
-                    break;
-                }
-                Err(AddError::Store(e)) => return Err(e),
-            }
-        }
+        let (added, add_failed) = self.add_nodes(cluster, to_add, now).await?;
         let live = count(nodes.iter().filter(|n| scale::is_live(n.state)).count());
         let settled = allocation::settle(&allocation::Pass {
             decision: &decision,
@@ -511,11 +491,20 @@ impl<S: Store> Reconciler<S> {
             .await
     }
 
-    async fn add_node(&mut self, cluster: &ClusterRecord, now: i64) -> Result<(), AddError> {
+    /// Adds `count` nodes to the cluster: their records in one transaction
+    /// when all fit the quota (else one by one, as many as fit), then each
+    /// machine from the provider. Returns how many were added and, if not
+    /// all, why.
+    async fn add_nodes(
+        &mut self,
+        cluster: &ClusterRecord,
+        count: u32,
+        now: i64,
+    ) -> Result<(u32, Option<Issue>), StoreError> {
+        if count == 0 {
+            return Ok((0, None));
+        }
         let name = &cluster.spec.name;
-        let node_id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let join_token = new_token();
-        let limits = &self.plane.settings.quota;
         // Single use, and only while the node may still enrol: one that has
         // not within --node-start-timeout is replaced with a new token.
         let start_timeout_ms = i64::try_from(
@@ -527,34 +516,89 @@ impl<S: Store> Reconciler<S> {
         )
         .unwrap_or(i64::MAX);
         let join_expires_at = now.saturating_add(start_timeout_ms);
-        let node = match self
+        let limits = &self.plane.settings.quota;
+        let fresh = || {
+            let node_id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            (node_id, new_token())
+        };
+        let batch: Vec<(String, String)> = (0..count).map(|_| fresh()).collect();
+        let hashed: Vec<(String, String)> = batch
+            .iter()
+            .map(|(id, token)| (id.clone(), hash_token(token)))
+            .collect();
+        let mut made: Vec<(NodeRecord, String)> = Vec::new();
+        let mut quota_issue = None;
+        match self
             .store
-            .create_node(
-                name,
-                &node_id,
-                &hash_token(&join_token),
-                join_expires_at,
-                limits,
-                now,
-            )
+            .create_nodes(name, &hashed, join_expires_at, limits, now)
             .await
         {
-            Ok(n) => n,
-            Err(StoreError::Quota(e)) => return Err(AddError::Quota(e)),
-            Err(e) => return Err(AddError::Store(e)),
-        };
+            Ok(nodes) => made.extend(nodes.into_iter().zip(batch.into_iter().map(|(_, t)| t))),
+            // Not all fit: as many as do, one by one.
+            Err(StoreError::Quota(_)) => {
+                for (node_id, token) in batch {
+                    match self
+                        .store
+                        .create_node(
+                            name,
+                            &node_id,
+                            &hash_token(&token),
+                            join_expires_at,
+                            limits,
+                            now,
+                        )
+                        .await
+                    {
+                        Ok(node) => made.push((node, token)),
+                        Err(StoreError::Quota(e)) => {
+                            quota_issue = Some(Issue::quota(&e));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let mut added = 0;
+        let mut made = made.into_iter();
+        while let Some((node, join_token)) = made.next() {
+            match self.launch(name, &node.node_id, join_token, now).await? {
+                Ok(()) => added += 1,
+                Err(e) => {
+                    // The provider fails: the rest are not asked for.
+                    for (rest, _) in made {
+                        self.store.delete_node(&rest.node_id, now).await?;
+                    }
+                    let code = match e {
+                        ProviderError::NoProvider => IssueCode::NoNodeProvider,
+                        _ => IssueCode::ProviderError,
+                    };
+                    return Ok((added, Some(Issue::new(code, e.to_string()))));
+                }
+            }
+        }
+        Ok((added, quota_issue))
+    }
+
+    /// Asks the provider for the machine of a node just recorded; when it
+    /// cannot, the record goes and the cluster's provider backoff grows.
+    async fn launch(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        join_token: String,
+        now: i64,
+    ) -> Result<Result<(), ProviderError>, StoreError> {
         let launch = NodeLaunch {
-            node_id: node.node_id.clone(),
-            cluster: name.clone(),
+            node_id: node_id.to_owned(),
+            cluster: name.to_owned(),
             join_token,
         };
         match self.plane.provider.create_node(&launch).await {
             Ok(pid) => {
                 if let Some(pid) = pid {
-                    self.store
-                        .set_node_pid(&node_id, pid)
-                        .await
-                        .map_err(AddError::Store)?;
+                    self.store.set_node_pid(node_id, pid).await?;
                 }
                 tracing::info!(cluster = %name, node = %node_id, "scale up: node added");
                 self.plane.scale_events.record(
@@ -563,7 +607,7 @@ impl<S: Store> Reconciler<S> {
                     format!("scale up: node {node_id} added"),
                 );
                 self.plane.counters.scaled(name, "up", "demand");
-                Ok(())
+                Ok(Ok(()))
             }
             Err(e) => {
                 tracing::warn!(cluster = %name, node = %node_id, error = %e, "provider could not create the node");
@@ -573,14 +617,11 @@ impl<S: Store> Reconciler<S> {
                     format!("scale up failed: the provider could not create node {node_id}: {e}"),
                 );
                 self.backoff
-                    .entry(name.clone())
+                    .entry(name.to_owned())
                     .or_default()
                     .fail(now, e.to_string());
-                self.store
-                    .delete_node(&node_id, now)
-                    .await
-                    .map_err(AddError::Store)?;
-                Err(AddError::Provider(e))
+                self.store.delete_node(node_id, now).await?;
+                Ok(Err(e))
             }
         }
     }
@@ -617,12 +658,6 @@ impl<S: Store> Reconciler<S> {
         self.plane.events.changed();
         Ok(true)
     }
-}
-
-enum AddError {
-    Quota(quota::QuotaError),
-    Provider(ProviderError),
-    Store(StoreError),
 }
 
 /// The nodes the queued jobs need (a gang of N counts N).

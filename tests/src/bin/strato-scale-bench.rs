@@ -2,7 +2,7 @@
 //! simulated fleet (`strato-control-sim`, agents over real gRPC on fake
 //! engines) at NODES nodes, measured from outside:
 //!
-//! 1. NODES jobs submitted to empty clusters (of 1,000 nodes at most): the
+//! 1. NODES jobs of 30 s submitted to empty clusters (of 1,000 nodes at most): the
 //!    time from each job queued (its submit answered) to the provider
 //!    asked for a node (the fleet's `creates.log`), paired in order per
 //!    cluster, p50 and p99; then until every node enrolled and is idle.
@@ -173,7 +173,8 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     let targets: Vec<String> = (0..nodes)
         .map(|i| clusters[i / PER_CLUSTER].clone())
         .collect();
-    let (acks, _) = submit_all(&job_client, &targets).await?;
+    // Long enough that every job needs a node of its own.
+    let (acks, _) = submit_all(&job_client, &targets, 30_000).await?;
     let mut latencies = Vec::with_capacity(nodes);
     let creates = data.join("sim").join("creates.log");
     let asked: Vec<(String, i64)> = wait(
@@ -218,27 +219,37 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     };
     let (p50, p99) = (p(0.5), p(0.99));
     let started = Instant::now();
-    wait_async(
-        Duration::from_secs(1800),
-        "every node enrolled and idle",
-        || {
+    let count = |states: &'static [v1::NodeState]| {
+        let (compute, clusters) = (compute.clone(), clusters.clone());
+        move || {
             let (mut compute, clusters) = (compute.clone(), clusters.clone());
             async move {
-                let mut idle = 0;
+                let mut n = 0;
                 for name in &clusters {
-                    idle += list_nodes(&mut compute, name)
+                    n += list_nodes(&mut compute, name)
                         .await
                         .ok()?
                         .iter()
-                        .filter(|n| n.state == v1::NodeState::Idle as i32)
+                        .filter(|x| states.iter().any(|s| x.state == *s as i32))
                         .count();
                 }
-                (idle >= nodes).then_some(())
+                (n >= nodes).then_some(())
             }
-        },
+        }
+    };
+    wait_async(
+        Duration::from_secs(1800),
+        "every node enrolled, running its job",
+        count(&[v1::NodeState::Running, v1::NodeState::Idle]),
     )
     .await?;
     let enrolled_in = started.elapsed();
+    wait_async(
+        Duration::from_secs(600),
+        "every node idle",
+        count(&[v1::NodeState::Idle]),
+    )
+    .await?;
 
     // 2. Idle, heartbeating once a second.
     let pid = sim.0.id();
@@ -255,7 +266,7 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     let targets: Vec<String> = (0..jobs)
         .map(|i| clusters[i % clusters.len()].clone())
         .collect();
-    let (_, submit_rate) = submit_all(&job_client, &targets).await?;
+    let (_, submit_rate) = submit_all(&job_client, &targets, 100).await?;
     let http_addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse()?;
     let queued_at_start = queued(http_addr, &admin);
     let measure = Instant::now();
@@ -270,19 +281,20 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     drop(sim);
     drop(schema);
     Ok(format!(
-        "nodes={nodes} queued-to-provider-p50-ms={p50} p99-ms={p99} all-enrolled-s={:.0} \
+        "nodes={nodes} queued-to-provider-p50-ms={p50} p99-ms={p99} all-enrolled-s={:.1} \
          control-plane-cpu-cores={control_cpu:.2} fleet-cpu-cores={fleet_cpu:.2} rss-mib={rss_mib} \
          submit/s={submit_rate:.0} queued={queued_at_start} placements/s={placements:.0}",
         enrolled_in.as_secs_f64()
     ))
 }
 
-/// Submits a job of 1 node to each cluster in `targets`, `SUBMITTERS` at a
-/// time; each one's cluster and acknowledgement time (ms), and submits per
+/// Submits a job of 1 node that runs `runs_ms` to each cluster in
+/// `targets`, `SUBMITTERS` at a time; each one's cluster and acknowledgement time (ms), and submits per
 /// second.
 async fn submit_all(
     jobs: &JobServiceClient<strato_e2e::Channel>,
     targets: &[String],
+    runs_ms: u64,
 ) -> anyhow::Result<(Vec<(String, i64)>, f64)> {
     let started = Instant::now();
     let chunks: Vec<Vec<String>> = targets
@@ -299,7 +311,7 @@ async fn submit_all(
                     spec: Some(v1::JobSpec {
                         cluster: cluster.clone(),
                         image: "sim".into(),
-                        command: vec!["run".into()],
+                        command: vec!["sleep-ms".into(), runs_ms.to_string()],
                         ..Default::default()
                     }),
                 })

@@ -238,6 +238,13 @@ impl JobPage {
     };
 }
 
+/// The most queued jobs of a cluster `Store::queued_jobs` reads (oldest
+/// first), so that a reconcile pass over a long queue stays short: more
+/// than any cluster has nodes (1,000 at most, each job taking one or
+/// more), so demand is never understated; the rest are read by later
+/// passes as these are placed.
+pub const QUEUED_READ: u32 = 5_000;
+
 /// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
 /// since the epoch) so that the store reads no clock.
 pub trait Store: Send + Sync + Clone + 'static {
@@ -303,6 +310,12 @@ pub trait Store: Send + Sync + Clone + 'static {
 
     fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
+    /// One node, with its latest heartbeat.
+    fn get_node(
+        &self,
+        node_id: &str,
+    ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
     /// Adds a node (state `preparing`) if one more fits the quota; its
     /// agent enrols once with the join token before `join_expires_at`.
     fn create_node(
@@ -314,6 +327,18 @@ pub trait Store: Send + Sync + Clone + 'static {
         limits: &QuotaLimits,
         now: i64,
     ) -> impl Future<Output = Result<NodeRecord, StoreError>> + Send;
+
+    /// Adds `nodes` (each id with its join token's hash) in one
+    /// transaction, as `create_node` does, if they all fit the quota;
+    /// otherwise stores none. A scale-up's nodes, one commit for all.
+    fn create_nodes(
+        &self,
+        cluster: &str,
+        nodes: &[(String, String)],
+        join_expires_at: i64,
+        limits: &QuotaLimits,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
     fn set_node_pid(
         &self,
@@ -540,7 +565,7 @@ pub trait Store: Send + Sync + Clone + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<(String, JobState, u64)>, StoreError>> + Send;
 
-    /// Queued jobs of a cluster, oldest first.
+    /// Queued jobs of a cluster, oldest first, at most [`QUEUED_READ`].
     fn queued_jobs(
         &self,
         cluster: &str,

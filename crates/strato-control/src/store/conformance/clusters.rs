@@ -1,7 +1,7 @@
 //! Clusters, quota, identities, allocation state and datastores.
 
 use strato_core::identity::{Identity, IdentityKind};
-use strato_core::node::AllocationState;
+use strato_core::node::{AllocationState, NodeState};
 use strato_core::quota::{QuotaLimits, RegionQuota};
 use strato_core::spec::{ClusterSpec, IdentitySpec, VmPriority};
 
@@ -538,4 +538,42 @@ pub async fn registries_take_a_name_and_a_server_once<S: Store>(store: S) {
         store.get_registry("lab").await.expect("get"),
         reg("lab", "10.0.0.5:5000")
     );
+}
+
+pub async fn a_scale_ups_nodes_are_made_together_or_not_at_all<S: Store>(store: S) {
+    let l = limits(6);
+    store
+        .create_cluster(cluster("east", "Standard_D2_v2", 0, 4), Vec::new(), &l, 1)
+        .await
+        .expect("create");
+    let batch = |ids: &[&str]| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|id| ((*id).to_owned(), format!("join-{id}")))
+            .collect()
+    };
+    // 4 nodes of 2 vCPUs are 8 of the 6 allowed: none is made.
+    assert!(matches!(
+        store
+            .create_nodes(
+                "east",
+                &batch(&["e0", "e1", "e2", "e3"]),
+                JOIN_EXPIRES,
+                &l,
+                2
+            )
+            .await,
+        Err(StoreError::Quota(_))
+    ));
+    assert!(store.list_nodes("east").await.expect("nodes").is_empty());
+    let made = store
+        .create_nodes("east", &batch(&["e0", "e1", "e2"]), JOIN_EXPIRES, &l, 3)
+        .await
+        .expect("3 fit");
+    let ids: Vec<&str> = made.iter().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(ids, ["e0", "e1", "e2"]);
+    assert!(
+        made.iter()
+            .all(|n| n.state == NodeState::Preparing && n.created_at == 3)
+    );
+    assert_eq!(store.usage(REGION).await.expect("usage").family(FAMILY), 6);
 }

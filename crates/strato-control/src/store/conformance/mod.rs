@@ -48,6 +48,7 @@ macro_rules! store_conformance_suite {
                 cluster_update_checks_quota_for_growth_only,
                 two_creates_cannot_both_take_the_last_cores,
                 nodes_count_against_the_quota_beyond_min_nodes,
+                a_scale_ups_nodes_are_made_together_or_not_at_all,
                 low_priority_and_dedicated_quotas_do_not_touch,
                 identities_are_replaced_in_one_update,
                 allocation_keeps_its_since_while_unchanged,

@@ -286,10 +286,11 @@ pub(super) async fn queued_jobs(
 ) -> Result<Vec<QueuedJob>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, COALESCE({}, 1) AS node_count
-         FROM jobs WHERE cluster = $1 AND state = 'queued' ORDER BY created_at, rowid",
+         FROM jobs WHERE cluster = $1 AND state = 'queued' ORDER BY created_at, rowid LIMIT $2",
         db.dialect.json_int("spec", "node_count")
     )))
     .bind(cluster)
+    .bind(i64::from(crate::store::QUEUED_READ))
     .fetch_all(&db.pool)
     .await?;
     rows.iter()

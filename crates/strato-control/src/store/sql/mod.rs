@@ -530,6 +530,14 @@ impl Store for SqlStore {
         Ok(nodes)
     }
 
+    async fn get_node(&self, node_id: &str) -> Result<NodeRecord, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut node = [nodes::load_node(&mut conn, node_id).await?];
+        self.beats.overlay(&mut node);
+        let [node] = node;
+        Ok(node)
+    }
+
     async fn all_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut nodes = nodes::all_nodes(self).await?;
         self.beats.overlay(&mut nodes);
@@ -545,16 +553,29 @@ impl Store for SqlStore {
         limits: &QuotaLimits,
         now: i64,
     ) -> Result<NodeRecord, StoreError> {
-        nodes::create_node(
+        let made = nodes::create_nodes(
             self,
             cluster,
-            node_id,
-            join_token_hash,
+            &[(node_id.to_owned(), join_token_hash.to_owned())],
             join_expires_at,
             limits,
             now,
         )
-        .await
+        .await?;
+        made.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::NodeNotFound(node_id.to_owned()))
+    }
+
+    async fn create_nodes(
+        &self,
+        cluster: &str,
+        nodes: &[(String, String)],
+        join_expires_at: i64,
+        limits: &QuotaLimits,
+        now: i64,
+    ) -> Result<Vec<NodeRecord>, StoreError> {
+        nodes::create_nodes(self, cluster, nodes, join_expires_at, limits, now).await
     }
 
     async fn set_node_pid(&self, node_id: &str, pid: u32) -> Result<(), StoreError> {

@@ -117,10 +117,11 @@ pub(super) async fn all_nodes(db: &SqlStore) -> Result<Vec<NodeRecord>, StoreErr
 
 /// Whether one node more than the cluster's `nodes` fits the quota of its
 /// location, beside what the other clusters there hold.
-async fn one_more_fits(
+async fn more_fit(
     tx: &mut AnyConnection,
     spec: &strato_core::spec::ClusterSpec,
     nodes: u32,
+    more: u32,
     limits: &QuotaLimits,
 ) -> Result<(), StoreError> {
     let others =
@@ -129,39 +130,50 @@ async fn one_more_fits(
         &spec.location,
         limits.region(&spec.location),
         &others,
-        &allocation(spec, nodes + 1)?,
+        &allocation(spec, nodes.saturating_add(more))?,
         false,
     )?;
     Ok(())
 }
 
-pub(super) async fn create_node(
+pub(super) async fn create_nodes(
     db: &SqlStore,
     cluster: &str,
-    node_id: &str,
-    join_token_hash: &str,
+    nodes: &[(String, String)],
     join_expires_at: i64,
     limits: &QuotaLimits,
     now: i64,
-) -> Result<NodeRecord, StoreError> {
+) -> Result<Vec<NodeRecord>, StoreError> {
     let mut tx = db.begin_write().await?;
     let spec = load_cluster(&mut tx, cluster).await?.spec;
-    let nodes = node_count(&mut tx, &spec.name).await?;
-    one_more_fits(&mut tx, &spec, nodes, limits).await?;
-    sqlx::query(
-        "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash, join_expires_at)
-         VALUES ($1, $2, 'preparing', 'starting: waiting for the agent to enrol', $3, $3, $3, $4, $5)",
+    let held = node_count(&mut tx, &spec.name).await?;
+    more_fit(
+        &mut tx,
+        &spec,
+        held,
+        u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+        limits,
     )
-    .bind(node_id)
-    .bind(&spec.name)
-    .bind(now)
-    .bind(join_token_hash)
-    .bind(join_expires_at)
-    .execute(&mut *tx)
     .await?;
-    let node = load_node(&mut tx, node_id).await?;
+    for (node_id, join_token_hash) in nodes {
+        sqlx::query(
+            "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since, join_token_hash, join_expires_at)
+             VALUES ($1, $2, 'preparing', 'starting: waiting for the agent to enrol', $3, $3, $3, $4, $5)",
+        )
+        .bind(node_id)
+        .bind(&spec.name)
+        .bind(now)
+        .bind(join_token_hash)
+        .bind(join_expires_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut made = Vec::with_capacity(nodes.len());
+    for (node_id, _) in nodes {
+        made.push(load_node(&mut tx, node_id).await?);
+    }
     tx.commit().await?;
-    Ok(node)
+    Ok(made)
 }
 
 pub(super) async fn set_node_pid(db: &SqlStore, node_id: &str, pid: u32) -> Result<(), StoreError> {
@@ -458,7 +470,7 @@ pub(super) async fn join(
     let node_id = match again {
         Some(node_id) => node_id,
         None => {
-            one_more_fits(&mut tx, &spec, joined, limits).await?;
+            more_fit(&mut tx, &spec, joined, 1, limits).await?;
             sqlx::query(
                 "INSERT INTO nodes (node_id, cluster, state, reason, state_since, created_at, idle_since,
                                     join_source, join_key, join_used_at)
