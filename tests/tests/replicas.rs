@@ -10,10 +10,10 @@ use strato_proto::v1::{self, job_service_client::JobServiceClient};
 
 /// Fast timings so failures show within seconds.
 /// The heartbeat timeout leaves agents of a frozen replica time to notice
-/// it (HTTP/2 pings, about 5 s) and to dial the next (up to 5 s).
+/// it (HTTP/2 pings, about 15 s) and to dial the next (up to 5 s).
 const FAST: &[&str] = &[
     "--node-heartbeat-timeout",
-    "15",
+    "30",
     "--heartbeat-interval",
     "1",
     "--reconcile-interval-ms",

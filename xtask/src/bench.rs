@@ -146,35 +146,65 @@ pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
     remove_bench_cluster(control, &data_dir)
 }
 
-/// `cargo xtask bench scale`: the store alone (`strato-store-bench`, release
-/// build) on SQLite and on the test PostgreSQL server, with 1,000 and 10,000
-/// idle nodes: enrolments and submits per second (a transaction each),
-/// placements per second with a pass's placements in one transaction and
-/// with one transaction a job, and a heartbeat from every node (in memory,
-/// then one write). Prints each run's line.
+/// `cargo xtask bench scale` (release build), on SQLite and on the test
+/// PostgreSQL server:
+///
+/// - the store alone (`strato-store-bench`), 1,000 and 10,000 idle nodes:
+///   enrolments and submits per second (a transaction each), placements per
+///   second with a pass's placements in one transaction and with one
+///   transaction a job, and a heartbeat from every node (in memory, then
+///   one write);
+/// - the control plane with a simulated fleet (`strato-scale-bench`
+///   driving `strato-control-sim`: agents over real gRPC on fake engines),
+///   1,000 and 10,000 nodes, 100,000 queued jobs: queued-to-provider p50 and
+///   p99, the control plane's CPU and the process's memory with every node
+///   heartbeating once a second, submits and placements per second.
+///
+/// Prints each run's line.
 pub(crate) fn bench_scale() -> anyhow::Result<()> {
     setup()?;
     let _ = PROFILE.set("release");
     let mut build = cargo();
     build.args(["build", "--release", "--quiet", "--bins"]);
     run("cargo build --release --bins", build)?;
-    let bench = target_dir().join(profile_dir()).join("strato-store-bench");
+    let bins = target_dir().join(profile_dir());
+    let store = bins.join("strato-store-bench");
     println!("scale: the store alone (no gRPC, no agents), release build");
     for (nodes, jobs) in [(1_000, 2_000), (10_000, 11_000)] {
         for backend in ["sqlite", "postgres"] {
-            let out = Command::new(&bench)
-                .args([backend, &nodes.to_string(), &jobs.to_string()])
-                .output()
-                .context("strato-store-bench (built with the workspace's bins)")?;
-            ensure!(
-                out.status.success(),
-                "strato-store-bench {backend} {nodes} {jobs}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            print!("  {}", String::from_utf8_lossy(&out.stdout));
+            print!("  {}", bench_line(&store, backend, nodes, jobs)?);
+        }
+    }
+    let fleet = bins.join("strato-scale-bench");
+    println!(
+        "scale: the control plane and a simulated fleet (agents over gRPC, one fleet thread), release build"
+    );
+    for nodes in [1_000, 10_000] {
+        for backend in ["sqlite", "postgres"] {
+            print!("  {}", bench_line(&fleet, backend, nodes, 100_000)?);
         }
     }
     Ok(())
+}
+
+/// One run of a scale tool: its line.
+fn bench_line(
+    tool: &std::path::Path,
+    backend: &str,
+    nodes: usize,
+    jobs: usize,
+) -> anyhow::Result<String> {
+    let out = Command::new(tool)
+        .args([backend, &nodes.to_string(), &jobs.to_string()])
+        .output()
+        .with_context(|| format!("{} (built with the workspace's bins)", tool.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} {backend} {nodes} {jobs}: {}",
+        tool.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `cargo xtask bench followers`: log ingestion (a job printing 50,000

@@ -49,10 +49,14 @@ commands:
           release build, median of 15 runs each, for a job that exits at once
           and one that runs on, printed as ratios)
   bench scale
-          the store alone (no gRPC, no agents) on SQLite and PostgreSQL with
-          1,000 and 10,000 idle nodes: enrolments and submits per second,
-          placements per second (a pass in one transaction, and one a job),
-          and a heartbeat from every node (in memory, then one write)
+          on SQLite and PostgreSQL: the store alone (no gRPC, no agents) with
+          1,000 and 10,000 idle nodes (enrolments, submits, placements per
+          second, a heartbeat from every node); then the control plane with a
+          simulated fleet (strato-control-sim: agents over real gRPC on fake
+          engines) of 1,000 and 10,000 nodes and 100,000 queued jobs:
+          queued-to-provider p50/p99, control-plane CPU and memory at 1 Hz
+          heartbeats, submits and placements per second (release build; the
+          10,000-node runs take several minutes each)
   bench agent
           the agent's resident memory and CPU while idle (1-second telemetry) and
           while scraped 10 times a second, next to node_exporter's in the same run

@@ -71,14 +71,16 @@ fn tls_endpoint(
     ))
 }
 
-/// HTTP/2 pings every 2 s, also while idle, answered within 3 s: a peer
+/// HTTP/2 pings every 5 s, also while idle, answered within 10 s: a peer
 /// frozen or partitioned away (the TCP connection open, nothing answering)
-/// is noticed within about 5 s, and the caller (an agent's session, a
-/// waiting CLI) moves on, to another replica where there are several.
+/// is noticed within about 15 s, and the caller (an agent's session, a
+/// waiting CLI) moves on, to another replica where there are several. Not
+/// sooner: a control plane busy with 10,000 agents answers late, and a
+/// session dropped for that would come back as a reconnect storm.
 fn keep_alive(endpoint: Endpoint) -> Endpoint {
     endpoint
-        .http2_keep_alive_interval(std::time::Duration::from_secs(2))
-        .keep_alive_timeout(std::time::Duration::from_secs(3))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
         .keep_alive_while_idle(true)
 }
 
