@@ -742,8 +742,11 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
     // The gang's nodes only (a cluster may hold a thousand).
     let mut nodes = Vec::with_capacity(attempt.node_ids.len());
     for node_id in &attempt.node_ids {
-        if let Ok(node) = plane.store.get_node(node_id).await {
-            nodes.push(node);
+        match plane.store.get_node(node_id).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                tracing::warn!(job = %job.id, node = %node_id, error = %e, "a gang member's node cannot be read: its host name and address go empty");
+            }
         }
     }
     let registry_login = registry_login(plane, &job.spec.image, &job.spec.cluster).await;

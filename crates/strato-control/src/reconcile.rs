@@ -46,6 +46,10 @@ const RETENTION_EVERY_MS: i64 = 60_000;
 const RETENTION_BATCH: u32 = 50;
 const RETENTION_BATCHES: u32 = 10;
 
+/// During a scale-up, the lease is checked again after this many machines
+/// were asked for.
+const LEASE_CHECK_EVERY_LAUNCHES: u32 = 50;
+
 impl<S: Store> Reconciler<S> {
     /// A reconcile loop of the leader: `store` is the plane's store fenced
     /// by the lease (`Store::fenced`). Nodes' silence counts from now: a
@@ -554,7 +558,10 @@ impl<S: Store> Reconciler<S> {
                             quota_issue = Some(Issue::quota(&e));
                             break;
                         }
-                        Err(e) => return Err(e),
+                        Err(e) => {
+                            self.forget_unlaunched(made.into_iter(), now).await;
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -563,22 +570,55 @@ impl<S: Store> Reconciler<S> {
         let mut added = 0;
         let mut made = made.into_iter();
         while let Some((node, join_token)) = made.next() {
-            match self.launch(name, &node.node_id, join_token, now).await? {
-                Ok(()) => added += 1,
-                Err(e) => {
+            // A long scale-up checks now and then that this replica still
+            // leads: a deposed one asks the provider for nothing more.
+            let result = if added > 0 && added % LEASE_CHECK_EVERY_LAUNCHES == 0 {
+                match self.store.check_lease().await {
+                    Ok(()) => self.launch(name, &node.node_id, join_token, now).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.launch(name, &node.node_id, join_token, now).await
+            };
+            match result {
+                Ok(Ok(())) => added += 1,
+                Ok(Err(e)) => {
                     // The provider fails: the rest are not asked for.
-                    for (rest, _) in made {
-                        self.store.delete_node(&rest.node_id, now).await?;
-                    }
+                    self.forget_unlaunched(made, now).await;
                     let code = match e {
                         ProviderError::NoProvider => IssueCode::NoNodeProvider,
                         _ => IssueCode::ProviderError,
                     };
                     return Ok((added, Some(Issue::new(code, e.to_string()))));
                 }
+                Err(e) => {
+                    // This node's machine may exist (its pid not written):
+                    // its record stays. The rest are never asked for (a
+                    // deposed leader's deletes are refused too: their
+                    // records go at their start timeout).
+                    tracing::warn!(node = %node.node_id, error = %e, "scale-up stopped");
+                    self.forget_unlaunched(made, now).await;
+                    return Err(e);
+                }
             }
         }
         Ok((added, quota_issue))
+    }
+
+    /// Deletes the records of nodes whose machines were never asked for
+    /// (best effort: what is left never enrols, and goes at its start
+    /// timeout).
+    async fn forget_unlaunched(
+        &mut self,
+        nodes: impl Iterator<Item = (NodeRecord, String)>,
+        now: i64,
+    ) {
+        for (node, _) in nodes {
+            if let Err(e) = self.store.delete_node(&node.node_id, now).await {
+                tracing::warn!(node = %node.node_id, error = %e, "cannot delete the record of a node never asked for; it goes at its start timeout");
+                return;
+            }
+        }
     }
 
     /// Asks the provider for the machine of a node just recorded; when it

@@ -6,15 +6,15 @@
 //!    time from each job queued (its submit answered) to the provider
 //!    asked for a node (the fleet's `creates.log`), paired in order per
 //!    cluster, p50 and p99 (`made`: the nodes asked for, fewer than NODES
-//!    where nodes done with a job took the last ones); then until every
-//!    node enrolled and ran its job.
+//!    where nodes done with a job took the last ones); and the time from
+//!    the first submit until every node asked for enrolled and ran a job.
 //! 2. Every node idle and heartbeating once a second for 20 s: the control
 //!    plane's CPU (its threads, not the fleet's `sim-fleet` ones, from
 //!    `/proc/PID/task`) and the process's memory (RSS, the fleet's
 //!    included).
 //! 3. JOBS more jobs queued (submits per second), then placements per
 //!    second until the queue is empty or for 30 s (jobs leaving `queued`,
-//!    from `strato_jobs` on `/metrics`, every 250 ms), with jobs that run
+//!    from `strato_jobs` on `/metrics`, every second), with jobs that run
 //!    100 ms.
 //!
 //! Prints one line. Needs `strato-control-sim` beside it (the workspace's
@@ -176,6 +176,7 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
         .map(|i| clusters[i / PER_CLUSTER].clone())
         .collect();
     // Long enough that every job needs a node of its own.
+    let submitted = Instant::now();
     let (acks, _) = submit_all(&job_client, &targets, 30_000).await?;
     let mut latencies = Vec::with_capacity(nodes);
     let creates = data.join("sim").join("creates.log");
@@ -220,7 +221,6 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
         latencies.get(i).copied().unwrap_or_default()
     };
     let (p50, p99) = (p(0.5), p(0.99));
-    let started = Instant::now();
     let count = |states: &'static [v1::NodeState]| {
         let (compute, clusters) = (compute.clone(), clusters.clone());
         move || {
@@ -245,7 +245,7 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
         count(&[v1::NodeState::Running, v1::NodeState::Idle]),
     )
     .await?;
-    let enrolled_in = started.elapsed();
+    let enrolled_in = submitted.elapsed();
     wait_async(
         Duration::from_secs(600),
         "every node idle",
@@ -260,8 +260,8 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     tokio::time::sleep(window).await;
     let after = cpu_of(pid)?;
     let ticks = ticks_per_second();
-    let control_cpu = (after.0 - before.0) as f64 / ticks / window.as_secs_f64();
-    let fleet_cpu = (after.1 - before.1) as f64 / ticks / window.as_secs_f64();
+    let control_cpu = after.0.saturating_sub(before.0) as f64 / ticks / window.as_secs_f64();
+    let fleet_cpu = after.1.saturating_sub(before.1) as f64 / ticks / window.as_secs_f64();
     let rss_mib = rss_kib(pid)? / 1024;
 
     // 3. JOBS queued, then placements for 30 s.
@@ -274,7 +274,8 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     // Until the queue is empty, or 30 s.
     let mut queued_at_end = queued_at_start;
     while queued_at_end > 0 && measure.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Once a second: a scrape of /metrics reads every node and job.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         queued_at_end = queued(http_addr, &admin);
     }
     let placements =
@@ -282,7 +283,7 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     drop(sim);
     drop(schema);
     Ok(format!(
-        "nodes={nodes} made={made} queued-to-provider-p50-ms={p50} p99-ms={p99} all-enrolled-s={:.1} \
+        "nodes={nodes} made={made} queued-to-provider-p50-ms={p50} p99-ms={p99} submit-to-all-running-s={:.1} \
          control-plane-cpu-cores={control_cpu:.2} fleet-cpu-cores={fleet_cpu:.2} rss-mib={rss_mib} \
          submit/s={submit_rate:.0} queued={queued_at_start} placements/s={placements:.0}",
         enrolled_in.as_secs_f64()
@@ -359,39 +360,41 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// CPU ticks so far of process `pid`: (its other threads, its `sim-fleet`
-/// threads). Threads that ended are not counted.
+/// CPU ticks so far of process `pid`: (all but its `sim-fleet` threads,
+/// those). The process's total (`/proc/PID/stat`) counts threads that
+/// ended too; the fleet's threads live as long as it.
 fn cpu_of(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let (mut control, mut fleet) = (0, 0);
+    let total = ticks_of(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?);
+    let mut fleet = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let task = task?.path();
         let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
-        // After the command's closing parenthesis: state is field 3, utime
-        // 14 and stime 15.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = fields
-            .get(11)
-            .and_then(|u| u.parse::<u64>().ok())
-            .unwrap_or(0)
-            + fields
-                .get(12)
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0);
         if comm.trim().starts_with("sim-fleet") {
-            fleet += ticks;
-        } else {
-            control += ticks;
+            fleet += ticks_of(&std::fs::read_to_string(task.join("stat")).unwrap_or_default());
         }
     }
-    Ok((control, fleet))
+    Ok((total.saturating_sub(fleet), fleet))
+}
+
+/// utime + stime of a `stat` line: after the command's closing
+/// parenthesis, state is field 3, utime 14 and stime 15.
+fn ticks_of(stat: &str) -> u64 {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 fn ticks_per_second() -> f64 {
-    // Linux's USER_HZ.
+    // Linux's USER_HZ, which /proc counts in: 100 on every architecture
+    // Linux runs this on.
     100.0
 }
 
@@ -417,7 +420,7 @@ async fn wait<T>(
         if Instant::now() > deadline {
             bail!("{what}: not within {within:?}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
