@@ -386,13 +386,33 @@ pub(crate) async fn remove_orphans<S: Store>(store: &S, provider: &dyn NodeProvi
     }
 }
 
+/// Resolves on the first SIGTERM or SIGINT: what `strato-control` (and the
+/// simulated control plane) stop on.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
 /// Writes the heartbeats this replica received (kept in memory by the
-/// store) every `heartbeats_written_every_ms`, and once more at `stop`:
+/// store) every `health::heartbeats_written_every_ms`, and once more at `stop`:
 /// the leader, which may be another replica, judges nodes by what is
 /// written. A failure is logged, and they are tried again.
 async fn write_heartbeats<S: Store>(plane: Arc<Plane<S>>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
-    let every = heartbeats_written_every_ms(plane.settings.config.node_heartbeat_timeout);
+    let every = strato_core::node::health::heartbeats_written_every_ms(
+        plane.settings.config.node_heartbeat_timeout,
+    );
     let mut written_at = plane.clock.now_ms();
     loop {
         let stopping = tokio::select! {
@@ -412,15 +432,6 @@ async fn write_heartbeats<S: Store>(plane: Arc<Plane<S>>, stop: impl Future<Outp
             return;
         }
     }
-}
-
-/// How often a replica writes the heartbeats it received: a third of the
-/// heartbeat timeout (the leader declares a node lost only after missing
-/// two writes of it), at most every 30 s.
-pub fn heartbeats_written_every_ms(node_heartbeat_timeout_s: u64) -> i64 {
-    let third =
-        i64::try_from(node_heartbeat_timeout_s.saturating_mul(1000) / 3).unwrap_or(i64::MAX);
-    third.clamp(1_000, 30_000)
 }
 
 /// At first start (no `DATA_DIR/admin.conf`), makes the bootstrap Owner

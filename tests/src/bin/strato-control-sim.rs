@@ -156,7 +156,7 @@ fn main() -> ExitCode {
             clock: Arc::new(strato_runtime::SystemClock),
             ready: None,
         };
-        strato_control::serve(settings, parts, shutdown_signal()).await
+        strato_control::serve(settings, parts, strato_control::shutdown_signal()).await
     });
     // The agents go with their runtime.
     fleet_runtime.shutdown_background();
@@ -165,22 +165,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("strato-control-sim: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -105,8 +105,35 @@ fn starting(node: &NodeFacts) -> bool {
     !node.enrolled || (node.state == NodeState::Preparing && !node.has_job)
 }
 
+/// How often a control-plane replica writes the heartbeats it received
+/// (ms): a third of the heartbeat timeout, so the leader, which judges
+/// nodes by what is written, misses two writes before it declares a node
+/// lost; at least every second, at most every 30 s.
+pub fn heartbeats_written_every_ms(node_heartbeat_timeout_s: u64) -> i64 {
+    let third =
+        i64::try_from(node_heartbeat_timeout_s.saturating_mul(1000) / 3).unwrap_or(i64::MAX);
+    third.clamp(1_000, 30_000)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn heartbeats_are_written_every_third_of_the_timeout_within_bounds() {
+        assert_eq!(heartbeats_written_every_ms(15), 5_000);
+        assert_eq!(heartbeats_written_every_ms(30), 10_000);
+        assert_eq!(
+            heartbeats_written_every_ms(2),
+            1_000,
+            "at least every second"
+        );
+        assert_eq!(
+            heartbeats_written_every_ms(600),
+            30_000,
+            "at most every 30 s"
+        );
+        assert_eq!(heartbeats_written_every_ms(u64::MAX), 30_000);
+    }
+
     use super::*;
     use proptest::prelude::*;
 
