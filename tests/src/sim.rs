@@ -160,6 +160,11 @@ pub struct SimFleet {
     failing_creates: AtomicU32,
     /// Every create call, failed or not.
     creates: AtomicU32,
+    /// How long a create call takes (ms; 0: at once), as a cloud's does;
+    /// the calls under way, and the most there were at once.
+    create_ms: std::sync::atomic::AtomicU64,
+    creating: AtomicU32,
+    most_creating: AtomicU32,
     /// Where agents run as tasks (`None`: a thread each), and what jobs do
     /// (`None`: what the test makes them do).
     shared: Option<tokio::runtime::Handle>,
@@ -188,6 +193,9 @@ impl SimFleet {
             nodes: Mutex::default(),
             failing_creates: AtomicU32::new(0),
             creates: AtomicU32::new(0),
+            create_ms: std::sync::atomic::AtomicU64::new(0),
+            creating: AtomicU32::new(0),
+            most_creating: AtomicU32::new(0),
             shared: None,
             jobs: None,
             creates_log: None,
@@ -224,6 +232,9 @@ impl SimFleet {
             nodes: Mutex::default(),
             failing_creates: AtomicU32::new(0),
             creates: AtomicU32::new(0),
+            create_ms: std::sync::atomic::AtomicU64::new(0),
+            creating: AtomicU32::new(0),
+            most_creating: AtomicU32::new(0),
             shared: Some(shared),
             jobs: Some(jobs),
             creates_log,
@@ -266,7 +277,33 @@ impl SimFleet {
         self.creates.load(Ordering::SeqCst)
     }
 
-    fn start(&self, launch: &NodeLaunch) -> Result<(), ProviderError> {
+    /// Each create call takes `latency` from now on, as a cloud's does.
+    pub fn set_create_latency(&self, latency: std::time::Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.create_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The most create calls that were under way at once.
+    pub fn most_creates_at_once(&self) -> u32 {
+        self.most_creating.load(Ordering::SeqCst)
+    }
+
+    /// A create call: takes the set latency, then starts the node.
+    async fn create(&self, launch: &NodeLaunch) -> Result<(), ProviderError> {
+        self.asked(launch);
+        let now = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_creating.fetch_max(now, Ordering::SeqCst);
+        let ms = self.create_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let started = self.start(launch);
+        self.creating.fetch_sub(1, Ordering::SeqCst);
+        started
+    }
+
+    /// Counts a create call (and logs it, for a large fleet) as it comes.
+    fn asked(&self, launch: &NodeLaunch) {
         self.creates.fetch_add(1, Ordering::SeqCst);
         if let Some(log) = &self.creates_log {
             use std::io::Write as _;
@@ -276,6 +313,9 @@ impl SimFleet {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(log, "{} {at}", launch.node_id);
         }
+    }
+
+    fn start(&self, launch: &NodeLaunch) -> Result<(), ProviderError> {
         let failing = self
             .failing_creates
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -429,7 +469,7 @@ impl NodeProvider for SimProvider {
         &'a self,
         launch: &'a NodeLaunch,
     ) -> BoxFuture<'a, Result<Option<u32>, ProviderError>> {
-        Box::pin(async move { self.0.start(launch).map(|()| None) })
+        Box::pin(async move { self.0.create(launch).await.map(|()| None) })
     }
 
     fn delete_node<'a>(

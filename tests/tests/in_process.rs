@@ -128,6 +128,25 @@ async fn a_node_that_stops_heartbeating_is_replaced_and_its_job_runs_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_up_asks_the_provider_for_machines_sixteen_at_a_time() {
+    let cp = InProcess::start(&[]).await.expect("start");
+    // A cloud's create call takes a while: asked one after another, 20
+    // machines would take 20 times as long.
+    cp.fleet.set_create_latency(Duration::from_millis(200));
+    cp.create_cluster("wide", 20, 20, 600).await;
+    eventually("the 20 nodes", || async {
+        (cp.nodes("wide").await.len() == 20 && cp.fleet.creates() == 20).then_some(())
+    })
+    .await;
+    let most = cp.fleet.most_creates_at_once();
+    assert!(
+        (2..=16).contains(&most),
+        "machines asked for at once, at most 16: {most}"
+    );
+    cp.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_provider_is_retried_with_backoff_and_the_cluster_says_why() {
     let cp = InProcess::start(&[]).await.expect("start");
     cp.fleet.fail_next_creates(2);

@@ -46,9 +46,9 @@ const RETENTION_EVERY_MS: i64 = 60_000;
 const RETENTION_BATCH: u32 = 50;
 const RETENTION_BATCHES: u32 = 10;
 
-/// During a scale-up, the lease is checked again after this many machines
-/// were asked for.
-const LEASE_CHECK_EVERY_LAUNCHES: u32 = 50;
+/// Machines a scale-up asks the provider for at once (a round); the lease
+/// is checked again before each round after the first.
+const LAUNCHES_AT_ONCE: usize = 16;
 
 impl<S: Store> Reconciler<S> {
     /// A reconcile loop of the leader: `store` is the plane's store fenced
@@ -569,37 +569,62 @@ impl<S: Store> Reconciler<S> {
         }
         let mut added = 0;
         let mut made = made.into_iter();
-        while let Some((node, join_token)) = made.next() {
-            // A long scale-up checks now and then that this replica still
-            // leads: a deposed one asks the provider for nothing more.
-            let result = if added > 0 && added % LEASE_CHECK_EVERY_LAUNCHES == 0 {
-                match self.store.check_lease().await {
-                    Ok(()) => self.launch(name, &node.node_id, join_token, now).await,
-                    Err(e) => Err(e),
+        loop {
+            let round: Vec<(NodeRecord, String)> = made.by_ref().take(LAUNCHES_AT_ONCE).collect();
+            if round.is_empty() {
+                break;
+            }
+            // A long scale-up checks before each round that this replica
+            // still leads: a deposed one asks the provider for nothing more.
+            if added > 0
+                && let Err(e) = self.store.check_lease().await
+            {
+                tracing::warn!(cluster = %name, error = %e, "scale-up stopped");
+                self.forget_unlaunched(round.into_iter().chain(made), now)
+                    .await;
+                return Err(e);
+            }
+            // The round's machines are asked for at once (a cloud's create
+            // call takes seconds), their answers recorded in order.
+            let launches: Vec<NodeLaunch> = round
+                .into_iter()
+                .map(|(node, join_token)| NodeLaunch {
+                    node_id: node.node_id,
+                    cluster: name.clone(),
+                    join_token,
+                })
+                .collect();
+            let plane = self.plane.clone();
+            let answers = futures_util::future::join_all(
+                launches
+                    .iter()
+                    .map(|launch| plane.provider.create_node(launch)),
+            )
+            .await;
+            let mut failed = None;
+            for (launch, answer) in launches.iter().zip(answers) {
+                match self.launched(launch, answer, now).await {
+                    Ok(Ok(())) => added += 1,
+                    Ok(Err(e)) => failed = failed.or(Some(e)),
+                    Err(e) => {
+                        // This node's machine may exist (its pid not
+                        // written): its record stays. The rest are never
+                        // asked for (a deposed leader's deletes are refused
+                        // too: their records go at their start timeout).
+                        tracing::warn!(node = %launch.node_id, error = %e, "scale-up stopped");
+                        self.forget_unlaunched(made, now).await;
+                        return Err(e);
+                    }
                 }
-            } else {
-                self.launch(name, &node.node_id, join_token, now).await
-            };
-            match result {
-                Ok(Ok(())) => added += 1,
-                Ok(Err(e)) => {
-                    // The provider fails: the rest are not asked for.
-                    self.forget_unlaunched(made, now).await;
-                    let code = match e {
-                        ProviderError::NoProvider => IssueCode::NoNodeProvider,
-                        _ => IssueCode::ProviderError,
-                    };
-                    return Ok((added, Some(Issue::new(code, e.to_string()))));
-                }
-                Err(e) => {
-                    // This node's machine may exist (its pid not written):
-                    // its record stays. The rest are never asked for (a
-                    // deposed leader's deletes are refused too: their
-                    // records go at their start timeout).
-                    tracing::warn!(node = %node.node_id, error = %e, "scale-up stopped");
-                    self.forget_unlaunched(made, now).await;
-                    return Err(e);
-                }
+            }
+            if let Some(e) = failed {
+                // The provider fails: the rest are not asked for.
+                self.forget_unlaunched(made, now).await;
+                let code = match e {
+                    ProviderError::NoProvider => IssueCode::NoNodeProvider,
+                    _ => IssueCode::ProviderError,
+                };
+                return Ok((added, Some(Issue::new(code, e.to_string()))));
             }
         }
         Ok((added, quota_issue))
@@ -621,21 +646,17 @@ impl<S: Store> Reconciler<S> {
         }
     }
 
-    /// Asks the provider for the machine of a node just recorded; when it
-    /// cannot, the record goes and the cluster's provider backoff grows.
-    async fn launch(
+    /// Records the provider's answer for the machine of a node just
+    /// recorded; when it could not make one, the record goes and the
+    /// cluster's provider backoff grows.
+    async fn launched(
         &mut self,
-        name: &str,
-        node_id: &str,
-        join_token: String,
+        launch: &NodeLaunch,
+        answer: Result<Option<u32>, ProviderError>,
         now: i64,
     ) -> Result<Result<(), ProviderError>, StoreError> {
-        let launch = NodeLaunch {
-            node_id: node_id.to_owned(),
-            cluster: name.to_owned(),
-            join_token,
-        };
-        match self.plane.provider.create_node(&launch).await {
+        let (name, node_id) = (&launch.cluster, &launch.node_id);
+        match answer {
             Ok(pid) => {
                 if let Some(pid) = pid {
                     self.store.set_node_pid(node_id, pid).await?;
