@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strato_core::job::JobState;
+use strato_core::lifecycle;
 use strato_core::node::NodeState;
 use strato_proto::v1;
 
@@ -91,15 +91,17 @@ pub async fn round<S: Store>(plane: &Plane<S>) -> Result<(), StoreError> {
             Err(StoreError::JobNotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        let placed_here = job
-            .attempts
-            .iter()
-            .any(|a| a.attempt == job.attempt && a.node_ids.iter().any(|n| n == node_id));
-        if job.state == JobState::Preparing
-            && placed_here
-            && !job.cancel_requested
-            && !plane.sessions.was_assigned(node_id, &job.id, job.attempt)
-        {
+        let owed = lifecycle::assignment_owed(&lifecycle::AssignmentFacts {
+            node: node.state,
+            job: job.state,
+            placed_on_node: job
+                .attempts
+                .iter()
+                .any(|a| a.attempt == job.attempt && a.node_ids.iter().any(|n| n == node_id)),
+            cancel_requested: job.cancel_requested,
+            sent_in_session: plane.sessions.was_assigned(node_id, &job.id, job.attempt),
+        });
+        if owed {
             tracing::info!(node = %node_id, job = %job.id, attempt = job.attempt, "sending the placed attempt to its node");
             send_assignment(plane, &job, Some(node_id)).await;
         }

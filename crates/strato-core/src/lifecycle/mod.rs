@@ -394,8 +394,78 @@ pub fn releases_leaving_node(node: NodeState, node_job: Option<&str>, job: &str)
     node == NodeState::Leaving && node_job == Some(job)
 }
 
+/// What decides whether a node's session owes it an attempt placed on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignmentFacts {
+    /// The node's state (it names the job as its run).
+    pub node: NodeState,
+    pub job: JobState,
+    /// The job's current attempt is placed on this node.
+    pub placed_on_node: bool,
+    pub cancel_requested: bool,
+    /// This session sent that attempt already.
+    pub sent_in_session: bool,
+}
+
+/// The replica holding a node's session sends it the attempt placed on it
+/// when the node is still being prepared for the job, the job for its
+/// current attempt on this node, nobody asked to cancel it, and this
+/// session has not sent it yet (a new session, after an agent moved or
+/// reconnected, is owed it again; the agent's `Hello` says what it holds).
+pub fn assignment_owed(facts: &AssignmentFacts) -> bool {
+    facts.node == NodeState::Preparing
+        && facts.job == JobState::Preparing
+        && facts.placed_on_node
+        && !facts.cancel_requested
+        && !facts.sent_in_session
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_attempt_is_owed_once_to_a_node_prepared_for_it() {
+        let owed = AssignmentFacts {
+            node: NodeState::Preparing,
+            job: JobState::Preparing,
+            placed_on_node: true,
+            cancel_requested: false,
+            sent_in_session: false,
+        };
+        assert!(assignment_owed(&owed));
+        for not in [
+            AssignmentFacts {
+                sent_in_session: true,
+                ..owed
+            },
+            AssignmentFacts {
+                cancel_requested: true,
+                ..owed
+            },
+            AssignmentFacts {
+                placed_on_node: false,
+                ..owed
+            },
+            AssignmentFacts {
+                job: JobState::Running,
+                ..owed
+            },
+            AssignmentFacts {
+                job: JobState::Queued,
+                ..owed
+            },
+            AssignmentFacts {
+                node: NodeState::Running,
+                ..owed
+            },
+            AssignmentFacts {
+                node: NodeState::Leaving,
+                ..owed
+            },
+        ] {
+            assert!(!assignment_owed(&not), "{not:?}");
+        }
+    }
 
     #[test]
     fn a_join_token_takes_once_before_it_expires_and_again_for_the_same_key() {
