@@ -35,6 +35,16 @@ pub(super) struct Dispatch<'a, R> {
     pub stopped: mpsc::UnboundedSender<String>,
 }
 
+/// A session that ends, or is dropped (a simulated node taken down), takes
+/// its attempts' tasks with it: a new session follows what still runs.
+impl<R> Drop for Dispatch<'_, R> {
+    fn drop(&mut self) {
+        for task in self.attempts.values() {
+            task.abort();
+        }
+    }
+}
+
 impl<R: ContainerRuntime> Dispatch<'_, R> {
     /// Handles one message from the control plane.
     pub async fn handle(&mut self, body: Option<Down>) {

@@ -269,6 +269,13 @@ async fn session<R: ContainerRuntime>(
             enrolled.session_token.clone(),
         ))
     });
+    let tasks = SessionTasks(
+        [Some(heartbeats), Some(sampler), Some(evictions), renewal]
+            .into_iter()
+            .flatten()
+            .map(|task| task.abort_handle())
+            .collect(),
+    );
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
     let mut dispatch = dispatch::Dispatch {
         config,
@@ -296,22 +303,28 @@ async fn session<R: ContainerRuntime>(
         };
         dispatch.handle(message.body).await;
     };
-    heartbeats.abort();
-    sampler.abort();
-    evictions.abort();
-    if let Some(renewal) = renewal {
-        renewal.abort();
-    }
+    drop(tasks);
     identity
         .health
         .connected
         .store(false, std::sync::atomic::Ordering::Relaxed);
     identity.vending.connected(None);
     identity.relay.connected(None);
-    for (_, task) in dispatch.attempts {
-        task.abort();
-    }
+    // Its attempts' tasks end with it.
+    drop(dispatch);
     result
+}
+
+/// The session's own tasks, aborted when it ends or is dropped (a
+/// simulated node taken down drops its session).
+struct SessionTasks(Vec<tokio::task::AbortHandle>);
+
+impl Drop for SessionTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 fn up(body: Up) -> v1::AgentMessage {
