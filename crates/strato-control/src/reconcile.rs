@@ -18,7 +18,7 @@ use strato_core::spec::ComputeType;
 use crate::agents::send_assignment;
 use crate::plane::{Plane, hash_token, new_token};
 use crate::provider::{NodeLaunch, ProviderError};
-use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, Store, StoreError};
+use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, QUEUED_READ, Store, StoreError};
 
 pub struct Reconciler<S> {
     plane: Arc<Plane<S>>,
@@ -98,7 +98,8 @@ impl<S: Store> Reconciler<S> {
     pub async fn pass(&mut self) -> Result<(), StoreError> {
         let now = self.plane.clock.now_ms();
         let clusters = self.store.list_clusters().await?;
-        self.check_node_health(&clusters, now).await?;
+        let nodes = self.store.all_nodes().await?;
+        self.check_node_health(&clusters, &nodes, now).await?;
         self.power
             .forget(&clusters.iter().map(|c| c.spec.name.clone()).collect());
         for cluster in clusters {
@@ -114,7 +115,9 @@ impl<S: Store> Reconciler<S> {
         for job in self.store.cancel_timed_out(now).await? {
             tracing::info!(job = %job.id, reason = %job.cancel_reason, "job past its timeout: canceling");
         }
-        self.write_targets().await?;
+        // The nodes as the pass began (one read of them all a pass): a
+        // node added or removed now is in the file after the next pass.
+        self.write_targets(&nodes);
         self.forget_old_jobs(now).await?;
         Ok(())
     }
@@ -160,10 +163,10 @@ impl<S: Store> Reconciler<S> {
 
     /// Keeps `DATA_DIR/prometheus/agents.json` (Prometheus file-based
     /// discovery) listing every node's agent.
-    async fn write_targets(&mut self) -> Result<(), StoreError> {
-        let text = crate::metrics::agent_targets(&self.store.all_nodes().await?);
+    fn write_targets(&mut self, nodes: &[NodeRecord]) {
+        let text = crate::metrics::agent_targets(nodes);
         if self.targets.as_deref() == Some(text.as_str()) {
-            return Ok(());
+            return;
         }
         let dir = self.plane.settings.config.data_dir.join("prometheus");
         let written = std::fs::create_dir_all(&dir)
@@ -173,7 +176,6 @@ impl<S: Store> Reconciler<S> {
             Ok(()) => self.targets = Some(text),
             Err(e) => tracing::warn!(error = %e, "writing the Prometheus targets file"),
         }
-        Ok(())
     }
 
     /// Nodes that never enrolled or stopped heartbeating become unusable
@@ -182,6 +184,7 @@ impl<S: Store> Reconciler<S> {
     async fn check_node_health(
         &mut self,
         clusters: &[ClusterRecord],
+        nodes: &[NodeRecord],
         now: i64,
     ) -> Result<(), StoreError> {
         let config = &self.plane.settings.config;
@@ -198,7 +201,7 @@ impl<S: Store> Reconciler<S> {
                 Some((c.spec.name.as_str(), u64::from(power.timeout_seconds)))
             })
             .collect();
-        for node in self.store.all_nodes().await? {
+        for node in nodes {
             let facts = health::NodeFacts {
                 state: node.state,
                 enrolled: node.enrolled,
@@ -263,7 +266,16 @@ impl<S: Store> Reconciler<S> {
         let plane = self.plane.clone();
         let store = &self.store.clone();
         let mut nodes = store.list_nodes(name).await?;
-        let mut queued = store.queued_jobs(name).await?;
+        // A managed cluster never holds more than max_nodes, each job takes
+        // one or more: the oldest max_nodes jobs are all a pass can place,
+        // and demand beyond them is capped by max_nodes. An attached
+        // cluster's issue says how many nodes the queue needs (up to
+        // QUEUED_READ's jobs).
+        let read = match cluster.spec.compute_type {
+            ComputeType::Attached => QUEUED_READ,
+            _ => cluster.spec.max_nodes.clamp(1, QUEUED_READ),
+        };
+        let mut queued = store.queued_jobs(name, read).await?;
 
         // Placement first, so idle nodes that take work are not removed.
         let ready: Vec<String> = nodes
@@ -286,9 +298,11 @@ impl<S: Store> Reconciler<S> {
         } else {
             store.assign_jobs(&placed, now).await?
         };
+        let mut taken = std::collections::HashSet::new();
         for ((job_id, node_ids), result) in placed.iter().zip(results) {
             match result {
                 Ok(job) => {
+                    taken.insert(job_id.as_str());
                     tracing::info!(job = %job_id, nodes = ?node_ids, attempt = job.attempt, "job placed");
                     send_assignment(&self.plane, &job, None).await;
                     self.plane.events.changed();
@@ -298,7 +312,9 @@ impl<S: Store> Reconciler<S> {
         }
         if !placed.is_empty() {
             nodes = store.list_nodes(name).await?;
-            queued = store.queued_jobs(name).await?;
+            // What the pass placed leaves the queue (a job that queued
+            // meanwhile counts at the next pass).
+            queued.retain(|q| !taken.contains(q.id.as_str()));
         }
         if cluster.spec.compute_type == ComputeType::Attached {
             return self.settle_attached(cluster, &nodes, &queued, now).await;

@@ -239,10 +239,11 @@ impl JobPage {
 }
 
 /// The most queued jobs of a cluster `Store::queued_jobs` reads (oldest
-/// first), so that a reconcile pass over a long queue stays short: more
-/// than any cluster has nodes (1,000 at most, each job taking one or
-/// more), so demand is never understated; the rest are read by later
-/// passes as these are placed.
+/// first), so that a reconcile pass over a long queue stays short. A pass
+/// over a managed cluster reads only its `max_nodes` oldest (all it could
+/// place; demand beyond is capped by max_nodes), an attached cluster's
+/// up to this many (its issue says how many nodes the queue needs); the
+/// rest are read by later passes as these are placed.
 pub const QUEUED_READ: u32 = 5_000;
 
 /// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
@@ -565,10 +566,12 @@ pub trait Store: Send + Sync + Clone + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<(String, JobState, u64)>, StoreError>> + Send;
 
-    /// Queued jobs of a cluster, oldest first, at most [`QUEUED_READ`].
+    /// Queued jobs of a cluster, oldest first: at most `limit`, and never
+    /// more than [`QUEUED_READ`].
     fn queued_jobs(
         &self,
         cluster: &str,
+        limit: u32,
     ) -> impl Future<Output = Result<Vec<QueuedJob>, StoreError>> + Send;
 
     /// Deletes an ended job (completed, failed, canceled) with its

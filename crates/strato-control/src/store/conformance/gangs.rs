@@ -8,8 +8,8 @@ use super::{
     exited, gang, given_cluster, given_idle_nodes, given_running, job, last_reason, limits, node,
 };
 use crate::store::{
-    AttemptReport, Conflict, GangRank, LogRecord, QueuedJob, RankToStop, ReportOutcome, SpecUpdate,
-    Store, StoreError,
+    AttemptReport, Conflict, GangRank, LogRecord, QUEUED_READ, QueuedJob, RankToStop,
+    ReportOutcome, SpecUpdate, Store, StoreError,
 };
 
 /// Cluster `mpi` with idle nodes `mpi-n0` and `mpi-n1`, and job `g` of
@@ -34,7 +34,7 @@ pub async fn a_gang_ends_as_a_whole_and_frees_each_node_when_its_container_stops
         .await
         .expect("submit");
     assert_eq!(
-        store.queued_jobs("mpi").await.expect("queue"),
+        store.queued_jobs("mpi", QUEUED_READ).await.expect("queue"),
         vec![QueuedJob {
             id: "g".into(),
             node_count: 2

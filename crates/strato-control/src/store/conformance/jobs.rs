@@ -8,8 +8,8 @@ use super::{
     exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, states,
 };
 use crate::store::{
-    AttemptReport, Conflict, JobPage, LogRecord, QueuedJob, RankToStop, ReportOutcome, Store,
-    StoreError,
+    AttemptReport, Conflict, JobPage, LogRecord, QUEUED_READ, QueuedJob, RankToStop, ReportOutcome,
+    Store, StoreError,
 };
 
 pub async fn job_runs_to_completion<S: Store>(store: S) {
@@ -29,7 +29,7 @@ pub async fn job_runs_to_completion<S: Store>(store: S) {
     );
     assert_eq!(last_reason(&submitted), "submitted");
     assert_eq!(
-        store.queued_jobs("cpu").await.expect("queue"),
+        store.queued_jobs("cpu", QUEUED_READ).await.expect("queue"),
         vec![QueuedJob {
             id: "j".into(),
             node_count: 1
@@ -52,7 +52,13 @@ pub async fn job_runs_to_completion<S: Store>(store: S) {
         (n.state, n.run_id.as_deref(), n.reason.as_str()),
         (NodeState::Preparing, Some("j"), "preparing a job")
     );
-    assert!(store.queued_jobs("cpu").await.expect("queue").is_empty());
+    assert!(
+        store
+            .queued_jobs("cpu", QUEUED_READ)
+            .await
+            .expect("queue")
+            .is_empty()
+    );
 
     let outcome = store
         .report_attempt("cpu-n0", "j", 1, AttemptReport::Running, 12)
@@ -188,7 +194,13 @@ pub async fn cancel_while_queued<S: Store>(store: S) {
     let j = store.cancel_job("j", 4).await.expect("cancel");
     assert_eq!((j.state, j.updated_at), (JobState::Canceled, 4));
     assert_eq!(last_reason(&j), "canceled by user before it started");
-    assert!(store.queued_jobs("cpu").await.expect("queue").is_empty());
+    assert!(
+        store
+            .queued_jobs("cpu", QUEUED_READ)
+            .await
+            .expect("queue")
+            .is_empty()
+    );
     assert!(matches!(
         store.cancel_job("nope", 5).await,
         Err(StoreError::JobNotFound(n)) if n == "nope"
@@ -448,6 +460,15 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
             .await
             .expect("submit");
     }
+    // A pass reads as many as it could use, the oldest.
+    let oldest: Vec<String> = store
+        .queued_jobs("cpu", 2)
+        .await
+        .expect("queue")
+        .into_iter()
+        .map(|q| q.id)
+        .collect();
+    assert_eq!(oldest, ["a", "b"]);
     let placements = [
         ("a".to_owned(), vec![nodes[0].clone()]),
         ("b".to_owned(), vec![nodes[0].clone()]),
@@ -477,7 +498,7 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
         (JobState::Queued, None, 0)
     );
     let queued: Vec<String> = store
-        .queued_jobs("cpu")
+        .queued_jobs("cpu", QUEUED_READ)
         .await
         .expect("queue")
         .into_iter()

@@ -283,6 +283,7 @@ pub(super) async fn job_counts(db: &SqlStore) -> Result<Vec<(String, JobState, u
 pub(super) async fn queued_jobs(
     db: &SqlStore,
     cluster: &str,
+    limit: u32,
 ) -> Result<Vec<QueuedJob>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, COALESCE({}, 1) AS node_count
@@ -290,7 +291,7 @@ pub(super) async fn queued_jobs(
         db.dialect.json_int("spec", "node_count")
     )))
     .bind(cluster)
-    .bind(i64::from(crate::store::QUEUED_READ))
+    .bind(i64::from(limit.min(crate::store::QUEUED_READ)))
     .fetch_all(&db.pool)
     .await?;
     rows.iter()

@@ -791,8 +791,8 @@ impl Store for SqlStore {
         jobs::job_counts(self).await
     }
 
-    async fn queued_jobs(&self, cluster: &str) -> Result<Vec<QueuedJob>, StoreError> {
-        jobs::queued_jobs(self, cluster).await
+    async fn queued_jobs(&self, cluster: &str, limit: u32) -> Result<Vec<QueuedJob>, StoreError> {
+        jobs::queued_jobs(self, cluster, limit).await
     }
 
     async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
