@@ -601,6 +601,41 @@ pub async fn submit_needs_a_cluster_and_stores_its_canonical_name<S: Store>(stor
     assert_eq!(store.get_job("j").await.expect("get"), j);
 }
 
+/// Writers at once take turns: each is stored or refused whole, one that
+/// fails (here: submitted to a cluster that does not exist) holds up none
+/// after it.
+pub async fn writes_at_once_take_turns<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let writes = (0..40).map(|i| {
+        let store = store.clone();
+        async move {
+            let cluster = if i % 4 == 3 { "nope" } else { "cpu" };
+            store
+                .submit_job(&format!("j{i}"), job(cluster), "", 10 + i)
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::ClusterNotFound(c)) if c == "nope"))
+        .count();
+    assert_eq!(refused, 10, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 30);
+    let queued = store.queued_jobs("cpu", QUEUED_READ).await.expect("queue");
+    assert_eq!(queued.len(), 30, "every accepted job is stored, once");
+    for i in [3, 7, 39] {
+        assert!(matches!(
+            store.get_job(&format!("j{i}")).await,
+            Err(StoreError::JobNotFound(_))
+        ));
+    }
+    store
+        .submit_job("after", job("cpu"), "", 60)
+        .await
+        .expect("a write after them all");
+}
+
 pub async fn job_counts_and_lists<S: Store>(store: S) {
     given_cluster(&store, "east").await;
     given_cluster(&store, "west").await;

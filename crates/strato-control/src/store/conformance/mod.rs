@@ -82,6 +82,7 @@ macro_rules! store_conformance_suite {
                 assign_is_all_or_nothing,
                 placements_are_stored_together_and_refused_one_by_one,
                 submit_needs_a_cluster_and_stores_its_canonical_name,
+                writes_at_once_take_turns,
                 job_counts_and_lists,
                 queued_reason_is_set_on_queued_jobs_only,
             ],

@@ -3,7 +3,8 @@
 //! - **SQLite** (the embedded default): one file in WAL mode,
 //!   `synchronous = FULL`, so a commit survives a crash of the process or
 //!   the machine. A write transaction holds SQLite's write lock from its
-//!   first statement (`BEGIN IMMEDIATE`).
+//!   first statement (`BEGIN IMMEDIATE`); this process's writers take
+//!   turns for it (`WriteTx`), first come first served.
 //! - **PostgreSQL** (`--database-url postgres://...`): a write transaction
 //!   first takes one transaction-scoped advisory lock, so writes are
 //!   serialized as on SQLite, across every process on the database, and
@@ -192,6 +193,69 @@ pub struct SqlStore {
     /// The lease every write checks first, for the leader's handle
     /// (`Store::fenced`).
     fence: Option<Arc<Lease>>,
+    /// This process's writers take turns, first come first served, once
+    /// they hold a connection: from their `BEGIN` to their commit or
+    /// rollback. Without it, SQLite's writers poll for the write lock in
+    /// its busy handler (sleeping up to 100 ms at a time, holding their
+    /// connection, while readers wait for one); PostgreSQL's would wait in
+    /// the server for the advisory lock.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction holding this process's writing turn: derefs to its
+/// connection; committed with [`WriteTx::commit`]. Dropped uncommitted, it
+/// is rolled back before the turn passes on (the next writer would find
+/// the database's write lock still held).
+pub(super) struct WriteTx {
+    tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match self.tx.take() {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    fn connection(&mut self) -> &mut AnyConnection {
+        // Present until `commit` consumes it or `drop` takes it.
+        #[allow(clippy::expect_used)]
+        self.tx.as_mut().expect("an open write transaction")
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let (Some(tx), turn) = (self.tx.take(), self.turn.take()) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = tx.rollback().await;
+                    drop(turn);
+                });
+            }
+            // No runtime (a process ending): sqlx queues the rollback.
+            Err(_) => drop((tx, turn)),
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        #[allow(clippy::expect_used)]
+        self.tx.as_ref().expect("an open write transaction")
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.connection()
+    }
 }
 
 impl SqlStore {
@@ -205,6 +269,9 @@ impl SqlStore {
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // A file on this machine: a connection cannot go stale between
+            // uses (the ping would be a round trip on every acquire).
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // What is overwritten or deleted (a password replaced by
@@ -235,6 +302,7 @@ impl SqlStore {
             pool,
             dialect: Dialect::Sqlite,
             beats: Arc::default(),
+            turn: Arc::default(),
             log_budget: strato_core::limits::LogBudget::default(),
             fence: None,
         })
@@ -303,6 +371,7 @@ impl SqlStore {
             pool,
             dialect: Dialect::Postgres,
             beats: Arc::default(),
+            turn: Arc::default(),
             log_budget: strato_core::limits::LogBudget::default(),
             fence: None,
         })
@@ -327,7 +396,7 @@ impl SqlStore {
 
     /// Begins a write transaction: what it reads cannot change before it
     /// commits, and no other write runs meanwhile.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let mut tx = self.begin_write_unfenced().await?;
         if let Some(lease) = &self.fence {
             // Under the write lock: a replica taking the lease over writes
@@ -349,25 +418,32 @@ impl SqlStore {
     }
 
     /// Begins a write transaction that no lease fences (the lease's own).
-    async fn begin_write_unfenced(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        match self.dialect {
-            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
-            Dialect::Postgres => {
-                // READ COMMITTED whatever the database's default: statements
-                // after the lock must see what the writer before committed.
-                let mut tx = self
-                    .pool
-                    .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-                    .await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
-                    .bind(WRITE_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(tx)
-            }
+    async fn begin_write_unfenced(&self) -> Result<WriteTx, StoreError> {
+        let connection = self.pool.acquire().await?;
+        let turn = self.turn.clone().lock_owned().await;
+        let begin = match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            // READ COMMITTED whatever the database's default: statements
+            // after the lock must see what the writer before committed.
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        };
+        let tx = sqlx::Transaction::begin(
+            sqlx::pool::MaybePoolConnection::PoolConnection(connection),
+            Some(sqlx::SqlSafeStr::into_sql_str(begin)),
+        )
+        .await?;
+        let mut tx = WriteTx {
+            tx: Some(tx),
+            turn: Some(turn),
+        };
+        if self.dialect == Dialect::Postgres {
+            // Across processes on the database.
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
         }
+        Ok(tx)
     }
 }
 
