@@ -134,10 +134,12 @@ async fn a_scale_up_asks_the_provider_for_machines_sixteen_at_a_time() {
     // machines would take 20 times as long.
     cp.fleet.set_create_latency(Duration::from_millis(200));
     cp.create_cluster("wide", 20, 20, 600).await;
-    eventually("the 20 nodes", || async {
-        (cp.nodes("wide").await.len() == 20 && cp.fleet.creates() == 20).then_some(())
+    eventually("the 20 nodes, enrolled", || async {
+        let nodes = cp.nodes("wide").await;
+        (nodes.len() == 20 && nodes.iter().all(|n| state(n) == v1::NodeState::Idle)).then_some(())
     })
     .await;
+    assert_eq!(cp.fleet.creates(), 20);
     let most = cp.fleet.most_creates_at_once();
     assert!(
         (2..=16).contains(&most),

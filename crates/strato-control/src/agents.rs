@@ -381,7 +381,11 @@ impl<S: Store> AgentService for AgentApi<S> {
         let node = authenticate_node(&self.plane, &request).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(1024);
-        let generation = self.plane.sessions.open(&node.node_id, tx);
+        let Some(generation) = self.plane.sessions.open(&node.node_id, tx) else {
+            return Err(Status::unavailable(
+                "this control plane is stopping; the agent tries again (or another replica)",
+            ));
+        };
         // Recorded before the stream is answered: the leader (this replica
         // or another) places work only on nodes a replica holds.
         let key = self.plane.session_key(generation);

@@ -100,6 +100,9 @@ struct Session {
 pub struct Sessions {
     open: Mutex<HashMap<String, Session>>,
     next: AtomicU64,
+    /// Set by `close_all` (shutdown): no session opens after it (one that
+    /// did would hold the server's graceful shutdown open).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Sessions {
@@ -110,10 +113,15 @@ impl Sessions {
     }
 
     /// Registers a node's new session, replacing an older one; returns its
-    /// generation for `close`.
-    pub fn open(&self, node_id: &str, tx: Outbound) -> u64 {
+    /// generation for `close`, or `None` once this replica is stopping.
+    pub fn open(&self, node_id: &str, tx: Outbound) -> Option<u64> {
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let mut open = self.lock();
+        // Read under the lock `close_all` sets it under.
+        if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        open.insert(
             node_id.to_owned(),
             Session {
                 generation,
@@ -122,7 +130,7 @@ impl Sessions {
                 assigned: HashSet::new(),
             },
         );
-        generation
+        Some(generation)
     }
 
     /// The session's `Hello` was handled.
@@ -150,8 +158,12 @@ impl Sessions {
 
     /// Ends every open session stream (at shutdown: a server draining its
     /// requests would otherwise wait for agents that never hang up).
+    /// Ends every session, and refuses those that would open after
+    /// (shutdown).
     pub fn close_all(&self) {
-        self.lock().clear();
+        let mut open = self.lock();
+        self.closed.store(true, Ordering::SeqCst);
+        open.clear();
     }
 
     pub fn drop_node(&self, node_id: &str) {
@@ -594,6 +606,20 @@ impl SubmitLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_session_opens_once_all_were_closed() {
+        let sessions = Sessions::default();
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(sessions.open("n0", tx.clone()).is_some());
+        sessions.close_all();
+        assert_eq!(sessions.count(), 0);
+        assert!(
+            sessions.open("n1", tx).is_none(),
+            "a session opening during shutdown would hold it open"
+        );
+        assert_eq!(sessions.count(), 0);
+    }
 
     #[test]
     fn output_wakes_only_its_own_jobs_followers() {

@@ -276,6 +276,8 @@ impl<S: Store> Reconciler<S> {
             _ => cluster.spec.max_nodes.clamp(1, QUEUED_READ),
         };
         let mut queued = store.queued_jobs(name, read).await?;
+        // A full read may have left jobs in the database.
+        let more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
 
         // Placement first, so idle nodes that take work are not removed.
         let ready: Vec<String> = nodes
@@ -379,7 +381,7 @@ impl<S: Store> Reconciler<S> {
             add_failed: add_failed.as_ref(),
             quota: &cluster_quota,
             provider_error: &provider_error,
-            jobs_queued: !queued.is_empty(),
+            jobs_queued: !queued.is_empty() || more_queued,
             now,
         });
         self.record(cluster, settled, live, now).await
@@ -617,24 +619,36 @@ impl<S: Store> Reconciler<S> {
                     .map(|launch| plane.provider.create_node(launch)),
             )
             .await;
-            let mut failed = None;
+            // Every answer of the round is recorded, even past a store
+            // error (those machines were asked for).
+            let (mut failed, mut store_error) = (None, None);
             for (launch, answer) in launches.iter().zip(answers) {
                 match self.launched(launch, answer, now).await {
                     Ok(Ok(())) => added += 1,
                     Ok(Err(e)) => failed = failed.or(Some(e)),
                     Err(e) => {
                         // This node's machine may exist (its pid not
-                        // written): its record stays. The rest are never
-                        // asked for (a deposed leader's deletes are refused
-                        // too: their records go at their start timeout).
-                        tracing::warn!(node = %launch.node_id, error = %e, "scale-up stopped");
-                        self.forget_unlaunched(made, now).await;
-                        return Err(e);
+                        // written): its record stays.
+                        tracing::warn!(node = %launch.node_id, error = %e, "recording the provider's answer");
+                        store_error = store_error.or(Some(e));
                     }
                 }
             }
+            if let Some(e) = store_error {
+                // The rest are never asked for (a deposed leader's deletes
+                // are refused too: their records go at their start timeout).
+                tracing::warn!(cluster = %name, error = %e, "scale-up stopped");
+                self.forget_unlaunched(made, now).await;
+                return Err(e);
+            }
             if let Some(e) = failed {
-                // The provider fails: the rest are not asked for.
+                // One provider failure (however many of the round's calls
+                // it failed) grows the backoff once; the rest are not
+                // asked for.
+                self.backoff
+                    .entry(name.clone())
+                    .or_default()
+                    .fail(now, e.to_string());
                 self.forget_unlaunched(made, now).await;
                 let code = match e {
                     ProviderError::NoProvider => IssueCode::NoNodeProvider,
@@ -663,8 +677,8 @@ impl<S: Store> Reconciler<S> {
     }
 
     /// Records the provider's answer for the machine of a node just
-    /// recorded; when it could not make one, the record goes and the
-    /// cluster's provider backoff grows.
+    /// recorded; when it could not make one, the record goes (the caller
+    /// grows the cluster's provider backoff, once a round).
     async fn launched(
         &mut self,
         launch: &NodeLaunch,
@@ -693,10 +707,6 @@ impl<S: Store> Reconciler<S> {
                     now,
                     format!("scale up failed: the provider could not create node {node_id}: {e}"),
                 );
-                self.backoff
-                    .entry(name.to_owned())
-                    .or_default()
-                    .fail(now, e.to_string());
                 self.store.delete_node(node_id, now).await?;
                 Ok(Err(e))
             }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use strato_control::store::conformance::postgres::Schema;
-use strato_e2e::{admin_config, binary_beside, connect_tls, free_port, https_get};
+use strato_e2e::{admin_config, binary_beside, connect_tls, free_port, https_request};
 use strato_proto::v1::{
     self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
 };
@@ -345,10 +345,30 @@ async fn list_nodes(
         .nodes)
 }
 
-/// Jobs queued now, from the control plane's `/metrics`.
+/// Jobs queued now, from the control plane's `/metrics` (asked again when
+/// it does not answer within the client's 10 s: it reads every node, and
+/// at 10,000 under load it can take longer).
 fn queued(http: std::net::SocketAddr, admin: &strato_core::client_config::ClientConfig) -> u64 {
-    https_get(http, admin, "/metrics")
-        .lines()
+    let ca = admin.ca_certificate.as_deref().unwrap_or_default();
+    let auth = format!("Bearer {}", admin.token.as_deref().unwrap_or_default());
+    let mut tries = 0;
+    let body = loop {
+        tries += 1;
+        match https_request(
+            http,
+            ca,
+            "GET",
+            "/metrics",
+            &[("Authorization", &auth)],
+            None,
+        ) {
+            Ok((200, body)) => break body,
+            Ok((code, body)) => panic!("GET /metrics: {code} {body}"),
+            Err(e) if tries < 6 => eprintln!("strato-scale-bench: GET /metrics: {e:#}; again"),
+            Err(e) => panic!("GET /metrics, {tries} times: {e:#}"),
+        }
+    };
+    body.lines()
         .filter(|l| l.starts_with("strato_jobs{") && l.contains("state=\"queued\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64

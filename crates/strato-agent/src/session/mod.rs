@@ -269,13 +269,14 @@ async fn session<R: ContainerRuntime>(
             enrolled.session_token.clone(),
         ))
     });
-    let tasks = SessionTasks(
-        [Some(heartbeats), Some(sampler), Some(evictions), renewal]
+    let tasks = SessionTasks {
+        tasks: [Some(heartbeats), Some(sampler), Some(evictions), renewal]
             .into_iter()
             .flatten()
             .map(|task| task.abort_handle())
             .collect(),
-    );
+        identity,
+    };
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
     let mut dispatch = dispatch::Dispatch {
         config,
@@ -303,27 +304,32 @@ async fn session<R: ContainerRuntime>(
         };
         dispatch.handle(message.body).await;
     };
+    // Its tasks end and it no longer counts as connected, then its
+    // attempts' tasks end.
     drop(tasks);
-    identity
-        .health
-        .connected
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    identity.vending.connected(None);
-    identity.relay.connected(None);
-    // Its attempts' tasks end with it.
     drop(dispatch);
     result
 }
 
 /// The session's own tasks, aborted when it ends or is dropped (a
-/// simulated node taken down drops its session).
-struct SessionTasks(Vec<tokio::task::AbortHandle>);
+/// simulated node taken down drops its session); then the agent no longer
+/// counts as connected, and vends or relays nothing through it.
+struct SessionTasks<'a> {
+    tasks: Vec<tokio::task::AbortHandle>,
+    identity: &'a IdentityContext,
+}
 
-impl Drop for SessionTasks {
+impl Drop for SessionTasks<'_> {
     fn drop(&mut self) {
-        for task in &self.0 {
+        for task in &self.tasks {
             task.abort();
         }
+        self.identity
+            .health
+            .connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.identity.vending.connected(None);
+        self.identity.relay.connected(None);
     }
 }
 

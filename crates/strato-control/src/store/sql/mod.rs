@@ -202,6 +202,10 @@ pub struct SqlStore {
     turn: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The longest a write waits for this process's turn (as PostgreSQL's
+/// `lock_timeout` for its lock) before it fails.
+const WRITE_TURN_WAIT: Duration = Duration::from_secs(30);
+
 /// A write transaction holding this process's writing turn: derefs to its
 /// connection; committed with [`WriteTx::commit`]. Dropped uncommitted, it
 /// is rolled back before the turn passes on (the next writer would find
@@ -212,11 +216,20 @@ pub(super) struct WriteTx {
 }
 
 impl WriteTx {
+    /// Commits; the turn passes on once the commit is done, even if the
+    /// caller stops waiting for it.
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        match self.tx.take() {
-            Some(tx) => tx.commit().await,
-            None => Ok(()),
-        }
+        let (Some(tx), turn) = (self.tx.take(), self.turn.take()) else {
+            return Ok(());
+        };
+        let committed = tokio::spawn(async move {
+            let committed = tx.commit().await;
+            drop(turn);
+            committed
+        });
+        committed
+            .await
+            .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
     }
 
     fn connection(&mut self) -> &mut AnyConnection {
@@ -231,15 +244,14 @@ impl Drop for WriteTx {
         let (Some(tx), turn) = (self.tx.take(), self.turn.take()) else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let _ = tx.rollback().await;
-                    drop(turn);
-                });
-            }
-            // No runtime (a process ending): sqlx queues the rollback.
-            Err(_) => drop((tx, turn)),
+        // Always inside the runtime (sqlx's connections need it).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // A connection that never answers holds the turn no longer
+                // than a write may wait for it.
+                let _ = tokio::time::timeout(WRITE_TURN_WAIT, tx.rollback()).await;
+                drop(turn);
+            });
         }
     }
 }
@@ -420,13 +432,26 @@ impl SqlStore {
     /// Begins a write transaction that no lease fences (the lease's own).
     async fn begin_write_unfenced(&self) -> Result<WriteTx, StoreError> {
         let connection = self.pool.acquire().await?;
-        let turn = self.turn.clone().lock_owned().await;
+        let turn = tokio::time::timeout(WRITE_TURN_WAIT, self.turn.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "waited {} s for this process's turn to write",
+                        WRITE_TURN_WAIT.as_secs()
+                    ),
+                ))
+            })?;
         let begin = match self.dialect {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             // READ COMMITTED whatever the database's default: statements
             // after the lock must see what the writer before committed.
             Dialect::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
         };
+        // How `Pool::begin_with` begins, on a connection taken before the
+        // turn (sqlx's own entry point, hidden from its docs: sqlx is
+        // pinned by Cargo.lock).
         let tx = sqlx::Transaction::begin(
             sqlx::pool::MaybePoolConnection::PoolConnection(connection),
             Some(sqlx::SqlSafeStr::into_sql_str(begin)),

@@ -578,11 +578,15 @@ pub(super) async fn session_began(
     node_id: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    // Not fenced (any replica's session begins), but in this process's
+    // turn like every write.
+    let mut tx = db.begin_write_unfenced().await?;
     sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
         .bind(now)
         .bind(node_id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 
