@@ -156,10 +156,9 @@ impl Sessions {
         false
     }
 
-    /// Ends every open session stream (at shutdown: a server draining its
-    /// requests would otherwise wait for agents that never hang up).
-    /// Ends every session, and refuses those that would open after
-    /// (shutdown).
+    /// Ends every open session stream and refuses those that would open
+    /// after (at shutdown: a server draining its requests would otherwise
+    /// wait for agents that never hang up).
     pub fn close_all(&self) {
         let mut open = self.lock();
         self.closed.store(true, Ordering::SeqCst);

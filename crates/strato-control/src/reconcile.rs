@@ -622,7 +622,14 @@ impl<S: Store> Reconciler<S> {
             // Every answer of the round is recorded, even past a store
             // error (those machines were asked for).
             let (mut failed, mut store_error) = (None, None);
+            // One provider failure (however many of the round's calls it
+            // failed) grows the backoff once, also when recording it
+            // failed.
+            let mut provider_failure = None;
             for (launch, answer) in launches.iter().zip(answers) {
+                if let Err(e) = &answer {
+                    provider_failure.get_or_insert_with(|| e.to_string());
+                }
                 match self.launched(launch, answer, now).await {
                     Ok(Ok(())) => added += 1,
                     Ok(Err(e)) => failed = failed.or(Some(e)),
@@ -634,6 +641,9 @@ impl<S: Store> Reconciler<S> {
                     }
                 }
             }
+            if let Some(why) = provider_failure {
+                self.backoff.entry(name.clone()).or_default().fail(now, why);
+            }
             if let Some(e) = store_error {
                 // The rest are never asked for (a deposed leader's deletes
                 // are refused too: their records go at their start timeout).
@@ -642,13 +652,7 @@ impl<S: Store> Reconciler<S> {
                 return Err(e);
             }
             if let Some(e) = failed {
-                // One provider failure (however many of the round's calls
-                // it failed) grows the backoff once; the rest are not
-                // asked for.
-                self.backoff
-                    .entry(name.clone())
-                    .or_default()
-                    .fail(now, e.to_string());
+                // The provider fails: the rest are not asked for.
                 self.forget_unlaunched(made, now).await;
                 let code = match e {
                     ProviderError::NoProvider => IssueCode::NoNodeProvider,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use strato_control::store::conformance::postgres::Schema;
-use strato_e2e::{admin_config, binary_beside, connect_tls, free_port, https_request};
+use strato_e2e::{admin_config, binary_beside, connect_tls, free_port};
 use strato_proto::v1::{
     self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
 };
@@ -345,28 +345,38 @@ async fn list_nodes(
         .nodes)
 }
 
-/// Jobs queued now, from the control plane's `/metrics` (asked again when
-/// it does not answer within the client's 10 s: it reads every node, and
-/// at 10,000 under load it can take longer).
+/// Jobs queued now, from the control plane's `/metrics` (it reads every
+/// node and counts every job: at 10,000 nodes under load an answer can
+/// take longer than the client's 10 s, so a slow one is waited for,
+/// on curl, up to 120 s).
 fn queued(http: std::net::SocketAddr, admin: &strato_core::client_config::ClientConfig) -> u64 {
-    let ca = admin.ca_certificate.as_deref().unwrap_or_default();
-    let auth = format!("Bearer {}", admin.token.as_deref().unwrap_or_default());
-    let mut tries = 0;
-    let body = loop {
-        tries += 1;
-        match https_request(
-            http,
-            ca,
-            "GET",
-            "/metrics",
-            &[("Authorization", &auth)],
-            None,
-        ) {
-            Ok((200, body)) => break body,
-            Ok((code, body)) => panic!("GET /metrics: {code} {body}"),
-            Err(e) if tries < 6 => eprintln!("strato-scale-bench: GET /metrics: {e:#}; again"),
-            Err(e) => panic!("GET /metrics, {tries} times: {e:#}"),
+    let ca = std::env::temp_dir().join(format!("strato-scale-bench-ca-{}.pem", std::process::id()));
+    let written = std::fs::write(&ca, admin.ca_certificate.as_deref().unwrap_or_default());
+    let auth = format!(
+        "Authorization: Bearer {}",
+        admin.token.as_deref().unwrap_or_default()
+    );
+    // The token goes on stdin, not in the command line others can read.
+    let out = written.and_then(|()| {
+        use std::io::Write as _;
+        let mut curl = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "120", "-H", "@-", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://{http}/metrics"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = curl.stdin.take() {
+            writeln!(stdin, "{auth}")?;
         }
+        curl.wait_with_output()
+    });
+    let _ = std::fs::remove_file(&ca);
+    let body = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => panic!("GET /metrics: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("GET /metrics: curl: {e}"),
     };
     body.lines()
         .filter(|l| l.starts_with("strato_jobs{") && l.contains("state=\"queued\""))

@@ -204,6 +204,12 @@ async fn session<R: ContainerRuntime>(
         .vending
         .connected(Some((channel, enrolled.session_token.clone())));
     identity.relay.connected(Some(tx.clone()));
+    // From here, however the session ends, its tasks end and the agent no
+    // longer counts as connected.
+    let mut tasks = SessionTasks {
+        tasks: Vec::new(),
+        identity,
+    };
 
     // Mount helpers whose job container is gone go first (none when the
     // engine cannot say which containers there are).
@@ -269,14 +275,12 @@ async fn session<R: ContainerRuntime>(
             enrolled.session_token.clone(),
         ))
     });
-    let tasks = SessionTasks {
-        tasks: [Some(heartbeats), Some(sampler), Some(evictions), renewal]
+    tasks.tasks.extend(
+        [Some(heartbeats), Some(sampler), Some(evictions), renewal]
             .into_iter()
             .flatten()
-            .map(|task| task.abort_handle())
-            .collect(),
-        identity,
-    };
+            .map(|task| task.abort_handle()),
+    );
     let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<String>();
     let mut dispatch = dispatch::Dispatch {
         config,
