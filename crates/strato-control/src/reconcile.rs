@@ -266,15 +266,11 @@ impl<S: Store> Reconciler<S> {
         let plane = self.plane.clone();
         let store = &self.store.clone();
         let mut nodes = store.list_nodes(name).await?;
-        // A managed cluster never holds more than max_nodes, each job takes
-        // one or more: the oldest max_nodes jobs are all a pass can place,
-        // and demand beyond them is capped by max_nodes. An attached
-        // cluster's issue says how many nodes the queue needs (up to
-        // QUEUED_READ's jobs).
-        let read = match cluster.spec.compute_type {
-            ComputeType::Attached => QUEUED_READ,
-            _ => cluster.spec.max_nodes.clamp(1, QUEUED_READ),
-        };
+        let read = scale::queued_to_read(
+            cluster.spec.compute_type == ComputeType::Attached,
+            cluster.spec.max_nodes,
+            QUEUED_READ,
+        );
         let mut queued = store.queued_jobs(name, read).await?;
         // A full read may have left jobs in the database.
         let more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
@@ -622,17 +618,10 @@ impl<S: Store> Reconciler<S> {
             // Every answer of the round is recorded, even past a store
             // error (those machines were asked for).
             let (mut failed, mut store_error) = (None, None);
-            // One provider failure (however many of the round's calls it
-            // failed) grows the backoff once, also when recording it
-            // failed.
-            let mut provider_failure = None;
             for (launch, answer) in launches.iter().zip(answers) {
-                if let Err(e) = &answer {
-                    provider_failure.get_or_insert_with(|| e.to_string());
-                }
-                match self.launched(launch, answer, now).await {
-                    Ok(Ok(())) => added += 1,
-                    Ok(Err(e)) => failed = failed.or(Some(e)),
+                match self.launched(launch, &answer, now).await {
+                    Ok(()) if answer.is_ok() => added += 1,
+                    Ok(()) => {}
                     Err(e) => {
                         // This node's machine may exist (its pid not
                         // written): its record stays.
@@ -640,9 +629,18 @@ impl<S: Store> Reconciler<S> {
                         store_error = store_error.or(Some(e));
                     }
                 }
+                if let Err(e) = answer {
+                    failed.get_or_insert(e);
+                }
             }
-            if let Some(why) = provider_failure {
-                self.backoff.entry(name.clone()).or_default().fail(now, why);
+            // One provider failure (however many of the round's calls it
+            // failed) grows the backoff once, also when recording it
+            // failed.
+            if let Some(e) = &failed {
+                self.backoff
+                    .entry(name.clone())
+                    .or_default()
+                    .fail(now, e.to_string());
             }
             if let Some(e) = store_error {
                 // The rest are never asked for (a deposed leader's deletes
@@ -686,13 +684,13 @@ impl<S: Store> Reconciler<S> {
     async fn launched(
         &mut self,
         launch: &NodeLaunch,
-        answer: Result<Option<u32>, ProviderError>,
+        answer: &Result<Option<u32>, ProviderError>,
         now: i64,
-    ) -> Result<Result<(), ProviderError>, StoreError> {
+    ) -> Result<(), StoreError> {
         let (name, node_id) = (&launch.cluster, &launch.node_id);
         match answer {
             Ok(pid) => {
-                if let Some(pid) = pid {
+                if let Some(pid) = *pid {
                     self.store.set_node_pid(node_id, pid).await?;
                 }
                 tracing::info!(cluster = %name, node = %node_id, "scale up: node added");
@@ -702,7 +700,7 @@ impl<S: Store> Reconciler<S> {
                     format!("scale up: node {node_id} added"),
                 );
                 self.plane.counters.scaled(name, "up", "demand");
-                Ok(Ok(()))
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!(cluster = %name, node = %node_id, error = %e, "provider could not create the node");
@@ -711,8 +709,7 @@ impl<S: Store> Reconciler<S> {
                     now,
                     format!("scale up failed: the provider could not create node {node_id}: {e}"),
                 );
-                self.store.delete_node(node_id, now).await?;
-                Ok(Err(e))
+                self.store.delete_node(node_id, now).await
             }
         }
     }

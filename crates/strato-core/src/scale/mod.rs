@@ -195,6 +195,20 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// How many of a cluster's oldest queued jobs a pass reads, at most `most`.
+/// A managed cluster never holds more than `max_nodes` and each job takes
+/// one or more: its oldest `max_nodes` jobs are all a pass can place, and
+/// demand beyond them is capped by `max_nodes` (at least one is read, to
+/// know whether any waits). An attached cluster's issue says how many
+/// nodes the whole queue needs: `most`.
+pub fn queued_to_read(attached: bool, max_nodes: u32, most: u32) -> u32 {
+    if attached {
+        most
+    } else {
+        max_nodes.clamp(1, most.max(1))
+    }
+}
+
 /// Which queued job goes to which ready nodes: first come, first served,
 /// one job per node, a gang all at once or not at all, and no job placed
 /// before an earlier one that does not fit (see the module's rule).
@@ -219,6 +233,14 @@ pub fn place<'a>(queued: &'a [(String, u32)], ready: &'a [String]) -> Vec<(&'a s
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_pass_reads_what_it_could_place_or_the_whole_bound_when_attached() {
+        assert_eq!(queued_to_read(false, 1_000, 5_000), 1_000);
+        assert_eq!(queued_to_read(false, 0, 5_000), 1, "one, to know any waits");
+        assert_eq!(queued_to_read(false, 9_000, 5_000), 5_000);
+        assert_eq!(queued_to_read(true, 10, 5_000), 5_000);
+    }
 
     fn node(id: &str, state: NodeState, has_job: bool, idle_since: i64) -> NodeSnapshot {
         NodeSnapshot {

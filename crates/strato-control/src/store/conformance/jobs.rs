@@ -5,7 +5,8 @@ use strato_core::job::{AttemptEnd, JobSpec, JobState};
 use strato_core::node::NodeState;
 
 use super::{
-    exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, states,
+    exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, queued_ids,
+    states,
 };
 use crate::store::{
     AttemptReport, Conflict, JobPage, LogRecord, QUEUED_READ, QueuedJob, RankToStop, ReportOutcome,
@@ -52,13 +53,7 @@ pub async fn job_runs_to_completion<S: Store>(store: S) {
         (n.state, n.run_id.as_deref(), n.reason.as_str()),
         (NodeState::Preparing, Some("j"), "preparing a job")
     );
-    assert!(
-        store
-            .queued_jobs("cpu", QUEUED_READ)
-            .await
-            .expect("queue")
-            .is_empty()
-    );
+    assert!(queued_ids(&store, "cpu", QUEUED_READ).await.is_empty());
 
     let outcome = store
         .report_attempt("cpu-n0", "j", 1, AttemptReport::Running, 12)
@@ -194,13 +189,7 @@ pub async fn cancel_while_queued<S: Store>(store: S) {
     let j = store.cancel_job("j", 4).await.expect("cancel");
     assert_eq!((j.state, j.updated_at), (JobState::Canceled, 4));
     assert_eq!(last_reason(&j), "canceled by user before it started");
-    assert!(
-        store
-            .queued_jobs("cpu", QUEUED_READ)
-            .await
-            .expect("queue")
-            .is_empty()
-    );
+    assert!(queued_ids(&store, "cpu", QUEUED_READ).await.is_empty());
     assert!(matches!(
         store.cancel_job("nope", 5).await,
         Err(StoreError::JobNotFound(n)) if n == "nope"
@@ -461,14 +450,7 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
             .expect("submit");
     }
     // A pass reads as many as it could use, the oldest.
-    let oldest: Vec<String> = store
-        .queued_jobs("cpu", 2)
-        .await
-        .expect("queue")
-        .into_iter()
-        .map(|q| q.id)
-        .collect();
-    assert_eq!(oldest, ["a", "b"]);
+    assert_eq!(queued_ids(&store, "cpu", 2).await, ["a", "b"]);
     let placements = [
         ("a".to_owned(), vec![nodes[0].clone()]),
         ("b".to_owned(), vec![nodes[0].clone()]),
@@ -497,14 +479,7 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
         (b.state, b.node_id, b.attempts.len()),
         (JobState::Queued, None, 0)
     );
-    let queued: Vec<String> = store
-        .queued_jobs("cpu", QUEUED_READ)
-        .await
-        .expect("queue")
-        .into_iter()
-        .map(|q| q.id)
-        .collect();
-    assert_eq!(queued, ["b"]);
+    assert_eq!(queued_ids(&store, "cpu", QUEUED_READ).await, ["b"]);
     assert!(
         store
             .assign_jobs(&[], 11)

@@ -214,6 +214,17 @@ pub fn session_token(id: &str) -> String {
     format!("session-{id}")
 }
 
+/// The ids of at most `limit` of a cluster's queued jobs, oldest first.
+pub async fn queued_ids<S: Store>(store: &S, cluster: &str, limit: u32) -> Vec<String> {
+    store
+        .queued_jobs(cluster, limit)
+        .await
+        .expect("queue")
+        .into_iter()
+        .map(|q| q.id)
+        .collect()
+}
+
 /// Creates cluster `name` (Standard_D2_v2, 0 to 4 nodes) with generous
 /// quota at time 1.
 pub async fn given_cluster<S: Store>(store: &S, name: &str) {

@@ -231,12 +231,6 @@ impl WriteTx {
             .await
             .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
     }
-
-    fn connection(&mut self) -> &mut AnyConnection {
-        // Present until `commit` consumes it or `drop` takes it.
-        #[allow(clippy::expect_used)]
-        self.tx.as_mut().expect("an open write transaction")
-    }
 }
 
 impl Drop for WriteTx {
@@ -266,7 +260,9 @@ impl std::ops::Deref for WriteTx {
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        self.connection()
+        // Present until `commit` consumes it or `drop` takes it.
+        #[allow(clippy::expect_used)]
+        self.tx.as_mut().expect("an open write transaction")
     }
 }
 
