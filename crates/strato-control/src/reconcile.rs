@@ -37,6 +37,8 @@ pub struct Reconciler<S> {
     retention_at: Option<i64>,
     /// Attached clusters' power commands in flight and their failures.
     power: Arc<crate::power::Power>,
+    /// The queued reason each cluster's queued jobs were last given.
+    reasons: HashMap<String, scale::ReasonGiven>,
 }
 
 /// How often ended jobs past the retention period are looked for.
@@ -63,6 +65,7 @@ impl<S: Store> Reconciler<S> {
             targets: None,
             retention_at: None,
             power: Arc::default(),
+            reasons: HashMap::new(),
         }
     }
 
@@ -100,8 +103,10 @@ impl<S: Store> Reconciler<S> {
         let clusters = self.store.list_clusters().await?;
         let nodes = self.store.all_nodes().await?;
         self.check_node_health(&clusters, &nodes, now).await?;
-        self.power
-            .forget(&clusters.iter().map(|c| c.spec.name.clone()).collect());
+        let names: std::collections::HashSet<String> =
+            clusters.iter().map(|c| c.spec.name.clone()).collect();
+        self.reasons.retain(|name, _| names.contains(name));
+        self.power.forget(&names);
         for cluster in clusters {
             // One cluster's trouble does not hold up the others.
             match self.reconcile_cluster(&cluster, now).await {
@@ -456,17 +461,35 @@ impl<S: Store> Reconciler<S> {
     /// Records what a pass settled: the queued jobs' reason, the allocation
     /// state, target and issues.
     async fn record(
-        &self,
+        &mut self,
         cluster: &ClusterRecord,
         settled: allocation::ClusterAllocation,
         live: u32,
         now: i64,
     ) -> Result<(), StoreError> {
         let name = &cluster.spec.name;
-        let store = &self.store;
         if let Some(reason) = &settled.queued_reason {
-            store.set_queued_reason(name, reason).await?;
+            let last = self.reasons.get(name);
+            let sweep = scale::reason_sweep(last, reason, now);
+            let since = match sweep {
+                scale::ReasonSweep::All => None,
+                scale::ReasonSweep::Since(at) => Some(at),
+            };
+            self.store.set_queued_reason(name, reason, since).await?;
+            let all_at = match (sweep, last) {
+                (scale::ReasonSweep::Since(_), Some(l)) => l.all_at,
+                _ => now,
+            };
+            self.reasons.insert(
+                name.clone(),
+                scale::ReasonGiven {
+                    reason: reason.clone(),
+                    all_at,
+                    at: now,
+                },
+            );
         }
+        let store = &self.store;
         if settled.state != cluster.allocation_state
             || settled
                 .issues

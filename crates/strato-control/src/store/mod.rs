@@ -531,11 +531,13 @@ pub trait Store: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = Result<QuotaUsage, StoreError>> + Send;
 
     /// Sets the reason shown on a cluster's queued jobs (e.g. why no node
-    /// can be added for them).
+    /// can be added for them): on all of them, or with `since` only on those
+    /// queued (submitted or queued again) at or after it.
     fn set_queued_reason(
         &self,
         cluster: &str,
         reason: &str,
+        since: Option<i64>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// What the clusters of a location hold against the quota.

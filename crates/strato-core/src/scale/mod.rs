@@ -209,6 +209,48 @@ pub fn queued_to_read(attached: bool, max_nodes: u32, most: u32) -> u32 {
     }
 }
 
+/// A cluster's queued reason as a pass last gave it to its queued jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonGiven {
+    pub reason: String,
+    /// When every queued job was last given it (ms).
+    pub all_at: i64,
+    /// When the last pass gave it (ms).
+    pub at: i64,
+}
+
+/// Which of a cluster's queued jobs a pass gives the queued reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasonSweep {
+    /// Every queued job.
+    All,
+    /// Only those queued (submitted or queued again) at or after this time
+    /// (ms): the others have the reason already.
+    Since(i64),
+}
+
+/// Every queued job is given the reason again at least this often (ms),
+/// for jobs stamped by a replica whose clock is behind this one's.
+pub const REASON_SWEEP_ALL_MS: i64 = 60_000;
+/// How far before the last pass a later pass looks for newly queued jobs
+/// (ms): clocks of replicas a little apart and jobs stored while the last
+/// pass ran.
+pub const REASON_SWEEP_MARGIN_MS: i64 = 5_000;
+
+/// Which queued jobs a pass gives `reason`, after `last`: all of them when
+/// the reason changed, when none was given yet (a new leader) or once a
+/// minute; else only those queued since shortly before the last pass.
+/// Looking at every queued job every pass grows with the queue (100,000
+/// jobs read to change none).
+pub fn reason_sweep(last: Option<&ReasonGiven>, reason: &str, now: i64) -> ReasonSweep {
+    match last {
+        Some(l) if l.reason == reason && now.saturating_sub(l.all_at) < REASON_SWEEP_ALL_MS => {
+            ReasonSweep::Since(l.at.saturating_sub(REASON_SWEEP_MARGIN_MS))
+        }
+        _ => ReasonSweep::All,
+    }
+}
+
 /// Which queued job goes to which ready nodes: first come, first served,
 /// one job per node, a gang all at once or not at all, and no job placed
 /// before an earlier one that does not fit (see the module's rule).
@@ -240,6 +282,33 @@ mod tests {
         assert_eq!(queued_to_read(false, 0, 5_000), 1, "one, to know any waits");
         assert_eq!(queued_to_read(false, 9_000, 5_000), 5_000);
         assert_eq!(queued_to_read(true, 10, 5_000), 5_000);
+    }
+
+    #[test]
+    fn a_pass_gives_the_reason_to_every_queued_job_only_when_it_changed_or_once_a_minute() {
+        let given = |reason: &str, all_at, at| ReasonGiven {
+            reason: reason.into(),
+            all_at,
+            at,
+        };
+        assert_eq!(reason_sweep(None, "waiting", 1_000), ReasonSweep::All);
+        let last = given("waiting", 1_000, 30_000);
+        assert_eq!(
+            reason_sweep(Some(&last), "waiting", 31_000),
+            ReasonSweep::Since(30_000 - REASON_SWEEP_MARGIN_MS)
+        );
+        assert_eq!(
+            reason_sweep(Some(&last), "waiting: quota", 31_000),
+            ReasonSweep::All
+        );
+        assert_eq!(
+            reason_sweep(Some(&last), "waiting", 1_000 + REASON_SWEEP_ALL_MS),
+            ReasonSweep::All
+        );
+        assert_eq!(
+            reason_sweep(Some(&last), "waiting", REASON_SWEEP_ALL_MS),
+            ReasonSweep::Since(30_000 - REASON_SWEEP_MARGIN_MS)
+        );
     }
 
     fn node(id: &str, state: NodeState, has_job: bool, idle_since: i64) -> NodeSnapshot {

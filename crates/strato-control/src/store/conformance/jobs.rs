@@ -726,7 +726,10 @@ pub async fn queued_reason_is_set_on_queued_jobs_only<S: Store>(store: S) {
         .await
         .expect("submit");
     let why = "waiting: quota_exceeded: no room for another node";
-    store.set_queued_reason("cpu", why).await.expect("reason");
+    store
+        .set_queued_reason("cpu", why, None)
+        .await
+        .expect("reason");
     let wait = store.get_job("wait").await.expect("job");
     assert_eq!((wait.state, wait.reason.as_str()), (JobState::Queued, why));
     // The reason is shown, not a transition.
@@ -736,4 +739,26 @@ pub async fn queued_reason_is_set_on_queued_jobs_only<S: Store>(store: S) {
         store.get_job("else").await.expect("job").reason,
         "submitted"
     );
+
+    // With a time, only the jobs queued since then are given it.
+    store
+        .submit_job("later", job("cpu"), "", 9)
+        .await
+        .expect("submit");
+    let now = "waiting for a node";
+    store
+        .set_queued_reason("cpu", now, Some(9))
+        .await
+        .expect("reason");
+    let reason = |id: &'static str| {
+        let store = &store;
+        async move { store.get_job(id).await.expect("job").reason }
+    };
+    assert_eq!(reason("later").await, now);
+    assert_eq!(reason("wait").await, why, "queued at 5, before 9");
+    store
+        .set_queued_reason("cpu", now, None)
+        .await
+        .expect("reason");
+    assert_eq!(reason("wait").await, now);
 }

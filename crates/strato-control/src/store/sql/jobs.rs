@@ -181,13 +181,18 @@ pub(super) async fn set_queued_reason(
     db: &SqlStore,
     cluster: &str,
     reason: &str,
+    since: Option<i64>,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
+    // A queued job's updated_at is when it was queued (index
+    // jobs_queued_by_change): with `since`, only the newly queued are read.
     sqlx::query(
-        "UPDATE jobs SET reason = $1 WHERE cluster = $2 AND state = 'queued' AND reason <> $1",
+        "UPDATE jobs SET reason = $1
+         WHERE cluster = $2 AND state = 'queued' AND updated_at >= $3 AND reason <> $1",
     )
     .bind(reason)
     .bind(cluster)
+    .bind(since.unwrap_or(i64::MIN))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -854,8 +854,13 @@ impl Store for SqlStore {
         usage::usage_of_others(self, location, cluster).await
     }
 
-    async fn set_queued_reason(&self, cluster: &str, reason: &str) -> Result<(), StoreError> {
-        jobs::set_queued_reason(self, cluster, reason).await
+    async fn set_queued_reason(
+        &self,
+        cluster: &str,
+        reason: &str,
+        since: Option<i64>,
+    ) -> Result<(), StoreError> {
+        jobs::set_queued_reason(self, cluster, reason, since).await
     }
 
     async fn usage(&self, location: &str) -> Result<QuotaUsage, StoreError> {

@@ -1,0 +1,5 @@
+-- A reconcile pass reads a cluster's oldest queued jobs and gives the
+-- newly queued ones the cluster's queued reason: both served by indexes
+-- of the queued jobs alone, so neither grows with the queue.
+CREATE INDEX jobs_queued_by_age ON jobs (cluster, created_at, rowid) WHERE state = 'queued';
+CREATE INDEX jobs_queued_by_change ON jobs (cluster, updated_at) WHERE state = 'queued';

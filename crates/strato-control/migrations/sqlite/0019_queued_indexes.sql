@@ -1,0 +1,7 @@
+-- A reconcile pass reads a cluster's oldest queued jobs and gives the
+-- newly queued ones the cluster's queued reason: both served by indexes
+-- of the queued jobs alone, so neither grows with the queue (SQLite's
+-- indexes end with the rowid, the order of submission among jobs queued
+-- in one millisecond).
+CREATE INDEX jobs_queued_by_age ON jobs (cluster, created_at) WHERE state = 'queued';
+CREATE INDEX jobs_queued_by_change ON jobs (cluster, updated_at) WHERE state = 'queued';
