@@ -42,9 +42,16 @@ impl Counters {
 pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::StoreError> {
     let mut e = Exposition::default();
     let clusters = plane.store.list_clusters().await?;
-    let nodes = plane.store.all_nodes().await?;
-    // Counts only: a scrape never loads the jobs themselves.
+    // Counts only: a scrape never loads the nodes or jobs themselves.
+    let node_counts = plane.store.node_counts().await?;
     let job_counts = plane.store.job_counts().await?;
+    let nodes_in = |cluster: &str, state: NodeState| {
+        node_counts
+            .iter()
+            .filter(|(c, s, _)| c.eq_ignore_ascii_case(cluster) && *s == state)
+            .map(|(_, _, n)| *n)
+            .sum::<u64>()
+    };
     let count = |cluster: &str, state: strato_core::job::JobState| {
         job_counts
             .iter()
@@ -61,9 +68,8 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
     let mut resizing = Vec::new();
     for c in &clusters {
         let name = &c.spec.name;
-        let mine: Vec<_> = nodes.iter().filter(|n| &n.cluster == name).collect();
         for state in NodeState::ALL {
-            let n = mine.iter().filter(|x| x.state == state).count();
+            let n = nodes_in(name, state);
             by_state.push((
                 vec![
                     ("cluster", name.clone()),
@@ -73,10 +79,11 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
             ));
         }
         target.push((vec![("cluster", name.clone())], f64::from(c.target_nodes)));
-        let live = mine
-            .iter()
-            .filter(|n| strato_core::scale::is_live(n.state))
-            .count();
+        let live: u64 = NodeState::ALL
+            .into_iter()
+            .filter(|s| strato_core::scale::is_live(*s))
+            .map(|s| nodes_in(name, s))
+            .sum();
         current.push((vec![("cluster", name.clone())], live as f64));
         let q = count(name, strato_core::job::JobState::Queued);
         queued.push((vec![("cluster", name.clone())], q as f64));

@@ -311,6 +311,12 @@ pub trait Store: Send + Sync + Clone + 'static {
 
     fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
+    /// How many nodes each cluster has in each state (states with none are
+    /// left out): what `/metrics` shows, without reading every node.
+    fn node_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, NodeState, u64)>, StoreError>> + Send;
+
     /// One node, with its latest heartbeat.
     fn get_node(
         &self,

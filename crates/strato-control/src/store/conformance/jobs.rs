@@ -644,6 +644,16 @@ pub async fn job_counts_and_lists<S: Store>(store: S) {
             ("west".to_owned(), JobState::Queued, 1),
         ]
     );
+    given_idle_nodes(&store, "west", &["b-n0", "b-n1"]).await;
+    let mut nodes = store.node_counts().await.expect("node counts");
+    nodes.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    assert_eq!(
+        nodes,
+        vec![
+            ("east".to_owned(), NodeState::Running, 1),
+            ("west".to_owned(), NodeState::Idle, 2),
+        ]
+    );
     let ids =
         |jobs: Vec<crate::store::JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
     // Newest first; of the same time, the later submitted first.

@@ -889,6 +889,12 @@ impl Store for SqlStore {
         jobs::list_jobs(self, cluster, page).await
     }
 
+    async fn node_counts(
+        &self,
+    ) -> Result<Vec<(String, strato_core::node::NodeState, u64)>, StoreError> {
+        nodes::node_counts(self).await
+    }
+
     async fn job_counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
         jobs::job_counts(self).await
     }

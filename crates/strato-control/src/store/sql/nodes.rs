@@ -115,6 +115,26 @@ pub(super) async fn all_nodes(db: &SqlStore) -> Result<Vec<NodeRecord>, StoreErr
     rows.iter().map(node_from_row).collect()
 }
 
+pub(super) async fn node_counts(
+    db: &SqlStore,
+) -> Result<Vec<(String, NodeState, u64)>, StoreError> {
+    let rows =
+        sqlx::query("SELECT cluster, state, COUNT(*) AS n FROM nodes GROUP BY cluster, state")
+            .fetch_all(&db.pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            Ok((
+                r.try_get("cluster")?,
+                NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
+                u64::try_from(n).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
 /// Whether one node more than the cluster's `nodes` fits the quota of its
 /// location, beside what the other clusters there hold.
 async fn more_fit(
