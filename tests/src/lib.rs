@@ -860,6 +860,7 @@ pub async fn job_log_lines(jobs: &mut JobServiceClient<Channel>, id: &str) -> Ve
         .stream_logs(v1::StreamLogsRequest {
             id: id.into(),
             follow: false,
+            after: None,
         })
         .await
         .expect("logs")

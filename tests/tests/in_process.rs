@@ -355,6 +355,7 @@ async fn log_followers_are_bounded_per_caller() {
     let follow = || v1::StreamLogsRequest {
         id: id.clone(),
         follow: true,
+        after: None,
     };
     let mut jobs = cp.jobs();
     let first = jobs.stream_logs(follow()).await.expect("first follower");
@@ -373,6 +374,7 @@ async fn log_followers_are_bounded_per_caller() {
     jobs.stream_logs(v1::StreamLogsRequest {
         id: id.clone(),
         follow: false,
+        after: None,
     })
     .await
     .expect("reading without following is not bounded");

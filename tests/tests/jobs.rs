@@ -802,7 +802,6 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\nbye\n");
-    // An ended job can be deleted, with its logs.
     let mut jobs = cp.jobs().await;
     let listed = jobs
         .list_jobs(v1::ListJobsRequest::default())
@@ -811,6 +810,33 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
         .into_inner()
         .jobs;
     let id = listed[0].id.clone();
+    // A reader goes on from a line's position (as the CLI does when its
+    // stream breaks); a position past any is refused, naming the field.
+    let lines = strato_e2e::job_log_lines(&mut jobs, &id).await;
+    assert!(lines[0].pos < lines[1].pos, "{lines:?}");
+    let after = |after: u64| v1::StreamLogsRequest {
+        id: id.clone(),
+        follow: false,
+        after: Some(after),
+    };
+    let mut rest = jobs
+        .stream_logs(after(lines[0].pos))
+        .await
+        .expect("logs after the first line")
+        .into_inner();
+    let mut texts = Vec::new();
+    while let Some(l) = rest.message().await.expect("a line") {
+        texts.push(l.line);
+    }
+    assert_eq!(texts, ["bye"]);
+    let refused = jobs
+        .stream_logs(after(u64::MAX))
+        .await
+        .map(|_| ())
+        .expect_err("past any position");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("after"), "{}", refused.message());
+    // An ended job can be deleted, with its logs.
     let deleted = cp.cli_ok(&["job", "delete", &id]);
     assert_eq!(
         String::from_utf8_lossy(&deleted.stdout),

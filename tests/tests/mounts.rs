@@ -80,6 +80,7 @@ async fn lines_until(cp: &ControlPlane, id: &str, until: Option<&str>) -> Vec<St
         .stream_logs(v1::StreamLogsRequest {
             id: id.into(),
             follow: until.is_some(),
+            after: None,
         })
         .await
         .expect("logs")

@@ -3,6 +3,8 @@
 //! The leader is killed with -9 while a client submits jobs and agents run
 //! them; then the next leader is frozen with SIGSTOP and resumed.
 
+use std::io::{BufRead as _, Read as _};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use strato_e2e::{Channel, ControlPlane, TEST_IMAGE, free_port, require_docker, wait_for};
@@ -25,6 +27,16 @@ const FAST: &[&str] = &[
 ];
 
 const LONG: Duration = Duration::from_secs(90);
+
+/// A CLI process, killed if the test ends before it does.
+struct Cli(Child);
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// What a replica logs when it takes the lease.
 const LEADS: &str = "this replica leads";
@@ -154,6 +166,33 @@ async fn three_replicas_fail_over_losing_no_job_and_running_none_twice() {
     })
     .await;
 
+    // A CLI follows the first job's output through the leader (its
+    // endpoint first): after the kill it goes on through another replica
+    // from the line after the last it printed.
+    let mut follow = Cli(replicas[follower]
+        .cli_command()
+        .arg("--endpoint")
+        .arg(format!("{},{}", endpoints[first], endpoints[follower]))
+        .args(["job", "logs", &ids[0], "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strato job logs --follow"));
+    let mut followed = std::io::BufReader::new(follow.0.stdout.take().expect("stdout"));
+    let (followed, line) = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        followed
+            .read_line(&mut line)
+            .expect("the follower's output");
+        (followed, line)
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        line, "before\n",
+        "the follower's first line, through the leader"
+    );
+
     // kill -9 the leader while a client goes on submitting.
     let killed = Instant::now();
     replicas[first].kill9();
@@ -189,6 +228,33 @@ async fn three_replicas_fail_over_losing_no_job_and_running_none_twice() {
         };
         assert_eq!(lines, want, "job {id} ran once");
     }
+
+    // The follower went on through the other replica: the rest of the
+    // output once, and it ended with the job.
+    let (rest, status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut followed = followed;
+        let mut rest = String::new();
+        followed
+            .read_to_string(&mut rest)
+            .expect("the follower's output");
+        let status = follow.0.wait().expect("the follower's exit");
+        let mut stderr = String::new();
+        if let Some(mut e) = follow.0.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (rest, status, stderr)
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        rest, "after\n",
+        "after the kill, from the next line: {stderr}"
+    );
+    eprintln!(
+        "the follower across the kill said on stderr: {}",
+        stderr.trim()
+    );
 
     // The CLI fails over too: the dead replica's endpoint first.
     let listed = replicas[second]

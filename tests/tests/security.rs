@@ -341,6 +341,7 @@ async fn a_revoked_token_ends_the_streams_it_opened() {
         .stream_logs(v1::StreamLogsRequest {
             id: id.clone(),
             follow: true,
+            after: None,
         })
         .await
         .expect("follow")

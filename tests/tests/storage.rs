@@ -122,7 +122,11 @@ async fn inputs_are_downloaded_and_outputs_uploaded_with_bearer_tokens_only() {
         "{job:?}"
     );
     let mut stream = jobs
-        .stream_logs(v1::StreamLogsRequest { id, follow: false })
+        .stream_logs(v1::StreamLogsRequest {
+            id,
+            follow: false,
+            after: None,
+        })
         .await
         .expect("logs")
         .into_inner();

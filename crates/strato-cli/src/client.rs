@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use strato_proto::client::{AuthedChannel, Bearer, authed};
+use strato_proto::client::{AuthedChannel, Bearer, Failover, authed};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Failure;
@@ -27,7 +28,8 @@ pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
         ))
     })?;
     // Replicas: their addresses separated by commas, tried in order; the
-    // first that answers serves this command.
+    // first that answers serves this command until a call to it fails
+    // below gRPC (it went away), then the next (`Failover`).
     let urls: Vec<&str> = settings
         .endpoint
         .split(',')
@@ -46,20 +48,31 @@ pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
                 .map_err(|e| Failure::usage(format!("--endpoint {e}")))?,
         );
     }
-    let mut failed = None;
     let last = urls.len() - 1;
-    for (i, (endpoint, url)) in endpoints.into_iter().zip(&urls).enumerate() {
-        match connect_channel(endpoint, url).await {
-            Ok(channel) => return Ok(authed(channel, bearer)),
-            Err(e) => {
-                if i < last {
-                    eprintln!("strato: {}; trying the next endpoint", e.message);
+    for (i, url) in urls.iter().enumerate() {
+        match connect_channel(endpoints[i].clone(), url).await {
+            Ok(channel) => {
+                if last == 0 {
+                    return Ok(authed(channel, bearer));
                 }
-                failed = Some(e);
+                // The others are connected when a failover first needs them.
+                let channels = endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| match j == i {
+                        true => channel.clone(),
+                        false => e.clone().connect_timeout(CONNECT_TIMEOUT).connect_lazy(),
+                    })
+                    .collect();
+                return Ok(InterceptedService::new(Failover::new(channels, i), bearer));
             }
+            Err(e) if i < last => {
+                eprintln!("strato: {}; trying the next endpoint", e.message);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Err(failed.unwrap_or_else(|| Failure::usage("--endpoint: no address")))
+    Err(Failure::usage("--endpoint: no address"))
 }
 
 /// The most addresses `--endpoint` takes.

@@ -139,11 +139,87 @@ impl Interceptor for Bearer {
 }
 
 /// A channel whose every call carries the bearer token.
-pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+pub type AuthedChannel = InterceptedService<Failover, Bearer>;
 
 /// `channel` with `bearer` on every call.
 pub fn authed(channel: Channel, bearer: Bearer) -> AuthedChannel {
-    InterceptedService::new(channel, bearer)
+    InterceptedService::new(Failover::new(vec![channel], 0), bearer)
+}
+
+/// Channels to several control-plane replicas, one in use at a time: a call
+/// that fails below gRPC (the replica is gone: refused, reset, timed out)
+/// moves the next calls to the next replica, round the list. A caller that
+/// retries such failures (the CLI's `Retry`) so goes on through another
+/// replica; a call already under way is not sent again here (it may have
+/// been acted on).
+#[derive(Clone)]
+pub struct Failover {
+    channels: std::sync::Arc<[Channel]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Failover {
+    /// `channels` (at least one), starting with the one at `first`.
+    pub fn new(channels: Vec<Channel>, first: usize) -> Failover {
+        assert!(!channels.is_empty(), "a failover needs a channel");
+        Failover {
+            current: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+                first % channels.len(),
+            )),
+            channels: channels.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover")
+            .field("channels", &self.channels.len())
+            .field(
+                "current",
+                &self.current.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Failover {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Each call waits for its own channel to be ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        use std::sync::atomic::Ordering;
+        let at = self.current.load(Ordering::Relaxed);
+        let mut channel = self.channels[at].clone();
+        let (count, current) = (self.channels.len(), self.current.clone());
+        Box::pin(async move {
+            let answer = async {
+                std::future::poll_fn(|cx| tonic::codegen::Service::poll_ready(&mut channel, cx))
+                    .await?;
+                tonic::codegen::Service::call(&mut channel, request).await
+            }
+            .await;
+            if answer.is_err() {
+                // Moved on once however many calls saw this replica fail.
+                let _ = current.compare_exchange(
+                    at,
+                    (at + 1) % count,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            answer
+        })
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ async fn main() -> ExitCode {
             .stream_logs(v1::StreamLogsRequest {
                 id: job.clone(),
                 follow: true,
+                after: None,
             })
             .await
         {

@@ -504,8 +504,10 @@ pub(super) async fn follow<R: ContainerRuntime>(
                         line: l.line,
                         at: Some(now),
                         seq,
-                        // The control plane knows the rank from the node.
+                        // The control plane knows the rank from the node,
+                        // and sets the position.
                         rank: 0,
+                        pos: 0,
                     });
                     seq += 1;
                 }

@@ -123,6 +123,7 @@ mod tests {
             }),
             seq,
             rank: 0,
+            pos: seq,
         }
     }
 

@@ -372,16 +372,21 @@ impl<S: Store> Jobs<S> {
         Ok(())
     }
 
-    /// The job's log lines so far; with `follow`, also those to come, until
-    /// the job has ended and every line is sent. Stops when the stream is
-    /// dropped.
+    /// The job's log lines so far (with `after`, only those past that
+    /// position); with `follow`, also those to come, until the job has ended
+    /// and every line is sent. Stops when the stream is dropped.
     pub async fn stream_logs(
         &self,
         caller: &Caller,
         id: String,
         follow: bool,
+        after: Option<u64>,
     ) -> Result<LogStream, AppError> {
         required("id", &id)?;
+        let after = after
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|_| FieldError::new("after", "must be at most 9223372036854775807"))?;
         let job = self.plane.store.get_job(&id).await?;
         authorize(caller, Action::StreamLogs, Some(&job.spec.cluster))?;
         // Only followers stay open; the slot is held until the stream ends.
@@ -400,7 +405,7 @@ impl<S: Store> Jobs<S> {
             // jobs' output does not wake it.
             let mut changes = plane.events.subscribe();
             let mut output = plane.events.follow_output(&id);
-            let mut cursor: Option<i64> = None;
+            let mut cursor: Option<i64> = after;
             loop {
                 // Read the job's state before its logs: if it was final then,
                 // every line it will ever have is already stored.

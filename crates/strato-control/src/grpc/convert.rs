@@ -118,6 +118,7 @@ pub fn log_line(l: LogRecord) -> v1::LogLine {
         at: Some(timestamp(l.at)),
         seq: l.seq,
         rank: l.rank,
+        pos: u64::try_from(l.pos).unwrap_or(0),
     }
 }
 

@@ -120,7 +120,7 @@ impl<S: Store> JobService for JobApi<S> {
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let lines = self.app.stream_logs(&caller, r.id, r.follow).await;
+        let lines = self.app.stream_logs(&caller, r.id, r.follow, r.after).await;
         respond(lines, |lines| -> LogStreamBox {
             Box::pin(lines.map(|l| l.map(convert::log_line).map_err(status)))
         })

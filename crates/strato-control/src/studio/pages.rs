@@ -1185,7 +1185,7 @@ pub async fn job_logs<S: Store>(
     Path(id): Path<String>,
 ) -> Response {
     let lines = match Jobs::new(studio.plane.clone())
-        .stream_logs(&visitor.caller, id, true)
+        .stream_logs(&visitor.caller, id, true, None)
         .await
     {
         Ok(lines) => lines,

@@ -11,6 +11,7 @@ use strato_proto::client::AuthedChannel;
 use strato_proto::v1::{self, job_service_client::JobServiceClient};
 
 use crate::Failure;
+use crate::client::Retry;
 use crate::cmd::ArgError;
 use crate::view::job::{JobView, job_state};
 use crate::view::log::LogPrinter;
@@ -528,6 +529,7 @@ async fn download(
         .stream_logs(v1::StreamLogsRequest {
             id: id.to_owned(),
             follow: false,
+            after: None,
         })
         .await?
         .into_inner();
@@ -559,28 +561,53 @@ async fn download(
     Ok(())
 }
 
+/// Prints a job's output (with `follow`, until the job ends). A stream that
+/// breaks (a control plane restarting, a replica gone) is opened again,
+/// through whichever endpoint answers, from the line after the last one
+/// printed: nothing is printed twice or left out. Gives up as other calls
+/// do, after the control plane has been away for a minute.
 async fn logs(
     client: &mut JobServiceClient<AuthedChannel>,
     format: Format,
     id: String,
     follow: bool,
 ) -> Result<(), Failure> {
-    let mut stream = client
-        .stream_logs(v1::StreamLogsRequest { id, follow })
-        .await?
-        .into_inner();
     let mut printer = LogPrinter::new(format);
-    while let Some(line) = stream.message().await? {
-        let text = printer.render(line)?;
-        let mut out = std::io::stdout().lock();
-        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            Ok(()) => {}
-            // The reader went away (`strato job logs ID | head`): done.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(anyhow::Error::new(e).context("writing the logs").into()),
-        }
+    let mut retry = Retry::default();
+    let mut after = None;
+    loop {
+        let started = std::time::Instant::now();
+        let request = v1::StreamLogsRequest {
+            id: id.clone(),
+            follow,
+            after,
+        };
+        let broken = match client.stream_logs(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let line = match stream.message().await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => return Ok(()),
+                        Err(status) => break status,
+                    };
+                    after = Some(line.pos);
+                    let text = printer.render(line)?;
+                    let mut out = std::io::stdout().lock();
+                    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                        Ok(()) => {}
+                        // The reader went away (`strato job logs ID | head`): done.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e).context("writing the logs").into());
+                        }
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        retry.wait_or_give_up(broken, started).await?;
     }
-    Ok(())
 }
 
 #[cfg(test)]
