@@ -811,7 +811,8 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
         .jobs;
     let id = listed[0].id.clone();
     // A reader goes on from a line's position (as the CLI does when its
-    // stream breaks); a position past any is refused, naming the field.
+    // stream breaks); a position no store can hold (above i64::MAX) is
+    // refused, naming the field.
     let lines = strato_e2e::job_log_lines(&mut jobs, &id).await;
     assert!(lines[0].pos < lines[1].pos, "{lines:?}");
     let after = |after: u64| v1::StreamLogsRequest {
@@ -833,7 +834,7 @@ async fn cli_submit_then_follow_prints_the_output_as_it_comes_and_ends_with_the_
         .stream_logs(after(u64::MAX))
         .await
         .map(|_| ())
-        .expect_err("past any position");
+        .expect_err("above i64::MAX");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("after"), "{}", refused.message());
     // An ended job can be deleted, with its logs.

@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use strato_proto::client::{AuthedChannel, Bearer, Failover, authed};
-use tonic::service::interceptor::InterceptedService;
+use strato_proto::client::{AuthedChannel, Bearer, authed, authed_failover};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Failure;
@@ -64,7 +63,7 @@ pub async fn connect(settings: &Settings) -> Result<AuthedChannel, Failure> {
                         false => e.clone().connect_timeout(CONNECT_TIMEOUT).connect_lazy(),
                     })
                     .collect();
-                return Ok(InterceptedService::new(Failover::new(channels, i), bearer));
+                return Ok(authed_failover(channels, i, bearer));
             }
             Err(e) if i < last => {
                 eprintln!("strato: {}; trying the next endpoint", e.message);

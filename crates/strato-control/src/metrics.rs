@@ -45,20 +45,8 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
     // Counts only: a scrape never loads the nodes or jobs themselves.
     let node_counts = plane.store.node_counts().await?;
     let job_counts = plane.store.job_counts().await?;
-    let nodes_in = |cluster: &str, state: NodeState| {
-        node_counts
-            .iter()
-            .filter(|(c, s, _)| c.eq_ignore_ascii_case(cluster) && *s == state)
-            .map(|(_, _, n)| *n)
-            .sum::<u64>()
-    };
-    let count = |cluster: &str, state: strato_core::job::JobState| {
-        job_counts
-            .iter()
-            .filter(|(c, s, _)| c.eq_ignore_ascii_case(cluster) && *s == state)
-            .map(|(_, _, n)| *n)
-            .sum::<u64>()
-    };
+    let nodes_in = |cluster: &str, state| counted(&node_counts, cluster, state);
+    let count = |cluster: &str, state| counted(&job_counts, cluster, state);
 
     let mut by_state = Vec::new();
     let mut target = Vec::new();
@@ -233,6 +221,16 @@ pub async fn render<S: Store>(plane: &Plane<S>) -> Result<String, crate::store::
         limit,
     );
     Ok(e.finish())
+}
+
+/// Of (cluster, state, count) rows, the count of `cluster` (its name in any
+/// case, as the store compares them) in `state`.
+fn counted<S: PartialEq>(counts: &[(String, S, u64)], cluster: &str, state: S) -> u64 {
+    counts
+        .iter()
+        .filter(|(c, s, _)| c.eq_ignore_ascii_case(cluster) && *s == state)
+        .map(|(_, _, n)| *n)
+        .sum()
 }
 
 /// The Prometheus file-based discovery document for the agents: each

@@ -143,15 +143,23 @@ pub type AuthedChannel = InterceptedService<Failover, Bearer>;
 
 /// `channel` with `bearer` on every call.
 pub fn authed(channel: Channel, bearer: Bearer) -> AuthedChannel {
-    InterceptedService::new(Failover::new(vec![channel], 0), bearer)
+    authed_failover(vec![channel], 0, bearer)
+}
+
+/// Channels to replicas, the one at `first` in use (`Failover`), with
+/// `bearer` on every call.
+pub fn authed_failover(channels: Vec<Channel>, first: usize, bearer: Bearer) -> AuthedChannel {
+    InterceptedService::new(Failover::new(channels, first), bearer)
 }
 
 /// Channels to several control-plane replicas, one in use at a time: a call
-/// that fails below gRPC (the replica is gone: refused, reset, timed out)
-/// moves the next calls to the next replica, round the list. A caller that
-/// retries such failures (the CLI's `Retry`) so goes on through another
-/// replica; a call already under way is not sent again here (it may have
-/// been acted on).
+/// that fails below gRPC before its answer began (the replica is gone:
+/// refused, reset, timed out) moves the next calls to the next replica,
+/// round the list. A caller that retries such failures (the CLI's `Retry`)
+/// so goes on through another replica; a call is never sent again here
+/// (it may have been acted on). A stream that breaks after its answer
+/// began moves nothing: the caller's retry fails on the gone replica
+/// first, and that moves it.
 #[derive(Clone)]
 pub struct Failover {
     channels: std::sync::Arc<[Channel]>,

@@ -1,5 +1,6 @@
 -- A reconcile pass reads a cluster's oldest queued jobs and gives the
--- newly queued ones the cluster's queued reason: both served by indexes
--- of the queued jobs alone, so neither grows with the queue.
+-- newly queued ones the cluster's queued reason (those whose reason
+-- differs found in the index itself): both served by indexes of the
+-- queued jobs alone, so neither grows with the queue.
 CREATE INDEX jobs_queued_by_age ON jobs (cluster, created_at, rowid) WHERE state = 'queued';
-CREATE INDEX jobs_queued_by_change ON jobs (cluster, updated_at) WHERE state = 'queued';
+CREATE INDEX jobs_queued_by_change ON jobs (cluster, updated_at, reason) WHERE state = 'queued';

@@ -233,18 +233,24 @@ pub enum ReasonSweep {
 /// for jobs stamped by a replica whose clock is behind this one's.
 pub const REASON_SWEEP_ALL_MS: i64 = 60_000;
 /// How far before the last pass a later pass looks for newly queued jobs
-/// (ms): clocks of replicas a little apart and jobs stored while the last
-/// pass ran.
-pub const REASON_SWEEP_MARGIN_MS: i64 = 5_000;
+/// (ms): a job is stamped with the time its write began, and a write may
+/// wait up to 30 s for its turn (the store's `WRITE_TURN_WAIT`); clocks of
+/// replicas a little apart.
+pub const REASON_SWEEP_MARGIN_MS: i64 = 40_000;
 
 /// Which queued jobs a pass gives `reason`, after `last`: all of them when
-/// the reason changed, when none was given yet (a new leader) or once a
-/// minute; else only those queued since shortly before the last pass.
+/// the reason changed, when none was given yet (a new leader), once a
+/// minute or when the clock went back; else only those queued since
+/// shortly before the last pass.
 /// Looking at every queued job every pass grows with the queue (100,000
 /// jobs read to change none).
 pub fn reason_sweep(last: Option<&ReasonGiven>, reason: &str, now: i64) -> ReasonSweep {
     match last {
-        Some(l) if l.reason == reason && now.saturating_sub(l.all_at) < REASON_SWEEP_ALL_MS => {
+        Some(l)
+            if l.reason == reason
+                && now >= l.at
+                && now.saturating_sub(l.all_at) < REASON_SWEEP_ALL_MS =>
+        {
             ReasonSweep::Since(l.at.saturating_sub(REASON_SWEEP_MARGIN_MS))
         }
         _ => ReasonSweep::All,
@@ -292,13 +298,18 @@ mod tests {
             at,
         };
         assert_eq!(reason_sweep(None, "waiting", 1_000), ReasonSweep::All);
-        let last = given("waiting", 1_000, 30_000);
+        let last = given("waiting", 1_000, 50_000);
         assert_eq!(
-            reason_sweep(Some(&last), "waiting", 31_000),
-            ReasonSweep::Since(30_000 - REASON_SWEEP_MARGIN_MS)
+            reason_sweep(Some(&last), "waiting", 51_000),
+            ReasonSweep::Since(50_000 - REASON_SWEEP_MARGIN_MS)
         );
         assert_eq!(
-            reason_sweep(Some(&last), "waiting: quota", 31_000),
+            reason_sweep(Some(&last), "waiting", 49_000),
+            ReasonSweep::All,
+            "the clock went back"
+        );
+        assert_eq!(
+            reason_sweep(Some(&last), "waiting: quota", 51_000),
             ReasonSweep::All
         );
         assert_eq!(
@@ -307,7 +318,7 @@ mod tests {
         );
         assert_eq!(
             reason_sweep(Some(&last), "waiting", REASON_SWEEP_ALL_MS),
-            ReasonSweep::Since(30_000 - REASON_SWEEP_MARGIN_MS)
+            ReasonSweep::Since(50_000 - REASON_SWEEP_MARGIN_MS)
         );
     }
 

@@ -591,6 +591,8 @@ async fn logs(
                         Ok(None) => return Ok(()),
                         Err(status) => break status,
                     };
+                    // A line: the control plane is back, any outage over.
+                    retry.succeeded();
                     after = Some(line.pos);
                     let text = printer.render(line)?;
                     let mut out = std::io::stdout().lock();

@@ -391,6 +391,56 @@ mod fake_server_tests {
         assert_eq!(job.state, v1::JobState::Completed as i32);
     }
 
+    /// Two replicas: the first dies under a WaitJob call and never comes
+    /// back; the retries move to the second (`Failover`), and a refusal
+    /// from the second (a gRPC status) does not move them back.
+    #[tokio::test]
+    async fn wait_goes_on_through_the_next_replica() {
+        let hung = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (first, kill) = serve(
+            loopback(),
+            Fake {
+                hang: true,
+                hung: hung.clone(),
+                ..Default::default()
+            },
+        );
+        let (second, _keep) = serve(loopback(), Fake::default());
+        let url = format!("http://{first}");
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).expect("a URL");
+        let connected = crate::client::connect_channel(endpoint, &url)
+            .await
+            .expect("connects");
+        let lazy = tonic::transport::Endpoint::from_shared(format!("http://{second}"))
+            .expect("a URL")
+            .connect_lazy();
+        let mut client = JobServiceClient::new(strato_proto::client::authed_failover(
+            vec![connected, lazy],
+            0,
+            strato_proto::client::Bearer::default(),
+        ));
+        let waiting = {
+            let mut client = client.clone();
+            tokio::spawn(async move { wait_job(&mut client, "j-1").await })
+        };
+        tokio::time::timeout(Duration::from_secs(20), hung.notified())
+            .await
+            .expect("the WaitJob call reached the first replica");
+        drop(kill);
+        let job = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("answered by the second replica")
+            .expect("joins")
+            .expect("waits");
+        assert_eq!(job.state, v1::JobState::Completed as i32);
+        let failure = wait_job(&mut client, "nope").await.expect_err("refused");
+        assert_eq!(failure.message, "not found: no such job");
+        let job = wait_job(&mut client, "j-1")
+            .await
+            .expect("still the second");
+        assert_eq!(job.state, v1::JobState::Completed as i32);
+    }
+
     #[tokio::test]
     async fn wait_does_not_retry_refusals() {
         let (addr, _keep) = serve(loopback(), Fake::default());
