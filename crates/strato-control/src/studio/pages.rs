@@ -1177,15 +1177,19 @@ pub async fn job<S: Store>(
     ok_page(&visitor, &format!("Job {}", j.id), Section::Jobs, &body)
 }
 
-/// The job's log lines as server-sent events (`line`, then `end`), followed
-/// until the job ends; one of the caller's long-lived calls.
+/// The job's log lines as server-sent events (`line`, each with its
+/// position as the event's id, then `end`), followed until the job ends;
+/// one of the caller's long-lived calls. A browser that reconnects sends
+/// the last id it saw (`Last-Event-ID`) and gets the lines after it.
 pub async fn job_logs<S: Store>(
     State(studio): Shared<S>,
     visitor: Visitor,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
+    let after = last_event_id(&headers);
     let lines = match Jobs::new(studio.plane.clone())
-        .stream_logs(&visitor.caller, id, true, None)
+        .stream_logs(&visitor.caller, id, true, after)
         .await
     {
         Ok(lines) => lines,
@@ -1201,11 +1205,14 @@ pub async fn job_logs<S: Store>(
         loop {
             let event = tokio::select! {
                 line = lines.next() => match line {
-                    Some(Ok(l)) => Event::default().event("line").data(if l.stream == 2 {
-                        format!("[stderr] {}", l.line)
-                    } else {
-                        l.line
-                    }),
+                    Some(Ok(l)) => Event::default()
+                        .event("line")
+                        .id(l.pos.to_string())
+                        .data(if l.stream == 2 {
+                            format!("[stderr] {}", l.line)
+                        } else {
+                            l.line
+                        }),
                     Some(Err(e)) => {
                         let _ = tx.send(Event::default().event("failed").data(e.to_string())).await;
                         return;
@@ -1233,6 +1240,19 @@ pub async fn job_logs<S: Store>(
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The position a reconnecting `EventSource` saw last; none for a first
+/// connection or an id that is not one of ours.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|pos| i64::try_from(*pos).is_ok())
 }
 
 pub async fn cancel_job<S: Store>(
@@ -1310,4 +1330,24 @@ pub async fn quota<S: Store>(
         )
     );
     ok_page(&visitor, "Quota", Section::Quota, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconnecting_browser_goes_on_after_the_last_line_it_saw() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("last-event-id", value.parse().expect("a header value"));
+            last_event_id(&headers)
+        };
+        assert_eq!(last_event_id(&HeaderMap::new()), None, "a first connection");
+        assert_eq!(with("41"), Some(41));
+        assert_eq!(with(" 41 "), Some(41));
+        assert_eq!(with("not-ours"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(with(&u64::MAX.to_string()), None, "beyond any position");
+    }
 }

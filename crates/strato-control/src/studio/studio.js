@@ -19,8 +19,17 @@ function followLogs(pre) {
     if (pre.dataset.final === "false") location.reload();
   });
   events.addEventListener("failed", (e) => { say("Logs stopped: " + e.data); events.close(); });
-  // No silent reconnect: it would replay the log from its first line.
-  events.onerror = () => { say("Logs stopped: reload the page to follow again."); events.close(); };
+  // A broken stream is reconnected by the browser, which sends the last
+  // line's id: the control plane goes on from the next line. A refused
+  // reconnection (signed out, the job gone) ends it.
+  events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED) {
+      say("Logs stopped: reload the page to follow again.");
+    } else {
+      say("Reconnecting to the job's output…");
+    }
+  };
+  events.addEventListener("open", () => say("Following the job's output…"));
 }
 
 function quotaPreview(form) {
