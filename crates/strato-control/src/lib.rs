@@ -256,9 +256,13 @@ pub async fn serve(
         let _ = ready.send(());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let stop_tx = Arc::new(stop_tx);
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        }
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -335,9 +339,12 @@ pub async fn serve(
         access.clone(),
         stopped(stop_rx.clone()),
     );
-    let (g, h) = tokio::join!(grpc_server, http_server);
-    g.context("gRPC server")?;
-    h.context("HTTP server")?;
+    // A server that fails stops everything else as a shutdown does, so the
+    // final writes below are made before its error is returned.
+    let (g, h) = tokio::join!(
+        stops_all_on_error(grpc_server, &stop_tx),
+        stops_all_on_error(http_server, &stop_tx)
+    );
     let _ = reconciler.await;
     let _ = release_lease.send(());
     let _ = lease.await;
@@ -347,6 +354,8 @@ pub async fn serve(
         tracing::warn!(error = %e, "cannot record that this replica's sessions ended");
     }
     plane.store.close().await;
+    g.context("gRPC server")?;
+    h.context("HTTP server")?;
     tracing::info!("strato-control stopped");
     Ok(())
 }
@@ -402,6 +411,18 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+/// `server`'s end; an error also tells everything else to stop.
+async fn stops_all_on_error<T, E>(
+    server: impl Future<Output = Result<T, E>>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Result<T, E> {
+    let result = server.await;
+    if result.is_err() {
+        let _ = stop.send(true);
+    }
+    result
 }
 
 /// Writes the heartbeats this replica received (kept in memory by the

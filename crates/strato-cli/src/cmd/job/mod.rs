@@ -477,8 +477,13 @@ pub async fn run(
             all,
         } => {
             let id = id.into_id();
+            // A job that is not there (or not the caller's to see) writes
+            // nothing.
+            let job = client
+                .get_job(v1::GetJobRequest { id: id.clone() })
+                .await?
+                .into_inner();
             download(&mut client, &id, &download_path).await?;
-            let job = client.get_job(v1::GetJobRequest { id }).await?.into_inner();
             let names: Vec<String> = if all {
                 job.spec
                     .iter()
@@ -525,14 +530,6 @@ async fn download(
     id: &str,
     dir: &std::path::Path,
 ) -> Result<(), Failure> {
-    let mut stream = client
-        .stream_logs(v1::StreamLogsRequest {
-            id: id.to_owned(),
-            follow: false,
-            after: None,
-        })
-        .await?
-        .into_inner();
     let logs = dir.join(id).join("artifacts/user_logs");
     std::fs::create_dir_all(&logs)
         .map_err(|e| Failure::refused(format!("{}: {e}", logs.display())))?;
@@ -549,23 +546,21 @@ async fn download(
     });
     let mut printer = LogPrinter::new(Format::Table);
     let mut lines = 0u64;
-    while let Some(line) = stream.message().await? {
+    read_logs(client, id, false, |line| {
         let text = printer.render(line)?;
         file.write_all(text.as_bytes())
             .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
         lines += 1;
-    }
+        Ok(true)
+    })
+    .await?;
     file.flush()
         .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
     eprintln!("{lines} lines written to {}", path.display());
     Ok(())
 }
 
-/// Prints a job's output (with `follow`, until the job ends). A stream that
-/// breaks (a control plane restarting, a replica gone) is opened again,
-/// through whichever endpoint answers, from the line after the last one
-/// printed: nothing is printed twice or left out. Gives up as other calls
-/// do, after the control plane has been away for a minute.
+/// Prints a job's output (with `follow`, until the job ends).
 async fn logs(
     client: &mut JobServiceClient<AuthedChannel>,
     format: Format,
@@ -573,12 +568,37 @@ async fn logs(
     follow: bool,
 ) -> Result<(), Failure> {
     let mut printer = LogPrinter::new(format);
+    read_logs(client, &id, follow, |line| {
+        let text = printer.render(line)?;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => Ok(true),
+            // The reader went away (`strato job logs ID | head`): done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(anyhow::Error::new(e).context("writing the logs").into()),
+        }
+    })
+    .await
+}
+
+/// Hands each of a job's log lines to `take` (with `follow`, until the job
+/// ends; `take` answers whether to go on). A stream that breaks (a control
+/// plane restarting, a replica gone) is opened again, through whichever
+/// endpoint answers, from the line after the last one taken: no line is
+/// taken twice or left out. Gives up as other calls do, after the control
+/// plane has been away for a minute.
+async fn read_logs(
+    client: &mut JobServiceClient<AuthedChannel>,
+    id: &str,
+    follow: bool,
+    mut take: impl FnMut(v1::LogLine) -> Result<bool, Failure>,
+) -> Result<(), Failure> {
     let mut retry = Retry::default();
     let mut after = None;
     loop {
         let started = std::time::Instant::now();
         let request = v1::StreamLogsRequest {
-            id: id.clone(),
+            id: id.to_owned(),
             follow,
             after,
         };
@@ -594,15 +614,8 @@ async fn logs(
                     // A line: the control plane is back, any outage over.
                     retry.succeeded();
                     after = Some(line.pos);
-                    let text = printer.render(line)?;
-                    let mut out = std::io::stdout().lock();
-                    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                        Ok(()) => {}
-                        // The reader went away (`strato job logs ID | head`): done.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                        Err(e) => {
-                            return Err(anyhow::Error::new(e).context("writing the logs").into());
-                        }
+                    if !take(line)? {
+                        return Ok(());
                     }
                 }
             }
