@@ -30,8 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::grpc::store_status as status;
 use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
-    AttemptReport, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeRecord, NodeUsage,
-    ReportOutcome, Store, StoreError,
+    AttemptReport, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeRecord, NodeReport,
+    NodeUsage, ReportOutcome, Store, StoreError,
 };
 
 pub struct AgentApi<S> {
@@ -480,8 +480,16 @@ async fn handle<S: Store>(
                 return Ok(());
             };
             let outcome = plane
-                .store
-                .report_attempt(node_id, &report.job_id, report.attempt, attempt_report, now)
+                .reports
+                .report(
+                    NodeReport {
+                        node_id: node_id.to_owned(),
+                        job_id: report.job_id.clone(),
+                        attempt: report.attempt,
+                        report: attempt_report,
+                    },
+                    now,
+                )
                 .await?;
             match outcome {
                 ReportOutcome::Recorded => {}

@@ -17,6 +17,7 @@ pub mod plane;
 pub mod power;
 pub mod provider;
 pub mod reconcile;
+pub mod reports;
 pub mod secrets;
 pub mod store;
 pub mod studio;
@@ -229,6 +230,7 @@ pub async fn serve(
     let followers_per_caller = settings.config.max_followers_per_caller;
     let plane = Arc::new(Plane {
         replica,
+        reports: reports::ReportWriter::start(store.clone()),
         store,
         tokens,
         federation,

@@ -431,6 +431,8 @@ pub struct Plane<S> {
     pub replica: String,
     pub scheduled_events: ScheduledEvents,
     pub store: S,
+    /// Agents' attempt reports, written in batches (`reports`).
+    pub reports: crate::reports::ReportWriter,
     pub tokens: crate::tokens::TokenIssuer,
     /// Set: tokens come from Entra ID through federation instead.
     pub federation: Option<crate::federation::Federation>,

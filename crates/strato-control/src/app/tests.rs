@@ -31,6 +31,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqlStore>> {
         .expect("signing key");
     Arc::new(Plane {
         replica: "replica-test".into(),
+        reports: crate::reports::ReportWriter::start(store.clone()),
         store,
         tokens,
         federation: None,

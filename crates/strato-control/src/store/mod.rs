@@ -21,8 +21,9 @@ use strato_core::spec::ClusterSpec;
 
 pub use records::{
     ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
-    EnrollReport, GangRank, JobRecord, JoinTokenRecord, Lease, LogRecord, NodeRecord, NodeUsage,
-    QueuedJob, RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord, TransitionRecord,
+    EnrollReport, GangRank, JobRecord, JoinTokenRecord, Lease, LogRecord, NodeRecord, NodeReport,
+    NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord,
+    TransitionRecord,
 };
 pub use sql::{DB_FILE, Dialect, SqlStore};
 
@@ -652,6 +653,17 @@ pub trait Store: Send + Sync + Clone + 'static {
         report: AttemptReport,
         now: i64,
     ) -> impl Future<Output = Result<ReportOutcome, StoreError>> + Send;
+
+    /// Many agents' reports in one transaction, in order: each stored as
+    /// `report_attempt` would store it, or answered with the error it
+    /// would have given, storing nothing of that one; the others are
+    /// stored by one commit. Fails whole only when the batch cannot be
+    /// written at all (the database, a lost lease).
+    fn report_attempts(
+        &self,
+        reports: &[NodeReport],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Result<ReportOutcome, StoreError>>, StoreError>> + Send;
 
     /// Stores log lines of an attempt that ran on `node_id` (lines of
     /// attempts of other nodes are refused); lines already stored are

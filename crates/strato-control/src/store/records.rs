@@ -221,6 +221,16 @@ pub enum AttemptReport {
     Ended(AttemptEnd, String),
 }
 
+/// An agent's report about an attempt on its node, as
+/// `Store::report_attempts` takes many of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub node_id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub report: AttemptReport,
+}
+
 /// The outcome of storing an attempt report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportOutcome {

@@ -9,8 +9,8 @@ use super::{
     states,
 };
 use crate::store::{
-    AttemptReport, Conflict, JobPage, LogRecord, QUEUED_READ, QueuedJob, RankToStop, ReportOutcome,
-    Store, StoreError,
+    AttemptReport, Conflict, JobPage, LogRecord, NodeReport, QUEUED_READ, QueuedJob, RankToStop,
+    ReportOutcome, Store, StoreError,
 };
 
 pub async fn job_runs_to_completion<S: Store>(store: S) {
@@ -115,6 +115,89 @@ pub async fn job_runs_to_completion<S: Store>(store: S) {
     );
     assert_eq!(store.get_job("j").await.expect("job"), done);
     assert!(store.ranks_to_stop().await.expect("stop").is_empty());
+}
+
+pub async fn reports_are_stored_together_and_answered_one_by_one<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    for (id, n) in [("a", &nodes[0]), ("b", &nodes[1])] {
+        store
+            .submit_job(id, job("cpu"), "", 3)
+            .await
+            .expect("submit");
+        store
+            .assign_job(id, std::slice::from_ref(n), 4)
+            .await
+            .expect("assign");
+    }
+    let report = |node: &str, job: &str, report| NodeReport {
+        node_id: node.into(),
+        job_id: job.into(),
+        attempt: 1,
+        report,
+    };
+    let outcomes = store
+        .report_attempts(
+            &[
+                report("cpu-n0", "a", AttemptReport::Running),
+                report("cpu-n1", "b", AttemptReport::Running),
+                // After the report before it, in the same transaction.
+                report("cpu-n0", "a", exited(0)),
+                // A job that does not exist, and one the node was not given.
+                report("cpu-n0", "gone", AttemptReport::Running),
+                report("cpu-n0", "b", exited(1)),
+            ],
+            5,
+        )
+        .await
+        .expect("one batch");
+    let outcomes: Vec<ReportOutcome> = outcomes
+        .into_iter()
+        .map(|o| o.expect("each answered"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ReportOutcome::Recorded,
+            ReportOutcome::Recorded,
+            ReportOutcome::Release,
+            ReportOutcome::Stale,
+            ReportOutcome::Stale
+        ]
+    );
+    let a = store.get_job("a").await.expect("job a");
+    assert_eq!(
+        (a.state, a.exit_code, a.updated_at),
+        (JobState::Completed, Some(0), 5)
+    );
+    assert_eq!(
+        states(&a),
+        [
+            JobState::Queued,
+            JobState::Preparing,
+            JobState::Running,
+            JobState::Completed
+        ]
+    );
+    let b = store.get_job("b").await.expect("job b");
+    assert_eq!(
+        (b.state, last_reason(&b)),
+        (JobState::Running, "attempt 1 started on node cpu-n1")
+    );
+    assert_eq!(
+        (
+            node(&store, "cpu-n0").await.state,
+            node(&store, "cpu-n1").await.state
+        ),
+        (NodeState::Idle, NodeState::Running)
+    );
+    assert!(
+        store
+            .report_attempts(&[], 6)
+            .await
+            .expect("no reports")
+            .is_empty()
+    );
 }
 
 pub async fn a_failing_job_retries_until_max_retries_then_fails<S: Store>(store: S) {

@@ -13,7 +13,7 @@ use super::nodes::{load_node, set_node_state};
 use super::ranks::{OpenRank, end_rank, rank_of};
 use super::{SqlStore, corrupt, flag_col, job_state, select_one, u32_col};
 use crate::store::{
-    AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, QueuedJob,
+    AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, NodeReport, QueuedJob,
     ReportOutcome, StoreError, TransitionRecord,
 };
 
@@ -569,12 +569,64 @@ pub(super) async fn report_attempt(
     now: i64,
 ) -> Result<ReportOutcome, StoreError> {
     let mut tx = db.begin_write().await?;
-    let job = match load_job(&mut tx, job_id).await {
+    let outcome = report_in(&mut tx, node_id, job_id, attempt, report, now).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Many agents' reports in one transaction, each inside a savepoint: one
+/// that fails is rolled back alone and answered with its error, the
+/// others are stored by the one commit.
+pub(super) async fn report_attempts(
+    db: &SqlStore,
+    reports: &[NodeReport],
+    now: i64,
+) -> Result<Vec<Result<ReportOutcome, StoreError>>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let mut outcomes = Vec::with_capacity(reports.len());
+    for r in reports {
+        sqlx::query("SAVEPOINT report").execute(&mut *tx).await?;
+        let outcome = report_in(
+            &mut tx,
+            &r.node_id,
+            &r.job_id,
+            r.attempt,
+            r.report.clone(),
+            now,
+        )
+        .await;
+        // A failed statement leaves PostgreSQL's transaction aborted until
+        // it rolls back to the savepoint; a rollback that fails fails the
+        // whole batch.
+        if outcome.is_err() {
+            sqlx::query("ROLLBACK TO SAVEPOINT report")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("RELEASE SAVEPOINT report")
+            .execute(&mut *tx)
+            .await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// `report_attempt` inside `tx`.
+async fn report_in(
+    tx: &mut AnyConnection,
+    node_id: &str,
+    job_id: &str,
+    attempt: u32,
+    report: AttemptReport,
+    now: i64,
+) -> Result<ReportOutcome, StoreError> {
+    let job = match load_job(&mut *tx, job_id).await {
         Ok(j) => j,
         Err(StoreError::JobNotFound(_)) => return Ok(ReportOutcome::Stale),
         Err(e) => return Err(e),
     };
-    let Some((rank, ended)) = rank_of(&mut tx, job_id, attempt, node_id).await? else {
+    let Some((rank, ended)) = rank_of(&mut *tx, job_id, attempt, node_id).await? else {
         // Not an attempt this node was given.
         return Ok(ReportOutcome::Stale);
     };
@@ -615,9 +667,10 @@ pub(super) async fn report_attempt(
             .bind(i64::from(open.rank))
             .execute(&mut *tx)
             .await?;
-            let node = load_node(&mut tx, node_id).await?;
+            let node = load_node(&mut *tx, node_id).await?;
             if node.state == NodeState::Preparing {
-                set_node_state(&mut tx, node_id, NodeState::Running, Some(job_id), "", now).await?;
+                set_node_state(&mut *tx, node_id, NodeState::Running, Some(job_id), "", now)
+                    .await?;
             }
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND started = 0",
@@ -633,15 +686,14 @@ pub(super) async fn report_attempt(
                 .map_or(&[][..], |a| a.node_ids.as_slice());
             let waiting = u64::try_from(waiting).unwrap_or(u64::MAX);
             if let Some(t) = lifecycle::rank_started(job.state, attempt, nodes, node_id, waiting) {
-                transition(&mut tx, job_id, t.attempt, t.state, &t.reason, now).await?;
+                transition(&mut *tx, job_id, t.attempt, t.state, &t.reason, now).await?;
             }
             ReportOutcome::Recorded
         }
         AttemptReport::Ended(end, reason) => {
-            end_rank(&mut tx, &job, &open, end, &reason, now).await?;
+            end_rank(&mut *tx, &job, &open, end, &reason, now).await?;
             ReportOutcome::Release
         }
     };
-    tx.commit().await?;
     Ok(outcome)
 }

@@ -51,8 +51,8 @@ use strato_core::spec::ClusterSpec;
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
     Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, JoinTokenRecord,
-    Lease, LogRecord, NodeRecord, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
-    RoleAssignmentRecord, SpecUpdate, Store, StoreError,
+    Lease, LogRecord, NodeRecord, NodeReport, NodeUsage, QueuedJob, RankToStop, RegistryRecord,
+    ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -953,6 +953,14 @@ impl Store for SqlStore {
         now: i64,
     ) -> Result<ReportOutcome, StoreError> {
         jobs::report_attempt(self, node_id, job_id, attempt, report, now).await
+    }
+
+    async fn report_attempts(
+        &self,
+        reports: &[NodeReport],
+        now: i64,
+    ) -> Result<Vec<Result<ReportOutcome, StoreError>>, StoreError> {
+        jobs::report_attempts(self, reports, now).await
     }
 
     async fn append_logs(
