@@ -5,9 +5,10 @@
 //! reads the agent's next message, so a node's reports are stored in the
 //! order it sent them and nothing is answered before its commit. While
 //! one batch is written, the reports that arrive meanwhile queue up and
-//! go as the next batch (`Store::report_attempts`: one transaction, each
-//! report in a savepoint): a thousand nodes ending jobs at once cost a
-//! few commits, not a thousand.
+//! go as the next batch (`Store::report_attempts`: one transaction; should
+//! one report fail, each is written alone and answered with its own
+//! outcome): a thousand nodes ending jobs at once cost a few commits, not
+//! a thousand.
 //!
 //! Bounds: `REPORT_QUEUE` reports wait at most (a session waits for room
 //! beyond that), `REPORT_BATCH` go in one transaction.

@@ -39,6 +39,11 @@ pub async fn job_runs_to_completion<S: Store>(store: S) {
 
     let assigned = store.assign_job("j", &nodes, 11).await.expect("assign");
     assert_eq!(
+        store.get_job("j").await.expect("job"),
+        assigned,
+        "what assign answers is what it stored"
+    );
+    assert_eq!(
         (assigned.state, assigned.node_id.as_deref()),
         (JobState::Preparing, Some("cpu-n0"))
     );
@@ -557,6 +562,13 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
     assert!(matches!(&results[2], Err(StoreError::JobNotFound(id)) if id == "gone"));
     let c = results[3].as_ref().expect("c placed");
     assert_eq!(c.node_id.as_deref(), Some("cpu-n1"));
+    for placed in [a, c] {
+        assert_eq!(
+            &store.get_job(&placed.id).await.expect("job"),
+            placed,
+            "what assign_jobs answers is what it stored"
+        );
+    }
     let b = store.get_job("b").await.expect("b");
     assert_eq!(
         (b.state, b.node_id, b.attempts.len()),

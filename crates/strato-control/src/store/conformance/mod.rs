@@ -267,6 +267,11 @@ pub async fn given_idle_nodes<S: Store>(store: &S, cluster: &str, ids: &[&str]) 
 /// time `now`; returns the job as stored then.
 pub async fn given_running<S: Store>(store: &S, id: &str, nodes: &[String], now: i64) -> JobRecord {
     let job = store.assign_job(id, nodes, now).await.expect("assign");
+    assert_eq!(
+        store.get_job(id).await.expect("job"),
+        job,
+        "what assign answers is what it stored"
+    );
     for n in nodes {
         store
             .report_attempt(n, id, job.attempt, AttemptReport::Running, now)
