@@ -120,6 +120,18 @@ async fn transition(
         .bind(job_id)
         .execute(&mut *conn)
         .await?;
+    record_transition(conn, job_id, attempt, state, reason, now).await
+}
+
+/// Records a transition whose state the `jobs` row has already.
+async fn record_transition(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    attempt: u32,
+    state: JobState,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO job_transitions (job_id, at, attempt, state, reason) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -520,11 +532,6 @@ async fn assign_in(
         }
         .into());
     };
-    sqlx::query("UPDATE jobs SET node_id = $1 WHERE id = $2")
-        .bind(first)
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES ($1, $2, $3, $4)",
     )
@@ -555,7 +562,17 @@ async fn assign_in(
         .await?;
     }
     let placed = lifecycle::placed(job.attempt, node_ids);
-    transition(
+    sqlx::query(
+        "UPDATE jobs SET node_id = $1, state = $2, reason = $3, updated_at = $4 WHERE id = $5",
+    )
+    .bind(first)
+    .bind(JobState::Preparing.as_str())
+    .bind(&placed)
+    .bind(now)
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
+    record_transition(
         &mut *tx,
         job_id,
         job.attempt,
@@ -696,18 +713,23 @@ async fn report_in(
                 set_node_state(&mut *tx, node_id, NodeState::Running, Some(job_id), "", now)
                     .await?;
             }
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND started = 0",
-            )
-            .bind(job_id)
-            .bind(i64::from(attempt))
-            .fetch_one(&mut *tx)
-            .await?;
             let nodes = job
                 .attempts
                 .iter()
                 .find(|a| a.attempt == attempt)
                 .map_or(&[][..], |a| a.node_ids.as_slice());
+            // A single rank, started just now, leaves none waiting.
+            let waiting: i64 = if nodes.len() <= 1 {
+                0
+            } else {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND started = 0",
+                )
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .fetch_one(&mut *tx)
+                .await?
+            };
             let waiting = u64::try_from(waiting).unwrap_or(u64::MAX);
             if let Some(t) = lifecycle::rank_started(job.state, attempt, nodes, node_id, waiting) {
                 transition(&mut *tx, job_id, t.attempt, t.state, &t.reason, now).await?;

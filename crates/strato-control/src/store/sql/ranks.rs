@@ -101,15 +101,25 @@ pub(super) async fn end_rank(
     .execute(&mut *conn)
     .await?;
     if job.attempt == open.attempt && job.state.on_node() {
-        let not_done: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND rank != $3
-               AND (ended_at IS NULL OR exit_code IS NULL OR exit_code != 0)",
-        )
-        .bind(&job.id)
-        .bind(i64::from(open.attempt))
-        .bind(i64::from(open.rank))
-        .fetch_one(&mut *conn)
-        .await?;
+        let ranks = job
+            .attempts
+            .iter()
+            .find(|a| a.attempt == open.attempt)
+            .map_or(0, |a| a.node_ids.len());
+        // A single rank has no others to count.
+        let not_done: i64 = if ranks <= 1 {
+            0
+        } else {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND rank != $3
+                   AND (ended_at IS NULL OR exit_code IS NULL OR exit_code != 0)",
+            )
+            .bind(&job.id)
+            .bind(i64::from(open.attempt))
+            .bind(i64::from(open.rank))
+            .fetch_one(&mut *conn)
+            .await?
+        };
         let step = job::after_rank(
             job.spec.distribution,
             job.spec.node_count,
