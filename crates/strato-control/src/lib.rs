@@ -253,6 +253,14 @@ pub async fn serve(
         scale_events: plane::ScaleEvents::default(),
     });
     let access = Arc::new(app::Access::new(plane.clone()));
+    // What can fail before anything is started.
+    let http_tls = match &plane.tls {
+        Some(tls) => Some(Arc::new(strato_runtime::https::ServerTls::fixed(
+            http::server_config(tls).context("the HTTP port's TLS")?,
+        ))),
+        None => None,
+    };
+    let http_listener = http::HttpsListener::new(http, http_tls).context("the HTTP port")?;
     write_admin_conf(&plane.settings.config, &access, tls.as_deref(), grpc_addr).await?;
     if let Some(ready) = ready {
         let _ = ready.send(());
@@ -328,13 +336,6 @@ pub async fn serve(
         grpc,
         stopped(stop_rx.clone()),
     );
-    let http_tls = match &plane.tls {
-        Some(tls) => Some(Arc::new(strato_runtime::https::ServerTls::fixed(
-            http::server_config(tls).context("the HTTP port's TLS")?,
-        ))),
-        None => None,
-    };
-    let http_listener = http::HttpsListener::new(http, http_tls).context("the HTTP port")?;
     let http_server = http::serve(
         http_listener,
         plane.clone(),

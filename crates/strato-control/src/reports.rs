@@ -10,8 +10,8 @@
 //! outcome): a thousand nodes ending jobs at once cost a few commits, not
 //! a thousand.
 //!
-//! Bounds: `REPORT_QUEUE` reports wait at most (a session waits for room
-//! beyond that), `REPORT_BATCH` go in one transaction.
+//! Bounds: `REPORT_QUEUE` (4,096) reports wait at most (a session waits
+//! for room beyond that), `REPORT_BATCH` (128) go in one transaction.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,8 +19,9 @@ use crate::store::{NodeReport, ReportOutcome, Store, StoreError};
 
 /// Reports waiting to be written, at most.
 pub const REPORT_QUEUE: usize = 4_096;
-/// Reports written in one transaction, at most.
-pub const REPORT_BATCH: usize = 512;
+/// Reports written in one transaction, at most: a batch holds the write
+/// lock (on PostgreSQL every replica's) for some ten statements a report.
+pub const REPORT_BATCH: usize = 128;
 
 struct Pending {
     report: NodeReport,
@@ -44,7 +45,8 @@ impl ReportWriter {
 
     /// Stores `report` (received at `now`) with the others waiting, and
     /// answers as `Store::report_attempt` would once its batch is
-    /// committed.
+    /// committed. A batch is stored at its latest arrival's time, which
+    /// is at most its wait for the batch before it later than `now`.
     pub async fn report(&self, report: NodeReport, now: i64) -> Result<ReportOutcome, StoreError> {
         let (outcome, answer) = oneshot::channel();
         self.queue
@@ -61,6 +63,10 @@ impl ReportWriter {
     }
 }
 
+fn unstored_batch(why: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::other(why.to_owned())))
+}
+
 fn unstored(why: &str) -> StoreError {
     StoreError::Database(sqlx::Error::Io(std::io::Error::other(format!(
         "the report was not stored: {why}"
@@ -73,7 +79,13 @@ async fn write<S: Store>(store: S, mut pending: mpsc::Receiver<Pending>) {
         let reports: Vec<NodeReport> = batch.iter().map(|p| p.report.clone()).collect();
         // The latest arrival's time: the batch is stored after it.
         let now = batch.iter().map(|p| p.now).max().unwrap_or_default();
-        match store.report_attempts(&reports, now).await {
+        // In a task of its own: a panic answers this batch with an error
+        // and the writer goes on.
+        let store = store.clone();
+        let written = tokio::spawn(async move { store.report_attempts(&reports, now).await })
+            .await
+            .unwrap_or_else(|e| Err(unstored_batch(&format!("the writer failed: {e}"))));
+        match written {
             Ok(outcomes) => {
                 for (p, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = p.outcome.send(outcome);

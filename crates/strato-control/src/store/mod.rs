@@ -654,11 +654,12 @@ pub trait Store: Send + Sync + Clone + 'static {
         now: i64,
     ) -> impl Future<Output = Result<ReportOutcome, StoreError>> + Send;
 
-    /// Many agents' reports in one transaction, in order: each stored as
-    /// `report_attempt` would store it, or answered with the error it
-    /// would have given, storing nothing of that one; the others are
-    /// stored by one commit. Fails whole only when the batch cannot be
-    /// written at all (the database, a lost lease).
+    /// Many agents' reports in one transaction, in order, all at `now`:
+    /// each stored as `report_attempt` would store it, or answered with
+    /// the error it would have given, storing nothing of that one; the
+    /// others are stored by one commit (after a report that failed, by one
+    /// more try without it). Fails whole when the batch cannot be written
+    /// at all (the database, a lost lease).
     fn report_attempts(
         &self,
         reports: &[NodeReport],

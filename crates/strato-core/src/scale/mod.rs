@@ -233,9 +233,10 @@ pub enum ReasonSweep {
 /// for jobs stamped by a replica whose clock is behind this one's.
 pub const REASON_SWEEP_ALL_MS: i64 = 60_000;
 /// How far before the last pass a later pass looks for newly queued jobs
-/// (ms): a job is stamped with the time its write began, and a write may
-/// wait up to 30 s for its turn (the store's `WRITE_TURN_WAIT`); clocks of
-/// replicas a little apart.
+/// (ms): a job is stamped with the time its submit was taken, before the
+/// write waits for a connection and its turn (each up to 30 s, rarely
+/// more than a second); clocks of replicas a little apart. A job stamped
+/// earlier still gets the reason by the sweep of all once a minute.
 pub const REASON_SWEEP_MARGIN_MS: i64 = 40_000;
 
 /// Which queued jobs a pass gives `reason`, after `last`: all of them when

@@ -620,37 +620,55 @@ pub(super) async fn report_attempt(
 }
 
 /// Many agents' reports in one transaction. A report's refusals are
-/// outcomes (`Stale`), so one fails only on the database or an
-/// unreadable record: then the whole transaction is rolled back and each
-/// report is written alone, answered with its own outcome or error.
+/// outcomes (`Stale`), so one fails only on an unreadable record, a node
+/// gone under it, or the database: on the first of those the transaction
+/// is rolled back, that report answered with its error and the others
+/// written again as one batch (each try drops one report); the database
+/// failing (or the lease lost) fails the whole batch.
 pub(super) async fn report_attempts(
     db: &SqlStore,
     reports: &[NodeReport],
     now: i64,
 ) -> Result<Vec<Result<ReportOutcome, StoreError>>, StoreError> {
-    let mut tx = db.begin_write().await?;
-    let mut outcomes = Vec::with_capacity(reports.len());
-    for r in reports {
-        let report = r.report.clone();
-        match report_in(&mut tx, &r.node_id, &r.job_id, r.attempt, report, now).await {
-            Ok(outcome) => outcomes.push(Ok(outcome)),
-            Err(e) => {
-                tracing::warn!(job = %r.job_id, node = %r.node_id, error = %e, "a batch of reports failed; each is written alone");
-                // Rolled back before the next write takes its turn.
-                drop(tx);
-                let mut alone = Vec::with_capacity(reports.len());
-                for r in reports {
-                    let report = r.report.clone();
-                    alone.push(
-                        report_attempt(db, &r.node_id, &r.job_id, r.attempt, report, now).await,
-                    );
+    let mut answers: Vec<Option<Result<ReportOutcome, StoreError>>> =
+        reports.iter().map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..reports.len()).collect();
+    loop {
+        let mut tx = db.begin_write().await?;
+        let mut stored = Vec::with_capacity(pending.len());
+        let mut failed = None;
+        for &i in &pending {
+            let r = &reports[i];
+            let report = r.report.clone();
+            match report_in(&mut tx, &r.node_id, &r.job_id, r.attempt, report, now).await {
+                Ok(outcome) => stored.push((i, outcome)),
+                Err(
+                    e
+                    @ (StoreError::Database(_) | StoreError::Fenced(_) | StoreError::Migration(_)),
+                ) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(job = %r.job_id, node = %r.node_id, error = %e, "a report failed; the others of its batch are written again");
+                    failed = Some((i, e));
+                    break;
                 }
-                return Ok(alone);
             }
         }
+        let Some((i, e)) = failed else {
+            tx.commit().await?;
+            for (i, outcome) in stored {
+                answers[i] = Some(Ok(outcome));
+            }
+            break;
+        };
+        // Rolled back before the next try takes its turn.
+        drop(tx);
+        answers[i] = Some(Err(e));
+        pending.retain(|&j| j != i);
     }
-    tx.commit().await?;
-    Ok(outcomes)
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Corrupt("a report left unanswered".into()))))
+        .collect())
 }
 
 /// `report_attempt` inside `tx`.
