@@ -409,20 +409,26 @@ impl SqlStore {
         if let Some(lease) = &self.fence {
             // Under the write lock: a replica taking the lease over writes
             // under it too, so this check holds until the commit.
-            let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT COUNT(*) FROM leader_lease
-                 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > {}",
-                self.dialect.now_ms()
-            )))
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .fetch_one(&mut *tx)
-            .await?;
-            if held == 0 {
-                return Err(StoreError::Fenced(lease.epoch));
-            }
+            self.lease_holds(&mut tx, lease).await?;
         }
         Ok(tx)
+    }
+
+    /// `Ok` while `lease` holds by the database's clock, else `Fenced`.
+    async fn lease_holds(&self, conn: &mut AnyConnection, lease: &Lease) -> Result<(), StoreError> {
+        let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM leader_lease
+             WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > {}",
+            self.dialect.now_ms()
+        )))
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .fetch_one(conn)
+        .await?;
+        if held == 0 {
+            return Err(StoreError::Fenced(lease.epoch));
+        }
+        Ok(())
     }
 
     /// Begins a write transaction that no lease fences (the lease's own).
@@ -807,9 +813,12 @@ impl Store for SqlStore {
     }
 
     async fn check_lease(&self) -> Result<(), StoreError> {
-        if self.fence.is_some() {
-            // Rolled back when dropped.
-            let _checked = self.begin_write().await?;
+        // A read, not a write's turn: what it guards (a provider call)
+        // happens after it either way, and a scale-up checks before each
+        // round of launches, behind no queue of writers.
+        if let Some(lease) = &self.fence {
+            let mut conn = self.pool.acquire().await?;
+            self.lease_holds(&mut conn, lease).await?;
         }
         Ok(())
     }
