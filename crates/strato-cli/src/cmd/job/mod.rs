@@ -546,16 +546,24 @@ async fn download(
     });
     let mut printer = LogPrinter::new(Format::Table);
     let mut lines = 0u64;
-    read_logs(client, id, false, |line| {
+    let read = read_logs(client, id, false, |line| {
         let text = printer.render(line)?;
         file.write_all(text.as_bytes())
             .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
         lines += 1;
         Ok(true)
     })
-    .await?;
+    .await;
     file.flush()
         .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
+    if read.is_err() {
+        // What came is kept, and said to be incomplete.
+        eprintln!(
+            "{lines} lines written to {} before the output could no longer be read: the file is incomplete",
+            path.display()
+        );
+        return read;
+    }
     eprintln!("{lines} lines written to {}", path.display());
     Ok(())
 }
