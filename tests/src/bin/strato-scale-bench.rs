@@ -82,7 +82,34 @@ impl Drop for Sim {
     }
 }
 
+/// Open files a fleet of `nodes` needs in one process: each agent's
+/// session connection and the control plane's end of it, with room for
+/// the database, certificates read and listeners.
+fn open_files_needed(nodes: usize) -> u64 {
+    u64::try_from(nodes)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(2_000)
+}
+
+/// This process's soft limit of open files (`/proc/self/limits`), which
+/// the fleet inherits; `None` when unlimited or unreadable.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String> {
+    // Short of files, agents fail to connect and retry until their start
+    // timeout: say so now instead of waiting for it.
+    let needed = open_files_needed(nodes);
+    if let Some(limit) = open_files_limit().filter(|l| *l < needed) {
+        bail!(
+            "{nodes} simulated nodes need about {needed} open files in one process, and this one may open {limit} \
+             (`ulimit -n`); raise it (`ulimit -n {needed}`, within the hard limit `ulimit -Hn`) or run fewer nodes"
+        );
+    }
     let schema = match backend {
         "sqlite" => None,
         "postgres" => Some(Schema::new().await),
