@@ -152,7 +152,41 @@ pub fn bridge_gateway() -> anyhow::Result<String> {
     )?
     .trim()
     .to_owned();
-    ensure!(!host.is_empty(), "the Docker bridge has no gateway address");
+    if !host.is_empty() {
+        return Ok(host);
+    }
+    // An engine started again over a bridge it made before may leave the
+    // gateway out of IPAM: the bridge's interface has it.
+    let interface = run(
+        "docker network inspect bridge",
+        Command::new("docker").args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{index .Options \"com.docker.network.bridge.name\"}}",
+        ]),
+    )?;
+    let interface = match interface.trim() {
+        "" => "docker0",
+        name => name,
+    };
+    let addresses = run(
+        "ip -4 -o addr show",
+        Command::new("ip").args(["-4", "-o", "addr", "show", "dev", interface]),
+    )?;
+    // "5: docker0    inet 172.17.0.1/16 brd ..."
+    let host = addresses
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        !host.is_empty(),
+        "the Docker bridge has no gateway address (neither in `docker network inspect bridge` nor on {interface})"
+    );
     Ok(host)
 }
 
