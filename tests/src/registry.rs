@@ -140,34 +140,14 @@ pub fn self_signed(key: &Path, crt: &Path, common_name: &str) -> anyhow::Result<
 /// The Docker bridge's gateway: an address of this machine the engine does
 /// not take for an insecure registry.
 pub fn bridge_gateway() -> anyhow::Result<String> {
-    let host = run(
-        "docker network inspect bridge",
-        Command::new("docker").args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
-        ]),
-    )?
-    .trim()
-    .to_owned();
+    let host = bridge("{{range .IPAM.Config}}{{.Gateway}}{{end}}")?;
     if !host.is_empty() {
         return Ok(host);
     }
     // An engine started again over a bridge it made before may leave the
     // gateway out of IPAM: the bridge's interface has it.
-    let interface = run(
-        "docker network inspect bridge",
-        Command::new("docker").args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{index .Options \"com.docker.network.bridge.name\"}}",
-        ]),
-    )?;
-    let interface = match interface.trim() {
+    let interface = bridge("{{index .Options \"com.docker.network.bridge.name\"}}")?;
+    let interface = match interface.as_str() {
         "" => "docker0",
         name => name,
     };
@@ -188,6 +168,15 @@ pub fn bridge_gateway() -> anyhow::Result<String> {
         "the Docker bridge has no gateway address (neither in `docker network inspect bridge` nor on {interface})"
     );
     Ok(host)
+}
+
+/// `docker network inspect bridge` with `format`, trimmed.
+fn bridge(format: &str) -> anyhow::Result<String> {
+    let out = run(
+        "docker network inspect bridge",
+        Command::new("docker").args(["network", "inspect", "bridge", "--format", format]),
+    )?;
+    Ok(out.trim().to_owned())
 }
 
 /// How a registry checks who pulls.

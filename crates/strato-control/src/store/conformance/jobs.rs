@@ -5,12 +5,12 @@ use strato_core::job::{AttemptEnd, JobSpec, JobState};
 use strato_core::node::NodeState;
 
 use super::{
-    exited, given_cluster, given_idle_nodes, given_running, job, last_reason, node, queued_ids,
-    states,
+    exited, given_a_and_b_placed, given_cluster, given_idle_nodes, given_running, job, last_reason,
+    node, queued_ids, report_of, states,
 };
 use crate::store::{
-    AttemptReport, Conflict, JobPage, LogRecord, NodeReport, QUEUED_READ, QueuedJob, RankToStop,
-    ReportOutcome, Store, StoreError,
+    AttemptReport, Conflict, JobPage, LogRecord, QUEUED_READ, QueuedJob, RankToStop, ReportOutcome,
+    Store, StoreError,
 };
 
 pub async fn job_runs_to_completion<S: Store>(store: S) {
@@ -123,34 +123,17 @@ pub async fn job_runs_to_completion<S: Store>(store: S) {
 }
 
 pub async fn reports_are_stored_together_and_answered_one_by_one<S: Store>(store: S) {
-    given_cluster(&store, "cpu").await;
-    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    for (id, n) in [("a", &nodes[0]), ("b", &nodes[1])] {
-        store
-            .submit_job(id, job("cpu"), "", 3)
-            .await
-            .expect("submit");
-        store
-            .assign_job(id, std::slice::from_ref(n), 4)
-            .await
-            .expect("assign");
-    }
-    let report = |node: &str, job: &str, report| NodeReport {
-        node_id: node.into(),
-        job_id: job.into(),
-        attempt: 1,
-        report,
-    };
+    given_a_and_b_placed(&store).await;
     let outcomes = store
         .report_attempts(
             &[
-                report("cpu-n0", "a", AttemptReport::Running),
-                report("cpu-n1", "b", AttemptReport::Running),
+                report_of("cpu-n0", "a", AttemptReport::Running),
+                report_of("cpu-n1", "b", AttemptReport::Running),
                 // After the report before it, in the same transaction.
-                report("cpu-n0", "a", exited(0)),
+                report_of("cpu-n0", "a", exited(0)),
                 // A job that does not exist, and one the node was not given.
-                report("cpu-n0", "gone", AttemptReport::Running),
-                report("cpu-n0", "b", exited(1)),
+                report_of("cpu-n0", "gone", AttemptReport::Running),
+                report_of("cpu-n0", "b", exited(1)),
             ],
             5,
         )

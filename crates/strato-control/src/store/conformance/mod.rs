@@ -281,6 +281,33 @@ pub async fn given_running<S: Store>(store: &S, id: &str, nodes: &[String], now:
     store.get_job(id).await.expect("job")
 }
 
+/// Jobs `a` and `b` of cluster `cpu` (made here), attempt 1 of each
+/// placed at time 4, on nodes `cpu-n0` and `cpu-n1`.
+pub async fn given_a_and_b_placed<S: Store>(store: &S) {
+    given_cluster(store, "cpu").await;
+    let nodes = given_idle_nodes(store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    for (id, n) in [("a", &nodes[0]), ("b", &nodes[1])] {
+        store
+            .submit_job(id, job("cpu"), "", 3)
+            .await
+            .expect("submit");
+        store
+            .assign_job(id, std::slice::from_ref(n), 4)
+            .await
+            .expect("assign");
+    }
+}
+
+/// What node `node` says of attempt 1 of `job`, as a batch takes it.
+pub fn report_of(node: &str, job: &str, report: AttemptReport) -> crate::store::NodeReport {
+    crate::store::NodeReport {
+        node_id: node.into(),
+        job_id: job.into(),
+        attempt: 1,
+        report,
+    }
+}
+
 /// A report that the container exited with `code`.
 pub fn exited(code: i64) -> AttemptReport {
     AttemptReport::Ended(AttemptEnd::Exited(code), format!("exited with code {code}"))

@@ -217,45 +217,21 @@ async fn heartbeats_are_written_in_one_go_not_one_by_one() {
 /// one.
 #[tokio::test]
 async fn a_report_that_fails_fails_alone_in_its_batch() {
-    use crate::store::{AttemptReport, NodeReport, ReportOutcome};
+    use crate::store::conformance::{given_a_and_b_placed, report_of};
+    use crate::store::{AttemptReport, ReportOutcome};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqlStore::open(dir.path()).await.expect("open");
-    store
-        .create_cluster(
-            cluster("cpu", "Standard_D2_v2", 0, 4),
-            Vec::new(),
-            &limits(8),
-            1,
-        )
-        .await
-        .expect("cluster");
-    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    for (id, n) in [("a", &nodes[0]), ("b", &nodes[1])] {
-        store
-            .submit_job(id, job("cpu"), "", 3)
-            .await
-            .expect("submit");
-        store
-            .assign_job(id, std::slice::from_ref(n), 4)
-            .await
-            .expect("assign");
-    }
+    given_a_and_b_placed(&store).await;
     sqlx::query("UPDATE jobs SET spec = 'not json' WHERE id = 'b'")
         .execute(&store.pool)
         .await
         .expect("spoil b");
-    let report = |node: &str, job: &str, report| NodeReport {
-        node_id: node.into(),
-        job_id: job.into(),
-        attempt: 1,
-        report,
-    };
     let outcomes = store
         .report_attempts(
             &[
-                report("cpu-n0", "a", AttemptReport::Running),
-                report("cpu-n1", "b", AttemptReport::Running),
-                report("cpu-n0", "a", exited(0)),
+                report_of("cpu-n0", "a", AttemptReport::Running),
+                report_of("cpu-n1", "b", AttemptReport::Running),
+                report_of("cpu-n0", "a", exited(0)),
             ],
             5,
         )
