@@ -63,10 +63,6 @@ impl ReportWriter {
     }
 }
 
-fn unstored_batch(why: &str) -> StoreError {
-    StoreError::Database(sqlx::Error::Io(std::io::Error::other(why.to_owned())))
-}
-
 fn unstored(why: &str) -> StoreError {
     StoreError::Database(sqlx::Error::Io(std::io::Error::other(format!(
         "the report was not stored: {why}"
@@ -84,7 +80,7 @@ async fn write<S: Store>(store: S, mut pending: mpsc::Receiver<Pending>) {
         let store = store.clone();
         let written = tokio::spawn(async move { store.report_attempts(&reports, now).await })
             .await
-            .unwrap_or_else(|e| Err(unstored_batch(&format!("the writer failed: {e}"))));
+            .unwrap_or_else(|e| Err(unstored(&format!("the writer failed: {e}"))));
         match written {
             Ok(outcomes) => {
                 for (p, outcome) in batch.drain(..).zip(outcomes) {

@@ -287,21 +287,7 @@ pub(super) async fn list_jobs(
 }
 
 pub(super) async fn job_counts(db: &SqlStore) -> Result<Vec<(String, JobState, u64)>, StoreError> {
-    let rows =
-        sqlx::query("SELECT cluster, state, COUNT(*) AS n FROM jobs GROUP BY cluster, state")
-            .fetch_all(&db.pool)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            let state: String = r.try_get("state")?;
-            let n: i64 = r.try_get("n")?;
-            Ok((
-                r.try_get("cluster")?,
-                job_state(&state)?,
-                u64::try_from(n).unwrap_or(0),
-            ))
-        })
-        .collect()
+    super::counts_by_state(db, "jobs", job_state).await
 }
 
 pub(super) async fn queued_jobs(

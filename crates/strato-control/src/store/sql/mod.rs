@@ -556,6 +556,31 @@ fn job_state(s: &str) -> Result<JobState, StoreError> {
 }
 
 /// The `columns` of the row of `table` whose `key` is `value`, if any.
+/// How many rows of `table` (jobs or nodes) each cluster has in each
+/// state, the state read by `state`; `/metrics` counts with it.
+async fn counts_by_state<T>(
+    db: &SqlStore,
+    table: &str,
+    state: impl Fn(&str) -> Result<T, StoreError>,
+) -> Result<Vec<(String, T, u64)>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT cluster, state, COUNT(*) AS n FROM {table} GROUP BY cluster, state"
+    )))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let name: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            Ok((
+                r.try_get("cluster")?,
+                state(&name)?,
+                u64::try_from(n).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
 async fn select_one(
     conn: &mut AnyConnection,
     columns: &str,

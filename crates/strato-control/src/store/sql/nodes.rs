@@ -118,21 +118,10 @@ pub(super) async fn all_nodes(db: &SqlStore) -> Result<Vec<NodeRecord>, StoreErr
 pub(super) async fn node_counts(
     db: &SqlStore,
 ) -> Result<Vec<(String, NodeState, u64)>, StoreError> {
-    let rows =
-        sqlx::query("SELECT cluster, state, COUNT(*) AS n FROM nodes GROUP BY cluster, state")
-            .fetch_all(&db.pool)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            let state: String = r.try_get("state")?;
-            let n: i64 = r.try_get("n")?;
-            Ok((
-                r.try_get("cluster")?,
-                NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
-                u64::try_from(n).unwrap_or(0),
-            ))
-        })
-        .collect()
+    super::counts_by_state(db, "nodes", |s| {
+        NodeState::parse(s).ok_or_else(|| corrupt("node state", s))
+    })
+    .await
 }
 
 /// Whether one node more than the cluster's `nodes` fits the quota of its
