@@ -779,14 +779,31 @@ fn docker_ids(args: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Removes every container labelled with the node.
+/// Removes every container labelled with the node, and the network
+/// sandbox its agent kept ready.
 pub fn remove_containers(node_id: &str) {
     remove_labelled(&format!("strato.node={node_id}"));
+    remove_labelled(&format!("strato.sandbox.node={node_id}"));
 }
 
 /// Ids of the containers (running or not) labelled with the node.
 pub fn containers_of(node_id: &str) -> Vec<String> {
     containers_labelled("strato.node", node_id)
+}
+
+/// Ids of the network sandboxes (running or not) the node's agent keeps.
+pub fn sandboxes_of(node_id: &str) -> Vec<String> {
+    containers_labelled("strato.sandbox.node", node_id)
+}
+
+/// Ids of the node's network sandboxes that are running: ready for a job.
+pub fn running_sandboxes_of(node_id: &str) -> Vec<String> {
+    docker_ids(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=strato.sandbox.node={node_id}"),
+    ])
 }
 
 /// Ids of the containers (running or not) of a job.

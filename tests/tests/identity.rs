@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use strato_e2e::Channel;
-use strato_e2e::{ControlPlane, TEST_IMAGE, require_docker, wait_for};
+use strato_e2e::{
+    ControlPlane, TEST_IMAGE, containers_of_job, require_docker, running_sandboxes_of, wait_for,
+};
 use strato_proto::v1::{
     self, compute_service_client::ComputeServiceClient, job_service_client::JobServiceClient,
 };
@@ -58,11 +60,21 @@ async fn create(
     name: &str,
     identity: v1::IdentitySpec,
 ) -> v1::Cluster {
+    create_with_min(compute, name, identity, 0).await
+}
+
+async fn create_with_min(
+    compute: &mut ComputeServiceClient<Channel>,
+    name: &str,
+    identity: v1::IdentitySpec,
+    min_nodes: u32,
+) -> v1::Cluster {
     compute
         .create_cluster(v1::CreateClusterRequest {
             spec: Some(v1::ClusterSpec {
                 name: name.into(),
                 vm_size: "Standard_D2_v2".into(),
+                min_nodes,
                 max_nodes: Some(1),
                 idle_seconds_before_scaledown: Some(30),
                 identity: Some(identity),
@@ -148,13 +160,15 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
     .await
     .expect("start");
     let mut compute = cp.client().await;
-    let a = create(
+    let a = create_with_min(
         &mut compute,
         "ida",
         v1::IdentitySpec {
             system_assigned: true,
             user_assigned_identities: vec![],
         },
+        // Up before the probe comes (see below).
+        1,
     )
     .await;
     let b = create(
@@ -171,6 +185,30 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
     assert!(a_id.is_default && a_id.kind == "system_assigned");
     assert_eq!(b_id.resource_id, USER_ID);
 
+    // A node of "ida" with a network made ready for its next job: the
+    // probe joins that sandbox, and IMDS knows it by the sandbox's address.
+    wait_for(
+        "a node of ida with a sandbox",
+        Duration::from_secs(90),
+        || {
+            let mut compute = compute.clone();
+            async move {
+                let nodes = compute
+                    .list_nodes(v1::ListNodesRequest {
+                        cluster: "ida".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .nodes;
+                let node = nodes
+                    .iter()
+                    .find(|n| n.state == v1::NodeState::Idle as i32)?;
+                (!running_sandboxes_of(&node.node_id).is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
     let mut jobs = cp.jobs().await;
     let id = submit(
         &mut jobs,
@@ -190,6 +228,20 @@ async fn jobs_get_tokens_for_their_own_clusters_identities_only() {
     })
     .await;
     let got = answers(&lines);
+    let container = containers_of_job(&id).pop().expect("the probe's container");
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"strato.sandbox\"}}",
+            &container,
+        ])
+        .output()
+        .expect("docker inspect");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the probe joined its node's sandbox"
+    );
     let env = &got["env"].1;
     assert!(
         env.contains(&format!("DEFAULT={}", a_id.client_id))

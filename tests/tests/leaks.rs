@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use strato_e2e::{
-    ControlPlane, containers_of, networks_labelled, require_docker, wait_for, wait_job_state,
+    ControlPlane, containers_of, networks_labelled, require_docker, sandboxes_of, wait_for,
+    wait_job_state,
 };
 use strato_proto::v1;
 
@@ -253,6 +254,12 @@ async fn local_agents_of_a_control_plane_gone_for_good_give_up() {
     assert_eq!(containers_of(&job.node_id).len(), 1);
     let agents = cp.agents();
     assert_eq!(agents.len(), 1);
+    // It keeps a network ready for the next job.
+    wait_for("a network sandbox made ready", LONG, || {
+        let made = !sandboxes_of(&job.node_id).is_empty();
+        async move { made.then_some(()) }
+    })
+    .await;
 
     // Gone for good: its data directory too.
     cp.kill9();
@@ -261,7 +268,9 @@ async fn local_agents_of_a_control_plane_gone_for_good_give_up() {
         "the agent to give up and remove its container",
         LONG,
         || {
-            let done = containers_of(&job.node_id).is_empty() && !running(agents[0].0);
+            let done = containers_of(&job.node_id).is_empty()
+                && sandboxes_of(&job.node_id).is_empty()
+                && !running(agents[0].0);
             async move { done.then_some(()) }
         },
     )

@@ -683,13 +683,16 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         ssh_listen: Some(config.ssh_listen),
         ssh_node_shell: config.ssh_node_shell,
     };
-    tokio::select! {
-        result = session::run(agent, docker, identity) => Ok(result?),
+    let result = tokio::select! {
+        result = session::run(agent, docker.clone(), identity) => result.map_err(StartError::from),
         () = shutdown_signal() => {
             tracing::info!("stopping; job containers keep running and are taken back at the next start");
             Ok(())
         }
-    }
+    };
+    // The network kept ready for the next job is not left behind.
+    strato_runtime::ContainerRuntime::release_networks(docker.as_ref()).await;
+    result
 }
 
 /// Serves `/metrics` on `listener` in the background: over `tls` to

@@ -32,6 +32,21 @@ pub const LABEL_MOUNT_DIR: &str = "strato.mount.dir";
 /// writes are uploaded before it is stopped.
 pub const LABEL_MOUNT_WRITABLE: &str = "strato.mount.writable";
 
+/// Label naming the node whose agent keeps a network sandbox: a container
+/// that does nothing but hold a network namespace on the default bridge,
+/// made ready before a job comes so that the job's container joins it
+/// instead of waiting for the engine to set a network up. Sandboxes carry
+/// no [`LABEL_NODE`]: they are not jobs.
+pub const LABEL_SANDBOX_NODE: &str = "strato.sandbox.node";
+/// Label on a job's container holding the id of the sandbox whose network
+/// it joined; the sandbox goes when the container is removed.
+pub const LABEL_SANDBOX: &str = "strato.sandbox";
+
+/// A network sandbox of a node: `strato-sandbox-<node>-<n>`.
+pub fn sandbox_name(node_id: &str, n: u64) -> String {
+    format!("strato-sandbox-{node_id}-{n}")
+}
+
 /// An attempt's container on a node: `strato-<job>-<attempt>-<node>`, so the
 /// ranks of a gang on one engine (the local provider) never share a name,
 /// and one attempt never runs twice on one node.

@@ -19,6 +19,8 @@ use futures_util::stream::BoxStream;
 use tokio::sync::mpsc::Sender;
 
 use crate::frames::{LineSplitter, payload, unix_seconds};
+use crate::sandbox::{self, PAUSE_IMAGE, PAUSE_PROGRAM, SANDBOX_MEMORY_BYTES, Sandboxes};
+use strato_core::naming::{LABEL_NODE, LABEL_SANDBOX, LABEL_SANDBOX_NODE, sandbox_name};
 
 use crate::{
     ContainerDetails, ContainerRuntime, ContainerSpec, ContainerUsage, ExecEvent, ExecStreamBox,
@@ -48,6 +50,8 @@ pub struct DockerRuntime {
     /// Output attachments made before a start (`ContainerSpec::attach_output`),
     /// by container id, until `logs` takes them (or `remove` drops them).
     attached: std::sync::Arc<std::sync::Mutex<HashMap<String, Attached>>>,
+    /// The network sandboxes kept for one node's jobs (`crate::sandbox`).
+    sandboxes: std::sync::Arc<std::sync::Mutex<Sandboxes>>,
 }
 
 /// The first line of a container's output, read from an attachment made
@@ -103,6 +107,193 @@ async fn first_line(attached: bollard::container::AttachContainerResults) -> Opt
 }
 
 impl DockerRuntime {
+    fn sandboxes(&self) -> std::sync::MutexGuard<'_, Sandboxes> {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the sandbox kept ready, if there is one, and starts making the
+    /// next.
+    fn take_sandbox(&self) -> Option<String> {
+        let spare = self.sandboxes().spare.take();
+        self.make_sandbox_later();
+        spare
+    }
+
+    /// Starts making a sandbox to keep ready, unless one is ready or being
+    /// made or none is wanted. One that cannot be made is logged; the next
+    /// job starts on a network of its own and tries again.
+    fn make_sandbox_later(&self) {
+        let (name, labels) = {
+            let mut sandboxes = self.sandboxes();
+            let Some((node, labels)) = sandboxes.owner.clone() else {
+                return;
+            };
+            if sandboxes.spare.is_some() || sandboxes.making {
+                return;
+            }
+            sandboxes.making = true;
+            sandboxes.next += 1;
+            (sandbox_name(&node, sandboxes.next), labels)
+        };
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let made = runtime.make_sandbox(&name, labels).await;
+            let unwanted = {
+                let mut sandboxes = runtime.sandboxes();
+                sandboxes.making = false;
+                match made {
+                    Ok(id) if sandboxes.owner.is_some() => {
+                        sandboxes.spare = Some(id);
+                        None
+                    }
+                    // Released while it was made.
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::warn!(sandbox = %name, error = %e, "cannot make a network sandbox; the next job starts on a network of its own");
+                        None
+                    }
+                }
+            };
+            if let Some(id) = unwanted {
+                let _ = runtime.force_remove(&id).await;
+            }
+        });
+    }
+
+    /// Creates and starts a sandbox: the pause program on the default
+    /// bridge, as nobody, with nothing to spare.
+    async fn make_sandbox(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let spec = ContainerSpec {
+            name: name.to_owned(),
+            image: PAUSE_IMAGE.to_owned(),
+            entrypoint: Some(vec![PAUSE_PROGRAM.to_owned()]),
+            user: Some("65534:65534".to_owned()),
+            memory_bytes: Some(SANDBOX_MEMORY_BYTES),
+            pids_limit: Some(1),
+            labels,
+            ..ContainerSpec::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let body = create_body(&spec);
+        let created = match self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            // The image went (someone pruned it): import it again.
+            Err(e) if status_of(&e) == Some(404) => {
+                self.ensure_pause_image().await?;
+                self.docker.create_container(Some(options), body).await?
+            }
+            created => created?,
+        };
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.force_remove(&created.id).await;
+            return Err(e.into());
+        }
+        Ok(created.id)
+    }
+
+    /// Imports the pause image (`docker import` of its one file) unless the
+    /// engine has it.
+    async fn ensure_pause_image(&self) -> Result<(), RuntimeError> {
+        if self.ensure_image(PAUSE_IMAGE).await.is_ok() {
+            return Ok(());
+        }
+        let (repo, tag) = split_reference(PAUSE_IMAGE);
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag)
+            .build();
+        let rootfs = bollard::body_full(sandbox::pause_rootfs().into());
+        let mut stream = self.docker.create_image(Some(options), Some(rootfs), None);
+        while let Some(item) = stream.next().await {
+            if let Some(error) = item?.error_detail.and_then(|d| d.message) {
+                return Err(DockerError::DockerStreamError { error }.into());
+            }
+        }
+        self.ensure_image(PAUSE_IMAGE).await
+    }
+
+    /// Creates and starts `spec` in the sandbox `sandbox`'s network. `None`
+    /// if that failed in a way a network of its own may not (the sandbox
+    /// is gone): nothing of the try is left. The sandbox goes unless the
+    /// container holds it.
+    async fn start_in_sandbox(
+        &self,
+        spec: &ContainerSpec,
+        sandbox: String,
+    ) -> Option<Result<String, RuntimeError>> {
+        let mut joined = spec.clone();
+        joined.network = Some(format!("container:{sandbox}"));
+        joined
+            .labels
+            .insert(LABEL_SANDBOX.to_owned(), sandbox.clone());
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        match self
+            .docker
+            .create_container(Some(options), create_body(&joined))
+            .await
+        {
+            Ok(created) => {
+                for warning in &created.warnings {
+                    tracing::warn!(name = %spec.name, %warning, "docker warned on create");
+                }
+                if spec.attach_output {
+                    self.attach(&created.id).await;
+                }
+                match self.docker.start_container(&created.id, None).await {
+                    Ok(()) => Some(Ok(created.id)),
+                    Err(e) => {
+                        tracing::debug!(name = %spec.name, %sandbox, error = %e, "cannot start in the sandbox; starting on a network of its own");
+                        self.attachments().remove(&created.id);
+                        let _ = self.force_remove(&created.id).await;
+                        let _ = self.force_remove(&sandbox).await;
+                        None
+                    }
+                }
+            }
+            // A retried assignment: the container exists, on whatever
+            // network its first try gave it.
+            Err(e) if status_of(&e) == Some(409) => {
+                let _ = self.force_remove(&sandbox).await;
+                Some(self.adopt_existing(&spec.name).await)
+            }
+            Err(e) => {
+                tracing::debug!(name = %spec.name, %sandbox, error = %e, "cannot create in the sandbox; creating on a network of its own");
+                let _ = self.force_remove(&sandbox).await;
+                None
+            }
+        }
+    }
+
+    /// Removes a container (force); Ok if it is gone or going.
+    async fn force_remove(&self, id: &str) -> Result<(), RuntimeError> {
+        // `v`: anonymous volumes go with the container, as with `docker run --rm`.
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn attachments(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
         self.attached
             .lock()
@@ -188,6 +379,7 @@ impl DockerRuntime {
             docker,
             endpoint,
             attached: std::sync::Arc::default(),
+            sandboxes: std::sync::Arc::default(),
         })
     }
 
@@ -344,6 +536,13 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        if spec.prepared_network
+            && spec.network.is_none()
+            && let Some(sandbox) = self.take_sandbox()
+            && let Some(started) = self.start_in_sandbox(spec, sandbox).await
+        {
+            return started;
+        }
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -413,19 +612,78 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.attachments().remove(id);
-        // `v`: anonymous volumes go with the container, as with `docker run --rm`.
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) if message.contains("already in progress") => Ok(()),
-            Err(e) => Err(e.into()),
+        // The sandbox it joined goes after it.
+        let sandbox = match self.docker.inspect_container(id, None).await {
+            Ok(found) => found
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut labels| labels.remove(LABEL_SANDBOX)),
+            Err(_) => None,
+        };
+        self.force_remove(id).await?;
+        if let Some(sandbox) = sandbox {
+            self.force_remove(&sandbox).await?;
+        }
+        Ok(())
+    }
+
+    async fn prepare_networks(
+        &self,
+        node: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        if !sandbox::supported() {
+            tracing::debug!("no network sandboxes on this architecture");
+            return Ok(());
+        }
+        let first = self
+            .sandboxes()
+            .owner
+            .as_ref()
+            .is_none_or(|(owner, _)| owner != node);
+        if first {
+            self.ensure_pause_image().await?;
+            // Sandboxes an agent before this one left: those a container
+            // still holds stay, with it.
+            let held: std::collections::HashSet<String> = self
+                .list(LABEL_NODE, node)
+                .await?
+                .into_iter()
+                .filter_map(|c| c.labels.get(LABEL_SANDBOX).cloned())
+                .collect();
+            for left in self.list(LABEL_SANDBOX_NODE, node).await? {
+                if !held.contains(&left.id) {
+                    tracing::debug!(sandbox = %left.name, "removing a sandbox no job holds");
+                    self.force_remove(&left.id).await?;
+                }
+            }
+            let spare = {
+                let mut sandboxes = self.sandboxes();
+                sandboxes.owner = Some((node.to_owned(), labels));
+                sandboxes.next = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                sandboxes.spare.take()
+            };
+            // Another node's (an agent that enrolled anew).
+            if let Some(spare) = spare {
+                self.force_remove(&spare).await?;
+            }
+        }
+        self.make_sandbox_later();
+        Ok(())
+    }
+
+    async fn release_networks(&self) {
+        let spare = {
+            let mut sandboxes = self.sandboxes();
+            sandboxes.owner = None;
+            sandboxes.spare.take()
+        };
+        if let Some(spare) = spare
+            && let Err(e) = self.force_remove(&spare).await
+        {
+            tracing::warn!(sandbox = %spare, error = %e, "cannot remove the network sandbox");
         }
     }
 
@@ -721,7 +979,8 @@ impl ContainerRuntime for DockerRuntime {
         let c = self.docker.inspect_container(id, None).await?;
         let env = c
             .config
-            .and_then(|cfg| cfg.env)
+            .as_ref()
+            .and_then(|cfg| cfg.env.clone())
             .unwrap_or_default()
             .into_iter()
             .filter_map(|kv| {
@@ -729,14 +988,17 @@ impl ContainerRuntime for DockerRuntime {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
             })
             .collect();
-        let ip = c.network_settings.and_then(|n| {
-            let from_networks = n.networks.and_then(|nets| {
-                nets.into_values()
-                    .filter_map(|e| e.ip_address)
-                    .find(|ip| !ip.is_empty())
-            });
-            from_networks.and_then(|ip| ip.parse().ok())
-        });
+        // A container in a sandbox's network has the sandbox's address.
+        let sandbox = c
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.as_deref())
+            .and_then(|mode| mode.strip_prefix("container:"))
+            .map(str::to_owned);
+        let ip = match sandbox {
+            Some(sandbox) => address(self.docker.inspect_container(&sandbox, None).await?),
+            None => address(c),
+        };
         Ok(ContainerDetails { env, ip })
     }
 
@@ -755,6 +1017,18 @@ impl ContainerRuntime for DockerRuntime {
         }
         Ok(found)
     }
+}
+
+/// A container's address on the first network that gave it one.
+fn address(c: bollard::models::ContainerInspectResponse) -> Option<std::net::IpAddr> {
+    c.network_settings
+        .and_then(|n| n.networks)
+        .and_then(|nets| {
+            nets.into_values()
+                .filter_map(|e| e.ip_address)
+                .find(|ip| !ip.is_empty())
+        })
+        .and_then(|ip| ip.parse().ok())
 }
 
 /// A stream of what `produce` sends; an error it returns ends the stream
@@ -1169,6 +1443,7 @@ mod tests {
             fuse_mounts_at: None,
             working_dir: None,
             attach_output: false,
+            prepared_network: false,
         }
     }
 
@@ -1194,6 +1469,7 @@ mod tests {
             fuse_mounts_at: Some("/mnt/strato".into()),
             working_dir: None,
             attach_output: false,
+            prepared_network: false,
             entrypoint: Some(vec!["rclone".into()]),
             ..spec()
         });

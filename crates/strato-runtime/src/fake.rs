@@ -538,6 +538,7 @@ mod tests {
             fuse_mounts_at: None,
             working_dir: None,
             attach_output: false,
+            prepared_network: false,
         }
     }
 

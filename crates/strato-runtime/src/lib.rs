@@ -23,14 +23,17 @@ pub mod fake;
 mod files;
 mod frames;
 pub mod https;
+mod sandbox;
 
 #[cfg(feature = "fake")]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use docker::{DockerRuntime, PIDS_LIMIT};
 pub use files::{remove_tree_on_one_filesystem, write_private};
+pub use sandbox::PAUSE_IMAGE;
 pub use strato_core::naming::{
     LABEL_ATTEMPT, LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_JOB, LABEL_NETWORK, LABEL_NODE,
+    LABEL_SANDBOX, LABEL_SANDBOX_NODE,
 };
 
 /// What the agent asks the runtime to run for one job attempt.
@@ -93,6 +96,11 @@ pub struct ContainerSpec {
     /// so it never holds the container's output back. For job containers,
     /// whose `logs` are read at once.
     pub attach_output: bool,
+    /// The container may join a network sandbox made ready before it
+    /// (see [`ContainerRuntime::prepare_networks`]) instead of waiting for
+    /// a network of its own on the default bridge; only with `network`
+    /// `None`. For job containers, whose start their user waits for.
+    pub prepared_network: bool,
 }
 
 /// What an exec in a container produces, in order; [`ExecEvent::Exit`]
@@ -362,8 +370,29 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Removes the container (force). Ok if already gone.
+    /// Removes the container (force), and the network sandbox it joined if
+    /// any. Ok if already gone.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Keeps a network sandbox ready for the next container of `node` that
+    /// may join one ([`ContainerSpec::prepared_network`]), labelled with
+    /// `labels`, and makes the next whenever one is taken. The first call
+    /// removes the node's sandboxes that no container uses (left by an
+    /// agent before this one). Engines without sandboxes do nothing.
+    fn prepare_networks(
+        &self,
+        node: &str,
+        labels: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (node, labels);
+        async { Ok(()) }
+    }
+
+    /// Removes the sandbox kept ready and makes no more (an agent that
+    /// stops or gives up).
+    fn release_networks(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Every container, running or not, whose label `key` equals `value`.
     fn list(

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use strato_runtime::{
-    ContainerRuntime, ContainerSpec, DockerRuntime, LABEL_ATTEMPT, LABEL_JOB, OutputLine,
-    OutputStream, RuntimeError,
+    ContainerRuntime, ContainerSpec, DockerRuntime, LABEL_ATTEMPT, LABEL_JOB, LABEL_SANDBOX,
+    LABEL_SANDBOX_NODE, OutputLine, OutputStream, RuntimeError,
 };
 
 const TEST_IMAGE: &str = "strato-test/busybox:latest";
@@ -61,6 +61,7 @@ fn spec(name: &str, test_label: &str, command: &[&str]) -> ContainerSpec {
         fuse_mounts_at: None,
         working_dir: None,
         attach_output: false,
+        prepared_network: false,
         labels: BTreeMap::from([
             (LABEL_TEST.to_owned(), test_label.to_owned()),
             (LABEL_JOB.to_owned(), name.to_owned()),
@@ -491,4 +492,139 @@ async fn a_missing_socket_is_unreachable_and_named() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
+}
+
+/// The node's sandboxes (`LABEL_SANDBOX_NODE`), by id.
+async fn sandboxes_of(runtime: &DockerRuntime, node: &str) -> Vec<String> {
+    let mut ids: Vec<String> = runtime
+        .list(LABEL_SANDBOX_NODE, node)
+        .await
+        .expect("list sandboxes")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until the node has a running sandbox besides `besides`; its id.
+async fn spare_of(runtime: &DockerRuntime, node: &str, besides: &[String]) -> String {
+    within("a sandbox made ready", async {
+        loop {
+            let running = runtime
+                .list(LABEL_SANDBOX_NODE, node)
+                .await
+                .expect("list sandboxes")
+                .into_iter()
+                .find(|c| c.running && !besides.contains(&c.id));
+            if let Some(spare) = running {
+                return spare.id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_job_joins_the_sandbox_made_ready_for_it_which_goes_with_it() {
+    let runtime = runtime().await;
+    let label = unique("sandbox");
+    let _cleanup = Cleanup::new(&label);
+    let node = label.clone();
+    let labels = BTreeMap::from([
+        (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
+        (LABEL_TEST.to_owned(), label.clone()),
+    ]);
+    // One an agent before this one left, that no container holds.
+    let mut left = spec(&unique("left"), &label, &["sleep", "300"]);
+    left.labels = labels.clone();
+    let left = runtime.create_and_start(&left).await.expect("start");
+
+    runtime
+        .prepare_networks(&node, labels.clone())
+        .await
+        .expect("prepare");
+    assert!(
+        !sandboxes_of(&runtime, &node).await.contains(&left),
+        "a sandbox nobody holds is removed"
+    );
+    let spare = spare_of(&runtime, &node, &[]).await;
+
+    let mut job = spec(
+        &unique("job"),
+        &label,
+        &["sh", "-c", "echo ready; sleep 300"],
+    );
+    job.prepared_network = true;
+    let id = runtime.create_and_start(&job).await.expect("start");
+    let listed = runtime.list(LABEL_TEST, &label).await.expect("list");
+    let joined = listed.iter().find(|c| c.id == id).expect("the job");
+    assert_eq!(joined.labels.get(LABEL_SANDBOX), Some(&spare));
+    let spare_address = runtime.details(&spare).await.expect("details").ip;
+    assert!(spare_address.is_some(), "the sandbox has an address");
+    assert_eq!(
+        runtime.details(&id).await.expect("details").ip,
+        spare_address,
+        "the job has its sandbox's address"
+    );
+    let lines = within("the first line", runtime.logs(&id).next())
+        .await
+        .expect("a line")
+        .expect("a line");
+    assert_eq!(lines.line, "ready");
+
+    // The next is made ready at once.
+    let next = spare_of(&runtime, &node, std::slice::from_ref(&spare)).await;
+    runtime.remove(&id).await.expect("remove");
+    assert_eq!(
+        sandboxes_of(&runtime, &node).await,
+        vec![next.clone()],
+        "the job's sandbox went with it"
+    );
+    runtime.release_networks().await;
+    assert!(sandboxes_of(&runtime, &node).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_whose_sandbox_went_starts_on_a_network_of_its_own() {
+    let runtime = runtime().await;
+    let label = unique("sandbox-gone");
+    let _cleanup = Cleanup::new(&label);
+    let node = label.clone();
+    let labels = BTreeMap::from([
+        (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
+        (LABEL_TEST.to_owned(), label.clone()),
+    ]);
+    runtime
+        .prepare_networks(&node, labels)
+        .await
+        .expect("prepare");
+    let spare = spare_of(&runtime, &node, &[]).await;
+    // Removed behind the runtime's back (an engine restarted, a person).
+    let other = DockerRuntime::connect(None).await.expect("connect");
+    other.remove(&spare).await.expect("remove");
+
+    let mut job = spec(
+        &unique("job"),
+        &label,
+        &["sh", "-c", "echo ready; sleep 300"],
+    );
+    job.prepared_network = true;
+    let id = runtime.create_and_start(&job).await.expect("start");
+    let listed = runtime.list(LABEL_TEST, &label).await.expect("list");
+    let started = listed.iter().find(|c| c.id == id).expect("the job");
+    assert!(started.running);
+    assert!(!started.labels.contains_key(LABEL_SANDBOX));
+    assert!(runtime.details(&id).await.expect("details").ip.is_some());
+    runtime.remove(&id).await.expect("remove");
+    runtime.release_networks().await;
+    within("the sandboxes gone", async {
+        // One may still have been in the making when released: it goes
+        // once made.
+        while !sandboxes_of(&runtime, &node).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

@@ -67,6 +67,8 @@ pub fn container_spec(
         // Its output is followed from the start: the first line need not
         // wait for the engine's log.
         attach_output: true,
+        // It may join a network made ready before it (see `prepare_networks`).
+        prepared_network: true,
         labels: BTreeMap::from([
             (LABEL_NODE.to_owned(), node_id.to_owned()),
             (LABEL_CLUSTER.to_owned(), cluster.to_owned()),

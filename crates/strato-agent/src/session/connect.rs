@@ -4,12 +4,13 @@
 //! between sessions, reconnect with backoff, and give up (removing this
 //! node's containers) after `--give-up-after`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strato_core::backoff::Policy;
 use strato_proto::v1::{self, agent_message::Body as Up, agent_service_client::AgentServiceClient};
-use strato_runtime::{ContainerRuntime, LABEL_NODE};
+use strato_runtime::{ContainerRuntime, LABEL_CONTROL_PLANE, LABEL_NODE, LABEL_SANDBOX_NODE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -132,6 +133,7 @@ pub async fn run<R: ContainerRuntime>(
 /// Nobody manages this node's containers once its agent gives up: stop and
 /// remove them, so no job keeps running unseen.
 async fn give_up<R: ContainerRuntime>(runtime: &R, node: &str, mount_image: &str) {
+    runtime.release_networks().await;
     let Ok(containers) = runtime.list(LABEL_NODE, node).await else {
         return;
     };
@@ -335,6 +337,15 @@ pub(super) async fn open<R: ContainerRuntime>(
     // Bounded in messages, each bounded in bytes (`strato_core::limits`):
     // output faster than the control plane stores it waits here.
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(OUTBOUND_MESSAGES);
+    // A network made ready for the node's next job, so that its start
+    // need not wait for one (the runtime's network sandboxes).
+    let mut sandbox_labels = BTreeMap::from([(LABEL_SANDBOX_NODE.to_owned(), node_id.clone())]);
+    if let Some(id) = &config.control_plane_id {
+        sandbox_labels.insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
+    }
+    if let Err(e) = runtime.prepare_networks(&node_id, sandbox_labels).await {
+        tracing::warn!(error = %e, "cannot make a network ready for the next job; jobs start on networks of their own");
+    }
     let containers = runtime.list(LABEL_NODE, &node_id).await?;
     let mut held = Vec::new();
     for c in &containers {

@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
-use strato_core::naming::{self, LABEL_CONTROL_PLANE, LABEL_MOUNT_NODE, LABEL_NETWORK, LABEL_NODE};
+use strato_core::naming::{
+    self, LABEL_CONTROL_PLANE, LABEL_MOUNT_NODE, LABEL_NETWORK, LABEL_NODE, LABEL_SANDBOX_NODE,
+};
 use strato_runtime::{ContainerRuntime, DockerRuntime};
 
 mod processes;
@@ -245,6 +247,15 @@ impl LocalProvider {
             docker.remove(&c.id).await?;
             tracing::info!(node = %node.node_id, container = %c.name, "removed the node's container");
         }
+        // The network kept ready for its next job (removing a job's
+        // container above removed the sandbox it joined).
+        for c in docker.list(LABEL_SANDBOX_NODE, &node.node_id).await? {
+            let owner = c.labels.get(LABEL_CONTROL_PLANE);
+            if owner.is_some_and(|o| *o != self.settings.control_plane_id) {
+                continue;
+            }
+            docker.remove(&c.id).await?;
+        }
         // Then the jobs' mount helpers: stopped, not killed, so that they
         // unmount.
         for c in docker.list(LABEL_MOUNT_NODE, &node.node_id).await? {
@@ -289,7 +300,11 @@ impl LocalProvider {
             .list(LABEL_CONTROL_PLANE, &self.settings.control_plane_id)
             .await?
         {
-            if let Some(node_id) = c.labels.get(LABEL_NODE).filter(|n| naming::is_node_id(n)) {
+            let node = c
+                .labels
+                .get(LABEL_NODE)
+                .or(c.labels.get(LABEL_SANDBOX_NODE));
+            if let Some(node_id) = node.filter(|n| naming::is_node_id(n)) {
                 node_of(&mut nodes, node_id);
             }
         }
