@@ -122,21 +122,31 @@ pub(crate) fn supported() -> bool {
 mod tests {
     use super::*;
 
+    fn u64_at(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+    }
+
+    /// An octal number of a tar header field, without its NULs and spaces.
+    fn octal(field: &[u8]) -> u64 {
+        let text = std::str::from_utf8(field).expect("ASCII");
+        u64::from_str_radix(text.trim_matches(|c| c == '\0' || c == ' '), 8).expect("octal")
+    }
+
     #[test]
     fn the_pause_program_is_one_loadable_segment_entered_at_its_code() {
         let elf = pause_program();
         assert_eq!(&elf[..4], b"\x7fELF");
         assert_eq!(elf.len(), 64 + 56 + 9);
-        let entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+        let entry = u64_at(&elf, 24);
         assert_eq!(
             entry - 0x40_0000,
             120,
             "the entry is the code after the headers"
         );
-        let filesz = u64::from_le_bytes(elf[64 + 32..64 + 40].try_into().unwrap());
+        let filesz = u64_at(&elf, 64 + 32);
         assert_eq!(filesz, elf.len() as u64);
         // The jump goes back to the first instruction.
-        assert_eq!(elf[120 + 9 - 1] as i8, -9);
+        assert_eq!(i8::from_le_bytes([elf[120 + 9 - 1]]), -9);
     }
 
     #[test]
@@ -146,12 +156,11 @@ mod tests {
         assert_eq!(tar.len(), 512 + 512 + 1024);
         assert_eq!(&tar[..6], b"pause\0");
         assert_eq!(&tar[257..263], b"ustar\0");
-        let recorded =
-            u32::from_str_radix(std::str::from_utf8(&tar[148..154]).unwrap().trim(), 8).unwrap();
+        let recorded = octal(&tar[148..156]);
         let mut header = tar[..512].to_vec();
         header[148..156].copy_from_slice(b"        ");
-        assert_eq!(recorded, header.iter().map(|&b| u32::from(b)).sum::<u32>());
-        let size = usize::from_str_radix(std::str::from_utf8(&tar[124..135]).unwrap(), 8).unwrap();
+        assert_eq!(recorded, header.iter().map(|&b| u64::from(b)).sum::<u64>());
+        let size = usize::try_from(octal(&tar[124..136])).expect("size");
         assert_eq!(&tar[512..512 + size], pause_program().as_slice());
     }
 }
