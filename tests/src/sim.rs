@@ -394,6 +394,7 @@ impl SimFleet {
             give_up_after: None,
             job_pids_limit: Some(strato_runtime::PIDS_LIMIT),
             allow_new_privileges: false,
+            network_sandboxes: false,
             ssh_listen: None,
             ssh_node_shell: false,
         };

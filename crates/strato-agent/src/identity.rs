@@ -28,6 +28,12 @@ use tonic::transport::Channel;
 /// A token is used from the cache until this many seconds before it expires.
 const REFRESH_MARGIN_SECONDS: i64 = 300;
 
+/// How long an IMDS caller whose address is not known waits while
+/// containers that started have their addresses read (a job that asks for
+/// a token as soon as it starts may ask before its agent has read its
+/// address from the engine).
+const ADDRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The attempt a secret belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptIdentity {
@@ -48,6 +54,24 @@ pub struct Vending {
     cache: Mutex<HashMap<(String, u32, String, String), v1::AccessToken>>,
     /// The host names of multi-node attempts' gangs, by rank.
     gangs: Mutex<HashMap<(String, u32), Vec<String>>>,
+    /// Started containers whose addresses are being read
+    /// ([`Vending::expect_address`]), and the signal that one was.
+    reading_addresses: std::sync::atomic::AtomicUsize,
+    address_read: tokio::sync::Notify,
+}
+
+/// A started container's address is being read: IMDS callers not known
+/// yet wait for it ([`ADDRESS_WAIT`]) rather than be refused at once. Done
+/// when dropped.
+pub struct AddressPending(Arc<Vending>);
+
+impl Drop for AddressPending {
+    fn drop(&mut self) {
+        self.0
+            .reading_addresses
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.address_read.notify_waiters();
+    }
 }
 
 /// On the system clock.
@@ -67,6 +91,37 @@ impl Vending {
             control: RwLock::default(),
             cache: Mutex::default(),
             gangs: Mutex::default(),
+            reading_addresses: std::sync::atomic::AtomicUsize::new(0),
+            address_read: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A container started and its address is being read; IMDS callers
+    /// wait for it until the returned guard goes.
+    pub fn expect_address(self: &Arc<Self>) -> AddressPending {
+        self.reading_addresses
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AddressPending(self.clone())
+    }
+
+    /// The attempt of the container at `ip`; while addresses of started
+    /// containers are being read, waits for them (at most `wait`).
+    async fn attempt_at(&self, ip: IpAddr, wait: std::time::Duration) -> Option<AttemptIdentity> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Made before the check, so a read that ends in between wakes it.
+            let read = self.address_read.notified();
+            if let Some(attempt) = self.attempt_for_address(ip) {
+                return Some(attempt);
+            }
+            if self
+                .reading_addresses
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return None;
+            }
+            tokio::time::timeout_at(deadline, read).await.ok()?;
         }
     }
 
@@ -422,9 +477,12 @@ async fn imds_token(
         ));
     }
     query.require_resource()?;
-    let attempt = vending.attempt_for_address(peer.ip()).ok_or_else(|| {
-        Refusal::unauthorized(format!("{} is not a running job's container", peer.ip()))
-    })?;
+    let attempt = vending
+        .attempt_at(peer.ip(), ADDRESS_WAIT)
+        .await
+        .ok_or_else(|| {
+            Refusal::unauthorized(format!("{} is not a running job's container", peer.ip()))
+        })?;
     let token = vending.token(&attempt, &query, vending.now()).await?;
     let now = vending.now();
     Ok(axum::Json(json!({
@@ -508,6 +566,43 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_imds_caller_waits_while_addresses_are_read_and_no_longer() {
+        let v = Arc::new(Vending::default());
+        let attempt = AttemptIdentity {
+            job_id: "j".into(),
+            attempt: 1,
+        };
+        let (ip, stranger): (IpAddr, IpAddr) = (
+            "172.17.0.5".parse().expect("ip"),
+            "172.17.0.9".parse().expect("ip"),
+        );
+        let patience = std::time::Duration::from_secs(600);
+        // Nothing being read: refused at once, however long it may wait.
+        assert_eq!(v.attempt_at(ip, patience).await, None);
+
+        let pending = v.expect_address();
+        let caller = {
+            let v = v.clone();
+            tokio::spawn(async move { v.attempt_at(ip, patience).await })
+        };
+        let other = {
+            let v = v.clone();
+            tokio::spawn(async move { v.attempt_at(stranger, patience).await })
+        };
+        v.admit("s1", attempt.clone(), Some(ip));
+        drop(pending);
+        assert_eq!(caller.await.expect("caller"), Some(attempt));
+        // The read ended without its address: refused then.
+        assert_eq!(other.await.expect("other"), None);
+
+        // A read that never ends keeps a stranger waiting no longer than
+        // the wait.
+        let _stuck = v.expect_address();
+        let short = std::time::Duration::from_millis(20);
+        assert_eq!(v.attempt_at(stranger, short).await, None);
+    }
 
     #[test]
     fn secrets_are_refused_once_the_attempt_ends() {

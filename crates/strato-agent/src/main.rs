@@ -212,6 +212,14 @@ struct Config {
     #[arg(long, env = "STRATO_ALLOW_NEW_PRIVILEGES")]
     allow_new_privileges: bool,
 
+    /// Start every job on a network of its own, as `docker run` does,
+    /// instead of in a network sandbox made ready before it (a pause
+    /// container on the default bridge, `strato-sandbox-<node>-<n>`, one a
+    /// job, which takes the engine's network set-up off the job's start;
+    /// the job's hostname is then the sandbox's).
+    #[arg(long, env = "STRATO_NO_NETWORK_SANDBOXES")]
+    no_network_sandboxes: bool,
+
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STRATO_LOG", default_value = "info")]
     log: String,
@@ -680,6 +688,7 @@ async fn run(config: Config, checked: Checked) -> Result<(), StartError> {
         give_up_after: config.give_up_after.map(std::time::Duration::from_secs),
         job_pids_limit: (config.job_pids_limit > 0).then_some(config.job_pids_limit),
         allow_new_privileges: config.allow_new_privileges,
+        network_sandboxes: !config.no_network_sandboxes,
         ssh_listen: Some(config.ssh_listen),
         ssh_node_shell: config.ssh_node_shell,
     };

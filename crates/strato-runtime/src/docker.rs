@@ -54,6 +54,23 @@ pub struct DockerRuntime {
     sandboxes: std::sync::Arc<std::sync::Mutex<Sandboxes>>,
 }
 
+/// A sandbox taken for a start: held (not swept) until the start is done
+/// or dropped; a start cut short leaves it to the next sweep.
+struct Joining {
+    sandboxes: std::sync::Arc<std::sync::Mutex<Sandboxes>>,
+    id: String,
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .joining
+            .remove(&self.id);
+    }
+}
+
 /// The first line of a container's output, read from an attachment made
 /// before its start by a task of its own (`first_line`): `None` if there
 /// was none that both sources cut alike.
@@ -113,44 +130,62 @@ impl DockerRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes the sandbox kept ready, if there is one, and starts making the
-    /// next.
-    fn take_sandbox(&self) -> Option<String> {
-        let spare = self.sandboxes().spare.take();
+    /// Takes the sandbox kept ready, if there is one (held as joining until
+    /// the guard goes), and starts making the next.
+    fn take_sandbox(&self) -> Option<Joining> {
+        let spare = {
+            let mut sandboxes = self.sandboxes();
+            let spare = sandboxes.spare.take();
+            if let Some(id) = &spare {
+                sandboxes.joining.insert(id.clone());
+            }
+            spare
+        };
         self.make_sandbox_later();
-        spare
+        spare.map(|id| Joining {
+            sandboxes: self.sandboxes.clone(),
+            id,
+        })
     }
 
     /// Starts making a sandbox to keep ready, unless one is ready or being
     /// made or none is wanted. One that cannot be made is logged; the next
     /// job starts on a network of its own and tries again.
     fn make_sandbox_later(&self) {
-        let (name, labels) = {
+        let (name, labels, image, generation) = {
             let mut sandboxes = self.sandboxes();
-            let Some((node, labels)) = sandboxes.owner.clone() else {
+            let (Some((node, labels)), Some(image)) =
+                (sandboxes.owner.clone(), sandboxes.image.clone())
+            else {
                 return;
             };
-            if sandboxes.spare.is_some() || sandboxes.making {
+            if sandboxes.spare.is_some() || sandboxes.making.is_some() {
                 return;
             }
-            sandboxes.making = true;
             sandboxes.next += 1;
-            (sandbox_name(&node, sandboxes.next), labels)
+            let name = sandbox_name(&node, sandboxes.next);
+            sandboxes.making = Some(name.clone());
+            (name, labels, image, sandboxes.generation)
         };
         let runtime = self.clone();
         tokio::spawn(async move {
-            let made = runtime.make_sandbox(&name, labels).await;
+            let made = runtime.make_sandbox(&name, labels, &image).await;
             let unwanted = {
                 let mut sandboxes = runtime.sandboxes();
-                sandboxes.making = false;
+                sandboxes.making = None;
                 match made {
-                    Ok(id) if sandboxes.owner.is_some() => {
+                    // Kept only for the owner it was made for.
+                    Ok(id) if sandboxes.generation == generation => {
                         sandboxes.spare = Some(id);
                         None
                     }
-                    // Released while it was made.
                     Ok(id) => Some(id),
                     Err(e) => {
+                        if matches!(e, RuntimeError::ImageNotFound(_)) {
+                            // Pruned: checked and imported again at the
+                            // next make.
+                            sandboxes.image = None;
+                        }
                         tracing::warn!(sandbox = %name, error = %e, "cannot make a network sandbox; the next job starts on a network of its own");
                         None
                     }
@@ -159,19 +194,24 @@ impl DockerRuntime {
             if let Some(id) = unwanted {
                 let _ = runtime.force_remove(&id).await;
             }
+            if runtime.sandboxes().image.is_none() {
+                let _ = runtime.pause_image().await;
+            }
         });
     }
 
-    /// Creates and starts a sandbox: the pause program on the default
-    /// bridge, as nobody, with nothing to spare.
+    /// Creates and starts a sandbox of `image` (the pause image's id): the
+    /// pause program on the default bridge, as nobody, with nothing to
+    /// spare.
     async fn make_sandbox(
         &self,
         name: &str,
         labels: BTreeMap<String, String>,
+        image: &str,
     ) -> Result<String, RuntimeError> {
         let spec = ContainerSpec {
             name: name.to_owned(),
-            image: PAUSE_IMAGE.to_owned(),
+            image: image.to_owned(),
             entrypoint: Some(vec![PAUSE_PROGRAM.to_owned()]),
             user: Some("65534:65534".to_owned()),
             memory_bytes: Some(SANDBOX_MEMORY_BYTES),
@@ -180,16 +220,13 @@ impl DockerRuntime {
             ..ContainerSpec::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(name).build();
-        let body = create_body(&spec);
         let created = match self
             .docker
-            .create_container(Some(options.clone()), body.clone())
+            .create_container(Some(options), create_body(&spec))
             .await
         {
-            // The image went (someone pruned it): import it again.
             Err(e) if status_of(&e) == Some(404) => {
-                self.ensure_pause_image().await?;
-                self.docker.create_container(Some(options), body).await?
+                return Err(RuntimeError::ImageNotFound(PAUSE_IMAGE.to_owned()));
             }
             created => created?,
         };
@@ -200,26 +237,76 @@ impl DockerRuntime {
         Ok(created.id)
     }
 
-    /// Imports the pause image (`docker import` of its one file) unless the
-    /// engine has it.
-    async fn ensure_pause_image(&self) -> Result<(), RuntimeError> {
-        if self.ensure_image(PAUSE_IMAGE).await.is_ok() {
-            return Ok(());
+    /// The id of the pause image, loaded (`docker load` of the archive
+    /// this runtime writes) unless its tag names an image of that id
+    /// (loading it again tags it again: the id stays). Sandboxes are made
+    /// from the id, never the tag.
+    async fn pause_image(&self) -> Result<String, RuntimeError> {
+        if let Some(id) = self.sandboxes().image.clone() {
+            return Ok(id);
         }
-        let (repo, tag) = split_reference(PAUSE_IMAGE);
-        let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
-            .from_src("-")
-            .repo(repo)
-            .tag(tag)
-            .build();
-        let rootfs = bollard::body_full(sandbox::pause_rootfs().into());
-        let mut stream = self.docker.create_image(Some(options), Some(rootfs), None);
-        while let Some(item) = stream.next().await {
-            if let Some(error) = item?.error_detail.and_then(|d| d.message) {
-                return Err(DockerError::DockerStreamError { error }.into());
+        let id = sandbox::pause_image_id();
+        match self.docker.inspect_image(PAUSE_IMAGE).await {
+            Ok(tagged) if tagged.id.as_deref() == Some(id.as_str()) => {}
+            Err(e) if status_of(&e) != Some(404) => return Err(e.into()),
+            _ => {
+                let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
+                    .quiet(true)
+                    .build();
+                let archive = bollard::body_full(sandbox::pause_archive().into());
+                let mut stream = self.docker.import_image(options, archive, None);
+                while let Some(item) = stream.next().await {
+                    if let Some(error) = item?.error_detail.and_then(|d| d.message) {
+                        return Err(DockerError::DockerStreamError { error }.into());
+                    }
+                }
+                self.docker.inspect_image(&id).await?;
             }
         }
-        self.ensure_image(PAUSE_IMAGE).await
+        self.sandboxes().image = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Removes the node's sandboxes that nothing holds: no container names
+    /// it (`LABEL_SANDBOX`), and it is not the spare, being made or being
+    /// joined. What this runtime holds is read after the sandboxes are
+    /// listed and before the containers are, so a sandbox taken in between
+    /// is either still joining or named by a container listed.
+    async fn sweep_sandboxes(&self, node: &str) -> Result<(), RuntimeError> {
+        let found = self.list(LABEL_SANDBOX_NODE, node).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let (mut held, making) = {
+            let sandboxes = self.sandboxes();
+            let held: std::collections::HashSet<String> = sandboxes
+                .joining
+                .iter()
+                .chain(&sandboxes.spare)
+                .cloned()
+                .collect();
+            (held, sandboxes.making.clone())
+        };
+        held.extend(
+            self.list(LABEL_NODE, node)
+                .await?
+                .into_iter()
+                .filter_map(|c| c.labels.get(LABEL_SANDBOX).cloned()),
+        );
+        for left in found {
+            if held.contains(&left.id) || making.as_deref() == Some(left.name.as_str()) {
+                continue;
+            }
+            tracing::debug!(sandbox = %left.name, "removing a sandbox nothing holds");
+            self.force_remove(&left.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the engine's machine runs the pause program.
+    async fn engine_runs_pause(&self) -> Result<bool, RuntimeError> {
+        let info = self.docker.info().await?;
+        Ok(info.architecture.as_deref() == Some(sandbox::PAUSE_ARCHITECTURE))
     }
 
     /// Creates and starts `spec` in the sandbox `sandbox`'s network. `None`
@@ -229,8 +316,9 @@ impl DockerRuntime {
     async fn start_in_sandbox(
         &self,
         spec: &ContainerSpec,
-        sandbox: String,
+        joining: Joining,
     ) -> Option<Result<String, RuntimeError>> {
+        let sandbox = joining.id.clone();
         let mut joined = spec.clone();
         joined.network = Some(format!("container:{sandbox}"));
         joined
@@ -631,59 +719,64 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         node: &str,
         labels: BTreeMap<String, String>,
+        keep_ready: bool,
     ) -> Result<(), RuntimeError> {
-        if !sandbox::supported() {
-            tracing::debug!("no network sandboxes on this architecture");
-            return Ok(());
-        }
-        let first = self
-            .sandboxes()
-            .owner
-            .as_ref()
-            .is_none_or(|(owner, _)| owner != node);
-        if first {
-            self.ensure_pause_image().await?;
-            // Sandboxes an agent before this one left: those a container
-            // still holds stay, with it.
-            let held: std::collections::HashSet<String> = self
-                .list(LABEL_NODE, node)
-                .await?
-                .into_iter()
-                .filter_map(|c| c.labels.get(LABEL_SANDBOX).cloned())
-                .collect();
-            for left in self.list(LABEL_SANDBOX_NODE, node).await? {
-                if !held.contains(&left.id) {
-                    tracing::debug!(sandbox = %left.name, "removing a sandbox no job holds");
-                    self.force_remove(&left.id).await?;
-                }
+        let keep_ready = keep_ready && {
+            let runs = self.engine_runs_pause().await?;
+            if !runs {
+                tracing::info!(
+                    "the engine's machine is not x86-64: jobs start on networks of their own"
+                );
             }
-            let spare = {
-                let mut sandboxes = self.sandboxes();
-                sandboxes.owner = Some((node.to_owned(), labels));
+            runs
+        };
+        let replaced = {
+            let mut sandboxes = self.sandboxes();
+            let same = sandboxes
+                .owner
+                .as_ref()
+                .is_some_and(|(owner, _)| owner == node);
+            if same && keep_ready {
+                None
+            } else {
+                // Another node's, or none wanted: what was kept goes.
+                sandboxes.generation += 1;
+                sandboxes.owner = keep_ready.then(|| (node.to_owned(), labels));
                 sandboxes.next = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
                 sandboxes.spare.take()
-            };
-            // Another node's (an agent that enrolled anew).
-            if let Some(spare) = spare {
-                self.force_remove(&spare).await?;
             }
+        };
+        if let Some(spare) = replaced {
+            self.force_remove(&spare).await?;
         }
-        self.make_sandbox_later();
+        // Those an agent before this one left, or that a start cut short
+        // left: what a container still holds stays, with it.
+        self.sweep_sandboxes(node).await?;
+        if keep_ready {
+            self.pause_image().await?;
+            self.make_sandbox_later();
+        }
         Ok(())
     }
 
     async fn release_networks(&self) {
-        let spare = {
+        let (node, spare) = {
             let mut sandboxes = self.sandboxes();
-            sandboxes.owner = None;
-            sandboxes.spare.take()
+            sandboxes.generation += 1;
+            let node = sandboxes.owner.take().map(|(node, _)| node);
+            (node, sandboxes.spare.take())
         };
         if let Some(spare) = spare
             && let Err(e) = self.force_remove(&spare).await
         {
             tracing::warn!(sandbox = %spare, error = %e, "cannot remove the network sandbox");
+        }
+        if let Some(node) = node
+            && let Err(e) = self.sweep_sandboxes(&node).await
+        {
+            tracing::warn!(%node, error = %e, "cannot remove the network sandboxes nothing holds");
         }
     }
 
@@ -996,7 +1089,14 @@ impl ContainerRuntime for DockerRuntime {
             .and_then(|mode| mode.strip_prefix("container:"))
             .map(str::to_owned);
         let ip = match sandbox {
-            Some(sandbox) => address(self.docker.inspect_container(&sandbox, None).await?),
+            // Gone (its job's network with it): no address, the rest stands.
+            Some(sandbox) => match self.docker.inspect_container(&sandbox, None).await {
+                Ok(sandbox) => address(sandbox),
+                Err(e) => {
+                    tracing::debug!(%id, %sandbox, error = %e, "reading the sandbox's address");
+                    None
+                }
+            },
             None => address(c),
         };
         Ok(ContainerDetails { env, ip })

@@ -374,17 +374,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// any. Ok if already gone.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Keeps a network sandbox ready for the next container of `node` that
-    /// may join one ([`ContainerSpec::prepared_network`]), labelled with
-    /// `labels`, and makes the next whenever one is taken. The first call
-    /// removes the node's sandboxes that no container uses (left by an
-    /// agent before this one). Engines without sandboxes do nothing.
+    /// With `keep_ready`, keeps a network sandbox ready for the next
+    /// container of `node` that may join one
+    /// ([`ContainerSpec::prepared_network`]), labelled with `labels`, and
+    /// makes the next whenever one is taken. The first call (each call
+    /// without `keep_ready`) removes the node's sandboxes that no container
+    /// uses (left by an agent before this one). Engines without sandboxes
+    /// do nothing.
     fn prepare_networks(
         &self,
         node: &str,
         labels: BTreeMap<String, String>,
+        keep_ready: bool,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
-        let _ = (node, labels);
+        let _ = (node, labels, keep_ready);
         async { Ok(()) }
     }
 

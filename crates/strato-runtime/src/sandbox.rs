@@ -8,16 +8,19 @@
 //! container's network (2026-12-07, 2 cores).
 //!
 //! A sandbox runs `/pause`, a program of three instructions that waits for
-//! signals forever, from an image of that one file (`strato/pause`) that the
-//! runtime imports itself (`docker import`): nothing is pulled, and no image
-//! of the node's is assumed. Only x86-64 has the program; elsewhere jobs
-//! start on a network of their own, as without sandboxes.
+//! signals forever, from an image of that one file (`strato/pause:1`) that
+//! the runtime writes and loads itself (`docker load`): nothing is pulled,
+//! and no image of the node's is assumed. The image's bytes are fixed, so
+//! its id is too (the digest of its configuration): sandboxes are made from
+//! that id, never the tag, so a job's pull of the same name changes
+//! nothing, and agents that load it at once make one image, not several. Only x86-64 has the program; on an engine elsewhere jobs start
+//! on a network of their own, as without sandboxes.
 //!
 //! Each job gets a sandbox of its own (its address on the bridge is its
 //! own, which the identity endpoint knows its callers by), and the sandbox
 //! goes with the job's container.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The image sandboxes run: `/pause` alone.
 pub const PAUSE_IMAGE: &str = "strato/pause:1";
@@ -32,14 +35,67 @@ pub(crate) struct Sandboxes {
     /// The node whose jobs they serve, and the labels each one carries; set
     /// by `prepare_networks`, none before it (no sandbox is made).
     pub owner: Option<(String, BTreeMap<String, String>)>,
+    /// The pause image's id, once the engine has it.
+    pub image: Option<String>,
     /// The sandbox kept ready, by container id.
     pub spare: Option<String>,
-    /// Whether one is being made.
-    pub making: bool,
-    /// Numbers the sandboxes' names: from the time the runtime first
-    /// prepared, so a restarted agent's names never meet those of the
+    /// The name of the one being made.
+    pub making: Option<String>,
+    /// Taken by starts not yet done: held, though no container names them
+    /// yet.
+    pub joining: HashSet<String>,
+    /// Goes up whenever the owner changes or is released: a sandbox made
+    /// for an earlier owner is not kept.
+    pub generation: u64,
+    /// Numbers the sandboxes' names: from the time (in nanoseconds) the
+    /// owner was set, so a restarted agent's names never meet those of the
     /// sandboxes its running jobs still hold.
     pub next: u64,
+}
+
+/// The engine's name (`docker info`'s `Architecture`) for the machines
+/// that run the pause program.
+pub(crate) const PAUSE_ARCHITECTURE: &str = "x86_64";
+
+/// `sha256:<hex>` of `bytes`.
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// The pause image's configuration: fixed bytes (no creation time), so
+/// the image's id, the digest of these bytes, is the same wherever and
+/// however often it is loaded, and names this content alone.
+fn pause_config() -> String {
+    format!(
+        r#"{{"architecture":"amd64","config":{{"Entrypoint":["{PAUSE_PROGRAM}"],"User":"65534:65534"}},"os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+        digest(&pause_layer())
+    )
+}
+
+/// The pause image's id: what the engine calls it once loaded.
+pub(crate) fn pause_image_id() -> String {
+    digest(pause_config().as_bytes())
+}
+
+/// The pause image as `docker save` writes it, for `docker load`: its
+/// configuration, its one layer and the manifest tagging it
+/// [`PAUSE_IMAGE`].
+pub(crate) fn pause_archive() -> Vec<u8> {
+    let config = pause_config();
+    let config_file = format!("{}.json", &pause_image_id()["sha256:".len()..]);
+    let manifest = format!(
+        r#"[{{"Config":"{config_file}","RepoTags":["{PAUSE_IMAGE}"],"Layers":["layer.tar"]}}]"#
+    );
+    tar(&[
+        ("manifest.json", manifest.as_bytes(), 0o644),
+        (&config_file, config.as_bytes(), 0o644),
+        ("layer.tar", &pause_layer(), 0o644),
+    ])
 }
 
 /// The pause program: a static x86-64 Linux executable (one loadable
@@ -84,38 +140,42 @@ pub(crate) fn pause_program() -> Vec<u8> {
     elf
 }
 
-/// The pause image's root filesystem as a tar archive (POSIX ustar): the
-/// one file `pause`, executable, owned by root.
-pub(crate) fn pause_rootfs() -> Vec<u8> {
-    let program = pause_program();
-    let mut header = [0u8; 512];
-    let mut field = |at: usize, len: usize, value: &[u8]| {
-        header[at..at + value.len().min(len)].copy_from_slice(&value[..value.len().min(len)]);
-    };
-    field(0, 100, b"pause");
-    field(100, 8, b"0000755\0");
-    field(108, 8, b"0000000\0");
-    field(116, 8, b"0000000\0");
-    field(124, 12, format!("{:011o}\0", program.len()).as_bytes());
-    field(136, 12, b"00000000000\0");
-    field(156, 1, b"0"); // a regular file
-    field(257, 6, b"ustar\0");
-    field(263, 2, b"00");
-    // The checksum counts its own field as spaces.
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    let mut tar = header.to_vec();
-    tar.extend_from_slice(&program);
-    tar.resize(tar.len().div_ceil(512) * 512, 0);
+/// The pause image's one layer: a tar of the one file `pause`,
+/// executable, owned by root.
+pub(crate) fn pause_layer() -> Vec<u8> {
+    tar(&[("pause", &pause_program(), 0o755)])
+}
+
+/// A tar archive (POSIX ustar) of regular files (name of at most 100
+/// bytes, contents, mode), owned by root, dated 1970: the same bytes for
+/// the same files.
+fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (name, contents, mode) in files {
+        let mut header = [0u8; 512];
+        let mut field = |at: usize, value: &[u8]| {
+            header[at..at + value.len()].copy_from_slice(value);
+        };
+        field(0, &name.as_bytes()[..name.len().min(100)]);
+        field(100, format!("{mode:07o}\0").as_bytes());
+        field(108, b"0000000\0");
+        field(116, b"0000000\0");
+        field(124, format!("{:011o}\0", contents.len()).as_bytes());
+        field(136, b"00000000000\0");
+        field(156, b"0"); // a regular file
+        field(257, b"ustar\0");
+        field(263, b"00");
+        // The checksum counts its own field as spaces.
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        tar.extend_from_slice(&header);
+        tar.extend_from_slice(contents);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
     // Two empty blocks end the archive.
     tar.extend_from_slice(&[0u8; 1024]);
     tar
-}
-
-/// Whether this machine can run the pause program.
-pub(crate) fn supported() -> bool {
-    cfg!(target_arch = "x86_64")
 }
 
 #[cfg(test)]
@@ -150,8 +210,8 @@ mod tests {
     }
 
     #[test]
-    fn the_rootfs_is_a_tar_of_the_pause_program_with_a_valid_checksum() {
-        let tar = pause_rootfs();
+    fn the_layer_is_a_tar_of_the_pause_program_with_a_valid_checksum() {
+        let tar = pause_layer();
         assert_eq!(tar.len() % 512, 0);
         assert_eq!(tar.len(), 512 + 512 + 1024);
         assert_eq!(&tar[..6], b"pause\0");

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use strato_runtime::{
-    ContainerRuntime, ContainerSpec, DockerRuntime, LABEL_ATTEMPT, LABEL_JOB, LABEL_SANDBOX,
-    LABEL_SANDBOX_NODE, OutputLine, OutputStream, RuntimeError,
+    ContainerRuntime, ContainerSpec, DockerRuntime, LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE,
+    LABEL_SANDBOX, LABEL_SANDBOX_NODE, OutputLine, OutputStream, RuntimeError,
 };
 
 const TEST_IMAGE: &str = "strato-test/busybox:latest";
@@ -539,16 +539,22 @@ async fn a_job_joins_the_sandbox_made_ready_for_it_which_goes_with_it() {
     // One an agent before this one left, that no container holds.
     let mut left = spec(&unique("left"), &label, &["sleep", "300"]);
     left.labels = labels.clone();
-    let left = runtime.create_and_start(&left).await.expect("start");
+    runtime.create_and_start(&left).await.expect("start");
 
+    // An agent without sandboxes removes what one before it left.
     runtime
-        .prepare_networks(&node, labels.clone())
+        .prepare_networks(&node, labels.clone(), false)
         .await
         .expect("prepare");
     assert!(
-        !sandboxes_of(&runtime, &node).await.contains(&left),
-        "a sandbox nobody holds is removed"
+        sandboxes_of(&runtime, &node).await.is_empty(),
+        "a sandbox nobody holds is removed, and none is made"
     );
+
+    runtime
+        .prepare_networks(&node, labels.clone(), true)
+        .await
+        .expect("prepare");
     let spare = spare_of(&runtime, &node, &[]).await;
 
     let mut job = spec(
@@ -557,6 +563,7 @@ async fn a_job_joins_the_sandbox_made_ready_for_it_which_goes_with_it() {
         &["sh", "-c", "echo ready; sleep 300"],
     );
     job.prepared_network = true;
+    job.labels.insert(LABEL_NODE.to_owned(), node.clone());
     let id = runtime.create_and_start(&job).await.expect("start");
     let listed = runtime.list(LABEL_TEST, &label).await.expect("list");
     let joined = listed.iter().find(|c| c.id == id).expect("the job");
@@ -576,14 +583,27 @@ async fn a_job_joins_the_sandbox_made_ready_for_it_which_goes_with_it() {
 
     // The next is made ready at once.
     let next = spare_of(&runtime, &node, std::slice::from_ref(&spare)).await;
-    runtime.remove(&id).await.expect("remove");
+
+    // A restarted agent keeps the sandbox its running job holds and
+    // replaces the spare nobody holds with one of its own.
+    let restarted = DockerRuntime::connect(None).await.expect("connect");
+    restarted
+        .prepare_networks(&node, labels.clone(), true)
+        .await
+        .expect("prepare");
+    let held = sandboxes_of(&restarted, &node).await;
+    assert!(held.contains(&spare), "the job's sandbox stays");
+    assert!(!held.contains(&next), "the old spare went");
+    let own = spare_of(&restarted, &node, std::slice::from_ref(&spare)).await;
+
+    restarted.remove(&id).await.expect("remove");
     assert_eq!(
-        sandboxes_of(&runtime, &node).await,
-        vec![next.clone()],
+        sandboxes_of(&restarted, &node).await,
+        vec![own],
         "the job's sandbox went with it"
     );
-    runtime.release_networks().await;
-    assert!(sandboxes_of(&runtime, &node).await.is_empty());
+    restarted.release_networks().await;
+    assert!(sandboxes_of(&restarted, &node).await.is_empty());
 }
 
 #[tokio::test]
@@ -597,7 +617,7 @@ async fn a_job_whose_sandbox_went_starts_on_a_network_of_its_own() {
         (LABEL_TEST.to_owned(), label.clone()),
     ]);
     runtime
-        .prepare_networks(&node, labels)
+        .prepare_networks(&node, labels, true)
         .await
         .expect("prepare");
     let spare = spare_of(&runtime, &node, &[]).await;
@@ -627,4 +647,65 @@ async fn a_job_whose_sandbox_went_starts_on_a_network_of_its_own() {
         }
     })
     .await;
+}
+
+/// `docker ARGS`' output, trimmed; fails the test when it fails.
+fn docker_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn sandboxes_run_the_runtimes_own_pause_image_whatever_its_name_holds() {
+    let runtime = runtime().await;
+    let label = unique("sandbox-image");
+    let _cleanup = Cleanup::new(&label);
+    let node = label.clone();
+    // A job's pull of the same name (from a registry of someone else's)
+    // put another image under the pause image's tag.
+    docker_cli(&["tag", TEST_IMAGE, strato_runtime::PAUSE_IMAGE]);
+    runtime
+        .prepare_networks(
+            &node,
+            BTreeMap::from([
+                (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
+                (LABEL_TEST.to_owned(), label.clone()),
+            ]),
+            true,
+        )
+        .await
+        .expect("prepare");
+    let spare = spare_of(&runtime, &node, &[]).await;
+    let image = docker_cli(&["inspect", "-f", "{{.Image}}", &spare]);
+    let test_image = docker_cli(&["image", "inspect", "-f", "{{.Id}}", TEST_IMAGE]);
+    assert_ne!(
+        image, test_image,
+        "the sandbox does not run what the tag held"
+    );
+    assert_eq!(
+        docker_cli(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            strato_runtime::PAUSE_IMAGE
+        ]),
+        image,
+        "the tag names the runtime's own image again"
+    );
+    assert_eq!(
+        docker_cli(&["image", "inspect", "-f", "{{.Size}}", &image]),
+        "129",
+        "the pause program alone"
+    );
+    runtime.release_networks().await;
+    assert!(sandboxes_of(&runtime, &node).await.is_empty());
 }

@@ -454,7 +454,10 @@ pub(super) async fn follow<R: ContainerRuntime>(
     let details = {
         let (runtime, vending, id, job_id) =
             (runtime.clone(), vending.clone(), id.clone(), job_id.clone());
+        // IMDS callers not known yet wait for this read.
+        let pending = vending.expect_address();
         tokio::spawn(async move {
+            let _pending = pending;
             match runtime.details(&id).await {
                 Ok(details) => {
                     if let Some((_, hosts)) =

@@ -343,7 +343,10 @@ pub(super) async fn open<R: ContainerRuntime>(
     if let Some(id) = &config.control_plane_id {
         sandbox_labels.insert(LABEL_CONTROL_PLANE.to_owned(), id.clone());
     }
-    if let Err(e) = runtime.prepare_networks(&node_id, sandbox_labels).await {
+    if let Err(e) = runtime
+        .prepare_networks(&node_id, sandbox_labels, config.network_sandboxes)
+        .await
+    {
         tracing::warn!(error = %e, "cannot make a network ready for the next job; jobs start on networks of their own");
     }
     let containers = runtime.list(LABEL_NODE, &node_id).await?;

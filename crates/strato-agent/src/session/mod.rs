@@ -81,6 +81,10 @@ pub struct AgentConfig {
     /// Whether job processes may gain privileges (`--allow-new-privileges`,
     /// for images that need `sudo`).
     pub allow_new_privileges: bool,
+    /// Whether jobs start in network sandboxes made ready before them
+    /// (off with `--no-network-sandboxes`; see
+    /// `ContainerRuntime::prepare_networks`).
+    pub network_sandboxes: bool,
     /// Where SSH is served when the cluster enables it (`--ssh-listen`);
     /// `None`: never.
     pub ssh_listen: Option<std::net::SocketAddr>,
