@@ -109,16 +109,17 @@ impl Vending {
     async fn attempt_at(&self, ip: IpAddr, wait: std::time::Duration) -> Option<AttemptIdentity> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Made before the check, so a read that ends in between wakes it.
+            // Made before the checks, so a read that ends in between wakes
+            // it; the count is read before the address, so a read that
+            // admits it and ends in between is seen in the address.
             let read = self.address_read.notified();
+            let reading = self
+                .reading_addresses
+                .load(std::sync::atomic::Ordering::SeqCst);
             if let Some(attempt) = self.attempt_for_address(ip) {
                 return Some(attempt);
             }
-            if self
-                .reading_addresses
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-            {
+            if reading == 0 {
                 return None;
             }
             tokio::time::timeout_at(deadline, read).await.ok()?;

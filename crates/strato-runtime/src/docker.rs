@@ -55,19 +55,27 @@ pub struct DockerRuntime {
 }
 
 /// A sandbox taken for a start: held (not swept) until the start is done
-/// or dropped; a start cut short leaves it to the next sweep.
+/// or dropped; one that no container came to name is removed then.
 struct Joining {
-    sandboxes: std::sync::Arc<std::sync::Mutex<Sandboxes>>,
+    runtime: DockerRuntime,
     id: String,
+    /// A container was created in it (and names it), or it was removed.
+    settled: bool,
 }
 
 impl Drop for Joining {
     fn drop(&mut self) {
-        self.sandboxes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .joining
-            .remove(&self.id);
+        self.runtime.sandboxes().joining.remove(&self.id);
+        // A start cut short (its task aborted) before a container named
+        // it: nothing else would remove it before the next sweep.
+        if !self.settled
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let (runtime, id) = (self.runtime.clone(), self.id.clone());
+            handle.spawn(async move {
+                let _ = runtime.force_remove(&id).await;
+            });
+        }
     }
 }
 
@@ -143,8 +151,9 @@ impl DockerRuntime {
         };
         self.make_sandbox_later();
         spare.map(|id| Joining {
-            sandboxes: self.sandboxes.clone(),
+            runtime: self.clone(),
             id,
+            settled: false,
         })
     }
 
@@ -193,6 +202,8 @@ impl DockerRuntime {
             };
             if let Some(id) = unwanted {
                 let _ = runtime.force_remove(&id).await;
+                // One for the owner now, if any.
+                runtime.make_sandbox_later();
             }
             if runtime.sandboxes().image.is_none() {
                 let _ = runtime.pause_image().await;
@@ -237,17 +248,24 @@ impl DockerRuntime {
         Ok(created.id)
     }
 
-    /// The id of the pause image, loaded (`docker load` of the archive
-    /// this runtime writes) unless its tag names an image of that id
-    /// (loading it again tags it again: the id stays). Sandboxes are made
-    /// from the id, never the tag.
+    /// The id of the pause image: the image its tag names when that is
+    /// the one this runtime writes (its one layer, by digest, and its
+    /// program), else after loading it (`docker load`, which tags it
+    /// again). Sandboxes are made from the id, never the tag, so a job's
+    /// pull of the same name later changes nothing.
     async fn pause_image(&self) -> Result<String, RuntimeError> {
         if let Some(id) = self.sandboxes().image.clone() {
             return Ok(id);
         }
-        let id = sandbox::pause_image_id();
-        match self.docker.inspect_image(PAUSE_IMAGE).await {
-            Ok(tagged) if tagged.id.as_deref() == Some(id.as_str()) => {}
+        let layer = sandbox::pause_layer_digest();
+        let ours = |image: &bollard::models::ImageInspect| {
+            let layers = image.root_fs.as_ref().and_then(|r| r.layers.as_deref());
+            let entrypoint = image.config.as_ref().and_then(|c| c.entrypoint.as_deref());
+            layers == Some(std::slice::from_ref(&layer))
+                && entrypoint == Some(&[PAUSE_PROGRAM.to_owned()][..])
+        };
+        let image = match self.docker.inspect_image(PAUSE_IMAGE).await {
+            Ok(image) if ours(&image) => image,
             Err(e) if status_of(&e) != Some(404) => return Err(e.into()),
             _ => {
                 let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
@@ -260,9 +278,19 @@ impl DockerRuntime {
                         return Err(DockerError::DockerStreamError { error }.into());
                     }
                 }
-                self.docker.inspect_image(&id).await?;
+                let image = self.docker.inspect_image(PAUSE_IMAGE).await?;
+                if !ours(&image) {
+                    return Err(DockerError::DockerStreamError {
+                        error: format!("{PAUSE_IMAGE} names another image than the one loaded"),
+                    }
+                    .into());
+                }
+                image
             }
-        }
+        };
+        let id = image
+            .id
+            .ok_or_else(|| RuntimeError::ImageNotFound(PAUSE_IMAGE.to_owned()))?;
         self.sandboxes().image = Some(id.clone());
         Ok(id)
     }
@@ -316,7 +344,7 @@ impl DockerRuntime {
     async fn start_in_sandbox(
         &self,
         spec: &ContainerSpec,
-        joining: Joining,
+        mut joining: Joining,
     ) -> Option<Result<String, RuntimeError>> {
         let sandbox = joining.id.clone();
         let mut joined = spec.clone();
@@ -333,6 +361,7 @@ impl DockerRuntime {
             .await
         {
             Ok(created) => {
+                joining.settled = true;
                 for warning in &created.warnings {
                     tracing::warn!(name = %spec.name, %warning, "docker warned on create");
                 }
@@ -353,11 +382,13 @@ impl DockerRuntime {
             // A retried assignment: the container exists, on whatever
             // network its first try gave it.
             Err(e) if status_of(&e) == Some(409) => {
+                joining.settled = true;
                 let _ = self.force_remove(&sandbox).await;
                 Some(self.adopt_existing(&spec.name).await)
             }
             Err(e) => {
                 tracing::debug!(name = %spec.name, %sandbox, error = %e, "cannot create in the sandbox; creating on a network of its own");
+                joining.settled = true;
                 let _ = self.force_remove(&sandbox).await;
                 None
             }

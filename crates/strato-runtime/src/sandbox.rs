@@ -12,8 +12,10 @@
 //! the runtime writes and loads itself (`docker load`): nothing is pulled,
 //! and no image of the node's is assumed. The image's bytes are fixed, so
 //! its id is too (the digest of its configuration): sandboxes are made from
-//! that id, never the tag, so a job's pull of the same name changes
-//! nothing, and agents that load it at once make one image, not several. Only x86-64 has the program; on an engine elsewhere jobs start
+//! the image the tag names only when its layer is this program's (by
+//! digest), and by id, never the tag, so a job's pull of the same name
+//! changes nothing; agents that load it at once make one image, not
+//! several. Only x86-64 has the program; on an engine elsewhere jobs start
 //! on a network of their own, as without sandboxes.
 //!
 //! Each job gets a sandbox of its own (its address on the bridge is its
@@ -67,19 +69,20 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// The digest of the pause image's one layer, as the engine lists it
+/// (`RootFS.Layers`): what names its content on any image store.
+pub(crate) fn pause_layer_digest() -> String {
+    digest(&pause_layer())
+}
+
 /// The pause image's configuration: fixed bytes (no creation time), so
-/// the image's id, the digest of these bytes, is the same wherever and
-/// however often it is loaded, and names this content alone.
+/// loading it again, on one node or at once by several agents, makes the
+/// same image rather than another.
 fn pause_config() -> String {
     format!(
         r#"{{"architecture":"amd64","config":{{"Entrypoint":["{PAUSE_PROGRAM}"],"User":"65534:65534"}},"os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
-        digest(&pause_layer())
+        pause_layer_digest()
     )
-}
-
-/// The pause image's id: what the engine calls it once loaded.
-pub(crate) fn pause_image_id() -> String {
-    digest(pause_config().as_bytes())
 }
 
 /// The pause image as `docker save` writes it, for `docker load`: its
@@ -87,7 +90,7 @@ pub(crate) fn pause_image_id() -> String {
 /// [`PAUSE_IMAGE`].
 pub(crate) fn pause_archive() -> Vec<u8> {
     let config = pause_config();
-    let config_file = format!("{}.json", &pause_image_id()["sha256:".len()..]);
+    let config_file = format!("{}.json", &digest(config.as_bytes())["sha256:".len()..]);
     let manifest = format!(
         r#"[{{"Config":"{config_file}","RepoTags":["{PAUSE_IMAGE}"],"Layers":["layer.tar"]}}]"#
     );

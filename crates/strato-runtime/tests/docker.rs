@@ -709,3 +709,35 @@ async fn sandboxes_run_the_runtimes_own_pause_image_whatever_its_name_holds() {
     runtime.release_networks().await;
     assert!(sandboxes_of(&runtime, &node).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_start_cut_short_leaves_its_sandbox_to_no_one() {
+    let runtime = runtime().await;
+    let label = unique("sandbox-cut");
+    let _cleanup = Cleanup::new(&label);
+    let node = label.clone();
+    let labels = BTreeMap::from([
+        (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
+        (LABEL_TEST.to_owned(), label.clone()),
+    ]);
+    runtime
+        .prepare_networks(&node, labels, true)
+        .await
+        .expect("prepare");
+    let spare = spare_of(&runtime, &node, &[]).await;
+    let mut job = spec(&unique("job"), &label, &["sleep", "300"]);
+    job.prepared_network = true;
+    // Polled once (the sandbox taken, the create asked for), then dropped,
+    // as an attempt's task is aborted.
+    let cut = tokio::time::timeout(Duration::ZERO, runtime.create_and_start(&job)).await;
+    assert!(cut.is_err(), "the start was cut short");
+    within("the taken sandbox removed", async {
+        while sandboxes_of(&runtime, &node).await.contains(&spare) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The next one is made ready all the same.
+    spare_of(&runtime, &node, std::slice::from_ref(&spare)).await;
+    runtime.release_networks().await;
+}

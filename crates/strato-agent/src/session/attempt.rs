@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::mounts;
 use super::staging::{DataPlan, attempt_dir, stage_data, upload_outputs};
 use super::{IdentityContext, node_fault, report, up};
-use crate::identity::{AttemptIdentity, Vending};
+use crate::identity::{AddressPending, AttemptIdentity, Vending};
 
 /// Log lines per message at most.
 const LOG_BATCH: usize = limits::MAX_LOG_BATCH_LINES;
@@ -368,6 +368,8 @@ pub(super) async fn start<R: ContainerRuntime>(
         abandon(&vending, &tx, &job_id, attempt, why).await;
         return;
     }
+    // From its start, a job's IMDS calls wait for its address to be read.
+    let pending = vending.expect_address();
     let started = runtime.create_and_start(&spec).await;
     // The container holds its image now.
     drop(hold);
@@ -382,7 +384,10 @@ pub(super) async fn start<R: ContainerRuntime>(
             return;
         }
     };
-    follow(runtime, staging, id, spec.name, job_id, attempt, tx).await;
+    follow(
+        runtime, staging, id, spec.name, job_id, attempt, tx, pending,
+    )
+    .await;
 }
 
 /// The attempt cannot start: its secret is refused from now on, and the
@@ -421,6 +426,9 @@ fn admit(
 
 /// Reports an attempt running, streams its output up from the start, and
 /// reports how it ended.
+/// `pending`: the container's address is to be read (IMDS callers wait
+/// for it), from before its start.
+#[allow(clippy::too_many_arguments)] // reason: one attempt's parts, each used
 pub(super) async fn follow<R: ContainerRuntime>(
     runtime: Arc<R>,
     staging: Staging,
@@ -429,6 +437,7 @@ pub(super) async fn follow<R: ContainerRuntime>(
     job_id: String,
     attempt: u32,
     tx: mpsc::Sender<v1::AgentMessage>,
+    pending: AddressPending,
 ) {
     let vending = staging.vending.clone();
     if tx
@@ -454,8 +463,6 @@ pub(super) async fn follow<R: ContainerRuntime>(
     let details = {
         let (runtime, vending, id, job_id) =
             (runtime.clone(), vending.clone(), id.clone(), job_id.clone());
-        // IMDS callers not known yet wait for this read.
-        let pending = vending.expect_address();
         tokio::spawn(async move {
             let _pending = pending;
             match runtime.details(&id).await {

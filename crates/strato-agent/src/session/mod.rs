@@ -228,6 +228,7 @@ async fn session<R: ContainerRuntime>(
     }
     let mut attempts: HashMap<String, JoinHandle<()>> = HashMap::new();
     for (job, attempt, id) in held {
+        let pending = identity.vending.expect_address();
         let task = tokio::spawn(attempt::follow(
             runtime.clone(),
             attempt::Staging::of(identity),
@@ -236,6 +237,7 @@ async fn session<R: ContainerRuntime>(
             job.clone(),
             attempt,
             tx.clone(),
+            pending,
         ));
         attempts.insert(job_key(&job, attempt), task);
     }
