@@ -507,6 +507,25 @@ async fn sandboxes_of(runtime: &DockerRuntime, node: &str) -> Vec<String> {
     ids
 }
 
+/// A node of the test's own (named as its label) and the labels its
+/// sandboxes carry (the test's, so that `Cleanup` removes them).
+fn sandbox_node(label: &str) -> (String, BTreeMap<String, String>) {
+    let labels = BTreeMap::from([
+        (LABEL_SANDBOX_NODE.to_owned(), label.to_owned()),
+        (LABEL_TEST.to_owned(), label.to_owned()),
+    ]);
+    (label.to_owned(), labels)
+}
+
+/// Keeps a sandbox ready for `node` and waits for it: its id.
+async fn prepared(runtime: &DockerRuntime, node: &str, labels: BTreeMap<String, String>) -> String {
+    runtime
+        .prepare_networks(node, labels, true)
+        .await
+        .expect("prepare");
+    spare_of(runtime, node, &[]).await
+}
+
 /// Waits until the node has a running sandbox besides `besides`; its id.
 async fn spare_of(runtime: &DockerRuntime, node: &str, besides: &[String]) -> String {
     within("a sandbox made ready", async {
@@ -531,11 +550,7 @@ async fn a_job_joins_the_sandbox_made_ready_for_it_which_goes_with_it() {
     let runtime = runtime().await;
     let label = unique("sandbox");
     let _cleanup = Cleanup::new(&label);
-    let node = label.clone();
-    let labels = BTreeMap::from([
-        (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
-        (LABEL_TEST.to_owned(), label.clone()),
-    ]);
+    let (node, labels) = sandbox_node(&label);
     // One an agent before this one left, that no container holds.
     let mut left = spec(&unique("left"), &label, &["sleep", "300"]);
     left.labels = labels.clone();
@@ -551,11 +566,7 @@ async fn a_job_joins_the_sandbox_made_ready_for_it_which_goes_with_it() {
         "a sandbox nobody holds is removed, and none is made"
     );
 
-    runtime
-        .prepare_networks(&node, labels.clone(), true)
-        .await
-        .expect("prepare");
-    let spare = spare_of(&runtime, &node, &[]).await;
+    let spare = prepared(&runtime, &node, labels.clone()).await;
 
     let mut job = spec(
         &unique("job"),
@@ -611,16 +622,8 @@ async fn a_job_whose_sandbox_went_starts_on_a_network_of_its_own() {
     let runtime = runtime().await;
     let label = unique("sandbox-gone");
     let _cleanup = Cleanup::new(&label);
-    let node = label.clone();
-    let labels = BTreeMap::from([
-        (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
-        (LABEL_TEST.to_owned(), label.clone()),
-    ]);
-    runtime
-        .prepare_networks(&node, labels, true)
-        .await
-        .expect("prepare");
-    let spare = spare_of(&runtime, &node, &[]).await;
+    let (node, labels) = sandbox_node(&label);
+    let spare = prepared(&runtime, &node, labels).await;
     // Removed behind the runtime's back (an engine restarted, a person).
     let other = DockerRuntime::connect(None).await.expect("connect");
     other.remove(&spare).await.expect("remove");
@@ -668,22 +671,11 @@ async fn sandboxes_run_the_runtimes_own_pause_image_whatever_its_name_holds() {
     let runtime = runtime().await;
     let label = unique("sandbox-image");
     let _cleanup = Cleanup::new(&label);
-    let node = label.clone();
+    let (node, labels) = sandbox_node(&label);
     // A job's pull of the same name (from a registry of someone else's)
     // put another image under the pause image's tag.
     docker_cli(&["tag", TEST_IMAGE, strato_runtime::PAUSE_IMAGE]);
-    runtime
-        .prepare_networks(
-            &node,
-            BTreeMap::from([
-                (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
-                (LABEL_TEST.to_owned(), label.clone()),
-            ]),
-            true,
-        )
-        .await
-        .expect("prepare");
-    let spare = spare_of(&runtime, &node, &[]).await;
+    let spare = prepared(&runtime, &node, labels).await;
     let image = docker_cli(&["inspect", "-f", "{{.Image}}", &spare]);
     let test_image = docker_cli(&["image", "inspect", "-f", "{{.Id}}", TEST_IMAGE]);
     assert_ne!(
@@ -715,16 +707,8 @@ async fn a_start_cut_short_leaves_its_sandbox_to_no_one() {
     let runtime = runtime().await;
     let label = unique("sandbox-cut");
     let _cleanup = Cleanup::new(&label);
-    let node = label.clone();
-    let labels = BTreeMap::from([
-        (LABEL_SANDBOX_NODE.to_owned(), node.clone()),
-        (LABEL_TEST.to_owned(), label.clone()),
-    ]);
-    runtime
-        .prepare_networks(&node, labels, true)
-        .await
-        .expect("prepare");
-    let spare = spare_of(&runtime, &node, &[]).await;
+    let (node, labels) = sandbox_node(&label);
+    let spare = prepared(&runtime, &node, labels).await;
     let mut job = spec(&unique("job"), &label, &["sleep", "300"]);
     job.prepared_network = true;
     // Polled once (the sandbox taken, the create asked for), then dropped,
