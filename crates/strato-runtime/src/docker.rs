@@ -321,10 +321,7 @@ impl DockerRuntime {
                 .into_iter()
                 .filter_map(|c| c.labels.get(LABEL_SANDBOX).cloned()),
         );
-        for left in found {
-            if held.contains(&left.id) || making.as_deref() == Some(left.name.as_str()) {
-                continue;
-            }
+        for left in sandbox::unheld(&found, &held, making.as_deref()) {
             tracing::debug!(sandbox = %left.name, "removing a sandbox nothing holds");
             self.force_remove(&left.id).await?;
         }

@@ -24,6 +24,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::JobContainer;
+
 /// The image sandboxes run: `/pause` alone.
 pub const PAUSE_IMAGE: &str = "strato/pause:1";
 /// The program a sandbox runs.
@@ -53,6 +55,19 @@ pub(crate) struct Sandboxes {
     /// owner was set, so a restarted agent's names never meet those of the
     /// sandboxes its running jobs still hold.
     pub next: u64,
+}
+
+/// The sandboxes of `found` that nothing holds: not among `held` (named by
+/// a container's label, the spare, being joined) and not the one being
+/// made (`making`, by name: its id is not known yet).
+pub(crate) fn unheld<'a>(
+    found: &'a [JobContainer],
+    held: &'a HashSet<String>,
+    making: Option<&'a str>,
+) -> impl Iterator<Item = &'a JobContainer> + 'a {
+    found
+        .iter()
+        .filter(move |s| !held.contains(&s.id) && making != Some(s.name.as_str()))
 }
 
 /// The engine's name (`docker info`'s `Architecture`) for the machines
@@ -193,6 +208,29 @@ mod tests {
     fn octal(field: &[u8]) -> u64 {
         let text = std::str::from_utf8(field).expect("ASCII");
         u64::from_str_radix(text.trim_matches(|c| c == '\0' || c == ' '), 8).expect("octal")
+    }
+
+    #[test]
+    fn only_sandboxes_nothing_holds_are_unheld() {
+        let sandbox = |id: &str, name: &str| JobContainer {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            labels: BTreeMap::new(),
+            running: true,
+            exit_code: None,
+        };
+        let found = [
+            sandbox("a", "strato-sandbox-n-1"),
+            sandbox("b", "strato-sandbox-n-2"),
+            sandbox("c", "strato-sandbox-n-3"),
+            sandbox("d", "strato-sandbox-n-4"),
+        ];
+        let held = HashSet::from(["a".to_owned(), "c".to_owned()]);
+        let ids = |held: &HashSet<String>, making: Option<&str>| -> Vec<String> {
+            unheld(&found, held, making).map(|s| s.id.clone()).collect()
+        };
+        assert_eq!(ids(&held, Some("strato-sandbox-n-4")), ["b"]);
+        assert_eq!(ids(&HashSet::new(), None), ["a", "b", "c", "d"]);
     }
 
     #[test]
