@@ -568,6 +568,73 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
     );
 }
 
+/// A pass larger than a store writes in one statement (SQL: 250 jobs)
+/// refuses, as one by one would, a job placed twice and a node an earlier
+/// placement took, whether the earlier one is in the same statement or
+/// an earlier one; the others are stored.
+pub async fn placements_of_a_large_pass_see_the_earlier_ones<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let at = 3 + i64::try_from(i).expect("small");
+        store
+            .submit_job(id, job("cpu"), "", at)
+            .await
+            .expect("submit");
+    }
+    let mut placements = vec![
+        ("a".to_owned(), vec![nodes[0].clone()]),
+        ("a".to_owned(), vec![nodes[1].clone()]),
+    ];
+    placements.extend((0..300).map(|i| (format!("gone-{i}"), vec![nodes[1].clone()])));
+    placements.push(("b".to_owned(), vec![nodes[0].clone()]));
+    placements.push(("a".to_owned(), vec![nodes[1].clone()]));
+    placements.push(("c".to_owned(), vec![nodes[1].clone()]));
+    let results = store
+        .assign_jobs(&placements, 10)
+        .await
+        .expect("one transaction");
+    assert_eq!(results.len(), placements.len());
+    assert_eq!(
+        results[0].as_ref().expect("a placed").node_id.as_deref(),
+        Some("cpu-n0")
+    );
+    for i in [1, 303] {
+        assert!(
+            matches!(
+                &results[i],
+                Err(StoreError::Conflict(Conflict::JobNotQueued { job, state: JobState::Preparing }))
+                    if job == "a"
+            ),
+            "placement {i}: {:?}",
+            results[i]
+        );
+    }
+    assert!(
+        results[2..302]
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::JobNotFound(_))))
+    );
+    assert!(
+        matches!(
+            &results[302],
+            Err(StoreError::Conflict(Conflict::NodeNotIdle { node, state: NodeState::Preparing }))
+                if node == "cpu-n0"
+        ),
+        "{:?}",
+        results[302]
+    );
+    let c = results[304].as_ref().expect("c placed");
+    assert_eq!(c.node_id.as_deref(), Some("cpu-n1"));
+    for id in ["a", "c"] {
+        let stored = store.get_job(id).await.expect("job");
+        assert_eq!(stored.attempts.len(), 1, "{id} placed once");
+        assert_eq!(stored.state, JobState::Preparing);
+    }
+    assert_eq!(queued_ids(&store, "cpu", QUEUED_READ).await, ["b"]);
+    assert_eq!(node(&store, "cpu-n1").await.run_id.as_deref(), Some("c"));
+}
+
 pub async fn assign_is_all_or_nothing<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1", "cpu-n2"]).await;

@@ -82,6 +82,7 @@ macro_rules! store_conformance_suite {
                 stale_reports_are_answered_stale_or_release,
                 assign_is_all_or_nothing,
                 placements_are_stored_together_and_refused_one_by_one,
+                placements_of_a_large_pass_see_the_earlier_ones,
                 submit_needs_a_cluster_and_stores_its_canonical_name,
                 writes_at_once_take_turns,
                 job_counts_and_lists,

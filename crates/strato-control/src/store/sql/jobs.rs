@@ -1,6 +1,8 @@
 //! Jobs: submit, read, count, cancel, assign to nodes, and the attempt
 //! reports that move them on; `end_attempt` decides what follows an attempt.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::AnyConnection;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -9,12 +11,13 @@ use strato_core::lifecycle::{self, AttemptFacts, CancelStep};
 use strato_core::node::NodeState;
 
 use super::clusters::load_cluster;
+use super::nodes::load_nodes;
 use super::nodes::{load_node, set_node_state};
 use super::ranks::{OpenRank, end_rank, rank_of};
-use super::{SqlStore, corrupt, flag_col, job_state, select_one, u32_col};
+use super::{SqlStore, bind_all, corrupt, flag_col, job_state, marks, u32_col, values_from};
 use crate::store::{
-    AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, NodeReport, QueuedJob,
-    ReportOutcome, StoreError, TransitionRecord,
+    AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, NodeRecord, NodeReport,
+    QueuedJob, ReportOutcome, StoreError, TransitionRecord,
 };
 
 const JOB_COLUMNS: &str = "id, spec, state, reason, attempt, failures, preemptions, node_id, \
@@ -45,40 +48,60 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
 }
 
 pub(super) async fn load_job(conn: &mut AnyConnection, id: &str) -> Result<JobRecord, StoreError> {
-    let mut job = load_job_untold(&mut *conn, id).await?;
-    let rows = sqlx::query(
-        "SELECT at, attempt, state, reason FROM job_transitions WHERE job_id = $1 ORDER BY rowid",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in &rows {
-        let state: String = r.try_get("state")?;
-        job.transitions.push(TransitionRecord {
-            at: r.try_get("at")?,
-            attempt: u32_col(r, "attempt")?,
-            state: job_state(&state)?,
-            reason: r.try_get("reason")?,
-        });
-    }
-    Ok(job)
+    load_jobs(conn, &[id], true)
+        .await?
+        .remove(id)
+        .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))
 }
 
 /// A job with its attempts but without its transitions (`transitions`
 /// left empty): what the rules of a report read, one query less.
 async fn load_job_untold(conn: &mut AnyConnection, id: &str) -> Result<JobRecord, StoreError> {
-    let row = select_one(&mut *conn, JOB_COLUMNS, "jobs", "id", id)
+    load_jobs(conn, &[id], false)
         .await?
-        .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))?;
-    let mut job = job_from_row(&row)?;
-    let rows = sqlx::query(
-        "SELECT attempt, node_id, started_at, ended_at, reason, exit_code
-         FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+        .remove(id)
+        .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))
+}
+
+/// The jobs of `ids` that exist, by id, each with its attempts (and their
+/// ranks' nodes) and, when `told`, its transitions: four statements
+/// whatever the number of ids (at most `JOBS_PER_STATEMENT`, the
+/// caller's bound).
+async fn load_jobs(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+    told: bool,
+) -> Result<HashMap<String, JobRecord>, StoreError> {
+    let marks = marks(1, ids.len());
+    let rows = bind_all(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})"
+        ))),
+        ids,
     )
-    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut jobs = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let job = job_from_row(row)?;
+        jobs.insert(job.id.clone(), job);
+    }
+    if jobs.is_empty() {
+        return Ok(jobs);
+    }
+    let rows = bind_all(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT job_id, attempt, node_id, started_at, ended_at, reason, exit_code
+             FROM job_attempts WHERE job_id IN ({marks}) ORDER BY job_id, attempt"
+        ))),
+        ids,
+    )
     .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
+        let Some(job) = jobs.get_mut(&r.try_get::<String, _>("job_id")?) else {
+            continue;
+        };
         job.attempts.push(AttemptRecord {
             attempt: u32_col(r, "attempt")?,
             node_id: r.try_get("node_id")?,
@@ -89,19 +112,49 @@ async fn load_job_untold(conn: &mut AnyConnection, id: &str) -> Result<JobRecord
             node_ids: Vec::new(),
         });
     }
-    let rows = sqlx::query(
-        "SELECT attempt, node_id FROM job_ranks WHERE job_id = $1 ORDER BY attempt, rank",
+    let rows = bind_all(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT job_id, attempt, node_id FROM job_ranks
+             WHERE job_id IN ({marks}) ORDER BY job_id, attempt, rank"
+        ))),
+        ids,
     )
-    .bind(id)
     .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
+        let Some(job) = jobs.get_mut(&r.try_get::<String, _>("job_id")?) else {
+            continue;
+        };
         let attempt = u32_col(r, "attempt")?;
         if let Some(a) = job.attempts.iter_mut().find(|a| a.attempt == attempt) {
             a.node_ids.push(r.try_get("node_id")?);
         }
     }
-    Ok(job)
+    if told {
+        // Row order is the order they were recorded, for each job too.
+        let rows = bind_all(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT job_id, at, attempt, state, reason FROM job_transitions
+                 WHERE job_id IN ({marks}) ORDER BY rowid"
+            ))),
+            ids,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in &rows {
+            let Some(job) = jobs.get_mut(&r.try_get::<String, _>("job_id")?) else {
+                continue;
+            };
+            let state: String = r.try_get("state")?;
+            job.transitions.push(TransitionRecord {
+                at: r.try_get("at")?,
+                attempt: u32_col(r, "attempt")?,
+                state: job_state(&state)?,
+                reason: r.try_get("reason")?,
+            });
+        }
+    }
+    Ok(jobs)
 }
 
 /// Moves a job to `state`, recording the transition.
@@ -444,12 +497,28 @@ pub(super) async fn assign_job(
     node_ids: &[String],
     now: i64,
 ) -> Result<JobRecord, StoreError> {
-    let mut tx = db.begin_write().await?;
-    let job = assign_in(&mut tx, job_id, node_ids, now).await?;
-    tx.commit().await?;
-    Ok(job)
+    let placement = [(job_id.to_owned(), node_ids.to_vec())];
+    let mut placed = assign_jobs(db, &placement, now).await?;
+    placed.pop().unwrap_or_else(|| {
+        // Unreachable: one answer a placement.
+        Err(StoreError::JobNotFound(job_id.to_owned()))
+    })
 }
 
+/// Placements stored by one statement of each kind: at most this many
+/// jobs, and ranks (nodes) until `RANKS_PER_STATEMENT` (a placement's
+/// ranks are never split). The largest statement binds four parameters a
+/// rank, far within both databases' limits.
+const JOBS_PER_STATEMENT: usize = 250;
+const RANKS_PER_STATEMENT: usize = 500;
+
+/// A pass's placements in one transaction, a few statements for every
+/// `JOBS_PER_STATEMENT` of them (not several a job): each placement's
+/// job and nodes are read and checked, then the accepted ones written
+/// together. A refused placement (its job not queued or not found, a node
+/// not idle or not found, the wrong number of nodes) writes nothing and the
+/// others go on, in order: a job or node an earlier placement took is
+/// refused as the database would now answer.
 pub(super) async fn assign_jobs(
     db: &SqlStore,
     placements: &[(String, Vec<String>)],
@@ -457,32 +526,116 @@ pub(super) async fn assign_jobs(
 ) -> Result<Vec<Result<JobRecord, StoreError>>, StoreError> {
     let mut tx = db.begin_write().await?;
     let mut results = Vec::with_capacity(placements.len());
-    for (job_id, node_ids) in placements {
-        match assign_in(&mut tx, job_id, node_ids, now).await {
-            Ok(job) => results.push(Ok(job)),
-            // Found before the placement's first write: nothing of it is
-            // stored, and the others go on.
-            Err(
-                e @ (StoreError::Conflict(_)
-                | StoreError::JobNotFound(_)
-                | StoreError::NodeNotFound(_)),
-            ) => results.push(Err(e)),
-            Err(e) => return Err(e),
+    let mut rest = placements;
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut ranks = 0;
+        for (_, node_ids) in rest.iter().take(JOBS_PER_STATEMENT) {
+            if take > 0 && ranks + node_ids.len() > RANKS_PER_STATEMENT {
+                break;
+            }
+            take += 1;
+            ranks += node_ids.len();
         }
+        let (chunk, after) = rest.split_at(take);
+        results.extend(assign_chunk(&mut tx, chunk, now).await?);
+        rest = after;
     }
     tx.commit().await?;
     Ok(results)
 }
 
-/// `assign_job` inside `tx`. Every refusal (a conflict, a job or node not
-/// found) comes before the first write.
-async fn assign_in(
+/// One statement group of `assign_jobs`.
+async fn assign_chunk(
     tx: &mut AnyConnection,
+    placements: &[(String, Vec<String>)],
+    now: i64,
+) -> Result<Vec<Result<JobRecord, StoreError>>, StoreError> {
+    let job_ids: Vec<&str> = distinct(placements.iter().map(|(job, _)| job.as_str()));
+    let node_ids: Vec<&str> = distinct(
+        placements
+            .iter()
+            .flat_map(|(_, nodes)| nodes.iter().map(String::as_str)),
+    );
+    let mut jobs = load_jobs(&mut *tx, &job_ids, true).await?;
+    let nodes = load_nodes(&mut *tx, &node_ids).await?;
+    // What an earlier placement of this chunk took.
+    let mut taken_jobs = HashSet::new();
+    let mut taken_nodes = HashSet::new();
+    let mut results = Vec::with_capacity(placements.len());
+    let mut accepted = Vec::new();
+    for (job_id, node_ids) in placements {
+        let checked = check_placement(
+            jobs.get(job_id),
+            job_id,
+            node_ids,
+            &nodes,
+            &taken_jobs,
+            &taken_nodes,
+        );
+        match checked {
+            Ok(()) => {
+                taken_jobs.insert(job_id.as_str());
+                taken_nodes.extend(node_ids.iter().map(String::as_str));
+                let mut job = jobs.remove(job_id).ok_or_else(|| {
+                    // Unreachable: the check found it.
+                    StoreError::JobNotFound(job_id.clone())
+                })?;
+                let placed = lifecycle::placed(job.attempt, node_ids);
+                // What reading it again would give (the conformance cases
+                // compare).
+                job.state = JobState::Preparing;
+                job.node_id = node_ids.first().cloned();
+                job.updated_at = now;
+                job.transitions.push(TransitionRecord {
+                    at: now,
+                    attempt: job.attempt,
+                    state: JobState::Preparing,
+                    reason: placed.clone(),
+                });
+                job.attempts.push(AttemptRecord {
+                    attempt: job.attempt,
+                    node_id: node_ids.first().cloned().unwrap_or_default(),
+                    started_at: now,
+                    ended_at: None,
+                    reason: String::new(),
+                    exit_code: None,
+                    node_ids: node_ids.clone(),
+                });
+                job.reason = placed;
+                accepted.push(results.len());
+                results.push(Ok(job));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    let placed: Vec<&JobRecord> = accepted
+        .iter()
+        .filter_map(|&i| results[i].as_ref().ok())
+        .collect();
+    write_placements(tx, &placed, now).await?;
+    Ok(results)
+}
+
+/// Whether a placement may be stored: every refusal `assign_job`
+/// documents, in its order (the job, its state, the number of nodes, each
+/// node), as if the chunk's earlier placements were stored.
+fn check_placement(
+    job: Option<&JobRecord>,
     job_id: &str,
     node_ids: &[String],
-    now: i64,
-) -> Result<JobRecord, StoreError> {
-    let job = load_job(&mut *tx, job_id).await?;
+    nodes: &HashMap<String, NodeRecord>,
+    taken_jobs: &HashSet<&str>,
+    taken_nodes: &HashSet<&str>,
+) -> Result<(), StoreError> {
+    if taken_jobs.contains(job_id) {
+        return Err(Conflict::JobNotQueued {
+            job: job_id.to_owned(),
+            state: JobState::Preparing,
+        }
+        .into());
+    }
+    let job = job.ok_or_else(|| StoreError::JobNotFound(job_id.to_owned()))?;
     if job.state != JobState::Queued {
         return Err(Conflict::JobNotQueued {
             job: job_id.to_owned(),
@@ -500,95 +653,139 @@ async fn assign_in(
         .into());
     }
     for node_id in node_ids {
-        let node = load_node(&mut *tx, node_id).await?;
-        if node.state != NodeState::Idle || node.run_id.is_some() {
+        let node = nodes
+            .get(node_id)
+            .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
+        let (state, busy) = if taken_nodes.contains(node_id.as_str()) {
+            (NodeState::Preparing, true)
+        } else {
+            (node.state, node.run_id.is_some())
+        };
+        if state != NodeState::Idle || busy {
             return Err(Conflict::NodeNotIdle {
                 node: node_id.clone(),
-                state: node.state,
+                state,
             }
             .into());
         }
     }
-    let Some(first) = node_ids.first() else {
-        // Unreachable: `wanted` is at least one and was checked above.
-        return Err(Conflict::WrongNodeCount {
-            job: job_id.to_owned(),
-            needs: wanted,
-            got: 0,
-        }
-        .into());
-    };
-    sqlx::query(
-        "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(job_id)
-    .bind(i64::from(job.attempt))
-    .bind(first)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    for (rank, node_id) in node_ids.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO job_ranks (job_id, attempt, rank, node_id) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(job_id)
-        .bind(i64::from(job.attempt))
-        .bind(i64::try_from(rank).unwrap_or(i64::MAX))
-        .bind(node_id)
-        .execute(&mut *tx)
-        .await?;
-        set_node_state(
-            &mut *tx,
-            node_id,
-            NodeState::Preparing,
-            Some(job_id),
-            "preparing a job",
-            now,
-        )
-        .await?;
+    Ok(())
+}
+
+/// The writes of checked placements (`placed`: the jobs as they now are):
+/// their attempts, ranks, nodes (preparing the job), jobs and transitions,
+/// one statement each.
+async fn write_placements(
+    tx: &mut AnyConnection,
+    placed: &[&JobRecord],
+    now: i64,
+) -> Result<(), StoreError> {
+    if placed.is_empty() {
+        return Ok(());
     }
-    let placed = lifecycle::placed(job.attempt, node_ids);
-    sqlx::query(
-        "UPDATE jobs SET node_id = $1, state = $2, reason = $3, updated_at = $4 WHERE id = $5",
-    )
-    .bind(first)
+    let attempt_of = |job: &JobRecord| -> Result<AttemptRecord, StoreError> {
+        job.attempts
+            .last()
+            .cloned()
+            .ok_or_else(|| corrupt("placement", "no attempt"))
+    };
+    let mut attempts = Vec::with_capacity(placed.len());
+    for job in placed {
+        attempts.push(attempt_of(job)?);
+    }
+    let rows = values_from(1, placed.len(), &["TEXT", "BIGINT", "TEXT", "BIGINT"]);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO job_attempts (job_id, attempt, node_id, started_at) VALUES {rows}"
+    )));
+    for (job, attempt) in placed.iter().zip(&attempts) {
+        query = query
+            .bind(job.id.as_str())
+            .bind(i64::from(job.attempt))
+            .bind(attempt.node_id.as_str())
+            .bind(now);
+    }
+    query.execute(&mut *tx).await?;
+
+    let ranks: Vec<(&str, u32, i64, &str)> = placed
+        .iter()
+        .zip(&attempts)
+        .flat_map(|(job, attempt)| {
+            attempt.node_ids.iter().enumerate().map(|(rank, node)| {
+                (
+                    job.id.as_str(),
+                    job.attempt,
+                    i64::try_from(rank).unwrap_or(i64::MAX),
+                    node.as_str(),
+                )
+            })
+        })
+        .collect();
+    let rows = values_from(1, ranks.len(), &["TEXT", "BIGINT", "BIGINT", "TEXT"]);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO job_ranks (job_id, attempt, rank, node_id) VALUES {rows}"
+    )));
+    for (job, attempt, rank, node) in &ranks {
+        query = query
+            .bind(*job)
+            .bind(i64::from(*attempt))
+            .bind(*rank)
+            .bind(*node);
+    }
+    query.execute(&mut *tx).await?;
+
+    // Each rank's node prepares its job (`set_node_state`, many at once).
+    let rows = values_from(4, ranks.len(), &["TEXT", "TEXT"]);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE nodes SET state = $1, run_id = v.column2, reason = $2, state_since = $3
+         FROM (VALUES {rows}) AS v WHERE nodes.node_id = v.column1"
+    )))
+    .bind(NodeState::Preparing.as_str())
+    .bind("preparing a job")
+    .bind(now);
+    for (job, _, _, node) in &ranks {
+        query = query.bind(*node).bind(*job);
+    }
+    query.execute(&mut *tx).await?;
+
+    let rows = values_from(3, placed.len(), &["TEXT", "TEXT", "TEXT"]);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET node_id = v.column2, state = $1, reason = v.column3, updated_at = $2
+         FROM (VALUES {rows}) AS v WHERE jobs.id = v.column1"
+    )))
     .bind(JobState::Preparing.as_str())
-    .bind(&placed)
-    .bind(now)
-    .bind(job_id)
-    .execute(&mut *tx)
-    .await?;
-    record_transition(
-        &mut *tx,
-        job_id,
-        job.attempt,
-        JobState::Preparing,
-        &placed,
-        now,
-    )
-    .await?;
-    // What reading it again would give (the conformance cases compare).
-    let mut job = job;
-    job.state = JobState::Preparing;
-    job.node_id = Some(first.clone());
-    job.updated_at = now;
-    job.transitions.push(TransitionRecord {
-        at: now,
-        attempt: job.attempt,
-        state: JobState::Preparing,
-        reason: placed.clone(),
-    });
-    job.attempts.push(AttemptRecord {
-        attempt: job.attempt,
-        node_id: first.clone(),
-        started_at: now,
-        ended_at: None,
-        reason: String::new(),
-        exit_code: None,
-        node_ids: node_ids.to_vec(),
-    });
-    job.reason = placed;
-    Ok(job)
+    .bind(now);
+    for (job, attempt) in placed.iter().zip(&attempts) {
+        query = query
+            .bind(job.id.as_str())
+            .bind(attempt.node_id.as_str())
+            .bind(job.reason.as_str());
+    }
+    query.execute(&mut *tx).await?;
+
+    let rows = values_from(
+        1,
+        placed.len(),
+        &["TEXT", "BIGINT", "BIGINT", "TEXT", "TEXT"],
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO job_transitions (job_id, at, attempt, state, reason) VALUES {rows}"
+    )));
+    for job in placed {
+        query = query
+            .bind(job.id.as_str())
+            .bind(now)
+            .bind(i64::from(job.attempt))
+            .bind(JobState::Preparing.as_str())
+            .bind(job.reason.as_str());
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// `items` in their first order, each once.
+fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    items.filter(|item| seen.insert(*item)).collect()
 }
 
 pub(super) async fn report_attempt(

@@ -581,6 +581,43 @@ async fn counts_by_state<T>(
         .collect()
 }
 
+/// `$first, $first + 1, ...`: `n` parameters, for an `IN (...)` list.
+fn marks(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `n` rows of a `VALUES` list, each of one parameter a type of `types`
+/// (cast, so both databases know them), numbered from `$first`:
+/// `(CAST($1 AS TEXT), CAST($2 AS BIGINT)), (...)`. Both databases name
+/// the columns `column1`, `column2`...
+fn values_from(first: usize, n: usize, types: &[&str]) -> String {
+    (0..n)
+        .map(|row| {
+            let cells: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| format!("CAST(${} AS {ty})", first + row * types.len() + i))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `query` with each of `values` bound in turn.
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    values: &[&str],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for value in values {
+        query = query.bind(*value);
+    }
+    query
+}
+
 async fn select_one(
     conn: &mut AnyConnection,
     columns: &str,

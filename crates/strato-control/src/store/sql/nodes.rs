@@ -1,6 +1,8 @@
 //! Nodes: creation under the quota, enrolment, heartbeats, and the ends of
 //! a node (unusable, preempted, deleted) with what they mean for its ranks.
 
+use std::collections::HashMap;
+
 use sqlx::AnyConnection;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -11,7 +13,7 @@ use strato_core::quota::{self, QuotaLimits, QuotaUsage};
 use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
-use super::{Beat, SqlStore, corrupt, flag_col, select_one, u32_col};
+use super::{Beat, SqlStore, bind_all, corrupt, flag_col, marks, select_one, u32_col, values_from};
 use crate::store::{
     Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeUsage, StoreError,
 };
@@ -64,6 +66,25 @@ pub(super) async fn load_node(
         .await?
         .ok_or_else(|| StoreError::NodeNotFound(node_id.to_owned()))?;
     node_from_row(&row)
+}
+
+/// The nodes of `ids` that exist, by id: one statement.
+pub(super) async fn load_nodes(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<HashMap<String, NodeRecord>, StoreError> {
+    let rows = bind_all(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE node_id IN ({})",
+            marks(1, ids.len())
+        ))),
+        ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| node_from_row(row).map(|node| (node.node_id.clone(), node)))
+        .collect()
 }
 
 /// Sets a node's state (and clears its job when it becomes idle).
@@ -615,23 +636,19 @@ pub(super) async fn persist_heartbeats(
         // Both databases name a VALUES list's columns column1, column2...:
         // node, time, whether utilisation came, cpu, memory used, memory
         // total, gpu.
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = i * 7;
-                format!(
-                    "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
-                     CAST(${} AS DOUBLE PRECISION), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
-                     CAST(${} AS DOUBLE PRECISION))",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7
-                )
-            })
-            .collect();
+        let rows = values_from(
+            1,
+            chunk.len(),
+            &[
+                "TEXT",
+                "BIGINT",
+                "BIGINT",
+                "DOUBLE PRECISION",
+                "BIGINT",
+                "BIGINT",
+                "DOUBLE PRECISION",
+            ],
+        );
         // The later of the stored time and the beat's (a session's start
         // is written at once, and may be later); the utilisation only where
         // one came.
@@ -645,7 +662,7 @@ pub(super) async fn persist_heartbeats(
                  gpu_percent = CASE WHEN v.column3 = 1 THEN v.column7 ELSE nodes.gpu_percent END
              FROM (VALUES {}) AS v
              WHERE nodes.node_id = v.column1",
-            rows.join(", ")
+            rows
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (node_id, beat) in chunk {
@@ -662,10 +679,9 @@ pub(super) async fn persist_heartbeats(
         let updated = query.execute(&mut *tx).await?.rows_affected();
         if usize::try_from(updated).unwrap_or(usize::MAX) < chunk.len() {
             // Some are gone (removed since they beat): which.
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT node_id FROM nodes WHERE node_id IN ({})",
-                marks.join(", ")
+                marks(1, chunk.len())
             );
             let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
             for (node_id, _) in chunk {
