@@ -30,8 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::grpc::store_status as status;
 use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
-    AttemptReport, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeRecord, NodeReport,
-    NodeUsage, ReportOutcome, Store, StoreError,
+    AttemptReport, ClusterRecord, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeRecord,
+    NodeReport, NodeUsage, ReportOutcome, Store, StoreError,
 };
 
 pub struct AgentApi<S> {
@@ -741,16 +741,13 @@ async fn hello_reconcile<S: Store>(
 /// nodes (or only to `only`), each with its rank, the whole gang and the
 /// client id of the cluster's default identity. Outputs and artifacts go
 /// with rank 0 only: one node uploads them (every node gets the code).
+/// Reads the job's cluster and nodes; a reconcile pass, which has them,
+/// sends with `send_assignment_with`.
 pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: Option<&str>) {
     let Some(attempt) = job.attempts.iter().find(|a| a.attempt == job.attempt) else {
         return;
     };
-    let default_identity_client_id = match plane.store.get_cluster(&job.spec.cluster).await {
-        Ok(c) => strato_core::identity::default_identity(&c.identities)
-            .map(|i| i.client_id.clone())
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
+    let cluster = plane.store.get_cluster(&job.spec.cluster).await.ok();
     // The gang's nodes only (a cluster may hold a thousand).
     let mut nodes = Vec::with_capacity(attempt.node_ids.len());
     for node_id in &attempt.node_ids {
@@ -761,13 +758,34 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
             }
         }
     }
+    let node = |id: &str| nodes.iter().find(|n| n.node_id == id);
+    send_assignment_with(plane, job, only, cluster.as_ref(), node).await;
+}
+
+/// `send_assignment` with the job's cluster (`None`: it cannot be read)
+/// and its nodes (`node`: by id) as the caller read them: a node `node`
+/// does not know goes with an empty host name and address.
+pub async fn send_assignment_with<'n, S: Store>(
+    plane: &Plane<S>,
+    job: &JobRecord,
+    only: Option<&str>,
+    cluster: Option<&ClusterRecord>,
+    node: impl Fn(&str) -> Option<&'n NodeRecord>,
+) {
+    let Some(attempt) = job.attempts.iter().find(|a| a.attempt == job.attempt) else {
+        return;
+    };
+    let default_identity_client_id = cluster
+        .and_then(|c| strato_core::identity::default_identity(&c.identities))
+        .map(|i| i.client_id.clone())
+        .unwrap_or_default();
     let registry_login = registry_login(plane, &job.spec.image, &job.spec.cluster).await;
     let gang: Vec<v1::GangMember> = attempt
         .node_ids
         .iter()
         .enumerate()
         .map(|(rank, node_id)| {
-            let node = nodes.iter().find(|n| &n.node_id == node_id);
+            let node = node(node_id);
             v1::GangMember {
                 rank: u32::try_from(rank).unwrap_or(u32::MAX),
                 node_id: node_id.clone(),
@@ -779,17 +797,10 @@ pub async fn send_assignment<S: Store>(plane: &Plane<S>, job: &JobRecord, only: 
     if gang.len() > 1 {
         // What the gang's containers meet on, made once before any of its
         // agents starts one (the agent would make it too, but two agents on
-        // one engine would race).
-        let cluster = nodes
-            .first()
-            .map_or(job.spec.cluster.as_str(), |n| n.cluster.as_str());
-        // An attached cluster's machines are not the provider's: they meet
-        // on their own networks.
-        let attached = plane
-            .store
-            .get_cluster(cluster)
-            .await
-            .is_ok_and(|c| c.spec.compute_type == ComputeType::Attached);
+        // one engine would race). An attached cluster's machines are not
+        // the provider's: they meet on their own networks.
+        let attached = cluster.is_some_and(|c| c.spec.compute_type == ComputeType::Attached);
+        let cluster = cluster.map_or(job.spec.cluster.as_str(), |c| c.spec.name.as_str());
         if !attached && let Err(e) = plane.provider.prepare_gang(cluster).await {
             tracing::warn!(job = %job.id, cluster, error = %e, "the provider could not prepare the gang's network");
         }

@@ -15,7 +15,7 @@ use strato_core::scale::allocation::{self, ClusterQuota, Issue, IssueCode};
 use strato_core::scale::{self, NodeSnapshot, RemoveReason, ScaleInput, attached};
 use strato_core::spec::ComputeType;
 
-use crate::agents::send_assignment;
+use crate::agents::send_assignment_with;
 use crate::plane::{Plane, hash_token, new_token};
 use crate::provider::{NodeLaunch, ProviderError};
 use crate::store::{ClusterIssue, ClusterRecord, NodeRecord, QUEUED_READ, Store, StoreError};
@@ -302,16 +302,26 @@ impl<S: Store> Reconciler<S> {
             store.assign_jobs(&placed, now).await?
         };
         let mut taken = std::collections::HashSet::new();
+        // The assignments go with the cluster and nodes this pass read (a
+        // node's host name and address are what its enrolment stored): no
+        // read a job.
+        let by_id: HashMap<&str, &NodeRecord> =
+            nodes.iter().map(|n| (n.node_id.as_str(), n)).collect();
         for ((job_id, node_ids), result) in placed.iter().zip(results) {
             match result {
                 Ok(job) => {
                     taken.insert(job_id.as_str());
                     tracing::info!(job = %job_id, nodes = ?node_ids, attempt = job.attempt, "job placed");
-                    send_assignment(&self.plane, &job, None).await;
-                    self.plane.events.changed();
+                    send_assignment_with(&self.plane, &job, None, Some(cluster), |id| {
+                        by_id.get(id).copied()
+                    })
+                    .await;
                 }
                 Err(why) => tracing::info!(job = %job_id, %why, "placement skipped"),
             }
+        }
+        if !taken.is_empty() {
+            self.plane.events.changed();
         }
         if !placed.is_empty() {
             nodes = store.list_nodes(name).await?;

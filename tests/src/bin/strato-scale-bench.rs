@@ -12,10 +12,13 @@
 //!    plane's CPU (its threads, not the fleet's `sim-fleet` ones, from
 //!    `/proc/PID/task`) and the process's memory (RSS, the fleet's
 //!    included).
-//! 3. JOBS more jobs queued (submits per second), then placements per
-//!    second until the queue is empty or for 30 s (jobs leaving `queued`,
-//!    from `strato_jobs` on `/metrics`, every second), with jobs that run
-//!    100 ms.
+//! 3. A job that would run an hour on every node; JOBS more jobs of
+//!    100 ms queued behind them (submits per second); then the hour-long
+//!    ones canceled, and placements per second from the cancels until the
+//!    queue is empty or for 30 s (jobs leaving `queued`, from
+//!    `strato_jobs` on `/metrics`, every second). (Queued to idle nodes,
+//!    they would be placed as they come: a rate of submits, not of
+//!    placements.)
 //!
 //! Prints one line. Needs `strato-control-sim` beside it (the workspace's
 //! bins) and, for `postgres`, the test server (`cargo xtask setup`).
@@ -205,6 +208,7 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     // Long enough that every job needs a node of its own.
     let submitted = Instant::now();
     let (acks, _) = submit_all(&job_client, &targets, 30_000).await?;
+    let phase_one = targets;
     let mut latencies = Vec::with_capacity(nodes);
     let creates = data.join("sim").join("creates.log");
     // Every job placed (nodes that finished a job early take the last
@@ -228,8 +232,8 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     for name in &clusters {
         let mut submitted: Vec<i64> = acks
             .iter()
-            .filter(|(c, _)| c == name)
-            .map(|(_, at)| *at)
+            .filter(|(c, _, _)| c == name)
+            .map(|(_, at, _)| *at)
             .collect();
         submitted.sort_unstable();
         let mut created: Vec<i64> = asked
@@ -291,13 +295,22 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
     let fleet_cpu = after.1.saturating_sub(before.1) as f64 / ticks / window.as_secs_f64();
     let rss_mib = rss_kib(pid)? / 1024;
 
-    // 3. JOBS queued, then placements for 30 s.
+    // 3. A job that would run an hour on every node, JOBS queued behind
+    // them, then those canceled: placements while JOBS wait.
+    let (blockers, _) = submit_all(&job_client, &phase_one, 3_600_000).await?;
+    wait(
+        Duration::from_secs(1800),
+        "a long job on every node",
+        || (queued(http_addr, &admin) == 0).then_some(()),
+    )
+    .await?;
     let targets: Vec<String> = (0..jobs)
         .map(|i| clusters[i % clusters.len()].clone())
         .collect();
     let (_, submit_rate) = submit_all(&job_client, &targets, 100).await?;
     let queued_at_start = queued(http_addr, &admin);
     let measure = Instant::now();
+    cancel_all(&job_client, blockers.into_iter().map(|(_, _, id)| id)).await?;
     // Until the queue is empty, or 30 s.
     let mut queued_at_end = queued_at_start;
     while queued_at_end > 0 && measure.elapsed() < Duration::from_secs(30) {
@@ -318,13 +331,13 @@ async fn run(backend: &str, nodes: usize, jobs: usize) -> anyhow::Result<String>
 }
 
 /// Submits a job of 1 node that runs `runs_ms` to each cluster in
-/// `targets`, `SUBMITTERS` at a time; each one's cluster and acknowledgement time (ms), and submits per
-/// second.
+/// `targets`, `SUBMITTERS` at a time; each one's cluster, acknowledgement
+/// time (ms) and id, and submits per second.
 async fn submit_all(
     jobs: &JobServiceClient<strato_e2e::Channel>,
     targets: &[String],
     runs_ms: u64,
-) -> anyhow::Result<(Vec<(String, i64)>, f64)> {
+) -> anyhow::Result<(Vec<(String, i64, String)>, f64)> {
     let started = Instant::now();
     let chunks: Vec<Vec<String>> = targets
         .chunks(targets.len().div_ceil(SUBMITTERS).max(1))
@@ -336,17 +349,19 @@ async fn submit_all(
         tasks.push(tokio::spawn(async move {
             let mut acks = Vec::with_capacity(chunk.len());
             for cluster in chunk {
-                jobs.submit_job(v1::SubmitJobRequest {
-                    spec: Some(v1::JobSpec {
-                        cluster: cluster.clone(),
-                        image: "sim".into(),
-                        command: vec!["sleep-ms".into(), runs_ms.to_string()],
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .context("submit")?;
-                acks.push((cluster, now_ms()));
+                let job = jobs
+                    .submit_job(v1::SubmitJobRequest {
+                        spec: Some(v1::JobSpec {
+                            cluster: cluster.clone(),
+                            image: "sim".into(),
+                            command: vec!["sleep-ms".into(), runs_ms.to_string()],
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .context("submit")?
+                    .into_inner();
+                acks.push((cluster, now_ms(), job.id));
             }
             Ok::<_, anyhow::Error>(acks)
         }));
@@ -357,6 +372,30 @@ async fn submit_all(
     }
     let rate = acks.len() as f64 / started.elapsed().as_secs_f64();
     Ok((acks, rate))
+}
+
+/// Cancels the jobs `ids`, `SUBMITTERS` at a time.
+async fn cancel_all(
+    jobs: &JobServiceClient<strato_e2e::Channel>,
+    ids: impl Iterator<Item = String>,
+) -> anyhow::Result<()> {
+    let ids: Vec<String> = ids.collect();
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(ids.len().div_ceil(SUBMITTERS).max(1)) {
+        let (mut jobs, chunk) = (jobs.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                jobs.cancel_job(v1::CancelJobRequest { id })
+                    .await
+                    .context("cancel")?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
 
 async fn list_nodes(
