@@ -188,6 +188,87 @@ pub async fn reports_are_stored_together_and_answered_one_by_one<S: Store>(store
     );
 }
 
+/// Reports stored in batches (where a store writes the common ones
+/// together) leave jobs and nodes as the same reports one by one do: a
+/// job that completes, one that fails and goes back to the queue, one
+/// canceled while it runs.
+pub async fn reports_in_a_batch_store_what_one_by_one_stores<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    let ids = ["cpu-n0", "cpu-n1", "cpu-n2", "cpu-n3", "cpu-n4", "cpu-n5"];
+    let nodes = given_idle_nodes(&store, "cpu", &ids).await;
+    let jobs = [
+        "batch-0", "batch-1", "batch-2", "alone-0", "alone-1", "alone-2",
+    ];
+    for (id, n) in jobs.iter().zip(&nodes) {
+        store
+            .submit_job(id, job("cpu"), "", 3)
+            .await
+            .expect("submit");
+        store
+            .assign_job(id, std::slice::from_ref(n), 4)
+            .await
+            .expect("assign");
+    }
+    let of = |i: usize, report: AttemptReport| report_of(&nodes[i], jobs[i], report);
+    let rounds = [
+        (5, [0, 1, 2].map(|i| of(i, AttemptReport::Running))),
+        (7, [of(0, exited(0)), of(1, exited(1)), of(2, exited(137))]),
+    ];
+    for (at, batch) in &rounds {
+        if *at == 7 {
+            for id in ["batch-2", "alone-2"] {
+                store.cancel_job(id, 6).await.expect("cancel");
+            }
+        }
+        let outcomes = store.report_attempts(batch, *at).await.expect("batch");
+        for r in batch {
+            // The same report of the other job, on its own.
+            let i = jobs.iter().position(|j| *j == r.job_id).expect("job") + 3;
+            let alone = store
+                .report_attempt(&nodes[i], jobs[i], 1, r.report.clone(), *at)
+                .await
+                .expect("alone");
+            assert!(outcomes.iter().any(|o| o.as_ref().ok() == Some(&alone)));
+        }
+    }
+    let same = |text: String| {
+        let mut text = text;
+        for (i, id) in nodes.iter().enumerate() {
+            text = text.replace(id.as_str(), &format!("node-{}", i % 3));
+        }
+        text.replace("batch-", "job-").replace("alone-", "job-")
+    };
+    for i in 0..3 {
+        let batched = store.get_job(jobs[i]).await.expect("batched");
+        let alone = store.get_job(jobs[i + 3]).await.expect("alone");
+        assert_eq!(same(format!("{batched:?}")), same(format!("{alone:?}")));
+        let (b, a) = (
+            node(&store, &nodes[i]).await,
+            node(&store, &nodes[i + 3]).await,
+        );
+        assert_eq!(
+            same(format!(
+                "{:?}",
+                (b.state, &b.run_id, &b.reason, b.state_since, b.idle_since)
+            )),
+            same(format!(
+                "{:?}",
+                (a.state, &a.run_id, &a.reason, a.state_since, a.idle_since)
+            )),
+        );
+    }
+    let states: Vec<JobState> =
+        futures_util::future::join_all(jobs[..3].iter().map(|id| store.get_job(id)))
+            .await
+            .into_iter()
+            .map(|j| j.expect("job").state)
+            .collect();
+    assert_eq!(
+        states,
+        [JobState::Completed, JobState::Queued, JobState::Canceled]
+    );
+}
+
 pub async fn a_failing_job_retries_until_max_retries_then_fails<S: Store>(store: S) {
     given_cluster(&store, "cpu").await;
     let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0"]).await;

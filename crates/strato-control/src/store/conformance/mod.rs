@@ -71,6 +71,7 @@ macro_rules! store_conformance_suite {
             jobs: [
                 job_runs_to_completion,
                 reports_are_stored_together_and_answered_one_by_one,
+                reports_in_a_batch_store_what_one_by_one_stores,
                 an_ended_job_is_deleted_with_its_logs_and_a_live_one_is_not,
                 jobs_ended_before_the_cutoff_are_deleted_oldest_first,
                 a_failing_job_retries_until_max_retries_then_fails,

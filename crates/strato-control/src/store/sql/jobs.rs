@@ -7,12 +7,13 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use strato_core::job::{self, AttemptEnd, JobSpec, JobState};
-use strato_core::lifecycle::{self, AttemptFacts, CancelStep};
+use strato_core::lifecycle::{self, AttemptEnded, AttemptFacts, CancelStep};
 use strato_core::node::NodeState;
 
 use super::clusters::load_cluster;
 use super::nodes::load_nodes;
 use super::nodes::{load_node, set_node_state};
+use super::quick::QuickReports;
 use super::ranks::{OpenRank, end_rank, rank_of};
 use super::{SqlStore, bind_all, corrupt, flag_col, job_state, marks, u32_col, values_from};
 use crate::store::{
@@ -198,17 +199,10 @@ async fn record_transition(
     Ok(())
 }
 
-/// Ends the current attempt of a job on a node and stores what follows
-/// (`lifecycle::end_attempt`): a final state, or back to the queue as the
-/// next attempt.
-pub(super) async fn end_attempt(
-    conn: &mut AnyConnection,
-    job: &JobRecord,
-    end: AttemptEnd,
-    reason: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    let ended = lifecycle::end_attempt(
+/// What ending `job`'s current attempt with `end` changes
+/// (`lifecycle::end_attempt` of its facts).
+pub(super) fn attempt_ended(job: &JobRecord, end: AttemptEnd, reason: &str) -> AttemptEnded {
+    lifecycle::end_attempt(
         &AttemptFacts {
             attempt: job.attempt,
             failures: job.failures,
@@ -220,7 +214,20 @@ pub(super) async fn end_attempt(
         },
         end,
         reason,
-    );
+    )
+}
+
+/// Ends the current attempt of a job on a node and stores what follows
+/// (`lifecycle::end_attempt`): a final state, or back to the queue as the
+/// next attempt.
+pub(super) async fn end_attempt(
+    conn: &mut AnyConnection,
+    job: &JobRecord,
+    end: AttemptEnd,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ended = attempt_ended(job, end, reason);
     sqlx::query(
         "UPDATE job_attempts SET ended_at = $1, reason = $2, exit_code = $3
          WHERE job_id = $4 AND attempt = $5 AND ended_at IS NULL",
@@ -850,11 +857,13 @@ pub(super) async fn report_attempts(
         // Jobs an earlier report of this transaction may have changed:
         // their reports read again what they decide on.
         let mut touched = HashSet::new();
+        let mut touched_nodes = HashSet::new();
         'chunks: for chunk in pending.chunks(JOBS_PER_STATEMENT) {
             let job_ids = distinct(chunk.iter().map(|&i| reports[i].job_id.as_str()));
             // A record that cannot be read fails its own report only: then
             // each report reads for itself.
-            let mut read = match ReportReads::of(&mut tx, &job_ids).await {
+            let node_ids = distinct(chunk.iter().map(|&i| reports[i].node_id.as_str()));
+            let mut read = match ReportReads::of(&mut tx, &job_ids, &node_ids).await {
                 Ok(read) => Some(read),
                 Err(
                     e
@@ -862,13 +871,32 @@ pub(super) async fn report_attempts(
                 ) => return Err(e),
                 Err(_) => None,
             };
+            let mut quick = QuickReports::default();
             for &i in chunk {
                 let r = &reports[i];
                 let first = touched.insert(r.job_id.as_str());
+                let node_first = touched_nodes.insert(r.node_id.as_str());
                 let known = read
                     .as_mut()
                     .filter(|_| first)
                     .map(|read| read.take(&r.job_id, r.attempt, &r.node_id));
+                // The common reports wait to be written together.
+                if let (Some(known), Some(read)) = (&known, &read)
+                    && let Some(job) = &known.job
+                    && let Some(outcome) = quick.decide(
+                        job,
+                        known.rank,
+                        read.nodes.get(&r.node_id).filter(|_| node_first),
+                        &r.node_id,
+                        r.attempt,
+                        &r.report,
+                    )
+                {
+                    stored.push((i, outcome));
+                    continue;
+                }
+                // Others read what those wrote.
+                quick.write(&mut tx, now).await?;
                 let report = r.report.clone();
                 match report_in(
                     &mut tx, &r.node_id, &r.job_id, r.attempt, report, known, now,
@@ -888,6 +916,7 @@ pub(super) async fn report_attempts(
                     }
                 }
             }
+            quick.write(&mut tx, now).await?;
         }
         let Some((i, e)) = failed else {
             tx.commit().await?;
@@ -915,15 +944,23 @@ struct ReportRead {
     rank: Option<(u32, bool)>,
 }
 
-/// `ReportRead`s of many reports' jobs, read together (four statements).
+/// `ReportRead`s of many reports' jobs, and their nodes, read together
+/// (five statements).
 struct ReportReads {
     jobs: HashMap<String, JobRecord>,
     ranks: HashMap<(String, u32, String), (u32, bool)>,
+    /// The reports' nodes, as they were before the first report.
+    nodes: HashMap<String, NodeRecord>,
 }
 
 impl ReportReads {
-    async fn of(conn: &mut AnyConnection, job_ids: &[&str]) -> Result<Self, StoreError> {
+    async fn of(
+        conn: &mut AnyConnection,
+        job_ids: &[&str],
+        node_ids: &[&str],
+    ) -> Result<Self, StoreError> {
         let jobs = load_jobs(&mut *conn, job_ids, false).await?;
+        let nodes = load_nodes(&mut *conn, node_ids).await?;
         let rows = bind_all(
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT job_id, attempt, node_id, rank, ended_at FROM job_ranks
@@ -946,7 +983,7 @@ impl ReportReads {
                 (u32_col(r, "rank")?, ended_at.is_some()),
             );
         }
-        Ok(ReportReads { jobs, ranks })
+        Ok(ReportReads { jobs, ranks, nodes })
     }
 
     /// What a report of `job_id`'s `attempt` from `node_id` reads; for the

@@ -26,6 +26,7 @@ mod jobs;
 mod lease;
 mod logs;
 mod nodes;
+mod quick;
 mod ranks;
 mod registries;
 mod usage;
