@@ -156,9 +156,11 @@ pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
 ///   one write);
 /// - the control plane with a simulated fleet (`strato-scale-bench`
 ///   driving `strato-control-sim`: agents over real gRPC on fake engines),
-///   1,000 and 10,000 nodes, 100,000 queued jobs: queued-to-provider p50 and
-///   p99, the control plane's CPU and the process's memory with every node
-///   heartbeating once a second, submits and placements per second.
+///   1,000 and 10,000 nodes: queued-to-provider p50 and p99, the control
+///   plane's CPU and the process's memory with every node heartbeating once
+///   a second, then 100,000 jobs queued behind a long job on every node
+///   (submits per second) and placed once those are canceled (placements
+///   per second).
 ///
 /// Prints each run's line.
 pub(crate) fn bench_scale() -> anyhow::Result<()> {

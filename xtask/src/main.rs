@@ -53,10 +53,11 @@ commands:
           1,000 and 10,000 idle nodes (enrolments, submits, placements per
           second, a heartbeat from every node); then the control plane with a
           simulated fleet (strato-control-sim: agents over real gRPC on fake
-          engines) of 1,000 and 10,000 nodes and 100,000 queued jobs:
-          queued-to-provider p50/p99, control-plane CPU and memory at 1 Hz
-          heartbeats, submits and placements per second (release build; the
-          10,000-node runs take several minutes each)
+          engines) of 1,000 and 10,000 nodes: queued-to-provider p50/p99,
+          control-plane CPU and memory at 1 Hz heartbeats, then 100,000 jobs
+          queued behind a long job on every node (submits per second) and
+          placed once those are canceled (placements per second) (release
+          build; the 10,000-node runs take several minutes each)
   bench agent
           the agent's resident memory and CPU while idle (1-second telemetry) and
           while scraped 10 times a second, next to node_exporter's in the same run
