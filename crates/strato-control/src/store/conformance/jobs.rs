@@ -5,8 +5,8 @@ use strato_core::job::{AttemptEnd, JobSpec, JobState};
 use strato_core::node::NodeState;
 
 use super::{
-    exited, given_a_and_b_placed, given_cluster, given_idle_nodes, given_running, job, last_reason,
-    node, queued_ids, report_of, states,
+    exited, given_a_and_b_placed, given_cluster, given_idle_nodes, given_placed, given_running,
+    job, last_reason, node, queued_ids, report_of, states,
 };
 use crate::store::{
     AttemptReport, Conflict, JobPage, LogRecord, QUEUED_READ, QueuedJob, RankToStop, ReportOutcome,
@@ -199,16 +199,7 @@ pub async fn reports_in_a_batch_store_what_one_by_one_stores<S: Store>(store: S)
     let jobs = [
         "batch-0", "batch-1", "batch-2", "alone-0", "alone-1", "alone-2",
     ];
-    for (id, n) in jobs.iter().zip(&nodes) {
-        store
-            .submit_job(id, job("cpu"), "", 3)
-            .await
-            .expect("submit");
-        store
-            .assign_job(id, std::slice::from_ref(n), 4)
-            .await
-            .expect("assign");
-    }
+    given_placed(&store, &jobs, &nodes).await;
     let of = |i: usize, report: AttemptReport| report_of(&nodes[i], jobs[i], report);
     let rounds = [
         (5, [0, 1, 2].map(|i| of(i, AttemptReport::Running))),
@@ -587,13 +578,11 @@ pub async fn stale_reports_are_answered_stale_or_release<S: Store>(store: S) {
     assert_eq!(node(&store, "cpu-n1").await.state, NodeState::Idle);
 }
 
-/// A pass's placements go in one transaction: each stored as `assign_job`
-/// stores it, or refused with nothing of it stored (here: a node an
-/// earlier placement of the same batch took, a job that does not exist),
-/// and the rest stored all the same.
-pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(store: S) {
-    given_cluster(&store, "cpu").await;
-    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+/// Cluster `cpu` with idle nodes `cpu-n0` and `cpu-n1` (their ids), and
+/// jobs `a`, `b`, `c` queued at times 3, 4, 5.
+async fn given_a_b_c_queued_and_two_nodes<S: Store>(store: &S) -> Vec<String> {
+    given_cluster(store, "cpu").await;
+    let nodes = given_idle_nodes(store, "cpu", &["cpu-n0", "cpu-n1"]).await;
     for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
         let at = 3 + i64::try_from(i).expect("small");
         store
@@ -601,6 +590,15 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
             .await
             .expect("submit");
     }
+    nodes
+}
+
+/// A pass's placements go in one transaction: each stored as `assign_job`
+/// stores it, or refused with nothing of it stored (here: a node an
+/// earlier placement of the same batch took, a job that does not exist),
+/// and the rest stored all the same.
+pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(store: S) {
+    let nodes = given_a_b_c_queued_and_two_nodes(&store).await;
     // A pass reads as many as it could use, the oldest.
     assert_eq!(queued_ids(&store, "cpu", 2).await, ["a", "b"]);
     let placements = [
@@ -654,15 +652,7 @@ pub async fn placements_are_stored_together_and_refused_one_by_one<S: Store>(sto
 /// placement took, whether the earlier one is in the same statement or
 /// an earlier one; the others are stored.
 pub async fn placements_of_a_large_pass_see_the_earlier_ones<S: Store>(store: S) {
-    given_cluster(&store, "cpu").await;
-    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
-        let at = 3 + i64::try_from(i).expect("small");
-        store
-            .submit_job(id, job("cpu"), "", at)
-            .await
-            .expect("submit");
-    }
+    let nodes = given_a_b_c_queued_and_two_nodes(&store).await;
     let mut placements = vec![
         ("a".to_owned(), vec![nodes[0].clone()]),
         ("a".to_owned(), vec![nodes[1].clone()]),

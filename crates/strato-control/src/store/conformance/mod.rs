@@ -288,7 +288,13 @@ pub async fn given_running<S: Store>(store: &S, id: &str, nodes: &[String], now:
 pub async fn given_a_and_b_placed<S: Store>(store: &S) {
     given_cluster(store, "cpu").await;
     let nodes = given_idle_nodes(store, "cpu", &["cpu-n0", "cpu-n1"]).await;
-    for (id, n) in [("a", &nodes[0]), ("b", &nodes[1])] {
+    given_placed(store, &["a", "b"], &nodes).await;
+}
+
+/// Each of `jobs` (of cluster `cpu`) submitted at time 3 and its attempt 1
+/// placed at time 4 on the node of `nodes` at its index.
+pub async fn given_placed<S: Store>(store: &S, jobs: &[&str], nodes: &[String]) {
+    for (id, n) in jobs.iter().zip(nodes) {
         store
             .submit_job(id, job("cpu"), "", 3)
             .await
