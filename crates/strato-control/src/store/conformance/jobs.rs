@@ -704,6 +704,22 @@ pub async fn placements_of_a_large_pass_see_the_earlier_ones<S: Store>(store: S)
     }
     assert_eq!(queued_ids(&store, "cpu", QUEUED_READ).await, ["b"]);
     assert_eq!(node(&store, "cpu-n1").await.run_id.as_deref(), Some("c"));
+    // A placement without nodes is refused as one with too few.
+    let results = store
+        .assign_jobs(&[("b".to_owned(), Vec::new())], 11)
+        .await
+        .expect("one transaction");
+    assert!(
+        matches!(
+            &results[0],
+            Err(StoreError::Conflict(Conflict::WrongNodeCount {
+                needs: 1,
+                got: 0,
+                ..
+            }))
+        ),
+        "{results:?}"
+    );
 }
 
 pub async fn assign_is_all_or_nothing<S: Store>(store: S) {

@@ -73,6 +73,10 @@ async fn load_jobs(
     ids: &[&str],
     told: bool,
 ) -> Result<HashMap<String, JobRecord>, StoreError> {
+    if ids.is_empty() {
+        // `IN ()` is not PostgreSQL.
+        return Ok(HashMap::new());
+    }
     let marks = marks(1, ids.len());
     let rows = bind_all(
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -541,8 +545,9 @@ pub(super) async fn assign_job(
 
 /// Placements stored by one statement of each kind: at most this many
 /// jobs, and ranks (nodes) until `RANKS_PER_STATEMENT` (a placement's
-/// ranks are never split). The largest statement binds four parameters a
-/// rank, far within both databases' limits.
+/// ranks are never split: a job has at most `MAX_NODES_WITHOUT_INTER_NODE`,
+/// 1,000). The largest statement binds four parameters a rank, far within
+/// both databases' limits (SQLite 32,766, PostgreSQL 65,535).
 const JOBS_PER_STATEMENT: usize = 250;
 const RANKS_PER_STATEMENT: usize = 500;
 
@@ -854,15 +859,15 @@ pub(super) async fn report_attempts(
         let mut tx = db.begin_write().await?;
         let mut stored = Vec::with_capacity(pending.len());
         let mut failed = None;
-        // Jobs an earlier report of this transaction may have changed:
-        // their reports read again what they decide on.
+        // Jobs and nodes an earlier report of this transaction may have
+        // changed: their reports read again what they decide on.
         let mut touched = HashSet::new();
         let mut touched_nodes = HashSet::new();
         'chunks: for chunk in pending.chunks(JOBS_PER_STATEMENT) {
             let job_ids = distinct(chunk.iter().map(|&i| reports[i].job_id.as_str()));
+            let node_ids = distinct(chunk.iter().map(|&i| reports[i].node_id.as_str()));
             // A record that cannot be read fails its own report only: then
             // each report reads for itself.
-            let node_ids = distinct(chunk.iter().map(|&i| reports[i].node_id.as_str()));
             let mut read = match ReportReads::of(&mut tx, &job_ids, &node_ids).await {
                 Ok(read) => Some(read),
                 Err(

@@ -73,6 +73,10 @@ pub(super) async fn load_nodes(
     conn: &mut AnyConnection,
     ids: &[&str],
 ) -> Result<HashMap<String, NodeRecord>, StoreError> {
+    if ids.is_empty() {
+        // `IN ()` is not PostgreSQL.
+        return Ok(HashMap::new());
+    }
     let rows = bind_all(
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {NODE_COLUMNS} FROM nodes WHERE node_id IN ({})",
