@@ -15,7 +15,7 @@ use super::nodes::load_nodes;
 use super::nodes::{load_node, set_node_state};
 use super::quick::QuickReports;
 use super::ranks::{OpenRank, end_rank, rank_of};
-use super::{SqlStore, bind_all, corrupt, flag_col, job_state, marks, u32_col, values_from};
+use super::{SqlStore, corrupt, fetch_where_in, flag_col, job_state, u32_col, values_from};
 use crate::store::{
     AttemptRecord, AttemptReport, Conflict, JobCursor, JobPage, JobRecord, NodeRecord, NodeReport,
     QueuedJob, ReportOutcome, StoreError, TransitionRecord,
@@ -73,18 +73,13 @@ async fn load_jobs(
     ids: &[&str],
     told: bool,
 ) -> Result<HashMap<String, JobRecord>, StoreError> {
-    if ids.is_empty() {
-        // `IN ()` is not PostgreSQL.
-        return Ok(HashMap::new());
-    }
-    let marks = marks(1, ids.len());
-    let rows = bind_all(
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})"
-        ))),
+    let rows = fetch_where_in(
+        &mut *conn,
+        &format!("SELECT {JOB_COLUMNS} FROM jobs"),
+        "id",
         ids,
+        "",
     )
-    .fetch_all(&mut *conn)
     .await?;
     let mut jobs = HashMap::with_capacity(rows.len());
     for row in &rows {
@@ -94,17 +89,17 @@ async fn load_jobs(
     if jobs.is_empty() {
         return Ok(jobs);
     }
-    let rows = bind_all(
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT job_id, attempt, node_id, started_at, ended_at, reason, exit_code
-             FROM job_attempts WHERE job_id IN ({marks}) ORDER BY job_id, attempt"
-        ))),
+    let rows = fetch_where_in(
+        &mut *conn,
+        "SELECT job_id, attempt, node_id, started_at, ended_at, reason, exit_code
+         FROM job_attempts",
+        "job_id",
         ids,
+        "ORDER BY job_id, attempt",
     )
-    .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
-        let Some(job) = jobs.get_mut(&r.try_get::<String, _>("job_id")?) else {
+        let Some(job) = job_of(&mut jobs, r)? else {
             continue;
         };
         job.attempts.push(AttemptRecord {
@@ -117,17 +112,16 @@ async fn load_jobs(
             node_ids: Vec::new(),
         });
     }
-    let rows = bind_all(
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT job_id, attempt, node_id FROM job_ranks
-             WHERE job_id IN ({marks}) ORDER BY job_id, attempt, rank"
-        ))),
+    let rows = fetch_where_in(
+        &mut *conn,
+        "SELECT job_id, attempt, node_id FROM job_ranks",
+        "job_id",
         ids,
+        "ORDER BY job_id, attempt, rank",
     )
-    .fetch_all(&mut *conn)
     .await?;
     for r in &rows {
-        let Some(job) = jobs.get_mut(&r.try_get::<String, _>("job_id")?) else {
+        let Some(job) = job_of(&mut jobs, r)? else {
             continue;
         };
         let attempt = u32_col(r, "attempt")?;
@@ -137,17 +131,16 @@ async fn load_jobs(
     }
     if told {
         // Row order is the order they were recorded, for each job too.
-        let rows = bind_all(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT job_id, at, attempt, state, reason FROM job_transitions
-                 WHERE job_id IN ({marks}) ORDER BY rowid"
-            ))),
+        let rows = fetch_where_in(
+            &mut *conn,
+            "SELECT job_id, at, attempt, state, reason FROM job_transitions",
+            "job_id",
             ids,
+            "ORDER BY rowid",
         )
-        .fetch_all(&mut *conn)
         .await?;
         for r in &rows {
-            let Some(job) = jobs.get_mut(&r.try_get::<String, _>("job_id")?) else {
+            let Some(job) = job_of(&mut jobs, r)? else {
                 continue;
             };
             let state: String = r.try_get("state")?;
@@ -160,6 +153,14 @@ async fn load_jobs(
         }
     }
     Ok(jobs)
+}
+
+/// The job of `jobs` a row's `job_id` names.
+fn job_of<'a>(
+    jobs: &'a mut HashMap<String, JobRecord>,
+    row: &AnyRow,
+) -> Result<Option<&'a mut JobRecord>, StoreError> {
+    Ok(jobs.get_mut(&row.try_get::<String, _>("job_id")?))
 }
 
 /// Moves a job to `state`, recording the transition.
@@ -966,15 +967,13 @@ impl ReportReads {
     ) -> Result<Self, StoreError> {
         let jobs = load_jobs(&mut *conn, job_ids, false).await?;
         let nodes = load_nodes(&mut *conn, node_ids).await?;
-        let rows = bind_all(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT job_id, attempt, node_id, rank, ended_at FROM job_ranks
-                 WHERE job_id IN ({})",
-                marks(1, job_ids.len())
-            ))),
+        let rows = fetch_where_in(
+            &mut *conn,
+            "SELECT job_id, attempt, node_id, rank, ended_at FROM job_ranks",
+            "job_id",
             job_ids,
+            "",
         )
-        .fetch_all(&mut *conn)
         .await?;
         let mut ranks = HashMap::with_capacity(rows.len());
         for r in &rows {

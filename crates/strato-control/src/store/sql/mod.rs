@@ -582,14 +582,6 @@ async fn counts_by_state<T>(
         .collect()
 }
 
-/// `$first, $first + 1, ...`: `n` parameters, for an `IN (...)` list.
-fn marks(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `n` rows of a `VALUES` list, each of one parameter a type of `types`
 /// (cast, so both databases know them), numbered from `$first`:
 /// `(CAST($1 AS TEXT), CAST($2 AS BIGINT)), (...)`. Both databases name
@@ -608,15 +600,28 @@ fn values_from(first: usize, n: usize, types: &[&str]) -> String {
         .join(", ")
 }
 
-/// `query` with each of `values` bound in turn.
-fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    values: &[&str],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    for value in values {
-        query = query.bind(*value);
+/// The rows of `select` (`SELECT ... FROM ...`) whose `column` is one of
+/// `ids`, in `order` (an `ORDER BY` clause, or empty): one statement; none
+/// for no ids (`IN ()` is not PostgreSQL).
+async fn fetch_where_in(
+    conn: &mut AnyConnection,
+    select: &str,
+    column: &str,
+    ids: &[&str],
+    order: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    query
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{select} WHERE {column} IN ({}) {order}",
+        marks.join(", ")
+    )));
+    for id in ids {
+        query = query.bind(*id);
+    }
+    Ok(query.fetch_all(conn).await?)
 }
 
 async fn select_one(

@@ -13,7 +13,7 @@ use strato_core::quota::{self, QuotaLimits, QuotaUsage};
 use super::clusters::load_cluster;
 use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
-use super::{Beat, SqlStore, bind_all, corrupt, flag_col, marks, select_one, u32_col, values_from};
+use super::{Beat, SqlStore, corrupt, fetch_where_in, flag_col, select_one, u32_col, values_from};
 use crate::store::{
     Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeUsage, StoreError,
 };
@@ -73,18 +73,13 @@ pub(super) async fn load_nodes(
     conn: &mut AnyConnection,
     ids: &[&str],
 ) -> Result<HashMap<String, NodeRecord>, StoreError> {
-    if ids.is_empty() {
-        // `IN ()` is not PostgreSQL.
-        return Ok(HashMap::new());
-    }
-    let rows = bind_all(
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {NODE_COLUMNS} FROM nodes WHERE node_id IN ({})",
-            marks(1, ids.len())
-        ))),
+    let rows = fetch_where_in(
+        conn,
+        &format!("SELECT {NODE_COLUMNS} FROM nodes"),
+        "node_id",
         ids,
+        "",
     )
-    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|row| node_from_row(row).map(|node| (node.node_id.clone(), node)))
@@ -683,16 +678,13 @@ pub(super) async fn persist_heartbeats(
         let updated = query.execute(&mut *tx).await?.rows_affected();
         if usize::try_from(updated).unwrap_or(usize::MAX) < chunk.len() {
             // Some are gone (removed since they beat): which.
-            let sql = format!(
-                "SELECT node_id FROM nodes WHERE node_id IN ({})",
-                marks(1, chunk.len())
-            );
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-            for (node_id, _) in chunk {
-                query = query.bind(node_id);
-            }
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
             let present: std::collections::HashSet<String> =
-                query.fetch_all(&mut *tx).await?.into_iter().collect();
+                fetch_where_in(&mut tx, "SELECT node_id FROM nodes", "node_id", &ids, "")
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get("node_id"))
+                    .collect::<Result<_, _>>()?;
             gone.extend(
                 chunk
                     .iter()
