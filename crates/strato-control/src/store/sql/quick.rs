@@ -39,7 +39,6 @@ impl QuickReports {
     /// is one of the common kinds, from `job` and `rank` (as read) and
     /// `node` (as read): its outcome, the writes queued; `None` (nothing
     /// queued) for `report_in` to store.
-    #[allow(clippy::too_many_arguments)] // reason: a report's parts as report_in takes them
     pub(super) fn decide(
         &mut self,
         job: &JobRecord,
