@@ -132,10 +132,59 @@ impl Browser {
         format!("/session/{}{path}", self.session)
     }
 
+    /// Opens `url`. A page Chromium shows for a failed load (its
+    /// `chrome-error://` page: a connection refused, reset or closed
+    /// before an answer) is loaded again once, as a user would reload,
+    /// and said on stderr; a second failure is an error naming Chromium's.
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.navigate(url).await?;
+        let Some(failure) = self.load_failure().await? else {
+            return Ok(());
+        };
+        eprintln!("browser: Chromium could not load {url} ({failure}); loading it again");
+        self.navigate(url).await?;
+        match self.load_failure().await? {
+            None => Ok(()),
+            Some(again) => bail!("Chromium could not load {url}, twice: {failure}; then {again}"),
+        }
+    }
+
+    async fn navigate(&self, url: &str) -> anyhow::Result<()> {
         self.call("POST", &self.at("/url"), Some(json!({"url": url})))
             .await
             .map(drop)
+    }
+
+    /// Chromium's own error page's text, when the current page is one.
+    async fn load_failure(&self) -> anyhow::Result<Option<String>> {
+        let page = self
+            .run(
+                "return [document.documentURI, document.body ? document.body.innerText : ''];",
+                json!([]),
+            )
+            .await?;
+        let uri = page[0].as_str().unwrap_or_default();
+        Ok(uri
+            .starts_with("chrome-error:")
+            .then(|| one_line(page[1].as_str().unwrap_or_default(), 300)))
+    }
+
+    /// What the current page says, for an error: its title and the start
+    /// of its text.
+    async fn what_is_shown(&self) -> String {
+        let page = self
+            .run(
+                "return [document.documentURI, document.title, document.body ? document.body.innerText : ''];",
+                json!([]),
+            )
+            .await
+            .unwrap_or_default();
+        format!(
+            "{} (title {:?}): {}",
+            page[0].as_str().unwrap_or_default(),
+            page[1].as_str().unwrap_or_default(),
+            one_line(page[2].as_str().unwrap_or_default(), 300)
+        )
     }
 
     pub async fn url(&self) -> anyhow::Result<String> {
@@ -183,7 +232,11 @@ impl Browser {
                 return Ok(e);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("no element {css:?} on {}", self.url().await?);
+                bail!(
+                    "no element {css:?} on {}; the page shows {}",
+                    self.url().await?,
+                    self.what_is_shown().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -291,6 +344,16 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// `text` on one line, at most `most` characters of it.
+fn one_line(text: &str, most: usize) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(most)
+        .collect()
 }
 
 /// Where the tests put the studio's screenshots (`target/studio-screenshots`).
