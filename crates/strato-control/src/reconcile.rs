@@ -74,6 +74,7 @@ impl<S: Store> Reconciler<S> {
         let tick = Duration::from_millis(self.plane.settings.config.reconcile_interval_ms);
         tokio::pin!(stop);
         loop {
+            let began = tokio::time::Instant::now();
             match self.pass().await {
                 Ok(()) => {
                     self.plane
@@ -89,9 +90,17 @@ impl<S: Store> Reconciler<S> {
                 }
                 Err(e) => tracing::error!(error = %e, "reconcile pass failed; trying again"),
             }
+            // An event asks for the next pass at once, but not sooner than
+            // the last one took: under a storm of events (a burst of
+            // submits, each one) passes take at most about half the time,
+            // leaving the rest to the calls that asked for them.
+            let took = began.elapsed();
             tokio::select! {
                 _ = &mut stop => return,
-                _ = self.plane.events.reconcile_requested() => {}
+                _ = async {
+                    tokio::time::sleep(took).await;
+                    self.plane.events.reconcile_requested().await;
+                } => {}
                 _ = tokio::time::sleep(tick) => {}
             }
         }

@@ -237,32 +237,29 @@ pub(super) async fn set_allocation(
     errors: Vec<ClusterIssue>,
     now: i64,
 ) -> Result<(), StoreError> {
+    // Most passes change nothing: read first, and take a write's turn only
+    // for a change (checked again under it).
+    {
+        let mut conn = db.pool.acquire().await?;
+        match load_cluster(&mut conn, cluster).await {
+            Ok(current) => {
+                if allocation_change(&current, state, target_nodes, &errors, now).is_none() {
+                    return Ok(());
+                }
+            }
+            Err(StoreError::ClusterNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
     let mut tx = db.begin_write().await?;
     let current = match load_cluster(&mut tx, cluster).await {
         Ok(c) => c,
         Err(StoreError::ClusterNotFound(_)) => return Ok(()),
         Err(e) => return Err(e),
     };
-    // An issue that persists keeps its first `since`.
-    let errors: Vec<ClusterIssue> = errors
-        .into_iter()
-        .map(|mut e| {
-            if let Some(old) = current.errors.iter().find(|o| o.code == e.code) {
-                e.since = old.since;
-            }
-            e
-        })
-        .collect();
-    if current.allocation_state == state
-        && current.errors == errors
-        && current.target_nodes == target_nodes
-    {
+    let Some((errors, since)) = allocation_change(&current, state, target_nodes, &errors, now)
+    else {
         return Ok(());
-    }
-    let since = if current.allocation_state == state {
-        current.allocation_since
-    } else {
-        now
     };
     sqlx::query(
         "UPDATE clusters SET allocation_state = $1, allocation_since = $2, errors = $3,
@@ -277,4 +274,38 @@ pub(super) async fn set_allocation(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// What `set_allocation` writes over `current`: the issues (one that
+/// persists keeps its first `since`) and the state's `since`; `None` when
+/// `current` says all that already.
+fn allocation_change(
+    current: &ClusterRecord,
+    state: AllocationState,
+    target_nodes: u32,
+    errors: &[ClusterIssue],
+    now: i64,
+) -> Option<(Vec<ClusterIssue>, i64)> {
+    let errors: Vec<ClusterIssue> = errors
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            if let Some(old) = current.errors.iter().find(|o| o.code == e.code) {
+                e.since = old.since;
+            }
+            e
+        })
+        .collect();
+    if current.allocation_state == state
+        && current.errors == errors
+        && current.target_nodes == target_nodes
+    {
+        return None;
+    }
+    let since = if current.allocation_state == state {
+        current.allocation_since
+    } else {
+        now
+    };
+    Some((errors, since))
 }

@@ -267,13 +267,25 @@ pub(super) async fn set_queued_reason(
     reason: &str,
     since: Option<i64>,
 ) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().await?;
     // A queued job's updated_at is when it was queued (index
     // jobs_queued_by_change): with `since`, only the newly queued are read.
-    sqlx::query(
-        "UPDATE jobs SET reason = $1
-         WHERE cluster = $2 AND state = 'queued' AND updated_at >= $3 AND reason <> $1",
-    )
+    const STALE: &str = "cluster = $2 AND state = 'queued' AND updated_at >= $3 AND reason <> $1";
+    // Most passes find none to change: a write's turn only for some.
+    let stale: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM jobs WHERE {STALE} LIMIT 1"
+    )))
+    .bind(reason)
+    .bind(cluster)
+    .bind(since.unwrap_or(i64::MIN))
+    .fetch_optional(&db.pool)
+    .await?;
+    if stale.is_none() {
+        return Ok(());
+    }
+    let mut tx = db.begin_write().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET reason = $1 WHERE {STALE}"
+    )))
     .bind(reason)
     .bind(cluster)
     .bind(since.unwrap_or(i64::MIN))
@@ -490,31 +502,17 @@ pub(super) async fn cancel_timed_out(
     db: &SqlStore,
     now: i64,
 ) -> Result<Vec<JobRecord>, StoreError> {
+    // Read first (most passes find none), then again under a write's turn.
+    let any = {
+        let mut conn = db.pool.acquire().await?;
+        !timed_out(&mut conn, db.dialect, now).await?.is_empty()
+    };
+    if !any {
+        return Ok(Vec::new());
+    }
     let mut tx = db.begin_write().await?;
-    // Only jobs with a timeout are read; each with when its current
-    // attempt started running.
-    let timeout = db.dialect.json_int("j.spec", "timeout_seconds");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT j.id, {timeout} AS timeout_seconds,
-                (SELECT MAX(t.at) FROM job_transitions t
-                  WHERE t.job_id = j.id AND t.attempt = j.attempt AND t.state = 'running')
-                  AS running_since
-         FROM jobs j
-         WHERE j.state = 'running' AND j.cancel_requested = 0 AND {timeout} IS NOT NULL"
-    )))
-    .fetch_all(&mut *tx)
-    .await?;
     let mut marked = Vec::new();
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        let timeout: i64 = row.try_get("timeout_seconds")?;
-        let Some(since) = row.try_get::<Option<i64>, _>("running_since")? else {
-            continue;
-        };
-        let timeout = u64::try_from(timeout).unwrap_or(0);
-        if !job::past_timeout(timeout, since, now) {
-            continue;
-        }
+    for (id, timeout) in timed_out(&mut tx, db.dialect, now).await? {
         sqlx::query(
             "UPDATE jobs SET cancel_requested = 1, cancel_reason = $1, updated_at = $2
              WHERE id = $3",
@@ -528,6 +526,41 @@ pub(super) async fn cancel_timed_out(
     }
     tx.commit().await?;
     Ok(marked)
+}
+
+/// The running jobs not yet marked for cancellation whose current attempt
+/// has outlived its timeout at `now`, with their timeouts (s).
+async fn timed_out(
+    conn: &mut AnyConnection,
+    dialect: super::Dialect,
+    now: i64,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    // Only jobs with a timeout are read; each with when its current
+    // attempt started running.
+    let timeout = dialect.json_int("j.spec", "timeout_seconds");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT j.id, {timeout} AS timeout_seconds,
+                (SELECT MAX(t.at) FROM job_transitions t
+                  WHERE t.job_id = j.id AND t.attempt = j.attempt AND t.state = 'running')
+                  AS running_since
+         FROM jobs j
+         WHERE j.state = 'running' AND j.cancel_requested = 0 AND {timeout} IS NOT NULL"
+    )))
+    .fetch_all(conn)
+    .await?;
+    let mut past = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let timeout: i64 = row.try_get("timeout_seconds")?;
+        let Some(since) = row.try_get::<Option<i64>, _>("running_since")? else {
+            continue;
+        };
+        let timeout = u64::try_from(timeout).unwrap_or(0);
+        if job::past_timeout(timeout, since, now) {
+            past.push((id, timeout));
+        }
+    }
+    Ok(past)
 }
 
 pub(super) async fn assign_job(

@@ -12,7 +12,7 @@ pub(super) async fn lead(
     ttl_ms: i64,
 ) -> Result<Option<i64>, StoreError> {
     let now = db.dialect.now_ms();
-    let mut tx = db.begin_write_unfenced().await?;
+    let mut tx = db.begin_write_unfenced(super::Lane::First).await?;
     let taken = match held {
         Some(epoch) => {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -54,7 +54,7 @@ pub(super) async fn lead(
 }
 
 pub(super) async fn resign(db: &SqlStore, lease: &Lease) -> Result<(), StoreError> {
-    let mut tx = db.begin_write_unfenced().await?;
+    let mut tx = db.begin_write_unfenced(super::Lane::First).await?;
     sqlx::query(
         "UPDATE leader_lease SET expires_at = 0 WHERE id = 1 AND holder = $1 AND epoch = $2",
     )

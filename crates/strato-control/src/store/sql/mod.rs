@@ -194,13 +194,46 @@ pub struct SqlStore {
     /// The lease every write checks first, for the leader's handle
     /// (`Store::fenced`).
     fence: Option<Arc<Lease>>,
-    /// This process's writers take turns, first come first served, once
-    /// they hold a connection: from their `BEGIN` to their commit or
-    /// rollback. Without it, SQLite's writers poll for the write lock in
-    /// its busy handler (sleeping up to 100 ms at a time, holding their
-    /// connection, while readers wait for one); PostgreSQL's would wait in
-    /// the server for the advisory lock.
+    /// This process's writers take turns (see [`Turn`]).
+    turn: Arc<Turn>,
+}
+
+/// This process's writers take turns, and take a connection in their
+/// turn: from before their `BEGIN` to their commit or rollback. Without
+/// it, SQLite's writers poll for the write lock in its busy handler
+/// (sleeping up to 100 ms at a time, holding their connection, while
+/// readers wait for one); PostgreSQL's would wait in the server for the
+/// advisory lock.
+///
+/// Two lanes: the leader's writes (its reconcile passes, through the
+/// fenced handle) and the lease's go [`Lane::First`]; every other write
+/// (API calls, agents' reports) waits in arrival order in `in_order`, and
+/// only its head waits for the turn itself. So a pass waits for the write
+/// under way and at most one other, not for every submit queued before it
+/// (a pass writes a few times, so the others still get their turns).
+#[derive(Debug, Default)]
+struct Turn {
     turn: Arc<tokio::sync::Mutex<()>>,
+    in_order: tokio::sync::Mutex<()>,
+}
+
+/// Which lane of [`Turn`] a write waits in.
+#[derive(Clone, Copy)]
+enum Lane {
+    First,
+    InOrder,
+}
+
+impl Turn {
+    async fn take(&self, lane: Lane) -> tokio::sync::OwnedMutexGuard<()> {
+        match lane {
+            Lane::First => self.turn.clone().lock_owned().await,
+            Lane::InOrder => {
+                let _head = self.in_order.lock().await;
+                self.turn.clone().lock_owned().await
+            }
+        }
+    }
 }
 
 /// The longest a write waits for this process's turn (as PostgreSQL's
@@ -404,9 +437,14 @@ impl SqlStore {
     }
 
     /// Begins a write transaction: what it reads cannot change before it
-    /// commits, and no other write runs meanwhile.
+    /// commits, and no other write runs meanwhile. The leader's (fenced)
+    /// writes go first.
     async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        let mut tx = self.begin_write_unfenced().await?;
+        let lane = match self.fence {
+            Some(_) => Lane::First,
+            None => Lane::InOrder,
+        };
+        let mut tx = self.begin_write_unfenced(lane).await?;
         if let Some(lease) = &self.fence {
             // Under the write lock: a replica taking the lease over writes
             // under it too, so this check holds until the commit.
@@ -432,10 +470,15 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Begins a write transaction that no lease fences (the lease's own).
-    async fn begin_write_unfenced(&self) -> Result<WriteTx, StoreError> {
-        let connection = self.pool.acquire().await?;
-        let turn = tokio::time::timeout(WRITE_TURN_WAIT, self.turn.clone().lock_owned())
+    /// Begins a write transaction that no lease fences (the lease's own),
+    /// in `lane`.
+    ///
+    /// The turn comes first, then a connection: writers waiting for their
+    /// turn hold none, so readers find one free however many writers
+    /// queue. (No caller holds a connection of the pool while it begins a
+    /// write: the turn's holder could wait for it.)
+    async fn begin_write_unfenced(&self, lane: Lane) -> Result<WriteTx, StoreError> {
+        let turn = tokio::time::timeout(WRITE_TURN_WAIT, self.turn.take(lane))
             .await
             .map_err(|_| {
                 sqlx::Error::Io(std::io::Error::new(
@@ -446,15 +489,16 @@ impl SqlStore {
                     ),
                 ))
             })?;
+        let connection = self.pool.acquire().await?;
         let begin = match self.dialect {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             // READ COMMITTED whatever the database's default: statements
             // after the lock must see what the writer before committed.
             Dialect::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
         };
-        // How `Pool::begin_with` begins, on a connection taken before the
-        // turn (sqlx's own entry point, hidden from its docs: sqlx is
-        // pinned by Cargo.lock).
+        // How `Pool::begin_with` begins, on a connection taken in the turn
+        // (sqlx's own entry point, hidden from its docs: sqlx is pinned by
+        // Cargo.lock).
         let tx = sqlx::Transaction::begin(
             sqlx::pool::MaybePoolConnection::PoolConnection(connection),
             Some(sqlx::SqlSafeStr::into_sql_str(begin)),

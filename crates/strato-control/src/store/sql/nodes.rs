@@ -609,7 +609,7 @@ pub(super) async fn session_began(
 ) -> Result<(), StoreError> {
     // Not fenced (any replica's session begins), but in this process's
     // turn like every write.
-    let mut tx = db.begin_write_unfenced().await?;
+    let mut tx = db.begin_write_unfenced(super::Lane::InOrder).await?;
     sqlx::query("UPDATE nodes SET last_heartbeat = $1 WHERE node_id = $2")
         .bind(now)
         .bind(node_id)

@@ -250,3 +250,109 @@ async fn a_report_that_fails_fails_alone_in_its_batch() {
         (strato_core::job::JobState::Completed, Some(0))
     );
 }
+
+/// Writers waiting for their turn hold no connection: while one write is
+/// under way and more writers than the pool has connections wait behind
+/// it, a read still answers.
+#[tokio::test]
+async fn reads_answer_while_more_writers_wait_than_the_pool_has_connections() {
+    use crate::store::conformance::given_cluster;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqlStore::open(dir.path()).await.expect("open");
+    given_cluster(&store, "cpu").await;
+    let under_way = store.begin_write().await.expect("a write under way");
+    // Twice the pool's 8 connections.
+    let (writers, started) = (16, std::sync::Arc::new(AtomicUsize::new(0)));
+    let waiting: Vec<_> = (0..writers)
+        .map(|i| {
+            let (store, started) = (store.clone(), started.clone());
+            tokio::spawn(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                store.submit_job(&format!("j{i}"), job("cpu"), "", 2).await
+            })
+        })
+        .collect();
+    // Every writer on its way to its turn (each runs until it waits).
+    while started.load(Ordering::SeqCst) < writers {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..writers {
+        tokio::task::yield_now().await;
+    }
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), store.list_clusters())
+        .await
+        .expect("a read while writers wait for their turn")
+        .expect("clusters");
+    assert_eq!(read.len(), 1);
+    drop(under_way);
+    for writer in waiting {
+        writer
+            .await
+            .expect("writer")
+            .expect("submitted in its turn");
+    }
+    let (jobs, _) = store
+        .list_jobs(Some("cpu"), crate::store::JobPage::ALL)
+        .await
+        .expect("jobs");
+    assert_eq!(jobs.len(), writers);
+}
+
+/// The leader's writes (its fenced handle: reconcile passes) go first: one
+/// that comes while many other writers wait follows the write under way
+/// and at most the next in line, not every write queued before it.
+#[tokio::test]
+async fn the_leaders_writes_pass_the_queue_of_other_writers() {
+    use crate::store::Lease;
+    use crate::store::conformance::given_cluster;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqlStore::open(dir.path()).await.expect("open");
+    given_cluster(&store, "cpu").await;
+    let epoch = store.lead("a", None, 60_000).await.expect("lead");
+    let leader = store.fenced(Lease {
+        holder: "a".into(),
+        epoch: epoch.expect("the lease"),
+    });
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let under_way = store.begin_write().await.expect("a write under way");
+    let writers = 16;
+    let mut waiting = Vec::new();
+    for i in 0..writers {
+        let (store, done) = (store.clone(), done.clone());
+        waiting.push(tokio::spawn(async move {
+            let name = format!("j{i}");
+            store.submit_job(&name, job("cpu"), "", 2).await?;
+            done.lock().expect("done").push(name);
+            Ok::<_, StoreError>(())
+        }));
+        // In arrival order: each waits before the next comes.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let pass = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            leader.submit_job("leader", job("cpu"), "", 3).await?;
+            done.lock().expect("done").push("leader".to_owned());
+            Ok::<_, StoreError>(())
+        })
+    };
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    drop(under_way);
+    pass.await.expect("leader").expect("the leader's write");
+    for writer in waiting {
+        writer
+            .await
+            .expect("writer")
+            .expect("submitted in its turn");
+    }
+    let done = done.lock().expect("done").clone();
+    let at = done.iter().position(|n| n == "leader").expect("leader");
+    assert!(at <= 1, "the leader's write came {at}th: {done:?}");
+    assert_eq!(done.len(), writers + 1);
+}
