@@ -261,7 +261,8 @@ pub struct Config {
     pub max_followers_per_caller: u32,
 
     /// Milliseconds between reconcile passes when nothing happens (events
-    /// such as a submitted job trigger one at once).
+    /// such as a submitted job trigger one at once, but no sooner after
+    /// the last pass than that pass took).
     #[arg(long, env = "STRATO_RECONCILE_INTERVAL_MS", default_value_t = 1000)]
     pub reconcile_interval_ms: u64,
 
