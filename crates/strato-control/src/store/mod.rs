@@ -497,7 +497,9 @@ pub trait Store: Send + Sync + Clone + 'static {
     /// This store with every write fenced by `lease`: a write transaction
     /// first checks, after it has the write lock, that the lease is still
     /// `lease` and has not run out by the database's clock, and stores
-    /// nothing (`StoreError::Fenced`) otherwise. What the leader's
+    /// nothing (`StoreError::Fenced`) otherwise. A write that finds
+    /// nothing to change may answer `Ok` without a transaction, so without
+    /// that check (it stores nothing either way). What the leader's
     /// reconcile loop writes through.
     fn fenced(&self, lease: Lease) -> Self
     where
