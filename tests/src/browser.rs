@@ -157,34 +157,33 @@ impl Browser {
 
     /// Chromium's own error page's text, when the current page is one.
     async fn load_failure(&self) -> anyhow::Result<Option<String>> {
-        let page = self
-            .run(
-                "return [document.documentURI, document.body ? document.body.innerText : ''];",
-                json!([]),
-            )
-            .await?;
-        let uri = page[0].as_str().unwrap_or_default();
-        Ok(uri
-            .starts_with("chrome-error:")
-            .then(|| one_line(page[1].as_str().unwrap_or_default(), 300)))
+        let page = self.shown().await?;
+        Ok(page.uri.starts_with("chrome-error:").then_some(page.text))
     }
 
     /// What the current page says, for an error: its title and the start
     /// of its text.
     async fn what_is_shown(&self) -> String {
+        match self.shown().await {
+            Ok(Shown { uri, title, text }) => format!("{uri} (title {title:?}): {text}"),
+            Err(e) => format!("(unreadable: {e})"),
+        }
+    }
+
+    /// The current page's document URI, title and the start of its text.
+    async fn shown(&self) -> anyhow::Result<Shown> {
         let page = self
             .run(
                 "return [document.documentURI, document.title, document.body ? document.body.innerText : ''];",
                 json!([]),
             )
-            .await
-            .unwrap_or_default();
-        format!(
-            "{} (title {:?}): {}",
-            page[0].as_str().unwrap_or_default(),
-            page[1].as_str().unwrap_or_default(),
-            one_line(page[2].as_str().unwrap_or_default(), 300)
-        )
+            .await?;
+        let field = |i: usize| page[i].as_str().unwrap_or_default().to_owned();
+        Ok(Shown {
+            uri: field(0),
+            title: field(1),
+            text: one_line(&field(2), 300),
+        })
     }
 
     pub async fn url(&self) -> anyhow::Result<String> {
@@ -344,6 +343,13 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// What a page shows (`Browser::shown`).
+struct Shown {
+    uri: String,
+    title: String,
+    text: String,
 }
 
 /// `text` on one line, at most `most` characters of it.
