@@ -23,7 +23,7 @@ use strato_proto::v1;
 
 use crate::agents::send_assignment;
 use crate::plane::Plane;
-use crate::store::{NodeRecord, Store, StoreError};
+use crate::store::{NodeSession, Store, StoreError};
 
 /// The longest a courier sleeps without an event.
 const ROUND_EVERY: Duration = Duration::from_secs(1);
@@ -55,9 +55,11 @@ pub async fn round<S: Store>(plane: &Plane<S>) -> Result<(), StoreError> {
         return Ok(());
     }
     let held: HashSet<&str> = ready.iter().map(|(id, _)| id.as_str()).collect();
-    let nodes: HashMap<String, NodeRecord> = plane
+    // A few columns of every node (not whole records): rounds come up
+    // to 20 times a second.
+    let nodes: HashMap<String, NodeSession> = plane
         .store
-        .all_nodes()
+        .node_sessions()
         .await?
         .into_iter()
         .filter(|n| held.contains(n.node_id.as_str()))
@@ -86,6 +88,14 @@ pub async fn round<S: Store>(plane: &Plane<S>) -> Result<(), StoreError> {
             continue;
         }
         let Some(job_id) = &node.run_id else { continue };
+        // Sent in this session already: nothing is owed, and the job need
+        // not be read.
+        if node
+            .attempt
+            .is_some_and(|a| plane.sessions.was_assigned(node_id, job_id, a))
+        {
+            continue;
+        }
         let job = match plane.store.get_job(job_id).await {
             Ok(job) => job,
             Err(StoreError::JobNotFound(_)) => continue,

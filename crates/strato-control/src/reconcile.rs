@@ -110,15 +110,44 @@ impl<S: Store> Reconciler<S> {
     pub async fn pass(&mut self) -> Result<(), StoreError> {
         let now = self.plane.clock.now_ms();
         let clusters = self.store.list_clusters().await?;
-        let nodes = self.store.all_nodes().await?;
-        self.check_node_health(&clusters, &nodes, now).await?;
+        let mut nodes = self.store.all_nodes().await?;
+        let mut read_at = tokio::time::Instant::now();
+        // The nodes as the pass began (one read of them all a pass): a
+        // node added or removed now is in the file after the next pass.
+        self.write_targets(&nodes);
+        if self.check_node_health(&clusters, &nodes, now).await? {
+            // Some became unusable: the clusters' steps see them so.
+            nodes = self.store.all_nodes().await?;
+            read_at = tokio::time::Instant::now();
+        }
+        // Each cluster's step starts from this one read of its nodes while
+        // it is younger than a pass interval (earlier clusters' provider
+        // calls may take seconds: then a step reads its own).
+        let fresh_for = Duration::from_millis(self.plane.settings.config.reconcile_interval_ms);
+        let mut by_cluster: HashMap<String, Vec<NodeRecord>> = HashMap::new();
+        for node in nodes {
+            by_cluster
+                .entry(node.cluster.clone())
+                .or_default()
+                .push(node);
+        }
         let names: std::collections::HashSet<String> =
             clusters.iter().map(|c| c.spec.name.clone()).collect();
         self.reasons.retain(|name, _| names.contains(name));
         self.power.forget(&names);
         for cluster in clusters {
+            let read = by_cluster.remove(&cluster.spec.name).unwrap_or_default();
+            let nodes = if read_at.elapsed() <= fresh_for {
+                Ok(read)
+            } else {
+                self.store.list_nodes(&cluster.spec.name).await
+            };
             // One cluster's trouble does not hold up the others.
-            match self.reconcile_cluster(&cluster, now).await {
+            let step = match nodes {
+                Ok(nodes) => self.reconcile_cluster(&cluster, nodes, now).await,
+                Err(e) => Err(e),
+            };
+            match step {
                 Ok(()) => {}
                 Err(e @ StoreError::Fenced(_)) => return Err(e),
                 Err(e) => {
@@ -129,9 +158,6 @@ impl<S: Store> Reconciler<S> {
         for job in self.store.cancel_timed_out(now).await? {
             tracing::info!(job = %job.id, reason = %job.cancel_reason, "job past its timeout: canceling");
         }
-        // The nodes as the pass began (one read of them all a pass): a
-        // node added or removed now is in the file after the next pass.
-        self.write_targets(&nodes);
         self.forget_old_jobs(now).await?;
         Ok(())
     }
@@ -194,13 +220,15 @@ impl<S: Store> Reconciler<S> {
 
     /// Nodes that never enrolled or stopped heartbeating become unusable
     /// (`node::health`); their jobs are retried or failed (by the store),
-    /// and the next scale decision removes and replaces them.
+    /// and the next scale decision removes and replaces them. True when
+    /// some became unusable.
     async fn check_node_health(
         &mut self,
         clusters: &[ClusterRecord],
         nodes: &[NodeRecord],
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let mut changed = false;
         let config = &self.plane.settings.config;
         let timeouts = health::Timeouts {
             start_seconds: config.node_start_timeout,
@@ -257,6 +285,7 @@ impl<S: Store> Reconciler<S> {
                     }
                     self.plane.sessions.drop_node(&node.node_id);
                     self.plane.events.changed();
+                    changed = true;
                 }
                 Health::Up => {
                     // A node created after the last failure came up: the
@@ -268,33 +297,36 @@ impl<S: Store> Reconciler<S> {
                 Health::NotLive | Health::Starting => {}
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
+    /// One cluster's step, from `nodes`: its nodes as the pass read them.
     async fn reconcile_cluster(
         &mut self,
         cluster: &ClusterRecord,
+        mut nodes: Vec<NodeRecord>,
         now: i64,
     ) -> Result<(), StoreError> {
         let name = &cluster.spec.name;
         let plane = self.plane.clone();
         let store = &self.store.clone();
-        let mut nodes = store.list_nodes(name).await?;
-        let read = scale::queued_to_read(
-            cluster.spec.compute_type == ComputeType::Attached,
-            cluster.spec.max_nodes,
-            QUEUED_READ,
-        );
-        let mut queued = store.queued_jobs(name, read).await?;
-        // A full read may have left jobs in the database.
-        let more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
-
         // Placement first, so idle nodes that take work are not removed.
         let ready: Vec<String> = nodes
             .iter()
             .filter(|n| scale::takes_work(n.state, n.run_id.is_some(), n.session_replica.is_some()))
             .map(|n| n.node_id.clone())
             .collect();
+        let attached = cluster.spec.compute_type == ComputeType::Attached;
+        let read = scale::queued_to_read(
+            attached,
+            cluster.spec.max_nodes,
+            busy(&nodes),
+            count(ready.len()),
+            QUEUED_READ,
+        );
+        let mut queued = store.queued_jobs(name, read).await?;
+        // A full read may have left jobs in the database.
+        let mut more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
         let queue: Vec<(String, u32)> = queued
             .iter()
             .map(|q| (q.id.clone(), q.node_count))
@@ -338,8 +370,18 @@ impl<S: Store> Reconciler<S> {
             // meanwhile counts at the next pass).
             queued.retain(|q| !taken.contains(q.id.as_str()));
         }
-        if cluster.spec.compute_type == ComputeType::Attached {
+        if attached {
             return self.settle_attached(cluster, &nodes, &queued, now).await;
+        }
+        if more_queued {
+            // Nodes that finished a job meanwhile leave room for more of
+            // the queue than the read kept: the decision needs them.
+            let read =
+                scale::queued_to_read(false, cluster.spec.max_nodes, busy(&nodes), 0, QUEUED_READ);
+            if usize::try_from(read).unwrap_or(usize::MAX) > queued.len() {
+                queued = store.queued_jobs(name, read).await?;
+                more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
+            }
         }
 
         let size = cluster
@@ -796,6 +838,16 @@ fn queued_nodes(queued: &[crate::store::QueuedJob]) -> u32 {
         .iter()
         .map(|q| q.node_count)
         .fold(0u32, u32::saturating_add)
+}
+
+/// The live nodes holding a job (the decision's busy nodes).
+fn busy(nodes: &[NodeRecord]) -> u32 {
+    count(
+        nodes
+            .iter()
+            .filter(|n| scale::is_live(n.state) && n.run_id.is_some())
+            .count(),
+    )
 }
 
 /// The nodes as the scale decision sees them.

@@ -22,8 +22,8 @@ use strato_core::spec::ClusterSpec;
 pub use records::{
     ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
     EnrollReport, GangRank, JobRecord, JoinTokenRecord, Lease, LogRecord, NodeRecord, NodeReport,
-    NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord,
-    TransitionRecord,
+    NodeSession, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
+    RoleAssignmentRecord, TransitionRecord,
 };
 pub use sql::{DB_FILE, Dialect, SqlStore};
 
@@ -241,10 +241,12 @@ impl JobPage {
 
 /// The most queued jobs of a cluster `Store::queued_jobs` reads (oldest
 /// first), so that a reconcile pass over a long queue stays short. A pass
-/// over a managed cluster reads only its `max_nodes` oldest (all it could
-/// place; demand beyond is capped by max_nodes), an attached cluster's
-/// up to this many (its issue says how many nodes the queue needs); the
-/// rest are read by later passes as these are placed.
+/// over a managed cluster reads only its oldest `max_nodes` less the nodes
+/// holding a job, or as many as it has ready nodes if more
+/// (`scale::queued_to_read`: all it could place; demand beyond is capped by
+/// `max_nodes`), an attached cluster's up to this many (its issue says how
+/// many nodes the queue needs); the rest are read by later passes as these
+/// are placed.
 pub const QUEUED_READ: u32 = 5_000;
 
 /// Where clusters, nodes and jobs live. `now` is passed in (milliseconds
@@ -311,6 +313,11 @@ pub trait Store: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
     fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
+
+    /// Every node's state, job (and that job's current attempt) and session
+    /// holder, as `all_nodes` and `get_job` have them, ordered by node id:
+    /// what a courier round reads.
+    fn node_sessions(&self) -> impl Future<Output = Result<Vec<NodeSession>, StoreError>> + Send;
 
     /// How many nodes each cluster has in each state (states with none are
     /// left out): what `/metrics` shows, without reading every node.

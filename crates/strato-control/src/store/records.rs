@@ -221,6 +221,21 @@ pub enum AttemptReport {
     Ended(AttemptEnd, String),
 }
 
+/// A node as a replica's courier reads it every round: its state, its job
+/// (with the job's current attempt) and which replica holds its agent's
+/// session (a few columns of every node, not the whole record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSession {
+    pub node_id: String,
+    pub state: NodeState,
+    /// The job on the node, if any.
+    pub run_id: Option<String>,
+    /// That job's current attempt (`JobRecord::attempt`).
+    pub attempt: Option<u32>,
+    /// As `NodeRecord::session_replica`.
+    pub session_replica: Option<String>,
+}
+
 /// An agent's report about an attempt on its node, as
 /// `Store::report_attempts` takes many of them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -195,17 +195,28 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// How many of a cluster's oldest queued jobs a pass reads, at most `most`.
-/// A managed cluster never holds more than `max_nodes` and each job takes
-/// one or more: its oldest `max_nodes` jobs are all a pass can place, and
-/// demand beyond them is capped by `max_nodes` (at least one is read, to
-/// know whether any waits). An attached cluster's issue says how many
-/// nodes the whole queue needs: `most`.
-pub fn queued_to_read(attached: bool, max_nodes: u32, most: u32) -> u32 {
+/// How many of a cluster's oldest queued jobs a pass reads, at most `most`,
+/// for a cluster whose live nodes hold `busy` jobs' nodes and whose `ready`
+/// nodes can take one.
+///
+/// A managed cluster's decision counts demand (`busy` plus the queued
+/// jobs' nodes) only up to `max_nodes`, and each job takes one node or
+/// more: its oldest `max_nodes - busy` jobs decide as the whole queue does,
+/// before and after the pass places some. Placement takes the oldest jobs
+/// first and at most one a ready node, so `ready` jobs are all it can place
+/// (more than `max_nodes - busy` only when `max_nodes` was lowered). At
+/// least one is read, to know whether any waits. So a full cluster with a
+/// long queue reads about as many as it has nodes free, not `max_nodes`.
+/// An attached cluster's issue says how many nodes the whole queue needs:
+/// `most`.
+pub fn queued_to_read(attached: bool, max_nodes: u32, busy: u32, ready: u32, most: u32) -> u32 {
     if attached {
         most
     } else {
-        max_nodes.clamp(1, most.max(1))
+        max_nodes
+            .saturating_sub(busy)
+            .max(ready)
+            .clamp(1, most.max(1))
     }
 }
 
@@ -285,10 +296,29 @@ mod tests {
 
     #[test]
     fn a_pass_reads_what_it_could_place_or_the_whole_bound_when_attached() {
-        assert_eq!(queued_to_read(false, 1_000, 5_000), 1_000);
-        assert_eq!(queued_to_read(false, 0, 5_000), 1, "one, to know any waits");
-        assert_eq!(queued_to_read(false, 9_000, 5_000), 5_000);
-        assert_eq!(queued_to_read(true, 10, 5_000), 5_000);
+        assert_eq!(queued_to_read(false, 1_000, 0, 0, 5_000), 1_000);
+        assert_eq!(
+            queued_to_read(false, 1_000, 980, 20, 5_000),
+            20,
+            "a full cluster reads as many as it has nodes free"
+        );
+        assert_eq!(
+            queued_to_read(false, 2, 0, 10, 5_000),
+            10,
+            "max_nodes lowered below the ready nodes: as many as they take"
+        );
+        assert_eq!(
+            queued_to_read(false, 0, 0, 0, 5_000),
+            1,
+            "one, to know any waits"
+        );
+        assert_eq!(
+            queued_to_read(false, 10, 10, 0, 5_000),
+            1,
+            "one, to know any waits"
+        );
+        assert_eq!(queued_to_read(false, 9_000, 0, 0, 5_000), 5_000);
+        assert_eq!(queued_to_read(true, 10, 3, 2, 5_000), 5_000);
     }
 
     #[test]
@@ -510,6 +540,63 @@ mod tests {
     }
 
     proptest! {
+        /// The oldest `queued_to_read` jobs place and decide as the whole
+        /// queue does, before placement and after it.
+        #[test]
+        fn the_jobs_a_pass_reads_place_and_decide_as_the_whole_queue(
+            nodes in arb_nodes(),
+            min in 0u32..4,
+            max in 0u32..12,
+            jobs in prop::collection::vec(1u32..4, 0..40),
+        ) {
+            let max = max.max(min);
+            let busy = nodes.iter().filter(|n| is_live(n.state) && n.has_job).count() as u32;
+            let ready: Vec<String> = nodes
+                .iter()
+                .filter(|n| takes_work(n.state, n.has_job, true))
+                .map(|n| n.node_id.clone())
+                .collect();
+            let queue: Vec<(String, u32)> = jobs
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("j{i}"), *n))
+                .collect();
+            let read = queued_to_read(false, max, busy, ready.len() as u32, 5_000) as usize;
+            let partial = &queue[..read.min(queue.len())];
+            let decide_on = |nodes: &[NodeSnapshot], queue: &[(String, u32)]| {
+                decide(&ScaleInput {
+                    min_nodes: min,
+                    max_nodes: max,
+                    idle_seconds: 60,
+                    nodes,
+                    queued_nodes: queue.iter().map(|(_, n)| n).sum(),
+                    quota_nodes_left: 100,
+                    provider_backoff_until: None,
+                    now: 150_000,
+                })
+            };
+            prop_assert_eq!(decide_on(&nodes, partial), decide_on(&nodes, &queue));
+            let placed = place(partial, &ready);
+            prop_assert_eq!(&placed, &place(&queue, &ready));
+            // After placement: the placed jobs' nodes hold them, the
+            // placed jobs leave both queues.
+            let taken: Vec<&str> = placed.iter().flat_map(|(_, n)| n.iter().copied()).collect();
+            let after: Vec<NodeSnapshot> = nodes
+                .iter()
+                .map(|n| NodeSnapshot {
+                    has_job: n.has_job || taken.contains(&n.node_id.as_str()),
+                    ..n.clone()
+                })
+                .collect();
+            let left = |q: &[(String, u32)]| -> Vec<(String, u32)> {
+                q.iter().filter(|(j, _)| !placed.iter().any(|(p, _)| p == j)).cloned().collect()
+            };
+            prop_assert_eq!(
+                decide_on(&after, &left(partial)),
+                decide_on(&after, &left(&queue))
+            );
+        }
+
         #[test]
         fn decisions_keep_every_rule(
             nodes in arb_nodes(),

@@ -116,6 +116,7 @@ macro_rules! store_conformance_suite {
                 a_lease_that_runs_out_is_taken_over,
                 a_deposed_leaders_writes_are_refused_and_store_nothing,
                 the_replica_holding_a_session_is_recorded_until_it_ends,
+                node_sessions_say_what_the_nodes_say,
             ],
         );
     };

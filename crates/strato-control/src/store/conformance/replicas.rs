@@ -2,7 +2,7 @@
 //! which replica holds a node's session.
 
 use super::{given_cluster, given_idle_nodes, job, node};
-use crate::store::{Lease, Store, StoreError};
+use crate::store::{Lease, NodeSession, Store, StoreError};
 
 /// Long enough never to run out during a case.
 const LONG: i64 = 600_000;
@@ -119,6 +119,62 @@ pub async fn a_deposed_leaders_writes_are_refused_and_store_nothing<S: Store>(st
     assert_eq!(
         a.get_job("new-leader").await.expect("read").id,
         "new-leader"
+    );
+}
+
+pub async fn node_sessions_say_what_the_nodes_say<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    assert!(store.node_sessions().await.expect("read").is_empty());
+    given_idle_nodes(&store, "cpu", &["cpu-n1", "cpu-n0"]).await;
+    store
+        .create_node("cpu", "cpu-n2", "join-n2", i64::MAX, &super::limits(100), 2)
+        .await
+        .expect("a node not enrolled");
+    store.session_opened("cpu-n1", "r1#2").await.expect("open");
+    store
+        .submit_job("j", job("cpu"), "", 3)
+        .await
+        .expect("submit");
+    store
+        .assign_job("j", &["cpu-n1".to_owned()], 4)
+        .await
+        .expect("assign");
+    let attempt = store.get_job("j").await.expect("job").attempt;
+    let sessions = store.node_sessions().await.expect("read");
+    let mut from_nodes: Vec<NodeSession> = store
+        .all_nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| NodeSession {
+            node_id: n.node_id,
+            state: n.state,
+            attempt: n.run_id.is_some().then_some(attempt),
+            run_id: n.run_id,
+            session_replica: n.session_replica,
+        })
+        .collect();
+    from_nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    assert_eq!(sessions, from_nodes);
+    let n1 = &sessions[1];
+    assert_eq!(
+        (
+            n1.node_id.as_str(),
+            n1.run_id.as_deref(),
+            n1.session_replica.as_deref()
+        ),
+        ("cpu-n1", Some("j"), Some("r1#2"))
+    );
+    assert_eq!(n1.state, strato_core::node::NodeState::Preparing);
+    assert_eq!(sessions[0].state, strato_core::node::NodeState::Idle);
+    // Not enrolled yet: preparing, without a job or a session.
+    assert_eq!(
+        (
+            sessions[2].state,
+            &sessions[2].run_id,
+            &sessions[2].session_replica
+        ),
+        (strato_core::node::NodeState::Preparing, &None, &None)
     );
 }
 

@@ -52,8 +52,8 @@ use strato_core::spec::ClusterSpec;
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
     Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, JoinTokenRecord,
-    Lease, LogRecord, NodeRecord, NodeReport, NodeUsage, QueuedJob, RankToStop, RegistryRecord,
-    ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
+    Lease, LogRecord, NodeRecord, NodeReport, NodeSession, NodeUsage, QueuedJob, RankToStop,
+    RegistryRecord, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -757,6 +757,10 @@ impl Store for SqlStore {
         let mut nodes = nodes::all_nodes(self).await?;
         self.beats.overlay(&mut nodes);
         Ok(nodes)
+    }
+
+    async fn node_sessions(&self) -> Result<Vec<NodeSession>, StoreError> {
+        nodes::node_sessions(self).await
     }
 
     async fn create_node(

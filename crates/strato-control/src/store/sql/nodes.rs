@@ -15,7 +15,8 @@ use super::ranks::end_ranks_on;
 use super::usage::{allocation, allocations, node_count};
 use super::{Beat, SqlStore, corrupt, fetch_where_in, flag_col, select_one, u32_col, values_from};
 use crate::store::{
-    Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeUsage, StoreError,
+    Conflict, EnrollReport, Enrolment, Join, JoinTokenRecord, NodeRecord, NodeSession, NodeUsage,
+    StoreError,
 };
 
 pub(super) const NODE_COLUMNS: &str = "node_id, cluster, state, private_ip, port, run_id, reason, state_since, \
@@ -124,6 +125,29 @@ pub(super) async fn list_nodes(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(node_from_row).collect()
+}
+
+pub(super) async fn node_sessions(db: &SqlStore) -> Result<Vec<NodeSession>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT n.node_id, n.state, n.run_id, n.session_replica, j.attempt
+         FROM nodes n LEFT JOIN jobs j ON j.id = n.run_id ORDER BY n.node_id",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let state: String = row.try_get(1)?;
+            Ok(NodeSession {
+                node_id: row.try_get(0)?,
+                state: NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
+                run_id: row.try_get(2)?,
+                attempt: row
+                    .try_get::<Option<i64>, _>(4)?
+                    .and_then(|a| u32::try_from(a).ok()),
+                session_replica: row.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn all_nodes(db: &SqlStore) -> Result<Vec<NodeRecord>, StoreError> {
