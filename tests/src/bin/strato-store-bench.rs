@@ -4,8 +4,11 @@
 //! how fast nodes enrol and jobs are submitted (a transaction each, as the
 //! API does them), how fast a reconcile pass's placements are stored (one
 //! transaction for the pass, `assign_jobs`) against one transaction per
-//! job (`assign_job`), and what one heartbeat of every node costs (kept in
-//! memory, then written in one transaction). Prints one line of figures.
+//! job (`assign_job`), how fast the agents' reports of those jobs are
+//! stored (each running, then each ended with exit code 0, in the report
+//! writer's batches of `REPORT_BATCH`), and what one heartbeat of every
+//! node costs (kept in memory, then written in one transaction). Prints
+//! one line of figures.
 //!
 //! Usage: `strato-store-bench sqlite|postgres NODES JOBS`
 
@@ -14,9 +17,13 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use strato_control::reports::REPORT_BATCH;
 use strato_control::store::conformance::postgres::Schema;
 use strato_control::store::conformance::{AGENT_KEY, REGION, job};
-use strato_control::store::{EnrollReport, Enrolment, NodeUsage, SqlStore, Store};
+use strato_control::store::{
+    AttemptReport, EnrollReport, Enrolment, NodeReport, NodeUsage, ReportOutcome, SqlStore, Store,
+};
+use strato_core::job::AttemptEnd;
 use strato_core::quota::{QuotaLimits, RegionQuota};
 use strato_core::spec::{ClusterRequest, validate};
 
@@ -165,6 +172,34 @@ async fn run(store: &SqlStore, nodes: usize, jobs: usize) -> Result<String, Stri
             .map_err(e)?;
     }
     let one_by_one = rate(nodes - batch, started);
+    // The placed jobs' reports, as the report writer stores them: every
+    // job running, then every job ended.
+    let started = Instant::now();
+    for report in [
+        AttemptReport::Running,
+        AttemptReport::Ended(AttemptEnd::Exited(0), String::new()),
+    ] {
+        let reports: Vec<NodeReport> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| NodeReport {
+                node_id: id.clone(),
+                job_id: format!("job-{i}"),
+                attempt: 1,
+                report: report.clone(),
+            })
+            .collect();
+        for batch in reports.chunks(REPORT_BATCH) {
+            let outcomes = store.report_attempts(batch, 6).await.map_err(e)?;
+            if let Some(wrong) = outcomes
+                .iter()
+                .find(|o| !matches!(o, Ok(ReportOutcome::Recorded | ReportOutcome::Release)))
+            {
+                return Err(format!("a report was not stored: {wrong:?}"));
+            }
+        }
+    }
+    let reported = rate(2 * nodes, started);
     // A heartbeat from every node, then the write of them all.
     let started = Instant::now();
     for id in &ids {
@@ -185,6 +220,7 @@ async fn run(store: &SqlStore, nodes: usize, jobs: usize) -> Result<String, Stri
         "nodes={nodes} jobs={jobs} enrol/s={enrolled:.0} submit/s={submitted:.0} \
          placements/s(one transaction a pass)={batched:.0} \
          placements/s(one transaction a job)={one_by_one:.0} \
+         reports/s(batches of {REPORT_BATCH})={reported:.0} \
          heartbeats-in-memory-ms={beats_ms:.1} heartbeats-write-ms={persist_ms:.1}"
     ))
 }
