@@ -845,7 +845,7 @@ fn busy(nodes: &[NodeRecord]) -> u32 {
     count(
         nodes
             .iter()
-            .filter(|n| scale::is_live(n.state) && n.run_id.is_some())
+            .filter(|n| scale::is_busy(n.state, n.run_id.is_some()))
             .count(),
     )
 }

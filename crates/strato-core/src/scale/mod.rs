@@ -118,6 +118,11 @@ pub fn is_live(state: NodeState) -> bool {
     )
 }
 
+/// Whether a node counts as busy in the demand: live and holding a job.
+pub fn is_busy(state: NodeState, has_job: bool) -> bool {
+    is_live(state) && has_job
+}
+
 /// Whether a node can take a queued job now: idle, without a job, and its
 /// agent connected (a placement must reach it).
 pub fn takes_work(state: NodeState, has_job: bool, connected: bool) -> bool {
@@ -141,7 +146,13 @@ pub fn decide(input: &ScaleInput<'_>) -> ScaleDecision {
         .map(|n| (n.node_id.clone(), RemoveReason::Unusable))
         .collect();
 
-    let busy = count(live.iter().filter(|n| n.has_job).count());
+    let busy = count(
+        input
+            .nodes
+            .iter()
+            .filter(|n| is_busy(n.state, n.has_job))
+            .count(),
+    );
     let demand = busy.saturating_add(input.queued_nodes);
     let max = input.max_nodes.max(input.min_nodes);
     let target = demand.clamp(input.min_nodes, max);
@@ -196,8 +207,8 @@ fn count(n: usize) -> u32 {
 }
 
 /// How many of a cluster's oldest queued jobs a pass reads, at most `most`,
-/// for a cluster whose live nodes hold `busy` jobs' nodes and whose `ready`
-/// nodes can take one.
+/// for a cluster with `busy` busy nodes (`is_busy`) and `ready` nodes that
+/// can take one (`takes_work`).
 ///
 /// A managed cluster's decision counts demand (`busy` plus the queued
 /// jobs' nodes) only up to `max_nodes`, and each job takes one node or
@@ -550,7 +561,7 @@ mod tests {
             jobs in prop::collection::vec(1u32..4, 0..40),
         ) {
             let max = max.max(min);
-            let busy = nodes.iter().filter(|n| is_live(n.state) && n.has_job).count() as u32;
+            let busy = nodes.iter().filter(|n| is_busy(n.state, n.has_job)).count() as u32;
             let ready: Vec<String> = nodes
                 .iter()
                 .filter(|n| takes_work(n.state, n.has_job, true))
