@@ -276,6 +276,8 @@ impl Drop for InProcess {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+        // Before the work directory goes (`_dir`, dropped after this).
+        self.fleet.stop_every_agent();
     }
 }
 

@@ -49,6 +49,15 @@ impl Agent {
             }
         }
     }
+
+    /// Stops it without a runtime to wait on: a thread's agent is joined,
+    /// a task's aborted.
+    fn stop_blocking(self) {
+        match self {
+            Agent::Thread(t) => t.stop_blocking(),
+            Agent::Task(t) => t.abort(),
+        }
+    }
 }
 
 /// What simulated jobs do: each container prints one line, runs for
@@ -99,6 +108,7 @@ async fn run_jobs(runtime: FakeRuntime, jobs: SimJobs) {
 struct AgentThread {
     stop: tokio::sync::oneshot::Sender<()>,
     exited: tokio::sync::oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl AgentThread {
@@ -110,7 +120,7 @@ impl AgentThread {
     ) -> std::io::Result<Self> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (exit, exited) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("agent-{node}"))
             .spawn(move || {
                 match tokio::runtime::Builder::new_current_thread()
@@ -132,13 +142,23 @@ impl AgentThread {
                 // The runtime, with every task of the agent, is gone now.
                 let _ = exit.send(());
             })?;
-        Ok(AgentThread { stop, exited })
+        Ok(AgentThread {
+            stop,
+            exited,
+            thread,
+        })
     }
 
     /// Stops the agent and waits until nothing of it runs.
     async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.exited.await;
+    }
+
+    /// Stops the agent and blocks until its thread ended.
+    fn stop_blocking(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
     }
 }
 
@@ -428,6 +448,21 @@ impl SimFleet {
             },
         );
         Ok(())
+    }
+
+    /// Stops every agent and waits for their threads, blocking: a test's
+    /// teardown, so that no agent writes into its work directory (its
+    /// credentials, on reconnecting) after that directory was removed.
+    pub fn stop_every_agent(&self) {
+        let nodes = std::mem::take(&mut *self.nodes_map());
+        for node in nodes.into_values() {
+            if let Some(jobs) = node.jobs {
+                jobs.abort();
+            }
+            if let Some(agent) = node.agent {
+                agent.stop_blocking();
+            }
+        }
     }
 
     async fn take_down(&self, node_id: &str) {
