@@ -325,8 +325,7 @@ impl<S: Store> Reconciler<S> {
             QUEUED_READ,
         );
         let mut queued = store.queued_jobs(name, read).await?;
-        // A full read may have left jobs in the database.
-        let mut more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
+        let mut more_queued = full(&queued, read);
         let queue: Vec<(String, u32)> = queued
             .iter()
             .map(|q| (q.id.clone(), q.node_count))
@@ -373,15 +372,17 @@ impl<S: Store> Reconciler<S> {
         if attached {
             return self.settle_attached(cluster, &nodes, &queued, now).await;
         }
-        if more_queued {
-            // Nodes that finished a job meanwhile leave room for more of
-            // the queue than the read kept: the decision needs them.
-            let read =
-                scale::queued_to_read(false, cluster.spec.max_nodes, busy(&nodes), 0, QUEUED_READ);
-            if usize::try_from(read).unwrap_or(usize::MAX) > queued.len() {
-                queued = store.queued_jobs(name, read).await?;
-                more_queued = queued.len() >= usize::try_from(read).unwrap_or(usize::MAX);
-            }
+        // Nodes that finished a job meanwhile may leave room for more of
+        // the queue than the read kept: the decision needs them.
+        if let Some(read) = scale::queued_to_read_again(
+            more_queued,
+            cluster.spec.max_nodes,
+            busy(&nodes),
+            queued.len(),
+            QUEUED_READ,
+        ) {
+            queued = store.queued_jobs(name, read).await?;
+            more_queued = full(&queued, read);
         }
 
         let size = cluster
@@ -838,6 +839,12 @@ fn queued_nodes(queued: &[crate::store::QueuedJob]) -> u32 {
         .iter()
         .map(|q| q.node_count)
         .fold(0u32, u32::saturating_add)
+}
+
+/// A read of `read` jobs that came back full may have left jobs in the
+/// database.
+fn full(queued: &[crate::store::QueuedJob], read: u32) -> bool {
+    queued.len() >= usize::try_from(read).unwrap_or(usize::MAX)
 }
 
 /// The live nodes holding a job (the decision's busy nodes).

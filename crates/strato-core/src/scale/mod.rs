@@ -231,6 +231,21 @@ pub fn queued_to_read(attached: bool, max_nodes: u32, busy: u32, ready: u32, mos
     }
 }
 
+/// After placement, how many of a managed cluster's oldest queued jobs to
+/// read again, if any: when its first read was full (`more`) and nodes
+/// freed meanwhile (`busy` now) leave room for more than the `kept` jobs
+/// it holds, the decision needs them (`queued_to_read`'s rule).
+pub fn queued_to_read_again(
+    more: bool,
+    max_nodes: u32,
+    busy: u32,
+    kept: usize,
+    most: u32,
+) -> Option<u32> {
+    let read = queued_to_read(false, max_nodes, busy, 0, most);
+    (more && usize::try_from(read).unwrap_or(usize::MAX) > kept).then_some(read)
+}
+
 /// A cluster's queued reason as a pass last gave it to its queued jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReasonGiven {
@@ -330,6 +345,22 @@ mod tests {
         );
         assert_eq!(queued_to_read(false, 9_000, 0, 0, 5_000), 5_000);
         assert_eq!(queued_to_read(true, 10, 3, 2, 5_000), 5_000);
+    }
+
+    #[test]
+    fn the_queue_is_read_again_only_when_a_full_read_left_room_unread() {
+        // 10 nodes, 6 busy now: room for 4, and the full read kept 2.
+        assert_eq!(queued_to_read_again(true, 10, 6, 2, 5_000), Some(4));
+        assert_eq!(
+            queued_to_read_again(true, 10, 6, 4, 5_000),
+            None,
+            "kept enough"
+        );
+        assert_eq!(
+            queued_to_read_again(false, 10, 6, 2, 5_000),
+            None,
+            "the read held the whole queue"
+        );
     }
 
     #[test]
