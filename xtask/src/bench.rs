@@ -153,8 +153,9 @@ pub(crate) fn bench_dispatch() -> anyhow::Result<()> {
 ///   enrolments and submits per second (a transaction each), placements per
 ///   second with a pass's placements in one transaction and with one
 ///   transaction a job, the placed jobs' reports in the report writer's
-///   batches (reports per second), and a heartbeat from every node (in
-///   memory, then one write);
+///   batches (reports per second), a heartbeat from every node (in
+///   memory, then one write), and a read of every node (as a reconcile
+///   pass reads them, and as the courier does);
 /// - the control plane with a simulated fleet (`strato-scale-bench`
 ///   driving `strato-control-sim`: agents over real gRPC on fake engines),
 ///   1,000 and 10,000 nodes: queued-to-provider p50 and p99, the control

@@ -30,8 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::grpc::store_status as status;
 use crate::plane::{ExecRoute, Plane, hash_token, new_token};
 use crate::store::{
-    AttemptReport, ClusterRecord, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeRecord,
-    NodeReport, NodeUsage, ReportOutcome, Store, StoreError,
+    AttemptReport, ClusterRecord, EnrollReport, Enrolment, JobRecord, Join, LogRecord, NodeLogs,
+    NodeRecord, NodeReport, NodeUsage, ReportOutcome, Store, StoreError,
 };
 
 pub struct AgentApi<S> {
@@ -535,8 +535,16 @@ async fn handle<S: Store>(
             // Any message shows the agent is alive: a node busy sending
             // output is not mistaken for a silent one.
             plane
-                .store
-                .append_logs(node_id, &log.job_id, log.attempt, &lines, now)
+                .logs
+                .append(
+                    NodeLogs {
+                        node_id: node_id.to_owned(),
+                        job_id: log.job_id.clone(),
+                        attempt: log.attempt,
+                        lines,
+                    },
+                    now,
+                )
                 .await?;
             plane.events.output(&log.job_id);
         }

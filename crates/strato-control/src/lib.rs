@@ -231,6 +231,7 @@ pub async fn serve(
     let plane = Arc::new(Plane {
         replica,
         reports: reports::ReportWriter::start(store.clone()),
+        logs: reports::LogWriter::start(store.clone()),
         store,
         tokens,
         federation,

@@ -433,6 +433,8 @@ pub struct Plane<S> {
     pub store: S,
     /// Agents' attempt reports, written in batches (`reports`).
     pub reports: crate::reports::ReportWriter,
+    /// Agents' output, written in batches (`reports`).
+    pub logs: crate::reports::LogWriter,
     pub tokens: crate::tokens::TokenIssuer,
     /// Set: tokens come from Entra ID through federation instead.
     pub federation: Option<crate::federation::Federation>,

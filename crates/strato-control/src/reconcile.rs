@@ -364,7 +364,30 @@ impl<S: Store> Reconciler<S> {
             self.plane.events.changed();
         }
         if !placed.is_empty() {
-            nodes = store.list_nodes(name).await?;
+            // The nodes given a job (taken or refused) as stored now, the
+            // others as the pass read them: one read of those, not of
+            // every node.
+            let placed_on: Vec<String> = placed
+                .iter()
+                .flat_map(|(_, on)| on.iter().cloned())
+                .collect();
+            let mut now_stored: HashMap<String, NodeRecord> = store
+                .nodes_by_id(&placed_on)
+                .await?
+                .into_iter()
+                .map(|n| (n.node_id.clone(), n))
+                .collect();
+            let placed_on: std::collections::HashSet<&String> = placed_on.iter().collect();
+            nodes = nodes
+                .into_iter()
+                .filter_map(|n| {
+                    if placed_on.contains(&n.node_id) {
+                        now_stored.remove(&n.node_id)
+                    } else {
+                        Some(n)
+                    }
+                })
+                .collect();
             // What the pass placed leaves the queue (a job that queued
             // meanwhile counts at the next pass).
             queued.retain(|q| !taken.contains(q.id.as_str()));

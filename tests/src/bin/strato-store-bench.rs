@@ -6,9 +6,11 @@
 //! transaction for the pass, `assign_jobs`) against one transaction per
 //! job (`assign_job`), how fast the agents' reports of those jobs are
 //! stored (each running, then each ended with exit code 0, in the report
-//! writer's batches of `REPORT_BATCH`), and what one heartbeat of every
-//! node costs (kept in memory, then written in one transaction). Prints
-//! one line of figures.
+//! writer's batches of `REPORT_BATCH`), what one heartbeat of every
+//! node costs (kept in memory, then written in one transaction), and how
+//! long a read of every node takes (whole records, as a reconcile pass
+//! reads them, and `node_sessions`, as the courier does; the mean of
+//! `READS`). Prints one line of figures.
 //!
 //! Usage: `strato-store-bench sqlite|postgres NODES JOBS`
 
@@ -32,6 +34,8 @@ use strato_core::spec::{ClusterRequest, validate};
 const PER_CLUSTER: usize = 1_000;
 /// Jobs placed one transaction each, for the comparison.
 const ONE_BY_ONE: usize = 200;
+/// Reads of every node timed (their mean is printed).
+const READS: usize = 20;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -216,11 +220,26 @@ async fn run(store: &SqlStore, nodes: usize, jobs: usize) -> Result<String, Stri
     if written != nodes {
         return Err(format!("{written} heartbeats written, not {nodes}"));
     }
+    // What a reconcile pass reads of every node, and the courier.
+    let started = Instant::now();
+    for _ in 0..READS {
+        let read = store.all_nodes().await.map_err(e)?;
+        if read.len() != nodes {
+            return Err(format!("{} nodes read, not {nodes}", read.len()));
+        }
+    }
+    let read_ms = started.elapsed().as_secs_f64() * 1000.0 / READS as f64;
+    let started = Instant::now();
+    for _ in 0..READS {
+        store.node_sessions().await.map_err(e)?;
+    }
+    let sessions_ms = started.elapsed().as_secs_f64() * 1000.0 / READS as f64;
     Ok(format!(
         "nodes={nodes} jobs={jobs} enrol/s={enrolled:.0} submit/s={submitted:.0} \
          placements/s(one transaction a pass)={batched:.0} \
          placements/s(one transaction a job)={one_by_one:.0} \
          reports/s(batches of {REPORT_BATCH})={reported:.0} \
-         heartbeats-in-memory-ms={beats_ms:.1} heartbeats-write-ms={persist_ms:.1}"
+         heartbeats-in-memory-ms={beats_ms:.1} heartbeats-write-ms={persist_ms:.1} \
+         all-nodes-read-ms={read_ms:.1} node-sessions-read-ms={sessions_ms:.1}"
     ))
 }

@@ -32,6 +32,7 @@ async fn plane(dir: &Path) -> Arc<Plane<SqlStore>> {
     Arc::new(Plane {
         replica: "replica-test".into(),
         reports: crate::reports::ReportWriter::start(store.clone()),
+        logs: crate::reports::LogWriter::start(store.clone()),
         store,
         tokens,
         federation: None,

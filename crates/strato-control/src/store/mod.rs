@@ -21,8 +21,8 @@ use strato_core::spec::ClusterSpec;
 
 pub use records::{
     ApiTokenRecord, AttemptRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord,
-    EnrollReport, GangRank, JobRecord, JoinTokenRecord, Lease, LogRecord, NodeRecord, NodeReport,
-    NodeSession, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
+    EnrollReport, GangRank, JobRecord, JoinTokenRecord, Lease, LogRecord, NodeLogs, NodeRecord,
+    NodeReport, NodeSession, NodeUsage, QueuedJob, RankToStop, RegistryRecord, ReportOutcome,
     RoleAssignmentRecord, TransitionRecord,
 };
 pub use sql::{DB_FILE, Dialect, SqlStore};
@@ -313,6 +313,14 @@ pub trait Store: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
     fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
+
+    /// The nodes of `node_ids` that exist, each as `get_node` has it (with
+    /// its latest heartbeat), in no set order; one read however many: what
+    /// a reconcile pass reads again of the nodes it just placed jobs on.
+    fn nodes_by_id(
+        &self,
+        node_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
     /// Every node's state, job (and that job's current attempt) and session
     /// holder, as `all_nodes` and `get_job` have them, ordered by node id:
@@ -686,6 +694,17 @@ pub trait Store: Send + Sync + Clone + 'static {
         lines: &[LogRecord],
         now: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Many agents' log messages in one transaction, in order, all at
+    /// `now`: each stored as `append_logs` would store it, or answered with
+    /// the error it would have given, storing nothing of that one; the
+    /// others are stored by one commit. Fails whole when the batch cannot
+    /// be written at all (the database, a lost lease).
+    fn append_node_logs(
+        &self,
+        batch: &[NodeLogs],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>> + Send;
 
     /// Log lines after position `after` (the `pos` of the last line seen),
     /// in arrival order, at most `limit`.

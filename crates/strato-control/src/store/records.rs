@@ -246,6 +246,16 @@ pub struct NodeReport {
     pub report: AttemptReport,
 }
 
+/// One message of an agent's output, as `Store::append_node_logs` takes
+/// many of them: lines of an attempt on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLogs {
+    pub node_id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub lines: Vec<LogRecord>,
+}
+
 /// The outcome of storing an attempt report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportOutcome {

@@ -466,3 +466,64 @@ pub async fn lines_past_the_bound_leave_one_marker_and_nothing_more<S: Store>(st
         (MAX, true)
     );
 }
+
+pub async fn log_messages_stored_together_are_refused_one_by_one<S: Store>(store: S) {
+    use crate::store::NodeLogs;
+    given_cluster(&store, "cpu").await;
+    let nodes = given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1"]).await;
+    for (id, node) in [("j0", &nodes[0]), ("j1", &nodes[1])] {
+        store
+            .submit_job(id, job("cpu"), "", 3)
+            .await
+            .expect("submit");
+        given_running(&store, id, std::slice::from_ref(node), 4).await;
+    }
+    let message = |node: &str, job: &str, lines: &[(u64, &str)]| NodeLogs {
+        node_id: node.to_owned(),
+        job_id: job.to_owned(),
+        attempt: 1,
+        lines: lines.iter().map(|(seq, l)| line_of(*seq, 1, l)).collect(),
+    };
+    let outcomes = store
+        .append_node_logs(
+            &[
+                message("cpu-n0", "j0", &[(1, "a"), (2, "b")]),
+                // Not the attempt of cpu-n1: refused, the others stored.
+                message("cpu-n1", "j0", &[(3, "sneaky")]),
+                message("cpu-n1", "j1", &[(1, "x")]),
+                // A line sent again in the same batch is stored once.
+                message("cpu-n0", "j0", &[(2, "b"), (3, "c\0d")]),
+            ],
+            5,
+        )
+        .await
+        .expect("one transaction");
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok() && outcomes[3].is_ok());
+    assert!(
+        matches!(
+            &outcomes[1],
+            Err(StoreError::Conflict(Conflict::NotAttemptOfNode { node, job, attempt: 1 }))
+                if node == "cpu-n1" && job == "j0"
+        ),
+        "{:?}",
+        outcomes[1]
+    );
+    let lines = |job: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .logs(job, None, 10)
+                .await
+                .expect("logs")
+                .into_iter()
+                .map(|l| l.line)
+                .collect::<Vec<_>>()
+        }
+    };
+    // As `append_logs` stores them: NUL replaced.
+    assert_eq!(lines("j0").await, ["a", "b", "c\u{FFFD}d"]);
+    assert_eq!(lines("j1").await, ["x"]);
+    // Output counts as a sign of life, as a heartbeat does.
+    assert_eq!(node(&store, "cpu-n1").await.last_heartbeat, Some(5));
+}

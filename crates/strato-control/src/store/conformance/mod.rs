@@ -67,6 +67,7 @@ macro_rules! store_conformance_suite {
                 a_preempted_node_keeps_its_job_until_it_is_evicted,
                 preemptions_are_counted_apart_and_limited,
                 an_exit_on_an_evicted_node_is_a_preemption,
+                nodes_read_by_id_are_those_that_exist_as_get_node_reads_them,
             ],
             jobs: [
                 job_runs_to_completion,
@@ -110,6 +111,7 @@ macro_rules! store_conformance_suite {
                 logs_keep_arrival_order_rank_and_sequence,
                 logs_of_an_attempt_the_node_does_not_run_are_refused,
                 lines_past_the_bound_leave_one_marker_and_nothing_more,
+                log_messages_stored_together_are_refused_one_by_one,
             ],
             replicas: [
                 the_lease_is_held_by_one_replica_renewed_and_given_up,

@@ -488,3 +488,36 @@ pub async fn an_exit_on_an_evicted_node_is_a_preemption<S: Store>(store: S) {
     let n = node(&store, "cpu-n0").await;
     assert_eq!(n.state, NodeState::Preempted);
 }
+
+pub async fn nodes_read_by_id_are_those_that_exist_as_get_node_reads_them<S: Store>(store: S) {
+    given_cluster(&store, "cpu").await;
+    given_idle_nodes(&store, "cpu", &["cpu-n0", "cpu-n1", "cpu-n2"]).await;
+    let usage = NodeUsage {
+        cpu_percent: 40.0,
+        ..NodeUsage::default()
+    };
+    store
+        .heartbeat("cpu-n1", Some(usage), 7)
+        .await
+        .expect("beat");
+    assert!(store.nodes_by_id(&[]).await.expect("none").is_empty());
+    // More ids than one statement takes, most of them of no node: the
+    // nodes asked for on either side of the split are read.
+    let mut ids: Vec<String> = (0..600).map(|i| format!("cpu-gone-{i}")).collect();
+    ids[0] = "cpu-n2".to_owned();
+    ids[550] = "cpu-n1".to_owned();
+    let mut read = store.nodes_by_id(&ids).await.expect("read");
+    read.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    assert_eq!(
+        read,
+        vec![
+            store.get_node("cpu-n1").await.expect("n1"),
+            store.get_node("cpu-n2").await.expect("n2")
+        ]
+    );
+    // With its latest heartbeat, kept in memory.
+    assert_eq!(
+        (read[0].last_heartbeat, read[0].usage.cpu_percent),
+        (Some(7), 40.0)
+    );
+}

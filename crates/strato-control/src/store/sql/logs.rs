@@ -5,8 +5,8 @@ use sqlx::Row;
 use strato_core::limits::{self, StoredLine};
 
 use super::ranks::rank_of;
-use super::{SqlStore, u32_col};
-use crate::store::{Conflict, LogRecord, StoreError};
+use super::{SqlStore, WriteTx, u32_col};
+use crate::store::{Conflict, LogRecord, NodeLogs, StoreError};
 
 pub(super) async fn append_logs(
     db: &SqlStore,
@@ -19,14 +19,56 @@ pub(super) async fn append_logs(
     // Output is a sign of life too: kept with the heartbeats, in memory.
     db.beats.record(node_id, now, None, true);
     let mut tx = db.begin_write().await?;
-    let Some((rank, _)) = rank_of(&mut tx, job_id, attempt, node_id).await? else {
-        tx.commit().await?;
-        return Err(Conflict::NotAttemptOfNode {
+    let stored = append_in(db, &mut tx, node_id, job_id, attempt, lines).await?;
+    tx.commit().await?;
+    stored.map_err(StoreError::from)
+}
+
+/// Many nodes' log messages in one transaction, in order: each stored as
+/// `append_logs` stores it, or refused as it refuses it (having stored
+/// nothing of that one).
+pub(super) async fn append_node_logs(
+    db: &SqlStore,
+    batch: &[NodeLogs],
+    now: i64,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    for logs in batch {
+        db.beats.record(&logs.node_id, now, None, true);
+    }
+    let mut tx = db.begin_write().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for logs in batch {
+        let stored = append_in(
+            db,
+            &mut tx,
+            &logs.node_id,
+            &logs.job_id,
+            logs.attempt,
+            &logs.lines,
+        )
+        .await?;
+        outcomes.push(stored.map_err(StoreError::from));
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Stores the lines of one message in `tx`; refused (having written
+/// nothing) when the attempt is not `node_id`'s.
+async fn append_in(
+    db: &SqlStore,
+    tx: &mut WriteTx,
+    node_id: &str,
+    job_id: &str,
+    attempt: u32,
+    lines: &[LogRecord],
+) -> Result<Result<(), Conflict>, StoreError> {
+    let Some((rank, _)) = rank_of(&mut *tx, job_id, attempt, node_id).await? else {
+        return Ok(Err(Conflict::NotAttemptOfNode {
             node: node_id.to_owned(),
             job: job_id.to_owned(),
             attempt,
-        }
-        .into());
+        }));
     };
     let (stored, truncated): (i64, i64) = sqlx::query_as(
         "SELECT stored_bytes, truncated FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND rank = $3",
@@ -34,7 +76,7 @@ pub(super) async fn append_logs(
     .bind(job_id)
     .bind(i64::from(attempt))
     .bind(i64::from(rank))
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     let (mut stored, mut truncated) = (u64::try_from(stored).unwrap_or(0), truncated != 0);
     let (was_stored, was_truncated) = (stored, truncated);
@@ -60,7 +102,7 @@ pub(super) async fn append_logs(
         .bind(i64::from(l.stream))
         .bind(text.as_ref())
         .bind(l.at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
@@ -80,11 +122,10 @@ pub(super) async fn append_logs(
         .bind(i64::from(rank))
         .bind(i64::try_from(stored).unwrap_or(i64::MAX))
         .bind(i64::from(truncated))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(Ok(()))
 }
 
 pub(super) async fn logs(

@@ -52,8 +52,8 @@ use strato_core::spec::ClusterSpec;
 use super::{
     ApiTokenRecord, AttemptReport, ClusterIssue, ClusterRecord, DatastoreRecord, EnrollReport,
     Enrolment, GangRank, IdentityUpdate, JobCursor, JobPage, JobRecord, Join, JoinTokenRecord,
-    Lease, LogRecord, NodeRecord, NodeReport, NodeSession, NodeUsage, QueuedJob, RankToStop,
-    RegistryRecord, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
+    Lease, LogRecord, NodeLogs, NodeRecord, NodeReport, NodeSession, NodeUsage, QueuedJob,
+    RankToStop, RegistryRecord, ReportOutcome, RoleAssignmentRecord, SpecUpdate, Store, StoreError,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -759,6 +759,17 @@ impl Store for SqlStore {
         Ok(nodes)
     }
 
+    async fn nodes_by_id(&self, node_ids: &[String]) -> Result<Vec<NodeRecord>, StoreError> {
+        let ids: Vec<&str> = node_ids.iter().map(String::as_str).collect();
+        let mut conn = self.pool.acquire().await?;
+        let mut nodes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(nodes::NODES_PER_STATEMENT) {
+            nodes.extend(nodes::load_nodes(&mut conn, chunk).await?.into_values());
+        }
+        self.beats.overlay(&mut nodes);
+        Ok(nodes)
+    }
+
     async fn node_sessions(&self) -> Result<Vec<NodeSession>, StoreError> {
         nodes::node_sessions(self).await
     }
@@ -1097,6 +1108,14 @@ impl Store for SqlStore {
         now: i64,
     ) -> Result<(), StoreError> {
         logs::append_logs(self, node_id, job_id, attempt, lines, now).await
+    }
+
+    async fn append_node_logs(
+        &self,
+        batch: &[NodeLogs],
+        now: i64,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        logs::append_node_logs(self, batch, now).await
     }
 
     async fn logs(

@@ -69,6 +69,9 @@ pub(super) async fn load_node(
     node_from_row(&row)
 }
 
+/// Nodes read by id in one statement at most (a bind parameter each).
+pub(super) const NODES_PER_STATEMENT: usize = 500;
+
 /// The nodes of `ids` that exist, by id: one statement.
 pub(super) async fn load_nodes(
     conn: &mut AnyConnection,
