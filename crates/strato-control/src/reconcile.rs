@@ -395,8 +395,10 @@ impl<S: Store> Reconciler<S> {
         if attached {
             return self.settle_attached(cluster, &nodes, &queued, now).await;
         }
-        // Nodes that finished a job meanwhile may leave room for more of
-        // the queue than the read kept: the decision needs them.
+        // A full read that placement left room beyond is read again: the
+        // decision needs every job that fits. (Nodes that finished a job
+        // since the pass read them count at the next pass: only the
+        // placed nodes were read again.)
         if let Some(read) = scale::queued_to_read_again(
             more_queued,
             cluster.spec.max_nodes,

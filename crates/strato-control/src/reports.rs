@@ -6,17 +6,21 @@
 //! outcome before it reads the agent's next message, so a node's reports
 //! and lines are stored in the order it sent them and nothing is answered
 //! before its commit. While one batch is written, those that arrive
-//! meanwhile queue up and go as the next batch (`Store::report_attempts`
-//! and `Store::append_node_logs`: one transaction; should the batch fail,
-//! each is written alone and answered with its own outcome): a thousand
-//! nodes ending jobs at once, or printing a line each, cost a few commits,
-//! not a thousand.
+//! meanwhile queue up and go as the next batch, in one transaction: a
+//! thousand nodes ending jobs at once, or printing a line each, cost a few
+//! commits, not a thousand. A refusal is the outcome of its own report or
+//! message (`Store::report_attempts` writes the others again without a
+//! report that failed; `Store::append_node_logs` refuses a message before
+//! it writes anything of it); a batch the database cannot write answers
+//! each of its items with that error, and their sessions close (agents
+//! send again).
 //!
 //! Bounds: `REPORT_QUEUE` (4,096) reports wait at most (a session waits
 //! for room beyond that), `REPORT_BATCH` (128) go in one transaction;
 //! `LOG_QUEUE` (4,096) log messages wait at most, and a transaction takes
-//! messages until it holds `LOG_BATCH_LINES` (1,024) lines (one message
-//! holds at most `limits::MAX_LOG_BATCH_LINES`, 256).
+//! messages until it holds `LOG_BATCH_LINES` (1,024) lines or more (an
+//! agent sends at most `limits::MAX_LOG_BATCH_LINES`, 256, a message; the
+//! gRPC message size bounds what another could send).
 
 use std::future::Future;
 
@@ -180,36 +184,14 @@ impl LogWriter {
             |logs| logs.lines.len().max(1),
             move |batch: Vec<NodeLogs>, now| {
                 let store = store.clone();
-                async move {
-                    match store.append_node_logs(&batch, now).await {
-                        Err(e) if batch.len() > 1 => {
-                            // Each alone: one message's trouble is its own.
-                            tracing::warn!(messages = batch.len(), error = %e, "a batch of log messages was not stored; storing each alone");
-                            let mut outcomes = Vec::with_capacity(batch.len());
-                            for logs in &batch {
-                                outcomes.push(
-                                    store
-                                        .append_logs(
-                                            &logs.node_id,
-                                            &logs.job_id,
-                                            logs.attempt,
-                                            &logs.lines,
-                                            now,
-                                        )
-                                        .await,
-                                );
-                            }
-                            Ok(outcomes)
-                        }
-                        written => written,
-                    }
-                }
+                async move { store.append_node_logs(&batch, now).await }
             },
         ))
     }
 
     /// Stores `logs` (received at `now`) with the others waiting, and
-    /// answers as `Store::append_logs` would once its batch is committed.
+    /// answers once its batch is committed: stored, refused as
+    /// `Store::append_logs` refuses, or the batch's error.
     pub async fn append(&self, logs: NodeLogs, now: i64) -> Result<(), StoreError> {
         self.0.store(logs, now).await
     }
@@ -287,24 +269,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_batch_takes_messages_until_it_holds_its_lines() {
-        // Everything queued before the writer runs: each batch takes what
-        // is waiting until its weight reaches the bound, the item that
-        // crosses it included, and nothing after.
+    /// A test writer's answer to one item.
+    type Answer = oneshot::Receiver<Result<usize, StoreError>>;
+
+    /// Queues items of these weights before a writer runs; its answers'
+    /// receivers.
+    fn queued(weights: &[usize]) -> (mpsc::Receiver<Pending<usize, usize>>, Vec<Answer>) {
         let (tx, rx) = mpsc::channel(LOG_QUEUE);
         let mut answers = Vec::new();
-        for lines in [300, 300, 300, 300, 10, 1_024, 1, 1] {
+        for weight in weights {
             let (outcome, answer) = oneshot::channel();
             let queued = tx.try_send(Pending {
-                item: lines,
+                item: *weight,
                 now: 1,
                 outcome,
             });
             assert!(queued.is_ok());
             answers.push(answer);
         }
-        drop(tx);
+        (rx, answers)
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_messages_until_it_holds_its_lines() {
+        // Everything queued before the writer runs: each batch takes what
+        // is waiting until its weight reaches the bound, the item that
+        // crosses it included, and nothing after; each item is answered
+        // with its own outcome.
+        let weights = [300, 300, 300, 300, 10, 1_024, 1, 2];
+        let (rx, answers) = queued(&weights);
         let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = batches.clone();
         run(
@@ -313,18 +306,41 @@ mod tests {
             LOG_BATCH_LINES,
             |lines: &usize| *lines,
             move |items: Vec<usize>, _| {
-                let n = items.len();
-                seen.lock().expect("not poisoned").push(items);
-                async move { Ok((0..n).map(|_| Ok(())).collect()) }
+                seen.lock().expect("not poisoned").push(items.clone());
+                // Each item's outcome is its own weight, doubled.
+                async move { Ok(items.into_iter().map(|w| Ok(w * 2)).collect()) }
             },
         )
         .await;
         assert_eq!(
             *batches.lock().expect("not poisoned"),
-            vec![vec![300, 300, 300, 300], vec![10, 1_024], vec![1, 1]]
+            vec![vec![300, 300, 300, 300], vec![10, 1_024], vec![1, 2]]
         );
+        for (answer, weight) in answers.into_iter().zip(weights) {
+            assert_eq!(answer.await.expect("answered").expect("stored"), weight * 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_answers_each_item_with_the_error() {
+        let (rx, answers) = queued(&[1, 1, 1]);
+        run(
+            "test item",
+            rx,
+            LOG_BATCH_LINES,
+            |_: &usize| 1,
+            |_: Vec<usize>, _| async {
+                Err::<Vec<Result<usize, StoreError>>, _>(StoreError::Corrupt("disk on fire".into()))
+            },
+        )
+        .await;
         for answer in answers {
-            assert!(matches!(answer.await, Ok(Ok(()))));
+            let e = answer.await.expect("answered").expect_err("not stored");
+            assert!(
+                e.to_string().contains("the test item was not stored")
+                    && e.to_string().contains("disk on fire"),
+                "{e}"
+            );
         }
     }
 

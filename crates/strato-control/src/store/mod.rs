@@ -315,8 +315,9 @@ pub trait Store: Send + Sync + Clone + 'static {
     fn all_nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
 
     /// The nodes of `node_ids` that exist, each as `get_node` has it (with
-    /// its latest heartbeat), in no set order; one read however many: what
-    /// a reconcile pass reads again of the nodes it just placed jobs on.
+    /// its latest heartbeat), in no set order; a statement for every 500
+    /// (not one snapshot): what a reconcile pass reads again of the nodes
+    /// it just placed jobs on.
     fn nodes_by_id(
         &self,
         node_ids: &[String],

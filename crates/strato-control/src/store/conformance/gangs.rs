@@ -526,4 +526,21 @@ pub async fn log_messages_stored_together_are_refused_one_by_one<S: Store>(store
     assert_eq!(lines("j1").await, ["x"]);
     // Output counts as a sign of life, as a heartbeat does.
     assert_eq!(node(&store, "cpu-n1").await.last_heartbeat, Some(5));
+    // Two messages of one rank in one batch share its bound: the second
+    // sees the marker the first stored, and stores nothing more.
+    use strato_core::limits::MAX_STORED_LINES_PER_RANK as MAX;
+    let past = store
+        .append_node_logs(
+            &[
+                message("cpu-n1", "j1", &[(MAX - 1, "y"), (MAX, "z")]),
+                message("cpu-n1", "j1", &[(MAX + 1, "z")]),
+            ],
+            6,
+        )
+        .await
+        .expect("one transaction");
+    assert!(past.iter().all(Result::is_ok), "{past:?}");
+    let j1 = lines("j1").await;
+    assert_eq!(j1.len(), 3, "{j1:?}");
+    assert!(j1[2].starts_with("[strato] output truncated"), "{j1:?}");
 }

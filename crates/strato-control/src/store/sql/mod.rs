@@ -760,6 +760,9 @@ impl Store for SqlStore {
     }
 
     async fn nodes_by_id(&self, node_ids: &[String]) -> Result<Vec<NodeRecord>, StoreError> {
+        if node_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<&str> = node_ids.iter().map(String::as_str).collect();
         let mut conn = self.pool.acquire().await?;
         let mut nodes = Vec::with_capacity(ids.len());
