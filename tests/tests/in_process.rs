@@ -74,6 +74,33 @@ async fn waiting_jobs_scale_the_cluster_up_and_idle_nodes_go_after_the_idle_time
     cp.stop().await.expect("stop");
 }
 
+/// A pass that places a job reads again only the node it placed it on:
+/// that node stays counted, so a cluster at `max_nodes` with more jobs
+/// waiting asks the provider for nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_at_max_nodes_runs_its_queue_on_its_node_and_asks_for_no_more() {
+    let cp = InProcess::start(&[]).await.expect("start");
+    cp.create_cluster("one", 1, 1, 60).await;
+    eventually("the min node", || async {
+        (cp.nodes("one").await.len() == 1).then_some(())
+    })
+    .await;
+    let first = cp.submit(job_spec("one")).await;
+    let second = cp.submit(job_spec("one")).await;
+    let (node, container) = cp.running_container(&first).await;
+    cp.after_passes(3).await;
+    assert_eq!(cp.fleet.creates(), 1, "max_nodes 1: one machine, no more");
+    assert_eq!(cp.nodes("one").await.len(), 1);
+    assert_eq!(cp.job(&second).await.state, v1::JobState::Queued as i32);
+    let runtime = cp.fleet.runtime(&node).expect("the node's engine");
+    runtime.exit(&container, 0).expect("exit");
+    cp.job_in(&first, v1::JobState::Completed).await;
+    let (ran_on, _) = cp.running_container(&second).await;
+    assert_eq!(ran_on, node, "the next job runs on the same node");
+    assert_eq!(cp.fleet.creates(), 1);
+    cp.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_stops_heartbeating_is_replaced_and_its_job_runs_again() {
     let cp = InProcess::start(&["--node-heartbeat-timeout", "30"])
