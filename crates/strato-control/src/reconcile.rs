@@ -371,23 +371,8 @@ impl<S: Store> Reconciler<S> {
                 .iter()
                 .flat_map(|(_, on)| on.iter().cloned())
                 .collect();
-            let mut now_stored: HashMap<String, NodeRecord> = store
-                .nodes_by_id(&placed_on)
-                .await?
-                .into_iter()
-                .map(|n| (n.node_id.clone(), n))
-                .collect();
-            let placed_on: std::collections::HashSet<&String> = placed_on.iter().collect();
-            nodes = nodes
-                .into_iter()
-                .filter_map(|n| {
-                    if placed_on.contains(&n.node_id) {
-                        now_stored.remove(&n.node_id)
-                    } else {
-                        Some(n)
-                    }
-                })
-                .collect();
+            let now_stored = store.nodes_by_id(&placed_on).await?;
+            nodes = with_placed_as_stored(nodes, &placed_on, now_stored);
             // What the pass placed leaves the queue (a job that queued
             // meanwhile counts at the next pass).
             queued.retain(|q| !taken.contains(q.id.as_str()));
@@ -864,6 +849,30 @@ fn queued_nodes(queued: &[crate::store::QueuedJob]) -> u32 {
         .iter()
         .map(|q| q.node_count)
         .fold(0u32, u32::saturating_add)
+}
+
+/// The pass's nodes with those of `placed_on` replaced by how they are
+/// stored now (`now_stored`); one no longer stored is left out.
+fn with_placed_as_stored(
+    nodes: Vec<NodeRecord>,
+    placed_on: &[String],
+    now_stored: Vec<NodeRecord>,
+) -> Vec<NodeRecord> {
+    let placed_on: std::collections::HashSet<&str> = placed_on.iter().map(String::as_str).collect();
+    let mut now_stored: HashMap<String, NodeRecord> = now_stored
+        .into_iter()
+        .map(|n| (n.node_id.clone(), n))
+        .collect();
+    nodes
+        .into_iter()
+        .filter_map(|n| {
+            if placed_on.contains(n.node_id.as_str()) {
+                now_stored.remove(&n.node_id)
+            } else {
+                Some(n)
+            }
+        })
+        .collect()
 }
 
 /// A read of `read` jobs that came back full may have left jobs in the

@@ -16,12 +16,16 @@ pub(super) async fn append_logs(
     lines: &[LogRecord],
     now: i64,
 ) -> Result<(), StoreError> {
-    // Output is a sign of life too: kept with the heartbeats, in memory.
-    db.beats.record(node_id, now, None, true);
-    let mut tx = db.begin_write().await?;
-    let stored = append_in(db, &mut tx, node_id, job_id, attempt, lines).await?;
-    tx.commit().await?;
-    stored.map_err(StoreError::from)
+    let one = NodeLogs {
+        node_id: node_id.to_owned(),
+        job_id: job_id.to_owned(),
+        attempt,
+        lines: lines.to_vec(),
+    };
+    append_node_logs(db, std::slice::from_ref(&one), now)
+        .await?
+        .pop()
+        .unwrap_or(Ok(()))
 }
 
 /// Many nodes' log messages in one transaction, in order: each stored as
